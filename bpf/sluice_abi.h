@@ -1,0 +1,141 @@
+/* sluice_abi.h - everything the data plane and the controller share.
+ *
+ * This header is the single source of truth for the layout of every map key,
+ * map value and event, and for every constant the controller writes into or
+ * reads out of the data plane. The controller never redeclares these structs:
+ * it takes their ctypes from bcc (which reads them from this file through
+ * clang) and parses the constants below with controller/abi.py.
+ * tests/test_abi.py proves that both views agree with the kernel's BTF.
+ *
+ * Keep constants as plain "#define NAME number" or enum members so that the
+ * controller can read them.
+ */
+#ifndef SLUICE_ABI_H
+#define SLUICE_ABI_H
+
+/* A server name as seen on the wire: the TLS SNI allows up to 255 bytes in
+ * practice, DNS names are at most 253 characters (254 with the root dot). */
+#define SLUICE_NAME_MAX 255
+
+/* Rules live in an array indexed by rule id; id 0 means "no rule". */
+#define SLUICE_MAX_RULES 4096
+
+/* Flow table size (LRU: the least recently used flow is evicted first). */
+#define SLUICE_FLOW_MAX 262144
+
+/* Ring buffer for classification events, in bytes (a power of two). */
+#define SLUICE_EVENT_RING_BYTES 262144
+
+enum sluice_action {
+	SLUICE_ACTION_NONE = 0,		/* no rule names the flow: it passes */
+	SLUICE_ACTION_ALLOW = 1,
+	SLUICE_ACTION_BLOCK = 2,
+};
+
+/* Rule flags. */
+#define SLUICE_RULE_MONITOR 1		/* classify and count, never enforce */
+
+/* What the key of a domain rule names. */
+enum sluice_match_kind {
+	SLUICE_MATCH_SUFFIX = 1,	/* the name and every name below it */
+	SLUICE_MATCH_EXACT = 2,		/* that one name only */
+};
+
+enum sluice_proto {
+	SLUICE_PROTO_UNKNOWN = 0,
+	SLUICE_PROTO_TLS = 1,
+	SLUICE_PROTO_HTTP = 2,
+};
+
+enum sluice_flow_state {
+	SLUICE_FLOW_INSPECTING = 0,	/* still looking for a ClientHello or request */
+	SLUICE_FLOW_CLASSIFIED = 1,	/* verdict final: rule_id and action hold */
+	SLUICE_FLOW_GAVE_UP = 2,	/* window spent without a name: passes */
+};
+
+/* Global counters (per-CPU array, index = member). */
+enum sluice_counter {
+	SLUICE_CNT_PACKETS = 0,		/* every packet the program saw */
+	SLUICE_CNT_NOT_IP,		/* neither IPv4 nor IPv6, or unparsable headers */
+	SLUICE_CNT_FLOWS_TLS,		/* flows classified from a ClientHello */
+	SLUICE_CNT_FLOWS_HTTP,		/* flows classified from an HTTP request */
+	SLUICE_CNT_TLS_SNI_FOUND,	/* ClientHello with a server name */
+	SLUICE_CNT_TLS_NO_SNI,		/* complete ClientHello without one */
+	SLUICE_CNT_TLS_TRUNCATED,	/* ClientHello continues past this packet */
+	SLUICE_CNT_TLS_MALFORMED,	/* lengths that contradict each other */
+	SLUICE_CNT_NOT_TLS,		/* payload that is neither TLS nor HTTP */
+	SLUICE_CNT_HTTP_HOST_FOUND,
+	SLUICE_CNT_HTTP_NO_HOST,	/* request without a usable Host header */
+	SLUICE_CNT_GAVE_UP,		/* flows whose inspection window ran out */
+	SLUICE_CNT_FLOWS_EXPIRED,	/* idle flows found and restarted */
+	SLUICE_CNT_MAX,
+};
+
+/* Both directions of a flow share one key: the (address, port) pair that
+ * sorts lower (by address, then port) is always stored first. */
+struct flow_key {
+	__u8 addr_lo[16];		/* IPv4 as ::ffff:a.b.c.d */
+	__u8 addr_hi[16];
+	__u16 port_lo;			/* network byte order */
+	__u16 port_hi;
+	__u8 l4proto;			/* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad[3];
+};
+
+struct flow_state {
+	__u64 last_seen_ns;		/* bpf_ktime_get_ns() of the last refresh */
+	__u32 rule_id;			/* 0: no rule */
+	__u8 state;			/* enum sluice_flow_state */
+	__u8 action;			/* enum sluice_action, effective (monitor -> NONE) */
+	__u8 proto;			/* enum sluice_proto */
+	__u8 payload_packets;		/* payload packets inspected so far */
+	__u8 client_is_hi;		/* 1: the client is the key's hi side */
+	__u8 pad[7];
+};
+
+/* Key of the domain rule hash: two 64-bit hashes of the name read right to
+ * left (see domain_match.h and controller/names.py), its length and the
+ * match kind. Hashing right to left yields every label-boundary suffix of a
+ * name in one pass, so matching costs one lookup per label whatever the
+ * number of rules. */
+struct name_key {
+	__u64 hash_fnv;
+	__u64 hash_mix;
+	__u32 len;
+	__u32 kind;			/* enum sluice_match_kind */
+};
+
+struct rule_info {
+	__u32 action;			/* enum sluice_action */
+	__u32 flags;			/* SLUICE_RULE_* */
+};
+
+/* Per rule, per CPU. Index 0 counts flows that no rule names. */
+struct rule_stats {
+	__u64 flows;			/* flows classified under this rule */
+	__u64 packets;			/* packets judged under this rule */
+	__u64 bytes;
+	__u64 dropped_packets;		/* of those, dropped by a block */
+	__u64 dropped_bytes;
+};
+
+struct sluice_config {
+	__u64 flow_idle_ns;		/* a flow idle this long starts afresh */
+	__u32 window_packets;		/* payload packets inspected per flow */
+	__u32 flags;			/* SLUICE_CFG_* */
+};
+
+#define SLUICE_CFG_EVENTS 1		/* emit a classification_event per flow */
+
+/* Sent once per classified flow, when SLUICE_CFG_EVENTS is set. */
+struct classification_event {
+	struct flow_key key;
+	__u32 rule_id;
+	__u8 action;			/* enum sluice_action, as configured */
+	__u8 proto;			/* enum sluice_proto */
+	__u8 client_is_hi;
+	__u8 name_len;
+	char name[SLUICE_NAME_MAX + 1];
+};
+
+#endif /* SLUICE_ABI_H */

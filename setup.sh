@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Set up sluice on a Debian-like edge box: Debian packages, kernel headers for
+# bcc, and a venv with the project and its test extras. Idempotent: a second
+# run checks each step and changes nothing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run as root (it installs Debian packages and kernel headers)" >&2
+    exit 1
+fi
+
+# bcc and bpftool for the data plane; iproute2 for namespaces and qdiscs;
+# curl, openssl and nginx for the lab and the end-to-end tests.
+packages=(python3-bpfcc bpftool iproute2 python3-venv curl openssl nginx-light)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup.sh: installing ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# bcc compiles against the running kernel's headers. Use the matching package
+# where Debian has one; otherwise (a custom kernel) fall back to the
+# distribution's generic headers, which serve XDP and tc programs well.
+release=$(uname -r)
+modules=/lib/modules/$release
+if [ ! -e "$modules/build/include/linux/kconfig.h" ] && [ ! -e "$modules/source/include/linux/kconfig.h" ]; then
+    if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "linux-headers-$release"
+    else
+        echo "setup.sh: no headers package for kernel $release; falling back to linux-headers-amd64"
+        dpkg-query -W -f='${Status}' linux-headers-amd64 2>/dev/null | grep -q "install ok installed" || {
+            apt-get update -q
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-headers-amd64
+        }
+        # Debian splits headers into an arch tree (build) and a common tree (source).
+        build=$(ls -d /usr/src/linux-headers-*-amd64 | sort -V | tail -n 1)
+        source=${build%-amd64}-common
+        mkdir -p "$modules"
+        ln -sfn "$build" "$modules/build"
+        ln -sfn "$source" "$modules/source"
+    fi
+fi
+
+# The venv sees Debian's bcc through --system-site-packages; bcc only exists
+# for the distribution's /usr/bin/python3.
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.sluice-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test]'
+    touch "$stamp"
+fi
+.venv/bin/python -c 'import bcc, controller' || { echo "setup.sh: bcc or the controller does not import" >&2; exit 1; }
+echo "setup.sh: ready (.venv/bin/sluice, kernel $release)"
