@@ -23,6 +23,10 @@
 /* Flow table size (LRU: the least recently used flow is evicted first). */
 #define SLUICE_FLOW_MAX 262144
 
+/* The controller sizes the domain rule map to the policy at compile time
+ * (-DSLUICE_DOMAIN_RULES_MAX=n); this is the size without a policy. */
+#define SLUICE_DOMAIN_RULES_DEFAULT 1024
+
 /* Ring buffer for classification events, in bytes (a power of two). */
 #define SLUICE_EVENT_RING_BYTES 262144
 
@@ -41,6 +45,16 @@ enum sluice_match_kind {
 	SLUICE_MATCH_EXACT = 2,		/* that one name only */
 };
 
+/* The inspection stages, each its own program so that the verifier checks
+ * each one alone; the entry program tail-calls them through a program array
+ * that the controller fills at these indices. */
+enum sluice_stage {
+	SLUICE_STAGE_TLS = 0,		/* sluice_stage_tls: find a ClientHello's SNI */
+	SLUICE_STAGE_HTTP = 1,		/* sluice_stage_http: find a request's Host */
+	SLUICE_STAGE_MATCH = 2,		/* sluice_stage_match: name -> rule -> verdict */
+	SLUICE_STAGE_MAX = 3,
+};
+
 enum sluice_proto {
 	SLUICE_PROTO_UNKNOWN = 0,
 	SLUICE_PROTO_TLS = 1,
@@ -56,7 +70,7 @@ enum sluice_flow_state {
 /* Global counters (per-CPU array, index = member). */
 enum sluice_counter {
 	SLUICE_CNT_PACKETS = 0,		/* every packet the program saw */
-	SLUICE_CNT_NOT_IP,		/* neither IPv4 nor IPv6, or unparsable headers */
+	SLUICE_CNT_SKIPPED,		/* not TCP/UDP over IP, a later fragment, or unparsable */
 	SLUICE_CNT_FLOWS_TLS,		/* flows classified from a ClientHello */
 	SLUICE_CNT_FLOWS_HTTP,		/* flows classified from an HTTP request */
 	SLUICE_CNT_TLS_SNI_FOUND,	/* ClientHello with a server name */
@@ -66,6 +80,7 @@ enum sluice_counter {
 	SLUICE_CNT_NOT_TLS,		/* payload that is neither TLS nor HTTP */
 	SLUICE_CNT_HTTP_HOST_FOUND,
 	SLUICE_CNT_HTTP_NO_HOST,	/* request without a usable Host header */
+	SLUICE_CNT_HTTP_TRUNCATED,	/* request headers continue past this packet */
 	SLUICE_CNT_GAVE_UP,		/* flows whose inspection window ran out */
 	SLUICE_CNT_FLOWS_EXPIRED,	/* idle flows found and restarted */
 	SLUICE_CNT_MAX,
@@ -90,7 +105,8 @@ struct flow_state {
 	__u8 proto;			/* enum sluice_proto */
 	__u8 payload_packets;		/* payload packets inspected so far */
 	__u8 client_is_hi;		/* 1: the client is the key's hi side */
-	__u8 pad[7];
+	__u8 client_known;		/* 1: the client was seen opening the flow (SYN) */
+	__u8 pad[6];
 };
 
 /* Key of the domain rule hash: two 64-bit hashes of the name read right to

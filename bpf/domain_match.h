@@ -1,0 +1,89 @@
+/* domain_match.h - normalise a server name and find the rule that names it.
+ *
+ * The name is hashed from its last byte to its first. Whenever the scan is
+ * about to cross a dot, the hash so far is the hash of a whole-label suffix
+ * ("twimg.com" inside "pbs.twimg.com"), and one lookup asks whether a suffix
+ * rule names it. A scan never stops inside a label, so "nottwimg.com" can
+ * never reach the hash of "twimg.com". Matching costs one lookup per label,
+ * whatever the number of rules; the longest suffix found wins, and an exact
+ * rule for the whole name beats a suffix rule for it.
+ *
+ * Keys pair two independent 64-bit hashes with the length, so a false match
+ * needs both hashes of two names of equal length to collide.
+ * controller/names.py computes the same keys; keep the two in step.
+ */
+#ifndef SLUICE_DOMAIN_MATCH_H
+#define SLUICE_DOMAIN_MATCH_H
+
+#include "maps.h"
+#include "payload.h"
+
+#define NAME_FNV_OFFSET 0xCBF29CE484222325ULL
+#define NAME_FNV_PRIME 0x100000001B3ULL
+#define NAME_MIX_SEED 0x9E3779B97F4A7C15ULL
+#define NAME_MIX_MULT 0xFF51AFD7ED558CCDULL
+#define NAME_MIX_SHIFT 29
+
+/* Branch-free, so that a loop over a name adds no verifier states. */
+static __always_inline __u8 ascii_lower(__u8 c)
+{
+	__u64 below_a = ((__u64)c - 'A') >> 63;
+	__u64 above_z = ((__u64)'Z' - c) >> 63;
+
+	return c + (('a' - 'A') & -(__u64)(1 ^ (below_a | above_z)));
+}
+
+/* Copy the raw name at bytes[off, off + len) into name, lower-cased and
+ * without one trailing dot. Returns the normalised length. */
+static __always_inline __u32 normalise_name(const __u8 *bytes, __u32 off, __u32 len, char *name)
+{
+	for (int i = 0; i < SLUICE_NAME_MAX; i++) {
+		hide_from_compiler(i);
+		if (i >= len)
+			break;
+		name[i & NAME_BUFFER_MASK] = ascii_lower(payload_u8(bytes, off + i));
+	}
+	if (len > 0 && name[(len - 1) & NAME_BUFFER_MASK] == '.')
+		len--;
+	return len;
+}
+
+static __always_inline __u32 lookup_name_rule(__u64 fnv, __u64 mix, __u32 len, __u32 kind)
+{
+	struct name_key key = { .hash_fnv = fnv, .hash_mix = mix, .len = len, .kind = kind };
+	__u32 *rule_id = domain_rules.lookup(&key);
+
+	return rule_id ? *rule_id : 0;
+}
+
+/* The id of the most specific rule naming name[0, len), or 0. */
+static __always_inline __u32 match_domain(const char *name, __u32 len)
+{
+	__u64 fnv = NAME_FNV_OFFSET;
+	__u64 mix = NAME_MIX_SEED;
+	__u32 best = 0;
+
+	for (int i = 0; i < SLUICE_NAME_MAX; i++) {
+		hide_from_compiler(i);
+		if (i >= len)
+			break;
+		__u8 c = name[(len - 1 - i) & NAME_BUFFER_MASK];
+		if (c == '.') {
+			__u32 rule_id = lookup_name_rule(fnv, mix, i, SLUICE_MATCH_SUFFIX);
+			if (rule_id)
+				best = rule_id;
+		}
+		fnv = (fnv ^ c) * NAME_FNV_PRIME;
+		mix = (mix ^ c) * NAME_MIX_MULT;
+		mix ^= mix >> NAME_MIX_SHIFT;
+	}
+	if (len == 0)
+		return 0;
+	__u32 exact = lookup_name_rule(fnv, mix, len, SLUICE_MATCH_EXACT);
+	if (exact)
+		return exact;
+	__u32 whole = lookup_name_rule(fnv, mix, len, SLUICE_MATCH_SUFFIX);
+	return whole ? whole : best;
+}
+
+#endif /* SLUICE_DOMAIN_MATCH_H */

@@ -1,0 +1,81 @@
+/* flow.h - one flow table entry for both directions of a connection.
+ *
+ * The key stores the (address, port) end that sorts lower first, so a
+ * packet and its reply find the same entry; hi_is_sender records which end
+ * sent the packet in hand.
+ */
+#ifndef SLUICE_FLOW_H
+#define SLUICE_FLOW_H
+
+#include "maps.h"
+#include "parsing_helpers.h"
+
+/* Refresh last_seen at most every idle/16: the idle timeout stays accurate to
+ * about 6%, and a busy flow does not write its shared entry on every packet. */
+#define FLOW_REFRESH_SHIFT 4
+
+/* -1, 0 or 1 as a is below, equal to or above b (as big-endian numbers). */
+static __always_inline int compare_endpoints(const __u8 *a_addr, __be16 a_port,
+					     const __u8 *b_addr, __be16 b_port)
+{
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		if (a_addr[i] != b_addr[i])
+			return a_addr[i] < b_addr[i] ? -1 : 1;
+	}
+	__u16 a = bpf_ntohs(a_port), b = bpf_ntohs(b_port);
+	return a == b ? 0 : (a < b ? -1 : 1);
+}
+
+/* Fill key from pkt; returns 1 when the sender is the key's hi end. */
+static __always_inline int make_flow_key(const struct packet_info *pkt, struct flow_key *key)
+{
+	int sender_is_hi = compare_endpoints(pkt->saddr, pkt->sport, pkt->daddr, pkt->dport) > 0;
+
+	if (sender_is_hi) {
+		__builtin_memcpy(key->addr_lo, pkt->daddr, 16);
+		__builtin_memcpy(key->addr_hi, pkt->saddr, 16);
+		key->port_lo = pkt->dport;
+		key->port_hi = pkt->sport;
+	} else {
+		__builtin_memcpy(key->addr_lo, pkt->saddr, 16);
+		__builtin_memcpy(key->addr_hi, pkt->daddr, 16);
+		key->port_lo = pkt->sport;
+		key->port_hi = pkt->dport;
+	}
+	key->l4proto = pkt->l4proto;
+	return sender_is_hi;
+}
+
+static __always_inline int flow_is_idle(const struct flow_state *flow, __u64 now,
+					const struct sluice_config *cfg)
+{
+	return now - flow->last_seen_ns > cfg->flow_idle_ns;
+}
+
+static __always_inline void flow_touch(struct flow_state *flow, __u64 now,
+				       const struct sluice_config *cfg)
+{
+	if (now - flow->last_seen_ns > cfg->flow_idle_ns >> FLOW_REFRESH_SHIFT)
+		flow->last_seen_ns = now;
+}
+
+/* A fresh entry for a flow seen for the first time, or seen again after it
+ * idled out. The sender of a bare SYN is known to be the client. */
+static __always_inline struct flow_state *flow_start(struct flow_key *key,
+						     const struct packet_info *pkt,
+						     int sender_is_hi, __u64 now)
+{
+	struct flow_state fresh = {};
+	int opening = (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+
+	fresh.last_seen_ns = now;
+	fresh.state = SLUICE_FLOW_INSPECTING;
+	fresh.client_known = opening;
+	fresh.client_is_hi = opening ? sender_is_hi : 0;
+	if (flows.update(key, &fresh) < 0)
+		return 0;
+	return flows.lookup(key);
+}
+
+#endif /* SLUICE_FLOW_H */

@@ -1,0 +1,179 @@
+/* http_host.h - find the Host header of an HTTP/1.x request.
+ *
+ * A request is recognised by its content, on any port: a method token, a
+ * space, and a first line that ends in "HTTP/1.x" (RFC 9112 section 3).
+ * Header field names are case-insensitive and the value may be surrounded by
+ * optional whitespace (RFC 9110 section 5.6.3). The Host value loses its
+ * port; an IPv6 literal loses its brackets.
+ */
+#ifndef SLUICE_HTTP_HOST_H
+#define SLUICE_HTTP_HOST_H
+
+#include "payload.h"
+
+#define HTTP_METHOD_MAX 24		/* longer than any registered method */
+#define HTTP_VERSION_PREFIX_LEN 7	/* "HTTP/1." */
+#define HTTP_HOST_FIELD_LEN 5		/* "host:" */
+#define HTTP_OWS_MAX 16			/* whitespace tolerated before the value */
+#define HTTP_HOST_VALUE_MAX (SLUICE_NAME_MAX + 8) /* a name, a colon and a port */
+
+enum http_outcome {
+	HTTP_NOT_REQUEST = 0,
+	HTTP_HOST_FOUND,
+	HTTP_NO_HOST,			/* complete header block without a usable Host */
+	HTTP_TRUNCATED,			/* the header block continues past these bytes */
+};
+
+/* RFC 9110 tchar: the characters a method token may use. */
+static __always_inline int is_token_char(__u8 c)
+{
+	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+		return 1;
+	switch (c) {
+	case '!': case '#': case '$': case '%': case '&': case '\'': case '*':
+	case '+': case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_ows(__u8 c)
+{
+	return c == ' ' || c == '\t';
+}
+
+/* Does the request line that ends with '\n' at newline_off end in
+ * "HTTP/1.x", with or without the '\r'? */
+static __always_inline int request_line_has_version(const __u8 *bytes, __u32 newline_off)
+{
+	__u32 end = newline_off;
+
+	if (end > 0 && payload_u8(bytes, end - 1) == '\r')
+		end--;
+	if (end < HTTP_VERSION_PREFIX_LEN + 1)
+		return 0;
+	__u32 v = end - HTTP_VERSION_PREFIX_LEN - 1;
+	__u8 digit = payload_u8(bytes, end - 1);
+	return payload_u8(bytes, v) == 'H' && payload_u8(bytes, v + 1) == 'T' &&
+	       payload_u8(bytes, v + 2) == 'T' && payload_u8(bytes, v + 3) == 'P' &&
+	       payload_u8(bytes, v + 4) == '/' && payload_u8(bytes, v + 5) == '1' &&
+	       payload_u8(bytes, v + 6) == '.' && digit >= '0' && digit <= '9';
+}
+
+static __always_inline int is_host_field(const __u8 *bytes, __u32 off)
+{
+	/* OR-ing 0x20 lower-cases ASCII letters and leaves ':' alone. */
+	return (payload_u8(bytes, off) | 0x20) == 'h' &&
+	       (payload_u8(bytes, off + 1) | 0x20) == 'o' &&
+	       (payload_u8(bytes, off + 2) | 0x20) == 's' &&
+	       (payload_u8(bytes, off + 3) | 0x20) == 't' &&
+	       payload_u8(bytes, off + 4) == ':';
+}
+
+/* Locate the host in the Host value that starts at off. */
+static __always_inline int parse_host_value(const __u8 *bytes, __u32 off, __u32 avail,
+					    __u32 *name_off, __u32 *name_len)
+{
+	for (int i = 0; i < HTTP_OWS_MAX; i++) {
+		if (off >= avail)
+			return HTTP_TRUNCATED;
+		if (!is_ows(payload_u8(bytes, off)))
+			break;
+		off++;
+	}
+	if (off >= avail)
+		return HTTP_TRUNCATED;
+
+	int bracketed = payload_u8(bytes, off) == '[';
+	if (bracketed)
+		off++;
+	__u32 start = off;
+	for (int i = 0; i < HTTP_HOST_VALUE_MAX; i++) {
+		if (off >= avail)
+			return HTTP_TRUNCATED;
+		__u8 c = payload_u8(bytes, off);
+		if (c == '\r' || c == '\n' || is_ows(c))
+			break;
+		if (bracketed ? c == ']' : c == ':')
+			break;
+		off++;
+	}
+	__u32 len = off - start;
+	if (len == 0 || len > SLUICE_NAME_MAX)
+		return HTTP_NO_HOST;
+	*name_off = start;
+	*name_len = len;
+	return HTTP_HOST_FOUND;
+}
+
+/* Record where the first HTTP_LINES_MAX lines after the request line start:
+ * line_starts[k] is the offset just past the (k+1)-th newline. The loop body
+ * is branch-free arithmetic apart from its exit, because the verifier keeps
+ * every untaken branch of every iteration pending, and a branchy body over a
+ * full payload would exceed its limit. Returns the number of newlines found
+ * (at most HTTP_LINES_MAX). */
+static __always_inline __u32 find_line_starts(const __u8 *bytes, __u32 avail, __u16 *line_starts)
+{
+	__u64 newlines = 0;
+
+	for (__u64 i = 0; i < PAYLOAD_COPY_BYTES; i++) {
+		/* 1 while below the bound, from the sign bit of the difference */
+		__u64 more_room = (newlines - HTTP_LINES_MAX) >> 63;
+		__u64 in_payload = (i - avail) >> 63;
+		if (!(more_room & in_payload))
+			break;
+		__u64 is_newline = ((__u64)(payload_u8(bytes, i) ^ '\n') - 1) >> 63;
+		line_starts[newlines & HTTP_LINE_SLOTS_MASK] = i + 1;
+		newlines += is_newline;
+	}
+	return newlines;
+}
+
+static __always_inline int parse_http_request(const __u8 *bytes, __u32 avail, __u16 *line_starts,
+					      __u32 *name_off, __u32 *name_len)
+{
+	__u32 off = 0;
+
+	/* The method: one or more token characters, then a space. */
+	for (int i = 0; i < HTTP_METHOD_MAX; i++) {
+		if (off >= avail)
+			return off > 0 ? HTTP_TRUNCATED : HTTP_NOT_REQUEST;
+		if (!is_token_char(payload_u8(bytes, off)))
+			break;
+		off++;
+	}
+	if (off == 0 || off >= avail || payload_u8(bytes, off) != ' ')
+		return HTTP_NOT_REQUEST;
+
+	__u32 newlines = find_line_starts(bytes, avail, line_starts);
+	if (newlines == 0)
+		return HTTP_TRUNCATED;
+	if (!request_line_has_version(bytes, line_starts[0] - 1))
+		return HTTP_NOT_REQUEST;
+
+	/* Header lines: line k starts just past newline k. Only the start of
+	 * the Host value is found here, so the verifier walks the value once. */
+	__u32 value_off = 0;
+	for (__u32 k = 0; k < HTTP_LINES_MAX; k++) {
+		if (k >= newlines)
+			return HTTP_TRUNCATED;
+		__u32 line = line_starts[k & HTTP_LINE_SLOTS_MASK];
+		if (line >= avail)
+			return HTTP_TRUNCATED;
+		__u8 first = payload_u8(bytes, line);
+		if (first == '\r' || first == '\n')
+			return HTTP_NO_HOST;	/* the blank line ends the headers */
+		if (line + HTTP_HOST_FIELD_LEN > avail)
+			return HTTP_TRUNCATED;
+		if (is_host_field(bytes, line)) {
+			value_off = line + HTTP_HOST_FIELD_LEN;
+			break;
+		}
+	}
+	/* So many header lines before any Host that we stop looking. */
+	if (!value_off)
+		return HTTP_NO_HOST;
+	return parse_host_value(bytes, value_off, avail, name_off, name_len);
+}
+
+#endif /* SLUICE_HTTP_HOST_H */

@@ -1,0 +1,53 @@
+/* maps.h - every map of the data plane, declared in one place.
+ *
+ * The controller finds these by name (controller/datapath.py); their key
+ * and value types come from sluice_abi.h.
+ */
+#ifndef SLUICE_MAPS_H
+#define SLUICE_MAPS_H
+
+#include "sluice_abi.h"
+#include "payload.h"
+
+#ifndef SLUICE_DOMAIN_RULES_MAX
+#define SLUICE_DOMAIN_RULES_MAX SLUICE_DOMAIN_RULES_DEFAULT
+#endif
+
+#define PAGE_BYTES 4096
+
+/* Both directions of every TCP flow seen, least recently used evicted. */
+BPF_TABLE("lru_hash", struct flow_key, struct flow_state, flows, SLUICE_FLOW_MAX);
+
+/* name_key -> rule id, for suffix and exact names alike. */
+BPF_HASH(domain_rules, struct name_key, __u32, SLUICE_DOMAIN_RULES_MAX);
+
+/* rule id -> what the rule does. */
+BPF_ARRAY(rules, struct rule_info, SLUICE_MAX_RULES);
+
+/* rule id -> counters; per CPU so that no packet waits on another CPU. */
+BPF_PERCPU_ARRAY(rule_stats, struct rule_stats, SLUICE_MAX_RULES);
+
+/* enum sluice_counter -> count. */
+BPF_PERCPU_ARRAY(counters, __u64, SLUICE_CNT_MAX);
+
+/* Index 0 holds the one sluice_config. */
+BPF_ARRAY(config, struct sluice_config, 1);
+
+/* One scratch buffer per CPU for the payload being inspected. */
+BPF_PERCPU_ARRAY(payload_buffers, struct payload_scratch, 1);
+
+/* enum sluice_stage -> inspection stage program. */
+BPF_PROG_ARRAY(stages, SLUICE_STAGE_MAX);
+
+/* classification_event, one per flow, when SLUICE_CFG_EVENTS is set. */
+BPF_RINGBUF_OUTPUT(events, SLUICE_EVENT_RING_BYTES / PAGE_BYTES);
+
+static __always_inline void count(__u32 counter)
+{
+	__u64 *value = counters.lookup(&counter);
+
+	if (value)
+		*value += 1;
+}
+
+#endif /* SLUICE_MAPS_H */

@@ -1,0 +1,198 @@
+/* sluice_xdp.c - classify each new TCP flow by its TLS SNI or HTTP Host and
+ * apply the verdict of the rule that names it, in both directions.
+ *
+ * A flow is inspected while it is young: its first payload packets from the
+ * client, up to the policy's window. The first ClientHello or HTTP request
+ * decides its rule once and for all; a flow whose window runs out without a
+ * name passes untouched, as does every flow no rule names.
+ *
+ * sluice_xdp is the program attached to interfaces. It judges packets of
+ * known flows itself and hands a young flow's payload to the inspection
+ * stages below by tail call: TLS, then HTTP, then matching. Each stage is a
+ * separate program, so the verifier checks each alone. Should a stage be
+ * missing, the tail call falls through and the packet passes.
+ */
+#include <uapi/linux/bpf.h>
+
+#include "sluice_abi.h"
+#include "parsing_helpers.h"
+#include "maps.h"
+#include "flow.h"
+#include "payload.h"
+#include "verdict.h"
+#include "tls_sni.h"
+#include "http_host.h"
+#include "domain_match.h"
+
+int sluice_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct packet_info pkt = {};
+	struct flow_key key = {};
+	__u32 zero = 0;
+
+	count(SLUICE_CNT_PACKETS);
+	if (parse_packet(data, data_end, &pkt) < 0) {
+		count(SLUICE_CNT_SKIPPED);
+		return XDP_PASS;
+	}
+	if (pkt.l4proto != IPPROTO_TCP)
+		return pass_unjudged(pkt.frame_len);
+
+	struct sluice_config *cfg = config.lookup(&zero);
+	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+	if (!cfg || !scratch)
+		return pass_unjudged(pkt.frame_len);
+
+	int sender_is_hi = make_flow_key(&pkt, &key);
+	int bare_syn = (pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	__u64 now = bpf_ktime_get_ns();
+	struct flow_state *flow = flows.lookup(&key);
+
+	if (flow && flow_is_idle(flow, now, cfg)) {
+		count(SLUICE_CNT_FLOWS_EXPIRED);
+		flow = 0;
+	}
+	/* A bare SYN opens a new connection even if its 5-tuple was used
+	 * before: the old verdict must not outlive the old connection. */
+	if (flow && bare_syn)
+		flow = 0;
+	if (!flow) {
+		/* Pure ACKs of a flow that was open before sluice started are
+		 * not worth an entry; its next payload packet makes one. */
+		if (pkt.payload_len == 0 && !bare_syn)
+			return pass_unjudged(pkt.frame_len);
+		flow = flow_start(&key, &pkt, sender_is_hi, now);
+		if (!flow)
+			return pass_unjudged(pkt.frame_len);
+	} else {
+		flow_touch(flow, now, cfg);
+	}
+
+	if (flow->state != SLUICE_FLOW_INSPECTING)
+		return apply_verdict(flow, pkt.frame_len);
+	if (pkt.payload_len == 0)
+		return pass_unjudged(pkt.frame_len);
+	/* Once the client is known, only what it sends can name the flow:
+	 * a server cannot get its own flow judged by what it answers. */
+	if (flow->client_known && sender_is_hi != flow->client_is_hi)
+		return pass_unjudged(pkt.frame_len);
+
+	flow->payload_packets += 1;
+	__builtin_memcpy(&scratch->key, &key, sizeof(key));
+	scratch->frame_len = pkt.frame_len;
+	scratch->sender_is_hi = sender_is_hi;
+	scratch->proto = SLUICE_PROTO_UNKNOWN;
+	scratch->raw_name_len = 0;
+	__u32 len = pkt.payload_len;
+	if (len > PAYLOAD_COPY_BYTES)
+		len = PAYLOAD_COPY_BYTES;
+	/* len is 1..PAYLOAD_COPY_BYTES already; the mask shows the verifier. */
+	hide_from_compiler(len);
+	len = ((len - 1) & PAYLOAD_COPY_MASK) + 1;
+	scratch->len = len;
+	if (bpf_xdp_load_bytes(ctx, pkt.payload_offset, scratch->bytes, len) < 0)
+		return inspect_next_packet(flow, scratch, cfg);
+
+	stages.call(ctx, SLUICE_STAGE_TLS);
+	return pass_unjudged(pkt.frame_len);
+}
+
+/* The state every stage starts from; 0 if anything is missing. */
+static __always_inline struct payload_scratch *stage_scratch(struct flow_state **flow,
+							     struct sluice_config **cfg)
+{
+	__u32 zero = 0;
+	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+
+	*cfg = config.lookup(&zero);
+	if (!scratch || !*cfg)
+		return 0;
+	*flow = flows.lookup(&scratch->key);
+	return *flow ? scratch : 0;
+}
+
+int sluice_stage_tls(struct xdp_md *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+	__u32 name_off = 0, name_len = 0;
+
+	if (!scratch)
+		return XDP_PASS;
+	switch (parse_client_hello(scratch->bytes, scratch->len, &name_off, &name_len)) {
+	case TLS_SNI_FOUND:
+		count(SLUICE_CNT_TLS_SNI_FOUND);
+		scratch->proto = SLUICE_PROTO_TLS;
+		scratch->raw_name_off = name_off;
+		scratch->raw_name_len = name_len;
+		break;
+	case TLS_NO_SNI:
+		count(SLUICE_CNT_TLS_NO_SNI);
+		scratch->proto = SLUICE_PROTO_TLS;
+		break;
+	case TLS_TRUNCATED:
+		count(SLUICE_CNT_TLS_TRUNCATED);
+		return inspect_next_packet(flow, scratch, cfg);
+	case TLS_MALFORMED:
+		count(SLUICE_CNT_TLS_MALFORMED);
+		return inspect_next_packet(flow, scratch, cfg);
+	default:
+		stages.call(ctx, SLUICE_STAGE_HTTP);
+		return pass_unjudged(scratch->frame_len);
+	}
+	stages.call(ctx, SLUICE_STAGE_MATCH);
+	return pass_unjudged(scratch->frame_len);
+}
+
+int sluice_stage_http(struct xdp_md *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+	__u32 name_off = 0, name_len = 0;
+
+	if (!scratch)
+		return XDP_PASS;
+	switch (parse_http_request(scratch->bytes, scratch->len, scratch->line_starts,
+				   &name_off, &name_len)) {
+	case HTTP_HOST_FOUND:
+		count(SLUICE_CNT_HTTP_HOST_FOUND);
+		scratch->proto = SLUICE_PROTO_HTTP;
+		scratch->raw_name_off = name_off;
+		scratch->raw_name_len = name_len;
+		break;
+	case HTTP_NO_HOST:
+		count(SLUICE_CNT_HTTP_NO_HOST);
+		scratch->proto = SLUICE_PROTO_HTTP;
+		break;
+	case HTTP_TRUNCATED:
+		count(SLUICE_CNT_HTTP_TRUNCATED);
+		return inspect_next_packet(flow, scratch, cfg);
+	default:
+		count(SLUICE_CNT_NOT_TLS);
+		return inspect_next_packet(flow, scratch, cfg);
+	}
+	stages.call(ctx, SLUICE_STAGE_MATCH);
+	return pass_unjudged(scratch->frame_len);
+}
+
+int sluice_stage_match(struct xdp_md *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+
+	if (!scratch)
+		return XDP_PASS;
+	scratch->name_len = normalise_name(scratch->bytes, scratch->raw_name_off,
+					   scratch->raw_name_len, scratch->name);
+	/* Read the length back from the map, not from the register that holds
+	 * it: the verifier then sees one unknown length instead of walking the
+	 * matching loop once for every length normalise_name() can return. */
+	__u32 rule_id = match_domain(scratch->name, *(volatile __u32 *)&scratch->name_len);
+	classify(flow, rule_id, scratch, cfg);
+	return apply_verdict(flow, scratch->frame_len);
+}

@@ -1,0 +1,154 @@
+/* tls_sni.h - find the server name in a TLS ClientHello.
+ *
+ * The ClientHello is recognised by its content, never by its port: a
+ * handshake record (type 22, version 3.x) whose first message is a
+ * ClientHello (type 1). The walk follows RFC 8446 section 4.1.2: legacy
+ * version, random, session id, cipher suites, compression methods, then the
+ * extensions, skipping every extension that is not server_name (GREASE
+ * values included, RFC 8701) until it meets server_name (RFC 6066 section 3).
+ *
+ * Two limits decide every outcome:
+ *   hello_end - where the ClientHello says it ends. Anything claiming to go
+ *               past it contradicts the outer lengths: malformed.
+ *   avail     - where the bytes we hold end (this packet, this record).
+ *               Reaching it first means the rest is in a later segment or
+ *               record: truncated, not malformed.
+ */
+#ifndef SLUICE_TLS_SNI_H
+#define SLUICE_TLS_SNI_H
+
+#include "payload.h"
+
+#define TLS_CONTENT_HANDSHAKE 22
+#define TLS_MAJOR_VERSION 3
+#define TLS_MAX_MINOR_VERSION 4		/* TLS 1.3's legacy record version is 3.1..3.3 */
+#define TLS_HANDSHAKE_CLIENT_HELLO 1
+#define TLS_RECORD_HEADER_LEN 5
+#define TLS_HANDSHAKE_HEADER_LEN 4
+#define TLS_RANDOM_LEN 32
+#define TLS_SESSION_ID_MAX 32
+#define TLS_EXT_SERVER_NAME 0
+#define TLS_SNI_HOST_NAME 0
+#define TLS_EXTENSIONS_MAX 64		/* browsers send about 20, GREASE included */
+
+enum tls_outcome {
+	TLS_NOT_CLIENT_HELLO = 0,
+	TLS_SNI_FOUND,
+	TLS_NO_SNI,
+	TLS_TRUNCATED,
+	TLS_MALFORMED,
+};
+
+/* Is [off, off + len) inside the hello? Returns an outcome to stop with, or
+ * TLS_SNI_FOUND when the bytes may be read. */
+static __always_inline int tls_check_span(__u32 off, __u32 len, __u32 hello_end, __u32 avail)
+{
+	if (off + len > hello_end)
+		return TLS_MALFORMED;
+	if (off + len > avail)
+		return TLS_TRUNCATED;
+	return TLS_SNI_FOUND;
+}
+
+/* Parse the TLS bytes at the start of `bytes` (avail of them held). On
+ * TLS_SNI_FOUND, *name_off and *name_len locate the raw host name. */
+static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail,
+					      __u32 *name_off, __u32 *name_len)
+{
+	int span;
+
+	if (avail < TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN)
+		return avail >= 3 && payload_u8(bytes, 0) == TLS_CONTENT_HANDSHAKE &&
+		       payload_u8(bytes, 1) == TLS_MAJOR_VERSION &&
+		       payload_u8(bytes, 2) <= TLS_MAX_MINOR_VERSION ?
+			       TLS_TRUNCATED : TLS_NOT_CLIENT_HELLO;
+	if (payload_u8(bytes, 0) != TLS_CONTENT_HANDSHAKE ||
+	    payload_u8(bytes, 1) != TLS_MAJOR_VERSION ||
+	    payload_u8(bytes, 2) > TLS_MAX_MINOR_VERSION ||
+	    payload_u8(bytes, 5) != TLS_HANDSHAKE_CLIENT_HELLO)
+		return TLS_NOT_CLIENT_HELLO;
+
+	__u32 record_end = TLS_RECORD_HEADER_LEN + payload_be16(bytes, 3);
+	__u32 hello_end = TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN + payload_be24(bytes, 6);
+	/* Only the first record is parsed here: a ClientHello spread over
+	 * several records continues past record_end, which is truncation. */
+	if (avail > record_end)
+		avail = record_end;
+
+	/* legacy_version (2) and random (32) */
+	__u32 off = TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN + 2 + TLS_RANDOM_LEN;
+
+	span = tls_check_span(off, 1, hello_end, avail);
+	if (span != TLS_SNI_FOUND)
+		return span;
+	__u32 session_id_len = payload_u8(bytes, off);
+	if (session_id_len > TLS_SESSION_ID_MAX)
+		return TLS_MALFORMED;
+	off += 1 + session_id_len;
+
+	span = tls_check_span(off, 2, hello_end, avail);
+	if (span != TLS_SNI_FOUND)
+		return span;
+	__u32 cipher_suites_len = payload_be16(bytes, off);
+	if (cipher_suites_len < 2 || cipher_suites_len % 2)
+		return TLS_MALFORMED;
+	off += 2 + cipher_suites_len;
+
+	span = tls_check_span(off, 1, hello_end, avail);
+	if (span != TLS_SNI_FOUND)
+		return span;
+	__u32 compression_len = payload_u8(bytes, off);
+	if (compression_len < 1)
+		return TLS_MALFORMED;
+	off += 1 + compression_len;
+
+	/* A ClientHello may end here: no extensions, so no server name. */
+	if (off == hello_end)
+		return TLS_NO_SNI;
+	span = tls_check_span(off, 2, hello_end, avail);
+	if (span != TLS_SNI_FOUND)
+		return span;
+	__u32 extensions_end = off + 2 + payload_be16(bytes, off);
+	if (extensions_end > hello_end)
+		return TLS_MALFORMED;
+	off += 2;
+
+	for (int i = 0; i < TLS_EXTENSIONS_MAX; i++) {
+		if (off == extensions_end)
+			return TLS_NO_SNI;
+		span = tls_check_span(off, 4, extensions_end, avail);
+		if (span != TLS_SNI_FOUND)
+			return span;
+		__u32 ext_type = payload_be16(bytes, off);
+		__u32 ext_len = payload_be16(bytes, off + 2);
+		off += 4;
+		if (off + ext_len > extensions_end)
+			return TLS_MALFORMED;
+		if (ext_type != TLS_EXT_SERVER_NAME) {
+			off += ext_len;
+			continue;
+		}
+
+		/* server_name_list: length (2), then name_type (1), length (2), name. */
+		span = tls_check_span(off, 5, off + ext_len, avail);
+		if (span != TLS_SNI_FOUND)
+			return span;
+		__u32 list_len = payload_be16(bytes, off);
+		__u32 name_type = payload_u8(bytes, off + 2);
+		__u32 host_len = payload_be16(bytes, off + 3);
+		if (list_len + 2 > ext_len || host_len + 3 > list_len)
+			return TLS_MALFORMED;
+		if (name_type != TLS_SNI_HOST_NAME || host_len == 0 || host_len > SLUICE_NAME_MAX)
+			return TLS_MALFORMED;
+		span = tls_check_span(off + 5, host_len, off + ext_len, avail);
+		if (span != TLS_SNI_FOUND)
+			return span;
+		*name_off = off + 5;
+		*name_len = host_len;
+		return TLS_SNI_FOUND;
+	}
+	/* More extensions than we walk: we cannot tell, so we do not judge. */
+	return TLS_TRUNCATED;
+}
+
+#endif /* SLUICE_TLS_SNI_H */

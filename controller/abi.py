@@ -1,0 +1,52 @@
+"""Constants shared with the data plane, read from bpf/sluice_abi.h.
+
+The header is the single source of truth. Structs reach Python as the ctypes
+bcc builds from the same header (``table.Key`` and ``table.Leaf``); the
+numbers below are parsed from it, so the controller never restates a value
+the C side defines. tests/test_abi.py checks both against the kernel's BTF.
+"""
+
+import re
+from importlib.resources import files
+from types import SimpleNamespace
+
+ABI_HEADER = "sluice_abi.h"
+
+_DEFINE = re.compile(r"^#define\s+(SLUICE_\w+)\s+(\d+)\b", re.MULTILINE)
+_ENUM = re.compile(r"enum\s+(\w+)\s*\{(.*?)\};", re.DOTALL)
+_MEMBER = re.compile(r"^\s*(SLUICE_\w+)\s*(?:=\s*(\d+))?\s*,", re.MULTILINE)
+
+
+def bpf_source_dir():
+    """Where the C sources are, in a checkout or an installed copy alike."""
+    return files("controller.bpf")
+
+
+def parse_constants(text: str) -> dict[str, int]:
+    """Every ``#define SLUICE_X n`` and enum member in a header's text."""
+    constants = {name: int(value) for name, value in _DEFINE.findall(text)}
+    for _enum_name, body in _ENUM.findall(text):
+        body = re.sub(r"/\*.*?\*/", "", body, flags=re.DOTALL)
+        next_value = 0
+        for name, value in _MEMBER.findall(body):
+            next_value = int(value) if value else next_value
+            constants[name] = next_value
+            next_value += 1
+    return constants
+
+
+def _load() -> SimpleNamespace:
+    text = bpf_source_dir().joinpath(ABI_HEADER).read_text()
+    return SimpleNamespace(**parse_constants(text))
+
+
+ABI = _load()
+
+ACTION_NAMES = {ABI.SLUICE_ACTION_NONE: "none", ABI.SLUICE_ACTION_ALLOW: "allow",
+                ABI.SLUICE_ACTION_BLOCK: "block"}
+PROTO_NAMES = {ABI.SLUICE_PROTO_UNKNOWN: None, ABI.SLUICE_PROTO_TLS: "tls",
+               ABI.SLUICE_PROTO_HTTP: "http"}
+# enum sluice_counter, index -> lower-case name without the prefix.
+COUNTER_NAMES = {value: name.removeprefix("SLUICE_CNT_").lower()
+                 for name, value in vars(ABI).items()
+                 if name.startswith("SLUICE_CNT_") and name != "SLUICE_CNT_MAX"}

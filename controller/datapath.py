@@ -1,0 +1,241 @@
+"""Compile the data plane with bcc, fill its maps from a policy, attach it.
+
+One Datapath is one loaded copy of bpf/sluice_xdp.c with its own maps. The
+same program fd can be attached to several interfaces; they then share one
+flow table, which is what a router needs: a flow's two directions arrive on
+different interfaces.
+"""
+
+import ctypes
+import logging
+import re
+from contextlib import contextmanager
+
+import bcc
+import numpy
+from pyroute2 import IPRoute
+from pyroute2 import netns as pyroute2_netns
+
+from .abi import ABI, bpf_source_dir
+from .names import name_hashes_many
+
+log = logging.getLogger(__name__)
+
+PROGRAM_FILE = "sluice_xdp.c"
+PROGRAM_FUNCTION = b"sluice_xdp"
+# enum sluice_stage index -> the program that implements it.
+STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
+                   ABI.SLUICE_STAGE_HTTP: b"sluice_stage_http",
+                   ABI.SLUICE_STAGE_MATCH: b"sluice_stage_match"}
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_MODE_NAMES = {1: "native", 2: "generic", 3: "offload"}   # IFLA_XDP_ATTACHED
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.MULTILINE)
+
+
+def program_source(main: str = PROGRAM_FILE) -> str:
+    """The program as one translation unit, with our own headers spliced in.
+
+    bcc rewrites map calls such as ``flows.lookup(&key)`` only in the text it
+    is handed, not in included files, so headers that touch maps must be part
+    of that text. ``#line`` markers keep compiler messages pointing at the
+    real file and line.
+    """
+    directory = bpf_source_dir()
+    seen: set[str] = set()
+
+    def splice(name: str) -> str:
+        if name in seen:
+            return ""
+        seen.add(name)
+        text = directory.joinpath(name).read_text()
+        out, last = [f'#line 1 "{name}"\n'], 0
+        for match in _LOCAL_INCLUDE.finditer(text):
+            out.append(text[last:match.start()])
+            out.append(splice(match.group(1)))
+            line = text.count("\n", 0, match.end()) + 1
+            out.append(f'#line {line} "{name}"\n')
+            last = match.end() + 1
+        out.append(text[last:])
+        return "".join(out)
+
+    return splice(main)
+
+
+class AttachError(RuntimeError):
+    pass
+
+
+@contextmanager
+def inside_netns(name: str | None):
+    """Run the body in network namespace `name` (None: stay where we are)."""
+    if name is None:
+        yield
+        return
+    pyroute2_netns.pushns(name)
+    try:
+        yield
+    finally:
+        pyroute2_netns.popns()
+
+
+class Datapath:
+    """A compiled and loaded data plane, configured from a policy."""
+
+    def __init__(self, policy=None, *, events: bool = False):
+        self.policy = policy
+        names = _policy_names(policy)
+        cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(names[0]))}",
+                  "-Wno-incompatible-pointer-types-discards-qualifiers"]
+        self.bpf = bcc.BPF(text=program_source(), cflags=cflags)
+        self.function = self.bpf.load_func(PROGRAM_FUNCTION, bcc.BPF.XDP)
+        stages = self.table("stages")
+        for index, name in STAGE_FUNCTIONS.items():
+            stages[ctypes.c_int(index)] = ctypes.c_int(self.bpf.load_func(name, bcc.BPF.XDP).fd)
+        self.attached: list[tuple[str, str | None, str]] = []   # (ifname, netns, mode)
+        self._fill_rules(policy, names)
+        self._write_config(policy, events)
+
+    # --- maps -------------------------------------------------------------
+    def table(self, name: str):
+        return self.bpf.get_table(name)
+
+    def _fill_rules(self, policy, names) -> None:
+        if policy is None:
+            return
+        rules = self.table("rules")
+        for rule in policy.rules:
+            info = rules.Leaf()
+            info.action = ABI.SLUICE_ACTION_ALLOW if rule.action == "allow" else ABI.SLUICE_ACTION_BLOCK
+            info.flags = ABI.SLUICE_RULE_MONITOR if rule.monitor else 0
+            rules[ctypes.c_uint32(rule.id)] = info
+        self._fill_domain_rules(*names)
+
+    def _fill_domain_rules(self, domain_names, kinds, rule_ids) -> None:
+        if not domain_names:
+            return
+        table = self.table("domain_rules")
+        fnv, mix = name_hashes_many(domain_names)
+        key_type = numpy.dtype([("fnv", "<u8"), ("mix", "<u8"), ("len", "<u4"), ("kind", "<u4")])
+        assert key_type.itemsize == ctypes.sizeof(table.Key), "name_key layout changed"
+        keys = numpy.empty(len(domain_names), dtype=key_type)
+        keys["fnv"], keys["mix"] = fnv, mix
+        keys["len"] = [len(n) for n in domain_names]
+        keys["kind"] = kinds
+        values = numpy.asarray(rule_ids, dtype="<u4")
+        count = len(domain_names)
+        table.items_update_batch((table.Key * count).from_buffer_copy(keys.tobytes()),
+                                 (table.Leaf * count).from_buffer_copy(values.tobytes()))
+
+    def _write_config(self, policy, events: bool) -> None:
+        from .policy import DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS
+        config = self.table("config")
+        value = config.Leaf()
+        value.flow_idle_ns = policy.flow_idle_ns if policy else DEFAULT_FLOW_IDLE_NS
+        value.window_packets = policy.window_packets if policy else DEFAULT_WINDOW_PACKETS
+        value.flags = ABI.SLUICE_CFG_EVENTS if events else 0
+        config[ctypes.c_uint32(0)] = value
+
+    def set_config(self, **fields) -> None:
+        """Change fields of the live sluice_config (tests shorten timeouts)."""
+        config = self.table("config")
+        value = config[ctypes.c_uint32(0)]
+        for name, field_value in fields.items():
+            setattr(value, name, field_value)
+        config[ctypes.c_uint32(0)] = value
+
+    def counters(self) -> dict[str, int]:
+        """Global counters summed over CPUs, by name (see enum sluice_counter)."""
+        from .abi import COUNTER_NAMES
+        table = self.table("counters")
+        return {name: sum(table[ctypes.c_uint32(index)]) for index, name in COUNTER_NAMES.items()}
+
+    def rule_stats(self) -> dict[int, dict[str, int]]:
+        """Per rule id (0: no rule), each struct rule_stats field summed over CPUs."""
+        table = self.table("rule_stats")
+        ids = [0] + ([rule.id for rule in self.policy.rules] if self.policy else [])
+        fields = [name for name, _ in table.Leaf._fields_]
+        result = {}
+        for rule_id in ids:
+            per_cpu = table[ctypes.c_uint32(rule_id)]
+            result[rule_id] = {f: sum(getattr(cpu, f) for cpu in per_cpu) for f in fields}
+        return result
+
+    def flow_count(self) -> int:
+        return sum(1 for _ in self.table("flows").keys())
+
+    # --- attach -----------------------------------------------------------
+    def attach(self, ifname: str, netns: str | None = None, mode: str = "auto") -> str:
+        """Attach to ifname; returns the XDP mode the kernel reports.
+
+        mode "auto" asks for native (driver) XDP and falls back to generic
+        XDP when the driver refuses it. An interface that already has an XDP
+        program is refused rather than silently taken over.
+        """
+        attempts = {"auto": [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE],
+                    "native": [XDP_FLAGS_DRV_MODE], "generic": [XDP_FLAGS_SKB_MODE]}[mode]
+        with inside_netns(netns), IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=ifname)
+            if not links:
+                raise AttachError(f"no interface named {ifname!r}" + (f" in netns {netns}" if netns else ""))
+            index = links[0]
+            if _xdp_mode(ipr, index):
+                raise AttachError(f"{ifname} already has an XDP program attached; "
+                                  "detach it first (ip link set dev {ifname} xdp off)")
+            errors = []
+            for flags in attempts:
+                try:
+                    ipr.link("set", index=index, xdp={"attrs": [
+                        ("IFLA_XDP_FD", self.function.fd),
+                        ("IFLA_XDP_FLAGS", flags | XDP_FLAGS_UPDATE_IF_NOEXIST)]})
+                    break
+                except Exception as error:   # pyroute2 raises NetlinkError with the kernel's errno
+                    errors.append(f"{'native' if flags == XDP_FLAGS_DRV_MODE else 'generic'}: {error}")
+            else:
+                raise AttachError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
+            attached_mode = XDP_MODE_NAMES.get(_xdp_mode(ipr, index), "unknown")
+        self.attached.append((ifname, netns, attached_mode))
+        log.info("attached to %s%s in %s XDP mode", ifname, f" (netns {netns})" if netns else "",
+                 attached_mode)
+        return attached_mode
+
+    def detach_all(self) -> None:
+        """Detach from every interface this Datapath attached to."""
+        while self.attached:
+            ifname, netns, mode = self.attached.pop()
+            flags = XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE
+            try:
+                with inside_netns(netns), IPRoute() as ipr:
+                    links = ipr.link_lookup(ifname=ifname)
+                    if links:
+                        ipr.link("set", index=links[0], xdp={"attrs": [
+                            ("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", flags)]})
+                log.info("detached from %s", ifname)
+            except Exception as error:   # the interface may be gone with its namespace
+                log.warning("could not detach from %s: %s", ifname, error)
+
+    def close(self) -> None:
+        self.detach_all()
+        self.bpf.cleanup()
+
+
+def _xdp_mode(ipr, index: int) -> int:
+    """IFLA_XDP_ATTACHED of a link: 0 none, 1 native, 2 generic, 3 offload."""
+    link = ipr.get_links(index)[0]
+    xdp = link.get_attr("IFLA_XDP")
+    return xdp.get_attr("IFLA_XDP_ATTACHED") if xdp else 0
+
+
+def _policy_names(policy) -> tuple[list[bytes], list[int], list[int]]:
+    """Every name of the policy as parallel lists: name, match kind, rule id."""
+    names, kinds, rule_ids = [], [], []
+    for rule in policy.rules if policy else []:
+        for kind, rule_names in ((ABI.SLUICE_MATCH_SUFFIX, rule.suffixes),
+                                 (ABI.SLUICE_MATCH_EXACT, rule.exact)):
+            names.extend(rule_names)
+            kinds.extend([kind] * len(rule_names))
+            rule_ids.extend([rule.id] * len(rule_names))
+    return names, kinds, rule_ids
