@@ -131,11 +131,13 @@ class Datapath:
                                  (table.Leaf * count).from_buffer_copy(values.tobytes()))
 
     def _write_config(self, policy, events: bool) -> None:
-        from .policy import DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS
         config = self.table("config")
         value = config.Leaf()
-        value.flow_idle_ns = policy.flow_idle_ns if policy else DEFAULT_FLOW_IDLE_NS
-        value.window_packets = policy.window_packets if policy else DEFAULT_WINDOW_PACKETS
+        if policy is None:
+            from .policy import DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS
+            value.flow_idle_ns, value.window_packets = DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS
+        else:
+            value.flow_idle_ns, value.window_packets = policy.flow_idle_ns, policy.window_packets
         value.flags = ABI.SLUICE_CFG_EVENTS if events else 0
         config[ctypes.c_uint32(0)] = value
 
@@ -157,7 +159,7 @@ class Datapath:
         """Per rule id (0: no rule), each struct rule_stats field summed over CPUs."""
         table = self.table("rule_stats")
         ids = [0] + ([rule.id for rule in self.policy.rules] if self.policy else [])
-        fields = [name for name, _ in table.Leaf._fields_]
+        fields = [name for name, _ in table.sLeaf._fields_]   # per-CPU tables: one CPU's struct
         result = {}
         for rule_id in ids:
             per_cpu = table[ctypes.c_uint32(rule_id)]
