@@ -42,6 +42,11 @@ BPF_PROG_ARRAY(stages, SLUICE_STAGE_MAX);
 /* classification_event, one per flow, when SLUICE_CFG_EVENTS is set. */
 BPF_RINGBUF_OUTPUT(events, SLUICE_EVENT_RING_BYTES / PAGE_BYTES);
 
+/* Where an event is built before it is copied to the ring. Declaring the
+ * struct as a map value also gives the controller its layout (the map's
+ * value type), straight from sluice_abi.h. */
+BPF_PERCPU_ARRAY(event_buffers, struct classification_event, 1);
+
 static __always_inline void count(__u32 counter)
 {
 	__u64 *value = counters.lookup(&counter);

@@ -38,7 +38,8 @@ static __always_inline int apply_verdict(const struct flow_state *flow, __u32 fr
 static __always_inline void emit_event(const struct flow_state *flow, __u8 configured_action,
 				       const struct payload_scratch *scratch, __u32 name_len)
 {
-	struct classification_event *event = events.ringbuf_reserve(sizeof(*event));
+	__u32 zero = 0;
+	struct classification_event *event = event_buffers.lookup(&zero);
 
 	if (!event)
 		return;
@@ -49,7 +50,7 @@ static __always_inline void emit_event(const struct flow_state *flow, __u8 confi
 	event->client_is_hi = flow->client_is_hi;
 	event->name_len = name_len;
 	__builtin_memcpy(event->name, scratch->name, sizeof(event->name));
-	events.ringbuf_submit(event, 0);
+	events.ringbuf_output(event, sizeof(*event), 0);
 }
 
 /* Settle the flow under rule_id (0: none) for good. */

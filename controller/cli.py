@@ -1,2 +1,219 @@
-def main():
-    raise SystemExit("not yet")
+"""sluice: classify flows by TLS SNI and HTTP Host in XDP, and act on them.
+
+  sluice demo                         build a lab of namespaces, show blocks, tear down
+  sluice run                          the same lab, left running with metrics, until Ctrl-C
+  sluice run --policy P --iface eth0  enforce P on real interfaces until SIGINT/SIGTERM
+  sluice validate P                   check a policy without touching the kernel
+  sluice replay [--policy P] cap.pcap run the real program over a capture, offline
+"""
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import urllib.request
+from importlib.resources import files
+
+from . import metrics
+from .policy import PolicyError, load_policy, policy_summary
+
+EXIT_POLICY_ERROR = 2
+EXIT_FAILURE = 1
+LAB_POLICY = "lab.yaml"
+
+log = logging.getLogger("sluice")
+
+
+def lab_policy_path() -> str:
+    """The example policy the lab applies, wherever sluice is installed."""
+    return str(files("controller.policies").joinpath(LAB_POLICY))
+
+
+def load_policy_or_exit(path: str):
+    """Load a policy; on errors print every problem and exit 2 before any kernel change."""
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        print(error, file=sys.stderr)
+        print(f"sluice: {path}: policy refused, nothing was changed", file=sys.stderr)
+        sys.exit(EXIT_POLICY_ERROR)
+
+
+def wait_for_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+
+
+def cmd_validate(args) -> int:
+    policy = load_policy_or_exit(args.policy)
+    print(policy_summary(policy))
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from .replay import CaptureError, print_records, replay
+    policy = load_policy_or_exit(args.policy) if args.policy else None
+    try:
+        records, _frames = replay(args.capture, policy)
+    except (CaptureError, FileNotFoundError) as error:
+        print(f"sluice: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print_records(records, args.json)
+    return 0
+
+
+def cmd_run(args) -> int:
+    if not args.iface:
+        return run_lab(args, keep_running=True)
+    from .datapath import AttachError, Datapath
+    if not args.policy:
+        print("sluice run: --policy is required with --iface", file=sys.stderr)
+        return EXIT_POLICY_ERROR
+    policy = load_policy_or_exit(args.policy)
+    datapath = Datapath(policy)
+    try:
+        for ifname in args.iface:
+            mode = datapath.attach(ifname, mode=args.xdp_mode)
+            print(f"sluice: attached to {ifname} in {mode} XDP mode")
+        metrics.serve(datapath, policy, args.metrics_address, args.metrics_port)
+        print(f"sluice: enforcing {args.policy}; metrics on "
+              f"http://{args.metrics_address}:{args.metrics_port}/metrics; Ctrl-C to stop")
+        wait_for_signal()
+    except AttachError as error:
+        print(f"sluice: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        datapath.close()
+    print("sluice: detached")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    return run_lab(args, keep_running=False)
+
+
+# What the lab shows: (name, scheme, expected to get through, why).
+LAB_CHECKS = [
+    ("blocked.example", "https", False, "suffix rule block-lab, TLS SNI"),
+    ("cdn.blocked.example", "https", False, "below blocked.example, at a label boundary"),
+    ("blocked.example", "http", False, "the same rule, by HTTP Host"),
+    ("notblocked.example", "https", True, "a look-alike: no label boundary, no match"),
+    ("exact.example", "https", False, "exact rule"),
+    ("sub.exact.example", "https", True, "exact rules do not cover subdomains"),
+    ("watched.example", "https", True, "rule in monitor mode: counted, not enforced"),
+    ("allowed.example", "https", True, "allow rule"),
+    ("open.example", "http", True, "no rule names it"),
+]
+
+
+def run_lab(args, keep_running: bool) -> int:
+    from .datapath import Datapath
+    from .lab import SERVER_V4, Lab
+    policy_path = args.policy or lab_policy_path()
+    policy = load_policy_or_exit(policy_path)
+    print("sluice: building the lab (client -> edge -> server namespaces)")
+    with Lab() as lab:
+        datapath = Datapath(policy)
+        try:
+            for ifname in (lab.edge_client_iface, lab.edge_server_iface):
+                mode = datapath.attach(ifname, netns=lab.edge_ns, mode=args.xdp_mode)
+                print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {mode} XDP mode")
+            metrics.serve(datapath, policy, args.metrics_address, args.metrics_port)
+            print(f"sluice: policy {policy_path}\n")
+            failures = show_lab_checks(lab)
+            print()
+            print_metrics_excerpt(args.metrics_address, args.metrics_port)
+            if keep_running:
+                print(f"\nsluice: lab running; try it yourself:\n"
+                      f"  ip netns exec {lab.client_ns} curl -sk --resolve blocked.example:443:"
+                      f"{SERVER_V4} https://blocked.example/ --max-time 3\n"
+                      f"  curl -s http://{args.metrics_address}:{args.metrics_port}/metrics | grep sluice_\n"
+                      f"Ctrl-C to stop and tear the lab down.")
+                wait_for_signal()
+        finally:
+            datapath.close()
+    print("sluice: lab torn down")
+    return EXIT_FAILURE if failures else 0
+
+
+def show_lab_checks(lab) -> int:
+    failures = 0
+    for name, scheme, expect_ok, why in LAB_CHECKS:
+        result = lab.curl(name, scheme=scheme, timeout=2.0)
+        outcome = f"HTTP {result.http_code}" if result.ok else "blocked (no answer)"
+        as_expected = result.ok == expect_ok
+        failures += not as_expected
+        print(f"  {'ok ' if as_expected else 'BAD'} {scheme}://{name:<22} {outcome:<20} {why}")
+    return failures
+
+
+def print_metrics_excerpt(address: str, port: int) -> None:
+    text = urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=5).read().decode()
+    wanted = ("sluice_rule_flows_total", "sluice_rule_dropped_packets_total", "sluice_flows_classified_total")
+    print(f"metrics (http://{address}:{port}/metrics), excerpt:")
+    for line in text.splitlines():
+        if line.startswith(wanted) and not line.rstrip().endswith(" 0.0"):
+            print(f"  {line}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluice", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_runtime_options(p):
+        p.add_argument("--xdp-mode", choices=["auto", "native", "generic"], default="auto",
+                       help="native XDP runs in the driver (fastest); generic works on any "
+                            "interface; auto tries native first (default: %(default)s)")
+        p.add_argument("--metrics-address", default=metrics.DEFAULT_ADDRESS,
+                       help="address of the Prometheus exporter; anything other than loopback "
+                            "exposes it to the network (default: %(default)s)")
+        p.add_argument("--metrics-port", type=int, default=metrics.DEFAULT_PORT,
+                       help="port of the Prometheus exporter (default: %(default)s)")
+
+    run = sub.add_parser("run", help="enforce a policy on interfaces, or in the lab if none is given",
+                         description="Compile the data plane, fill its maps from the policy, attach "
+                                     "it and enforce until SIGINT or SIGTERM, then detach. Without "
+                                     "--iface, build the namespace lab and run there.")
+    run.add_argument("--policy", help="policy file (YAML); in the lab, default: the lab policy")
+    run.add_argument("--iface", action="append", default=[],
+                     help="interface to attach to; repeat for each (a router needs both sides)")
+    add_runtime_options(run)
+    run.set_defaults(handler=cmd_run)
+
+    demo = sub.add_parser("demo", help="build the lab, show blocked and passing names, tear down")
+    demo.add_argument("--policy", help="policy for the lab (default: the lab policy)")
+    add_runtime_options(demo)
+    demo.set_defaults(handler=cmd_demo)
+
+    validate = sub.add_parser("validate", help="check a policy file; exit 2 with file:line:column on errors")
+    validate.add_argument("policy")
+    validate.set_defaults(handler=cmd_validate)
+
+    replay = sub.add_parser("replay", help="run the data plane over a pcap/pcapng capture, one line per flow",
+                            description="Run the real XDP program over every frame of a capture, in "
+                                        "order, and print one line per TCP flow: client, server, "
+                                        "protocol, name, rule and action. Without --policy no rule "
+                                        "matches: it only names the flows.")
+    replay.add_argument("capture", help="pcap or pcapng file (Ethernet, raw IP or Linux cooked)")
+    replay.add_argument("--policy", help="policy file to judge the flows by")
+    replay.add_argument("--json", action="store_true",
+                        help='one JSON object per line with keys client, client_port, server, '
+                             'server_port, proto, name, rule, action')
+    replay.set_defaults(handler=cmd_replay)
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r")
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -101,7 +101,9 @@ class Datapath:
 
     # --- maps -------------------------------------------------------------
     def table(self, name: str):
-        return self.bpf.get_table(name)
+        # bpf[name] caches the table object; a ring buffer's callback lives
+        # in it, so a fresh get_table() each time would let it be freed.
+        return self.bpf[name]
 
     def _fill_rules(self, policy, names) -> None:
         if policy is None:

@@ -1,0 +1,88 @@
+"""Prometheus exporter: counters read from the data plane's maps at scrape time.
+
+The data plane counts in per-CPU maps; nothing in user space runs per
+packet. Each scrape sums the per-CPU slots and reports them as counters in
+base units with the `_total` suffix, following Prometheus conventions.
+"""
+
+import time
+
+from prometheus_client import start_http_server
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+
+DEFAULT_ADDRESS = "127.0.0.1"
+DEFAULT_PORT = 9477
+
+# enum sluice_counter names, grouped into labelled families.
+PARSER_OUTCOMES = {
+    "tls_sni_found": ("tls", "sni_found"), "tls_no_sni": ("tls", "no_sni"),
+    "tls_truncated": ("tls", "truncated"), "tls_malformed": ("tls", "malformed"),
+    "not_tls": ("tls", "not_tls"),
+    "http_host_found": ("http", "host_found"), "http_no_host": ("http", "no_host"),
+    "http_truncated": ("http", "truncated"),
+}
+FLOWS_BY_PROTO = {"flows_tls": "tls", "flows_http": "http"}
+
+
+class SluiceCollector:
+    """A custom collector: prometheus-client calls collect() on each scrape."""
+
+    def __init__(self, datapath, policy):
+        self.datapath = datapath
+        self.policy = policy
+        self.loaded_at = time.time()
+
+    def collect(self):
+        counters = self.datapath.counters()
+        yield CounterMetricFamily("sluice_packets", "Packets the XDP program saw.",
+                                  value=counters["packets"])
+        yield CounterMetricFamily("sluice_skipped_packets",
+                                  "Packets not inspected: not TCP/UDP over IP, later fragments, bad headers.",
+                                  value=counters["skipped"])
+        flows = CounterMetricFamily("sluice_flows_classified", "Flows given a name (or none) by protocol.",
+                                    labels=["proto"])
+        for counter, proto in FLOWS_BY_PROTO.items():
+            flows.add_metric([proto], counters[counter])
+        yield flows
+        outcomes = CounterMetricFamily("sluice_parser_outcomes", "Payload packets by parser and outcome.",
+                                       labels=["parser", "outcome"])
+        for counter, labels in PARSER_OUTCOMES.items():
+            outcomes.add_metric(list(labels), counters[counter])
+        yield outcomes
+        yield CounterMetricFamily("sluice_flows_gave_up",
+                                  "Flows whose inspection window ran out without a name.",
+                                  value=counters["gave_up"])
+        yield CounterMetricFamily("sluice_flows_expired", "Idle flows seen again and inspected afresh.",
+                                  value=counters["flows_expired"])
+        yield from self._rule_families()
+        yield GaugeMetricFamily("sluice_policy_loaded_timestamp_seconds",
+                                "When the running policy was loaded (Unix time).", value=self.loaded_at)
+        yield GaugeMetricFamily("sluice_policy_rules", "Rules in the running policy.",
+                                value=len(self.policy.rules) if self.policy else 0)
+
+    def _rule_families(self):
+        labels = ["rule", "action", "mode"]
+        families = {
+            "flows": CounterMetricFamily("sluice_rule_flows", "Flows classified under a rule.", labels=labels),
+            "packets": CounterMetricFamily("sluice_rule_packets", "Packets judged under a rule.", labels=labels),
+            "bytes": CounterMetricFamily("sluice_rule_bytes", "Bytes judged under a rule.", labels=labels),
+            "dropped_packets": CounterMetricFamily("sluice_rule_dropped_packets",
+                                                   "Packets a rule dropped.", labels=labels),
+            "dropped_bytes": CounterMetricFamily("sluice_rule_dropped_bytes",
+                                                 "Bytes a rule dropped.", labels=labels),
+        }
+        for rule_id, stats in self.datapath.rule_stats().items():
+            rule = self.policy.rule_by_id(rule_id) if self.policy and rule_id else None
+            label_values = ([rule.name, rule.action, "monitor" if rule.monitor else "enforce"]
+                            if rule else ["", "none", ""])
+            for field, family in families.items():
+                family.add_metric(label_values, stats[field])
+        yield from families.values()
+
+
+def serve(datapath, policy, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> SluiceCollector:
+    """Register the collector and serve /metrics on address:port."""
+    collector = SluiceCollector(datapath, policy)
+    REGISTRY.register(collector)
+    start_http_server(port, addr=address)
+    return collector

@@ -1,0 +1,152 @@
+"""`sluice replay`: run the real data plane over a capture, offline.
+
+Every frame of a pcap or pcapng file goes, in order, through the same XDP
+program that runs on interfaces, by BPF_PROG_TEST_RUN. The program reports
+each flow it settles on its event ring; replay prints one line per flow.
+
+Output (stable; tools may parse it):
+  text:  CLIENT:PORT -> SERVER:PORT PROTO NAME rule=RULE action=ACTION
+  json:  {"client", "client_port", "server", "server_port", "proto", "name",
+          "rule", "action"} per line
+  proto is "tls" or "http", or null for a TCP flow that sent payload but
+  never a ClientHello or request; name is null when the flow carried none;
+  rule and action are null when no rule names the flow; action is "allow",
+  "block" or "monitor" (a rule in monitor mode matched: the flow passes).
+"""
+
+import ctypes
+import ipaddress
+import json
+import struct
+import sys
+
+from scapy.utils import RawPcapReader
+
+from .abi import ABI, PROTO_NAMES
+from .datapath import Datapath
+from .testrun import run_xdp
+
+# Link types (tcpdump.org/linktypes.html) whose frames replay can turn into
+# the Ethernet frames the XDP program expects.
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+FAKE_MACS = bytes(12)
+
+CONSUME_EVERY = 256     # frames between ring buffer reads; the ring holds ~800 events
+
+
+class CaptureError(Exception):
+    pass
+
+
+def to_ethernet(frame: bytes, linktype: int) -> bytes | None:
+    """The frame as Ethernet, or None for a link type replay cannot read."""
+    if linktype == LINKTYPE_ETHERNET:
+        return frame
+    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+        if not frame:
+            return None
+        ethertype = ETH_P_IPV6 if frame[0] >> 4 == 6 else ETH_P_IP
+        return FAKE_MACS + struct.pack("!H", ethertype) + frame
+    if linktype == LINKTYPE_LINUX_SLL and len(frame) >= 16:
+        return FAKE_MACS + frame[14:16] + frame[16:]
+    if linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
+        return FAKE_MACS + frame[0:2] + frame[20:]
+    return None
+
+
+def _address(raw) -> str:
+    address = ipaddress.IPv6Address(bytes(raw))
+    return str(address.ipv4_mapped or address)
+
+
+def _port(raw: int) -> int:
+    """A port as stored in the flow key: network byte order."""
+    return struct.unpack("!H", struct.pack("=H", raw))[0]
+
+
+def client_and_server(key, client_is_hi: int) -> tuple[tuple[str, int], tuple[str, int]]:
+    lo = (_address(key.addr_lo), _port(key.port_lo))
+    hi = (_address(key.addr_hi), _port(key.port_hi))
+    return (hi, lo) if client_is_hi else (lo, hi)
+
+
+def _record(key, client_is_hi, proto=None, name=None, rule=None) -> dict:
+    client, server = client_and_server(key, client_is_hi)
+    return {"client": client[0], "client_port": client[1],
+            "server": server[0], "server_port": server[1],
+            "proto": proto, "name": name,
+            "rule": rule.name if rule else None,
+            "action": ("monitor" if rule.monitor else rule.action) if rule else None}
+
+
+class FlowReport:
+    """Turns classification events into the documented records."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.records: list[dict] = []
+
+    def add_event(self, event) -> None:
+        rule = self.policy.rule_by_id(event.rule_id) if self.policy and event.rule_id else None
+        name = bytes(event.name[:event.name_len]).decode("ascii", "backslashreplace") \
+            if event.name_len else None
+        self.records.append(_record(event.key, event.client_is_hi,
+                                    PROTO_NAMES.get(event.proto), name, rule))
+
+
+def format_text(record: dict) -> str:
+    def endpoint(host, port):
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return (f"{endpoint(record['client'], record['client_port'])} -> "
+            f"{endpoint(record['server'], record['server_port'])} "
+            f"{record['proto'] or '-'} {record['name'] or '-'} "
+            f"rule={record['rule'] or '-'} action={record['action'] or '-'}")
+
+
+def replay(capture_path: str, policy=None) -> tuple[list[dict], int]:
+    """Run the capture through the data plane; returns (records, frames)."""
+    datapath = Datapath(policy, events=True)
+    report = FlowReport(policy)
+    event_type = ctypes.POINTER(datapath.table("event_buffers").sLeaf)
+    datapath.table("events").open_ring_buffer(
+        lambda _ctx, data, _size: report.add_event(ctypes.cast(data, event_type).contents))
+    frames = 0
+    try:
+        try:
+            reader = RawPcapReader(capture_path)
+        except Exception as error:       # scapy raises Scapy_Exception for bad magic
+            raise CaptureError(f"{capture_path}: not a pcap or pcapng file ({error})") from error
+        with reader:
+            for data, metadata in reader:
+                linktype = getattr(metadata, "linktype", None) or reader.linktype
+                frame = to_ethernet(bytes(data), linktype)
+                if frame is None or len(frame) < 14:
+                    continue
+                run_xdp(datapath.function.fd, frame)
+                frames += 1
+                if frames % CONSUME_EVERY == 0:
+                    datapath.bpf.ring_buffer_consume()
+        datapath.bpf.ring_buffer_consume()
+        _report_unsettled(datapath, report)
+    finally:
+        datapath.close()
+    return report.records, frames
+
+
+def _report_unsettled(datapath, report) -> None:
+    """Flows the capture ended on before they were settled get a line too."""
+    for key, flow in datapath.table("flows").items():
+        if flow.state == ABI.SLUICE_FLOW_INSPECTING and flow.payload_packets:
+            report.records.append(_record(key, flow.client_is_hi))
+
+
+def print_records(records: list[dict], as_json: bool, out=sys.stdout) -> None:
+    for record in records:
+        print(json.dumps(record) if as_json else format_text(record), file=out)
