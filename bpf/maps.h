@@ -33,6 +33,12 @@ BPF_PERCPU_ARRAY(counters, __u64, SLUICE_CNT_MAX);
 /* Index 0 holds the one sluice_config. */
 BPF_ARRAY(config, struct sluice_config, 1);
 
+/* Throttle and shape clocks shared by a rule's flows (rule scope), by rule id. */
+BPF_ARRAY(rule_clocks, struct rate_clocks, SLUICE_MAX_RULES);
+
+/* ... and by the flows of one client under one rule (client scope). */
+BPF_TABLE("lru_hash", struct client_clock_key, struct rate_clocks, client_clocks, SLUICE_CLIENT_CLOCKS_MAX);
+
 /* One scratch buffer per CPU for the payload being inspected. */
 BPF_PERCPU_ARRAY(payload_buffers, struct payload_scratch, 1);
 
@@ -46,6 +52,13 @@ BPF_RINGBUF_OUTPUT(events, SLUICE_EVENT_RING_BYTES / PAGE_BYTES);
  * struct as a map value also gives the controller its layout (the map's
  * value type), straight from sluice_abi.h. */
 BPF_PERCPU_ARRAY(event_buffers, struct classification_event, 1);
+
+/* The data plane's time: the kernel's monotonic clock, or a frozen clock
+ * that tests set to replay exact packet timings. */
+static __always_inline __u64 now_ns(const struct sluice_config *cfg)
+{
+	return cfg->clock_ns ? cfg->clock_ns : bpf_ktime_get_ns();
+}
 
 static __always_inline void count(__u32 counter)
 {

@@ -23,6 +23,9 @@
 /* Flow table size (LRU: the least recently used flow is evicted first). */
 #define SLUICE_FLOW_MAX 262144
 
+/* Client-scope throttle and shape clocks (LRU). */
+#define SLUICE_CLIENT_CLOCKS_MAX 65536
+
 /* The controller sizes the domain rule map to the policy at compile time
  * (-DSLUICE_DOMAIN_RULES_MAX=n); this is the size without a policy. */
 #define SLUICE_DOMAIN_RULES_DEFAULT 1024
@@ -34,6 +37,23 @@ enum sluice_action {
 	SLUICE_ACTION_NONE = 0,		/* no rule names the flow: it passes */
 	SLUICE_ACTION_ALLOW = 1,
 	SLUICE_ACTION_BLOCK = 2,
+	SLUICE_ACTION_THROTTLE = 3,	/* police to a rate in XDP: drop the excess */
+	SLUICE_ACTION_SHAPE = 4,	/* pace to a rate at tc egress (EDT, needs fq) */
+	SLUICE_ACTION_DELAY = 5,	/* hold each packet a fixed time at tc egress */
+};
+
+/* Who shares one token bucket (throttle) or virtual clock (shape). */
+enum sluice_scope {
+	SLUICE_SCOPE_FLOW = 0,		/* each flow its own */
+	SLUICE_SCOPE_CLIENT = 1,	/* all flows of one client address under the rule */
+	SLUICE_SCOPE_RULE = 2,		/* every flow of the rule together */
+};
+
+/* Direction relative to the flow's client. */
+enum sluice_direction {
+	SLUICE_DIR_UP = 0,		/* client -> server */
+	SLUICE_DIR_DOWN = 1,		/* server -> client */
+	SLUICE_DIRS = 2,
 };
 
 /* Rule flags. */
@@ -107,6 +127,21 @@ struct flow_state {
 	__u8 client_is_hi;		/* 1: the client is the key's hi side */
 	__u8 client_known;		/* 1: the client was seen opening the flow (SYN) */
 	__u8 pad[6];
+	/* Per direction, for throttle and shape in flow scope: the time at
+	 * which the flow's bucket is empty again (throttle, GCRA) or its next
+	 * packet may leave (shape, EDT). */
+	__u64 next_ns[SLUICE_DIRS];
+};
+
+/* The same clocks for client and rule scope. */
+struct rate_clocks {
+	__u64 next_ns[SLUICE_DIRS];
+};
+
+struct client_clock_key {
+	__u32 rule_id;
+	__u32 pad;
+	__u8 client[16];		/* IPv4 as ::ffff:a.b.c.d */
 };
 
 /* Key of the domain rule hash: two 64-bit hashes of the name read right to
@@ -121,24 +156,44 @@ struct name_key {
 	__u32 kind;			/* enum sluice_match_kind */
 };
 
+/* A rate in one direction. Time per byte is kept in picoseconds so that
+ * 400 gbit/s (20 ps a byte) and 8 kbit/s (1 ms a byte) are both exact. */
+struct rate_limit {
+	__u64 ps_per_byte;		/* 0: this direction is not limited */
+	__u64 burst_ns;			/* the burst in bytes, as time at the rate */
+};
+
 struct rule_info {
 	__u32 action;			/* enum sluice_action */
 	__u32 flags;			/* SLUICE_RULE_* */
+	__u32 scope;			/* enum sluice_scope */
+	__u32 pad;
+	struct rate_limit limit[SLUICE_DIRS];	/* throttle, shape */
+	__u64 delay_ns;			/* delay: added to every packet */
+	__u64 jitter_ns;		/* delay: plus uniform random 0..jitter */
+	__u64 horizon_ns;		/* shape, delay: drop a packet due later than this */
 };
 
-/* Per rule, per CPU. Index 0 counts flows that no rule names. */
+struct direction_stats {
+	__u64 packets;			/* packets judged under the rule */
+	__u64 bytes;
+	__u64 dropped_packets;		/* of those, dropped (block, policer, horizon) */
+	__u64 dropped_bytes;
+	__u64 delayed_packets;		/* given a later departure time (shape, delay) */
+};
+
+/* Per rule, per CPU. Index 0 counts packets that no rule judges; their
+ * direction is counted as up where the client is not known. */
 struct rule_stats {
 	__u64 flows;			/* flows classified under this rule */
-	__u64 packets;			/* packets judged under this rule */
-	__u64 bytes;
-	__u64 dropped_packets;		/* of those, dropped by a block */
-	__u64 dropped_bytes;
+	struct direction_stats dir[SLUICE_DIRS];
 };
 
 struct sluice_config {
 	__u64 flow_idle_ns;		/* a flow idle this long starts afresh */
 	__u32 window_packets;		/* payload packets inspected per flow */
 	__u32 flags;			/* SLUICE_CFG_* */
+	__u64 clock_ns;			/* non-zero: the data plane's time, frozen (tests) */
 };
 
 #define SLUICE_CFG_EVENTS 1		/* emit a classification_event per flow */

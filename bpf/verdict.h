@@ -1,37 +1,71 @@
-/* verdict.h - settle a flow under a rule, count it, and apply its action.
+/* verdict.h - settle a flow under a rule, count it, and apply its action:
+ * pass, drop (block), or police (throttle). Shape and delay pass here and
+ * take effect at tc egress (sluice_tc.c).
  */
 #ifndef SLUICE_VERDICT_H
 #define SLUICE_VERDICT_H
 
 #include "maps.h"
 #include "payload.h"
+#include "rate_limit.h"
 
-static __always_inline void account(__u32 rule_id, __u32 bytes, int dropped)
+enum packet_outcome {
+	OUTCOME_PASSED = 0,
+	OUTCOME_DROPPED,
+	OUTCOME_DELAYED,
+};
+
+static __always_inline void account(__u32 rule_id, __u32 dir, __u32 bytes, int outcome)
 {
 	struct rule_stats *stats = rule_stats.lookup(&rule_id);
 
 	if (!stats)
 		return;
-	stats->packets += 1;
-	stats->bytes += bytes;
-	if (dropped) {
-		stats->dropped_packets += 1;
-		stats->dropped_bytes += bytes;
+	struct direction_stats *d = &stats->dir[dir & (SLUICE_DIRS - 1)];
+	d->packets += 1;
+	d->bytes += bytes;
+	if (outcome == OUTCOME_DROPPED) {
+		d->dropped_packets += 1;
+		d->dropped_bytes += bytes;
 	}
 }
 
 /* Every packet that no rule judges is counted under rule id 0, and passes. */
 static __always_inline int pass_unjudged(__u32 frame_len)
 {
-	account(0, frame_len, 0);
+	account(0, SLUICE_DIR_UP, frame_len, OUTCOME_PASSED);
 	return XDP_PASS;
 }
 
-static __always_inline int apply_verdict(const struct flow_state *flow, __u32 frame_len)
+static __always_inline __u32 packet_direction(const struct flow_state *flow, int sender_is_hi)
 {
-	int drop = flow->action == SLUICE_ACTION_BLOCK;
+	return flow->client_known && sender_is_hi != flow->client_is_hi ?
+		       SLUICE_DIR_DOWN : SLUICE_DIR_UP;
+}
 
-	account(flow->rule_id, frame_len, drop);
+/* Does a throttled flow's packet conform to its rule's rate in its direction? */
+static __always_inline int throttle_conforms(struct flow_state *flow, const struct flow_key *key,
+					     __u32 dir, __u32 bytes, __u64 now)
+{
+	__u32 rule_id = flow->rule_id;
+	struct rule_info *rule = rules.lookup(&rule_id);
+
+	if (!rule)
+		return 1;
+	__u64 *clock = rate_clock(flow, key, rule, dir);
+	return clock ? police(clock, &rule->limit[dir & (SLUICE_DIRS - 1)], bytes, now) : 1;
+}
+
+/* The verdict of a classified flow on one of its packets. */
+static __always_inline int apply_verdict(struct flow_state *flow, const struct flow_key *key,
+					 int sender_is_hi, __u32 frame_len, __u64 now)
+{
+	__u32 dir = packet_direction(flow, sender_is_hi);
+	int drop = flow->action == SLUICE_ACTION_BLOCK ||
+		   (flow->action == SLUICE_ACTION_THROTTLE &&
+		    !throttle_conforms(flow, key, dir, frame_len, now));
+
+	account(flow->rule_id, dir, frame_len, drop ? OUTCOME_DROPPED : OUTCOME_PASSED);
 	return drop ? XDP_DROP : XDP_PASS;
 }
 

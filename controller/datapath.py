@@ -21,8 +21,10 @@ from .names import name_hashes_many
 
 log = logging.getLogger(__name__)
 
-PROGRAM_FILE = "sluice_xdp.c"
+# The programs, compiled as one unit so that they share their maps.
+PROGRAM_FILES = ("sluice_xdp.c", "sluice_tc.c")
 PROGRAM_FUNCTION = b"sluice_xdp"
+TC_EGRESS_FUNCTION = b"sluice_tc_egress"
 # enum sluice_stage index -> the program that implements it.
 STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_HTTP: b"sluice_stage_http",
@@ -33,10 +35,13 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_MODE_NAMES = {1: "native", 2: "generic", 3: "offload"}   # IFLA_XDP_ATTACHED
 
+# struct direction_stats, as summed by rule_stats().
+DIRECTION_FIELDS = ("packets", "bytes", "dropped_packets", "dropped_bytes", "delayed_packets")
+
 _LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.MULTILINE)
 
 
-def program_source(main: str = PROGRAM_FILE) -> str:
+def program_source(mains: tuple[str, ...] = PROGRAM_FILES) -> str:
     """The program as one translation unit, with our own headers spliced in.
 
     bcc rewrites map calls such as ``flows.lookup(&key)`` only in the text it
@@ -62,7 +67,7 @@ def program_source(main: str = PROGRAM_FILE) -> str:
         out.append(text[last:])
         return "".join(out)
 
-    return splice(main)
+    return "".join(splice(main) for main in mains)
 
 
 class AttachError(RuntimeError):
@@ -157,15 +162,24 @@ class Datapath:
         table = self.table("counters")
         return {name: sum(table[ctypes.c_uint32(index)]) for index, name in COUNTER_NAMES.items()}
 
-    def rule_stats(self) -> dict[int, dict[str, int]]:
-        """Per rule id (0: no rule), each struct rule_stats field summed over CPUs."""
+    def rule_stats(self) -> dict[int, dict]:
+        """Per rule id (0: no rule), struct rule_stats summed over CPUs.
+
+        Each entry has "flows", the direction_stats fields summed over both
+        directions, and "up" and "down" with each direction's own fields.
+        """
         table = self.table("rule_stats")
         ids = [0] + ([rule.id for rule in self.policy.rules] if self.policy else [])
-        fields = [name for name, _ in table.sLeaf._fields_]   # per-CPU tables: one CPU's struct
         result = {}
         for rule_id in ids:
             per_cpu = table[ctypes.c_uint32(rule_id)]
-            result[rule_id] = {f: sum(getattr(cpu, f) for cpu in per_cpu) for f in fields}
+            stats = {"flows": sum(cpu.flows for cpu in per_cpu)}
+            for direction, label in ((ABI.SLUICE_DIR_UP, "up"), (ABI.SLUICE_DIR_DOWN, "down")):
+                stats[label] = {f: sum(getattr(cpu.dir[direction], f) for cpu in per_cpu)
+                                for f in DIRECTION_FIELDS}
+            for f in DIRECTION_FIELDS:
+                stats[f] = stats["up"][f] + stats["down"][f]
+            result[rule_id] = stats
         return result
 
     def flow_count(self) -> int:

@@ -1,0 +1,84 @@
+/* sluice_tc.c - give the packets of shaped and delayed flows a departure
+ * time, at tc egress.
+ *
+ * The flows were classified by sluice_xdp on ingress; this program only
+ * reads their verdict. It sets skb->tstamp (Earliest Departure Time) and
+ * the fq qdisc on the device holds each packet until then. A packet due
+ * later than its rule's horizon is dropped instead, so that a sender that
+ * ignores the pacing cannot fill fq's queues.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "sluice_abi.h"
+#include "parsing_helpers.h"
+#include "maps.h"
+#include "flow.h"
+#include "rate_limit.h"
+#include "verdict.h"
+
+static __always_inline void account_egress(__u32 rule_id, __u32 dir, __u32 bytes, int outcome)
+{
+	struct rule_stats *stats = rule_stats.lookup(&rule_id);
+
+	if (!stats)
+		return;
+	struct direction_stats *d = &stats->dir[dir & (SLUICE_DIRS - 1)];
+	if (outcome == OUTCOME_DROPPED) {
+		d->dropped_packets += 1;
+		d->dropped_bytes += bytes;
+	} else if (outcome == OUTCOME_DELAYED) {
+		d->delayed_packets += 1;
+	}
+}
+
+/* When a delayed packet may leave: its delay plus up to jitter. fq keeps a
+ * flow's packets in order, so jitter never reorders them. */
+static __always_inline __u64 delayed_departure(const struct rule_info *rule, __u64 now)
+{
+	__u64 jitter = rule->jitter_ns ? bpf_get_prandom_u32() % rule->jitter_ns : 0;
+
+	return now + rule->delay_ns + jitter;
+}
+
+int sluice_tc_egress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct packet_info pkt = {};
+	struct flow_key key = {};
+
+	if (parse_packet(data, data_end, &pkt) < 0 || pkt.l4proto != IPPROTO_TCP)
+		return TC_ACT_OK;
+	int sender_is_hi = make_flow_key(&pkt, &key);
+	struct flow_state *flow = flows.lookup(&key);
+	if (!flow || flow->state != SLUICE_FLOW_CLASSIFIED)
+		return TC_ACT_OK;
+	if (flow->action != SLUICE_ACTION_SHAPE && flow->action != SLUICE_ACTION_DELAY)
+		return TC_ACT_OK;
+	__u32 rule_id = flow->rule_id;
+	struct rule_info *rule = rules.lookup(&rule_id);
+	if (!rule)
+		return TC_ACT_OK;
+
+	/* fq compares departure times with the real monotonic clock. */
+	__u64 now = bpf_ktime_get_ns();
+	__u32 dir = packet_direction(flow, sender_is_hi) & (SLUICE_DIRS - 1);
+	__u64 departure = now;
+	if (flow->action == SLUICE_ACTION_DELAY) {
+		departure = delayed_departure(rule, now);
+	} else {
+		__u64 *clock = rate_clock(flow, &key, rule, dir);
+		if (clock)
+			departure = pace(clock, &rule->limit[dir], skb->len, now);
+	}
+	if (departure - now > rule->horizon_ns) {
+		account_egress(rule_id, dir, skb->len, OUTCOME_DROPPED);
+		return TC_ACT_SHOT;
+	}
+	if (departure > now) {
+		skb->tstamp = departure;
+		account_egress(rule_id, dir, skb->len, OUTCOME_DELAYED);
+	}
+	return TC_ACT_OK;
+}
