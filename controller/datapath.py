@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import bcc
 import numpy
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetlinkError
 from pyroute2 import netns as pyroute2_netns
 
 from .abi import ABI, bpf_source_dir
@@ -33,7 +33,9 @@ STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_MODE_NAMES = {1: "native", 2: "generic", 3: "offload"}   # IFLA_XDP_ATTACHED
+# IFLA_XDP_ATTACHED, as pyroute2 names its values.
+XDP_MODE_NAMES = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload"}
+MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 
 # struct direction_stats, as summed by rule_stats().
 DIRECTION_FIELDS = ("packets", "bytes", "dropped_packets", "dropped_bytes", "delayed_packets")
@@ -193,8 +195,7 @@ class Datapath:
         XDP when the driver refuses it. An interface that already has an XDP
         program is refused rather than silently taken over.
         """
-        attempts = {"auto": [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE],
-                    "native": [XDP_FLAGS_DRV_MODE], "generic": [XDP_FLAGS_SKB_MODE]}[mode]
+        attempts = ["native", "generic"] if mode == "auto" else [mode]
         with inside_netns(netns), IPRoute() as ipr:
             links = ipr.link_lookup(ifname=ifname)
             if not links:
@@ -204,17 +205,17 @@ class Datapath:
                 raise AttachError(f"{ifname} already has an XDP program attached; "
                                   "detach it first (ip link set dev {ifname} xdp off)")
             errors = []
-            for flags in attempts:
+            for attempt in attempts:
                 try:
                     ipr.link("set", index=index, xdp={"attrs": [
                         ("IFLA_XDP_FD", self.function.fd),
-                        ("IFLA_XDP_FLAGS", flags | XDP_FLAGS_UPDATE_IF_NOEXIST)]})
+                        ("IFLA_XDP_FLAGS", MODE_FLAGS[attempt] | XDP_FLAGS_UPDATE_IF_NOEXIST)]})
                     break
-                except Exception as error:   # pyroute2 raises NetlinkError with the kernel's errno
-                    errors.append(f"{'native' if flags == XDP_FLAGS_DRV_MODE else 'generic'}: {error}")
+                except NetlinkError as error:
+                    errors.append(f"{attempt}: {error}")
             else:
                 raise AttachError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
-            attached_mode = XDP_MODE_NAMES.get(_xdp_mode(ipr, index), "unknown")
+            attached_mode = XDP_MODE_NAMES[_xdp_mode(ipr, index)]
         self.attached.append((ifname, netns, attached_mode))
         log.info("attached to %s%s in %s XDP mode", ifname, f" (netns {netns})" if netns else "",
                  attached_mode)
@@ -224,7 +225,7 @@ class Datapath:
         """Detach from every interface this Datapath attached to."""
         while self.attached:
             ifname, netns, mode = self.attached.pop()
-            flags = XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE
+            flags = MODE_FLAGS[mode]
             try:
                 with inside_netns(netns), IPRoute() as ipr:
                     links = ipr.link_lookup(ifname=ifname)
@@ -240,11 +241,10 @@ class Datapath:
         self.bpf.cleanup()
 
 
-def _xdp_mode(ipr, index: int) -> int:
-    """IFLA_XDP_ATTACHED of a link: 0 none, 1 native, 2 generic, 3 offload."""
-    link = ipr.get_links(index)[0]
-    xdp = link.get_attr("IFLA_XDP")
-    return xdp.get_attr("IFLA_XDP_ATTACHED") if xdp else 0
+def _xdp_mode(ipr, index: int) -> str | None:
+    """IFLA_XDP_ATTACHED of a link: None, or "xdp", "xdpgeneric", "xdpoffload"."""
+    xdp = ipr.get_links(index)[0].get_attr("IFLA_XDP")
+    return xdp.get_attr("IFLA_XDP_ATTACHED") if xdp else None
 
 
 def _policy_names(policy) -> tuple[list[bytes], list[int], list[int]]:

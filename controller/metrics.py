@@ -62,21 +62,31 @@ class SluiceCollector:
 
     def _rule_families(self):
         labels = ["rule", "action", "mode"]
+        direction_labels = labels + ["direction"]
+        flows = CounterMetricFamily("sluice_rule_flows", "Flows classified under a rule.", labels=labels)
         families = {
-            "flows": CounterMetricFamily("sluice_rule_flows", "Flows classified under a rule.", labels=labels),
-            "packets": CounterMetricFamily("sluice_rule_packets", "Packets judged under a rule.", labels=labels),
-            "bytes": CounterMetricFamily("sluice_rule_bytes", "Bytes judged under a rule.", labels=labels),
-            "dropped_packets": CounterMetricFamily("sluice_rule_dropped_packets",
-                                                   "Packets a rule dropped.", labels=labels),
-            "dropped_bytes": CounterMetricFamily("sluice_rule_dropped_bytes",
-                                                 "Bytes a rule dropped.", labels=labels),
+            "packets": CounterMetricFamily("sluice_rule_packets", "Packets judged under a rule.",
+                                           labels=direction_labels),
+            "bytes": CounterMetricFamily("sluice_rule_bytes", "Bytes judged under a rule.",
+                                         labels=direction_labels),
+            "dropped_packets": CounterMetricFamily(
+                "sluice_rule_dropped_packets", "Packets dropped: block, policer, or shaping horizon.",
+                labels=direction_labels),
+            "dropped_bytes": CounterMetricFamily("sluice_rule_dropped_bytes", "Bytes dropped.",
+                                                 labels=direction_labels),
+            "delayed_packets": CounterMetricFamily(
+                "sluice_rule_delayed_packets", "Packets given a later departure time (shape, delay).",
+                labels=direction_labels),
         }
         for rule_id, stats in self.datapath.rule_stats().items():
             rule = self.policy.rule_by_id(rule_id) if self.policy and rule_id else None
             label_values = ([rule.name, rule.action, "monitor" if rule.monitor else "enforce"]
                             if rule else ["", "none", ""])
-            for field, family in families.items():
-                family.add_metric(label_values, stats[field])
+            flows.add_metric(label_values, stats["flows"])
+            for direction in ("up", "down"):
+                for field, family in families.items():
+                    family.add_metric(label_values + [direction], stats[direction][field])
+        yield flows
         yield from families.values()
 
 
