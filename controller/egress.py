@@ -1,0 +1,92 @@
+"""tc egress for `shape` and `delay`: the fq qdisc and the EDT program.
+
+sluice_tc_egress sets each shaped or delayed packet's departure time
+(skb->tstamp); only the fq qdisc honours it, so the device's root qdisc must
+be fq. The controller installs fq only over the kernel's default root qdisc
+(or none), and on exit deletes it, which makes the kernel put back that same
+default: the device ends exactly as it was. A root qdisc someone configured
+(an HTB tree, say) is never replaced: sluice refuses instead.
+"""
+
+import logging
+
+from pyroute2 import IPRoute, NetlinkError
+
+from .datapath import inside_netns
+
+log = logging.getLogger(__name__)
+
+TC_H_ROOT = 0xFFFFFFFF
+TC_H_CLSACT = 0xFFFFFFF1
+TC_H_MIN_EGRESS = 0xFFF3
+# Root qdiscs the kernel installs by itself (handle 0:): replacing one of
+# these with fq and deleting fq later restores it.
+DEFAULT_ROOT_KINDS = {"noqueue", "pfifo_fast", "fq_codel", "mq", "fq", "pfifo", "sfq", "cake"}
+
+
+class EgressError(RuntimeError):
+    pass
+
+
+class EgressShaper:
+    """fq as root and sluice_tc_egress on clsact egress, on one device."""
+
+    def __init__(self, ifname: str, netns: str | None, program_fd: int):
+        self.ifname, self.netns = ifname, netns
+        with inside_netns(netns), IPRoute() as ipr:
+            index = _index(ipr, ifname, netns)
+            root = _root_qdisc(ipr, index)
+            self.installed_fq = False
+            if root is None or (root["kind"] != "fq" and root["handle"] == 0):
+                try:
+                    ipr.tc("replace", "fq", index, parent=TC_H_ROOT, handle=0x5A1C0000)
+                except NetlinkError as error:
+                    raise EgressError(
+                        f"{ifname}: cannot install the fq qdisc (sch_fq): {error}. shape and delay "
+                        "need sch_fq: load the module (modprobe sch_fq) or use a kernel built with "
+                        "CONFIG_NET_SCH_FQ, or give the rule 'fallback: throttle'") from error
+                self.installed_fq = True
+                self.previous_root = root["kind"] if root else "none"
+            elif root["kind"] != "fq":
+                raise EgressError(
+                    f"{ifname}: root qdisc {root['kind']} {root['handle'] >> 16:x}: was configured "
+                    "by someone else; sluice will not replace it. Remove it, or shape on another device.")
+            self.added_clsact = not any(q.get_attr("TCA_KIND") == "clsact"
+                                        for q in ipr.get_qdiscs(index))
+            if self.added_clsact:
+                ipr.tc("add", "clsact", index)
+            ipr.tc("add-filter", "bpf", index, parent=TC_H_CLSACT | TC_H_MIN_EGRESS,
+                   fd=program_fd, name="sluice_tc_egress", direct_action=True, prio=1)
+        log.info("shaping on %s egress (fq %s)", ifname,
+                 f"installed over {self.previous_root}" if self.installed_fq else "already there")
+
+    def close(self) -> None:
+        """Put the device back as it was."""
+        try:
+            with inside_netns(self.netns), IPRoute() as ipr:
+                links = ipr.link_lookup(ifname=self.ifname)
+                if not links:
+                    return
+                index = links[0]
+                if self.added_clsact:
+                    ipr.tc("del", "clsact", index)
+                else:
+                    ipr.tc("del-filter", "bpf", index, parent=TC_H_CLSACT | TC_H_MIN_EGRESS, prio=1)
+                if self.installed_fq:
+                    ipr.tc("del", index=index, parent=TC_H_ROOT)
+        except NetlinkError as error:
+            log.warning("could not restore %s egress: %s", self.ifname, error)
+
+
+def _index(ipr, ifname, netns) -> int:
+    links = ipr.link_lookup(ifname=ifname)
+    if not links:
+        raise EgressError(f"no interface named {ifname!r}" + (f" in netns {netns}" if netns else ""))
+    return links[0]
+
+
+def _root_qdisc(ipr, index) -> dict | None:
+    for qdisc in ipr.get_qdiscs(index):
+        if qdisc["parent"] == TC_H_ROOT:
+            return {"kind": qdisc.get_attr("TCA_KIND"), "handle": qdisc["handle"]}
+    return None
