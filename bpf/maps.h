@@ -54,10 +54,17 @@ BPF_RINGBUF_OUTPUT(events, SLUICE_EVENT_RING_BYTES / PAGE_BYTES);
 BPF_PERCPU_ARRAY(event_buffers, struct classification_event, 1);
 
 /* The data plane's time: the kernel's monotonic clock, or a frozen clock
- * that tests set to replay exact packet timings. */
+ * that tests set to replay exact packet timings. Rates need nanoseconds;
+ * idle timeouts are content with the coarse clock (a tick, a few ms),
+ * which costs a fraction of the precise one on every packet. */
 static __always_inline __u64 now_ns(const struct sluice_config *cfg)
 {
 	return cfg->clock_ns ? cfg->clock_ns : bpf_ktime_get_ns();
+}
+
+static __always_inline __u64 coarse_now_ns(const struct sluice_config *cfg)
+{
+	return cfg->clock_ns ? cfg->clock_ns : bpf_ktime_get_coarse_ns();
 }
 
 static __always_inline void count(__u32 counter)

@@ -47,7 +47,7 @@ int sluice_xdp(struct xdp_md *ctx)
 
 	int sender_is_hi = make_flow_key(&pkt, &key);
 	int bare_syn = (pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
-	__u64 now = now_ns(cfg);
+	__u64 now = coarse_now_ns(cfg);
 	struct flow_state *flow = flows.lookup(&key);
 
 	if (flow && flow_is_idle(flow, now, cfg)) {
@@ -71,7 +71,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	}
 
 	if (flow->state != SLUICE_FLOW_INSPECTING)
-		return apply_verdict(flow, &key, sender_is_hi, pkt.frame_len, now);
+		return apply_verdict(flow, &key, sender_is_hi, pkt.frame_len, cfg);
 	if (pkt.payload_len == 0)
 		return pass_unjudged(pkt.frame_len);
 	/* Once the client is known, only what it sends can name the flow:
@@ -194,5 +194,5 @@ int sluice_stage_match(struct xdp_md *ctx)
 	 * matching loop once for every length normalise_name() can return. */
 	__u32 rule_id = match_domain(scratch->name, *(volatile __u32 *)&scratch->name_len);
 	classify(flow, rule_id, scratch, cfg);
-	return apply_verdict(flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len, now_ns(cfg));
+	return apply_verdict(flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len, cfg);
 }

@@ -45,7 +45,7 @@ static __always_inline __u32 packet_direction(const struct flow_state *flow, int
 
 /* Does a throttled flow's packet conform to its rule's rate in its direction? */
 static __always_inline int throttle_conforms(struct flow_state *flow, const struct flow_key *key,
-					     __u32 dir, __u32 bytes, __u64 now)
+					     __u32 dir, __u32 bytes, const struct sluice_config *cfg)
 {
 	__u32 rule_id = flow->rule_id;
 	struct rule_info *rule = rules.lookup(&rule_id);
@@ -53,17 +53,18 @@ static __always_inline int throttle_conforms(struct flow_state *flow, const stru
 	if (!rule)
 		return 1;
 	__u64 *clock = rate_clock(flow, key, rule, dir);
-	return clock ? police(clock, &rule->limit[dir & (SLUICE_DIRS - 1)], bytes, now) : 1;
+	return clock ? police(clock, &rule->limit[dir & (SLUICE_DIRS - 1)], bytes, now_ns(cfg)) : 1;
 }
 
 /* The verdict of a classified flow on one of its packets. */
 static __always_inline int apply_verdict(struct flow_state *flow, const struct flow_key *key,
-					 int sender_is_hi, __u32 frame_len, __u64 now)
+					 int sender_is_hi, __u32 frame_len,
+					 const struct sluice_config *cfg)
 {
 	__u32 dir = packet_direction(flow, sender_is_hi);
 	int drop = flow->action == SLUICE_ACTION_BLOCK ||
 		   (flow->action == SLUICE_ACTION_THROTTLE &&
-		    !throttle_conforms(flow, key, dir, frame_len, now));
+		    !throttle_conforms(flow, key, dir, frame_len, cfg));
 
 	account(flow->rule_id, dir, frame_len, drop ? OUTCOME_DROPPED : OUTCOME_PASSED);
 	return drop ? XDP_DROP : XDP_PASS;
