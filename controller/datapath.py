@@ -92,8 +92,11 @@ def inside_netns(name: str | None):
 class Datapath:
     """A compiled and loaded data plane, configured from a policy."""
 
-    def __init__(self, policy=None, *, events: bool = False):
+    def __init__(self, policy=None, *, events: bool = False, shape_as_throttle: bool = False):
+        """shape_as_throttle: police shape rules instead (their `fallback: throttle`),
+        for kernels without the fq qdisc."""
         self.policy = policy
+        self.shape_as_throttle = shape_as_throttle
         names = _policy_names(policy)
         cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(names[0]))}",
                   "-Wno-incompatible-pointer-types-discards-qualifiers"]
@@ -117,10 +120,7 @@ class Datapath:
             return
         rules = self.table("rules")
         for rule in policy.rules:
-            info = rules.Leaf()
-            info.action = ABI.SLUICE_ACTION_ALLOW if rule.action == "allow" else ABI.SLUICE_ACTION_BLOCK
-            info.flags = ABI.SLUICE_RULE_MONITOR if rule.monitor else 0
-            rules[ctypes.c_uint32(rule.id)] = info
+            rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule, self.shape_as_throttle)
         self._fill_domain_rules(*names)
 
     def _fill_domain_rules(self, domain_names, kinds, rule_ids) -> None:
@@ -239,6 +239,30 @@ class Datapath:
     def close(self) -> None:
         self.detach_all()
         self.bpf.cleanup()
+
+
+PS_PER_SECOND = 10**12
+BITS_PER_BYTE = 8
+
+
+def rule_info(leaf_type, rule, shape_as_throttle: bool = False):
+    """struct rule_info for one policy rule."""
+    from .policy import ACTIONS, SCOPES
+    info = leaf_type()
+    action = "throttle" if rule.action == "shape" and shape_as_throttle else rule.action
+    info.action = ACTIONS[action]
+    info.flags = ABI.SLUICE_RULE_MONITOR if rule.monitor else 0
+    info.scope = SCOPES[rule.scope]
+    for direction, index in (("up", ABI.SLUICE_DIR_UP), ("down", ABI.SLUICE_DIR_DOWN)):
+        limit = rule.limits.get(direction)
+        if limit:
+            ps_per_byte = PS_PER_SECOND * BITS_PER_BYTE // limit.rate_bps
+            info.limit[index].ps_per_byte = ps_per_byte
+            info.limit[index].burst_ns = limit.burst_bytes * ps_per_byte // 1000
+    info.delay_ns = rule.latency_ns
+    info.jitter_ns = rule.jitter_ns
+    info.horizon_ns = rule.horizon_ns
+    return info
 
 
 def _xdp_mode(ipr, index: int) -> str | None:
