@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 ABI_HEADER = "sluice_abi.h"
 
-_DEFINE = re.compile(r"^#define\s+(SLUICE_\w+)\s+(\d+)\b", re.MULTILINE)
+_DEFINE = re.compile(r"^\s*#define\s+(SLUICE_\w+)\s+(\d+)\b", re.MULTILINE)
 _ENUM = re.compile(r"enum\s+(\w+)\s*\{(.*?)\};", re.DOTALL)
 _MEMBER = re.compile(r"^\s*(SLUICE_\w+)\s*(?:=\s*(\d+))?\s*,", re.MULTILINE)
 

@@ -113,7 +113,7 @@ class Datapath:
     def table(self, name: str):
         # bpf[name] caches the table object; a ring buffer's callback lives
         # in it, so a fresh get_table() each time would let it be freed.
-        return self.bpf[name]
+        return self.bpf[name.encode()]
 
     def _fill_rules(self, policy, names) -> None:
         if policy is None:
