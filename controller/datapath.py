@@ -100,7 +100,7 @@ class Datapath:
         names = _policy_names(policy)
         cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(names[0]))}",
                   "-Wno-incompatible-pointer-types-discards-qualifiers"]
-        self.bpf = bcc.BPF(text=program_source(), cflags=cflags)
+        self.bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
         self.function = self.bpf.load_func(PROGRAM_FUNCTION, bcc.BPF.XDP)
         stages = self.table("stages")
         for index, name in STAGE_FUNCTIONS.items():
