@@ -29,6 +29,9 @@ from controller.policy import load_policy  # noqa: E402
 from controller.testrun import run_xdp  # noqa: E402
 
 CLIENT, SERVER = "192.0.2.2", "198.51.100.2"
+CLIENT_MAC, EDGE_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+# Explicit addresses: without them scapy would ARP for each frame it builds.
+ETHER = Ether(src=CLIENT_MAC, dst=EDGE_MAC)
 
 
 def client_hello(name: bytes) -> bytes:
@@ -38,7 +41,7 @@ def client_hello(name: bytes) -> bytes:
 def tcp(sport, payload=b"", flags="A", reply=False):
     ip = IP(src=SERVER, dst=CLIENT) if reply else IP(src=CLIENT, dst=SERVER)
     ports = dict(sport=443, dport=sport) if reply else dict(sport=sport, dport=443)
-    return bytes(Ether() / ip / TCP(flags=flags, **ports) / Raw(payload))
+    return bytes(ETHER / ip / TCP(flags=flags, **ports) / Raw(payload))
 
 
 def write_policy(directory: Path, rules: int) -> Path:
@@ -86,8 +89,8 @@ def cases(datapath):
     blocked = [tcp(40002, flags="S"), tcp(40002, client_hello(b"blocked.example"), "PA")]
     throttled = [tcp(40003, flags="S"), tcp(40003, client_hello(b"slow.example"), "PA")]
     return [
-        ("non-IP frame", bytes(Ether(type=0x0806) / Raw(b"\0" * 28)), []),
-        ("UDP packet", bytes(Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=5353, dport=53) / Raw(b"x" * 64)), []),
+        ("non-IP frame", bytes(Ether(src=CLIENT_MAC, dst=EDGE_MAC, type=0x0806) / Raw(b"\0" * 28)), []),
+        ("UDP packet", bytes(ETHER / IP(src=CLIENT, dst=SERVER) / UDP(sport=5353, dport=53) / Raw(b"x" * 64)), []),
         ("established allowed flow", tcp(40001, b"x" * 100, reply=True), established),
         ("blocked flow", tcp(40002, b"x" * 100, reply=True), blocked),
         ("throttled flow", tcp(40003, b"x" * 100, reply=True), throttled),

@@ -1,0 +1,173 @@
+"""The throttle policer in the real XDP program, on a frozen, stepped clock.
+
+The data plane takes its time from sluice_config.clock_ns when that is set,
+so these tests replay exact packet timings: a token bucket of depth `burst`
+at rate `r` must pass exactly burst + r*t bytes over t, per direction, and
+drop the rest.
+"""
+
+import os
+
+import pytest
+from scapy.all import IP, TCP, Ether, Raw
+from scapy.layers.tls.extensions import ServerName, TLS_Ext_ServerName
+from scapy.layers.tls.handshake import TLSClientHello
+from scapy.layers.tls.record import TLS
+
+from controller.datapath import Datapath
+from controller.policy import load_policy
+from controller.testrun import run_xdp
+
+pytestmark = [pytest.mark.bpf,
+              pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
+
+CLIENT, OTHER_CLIENT, SERVER = "192.0.2.2", "192.0.2.3", "198.51.100.2"
+# Explicit addresses: without them scapy would ARP for each frame it builds.
+ETHER = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+START_NS = 10**12
+FRAME = 1000                     # bytes per test frame
+PAYLOAD = FRAME - 14 - 20 - 20   # Ethernet, IPv4, TCP headers
+
+POLICY = """\
+version: 1
+rules:
+  - name: per-flow
+    action: throttle
+    up: {rate: 8mbit, burst: 3000B}       # 1 byte per microsecond
+    down: {rate: 16mbit, burst: 5000B}    # 2 bytes per microsecond
+    domains: [flow.example]
+  - name: per-client
+    action: throttle
+    rate: 8mbit
+    burst: 2000B
+    scope: client
+    domains: [client.example]
+  - name: per-rule
+    action: throttle
+    rate: 8mbit
+    burst: 2000B
+    scope: rule
+    domains: [rule.example]
+  - name: down-only
+    action: throttle
+    direction: down
+    rate: 8mbit
+    burst: 2000B
+    domains: [down.example]
+"""
+
+
+@pytest.fixture(scope="module")
+def datapath(tmp_path_factory):
+    path = tmp_path_factory.mktemp("policy") / "throttle.yaml"
+    path.write_text(POLICY)
+    loaded = Datapath(load_policy(path))
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture
+def clock(datapath):
+    """Set the data plane's time, in ns since START_NS; the flow table starts empty."""
+    datapath.table("flows").clear()
+    datapath.table("client_clocks").clear()
+    datapath.table("rule_clocks").clear()
+
+    def set_time(offset_ns: int):
+        datapath.set_config(clock_ns=START_NS + offset_ns)
+    set_time(0)
+    yield set_time
+    datapath.set_config(clock_ns=0)
+
+
+def hello(name: bytes) -> bytes:
+    return bytes(TLS(msg=[TLSClientHello(ext=[TLS_Ext_ServerName(servernames=[ServerName(servername=name)])])]))
+
+
+def open_flow(datapath, name: bytes, port: int, client=CLIENT):
+    """SYN, then a ClientHello for name: the flow is classified. Returns its two senders."""
+    run_xdp(datapath.function.fd, bytes(
+        ETHER / IP(src=client, dst=SERVER) / TCP(sport=port, dport=443, flags="S")))
+    assert run_xdp(datapath.function.fd, bytes(
+        ETHER / IP(src=client, dst=SERVER) / TCP(sport=port, dport=443, flags="PA") / Raw(hello(name)))
+    ).verdict == "pass"   # the hello itself spends tokens, but fits the burst
+
+    def upload():
+        return run_xdp(datapath.function.fd, bytes(
+            ETHER / IP(src=client, dst=SERVER) / TCP(sport=port, dport=443, flags="A") / Raw(b"u" * PAYLOAD))).verdict
+
+    def download():
+        return run_xdp(datapath.function.fd, bytes(
+            ETHER / IP(src=SERVER, dst=client) / TCP(sport=443, dport=port, flags="A") / Raw(b"d" * PAYLOAD))).verdict
+    return upload, download
+
+
+def passes(send, count: int) -> int:
+    return sum(send() == "pass" for _ in range(count))
+
+
+def test_each_direction_passes_exactly_its_burst_then_its_rate(datapath, clock):
+    upload, download = open_flow(datapath, b"flow.example", 41000)
+    hello_frame = 14 + 20 + 20 + len(hello(b"flow.example"))
+    # Up: 3000 bytes of burst, less what the ClientHello spent.
+    assert passes(upload, 10) == (3000 - hello_frame) // FRAME
+    # Down: its own bucket of 5000 bytes, untouched by the upload.
+    assert passes(download, 10) == 5
+    # 4 ms later: up has earned 4000 bytes, down 8000 (capped at its 5000 burst).
+    clock(4_000_000)
+    assert passes(upload, 10) == 3     # 4000 earned, minus the backlog still owed
+    assert passes(download, 10) == 5
+    # 1 ms more: exactly one more frame up, two down.
+    clock(5_000_000)
+    assert passes(upload, 10) == 1
+    assert passes(download, 10) == 2
+
+
+def test_dropped_packets_are_counted_per_direction(datapath, clock):
+    rule = datapath.policy.rule_by_name("per-flow")
+    before = datapath.rule_stats()[rule.id]
+    upload, download = open_flow(datapath, b"flow.example", 41001)
+    passed_down = passes(download, 8)
+    stats = datapath.rule_stats()[rule.id]
+    assert stats["down"]["packets"] - before["down"]["packets"] == 8
+    assert stats["down"]["dropped_packets"] - before["down"]["dropped_packets"] == 8 - passed_down
+    assert stats["down"]["dropped_bytes"] - before["down"]["dropped_bytes"] == (8 - passed_down) * FRAME
+
+
+def test_sustained_rate_matches_configuration(datapath, clock):
+    """From t=0 to t=1000 ms, offered ten times the rate, exactly burst + rate*t passes."""
+    upload, download = open_flow(datapath, b"flow.example", 41002)
+    passed_bytes = 0
+    for ms in range(0, 1001):
+        clock(ms * 1_000_000)
+        passed_bytes += passes(download, 20) * FRAME      # offered: 20 kB per ms, 10x the rate
+    allowed = 5000 + 2 * 1000 * 1000                      # burst + 2 bytes/us for 1 s
+    assert allowed - FRAME <= passed_bytes <= allowed
+
+
+def test_client_scope_shares_one_bucket_between_a_clients_flows(datapath, clock):
+    _, first = open_flow(datapath, b"client.example", 42000)
+    _, second = open_flow(datapath, b"client.example", 42001)
+    _, other_client = open_flow(datapath, b"client.example", 42002, client=OTHER_CLIENT)
+    assert passes(first, 5) == 2
+    assert passes(second, 5) == 0, "the client's bucket is already empty"
+    assert passes(other_client, 5) == 2, "another client has its own bucket"
+
+
+def test_rule_scope_shares_one_bucket_between_all_flows(datapath, clock):
+    _, first = open_flow(datapath, b"rule.example", 43000)
+    _, other_client = open_flow(datapath, b"rule.example", 43001, client=OTHER_CLIENT)
+    assert passes(first, 5) == 2
+    assert passes(other_client, 5) == 0
+
+
+def test_unlimited_direction_is_never_dropped(datapath, clock):
+    upload, download = open_flow(datapath, b"down.example", 44000)
+    assert passes(upload, 50) == 50
+    assert passes(download, 50) == 2
+
+
+def test_unthrottled_flow_is_untouched(datapath, clock):
+    upload, download = open_flow(datapath, b"open.example", 45000)
+    assert passes(download, 200) == 200
+    assert passes(upload, 200) == 200
