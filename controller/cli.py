@@ -77,8 +77,7 @@ def cmd_run(args) -> int:
     datapath = Datapath(policy)
     try:
         for ifname in args.iface:
-            mode = datapath.attach(ifname, mode=args.xdp_mode)
-            print(f"sluice: attached to {ifname} in {mode} XDP mode")
+            datapath.attach(ifname, mode=args.xdp_mode)
         metrics.serve(datapath, policy, args.metrics_address, args.metrics_port)
         print(f"sluice: enforcing {args.policy}; metrics on "
               f"http://{args.metrics_address}:{args.metrics_port}/metrics; Ctrl-C to stop")
@@ -108,10 +107,12 @@ LAB_CHECKS = [
     ("allowed.example", "https", True, "allow rule"),
     ("open.example", "http", True, "no rule names it"),
 ]
+LAB_THROTTLE_RULE = "throttle-lab"
 
 
 def run_lab(args, keep_running: bool) -> int:
     from .datapath import Datapath
+    logging.getLogger().setLevel(logging.WARNING)   # the lab narrates itself on stdout
     from .lab import SERVER_V4, Lab
     policy_path = args.policy or lab_policy_path()
     policy = load_policy_or_exit(policy_path)
@@ -124,7 +125,7 @@ def run_lab(args, keep_running: bool) -> int:
                 print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {mode} XDP mode")
             metrics.serve(datapath, policy, args.metrics_address, args.metrics_port)
             print(f"sluice: policy {policy_path}\n")
-            failures = show_lab_checks(lab)
+            failures = show_lab_checks(lab, policy)
             print()
             print_metrics_excerpt(args.metrics_address, args.metrics_port)
             if keep_running:
@@ -140,7 +141,8 @@ def run_lab(args, keep_running: bool) -> int:
     return EXIT_FAILURE if failures else 0
 
 
-def show_lab_checks(lab) -> int:
+def show_lab_checks(lab, policy) -> int:
+    """Run the LAB_CHECKS and a throttled download; returns how many went unexpectedly."""
     failures = 0
     for name, scheme, expect_ok, why in LAB_CHECKS:
         result = lab.curl(name, scheme=scheme, timeout=2.0)
@@ -148,12 +150,22 @@ def show_lab_checks(lab) -> int:
         as_expected = result.ok == expect_ok
         failures += not as_expected
         print(f"  {'ok ' if as_expected else 'BAD'} {scheme}://{name:<22} {outcome:<20} {why}")
+    throttle = policy.rule_by_name(LAB_THROTTLE_RULE)
+    if throttle:
+        limit = throttle.limits["down"].rate_bps
+        open_rate = lab.download_rate("open.example", seconds=1.0)
+        slow_rate = lab.download_rate("slow.example", seconds=3.0)
+        as_expected = slow_rate <= limit * 1.1 and open_rate > limit * 10
+        failures += not as_expected
+        print(f"  {'ok ' if as_expected else 'BAD'} https://slow.example/download {slow_rate / 1e6:6.2f} Mbit/s"
+              f"      throttled to {limit / 1e6:g} Mbit/s (open.example: {open_rate / 1e6:.0f} Mbit/s)")
     return failures
 
 
 def print_metrics_excerpt(address: str, port: int) -> None:
     text = urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=5).read().decode()
-    wanted = ("sluice_rule_flows_total", "sluice_rule_dropped_packets_total", "sluice_flows_classified_total")
+    wanted = ("sluice_rule_flows_total", "sluice_rule_dropped_packets_total", "sluice_flows_classified_total",
+              "sluice_parser_outcomes_total")
     print(f"metrics (http://{address}:{port}/metrics), excerpt:")
     for line in text.splitlines():
         if line.startswith(wanted) and not line.rstrip().endswith(" 0.0"):

@@ -271,6 +271,17 @@ class Lab:
         return ClientResult(name, "curl", family, result.returncode == 0 and 200 <= http_code < 400,
                             result.returncode, http_code, body, seconds, result.stderr.strip())
 
+    def download_rate(self, name: str, seconds: float = 2.0, family: int = 4) -> float:
+        """Download /download over HTTPS for at most `seconds`; the achieved goodput in bit/s."""
+        address = self.server_address(family)
+        resolved = f"[{address}]" if family == 6 else address
+        result = self.run_in(self.client_ns, [
+            "curl", "-s", "--max-time", str(seconds), "--cacert", self.ca_path,
+            "--resolve", f"{name}:443:{resolved}", "-o", "/dev/null",
+            "-w", "%{size_download} %{time_total}", f"https://{name}/download"], timeout=seconds + 5)
+        size, elapsed = result.stdout.split()
+        return int(size) * 8 / float(elapsed)
+
     def python_tls(self, name: str, family: int = 4, timeout: float = 3.0) -> ClientResult:
         """A TLS handshake and GET with Python's ssl module, in the client namespace."""
         script = (
