@@ -1,0 +1,52 @@
+"""Shared fixtures: a loaded data plane per policy, and a way to judge one payload."""
+
+import itertools
+import os
+from dataclasses import dataclass
+
+import pytest
+
+from controller.datapath import Datapath
+from controller.policy import load_policy
+from controller.testrun import run_xdp
+from packets import tcp_frame
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+_ports = itertools.count(20000)
+
+
+@pytest.fixture(scope="module")
+def make_datapath(tmp_path_factory):
+    """make_datapath(policy_yaml) -> a loaded Datapath, closed when the module ends."""
+    loaded = []
+
+    def make(policy_yaml: str, **options) -> Datapath:
+        path = tmp_path_factory.mktemp("policy") / "policy.yaml"
+        path.write_text(policy_yaml)
+        datapath = Datapath(load_policy(path), **options)
+        loaded.append(datapath)
+        return datapath
+    yield make
+    for datapath in loaded:
+        datapath.close()
+
+
+@dataclass
+class Judgement:
+    verdict: str                 # of the payload packet
+    counters: dict[str, int]     # how each global counter moved
+    port: int                    # the client port of the flow
+
+    def moved(self) -> dict[str, int]:
+        return {name: delta for name, delta in self.counters.items() if delta and name != "packets"}
+
+
+def judge(datapath, payload: bytes, *, syn: bool = True, **frame_options) -> Judgement:
+    """Open a fresh flow (SYN unless syn=False) and send one client payload packet."""
+    port = next(_ports)
+    before = datapath.counters()
+    if syn:
+        assert run_xdp(datapath.function.fd, tcp_frame(sport=port, flags="S", **frame_options)).verdict == "pass"
+    verdict = run_xdp(datapath.function.fd, tcp_frame(payload, sport=port, **frame_options)).verdict
+    after = datapath.counters()
+    return Judgement(verdict, {name: after[name] - before[name] for name in after}, port)

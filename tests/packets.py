@@ -1,0 +1,108 @@
+"""Frames for the packet-level tests: scapy for the headers, and a ClientHello
+builder that controls every length field, so that each parser branch can be
+reached on purpose."""
+
+import struct
+
+from scapy.all import IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPv6, Raw
+from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
+
+CLIENT_V4, SERVER_V4 = "192.0.2.2", "198.51.100.2"
+CLIENT_V6, SERVER_V6 = "2001:db8:c::2", "2001:db8:5::2"
+# Explicit MAC addresses: without them scapy tries to ARP for every frame.
+CLIENT_MAC, SERVER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+
+GREASE = 0x0A0A
+EXT_SERVER_NAME = 0
+EXT_SUPPORTED_VERSIONS = 43
+EXT_ALPN = 16
+
+
+def extension(ext_type: int, body: bytes) -> bytes:
+    return struct.pack("!HH", ext_type, len(body)) + body
+
+
+def sni_extension(name: bytes, *, list_len_delta=0, name_len_delta=0, name_type=0) -> bytes:
+    entry = struct.pack("!BH", name_type, len(name) + name_len_delta) + name
+    body = struct.pack("!H", len(entry) + list_len_delta) + entry
+    return extension(EXT_SERVER_NAME, body)
+
+
+def client_hello(sni: bytes | None = b"example.com", *, session_id: bytes = bytes(32),
+                 cipher_suites: bytes = struct.pack("!4H", GREASE, 0x1301, 0x1302, 0xC02F),
+                 grease: bool = True, extensions_before: tuple[bytes, ...] = (),
+                 extensions_after: tuple[bytes, ...] = (), sni_extension_bytes: bytes | None = None,
+                 no_extensions: bool = False, record_version: int = 0x0301,
+                 session_id_len: int | None = None, cipher_len_delta: int = 0,
+                 extensions_len_delta: int = 0, handshake_len_delta: int = 0,
+                 record_len_delta: int = 0) -> bytes:
+    """A TLS record holding one ClientHello; the *_delta and *_len arguments
+    make the named length field lie by that much."""
+    body = struct.pack("!H", 0x0303) + bytes(range(32))
+    body += bytes([len(session_id) if session_id_len is None else session_id_len]) + session_id
+    body += struct.pack("!H", len(cipher_suites) + cipher_len_delta) + cipher_suites
+    body += b"\x01\x00"                                   # one compression method: null
+    if not no_extensions:
+        extensions = b""
+        if grease:
+            extensions += extension(GREASE, b"")
+        extensions += b"".join(extensions_before)
+        if sni_extension_bytes is not None:
+            extensions += sni_extension_bytes
+        elif sni is not None:
+            extensions += sni_extension(sni)
+        extensions += extension(EXT_SUPPORTED_VERSIONS, b"\x04\x03\x04\x03\x03")
+        extensions += b"".join(extensions_after)
+        body += struct.pack("!H", len(extensions) + extensions_len_delta) + extensions
+    handshake = b"\x01" + (len(body) + handshake_len_delta).to_bytes(3, "big") + body
+    return b"\x16" + struct.pack("!HH", record_version, len(handshake) + record_len_delta) + handshake
+
+
+def split_into_records(hello: bytes, at: int) -> bytes:
+    """The same handshake carried by two TLS records, split at byte `at` of the handshake."""
+    handshake = hello[5:]
+    first, second = handshake[:at], handshake[at:]
+    header = hello[:3]
+    return (header + struct.pack("!H", len(first)) + first +
+            header + struct.pack("!H", len(second)) + second)
+
+
+def http_request(host: str | None = "example.com", *, method="GET", target="/", version="HTTP/1.1",
+                 host_header="Host", separator=": ", newline="\r\n", before=(), after=()) -> bytes:
+    lines = [f"{method} {target} {version}", *before]
+    if host is not None:
+        lines.append(f"{host_header}{separator}{host}")
+    lines += [*after, "", ""]
+    return newline.join(lines).encode()
+
+
+def ether(vlans=()):
+    """Ethernet with optional VLAN tags, e.g. vlans=("ad", "q") for QinQ."""
+    frame = Ether(src=CLIENT_MAC, dst=SERVER_MAC)
+    for tag in vlans:
+        frame = frame / (Dot1AD(vlan=100) if tag == "ad" else Dot1Q(vlan=200))
+    return frame
+
+
+def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=False, reply=False,
+              vlans=(), ip_options=None, ext_headers=(), src=None) -> bytes:
+    """A TCP frame client -> server (or server -> client with reply=True)."""
+    client, server = (CLIENT_V6, SERVER_V6) if v6 else (CLIENT_V4, SERVER_V4)
+    source, destination = (server, client) if reply else (src or client, server)
+    ports = dict(sport=dport, dport=sport) if reply else dict(sport=sport, dport=dport)
+    if v6:
+        network = IPv6(src=source, dst=destination)
+        for header in ext_headers:
+            network = network / header
+    else:
+        network = IP(src=source, dst=destination, options=ip_options or [])
+    return bytes(ether(vlans) / network / TCP(flags=flags, **ports) / Raw(payload))
+
+
+def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443) -> bytes:
+    return bytes(ether() / IP(src=CLIENT_V4, dst=SERVER_V4) / UDP(sport=sport, dport=dport) / Raw(payload))
+
+
+__all__ = ["IPv6ExtHdrDestOpt", "IPv6ExtHdrFragment", "IPv6ExtHdrHopByHop", "IPv6ExtHdrRouting",
+           "client_hello", "sni_extension", "extension", "split_into_records", "http_request",
+           "tcp_frame", "udp_frame", "ether", "EXT_ALPN"]
