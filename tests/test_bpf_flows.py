@@ -1,0 +1,164 @@
+"""Flow tracking in the real XDP program: one verdict per flow, both ways, for as long as it lives."""
+
+import ctypes
+
+import pytest
+
+from conftest import judge, needs_root
+from controller.abi import ABI
+from controller.testrun import run_xdp
+from packets import client_hello, http_request, tcp_frame
+
+pytestmark = [pytest.mark.bpf, needs_root]
+
+POLICY = """\
+version: 1
+inspection: {window_packets: 3}
+rules:
+  - {name: blocked, action: block, domains: [blocked.example]}
+  - {name: watched, action: block, mode: monitor, domains: [watched.example]}
+  - {name: allowed, action: allow, domains: [allowed.example]}
+"""
+
+
+@pytest.fixture(scope="module")
+def dp(make_datapath):
+    return make_datapath(POLICY, events=True)
+
+
+def send(dp, payload=b"", **options):
+    return run_xdp(dp.function.fd, tcp_frame(payload, **options)).verdict
+
+
+def test_handshake_passes_and_block_starts_at_the_classifying_packet(dp):
+    port = 31000
+    assert send(dp, flags="S", sport=port) == "pass"
+    assert send(dp, flags="SA", sport=port, reply=True) == "pass"
+    assert send(dp, flags="A", sport=port) == "pass"
+    assert send(dp, client_hello(b"blocked.example"), sport=port) == "drop"
+    # Every later packet, either way, with or without payload, is dropped.
+    assert send(dp, b"server data", sport=port, reply=True) == "drop"
+    assert send(dp, flags="A", sport=port, reply=True) == "drop"
+    assert send(dp, flags="A", sport=port) == "drop"
+    assert send(dp, flags="FA", sport=port) == "drop"
+
+
+def test_an_allowed_flow_passes_both_ways(dp):
+    port = judge(dp, client_hello(b"open.example")).port
+    assert send(dp, b"x" * 1000, sport=port, reply=True) == "pass"
+    assert send(dp, b"y" * 1000, sport=port) == "pass"
+
+
+def test_both_directions_share_one_entry(dp):
+    port = judge(dp, client_hello(b"blocked.example"), v6=True).port
+    assert send(dp, b"reply", sport=port, v6=True, reply=True) == "drop"
+    entries = [key for key in dp.table("flows").keys()
+               if socket_port(key.port_lo) == port or socket_port(key.port_hi) == port]
+    assert len(entries) == 1
+
+
+def socket_port(raw: int) -> int:
+    return int.from_bytes(raw.to_bytes(2, "little"), "big")
+
+
+def test_window_runs_out_then_a_late_hello_is_not_judged(dp):
+    port = 31100
+    before = dp.counters()["gave_up"]
+    send(dp, flags="S", sport=port)
+    for _ in range(3):
+        assert send(dp, b"\x00junk before any hello", sport=port) == "pass"
+    assert dp.counters()["gave_up"] == before + 1
+    assert send(dp, client_hello(b"blocked.example"), sport=port) == "pass"
+
+
+def test_a_hello_inside_the_window_after_junk_is_judged(dp):
+    port = 31150
+    send(dp, flags="S", sport=port)
+    assert send(dp, b"\x00junk", sport=port) == "pass"
+    assert send(dp, client_hello(b"blocked.example"), sport=port) == "drop"
+
+
+def test_the_server_cannot_name_the_flow_once_the_client_is_known(dp):
+    port = 31200
+    send(dp, flags="S", sport=port)
+    assert send(dp, http_request("blocked.example"), sport=port, reply=True) == "pass"
+    assert send(dp, client_hello(b"open.example"), sport=port) == "pass"
+    assert send(dp, b"more", sport=port, reply=True) == "pass"
+
+
+def test_a_new_syn_on_a_reused_tuple_starts_a_new_flow(dp):
+    port = judge(dp, client_hello(b"blocked.example")).port
+    assert send(dp, b"retransmission", sport=port) == "drop"
+    assert send(dp, flags="S", sport=port) == "pass"
+    assert send(dp, client_hello(b"open.example"), sport=port) == "pass"
+
+
+def test_flows_that_were_open_before_sluice_are_inspected_from_their_next_payload(dp):
+    judgement = judge(dp, client_hello(b"blocked.example"), syn=False)
+    assert judgement.verdict == "drop"
+
+
+def test_idle_flows_expire_and_are_inspected_afresh(dp):
+    now = 5 * 10**12
+    dp.set_config(clock_ns=now, flow_idle_ns=60 * 10**9)
+    try:
+        port = judge(dp, client_hello(b"blocked.example")).port
+        dp.set_config(clock_ns=now + 59 * 10**9)
+        assert send(dp, b"still blocked", sport=port) == "drop"
+        before = dp.counters()["flows_expired"]
+        dp.set_config(clock_ns=now + 59 * 10**9 + 61 * 10**9)
+        assert send(dp, client_hello(b"open.example"), sport=port) == "pass"
+        assert dp.counters()["flows_expired"] == before + 1
+    finally:
+        dp.set_config(clock_ns=0, flow_idle_ns=dp.policy.flow_idle_ns)
+
+
+def test_monitor_mode_counts_the_rule_and_passes(dp):
+    rule = dp.policy.rule_by_name("watched")
+    before = dp.rule_stats()[rule.id]
+    port = judge(dp, client_hello(b"watched.example")).port
+    assert send(dp, b"x" * 500, sport=port, reply=True) == "pass"
+    after = dp.rule_stats()[rule.id]
+    assert after["flows"] == before["flows"] + 1
+    assert after["packets"] == before["packets"] + 2
+    assert after["dropped_packets"] == before["dropped_packets"] == 0
+
+
+def test_rule_counters_add_up(dp):
+    rule = dp.policy.rule_by_name("blocked")
+    before = dp.rule_stats()[rule.id]
+    port = judge(dp, client_hello(b"blocked.example")).port
+    reply = tcp_frame(b"z" * 300, sport=port, reply=True)
+    run_xdp(dp.function.fd, reply)
+    after = dp.rule_stats()[rule.id]
+    hello_frame = len(tcp_frame(client_hello(b"blocked.example"), sport=port))
+    assert after["up"]["dropped_packets"] - before["up"]["dropped_packets"] == 1
+    assert after["up"]["dropped_bytes"] - before["up"]["dropped_bytes"] == hello_frame
+    assert after["down"]["dropped_bytes"] - before["down"]["dropped_bytes"] == len(reply)
+    assert after["flows"] == before["flows"] + 1
+
+
+def test_allow_rule_passes_and_counts(dp):
+    rule = dp.policy.rule_by_name("allowed")
+    before = dp.rule_stats()[rule.id]["flows"]
+    assert judge(dp, client_hello(b"cdn.allowed.example")).verdict == "pass"
+    assert dp.rule_stats()[rule.id]["flows"] == before + 1
+
+
+def test_classification_events_name_the_flow(dp):
+    events = []
+    event_type = ctypes.POINTER(dp.table("event_buffers").sLeaf)
+    ring = dp.table("events")
+    ring.open_ring_buffer(lambda _ctx, data, _size: events.append(ctypes.cast(data, event_type).contents))
+    dp.bpf.ring_buffer_consume()
+    events.clear()
+    port = judge(dp, http_request("Blocked.Example:8080"), dport=80).port
+    dp.bpf.ring_buffer_consume()
+    assert len(events) == 1
+    event = events[0]
+    assert bytes(event.name[:event.name_len]) == b"blocked.example"
+    assert event.proto == ABI.SLUICE_PROTO_HTTP
+    assert event.action == ABI.SLUICE_ACTION_BLOCK
+    assert dp.policy.rule_by_id(event.rule_id).name == "blocked"
+    client_port = event.key.port_hi if event.client_is_hi else event.key.port_lo
+    assert socket_port(client_port) == port
