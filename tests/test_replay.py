@@ -1,0 +1,91 @@
+"""`sluice replay` over real captures of curl, Python's ssl and openssl in the lab."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from scapy.utils import rdpcap, wrpcapng
+
+from controller.cli import lab_policy_path
+from controller.lab import CLIENT_V4, SERVER_V4, SERVER_V6, Lab
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")]
+
+SLUICE = [sys.executable, "-m", "controller.cli"]
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory):
+    """pcap files of the lab's clients, taken on the client's eth0 and (cooked) on any."""
+    directory = tmp_path_factory.mktemp("captures")
+    with Lab() as lab:
+        dumps = {}
+        for name, iface in (("eth.pcap", "eth0"), ("any.pcap", "any")):
+            dumps[name] = subprocess.Popen(
+                ["ip", "netns", "exec", lab.client_ns, "tcpdump", "--immediate-mode", "-U", "-n", "-i", iface, "-w",
+                 str(directory / name), "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)                     # tcpdump needs a moment before it captures
+        assert lab.curl("blocked.example", timeout=3).ok
+        assert lab.curl("open.example", scheme="http", timeout=3).ok
+        assert lab.python_tls("watched.example").ok
+        assert lab.openssl_tls("cdn.blocked.example", family=6).ok
+        time.sleep(0.5)
+        for dump in dumps.values():
+            dump.send_signal(signal.SIGINT)
+            dump.wait(timeout=10)
+    wrpcapng(str(directory / "eth.pcapng"), rdpcap(str(directory / "eth.pcap")))
+    return directory
+
+
+def replay(*args) -> list[dict]:
+    result = subprocess.run([*SLUICE, "replay", *args, "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def by_name(records):
+    return {r["name"]: r for r in records}
+
+
+@pytest.mark.parametrize("capture", ["eth.pcap", "eth.pcapng", "any.pcap"])
+def test_replay_names_every_client_and_applies_the_policy(captures, capture):
+    records = by_name(replay("--policy", lab_policy_path(), str(captures / capture)))
+    assert set(records) == {"blocked.example", "open.example", "watched.example", "cdn.blocked.example"}
+    curl = records["blocked.example"]
+    assert curl == {"client": CLIENT_V4, "client_port": curl["client_port"], "server": SERVER_V4,
+                    "server_port": 443, "proto": "tls", "name": "blocked.example",
+                    "rule": "block-lab", "action": "block"}
+    assert records["open.example"]["proto"] == "http"
+    assert records["open.example"]["rule"] is None and records["open.example"]["action"] is None
+    assert records["watched.example"]["action"] == "monitor"
+    openssl = records["cdn.blocked.example"]
+    assert openssl["server"] == SERVER_V6 and openssl["rule"] == "block-lab"
+
+
+def test_without_a_policy_replay_only_names_flows(captures):
+    records = replay(str(captures / "eth.pcap"))
+    assert {r["name"] for r in records} == {"blocked.example", "open.example", "watched.example",
+                                            "cdn.blocked.example"}
+    assert all(r["rule"] is None and r["action"] is None for r in records)
+    assert all(set(r) == {"client", "client_port", "server", "server_port", "proto", "name", "rule", "action"}
+               for r in records)
+
+
+def test_text_output_is_one_line_per_flow(captures):
+    result = subprocess.run([*SLUICE, "replay", "--policy", lab_policy_path(), str(captures / "eth.pcap")],
+                            capture_output=True, text=True, timeout=120, check=True)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4
+    assert any(line.startswith(f"{CLIENT_V4}:") and " tls blocked.example rule=block-lab action=block" in line
+               for line in lines), lines
+
+
+def test_not_a_capture_is_an_error(tmp_path):
+    bogus = tmp_path / "bogus.pcap"
+    bogus.write_bytes(b"not a capture at all")
+    result = subprocess.run([*SLUICE, "replay", str(bogus)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "not a pcap or pcapng file" in result.stderr
