@@ -273,12 +273,26 @@ class Lab:
 
     def download_rate(self, name: str, seconds: float = 2.0, family: int = 4) -> float:
         """Download /download over HTTPS for at most `seconds`; the achieved goodput in bit/s."""
+        return self._transfer_rate(name, "/download", seconds, family, "size_download")
+
+    def upload_rate(self, name: str, nbytes: int, timeout: float = 30.0, family: int = 4) -> float:
+        """Upload nbytes to /upload over HTTPS and wait for the server's answer; goodput in bit/s.
+
+        The whole body must arrive: what curl has merely handed to its socket
+        buffer says nothing about the path's rate."""
+        body = self.workdir / f"upload-{nbytes}.bin"
+        if not body.exists():
+            body.write_bytes(os.urandom(nbytes))
+        return self._transfer_rate(name, "/upload", timeout, family, "size_upload",
+                                   ("--data-binary", f"@{body}", "-H", "Expect:"))
+
+    def _transfer_rate(self, name, path, seconds, family, size_variable, extra=()) -> float:
         address = self.server_address(family)
         resolved = f"[{address}]" if family == 6 else address
         result = self.run_in(self.client_ns, [
             "curl", "-s", "--max-time", str(seconds), "--cacert", self.ca_path,
-            "--resolve", f"{name}:443:{resolved}", "-o", "/dev/null",
-            "-w", "%{size_download} %{time_total}", f"https://{name}/download"], timeout=seconds + 5)
+            "--resolve", f"{name}:443:{resolved}", "-o", "/dev/null", *extra,
+            "-w", f"%{{{size_variable}}} %{{time_total}}", f"https://{name}{path}"], timeout=seconds + 5)
         size, elapsed = result.stdout.split()
         return int(size) * 8 / float(elapsed)
 
