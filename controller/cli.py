@@ -70,25 +70,54 @@ def cmd_run(args) -> int:
     if not args.iface:
         return run_lab(args, keep_running=True)
     from .datapath import AttachError, Datapath
+    from .egress import EgressError
     if not args.policy:
         print("sluice run: --policy is required with --iface", file=sys.stderr)
         return EXIT_POLICY_ERROR
     policy = load_policy_or_exit(args.policy)
     datapath = Datapath(policy)
+    shapers = []
     try:
+        shapers = set_up_egress(datapath, policy, [(ifname, None) for ifname in args.iface])
         for ifname in args.iface:
             datapath.attach(ifname, mode=args.xdp_mode)
         metrics.serve(datapath, policy, args.metrics_address, args.metrics_port)
         print(f"sluice: enforcing {args.policy}; metrics on "
               f"http://{args.metrics_address}:{args.metrics_port}/metrics; Ctrl-C to stop")
         wait_for_signal()
-    except AttachError as error:
+    except (AttachError, EgressError) as error:
         print(f"sluice: {error}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         datapath.close()
+        for shaper in shapers:
+            shaper.close()
     print("sluice: detached")
     return 0
+
+
+def set_up_egress(datapath, policy, interfaces) -> list:
+    """fq and the EDT program on every interface, if any rule shapes or delays.
+
+    Where fq is missing, shape rules that allow it fall back to throttle;
+    otherwise EgressError says what is missing, before any XDP is attached."""
+    from .egress import EgressError, EgressShaper
+    egress_rules = [r for r in policy.rules if r.action in ("shape", "delay") and not r.monitor]
+    if not egress_rules:
+        return []
+    shapers = []
+    try:
+        for ifname, netns in interfaces:
+            shapers.append(EgressShaper(ifname, netns, datapath.tc_egress_fd()))
+    except EgressError:
+        for shaper in shapers:
+            shaper.close()
+        if not all(r.action == "shape" and r.fallback == "throttle" for r in egress_rules):
+            raise
+        log.warning("the fq qdisc is missing: shape rules fall back to throttle at the same rates")
+        datapath.police_shape_rules()
+        return []
+    return shapers
 
 
 def cmd_demo(args) -> int:
@@ -119,7 +148,10 @@ def run_lab(args, keep_running: bool) -> int:
     print("sluice: building the lab (client -> edge -> server namespaces)")
     with Lab() as lab:
         datapath = Datapath(policy)
+        shapers = []
         try:
+            shapers = set_up_egress(datapath, policy, [(lab.edge_client_iface, lab.edge_ns),
+                                                       (lab.edge_server_iface, lab.edge_ns)])
             for ifname in (lab.edge_client_iface, lab.edge_server_iface):
                 mode = datapath.attach(ifname, netns=lab.edge_ns, mode=args.xdp_mode)
                 print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {mode} XDP mode")
@@ -137,6 +169,8 @@ def run_lab(args, keep_running: bool) -> int:
                 wait_for_signal()
         finally:
             datapath.close()
+            for shaper in shapers:
+                shaper.close()
     print("sluice: lab torn down")
     return EXIT_FAILURE if failures else 0
 

@@ -92,11 +92,8 @@ def inside_netns(name: str | None):
 class Datapath:
     """A compiled and loaded data plane, configured from a policy."""
 
-    def __init__(self, policy=None, *, events: bool = False, shape_as_throttle: bool = False):
-        """shape_as_throttle: police shape rules instead (their `fallback: throttle`),
-        for kernels without the fq qdisc."""
+    def __init__(self, policy=None, *, events: bool = False):
         self.policy = policy
-        self.shape_as_throttle = shape_as_throttle
         names = _policy_names(policy)
         cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(names[0]))}",
                   "-Wno-incompatible-pointer-types-discards-qualifiers"]
@@ -120,8 +117,20 @@ class Datapath:
             return
         rules = self.table("rules")
         for rule in policy.rules:
-            rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule, self.shape_as_throttle)
+            rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule)
         self._fill_domain_rules(*names)
+
+    def police_shape_rules(self) -> None:
+        """Turn every shape rule into a throttle at the same rates: the
+        `fallback: throttle` of kernels without the fq qdisc."""
+        rules = self.table("rules")
+        for rule in self.policy.rules:
+            if rule.action == "shape":
+                rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule, shape_as_throttle=True)
+
+    def tc_egress_fd(self) -> int:
+        """The tc egress program (shape, delay), loaded on first use."""
+        return self.bpf.load_func(TC_EGRESS_FUNCTION, bcc.BPF.SCHED_CLS).fd
 
     def _fill_domain_rules(self, domain_names, kinds, rule_ids) -> None:
         if not domain_names:

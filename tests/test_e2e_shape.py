@@ -1,0 +1,152 @@
+"""shape and delay end to end: EDT at tc egress with fq, or a clear refusal without it.
+
+This machine's own kernel may lack sch_fq; then the refusal and the
+fallback are tested here, and the shaping itself in the VM kernels
+(vm/run-matrix), which have it.
+"""
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from controller.cli import set_up_egress
+from controller.datapath import Datapath
+from controller.lab import Lab
+from controller.policy import load_policy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
+
+RATE_BPS = 4_000_000
+LATENCY_S = 0.1
+POLICY = f"""\
+version: 1
+rules:
+  - name: shaped
+    action: shape
+    rate: {RATE_BPS}bit
+    burst: 16KiB
+    domains: [slow.example]
+  - name: lagged
+    action: delay
+    latency: {int(LATENCY_S * 1000)}ms
+    domains: [watched.example]
+"""
+FALLBACK_POLICY = f"""\
+version: 1
+rules:
+  - name: shaped
+    action: shape
+    rate: {RATE_BPS}bit
+    burst: 128KiB
+    fallback: throttle
+    domains: [slow.example]
+"""
+
+
+def kernel_has_fq() -> bool:
+    """Try to create an fq qdisc in a throwaway namespace."""
+    ns = f"sluice-fq-probe-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        return subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "fq"],
+                              capture_output=True).returncode == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
+
+
+HAS_FQ = os.geteuid() == 0 and kernel_has_fq()
+needs_fq = pytest.mark.skipif(not HAS_FQ, reason="this kernel has no sch_fq; the VM kernels test shaping")
+needs_no_fq = pytest.mark.skipif(HAS_FQ, reason="this kernel has sch_fq; the refusal needs one without it")
+
+
+def policy_file(tmp_path, text):
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def lab():
+    with Lab() as built:
+        yield built
+
+
+def enforce(lab, policy):
+    datapath = Datapath(policy)
+    shapers = set_up_egress(datapath, policy, [(lab.edge_client_iface, lab.edge_ns),
+                                               (lab.edge_server_iface, lab.edge_ns)])
+    for ifname in (lab.edge_client_iface, lab.edge_server_iface):
+        datapath.attach(ifname, netns=lab.edge_ns)
+    return datapath, shapers
+
+
+def root_qdisc(lab, ifname) -> str:
+    return subprocess.run(["tc", "-n", lab.edge_ns, "qdisc", "show", "dev", ifname, "root"],
+                          capture_output=True, text=True, check=True).stdout.split()[1]
+
+
+@needs_no_fq
+def test_without_fq_shape_and_delay_are_refused_by_name_and_nothing_is_attached(lab, tmp_path):
+    path = policy_file(tmp_path, POLICY)
+    result = lab.run_in(lab.edge_ns, [sys.executable, "-m", "controller.cli", "run", "--policy", str(path),
+                                      "--iface", lab.edge_client_iface, "--iface", lab.edge_server_iface],
+                        timeout=120)
+    assert result.returncode == 1
+    assert "sch_fq" in result.stderr
+    links = subprocess.run(["ip", "-n", lab.edge_ns, "-d", "link", "show"], capture_output=True,
+                           text=True, check=True).stdout
+    assert "prog/xdp" not in links
+    assert root_qdisc(lab, lab.edge_client_iface) == "noqueue"
+
+
+@needs_no_fq
+def test_without_fq_shape_falls_back_to_throttle_when_the_policy_allows(lab, tmp_path):
+    datapath, shapers = enforce(lab, load_policy(policy_file(tmp_path, FALLBACK_POLICY)))
+    try:
+        assert shapers == []
+        achieved = lab.download_rate("slow.example", seconds=3.0)
+        assert achieved <= RATE_BPS + 128 * 1024 * 8 / 3.0
+        assert datapath.rule_stats()[1]["down"]["dropped_packets"] > 0, "policed: the excess is dropped"
+    finally:
+        datapath.close()
+
+
+@needs_fq
+def test_shaped_download_keeps_to_the_rate_by_delaying_not_dropping(lab, tmp_path):
+    policy = load_policy(policy_file(tmp_path, POLICY))
+    datapath, shapers = enforce(lab, policy)
+    try:
+        assert root_qdisc(lab, lab.edge_client_iface) == "fq"
+        achieved = lab.download_rate("slow.example", seconds=4.0)
+        assert 0.8 * RATE_BPS <= achieved <= RATE_BPS + 16 * 1024 * 8 / 4.0
+        stats = datapath.rule_stats()[policy.rule_by_name("shaped").id]["down"]
+        assert stats["delayed_packets"] > 0
+        assert stats["dropped_packets"] <= stats["packets"] * 0.01
+        open_rate = lab.download_rate("open.example", seconds=1.0)
+        assert open_rate > 10 * RATE_BPS
+    finally:
+        datapath.close()
+        for shaper in shapers:
+            shaper.close()
+    assert root_qdisc(lab, lab.edge_client_iface) == "noqueue", "the original qdisc is back"
+
+
+@needs_fq
+def test_delay_adds_its_latency_to_each_exchange(lab, tmp_path):
+    policy = load_policy(policy_file(tmp_path, POLICY))
+    baseline = lab.curl("watched.example", timeout=5.0).seconds
+    datapath, shapers = enforce(lab, policy)
+    try:
+        result = lab.curl("watched.example", timeout=5.0)
+        assert result.ok
+        # After the ClientHello: the server's flight, the client's request and the
+        # response each cross the edge once more, each held LATENCY_S.
+        assert result.seconds - baseline >= 3 * LATENCY_S * 0.9
+        assert lab.curl("open.example", timeout=5.0).seconds < baseline + LATENCY_S
+    finally:
+        datapath.close()
+        for shaper in shapers:
+            shaper.close()
