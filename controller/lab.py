@@ -39,8 +39,8 @@ EDGE_SERVER_V4, EDGE_SERVER_V6 = "198.51.100.1", "2001:db8:5::1"
 SERVER_V4, SERVER_V6 = "198.51.100.2", "2001:db8:5::2"
 NAMESPACE_PREFIX = "sluice-"
 NGINX = "/usr/sbin/nginx"
-DOWNLOAD_BYTES = 8 * 2**20           # /download serves this many bytes, for rate tests
-UPLOAD_LIMIT = "64m"                 # nginx accepts uploads this large (and discards them)
+DOWNLOAD_BYTES = 2**30                # /download serves this many bytes (a sparse file): enough for any timed run
+UPLOAD_LIMIT = "1g"                   # nginx accepts uploads this large (and discards them)
 READY_TIMEOUT_S = 10.0
 
 NGINX_CONF = """\
