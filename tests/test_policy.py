@@ -78,7 +78,7 @@ rules:
     slow, lag = policy.rules
     assert slow.limits["up"].rate_bps == 128_000 and slow.limits["up"].burst_bytes == 16384
     assert slow.limits["down"].rate_bps == 1_500_000
-    assert slow.limits["down"].burst_bytes == 1_500_000 // 8 // 10     # default: 100 ms at the rate
+    assert slow.limits["down"].burst_bytes == 1_500_000 // 8 // 2      # default: 500 ms at the rate
     assert slow.scope == "client"
     assert (lag.latency_ns, lag.jitter_ns) == (250 * 10**6, 20 * 10**6)
 
