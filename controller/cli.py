@@ -69,7 +69,8 @@ def cmd_replay(args) -> int:
 def cmd_run(args) -> int:
     if not args.iface:
         return run_lab(args, keep_running=True)
-    from .datapath import AttachError, Datapath
+    from .datapath import Datapath
+    from .xdp_link import AttachError
     from .egress import EgressError
     if not args.policy:
         print("sluice run: --policy is required with --iface", file=sys.stderr)

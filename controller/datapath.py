@@ -9,13 +9,10 @@ different interfaces.
 import ctypes
 import logging
 import re
-from contextlib import contextmanager
 
 import bcc
 import numpy
-from pyroute2 import IPRoute, NetlinkError
-from pyroute2 import netns as pyroute2_netns
-
+from . import xdp_link
 from .abi import ABI, bpf_source_dir
 from .names import name_hashes_many
 
@@ -30,12 +27,6 @@ STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_HTTP: b"sluice_stage_http",
                    ABI.SLUICE_STAGE_MATCH: b"sluice_stage_match"}
 
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-# IFLA_XDP_ATTACHED, as pyroute2 names its values.
-XDP_MODE_NAMES = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload"}
-MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 
 # struct direction_stats, as summed by rule_stats().
 DIRECTION_FIELDS = ("packets", "bytes", "dropped_packets", "dropped_bytes", "delayed_packets")
@@ -72,23 +63,6 @@ def program_source(mains: tuple[str, ...] = PROGRAM_FILES) -> str:
     return "".join(splice(main) for main in mains)
 
 
-class AttachError(RuntimeError):
-    pass
-
-
-@contextmanager
-def inside_netns(name: str | None):
-    """Run the body in network namespace `name` (None: stay where we are)."""
-    if name is None:
-        yield
-        return
-    pyroute2_netns.pushns(name)
-    try:
-        yield
-    finally:
-        pyroute2_netns.popns()
-
-
 class Datapath:
     """A compiled and loaded data plane, configured from a policy."""
 
@@ -102,7 +76,7 @@ class Datapath:
         stages = self.table("stages")
         for index, name in STAGE_FUNCTIONS.items():
             stages[ctypes.c_int(index)] = ctypes.c_int(self.bpf.load_func(name, bcc.BPF.XDP).fd)
-        self.attached: list[tuple[str, str | None, str]] = []   # (ifname, netns, mode)
+        self.links: list[xdp_link.XdpLink] = []
         self._fill_rules(policy, names)
         self._write_config(policy, events)
 
@@ -197,53 +171,36 @@ class Datapath:
         return sum(1 for _ in self.table("flows").keys())
 
     # --- attach -----------------------------------------------------------
-    def attach(self, ifname: str, netns: str | None = None, mode: str = "auto") -> str:
+    def attach(self, ifname: str, netns: str | None = None, mode: str = "auto",
+               pin_path: str | None = None) -> str:
         """Attach to ifname; returns the XDP mode the kernel reports.
 
         mode "auto" asks for native (driver) XDP and falls back to generic
         XDP when the driver refuses it. An interface that already has an XDP
-        program is refused rather than silently taken over.
+        program is refused rather than silently taken over, unless it is the
+        pinned link (pin_path) of an earlier sluice run.
         """
-        attempts = ["native", "generic"] if mode == "auto" else [mode]
-        with inside_netns(netns), IPRoute() as ipr:
-            links = ipr.link_lookup(ifname=ifname)
-            if not links:
-                raise AttachError(f"no interface named {ifname!r}" + (f" in netns {netns}" if netns else ""))
-            index = links[0]
-            if _xdp_mode(ipr, index):
-                raise AttachError(f"{ifname} already has an XDP program attached; "
-                                  "detach it first (ip link set dev {ifname} xdp off)")
-            errors = []
-            for attempt in attempts:
-                try:
-                    ipr.link("set", index=index, xdp={"attrs": [
-                        ("IFLA_XDP_FD", self.function.fd),
-                        ("IFLA_XDP_FLAGS", MODE_FLAGS[attempt] | XDP_FLAGS_UPDATE_IF_NOEXIST)]})
-                    break
-                except NetlinkError as error:
-                    errors.append(f"{attempt}: {error}")
-            else:
-                raise AttachError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
-            attached_mode = XDP_MODE_NAMES[_xdp_mode(ipr, index)]
-        self.attached.append((ifname, netns, attached_mode))
-        log.info("attached to %s%s in %s XDP mode", ifname, f" (netns {netns})" if netns else "",
-                 attached_mode)
-        return attached_mode
+        link = xdp_link.attach(self.function.fd, ifname, netns, mode, pin_path)
+        self.links.append(link)
+        return link.mode
+
+    def take_over(self, previous: "Datapath") -> None:
+        """Move previous's interfaces to this program, each in one atomic swap."""
+        for link in previous.links:
+            link.update(self.function.fd)
+        self.links, previous.links = previous.links, []
 
     def detach_all(self) -> None:
         """Detach from every interface this Datapath attached to."""
-        while self.attached:
-            ifname, netns, mode = self.attached.pop()
-            flags = MODE_FLAGS[mode]
-            try:
-                with inside_netns(netns), IPRoute() as ipr:
-                    links = ipr.link_lookup(ifname=ifname)
-                    if links:
-                        ipr.link("set", index=links[0], xdp={"attrs": [
-                            ("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", flags)]})
-                log.info("detached from %s", ifname)
-            except Exception as error:   # the interface may be gone with its namespace
-                log.warning("could not detach from %s: %s", ifname, error)
+        while self.links:
+            link = self.links.pop()
+            link.detach()
+            log.info("detached from %s", link.ifname)
+
+    def release(self) -> None:
+        """Let go of the interfaces but leave pinned links in place (fail-static)."""
+        while self.links:
+            self.links.pop().release()
 
     def close(self) -> None:
         self.detach_all()
@@ -272,12 +229,6 @@ def rule_info(leaf_type, rule, shape_as_throttle: bool = False):
     info.jitter_ns = rule.jitter_ns
     info.horizon_ns = rule.horizon_ns
     return info
-
-
-def _xdp_mode(ipr, index: int) -> str | None:
-    """IFLA_XDP_ATTACHED of a link: None, or "xdp", "xdpgeneric", "xdpoffload"."""
-    xdp = ipr.get_links(index)[0].get_attr("IFLA_XDP")
-    return xdp.get_attr("IFLA_XDP_ATTACHED") if xdp else None
 
 
 def _policy_names(policy) -> tuple[list[bytes], list[int], list[int]]:

@@ -12,7 +12,7 @@ import logging
 
 from pyroute2 import IPRoute, NetlinkError
 
-from .datapath import inside_netns
+from .netns import inside_netns
 
 log = logging.getLogger(__name__)
 

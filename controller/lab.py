@@ -25,11 +25,12 @@ import subprocess
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
+
+from .netns import inside_netns
 
 LAB_NAMES = ("blocked.example", "cdn.blocked.example", "notblocked.example", "exact.example",
              "sub.exact.example", "watched.example", "allowed.example", "open.example", "slow.example")
@@ -236,14 +237,9 @@ class Lab:
         raise LabError(f"nginx did not start in the server namespace: {log.strip() or 'no error log'}")
 
     # --- using ------------------------------------------------------------
-    @contextmanager
     def enter(self, ns: str):
         """Switch this thread into namespace ns for the body (for netlink calls)."""
-        netns.pushns(ns)
-        try:
-            yield
-        finally:
-            netns.popns()
+        return inside_netns(ns)
 
     def run_in(self, ns: str, argv, **kwargs) -> subprocess.CompletedProcess:
         kwargs.setdefault("capture_output", True)

@@ -1,0 +1,127 @@
+"""Attach XDP programs through BPF links, so that what happens when the
+controller dies is a choice rather than an accident.
+
+A link keeps the program on the interface for as long as someone holds it:
+the controller's file descriptor, or a pin in bpffs. Pinned (fail-static,
+the default), the data plane keeps enforcing after a crash and the next
+`sluice run` takes the link over and swaps its program atomically, without
+touching the flow table. Unpinned (fail-open), the kernel detaches the
+program as soon as the controller is gone.
+
+bcc 0.26 attaches XDP only by netlink, which has no such lifetime, so this
+calls libbpf's bpf_link_create() and friends through ctypes.
+"""
+
+import ctypes
+import ctypes.util
+import logging
+import os
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+
+from .netns import inside_netns
+
+log = logging.getLogger(__name__)
+
+BPF_XDP = 37                 # enum bpf_attach_type
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+# IFLA_XDP_ATTACHED, as pyroute2 names its values.
+XDP_MODE_NAMES = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload"}
+
+
+class _LinkCreateOpts(ctypes.Structure):
+    # struct bpf_link_create_opts (libbpf 1.x): sz, flags, then a union we
+    # leave zeroed; libbpf accepts a larger struct whose extra bytes are zero.
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("union", ctypes.c_uint64 * 6)]
+
+
+def _libbpf():
+    lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+    lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(_LinkCreateOpts)]
+    lib.bpf_link_update.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    return lib
+
+
+_LIBBPF = _libbpf()
+
+
+class AttachError(RuntimeError):
+    pass
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        errno = -result if result < -1 else ctypes.get_errno()
+        raise AttachError(f"{what}: {os.strerror(errno)}")
+    return result
+
+
+@dataclass
+class XdpLink:
+    ifname: str
+    netns: str | None
+    mode: str               # "native" or "generic", as the kernel reports it
+    fd: int
+    pin_path: str | None
+
+    def update(self, prog_fd: int) -> None:
+        """Swap the program atomically: each packet sees the old program or the new."""
+        _check(_LIBBPF.bpf_link_update(self.fd, prog_fd, None), f"replacing the program on {self.ifname}")
+
+    def detach(self) -> None:
+        """Remove the pin and close the link: the kernel detaches the program."""
+        if self.pin_path and os.path.exists(self.pin_path):
+            os.unlink(self.pin_path)
+        os.close(self.fd)
+
+    def release(self) -> None:
+        """Close our descriptor only: a pinned link stays (fail-static)."""
+        os.close(self.fd)
+
+
+def attach(prog_fd: int, ifname: str, netns: str | None = None, mode: str = "auto",
+           pin_path: str | None = None) -> XdpLink:
+    """Attach prog_fd to ifname, or take over the pinned link a previous run left there."""
+    if pin_path and os.path.exists(pin_path):
+        fd = _check(_LIBBPF.bpf_obj_get(pin_path.encode()), f"opening pinned link {pin_path}")
+        link = XdpLink(ifname, netns, _mode(ifname, netns), fd, pin_path)
+        link.update(prog_fd)
+        log.info("took over the pinned XDP link on %s", ifname)
+        return link
+    with inside_netns(netns), IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise AttachError(f"no interface named {ifname!r}" + (f" in netns {netns}" if netns else ""))
+        if _attached(ipr, found[0]):
+            raise AttachError(f"{ifname} already has an XDP program that sluice did not attach; "
+                              f"remove it first (ip link set dev {ifname} xdp off)")
+        errors = []
+        for attempt in (["native", "generic"] if mode == "auto" else [mode]):
+            opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=MODE_FLAGS[attempt])
+            fd = _LIBBPF.bpf_link_create(prog_fd, found[0], BPF_XDP, ctypes.byref(opts))
+            if fd >= 0:
+                break
+            errors.append(f"{attempt}: {os.strerror(-fd if fd < -1 else ctypes.get_errno())}")
+        else:
+            raise AttachError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
+        attached_mode = XDP_MODE_NAMES.get(_attached(ipr, found[0]), "unknown")
+    if pin_path:
+        _check(_LIBBPF.bpf_obj_pin(fd, pin_path.encode()), f"pinning the link at {pin_path}")
+    log.info("attached to %s%s in %s XDP mode", ifname, f" (netns {netns})" if netns else "", attached_mode)
+    return XdpLink(ifname, netns, attached_mode, fd, pin_path)
+
+
+def _attached(ipr, index: int) -> str | None:
+    xdp = ipr.get_links(index)[0].get_attr("IFLA_XDP")
+    return xdp.get_attr("IFLA_XDP_ATTACHED") if xdp else None
+
+
+def _mode(ifname: str, netns: str | None) -> str:
+    with inside_netns(netns), IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        return XDP_MODE_NAMES.get(_attached(ipr, found[0]), "unknown") if found else "unknown"
