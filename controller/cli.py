@@ -2,7 +2,9 @@
 
   sluice demo                         build a lab of namespaces, show blocks, tear down
   sluice run                          the same lab, left running with metrics, until Ctrl-C
-  sluice run --policy P --iface eth0  enforce P on real interfaces until SIGINT/SIGTERM
+  sluice run --policy P --iface eth0  enforce P on real interfaces; SIGHUP or editing P reloads it
+  sluice status [--json]              what runs where, how full, recent reloads
+  sluice stop                         stop, detach, and unpin everything
   sluice validate P                   check a policy without touching the kernel
   sluice replay [--policy P] cap.pcap run the real program over a capture, offline
 """
@@ -10,11 +12,15 @@
 import argparse
 import json
 import logging
+import os
+import queue
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from importlib.resources import files
+from types import SimpleNamespace
 
 from . import metrics
 from .policy import PolicyError, load_policy, policy_summary
@@ -22,6 +28,8 @@ from .policy import PolicyError, load_policy, policy_summary
 EXIT_POLICY_ERROR = 2
 EXIT_FAILURE = 1
 LAB_POLICY = "lab.yaml"
+POLICY_POLL_SECONDS = 1.0     # how often `run` looks for a changed policy file
+SNAPSHOT_SECONDS = 5.0        # how often `run` records flow table fill and top rules for `status`
 
 log = logging.getLogger("sluice")
 
@@ -69,31 +77,97 @@ def cmd_replay(args) -> int:
 def cmd_run(args) -> int:
     if not args.iface:
         return run_lab(args, keep_running=True)
-    from .datapath import Datapath
-    from .xdp_link import AttachError
     from .egress import EgressError
+    from .service import Service
+    from .xdp_link import AttachError
     if not args.policy:
         print("sluice run: --policy is required with --iface", file=sys.stderr)
         return EXIT_POLICY_ERROR
-    policy = load_policy_or_exit(args.policy)
-    datapath = Datapath(policy)
-    shapers = []
+    service = Service(args.policy, args.iface, args.netns, args.xdp_mode, args.fail_open)
     try:
-        shapers = set_up_egress(datapath, policy, [(ifname, None) for ifname in args.iface])
-        for ifname in args.iface:
-            datapath.attach(ifname, mode=args.xdp_mode)
-        metrics.serve(datapath, policy, args.metrics_address, args.metrics_port)
-        print(f"sluice: enforcing {args.policy}; metrics on "
-              f"http://{args.metrics_address}:{args.metrics_port}/metrics; Ctrl-C to stop")
-        wait_for_signal()
+        service.start()
+    except PolicyError as error:
+        print(error, file=sys.stderr)
+        print(f"sluice: {args.policy}: policy refused, nothing was changed", file=sys.stderr)
+        return EXIT_POLICY_ERROR
     except (AttachError, EgressError) as error:
         print(f"sluice: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    finally:
-        datapath.close()
-        for shaper in shapers:
-            shaper.close()
-    print("sluice: detached")
+    metrics.serve(service, args.metrics_address, args.metrics_port)
+    log.info("enforcing %s on %s; metrics on http://%s:%d/metrics", args.policy, ", ".join(args.iface),
+             args.metrics_address, args.metrics_port)
+    serve_until_stopped(service)
+    return 0
+
+
+def serve_until_stopped(service) -> None:
+    """Reload on SIGHUP or when the policy file changes; stop on SIGINT or SIGTERM."""
+    events = queue.Queue()
+    signal.signal(signal.SIGHUP, lambda *_: events.put("reload"))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: events.put("stop"))
+    last_snapshot = 0.0
+    while True:
+        try:
+            event = events.get(timeout=POLICY_POLL_SECONDS)
+        except queue.Empty:
+            event = "reload" if service.policy_changed() else None
+        if time.monotonic() - last_snapshot > SNAPSHOT_SECONDS:
+            service.snapshot()
+            last_snapshot = time.monotonic()
+        if event == "reload":
+            service.reload()
+        elif event == "stop":
+            service.stop()
+            log.info("detached and unpinned everything")
+            return
+
+
+def cmd_stop(_args) -> int:
+    """Stop a running controller and remove every pinned link and map."""
+    from .service import read_state, remove_pins
+    pid = read_state().get("pid")
+    if pid and os.path.exists(f"/proc/{pid}"):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.1)
+    remove_pins()
+    print("sluice: stopped; links and maps unpinned")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .service import read_state
+    state = read_state()
+    if not state:
+        print("sluice: not running (no /run/sluice/state.json)", file=sys.stderr)
+        return EXIT_FAILURE
+    pid = state.get("pid")
+    state["controller_running"] = bool(pid and os.path.exists(f"/proc/{pid}"))
+    if args.json:
+        print(json.dumps(state, indent=1))
+        return 0
+    running = "running" if state["controller_running"] else \
+        ("NOT running: " + ("the data plane detached (fail-open)" if state.get("fail_open")
+                            else "the pinned data plane keeps enforcing (fail-static)"))
+    print(f"controller   pid {pid}, {running}")
+    print(f"policy       {state['policy']} (sha256 {state['policy_sha256']}, {state['rules']} rules, "
+          f"loaded {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state['loaded_at']))})")
+    for link in state["interfaces"]:
+        where = f" in netns {link['netns']}" if link["netns"] else ""
+        print(f"interface    {link['ifname']}{where}: {link['mode']} XDP"
+              + (", pinned" if link["pinned"] else ""))
+    if "flows" in state:
+        print(f"flow table   {state['flows']} of {state['flow_capacity']} entries "
+              f"({state['flows'] / state['flow_capacity']:.1%})")
+    for rule in state.get("top_rules", []):
+        print(f"top rule     {rule['rule']}: {rule['flows']} flows, {rule['packets']} packets, "
+              f"{rule['dropped_packets']} dropped")
+    for event in state["reloads"][-5:]:
+        print(f"{event['event']:<12} {time.strftime('%H:%M:%S', time.localtime(event['time']))} "
+              f"{'ok' if event['ok'] else 'FAILED'}: {event['detail']}")
     return 0
 
 
@@ -156,7 +230,9 @@ def run_lab(args, keep_running: bool) -> int:
             for ifname in (lab.edge_client_iface, lab.edge_server_iface):
                 mode = datapath.attach(ifname, netns=lab.edge_ns, mode=args.xdp_mode)
                 print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {mode} XDP mode")
-            metrics.serve(datapath, policy, args.metrics_address, args.metrics_port)
+            metrics.serve(SimpleNamespace(datapath=datapath, policy=policy, loaded_at=time.time(),
+                                          reloads={"success": 0, "failure": 0}),
+                          args.metrics_address, args.metrics_port)
             print(f"sluice: policy {policy_path}\n")
             failures = show_lab_checks(lab, policy)
             print()
@@ -229,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", help="policy file (YAML); in the lab, default: the lab policy")
     run.add_argument("--iface", action="append", default=[],
                      help="interface to attach to; repeat for each (a router needs both sides)")
+    run.add_argument("--netns", help="network namespace the interfaces are in (default: this one)")
+    run.add_argument("--fail-open", action="store_true",
+                     help="detach when the controller dies; by default (fail-static) the pinned data "
+                          "plane keeps enforcing and the next `sluice run` takes it over")
     add_runtime_options(run)
     run.set_defaults(handler=cmd_run)
 
@@ -236,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policy", help="policy for the lab (default: the lab policy)")
     add_runtime_options(demo)
     demo.set_defaults(handler=cmd_demo)
+
+    stop = sub.add_parser("stop", help="stop the running controller, detach, and unpin all state")
+    stop.set_defaults(handler=cmd_stop)
+
+    status = sub.add_parser("status", help="what is attached, which policy, how full, recent reloads")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
 
     validate = sub.add_parser("validate", help="check a policy file; exit 2 with file:line:column on errors")
     validate.add_argument("policy")

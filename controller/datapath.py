@@ -66,11 +66,15 @@ def program_source(mains: tuple[str, ...] = PROGRAM_FILES) -> str:
 class Datapath:
     """A compiled and loaded data plane, configured from a policy."""
 
-    def __init__(self, policy=None, *, events: bool = False):
+    def __init__(self, policy=None, *, events: bool = False, pin_dir: str | None = None):
+        """pin_dir: pin the state maps (flows, counters, clocks) there, or
+        reuse the ones already pinned there by an earlier Datapath."""
         self.policy = policy
         names = _policy_names(policy)
         cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(names[0]))}",
                   "-Wno-incompatible-pointer-types-discards-qualifiers"]
+        if pin_dir:
+            cflags.append(f'-DSLUICE_PIN_DIR="{pin_dir}"')
         self.bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
         self.function = self.bpf.load_func(PROGRAM_FUNCTION, bcc.BPF.XDP)
         stages = self.table("stages")

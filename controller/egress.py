@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 TC_H_ROOT = 0xFFFFFFFF
 TC_H_CLSACT = 0xFFFFFFF1
 TC_H_MIN_EGRESS = 0xFFF3
+FILTER_PRIO = 1
+FILTER_HANDLE = 1
 # Root qdiscs the kernel installs by itself (handle 0:): replacing one of
 # these with fq and deleting fq later restores it.
 DEFAULT_ROOT_KINDS = {"noqueue", "pfifo_fast", "fq_codel", "mq", "fq", "pfifo", "sfq", "cake"}
@@ -55,10 +57,19 @@ class EgressShaper:
                                         for q in ipr.get_qdiscs(index))
             if self.added_clsact:
                 ipr.tc("add", "clsact", index)
-            ipr.tc("add-filter", "bpf", index, parent=TC_H_CLSACT | TC_H_MIN_EGRESS,
-                   fd=program_fd, name="sluice_tc_egress", direct_action=True, prio=1)
+            self._set_filter(ipr, "add-filter", index, program_fd)
         log.info("shaping on %s egress (fq %s)", ifname,
                  f"installed over {self.previous_root}" if self.installed_fq else "already there")
+
+    def replace_program(self, program_fd: int) -> None:
+        """Swap in a reloaded policy's program, in place: the filter is never absent."""
+        with inside_netns(self.netns), IPRoute() as ipr:
+            self._set_filter(ipr, "replace-filter", _index(ipr, self.ifname, self.netns), program_fd)
+
+    @staticmethod
+    def _set_filter(ipr, command, index, program_fd) -> None:
+        ipr.tc(command, "bpf", index, parent=TC_H_CLSACT | TC_H_MIN_EGRESS, handle=FILTER_HANDLE,
+               fd=program_fd, name="sluice_tc_egress", direct_action=True, prio=FILTER_PRIO)
 
     def close(self) -> None:
         """Put the device back as it was."""
@@ -71,7 +82,8 @@ class EgressShaper:
                 if self.added_clsact:
                     ipr.tc("del", "clsact", index)
                 else:
-                    ipr.tc("del-filter", "bpf", index, parent=TC_H_CLSACT | TC_H_MIN_EGRESS, prio=1)
+                    ipr.tc("del-filter", "bpf", index, parent=TC_H_CLSACT | TC_H_MIN_EGRESS,
+                           handle=FILTER_HANDLE, prio=FILTER_PRIO)
                 if self.installed_fq:
                     ipr.tc("del", index=index, parent=TC_H_ROOT)
         except NetlinkError as error:

@@ -5,9 +5,9 @@ packet. Each scrape sums the per-CPU slots and reports them as counters in
 base units with the `_total` suffix, following Prometheus conventions.
 """
 
-import time
-
 from prometheus_client import start_http_server
+
+from .abi import ABI
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 
 DEFAULT_ADDRESS = "127.0.0.1"
@@ -25,14 +25,17 @@ FLOWS_BY_PROTO = {"flows_tls": "tls", "flows_http": "http"}
 
 
 class SluiceCollector:
-    """A custom collector: prometheus-client calls collect() on each scrape."""
+    """A custom collector: prometheus-client calls collect() on each scrape.
 
-    def __init__(self, datapath, policy):
-        self.datapath = datapath
-        self.policy = policy
-        self.loaded_at = time.time()
+    `source` is whatever runs the data plane (a Service, or the lab): the
+    collector reads its current datapath, policy, load time and reload
+    counts at each scrape, so a reload needs no re-registration."""
+
+    def __init__(self, source):
+        self.source = source
 
     def collect(self):
+        self.datapath, self.policy = self.source.datapath, self.source.policy
         counters = self.datapath.counters()
         yield CounterMetricFamily("sluice_packets", "Packets the XDP program saw.",
                                   value=counters["packets"])
@@ -56,7 +59,15 @@ class SluiceCollector:
                                   value=counters["flows_expired"])
         yield from self._rule_families()
         yield GaugeMetricFamily("sluice_policy_loaded_timestamp_seconds",
-                                "When the running policy was loaded (Unix time).", value=self.loaded_at)
+                                "When the running policy was loaded (Unix time).", value=self.source.loaded_at)
+        reloads = CounterMetricFamily("sluice_policy_reloads", "Policy reloads by result.", labels=["result"])
+        for result, value in self.source.reloads.items():
+            reloads.add_metric([result], value)
+        yield reloads
+        yield GaugeMetricFamily("sluice_flow_table_entries", "Flows in the flow table.",
+                                value=self.datapath.flow_count())
+        yield GaugeMetricFamily("sluice_flow_table_capacity", "Flows the flow table holds before evicting.",
+                                value=ABI.SLUICE_FLOW_MAX)
         yield GaugeMetricFamily("sluice_policy_rules", "Rules in the running policy.",
                                 value=len(self.policy.rules) if self.policy else 0)
 
@@ -90,9 +101,9 @@ class SluiceCollector:
         yield from families.values()
 
 
-def serve(datapath, policy, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> SluiceCollector:
+def serve(source, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> SluiceCollector:
     """Register the collector and serve /metrics on address:port."""
-    collector = SluiceCollector(datapath, policy)
+    collector = SluiceCollector(source)
     REGISTRY.register(collector)
     start_http_server(port, addr=address)
     return collector

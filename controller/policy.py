@@ -13,7 +13,7 @@ controller/policy.schema.json; tests/test_policy.py keeps the two in step.
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -110,7 +110,7 @@ class Policy:
     rules: list[Rule]
 
     def rule_by_id(self, rule_id: int) -> Rule | None:
-        return self.rules[rule_id - 1] if 0 < rule_id <= len(self.rules) else None
+        return next((rule for rule in self.rules if rule.id == rule_id), None)
 
     def rule_by_name(self, name: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.name == name), None)
@@ -483,6 +483,27 @@ def load_policy(path: str | os.PathLike) -> Policy:
         raise PolicyError(sorted(loader.problems, key=lambda p: (p.file != loader.path, p.file,
                                                                   p.line, p.column)))
     return policy
+
+
+def with_stable_ids(policy: Policy, known_ids: dict[str, int]) -> tuple[Policy, dict[str, int]]:
+    """The policy with each rule's id kept from earlier policies, by rule name.
+
+    Flows and counters in the data plane refer to rules by id, and outlive a
+    reload: a rule that keeps its name keeps its id, so its flows keep their
+    meaning and its counters keep counting. New names take ids never used
+    before; ids of removed rules stay retired. Returns the policy and the
+    updated name -> id map."""
+    ids = dict(known_ids)
+    free = (i for i in range(max(ids.values(), default=0) + 1, ABI.SLUICE_MAX_RULES))
+    if len(set(ids) | {r.name for r in policy.rules}) >= ABI.SLUICE_MAX_RULES:
+        # Every id has been used once: start afresh from this policy's order.
+        ids, free = {}, iter(range(1, ABI.SLUICE_MAX_RULES))
+    rules = []
+    for rule in policy.rules:
+        if rule.name not in ids:
+            ids[rule.name] = next(free)
+        rules.append(replace(rule, id=ids[rule.name]))
+    return replace(policy, rules=rules), ids
 
 
 def policy_summary(policy: Policy) -> str:

@@ -1,0 +1,194 @@
+"""`sluice run` on real interfaces: attach, reload live, survive a crash, stop.
+
+State that must outlive one controller process lives in two places:
+  /sys/fs/bpf/sluice/maps/    the pinned state maps (flows, counters, clocks)
+  /sys/fs/bpf/sluice/links/   the pinned XDP links (fail-static mode)
+  /run/sluice/state.json      rule ids by name, the interfaces, reload history
+A restarted controller compiles the policy again, opens the same pinned
+maps, and swaps its program into the pinned links: flows and counters carry
+on. `sluice stop` removes all of it.
+
+A reload validates the new policy completely and compiles it into a new
+program with new policy maps before anything changes; then each interface's
+link swaps to the new program in one atomic step. Until then, and for good
+if anything fails, the running policy stays in force.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from .abi import ABI
+from .datapath import Datapath
+from .policy import PolicyError, load_policy, with_stable_ids
+
+log = logging.getLogger(__name__)
+
+PIN_ROOT = Path("/sys/fs/bpf/sluice")
+STATE_FILE = Path("/run/sluice/state.json")
+RELOAD_HISTORY = 20
+TOP_RULES = 5
+
+
+def ensure_bpffs() -> None:
+    """Pins need a BPF filesystem at /sys/fs/bpf; mount one if the system has not."""
+    if subprocess.run(["mountpoint", "-q", "/sys/fs/bpf"]).returncode != 0:
+        subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=True)
+
+
+def read_state() -> dict:
+    try:
+        return json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+class Service:
+    def __init__(self, policy_path: str, interfaces: list[str], netns: str | None = None,
+                 xdp_mode: str = "auto", fail_open: bool = False):
+        self.policy_path = policy_path
+        self.interfaces = interfaces
+        self.netns = netns
+        self.xdp_mode = xdp_mode
+        self.fail_open = fail_open
+        self.state = read_state()
+        self.rule_ids: dict[str, int] = self.state.get("rule_ids", {})
+        self.reloads = {"success": 0, "failure": 0}
+        self.history: list[dict] = self.state.get("reloads", [])
+        self.datapath: Datapath | None = None
+        self.policy = None
+        self.shapers: list = []
+        self.loaded_at = 0.0
+        self.policy_mtime = 0.0
+        self.observed: dict = {}     # the last snapshot()
+
+    def start(self) -> None:
+        """Load the policy and attach; raises PolicyError or AttachError with nothing changed."""
+        from .cli import set_up_egress
+        ensure_bpffs()
+        (PIN_ROOT / "maps").mkdir(parents=True, exist_ok=True)
+        (PIN_ROOT / "links").mkdir(parents=True, exist_ok=True)
+        policy = self._load()
+        datapath = Datapath(policy, pin_dir=str(PIN_ROOT / "maps"))
+        try:
+            self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
+            for ifname in self.interfaces:
+                pin = None if self.fail_open else str(self._link_pin(ifname))
+                datapath.attach(ifname, self.netns, self.xdp_mode, pin_path=pin)
+        except Exception:
+            datapath.close()
+            raise
+        self._install(datapath, policy)
+        self._record("start", True, f"attached to {', '.join(self.interfaces)}")
+
+    def reload(self) -> bool:
+        """Validate, compile, then swap; a refused policy leaves the running one in force."""
+        started = time.monotonic()
+        try:
+            policy = self._load()
+            datapath = Datapath(policy, pin_dir=str(PIN_ROOT / "maps"))
+        except PolicyError as error:
+            self.reloads["failure"] += 1
+            log.error("policy reload refused, the running policy stays in force:\n%s", error)
+            self._record("reload", False, str(error).splitlines()[0])
+            return False
+        from .cli import set_up_egress
+        from .egress import EgressError
+        try:
+            if self.shapers:
+                for shaper in self.shapers:
+                    shaper.replace_program(datapath.tc_egress_fd())
+            else:
+                self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
+        except EgressError as error:
+            datapath.close()
+            self.reloads["failure"] += 1
+            log.error("policy reload refused, the running policy stays in force: %s", error)
+            self._record("reload", False, str(error))
+            return False
+        datapath.take_over(self.datapath)
+        old = self.datapath
+        self._install(datapath, policy)
+        old.close()
+        self.reloads["success"] += 1
+        log.info("policy reloaded: %d rules, swapped in %.2f s", len(policy.rules), time.monotonic() - started)
+        self._record("reload", True, f"{len(policy.rules)} rules")
+        return True
+
+    def snapshot(self) -> None:
+        """Record how full the flow table is and the busiest rules, for `sluice status`."""
+        stats = self.datapath.rule_stats()
+        top = sorted((rule for rule in self.policy.rules), key=lambda r: -stats[r.id]["flows"])[:TOP_RULES]
+        self.observed = {"flows": self.datapath.flow_count(), "flow_capacity": ABI.SLUICE_FLOW_MAX,
+                         "top_rules": [{"rule": r.name, "flows": stats[r.id]["flows"],
+                                        "packets": stats[r.id]["packets"],
+                                        "dropped_packets": stats[r.id]["dropped_packets"]} for r in top],
+                         "observed_at": time.time()}
+        self._save()
+
+    def policy_changed(self) -> bool:
+        try:
+            return os.stat(self.policy_path).st_mtime != self.policy_mtime
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Detach everything and forget all state (SIGINT, SIGTERM)."""
+        if self.datapath:
+            self.datapath.close()
+        for shaper in self.shapers:
+            shaper.close()
+        remove_pins()
+
+    def abandon(self) -> None:
+        """Exit but leave pinned links enforcing (a test's stand-in for a crash)."""
+        self.datapath.release()
+
+    # --- internals ----------------------------------------------------------
+    def _load(self):
+        self.policy_mtime = os.stat(self.policy_path).st_mtime
+        policy, ids = with_stable_ids(load_policy(self.policy_path), self.rule_ids)
+        self.rule_ids = ids
+        return policy
+
+    def _install(self, datapath, policy) -> None:
+        self.datapath, self.policy = datapath, policy
+        self.loaded_at = time.time()
+        self._save()
+
+    def _link_pin(self, ifname: str) -> Path:
+        return PIN_ROOT / "links" / f"{self.netns or 'host'}-{ifname}"
+
+    def _record(self, what: str, ok: bool, detail: str) -> None:
+        self.history = (self.history + [{"time": time.time(), "event": what, "ok": ok,
+                                         "detail": detail}])[-RELOAD_HISTORY:]
+        self._save()
+
+    def _save(self) -> None:
+        STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        links = [{"ifname": link.ifname, "netns": link.netns, "mode": link.mode, "pinned": bool(link.pin_path)}
+                 for link in (self.datapath.links if self.datapath else [])]
+        state = {"pid": os.getpid(), "policy": os.path.abspath(self.policy_path),
+                 "policy_sha256": file_digest(self.policy_path), "loaded_at": self.loaded_at,
+                 "rules": len(self.policy.rules) if self.policy else 0,
+                 "rule_ids": self.rule_ids, "interfaces": links, "fail_open": self.fail_open,
+                 "reloads": self.history, **self.observed}
+        tmp = STATE_FILE.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(STATE_FILE)
+
+
+def remove_pins() -> None:
+    """Unpin every sluice link and map; the kernel frees what nothing else holds."""
+    if PIN_ROOT.exists():
+        shutil.rmtree(PIN_ROOT)
+    STATE_FILE.unlink(missing_ok=True)
