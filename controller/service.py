@@ -23,6 +23,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from . import xdp_link
 from .abi import ABI
 from .datapath import Datapath
 from .policy import PolicyError, load_policy, with_stable_ids
@@ -161,6 +162,10 @@ class Service:
         return policy
 
     def _install(self, datapath, policy) -> None:
+        if not self.fail_open:
+            # A program array empties itself when no process or pin holds it,
+            # which would silently end inspection after a crash: pin it.
+            xdp_link.pin(datapath.table("stages").map_fd, str(PIN_ROOT / "stages"))
         self.datapath, self.policy = datapath, policy
         self.loaded_at = time.time()
         self._save()

@@ -84,6 +84,15 @@ class XdpLink:
         os.close(self.fd)
 
 
+def pin(fd: int, path: str) -> None:
+    """Pin a BPF object at path, replacing what was pinned there in one rename."""
+    staging = f"{path}_new"          # bpffs refuses names with a dot
+    if os.path.exists(staging):
+        os.unlink(staging)
+    _check(_LIBBPF.bpf_obj_pin(fd, staging.encode()), f"pinning at {staging}")
+    os.replace(staging, path)
+
+
 def attach(prog_fd: int, ifname: str, netns: str | None = None, mode: str = "auto",
            pin_path: str | None = None) -> XdpLink:
     """Attach prog_fd to ifname, or take over the pinned link a previous run left there."""

@@ -1,0 +1,199 @@
+"""`sluice run` as a long-lived service: live reload, refused reloads, crashes, stop.
+
+The controller runs as a real process (python -m controller.cli run) on the
+lab's edge interfaces; these tests signal it, edit its policy file, and kill
+it, and check what real clients see.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from controller.lab import Lab
+from controller.service import PIN_ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
+
+SLUICE = [sys.executable, "-m", "controller.cli"]
+METRICS_PORT = 9478
+BLOCK_ONE = "version: 1\nrules:\n  - {name: blocker, action: block, domains: [blocked.example]}\n"
+BLOCK_TWO = BLOCK_ONE + "  - {name: second, action: block, domains: [exact.example]}\n"
+SLOW = ("version: 1\nrules:\n  - {name: slow, action: throttle, rate: 1mbit, burst: 64KiB, "
+        "domains: [slow.example]}\n  - {name: blocker, action: block, domains: [blocked.example]}\n")
+
+
+@pytest.fixture
+def lab():
+    with Lab() as built:
+        yield built
+    subprocess.run([*SLUICE, "stop"], capture_output=True, timeout=60)
+
+
+class Controller:
+    def __init__(self, lab, policy_path, *extra):
+        self.process = subprocess.Popen(
+            [*SLUICE, "run", "--policy", str(policy_path), "--netns", lab.edge_ns, "--iface", "cli0",
+             "--iface", "srv0", "--metrics-port", str(METRICS_PORT), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.wait_for_metrics()
+
+    def wait_for_metrics(self, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.stderr.read()
+            try:
+                return self.metrics()
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("the controller never served metrics")
+
+    def metrics(self) -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
+
+    def metric(self, line_prefix: str) -> float:
+        for line in self.metrics().splitlines():
+            if line.startswith(line_prefix):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def wait_for(self, line_prefix, value, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while self.metric(line_prefix) != value:
+            assert time.monotonic() < deadline, f"{line_prefix} never reached {value}"
+            time.sleep(0.2)
+
+
+def reloads(controller, result):
+    return controller.metric(f'sluice_policy_reloads_total{{result="{result}"}}')
+
+
+def test_editing_the_policy_reloads_it_live(lab, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BLOCK_ONE)
+    controller = Controller(lab, policy)
+    assert not lab.curl("blocked.example", timeout=1).ok
+    assert lab.curl("exact.example", timeout=2).ok
+    policy.write_text(BLOCK_TWO)
+    controller.wait_for('sluice_policy_reloads_total{result="success"}', 1.0)
+    assert not lab.curl("exact.example", timeout=1).ok
+    assert not lab.curl("blocked.example", timeout=1).ok
+    # SIGHUP reloads too, even when the file did not change.
+    controller.process.send_signal(signal.SIGHUP)
+    controller.wait_for('sluice_policy_reloads_total{result="success"}', 2.0)
+    controller.process.send_signal(signal.SIGTERM)
+    assert controller.process.wait(timeout=30) == 0
+    assert lab.curl("blocked.example", timeout=2).ok, "stopping detaches"
+    assert not PIN_ROOT.exists(), "stopping unpins"
+
+
+def test_a_refused_policy_leaves_the_running_one_in_force(lab, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BLOCK_ONE)
+    controller = Controller(lab, policy)
+    policy.write_text(BLOCK_ONE + "  - {name: broken, action: explode, domains: [exact.example]}\n")
+    controller.wait_for('sluice_policy_reloads_total{result="failure"}', 1.0)
+    assert not lab.curl("blocked.example", timeout=1).ok
+    assert lab.curl("exact.example", timeout=2).ok
+    status = json.loads(subprocess.run([*SLUICE, "status", "--json"], capture_output=True, text=True,
+                                       check=True).stdout)
+    assert status["reloads"][-1]["ok"] is False
+    assert "unknown action 'explode'" in status["reloads"][-1]["detail"]
+    controller.process.send_signal(signal.SIGTERM)
+    controller.process.wait(timeout=30)
+    assert "policy reload refused" in controller.process.stderr.read()
+
+
+def test_unrelated_traffic_loses_nothing_while_the_policy_reloads(lab, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BLOCK_ONE)
+    controller = Controller(lab, policy)
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", lab.server_ns, "/usr/bin/python3", "-c", UDP_RECEIVER],
+        stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    sender = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, "/usr/bin/python3", "-c", UDP_SENDER])
+    for _ in range(RELOADS):
+        before = reloads(controller, "success")
+        controller.process.send_signal(signal.SIGHUP)
+        controller.wait_for('sluice_policy_reloads_total{result="success"}', before + 1)
+    sender.wait(timeout=120)
+    received = int(receiver.communicate(timeout=30)[0])
+    assert received == DATAGRAMS
+    assert reloads(controller, "success") == RELOADS
+
+
+RELOADS = 25
+DATAGRAMS = 20000
+UDP_SENDER = f"""
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range({DATAGRAMS}):
+    s.sendto(i.to_bytes(4, 'big'), ('198.51.100.2', 5001))
+    time.sleep(0.0025)
+s.sendto(b'end', ('198.51.100.2', 5001))
+"""
+UDP_RECEIVER = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind(('0.0.0.0', 5001))
+seen = set()
+while True:
+    data = s.recv(64)
+    if data == b'end':
+        break
+    seen.add(data)
+print(len(seen))
+"""
+
+
+def test_after_a_crash_the_data_plane_keeps_enforcing_and_a_restart_keeps_the_flows(lab, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SLOW)
+    controller = Controller(lab, policy)
+    download = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client_ns, "curl", "-s", "--max-time", "8", "--cacert", lab.ca_path,
+         "--resolve", "slow.example:443:198.51.100.2", "-o", "/dev/null", "-w", "%{size_download}",
+         "https://slow.example/download"], stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    controller.process.kill()
+    controller.process.wait()
+    assert not lab.curl("blocked.example", timeout=1).ok, "fail-static: still enforcing"
+    time.sleep(1)
+    restarted = Controller(lab, policy)
+    assert restarted.metric("sluice_flow_table_entries") >= 1
+    downloaded = int(download.communicate(timeout=30)[0])
+    # Had the restart forgotten the flow, its rest would have run unthrottled (a Gbit/s here).
+    assert downloaded * 8 <= 1_000_000 * 8 + 64 * 1024 * 8
+    assert downloaded * 8 >= 1_000_000 * 8 / 3
+    restarted.process.send_signal(signal.SIGTERM)
+    restarted.process.wait(timeout=30)
+
+
+def test_fail_open_detaches_when_the_controller_dies(lab, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BLOCK_ONE)
+    controller = Controller(lab, policy, "--fail-open")
+    assert not lab.curl("blocked.example", timeout=1).ok
+    controller.process.kill()
+    controller.process.wait()
+    time.sleep(0.5)
+    assert lab.curl("blocked.example", timeout=2).ok
+
+
+def test_stop_detaches_a_crashed_controllers_data_plane(lab, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BLOCK_ONE)
+    controller = Controller(lab, policy)
+    controller.process.kill()
+    controller.process.wait()
+    assert not lab.curl("blocked.example", timeout=1).ok
+    subprocess.run([*SLUICE, "stop"], check=True, capture_output=True, timeout=60)
+    assert lab.curl("blocked.example", timeout=2).ok
+    assert not PIN_ROOT.exists()
