@@ -2,6 +2,12 @@
  *
  * The controller finds these by name (controller/datapath.py); their key
  * and value types come from sluice_abi.h.
+ *
+ * Two kinds of map. State maps (flows, counters, rate clocks) outlive any
+ * one policy: when the controller passes -DSLUICE_PIN_DIR they are pinned
+ * there, so that a reloaded policy, or a controller restarted after a
+ * crash, finds the same flows and counters. Policy maps (rules, domain
+ * rules, config) belong to one compiled policy and are replaced with it.
  */
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H
@@ -15,8 +21,15 @@
 
 #define PAGE_BYTES 4096
 
+#ifdef SLUICE_PIN_DIR
+#define STATE_MAP(type, key, value, name, entries) \
+	BPF_TABLE_PINNED(type, key, value, name, entries, SLUICE_PIN_DIR "/" #name)
+#else
+#define STATE_MAP(type, key, value, name, entries) BPF_TABLE(type, key, value, name, entries)
+#endif
+
 /* Both directions of every TCP flow seen, least recently used evicted. */
-BPF_TABLE("lru_hash", struct flow_key, struct flow_state, flows, SLUICE_FLOW_MAX);
+STATE_MAP("lru_hash", struct flow_key, struct flow_state, flows, SLUICE_FLOW_MAX);
 
 /* name_key -> rule id, for suffix and exact names alike. */
 BPF_HASH(domain_rules, struct name_key, __u32, SLUICE_DOMAIN_RULES_MAX);
@@ -25,19 +38,19 @@ BPF_HASH(domain_rules, struct name_key, __u32, SLUICE_DOMAIN_RULES_MAX);
 BPF_ARRAY(rules, struct rule_info, SLUICE_MAX_RULES);
 
 /* rule id -> counters; per CPU so that no packet waits on another CPU. */
-BPF_PERCPU_ARRAY(rule_stats, struct rule_stats, SLUICE_MAX_RULES);
+STATE_MAP("percpu_array", __u32, struct rule_stats, rule_stats, SLUICE_MAX_RULES);
 
 /* enum sluice_counter -> count. */
-BPF_PERCPU_ARRAY(counters, __u64, SLUICE_CNT_MAX);
+STATE_MAP("percpu_array", __u32, __u64, counters, SLUICE_CNT_MAX);
 
 /* Index 0 holds the one sluice_config. */
 BPF_ARRAY(config, struct sluice_config, 1);
 
 /* Throttle and shape clocks shared by a rule's flows (rule scope), by rule id. */
-BPF_ARRAY(rule_clocks, struct rate_clocks, SLUICE_MAX_RULES);
+STATE_MAP("array", __u32, struct rate_clocks, rule_clocks, SLUICE_MAX_RULES);
 
 /* ... and by the flows of one client under one rule (client scope). */
-BPF_TABLE("lru_hash", struct client_clock_key, struct rate_clocks, client_clocks, SLUICE_CLIENT_CLOCKS_MAX);
+STATE_MAP("lru_hash", struct client_clock_key, struct rate_clocks, client_clocks, SLUICE_CLIENT_CLOCKS_MAX);
 
 /* One scratch buffer per CPU for the payload being inspected. */
 BPF_PERCPU_ARRAY(payload_buffers, struct payload_scratch, 1);
