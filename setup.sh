@@ -12,8 +12,8 @@ fi
 
 # bcc and bpftool for the data plane; iproute2 for namespaces and qdiscs;
 # curl, openssl and nginx for the lab and the end-to-end tests; tcpdump for
-# the captures the replay tests take.
-packages=(python3-bpfcc bpftool iproute2 python3-venv curl openssl nginx-light tcpdump)
+# the captures the replay tests take; prometheus to scrape the exporter in a test.
+packages=(python3-bpfcc bpftool iproute2 python3-venv curl openssl nginx-light tcpdump prometheus)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
