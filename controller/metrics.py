@@ -5,10 +5,13 @@ packet. Each scrape sums the per-CPU slots and reports them as counters in
 base units with the `_total` suffix, following Prometheus conventions.
 """
 
+import hashlib
+from pathlib import Path
+
 from prometheus_client import start_http_server
 
 from .abi import ABI
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 9477
@@ -70,6 +73,10 @@ class SluiceCollector:
                                 value=ABI.SLUICE_FLOW_MAX)
         yield GaugeMetricFamily("sluice_policy_rules", "Rules in the running policy.",
                                 value=len(self.policy.rules) if self.policy else 0)
+        info = InfoMetricFamily("sluice_policy", "The running policy: file and content digest.")
+        info.add_metric([], {"path": self.policy.path if self.policy else "",
+                             "sha256": file_digest(self.policy.path) if self.policy else ""})
+        yield info
 
     def _rule_families(self):
         labels = ["rule", "action", "mode"]
@@ -99,6 +106,11 @@ class SluiceCollector:
                     family.add_metric(label_values + [direction], stats[direction][field])
         yield flows
         yield from families.values()
+
+
+def file_digest(path: str) -> str:
+    """The first 16 hex digits of the file's SHA-256: which version of the policy runs."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def serve(source, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> SluiceCollector:

@@ -14,7 +14,6 @@ link swaps to the new program in one atomic step. Until then, and for good
 if anything fails, the running policy stays in force.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from . import xdp_link
 from .abi import ABI
 from .datapath import Datapath
+from .metrics import file_digest
 from .policy import PolicyError, load_policy, with_stable_ids
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ def read_state() -> dict:
         return json.loads(STATE_FILE.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 class Service:
