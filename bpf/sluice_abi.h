@@ -103,6 +103,7 @@ enum sluice_counter {
 	SLUICE_CNT_HTTP_TRUNCATED,	/* request headers continue past this packet */
 	SLUICE_CNT_GAVE_UP,		/* flows whose inspection window ran out */
 	SLUICE_CNT_FLOWS_EXPIRED,	/* idle flows found and restarted */
+	SLUICE_CNT_FLOWS_CREATED,	/* new flow table keys; minus the entries: evictions */
 	SLUICE_CNT_MAX,
 };
 

@@ -49,6 +49,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	int bare_syn = (pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	__u64 now = coarse_now_ns(cfg);
 	struct flow_state *flow = flows.lookup(&key);
+	int new_key = !flow;
 
 	if (flow && flow_is_idle(flow, now, cfg)) {
 		count(SLUICE_CNT_FLOWS_EXPIRED);
@@ -66,6 +67,8 @@ int sluice_xdp(struct xdp_md *ctx)
 		flow = flow_start(&key, &pkt, sender_is_hi, now);
 		if (!flow)
 			return pass_unjudged(pkt.frame_len);
+		if (new_key)
+			count(SLUICE_CNT_FLOWS_CREATED);
 	} else {
 		flow_touch(flow, now, cfg);
 	}

@@ -112,6 +112,7 @@ def serve_until_stopped(service) -> None:
             event = events.get(timeout=POLICY_POLL_SECONDS)
         except queue.Empty:
             event = "reload" if service.policy_changed() else None
+        service.poll_events()
         if time.monotonic() - last_snapshot > SNAPSHOT_SECONDS:
             service.snapshot()
             last_snapshot = time.monotonic()

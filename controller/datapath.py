@@ -66,9 +66,14 @@ def program_source(mains: tuple[str, ...] = PROGRAM_FILES) -> str:
 class Datapath:
     """A compiled and loaded data plane, configured from a policy."""
 
-    def __init__(self, policy=None, *, events: bool = False, pin_dir: str | None = None):
+    def __init__(self, policy=None, *, events: bool = False, pin_dir: str | None = None,
+                 retired_rules=()):
         """pin_dir: pin the state maps (flows, counters, clocks) there, or
-        reuse the ones already pinned there by an earlier Datapath."""
+        reuse the ones already pinned there by an earlier Datapath.
+        retired_rules: rules of earlier policies that flows may still be
+        classified under; their actions stay defined, though no name leads
+        to them any more."""
+        self.retired_rules = list(retired_rules)
         self.policy = policy
         names = _policy_names(policy)
         cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(names[0]))}",
@@ -94,7 +99,7 @@ class Datapath:
         if policy is None:
             return
         rules = self.table("rules")
-        for rule in policy.rules:
+        for rule in [*self.retired_rules, *policy.rules]:
             rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule)
         self._fill_domain_rules(*names)
 

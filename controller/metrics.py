@@ -67,8 +67,13 @@ class SluiceCollector:
         for result, value in self.source.reloads.items():
             reloads.add_metric([result], value)
         yield reloads
-        yield GaugeMetricFamily("sluice_flow_table_entries", "Flows in the flow table.",
-                                value=self.datapath.flow_count())
+        entries = self.datapath.flow_count()
+        yield GaugeMetricFamily("sluice_flow_table_entries", "Flows in the flow table.", value=entries)
+        # Nothing but the LRU removes a key, so every key created and no longer
+        # present was evicted to make room.
+        yield CounterMetricFamily("sluice_flow_table_evictions",
+                                  "Flows evicted from the full flow table (least recently used first).",
+                                  value=max(0, counters["flows_created"] - entries))
         yield GaugeMetricFamily("sluice_flow_table_capacity", "Flows the flow table holds before evicting.",
                                 value=ABI.SLUICE_FLOW_MAX)
         yield GaugeMetricFamily("sluice_policy_rules", "Rules in the running policy.",

@@ -42,7 +42,7 @@ SCOPES = {"flow": ABI.SLUICE_SCOPE_FLOW, "client": ABI.SLUICE_SCOPE_CLIENT, "rul
 DIRECTIONS = ("up", "down")
 MODES = ("enforce", "monitor")
 
-TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "rules")
+TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rules")
 INSPECTION_KEYS = ("window_packets",)
 RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
              "rate", "burst", "direction", "up", "down", "scope", "horizon",
@@ -108,6 +108,28 @@ class Policy:
     flow_idle_ns: int
     window_packets: int
     rules: list[Rule]
+    reclassify: bool = False     # on reload, judge existing flows by the new rules
+
+    def match(self, name: bytes) -> Rule | None:
+        """The rule the data plane picks for name: an exact rule, else the
+        longest suffix at a label boundary (bpf/domain_match.h, in Python)."""
+        name = normalise(name)
+        exact, suffixes = self._indexes()
+        if name in exact:
+            return exact[name]
+        labels = name.split(b".")
+        for start in range(len(labels)):
+            rule = suffixes.get(b".".join(labels[start:]))
+            if rule:
+                return rule
+        return None
+
+    def _indexes(self):
+        if "_index" not in self.__dict__:
+            exact = {n: r for r in self.rules for n in r.exact}
+            suffixes = {n: r for r in self.rules for n in r.suffixes}
+            object.__setattr__(self, "_index", (exact, suffixes))
+        return self.__dict__["_index"]
 
     def rule_by_id(self, rule_id: int) -> Rule | None:
         return next((rule for rule in self.rules if rule.id == rule_id), None)
@@ -267,6 +289,12 @@ class _Loader:
             if "window_packets" in inspection:
                 window_packets = self.integer(inspection["window_packets"][1], "window_packets",
                                               1, WINDOW_PACKETS_MAX)
+        reclassify = False
+        if "reclassify" in top:
+            value = self.scalar(top["reclassify"][1], "reclassify")
+            if value not in ("true", "false"):
+                self.problem(top["reclassify"][1], "reclassify must be true or false")
+            reclassify = value == "true"
         rules = []
         if "rules" not in top:
             self.problem(root, "missing key 'rules' (a list of rules)")
@@ -283,7 +311,7 @@ class _Loader:
                     rules.append(rule)
         if self.problems:
             return None
-        return Policy(self.path, version, flow_idle_ns, window_packets, rules)
+        return Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify)
 
     # --- one rule ---------------------------------------------------------
     def rule(self, node, rule_id: int, names: dict[str, int]) -> Rule | None:

@@ -14,6 +14,7 @@ link swaps to the new program in one atomic step. Until then, and for good
 if anything fails, the running policy stays in force.
 """
 
+import ctypes
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from . import xdp_link
 from .abi import ABI
-from .datapath import Datapath
+from .datapath import Datapath, rule_info
 from .metrics import file_digest
 from .policy import PolicyError, load_policy, with_stable_ids
 
@@ -67,6 +68,10 @@ class Service:
         self.loaded_at = 0.0
         self.policy_mtime = 0.0
         self.observed: dict = {}     # the last snapshot()
+        self.flow_names: dict[bytes, bytes] = {}   # flow key -> name, from classification events
+        # Rules of earlier policies, by name: flows classified under them keep
+        # their verdict after a reload (unless the policy says reclassify).
+        self.retired_rules: dict = {}
 
     def start(self) -> None:
         """Load the policy and attach; raises PolicyError or AttachError with nothing changed."""
@@ -75,7 +80,7 @@ class Service:
         (PIN_ROOT / "maps").mkdir(parents=True, exist_ok=True)
         (PIN_ROOT / "links").mkdir(parents=True, exist_ok=True)
         policy = self._load()
-        datapath = Datapath(policy, pin_dir=str(PIN_ROOT / "maps"))
+        datapath = Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"))
         try:
             self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
             for ifname in self.interfaces:
@@ -92,7 +97,11 @@ class Service:
         started = time.monotonic()
         try:
             policy = self._load()
-            datapath = Datapath(policy, pin_dir=str(PIN_ROOT / "maps"))
+            current = {rule.name for rule in policy.rules}
+            retired = {**self.retired_rules, **{r.name: r for r in self.policy.rules if r.name not in current}}
+            retired = {name: rule for name, rule in retired.items() if name not in current}
+            datapath = Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"),
+                                retired_rules=retired.values())
         except PolicyError as error:
             self.reloads["failure"] += 1
             log.error("policy reload refused, the running policy stays in force:\n%s", error)
@@ -112,14 +121,50 @@ class Service:
             log.error("policy reload refused, the running policy stays in force: %s", error)
             self._record("reload", False, str(error))
             return False
+        self.poll_events()
+        self.retired_rules = retired
         datapath.take_over(self.datapath)
         old = self.datapath
         self._install(datapath, policy)
         old.close()
+        if policy.reclassify:
+            self.reclassify()
         self.reloads["success"] += 1
         log.info("policy reloaded: %d rules, swapped in %.2f s", len(policy.rules), time.monotonic() - started)
         self._record("reload", True, f"{len(policy.rules)} rules")
         return True
+
+    def poll_events(self) -> None:
+        """Read the classification events waiting on the ring: the name of each new flow."""
+        self.datapath.bpf.ring_buffer_consume()
+
+    def _remember_name(self, _ctx, data, _size) -> None:
+        event = ctypes.cast(data, self._event_type).contents
+        if len(self.flow_names) >= ABI.SLUICE_FLOW_MAX:
+            self._forget_gone_flows()
+        self.flow_names[bytes(event.key)] = bytes(event.name[:event.name_len])
+
+    def _forget_gone_flows(self) -> None:
+        present = {bytes(key) for key in self.datapath.table("flows").keys()}
+        self.flow_names = {k: v for k, v in self.flow_names.items() if k in present}
+
+    def reclassify(self) -> int:
+        """Judge every classified flow whose name we saw by the running policy."""
+        flows = self.datapath.table("flows")
+        changed = 0
+        for key, flow in flows.items():
+            name = self.flow_names.get(bytes(key))
+            if flow.state != ABI.SLUICE_FLOW_CLASSIFIED or name is None:
+                continue
+            rule = self.policy.match(name) if name else None
+            info = rule_info(self.datapath.table("rules").Leaf, rule) if rule else None
+            action = (ABI.SLUICE_ACTION_NONE if rule is None or rule.monitor else info.action)
+            if (flow.rule_id, flow.action) != ((rule.id if rule else 0), action):
+                flow.rule_id, flow.action = (rule.id if rule else 0), action
+                flows[key] = flow
+                changed += 1
+        log.info("reclassified %d flows under the new policy", changed)
+        return changed
 
     def snapshot(self) -> None:
         """Record how full the flow table is and the busiest rules, for `sluice status`."""
@@ -158,6 +203,8 @@ class Service:
         return policy
 
     def _install(self, datapath, policy) -> None:
+        self._event_type = ctypes.POINTER(datapath.table("event_buffers").sLeaf)
+        datapath.table("events").open_ring_buffer(self._remember_name)
         if not self.fail_open:
             # A program array empties itself when no process or pin holds it,
             # which would silently end inspection after a crash: pin it.

@@ -209,3 +209,36 @@ def test_stop_detaches_a_crashed_controllers_data_plane(lab, tmp_path):
     subprocess.run([*SLUICE, "stop"], check=True, capture_output=True, timeout=60)
     assert lab.curl("blocked.example", timeout=2).ok
     assert not PIN_ROOT.exists()
+
+
+def download_during_reload(lab, controller, policy, new_text, seconds=6):
+    """Bytes a download of slow.example gets in `seconds` when the policy changes under it."""
+    download = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client_ns, "curl", "-s", "--max-time", str(seconds), "--cacert", lab.ca_path,
+         "--resolve", "slow.example:443:198.51.100.2", "-o", "/dev/null", "-w", "%{size_download}",
+         "https://slow.example/download"], stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    before = reloads(controller, "success")
+    policy.write_text(new_text)
+    controller.wait_for('sluice_policy_reloads_total{result="success"}', before + 1)
+    return int(download.communicate(timeout=seconds + 30)[0])
+
+
+UNTHROTTLED = "version: 1\nrules:\n  - {name: blocker, action: block, domains: [blocked.example]}\n"
+
+
+def test_existing_flows_keep_their_verdict_across_a_reload(lab, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SLOW)
+    controller = Controller(lab, policy)
+    downloaded = download_during_reload(lab, controller, policy, UNTHROTTLED)
+    assert downloaded * 8 <= 1_000_000 * 6 + 64 * 1024 * 8, "still throttled after the rule went away"
+    assert lab.download_rate("slow.example", seconds=1.0) > 20_000_000, "new flows follow the new policy"
+
+
+def test_reclassify_true_judges_existing_flows_by_the_new_policy(lab, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SLOW)
+    controller = Controller(lab, policy)
+    downloaded = download_during_reload(lab, controller, policy, "reclassify: true\n" + UNTHROTTLED)
+    assert downloaded * 8 > 10 * (1_000_000 * 6 + 64 * 1024 * 8), "released from the throttle"
