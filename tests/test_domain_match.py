@@ -79,6 +79,8 @@ def matched_rule(dp, name: bytes) -> str | None:
 ])
 def test_label_boundaries_and_most_specific_rule(dp, name, rule):
     assert matched_rule(dp, name) == rule
+    python_side = dp.policy.match(name)
+    assert (python_side.name if python_side else None) == rule, "Policy.match agrees with the kernel"
 
 
 def test_verdicts_follow_the_rule(dp):
