@@ -12,8 +12,10 @@ fi
 
 # bcc and bpftool for the data plane; iproute2 for namespaces and qdiscs;
 # curl, openssl and nginx for the lab and the end-to-end tests; tcpdump for
-# the captures the replay tests take; prometheus to scrape the exporter in a test.
-packages=(python3-bpfcc bpftool iproute2 python3-venv curl openssl nginx-light tcpdump prometheus)
+# the captures the replay tests take; prometheus to scrape the exporter in a test;
+# iperf3, iptables, ApacheBench and nDPI for the benchmarks (bench/).
+packages=(python3-bpfcc bpftool iproute2 python3-venv curl openssl nginx-light tcpdump prometheus
+          iperf3 iptables apache2-utils libndpi-bin)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
