@@ -1,0 +1,121 @@
+"""Names extracted and packets per second: `sluice replay` against nDPI's ndpiReader, on one capture.
+
+Run as root:  .venv/bin/python bench/ndpi.py [--flows 5000]
+
+The capture is built with scapy: TCP flows with a handshake, a ClientHello
+(or an HTTP request) and a few data packets each, over ports 443, 8443 and
+80, with names in varied case and some with a trailing dot. Both tools read
+the same file; the script prints how many flows each named, where they
+disagree, and their packets per second (sluice's with and without the
+one-off compile).
+"""
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from scapy.all import IP, TCP, Ether, Raw, wrpcap
+from scapy.layers.tls.extensions import ServerName, TLS_Ext_ServerName
+from scapy.layers.tls.handshake import TLSClientHello
+from scapy.layers.tls.record import TLS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from controller.datapath import Datapath  # noqa: E402
+from controller.names import normalise  # noqa: E402
+from controller.replay import replay  # noqa: E402
+
+MACS = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+DATA_PACKETS = 4
+
+
+def flow_packets(index: int, name: str, kind: str):
+    client = f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}"
+    sport, dport = 10000 + index % 50000, {"tls": 443, "tls-8443": 8443, "http": 80}[kind]
+    up = Ether(**MACS) / IP(src=client, dst="198.51.100.2")
+    down = Ether(**MACS) / IP(src="198.51.100.2", dst=client)
+    first = (bytes(TLS(msg=[TLSClientHello(ext=[TLS_Ext_ServerName(servernames=[ServerName(servername=name)])])]))
+             if kind.startswith("tls") else f"GET / HTTP/1.1\r\nHost: {name}\r\nAccept: */*\r\n\r\n".encode())
+    packets = [up / TCP(sport=sport, dport=dport, flags="S", seq=1000),
+               down / TCP(sport=dport, dport=sport, flags="SA", seq=5000, ack=1001),
+               up / TCP(sport=sport, dport=dport, flags="A", seq=1001, ack=5001),
+               up / TCP(sport=sport, dport=dport, flags="PA", seq=1001, ack=5001) / Raw(first)]
+    seq = 5001
+    for _ in range(DATA_PACKETS):
+        packets.append(down / TCP(sport=dport, dport=sport, flags="A", seq=seq, ack=1001 + len(first)) /
+                       Raw(bytes(1200)))
+        seq += 1200
+    return packets
+
+
+def build_capture(path: Path, flows: int) -> dict[tuple[str, int], str]:
+    """Write the capture; returns (client, client port) -> the name the flow carried, normalised."""
+    rng = random.Random(7)
+    truth, packets = {}, []
+    for index in range(flows):
+        name = f"www{index}.{rng.choice(['video', 'cdn', 'api', 'img'])}-{index % 97}.example"
+        if index % 10 == 0:
+            name = name.upper()
+        if index % 13 == 0:
+            name += "."
+        kind = rng.choice(["tls", "tls", "tls-8443", "http"])
+        packets += flow_packets(index, name, kind)
+        truth[(f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}", 10000 + index % 50000)] = \
+            normalise(name.encode()).decode()
+    wrpcap(str(path), packets)
+    return truth
+
+
+def ndpi_names(path: Path) -> tuple[dict, float]:
+    """(client, port) -> name as ndpiReader reports it; and its packets per second."""
+    result = subprocess.run(["ndpiReader", "-i", str(path), "-v", "2"], capture_output=True, text=True,
+                            check=True, timeout=600)
+    names = {}
+    flow = re.compile(r"TCP (\d+\.\d+\.\d+\.\d+):(\d+) <-> \S+.*?\[(?:Hostname/SNI|Host): ([^\]]+)\]")
+    for match in flow.finditer(result.stdout):
+        names[(match[1], int(match[2]))] = match[3].strip()
+    throughput = re.search(r"nDPI throughput:\s+([\d.]+) ([KM]?) pps", result.stdout)
+    scale = {"": 1, "K": 1e3, "M": 1e6}[throughput[2]] if throughput else 0
+    return names, float(throughput[1]) * scale if throughput else 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flows", type=int, default=5000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        capture = Path(tmp) / "flows.pcap"
+        truth = build_capture(capture, args.flows)
+        frames = args.flows * (4 + DATA_PACKETS)
+        ndpi, ndpi_pps = ndpi_names(capture)
+        started = time.monotonic()
+        records, replayed = replay(str(capture))
+        sluice_seconds = time.monotonic() - started
+        started = time.monotonic()
+        Datapath(None, events=True).close()
+        compile_seconds = time.monotonic() - started
+    sluice = {(r["client"], r["client_port"]): r["name"] for r in records if r["name"]}
+    print(f"capture: {args.flows} flows, {frames} frames\n")
+    for label, found in (("sluice replay", sluice), ("ndpiReader", ndpi)):
+        right = sum(1 for key, name in found.items() if truth.get(key) == normalise(name.encode()).decode())
+        print(f"{label:<14} named {len(found):>6} flows, {right:>6} correctly once normalised "
+              f"({right / len(truth):.1%} of all flows)")
+    differing = [(key, truth[key], sluice.get(key), ndpi.get(key)) for key in truth
+                 if sluice.get(key) != ndpi.get(key)]
+    print(f"flows where the two report different strings: {len(differing)}")
+    for key, sent, by_sluice, by_ndpi in differing[:5]:
+        print(f"  {key[0]}:{key[1]} sent {sent!r}: sluice {by_sluice!r}, nDPI {by_ndpi!r}")
+    print(f"\nsluice replay: {replayed / sluice_seconds:,.0f} frames/s including the compile "
+          f"({sluice_seconds:.1f} s in all); {replayed / (sluice_seconds - compile_seconds):,.0f} frames/s "
+          f"without it (a compile alone took {compile_seconds:.1f} s)")
+    print(f"ndpiReader:    {ndpi_pps:,.0f} packets/s (its own figure, excluding start-up)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
