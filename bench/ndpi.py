@@ -11,7 +11,6 @@ one-off compile).
 """
 
 import argparse
-import json
 import random
 import re
 import subprocess

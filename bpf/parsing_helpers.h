@@ -22,7 +22,6 @@
 #define VLAN_TAGS_MAX 2			/* QinQ: a service tag, then a customer tag */
 #define IPV6_EXT_HEADERS_MAX 4		/* hop-by-hop, routing, destination options */
 #define IPV4_FRAG_OFFSET_MASK 0x1FFF
-#define IPV4_MORE_FRAGMENTS 0x2000
 
 struct hdr_cursor {
 	void *pos;
@@ -46,9 +45,7 @@ struct packet_info {
 	__u32 frame_len;
 };
 
-#define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
 static __always_inline int parse_ethhdr(struct hdr_cursor *cur, void *data_end, __u16 *proto)

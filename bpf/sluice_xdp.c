@@ -46,7 +46,7 @@ int sluice_xdp(struct xdp_md *ctx)
 		return pass_unjudged(pkt.frame_len);
 
 	int sender_is_hi = make_flow_key(&pkt, &key);
-	int bare_syn = (pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	int bare_syn = is_bare_syn(&pkt);
 	__u64 now = coarse_now_ns(cfg);
 	struct flow_state *flow = flows.lookup(&key);
 	int new_key = !flow;

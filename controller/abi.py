@@ -42,8 +42,6 @@ def _load() -> SimpleNamespace:
 
 ABI = _load()
 
-ACTION_NAMES = {ABI.SLUICE_ACTION_NONE: "none", ABI.SLUICE_ACTION_ALLOW: "allow",
-                ABI.SLUICE_ACTION_BLOCK: "block"}
 PROTO_NAMES = {ABI.SLUICE_PROTO_UNKNOWN: None, ABI.SLUICE_PROTO_TLS: "tls",
                ABI.SLUICE_PROTO_HTTP: "http"}
 # enum sluice_counter, index -> lower-case name without the prefix.

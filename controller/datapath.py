@@ -12,8 +12,9 @@ import re
 
 import bcc
 import numpy
+
 from . import xdp_link
-from .abi import ABI, bpf_source_dir
+from .abi import ABI, COUNTER_NAMES, bpf_source_dir
 from .names import name_hashes_many
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,6 @@ class Datapath:
 
     def counters(self) -> dict[str, int]:
         """Global counters summed over CPUs, by name (see enum sluice_counter)."""
-        from .abi import COUNTER_NAMES
         table = self.table("counters")
         return {name: sum(table[ctypes.c_uint32(index)]) for index, name in COUNTER_NAMES.items()}
 
