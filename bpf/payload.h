@@ -32,6 +32,8 @@ struct payload_scratch {
 	__u32 raw_name_off;		/* where the name found lies in bytes[] */
 	__u32 raw_name_len;		/* 0: the flow has no name */
 	__u32 name_len;			/* bytes of name[] in use */
+	__u32 payload_offset;		/* where bytes[] was copied from, in the frame */
+	__u32 payload_len;		/* the packet's payload from there, copied or not */
 	__u8 sender_is_hi;		/* the packet's sender is key's hi end */
 	__u8 proto;			/* enum sluice_proto, once known */
 	__u8 pad[2];

@@ -127,7 +127,8 @@ struct flow_state {
 	__u8 payload_packets;		/* payload packets inspected so far */
 	__u8 client_is_hi;		/* 1: the client is the key's hi side */
 	__u8 client_known;		/* 1: the client was seen opening the flow (SYN) */
-	__u8 pad[6];
+	__u16 payload_bytes;		/* client payload inspected so far (saturates) */
+	__u8 pad[4];
 	/* Per direction, for throttle and shape in flow scope: the time at
 	 * which the flow's bucket is empty again (throttle, GCRA) or its next
 	 * packet may leave (shape, EDT). */
@@ -192,10 +193,15 @@ struct rule_stats {
 
 struct sluice_config {
 	__u64 flow_idle_ns;		/* a flow idle this long starts afresh */
-	__u32 window_packets;		/* payload packets inspected per flow */
+	__u32 window_packets;		/* payload packets inspected per flow... */
 	__u32 flags;			/* SLUICE_CFG_* */
 	__u64 clock_ns;			/* non-zero: the data plane's time, frozen (tests) */
+	__u32 window_bytes;		/* ...or payload bytes, whichever runs out first */
+	__u32 pad;
 };
+
+/* The inspection window's byte count lives in a __u16 of flow_state. */
+#define SLUICE_WINDOW_BYTES_MAX 65535
 
 #define SLUICE_CFG_EVENTS 1		/* emit a classification_event per flow */
 

@@ -24,6 +24,40 @@
 #include "http_host.h"
 #include "domain_match.h"
 
+/* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it). */
+static __always_inline int copy_payload(struct xdp_md *ctx, struct payload_scratch *scratch,
+					__u32 offset, __u32 len)
+{
+	scratch->payload_offset = offset;
+	scratch->payload_len = len;
+	if (len > PAYLOAD_COPY_BYTES)
+		len = PAYLOAD_COPY_BYTES;
+	/* len is 1..PAYLOAD_COPY_BYTES already; the mask shows the verifier. */
+	hide_from_compiler(len);
+	len = ((len - 1) & PAYLOAD_COPY_MASK) + 1;
+	scratch->len = len;
+	return bpf_xdp_load_bytes(ctx, offset, scratch->bytes, len);
+}
+
+/* Some clients, and circumvention tools on purpose, send a ChangeCipherSpec
+ * record ahead of the ClientHello in the same segment: step over such
+ * records, re-reading the payload past them. */
+static __always_inline void skip_leading_records(struct xdp_md *ctx, struct payload_scratch *scratch)
+{
+	for (int i = 0; i < TLS_LEADING_RECORDS_MAX; i++) {
+		if (scratch->len < TLS_RECORD_HEADER_LEN ||
+		    payload_u8(scratch->bytes, 0) != TLS_CONTENT_CHANGE_CIPHER_SPEC ||
+		    payload_u8(scratch->bytes, 1) != TLS_MAJOR_VERSION)
+			return;
+		__u32 skip = TLS_RECORD_HEADER_LEN + payload_be16(scratch->bytes, 3);
+		__u32 rest = scratch->payload_len;
+		if (skip >= rest)
+			return;
+		if (copy_payload(ctx, scratch, scratch->payload_offset + skip, rest - skip) < 0)
+			return;
+	}
+}
+
 int sluice_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -83,19 +117,14 @@ int sluice_xdp(struct xdp_md *ctx)
 		return pass_unjudged(pkt.frame_len);
 
 	flow->payload_packets += 1;
+	__u32 inspected = flow->payload_bytes + pkt.payload_len;
+	flow->payload_bytes = inspected > SLUICE_WINDOW_BYTES_MAX ? SLUICE_WINDOW_BYTES_MAX : inspected;
 	__builtin_memcpy(&scratch->key, &key, sizeof(key));
 	scratch->frame_len = pkt.frame_len;
 	scratch->sender_is_hi = sender_is_hi;
 	scratch->proto = SLUICE_PROTO_UNKNOWN;
 	scratch->raw_name_len = 0;
-	__u32 len = pkt.payload_len;
-	if (len > PAYLOAD_COPY_BYTES)
-		len = PAYLOAD_COPY_BYTES;
-	/* len is 1..PAYLOAD_COPY_BYTES already; the mask shows the verifier. */
-	hide_from_compiler(len);
-	len = ((len - 1) & PAYLOAD_COPY_MASK) + 1;
-	scratch->len = len;
-	if (bpf_xdp_load_bytes(ctx, pkt.payload_offset, scratch->bytes, len) < 0)
+	if (copy_payload(ctx, scratch, pkt.payload_offset, pkt.payload_len) < 0)
 		return inspect_next_packet(flow, scratch, cfg);
 
 	stages.call(ctx, SLUICE_STAGE_TLS);
@@ -125,6 +154,7 @@ int sluice_stage_tls(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
+	skip_leading_records(ctx, scratch);
 	switch (parse_client_hello(scratch->bytes, scratch->len, &name_off, &name_len)) {
 	case TLS_SNI_FOUND:
 		count(SLUICE_CNT_TLS_SNI_FOUND);

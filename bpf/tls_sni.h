@@ -19,7 +19,9 @@
 
 #include "payload.h"
 
+#define TLS_CONTENT_CHANGE_CIPHER_SPEC 20
 #define TLS_CONTENT_HANDSHAKE 22
+#define TLS_LEADING_RECORDS_MAX 4	/* ChangeCipherSpec records stepped over before a hello */
 #define TLS_MAJOR_VERSION 3
 #define TLS_MAX_MINOR_VERSION 4		/* TLS 1.3's legacy record version is 3.1..3.3 */
 #define TLS_HANDSHAKE_CLIENT_HELLO 1

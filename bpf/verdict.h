@@ -119,7 +119,7 @@ static __always_inline int inspect_next_packet(struct flow_state *flow,
 					       const struct payload_scratch *scratch,
 					       const struct sluice_config *cfg)
 {
-	if (flow->payload_packets >= cfg->window_packets) {
+	if (flow->payload_packets >= cfg->window_packets || flow->payload_bytes >= cfg->window_bytes) {
 		flow->state = SLUICE_FLOW_GAVE_UP;
 		count(SLUICE_CNT_GAVE_UP);
 		if (cfg->flags & SLUICE_CFG_EVENTS)

@@ -136,10 +136,12 @@ class Datapath:
         config = self.table("config")
         value = config.Leaf()
         if policy is None:
-            from .policy import DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS
+            from .policy import DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_PACKETS
             value.flow_idle_ns, value.window_packets = DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS
+            value.window_bytes = DEFAULT_WINDOW_BYTES
         else:
             value.flow_idle_ns, value.window_packets = policy.flow_idle_ns, policy.window_packets
+            value.window_bytes = policy.window_bytes
         value.flags = ABI.SLUICE_CFG_EVENTS if events else 0
         config[ctypes.c_uint32(0)] = value
 

@@ -22,8 +22,9 @@ from .abi import ABI
 from .names import normalise
 
 DEFAULT_FLOW_IDLE_NS = 10 * 60 * 10**9     # as in the documented throttlers
-DEFAULT_WINDOW_PACKETS = 8
-WINDOW_PACKETS_MAX = 64
+DEFAULT_WINDOW_PACKETS = 20               # a ClientHello may follow junk or take several segments
+DEFAULT_WINDOW_BYTES = 16 * 1024
+WINDOW_PACKETS_MAX = 255                   # flow_state counts them in a byte
 FLOW_IDLE_MAX_NS = 7 * 24 * 3600 * 10**9
 RATE_MAX_BPS = 400 * 10**9                 # bits per second
 FULL_FRAME_BYTES = 1514                    # an Ethernet frame carrying a 1500-byte packet
@@ -43,7 +44,7 @@ DIRECTIONS = ("up", "down")
 MODES = ("enforce", "monitor")
 
 TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rules")
-INSPECTION_KEYS = ("window_packets",)
+INSPECTION_KEYS = ("window_packets", "window_bytes")
 RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
              "rate", "burst", "direction", "up", "down", "scope", "horizon",
              "latency", "jitter", "fallback")
@@ -108,7 +109,8 @@ class Policy:
     flow_idle_ns: int
     window_packets: int
     rules: list[Rule]
-    reclassify: bool = False     # on reload, judge existing flows by the new rules
+    reclassify: bool = False
+    window_bytes: int = DEFAULT_WINDOW_BYTES     # on reload, judge existing flows by the new rules
 
     def match(self, name: bytes) -> Rule | None:
         """The rule the data plane picks for name: an exact rule, else the
@@ -284,11 +286,15 @@ class _Loader:
             flow_idle_ns = self.quantity(top["flow_idle_timeout"][1], "flow_idle_timeout", parse_duration,
                                          1, FLOW_IDLE_MAX_NS, "ns")
         window_packets = DEFAULT_WINDOW_PACKETS
+        window_bytes = DEFAULT_WINDOW_BYTES
         if "inspection" in top:
             inspection = self.mapping(top["inspection"][1], "inspection", INSPECTION_KEYS)
             if "window_packets" in inspection:
                 window_packets = self.integer(inspection["window_packets"][1], "window_packets",
                                               1, WINDOW_PACKETS_MAX)
+            if "window_bytes" in inspection:
+                window_bytes = self.quantity(inspection["window_bytes"][1], "window_bytes", parse_size,
+                                             1, ABI.SLUICE_WINDOW_BYTES_MAX, "bytes")
         reclassify = False
         if "reclassify" in top:
             value = self.scalar(top["reclassify"][1], "reclassify")
@@ -311,7 +317,7 @@ class _Loader:
                     rules.append(rule)
         if self.problems:
             return None
-        return Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify)
+        return Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify, window_bytes)
 
     # --- one rule ---------------------------------------------------------
     def rule(self, node, rule_id: int, names: dict[str, int]) -> Rule | None:

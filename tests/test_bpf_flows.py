@@ -162,3 +162,17 @@ def test_classification_events_name_the_flow(dp):
     assert dp.policy.rule_by_id(event.rule_id).name == "blocked"
     client_port = event.key.port_hi if event.client_is_hi else event.key.port_lo
     assert socket_port(client_port) == port
+
+
+def test_window_also_ends_after_its_bytes(make_datapath):
+    bytes_dp = make_datapath("version: 1\ninspection: {window_packets: 20, window_bytes: 3000B}\n"
+                             "rules:\n  - {name: blocked, action: block, domains: [blocked.example]}\n")
+    port = 31300
+    send(bytes_dp, flags="S", sport=port)
+    before = bytes_dp.counters()["gave_up"]
+    assert send(bytes_dp, b"\x00" * 1200, sport=port) == "pass"
+    assert send(bytes_dp, b"\x00" * 1200, sport=port) == "pass"
+    assert bytes_dp.counters()["gave_up"] == before, "2400 bytes: still inside the window"
+    assert send(bytes_dp, b"\x00" * 1200, sport=port) == "pass"
+    assert bytes_dp.counters()["gave_up"] == before + 1
+    assert send(bytes_dp, client_hello(b"blocked.example"), sport=port) == "pass"

@@ -299,3 +299,20 @@ def test_mutated_hellos_block_only_when_the_name_survives(dp, data):
     for _ in range(data.draw(st.integers(1, 8))):
         hello[data.draw(st.integers(0, len(hello) - 1))] = data.draw(st.integers(0, 255))
     assert judge(dp, bytes(hello)).verdict == "pass"
+
+
+CHANGE_CIPHER_SPEC = b"\x14\x03\x03\x00\x01\x01"
+
+
+@pytest.mark.parametrize("prefix", [CHANGE_CIPHER_SPEC, CHANGE_CIPHER_SPEC * 2, b"\x14\x03\x01\x00\x03abc"],
+                         ids=["one-ccs", "two-ccs", "ccs-3-bytes"])
+def test_change_cipher_spec_records_before_the_hello_are_stepped_over(dp, prefix):
+    judgement = judge(dp, prefix + client_hello(b"blocked.example"))
+    assert judgement.verdict == "drop"
+    assert judgement.moved() == {"tls_sni_found": 1, "flows_tls": 1}
+
+
+def test_a_change_cipher_spec_claiming_more_than_the_packet_is_not_followed(dp):
+    judgement = judge(dp, b"\x14\x03\x03\x40\x00\x01" + client_hello(b"blocked.example"))
+    assert judgement.verdict == "pass"
+    assert judgement.moved() == {"not_tls": 1}
