@@ -112,3 +112,36 @@ def test_refused_policy_attaches_nothing(lab, tmp_path):
     links = subprocess.run(["ip", "-n", lab.client_ns, "-j", "-d", "link", "show", "eth0"],
                            capture_output=True, text=True, check=True).stdout
     assert '"xdp"' not in links
+
+
+def test_generic_mode_when_asked_and_reported_as_such():
+    policy = load_policy(lab_policy_path())
+    with Lab() as own_lab:
+        datapath = Datapath(policy)
+        try:
+            modes = {datapath.attach(ifname, netns=own_lab.edge_ns, mode="generic")
+                     for ifname in (own_lab.edge_client_iface, own_lab.edge_server_iface)}
+            assert modes == {"generic"}
+            links = subprocess.run(["ip", "-n", own_lab.edge_ns, "-d", "link", "show", own_lab.edge_client_iface],
+                                   capture_output=True, text=True, check=True).stdout
+            assert "xdpgeneric" in links
+            assert not own_lab.curl("blocked.example", timeout=1.0).ok
+            assert own_lab.curl("notblocked.example", timeout=2.0).ok
+        finally:
+            datapath.close()
+
+
+def test_an_interface_with_someone_elses_xdp_program_is_refused():
+    import bcc
+    from controller import xdp_link
+    other = bcc.BPF(text=b"int other(struct xdp_md *ctx) { return XDP_PASS; }")
+    with Lab() as own_lab:
+        link = xdp_link.attach(other.load_func(b"other", bcc.BPF.XDP).fd, own_lab.edge_client_iface, own_lab.edge_ns)
+        datapath = Datapath(load_policy(lab_policy_path()))
+        try:
+            with pytest.raises(xdp_link.AttachError, match="already has an XDP program"):
+                datapath.attach(own_lab.edge_client_iface, netns=own_lab.edge_ns)
+        finally:
+            datapath.close()
+            link.detach()
+            other.cleanup()
