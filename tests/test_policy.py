@@ -272,3 +272,16 @@ def test_vectorised_hashes_equal_the_reference(batch):
 def test_normalisation_is_idempotent(name):
     once = normalise(name.upper().encode() + b".")
     assert once == name.encode() and normalise(once) == once
+
+
+def test_validate_command_exit_status_and_messages(tmp_path):
+    import subprocess
+    import sys
+    good = write(tmp_path, "version: 1\nrules:\n  - {name: a, action: block, domains: [x.example]}\n", "good.yaml")
+    bad = write(tmp_path, "version: 1\nrules:\n  - {name: a, action: block, domains: [x..example]}\n", "bad.yaml")
+    ok = subprocess.run([sys.executable, "-m", "controller.cli", "validate", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "valid, 1 rules naming 1 domains" in ok.stdout
+    refused = subprocess.run([sys.executable, "-m", "controller.cli", "validate", str(bad)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert f"{bad}:3:40: 'x..example' has an empty label" in refused.stderr
