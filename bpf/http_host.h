@@ -71,9 +71,12 @@ static __always_inline int is_host_field(const __u8 *bytes, __u32 off)
 }
 
 /* Locate the host in the Host value that starts at off. */
-static __always_inline int parse_host_value(const __u8 *bytes, __u32 off, __u32 avail,
+static __always_inline int parse_host_value(struct payload_scratch *scratch, __u32 off,
 					    __u32 *name_off, __u32 *name_len)
 {
+	const __u8 *bytes = scratch->bytes;
+	__u32 avail = scratch->len;
+
 	for (int i = 0; i < HTTP_OWS_MAX; i++) {
 		if (off >= avail)
 			return HTTP_TRUNCATED;
@@ -85,20 +88,17 @@ static __always_inline int parse_host_value(const __u8 *bytes, __u32 off, __u32 
 		return HTTP_TRUNCATED;
 
 	int bracketed = payload_u8(bytes, off) == '[';
-	if (bracketed)
-		off++;
-	__u32 start = off;
-	for (int i = 0; i < HTTP_HOST_VALUE_MAX; i++) {
-		if (off >= avail)
+	__u32 start = forget_range(scratch->forget_slot, off + bracketed);
+	__u32 len = 0;
+	for (; len < HTTP_HOST_VALUE_MAX; len++) {
+		if (start + len >= avail)
 			return HTTP_TRUNCATED;
-		__u8 c = payload_u8(bytes, off);
+		__u8 c = payload_u8(bytes, start + len);
 		if (c == '\r' || c == '\n' || is_ows(c))
 			break;
 		if (bracketed ? c == ']' : c == ':')
 			break;
-		off++;
 	}
-	__u32 len = off - start;
 	if (len == 0 || len > SLUICE_NAME_MAX)
 		return HTTP_NO_HOST;
 	*name_off = start;
@@ -129,9 +129,12 @@ static __always_inline __u32 find_line_starts(const __u8 *bytes, __u32 avail, __
 	return newlines;
 }
 
-static __always_inline int parse_http_request(const __u8 *bytes, __u32 avail, __u16 *line_starts,
+static __always_inline int parse_http_request(struct payload_scratch *scratch,
 					      __u32 *name_off, __u32 *name_len)
 {
+	const __u8 *bytes = scratch->bytes;
+	__u16 *line_starts = scratch->line_starts;
+	__u32 avail = scratch->len;
 	__u32 off = 0;
 
 	/* The method: one or more token characters, then a space. */
@@ -173,7 +176,7 @@ static __always_inline int parse_http_request(const __u8 *bytes, __u32 avail, __
 	/* So many header lines before any Host that we stop looking. */
 	if (!value_off)
 		return HTTP_NO_HOST;
-	return parse_host_value(bytes, value_off, avail, name_off, name_len);
+	return parse_host_value(scratch, forget_range(scratch->forget_slot, value_off), name_off, name_len);
 }
 
 #endif /* SLUICE_HTTP_HOST_H */

@@ -25,6 +25,11 @@
 #define hide_from_compiler(var) asm volatile("" : "+r"(var))
 
 /* What the entry program hands to the inspection stages it tail-calls. */
+/* Pass a value through map memory and back. The verifier then knows only
+ * that it is some number: the code after it is checked once, rather than
+ * once for every value (say, every loop iteration) that could reach it. */
+#define forget_range(slot, value) ({ (slot) = (value); *(volatile __u32 *)&(slot); })
+
 struct payload_scratch {
 	struct flow_key key;		/* the flow being inspected */
 	__u32 frame_len;		/* of the packet in hand, for the counters */
@@ -37,6 +42,7 @@ struct payload_scratch {
 	__u8 sender_is_hi;		/* the packet's sender is key's hi end */
 	__u8 proto;			/* enum sluice_proto, once known */
 	__u8 pad[2];
+	__u32 forget_slot;		/* see forget_range() */
 	__u8 bytes[PAYLOAD_COPY_BYTES];
 	char name[SLUICE_NAME_MAX + 1];	/* the extracted, normalised name */
 	__u16 line_starts[HTTP_LINE_SLOTS_MASK + 1]; /* see find_line_starts() */

@@ -189,8 +189,7 @@ int sluice_stage_http(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
-	switch (parse_http_request(scratch->bytes, scratch->len, scratch->line_starts,
-				   &name_off, &name_len)) {
+	switch (parse_http_request(scratch, &name_off, &name_len)) {
 	case HTTP_HOST_FOUND:
 		count(SLUICE_CNT_HTTP_HOST_FOUND);
 		scratch->proto = SLUICE_PROTO_HTTP;
@@ -222,10 +221,10 @@ int sluice_stage_match(struct xdp_md *ctx)
 		return XDP_PASS;
 	scratch->name_len = normalise_name(scratch->bytes, scratch->raw_name_off,
 					   scratch->raw_name_len, scratch->name);
-	/* Read the length back from the map, not from the register that holds
-	 * it: the verifier then sees one unknown length instead of walking the
-	 * matching loop once for every length normalise_name() can return. */
-	__u32 rule_id = match_domain(scratch->name, *(volatile __u32 *)&scratch->name_len);
+	/* The length passes through forget_range(): the matching loop is then
+	 * verified for one unknown length, not once per length normalise_name()
+	 * can return. */
+	__u32 rule_id = match_domain(scratch->name, forget_range(scratch->forget_slot, scratch->name_len));
 	classify(flow, rule_id, scratch, cfg);
 	return apply_verdict(flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len, cfg);
 }
