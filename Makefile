@@ -1,0 +1,6 @@
+# The kernel matrix (vm/README.md): every leg, or some with KERNELS=6.1,host.
+KERNELS ?= 6.1,6.12,host,5.10
+
+.PHONY: vm-test
+vm-test:
+	vm/run-matrix --kernels $(KERNELS)
