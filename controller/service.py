@@ -31,8 +31,9 @@ from .policy import PolicyError, load_policy, with_stable_ids
 
 log = logging.getLogger(__name__)
 
-PIN_ROOT = Path("/sys/fs/bpf/sluice")
-STATE_FILE = Path("/run/sluice/state.json")
+# Overridable so that tests (or a second instance) never touch a deployed sluice's state.
+PIN_ROOT = Path(os.environ.get("SLUICE_PIN_ROOT", "/sys/fs/bpf/sluice"))
+STATE_FILE = Path(os.environ.get("SLUICE_STATE_FILE", "/run/sluice/state.json"))
 RELOAD_HISTORY = 20
 TOP_RULES = 5
 

@@ -2,7 +2,13 @@
 
 import itertools
 import os
+import socket
 from dataclasses import dataclass
+
+# Controllers the tests start pin their state here, never where a deployed
+# sluice on this machine keeps its own (set before controller.service loads).
+os.environ.setdefault("SLUICE_PIN_ROOT", f"/sys/fs/bpf/sluice-test-{os.getpid()}")
+os.environ.setdefault("SLUICE_STATE_FILE", f"/run/sluice-test-{os.getpid()}/state.json")
 
 import pytest
 
@@ -10,6 +16,13 @@ from controller.datapath import Datapath
 from controller.policy import load_policy
 from controller.testrun import run_xdp
 from packets import tcp_frame
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now, for an exporter or a Prometheus."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 _ports = itertools.count(20000)

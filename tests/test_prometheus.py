@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from controller.cli import lab_policy_path
 from controller.lab import Lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 
 REPO = Path(__file__).resolve().parent.parent
-EXPORTER_PORT, PROMETHEUS_PORT = 9479, 9480
+EXPORTER_PORT, PROMETHEUS_PORT = free_port(), free_port()
 
 
 def test_deployment_files_are_valid():

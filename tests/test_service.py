@@ -15,13 +15,14 @@ import urllib.request
 
 import pytest
 
+from conftest import free_port
 from controller.lab import Lab
 from controller.service import PIN_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 
 SLUICE = [sys.executable, "-m", "controller.cli"]
-METRICS_PORT = 9478
+METRICS_PORT = free_port()
 BLOCK_ONE = "version: 1\nrules:\n  - {name: blocker, action: block, domains: [blocked.example]}\n"
 BLOCK_TWO = BLOCK_ONE + "  - {name: second, action: block, domains: [exact.example]}\n"
 SLOW = ("version: 1\nrules:\n  - {name: slow, action: throttle, rate: 1mbit, burst: 64KiB, "
