@@ -14,31 +14,20 @@ The rate applies to whole Ethernet frames; TCP goodput is at most
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from controller.cli import set_up_egress  # noqa: E402
 from controller.datapath import Datapath  # noqa: E402
+from controller.egress import kernel_has_fq  # noqa: E402
 from controller.lab import Lab  # noqa: E402
 from controller.policy import load_policy, parse_rate  # noqa: E402
 
 SECONDS_FOR = {128_000: 12.0, 1_000_000: 8.0}   # slow rates need longer runs to average out
 DEFAULT_SECONDS = 6.0
-
-
-def kernel_has_fq() -> bool:
-    ns = f"sluice-fq-probe-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        return subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "fq"],
-                              capture_output=True).returncode == 0
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=True)
 
 
 def measure(lab, action: str, rate_bps: int, burst_seconds: float) -> tuple[float, float]:

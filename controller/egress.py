@@ -9,6 +9,8 @@ default: the device ends exactly as it was. A root qdisc someone configured
 """
 
 import logging
+import subprocess
+import uuid
 
 from pyroute2 import IPRoute, NetlinkError
 
@@ -28,6 +30,17 @@ DEFAULT_ROOT_KINDS = {"noqueue", "pfifo_fast", "fq_codel", "mq", "fq", "pfifo", 
 
 class EgressError(RuntimeError):
     pass
+
+
+def kernel_has_fq() -> bool:
+    """Can this kernel make an fq qdisc? Tried in a throwaway namespace."""
+    ns = f"sluice-fq-probe-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        return subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "fq"],
+                              capture_output=True).returncode == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
 
 
 class EgressShaper:

@@ -8,12 +8,12 @@ fallback are tested here, and the shaping itself in the VM kernels
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from controller.cli import set_up_egress
 from controller.datapath import Datapath
+from controller.egress import kernel_has_fq
 from controller.lab import Lab
 from controller.policy import load_policy
 
@@ -44,17 +44,6 @@ rules:
     fallback: throttle
     domains: [slow.example]
 """
-
-
-def kernel_has_fq() -> bool:
-    """Try to create an fq qdisc in a throwaway namespace."""
-    ns = f"sluice-fq-probe-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        return subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "fq"],
-                              capture_output=True).returncode == 0
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=True)
 
 
 HAS_FQ = os.geteuid() == 0 and kernel_has_fq()
