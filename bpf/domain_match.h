@@ -68,7 +68,12 @@ static __always_inline __u32 match_domain(const char *name, __u32 len)
 		if (i >= len)
 			break;
 		__u8 c = name[(len - 1 - i) & NAME_BUFFER_MASK];
-		if (c == '.') {
+		/* Test for a dot through a derived value: comparing c itself would
+		 * teach the verifier c, and with it every hash along a run of dots,
+		 * and it would then walk the loop once more for each such run. */
+		__u64 is_dot = ((__u64)(c ^ '.') - 1) >> 63;
+		hide_from_compiler(is_dot);	/* or clang turns it back into c == '.' */
+		if (is_dot) {
 			__u32 rule_id = lookup_name_rule(fnv, mix, i, SLUICE_MATCH_SUFFIX);
 			if (rule_id)
 				best = rule_id;
