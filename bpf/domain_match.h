@@ -8,6 +8,10 @@
  * whatever the number of rules; the longest suffix found wins, and an exact
  * rule for the whole name beats a suffix rule for it.
  *
+ * What is found is a rule set: the controller has already gathered into the
+ * set of each domain the rules of the less specific domains above it, so
+ * the most specific domain entry is all the next stage needs.
+ *
  * Keys pair two independent 64-bit hashes with the length, so a false match
  * needs both hashes of two names of equal length to collide.
  * controller/names.py computes the same keys; keep the two in step.
@@ -51,12 +55,12 @@ static __always_inline __u32 normalise_name(const __u8 *bytes, __u32 off, __u32 
 static __always_inline __u32 lookup_name_rule(__u64 fnv, __u64 mix, __u32 len, __u32 kind)
 {
 	struct name_key key = { .hash_fnv = fnv, .hash_mix = mix, .len = len, .kind = kind };
-	__u32 *rule_id = domain_rules.lookup(&key);
+	__u32 *set_id = domain_rules.lookup(&key);
 
-	return rule_id ? *rule_id : 0;
+	return set_id ? *set_id : 0;
 }
 
-/* The id of the most specific rule naming name[0, len), or 0. */
+/* The rule set of the most specific domain entry naming name[0, len), or 0. */
 static __always_inline __u32 match_domain(const char *name, __u32 len)
 {
 	__u64 fnv = NAME_FNV_OFFSET;
@@ -74,9 +78,9 @@ static __always_inline __u32 match_domain(const char *name, __u32 len)
 		__u64 is_dot = ((__u64)(c ^ '.') - 1) >> 63;
 		hide_from_compiler(is_dot);	/* or clang turns it back into c == '.' */
 		if (is_dot) {
-			__u32 rule_id = lookup_name_rule(fnv, mix, i, SLUICE_MATCH_SUFFIX);
-			if (rule_id)
-				best = rule_id;
+			__u32 set_id = lookup_name_rule(fnv, mix, i, SLUICE_MATCH_SUFFIX);
+			if (set_id)
+				best = set_id;
 		}
 		fnv = (fnv ^ c) * NAME_FNV_PRIME;
 		mix = (mix ^ c) * NAME_MIX_MULT;

@@ -81,6 +81,7 @@ static __always_inline struct flow_state *flow_start(struct flow_key *key,
 	fresh.last_seen_ns = now;
 	fresh.state = SLUICE_FLOW_INSPECTING;
 	fresh.client_known = opening;
+	fresh.opened_by_client = opening;
 	fresh.client_is_hi = opening ? sender_is_hi : 0;
 	if (flows.update(key, &fresh) < 0)
 		return 0;

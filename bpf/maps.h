@@ -19,6 +19,14 @@
 #define SLUICE_DOMAIN_RULES_MAX SLUICE_DOMAIN_RULES_DEFAULT
 #endif
 
+#ifndef SLUICE_CLIENT_PREFIXES_MAX
+#define SLUICE_CLIENT_PREFIXES_MAX SLUICE_CLIENT_PREFIXES_DEFAULT
+#endif
+
+#ifndef SLUICE_RULE_SETS_MAX
+#define SLUICE_RULE_SETS_MAX SLUICE_RULE_SETS_DEFAULT
+#endif
+
 #define PAGE_BYTES 4096
 
 #ifdef SLUICE_PIN_DIR
@@ -31,8 +39,14 @@
 /* Both directions of every TCP flow seen, least recently used evicted. */
 STATE_MAP("lru_hash", struct flow_key, struct flow_state, flows, SLUICE_FLOW_MAX);
 
-/* name_key -> rule id, for suffix and exact names alike. */
+/* name_key -> rule set id, for suffix and exact names alike. */
 BPF_HASH(domain_rules, struct name_key, __u32, SLUICE_DOMAIN_RULES_MAX);
+
+/* (rule set id, client class) -> the rules that may apply, in order. */
+BPF_HASH(rule_sets, struct rule_set_key, struct rule_set, SLUICE_RULE_SETS_MAX);
+
+/* Client address prefix -> client class id; the longest prefix wins. */
+BPF_LPM_TRIE(client_classes, struct client_prefix, __u32, SLUICE_CLIENT_PREFIXES_MAX);
 
 /* rule id -> what the rule does. */
 BPF_ARRAY(rules, struct rule_info, SLUICE_MAX_RULES);

@@ -43,6 +43,7 @@ struct payload_scratch {
 	__u8 proto;			/* enum sluice_proto, once known */
 	__u8 pad[2];
 	__u32 forget_slot;		/* see forget_range() */
+	__u32 set_id;			/* the rule set the name leads to, 0: none */
 	__u8 bytes[PAYLOAD_COPY_BYTES];
 	char name[SLUICE_NAME_MAX + 1];	/* the extracted, normalised name */
 	__u16 line_starts[HTTP_LINE_SLOTS_MASK + 1]; /* see find_line_starts() */

@@ -30,6 +30,22 @@
  * (-DSLUICE_DOMAIN_RULES_MAX=n); this is the size without a policy. */
 #define SLUICE_DOMAIN_RULES_DEFAULT 1024
 
+/* The controller sizes the client class trie to the policy's prefixes
+ * (-DSLUICE_CLIENT_PREFIXES_MAX=n); this is the size without classes. */
+#define SLUICE_CLIENT_PREFIXES_DEFAULT 1
+
+/* Rule sets: the rules that may apply to one name, per client class. The
+ * controller sizes the map (-DSLUICE_RULE_SETS_MAX=n). */
+#define SLUICE_RULE_SETS_DEFAULT 1
+#define SLUICE_RULE_SET_MAX 8		/* rules in one set */
+
+/* Destination port ranges a rule can be limited to. */
+#define SLUICE_PORT_RANGES_MAX 4
+
+/* Rollout: a client is in a rule's share when the high 32 bits of its keyed
+ * hash are below the rule's threshold; 2^32 means every client. */
+#define SLUICE_ROLLOUT_ALL 4294967296
+
 /* Ring buffer for classification events, in bytes (a power of two). */
 #define SLUICE_EVENT_RING_BYTES 262144
 
@@ -58,6 +74,8 @@ enum sluice_direction {
 
 /* Rule flags. */
 #define SLUICE_RULE_MONITOR 1		/* classify and count, never enforce */
+#define SLUICE_RULE_INACTIVE 2		/* outside its schedule: never chosen */
+#define SLUICE_RULE_CLIENT_OPENED 4	/* only flows sluice saw the client open (SYN) */
 
 /* What the key of a domain rule names. */
 enum sluice_match_kind {
@@ -71,8 +89,9 @@ enum sluice_match_kind {
 enum sluice_stage {
 	SLUICE_STAGE_TLS = 0,		/* sluice_stage_tls: find a ClientHello's SNI */
 	SLUICE_STAGE_HTTP = 1,		/* sluice_stage_http: find a request's Host */
-	SLUICE_STAGE_MATCH = 2,		/* sluice_stage_match: name -> rule -> verdict */
-	SLUICE_STAGE_MAX = 3,
+	SLUICE_STAGE_MATCH = 2,		/* sluice_stage_match: name -> rule set */
+	SLUICE_STAGE_SELECT = 3,	/* sluice_stage_select: client, rule set -> rule -> verdict */
+	SLUICE_STAGE_MAX = 4,
 };
 
 enum sluice_proto {
@@ -126,9 +145,10 @@ struct flow_state {
 	__u8 proto;			/* enum sluice_proto */
 	__u8 payload_packets;		/* payload packets inspected so far */
 	__u8 client_is_hi;		/* 1: the client is the key's hi side */
-	__u8 client_known;		/* 1: the client was seen opening the flow (SYN) */
+	__u8 client_known;		/* 1: the client is known: it sent the SYN, or the name */
 	__u16 payload_bytes;		/* client payload inspected so far (saturates) */
-	__u8 pad[4];
+	__u8 opened_by_client;		/* 1: sluice saw the client's SYN open the flow */
+	__u8 pad[3];
 	/* Per direction, for throttle and shape in flow scope: the time at
 	 * which the flow's bucket is empty again (throttle, GCRA) or its next
 	 * packet may leave (shape, EDT). */
@@ -146,11 +166,31 @@ struct client_clock_key {
 	__u8 client[16];		/* IPv4 as ::ffff:a.b.c.d */
 };
 
-/* Key of the domain rule hash: two 64-bit hashes of the name read right to
- * left (see domain_match.h and controller/names.py), its length and the
- * match kind. Hashing right to left yields every label-boundary suffix of a
- * name in one pass, so matching costs one lookup per label whatever the
- * number of rules. */
+/* Key of the client class trie: a prefix of the client's address. */
+struct client_prefix {
+	__u32 prefixlen;		/* IPv4 /n is stored as 96 + n */
+	__u8 addr[16];			/* IPv4 as ::ffff:a.b.c.d */
+};
+
+/* The rules that may apply to the names of one domain entry (set_id) for
+ * the clients of one class (class_id 0: clients in no class, and the
+ * fallback of every class without a set of its own), most preferred first:
+ * exemptions, then the most specific domain, then the most specific class,
+ * then rule order. The first rule whose conditions hold is chosen. */
+struct rule_set_key {
+	__u32 set_id;
+	__u32 class_id;
+};
+
+struct rule_set {
+	__u32 rule_ids[SLUICE_RULE_SET_MAX];	/* 0 ends the list */
+};
+
+/* Key of the domain rule hash (whose values are rule set ids): two 64-bit
+ * hashes of the name read right to left (see domain_match.h and
+ * controller/names.py), its length and the match kind. Hashing right to
+ * left yields every label-boundary suffix of a name in one pass, so
+ * matching costs one lookup per label whatever the number of rules. */
 struct name_key {
 	__u64 hash_fnv;
 	__u64 hash_mix;
@@ -165,11 +205,19 @@ struct rate_limit {
 	__u64 burst_ns;			/* the burst in bytes, as time at the rate */
 };
 
+/* An inclusive range of server ports, in host byte order. */
+struct port_range {
+	__u16 first;
+	__u16 last;
+};
+
 struct rule_info {
 	__u32 action;			/* enum sluice_action */
 	__u32 flags;			/* SLUICE_RULE_* */
 	__u32 scope;			/* enum sluice_scope */
-	__u32 pad;
+	__u32 port_ranges;		/* ports[] in use; 0: any server port */
+	struct port_range ports[SLUICE_PORT_RANGES_MAX];
+	__u64 rollout_threshold;	/* see SLUICE_ROLLOUT_ALL */
 	struct rate_limit limit[SLUICE_DIRS];	/* throttle, shape */
 	__u64 delay_ns;			/* delay: added to every packet */
 	__u64 jitter_ns;		/* delay: plus uniform random 0..jitter */
@@ -198,6 +246,7 @@ struct sluice_config {
 	__u64 clock_ns;			/* non-zero: the data plane's time, frozen (tests) */
 	__u32 window_bytes;		/* ...or payload bytes, whichever runs out first */
 	__u32 pad;
+	__u64 rollout_key[2];		/* SipHash key of the rollout hash */
 };
 
 /* The inspection window's byte count lives in a __u16 of flow_state. */
@@ -209,11 +258,13 @@ struct sluice_config {
 struct classification_event {
 	struct flow_key key;
 	__u32 rule_id;
+	__u32 class_id;			/* the client's class, 0: none */
 	__u8 action;			/* enum sluice_action, as configured */
 	__u8 proto;			/* enum sluice_proto */
 	__u8 client_is_hi;
 	__u8 name_len;
 	char name[SLUICE_NAME_MAX + 1];
+	__u32 pad;			/* per-CPU values are a multiple of 8 bytes */
 };
 
 #endif /* SLUICE_ABI_H */

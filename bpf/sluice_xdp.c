@@ -8,7 +8,8 @@
  *
  * sluice_xdp is the program attached to interfaces. It judges packets of
  * known flows itself and hands a young flow's payload to the inspection
- * stages below by tail call: TLS, then HTTP, then matching. Each stage is a
+ * stages below by tail call: TLS, then HTTP, then matching the name, then
+ * selecting the rule for the client. Each stage is a
  * separate program, so the verifier checks each alone. Should a stage be
  * missing, the tail call falls through and the packet passes.
  */
@@ -23,6 +24,7 @@
 #include "tls_sni.h"
 #include "http_host.h"
 #include "domain_match.h"
+#include "client_match.h"
 
 /* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it). */
 static __always_inline int copy_payload(struct xdp_md *ctx, struct payload_scratch *scratch,
@@ -224,7 +226,31 @@ int sluice_stage_match(struct xdp_md *ctx)
 	/* The length passes through forget_range(): the matching loop is then
 	 * verified for one unknown length, not once per length normalise_name()
 	 * can return. */
-	__u32 rule_id = match_domain(scratch->name, forget_range(scratch->forget_slot, scratch->name_len));
-	classify(flow, rule_id, scratch, cfg);
+	scratch->set_id = match_domain(scratch->name, forget_range(scratch->forget_slot, scratch->name_len));
+	if (scratch->set_id) {
+		stages.call(ctx, SLUICE_STAGE_SELECT);
+		return pass_unjudged(scratch->frame_len);
+	}
+	classify(flow, 0, 0, scratch, cfg);
 	return apply_verdict(flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len, cfg);
+}
+
+int sluice_stage_select(struct xdp_md *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+	struct client_view client = {};
+
+	if (!scratch)
+		return XDP_PASS;
+	const struct flow_key *key = &scratch->key;
+	/* The sender of the name is the client; the other end is the server. */
+	__builtin_memcpy(client.addr, scratch->sender_is_hi ? key->addr_hi : key->addr_lo, 16);
+	client.server_port = bpf_ntohs(scratch->sender_is_hi ? key->port_lo : key->port_hi);
+	client.opened_by_client = flow->opened_by_client;
+	client.class_id = client_class(client.addr);
+	__u32 rule_id = select_rule(scratch->set_id, &client, cfg);
+	classify(flow, rule_id, client.class_id, scratch, cfg);
+	return apply_verdict(flow, key, scratch->sender_is_hi, scratch->frame_len, cfg);
 }

@@ -71,7 +71,8 @@ static __always_inline int apply_verdict(struct flow_state *flow, const struct f
 }
 
 static __always_inline void emit_event(const struct flow_state *flow, __u8 configured_action,
-				       const struct payload_scratch *scratch, __u32 name_len)
+				       __u32 class_id, const struct payload_scratch *scratch,
+				       __u32 name_len)
 {
 	__u32 zero = 0;
 	struct classification_event *event = event_buffers.lookup(&zero);
@@ -80,6 +81,7 @@ static __always_inline void emit_event(const struct flow_state *flow, __u8 confi
 		return;
 	__builtin_memcpy(&event->key, &scratch->key, sizeof(event->key));
 	event->rule_id = flow->rule_id;
+	event->class_id = class_id;
 	event->action = configured_action;
 	event->proto = flow->proto;
 	event->client_is_hi = flow->client_is_hi;
@@ -88,8 +90,9 @@ static __always_inline void emit_event(const struct flow_state *flow, __u8 confi
 	events.ringbuf_output(event, sizeof(*event), 0);
 }
 
-/* Settle the flow under rule_id (0: none) for good. */
-static __always_inline void classify(struct flow_state *flow, __u32 rule_id,
+/* Settle the flow under rule_id (0: none) for good; class_id is the
+ * client's class, for the event. */
+static __always_inline void classify(struct flow_state *flow, __u32 rule_id, __u32 class_id,
 				     const struct payload_scratch *scratch,
 				     const struct sluice_config *cfg)
 {
@@ -110,7 +113,7 @@ static __always_inline void classify(struct flow_state *flow, __u32 rule_id,
 	if (stats)
 		stats->flows += 1;
 	if (cfg->flags & SLUICE_CFG_EVENTS)
-		emit_event(flow, action, scratch, scratch->name_len);
+		emit_event(flow, action, class_id, scratch, scratch->name_len);
 }
 
 /* No name in this packet: look at the next one, unless the window is spent,
@@ -123,7 +126,7 @@ static __always_inline int inspect_next_packet(struct flow_state *flow,
 		flow->state = SLUICE_FLOW_GAVE_UP;
 		count(SLUICE_CNT_GAVE_UP);
 		if (cfg->flags & SLUICE_CFG_EVENTS)
-			emit_event(flow, SLUICE_ACTION_NONE, scratch, 0);
+			emit_event(flow, SLUICE_ACTION_NONE, 0, scratch, 0);
 	}
 	return pass_unjudged(scratch->frame_len);
 }

@@ -9,11 +9,12 @@ different interfaces.
 import ctypes
 import logging
 import re
+import struct
 
 import bcc
 import numpy
 
-from . import xdp_link
+from . import schedule, xdp_link
 from .abi import ABI, COUNTER_NAMES, bpf_source_dir
 from .names import name_hashes_many
 
@@ -26,7 +27,8 @@ TC_EGRESS_FUNCTION = b"sluice_tc_egress"
 # enum sluice_stage index -> the program that implements it.
 STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_HTTP: b"sluice_stage_http",
-                   ABI.SLUICE_STAGE_MATCH: b"sluice_stage_match"}
+                   ABI.SLUICE_STAGE_MATCH: b"sluice_stage_match",
+                   ABI.SLUICE_STAGE_SELECT: b"sluice_stage_select"}
 
 
 # struct direction_stats, as summed by rule_stats().
@@ -68,16 +70,21 @@ class Datapath:
     """A compiled and loaded data plane, configured from a policy."""
 
     def __init__(self, policy=None, *, events: bool = False, pin_dir: str | None = None,
-                 retired_rules=()):
+                 retired_rules=(), at=None):
         """pin_dir: pin the state maps (flows, counters, clocks) there, or
         reuse the ones already pinned there by an earlier Datapath.
         retired_rules: rules of earlier policies that flows may still be
         classified under; their actions stay defined, though no name leads
-        to them any more."""
+        to them any more.
+        at: the moment whose schedule steps apply (default: now); the
+        controller compiles a new Datapath at each switch."""
         self.retired_rules = list(retired_rules)
-        self.policy = policy
-        names = _policy_names(policy)
-        cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(names[0]))}",
+        self.policy = policy.at(at or schedule.now()) if policy else None
+        sets = self.policy.rule_sets() if policy else None
+        prefixes = len(self.policy.classes) if policy else 0
+        cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(sets.names) if sets else 0)}",
+                  f"-DSLUICE_RULE_SETS_MAX={max(1, len(sets.sets) if sets else 0)}",
+                  f"-DSLUICE_CLIENT_PREFIXES_MAX={max(1, prefixes)}",
                   "-Wno-incompatible-pointer-types-discards-qualifiers"]
         if pin_dir:
             cflags.append(f'-DSLUICE_PIN_DIR="{pin_dir}"')
@@ -87,8 +94,8 @@ class Datapath:
         for index, name in STAGE_FUNCTIONS.items():
             stages[ctypes.c_int(index)] = ctypes.c_int(self.bpf.load_func(name, bcc.BPF.XDP).fd)
         self.links: list[xdp_link.XdpLink] = []
-        self._fill_rules(policy, names)
-        self._write_config(policy, events)
+        self._fill_rules(self.policy)
+        self._write_config(self.policy, events)
 
     # --- maps -------------------------------------------------------------
     def table(self, name: str):
@@ -96,13 +103,28 @@ class Datapath:
         # in it, so a fresh get_table() each time would let it be freed.
         return self.bpf[name.encode()]
 
-    def _fill_rules(self, policy, names) -> None:
+    def _fill_rules(self, policy) -> None:
         if policy is None:
             return
         rules = self.table("rules")
         for rule in [*self.retired_rules, *policy.rules]:
             rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule)
-        self._fill_domain_rules(*names)
+        sets = policy.rule_sets()
+        self._fill_domain_rules(sets.names, sets.kinds, sets.set_ids)
+        rule_sets = self.table("rule_sets")
+        for (set_id, class_id), members in sets.sets.items():
+            value = rule_sets.Leaf()
+            for index, rule in enumerate(members):
+                value.rule_ids[index] = rule.id
+            rule_sets[rule_sets.Key(set_id, class_id)] = value
+        self._fill_client_classes(policy.classes)
+
+    def _fill_client_classes(self, classes) -> None:
+        """The LPM trie, one update per prefix: tries take no batches."""
+        table = self.table("client_classes")
+        keys = (table.Key * len(classes)).from_buffer_copy(classes.prefixes.tobytes())
+        for key, class_id in zip(keys, classes.class_ids.tolist()):
+            table[key] = ctypes.c_uint32(class_id)
 
     def police_shape_rules(self) -> None:
         """Turn every shape rule into a throttle at the same rates: the
@@ -116,7 +138,7 @@ class Datapath:
         """The tc egress program (shape, delay), loaded on first use."""
         return self.bpf.load_func(TC_EGRESS_FUNCTION, bcc.BPF.SCHED_CLS).fd
 
-    def _fill_domain_rules(self, domain_names, kinds, rule_ids) -> None:
+    def _fill_domain_rules(self, domain_names, kinds, set_ids) -> None:
         if not domain_names:
             return
         table = self.table("domain_rules")
@@ -127,7 +149,7 @@ class Datapath:
         keys["fnv"], keys["mix"] = fnv, mix
         keys["len"] = [len(n) for n in domain_names]
         keys["kind"] = kinds
-        values = numpy.asarray(rule_ids, dtype="<u4")
+        values = numpy.asarray(set_ids, dtype="<u4")
         count = len(domain_names)
         table.items_update_batch((table.Key * count).from_buffer_copy(keys.tobytes()),
                                  (table.Leaf * count).from_buffer_copy(values.tobytes()))
@@ -143,6 +165,8 @@ class Datapath:
             value.flow_idle_ns, value.window_packets = policy.flow_idle_ns, policy.window_packets
             value.window_bytes = policy.window_bytes
         value.flags = ABI.SLUICE_CFG_EVENTS if events else 0
+        if policy is not None:
+            value.rollout_key[0], value.rollout_key[1] = struct.unpack("<QQ", policy.rollout_key)
         config[ctypes.c_uint32(0)] = value
 
     def set_config(self, **fields) -> None:
@@ -225,11 +249,18 @@ BITS_PER_BYTE = 8
 def rule_info(leaf_type, rule, shape_as_throttle: bool = False):
     """struct rule_info for one policy rule."""
     from .policy import ACTIONS, SCOPES
+    from .rollout import threshold
     info = leaf_type()
     action = "throttle" if rule.action == "shape" and shape_as_throttle else rule.action
     info.action = ACTIONS[action]
-    info.flags = ABI.SLUICE_RULE_MONITOR if rule.monitor else 0
+    info.flags = ((ABI.SLUICE_RULE_MONITOR if rule.monitor else 0) |
+                  (ABI.SLUICE_RULE_INACTIVE if rule.inactive else 0) |
+                  (ABI.SLUICE_RULE_CLIENT_OPENED if rule.opened_by_client else 0))
     info.scope = SCOPES[rule.scope]
+    info.port_ranges = len(rule.ports)
+    for index, (first, last) in enumerate(rule.ports):
+        info.ports[index].first, info.ports[index].last = first, last
+    info.rollout_threshold = threshold(rule.percent)
     for direction, index in (("up", ABI.SLUICE_DIR_UP), ("down", ABI.SLUICE_DIR_DOWN)):
         limit = rule.limits.get(direction)
         if limit:
@@ -240,15 +271,3 @@ def rule_info(leaf_type, rule, shape_as_throttle: bool = False):
     info.jitter_ns = rule.jitter_ns
     info.horizon_ns = rule.horizon_ns
     return info
-
-
-def _policy_names(policy) -> tuple[list[bytes], list[int], list[int]]:
-    """Every name of the policy as parallel lists: name, match kind, rule id."""
-    names, kinds, rule_ids = [], [], []
-    for rule in policy.rules if policy else []:
-        for kind, rule_names in ((ABI.SLUICE_MATCH_SUFFIX, rule.suffixes),
-                                 (ABI.SLUICE_MATCH_EXACT, rule.exact)):
-            names.extend(rule_names)
-            kinds.extend([kind] * len(rule_names))
-            rule_ids.extend([rule.id] * len(rule_names))
-    return names, kinds, rule_ids

@@ -14,12 +14,19 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy
 import yaml
 
+from . import precedence, schedule
 from .abi import ABI
+from .clients import PREFIX_DTYPE, ClientClass, ClientClasses, parse_prefix
 from .names import normalise
+from .rollout import DEFAULT_ROLLOUT_KEY, rollout_key
 
 DEFAULT_FLOW_IDLE_NS = 10 * 60 * 10**9     # as in the documented throttlers
 DEFAULT_WINDOW_PACKETS = 20               # a ClientHello may follow junk or take several segments
@@ -43,14 +50,23 @@ SCOPES = {"flow": ABI.SLUICE_SCOPE_FLOW, "client": ABI.SLUICE_SCOPE_CLIENT, "rul
 DIRECTIONS = ("up", "down")
 MODES = ("enforce", "monitor")
 
-TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rules")
+TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rollout_key", "classes", "rules")
 INSPECTION_KEYS = ("window_packets", "window_bytes")
+CLASS_KEYS = ("description", "prefixes", "prefixes_file")
 RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
+             "class", "percent", "ports", "opened_by_client", "active", "escalate",
              "rate", "burst", "direction", "up", "down", "scope", "horizon",
              "latency", "jitter", "fallback")
+ACTION_DETAIL_KEYS = ("rate", "burst", "direction", "up", "down", "scope", "horizon", "latency", "jitter",
+                      "fallback")
+STEP_KEYS = ("at", "action") + ACTION_DETAIL_KEYS
+WINDOW_KEYS = ("from", "until", "daily", "timezone")
 DIRECTION_KEYS = ("rate", "burst")
+PERCENT = re.compile(r"^\d{1,3}(\.\d{1,2})?$")      # shares in steps of 0.01%
+PORT_RANGE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
 
 RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+CLASS_NAME = RULE_NAME
 LABEL = re.compile(r"^[a-z0-9_-]{1,63}$")
 RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)$", re.IGNORECASE)
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
@@ -85,6 +101,15 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class Step:
+    """From `at` on, the rule acts as `action` with these details."""
+    at: datetime
+    action: str
+    details: dict
+    line: int
+
+
+@dataclass(frozen=True)
 class Rule:
     id: int                 # 1-based, in file order; 0 means "no rule" in the data plane
     name: str
@@ -100,6 +125,30 @@ class Rule:
     jitter_ns: int = 0
     horizon_ns: int = 0
     fallback: str | None = None
+    # Who and when (see controller/precedence.py):
+    client_class: str | None = None              # None: every client
+    percent: Decimal = Decimal(100)              # share of those clients, by rollout hash
+    ports: tuple[tuple[int, int], ...] = ()      # server port ranges; (): any
+    opened_by_client: bool = False               # only flows sluice saw the client open
+    active: tuple = ()                           # schedule.Span/Daily windows; (): always
+    escalate: tuple[Step, ...] = ()
+    inactive: bool = False                       # set by at(): outside every window now
+
+    def at(self, when: datetime) -> "Rule":
+        """This rule as it stands at `when`: its current step, or marked inactive."""
+        rule = self
+        if self.active and not any(window.contains(when) for window in self.active):
+            rule = replace(rule, inactive=True)
+        step = next((s for s in reversed(self.escalate) if s.at <= when), None)
+        if step:
+            rule = replace(rule, action=step.action, limits={}, latency_ns=0, jitter_ns=0, horizon_ns=0,
+                           fallback=None, scope="flow", **step.details)
+        return rule
+
+    def boundaries(self, after: datetime) -> list[datetime]:
+        """Times after `after` at which at() may change."""
+        times = [t for window in self.active for t in window.boundaries(after)]
+        return times + [step.at for step in self.escalate if step.at > after]
 
 
 @dataclass(frozen=True)
@@ -109,29 +158,29 @@ class Policy:
     flow_idle_ns: int
     window_packets: int
     rules: list[Rule]
-    reclassify: bool = False
-    window_bytes: int = DEFAULT_WINDOW_BYTES     # on reload, judge existing flows by the new rules
+    reclassify: bool = False                     # on reload, judge existing flows by the new rules
+    window_bytes: int = DEFAULT_WINDOW_BYTES
+    classes: ClientClasses = field(default_factory=ClientClasses.empty)
+    rollout_key: bytes = rollout_key(DEFAULT_ROLLOUT_KEY)
 
-    def match(self, name: bytes) -> Rule | None:
-        """The rule the data plane picks for name: an exact rule, else the
-        longest suffix at a label boundary (bpf/domain_match.h, in Python)."""
-        name = normalise(name)
-        exact, suffixes = self._indexes()
-        if name in exact:
-            return exact[name]
-        labels = name.split(b".")
-        for start in range(len(labels)):
-            rule = suffixes.get(b".".join(labels[start:]))
-            if rule:
-                return rule
-        return None
+    def at(self, when: datetime) -> "Policy":
+        """The policy as it stands at `when` (what the data plane is given)."""
+        return replace(self, rules=[rule.at(when) for rule in self.rules])
 
-    def _indexes(self):
-        if "_index" not in self.__dict__:
-            exact = {n: r for r in self.rules for n in r.exact}
-            suffixes = {n: r for r in self.rules for n in r.suffixes}
-            object.__setattr__(self, "_index", (exact, suffixes))
-        return self.__dict__["_index"]
+    def next_switch(self, after: datetime) -> datetime | None:
+        """The next time at which at() changes, if ever."""
+        return min((t for rule in self.rules for t in rule.boundaries(after)), default=None)
+
+    def rule_sets(self) -> precedence.RuleSets:
+        if "_rule_sets" not in self.__dict__:
+            class_ids = {c.name: c.id for c in self.classes.classes}
+            object.__setattr__(self, "_rule_sets", precedence.compile_rule_sets(self.rules, class_ids))
+        return self.__dict__["_rule_sets"]
+
+    def decide(self, name: bytes, client: str, server_port: int = 443,
+               opened_by_client: bool = True) -> precedence.Decision:
+        """The rule the data plane chooses for a flow (see controller/precedence.py)."""
+        return precedence.decide(self, name, client, server_port, opened_by_client)
 
     def rule_by_id(self, rule_id: int) -> Rule | None:
         return next((rule for rule in self.rules if rule.id == rule_id), None)
@@ -200,8 +249,10 @@ class _Loader:
     def __init__(self, path: str):
         self.path = path
         self.problems: list[Problem] = []
-        # (normalised name, kind) -> "file:line:column" of its first mention
+        # (normalised name, kind) -> "file:line:column" of its first mention in the rule being read;
+        # several rules may name one domain (for different classes, say), one rule only once
         self.seen_names: dict[tuple[bytes, int], str] = {}
+        self.class_names: set[str] = set()
 
     def problem(self, node, message: str, file: str | None = None) -> None:
         mark = node.start_mark
@@ -295,12 +346,12 @@ class _Loader:
             if "window_bytes" in inspection:
                 window_bytes = self.quantity(inspection["window_bytes"][1], "window_bytes", parse_size,
                                              1, ABI.SLUICE_WINDOW_BYTES_MAX, "bytes")
-        reclassify = False
-        if "reclassify" in top:
-            value = self.scalar(top["reclassify"][1], "reclassify")
-            if value not in ("true", "false"):
-                self.problem(top["reclassify"][1], "reclassify must be true or false")
-            reclassify = value == "true"
+        reclassify = self.boolean(top["reclassify"][1], "reclassify") if "reclassify" in top else False
+        key_text = DEFAULT_ROLLOUT_KEY
+        if "rollout_key" in top:
+            key_text = self.scalar(top["rollout_key"][1], "rollout_key") or DEFAULT_ROLLOUT_KEY
+        classes = self.classes(top["classes"][1]) if "classes" in top else ClientClasses.empty()
+        self.class_names = {c.name for c in classes.classes}
         rules = []
         if "rules" not in top:
             self.problem(root, "missing key 'rules' (a list of rules)")
@@ -317,11 +368,96 @@ class _Loader:
                     rules.append(rule)
         if self.problems:
             return None
-        return Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify, window_bytes)
+        policy = Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify, window_bytes,
+                        classes, rollout_key(key_text))
+        try:
+            policy.rule_sets()
+        except precedence.RuleSetOverflow as overflow:
+            last = overflow.rules[ABI.SLUICE_RULE_SET_MAX]
+            self.problems.append(Problem(self.path, last.line, 1, str(overflow)))
+            return None
+        return policy
+
+    def boolean(self, node, what: str) -> bool:
+        value = self.scalar(node, what)
+        if value not in ("true", "false"):
+            self.problem(node, f"{what} must be true or false")
+        return value == "true"
+
+    # --- client classes -----------------------------------------------------
+    def classes(self, node) -> ClientClasses:
+        """Every class's prefixes; a prefix may belong to one class only."""
+        found, prefixes, class_ids = [], [], []
+        where: dict[tuple[int, bytes], str] = {}       # prefix -> "class at file:line"
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, "classes must map class names to their prefixes")
+            node = yaml.MappingNode("tag:yaml.org,2002:map", [])
+        for key_node, value_node in node.value:
+            name = key_node.value
+            if not CLASS_NAME.match(str(name)) or any(c.name == name for c in found):
+                self.problem(key_node, f"class name {name!r}: use lower-case letters, digits, '-', '_' "
+                                       "and '.', each name once")
+                continue
+            client_class = ClientClass(len(found) + 1, name, key_node.start_mark.line + 1)
+            found.append(client_class)
+            keys = self.mapping(value_node, f"class {name}", CLASS_KEYS)
+            listed = []                                 # (text, file, line, column)
+            if "prefixes" in keys:
+                items = keys["prefixes"][1]
+                if not isinstance(items, yaml.SequenceNode):
+                    self.problem(items, "prefixes must be a list of CIDR prefixes")
+                else:
+                    listed += [(self.scalar(item, "a prefix"), self.path, item.start_mark.line + 1,
+                                item.start_mark.column + 1) for item in items.value]
+            if "prefixes_file" in keys:
+                listed += self.prefixes_file(keys["prefixes_file"][1])
+            if not listed and "prefixes" not in keys and "prefixes_file" not in keys:
+                self.problem(value_node, f"class {name} has no prefixes (give prefixes or prefixes_file)")
+            for text, file, line, column in listed:
+                if text is None:
+                    continue
+                try:
+                    prefix = parse_prefix(text.strip())
+                except ValueError as error:
+                    self.problems.append(Problem(file, line, column, str(error)))
+                    continue
+                first = where.get(prefix)
+                if first:
+                    self.problems.append(Problem(file, line, column, f"{text.strip()} is already in {first}: "
+                                                 "a prefix can belong to one class only"))
+                    continue
+                where[prefix] = f"class {name} ({file}:{line})"
+                prefixes.append(prefix)
+                class_ids.append(client_class.id)
+        table = numpy.empty(len(prefixes), PREFIX_DTYPE)
+        if prefixes:
+            table["prefixlen"] = [length for length, _ in prefixes]
+            table["addr"] = numpy.frombuffer(b"".join(addr for _, addr in prefixes),
+                                             dtype=numpy.uint8).reshape(-1, 16)
+        return ClientClasses(found, table, numpy.asarray(class_ids, dtype=numpy.uint32))
+
+    def prefixes_file(self, node) -> list[tuple[str, str, int, int]]:
+        """One prefix a line; '#' starts a comment."""
+        relative = self.scalar(node, "prefixes_file")
+        if relative is None:
+            return []
+        path = Path(self.path).parent / relative
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as error:
+            self.problem(node, f"cannot read prefixes_file {str(path)!r}: {error.strerror}")
+            return []
+        listed = []
+        for number, line in enumerate(lines, start=1):
+            text = line.split("#", 1)[0].strip()
+            if text:
+                listed.append((text, str(path), number, line.index(text) + 1))
+        return listed
 
     # --- one rule ---------------------------------------------------------
     def rule(self, node, rule_id: int, names: dict[str, int]) -> Rule | None:
         before = len(self.problems)
+        self.seen_names = {}
         keys = self.mapping(node, f"rule {rule_id}", RULE_KEYS)
         if not keys and isinstance(node, yaml.MappingNode):
             self.problem(node, f"rule {rule_id} is empty")
@@ -361,11 +497,121 @@ class _Loader:
             self.problem(node, f"rule {name or rule_id} names no domains (give domains, exact or domains_file)")
 
         details = self.action_details(node, keys, action) if action else {}
+        details.update(self.audience(keys))
+        if "active" in keys:
+            details["active"] = self.windows(keys["active"][1])
+        if "escalate" in keys:
+            details["escalate"] = self.steps(keys["escalate"][1])
         if len(self.problems) > before:
             return None
         return Rule(id=rule_id, name=name, action=action, monitor=mode == "monitor",
                     description=description or "", suffixes=suffixes, exact=exact,
                     line=node.start_mark.line + 1, **details)
+
+    # --- who: class, percent, ports, opened_by_client ------------------------
+    def audience(self, keys) -> dict:
+        details = {}
+        if "class" in keys:
+            name = self.scalar(keys["class"][1], "class")
+            if name not in self.class_names:
+                known = ", ".join(sorted(self.class_names)) or "none are defined under classes:"
+                self.problem(keys["class"][1], f"unknown client class {name!r}; known: {known}")
+            details["client_class"] = name
+        if "percent" in keys:
+            text = self.scalar(keys["percent"][1], "percent") or ""
+            try:
+                percent = Decimal(text) if PERCENT.match(text) else None
+            except InvalidOperation:
+                percent = None
+            if percent is None or not 0 <= percent <= 100:
+                self.problem(keys["percent"][1], f"percent must be 0 to 100 in steps of 0.01, not {text!r}")
+            else:
+                details["percent"] = percent
+        if "ports" in keys:
+            details["ports"] = self.ports(keys["ports"][1])
+        if "opened_by_client" in keys:
+            details["opened_by_client"] = self.boolean(keys["opened_by_client"][1], "opened_by_client")
+        return details
+
+    def ports(self, node) -> tuple[tuple[int, int], ...]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.problem(node, "ports must be a list of ports or ranges, e.g. [443, 8000-8999]")
+            return ()
+        ranges = []
+        for item in node.value:
+            text = self.scalar(item, "a port") or ""
+            match = PORT_RANGE.match(text)
+            first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+            if not match or not 1 <= first <= last <= 65535:
+                self.problem(item, f"not a port or range of ports 1-65535: {text!r}")
+                continue
+            ranges.append((first, last))
+        if len(ranges) > ABI.SLUICE_PORT_RANGES_MAX:
+            self.problem(node, f"{len(ranges)} port ranges; at most {ABI.SLUICE_PORT_RANGES_MAX} (merge them)")
+        return tuple(ranges)
+
+    # --- when: active windows and escalation --------------------------------
+    def windows(self, node) -> tuple:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.problem(node, "active must be a list of windows, e.g. [{from: 2021-03-10T10:00:00+03:00}]")
+            return ()
+        windows = []
+        for item in node.value:
+            keys = self.mapping(item, "an active window", WINDOW_KEYS)
+            if "daily" in keys:
+                if "from" in keys or "until" in keys:
+                    self.problem(item, "a window is either daily hours or from/until, not both")
+                    continue
+                try:
+                    start, end = schedule.parse_daily(self.scalar(keys["daily"][1], "daily") or "")
+                except ValueError as error:
+                    self.problem(keys["daily"][1], str(error))
+                    continue
+                zone = self.scalar(keys["timezone"][1], "timezone") if "timezone" in keys else "UTC"
+                try:
+                    ZoneInfo(zone)
+                except (ZoneInfoNotFoundError, ValueError):
+                    self.problem(keys["timezone"][1], f"unknown time zone {zone!r} (e.g. Europe/Moscow, UTC)")
+                    continue
+                windows.append(schedule.Daily(start, end, zone))
+            elif "from" in keys or "until" in keys:
+                if "timezone" in keys:
+                    self.problem(keys["timezone"][0], "timezone applies to daily windows; timestamps carry "
+                                                      "their own offset")
+                ends = [self.timestamp(keys[k][1], k) if k in keys else None for k in ("from", "until")]
+                if all(ends) and ends[0] >= ends[1]:
+                    self.problem(item, "the window ends before it starts")
+                windows.append(schedule.Span(*ends))
+            else:
+                self.problem(item, "a window needs from and/or until, or daily")
+        return tuple(windows)
+
+    def timestamp(self, node, what: str) -> datetime | None:
+        try:
+            return schedule.parse_timestamp(self.scalar(node, what) or "")
+        except ValueError as error:
+            self.problem(node, f"{what}: {error}")
+            return None
+
+    def steps(self, node) -> tuple[Step, ...]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.problem(node, "escalate must be a list of steps, e.g. [{at: 2021-04-01T00:00:00Z, action: block}]")
+            return ()
+        steps = []
+        for item in node.value:
+            keys = self.mapping(item, "an escalation step", STEP_KEYS)
+            if "at" not in keys or "action" not in keys:
+                self.problem(item, "an escalation step needs at (a timestamp) and action")
+                continue
+            at = self.timestamp(keys["at"][1], "at")
+            action = self.scalar(keys["action"][1], "action")
+            if action not in ACTIONS:
+                self.problem(keys["action"][1], f"unknown action {action!r}; one of: {', '.join(ACTIONS)}")
+                continue
+            if at and steps and at <= steps[-1].at:
+                self.problem(keys["at"][1], "escalation steps must be in time order")
+            steps.append(Step(at, action, self.action_details(item, keys, action), item.start_mark.line + 1))
+        return tuple(steps)
 
     def domain_list(self, key_and_value, kind: int) -> list[bytes]:
         key_node, node = key_and_value
@@ -423,8 +669,7 @@ class _Loader:
         uses = {"throttle": {"rate", "burst", "direction", "up", "down", "scope"},
                 "shape": {"rate", "burst", "direction", "up", "down", "scope", "horizon", "fallback"},
                 "delay": {"latency", "jitter", "horizon"}}.get(action, set())
-        for key in ("rate", "burst", "direction", "up", "down", "scope", "horizon", "latency", "jitter",
-                    "fallback"):
+        for key in ACTION_DETAIL_KEYS:
             if key in keys and key not in uses:
                 self.problem(keys[key][0], f"{key!r} does not apply to action {action}")
         details = {}

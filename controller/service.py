@@ -15,19 +15,22 @@ if anything fails, the running policy stays in force.
 """
 
 import ctypes
+import ipaddress
 import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 from . import xdp_link
 from .abi import ABI
-from .datapath import Datapath, rule_info
+from .clients import IPV4_MAPPED
+from .datapath import Datapath
 from .metrics import file_digest
-from .policy import PolicyError, load_policy, with_stable_ids
+from .policy import ACTIONS, PolicyError, load_policy, with_stable_ids
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +160,8 @@ class Service:
             name = self.flow_names.get(bytes(key))
             if flow.state != ABI.SLUICE_FLOW_CLASSIFIED or name is None:
                 continue
-            rule = self.policy.match(name) if name else None
-            info = rule_info(self.datapath.table("rules").Leaf, rule) if rule else None
-            action = (ABI.SLUICE_ACTION_NONE if rule is None or rule.monitor else info.action)
+            rule = self.policy.decide(name, *flow_client(key, flow)).rule if name else None
+            action = (ABI.SLUICE_ACTION_NONE if rule is None or rule.monitor else ACTIONS[rule.action])
             if (flow.rule_id, flow.action) != ((rule.id if rule else 0), action):
                 flow.rule_id, flow.action = (rule.id if rule else 0), action
                 flows[key] = flow
@@ -234,6 +236,15 @@ class Service:
         tmp = STATE_FILE.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(STATE_FILE)
+
+
+def flow_client(key, flow) -> tuple[str, int, bool]:
+    """(client address, server port, opened by the client) of a flow table entry."""
+    hi = flow.client_is_hi
+    raw = bytes(key.addr_hi if hi else key.addr_lo)
+    address = str(ipaddress.ip_address(raw[12:] if raw[:12] == IPV4_MAPPED else raw))
+    server_port = socket.ntohs(key.port_lo if hi else key.port_hi)
+    return address, server_port, bool(flow.opened_by_client)
 
 
 def remove_pins() -> None:

@@ -8,7 +8,7 @@ rule counted the flow).
 import pytest
 
 from conftest import judge, needs_root
-from packets import client_hello
+from packets import CLIENT_V4, client_hello
 
 pytestmark = [pytest.mark.bpf, needs_root]
 
@@ -24,15 +24,23 @@ rules:
   - name: exact
     action: block
     exact: [exact.example]
-  - name: example-allow
-    action: allow
+  - name: example-throttle
+    action: throttle
+    rate: 1mbit
     domains: [example.com]
   - name: cdn-block
     action: block
     domains: [cdn.example.com]
-  - name: www-exact-allow
-    action: allow
+  - name: www-exact-throttle
+    action: throttle
+    rate: 1mbit
     exact: [www.cdn.example.com]
+  - name: inner-block
+    action: block
+    domains: [inner.exempt.example]
+  - name: exempt-allow
+    action: allow
+    domains: [exempt.example]
 """
 
 
@@ -69,18 +77,22 @@ def matched_rule(dp, name: bytes) -> str | None:
     (b"exact.example", "exact"),
     (b"sub.exact.example", None),
     (b"EXACT.Example.", "exact"),
-    (b"example.com", "example-allow"),
-    (b"www.example.com", "example-allow"),
+    (b"example.com", "example-throttle"),
+    (b"www.example.com", "example-throttle"),
     (b"cdn.example.com", "cdn-block"),
     (b"x.cdn.example.com", "cdn-block"),
-    (b"www.cdn.example.com", "www-exact-allow"),
+    (b"www.cdn.example.com", "www-exact-throttle"),
     (b"a.www.cdn.example.com", "cdn-block"),
     (b"com", None),
+    # An exemption wins over a more specific rule, whatever the order.
+    (b"inner.exempt.example", "exempt-allow"),
+    (b"x.inner.exempt.example", "exempt-allow"),
+    (b"exempt.example", "exempt-allow"),
 ])
 def test_label_boundaries_and_most_specific_rule(dp, name, rule):
     assert matched_rule(dp, name) == rule
-    python_side = dp.policy.match(name)
-    assert (python_side.name if python_side else None) == rule, "Policy.match agrees with the kernel"
+    python_side = dp.policy.decide(name, CLIENT_V4).rule
+    assert (python_side.name if python_side else None) == rule, "Policy.decide agrees with the kernel"
 
 
 def test_verdicts_follow_the_rule(dp):

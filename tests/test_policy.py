@@ -147,14 +147,21 @@ version: 1
 rules:
   - name: a
     action: block
-    domains: [x.example]
+    domains: [x.example, X.example.]
   - name: a
     action: allow
-    domains: [X.example.]
+    domains: [y.example]
 """)
     assert "6:11: rule name 'a' is already used by rule 1" in found
-    assert any(p.startswith("8:15: duplicate suffix 'x.example': already given at") and p.endswith(":5:15")
+    assert any(p.startswith("5:26: duplicate suffix 'x.example': already given at") and p.endswith(":5:15")
                for p in found), found
+
+
+def test_several_rules_may_name_one_domain(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nrules:\n  - {name: a, action: block, domains: [x.example]}\n"
+                    "  - {name: b, action: allow, domains: [x.example]}\n")
+    assert [r.name for r in load_policy(path).rules] == ["a", "b"]
 
 
 def test_same_name_as_suffix_and_exact_is_fine(tmp_path):

@@ -1,0 +1,67 @@
+/* siphash.h - SipHash-2-4 of a 16-byte message, for rollout shares.
+ *
+ * A rollout must pick the same clients on every box, after every reload,
+ * and must not be steerable by whoever picks addresses: a keyed hash does
+ * both. SipHash (Aumasson and Bernstein, 2012) is the standard keyed hash
+ * for short inputs; controller/rollout.py computes the same function.
+ */
+#ifndef SLUICE_SIPHASH_H
+#define SLUICE_SIPHASH_H
+
+#define SIPHASH_INIT_0 0x736f6d6570736575ULL	/* "somepseu" */
+#define SIPHASH_INIT_1 0x646f72616e646f6dULL	/* "dorandom" */
+#define SIPHASH_INIT_2 0x6c7967656e657261ULL	/* "lygenera" */
+#define SIPHASH_INIT_3 0x7465646279746573ULL	/* "tedbytes" */
+#define SIPHASH_FINAL_XOR 0xff
+#define SIPHASH_MESSAGE_BYTES 16
+
+static __always_inline __u64 rotl64(__u64 x, int bits)
+{
+	return (x << bits) | (x >> (64 - bits));
+}
+
+struct siphash_state {
+	__u64 v0, v1, v2, v3;
+};
+
+static __always_inline void sip_round(struct siphash_state *s)
+{
+	s->v0 += s->v1; s->v1 = rotl64(s->v1, 13); s->v1 ^= s->v0; s->v0 = rotl64(s->v0, 32);
+	s->v2 += s->v3; s->v3 = rotl64(s->v3, 16); s->v3 ^= s->v2;
+	s->v0 += s->v3; s->v3 = rotl64(s->v3, 21); s->v3 ^= s->v0;
+	s->v2 += s->v1; s->v1 = rotl64(s->v1, 17); s->v1 ^= s->v2; s->v2 = rotl64(s->v2, 32);
+}
+
+/* Two compression rounds per 8-byte word. */
+static __always_inline void sip_absorb(struct siphash_state *s, __u64 word)
+{
+	s->v3 ^= word;
+	sip_round(s);
+	sip_round(s);
+	s->v0 ^= word;
+}
+
+/* SipHash-2-4 of message[0, 16) (read as little-endian words) under key. */
+static __always_inline __u64 siphash_16(const __u64 key[2], const __u8 *message)
+{
+	struct siphash_state s = {
+		.v0 = key[0] ^ SIPHASH_INIT_0, .v1 = key[1] ^ SIPHASH_INIT_1,
+		.v2 = key[0] ^ SIPHASH_INIT_2, .v3 = key[1] ^ SIPHASH_INIT_3,
+	};
+	__u64 word;
+
+	__builtin_memcpy(&word, message, 8);
+	sip_absorb(&s, word);
+	__builtin_memcpy(&word, message + 8, 8);
+	sip_absorb(&s, word);
+	/* The last word carries the message length in its top byte. */
+	sip_absorb(&s, (__u64)SIPHASH_MESSAGE_BYTES << 56);
+	s.v2 ^= SIPHASH_FINAL_XOR;
+	sip_round(&s);
+	sip_round(&s);
+	sip_round(&s);
+	sip_round(&s);
+	return s.v0 ^ s.v1 ^ s.v2 ^ s.v3;
+}
+
+#endif /* SLUICE_SIPHASH_H */

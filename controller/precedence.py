@@ -1,0 +1,167 @@
+"""Which rule applies to a flow: precedence, compiled into rule sets.
+
+Precedence, in order (README, "Precedence"):
+  1. exemptions: an `allow` rule that applies always wins;
+  2. the most specific domain: an exact name, then the longest suffix;
+  3. the most specific client class: a rule for the client's class before
+     a rule for every client;
+  4. rule order in the file.
+
+The data plane finds only the most specific domain entry naming a flow's
+name (bpf/domain_match.h), so each entry's rule set already holds the rules
+of the less specific entries above it, sorted by the order above, one list
+per client class. The kernel then takes the first rule of the client's list
+whose conditions (schedule, ports, SYN seen, rollout share) hold
+(bpf/client_match.h). decide() walks the same lists in Python, which is
+what `sluice explain` prints and what tests/test_bpf_clients.py holds the
+kernel to.
+"""
+
+from dataclasses import dataclass, field
+
+from .abi import ABI
+from .names import normalise
+from .rollout import in_rollout, rollout_value, threshold
+
+SUFFIX, EXACT = ABI.SLUICE_MATCH_SUFFIX, ABI.SLUICE_MATCH_EXACT
+NO_CLASS = 0
+
+
+class RuleSetOverflow(Exception):
+    """More rules could apply to one name for one class than a set holds."""
+
+    def __init__(self, name: bytes, rules: list):
+        self.name, self.rules = name, rules
+        super().__init__(f"{len(rules)} rules could apply to {name.decode()!r} for one client "
+                         f"({', '.join(r.name for r in rules)}); at most {ABI.SLUICE_RULE_SET_MAX}")
+
+
+@dataclass
+class RuleSets:
+    """The compiled form: domain entries -> set ids -> per-class rule lists."""
+    names: list[bytes] = field(default_factory=list)          # parallel lists, one per domain entry
+    kinds: list[int] = field(default_factory=list)
+    set_ids: list[int] = field(default_factory=list)
+    entries: dict = field(default_factory=dict)               # (name, kind) -> set id
+    sets: dict = field(default_factory=dict)                  # (set id, class id) -> tuple of rules
+
+
+def candidates(name: bytes, kind: int, suffix_rules: dict, exact_rules: dict) -> list[tuple]:
+    """(rule, specificity) of every rule that names this entry or a suffix above it."""
+    found, seen = [], set()
+    depth = name.count(b".") + 1
+    if kind == EXACT:
+        found += [(rule, (depth, 1)) for rule in exact_rules.get(name, ())]
+    while True:
+        found += [(rule, (depth, 0)) for rule in suffix_rules.get(name, ())]
+        dot = name.find(b".")
+        if dot < 0:
+            break
+        name, depth = name[dot + 1:], depth - 1
+    unique = []
+    for rule, specificity in found:          # most specific first: keep a rule's best mention
+        if rule.name not in seen:
+            seen.add(rule.name)
+            unique.append((rule, specificity))
+    return unique
+
+
+def compile_rule_sets(rules: list, class_ids: dict[str, int]) -> RuleSets:
+    """Rule sets for rules (each with the action in force), in file order."""
+    suffix_rules: dict[bytes, list] = {}
+    exact_rules: dict[bytes, list] = {}
+    for rule in rules:
+        for name in rule.suffixes:
+            suffix_rules.setdefault(name, []).append(rule)
+        for name in rule.exact:
+            exact_rules.setdefault(name, []).append(rule)
+    order = {rule.name: position for position, rule in enumerate(rules)}
+    compiled = RuleSets()
+    signatures: dict[tuple, int] = {}
+    for kind, table in ((SUFFIX, suffix_rules), (EXACT, exact_rules)):
+        for name in table:
+            found = candidates(name, kind, suffix_rules, exact_rules)
+            found.sort(key=lambda c: (c[0].action != "allow", tuple(-x for x in c[1]),
+                                      c[0].client_class is None, order[c[0].name]))
+            ranked = [rule for rule, _ in found]
+            per_class = {NO_CLASS: tuple(r for r in ranked if r.client_class is None)}
+            for class_name in {r.client_class for r in ranked if r.client_class}:
+                per_class[class_ids[class_name]] = tuple(r for r in ranked
+                                                         if r.client_class in (class_name, None))
+            per_class = {c: rs for c, rs in per_class.items() if rs}
+            for rs in per_class.values():
+                if len(rs) > ABI.SLUICE_RULE_SET_MAX:
+                    raise RuleSetOverflow(name, list(rs))
+            signature = tuple(sorted((c, tuple(r.name for r in rs)) for c, rs in per_class.items()))
+            set_id = signatures.get(signature)
+            if set_id is None:
+                set_id = signatures[signature] = len(signatures) + 1
+                for class_id, rs in per_class.items():
+                    compiled.sets[(set_id, class_id)] = rs
+            compiled.names.append(name)
+            compiled.kinds.append(kind)
+            compiled.set_ids.append(set_id)
+            compiled.entries[(name, kind)] = set_id
+    return compiled
+
+
+@dataclass
+class Decision:
+    rule: object | None          # the rule that applies, or None: the flow passes untouched
+    client_class: object | None  # the client's class, or None
+    class_prefix: str | None     # the prefix that put the client in it
+    domain: str | None           # the domain entry the name matched, e.g. "suffix twimg.com"
+    steps: list[str]             # why, one line per rule considered
+
+
+def most_specific_entry(name: bytes, entries: dict) -> tuple[int, str] | tuple[None, None]:
+    """The set id of the most specific entry naming name (as domain_match.h finds it)."""
+    if (name, EXACT) in entries:
+        return entries[(name, EXACT)], f"exact {name.decode()}"
+    suffix = name
+    while True:
+        if (suffix, SUFFIX) in entries:
+            return entries[(suffix, SUFFIX)], f"suffix {suffix.decode()}"
+        dot = suffix.find(b".")
+        if dot < 0:
+            return None, None
+        suffix = suffix[dot + 1:]
+
+
+def decide(policy, name: bytes, client: str, server_port: int = 443,
+           opened_by_client: bool = True) -> Decision:
+    """The rule the data plane chooses for a flow, with the reasons.
+
+    policy must be resolved to one moment (Policy.at): inactive rules are
+    marked, escalated rules carry the action of their current step."""
+    name = normalise(name)
+    client_class, prefix = policy.classes.classify(client)
+    class_id = client_class.id if client_class else NO_CLASS
+    compiled = policy.rule_sets()
+    set_id, domain = most_specific_entry(name, compiled.entries)
+    if set_id is None:
+        return Decision(None, client_class, prefix, None, ["no rule names this domain"])
+    rules = compiled.sets.get((set_id, class_id)) or compiled.sets.get((set_id, NO_CLASS), ())
+    steps = []
+    for rule in rules:
+        reason = why_not(policy, rule, client, server_port, opened_by_client)
+        if reason is None:
+            steps.append(f"rule {rule.name}: applies")
+            return Decision(rule, client_class, prefix, domain, steps)
+        steps.append(f"rule {rule.name}: skipped, {reason}")
+    steps.append("no rule applies to this client")
+    return Decision(None, client_class, prefix, domain, steps)
+
+
+def why_not(policy, rule, client: str, server_port: int, opened_by_client: bool) -> str | None:
+    """Why rule does not apply to this flow, or None when it does (client_match.h's checks, in order)."""
+    if rule.inactive:
+        return "outside its active windows"
+    if rule.opened_by_client and not opened_by_client:
+        return "only for flows whose opening SYN sluice saw from the client"
+    if rule.ports and not any(first <= server_port <= last for first, last in rule.ports):
+        return f"server port {server_port} is not in its ports"
+    if threshold(rule.percent) < (1 << 32) and not in_rollout(policy.rollout_key, client, rule.percent):
+        value = rollout_value(policy.rollout_key, client)
+        return f"client outside its {rule.percent}% share (rollout value {value / (1 << 32):.4%})"
+    return None
