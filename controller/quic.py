@@ -181,7 +181,7 @@ def _initial_payloads(datagram: bytes) -> tuple[int, list[bytes]] | None:
     version_field = datagram[VERSION_OFFSET:VERSION_OFFSET + VERSION_LEN]
     version = int.from_bytes(version_field, "big")
     params = _VERSIONS.get(version)
-    if not datagram or not datagram[0] & LONG_HEADER or len(version_field) < VERSION_LEN or params is None:
+    if len(version_field) < VERSION_LEN or not datagram[0] & LONG_HEADER or params is None:
         return None
     payloads: list[bytes] = []
     first_dcid = None
