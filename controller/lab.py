@@ -4,12 +4,16 @@
     eth0 192.0.2.2  ---  cli0 192.0.2.1
          2001:db8:c::2        2001:db8:c::1
                           srv0 198.51.100.1     ---  eth0 198.51.100.2
-                               2001:db8:5::1              2001:db8:5::2
+    client2 ns                 2001:db8:5::1              2001:db8:5::2
+    eth0 203.0.113.2 --  cli1 203.0.113.1
+         2001:db8:d::2        2001:db8:d::1
 
 The server runs a real nginx on ports 80 and 443 (TLS 1.2 and 1.3) with a
 certificate, signed by a throwaway CA, for every name in LAB_NAMES. Clients
 reach it with real curl, Python's ssl module or `openssl s_client`, always
-through the edge, where sluice attaches to cli0 and srv0. Names resolve by
+through the edge, where sluice attaches to cli0, cli1 and srv0. The second
+client network lets a policy treat two classes of client differently.
+Names resolve by
 curl's --resolve, so no DNS is involved.
 
 Namespace names carry the creating process's pid, so a later run can clean
@@ -33,9 +37,13 @@ from pyroute2 import IPRoute, netns
 from .netns import inside_netns
 
 LAB_NAMES = ("blocked.example", "cdn.blocked.example", "notblocked.example", "exact.example",
-             "sub.exact.example", "watched.example", "allowed.example", "open.example", "slow.example")
+             "sub.exact.example", "watched.example", "allowed.example", "open.example", "slow.example",
+             "video.example")
 CLIENT_V4, CLIENT_V6 = "192.0.2.2", "2001:db8:c::2"
 EDGE_CLIENT_V4, EDGE_CLIENT_V6 = "192.0.2.1", "2001:db8:c::1"
+# A second client network, so that policies can treat two classes of client differently.
+CLIENT2_V4, CLIENT2_V6 = "203.0.113.2", "2001:db8:d::2"
+EDGE_CLIENT2_V4, EDGE_CLIENT2_V6 = "203.0.113.1", "2001:db8:d::1"
 EDGE_SERVER_V4, EDGE_SERVER_V6 = "198.51.100.1", "2001:db8:5::1"
 SERVER_V4, SERVER_V6 = "198.51.100.2", "2001:db8:5::2"
 NAMESPACE_PREFIX = "sluice-"
@@ -122,11 +130,14 @@ class Lab:
     """Build with `with Lab() as lab:`; everything is torn down on exit."""
 
     edge_client_iface = "cli0"
+    edge_client2_iface = "cli1"
     edge_server_iface = "srv0"
+    edge_ifaces = (edge_client_iface, edge_client2_iface, edge_server_iface)
 
     def __init__(self, tag: str | None = None):
         tag = tag or uuid.uuid4().hex[:6]
         self.client_ns = f"{NAMESPACE_PREFIX}c-{os.getpid()}-{tag}"
+        self.client2_ns = f"{NAMESPACE_PREFIX}d-{os.getpid()}-{tag}"
         self.edge_ns = f"{NAMESPACE_PREFIX}e-{os.getpid()}-{tag}"
         self.server_ns = f"{NAMESPACE_PREFIX}s-{os.getpid()}-{tag}"
         self.workdir: Path | None = None
@@ -153,7 +164,7 @@ class Lab:
             self.nginx.kill()
             self.nginx.wait()
             self.nginx = None
-        for ns in (self.client_ns, self.edge_ns, self.server_ns):
+        for ns in (self.client_ns, self.client2_ns, self.edge_ns, self.server_ns):
             if ns in netns.listnetns():
                 _kill_namespace_processes(ns)
                 netns.remove(ns)
@@ -163,11 +174,12 @@ class Lab:
 
     # --- building ---------------------------------------------------------
     def _build_network(self) -> None:
-        for ns in (self.client_ns, self.edge_ns, self.server_ns):
+        for ns in (self.client_ns, self.client2_ns, self.edge_ns, self.server_ns):
             netns.create(ns)
         with IPRoute() as ipr:
             # Create each veth pair in the root namespace, then move its ends.
             for ns, iface, peer in ((self.client_ns, "eth0", self.edge_client_iface),
+                                    (self.client2_ns, "eth0", self.edge_client2_iface),
                                     (self.server_ns, "eth0", self.edge_server_iface)):
                 tmp_a, tmp_b = f"sl{uuid.uuid4().hex[:8]}", f"sl{uuid.uuid4().hex[:8]}"
                 ipr.link("add", ifname=tmp_a, kind="veth", peer=tmp_b)
@@ -175,9 +187,12 @@ class Lab:
                 ipr.link("set", index=ipr.link_lookup(ifname=tmp_b)[0], net_ns_fd=self.edge_ns, ifname=peer)
         self._configure(self.client_ns, "eth0", [(CLIENT_V4, 24), (CLIENT_V6, 64)],
                         gateways=(EDGE_CLIENT_V4, EDGE_CLIENT_V6))
+        self._configure(self.client2_ns, "eth0", [(CLIENT2_V4, 24), (CLIENT2_V6, 64)],
+                        gateways=(EDGE_CLIENT2_V4, EDGE_CLIENT2_V6))
         self._configure(self.server_ns, "eth0", [(SERVER_V4, 24), (SERVER_V6, 64)],
                         gateways=(EDGE_SERVER_V4, EDGE_SERVER_V6))
         self._configure(self.edge_ns, self.edge_client_iface, [(EDGE_CLIENT_V4, 24), (EDGE_CLIENT_V6, 64)])
+        self._configure(self.edge_ns, self.edge_client2_iface, [(EDGE_CLIENT2_V4, 24), (EDGE_CLIENT2_V6, 64)])
         self._configure(self.edge_ns, self.edge_server_iface, [(EDGE_SERVER_V4, 24), (EDGE_SERVER_V6, 64)])
         self.set_forwarding(True)
 
@@ -251,8 +266,8 @@ class Lab:
         return SERVER_V6 if family == 6 else SERVER_V4
 
     def curl(self, name: str, scheme: str = "https", family: int = 4, path: str = "/",
-             timeout: float = 3.0, extra_args=()) -> ClientResult:
-        """A real curl from the client namespace; body, status and timing come back."""
+             timeout: float = 3.0, extra_args=(), second_client: bool = False) -> ClientResult:
+        """A real curl from the client namespace (or the second one); body, status and timing come back."""
         port = 443 if scheme == "https" else 80
         address = self.server_address(family)
         resolved = f"[{address}]" if family == 6 else address
@@ -260,7 +275,7 @@ class Lab:
                 "--resolve", f"{name}:{port}:{resolved}", "-o", "-", "-w", "\n%{http_code}",
                 *extra_args, f"{scheme}://{name}{path}"]
         started = time.monotonic()
-        result = self.run_in(self.client_ns, argv, timeout=timeout + 5)
+        result = self.run_in(self.client2_ns if second_client else self.client_ns, argv, timeout=timeout + 5)
         seconds = time.monotonic() - started
         body, _, code = result.stdout.rpartition("\n")
         http_code = int(code) if code.isdigit() else 0

@@ -38,7 +38,9 @@ class SluiceCollector:
         self.source = source
 
     def collect(self):
-        self.datapath, self.policy = self.source.datapath, self.source.policy
+        # The policy as it stands now: an escalated rule is counted under its current action.
+        self.datapath = self.source.datapath
+        self.policy = self.datapath.policy
         counters = self.datapath.counters()
         yield CounterMetricFamily("sluice_packets", "Packets the XDP program saw.",
                                   value=counters["packets"])

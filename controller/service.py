@@ -25,7 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import xdp_link
+from . import schedule, xdp_link
 from .abi import ABI
 from .clients import IPV4_MAPPED
 from .datapath import Datapath
@@ -67,7 +67,8 @@ class Service:
         self.reloads = {"success": 0, "failure": 0}
         self.history: list[dict] = self.state.get("reloads", [])
         self.datapath: Datapath | None = None
-        self.policy = None
+        self.policy = None               # as loaded; self.datapath.policy is it as it stands now
+        self.next_switch = None          # when a rule's schedule next changes what it does
         self.shapers: list = []
         self.loaded_at = 0.0
         self.policy_mtime = 0.0
@@ -111,32 +112,51 @@ class Service:
             log.error("policy reload refused, the running policy stays in force:\n%s", error)
             self._record("reload", False, str(error).splitlines()[0])
             return False
-        from .cli import set_up_egress
         from .egress import EgressError
         try:
-            if self.shapers:
-                for shaper in self.shapers:
-                    shaper.replace_program(datapath.tc_egress_fd())
-            else:
-                self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
+            self._swap(datapath, policy)
         except EgressError as error:
-            datapath.close()
             self.reloads["failure"] += 1
             log.error("policy reload refused, the running policy stays in force: %s", error)
             self._record("reload", False, str(error))
             return False
-        self.poll_events()
         self.retired_rules = retired
-        datapath.take_over(self.datapath)
-        old = self.datapath
-        self._install(datapath, policy)
-        old.close()
         if policy.reclassify:
             self.reclassify()
         self.reloads["success"] += 1
         log.info("policy reloaded: %d rules, swapped in %.2f s", len(policy.rules), time.monotonic() - started)
         self._record("reload", True, f"{len(policy.rules)} rules")
         return True
+
+    def switch_due(self) -> bool:
+        return self.next_switch is not None and schedule.now() >= self.next_switch
+
+    def switch_schedule(self) -> None:
+        """A rule's window opened or closed, or it escalated: compile the
+        policy as it stands now, swap it in, and move the flows of the rules
+        that switched to their new action (none, if the rule went inactive)."""
+        from .egress import EgressError
+        before = {rule.name: rule for rule in self.datapath.policy.rules}
+        datapath = Datapath(self.policy, events=True, pin_dir=str(PIN_ROOT / "maps"),
+                            retired_rules=self.retired_rules.values())
+        try:
+            self._swap(datapath, self.policy)
+        except EgressError as error:
+            log.error("schedule switch failed, the previous step stays in force: %s", error)
+            self._record("schedule", False, str(error))
+            return
+        switched = {rule.id: rule for rule in self.datapath.policy.rules
+                    if (rule.action, rule.inactive) != (before[rule.name].action, before[rule.name].inactive)}
+        for rule in switched.values():
+            log.info("schedule: rule %s is now %s", rule.name, "inactive" if rule.inactive else rule.action)
+        flows = self.datapath.table("flows")
+        for key, flow in flows.items():
+            rule = switched.get(flow.rule_id)
+            if rule and flow.state == ABI.SLUICE_FLOW_CLASSIFIED:
+                flow.action = (ABI.SLUICE_ACTION_NONE if rule.inactive or rule.monitor else ACTIONS[rule.action])
+                flows[key] = flow
+        self._record("schedule", True, ", ".join(f"{r.name}: {'inactive' if r.inactive else r.action}"
+                                                 for r in switched.values()) or "no rule changed")
 
     def poll_events(self) -> None:
         """Read the classification events waiting on the ring: the name of each new flow."""
@@ -160,7 +180,7 @@ class Service:
             name = self.flow_names.get(bytes(key))
             if flow.state != ABI.SLUICE_FLOW_CLASSIFIED or name is None:
                 continue
-            rule = self.policy.decide(name, *flow_client(key, flow)).rule if name else None
+            rule = self.datapath.policy.decide(name, *flow_client(key, flow)).rule if name else None
             action = (ABI.SLUICE_ACTION_NONE if rule is None or rule.monitor else ACTIONS[rule.action])
             if (flow.rule_id, flow.action) != ((rule.id if rule else 0), action):
                 flow.rule_id, flow.action = (rule.id if rule else 0), action
@@ -205,6 +225,25 @@ class Service:
         self.rule_ids = ids
         return policy
 
+    def _swap(self, datapath, policy) -> None:
+        """Move the interfaces (and egress shapers) to datapath in one atomic
+        swap each; raises EgressError, with the running one untouched."""
+        from .cli import set_up_egress
+        try:
+            if self.shapers:
+                for shaper in self.shapers:
+                    shaper.replace_program(datapath.tc_egress_fd())
+            else:
+                self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
+        except Exception:
+            datapath.close()
+            raise
+        self.poll_events()
+        datapath.take_over(self.datapath)
+        old = self.datapath
+        self._install(datapath, policy)
+        old.close()
+
     def _install(self, datapath, policy) -> None:
         self._event_type = ctypes.POINTER(datapath.table("event_buffers").sLeaf)
         datapath.table("events").open_ring_buffer(self._remember_name)
@@ -213,6 +252,7 @@ class Service:
             # which would silently end inspection after a crash: pin it.
             xdp_link.pin(datapath.table("stages").map_fd, str(PIN_ROOT / "stages"))
         self.datapath, self.policy = datapath, policy
+        self.next_switch = policy.next_switch(schedule.now())
         self.loaded_at = time.time()
         self._save()
 

@@ -13,7 +13,7 @@ import pytest
 
 from controller.cli import lab_policy_path
 from controller.datapath import Datapath
-from controller.lab import Lab
+from controller.lab import CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6, Lab
 from controller.policy import load_policy
 
 pytestmark = [pytest.mark.e2e,
@@ -28,10 +28,10 @@ def lab():
 
 @pytest.fixture(scope="module")
 def enforced(lab):
-    """The lab policy, attached to both of the edge's interfaces."""
+    """The lab policy, attached to every interface of the edge."""
     policy = load_policy(lab_policy_path())
     datapath = Datapath(policy)
-    for ifname in (lab.edge_client_iface, lab.edge_server_iface):
+    for ifname in lab.edge_ifaces:
         datapath.attach(ifname, netns=lab.edge_ns)
     yield datapath, policy
     datapath.close()
@@ -64,6 +64,22 @@ def test_http_host_is_blocked(lab, enforced, family):
     assert not lab.curl("blocked.example", scheme="http", family=family, timeout=2.0).ok
     result = lab.curl("open.example", scheme="http", family=family, timeout=2.0)
     assert result.ok and "open.example" in result.body
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_two_client_classes_get_different_treatment_for_one_name(lab, enforced, family):
+    """video-mobile blocks video.example for the mobile class (the second
+    client network) only; the first client, in class fixed, is not named."""
+    datapath, policy = enforced
+    before = rule_flows(datapath, policy, "video-mobile")
+    fixed = lab.curl("video.example", family=family, timeout=2.0)
+    assert fixed.ok and "video.example" in fixed.body
+    assert not lab.curl("video.example", family=family, timeout=2.0, second_client=True).ok
+    assert rule_flows(datapath, policy, "video-mobile") > before
+    client2 = CLIENT2_V6 if family == 6 else CLIENT2_V4
+    client1 = CLIENT_V6 if family == 6 else CLIENT_V4
+    assert policy.decide(b"video.example", client2).rule.name == "video-mobile", "explain agrees"
+    assert policy.decide(b"video.example", client1).rule is None
 
 
 def test_monitor_mode_counts_the_flow_but_lets_it_pass(lab, enforced):
