@@ -136,3 +136,14 @@ def test_same_ipv6_device_is_always_in_or_always_out(make_datapath):
     verdicts = {kernel_rule(dp, b"canary.example", f"2001:db8:300:7::{host:x}", 443, True, 45000 + host)
                 for host in range(1, 40)}
     assert len(verdicts) == 1
+
+
+def test_a_million_prefixes_load_into_the_trie(make_datapath, tmp_path):
+    lines = [f"10.{i >> 12 & 255}.{i >> 4 & 255}.{(i & 15) << 4}/28" for i in range(1_000_000)]
+    (tmp_path / "many.txt").write_text("\n".join(lines) + "\n")
+    dp = make_datapath(f"version: 1\nclasses:\n  many: {{prefixes_file: {tmp_path}/many.txt}}\n"
+                       "rules:\n  - {name: many-block, action: block, class: many, domains: [a.example]}\n")
+    first, last = ipaddress.ip_network(lines[0]), ipaddress.ip_network(lines[-1])
+    for sport, (client, rule) in enumerate([(str(first[1]), "many-block"), (str(last[-1]), "many-block"),
+                                            (str(last[-1] + 1), None), ("192.0.2.9", None)], start=47000):
+        assert kernel_rule(dp, b"a.example", client, 443, True, sport) == rule, client
