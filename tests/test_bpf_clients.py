@@ -9,6 +9,8 @@ be the one Policy.decide() (what `sluice explain` prints) names.
 import ipaddress
 import random
 from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -147,3 +149,34 @@ def test_a_million_prefixes_load_into_the_trie(make_datapath, tmp_path):
     for sport, (client, rule) in enumerate([(str(first[1]), "many-block"), (str(last[-1]), "many-block"),
                                             (str(last[-1] + 1), None), ("192.0.2.9", None)], start=47000):
         assert kernel_rule(dp, b"a.example", client, 443, True, sport) == rule, client
+
+
+CAMPAIGN = Path(__file__).resolve().parent.parent / "policies" / "campaign-2021.yaml"
+LOOK_ALIKES = [b"microsoft.com", b"reddit.com", b"nottwimg.com", b"twimg.com.evil.example", b"twimg.co",
+               b"at.co", b"t.com", b"t.co.example", b"rt.com"]
+
+
+@pytest.mark.parametrize("moment, action", [("2021-03-20T12:00:00+03:00", "throttle"),
+                                            ("2021-05-20T12:00:00+03:00", "block")])
+def test_the_campaign_example_hits_its_hosts_and_never_a_look_alike(make_datapath, moment, action):
+    dp = make_datapath(CAMPAIGN.read_text(), at=datetime.fromisoformat(moment))
+    mobile = [f"203.0.113.{i}" for i in range(1, 60)]
+    fixed = [f"192.0.2.{i}" for i in range(1, 200)]
+    sport = 51000
+    for client in mobile[:10] + fixed[:10]:
+        for name in LOOK_ALIKES:
+            sport += 1
+            assert kernel_rule(dp, name, client, 443, True, sport) is None, (name, client)
+    for client in mobile:
+        sport += 1
+        assert kernel_rule(dp, b"video.twimg.com", client, 443, True, sport) == "media-mobile"
+    hit = 0
+    for client in fixed:
+        sport += 1
+        rule = kernel_rule(dp, b"pbs.twimg.com", client, 443, True, sport)
+        assert rule == (dp.policy.decide(b"pbs.twimg.com", client).rule or SimpleNamespace(name=None)).name
+        hit += rule == "media-fixed"
+    assert 0.35 < hit / len(fixed) < 0.65, "about half of the fixed clients"
+    assert dp.policy.rule_by_name("media-fixed").action == action
+    sport += 1
+    assert kernel_rule(dp, b"pbs.twimg.com", mobile[0], 443, False, sport) is None, "not opened by the client"
