@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -243,3 +244,31 @@ def test_reclassify_true_judges_existing_flows_by_the_new_policy(lab, tmp_path):
     controller = Controller(lab, policy)
     downloaded = download_during_reload(lab, controller, policy, "reclassify: true\n" + UNTHROTTLED)
     assert downloaded * 8 > 10 * (1_000_000 * 6 + 64 * 1024 * 8), "released from the throttle"
+
+
+def test_a_schedule_step_switches_live_and_takes_existing_flows_with_it(lab, tmp_path):
+    """Throttle now, block from a few seconds later: the controller switches
+    without a restart, logs the switch, and the download already running is
+    blocked from then on, as new connections are."""
+    switch_at = datetime.now(timezone.utc) + timedelta(seconds=12)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - {name: slow, action: throttle, rate: 1mbit, burst: 64KiB, "
+                      f"domains: [slow.example], escalate: [{{at: '{switch_at.isoformat()}', action: block}}]}}\n")
+    controller = Controller(lab, policy)
+    assert lab.curl("slow.example", timeout=3.0).ok, "throttled, not blocked, before the switch"
+    download = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client_ns, "curl", "-s", "--max-time", "40", "--cacert", lab.ca_path,
+         "--resolve", "slow.example:443:198.51.100.2", "-o", "/dev/null", "-w", "%{size_download}",
+         "https://slow.example/download"], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 40
+    while not controller.metric('sluice_rule_flows_total{action="block",mode="enforce",rule="slow"}'):
+        assert time.monotonic() < deadline, "the rule never switched to block"
+        time.sleep(0.2)
+    # The running download stalls at the switch (about 12 s after the
+    # controller started): throttled all along it would reach 40 Mbit.
+    size = int(download.communicate(timeout=90)[0])
+    assert 1_000_000 * 2 < size * 8 < 1_000_000 * 25, size
+    assert not lab.curl("slow.example", timeout=3.0).ok, "new connections are blocked"
+    controller.process.send_signal(signal.SIGTERM)
+    log = controller.process.communicate(timeout=60)[1]
+    assert "schedule: rule slow is now block" in log
