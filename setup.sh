@@ -14,7 +14,7 @@ fi
 # curl, openssl and nginx for the lab and the end-to-end tests; tcpdump for
 # the captures the replay tests take; prometheus to scrape the exporter in a test;
 # iperf3, iptables, ApacheBench and nDPI for the benchmarks (bench/).
-packages=(python3-bpfcc bpftool iproute2 python3-venv curl openssl nginx-light tcpdump prometheus
+packages=(python3-bpfcc bpftool iproute2 tzdata python3-venv curl openssl nginx-light tcpdump prometheus
           iperf3 iptables apache2-utils libndpi-bin)
 missing=()
 for pkg in "${packages[@]}"; do
