@@ -64,19 +64,18 @@ static __always_inline void flow_touch(struct flow_state *flow, __u64 now,
 		flow->last_seen_ns = now;
 }
 
-/* A fresh entry for a flow seen for the first time, or seen again after it
- * idled out. The sender of a bare SYN is known to be the client. */
 static __always_inline int is_bare_syn(const struct packet_info *pkt)
 {
 	return (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
-static __always_inline struct flow_state *flow_start(struct flow_key *key,
-						     const struct packet_info *pkt,
-						     int sender_is_hi, __u64 now)
+/* A fresh entry for a flow seen for the first time, or seen again after it
+ * idled out. The sender of an opening packet (a bare SYN, a QUIC client
+ * Initial) is known to be the client. */
+static __always_inline struct flow_state *flow_start(struct flow_key *key, int sender_is_hi,
+						     int opening, __u64 now)
 {
 	struct flow_state fresh = {};
-	int opening = is_bare_syn(pkt);
 
 	fresh.last_seen_ns = now;
 	fresh.state = SLUICE_FLOW_INSPECTING;

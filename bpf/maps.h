@@ -75,6 +75,14 @@ BPF_PROG_ARRAY(stages, SLUICE_STAGE_MAX);
 /* classification_event, one per flow, when SLUICE_CFG_EVENTS is set. */
 BPF_RINGBUF_OUTPUT(events, SLUICE_EVENT_RING_BYTES / PAGE_BYTES);
 
+/* quic_datagram, for each client Initial of a young QUIC flow. */
+BPF_RINGBUF_OUTPUT(quic_datagrams, SLUICE_QUIC_RING_BYTES / PAGE_BYTES);
+
+/* Never read or written: bcc gives a ring buffer no value type, so this
+ * one-entry map hands the controller quic_datagram's layout from
+ * sluice_abi.h (and tests/test_abi.py a BTF type to check it against). */
+BPF_ARRAY(quic_datagram_layout, struct quic_datagram, 1);
+
 /* Where an event is built before it is copied to the ring. Declaring the
  * struct as a map value also gives the controller its layout (the map's
  * value type), straight from sluice_abi.h. */

@@ -46,6 +46,13 @@
  * hash are below the rule's threshold; 2^32 means every client. */
 #define SLUICE_ROLLOUT_ALL 4294967296
 
+/* QUIC Initial datagrams go to the controller whole, up to this many bytes
+ * (a power of two; clients pad Initials to 1200, and rarely exceed 1500). */
+#define SLUICE_QUIC_DATAGRAM_MAX 2048
+
+/* Ring buffer for QUIC Initial datagrams, in bytes (a power of two). */
+#define SLUICE_QUIC_RING_BYTES 1048576
+
 /* Ring buffer for classification events, in bytes (a power of two). */
 #define SLUICE_EVENT_RING_BYTES 262144
 
@@ -98,6 +105,7 @@ enum sluice_proto {
 	SLUICE_PROTO_UNKNOWN = 0,
 	SLUICE_PROTO_TLS = 1,
 	SLUICE_PROTO_HTTP = 2,
+	SLUICE_PROTO_QUIC = 3,		/* settled by the controller, from Initial packets */
 };
 
 enum sluice_flow_state {
@@ -123,6 +131,8 @@ enum sluice_counter {
 	SLUICE_CNT_GAVE_UP,		/* flows whose inspection window ran out */
 	SLUICE_CNT_FLOWS_EXPIRED,	/* idle flows found and restarted */
 	SLUICE_CNT_FLOWS_CREATED,	/* new flow table keys; minus the entries: evictions */
+	SLUICE_CNT_QUIC_DATAGRAMS,	/* QUIC Initial datagrams sent to the controller */
+	SLUICE_CNT_QUIC_RING_FULL,	/* ...or not, the ring being full: the flow passes */
 	SLUICE_CNT_MAX,
 };
 
@@ -252,7 +262,20 @@ struct sluice_config {
 /* The inspection window's byte count lives in a __u16 of flow_state. */
 #define SLUICE_WINDOW_BYTES_MAX 65535
 
-#define SLUICE_CFG_EVENTS 1		/* emit a classification_event per flow */
+#define SLUICE_CFG_EVENTS 1		/* a controller reads the rings: emit a classification_event
+					 * per flow, and send QUIC Initials to be read */
+
+/* A client's QUIC Initial datagram, for the controller to decrypt: the
+ * kernel cannot (the keys come from HKDF over the connection id, the
+ * payload is AES-GCM), so the flow passes meanwhile, and the controller
+ * writes the verdict into the flow's entry once it has the name. */
+struct quic_datagram {
+	struct flow_key key;
+	__u8 client_is_hi;
+	__u8 pad[3];
+	__u32 len;			/* bytes[] in use */
+	__u8 bytes[SLUICE_QUIC_DATAGRAM_MAX];
+};
 
 /* Sent once per classified flow, when SLUICE_CFG_EVENTS is set. */
 struct classification_event {

@@ -25,6 +25,7 @@
 #include "http_host.h"
 #include "domain_match.h"
 #include "client_match.h"
+#include "quic.h"
 
 /* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it). */
 static __always_inline int copy_payload(struct xdp_md *ctx, struct payload_scratch *scratch,
@@ -73,12 +74,13 @@ int sluice_xdp(struct xdp_md *ctx)
 		count(SLUICE_CNT_SKIPPED);
 		return XDP_PASS;
 	}
-	if (pkt.l4proto != IPPROTO_TCP)
-		return pass_unjudged(pkt.frame_len);
-
 	struct sluice_config *cfg = config.lookup(&zero);
+	if (!cfg)
+		return pass_unjudged(pkt.frame_len);
+	if (pkt.l4proto == IPPROTO_UDP)
+		return judge_udp(ctx, &pkt, cfg);
 	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
-	if (!cfg || !scratch)
+	if (!scratch)
 		return pass_unjudged(pkt.frame_len);
 
 	int sender_is_hi = make_flow_key(&pkt, &key);
@@ -100,7 +102,7 @@ int sluice_xdp(struct xdp_md *ctx)
 		 * not worth an entry; its next payload packet makes one. */
 		if (pkt.payload_len == 0 && !bare_syn)
 			return pass_unjudged(pkt.frame_len);
-		flow = flow_start(&key, &pkt, sender_is_hi, now);
+		flow = flow_start(&key, sender_is_hi, bare_syn, now);
 		if (!flow)
 			return pass_unjudged(pkt.frame_len);
 		if (new_key)

@@ -43,7 +43,7 @@ def _load() -> SimpleNamespace:
 ABI = _load()
 
 PROTO_NAMES = {ABI.SLUICE_PROTO_UNKNOWN: None, ABI.SLUICE_PROTO_TLS: "tls",
-               ABI.SLUICE_PROTO_HTTP: "http"}
+               ABI.SLUICE_PROTO_HTTP: "http", ABI.SLUICE_PROTO_QUIC: "quic"}
 # enum sluice_counter, index -> lower-case name without the prefix.
 COUNTER_NAMES = {value: name.removeprefix("SLUICE_CNT_").lower()
                  for name, value in vars(ABI).items()

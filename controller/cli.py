@@ -33,6 +33,7 @@ EXIT_FAILURE = 1
 LAB_POLICY = "lab.yaml"
 POLICY_POLL_SECONDS = 1.0     # how often `run` looks for a changed policy file
 SNAPSHOT_SECONDS = 5.0        # how often `run` records flow table fill and top rules for `status`
+RING_POLL_MS = 50             # longest wait for the rings between other chores
 
 log = logging.getLogger("sluice")
 
@@ -139,24 +140,28 @@ def serve_until_stopped(service) -> None:
     signal.signal(signal.SIGHUP, lambda *_: events.put("reload"))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: events.put("stop"))
-    last_snapshot = 0.0
+    last_snapshot = last_policy_check = 0.0
     while True:
+        # QUIC flows pass until their verdict is written: read the rings often.
+        service.poll_events(RING_POLL_MS)
         try:
-            event = events.get(timeout=POLICY_POLL_SECONDS)
+            event = events.get_nowait()
         except queue.Empty:
+            event = None
+        if event is None and time.monotonic() - last_policy_check > POLICY_POLL_SECONDS:
             event = "reload" if service.policy_changed() else None
-        service.poll_events()
+            last_policy_check = time.monotonic()
         if time.monotonic() - last_snapshot > SNAPSHOT_SECONDS:
             service.snapshot()
             last_snapshot = time.monotonic()
+        if event == "stop":
+            service.stop()
+            log.info("detached and unpinned everything")
+            return
         if event == "reload":
             service.reload()
         elif service.switch_due():
             service.switch_schedule()
-        elif event == "stop":
-            service.stop()
-            log.info("detached and unpinned everything")
-            return
 
 
 def cmd_stop(_args) -> int:

@@ -7,6 +7,7 @@ prefix length, then the address with IPv4 as ::ffff:a.b.c.d), in numpy
 arrays, because a class file may list a million of them.
 """
 
+import ipaddress
 import socket
 from dataclasses import dataclass
 
@@ -104,3 +105,12 @@ class ClientClasses:
         class_id = int(self.class_ids[best])
         prefix = format_prefix(int(self.prefixes["prefixlen"][best]), self.prefixes["addr"][best].tobytes())
         return self.classes[class_id - 1], prefix
+
+
+def flow_client(key, flow) -> tuple[str, int, bool]:
+    """(client address, server port, opened by the client) of a flow table entry."""
+    hi = flow.client_is_hi
+    raw = bytes(key.addr_hi if hi else key.addr_lo)
+    address = str(ipaddress.ip_address(raw[12:] if raw[:12] == IPV4_MAPPED else raw))
+    server_port = socket.ntohs(key.port_lo if hi else key.port_hi)
+    return address, server_port, bool(flow.opened_by_client)

@@ -41,6 +41,8 @@ class SluiceCollector:
         # The policy as it stands now: an escalated rule is counted under its current action.
         self.datapath = self.source.datapath
         self.policy = self.datapath.policy
+        # QUIC flows are settled in user space (controller/quic_flows.py), and counted there.
+        self.quic = getattr(self.source, "quic", None)
         counters = self.datapath.counters()
         yield CounterMetricFamily("sluice_packets", "Packets the XDP program saw.",
                                   value=counters["packets"])
@@ -51,11 +53,21 @@ class SluiceCollector:
                                     labels=["proto"])
         for counter, proto in FLOWS_BY_PROTO.items():
             flows.add_metric([proto], counters[counter])
+        flows.add_metric(["quic"], sum(self.quic.flows_by_rule.values()) if self.quic else 0)
         yield flows
+        datagrams = CounterMetricFamily("sluice_quic_datagrams",
+                                        "QUIC client Initial datagrams the data plane handed to the controller "
+                                        "(sent), or could not (ring_full: the flow passed unjudged).",
+                                        labels=["result"])
+        datagrams.add_metric(["sent"], counters["quic_datagrams"])
+        datagrams.add_metric(["ring_full"], counters["quic_ring_full"])
+        yield datagrams
         outcomes = CounterMetricFamily("sluice_parser_outcomes", "Payload packets by parser and outcome.",
                                        labels=["parser", "outcome"])
         for counter, labels in PARSER_OUTCOMES.items():
             outcomes.add_metric(list(labels), counters[counter])
+        for outcome in ("sni_found", "no_sni", "malformed", "gave_up"):
+            outcomes.add_metric(["quic", outcome], self.quic.outcomes[outcome] if self.quic else 0)
         yield outcomes
         yield CounterMetricFamily("sluice_flows_gave_up",
                                   "Flows whose inspection window ran out without a name.",
@@ -107,7 +119,7 @@ class SluiceCollector:
             rule = self.policy.rule_by_id(rule_id) if self.policy and rule_id else None
             label_values = ([rule.name, rule.action, "monitor" if rule.monitor else "enforce"]
                             if rule else ["", "none", ""])
-            flows.add_metric(label_values, stats["flows"])
+            flows.add_metric(label_values, stats["flows"] + (self.quic.flows_by_rule[rule_id] if self.quic else 0))
             for direction in ("up", "down"):
                 for field, family in families.items():
                     family.add_metric(label_values + [direction], stats[direction][field])

@@ -54,7 +54,7 @@ TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rollout
 INSPECTION_KEYS = ("window_packets", "window_bytes")
 CLASS_KEYS = ("description", "prefixes", "prefixes_file")
 RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
-             "class", "percent", "ports", "opened_by_client", "active", "escalate",
+             "class", "percent", "ports", "opened_by_client", "active", "escalate", "quic",
              "rate", "burst", "direction", "up", "down", "scope", "horizon",
              "latency", "jitter", "fallback")
 ACTION_DETAIL_KEYS = ("rate", "burst", "direction", "up", "down", "scope", "horizon", "latency", "jitter",
@@ -133,6 +133,7 @@ class Rule:
     active: tuple = ()                           # schedule.Span/Daily windows; (): always
     escalate: tuple[Step, ...] = ()
     inactive: bool = False                       # set by at(): outside every window now
+    quic: str = "same"                           # "block": block matched QUIC flows, so clients fall back to TCP
 
     def at(self, when: datetime) -> "Rule":
         """This rule as it stands at `when`: its current step, or marked inactive."""
@@ -531,6 +532,11 @@ class _Loader:
             details["ports"] = self.ports(keys["ports"][1])
         if "opened_by_client" in keys:
             details["opened_by_client"] = self.boolean(keys["opened_by_client"][1], "opened_by_client")
+        if "quic" in keys:
+            details["quic"] = self.scalar(keys["quic"][1], "quic")
+            if details["quic"] not in ("same", "block"):
+                self.problem(keys["quic"][1], "quic must be same (the rule's action) or block (so that "
+                                              "clients fall back to TCP)")
         return details
 
     def ports(self, node) -> tuple[tuple[int, int], ...]:

@@ -2,14 +2,17 @@
 
 Every frame of a pcap or pcapng file goes, in order, through the same XDP
 program that runs on interfaces, by BPF_PROG_TEST_RUN. The program reports
-each flow it settles on its event ring; replay prints one line per flow.
+each flow it settles on its event ring, and hands over the Initial packets
+of QUIC flows, which the controller's own code (controller/quic_flows.py)
+settles; replay prints one line per flow.
 
 Output (stable; tools may parse it):
   text:  CLIENT:PORT -> SERVER:PORT PROTO NAME rule=RULE action=ACTION
   json:  {"client", "client_port", "server", "server_port", "proto", "name",
           "rule", "action"} per line
-  proto is "tls" or "http", or null for a TCP flow that sent payload but
-  never a ClientHello or request; name is null when the flow carried none;
+  proto is "tls", "http" or "quic", or null for a TCP flow that sent payload
+  but never a ClientHello or request (or a QUIC flow whose ClientHello never
+  completed); name is null when the flow carried none;
   rule and action are null when no rule names the flow; action is "allow",
   "block" or "monitor" (a rule in monitor mode matched: the flow passes).
 """
@@ -24,6 +27,7 @@ from scapy.utils import RawPcapReader
 
 from .abi import ABI, PROTO_NAMES
 from .datapath import Datapath
+from .quic_flows import QuicFlows
 from .testrun import run_xdp
 
 # Link types (tcpdump.org/linktypes.html) whose frames replay can turn into
@@ -101,6 +105,10 @@ class FlowReport:
                                     PROTO_NAMES.get(event.proto), name, rule))
 
 
+    def add_quic_flow(self, key, client_is_hi, name, rule) -> None:
+        self.records.append(_record(key, client_is_hi, "quic", name, rule))
+
+
 def format_text(record: dict) -> str:
     def endpoint(host, port):
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -117,6 +125,7 @@ def replay(capture_path: str, policy=None) -> tuple[list[dict], int]:
     event_type = ctypes.POINTER(datapath.table("event_buffers").sLeaf)
     datapath.table("events").open_ring_buffer(
         lambda _ctx, data, _size: report.add_event(ctypes.cast(data, event_type).contents))
+    QuicFlows(datapath, on_settled=report.add_quic_flow)
     frames = 0
     try:
         try:

@@ -15,22 +15,21 @@ if anything fails, the running policy stays in force.
 """
 
 import ctypes
-import ipaddress
 import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from . import schedule, xdp_link
 from .abi import ABI
-from .clients import IPV4_MAPPED
+from .clients import flow_client
 from .datapath import Datapath
 from .metrics import file_digest
 from .policy import ACTIONS, PolicyError, load_policy, with_stable_ids
+from .quic_flows import QuicFlows
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +73,7 @@ class Service:
         self.policy_mtime = 0.0
         self.observed: dict = {}     # the last snapshot()
         self.flow_names: dict[bytes, bytes] = {}   # flow key -> name, from classification events
+        self.quic: QuicFlows | None = None
         # Rules of earlier policies, by name: flows classified under them keep
         # their verdict after a reload (unless the policy says reclassify).
         self.retired_rules: dict = {}
@@ -158,15 +158,20 @@ class Service:
         self._record("schedule", True, ", ".join(f"{r.name}: {'inactive' if r.inactive else r.action}"
                                                  for r in switched.values()) or "no rule changed")
 
-    def poll_events(self) -> None:
-        """Read the classification events waiting on the ring: the name of each new flow."""
-        self.datapath.bpf.ring_buffer_consume()
+    def poll_events(self, timeout_ms: int = 0) -> None:
+        """Read what waits on the rings, or arrives within timeout_ms: the name of each
+        new flow, and the QUIC Initials whose flows wait for a verdict."""
+        self.datapath.bpf.ring_buffer_poll(timeout_ms)
 
     def _remember_name(self, _ctx, data, _size) -> None:
         event = ctypes.cast(data, self._event_type).contents
         if len(self.flow_names) >= ABI.SLUICE_FLOW_MAX:
             self._forget_gone_flows()
         self.flow_names[bytes(event.key)] = bytes(event.name[:event.name_len])
+
+    def _remember_quic_name(self, key, _client_is_hi, name, _rule) -> None:
+        if name:
+            self.flow_names[bytes(key)] = name.encode()
 
     def _forget_gone_flows(self) -> None:
         present = {bytes(key) for key in self.datapath.table("flows").keys()}
@@ -247,6 +252,10 @@ class Service:
     def _install(self, datapath, policy) -> None:
         self._event_type = ctypes.POINTER(datapath.table("event_buffers").sLeaf)
         datapath.table("events").open_ring_buffer(self._remember_name)
+        if self.quic is None:
+            self.quic = QuicFlows(datapath, on_settled=self._remember_quic_name)
+        else:
+            self.quic.follow(datapath)
         if not self.fail_open:
             # A program array empties itself when no process or pin holds it,
             # which would silently end inspection after a crash: pin it.
@@ -276,15 +285,6 @@ class Service:
         tmp = STATE_FILE.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(STATE_FILE)
-
-
-def flow_client(key, flow) -> tuple[str, int, bool]:
-    """(client address, server port, opened by the client) of a flow table entry."""
-    hi = flow.client_is_hi
-    raw = bytes(key.addr_hi if hi else key.addr_lo)
-    address = str(ipaddress.ip_address(raw[12:] if raw[:12] == IPV4_MAPPED else raw))
-    server_port = socket.ntohs(key.port_lo if hi else key.port_hi)
-    return address, server_port, bool(flow.opened_by_client)
 
 
 def remove_pins() -> None:

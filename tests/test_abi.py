@@ -88,6 +88,9 @@ SHARED_MAPS = {
     "rule_stats": (None, "rule_stats"),
     "config": (None, "sluice_config"),
     "event_buffers": (None, "classification_event"),
+    "rule_sets": ("rule_set_key", "rule_set"),
+    "client_classes": ("client_prefix", None),
+    "quic_datagram_layout": (None, "quic_datagram"),
 }
 
 

@@ -1,0 +1,87 @@
+"""QUIC flows: the controller's half of classifying them (bpf/quic.h is the kernel's).
+
+The data plane sends each client Initial datagram of a young QUIC flow over
+the quic_datagrams ring and lets the flow pass. Here each flow's datagrams
+go to its own InitialReassembler (controller/quic.py); once the ClientHello
+is whole, the flow's rule is chosen as for TCP (Policy.decide) and written
+into its flow table entry, which every later packet of the flow obeys. A
+rule with `quic: block` blocks the QUIC flows it matches whatever its
+action, so that clients fall back to TCP, where the rule's own action
+applies.
+"""
+
+import ctypes
+import logging
+from collections import Counter
+
+from .abi import ABI
+from .clients import flow_client
+from .policy import ACTIONS
+from .quic import InitialReassembler, QuicError
+
+log = logging.getLogger(__name__)
+
+PENDING_FLOWS_MAX = 4096        # flows whose ClientHello is still incomplete
+
+
+class QuicFlows:
+    """Reads the ring, settles flows; `on_settled(key, client_is_hi, name, rule)` hears of each.
+
+    One QuicFlows outlives reloads (its counts are Prometheus counters, and
+    flows in the middle of their handshake keep their reassembly): follow()
+    each new Datapath."""
+
+    def __init__(self, datapath, on_settled=None):
+        self.on_settled = on_settled
+        self.pending: dict[bytes, InitialReassembler] = {}
+        self.outcomes: Counter = Counter()       # sni_found, no_sni, malformed, gave_up
+        self.flows_by_rule: Counter = Counter()  # rule id (0: none) -> QUIC flows settled
+        self.follow(datapath)
+
+    def follow(self, datapath) -> None:
+        self.datapath = datapath
+        self._datagram_type = ctypes.POINTER(datapath.table("quic_datagram_layout").Leaf)
+        datapath.table("quic_datagrams").open_ring_buffer(self._datagram)
+
+    def _datagram(self, _ctx, data, _size) -> None:
+        datagram = ctypes.cast(data, self._datagram_type).contents
+        key = bytes(datagram.key)
+        reassembler = self.pending.get(key)
+        if reassembler is None:
+            if len(self.pending) >= PENDING_FLOWS_MAX:
+                self.pending.pop(next(iter(self.pending)))       # the oldest gives way
+            reassembler = self.pending[key] = InitialReassembler()
+        try:
+            hello = reassembler.feed(bytes(datagram.bytes[:datagram.len]))
+        except QuicError as error:
+            self.outcomes["malformed"] += 1
+            log.debug("QUIC Initial refused: %s", error)
+            if reassembler.done:
+                self._settle(datagram.key, None, gave_up=True)
+            return
+        if hello is not None:
+            self.outcomes["sni_found" if hello.sni else "no_sni"] += 1
+            self._settle(datagram.key, hello.sni)
+
+    def _settle(self, key, name: str | None, gave_up: bool = False) -> None:
+        self.pending.pop(bytes(key), None)
+        flows = self.datapath.table("flows")
+        try:
+            flow = flows[key]
+        except KeyError:
+            return                                  # evicted, or expired, meanwhile
+        rule = None
+        if gave_up:
+            self.outcomes["gave_up"] += 1
+            flow.state = ABI.SLUICE_FLOW_GAVE_UP
+        else:
+            if name and self.datapath.policy:
+                rule = self.datapath.policy.decide(name.encode(), *flow_client(key, flow)).rule
+            action = "block" if rule and rule.quic == "block" else rule.action if rule else None
+            flow.rule_id = rule.id if rule else 0
+            flow.action = (ABI.SLUICE_ACTION_NONE if rule is None or rule.monitor else ACTIONS[action])
+            flow.state = ABI.SLUICE_FLOW_CLASSIFIED
+            self.flows_by_rule[flow.rule_id] += 1
+        flows[key] = flow
+        if self.on_settled:
+            self.on_settled(key, flow.client_is_hi, name, rule)
