@@ -89,3 +89,33 @@ def test_not_a_capture_is_an_error(tmp_path):
     bogus.write_bytes(b"not a capture at all")
     result = subprocess.run([*SLUICE, "replay", str(bogus)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "not a pcap or pcapng file" in result.stderr
+
+
+def test_replay_names_quic_flows_even_when_the_client_hello_spans_datagrams(tmp_path):
+    """aioquic's first flights, v1 and v2, one with a ClientHello of two datagrams."""
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    from scapy.utils import wrpcap
+    big_alpn = ["h3", *(f"proto-{i:02d}-" + "x" * 190 for i in range(8))]
+    frames = []
+    for sport, name, version, alpn in ((50001, "blocked.example", 0x00000001, ["h3"]),
+                                       (50002, "cdn.blocked.example", 0x6B3343CF, ["h3"]),
+                                       (50003, "open.example", 0x00000001, big_alpn)):
+        configuration = QuicConfiguration(is_client=True, server_name=name, alpn_protocols=alpn,
+                                          supported_versions=[version])
+        connection = QuicConnection(configuration=configuration)
+        connection.connect((SERVER_V4, 443), now=0.0)
+        datagrams = [data for data, _address in connection.datagrams_to_send(now=0.0)]
+        assert len(datagrams) == (2 if alpn is big_alpn else 1)
+        frames += [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=CLIENT_V4, dst=SERVER_V4)
+                   / UDP(sport=sport, dport=443) / Raw(data) for data in datagrams]
+    wrpcap(str(tmp_path / "quic.pcap"), frames)
+    records = {r["name"]: r for r in replay("--policy", lab_policy_path(), str(tmp_path / "quic.pcap"))}
+    assert records["blocked.example"] == {"client": CLIENT_V4, "client_port": 50001, "server": SERVER_V4,
+                                          "server_port": 443, "proto": "quic", "name": "blocked.example",
+                                          "rule": "block-lab", "action": "block"}
+    assert records["cdn.blocked.example"]["rule"] == "block-lab"
+    assert records["open.example"]["proto"] == "quic" and records["open.example"]["rule"] is None
