@@ -73,7 +73,7 @@ static __always_inline int is_bare_syn(const struct packet_info *pkt)
  * idled out. The sender of an opening packet (a bare SYN, a QUIC client
  * Initial) is known to be the client. */
 static __always_inline struct flow_state *flow_start(struct flow_key *key, int sender_is_hi,
-						     int opening, __u64 now)
+						     int opening, __u32 seq, __u64 now)
 {
 	struct flow_state fresh = {};
 
@@ -81,6 +81,9 @@ static __always_inline struct flow_state *flow_start(struct flow_key *key, int s
 	fresh.state = SLUICE_FLOW_INSPECTING;
 	fresh.client_known = opening;
 	fresh.opened_by_client = opening;
+	/* A SYN takes one sequence number: the client's stream starts after it.
+	 * Without a SYN, the stream starts at the first payload seen. */
+	fresh.stream_base = opening ? seq + 1 : seq;
 	fresh.client_is_hi = opening ? sender_is_hi : 0;
 	if (flows.update(key, &fresh) < 0)
 		return 0;

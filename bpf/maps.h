@@ -66,6 +66,17 @@ STATE_MAP("array", __u32, struct rate_clocks, rule_clocks, SLUICE_MAX_RULES);
 /* ... and by the flows of one client under one rule (client scope). */
 STATE_MAP("lru_hash", struct client_clock_key, struct rate_clocks, client_clocks, SLUICE_CLIENT_CLOCKS_MAX);
 
+/* The first client bytes of flows whose ClientHello spans segments or
+ * records, by flow (tcp_stream.h); an entry lives only until the hello is
+ * whole or the window runs out. */
+STATE_MAP("lru_hash", struct flow_key, struct client_stream, streams, SLUICE_STREAMS_MAX);
+
+/* Never written: the zeroed value new streams are copied from. */
+BPF_ARRAY(empty_streams, struct client_stream, 1);
+
+/* Where a reassembled ClientHello is gathered out of its records. */
+BPF_PERCPU_ARRAY(handshake_buffers, struct handshake_scratch, 1);
+
 /* One scratch buffer per CPU for the payload being inspected. */
 BPF_PERCPU_ARRAY(payload_buffers, struct payload_scratch, 1);
 

@@ -41,6 +41,7 @@ struct packet_info {
 	__u8 l4proto;
 	__u8 tcp_flags;			/* TCP_FLAG_* below, 0 for UDP */
 	__u16 payload_len;		/* transport payload bytes, from the IP lengths */
+	__u32 seq;			/* TCP sequence number (host order), 0 for UDP */
 	__u32 payload_offset;		/* from the start of the frame */
 	__u32 frame_len;
 };
@@ -167,6 +168,7 @@ static __always_inline int parse_tcphdr(struct hdr_cursor *cur, void *data_end,
 	pkt->sport = tcph->source;
 	pkt->dport = tcph->dest;
 	pkt->tcp_flags = ((__u8 *)tcph)[13];
+	pkt->seq = bpf_ntohl(tcph->seq);
 	pkt->payload_len = l4_len - hdr_len;
 	cur->pos += hdr_len;
 	return 0;

@@ -43,25 +43,70 @@ struct payload_scratch {
 	__u8 proto;			/* enum sluice_proto, once known */
 	__u8 pad[2];
 	__u32 forget_slot;		/* see forget_range() */
+	__u32 forget_slots[2];		/* ...for gather_handshake() */
 	__u32 set_id;			/* the rule set the name leads to, 0: none */
+	__u32 seq;			/* the packet's TCP sequence number */
+	__u32 segment_offset;		/* its whole payload, as it came: */
+	__u32 segment_len;		/* payload_offset/len move past skipped records */
 	__u8 bytes[PAYLOAD_COPY_BYTES];
 	char name[SLUICE_NAME_MAX + 1];	/* the extracted, normalised name */
 	__u16 line_starts[HTTP_LINE_SLOTS_MASK + 1]; /* see find_line_starts() */
 };
 
+/* Reads from a buffer of mask + 1 bytes (a power of two). The offset is
+ * hidden from the compiler, which would otherwise drop a mask it can prove
+ * needless, leaving the verifier, which proves less, an unbounded read. */
+static __always_inline __u8 masked_u8(const __u8 *bytes, __u32 off, __u32 mask)
+{
+	hide_from_compiler(off);
+	return bytes[off & mask];
+}
+
+static __always_inline __u32 masked_be16(const __u8 *bytes, __u32 off, __u32 mask)
+{
+	return ((__u32)masked_u8(bytes, off, mask) << 8) | masked_u8(bytes, off + 1, mask);
+}
+
+static __always_inline __u32 masked_be24(const __u8 *bytes, __u32 off, __u32 mask)
+{
+	return ((__u32)masked_u8(bytes, off, mask) << 16) | masked_be16(bytes, off + 1, mask);
+}
+
 static __always_inline __u8 payload_u8(const __u8 *bytes, __u32 off)
 {
-	return bytes[off & PAYLOAD_COPY_MASK];
+	return masked_u8(bytes, off, PAYLOAD_COPY_MASK);
 }
 
 static __always_inline __u32 payload_be16(const __u8 *bytes, __u32 off)
 {
-	return ((__u32)payload_u8(bytes, off) << 8) | payload_u8(bytes, off + 1);
+	return masked_be16(bytes, off, PAYLOAD_COPY_MASK);
 }
 
-static __always_inline __u32 payload_be24(const __u8 *bytes, __u32 off)
-{
-	return ((__u32)payload_u8(bytes, off) << 16) | payload_be16(bytes, off + 1);
-}
+/* A ClientHello spread over TCP segments or TLS records is put back
+ * together in two steps (tcp_stream.h): the client's first bytes are kept
+ * per flow, by stream offset, in a client_stream; then the handshake bytes
+ * of its records are copied, without their record headers, into a per-CPU
+ * handshake_scratch, behind one synthetic record header, where the same
+ * ClientHello parser as for a single packet reads them. */
+#define STREAM_MASK (SLUICE_STREAM_BYTES - 1)
+#define STREAM_ORIGIN_UNKNOWN 0xffffffff
+#define HANDSHAKE_BUFFER_BYTES (2 * SLUICE_STREAM_BYTES)
+#define HANDSHAKE_MASK (HANDSHAKE_BUFFER_BYTES - 1)
+
+struct client_stream {
+	__u32 origin;			/* offset of the ClientHello's first record, or unknown */
+	__u32 filled_end;		/* [origin, filled_end) is held, without a gap */
+	__u32 ahead_start;		/* one more range held past a gap: a segment that */
+	__u32 ahead_end;		/* overtook the one before it (0, 0: none) */
+	/* By offset from flow_state.stream_base; the slack past
+	 * SLUICE_STREAM_BYTES absorbs a chunk written near the end. */
+	__u8 bytes[SLUICE_STREAM_BYTES + PAYLOAD_COPY_BYTES];
+};
+
+struct handshake_scratch {		/* exactly the largest per-CPU value */
+	/* Half for the handshake, half so that a copy of up to
+	 * SLUICE_STREAM_BYTES at any offset below it stays inside. */
+	__u8 bytes[HANDSHAKE_BUFFER_BYTES];
+};
 
 #endif /* SLUICE_PAYLOAD_H */

@@ -98,7 +98,8 @@ enum sluice_stage {
 	SLUICE_STAGE_HTTP = 1,		/* sluice_stage_http: find a request's Host */
 	SLUICE_STAGE_MATCH = 2,		/* sluice_stage_match: name -> rule set */
 	SLUICE_STAGE_SELECT = 3,	/* sluice_stage_select: client, rule set -> rule -> verdict */
-	SLUICE_STAGE_MAX = 4,
+	SLUICE_STAGE_STREAM = 4,	/* sluice_stage_stream: reassemble a ClientHello, then as TLS */
+	SLUICE_STAGE_MAX = 5,
 };
 
 enum sluice_proto {
@@ -131,6 +132,7 @@ enum sluice_counter {
 	SLUICE_CNT_GAVE_UP,		/* flows whose inspection window ran out */
 	SLUICE_CNT_FLOWS_EXPIRED,	/* idle flows found and restarted */
 	SLUICE_CNT_FLOWS_CREATED,	/* new flow table keys; minus the entries: evictions */
+	SLUICE_CNT_TLS_REASSEMBLED,	/* ClientHellos found across segments or records */
 	SLUICE_CNT_QUIC_DATAGRAMS,	/* QUIC Initial datagrams sent to the controller */
 	SLUICE_CNT_QUIC_RING_FULL,	/* ...or not, the ring being full: the flow passes */
 	SLUICE_CNT_MAX,
@@ -158,7 +160,10 @@ struct flow_state {
 	__u8 client_known;		/* 1: the client is known: it sent the SYN, or the name */
 	__u16 payload_bytes;		/* client payload inspected so far (saturates) */
 	__u8 opened_by_client;		/* 1: sluice saw the client's SYN open the flow */
-	__u8 pad[3];
+	__u8 streaming;			/* 1: its ClientHello is being reassembled (streams) */
+	__u8 pad[2];
+	__u32 stream_base;		/* client sequence number of stream offset 0 */
+	__u32 pad2;
 	/* Per direction, for throttle and shape in flow scope: the time at
 	 * which the flow's bucket is empty again (throttle, GCRA) or its next
 	 * packet may leave (shape, EDT). */
@@ -259,9 +264,19 @@ struct sluice_config {
 	__u64 rollout_key[2];		/* SipHash key of the rollout hash */
 };
 
+/* Client bytes of a young flow kept to reassemble a ClientHello that spans
+ * segments (a power of two): TLS allows a ClientHello of up to 16 KB in one
+ * record, and browsers' post-quantum ones take about 2 KB. */
+#define SLUICE_STREAM_BYTES 16384
+
+/* Flows reassembling at once (LRU): each holds SLUICE_STREAM_BYTES and a
+ * little more, only while its ClientHello is incomplete. */
+#define SLUICE_STREAMS_MAX 1024
+
 /* The inspection window's byte count lives in a __u16 of flow_state. */
 #define SLUICE_WINDOW_BYTES_MAX 65535
 
+#define SLUICE_CFG_NO_REASSEMBLY 2	/* judge each segment alone, as simpler middleboxes do */
 #define SLUICE_CFG_EVENTS 1		/* a controller reads the rings: emit a classification_event
 					 * per flow, and send QUIC Initials to be read */
 

@@ -26,6 +26,7 @@
 #include "domain_match.h"
 #include "client_match.h"
 #include "quic.h"
+#include "tcp_stream.h"
 
 /* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it). */
 static __always_inline int copy_payload(struct xdp_md *ctx, struct payload_scratch *scratch,
@@ -102,7 +103,7 @@ int sluice_xdp(struct xdp_md *ctx)
 		 * not worth an entry; its next payload packet makes one. */
 		if (pkt.payload_len == 0 && !bare_syn)
 			return pass_unjudged(pkt.frame_len);
-		flow = flow_start(&key, sender_is_hi, bare_syn, now);
+		flow = flow_start(&key, sender_is_hi, bare_syn, pkt.seq, now);
 		if (!flow)
 			return pass_unjudged(pkt.frame_len);
 		if (new_key)
@@ -128,10 +129,21 @@ int sluice_xdp(struct xdp_md *ctx)
 	scratch->sender_is_hi = sender_is_hi;
 	scratch->proto = SLUICE_PROTO_UNKNOWN;
 	scratch->raw_name_len = 0;
+	scratch->seq = pkt.seq;
+	scratch->segment_offset = pkt.payload_offset;
+	scratch->segment_len = pkt.payload_len;
 	if (copy_payload(ctx, scratch, pkt.payload_offset, pkt.payload_len) < 0)
 		return inspect_next_packet(flow, scratch, cfg);
 
-	stages.call(ctx, SLUICE_STAGE_TLS);
+	/* A segment that does not start the client's stream may continue a
+	 * ClientHello, or have overtaken the one that starts it. Without a
+	 * SYN, where the stream starts is known only once a ClientHello that
+	 * continues past its first segment is seen. */
+	int mid_stream = flow->opened_by_client && pkt.seq != flow->stream_base;
+	if (!(cfg->flags & SLUICE_CFG_NO_REASSEMBLY) && (flow->streaming || mid_stream))
+		stages.call(ctx, SLUICE_STAGE_STREAM);
+	else
+		stages.call(ctx, SLUICE_STAGE_TLS);
 	return pass_unjudged(pkt.frame_len);
 }
 
@@ -159,7 +171,7 @@ int sluice_stage_tls(struct xdp_md *ctx)
 	if (!scratch)
 		return XDP_PASS;
 	skip_leading_records(ctx, scratch);
-	switch (parse_client_hello(scratch->bytes, scratch->len, &name_off, &name_len)) {
+	switch (parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &name_off, &name_len)) {
 	case TLS_SNI_FOUND:
 		count(SLUICE_CNT_TLS_SNI_FOUND);
 		scratch->proto = SLUICE_PROTO_TLS;
@@ -172,6 +184,11 @@ int sluice_stage_tls(struct xdp_md *ctx)
 		break;
 	case TLS_TRUNCATED:
 		count(SLUICE_CNT_TLS_TRUNCATED);
+		if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
+			return inspect_next_packet(flow, scratch, cfg);
+		/* The rest is in later segments or records: keep this one. */
+		flow->streaming = 1;
+		stages.call(ctx, SLUICE_STAGE_STREAM);
 		return inspect_next_packet(flow, scratch, cfg);
 	case TLS_MALFORMED:
 		count(SLUICE_CNT_TLS_MALFORMED);
@@ -180,6 +197,60 @@ int sluice_stage_tls(struct xdp_md *ctx)
 		stages.call(ctx, SLUICE_STAGE_HTTP);
 		return pass_unjudged(scratch->frame_len);
 	}
+	stages.call(ctx, SLUICE_STAGE_MATCH);
+	return pass_unjudged(scratch->frame_len);
+}
+
+int sluice_stage_stream(struct xdp_md *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+	__u32 name_off = 0, name_len = 0, zero = 0;
+
+	if (!scratch)
+		return XDP_PASS;
+	struct handshake_scratch *handshake = handshake_buffers.lookup(&zero);
+	__u32 offset = scratch->seq - flow->stream_base;
+	if (!handshake || offset >= SLUICE_STREAM_BYTES)
+		return inspect_next_packet(flow, scratch, cfg);
+	struct client_stream *stream = open_stream(&scratch->key);
+	if (!stream)
+		return inspect_next_packet(flow, scratch, cfg);
+	__u32 end = store_segment(ctx, stream, scratch->segment_offset, offset, scratch->segment_len);
+	note_segment(stream, offset, end);
+	if (stream->origin == STREAM_ORIGIN_UNKNOWN) {
+		/* No ClientHello has started yet: the segment may still be
+		 * junk, or an HTTP request, to be read alone. */
+		stages.call(ctx, SLUICE_STAGE_TLS);
+		return inspect_next_packet(flow, scratch, cfg);
+	}
+
+	/* As in the match stage: the parser is verified once, for one unknown
+	 * length, not once for every way out of the gathering loop. */
+	__u32 avail = forget_range(scratch->forget_slot, gather_handshake(stream, handshake, scratch));
+	int outcome = parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &name_off, &name_len);
+	if (outcome == TLS_TRUNCATED || outcome == TLS_MALFORMED || outcome == TLS_NOT_CLIENT_HELLO) {
+		if (outcome == TLS_MALFORMED)
+			count(SLUICE_CNT_TLS_MALFORMED);
+		inspect_next_packet(flow, scratch, cfg);
+		if (flow->state == SLUICE_FLOW_GAVE_UP)
+			streams.delete(&scratch->key);
+		return pass_unjudged(scratch->frame_len);
+	}
+	count(SLUICE_CNT_TLS_REASSEMBLED);
+	count(outcome == TLS_SNI_FOUND ? SLUICE_CNT_TLS_SNI_FOUND : SLUICE_CNT_TLS_NO_SNI);
+	scratch->proto = SLUICE_PROTO_TLS;
+	scratch->raw_name_off = 0;
+	scratch->raw_name_len = 0;
+	if (outcome == TLS_SNI_FOUND && name_len > 0 && name_len <= SLUICE_NAME_MAX) {
+		/* The match stage reads the name from the scratch buffer. */
+		if (bpf_probe_read_kernel(scratch->bytes, name_len & NAME_BUFFER_MASK,
+					  &handshake->bytes[name_off & STREAM_MASK]) == 0)
+			scratch->raw_name_len = name_len;
+	}
+	flow->streaming = 0;
+	streams.delete(&scratch->key);
 	stages.call(ctx, SLUICE_STAGE_MATCH);
 	return pass_unjudged(scratch->frame_len);
 }

@@ -52,26 +52,27 @@ static __always_inline int tls_check_span(__u32 off, __u32 len, __u32 hello_end,
 	return TLS_SNI_FOUND;
 }
 
-/* Parse the TLS bytes at the start of `bytes` (avail of them held). On
- * TLS_SNI_FOUND, *name_off and *name_len locate the raw host name. */
-static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail,
+/* Parse the TLS bytes at the start of `bytes`, a buffer of mask + 1 bytes
+ * (avail of them held). On TLS_SNI_FOUND, *name_off and *name_len locate
+ * the raw host name. */
+static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __u32 mask,
 					      __u32 *name_off, __u32 *name_len)
 {
 	int span;
 
 	if (avail < TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN)
-		return avail >= 3 && payload_u8(bytes, 0) == TLS_CONTENT_HANDSHAKE &&
-		       payload_u8(bytes, 1) == TLS_MAJOR_VERSION &&
-		       payload_u8(bytes, 2) <= TLS_MAX_MINOR_VERSION ?
+		return avail >= 3 && masked_u8(bytes, 0, mask) == TLS_CONTENT_HANDSHAKE &&
+		       masked_u8(bytes, 1, mask) == TLS_MAJOR_VERSION &&
+		       masked_u8(bytes, 2, mask) <= TLS_MAX_MINOR_VERSION ?
 			       TLS_TRUNCATED : TLS_NOT_CLIENT_HELLO;
-	if (payload_u8(bytes, 0) != TLS_CONTENT_HANDSHAKE ||
-	    payload_u8(bytes, 1) != TLS_MAJOR_VERSION ||
-	    payload_u8(bytes, 2) > TLS_MAX_MINOR_VERSION ||
-	    payload_u8(bytes, 5) != TLS_HANDSHAKE_CLIENT_HELLO)
+	if (masked_u8(bytes, 0, mask) != TLS_CONTENT_HANDSHAKE ||
+	    masked_u8(bytes, 1, mask) != TLS_MAJOR_VERSION ||
+	    masked_u8(bytes, 2, mask) > TLS_MAX_MINOR_VERSION ||
+	    masked_u8(bytes, 5, mask) != TLS_HANDSHAKE_CLIENT_HELLO)
 		return TLS_NOT_CLIENT_HELLO;
 
-	__u32 record_end = TLS_RECORD_HEADER_LEN + payload_be16(bytes, 3);
-	__u32 hello_end = TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN + payload_be24(bytes, 6);
+	__u32 record_end = TLS_RECORD_HEADER_LEN + masked_be16(bytes, 3, mask);
+	__u32 hello_end = TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN + masked_be24(bytes, 6, mask);
 	/* Only the first record is parsed here: a ClientHello spread over
 	 * several records continues past record_end, which is truncation. */
 	if (avail > record_end)
@@ -83,7 +84,7 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail,
 	span = tls_check_span(off, 1, hello_end, avail);
 	if (span != TLS_SNI_FOUND)
 		return span;
-	__u32 session_id_len = payload_u8(bytes, off);
+	__u32 session_id_len = masked_u8(bytes, off, mask);
 	if (session_id_len > TLS_SESSION_ID_MAX)
 		return TLS_MALFORMED;
 	off += 1 + session_id_len;
@@ -91,7 +92,7 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail,
 	span = tls_check_span(off, 2, hello_end, avail);
 	if (span != TLS_SNI_FOUND)
 		return span;
-	__u32 cipher_suites_len = payload_be16(bytes, off);
+	__u32 cipher_suites_len = masked_be16(bytes, off, mask);
 	if (cipher_suites_len < 2 || cipher_suites_len % 2)
 		return TLS_MALFORMED;
 	off += 2 + cipher_suites_len;
@@ -99,7 +100,7 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail,
 	span = tls_check_span(off, 1, hello_end, avail);
 	if (span != TLS_SNI_FOUND)
 		return span;
-	__u32 compression_len = payload_u8(bytes, off);
+	__u32 compression_len = masked_u8(bytes, off, mask);
 	if (compression_len < 1)
 		return TLS_MALFORMED;
 	off += 1 + compression_len;
@@ -110,7 +111,7 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail,
 	span = tls_check_span(off, 2, hello_end, avail);
 	if (span != TLS_SNI_FOUND)
 		return span;
-	__u32 extensions_end = off + 2 + payload_be16(bytes, off);
+	__u32 extensions_end = off + 2 + masked_be16(bytes, off, mask);
 	if (extensions_end > hello_end)
 		return TLS_MALFORMED;
 	off += 2;
@@ -121,8 +122,8 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail,
 		span = tls_check_span(off, 4, extensions_end, avail);
 		if (span != TLS_SNI_FOUND)
 			return span;
-		__u32 ext_type = payload_be16(bytes, off);
-		__u32 ext_len = payload_be16(bytes, off + 2);
+		__u32 ext_type = masked_be16(bytes, off, mask);
+		__u32 ext_len = masked_be16(bytes, off + 2, mask);
 		off += 4;
 		if (off + ext_len > extensions_end)
 			return TLS_MALFORMED;
@@ -135,9 +136,9 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail,
 		span = tls_check_span(off, 5, off + ext_len, avail);
 		if (span != TLS_SNI_FOUND)
 			return span;
-		__u32 list_len = payload_be16(bytes, off);
-		__u32 name_type = payload_u8(bytes, off + 2);
-		__u32 host_len = payload_be16(bytes, off + 3);
+		__u32 list_len = masked_be16(bytes, off, mask);
+		__u32 name_type = masked_u8(bytes, off + 2, mask);
+		__u32 host_len = masked_be16(bytes, off + 3, mask);
 		if (list_len + 2 > ext_len || host_len + 3 > list_len)
 			return TLS_MALFORMED;
 		if (name_type != TLS_SNI_HOST_NAME || host_len == 0 || host_len > SLUICE_NAME_MAX)

@@ -28,7 +28,8 @@ TC_EGRESS_FUNCTION = b"sluice_tc_egress"
 STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_HTTP: b"sluice_stage_http",
                    ABI.SLUICE_STAGE_MATCH: b"sluice_stage_match",
-                   ABI.SLUICE_STAGE_SELECT: b"sluice_stage_select"}
+                   ABI.SLUICE_STAGE_SELECT: b"sluice_stage_select",
+                   ABI.SLUICE_STAGE_STREAM: b"sluice_stage_stream"}
 
 
 # struct direction_stats, as summed by rule_stats().
@@ -164,7 +165,8 @@ class Datapath:
         else:
             value.flow_idle_ns, value.window_packets = policy.flow_idle_ns, policy.window_packets
             value.window_bytes = policy.window_bytes
-        value.flags = ABI.SLUICE_CFG_EVENTS if events else 0
+        value.flags = ((ABI.SLUICE_CFG_EVENTS if events else 0) |
+                       (ABI.SLUICE_CFG_NO_REASSEMBLY if policy is not None and not policy.reassemble else 0))
         if policy is not None:
             value.rollout_key[0], value.rollout_key[1] = struct.unpack("<QQ", policy.rollout_key)
         config[ctypes.c_uint32(0)] = value

@@ -51,7 +51,7 @@ DIRECTIONS = ("up", "down")
 MODES = ("enforce", "monitor")
 
 TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rollout_key", "classes", "rules")
-INSPECTION_KEYS = ("window_packets", "window_bytes")
+INSPECTION_KEYS = ("window_packets", "window_bytes", "reassemble")
 CLASS_KEYS = ("description", "prefixes", "prefixes_file")
 RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
              "class", "percent", "ports", "opened_by_client", "active", "escalate", "quic",
@@ -163,6 +163,7 @@ class Policy:
     window_bytes: int = DEFAULT_WINDOW_BYTES
     classes: ClientClasses = field(default_factory=ClientClasses.empty)
     rollout_key: bytes = rollout_key(DEFAULT_ROLLOUT_KEY)
+    reassemble: bool = True                      # False: read each segment alone, as simpler middleboxes
 
     def at(self, when: datetime) -> "Policy":
         """The policy as it stands at `when` (what the data plane is given)."""
@@ -339,6 +340,7 @@ class _Loader:
                                          1, FLOW_IDLE_MAX_NS, "ns")
         window_packets = DEFAULT_WINDOW_PACKETS
         window_bytes = DEFAULT_WINDOW_BYTES
+        reassemble = True
         if "inspection" in top:
             inspection = self.mapping(top["inspection"][1], "inspection", INSPECTION_KEYS)
             if "window_packets" in inspection:
@@ -347,6 +349,8 @@ class _Loader:
             if "window_bytes" in inspection:
                 window_bytes = self.quantity(inspection["window_bytes"][1], "window_bytes", parse_size,
                                              1, ABI.SLUICE_WINDOW_BYTES_MAX, "bytes")
+            if "reassemble" in inspection:
+                reassemble = self.boolean(inspection["reassemble"][1], "reassemble")
         reclassify = self.boolean(top["reclassify"][1], "reclassify") if "reclassify" in top else False
         key_text = DEFAULT_ROLLOUT_KEY
         if "rollout_key" in top:
@@ -370,7 +374,7 @@ class _Loader:
         if self.problems:
             return None
         policy = Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify, window_bytes,
-                        classes, rollout_key(key_text))
+                        classes, rollout_key(key_text), reassemble)
         try:
             policy.rule_sets()
         except precedence.RuleSetOverflow as overflow:

@@ -85,8 +85,13 @@ def ether(vlans=()):
 
 
 def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=False, reply=False,
-              vlans=(), ip_options=None, ext_headers=(), src=None) -> bytes:
-    """A TCP frame client -> server (or server -> client with reply=True)."""
+              vlans=(), ip_options=None, ext_headers=(), src=None, seq=None) -> bytes:
+    """A TCP frame client -> server (or server -> client with reply=True).
+
+    seq defaults to 0 for a SYN and 1 otherwise: a payload that starts the
+    stream the SYN opened."""
+    if seq is None:
+        seq = 0 if "S" in flags else 1
     client, server = (CLIENT_V6, SERVER_V6) if v6 else (CLIENT_V4, SERVER_V4)
     source, destination = (server, client) if reply else (src or client, server)
     ports = dict(sport=dport, dport=sport) if reply else dict(sport=sport, dport=dport)
@@ -96,7 +101,7 @@ def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=Fa
             network = network / header
     else:
         network = IP(src=source, dst=destination, options=ip_options or [])
-    return bytes(ether(vlans) / network / TCP(flags=flags, **ports) / Raw(payload))
+    return bytes(ether(vlans) / network / TCP(flags=flags, seq=seq, **ports) / Raw(payload))
 
 
 def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443) -> bytes:

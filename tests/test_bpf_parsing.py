@@ -103,10 +103,10 @@ def test_truncated_at_every_byte_never_blocks(dp):
             assert moved == {"tls_truncated": 1}, (cut, moved)
 
 
-def test_hello_split_over_two_records_is_truncated_not_malformed(dp):
+def test_hello_split_over_two_records_in_one_segment_is_reassembled(dp):
     judgement = judge(dp, split_into_records(client_hello(b"blocked.example"), 40))
-    assert judgement.verdict == "pass"
-    assert judgement.moved() == {"tls_truncated": 1}
+    assert judgement.verdict == "drop"
+    assert judgement.moved() == {"tls_truncated": 1, "tls_reassembled": 1, "tls_sni_found": 1, "flows_tls": 1}
 
 
 @pytest.mark.parametrize("hello", [
