@@ -41,7 +41,8 @@ def client_hello(name: bytes) -> bytes:
 def tcp(sport, payload=b"", flags="A", reply=False):
     ip = IP(src=SERVER, dst=CLIENT) if reply else IP(src=CLIENT, dst=SERVER)
     ports = dict(sport=443, dport=sport) if reply else dict(sport=sport, dport=443)
-    return bytes(ETHER / ip / TCP(flags=flags, **ports) / Raw(payload))
+    # A payload starts the stream the SYN (at sequence number 0) opened.
+    return bytes(ETHER / ip / TCP(flags=flags, seq=0 if "S" in flags else 1, **ports) / Raw(payload))
 
 
 def write_policy(directory: Path, rules: int) -> Path:

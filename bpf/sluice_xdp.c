@@ -129,7 +129,8 @@ int sluice_xdp(struct xdp_md *ctx)
 	scratch->sender_is_hi = sender_is_hi;
 	scratch->proto = SLUICE_PROTO_UNKNOWN;
 	scratch->raw_name_len = 0;
-	scratch->seq = pkt.seq;
+	/* A SYN's own data (TCP Fast Open) follows the sequence number the SYN takes. */
+	scratch->seq = pkt.seq + (pkt.tcp_flags & TCP_FLAG_SYN ? 1 : 0);
 	scratch->segment_offset = pkt.payload_offset;
 	scratch->segment_len = pkt.payload_len;
 	if (copy_payload(ctx, scratch, pkt.payload_offset, pkt.payload_len) < 0)
@@ -139,7 +140,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	 * ClientHello, or have overtaken the one that starts it. Without a
 	 * SYN, where the stream starts is known only once a ClientHello that
 	 * continues past its first segment is seen. */
-	int mid_stream = flow->opened_by_client && pkt.seq != flow->stream_base;
+	int mid_stream = flow->opened_by_client && scratch->seq != flow->stream_base;
 	if (!(cfg->flags & SLUICE_CFG_NO_REASSEMBLY) && (flow->streaming || mid_stream))
 		stages.call(ctx, SLUICE_STAGE_STREAM);
 	else

@@ -20,7 +20,7 @@ DEFAULT_PORT = 9477
 PARSER_OUTCOMES = {
     "tls_sni_found": ("tls", "sni_found"), "tls_no_sni": ("tls", "no_sni"),
     "tls_truncated": ("tls", "truncated"), "tls_malformed": ("tls", "malformed"),
-    "not_tls": ("tls", "not_tls"),
+    "not_tls": ("tls", "not_tls"), "tls_reassembled": ("tls", "reassembled"),
     "http_host_found": ("http", "host_found"), "http_no_host": ("http", "no_host"),
     "http_truncated": ("http", "truncated"),
 }

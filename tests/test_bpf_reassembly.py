@@ -144,3 +144,12 @@ def test_reassemble_false_reproduces_a_one_segment_middlebox(make_datapath):
     hello = browser_hello(b"blocked.example")
     assert Flow(blind).send_all(segments(hello, 1400)) == ["pass", "pass"]
     assert Flow(blind).send_all([(0, hello)]) == ["drop"], "a whole hello is still read"
+
+
+def test_a_hello_in_the_syn_itself_tcp_fast_open(dp):
+    flow = Flow(dp, syn=False)
+    assert flow.send_raw(client_hello(b"blocked.example"), seq=ISN, flags="S") == "drop"
+    flow = Flow(dp, syn=False)
+    hello = browser_hello(b"blocked.example")
+    assert flow.send_raw(hello[:1000], seq=ISN, flags="S") == "pass"
+    assert flow.send(1000, hello[1000:]) == "drop"

@@ -89,7 +89,7 @@ def open_flow(datapath, name: bytes, port: int, client=CLIENT):
     run_xdp(datapath.function.fd, bytes(
         ETHER / IP(src=client, dst=SERVER) / TCP(sport=port, dport=443, flags="S")))
     assert run_xdp(datapath.function.fd, bytes(
-        ETHER / IP(src=client, dst=SERVER) / TCP(sport=port, dport=443, flags="PA") / Raw(hello(name)))
+        ETHER / IP(src=client, dst=SERVER) / TCP(sport=port, dport=443, flags="PA", seq=1) / Raw(hello(name)))
     ).verdict == "pass"   # the hello itself spends tokens, but fits the burst
 
     def upload():
