@@ -53,7 +53,15 @@ def test_promql_sees_the_counters_of_real_traffic(tmp_path):
              f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            time.sleep(3)
+            # The exporter serves once the data plane is compiled and attached.
+            deadline = time.monotonic() + 60
+            while True:
+                assert controller.poll() is None and time.monotonic() < deadline, "the controller never started"
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{EXPORTER_PORT}/metrics", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.2)
             for _ in range(3):
                 assert not lab.curl("blocked.example", timeout=1).ok
             assert lab.curl("allowed.example", timeout=2).ok
