@@ -18,6 +18,7 @@ length of what encloses it is malformed; a field that lies past the bytes
 held is truncated ("needs more data"), since a later segment may hold it.
 """
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -104,6 +105,10 @@ class _Vector:
     def __init__(self, data: bytes, pos: int, end: int, held: int):
         self.data, self.pos, self.end, self.held = data, pos, end, held
 
+    def __len__(self) -> int:
+        """The bytes left in this vector, held or not."""
+        return self.end - self.pos
+
     def at_end(self) -> bool:
         return self.pos == self.end
 
@@ -182,15 +187,12 @@ def parse_client_hello(data: bytes) -> Outcome | None:
 
 def _client_hello_body(hello: _Vector) -> Outcome:
     hello.skip(LEGACY_VERSION_AND_RANDOM_LEN)
-    session_id = hello.vector(1)
-    if session_id.end - session_id.pos > SESSION_ID_MAX:
+    if len(hello.vector(1)) > SESSION_ID_MAX:          # opaque legacy_session_id<0..32>
         raise _Malformed
-    cipher_suites = hello.vector(2)
-    suites_len = cipher_suites.end - cipher_suites.pos
-    if suites_len < 2 or suites_len % 2:       # CipherSuite cipher_suites<2..2^16-2>
+    suites_len = len(hello.vector(2))                  # CipherSuite cipher_suites<2..2^16-2>
+    if suites_len < 2 or suites_len % 2:
         raise _Malformed
-    compression_methods = hello.vector(1)
-    if compression_methods.at_end():           # opaque legacy_compression_methods<1..2^8-1>
+    if len(hello.vector(1)) < 1:                       # opaque legacy_compression_methods<1..2^8-1>
         raise _Malformed
     # A TLS 1.2 hello may end here (RFC 5246 7.4.1.2): no extensions, no name.
     if hello.at_end():
@@ -198,16 +200,15 @@ def _client_hello_body(hello: _Vector) -> Outcome:
     # sluice: whatever follows the extensions, or the first server_name, is
     # not read: the name is all it wants.
     extensions = hello.vector(2)
-    for _ in range(EXTENSIONS_MAX):
+    for walked in itertools.count():
         if extensions.at_end():
             return Outcome(TLS_NO_SNI)
+        if walked == EXTENSIONS_MAX:
+            raise _Truncated
         ext_type = extensions.number(2)
         body = extensions.vector(2)
         if ext_type == EXT_SERVER_NAME:
             return _server_name(body)
-    if extensions.at_end():
-        return Outcome(TLS_NO_SNI)
-    raise _Truncated
 
 
 def _server_name(ext: _Vector) -> Outcome:
@@ -219,17 +220,16 @@ def _server_name(ext: _Vector) -> Outcome:
     names = ext.vector(2)
     name_type = names.number(1)
     name = names.vector(2)
-    name_len = name.end - name.pos
     # RFC 6066 defines host_name only, and HostName<1..2^16-1>; sluice adds
     # its NAME_MAX.
-    if name_type != NAME_TYPE_HOST_NAME or not 1 <= name_len <= NAME_MAX:
+    if name_type != NAME_TYPE_HOST_NAME or not 1 <= len(name) <= NAME_MAX:
         raise _Malformed
-    return Outcome(TLS_SNI_FOUND, name.read(name_len))
+    return Outcome(TLS_SNI_FOUND, name.read(len(name)))
 
 
 # --- HTTP --------------------------------------------------------------------
 
-# RFC 9110 5.6.2: token = 1*tchar
+# RFC 9110 5.6.2: a method is a token, 1*tchar
 TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 # sluice: methods longer than any registered method (24) are not requests.
 METHOD_MAX = 24
