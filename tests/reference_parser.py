@@ -79,6 +79,7 @@ HANDSHAKE_CLIENT_HELLO = 1
 HANDSHAKE_HEADER_LEN = 4
 LEGACY_VERSION_AND_RANDOM_LEN = 2 + 32
 SESSION_ID_MAX = 32
+EXTENSION_HEADER_LEN = 2 + 2
 EXT_SERVER_NAME = 0
 SERVER_NAME_HEADER_LEN = 2 + 1 + 2
 NAME_TYPE_HOST_NAME = 0
@@ -205,6 +206,9 @@ def _client_hello_body(hello: _Vector) -> Outcome:
             return Outcome(TLS_NO_SNI)
         if walked == EXTENSIONS_MAX:
             raise _Truncated
+        # Every extension has a 4-byte header (type, length): fewer bytes
+        # left in the block are a contradiction, whatever they hold.
+        extensions.require(EXTENSION_HEADER_LEN)
         ext_type = extensions.number(2)
         body = extensions.vector(2)
         if ext_type == EXT_SERVER_NAME:
