@@ -45,21 +45,25 @@ static __always_inline int copy_payload(struct xdp_md *ctx, struct payload_scrat
 
 /* Some clients, and circumvention tools on purpose, send a ChangeCipherSpec
  * record ahead of the ClientHello in the same segment: step over such
- * records, re-reading the payload past them. */
-static __always_inline void skip_leading_records(struct xdp_md *ctx, struct payload_scratch *scratch)
+ * records, re-reading the payload past them. Returns how many. */
+static __always_inline int skip_leading_records(struct xdp_md *ctx, struct payload_scratch *scratch)
 {
+	int skipped = 0;
+
 	for (int i = 0; i < TLS_LEADING_RECORDS_MAX; i++) {
 		if (scratch->len < TLS_RECORD_HEADER_LEN ||
 		    payload_u8(scratch->bytes, 0) != TLS_CONTENT_CHANGE_CIPHER_SPEC ||
 		    payload_u8(scratch->bytes, 1) != TLS_MAJOR_VERSION)
-			return;
+			break;
 		__u32 skip = TLS_RECORD_HEADER_LEN + payload_be16(scratch->bytes, 3);
 		__u32 rest = scratch->payload_len;
 		if (skip >= rest)
-			return;
+			break;
 		if (copy_payload(ctx, scratch, scratch->payload_offset + skip, rest - skip) < 0)
-			return;
+			break;
+		skipped++;
 	}
+	return skipped;
 }
 
 int sluice_xdp(struct xdp_md *ctx)
@@ -171,7 +175,7 @@ int sluice_stage_tls(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
-	skip_leading_records(ctx, scratch);
+	int skipped = skip_leading_records(ctx, scratch);
 	switch (parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &name_off, &name_len)) {
 	case TLS_SNI_FOUND:
 		count(SLUICE_CNT_TLS_SNI_FOUND);
@@ -195,6 +199,11 @@ int sluice_stage_tls(struct xdp_md *ctx)
 		count(SLUICE_CNT_TLS_MALFORMED);
 		return inspect_next_packet(flow, scratch, cfg);
 	default:
+		/* TLS records came first: whatever follows is no HTTP request. */
+		if (skipped) {
+			count(SLUICE_CNT_NOT_TLS);
+			return inspect_next_packet(flow, scratch, cfg);
+		}
 		stages.call(ctx, SLUICE_STAGE_HTTP);
 		return pass_unjudged(scratch->frame_len);
 	}

@@ -25,6 +25,7 @@
 #define TLS_MAJOR_VERSION 3
 #define TLS_MAX_MINOR_VERSION 4		/* TLS 1.3's legacy record version is 3.1..3.3 */
 #define TLS_HANDSHAKE_CLIENT_HELLO 1
+#define TLS_RECORD_PREFIX_LEN 3		/* type and version: enough to tell a record */
 #define TLS_RECORD_HEADER_LEN 5
 #define TLS_HANDSHAKE_HEADER_LEN 4
 #define TLS_RANDOM_LEN 32
@@ -60,18 +61,25 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __
 {
 	int span;
 
-	if (avail < TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN)
-		return avail >= 3 && masked_u8(bytes, 0, mask) == TLS_CONTENT_HANDSHAKE &&
-		       masked_u8(bytes, 1, mask) == TLS_MAJOR_VERSION &&
-		       masked_u8(bytes, 2, mask) <= TLS_MAX_MINOR_VERSION ?
-			       TLS_TRUNCATED : TLS_NOT_CLIENT_HELLO;
-	if (masked_u8(bytes, 0, mask) != TLS_CONTENT_HANDSHAKE ||
+	if (avail < TLS_RECORD_PREFIX_LEN ||
+	    masked_u8(bytes, 0, mask) != TLS_CONTENT_HANDSHAKE ||
 	    masked_u8(bytes, 1, mask) != TLS_MAJOR_VERSION ||
-	    masked_u8(bytes, 2, mask) > TLS_MAX_MINOR_VERSION ||
-	    masked_u8(bytes, 5, mask) != TLS_HANDSHAKE_CLIENT_HELLO)
+	    masked_u8(bytes, 2, mask) > TLS_MAX_MINOR_VERSION)
 		return TLS_NOT_CLIENT_HELLO;
-
+	if (avail < TLS_RECORD_HEADER_LEN)
+		return TLS_TRUNCATED;
 	__u32 record_end = TLS_RECORD_HEADER_LEN + masked_be16(bytes, 3, mask);
+	/* Where this record holds the handshake type, it tells whether this
+	 * is a ClientHello at all. */
+	if (record_end > TLS_RECORD_HEADER_LEN && avail > TLS_RECORD_HEADER_LEN &&
+	    masked_u8(bytes, TLS_RECORD_HEADER_LEN, mask) != TLS_HANDSHAKE_CLIENT_HELLO)
+		return TLS_NOT_CLIENT_HELLO;
+	/* A handshake header cut by the segment, or by the end of a record
+	 * (an empty first record, say): the rest follows. */
+	if (avail < TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN ||
+	    record_end < TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN)
+		return TLS_TRUNCATED;
+
 	__u32 hello_end = TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN + masked_be24(bytes, 6, mask);
 	/* Only the first record is parsed here: a ClientHello spread over
 	 * several records continues past record_end, which is truncation. */
@@ -150,6 +158,8 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __
 		*name_len = host_len;
 		return TLS_SNI_FOUND;
 	}
+	if (off == extensions_end)
+		return TLS_NO_SNI;
 	/* More extensions than we walk: we cannot tell, so we do not judge. */
 	return TLS_TRUNCATED;
 }

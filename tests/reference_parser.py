@@ -38,12 +38,23 @@ HTTP_HOST_FOUND = "http_host_found"
 HTTP_NO_HOST = "http_no_host"
 HTTP_TRUNCATED = "http_truncated"
 NOT_TLS = "not_tls"          # neither a ClientHello nor an HTTP/1.x request
+TLS_REASSEMBLED = "tls_reassembled"
+
+# sluice: a ClientHello that continues past its first record, or past the
+# packet, is kept (bpf/tcp_stream.h): the first 16 KB of the client's
+# stream, whose handshake records (ChangeCipherSpec records stepped over,
+# 64 records at most, each at most 16 KB as RFC 8446 5.1 allows) are
+# gathered behind one record header and read again.
+STREAM_BYTES = 16384
+RECORDS_MAX = 64
+RECORD_FRAGMENT_MAX = 16384
 
 
 @dataclass(frozen=True)
 class Outcome:
     counter: str
     name: bytes | None = None    # raw, as on the wire (see normalise())
+    also: tuple[str, ...] = ()   # counters that moved before this one
 
 
 def normalise(name: bytes) -> bytes:
@@ -59,8 +70,45 @@ def classify(payload: bytes) -> Outcome:
     hello = leading_change_cipher_specs_skipped(payload)
     tls = parse_client_hello(hello[:PAYLOAD_COPY_BYTES])
     if tls is not None:
-        return tls
+        return reassembled(payload) if tls.counter == TLS_TRUNCATED else tls
+    if hello != payload:
+        return Outcome(NOT_TLS)        # TLS records came first: what follows is no HTTP request
     return parse_http_request(payload[:PAYLOAD_COPY_BYTES])
+
+
+def reassembled(payload: bytes) -> Outcome:
+    """A truncated hello, read again from all its records (see STREAM_BYTES)."""
+    again = parse_client_hello(gathered_records(payload[:STREAM_BYTES]))
+    if again is None or again.counter == TLS_TRUNCATED:
+        return Outcome(TLS_TRUNCATED)
+    if again.counter == TLS_MALFORMED:
+        return Outcome(TLS_MALFORMED, also=(TLS_TRUNCATED,))
+    return Outcome(again.counter, again.name, also=(TLS_TRUNCATED, TLS_REASSEMBLED))
+
+
+def gathered_records(data: bytes) -> bytes:
+    """The handshake bytes of the records at the start of data, behind one
+    record header; b"" if a record is not a handshake or ChangeCipherSpec."""
+    off, gathered = 0, b""
+    for _ in range(RECORDS_MAX):
+        if off + RECORD_HEADER_LEN > len(data):
+            break
+        content, major, fragment = data[off], data[off + 1], int.from_bytes(data[off + 3:off + 5], "big")
+        if (major != RECORD_MAJOR_VERSION or fragment > RECORD_FRAGMENT_MAX
+                or content not in (CONTENT_HANDSHAKE, CONTENT_CHANGE_CIPHER_SPEC)):
+            return b""
+        off += RECORD_HEADER_LEN
+        have = min(len(data) - off, fragment)
+        take = have if content == CONTENT_HANDSHAKE else 0
+        if RECORD_HEADER_LEN + len(gathered) + take >= STREAM_BYTES:
+            break
+        gathered += data[off:off + take]
+        if have < fragment:
+            break
+        off += fragment
+    if not gathered:
+        return b""
+    return bytes([CONTENT_HANDSHAKE, RECORD_MAJOR_VERSION, 1]) + len(gathered).to_bytes(2, "big") + gathered
 
 
 # --- TLS ---------------------------------------------------------------------
@@ -165,8 +213,9 @@ def parse_client_hello(data: bytes) -> Outcome | None:
     """The outcome for TLS bytes, or None if they are not a ClientHello."""
     if len(data) < RECORD_PREFIX_RECOGNISED or not _is_handshake_record(data):
         return None
-    # sluice: only the first record is read; a hello that goes on in a
-    # later record is truncated here, as one cut by the segment is.
+    # sluice: only the first record is read here; a hello that goes on in a
+    # later record is truncated, as one cut by the segment is, and read
+    # again once its records are gathered (reassembled()).
     record_end = RECORD_HEADER_LEN + int.from_bytes(data[3:5], "big")
     held = min(len(data), record_end)
     if held <= RECORD_HEADER_LEN:
