@@ -4,7 +4,9 @@
  * space, and a first line that ends in "HTTP/1.x" (RFC 9112 section 3).
  * Header field names are case-insensitive and the value may be surrounded by
  * optional whitespace (RFC 9110 section 5.6.3). The Host value loses its
- * port; an IPv6 literal loses its brackets.
+ * port; an IPv6 literal loses its brackets. A request whose target is in
+ * absolute form ("GET http://name/ HTTP/1.1") is named by its target, not
+ * by its Host field, as servers take it (RFC 9112 section 3.2.2).
  */
 #ifndef SLUICE_HTTP_HOST_H
 #define SLUICE_HTTP_HOST_H
@@ -16,6 +18,8 @@
 #define HTTP_HOST_FIELD_LEN 5		/* "host:" */
 #define HTTP_OWS_MAX 16			/* whitespace tolerated before the value */
 #define HTTP_HOST_VALUE_MAX (SLUICE_NAME_MAX + 8) /* a name, a colon and a port */
+#define HTTP_SCHEME_MAX 16		/* "http", "https", and room for any other */
+#define HTTP_AUTHORITY_MAX 512		/* userinfo@host:port of an absolute-form target */
 
 enum http_outcome {
 	HTTP_NOT_REQUEST = 0,
@@ -129,6 +133,78 @@ static __always_inline __u32 find_line_starts(const __u8 *bytes, __u32 avail, __
 	return newlines;
 }
 
+static __always_inline int is_scheme_char(__u8 c)
+{
+	__u8 lower = c | 0x20;
+
+	return (lower >= 'a' && lower <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.';
+}
+
+/* Where the authority of an absolute-form target (scheme "://" authority)
+ * that starts at off begins, or 0 when the target has another form. */
+static __always_inline __u32 absolute_form_authority(const __u8 *bytes, __u32 off, __u32 line_end)
+{
+	__u8 first = payload_u8(bytes, off) | 0x20;
+
+	if (first < 'a' || first > 'z')
+		return 0;
+	for (int i = 1; i < HTTP_SCHEME_MAX; i++) {
+		__u32 at = off + i;
+		if (at + 3 > line_end)
+			return 0;
+		__u8 c = payload_u8(bytes, at);
+		if (c == ':')
+			return payload_u8(bytes, at + 1) == '/' && payload_u8(bytes, at + 2) == '/' ? at + 3 : 0;
+		if (!is_scheme_char(c))
+			return 0;
+	}
+	return 0;
+}
+
+/* The host of the authority at start: past any userinfo ("user@"), up to
+ * the port, path, query, fragment or the space before the version. */
+static __always_inline int parse_authority(struct payload_scratch *scratch, __u32 start, __u32 line_end,
+					   __u32 *name_off, __u32 *name_len)
+{
+	const __u8 *bytes = scratch->bytes;
+	__u64 host = start;
+	__u32 end = 0;
+
+	for (__u32 i = 0; i < HTTP_AUTHORITY_MAX; i++) {
+		__u32 at = start + i;
+		__u8 c = payload_u8(bytes, at);
+		if (at >= line_end || c == '/' || c == '?' || c == '#' || c == ' ') {
+			end = at;
+			break;
+		}
+		/* Branch-free, as in find_line_starts(): the host starts past the last '@'. */
+		__u64 is_at = ((__u64)(c ^ '@') - 1) >> 63;
+		hide_from_compiler(is_at);
+		host += is_at * (at + 1 - host);
+	}
+	if (end == 0)
+		return HTTP_NO_HOST;
+	/* Both forgotten: the host is then walked once, not once for every
+	 * place the authority could have ended. */
+	end = forget_range(scratch->forget_slots[0], end);
+	__u32 first = forget_range(scratch->forget_slot, (__u32)host);
+	int bracketed = first < end && payload_u8(bytes, first) == '[';
+	first += bracketed;
+	__u32 len = 0;
+	for (; len <= SLUICE_NAME_MAX; len++) {
+		if (first + len >= end)
+			break;
+		__u8 c = payload_u8(bytes, first + len);
+		if (c == '\r' || c == '\n' || is_ows(c) || (bracketed ? c == ']' : c == ':'))
+			break;
+	}
+	if (len == 0 || len > SLUICE_NAME_MAX)
+		return HTTP_NO_HOST;
+	*name_off = first;
+	*name_len = len;
+	return HTTP_HOST_FOUND;
+}
+
 static __always_inline int parse_http_request(struct payload_scratch *scratch,
 					      __u32 *name_off, __u32 *name_len)
 {
@@ -151,8 +227,14 @@ static __always_inline int parse_http_request(struct payload_scratch *scratch,
 	__u32 newlines = find_line_starts(bytes, avail, line_starts);
 	if (newlines == 0)
 		return HTTP_TRUNCATED;
-	if (!request_line_has_version(bytes, line_starts[0] - 1))
+	__u32 line_end = line_starts[0] - 1;
+	if (!request_line_has_version(bytes, line_end))
 		return HTTP_NOT_REQUEST;
+	/* Forgotten, so that what follows is verified once, not once per method length. */
+	__u32 authority = absolute_form_authority(bytes, forget_range(scratch->forget_slot, off + 1), line_end);
+	if (authority)
+		return parse_authority(scratch, forget_range(scratch->forget_slot, authority), line_end,
+				       name_off, name_len);
 
 	/* Header lines: line k starts just past newline k. Only the start of
 	 * the Host value is found here, so the verifier walks the value once. */

@@ -304,6 +304,11 @@ IP_LITERAL_END = re.compile(rb"[\r\n \t\]]")
 # the authority ending at the path, query or fragment, or at the space
 # before the version.
 ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*://([^/?# ]*)")
+# sluice: a scheme of at most 16 characters ("http", "https" and room for
+# others), and an authority of at most 512 bytes (userinfo, host and port);
+# past them, the target is not taken for absolute-form, or names nothing.
+SCHEME_MAX = 16
+AUTHORITY_MAX = 512
 
 
 def parse_http_request(data: bytes) -> Outcome:
@@ -323,7 +328,9 @@ def parse_http_request(data: bytes) -> Outcome:
     # RFC 9112 3.2.2: a server given an absolute-form target takes the host
     # from it and ignores any Host field. The request line is whole: decided.
     target = ABSOLUTE_FORM.match(request_line, len(method) + 1)
-    if target:
+    if target and target.start(1) - 3 - (len(method) + 1) < SCHEME_MAX:
+        if len(target.group(1)) >= AUTHORITY_MAX:
+            return Outcome(HTTP_NO_HOST)
         authority = target.group(1).rpartition(b"@")[2]     # without userinfo
         return _found(_host(authority, bounded=True))
     return _host_field(data, line_end + 1)

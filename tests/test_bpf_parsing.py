@@ -316,3 +316,19 @@ def test_a_change_cipher_spec_claiming_more_than_the_packet_is_not_followed(dp):
     judgement = judge(dp, b"\x14\x03\x03\x40\x00\x01" + client_hello(b"blocked.example"))
     assert judgement.verdict == "pass"
     assert judgement.moved() == {"not_tls": 1}
+
+
+@pytest.mark.parametrize("request_bytes, verdict", [
+    (b"GET http://user:pw@Blocked.Example:8080/x?q HTTP/1.1\r\nHost: open.example\r\n\r\n", "drop"),
+    (b"GET https://open.example/ HTTP/1.1\r\nHost: blocked.example\r\n\r\n", "pass"),
+    (b"GET http://[2001:db8::1]:80/ HTTP/1.1\r\nHost: blocked.example\r\n\r\n", "pass"),
+    (b"OPTIONS * HTTP/1.1\r\nHost: blocked.example\r\n\r\n", "drop"),
+], ids=["absolute-form-with-userinfo-and-port", "absolute-form-wins-over-host", "ipv6-literal-target",
+        "asterisk-form-uses-host"])
+def test_absolute_form_target_names_the_request(dp, request_bytes, verdict):
+    """Servers take the host of an absolute-form target over the Host field
+    (RFC 9112 3.2.2; nginx does), so sluice must too, or a client could
+    name an allowed host in Host and be served a blocked one."""
+    judgement = judge(dp, request_bytes)
+    assert judgement.verdict == verdict
+    assert judgement.moved() == {"http_host_found": 1, "flows_http": 1}

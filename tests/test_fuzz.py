@@ -160,12 +160,8 @@ def check(dp, event_names: list[bytes], payload: bytes) -> None:
 # Each has an xfail regression test at the end of this module. Each predicate
 # is narrow: it explains a difference only for inputs that show that bug.
 
-ABSOLUTE_FORM_REQUEST = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [A-Za-z][A-Za-z0-9+\-.]*://")
 HOST_CHARS_TO_THE_END = re.compile(rb"[^\r\n \t:\]]{256,262}\Z")
 
-
-def _absolute_form(payload: bytes, outcome: Outcome, moved: dict) -> bool:
-    return bool(ABSOLUTE_FORM_REQUEST.match(payload))
 
 
 def _method_of_24(payload: bytes, outcome: Outcome, moved: dict) -> bool:
@@ -183,7 +179,6 @@ def _long_host_to_the_end(payload: bytes, outcome: Outcome, moved: dict) -> bool
 
 
 KNOWN_BUGS: dict[str, Callable[[bytes, Outcome, dict], bool]] = {
-    "absolute-form target ignored": _absolute_form,
     "24-character method at the end is not a request": _method_of_24,
     "header line under 5 bytes before the end is truncated": _short_line_before_the_end,
     "unterminated Host over 255 bytes is truncated": _long_host_to_the_end,
@@ -410,8 +405,6 @@ def known_bug(reason: str):
     return pytest.mark.xfail(strict=True, reason=f"data-plane bug: {reason}")
 
 
-@known_bug("the Host field is read even when the request target is absolute-form, whose host "
-           "RFC 9112 3.2.2 says the server uses instead (nginx serves blocked.example here)")
 def test_absolute_form_target_names_the_request(dp, event_names):
     check_strictly(dp, event_names, b"GET http://blocked.example/ HTTP/1.1\r\nHost: open.example\r\n\r\n")
 
