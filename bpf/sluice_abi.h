@@ -133,6 +133,7 @@ enum sluice_counter {
 	SLUICE_CNT_FLOWS_EXPIRED,	/* idle flows found and restarted */
 	SLUICE_CNT_FLOWS_CREATED,	/* new flow table keys; minus the entries: evictions */
 	SLUICE_CNT_TLS_REASSEMBLED,	/* ClientHellos found across segments or records */
+	SLUICE_CNT_TLS_ECH,		/* ClientHellos offering Encrypted Client Hello (outer SNI matched) */
 	SLUICE_CNT_QUIC_DATAGRAMS,	/* QUIC Initial datagrams sent to the controller */
 	SLUICE_CNT_QUIC_RING_FULL,	/* ...or not, the ring being full: the flow passes */
 	SLUICE_CNT_MAX,

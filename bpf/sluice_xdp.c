@@ -172,11 +172,15 @@ int sluice_stage_tls(struct xdp_md *ctx)
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
 	__u32 name_off = 0, name_len = 0;
+	int ech = 0;
 
 	if (!scratch)
 		return XDP_PASS;
 	int skipped = skip_leading_records(ctx, scratch);
-	switch (parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &name_off, &name_len)) {
+	int outcome = parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &name_off, &name_len, &ech);
+	if (ech && (outcome == TLS_SNI_FOUND || outcome == TLS_NO_SNI))
+		count(SLUICE_CNT_TLS_ECH);
+	switch (outcome) {
 	case TLS_SNI_FOUND:
 		count(SLUICE_CNT_TLS_SNI_FOUND);
 		scratch->proto = SLUICE_PROTO_TLS;
@@ -217,6 +221,7 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
 	__u32 name_off = 0, name_len = 0, zero = 0;
+	int ech = 0;
 
 	if (!scratch)
 		return XDP_PASS;
@@ -239,7 +244,7 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	/* As in the match stage: the parser is verified once, for one unknown
 	 * length, not once for every way out of the gathering loop. */
 	__u32 avail = forget_range(scratch->forget_slot, gather_handshake(stream, handshake, scratch));
-	int outcome = parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &name_off, &name_len);
+	int outcome = parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &name_off, &name_len, &ech);
 	if (outcome == TLS_TRUNCATED || outcome == TLS_MALFORMED || outcome == TLS_NOT_CLIENT_HELLO) {
 		if (outcome == TLS_MALFORMED)
 			count(SLUICE_CNT_TLS_MALFORMED);
@@ -249,6 +254,8 @@ int sluice_stage_stream(struct xdp_md *ctx)
 		return pass_unjudged(scratch->frame_len);
 	}
 	count(SLUICE_CNT_TLS_REASSEMBLED);
+	if (ech)
+		count(SLUICE_CNT_TLS_ECH);
 	count(outcome == TLS_SNI_FOUND ? SLUICE_CNT_TLS_SNI_FOUND : SLUICE_CNT_TLS_NO_SNI);
 	scratch->proto = SLUICE_PROTO_TLS;
 	scratch->raw_name_off = 0;

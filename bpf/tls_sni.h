@@ -31,6 +31,7 @@
 #define TLS_RANDOM_LEN 32
 #define TLS_SESSION_ID_MAX 32
 #define TLS_EXT_SERVER_NAME 0
+#define TLS_EXT_ENCRYPTED_CLIENT_HELLO 0xfe0d	/* draft-ietf-tls-esni: the outer SNI is a cover name */
 #define TLS_SNI_HOST_NAME 0
 #define TLS_EXTENSIONS_MAX 64		/* browsers send about 20, GREASE included */
 
@@ -55,9 +56,11 @@ static __always_inline int tls_check_span(__u32 off, __u32 len, __u32 hello_end,
 
 /* Parse the TLS bytes at the start of `bytes`, a buffer of mask + 1 bytes
  * (avail of them held). On TLS_SNI_FOUND, *name_off and *name_len locate
- * the raw host name. */
+ * the raw host name. *ech is set when the extensions walked include
+ * Encrypted Client Hello: the walk goes on past server_name for it, but
+ * once the name is found, nothing after it can undo that. */
 static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __u32 mask,
-					      __u32 *name_off, __u32 *name_len)
+					      __u32 *name_off, __u32 *name_len, int *ech)
 {
 	int span;
 
@@ -124,18 +127,21 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __
 		return TLS_MALFORMED;
 	off += 2;
 
+	int found = 0;
 	for (int i = 0; i < TLS_EXTENSIONS_MAX; i++) {
 		if (off == extensions_end)
-			return TLS_NO_SNI;
+			return found ? TLS_SNI_FOUND : TLS_NO_SNI;
 		span = tls_check_span(off, 4, extensions_end, avail);
 		if (span != TLS_SNI_FOUND)
-			return span;
+			return found ? TLS_SNI_FOUND : span;
 		__u32 ext_type = masked_be16(bytes, off, mask);
 		__u32 ext_len = masked_be16(bytes, off + 2, mask);
 		off += 4;
 		if (off + ext_len > extensions_end)
-			return TLS_MALFORMED;
-		if (ext_type != TLS_EXT_SERVER_NAME) {
+			return found ? TLS_SNI_FOUND : TLS_MALFORMED;
+		if (ext_type == TLS_EXT_ENCRYPTED_CLIENT_HELLO)
+			*ech = 1;
+		if (ext_type != TLS_EXT_SERVER_NAME || found) {
 			off += ext_len;
 			continue;
 		}
@@ -156,8 +162,11 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __
 			return span;
 		*name_off = off + 5;
 		*name_len = host_len;
-		return TLS_SNI_FOUND;
+		found = 1;
+		off += ext_len;
 	}
+	if (found)
+		return TLS_SNI_FOUND;
 	if (off == extensions_end)
 		return TLS_NO_SNI;
 	/* More extensions than we walk: we cannot tell, so we do not judge. */

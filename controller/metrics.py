@@ -21,6 +21,7 @@ PARSER_OUTCOMES = {
     "tls_sni_found": ("tls", "sni_found"), "tls_no_sni": ("tls", "no_sni"),
     "tls_truncated": ("tls", "truncated"), "tls_malformed": ("tls", "malformed"),
     "not_tls": ("tls", "not_tls"), "tls_reassembled": ("tls", "reassembled"),
+    "tls_ech": ("tls", "ech"),
     "http_host_found": ("http", "host_found"), "http_no_host": ("http", "no_host"),
     "http_truncated": ("http", "truncated"),
 }
@@ -66,7 +67,7 @@ class SluiceCollector:
                                        labels=["parser", "outcome"])
         for counter, labels in PARSER_OUTCOMES.items():
             outcomes.add_metric(list(labels), counters[counter])
-        for outcome in ("sni_found", "no_sni", "malformed", "gave_up"):
+        for outcome in ("sni_found", "no_sni", "ech", "malformed", "gave_up"):
             outcomes.add_metric(["quic", outcome], self.quic.outcomes[outcome] if self.quic else 0)
         yield outcomes
         yield CounterMetricFamily("sluice_flows_gave_up",

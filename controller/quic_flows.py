@@ -34,7 +34,7 @@ class QuicFlows:
     def __init__(self, datapath, on_settled=None):
         self.on_settled = on_settled
         self.pending: dict[bytes, InitialReassembler] = {}
-        self.outcomes: Counter = Counter()       # sni_found, no_sni, malformed, gave_up
+        self.outcomes: Counter = Counter()       # sni_found, no_sni, ech, malformed, gave_up
         self.flows_by_rule: Counter = Counter()  # rule id (0: none) -> QUIC flows settled
         self.follow(datapath)
 
@@ -61,6 +61,7 @@ class QuicFlows:
             return
         if hello is not None:
             self.outcomes["sni_found" if hello.sni else "no_sni"] += 1
+            self.outcomes["ech"] += hello.ech
             self._settle(datagram.key, hello.sni)
 
     def _settle(self, key, name: str | None, gave_up: bool = False) -> None:

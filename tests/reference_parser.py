@@ -39,6 +39,7 @@ HTTP_NO_HOST = "http_no_host"
 HTTP_TRUNCATED = "http_truncated"
 NOT_TLS = "not_tls"          # neither a ClientHello nor an HTTP/1.x request
 TLS_REASSEMBLED = "tls_reassembled"
+TLS_ECH = "tls_ech"          # a hello with a name, or without, that offers Encrypted Client Hello
 
 # sluice: a ClientHello that continues past its first record, or past the
 # packet, is kept (bpf/tcp_stream.h): the first 16 KB of the client's
@@ -83,7 +84,7 @@ def reassembled(payload: bytes) -> Outcome:
         return Outcome(TLS_TRUNCATED)
     if again.counter == TLS_MALFORMED:
         return Outcome(TLS_MALFORMED, also=(TLS_TRUNCATED,))
-    return Outcome(again.counter, again.name, also=(TLS_TRUNCATED, TLS_REASSEMBLED))
+    return Outcome(again.counter, again.name, also=(TLS_TRUNCATED, TLS_REASSEMBLED, *again.also))
 
 
 def gathered_records(data: bytes) -> bytes:
@@ -129,6 +130,7 @@ LEGACY_VERSION_AND_RANDOM_LEN = 2 + 32
 SESSION_ID_MAX = 32
 EXTENSION_HEADER_LEN = 2 + 2
 EXT_SERVER_NAME = 0
+EXT_ENCRYPTED_CLIENT_HELLO = 0xFE0D
 SERVER_NAME_HEADER_LEN = 2 + 1 + 2
 NAME_TYPE_HOST_NAME = 0
 # sluice: some clients, and circumvention tools on purpose, put
@@ -247,21 +249,34 @@ def _client_hello_body(hello: _Vector) -> Outcome:
     # A TLS 1.2 hello may end here (RFC 5246 7.4.1.2): no extensions, no name.
     if hello.at_end():
         return Outcome(TLS_NO_SNI)
-    # sluice: whatever follows the extensions, or the first server_name, is
-    # not read: the name is all it wants.
+    # sluice: whatever follows the extensions is not read, and only the
+    # first server_name; the walk goes on past it only to see whether the
+    # hello offers Encrypted Client Hello, and nothing it meets there can
+    # undo the name.
     extensions = hello.vector(2)
+    found, ech = None, False
     for walked in itertools.count():
         if extensions.at_end():
-            return Outcome(TLS_NO_SNI)
+            break
         if walked == EXTENSIONS_MAX:
+            if found:
+                break
             raise _Truncated
-        # Every extension has a 4-byte header (type, length): fewer bytes
-        # left in the block are a contradiction, whatever they hold.
-        extensions.require(EXTENSION_HEADER_LEN)
-        ext_type = extensions.number(2)
-        body = extensions.vector(2)
-        if ext_type == EXT_SERVER_NAME:
-            return _server_name(body)
+        try:
+            # Every extension has a 4-byte header (type, length): fewer bytes
+            # left in the block are a contradiction, whatever they hold.
+            extensions.require(EXTENSION_HEADER_LEN)
+            ext_type = extensions.number(2)
+            body = extensions.vector(2)
+        except (_Truncated, _Malformed):
+            if found:
+                break
+            raise
+        ech = ech or ext_type == EXT_ENCRYPTED_CLIENT_HELLO
+        if ext_type == EXT_SERVER_NAME and not found:
+            found = _server_name(body)
+    outcome = found or Outcome(TLS_NO_SNI)
+    return Outcome(outcome.counter, outcome.name, also=(TLS_ECH,) if ech else ())
 
 
 def _server_name(ext: _Vector) -> Outcome:

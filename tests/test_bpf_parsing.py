@@ -52,7 +52,19 @@ def dp(make_datapath):
 def test_sni_found_and_blocked(dp, hello):
     judgement = judge(dp, hello)
     assert judgement.verdict == "drop"
-    assert judgement.moved() == {"tls_sni_found": 1, "flows_tls": 1}
+    offers_ech = b"\xfe\x0d" in hello
+    assert judgement.moved() == {"tls_sni_found": 1, "flows_tls": 1, **({"tls_ech": 1} if offers_ech else {})}
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_an_ech_hello_is_matched_by_its_outer_name_and_counted(dp, where):
+    """Encrypted Client Hello hides the real name; the outer (cover) name is
+    what a middlebox sees and matches, wherever the extension sits."""
+    ech = (extension(0xFE0D, b"\x00" * 200),)
+    hello = client_hello(b"blocked.example", **{f"extensions_{where}": ech})
+    judgement = judge(dp, hello)
+    assert judgement.verdict == "drop"
+    assert judgement.moved() == {"tls_sni_found": 1, "tls_ech": 1, "flows_tls": 1}
 
 
 @pytest.mark.parametrize("port", [443, 8443, 25, 80])
