@@ -205,8 +205,13 @@ static __always_inline int parse_authority(struct payload_scratch *scratch, __u3
 	return HTTP_HOST_FOUND;
 }
 
-static __always_inline int parse_http_request(struct payload_scratch *scratch,
-					      __u32 *name_off, __u32 *name_len)
+/* The request line: a method, a space, a target, "HTTP/1.x". Returns
+ * HTTP_HOST_FOUND when it is one, having noted in scratch where the lines
+ * after it start and where an absolute-form target's authority is; the
+ * host itself is found by parse_request_host(), in the next stage, so that
+ * the verifier checks the two halves apart (older verifiers give up on the
+ * whole). */
+static __always_inline int parse_request_line(struct payload_scratch *scratch)
 {
 	const __u8 *bytes = scratch->bytes;
 	__u16 *line_starts = scratch->line_starts;
@@ -231,10 +236,23 @@ static __always_inline int parse_http_request(struct payload_scratch *scratch,
 	if (!request_line_has_version(bytes, line_end))
 		return HTTP_NOT_REQUEST;
 	/* Forgotten, so that what follows is verified once, not once per method length. */
-	__u32 authority = absolute_form_authority(bytes, forget_range(scratch->forget_slot, off + 1), line_end);
-	if (authority)
-		return parse_authority(scratch, forget_range(scratch->forget_slot, authority), line_end,
-				       name_off, name_len);
+	scratch->authority_off = absolute_form_authority(bytes, forget_range(scratch->forget_slot, off + 1),
+							 line_end);
+	scratch->header_lines = newlines;
+	return HTTP_HOST_FOUND;
+}
+
+/* The host of a request whose line parse_request_line() accepted. */
+static __always_inline int parse_request_host(struct payload_scratch *scratch,
+					      __u32 *name_off, __u32 *name_len)
+{
+	const __u8 *bytes = scratch->bytes;
+	__u16 *line_starts = scratch->line_starts;
+	__u32 avail = scratch->len;
+	__u32 newlines = scratch->header_lines;
+
+	if (scratch->authority_off)
+		return parse_authority(scratch, scratch->authority_off, line_starts[0] - 1, name_off, name_len);
 
 	/* Header lines: line k starts just past newline k. Only the start of
 	 * the Host value is found here, so the verifier walks the value once. */

@@ -30,6 +30,16 @@
  * once for every value (say, every loop iteration) that could reach it. */
 #define forget_range(slot, value) ({ (slot) = (value); *(volatile __u32 *)&(slot); })
 
+/* What parse_client_hello() found. It lives in map memory on purpose: the
+ * verifier does not follow values through memory, so flags kept here (name
+ * found, ECH seen) do not split its states at every extension. */
+struct hello_result {
+	__u32 name_off;
+	__u32 name_len;
+	__u32 found;			/* a server_name was read */
+	__u32 ech;			/* an Encrypted Client Hello extension was walked */
+};
+
 struct payload_scratch {
 	struct flow_key key;		/* the flow being inspected */
 	__u32 frame_len;		/* of the packet in hand, for the counters */
@@ -48,6 +58,9 @@ struct payload_scratch {
 	__u32 seq;			/* the packet's TCP sequence number */
 	__u32 segment_offset;		/* its whole payload, as it came: */
 	__u32 segment_len;		/* payload_offset/len move past skipped records */
+	__u32 header_lines;		/* HTTP: newlines found (see find_line_starts()) */
+	__u32 authority_off;		/* HTTP: where an absolute-form target's authority starts, or 0 */
+	struct hello_result hello;
 	__u8 bytes[PAYLOAD_COPY_BYTES];
 	char name[SLUICE_NAME_MAX + 1];	/* the extracted, normalised name */
 	__u16 line_starts[HTTP_LINE_SLOTS_MASK + 1]; /* see find_line_starts() */

@@ -95,11 +95,12 @@ enum sluice_match_kind {
  * that the controller fills at these indices. */
 enum sluice_stage {
 	SLUICE_STAGE_TLS = 0,		/* sluice_stage_tls: find a ClientHello's SNI */
-	SLUICE_STAGE_HTTP = 1,		/* sluice_stage_http: find a request's Host */
+	SLUICE_STAGE_HTTP = 1,		/* sluice_stage_http: an HTTP request line, and its lines */
 	SLUICE_STAGE_MATCH = 2,		/* sluice_stage_match: name -> rule set */
 	SLUICE_STAGE_SELECT = 3,	/* sluice_stage_select: client, rule set -> rule -> verdict */
 	SLUICE_STAGE_STREAM = 4,	/* sluice_stage_stream: reassemble a ClientHello, then as TLS */
-	SLUICE_STAGE_MAX = 5,
+	SLUICE_STAGE_HTTP_HOST = 5,	/* sluice_stage_http_host: the host, past the request line */
+	SLUICE_STAGE_MAX = 6,
 };
 
 enum sluice_proto {

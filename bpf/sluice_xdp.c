@@ -171,21 +171,19 @@ int sluice_stage_tls(struct xdp_md *ctx)
 	struct flow_state *flow;
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
-	__u32 name_off = 0, name_len = 0;
-	int ech = 0;
 
 	if (!scratch)
 		return XDP_PASS;
 	int skipped = skip_leading_records(ctx, scratch);
-	int outcome = parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &name_off, &name_len, &ech);
-	if (ech && (outcome == TLS_SNI_FOUND || outcome == TLS_NO_SNI))
+	int outcome = parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &scratch->hello);
+	if (scratch->hello.ech && (outcome == TLS_SNI_FOUND || outcome == TLS_NO_SNI))
 		count(SLUICE_CNT_TLS_ECH);
 	switch (outcome) {
 	case TLS_SNI_FOUND:
 		count(SLUICE_CNT_TLS_SNI_FOUND);
 		scratch->proto = SLUICE_PROTO_TLS;
-		scratch->raw_name_off = name_off;
-		scratch->raw_name_len = name_len;
+		scratch->raw_name_off = scratch->hello.name_off;
+		scratch->raw_name_len = scratch->hello.name_len;
 		break;
 	case TLS_NO_SNI:
 		count(SLUICE_CNT_TLS_NO_SNI);
@@ -220,8 +218,7 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	struct flow_state *flow;
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
-	__u32 name_off = 0, name_len = 0, zero = 0;
-	int ech = 0;
+	__u32 zero = 0;
 
 	if (!scratch)
 		return XDP_PASS;
@@ -244,7 +241,7 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	/* As in the match stage: the parser is verified once, for one unknown
 	 * length, not once for every way out of the gathering loop. */
 	__u32 avail = forget_range(scratch->forget_slot, gather_handshake(stream, handshake, scratch));
-	int outcome = parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &name_off, &name_len, &ech);
+	int outcome = parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &scratch->hello);
 	if (outcome == TLS_TRUNCATED || outcome == TLS_MALFORMED || outcome == TLS_NOT_CLIENT_HELLO) {
 		if (outcome == TLS_MALFORMED)
 			count(SLUICE_CNT_TLS_MALFORMED);
@@ -254,16 +251,17 @@ int sluice_stage_stream(struct xdp_md *ctx)
 		return pass_unjudged(scratch->frame_len);
 	}
 	count(SLUICE_CNT_TLS_REASSEMBLED);
-	if (ech)
+	if (scratch->hello.ech)
 		count(SLUICE_CNT_TLS_ECH);
 	count(outcome == TLS_SNI_FOUND ? SLUICE_CNT_TLS_SNI_FOUND : SLUICE_CNT_TLS_NO_SNI);
 	scratch->proto = SLUICE_PROTO_TLS;
 	scratch->raw_name_off = 0;
 	scratch->raw_name_len = 0;
+	__u32 name_len = scratch->hello.name_len;
 	if (outcome == TLS_SNI_FOUND && name_len > 0 && name_len <= SLUICE_NAME_MAX) {
 		/* The match stage reads the name from the scratch buffer. */
 		if (bpf_probe_read_kernel(scratch->bytes, name_len & NAME_BUFFER_MASK,
-					  &handshake->bytes[name_off & STREAM_MASK]) == 0)
+					  &handshake->bytes[scratch->hello.name_off & STREAM_MASK]) == 0)
 			scratch->raw_name_len = name_len;
 	}
 	flow->streaming = 0;
@@ -281,7 +279,29 @@ int sluice_stage_http(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
-	switch (parse_http_request(scratch, &name_off, &name_len)) {
+	switch (parse_request_line(scratch)) {
+	case HTTP_HOST_FOUND:
+		stages.call(ctx, SLUICE_STAGE_HTTP_HOST);
+		return pass_unjudged(scratch->frame_len);
+	case HTTP_TRUNCATED:
+		count(SLUICE_CNT_HTTP_TRUNCATED);
+		return inspect_next_packet(flow, scratch, cfg);
+	default:
+		count(SLUICE_CNT_NOT_TLS);
+		return inspect_next_packet(flow, scratch, cfg);
+	}
+}
+
+int sluice_stage_http_host(struct xdp_md *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+	__u32 name_off = 0, name_len = 0;
+
+	if (!scratch)
+		return XDP_PASS;
+	switch (parse_request_host(scratch, &name_off, &name_len)) {
 	case HTTP_HOST_FOUND:
 		count(SLUICE_CNT_HTTP_HOST_FOUND);
 		scratch->proto = SLUICE_PROTO_HTTP;
@@ -292,11 +312,8 @@ int sluice_stage_http(struct xdp_md *ctx)
 		count(SLUICE_CNT_HTTP_NO_HOST);
 		scratch->proto = SLUICE_PROTO_HTTP;
 		break;
-	case HTTP_TRUNCATED:
-		count(SLUICE_CNT_HTTP_TRUNCATED);
-		return inspect_next_packet(flow, scratch, cfg);
 	default:
-		count(SLUICE_CNT_NOT_TLS);
+		count(SLUICE_CNT_HTTP_TRUNCATED);
 		return inspect_next_packet(flow, scratch, cfg);
 	}
 	stages.call(ctx, SLUICE_STAGE_MATCH);

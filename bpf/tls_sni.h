@@ -55,15 +55,17 @@ static __always_inline int tls_check_span(__u32 off, __u32 len, __u32 hello_end,
 }
 
 /* Parse the TLS bytes at the start of `bytes`, a buffer of mask + 1 bytes
- * (avail of them held). On TLS_SNI_FOUND, *name_off and *name_len locate
- * the raw host name. *ech is set when the extensions walked include
- * Encrypted Client Hello: the walk goes on past server_name for it, but
- * once the name is found, nothing after it can undo that. */
+ * (avail of them held). On TLS_SNI_FOUND, result->name_off and name_len
+ * locate the raw host name. result->ech is set when the extensions walked
+ * include Encrypted Client Hello: the walk goes on past server_name for
+ * it, but once the name is found, nothing after it can undo that. */
 static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __u32 mask,
-					      __u32 *name_off, __u32 *name_len, int *ech)
+					      struct hello_result *result)
 {
 	int span;
 
+	result->found = 0;
+	result->ech = 0;
 	if (avail < TLS_RECORD_PREFIX_LEN ||
 	    masked_u8(bytes, 0, mask) != TLS_CONTENT_HANDSHAKE ||
 	    masked_u8(bytes, 1, mask) != TLS_MAJOR_VERSION ||
@@ -127,21 +129,22 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __
 		return TLS_MALFORMED;
 	off += 2;
 
-	int found = 0;
 	for (int i = 0; i < TLS_EXTENSIONS_MAX; i++) {
 		if (off == extensions_end)
-			return found ? TLS_SNI_FOUND : TLS_NO_SNI;
+			return result->found ? TLS_SNI_FOUND : TLS_NO_SNI;
 		span = tls_check_span(off, 4, extensions_end, avail);
 		if (span != TLS_SNI_FOUND)
-			return found ? TLS_SNI_FOUND : span;
+			return result->found ? TLS_SNI_FOUND : span;
 		__u32 ext_type = masked_be16(bytes, off, mask);
 		__u32 ext_len = masked_be16(bytes, off + 2, mask);
 		off += 4;
 		if (off + ext_len > extensions_end)
-			return found ? TLS_SNI_FOUND : TLS_MALFORMED;
-		if (ext_type == TLS_EXT_ENCRYPTED_CLIENT_HELLO)
-			*ech = 1;
-		if (ext_type != TLS_EXT_SERVER_NAME || found) {
+			return result->found ? TLS_SNI_FOUND : TLS_MALFORMED;
+		/* Branch-free, and kept in memory: see struct hello_result. */
+		__u64 is_ech = ((__u64)(ext_type ^ TLS_EXT_ENCRYPTED_CLIENT_HELLO) - 1) >> 63;
+		hide_from_compiler(is_ech);
+		result->ech |= is_ech;
+		if (ext_type != TLS_EXT_SERVER_NAME || result->found) {
 			off += ext_len;
 			continue;
 		}
@@ -160,12 +163,12 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __
 		span = tls_check_span(off + 5, host_len, off + ext_len, avail);
 		if (span != TLS_SNI_FOUND)
 			return span;
-		*name_off = off + 5;
-		*name_len = host_len;
-		found = 1;
+		result->name_off = off + 5;
+		result->name_len = host_len;
+		result->found = 1;
 		off += ext_len;
 	}
-	if (found)
+	if (result->found)
 		return TLS_SNI_FOUND;
 	if (off == extensions_end)
 		return TLS_NO_SNI;

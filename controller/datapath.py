@@ -29,7 +29,8 @@ STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_HTTP: b"sluice_stage_http",
                    ABI.SLUICE_STAGE_MATCH: b"sluice_stage_match",
                    ABI.SLUICE_STAGE_SELECT: b"sluice_stage_select",
-                   ABI.SLUICE_STAGE_STREAM: b"sluice_stage_stream"}
+                   ABI.SLUICE_STAGE_STREAM: b"sluice_stage_stream",
+                   ABI.SLUICE_STAGE_HTTP_HOST: b"sluice_stage_http_host"}
 
 
 # struct direction_stats, as summed by rule_stats().
