@@ -2,8 +2,8 @@
 
 This machine's kernel may lack sch_fq, so shape and delay would only ever be
 skipped here; vm/run-matrix boots Debian's 6.1, which has it, under qemu and
-runs a lean selection there (vm/README.md). Under TCG it takes about
-25 minutes: deselect it with -m "not vm".
+runs a lean selection there (vm/README.md). Under TCG on two cores it takes
+about 11 minutes: deselect it with -m "not vm".
 """
 
 import os
@@ -56,13 +56,14 @@ def outcomes(junit: Path) -> dict[str, str]:
 def test_debian_6_1_leg_shapes_and_delays_with_fq():
     command = ["vm/run-matrix", "--kernels", "6.1", "--timeout", str(LEG_TIMEOUT),
                "--pytest-args", shlex.join(SELECTION)]
+    JUNIT.unlink(missing_ok=True)   # never judge an earlier run's report
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                          timeout=LEG_TIMEOUT + INSTALL_TIMEOUT)
     tail = "\n".join((run.stdout + run.stderr).splitlines()[-40:])
     assert JUNIT.exists(), f"no JUnit report from the 6.1 leg:\n{tail}"
     results = outcomes(JUNIT)
     failed = sorted(name for name, status in results.items() if status == "failed")
-    assert not failed, f"failed on 6.1 (vm/results/6.1.log):\n{tail}"
+    assert not failed, f"failed on 6.1: {failed} (vm/results/6.1.log)\n{tail}"
     not_passed = {name: results.get(name, "not run") for name in MUST_PASS if results.get(name) != "passed"}
     assert not not_passed, f"shaping was not tested on 6.1: {not_passed}"
     assert run.returncode == 0, tail
