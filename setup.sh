@@ -26,6 +26,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# Only for tests/test_vagrantfile.py, which runs `vagrant validate`: vagrant
+# and its libvirt provider (about 18 MB to download), where the distribution
+# packages them; apt's lists are fresh here if anything above was installed.
+optional=()
+for pkg in vagrant vagrant-libvirt; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" &&
+        apt-cache show "$pkg" >/dev/null 2>&1; then
+        optional+=("$pkg")
+    fi
+done
+if [ "${#optional[@]}" -gt 0 ]; then
+    echo "setup.sh: installing ${optional[*]} (to validate the Vagrantfile)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${optional[@]}"
+fi
+
 # bcc compiles against the running kernel's headers. Use the matching package
 # where Debian has one; otherwise (a custom kernel) fall back to the
 # distribution's generic headers, which serve XDP and tc programs well.

@@ -116,8 +116,11 @@ def test_shaped_download_keeps_to_the_rate_by_delaying_not_dropping(lab, tmp_pat
         stats = datapath.rule_stats()[policy.rule_by_name("shaped").id]["down"]
         assert stats["delayed_packets"] > 0
         assert stats["dropped_packets"] <= stats["packets"] * 0.01
-        open_rate = lab.download_rate("open.example", seconds=1.0)
-        assert open_rate > 10 * RATE_BPS
+        # A paced flow cannot beat the rate plus its burst over the run, so twice
+        # the rate shows the other flow is not paced; under emulation (the VM
+        # kernels) the whole TLS path carries only 20-40 Mbit/s.
+        open_rate = lab.download_rate("open.example", seconds=3.0)
+        assert open_rate > 2 * RATE_BPS
     finally:
         datapath.close()
         for shaper in shapers:
@@ -125,18 +128,32 @@ def test_shaped_download_keeps_to_the_rate_by_delaying_not_dropping(lab, tmp_pat
     assert root_qdisc(lab, lab.edge_client_iface) == "noqueue", "the original qdisc is back"
 
 
+def tls_phases(lab, name) -> tuple[float, float]:
+    """One HTTPS request, timed by curl's own clock from the TCP connection on:
+    (connected to TLS done, TLS done to the answer's first byte)."""
+    result = lab.run_in(lab.client_ns, [
+        "curl", "-sS", "--max-time", "5", "--cacert", lab.ca_path,
+        "--resolve", f"{name}:443:{lab.server_address(4)}", "-o", "/dev/null",
+        "-w", "%{time_connect} %{time_appconnect} %{time_starttransfer}", f"https://{name}/"], timeout=10)
+    assert result.returncode == 0, result.stderr
+    connected, secured, answered = map(float, result.stdout.split())
+    return secured - connected, answered - secured
+
+
 @needs_fq
 def test_delay_adds_its_latency_to_each_exchange(lab, tmp_path):
     policy = load_policy(policy_file(tmp_path, POLICY))
-    baseline = lab.curl("watched.example", timeout=5.0).seconds
     datapath, shapers = enforce(lab, policy)
     try:
-        result = lab.curl("watched.example", timeout=5.0)
-        assert result.ok
-        # After the ClientHello: the server's flight, the client's request and the
-        # response each cross the edge once more, each held LATENCY_S.
-        assert result.seconds - baseline >= 3 * LATENCY_S * 0.9
-        assert lab.curl("open.example", timeout=5.0).seconds < baseline + LATENCY_S
+        # After the ClientHello, which names the flow, the server's flight
+        # crosses the edge in the handshake, then the request and the response,
+        # each held LATENCY_S. Phases, not against a baseline: under emulation
+        # starting curl and the TLS arithmetic vary by more than LATENCY_S.
+        handshake, exchange = tls_phases(lab, "watched.example")
+        assert handshake >= LATENCY_S * 0.9
+        assert exchange >= 2 * LATENCY_S * 0.9
+        # The best of three, so a busy emulator cannot fail it.
+        assert min(tls_phases(lab, "open.example")[1] for _ in range(3)) < LATENCY_S
     finally:
         datapath.close()
         for shaper in shapers:
