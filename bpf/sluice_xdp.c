@@ -275,7 +275,6 @@ int sluice_stage_http(struct xdp_md *ctx)
 	struct flow_state *flow;
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
-	__u32 name_off = 0, name_len = 0;
 
 	if (!scratch)
 		return XDP_PASS;

@@ -415,7 +415,7 @@ class _Loader:
                     listed += [(self.scalar(item, "a prefix"), self.path, item.start_mark.line + 1,
                                 item.start_mark.column + 1) for item in items.value]
             if "prefixes_file" in keys:
-                listed += self.prefixes_file(keys["prefixes_file"][1])
+                listed += self.listed_file(keys["prefixes_file"][1], "prefixes_file")
             if not listed and "prefixes" not in keys and "prefixes_file" not in keys:
                 self.problem(value_node, f"class {name} has no prefixes (give prefixes or prefixes_file)")
             for text, file, line, column in listed:
@@ -441,16 +441,17 @@ class _Loader:
                                              dtype=numpy.uint8).reshape(-1, 16)
         return ClientClasses(found, table, numpy.asarray(class_ids, dtype=numpy.uint32))
 
-    def prefixes_file(self, node) -> list[tuple[str, str, int, int]]:
-        """One prefix a line; '#' starts a comment."""
-        relative = self.scalar(node, "prefixes_file")
+    def listed_file(self, node, key: str) -> list[tuple[str, str, int, int]]:
+        """(entry, file, line, column) of each entry of a file of one entry a
+        line, relative to the policy; '#' starts a comment."""
+        relative = self.scalar(node, key)
         if relative is None:
             return []
         path = Path(self.path).parent / relative
         try:
             lines = path.read_text().splitlines()
         except OSError as error:
-            self.problem(node, f"cannot read prefixes_file {str(path)!r}: {error.strerror}")
+            self.problem(node, f"cannot read {key} {str(path)!r}: {error.strerror}")
             return []
         listed = []
         for number, line in enumerate(lines, start=1):
@@ -654,23 +655,11 @@ class _Loader:
         return name
 
     def domains_file(self, node) -> list[bytes]:
-        relative = self.scalar(node, "domains_file")
-        if relative is None:
-            return []
-        path = Path(self.path).parent / relative
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as error:
-            self.problem(node, f"cannot read domains_file {str(path)!r}: {error.strerror}")
-            return []
         names = []
-        for number, line in enumerate(lines, start=1):
-            text = line.split("#", 1)[0].strip()
-            if text:
-                name = self.add_name(text, ABI.SLUICE_MATCH_SUFFIX, None, str(path), number,
-                                     line.index(text) + 1)
-                if name:
-                    names.append(name)
+        for text, file, line, column in self.listed_file(node, "domains_file"):
+            name = self.add_name(text, ABI.SLUICE_MATCH_SUFFIX, None, file, line, column)
+            if name:
+                names.append(name)
         return names
 
     # --- throttle, shape, delay -------------------------------------------
