@@ -167,6 +167,8 @@ class Policy:
 
     def at(self, when: datetime) -> "Policy":
         """The policy as it stands at `when` (what the data plane is given)."""
+        if not any(rule.active or rule.escalate for rule in self.rules):
+            return self          # and its rule sets, computed once, for a million names too
         return replace(self, rules=[rule.at(when) for rule in self.rules])
 
     def next_switch(self, after: datetime) -> datetime | None:
