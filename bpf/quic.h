@@ -78,6 +78,11 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 				     const struct sluice_config *cfg)
 {
 	struct flow_key key = {};
+
+	/* Without a controller reading the ring no QUIC flow is ever opened,
+	 * so UDP needs no flow lookup at all. */
+	if (!(cfg->flags & SLUICE_CFG_EVENTS))
+		return pass_unjudged(pkt->frame_len);
 	int sender_is_hi = make_flow_key(pkt, &key);
 	__u64 now = coarse_now_ns(cfg);
 	struct flow_state *flow = flows.lookup(&key);
@@ -98,7 +103,7 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 		}
 		return pass_unjudged(pkt->frame_len);
 	}
-	if (!(cfg->flags & SLUICE_CFG_EVENTS) || !is_quic_client_initial(ctx, pkt))
+	if (!is_quic_client_initial(ctx, pkt))
 		return pass_unjudged(pkt->frame_len);
 	flow = flow_start(&key, sender_is_hi, 1, 0, now);
 	if (!flow)
