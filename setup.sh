@@ -14,15 +14,22 @@ fi
 # curl, openssl and nginx for the lab and the end-to-end tests; tcpdump for
 # the captures the replay tests take; prometheus to scrape the exporter in a test;
 # iperf3, iptables, ApacheBench and nDPI for the benchmarks (bench/).
-packages=(python3-bpfcc bpftool iproute2 tzdata python3-venv curl openssl nginx-light tcpdump prometheus
+packages=(python3-bpfcc iproute2 tzdata python3-venv curl openssl nginx-light tcpdump prometheus
           iperf3 iptables apache2-utils libndpi-bin)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# Ubuntu's /usr/sbin/bpftool is a wrapper that fails until the tools of the
+# running kernel are installed, so ask the binary, not dpkg.
+bpftool version >/dev/null 2>&1 || missing+=(bpftool)
 if [ "${#missing[@]}" -gt 0 ]; then
-    echo "setup.sh: installing ${missing[*]}"
     apt-get update -q
+    # Debian packages bpftool on its own; Ubuntu ships it in linux-tools-RELEASE.
+    if [[ " ${missing[*]} " == *" bpftool "* ]] && ! apt-cache show bpftool >/dev/null 2>&1; then
+        missing=("${missing[@]/#bpftool/linux-tools-common}" "linux-tools-$(uname -r)")
+    fi
+    echo "setup.sh: installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
