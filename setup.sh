@@ -55,12 +55,12 @@ release=$(uname -r)
 modules=/lib/modules/$release
 if [ ! -e "$modules/build/include/linux/kconfig.h" ] && [ ! -e "$modules/source/include/linux/kconfig.h" ]; then
     if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "linux-headers-$release"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "linux-headers-$release"
     else
         echo "setup.sh: no headers package for kernel $release; falling back to linux-headers-amd64"
         dpkg-query -W -f='${Status}' linux-headers-amd64 2>/dev/null | grep -q "install ok installed" || {
             apt-get update -q
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-headers-amd64
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends linux-headers-amd64
         }
         # Debian splits headers into an arch tree (build) and a common tree (source).
         build=$(ls -d /usr/src/linux-headers-*-amd64 | sort -V | tail -n 1)

@@ -3,11 +3,12 @@
  * The controller finds these by name (controller/datapath.py); their key
  * and value types come from sluice_abi.h.
  *
- * Two kinds of map. State maps (flows, counters, rate clocks) outlive any
- * one policy: when the controller passes -DSLUICE_PIN_DIR they are pinned
- * there, so that a reloaded policy, or a controller restarted after a
- * crash, finds the same flows and counters. Policy maps (rules, domain
- * rules, config) belong to one compiled policy and are replaced with it.
+ * Two kinds of map. State maps (flows, counters, rate clocks, streams;
+ * STATE_MAPS in controller/datapath.py) outlive any one policy: the
+ * controller pins them, so that a reloaded policy, or a controller restarted
+ * after a crash, finds the same flows and counters. Policy maps (rules,
+ * domain rules, config) belong to one compiled policy and are replaced
+ * with it.
  */
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H
@@ -29,15 +30,8 @@
 
 #define PAGE_BYTES 4096
 
-#ifdef SLUICE_PIN_DIR
-#define STATE_MAP(type, key, value, name, entries) \
-	BPF_TABLE_PINNED(type, key, value, name, entries, SLUICE_PIN_DIR "/" #name)
-#else
-#define STATE_MAP(type, key, value, name, entries) BPF_TABLE(type, key, value, name, entries)
-#endif
-
 /* Both directions of every TCP flow seen, least recently used evicted. */
-STATE_MAP("lru_hash", struct flow_key, struct flow_state, flows, SLUICE_FLOW_MAX);
+BPF_TABLE("lru_hash", struct flow_key, struct flow_state, flows, SLUICE_FLOW_MAX);
 
 /* name_key -> rule set id, for suffix and exact names alike. */
 BPF_HASH(domain_rules, struct name_key, __u32, SLUICE_DOMAIN_RULES_MAX);
@@ -52,24 +46,24 @@ BPF_LPM_TRIE(client_classes, struct client_prefix, __u32, SLUICE_CLIENT_PREFIXES
 BPF_ARRAY(rules, struct rule_info, SLUICE_MAX_RULES);
 
 /* rule id -> counters; per CPU so that no packet waits on another CPU. */
-STATE_MAP("percpu_array", __u32, struct rule_stats, rule_stats, SLUICE_MAX_RULES);
+BPF_TABLE("percpu_array", __u32, struct rule_stats, rule_stats, SLUICE_MAX_RULES);
 
 /* enum sluice_counter -> count. */
-STATE_MAP("percpu_array", __u32, __u64, counters, SLUICE_CNT_MAX);
+BPF_TABLE("percpu_array", __u32, __u64, counters, SLUICE_CNT_MAX);
 
 /* Index 0 holds the one sluice_config. */
 BPF_ARRAY(config, struct sluice_config, 1);
 
 /* Throttle and shape clocks shared by a rule's flows (rule scope), by rule id. */
-STATE_MAP("array", __u32, struct rate_clocks, rule_clocks, SLUICE_MAX_RULES);
+BPF_TABLE("array", __u32, struct rate_clocks, rule_clocks, SLUICE_MAX_RULES);
 
 /* ... and by the flows of one client under one rule (client scope). */
-STATE_MAP("lru_hash", struct client_clock_key, struct rate_clocks, client_clocks, SLUICE_CLIENT_CLOCKS_MAX);
+BPF_TABLE("lru_hash", struct client_clock_key, struct rate_clocks, client_clocks, SLUICE_CLIENT_CLOCKS_MAX);
 
 /* The first client bytes of flows whose ClientHello spans segments or
  * records, by flow (tcp_stream.h); an entry lives only until the hello is
  * whole or the window runs out. */
-STATE_MAP("lru_hash", struct flow_key, struct client_stream, streams, SLUICE_STREAMS_MAX);
+BPF_TABLE("lru_hash", struct flow_key, struct client_stream, streams, SLUICE_STREAMS_MAX);
 
 /* Never written: the zeroed value new streams are copied from. */
 BPF_ARRAY(empty_streams, struct client_stream, 1);

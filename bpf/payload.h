@@ -24,6 +24,15 @@
  * Hiding i keeps the constant bound in the code. */
 #define hide_from_compiler(var) asm volatile("" : "+r"(var))
 
+/* Copy between map values at offsets the verifier cannot bound statically.
+ * This is bpf_probe_read_kernel, called by its helper number: bcc 0.26
+ * turns that name into the legacy bpf_probe_read, which XDP programs may not
+ * call, whenever it cannot read kernel symbol addresses, as under the
+ * systemd unit, which grants no CAP_SYSLOG. Every kernel sluice supports
+ * (5.18 and later) has the helper. */
+static long (*copy_within_maps)(void *dst, __u32 size, const void *src) =
+	(void *)BPF_FUNC_probe_read_kernel;
+
 /* What the entry program hands to the inspection stages it tail-calls. */
 /* Pass a value through map memory and back. The verifier then knows only
  * that it is some number: the code after it is checked once, rather than

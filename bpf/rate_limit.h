@@ -9,7 +9,8 @@
  *
  * Pacer: Earliest Departure Time. The clock holds when the next packet may
  * leave; each packet departs at max(clock, now) and pushes the clock on by
- * its cost. fq then holds it until then (skb->tstamp).
+ * its cost. fq then holds it until then (skb->tstamp). A packet that would
+ * depart later than the rule's horizon is dropped.
  *
  * One clock may be shared by several CPUs (client and rule scope, and the
  * two directions of a flow arriving on different CPUs). No lock is needed:
@@ -52,21 +53,30 @@ static __always_inline int police(__u64 *clock, const struct rate_limit *limit,
 	return 0;
 }
 
-/* Pace one packet: when it may depart (now if the direction is unlimited). */
-static __always_inline __u64 pace(__u64 *clock, const struct rate_limit *limit,
-				  __u32 bytes, __u64 now)
+/* Pace one packet: 1 with its departure time in *departure (now if the
+ * direction is unlimited), or 0 to drop it because it would wait longer than
+ * horizon_ns. A dropped packet costs nothing: charged, it would hold the
+ * link idle for a slot no packet uses (a third of the rate, measured, for a
+ * TCP sender at 128 kbit/s that overruns a 2 s horizon). As in police(),
+ * contention that outlasts the attempts drops the packet. */
+static __always_inline int pace(__u64 *clock, const struct rate_limit *limit, __u32 bytes,
+				__u64 now, __u64 horizon_ns, __u64 *departure)
 {
+	*departure = now;
 	if (!limit->ps_per_byte)
-		return now;
+		return 1;
 	__u64 cost = cost_ns(limit, bytes);
-	__u64 departure = now;
 	for (int attempt = 0; attempt < CLOCK_CAS_ATTEMPTS; attempt++) {
 		__u64 seen = *(volatile __u64 *)clock;
-		departure = seen > now ? seen : now;
-		if (__sync_val_compare_and_swap(clock, seen, departure + cost) == seen)
-			break;
+		__u64 start = seen > now ? seen : now;
+		if (start - now > horizon_ns)
+			return 0;
+		if (__sync_val_compare_and_swap(clock, seen, start + cost) == seen) {
+			*departure = start;
+			return 1;
+		}
 	}
-	return departure;
+	return 0;
 }
 
 /* The clock of the flow's direction under the rule's scope, or 0. */

@@ -47,6 +47,7 @@ int sluice_tc_egress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct packet_info pkt = {};
 	struct flow_key key = {};
+	__u32 zero = 0;
 
 	if (parse_packet(data, data_end, &pkt) < 0 || pkt.l4proto != IPPROTO_TCP)
 		return TC_ACT_OK;
@@ -58,21 +59,25 @@ int sluice_tc_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u32 rule_id = flow->rule_id;
 	struct rule_info *rule = rules.lookup(&rule_id);
-	if (!rule)
+	struct sluice_config *cfg = config.lookup(&zero);
+	if (!rule || !cfg)
 		return TC_ACT_OK;
 
-	/* fq compares departure times with the real monotonic clock. */
-	__u64 now = bpf_ktime_get_ns();
+	/* fq compares departure times with the monotonic clock, which now_ns()
+	 * reads unless a test has frozen the data plane's time. */
+	__u64 now = now_ns(cfg);
 	__u32 dir = packet_direction(flow, sender_is_hi) & (SLUICE_DIRS - 1);
 	__u64 departure = now;
+	int keep = 1;
 	if (flow->action == SLUICE_ACTION_DELAY) {
 		departure = delayed_departure(rule, now);
+		keep = departure - now <= rule->horizon_ns;
 	} else {
 		__u64 *clock = rate_clock(flow, &key, rule, dir);
 		if (clock)
-			departure = pace(clock, &rule->limit[dir], skb->len, now);
+			keep = pace(clock, &rule->limit[dir], skb->len, now, rule->horizon_ns, &departure);
 	}
-	if (departure - now > rule->horizon_ns) {
+	if (!keep) {
 		account_egress(rule_id, dir, skb->len, OUTCOME_DROPPED);
 		return TC_ACT_SHOT;
 	}

@@ -260,8 +260,8 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	__u32 name_len = scratch->hello.name_len;
 	if (outcome == TLS_SNI_FOUND && name_len > 0 && name_len <= SLUICE_NAME_MAX) {
 		/* The match stage reads the name from the scratch buffer. */
-		if (bpf_probe_read_kernel(scratch->bytes, name_len & NAME_BUFFER_MASK,
-					  &handshake->bytes[scratch->hello.name_off & STREAM_MASK]) == 0)
+		if (copy_within_maps(scratch->bytes, name_len & NAME_BUFFER_MASK,
+				     &handshake->bytes[scratch->hello.name_off & STREAM_MASK]) == 0)
 			scratch->raw_name_len = name_len;
 	}
 	flow->streaming = 0;

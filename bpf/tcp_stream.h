@@ -162,7 +162,7 @@ static __always_inline __u32 gather_handshake(const struct client_stream *stream
 		__u32 at = TLS_RECORD_HEADER_LEN + gathered;
 		hide_from_compiler(at);
 		at &= STREAM_MASK;
-		if (bpf_probe_read_kernel(&handshake->bytes[at], take, &stream->bytes[off & STREAM_MASK]) < 0)
+		if (copy_within_maps(&handshake->bytes[at], take, &stream->bytes[off & STREAM_MASK]) < 0)
 			return 0;
 		gathered += take;
 		if (have < fragment)

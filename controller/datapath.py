@@ -8,6 +8,7 @@ different interfaces.
 
 import ctypes
 import logging
+import os
 import re
 import struct
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 PROGRAM_FILES = ("sluice_xdp.c", "sluice_tc.c")
 PROGRAM_FUNCTION = b"sluice_xdp"
 TC_EGRESS_FUNCTION = b"sluice_tc_egress"
+# The maps whose contents outlive a policy (bpf/maps.h): a reloaded policy,
+# or a controller restarted after a crash, takes them over from their pins.
+STATE_MAPS = ("flows", "rule_stats", "counters", "rule_clocks", "client_clocks", "streams")
 # enum sluice_stage index -> the program that implements it.
 STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_HTTP: b"sluice_stage_http",
@@ -88,9 +92,9 @@ class Datapath:
                   f"-DSLUICE_RULE_SETS_MAX={max(1, len(sets.sets) if sets else 0)}",
                   f"-DSLUICE_CLIENT_PREFIXES_MAX={max(1, prefixes)}",
                   "-Wno-incompatible-pointer-types-discards-qualifiers"]
-        if pin_dir:
-            cflags.append(f'-DSLUICE_PIN_DIR="{pin_dir}"')
         self.bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
+        if pin_dir:
+            self._adopt_pinned_state(pin_dir)
         self.function = self.bpf.load_func(PROGRAM_FUNCTION, bcc.BPF.XDP)
         stages = self.table("stages")
         for index, name in STAGE_FUNCTIONS.items():
@@ -100,6 +104,29 @@ class Datapath:
         self._write_config(self.policy, events)
 
     # --- maps -------------------------------------------------------------
+    def _adopt_pinned_state(self, pin_dir: str) -> None:
+        """Make the state maps the ones pinned in pin_dir, or pin ours there.
+
+        bcc has compiled the programs against descriptors of maps it made,
+        but has loaded none yet: putting the pinned map behind the same
+        descriptor number binds every program to it at load. (bcc's own
+        BPF_TABLE_PINNED reopens a pin with BPF_MAP_GET_FD_BY_ID, which
+        takes CAP_SYS_ADMIN, a capability the systemd unit does not grant.)"""
+        for name in STATE_MAPS:
+            fd = bcc.lib.bpf_table_fd(self.bpf.module, name.encode())
+            path = os.path.join(pin_dir, name)
+            if not os.path.exists(path):
+                xdp_link.pin(fd, path)
+                continue
+            pinned = xdp_link.get_pinned(path)
+            try:
+                if xdp_link.map_layout(pinned) != xdp_link.map_layout(fd):
+                    raise RuntimeError(f"the map pinned at {path} has another layout than this sluice's "
+                                       f"(left by another version?): `sluice stop` discards the pinned state")
+                os.dup2(pinned, fd)
+            finally:
+                os.close(pinned)
+
     def table(self, name: str):
         # bpf[name] caches the table object; a ring buffer's callback lives
         # in it, so a fresh get_table() each time would let it be freed.

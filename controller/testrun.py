@@ -1,4 +1,4 @@
-"""Run a loaded XDP program on a frame in the kernel: BPF_PROG_TEST_RUN.
+"""Run a loaded XDP or tc program on a frame in the kernel: BPF_PROG_TEST_RUN.
 
 bcc 0.26 has no binding for it, so this calls libbpf's
 bpf_prog_test_run_opts() through ctypes. The program runs exactly as it
@@ -63,3 +63,40 @@ def run_xdp(prog_fd: int, frame: bytes, repeat: int = 1) -> TestRun:
         errno = ctypes.get_errno()
         raise OSError(errno, f"BPF_PROG_TEST_RUN failed: {os.strerror(errno)}")
     return TestRun(XDP_VERDICTS.get(opts.retval, str(opts.retval)), opts.duration)
+
+
+TC_VERDICTS = {0: "ok", 2: "shot"}     # TC_ACT_OK, TC_ACT_SHOT
+
+
+class _SkBuff(ctypes.Structure):
+    # struct __sk_buff from linux/bpf.h (stable UAPI) as far as tstamp, the
+    # field the tc program writes, then room for the fields later kernels
+    # add: the kernel refuses to copy its ctx out into less than all of it.
+    _fields_ = [("u32_fields", ctypes.c_uint32 * 36),     # len .. data_meta
+                ("flow_keys", ctypes.c_uint64),
+                ("tstamp", ctypes.c_uint64),
+                ("later_fields", ctypes.c_uint8 * 96)]
+
+
+@dataclass(frozen=True)
+class TcRun:
+    verdict: str            # "ok", "shot", ...
+    tstamp: int             # skb->tstamp as the program left it: a departure time, or 0
+
+    __test__ = False
+
+
+def run_tc(prog_fd: int, frame: bytes) -> TcRun:
+    """Run the tc (SCHED_CLS) program prog_fd once on frame, as on egress."""
+    buffer = ctypes.create_string_buffer(frame, len(frame))
+    skb_in, skb_out = _SkBuff(), _SkBuff()
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts),
+                        data_in=ctypes.cast(buffer, ctypes.c_void_p), data_size_in=len(frame),
+                        ctx_in=ctypes.cast(ctypes.byref(skb_in), ctypes.c_void_p),
+                        ctx_size_in=_SkBuff.tstamp.offset + 8,
+                        ctx_out=ctypes.cast(ctypes.byref(skb_out), ctypes.c_void_p),
+                        ctx_size_out=ctypes.sizeof(skb_out), repeat=1)
+    if _LIBBPF.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"BPF_PROG_TEST_RUN failed: {os.strerror(errno)}")
+    return TcRun(TC_VERDICTS.get(opts.retval, str(opts.retval)), skb_out.tstamp)

@@ -44,6 +44,7 @@ def _libbpf():
     lib.bpf_link_update.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
     lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
     return lib
 
 
@@ -93,11 +94,24 @@ def pin(fd: int, path: str) -> None:
     os.replace(staging, path)
 
 
+def get_pinned(path: str) -> int:
+    """A new descriptor of the BPF object pinned at path."""
+    return _check(_LIBBPF.bpf_obj_get(path.encode()), f"opening {path}")
+
+
+def map_layout(fd: int) -> tuple[int, int, int, int]:
+    """(type, key size, value size, max entries) of the map behind fd."""
+    info = (ctypes.c_uint32 * 6)()     # struct bpf_map_info as far as max_entries
+    length = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_LIBBPF.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(length)), "reading map info")
+    return info[0], info[2], info[3], info[4]
+
+
 def attach(prog_fd: int, ifname: str, netns: str | None = None, mode: str = "auto",
            pin_path: str | None = None) -> XdpLink:
     """Attach prog_fd to ifname, or take over the pinned link a previous run left there."""
     if pin_path and os.path.exists(pin_path):
-        fd = _check(_LIBBPF.bpf_obj_get(pin_path.encode()), f"opening pinned link {pin_path}")
+        fd = get_pinned(pin_path)
         link = XdpLink(ifname, netns, _mode(ifname, netns), fd, pin_path)
         link.update(prog_fd)
         log.info("took over the pinned XDP link on %s", ifname)

@@ -69,7 +69,10 @@ def test_the_controller_does_its_job_with_only_the_units_capabilities(tmp_path):
     port = free_port()
     with Lab() as lab:
         controller = subprocess.Popen(
-            ["ip", "netns", "exec", lab.edge_ns,
+            # nsenter changes only the network namespace, as the unit's
+            # NetworkNamespacePath= would; `ip netns exec` would also
+            # remount /sys, and bpffs with it, which takes CAP_SYS_ADMIN.
+            ["nsenter", f"--net=/run/netns/{lab.edge_ns}",
              "setpriv", "--bounding-set", setpriv_caps, "--inh-caps", "-all", "--",
              str(Path(sys.executable).parent / "sluice"), "run", "--policy", str(policy),
              "--iface", lab.edge_client_iface, "--iface", lab.edge_server_iface, "--metrics-port", str(port)],
@@ -79,7 +82,7 @@ def test_the_controller_does_its_job_with_only_the_units_capabilities(tmp_path):
                 return lab.run_in(lab.edge_ns, ["curl", "-s", f"http://127.0.0.1:{port}/metrics"]).stdout
 
             deadline = time.monotonic() + 60
-            while "sluice_policy_version" not in metrics():
+            while "sluice_policy_loaded_timestamp_seconds" not in metrics():
                 assert controller.poll() is None, controller.stderr.read()
                 assert time.monotonic() < deadline, "the confined controller never served metrics"
                 time.sleep(0.3)

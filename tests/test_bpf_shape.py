@@ -1,0 +1,121 @@
+"""The pacer (shape) and the fixed delay in the real tc egress program, on a frozen clock.
+
+The XDP program classifies a flow; then its packets go through
+sluice_tc_egress by BPF_PROG_TEST_RUN, which hands back the departure time
+the program wrote into skb->tstamp. fq itself is not involved (this
+kernel has none): what is checked is the schedule fq would be given.
+"""
+
+import os
+
+import pytest
+
+from controller.datapath import Datapath
+from controller.policy import load_policy
+from controller.testrun import run_tc, run_xdp
+from packets import client_hello, tcp_frame
+
+pytestmark = [pytest.mark.bpf,
+              pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
+
+START_NS = 10**12
+FRAME = 1000                      # bytes per test frame
+PAYLOAD = FRAME - 14 - 20 - 20    # Ethernet, IPv4, TCP headers
+COST_NS = 1000 * FRAME            # 8 Mbit/s: one byte per microsecond
+HORIZON_NS = 10 * 10**6           # 10 ms: ten frames' worth of waiting
+LATENCY_NS, JITTER_NS = 50 * 10**6, 10 * 10**6
+
+POLICY = """\
+version: 1
+rules:
+  - name: paced
+    action: shape
+    rate: 8mbit
+    horizon: 10ms
+    domains: [paced.example]
+  - name: delayed
+    action: delay
+    latency: 50ms
+    jitter: 10ms
+    domains: [delayed.example]
+  - name: blocked
+    action: block
+    domains: [blocked.example]
+"""
+
+
+@pytest.fixture(scope="module")
+def datapath(tmp_path_factory):
+    path = tmp_path_factory.mktemp("policy") / "shape.yaml"
+    path.write_text(POLICY)
+    loaded = Datapath(load_policy(path))
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture
+def egress(datapath):
+    """Send frames of a fresh flow through tc egress at frozen times: egress(name) -> send(at_ns)."""
+    datapath.table("flows").clear()
+    tc_fd = datapath.tc_egress_fd()
+
+    def open_flow(name: bytes, port: int = 41000):
+        datapath.set_config(clock_ns=START_NS)
+        run_xdp(datapath.function.fd, tcp_frame(sport=port, flags="S"))
+        run_xdp(datapath.function.fd, tcp_frame(client_hello(name), sport=port))
+
+        def send(at_ns: int):
+            """A server -> client frame at START_NS + at_ns; (verdict, departure offset or None)."""
+            datapath.set_config(clock_ns=START_NS + at_ns)
+            result = run_tc(tc_fd, tcp_frame(b"d" * PAYLOAD, sport=port, flags="A", reply=True))
+            return result.verdict, (result.tstamp - START_NS if result.tstamp else None)
+        return send
+    yield open_flow
+    datapath.set_config(clock_ns=0)
+
+
+def test_back_to_back_packets_depart_one_cost_apart(egress):
+    send = egress(b"paced.example")
+    departures = [send(0) for _ in range(5)]
+    # The first leaves now (no tstamp needed), the rest at the rate.
+    assert departures == [("ok", None)] + [("ok", i * COST_NS) for i in range(1, 5)]
+
+
+def test_a_packet_beyond_the_horizon_is_dropped_and_costs_nothing(egress, datapath):
+    send = egress(b"paced.example")
+    before = datapath.rule_stats()[1]["down"]
+    verdicts = [send(0) for _ in range(14)]
+    kept = [v for v in verdicts if v[0] == "ok"]
+    # Departures 0, 1, ... 10 ms are within the horizon; later ones are dropped.
+    assert len(kept) == HORIZON_NS // COST_NS + 1
+    assert all(v == ("shot", None) for v in verdicts[len(kept):])
+    # Had the dropped packets been charged, the next one would wait behind
+    # them; it departs right after the last packet that was kept.
+    assert send(HORIZON_NS // 2) == ("ok", (len(kept)) * COST_NS)
+    after = datapath.rule_stats()[1]["down"]
+    assert after["dropped_packets"] - before["dropped_packets"] == len(verdicts) - len(kept)
+    # The kept ones after the first, and the last.
+    assert after["delayed_packets"] - before["delayed_packets"] == len(kept)
+
+
+def test_an_idle_flow_earns_no_credit(egress):
+    send = egress(b"paced.example")
+    assert send(0) == ("ok", None)
+    # A second after its last packet, a burst is paced from now, not from the past.
+    assert [send(10**9) for _ in range(3)] == [("ok", None), ("ok", 10**9 + COST_NS),
+                                               ("ok", 10**9 + 2 * COST_NS)]
+
+
+def test_delay_adds_latency_within_the_jitter(egress, datapath):
+    send = egress(b"delayed.example")
+    before = datapath.rule_stats()[2]["down"]["delayed_packets"]
+    departures = [send(i * 10**6)[1] - i * 10**6 for i in range(200)]
+    assert all(LATENCY_NS <= d < LATENCY_NS + JITTER_NS for d in departures)
+    assert max(departures) - min(departures) > JITTER_NS // 2, "jitter is drawn, not fixed"
+    assert datapath.rule_stats()[2]["down"]["delayed_packets"] - before == 200
+
+
+def test_other_flows_are_untouched_at_egress(egress):
+    for name in (b"unnamed.example", b"blocked.example"):
+        send = egress(name, port=42000)
+        assert [send(0) for _ in range(20)] == [("ok", None)] * 20
