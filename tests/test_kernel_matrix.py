@@ -20,11 +20,12 @@ JUNIT = REPO / "vm" / "results" / "6.1.xml"
 # modules: shape and delay (one compile each); the parsing tests, which run
 # every XDP stage (TLS, HTTP, match) on 85 kinds of frame with
 # BPF_PROG_TEST_RUN; and the ABI test, which checks the structs against this
-# kernel's BTF; and the reassembly tests, which run the stream stage (its
-# bpf_probe_read_kernel copies) on split ClientHellos. Not
-# test_bpf_throttle.py: one of its tests takes 7 minutes.
+# kernel's BTF; the reassembly tests, which run the stream stage (its
+# bpf_probe_read_kernel copies) on split ClientHellos; and the pacer's tests,
+# which run the tc program by BPF_PROG_TEST_RUN. Not test_bpf_throttle.py:
+# one of its tests takes 7 minutes.
 SELECTION = ["tests/test_e2e_shape.py", "tests/test_bpf_parsing.py", "tests/test_bpf_reassembly.py",
-             "tests/test_abi.py"]
+             "tests/test_abi.py", "tests/test_bpf_shape.py"]
 MUST_PASS = {"test_shaped_download_keeps_to_the_rate_by_delaying_not_dropping",
              "test_delay_adds_its_latency_to_each_exchange"}
 LEG_TIMEOUT = 1800      # run-matrix kills the VM after this
