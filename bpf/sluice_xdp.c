@@ -84,9 +84,6 @@ int sluice_xdp(struct xdp_md *ctx)
 		return pass_unjudged(pkt.frame_len);
 	if (pkt.l4proto == IPPROTO_UDP)
 		return judge_udp(ctx, &pkt, cfg);
-	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
-	if (!scratch)
-		return pass_unjudged(pkt.frame_len);
 
 	int sender_is_hi = make_flow_key(&pkt, &key);
 	int bare_syn = is_bare_syn(&pkt);
@@ -123,6 +120,9 @@ int sluice_xdp(struct xdp_md *ctx)
 	/* Once the client is known, only what it sends can name the flow:
 	 * a server cannot get its own flow judged by what it answers. */
 	if (flow->client_known && sender_is_hi != flow->client_is_hi)
+		return pass_unjudged(pkt.frame_len);
+	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+	if (!scratch)
 		return pass_unjudged(pkt.frame_len);
 
 	flow->payload_packets += 1;
