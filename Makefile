@@ -9,3 +9,16 @@ vm-test:
 .PHONY: bench
 bench:
 	bench/run
+
+# shape needs sch_fq, which not every host kernel has: measure it inside
+# Debian's 6.1 kernel (installed by `make vm-test KERNELS=6.1`, or by the
+# test suite's VM leg). ACCEL= where /dev/kvm works.
+SHAPE_KERNEL ?= $(lastword $(sort $(wildcard /boot/vmlinuz-6.1.0-*-amd64)))
+ACCEL ?= --disable-kvm
+.PHONY: bench-shape
+bench-shape:
+	mkdir -p bench/results
+	PATH=$(CURDIR)/vm/.venv/bin:$$PATH vng --run $(SHAPE_KERNEL) $(ACCEL) --memory 3G --cpus 2 \
+	    --overlay-rwdir=$(CURDIR) --rwdir=$(CURDIR)/bench/results --cwd $(CURDIR) \
+	    --exec ".venv/bin/python -u bench/throttle.py --actions shape > bench/results/shape-vm.txt 2>&1"
+	cat bench/results/shape-vm.txt
