@@ -7,7 +7,10 @@ For each rate and direction, curl downloads from (or uploads to) nginx in
 the server namespace through the edge, where sluice polices (throttle) or
 paces (shape) the flow, and the script prints the configured rate, the
 achieved goodput and their ratio. Then it measures an unthrottled download
-alone and beside a throttled one, and prints the share it keeps.
+alone and beside a throttled one, and prints the share it keeps: on the bare
+veth, where client, edge and server share two CPUs and the CPU is the
+bottleneck, and on a link capped with tbf (--shared-link), which the two
+flows then share.
 
 Goodput is timed from the request on, past the TCP and TLS handshakes (which
 take seconds under emulation). The rate applies to whole Ethernet frames; TCP goodput is at most
@@ -57,27 +60,36 @@ def measure(lab, action: str, rate_bps: int, burst_seconds: float) -> tuple[floa
             shaper.close()
 
 
-def unthrottled_share(lab, rate_bps: int) -> tuple[float, float]:
-    """An unthrottled download's goodput alone, and beside a throttled download."""
+def unthrottled_share(lab, rate_bps: int, link: str | None) -> tuple[float, float]:
+    """An unthrottled download's goodput alone, and beside a throttled download.
+
+    link: cap the edge's client-side link at this rate with tbf, so that the
+    link, not the CPU that client, edge and server share here, is what the
+    two flows share; None leaves the veth uncapped."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "policy.yaml"
         path.write_text(f"version: 1\nrules:\n  - name: bench\n    action: throttle\n"
                         f"    rate: {rate_bps}bit\n    domains: [slow.example]\n")
         policy = load_policy(path)
     datapath = Datapath(policy)
+    tc = ["tc", "qdisc", "replace", "dev", lab.edge_client_iface, "root"]
     try:
+        if link:
+            lab.run_in(lab.edge_ns, [*tc, "tbf", "rate", link, "burst", "256kb", "latency", "50ms"], check=True)
         for ifname in (lab.edge_client_iface, lab.edge_server_iface):
             datapath.attach(ifname, netns=lab.edge_ns)
         # Alone before and after, averaged, so that a warming cache favours neither side.
-        alone_before = lab.download_rate("open.example", seconds=3.0)
+        alone_before = lab.download_rate("open.example", seconds=3.0, exclude_setup=True)
         worker = threading.Thread(target=lab.download_rate, args=("slow.example", 5.0))
         worker.start()
-        beside = lab.download_rate("open.example", seconds=3.0)
+        beside = lab.download_rate("open.example", seconds=3.0, exclude_setup=True)
         worker.join()
-        alone_after = lab.download_rate("open.example", seconds=3.0)
+        alone_after = lab.download_rate("open.example", seconds=3.0, exclude_setup=True)
         return (alone_before + alone_after) / 2, beside
     finally:
         datapath.close()
+        if link:
+            lab.run_in(lab.edge_ns, ["tc", "qdisc", "del", "dev", lab.edge_client_iface, "root"])
 
 
 def main() -> int:
@@ -85,6 +97,9 @@ def main() -> int:
     parser.add_argument("--rates", default="128kbit,1mbit,10mbit,100mbit")
     parser.add_argument("--burst-seconds", type=float, default=0.5,
                         help="bucket depth as time at the rate (default %(default)s s)")
+    parser.add_argument("--shared-link", default="500mbit",
+                        help="the capped link on which the unthrottled share is measured again "
+                             "(default %(default)s)")
     parser.add_argument("--actions", default="throttle,shape",
                         help="which of throttle and shape to measure; shape is skipped where the "
                              "kernel has no sch_fq (default %(default)s)")
@@ -115,9 +130,12 @@ def main() -> int:
                             if rate > 0.8 * ceiling[direction] else "")
                     print(f"{action:<9}{direction:<10}{rate / 1e6:>9.3f} Mb{achieved / 1e6:>9.3f} Mb"
                           f"{achieved / rate:>8.3f}{note}", flush=True)
-        alone, beside = unthrottled_share(lab, rates[0])
-        print(f"\nunthrottled download alone {alone / 1e6:.0f} Mbit/s, beside a throttled flow "
-              f"{beside / 1e6:.0f} Mbit/s: keeps {beside / alone:.1%}")
+        print()
+        for link in (None, args.shared_link):
+            alone, beside = unthrottled_share(lab, rates[0], link)
+            where = f"link capped at {link} (tbf)" if link else "uncapped veth (CPU-bound here)"
+            print(f"{where}: unthrottled download alone {alone / 1e6:.0f} Mbit/s, beside a throttled "
+                  f"flow {beside / 1e6:.0f} Mbit/s: keeps {beside / alone:.1%}", flush=True)
     print("\ntargets: ratio within 0.90..1.10 for every rate and direction; unthrottled keeps >= 95%")
     return 0
 
