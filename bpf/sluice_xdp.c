@@ -259,7 +259,11 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	scratch->raw_name_len = 0;
 	__u32 name_len = scratch->hello.name_len;
 	if (outcome == TLS_SNI_FOUND && name_len > 0 && name_len <= SLUICE_NAME_MAX) {
-		/* The match stage reads the name from the scratch buffer. */
+		/* The match stage reads the name from the scratch buffer. Hide
+		 * the length first: knowing it is at most SLUICE_NAME_MAX, clang
+		 * 19 drops the mask below, and the verifier cannot carry the
+		 * bound checked above over to the register the copy is given. */
+		hide_from_compiler(name_len);
 		if (copy_within_maps(scratch->bytes, name_len & NAME_BUFFER_MASK,
 				     &handshake->bytes[scratch->hello.name_off & STREAM_MASK]) == 0)
 			scratch->raw_name_len = name_len;
