@@ -15,10 +15,11 @@ bench:
 # test suite's VM leg). ACCEL= where /dev/kvm works.
 SHAPE_KERNEL ?= $(lastword $(sort $(wildcard /boot/vmlinuz-6.1.0-*-amd64)))
 ACCEL ?= --disable-kvm
+SHAPE_RESULTS = $(shell date +%Y-%m-%d)-shape-$(patsubst vmlinuz-%,%,$(notdir $(SHAPE_KERNEL))).txt
 .PHONY: bench-shape
 bench-shape:
 	mkdir -p bench/results
 	PATH=$(CURDIR)/vm/.venv/bin:$$PATH vng --run $(SHAPE_KERNEL) $(ACCEL) --memory 3G --cpus 2 \
 	    --overlay-rwdir=$(CURDIR) --rwdir=$(CURDIR)/bench/results --cwd $(CURDIR) \
-	    --exec ".venv/bin/python -u bench/throttle.py --actions shape > bench/results/shape-vm.txt 2>&1"
-	cat bench/results/shape-vm.txt
+	    --exec ".venv/bin/python -u bench/throttle.py --actions shape > bench/results/$(SHAPE_RESULTS) 2>&1"
+	cat bench/results/$(SHAPE_RESULTS)
