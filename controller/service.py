@@ -139,24 +139,39 @@ class Service:
         before = {rule.name: rule for rule in self.datapath.policy.rules}
         datapath = Datapath(self.policy, events=True, pin_dir=str(PIN_ROOT / "maps"),
                             retired_rules=self.retired_rules.values())
+        switched = {rule.id: rule for rule in datapath.policy.rules
+                    if (rule.action, rule.inactive) != (before[rule.name].action, before[rule.name].inactive)}
+        # A flow keeps its action in its entry but reads its rule's limits
+        # from the running program's map. Flows bound for block or pass need
+        # no limits: they move before the swap, so that the old program never
+        # polices them by limits their rule no longer has. Flows bound for a
+        # rate or a delay move after it, once their limits are in place.
+        needs_limits = {rule_id for rule_id, rule in switched.items()
+                        if not (rule.inactive or rule.monitor) and rule.action in ("throttle", "shape", "delay")}
         try:
-            self._swap(datapath, self.policy)
+            self._swap(datapath, self.policy,
+                       before_links=lambda: self._move_flows(datapath, switched, set(switched) - needs_limits))
         except EgressError as error:
             log.error("schedule switch failed, the previous step stays in force: %s", error)
             self._record("schedule", False, str(error))
             return
-        switched = {rule.id: rule for rule in self.datapath.policy.rules
-                    if (rule.action, rule.inactive) != (before[rule.name].action, before[rule.name].inactive)}
+        self._move_flows(datapath, switched, needs_limits)
         for rule in switched.values():
             log.info("schedule: rule %s is now %s", rule.name, "inactive" if rule.inactive else rule.action)
-        flows = self.datapath.table("flows")
-        for key, flow in flows.items():
-            rule = switched.get(flow.rule_id)
-            if rule and flow.state == ABI.SLUICE_FLOW_CLASSIFIED:
-                flow.action = (ABI.SLUICE_ACTION_NONE if rule.inactive or rule.monitor else ACTIONS[rule.action])
-                flows[key] = flow
         self._record("schedule", True, ", ".join(f"{r.name}: {'inactive' if r.inactive else r.action}"
                                                  for r in switched.values()) or "no rule changed")
+
+    @staticmethod
+    def _move_flows(datapath, switched: dict, rule_ids: set) -> None:
+        """Give the classified flows of rule_ids their rule's new action."""
+        if not rule_ids:
+            return
+        flows = datapath.table("flows")
+        for key, flow in flows.items():
+            rule = switched.get(flow.rule_id)
+            if flow.rule_id in rule_ids and flow.state == ABI.SLUICE_FLOW_CLASSIFIED:
+                flow.action = (ABI.SLUICE_ACTION_NONE if rule.inactive or rule.monitor else ACTIONS[rule.action])
+                flows[key] = flow
 
     def poll_events(self, timeout_ms: int = 0) -> None:
         """Read what waits on the rings, or arrives within timeout_ms: the name of each
@@ -230,9 +245,10 @@ class Service:
         self.rule_ids = ids
         return policy
 
-    def _swap(self, datapath, policy) -> None:
+    def _swap(self, datapath, policy, before_links=None) -> None:
         """Move the interfaces (and egress shapers) to datapath in one atomic
-        swap each; raises EgressError, with the running one untouched."""
+        swap each; raises EgressError, with the running one untouched.
+        before_links runs once egress is set up, just before the XDP swap."""
         from .cli import set_up_egress
         try:
             if self.shapers:
@@ -244,6 +260,8 @@ class Service:
             datapath.close()
             raise
         self.poll_events()
+        if before_links:
+            before_links()
         datapath.take_over(self.datapath)
         old = self.datapath
         self._install(datapath, policy)
