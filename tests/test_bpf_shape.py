@@ -10,8 +10,6 @@ import os
 
 import pytest
 
-from controller.datapath import Datapath
-from controller.policy import load_policy
 from controller.testrun import run_tc, run_xdp
 from packets import client_hello, tcp_frame
 
@@ -45,12 +43,8 @@ rules:
 
 
 @pytest.fixture(scope="module")
-def datapath(tmp_path_factory):
-    path = tmp_path_factory.mktemp("policy") / "shape.yaml"
-    path.write_text(POLICY)
-    loaded = Datapath(load_policy(path))
-    yield loaded
-    loaded.close()
+def datapath(make_datapath):
+    return make_datapath(POLICY)
 
 
 @pytest.fixture
