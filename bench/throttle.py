@@ -12,8 +12,12 @@ veth, where client, edge and server share two CPUs and the CPU is the
 bottleneck, and on a link capped with tbf (--shared-link), which the two
 flows then share.
 
-Goodput is timed from the request on, past the TCP and TLS handshakes (which
-take seconds under emulation). The rate applies to whole Ethernet frames; TCP goodput is at most
+Each transfer moves a fixed number of bytes (the rate times 6 to 12 s) and
+is timed from the request to its last byte, past the TCP and TLS handshakes
+(which take seconds under emulation). A transfer cut off at a time limit
+would undercount a limiter that drops: the data behind a lost segment waits
+in the client's socket for the retransmission, up to a drop horizon's worth.
+The rate applies to whole Ethernet frames; TCP goodput is at most
 1448/1514 = 95.6% of it (headers and timestamps), which the ratio includes.
 """
 
@@ -49,9 +53,10 @@ def measure(lab, action: str, rate_bps: int, burst_seconds: float) -> tuple[floa
     try:
         for ifname in (lab.edge_client_iface, lab.edge_server_iface):
             datapath.attach(ifname, netns=lab.edge_ns)
-        seconds = SECONDS_FOR.get(rate_bps, DEFAULT_SECONDS)
-        download = lab.download_rate("slow.example", seconds=seconds, exclude_setup=True)
-        upload = lab.upload_rate("slow.example", nbytes=int(rate_bps / 8 * seconds), timeout=seconds * 4,
+        nbytes = int(rate_bps / 8 * SECONDS_FOR.get(rate_bps, DEFAULT_SECONDS))
+        download = lab.download_rate("slow.example", nbytes=nbytes, seconds=nbytes * 8 / rate_bps * 4,
+                                     exclude_setup=True)
+        upload = lab.upload_rate("slow.example", nbytes=nbytes, timeout=nbytes * 8 / rate_bps * 4,
                                  exclude_setup=True)
         return download, upload
     finally:

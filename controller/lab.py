@@ -287,9 +287,17 @@ class Lab:
     # Under emulation (TCG) a handshake takes seconds of a short run.
 
     def download_rate(self, name: str, seconds: float = 2.0, family: int = 4,
-                      exclude_setup: bool = False) -> float:
-        """Download /download over HTTPS for at most `seconds`; the achieved goodput in bit/s."""
-        return self._transfer_rate(name, "/download", seconds, family, "size_download", exclude_setup)
+                      exclude_setup: bool = False, nbytes: int | None = None) -> float:
+        """Download /download over HTTPS for at most `seconds`; the achieved goodput in bit/s.
+
+        nbytes: fetch exactly that many bytes (an HTTP range) and time the
+        whole transfer; `seconds` is then only a time limit. A transfer cut
+        off at a time limit undercounts a path that drops: the bytes after a
+        lost segment wait in the client's socket until the retransmission
+        arrives, and curl never sees them."""
+        extra = ("-r", f"0-{nbytes - 1}") if nbytes else ()
+        return self._transfer_rate(name, "/download", seconds, family, "size_download", exclude_setup,
+                                   extra, expect_bytes=nbytes)
 
     def upload_rate(self, name: str, nbytes: int, timeout: float = 30.0, family: int = 4,
                     exclude_setup: bool = False) -> float:
@@ -301,9 +309,10 @@ class Lab:
         if not body.exists():
             body.write_bytes(os.urandom(nbytes))
         return self._transfer_rate(name, "/upload", timeout, family, "size_upload", exclude_setup,
-                                   ("--data-binary", f"@{body}", "-H", "Expect:"))
+                                   ("--data-binary", f"@{body}", "-H", "Expect:"), expect_bytes=nbytes)
 
-    def _transfer_rate(self, name, path, seconds, family, size_variable, exclude_setup, extra=()) -> float:
+    def _transfer_rate(self, name, path, seconds, family, size_variable, exclude_setup, extra=(),
+                       expect_bytes=None) -> float:
         address = self.server_address(family)
         resolved = f"[{address}]" if family == 6 else address
         result = self.run_in(self.client_ns, [
@@ -312,6 +321,9 @@ class Lab:
             "-w", f"%{{{size_variable}}} %{{time_pretransfer}} %{{time_total}}", f"https://{name}{path}"],
             timeout=seconds + 5)
         size, setup, total = result.stdout.split()
+        if expect_bytes is not None and (result.returncode != 0 or int(size) != expect_bytes):
+            raise RuntimeError(f"{path} of {expect_bytes} bytes via {name} did not complete within "
+                               f"{seconds} s: {size} bytes, curl exit {result.returncode}")
         return int(size) * 8 / (float(total) - (float(setup) if exclude_setup else 0.0))
 
     def python_tls(self, name: str, family: int = 4, timeout: float = 3.0) -> ClientResult:

@@ -46,6 +46,15 @@ def ensure_bpffs() -> None:
         subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=True)
 
 
+def what_it_does(rule) -> tuple:
+    """What a rule does to its flows, as far as their entries record it."""
+    return rule.action, rule.inactive, rule.monitor
+
+
+def describe(rule) -> str:
+    return "inactive" if rule.inactive else rule.action + (" (monitor)" if rule.monitor else "")
+
+
 def read_state() -> dict:
     try:
         return json.loads(STATE_FILE.read_text())
@@ -114,13 +123,15 @@ class Service:
             return False
         from .egress import EgressError
         try:
-            self._swap(datapath, policy)
+            switched = self._swap(datapath, policy)
         except EgressError as error:
             self.reloads["failure"] += 1
             log.error("policy reload refused, the running policy stays in force: %s", error)
             self._record("reload", False, str(error))
             return False
         self.retired_rules = retired
+        for rule in switched:
+            log.info("reload: rule %s is now %s; its flows follow", rule.name, describe(rule))
         if policy.reclassify:
             self.reclassify()
         self.reloads["success"] += 1
@@ -136,30 +147,18 @@ class Service:
         policy as it stands now, swap it in, and move the flows of the rules
         that switched to their new action (none, if the rule went inactive)."""
         from .egress import EgressError
-        before = {rule.name: rule for rule in self.datapath.policy.rules}
         datapath = Datapath(self.policy, events=True, pin_dir=str(PIN_ROOT / "maps"),
                             retired_rules=self.retired_rules.values())
-        switched = {rule.id: rule for rule in datapath.policy.rules
-                    if (rule.action, rule.inactive) != (before[rule.name].action, before[rule.name].inactive)}
-        # A flow keeps its action in its entry but reads its rule's limits
-        # from the running program's map. Flows bound for block or pass need
-        # no limits: they move before the swap, so that the old program never
-        # polices them by limits their rule no longer has. Flows bound for a
-        # rate or a delay move after it, once their limits are in place.
-        needs_limits = {rule_id for rule_id, rule in switched.items()
-                        if not (rule.inactive or rule.monitor) and rule.action in ("throttle", "shape", "delay")}
         try:
-            self._swap(datapath, self.policy,
-                       before_links=lambda: self._move_flows(datapath, switched, set(switched) - needs_limits))
+            switched = self._swap(datapath, self.policy)
         except EgressError as error:
             log.error("schedule switch failed, the previous step stays in force: %s", error)
             self._record("schedule", False, str(error))
             return
-        self._move_flows(datapath, switched, needs_limits)
-        for rule in switched.values():
-            log.info("schedule: rule %s is now %s", rule.name, "inactive" if rule.inactive else rule.action)
-        self._record("schedule", True, ", ".join(f"{r.name}: {'inactive' if r.inactive else r.action}"
-                                                 for r in switched.values()) or "no rule changed")
+        for rule in switched:
+            log.info("schedule: rule %s is now %s", rule.name, describe(rule))
+        self._record("schedule", True, ", ".join(f"{r.name}: {describe(r)}" for r in switched)
+                     or "no rule changed")
 
     @staticmethod
     def _move_flows(datapath, switched: dict, rule_ids: set) -> None:
@@ -245,11 +244,25 @@ class Service:
         self.rule_ids = ids
         return policy
 
-    def _swap(self, datapath, policy, before_links=None) -> None:
+    def _swap(self, datapath, policy) -> list:
         """Move the interfaces (and egress shapers) to datapath in one atomic
         swap each; raises EgressError, with the running one untouched.
-        before_links runs once egress is set up, just before the XDP swap."""
+
+        A flow keeps its verdict (its rule and action) in its own entry, but
+        reads its rule's limits from the running program's map. So the flows
+        of a rule that keeps its name but changes what it does (a schedule
+        step, or an edited policy) move to its new action here: kept on the
+        old one they would be policed by limits the rule no longer has, and a
+        throttled flow would run free. Flows bound for block or pass need no
+        limits and move just before the swap; flows bound for a rate or a
+        delay move just after it, once their limits are in place. Returns the
+        rules that switched."""
         from .cli import set_up_egress
+        before = {rule.name: rule for rule in self.datapath.policy.rules}
+        switched = {rule.id: rule for rule in datapath.policy.rules
+                    if rule.name in before and what_it_does(rule) != what_it_does(before[rule.name])}
+        needs_limits = {rule_id for rule_id, rule in switched.items()
+                        if not (rule.inactive or rule.monitor) and rule.action in ("throttle", "shape", "delay")}
         try:
             if self.shapers:
                 for shaper in self.shapers:
@@ -260,12 +273,13 @@ class Service:
             datapath.close()
             raise
         self.poll_events()
-        if before_links:
-            before_links()
+        self._move_flows(datapath, switched, set(switched) - needs_limits)
         datapath.take_over(self.datapath)
         old = self.datapath
         self._install(datapath, policy)
         old.close()
+        self._move_flows(datapath, switched, needs_limits)
+        return list(switched.values())
 
     def _install(self, datapath, policy) -> None:
         self._event_type = ctypes.POINTER(datapath.table("event_buffers").sLeaf)

@@ -248,6 +248,23 @@ def test_reclassify_true_judges_existing_flows_by_the_new_policy(lab, tmp_path):
     assert downloaded * 8 > 10 * (1_000_000 * 12 + 64 * 1024 * 8), "released from the throttle"
 
 
+def test_a_rule_whose_action_changes_takes_its_flows_with_it(lab, tmp_path):
+    """The rule keeps its name but goes from throttle to block: the download
+    already running stops, rather than keep "throttle" with a rule that has
+    no rate any more, which would let it run free."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SLOW)
+    controller = Controller(lab, policy)
+    downloaded = download_during_reload(lab, controller, policy, SLOW.replace(
+        "action: throttle, rate: 1mbit, burst: 64KiB", "action: block"), seconds=12)
+    # Blocked a few seconds in, it gets a few Mbit; throttled all along it
+    # would get 12.5 Mbit, and let free hundreds.
+    assert downloaded * 8 < 1_000_000 * 10, downloaded
+    assert not lab.curl("slow.example", timeout=3.0).ok, "new connections are blocked"
+    controller.process.send_signal(signal.SIGTERM)
+    assert "reload: rule slow is now block; its flows follow" in controller.process.communicate(timeout=60)[1]
+
+
 def test_a_schedule_step_switches_live_and_takes_existing_flows_with_it(lab, tmp_path):
     """Throttle now, block from a few seconds later: the controller switches
     without a restart, logs the switch, and the download already running is
