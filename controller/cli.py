@@ -213,12 +213,14 @@ def cmd_status(args) -> int:
 
 
 def set_up_egress(datapath, policy, interfaces) -> list:
-    """fq and the EDT program on every interface, if any rule shapes or delays.
+    """fq and the EDT program on every interface, if any rule shapes or delays,
+    now or at one of its escalation steps (a step is no time to find fq missing).
 
     Where fq is missing, shape rules that allow it fall back to throttle;
     otherwise EgressError says what is missing, before any XDP is attached."""
     from .egress import EgressError, EgressShaper
-    egress_rules = [r for r in policy.rules if r.action in ("shape", "delay") and not r.monitor]
+    egress_rules = [stage for rule in policy.rules for stage in (rule, *(rule.at(s.at) for s in rule.escalate))
+                    if stage.action in ("shape", "delay") and not stage.monitor]
     if not egress_rules:
         return []
     shapers = []

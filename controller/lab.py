@@ -287,8 +287,8 @@ class Lab:
     # Under emulation (TCG) a handshake takes seconds of a short run.
 
     def download_rate(self, name: str, seconds: float = 2.0, family: int = 4,
-                      exclude_setup: bool = False, nbytes: int | None = None) -> float:
-        """Download /download over HTTPS for at most `seconds`; the achieved goodput in bit/s.
+                      exclude_setup: bool = False, nbytes: int | None = None, scheme: str = "https") -> float:
+        """Download /download for at most `seconds`; the achieved goodput in bit/s.
 
         nbytes: fetch exactly that many bytes (an HTTP range) and time the
         whole transfer; `seconds` is then only a time limit. A transfer cut
@@ -297,11 +297,11 @@ class Lab:
         arrives, and curl never sees them."""
         extra = ("-r", f"0-{nbytes - 1}") if nbytes else ()
         return self._transfer_rate(name, "/download", seconds, family, "size_download", exclude_setup,
-                                   extra, expect_bytes=nbytes)
+                                   extra, expect_bytes=nbytes, scheme=scheme)
 
     def upload_rate(self, name: str, nbytes: int, timeout: float = 30.0, family: int = 4,
-                    exclude_setup: bool = False) -> float:
-        """Upload nbytes to /upload over HTTPS and wait for the server's answer; goodput in bit/s.
+                    exclude_setup: bool = False, scheme: str = "https") -> float:
+        """Upload nbytes to /upload and wait for the server's answer; goodput in bit/s.
 
         The whole body must arrive: what curl has merely handed to its socket
         buffer says nothing about the path's rate."""
@@ -309,16 +309,18 @@ class Lab:
         if not body.exists():
             body.write_bytes(os.urandom(nbytes))
         return self._transfer_rate(name, "/upload", timeout, family, "size_upload", exclude_setup,
-                                   ("--data-binary", f"@{body}", "-H", "Expect:"), expect_bytes=nbytes)
+                                   ("--data-binary", f"@{body}", "-H", "Expect:"), expect_bytes=nbytes,
+                                   scheme=scheme)
 
     def _transfer_rate(self, name, path, seconds, family, size_variable, exclude_setup, extra=(),
-                       expect_bytes=None) -> float:
+                       expect_bytes=None, scheme="https") -> float:
+        port = 443 if scheme == "https" else 80
         address = self.server_address(family)
         resolved = f"[{address}]" if family == 6 else address
         result = self.run_in(self.client_ns, [
             "curl", "-s", "--max-time", str(seconds), "--cacert", self.ca_path,
-            "--resolve", f"{name}:443:{resolved}", "-o", "/dev/null", *extra,
-            "-w", f"%{{{size_variable}}} %{{time_pretransfer}} %{{time_total}}", f"https://{name}{path}"],
+            "--resolve", f"{name}:{port}:{resolved}", "-o", "/dev/null", *extra,
+            "-w", f"%{{{size_variable}}} %{{time_pretransfer}} %{{time_total}}", f"{scheme}://{name}{path}"],
             timeout=seconds + 5)
         size, setup, total = result.stdout.split()
         if expect_bytes is not None and (result.returncode != 0 or int(size) != expect_bytes):

@@ -145,8 +145,9 @@ class Rule:
             rule = replace(rule, inactive=True)
         step = next((s for s in reversed(self.escalate) if s.at <= when), None)
         if step:
-            rule = replace(rule, action=step.action, limits={}, latency_ns=0, jitter_ns=0, horizon_ns=0,
-                           fallback=None, scope="flow", **step.details)
+            # The step's details replace the rule's: nothing of the earlier action carries over.
+            cleared = dict(limits={}, latency_ns=0, jitter_ns=0, horizon_ns=0, fallback=None, scope="flow")
+            rule = replace(rule, action=step.action, **{**cleared, **step.details})
         return rule
 
     def boundaries(self, after: datetime) -> list[datetime]:

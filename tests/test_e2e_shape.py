@@ -13,7 +13,7 @@ import pytest
 
 from controller.cli import set_up_egress
 from controller.datapath import Datapath
-from controller.egress import kernel_has_fq
+from controller.egress import EgressError, kernel_has_fq
 from controller.lab import Lab
 from controller.policy import load_policy
 
@@ -89,6 +89,41 @@ def test_without_fq_shape_and_delay_are_refused_by_name_and_nothing_is_attached(
                            text=True, check=True).stdout
     assert "prog/xdp" not in links
     assert root_qdisc(lab, lab.edge_client_iface) == "noqueue"
+
+
+# Throttled now, shaped from a date to come: fq must be there (or its absence
+# known) from the start, not when the step arrives.
+ESCALATES_TO_SHAPE = """\
+version: 1
+rules:
+  - name: later
+    action: throttle
+    rate: 1mbit
+    domains: [slow.example]
+    escalate: [{at: 2099-01-01T00:00:00Z, action: shape, rate: 512kbit}]
+"""
+
+
+@needs_no_fq
+def test_without_fq_an_escalation_to_shape_is_refused_at_the_start(lab, tmp_path):
+    policy = load_policy(policy_file(tmp_path, ESCALATES_TO_SHAPE))
+    datapath = Datapath(policy)
+    try:
+        with pytest.raises(EgressError, match="sch_fq"):
+            set_up_egress(datapath, policy, [(lab.edge_client_iface, lab.edge_ns)])
+    finally:
+        datapath.close()
+
+
+@needs_fq
+def test_an_escalation_to_shape_installs_fq_from_the_start(lab, tmp_path):
+    datapath, shapers = enforce(lab, load_policy(policy_file(tmp_path, ESCALATES_TO_SHAPE)))
+    try:
+        assert root_qdisc(lab, lab.edge_client_iface) == "fq"
+    finally:
+        datapath.close()
+        for shaper in shapers:
+            shaper.close()
 
 
 @needs_no_fq

@@ -138,6 +138,20 @@ def test_schedules_and_escalation(tmp_path, moment, media, games):
     assert (decided.name if decided else None) == expected_games
 
 
+def test_an_escalation_step_brings_its_own_details(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nrules:\n  - name: video\n    action: throttle\n    rate: 1mbit\n"
+                    "    domains: [media.example]\n    escalate:\n"
+                    "      - {at: '2021-04-01T00:00:00Z', action: shape, rate: 130kbit, horizon: 1s}\n"
+                    "      - {at: '2021-05-01T00:00:00Z', action: delay, latency: 250ms}\n")
+    policy = load_policy(path)
+    throttled, shaped, delayed = (policy.at(datetime.fromisoformat(t)).rules[0] for t in
+                                  ("2021-03-01T00:00:00Z", "2021-04-01T00:00:00Z", "2021-05-01T00:00:00Z"))
+    assert (throttled.action, throttled.limits["down"].rate_bps) == ("throttle", 1_000_000)
+    assert (shaped.action, shaped.limits["down"].rate_bps, shaped.horizon_ns) == ("shape", 130_000, 10**9)
+    assert (delayed.action, delayed.limits, delayed.latency_ns) == ("delay", {}, 250_000_000)
+
+
 def test_next_switch_walks_every_boundary(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(SCHEDULED)
