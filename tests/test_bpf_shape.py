@@ -39,7 +39,13 @@ rules:
   - name: blocked
     action: block
     domains: [blocked.example]
-"""
+""" + "".join(f"""\
+  - name: paced-{rate}
+    action: shape
+    rate: {rate}
+    horizon: 10s
+    domains: [{rate}.paced.example]
+""" for rate in ("128kbit", "1.5mbit", "100mbit", "10gbit"))
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +79,17 @@ def test_back_to_back_packets_depart_one_cost_apart(egress):
     departures = [send(0) for _ in range(5)]
     # The first leaves now (no tstamp needed), the rest at the rate.
     assert departures == [("ok", None)] + [("ok", i * COST_NS) for i in range(1, 5)]
+
+
+@pytest.mark.parametrize("rate, rate_bps", [("128kbit", 128_000), ("1.5mbit", 1_500_000),
+                                            ("100mbit", 100_000_000), ("10gbit", 10**10)])
+def test_the_schedule_keeps_to_the_configured_rate(egress, rate, rate_bps):
+    """A backlog of frames departs at exactly the rate: the wire time of each
+    frame, to within a nanosecond per frame (integer picoseconds per byte)."""
+    send = egress(f"{rate}.paced.example".encode())
+    departures = [send(0)[1] or 0 for _ in range(100)]
+    for i, departure in enumerate(departures):
+        assert abs(departure - i * FRAME * 8 * 10**9 / rate_bps) <= i, (i, departure)
 
 
 def test_a_packet_beyond_the_horizon_is_dropped_and_costs_nothing(egress, datapath):
