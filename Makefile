@@ -21,8 +21,10 @@ bench-shape:
 	mkdir -p bench/results
 	PATH=$(CURDIR)/vm/.venv/bin:$$PATH vng --run $(SHAPE_KERNEL) $(ACCEL) --memory 3G --cpus 2 \
 	    --overlay-rwdir=$(CURDIR) --rwdir=$(CURDIR)/bench/results --cwd $(CURDIR) \
-	    --exec ".venv/bin/python -u bench/throttle.py --actions shape > bench/results/$(SHAPE_RESULTS).new 2>&1"
+	    --exec ".venv/bin/python -u bench/throttle.py --actions shape > bench/results/$(SHAPE_RESULTS).new \
+	           2> bench/results/$(SHAPE_RESULTS).stderr"
+	grep -q '^targets:' bench/results/$(SHAPE_RESULTS).new || { cat bench/results/$(SHAPE_RESULTS).stderr; exit 1; }
 	{ echo "# make bench-shape: bench/throttle.py --actions shape inside $(notdir $(SHAPE_KERNEL)) (vng $(ACCEL), 2 CPUs, 3G), $$(date -u +%FT%RZ)"; \
 	  cat bench/results/$(SHAPE_RESULTS).new; } > bench/results/$(SHAPE_RESULTS)
-	rm bench/results/$(SHAPE_RESULTS).new
+	rm bench/results/$(SHAPE_RESULTS).new bench/results/$(SHAPE_RESULTS).stderr
 	cat bench/results/$(SHAPE_RESULTS)

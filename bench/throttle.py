@@ -1,7 +1,8 @@
-"""Throttle (and shape, where fq exists) accuracy with real TLS transfers through the lab.
+"""Throttle (and shape, where fq exists) accuracy with real TLS (or HTTP) transfers through the lab.
 
 Run as root:  .venv/bin/python bench/throttle.py [--rates 128kbit,1mbit,10mbit,100mbit]
                   [--burst-seconds 0.5] [--actions throttle,shape] [--scheme https]
+                  [--xdp-mode auto]
 
 For each rate and direction, curl downloads from (or uploads to) nginx in
 the server namespace through the edge, where sluice polices (throttle) or
@@ -41,7 +42,7 @@ DEFAULT_SECONDS = 6.0
 
 
 @contextmanager
-def enforcing(lab, action: str, rate_bps: int, burst_seconds: float):
+def enforcing(lab, action: str, rate_bps: int, burst_seconds: float, xdp_mode: str):
     """sluice on the edge with one rule that applies `action` at `rate_bps` to slow.example."""
     burst = max(int(rate_bps / 8 * burst_seconds), 3028)
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +55,7 @@ def enforcing(lab, action: str, rate_bps: int, burst_seconds: float):
                                                (lab.edge_server_iface, lab.edge_ns)])
     try:
         for ifname in (lab.edge_client_iface, lab.edge_server_iface):
-            datapath.attach(ifname, netns=lab.edge_ns)
+            datapath.attach(ifname, netns=lab.edge_ns, mode=xdp_mode)
         yield
     finally:
         datapath.close()
@@ -78,34 +79,27 @@ def measure(lab, rate_bps: int, scheme: str) -> tuple[float, float]:
             lab.upload_rate("slow.example", nbytes=nbytes, timeout=timeout, exclude_setup=True, scheme=scheme))
 
 
-def unthrottled_share(lab, rate_bps: int, link: str | None) -> tuple[float, float]:
+def unthrottled_share(lab, rate_bps: int, link: str | None, xdp_mode: str, scheme: str) -> tuple[float, float]:
     """An unthrottled download's goodput alone, and beside a throttled download.
 
     link: cap the edge's client-side link at this rate with tbf, so that the
     link, not the CPU that client, edge and server share here, is what the
     two flows share; None leaves the veth uncapped."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "policy.yaml"
-        path.write_text(f"version: 1\nrules:\n  - name: bench\n    action: throttle\n"
-                        f"    rate: {rate_bps}bit\n    domains: [slow.example]\n")
-        policy = load_policy(path)
-    datapath = Datapath(policy)
     tc = ["tc", "qdisc", "replace", "dev", lab.edge_client_iface, "root"]
     try:
         if link:
             lab.run_in(lab.edge_ns, [*tc, "tbf", "rate", link, "burst", "256kb", "latency", "50ms"], check=True)
-        for ifname in (lab.edge_client_iface, lab.edge_server_iface):
-            datapath.attach(ifname, netns=lab.edge_ns)
-        # Alone before and after, averaged, so that a warming cache favours neither side.
-        alone_before = lab.download_rate("open.example", seconds=3.0, exclude_setup=True)
-        worker = threading.Thread(target=lab.download_rate, args=("slow.example", 5.0))
-        worker.start()
-        beside = lab.download_rate("open.example", seconds=3.0, exclude_setup=True)
-        worker.join()
-        alone_after = lab.download_rate("open.example", seconds=3.0, exclude_setup=True)
+        with enforcing(lab, "throttle", rate_bps, 0.5, xdp_mode):
+            # Alone before and after, averaged, so that a warming cache favours neither side.
+            alone_before = lab.download_rate("open.example", seconds=3.0, exclude_setup=True, scheme=scheme)
+            worker = threading.Thread(target=lab.download_rate, args=("slow.example", 5.0),
+                                      kwargs={"scheme": scheme})
+            worker.start()
+            beside = lab.download_rate("open.example", seconds=3.0, exclude_setup=True, scheme=scheme)
+            worker.join()
+            alone_after = lab.download_rate("open.example", seconds=3.0, exclude_setup=True, scheme=scheme)
         return (alone_before + alone_after) / 2, beside
     finally:
-        datapath.close()
         if link:
             lab.run_in(lab.edge_ns, ["tc", "qdisc", "del", "dev", lab.edge_client_iface, "root"])
 
@@ -130,6 +124,11 @@ def main() -> int:
                         help="transfers over TLS (SNI names the flow) or plain HTTP (the Host header "
                              "does); http lifts an emulated path's ceiling, where TLS costs most of the "
                              "CPU (default %(default)s)")
+    parser.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto",
+                        help="how sluice attaches to the lab's veths; native XDP on a veth turns off its "
+                             "peer's segmentation offload, so every 1500-byte packet crosses the edge on "
+                             "its own, which an emulated CPU cannot do at 100 Mbit/s: generic keeps the "
+                             "offload (default %(default)s)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run as root: it builds namespaces and loads BPF programs")
@@ -139,7 +138,7 @@ def main() -> int:
         parser.error(f"--actions takes throttle and shape, not {args.actions}")
     print(f"kernel {os.uname().release}; actions: {', '.join(actions)}"
           + ("" if "shape" in actions else " (no sch_fq here: shape is measured in the VM kernels)"))
-    print(f"{args.scheme}; burst = {args.burst_seconds} s at the rate; ratio = achieved goodput / configured rate\n")
+    print(f"{args.scheme}, XDP {args.xdp_mode}; burst = {args.burst_seconds} s at the rate; ratio = achieved goodput / configured rate\n")
     print(f"{'action':<9}{'direction':<10}{'configured':>12}{'achieved':>12}{'ratio':>8}")
     with Lab() as lab:
         # What the path carries for a flow no rule names, with no program and
@@ -148,11 +147,11 @@ def main() -> int:
         ceiling = path_ceiling(lab, args.scheme)
         print_ceiling("(no program)", ceiling)
         for action in actions:
-            with enforcing(lab, action, rates[0], args.burst_seconds):
+            with enforcing(lab, action, rates[0], args.burst_seconds, args.xdp_mode):
                 attached = path_ceiling(lab, args.scheme)
             print_ceiling(f"({action} attached, flow unmatched)", attached)
             for rate in rates:
-                with enforcing(lab, action, rate, args.burst_seconds):
+                with enforcing(lab, action, rate, args.burst_seconds, args.xdp_mode):
                     download, upload = measure(lab, rate, args.scheme)
                 for direction, achieved in (("down", download), ("up", upload)):
                     note = ("  (beyond this path: rate > 80% of what it carries with sluice attached)"
@@ -161,7 +160,7 @@ def main() -> int:
                           f"{achieved / rate:>8.3f}{note}", flush=True)
         print()
         for link in (None, args.shared_link):
-            alone, beside = unthrottled_share(lab, rates[0], link)
+            alone, beside = unthrottled_share(lab, rates[0], link, args.xdp_mode, args.scheme)
             where = f"link capped at {link} (tbf)" if link else "uncapped veth (CPU-bound here)"
             print(f"{where}: unthrottled download alone {alone / 1e6:.0f} Mbit/s, beside a throttled "
                   f"flow {beside / 1e6:.0f} Mbit/s: keeps {beside / alone:.1%}", flush=True)
