@@ -41,6 +41,17 @@ static __always_inline __u64 delayed_departure(const struct rule_info *rule, __u
 	return now + rule->delay_ns + jitter;
 }
 
+/* What the packet costs on the wire, where the rate applies. A GSO packet
+ * (a local sender's TSO, or segments GRO merged on ingress) leaves as
+ * gso_segs frames, each with its own headers; skb->len counts them once,
+ * which would let a shaped flow exceed its rate by the headers' share. */
+static __always_inline __u32 wire_bytes(const struct __sk_buff *skb, const struct packet_info *pkt)
+{
+	__u32 segs = skb->gso_segs;
+
+	return segs > 1 ? skb->len + (segs - 1) * pkt->payload_offset : skb->len;
+}
+
 int sluice_tc_egress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
@@ -67,6 +78,7 @@ int sluice_tc_egress(struct __sk_buff *skb)
 	 * reads unless a test has frozen the data plane's time. */
 	__u64 now = now_ns(cfg);
 	__u32 dir = packet_direction(flow, sender_is_hi) & (SLUICE_DIRS - 1);
+	__u32 bytes = wire_bytes(skb, &pkt);
 	__u64 departure = now;
 	int keep = 1;
 	if (flow->action == SLUICE_ACTION_DELAY) {
@@ -75,15 +87,15 @@ int sluice_tc_egress(struct __sk_buff *skb)
 	} else {
 		__u64 *clock = rate_clock(flow, &key, rule, dir);
 		if (clock)
-			keep = pace(clock, &rule->limit[dir], skb->len, now, rule->horizon_ns, &departure);
+			keep = pace(clock, &rule->limit[dir], bytes, now, rule->horizon_ns, &departure);
 	}
 	if (!keep) {
-		account_egress(rule_id, dir, skb->len, OUTCOME_DROPPED);
+		account_egress(rule_id, dir, bytes, OUTCOME_DROPPED);
 		return TC_ACT_SHOT;
 	}
 	if (departure > now) {
 		skb->tstamp = departure;
-		account_egress(rule_id, dir, skb->len, OUTCOME_DELAYED);
+		account_egress(rule_id, dir, bytes, OUTCOME_DELAYED);
 	}
 	return TC_ACT_OK;
 }

@@ -75,7 +75,11 @@ class _SkBuff(ctypes.Structure):
     _fields_ = [("u32_fields", ctypes.c_uint32 * 36),     # len .. data_meta
                 ("flow_keys", ctypes.c_uint64),
                 ("tstamp", ctypes.c_uint64),
-                ("later_fields", ctypes.c_uint8 * 96)]
+                ("wire_len", ctypes.c_uint32),
+                ("gso_segs", ctypes.c_uint32),
+                ("sk", ctypes.c_uint64),
+                ("gso_size", ctypes.c_uint32),
+                ("later_fields", ctypes.c_uint8 * 76)]
 
 
 @dataclass(frozen=True)
@@ -86,14 +90,17 @@ class TcRun:
     __test__ = False
 
 
-def run_tc(prog_fd: int, frame: bytes) -> TcRun:
-    """Run the tc (SCHED_CLS) program prog_fd once on frame, as on egress."""
+def run_tc(prog_fd: int, frame: bytes, gso_segs: int = 0) -> TcRun:
+    """Run the tc (SCHED_CLS) program prog_fd once on frame, as on egress.
+
+    gso_segs: hand the frame over as a GSO packet that leaves as this many
+    segments (as TSO or GRO build them)."""
     buffer = ctypes.create_string_buffer(frame, len(frame))
-    skb_in, skb_out = _SkBuff(), _SkBuff()
+    skb_in, skb_out = _SkBuff(gso_segs=gso_segs), _SkBuff()
     opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts),
                         data_in=ctypes.cast(buffer, ctypes.c_void_p), data_size_in=len(frame),
                         ctx_in=ctypes.cast(ctypes.byref(skb_in), ctypes.c_void_p),
-                        ctx_size_in=_SkBuff.tstamp.offset + 8,
+                        ctx_size_in=_SkBuff.gso_size.offset + 4,
                         ctx_out=ctypes.cast(ctypes.byref(skb_out), ctypes.c_void_p),
                         ctx_size_out=ctypes.sizeof(skb_out), repeat=1)
     if _LIBBPF.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)) != 0:

@@ -64,10 +64,12 @@ def egress(datapath):
         run_xdp(datapath.function.fd, tcp_frame(sport=port, flags="S"))
         run_xdp(datapath.function.fd, tcp_frame(client_hello(name), sport=port))
 
-        def send(at_ns: int):
-            """A server -> client frame at START_NS + at_ns; (verdict, departure offset or None)."""
+        def send(at_ns: int, segments: int = 1):
+            """A server -> client frame at START_NS + at_ns, or a GSO packet of
+            `segments` frames' payload; (verdict, departure offset or None)."""
             datapath.set_config(clock_ns=START_NS + at_ns)
-            result = run_tc(tc_fd, tcp_frame(b"d" * PAYLOAD, sport=port, flags="A", reply=True))
+            result = run_tc(tc_fd, tcp_frame(b"d" * PAYLOAD * segments, sport=port, flags="A", reply=True),
+                            gso_segs=segments if segments > 1 else 0)
             return result.verdict, (result.tstamp - START_NS if result.tstamp else None)
         return send
     yield open_flow
@@ -90,6 +92,14 @@ def test_the_schedule_keeps_to_the_configured_rate(egress, rate, rate_bps):
     departures = [send(0)[1] or 0 for _ in range(100)]
     for i, departure in enumerate(departures):
         assert abs(departure - i * FRAME * 8 * 10**9 / rate_bps) <= i, (i, departure)
+
+
+def test_a_gso_packet_costs_the_frames_it_leaves_as(egress):
+    """Three frames' payload in one GSO packet costs three frames, headers and
+    all: counting its headers once would let the flow beat its rate. (Three:
+    a test run's packet must fit in a page.)"""
+    send = egress(b"paced.example")
+    assert [send(0, segments=3), send(0)] == [("ok", None), ("ok", 3 * COST_NS)]
 
 
 def test_a_packet_beyond_the_horizon_is_dropped_and_costs_nothing(egress, datapath):
