@@ -265,14 +265,17 @@ class Lab:
     def server_address(family: int) -> str:
         return SERVER_V6 if family == 6 else SERVER_V4
 
+    def resolve(self, name: str, scheme: str, family: int) -> list[str]:
+        """curl's arguments that send `name` to the lab's server, with no DNS."""
+        address = self.server_address(family)
+        port = 443 if scheme == "https" else 80
+        return ["--resolve", f"{name}:{port}:[{address}]" if family == 6 else f"{name}:{port}:{address}"]
+
     def curl(self, name: str, scheme: str = "https", family: int = 4, path: str = "/",
              timeout: float = 3.0, extra_args=(), second_client: bool = False) -> ClientResult:
         """A real curl from the client namespace (or the second one); body, status and timing come back."""
-        port = 443 if scheme == "https" else 80
-        address = self.server_address(family)
-        resolved = f"[{address}]" if family == 6 else address
         argv = ["curl", "-sS", "--max-time", str(timeout), "--cacert", self.ca_path,
-                "--resolve", f"{name}:{port}:{resolved}", "-o", "-", "-w", "\n%{http_code}",
+                *self.resolve(name, scheme, family), "-o", "-", "-w", "\n%{http_code}",
                 *extra_args, f"{scheme}://{name}{path}"]
         started = time.monotonic()
         result = self.run_in(self.client2_ns if second_client else self.client_ns, argv, timeout=timeout + 5)
@@ -314,12 +317,9 @@ class Lab:
 
     def _transfer_rate(self, name, path, seconds, family, size_variable, exclude_setup, extra=(),
                        expect_bytes=None, scheme="https") -> float:
-        port = 443 if scheme == "https" else 80
-        address = self.server_address(family)
-        resolved = f"[{address}]" if family == 6 else address
         result = self.run_in(self.client_ns, [
             "curl", "-s", "--max-time", str(seconds), "--cacert", self.ca_path,
-            "--resolve", f"{name}:{port}:{resolved}", "-o", "/dev/null", *extra,
+            *self.resolve(name, scheme, family), "-o", "/dev/null", *extra,
             "-w", f"%{{{size_variable}}} %{{time_pretransfer}} %{{time_total}}", f"{scheme}://{name}{path}"],
             timeout=seconds + 5)
         size, setup, total = result.stdout.split()

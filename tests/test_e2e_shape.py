@@ -168,7 +168,7 @@ def tls_phases(lab, name) -> tuple[float, float]:
     (connected to TLS done, TLS done to the answer's first byte)."""
     result = lab.run_in(lab.client_ns, [
         "curl", "-sS", "--max-time", "5", "--cacert", lab.ca_path,
-        "--resolve", f"{name}:443:{lab.server_address(4)}", "-o", "/dev/null",
+        *lab.resolve(name, "https", 4), "-o", "/dev/null",
         "-w", "%{time_connect} %{time_appconnect} %{time_starttransfer}", f"https://{name}/"], timeout=10)
     assert result.returncode == 0, result.stderr
     connected, secured, answered = map(float, result.stdout.split())

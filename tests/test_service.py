@@ -71,6 +71,15 @@ class Controller:
             time.sleep(0.2)
 
 
+def start_download(lab, seconds):
+    """A download of slow.example for at most `seconds`, in the background;
+    communicate() gives the bytes it got."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", lab.client_ns, "curl", "-s", "--max-time", str(seconds), "--cacert", lab.ca_path,
+         *lab.resolve("slow.example", "https", 4), "-o", "/dev/null", "-w", "%{size_download}",
+         "https://slow.example/download"], stdout=subprocess.PIPE, text=True)
+
+
 def reloads(controller, result):
     return controller.metric(f'sluice_policy_reloads_total{{result="{result}"}}')
 
@@ -171,10 +180,7 @@ def test_after_a_crash_the_data_plane_keeps_enforcing_and_a_restart_keeps_the_fl
     policy = tmp_path / "policy.yaml"
     policy.write_text(SLOW)
     controller = Controller(lab, policy)
-    download = subprocess.Popen(
-        ["ip", "netns", "exec", lab.client_ns, "curl", "-s", "--max-time", "8", "--cacert", lab.ca_path,
-         "--resolve", "slow.example:443:198.51.100.2", "-o", "/dev/null", "-w", "%{size_download}",
-         "https://slow.example/download"], stdout=subprocess.PIPE, text=True)
+    download = start_download(lab, 8)
     time.sleep(2)
     controller.process.kill()
     controller.process.wait()
@@ -215,10 +221,7 @@ def test_stop_detaches_a_crashed_controllers_data_plane(lab, tmp_path):
 
 def download_during_reload(lab, controller, policy, new_text, seconds=6):
     """Bytes a download of slow.example gets in `seconds` when the policy changes under it."""
-    download = subprocess.Popen(
-        ["ip", "netns", "exec", lab.client_ns, "curl", "-s", "--max-time", str(seconds), "--cacert", lab.ca_path,
-         "--resolve", "slow.example:443:198.51.100.2", "-o", "/dev/null", "-w", "%{size_download}",
-         "https://slow.example/download"], stdout=subprocess.PIPE, text=True)
+    download = start_download(lab, seconds)
     time.sleep(1.5)
     before = reloads(controller, "success")
     policy.write_text(new_text)
@@ -275,10 +278,7 @@ def test_a_schedule_step_switches_live_and_takes_existing_flows_with_it(lab, tmp
                       f"domains: [slow.example], escalate: [{{at: '{switch_at.isoformat()}', action: block}}]}}\n")
     controller = Controller(lab, policy)
     assert lab.curl("slow.example", timeout=3.0).ok, "throttled, not blocked, before the switch"
-    download = subprocess.Popen(
-        ["ip", "netns", "exec", lab.client_ns, "curl", "-s", "--max-time", "40", "--cacert", lab.ca_path,
-         "--resolve", "slow.example:443:198.51.100.2", "-o", "/dev/null", "-w", "%{size_download}",
-         "https://slow.example/download"], stdout=subprocess.PIPE, text=True)
+    download = start_download(lab, 40)
     deadline = time.monotonic() + 40
     while not controller.metric('sluice_rule_flows_total{action="block",mode="enforce",rule="slow"}'):
         assert time.monotonic() < deadline, "the rule never switched to block"
