@@ -3,11 +3,39 @@
 Only the calling thread moves (setns), and only for the body: netlink
 sockets and BPF link calls made there act on that namespace's interfaces,
 while the process keeps its mount namespace, and with it /sys/fs/bpf.
+
+A namespace is only ever entered, never created here: pyroute2's pushns
+opens /run/netns/<name> with O_CREAT, so a typo in `--netns` used to leave
+a new, empty namespace behind. Namespaces are created by `ip netns add`
+(or the lab, through pyroute2's netns.create) and nowhere else.
 """
 
+import ctypes
+import os
 from contextlib import contextmanager
 
-from pyroute2 import netns as pyroute2_netns
+NETNS_RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(Exception):
+    pass
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_RUN_DIR, name)
+
+
+def netns_exists(name: str) -> bool:
+    return "/" not in name and name not in ("", ".", "..") and os.path.isfile(netns_path(name))
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise NetnsError(f"cannot enter a network namespace: {os.strerror(errno)}")
 
 
 @contextmanager
@@ -16,8 +44,16 @@ def inside_netns(name: str | None):
     if name is None:
         yield
         return
-    pyroute2_netns.pushns(name)
+    if not netns_exists(name):
+        raise NetnsError(f"no network namespace named {name!r} (ip netns list shows those there are)")
+    target = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        yield
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(home)
     finally:
-        pyroute2_netns.popns()
+        os.close(target)
+        os.close(home)

@@ -13,6 +13,7 @@ controller/policy.schema.json; tests/test_policy.py keeps the two in step.
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -255,6 +256,58 @@ def check_domain(raw: str) -> tuple[bytes | None, str | None]:
     return name, None
 
 
+# Input files (policies, domains_file, prefixes_file) are read whole: a bound
+# keeps `validate /dev/zero` or a runaway feed from eating the machine's memory.
+# SLUICE_MAX_INPUT_BYTES (or `sluice --max-input-size`) raises it.
+MAX_INPUT_BYTES = int(os.environ.get("SLUICE_MAX_INPUT_BYTES", 64 * 1024 * 1024))
+
+
+class InputFileError(Exception):
+    """An input file that cannot be read as text; line and column say where (None: the whole file)."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None):
+        super().__init__(message)
+        self.line, self.column = line, column
+
+
+def read_text_file(path: str | os.PathLike, limit: int | None = None) -> str:
+    """A regular file of at most `limit` bytes of UTF-8 text without NUL bytes;
+    raises InputFileError saying what is wrong (and where) otherwise."""
+    limit = MAX_INPUT_BYTES if limit is None else limit
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer before we refuse it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise InputFileError(error.strerror) from None
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise InputFileError("not a regular file")
+        if status.st_size > limit:
+            raise InputFileError(f"{status.st_size} bytes; input files may have at most {limit} "
+                                 f"(raise with SLUICE_MAX_INPUT_BYTES or --max-input-size)")
+        try:
+            data = file.read(limit + 1)
+        except OSError as error:
+            raise InputFileError(error.strerror) from None
+    if len(data) > limit:
+        raise InputFileError(f"more than {limit} bytes; input files may have at most {limit} "
+                             f"(raise with SLUICE_MAX_INPUT_BYTES or --max-input-size)")
+
+    def where(offset: int) -> tuple[int, int]:
+        return data.count(b"\n", 0, offset) + 1, offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    nul = data.find(b"\0")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if nul < 0 or nul > error.start:
+            raise InputFileError(f"not UTF-8 text (byte 0x{data[error.start]:02x})",
+                                 *where(error.start)) from None
+    if nul >= 0:
+        raise InputFileError("contains a NUL byte: not a text file", *where(nul))
+    return text
+
+
 class _Loader:
     """One policy file being read; problems accumulate in self.problems."""
 
@@ -324,9 +377,10 @@ class _Loader:
     # --- the file ---------------------------------------------------------
     def load(self) -> Policy | None:
         try:
-            text = Path(self.path).read_text()
-        except OSError as error:
-            self.problems.append(Problem(self.path, 1, 1, f"cannot read the policy: {error.strerror}"))
+            text = read_text_file(self.path)
+        except InputFileError as error:
+            self.problems.append(Problem(self.path, error.line or 1, error.column or 1,
+                                         f"cannot read the policy: {error}"))
             return None
         try:
             root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -334,6 +388,9 @@ class _Loader:
             mark = error.problem_mark or error.context_mark
             self.problems.append(Problem(self.path, mark.line + 1, mark.column + 1,
                                          f"not valid YAML: {error.problem or error.context}"))
+            return None
+        except (yaml.YAMLError, RecursionError) as error:   # a ReaderError has no mark; nesting too deep
+            self.problems.append(Problem(self.path, 1, 1, f"not valid YAML: {str(error).splitlines()[0]}"))
             return None
         if root is None:
             self.problems.append(Problem(self.path, 1, 1, "the policy is empty; it needs version: 1 and rules"))
@@ -459,9 +516,12 @@ class _Loader:
             return []
         path = Path(self.path).parent / relative
         try:
-            lines = path.read_text().splitlines()
-        except OSError as error:
-            self.problem(node, f"cannot read {key} {str(path)!r}: {error.strerror}")
+            lines = read_text_file(path).splitlines()
+        except InputFileError as error:
+            if error.line is None:
+                self.problem(node, f"cannot read {key} {str(path)!r}: {error}")
+            else:
+                self.problems.append(Problem(str(path), error.line, error.column, f"cannot read {key}: {error}"))
             return []
         listed = []
         for number, line in enumerate(lines, start=1):
