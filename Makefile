@@ -28,3 +28,9 @@ bench-shape:
 	  cat bench/results/$(SHAPE_RESULTS).new; } > bench/results/$(SHAPE_RESULTS)
 	rm bench/results/$(SHAPE_RESULTS).new bench/results/$(SHAPE_RESULTS).stderr
 	cat bench/results/$(SHAPE_RESULTS)
+
+# The fresh-machine check (tests/fresh_machine.sh): the README's test command
+# from a clean clone, without bpffs or /lib/modules/$(uname -r), modules reversed.
+.PHONY: fresh-check
+fresh-check:
+	tests/fresh_machine.sh

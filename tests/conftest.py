@@ -65,3 +65,14 @@ def judge(datapath, payload: bytes, *, syn: bool = True, **frame_options) -> Jud
     verdict = run_xdp(datapath.function.fd, tcp_frame(payload, sport=port, **frame_options)).verdict
     after = datapath.counters()
     return Judgement(verdict, {name: after[name] - before[name] for name in after}, port)
+
+
+def pytest_collection_modifyitems(config, items):
+    """SLUICE_TEST_ORDER=reverse runs the modules last to first (tests/fresh_machine.sh
+    does), so a module that leans on what an earlier one left behind shows up."""
+    if os.environ.get("SLUICE_TEST_ORDER") != "reverse":
+        return
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    items[:] = [item for module in reversed(modules) for item in modules[module]]

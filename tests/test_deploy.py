@@ -1,6 +1,7 @@
 """The systemd unit is one systemd accepts, and grants only the capabilities sluice needs."""
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,13 @@ UNIT = REPO / "deploy" / "sluice.service"
 def unit_settings() -> dict[str, str]:
     return dict(line.split("=", 1) for line in UNIT.read_text().splitlines()
                 if line and not line.startswith("#") and "=" in line)
+
+
+def run_exec_start_pre() -> None:
+    """Do what systemd does before ExecStart: the unit's ExecStartPre, as root ("+")."""
+    command = unit_settings()["ExecStartPre"]
+    assert command.startswith("+"), "bpffs must be mounted with full privileges, not the unit's"
+    subprocess.run(shlex.split(command.removeprefix("+")), check=True, timeout=30)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
@@ -67,6 +75,7 @@ def test_the_controller_does_its_job_with_only_the_units_capabilities(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text("version: 1\nrules:\n  - {name: blocker, action: block, domains: [blocked.example]}\n")
     port = free_port()
+    run_exec_start_pre()
     with Lab() as lab:
         controller = subprocess.Popen(
             # nsenter changes only the network namespace, as the unit's
@@ -103,3 +112,15 @@ def test_the_controller_does_its_job_with_only_the_units_capabilities(tmp_path):
                 controller.kill()
                 controller.wait()
                 subprocess.run([sys.executable, "-m", "controller.cli", "stop"], capture_output=True, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
+def test_the_units_start_step_mounts_bpffs_where_nothing_did():
+    """On a host whose init mounts no bpffs, ExecStartPre mounts it before the controller starts."""
+    command = unit_settings()["ExecStartPre"].removeprefix("+")
+    script = f"while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done; {command}; " \
+             "stat -f -c %T /sys/fs/bpf"
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "bpf_fs"
