@@ -1,32 +1,44 @@
 """QUIC Initial packets: the server name in a client's first flight, read in user space.
 
-A QUIC client's first packets are Initial packets, protected with keys that
-derive from their Destination Connection ID alone (RFC 9001 section 5.2), so
-anyone on the path can read them. The data plane cannot decrypt, so it hands
-the first datagrams of an unknown UDP flow to the controller, which here:
+A QUIC client's first packets carry its handshake in the clear or under keys
+that anyone on the path can derive from the packet itself (RFC 9001 section
+5.2). The data plane cannot decrypt, so it hands the first datagrams of an
+unknown UDP flow to the controller, which here:
 
-1. walks the long-header packets coalesced in each datagram (RFC 9000
-   section 12.2) and keeps the Initial packets of QUIC v1 (RFC 9000) and
-   QUIC v2 (RFC 9369), skipping the others by their Length field;
-2. derives the client Initial keys, removes header protection and decrypts
-   (RFC 9001 section 5);
-3. gathers the CRYPTO frames into one stream, in any order, overlapping or
-   duplicated: browsers spread a ClientHello of 1.5-2 KB over two datagrams
-   in many small frames, and Chrome shuffles them;
-4. once the stream holds a whole ClientHello, reads its server name and
-   whether it offers Encrypted Client Hello.
+1. reads the version of each datagram and looks it up in VERSIONS, the table
+   of every version seen in the wild: IETF drafts 22-34, v1 (RFC 9000), v2
+   (RFC 9369), Facebook's mvfst, and Google QUIC (Q039/Q043 with the public
+   header, Q046 with its own long header, Q050 and T050/T051 with IETF long
+   headers and their own Initial salts). Each entry names its header form,
+   its Initial protection, its frame encoding and its handshake;
+2. walks the packets of the datagram in that header form (IETF long headers
+   coalesce, RFC 9000 section 12.2), opening each client Initial: header
+   protection and AEAD under keys from a salt and labels (RFC 9001 section
+   5), or the FNV-1a hash of Google QUIC's plaintext packets;
+3. gathers the handshake stream (CRYPTO frames, or the data of Google QUIC's
+   crypto stream 1) in any order, overlapping or duplicated, across any
+   number of datagrams: browsers spread a 1.5-2 KB ClientHello over two
+   datagrams in many small frames, and Chrome shuffles them;
+4. once the stream holds a whole handshake message (a TLS ClientHello, or
+   Google QUIC's CHLO), reads its server name and, for TLS, whether it offers
+   Encrypted Client Hello.
 
-Errors: input that is not a v1 or v2 Initial at all (another UDP protocol, a
-short header, an unknown version) yields None, as there is nothing to count.
-Input that claims to be one but cannot be (truncated, failing
-authentication, malformed frames or ClientHello, conflicting CRYPTO data, a
-flow past the bounds below) raises QuicError, which the caller counts. No
-other exception escapes.
+A version not in the table (grease versions 0x?a?a?a?a, RFC 9000 section
+15, that clients send to exercise version negotiation, and anything new) and
+Version Negotiation packets (version 0) are recognised and counted by
+family() but never read: their layout past the version is unknown.
+
+Errors: input that is not a client Initial of a version in the table yields
+None, as there is nothing to read. Input that claims to be one but cannot be
+(truncated, failing authentication, malformed frames or handshake,
+conflicting stream data, a flow past the bounds below) raises QuicError,
+which the caller counts. No other exception escapes.
 """
 
 import hmac
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -39,13 +51,16 @@ from .names import normalise
 
 QUIC_V1 = 0x00000001
 QUIC_V2 = 0x6B3343CF
+VERSION_NEGOTIATION = 0x00000000
 
 MAX_CRYPTO_BYTES = 16 * 1024   # a ClientHello with post-quantum key shares takes about 2 KB
 MAX_DATAGRAMS = 8              # browsers need two; the rest leaves room for retransmissions
 MAX_CID_LEN = 20               # RFC 9000 section 17.2
 KEY_CACHE_SIZE = 256           # flows in flight at once whose keys are kept derived
 
-LONG_HEADER = 0x80
+LONG_HEADER = 0x80             # IETF long headers and Google's Q046 long header
+LONG_TYPE_SHIFT = 4
+LONG_TYPE_MASK = 0b11
 VERSION_OFFSET, VERSION_LEN = 1, 4
 HP_FIRST_BYTE_MASK = 0x0F      # header protection covers the low 4 bits of a long header's first byte
 PN_LEN_MASK = 0x03
@@ -53,12 +68,30 @@ PN_MAX_LEN = 4                 # the sample starts as if the packet number took 
 SAMPLE_LEN = 16
 KEY_LEN, IV_LEN, SECRET_LEN = 16, 12, 32
 
+# Google QUIC's public header (up to Q043): flags, connection ID, version.
+PUBLIC_FLAG_VERSION = 0x01
+PUBLIC_FLAG_CID = 0x08         # with 0x04, the old spelling of the same 8-byte ID, which clients still send
+PUBLIC_FLAG_RESERVED = 0xC0    # multipath and reserved bits: clear in a client's first packet
+PUBLIC_PN_SHIFT = 4
+PUBLIC_PN_LENS = (1, 2, 4, 6)
+PUBLIC_CID_LEN = 8
+PUBLIC_VERSION_OFFSET = 1 + PUBLIC_CID_LEN
+GQUIC_HASH_LEN = 12            # FNV-1a 128 truncated to 96 bits (Google's NullEncrypter)
+GQUIC_CRYPTO_STREAM = 1
+
 FRAME_PADDING = 0x00
 FRAME_PING = 0x01
 FRAME_ACK = 0x02
 FRAME_ACK_ECN = 0x03
 FRAME_CRYPTO = 0x06
 FRAME_CONNECTION_CLOSE = 0x1C
+GQUIC_FRAME_PING = 0x07
+GQUIC_FRAME_CRYPTO = 0x08      # Q050 and T05x carry the handshake in these
+GQUIC_FRAME_STREAM = 0x80      # 1fdooos s: fin, data length present, offset length, stream id length
+GQUIC_STREAM_HAS_LENGTH = 0x20
+GQUIC_STREAM_OFFSET_SHIFT = 2
+GQUIC_STREAM_OFFSET_MASK = 0x07
+GQUIC_STREAM_ID_MASK = 0x03
 
 HANDSHAKE_CLIENT_HELLO = 1
 HANDSHAKE_HEADER_LEN = 4       # type (1) and length (3)
@@ -66,6 +99,11 @@ TLS_RANDOM_LEN = 32
 EXT_SERVER_NAME = 0x0000
 EXT_ECH = 0xFE0D               # encrypted_client_hello, draft-ietf-tls-esni
 SNI_HOST_NAME = 0
+
+CHLO_TAG = b"CHLO"             # Google QUIC crypto's client hello: tag, count, then (tag, end offset) pairs
+CHLO_HEADER_LEN = 8            # message tag (4), number of entries (2, little endian), padding (2)
+CHLO_ENTRY_LEN = 8             # tag (4), end offset of its value (4, little endian)
+CHLO_SNI_TAG = b"SNI\x00"
 
 
 class QuicError(ValueError):
@@ -76,7 +114,7 @@ class QuicError(ValueError):
 class ClientHelloInfo:
     sni: str | None      # normalised as the data plane does: lower case, no trailing dot
     ech: bool            # the ClientHello offers Encrypted Client Hello: sni is then the outer name
-    version: int         # QUIC_V1 or QUIC_V2
+    version: int         # the QUIC version of the Initials that carried it
 
 
 @dataclass(frozen=True)
@@ -88,38 +126,12 @@ class InitialKeys:
 
 
 @dataclass(frozen=True)
-class _Version:
-    salt: bytes
-    label: bytes         # prefix of the key, iv and hp labels
-    initial_type: int    # long-header packet type of Initial and Retry packets
-    retry_type: int
-
-
-_VERSIONS = {
-    # RFC 9001 section 5.2
-    QUIC_V1: _Version(bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"), b"quic", 0b00, 0b11),
-    # RFC 9369 sections 3.2 and 3.3: new salt, labels and packet type numbers
-    QUIC_V2: _Version(bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"), b"quicv2", 0b01, 0b00),
-}
-
-
-def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
-    """HKDF-Expand-Label with an empty context (RFC 8446 section 7.1)."""
-    full_label = b"tls13 " + label
-    info = length.to_bytes(2, "big") + bytes([len(full_label)]) + full_label + b"\x00"
-    return HKDFExpand(SHA256(), length, info).derive(secret)
-
-
-@lru_cache(maxsize=KEY_CACHE_SIZE)
-def client_initial_keys(dcid: bytes, version: int) -> InitialKeys:
-    """The keys protecting a client's Initial packets sent to ``dcid`` (RFC 9001 section 5.2)."""
-    params = _VERSIONS[version]
-    initial_secret = hmac.digest(params.salt, dcid, "sha256")       # HKDF-Extract
-    secret = _expand_label(initial_secret, b"client in", SECRET_LEN)
-    return InitialKeys(secret=secret,
-                       key=_expand_label(secret, params.label + b" key", KEY_LEN),
-                       iv=_expand_label(secret, params.label + b" iv", IV_LEN),
-                       hp=_expand_label(secret, params.label + b" hp", KEY_LEN))
+class _Packet:
+    """One client Initial in a datagram, as its header form locates it."""
+    data: bytes          # the packet, header included
+    pn_offset: int       # where the packet number starts
+    dcid: bytes
+    pn_len: int | None   # known from the header when it is not protected
 
 
 class _Reader:
@@ -156,39 +168,16 @@ class _Reader:
         return self.take(self.varint())
 
 
-def _decrypt(packet: bytes, pn_offset: int, dcid: bytes, version: int) -> bytes:
-    """The plaintext payload of one client Initial packet (RFC 9001 sections 5.3 and 5.4)."""
-    keys = client_initial_keys(dcid, version)
-    sample = packet[pn_offset + PN_MAX_LEN:pn_offset + PN_MAX_LEN + SAMPLE_LEN]
-    if len(sample) < SAMPLE_LEN:
-        raise QuicError("Initial packet too short to sample")
-    mask = Cipher(algorithms.AES(keys.hp), modes.ECB()).encryptor().update(sample)
-    first = packet[0] ^ (mask[0] & HP_FIRST_BYTE_MASK)
-    pn_len = (first & PN_LEN_MASK) + 1
-    pn = bytes(byte ^ m for byte, m in zip(packet[pn_offset:pn_offset + pn_len], mask[1:]))
-    header = bytes([first]) + packet[1:pn_offset] + pn
-    # A client numbers its first packets from 0, so the truncated packet
-    # number is the whole one (RFC 9000 appendix A.3, nothing received yet).
-    nonce = (int.from_bytes(keys.iv, "big") ^ int.from_bytes(pn, "big")).to_bytes(IV_LEN, "big")
-    try:
-        return AESGCM(keys.key).decrypt(nonce, packet[pn_offset + pn_len:], header)
-    except InvalidTag:
-        raise QuicError("Initial packet fails authentication") from None
+# --- header forms: where the client Initials of a datagram are ---------------------
 
-
-def _initial_payloads(datagram: bytes) -> tuple[int, list[bytes]] | None:
-    """The QUIC version and decrypted Initial payloads of one datagram; None if it has none."""
-    version_field = datagram[VERSION_OFFSET:VERSION_OFFSET + VERSION_LEN]
-    version = int.from_bytes(version_field, "big")
-    params = _VERSIONS.get(version)
-    if len(version_field) < VERSION_LEN or not datagram[0] & LONG_HEADER or params is None:
-        return None
-    payloads: list[bytes] = []
+def ietf_long_initials(datagram: bytes, version: "QuicVersion") -> Iterator[_Packet]:
+    """IETF long headers (RFC 9000 section 17.2, drafts 22 on): coalesced packets
+    share the version and connection ID of the first (section 12.2); anything
+    else ends the walk. A short header has no length and so always comes
+    last, as does trailing junk."""
     first_dcid = None
     rest = datagram
-    # Coalesced packets share the version and connection ID of the first
-    # (RFC 9000 section 12.2); anything else ends the walk. A short header has
-    # no length and so always comes last, as does trailing junk.
+    version_field = datagram[VERSION_OFFSET:VERSION_OFFSET + VERSION_LEN]
     while rest and rest[0] & LONG_HEADER and rest[VERSION_OFFSET:VERSION_OFFSET + VERSION_LEN] == version_field:
         reader = _Reader(rest, "long-header packet")
         reader.take(VERSION_OFFSET + VERSION_LEN)
@@ -196,25 +185,132 @@ def _initial_payloads(datagram: bytes) -> tuple[int, list[bytes]] | None:
         if len(dcid) > MAX_CID_LEN or len(scid) > MAX_CID_LEN:
             raise QuicError("connection ID longer than 20 bytes")
         if first_dcid is not None and dcid != first_dcid:
-            break
+            return
         first_dcid = dcid
-        packet_type = rest[0] >> 4 & 0b11
-        if packet_type == params.retry_type:        # a server's packet, and without a Length
-            break
-        if packet_type == params.initial_type:
+        packet_type = rest[0] >> LONG_TYPE_SHIFT & LONG_TYPE_MASK
+        if packet_type == version.retry_type:       # a server's packet, and without a Length
+            return
+        if packet_type == version.initial_type:
             reader.varint_vector()                  # token
         length = reader.varint()
         pn_offset = reader.pos
         if length > reader.left:
             raise QuicError("packet runs past the datagram")
-        if packet_type == params.initial_type:
-            payloads.append(_decrypt(rest[:pn_offset + length], pn_offset, dcid, version))
+        if packet_type == version.initial_type:
+            yield _Packet(rest[:pn_offset + length], pn_offset, dcid, None)
         rest = rest[pn_offset + length:]
-    return (version, payloads) if payloads else None
 
 
-def _crypto_frames(payload: bytes) -> list[tuple[int, bytes]]:
-    """The (offset, data) of the CRYPTO frames in an Initial packet's payload."""
+def gquic_long_initial(datagram: bytes, version: "QuicVersion") -> Iterator[_Packet]:
+    """Google's long header of Q046: first byte, version, one byte of two
+    connection ID lengths (4 bits each, 0 or 3 more than written), the IDs,
+    the packet number. No token and no Length: the packet fills the datagram."""
+    if datagram[0] >> LONG_TYPE_SHIFT & LONG_TYPE_MASK != version.initial_type:
+        return
+    reader = _Reader(datagram, "Q046 header")
+    reader.take(VERSION_OFFSET + VERSION_LEN)
+    lengths = reader.uint(1)
+    dcid_len, scid_len = (n + 3 if n else 0 for n in (lengths >> 4, lengths & 0x0F))
+    dcid = reader.take(dcid_len)
+    reader.take(scid_len)
+    pn_len = (datagram[0] & PN_LEN_MASK) + 1
+    yield _Packet(datagram, reader.pos, dcid, pn_len)
+
+
+def gquic_public_initial(datagram: bytes, _version: "QuicVersion") -> Iterator[_Packet]:
+    """Google QUIC's public header (Q039-Q043): flags, an 8-byte connection
+    ID, the version, the packet number (1-6 bytes, by the flags)."""
+    flags = datagram[0]
+    if flags & PUBLIC_FLAG_RESERVED or not flags & PUBLIC_FLAG_CID:
+        return
+    pn_len = PUBLIC_PN_LENS[flags >> PUBLIC_PN_SHIFT & 0b11]
+    dcid = datagram[1:1 + PUBLIC_CID_LEN]
+    yield _Packet(datagram, PUBLIC_VERSION_OFFSET + VERSION_LEN, dcid, pn_len)
+
+
+# --- Initial protection ------------------------------------------------------------
+
+def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
+    """HKDF-Expand-Label with an empty context (RFC 8446 section 7.1)."""
+    full_label = b"tls13 " + label
+    info = length.to_bytes(2, "big") + bytes([len(full_label)]) + full_label + b"\x00"
+    return HKDFExpand(SHA256(), length, info).derive(secret)
+
+
+@dataclass(frozen=True)
+class InitialSecret:
+    """Initial packets sealed with AES-128-GCM under keys from HKDF over the
+    client's first Destination Connection ID (RFC 9001 section 5)."""
+    salt: bytes
+    label: bytes         # prefix of the key, iv and hp labels: "quic", or "quicv2" (RFC 9369 section 3.3.2)
+
+    def keys(self, dcid: bytes) -> InitialKeys:
+        initial_secret = hmac.digest(self.salt, dcid, "sha256")       # HKDF-Extract
+        secret = _expand_label(initial_secret, b"client in", SECRET_LEN)
+        return InitialKeys(secret=secret,
+                           key=_expand_label(secret, self.label + b" key", KEY_LEN),
+                           iv=_expand_label(secret, self.label + b" iv", IV_LEN),
+                           hp=_expand_label(secret, self.label + b" hp", KEY_LEN))
+
+    def open(self, packet: _Packet, key_dcid: bytes, version: int) -> bytes:
+        """The plaintext payload (RFC 9001 sections 5.3 and 5.4)."""
+        keys = client_initial_keys(key_dcid, version)
+        data, pn_offset = packet.data, packet.pn_offset
+        sample = data[pn_offset + PN_MAX_LEN:pn_offset + PN_MAX_LEN + SAMPLE_LEN]
+        if len(sample) < SAMPLE_LEN:
+            raise QuicError("Initial packet too short to sample")
+        mask = Cipher(algorithms.AES(keys.hp), modes.ECB()).encryptor().update(sample)
+        first = data[0] ^ (mask[0] & HP_FIRST_BYTE_MASK)
+        pn_len = (first & PN_LEN_MASK) + 1
+        pn = bytes(byte ^ m for byte, m in zip(data[pn_offset:pn_offset + pn_len], mask[1:]))
+        header = bytes([first]) + data[1:pn_offset] + pn
+        # A client numbers its first packets from 0, so the truncated packet
+        # number is the whole one (RFC 9000 appendix A.3, nothing received yet).
+        nonce = (int.from_bytes(keys.iv, "big") ^ int.from_bytes(pn, "big")).to_bytes(IV_LEN, "big")
+        try:
+            return AESGCM(keys.key).decrypt(nonce, data[pn_offset + pn_len:], header)
+        except InvalidTag:
+            raise QuicError("Initial packet fails authentication") from None
+
+
+FNV128_OFFSET = 0x6C62272E07BB014262B821756295C58D
+FNV128_PRIME = 0x0000000001000000000000000000013B
+MASK128 = (1 << 128) - 1
+
+
+def fnv1a_128(data: bytes) -> int:
+    value = FNV128_OFFSET
+    for byte in data:
+        value = ((value ^ byte) * FNV128_PRIME) & MASK128
+    return value
+
+
+@dataclass(frozen=True)
+class NullEncryption:
+    """Google QUIC's unencrypted packets: the payload follows a 12-byte
+    FNV-1a 128 hash of the header, the payload and the sender's side, which a
+    server checks; a packet whose hash is wrong is one the server never
+    reads, so neither do we."""
+    sender: bytes = b"Client"      # hashed after the payload from Q037 on, nothing before
+
+    def open(self, packet: _Packet, _key_dcid: bytes, _version: int) -> bytes:
+        hash_offset = packet.pn_offset + packet.pn_len
+        header, hashed = packet.data[:hash_offset], packet.data[hash_offset:hash_offset + GQUIC_HASH_LEN]
+        payload = packet.data[hash_offset + GQUIC_HASH_LEN:]
+        if len(hashed) < GQUIC_HASH_LEN:
+            raise QuicError("Google QUIC packet truncated")
+        digest = fnv1a_128(header + payload + self.sender)
+        # Low 64 bits, then the next 32, each little endian (Google's SerializeUint128Short).
+        expected = (digest & (1 << 64) - 1).to_bytes(8, "little") + (digest >> 64 & (1 << 32) - 1).to_bytes(4, "little")
+        if not hmac.compare_digest(hashed, expected):
+            raise QuicError("Google QUIC packet fails its hash")
+        return payload
+
+
+# --- frames: the handshake stream's pieces in a packet's payload ---------------------
+
+def _ietf_frames(payload: bytes) -> list[tuple[int, bytes]]:
+    """The (offset, data) of the CRYPTO frames in an IETF Initial packet (RFC 9000 section 19)."""
     reader = _Reader(payload, "frame")
     frames = []
     while reader.left:
@@ -245,6 +341,47 @@ def _crypto_frames(payload: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
+@dataclass(frozen=True)
+class GquicFrames:
+    """The handshake pieces in a Google QUIC packet: STREAM frames of the
+    crypto stream (up to Q046), or CRYPTO frames with variable-length
+    integers (Q050, T050, T051). Frames whose length this does not read
+    (ACK, STOP_WAITING, ...) end the walk, keeping what came before."""
+    byte_order: str = "big"          # of STREAM frame fields: little endian before Q039
+    private_flags: bool = False      # a byte of flags opens the payload before Q034
+
+    def __call__(self, payload: bytes) -> list[tuple[int, bytes]]:
+        reader = _Reader(payload, "frame")
+        if self.private_flags:
+            reader.take(1)
+        frames = []
+        while reader.left:
+            frame_type = reader.uint(1)
+            if frame_type == FRAME_PADDING:
+                break                               # padding runs to the end of the packet
+            elif frame_type == GQUIC_FRAME_PING:
+                pass
+            elif frame_type == GQUIC_FRAME_CRYPTO:
+                offset = reader.varint()
+                frames.append((offset, reader.varint_vector()))
+            elif frame_type & GQUIC_FRAME_STREAM:
+                stream_id = self._uint(reader, (frame_type & GQUIC_STREAM_ID_MASK) + 1)
+                offset_len = frame_type >> GQUIC_STREAM_OFFSET_SHIFT & GQUIC_STREAM_OFFSET_MASK
+                offset = self._uint(reader, offset_len + 1) if offset_len else 0
+                has_length = frame_type & GQUIC_STREAM_HAS_LENGTH
+                data = reader.take(self._uint(reader, 2) if has_length else reader.left)
+                if stream_id == GQUIC_CRYPTO_STREAM:
+                    frames.append((offset, data))
+            else:
+                break
+        return frames
+
+    def _uint(self, reader: _Reader, size: int) -> int:
+        return int.from_bytes(reader.take(size), self.byte_order)
+
+
+# --- handshakes: when the stream holds a whole message, and its name -----------------
+
 def _server_name(extension: bytes) -> str:
     """The host name in a server_name extension (RFC 6066 section 3), read as the data plane does."""
     reader = _Reader(extension, "server_name")
@@ -252,78 +389,270 @@ def _server_name(extension: bytes) -> str:
     if reader.left:
         raise QuicError("bytes after the server_name list")
     name_type, name = names.uint(1), names.vector(2)
-    if name_type != SNI_HOST_NAME or not 0 < len(name) <= ABI.SLUICE_NAME_MAX or not name.isascii():
+    if name_type != SNI_HOST_NAME:
+        raise QuicError("server_name is not a host name")
+    return _host_name(name)
+
+
+def _host_name(name: bytes) -> str:
+    if not 0 < len(name) <= ABI.SLUICE_NAME_MAX or not name.isascii():
         raise QuicError("server_name is not a host name")
     return normalise(name).decode("ascii")
 
 
-def _parse_client_hello(body: bytes, version: int) -> ClientHelloInfo:
-    """Server name and ECH of a ClientHello's body (RFC 8446 section 4.1.2)."""
-    reader = _Reader(body, "ClientHello")
-    reader.take(2 + TLS_RANDOM_LEN)                 # legacy_version, random
-    reader.vector(1)                                # legacy_session_id
-    reader.vector(2)                                # cipher_suites
-    reader.vector(1)                                # legacy_compression_methods
-    sni, ech = None, False
-    extensions = _Reader(reader.vector(2) if reader.left else b"", "extensions")
-    if reader.left:
-        raise QuicError("bytes after the ClientHello's extensions")
-    seen = set()
-    while extensions.left:
-        ext_type, ext_body = extensions.uint(2), extensions.vector(2)
-        # Two server names would leave the choice to the server (RFC 8446 section 4.2 forbids it).
-        if ext_type in seen:
-            raise QuicError(f"extension {ext_type:#06x} appears twice")
-        seen.add(ext_type)
-        if ext_type == EXT_SERVER_NAME:
-            sni = _server_name(ext_body)
-        elif ext_type == EXT_ECH:
-            ech = True
-    return ClientHelloInfo(sni=sni, ech=ech, version=version)
+class TlsClientHello:
+    """TLS 1.3 in CRYPTO frames (RFC 9001 section 4): a ClientHello handshake message."""
 
+    @staticmethod
+    def length(stream: bytes) -> int | None:
+        """The message's whole length, once the stream holds enough to tell."""
+        if len(stream) < HANDSHAKE_HEADER_LEN:
+            return None
+        if stream[0] != HANDSHAKE_CLIENT_HELLO:
+            raise QuicError("CRYPTO stream does not start with a ClientHello")
+        return HANDSHAKE_HEADER_LEN + int.from_bytes(stream[1:HANDSHAKE_HEADER_LEN], "big")
+
+    @staticmethod
+    def parse(message: bytes) -> tuple[str | None, bool]:
+        """Server name and ECH of a ClientHello (RFC 8446 section 4.1.2)."""
+        reader = _Reader(message[HANDSHAKE_HEADER_LEN:], "ClientHello")
+        reader.take(2 + TLS_RANDOM_LEN)                 # legacy_version, random
+        reader.vector(1)                                # legacy_session_id
+        reader.vector(2)                                # cipher_suites
+        reader.vector(1)                                # legacy_compression_methods
+        sni, ech = None, False
+        extensions = _Reader(reader.vector(2) if reader.left else b"", "extensions")
+        if reader.left:
+            raise QuicError("bytes after the ClientHello's extensions")
+        seen = set()
+        while extensions.left:
+            ext_type, ext_body = extensions.uint(2), extensions.vector(2)
+            # Two server names would leave the choice to the server (RFC 8446 section 4.2 forbids it).
+            if ext_type in seen:
+                raise QuicError(f"extension {ext_type:#06x} appears twice")
+            seen.add(ext_type)
+            if ext_type == EXT_SERVER_NAME:
+                sni = _server_name(ext_body)
+            elif ext_type == EXT_ECH:
+                ech = True
+        return sni, ech
+
+
+class GoogleChlo:
+    """Google QUIC crypto's client hello: "CHLO", a count of entries, then
+    each entry's tag and the end offset of its value, tags ascending, then
+    the values; the server name is the value of the SNI tag."""
+
+    @staticmethod
+    def length(stream: bytes) -> int | None:
+        if len(stream) < CHLO_HEADER_LEN:
+            return None
+        if stream[:len(CHLO_TAG)] != CHLO_TAG:
+            raise QuicError("crypto stream does not start with a CHLO")
+        entries = int.from_bytes(stream[4:6], "little")
+        values = CHLO_HEADER_LEN + entries * CHLO_ENTRY_LEN
+        if len(stream) < values:
+            return None
+        last_end = int.from_bytes(stream[values - 4:values], "little") if entries else 0
+        return values + last_end
+
+    @staticmethod
+    def parse(message: bytes) -> tuple[str | None, bool]:
+        entries = int.from_bytes(message[4:6], "little")
+        values = CHLO_HEADER_LEN + entries * CHLO_ENTRY_LEN
+        sni, previous_tag, start = None, -1, 0
+        for index in range(entries):
+            entry = message[CHLO_HEADER_LEN + index * CHLO_ENTRY_LEN:][:CHLO_ENTRY_LEN]
+            tag, end = entry[:4], int.from_bytes(entry[4:], "little")
+            # Tags ascend (as little-endian numbers) and values follow one another:
+            # a server refuses anything else, so a second SNI cannot hide.
+            if int.from_bytes(tag, "little") <= previous_tag or end < start:
+                raise QuicError("CHLO entries out of order")
+            if tag == CHLO_SNI_TAG:
+                sni = _host_name(message[values + start:values + end])
+            previous_tag, start = int.from_bytes(tag, "little"), end
+        return sni, False
+
+
+# --- the table of versions --------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuicVersion:
+    name: str
+    family: str          # a metrics label: ietf-draft, v1, v2, mvfst, gquic
+    packets: Callable[[bytes, "QuicVersion"], Iterator[_Packet]]    # the header form
+    protection: InitialSecret | NullEncryption
+    frames: Callable[[bytes], list[tuple[int, bytes]]]    # the pieces of the handshake stream in a payload
+    handshake: type[TlsClientHello] | type[GoogleChlo]
+    initial_type: int = 0b00     # long-header packet types of Initial and Retry packets
+    retry_type: int = 0b11
+
+
+# The Initial salts: each draft's section 5.2 of draft-ietf-quic-tls, RFC 9001
+# and RFC 9369; Google's for Q050 and T05x (Chromium's quic_crypto_utils).
+SALT_DRAFT_22 = bytes.fromhex("7fbcdb0e7c66bbe9193a96cd21519ebd7a02644a")
+SALT_DRAFT_23 = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")   # drafts 23-28
+SALT_DRAFT_29 = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")   # drafts 29-32
+SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")         # drafts 33-34, v1
+SALT_V2 = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")
+SALT_Q050 = bytes.fromhex("504574efd066fe2f9d945cfcdbd3a7f0d3b56b45")
+SALT_T050 = bytes.fromhex("7ff579e5acd072915580304c43a2367c60488310")
+SALT_T051 = bytes.fromhex("7a4edef4e7ccee5fa4506c19124fc8ccda6e033d")
+
+
+def _ietf(name: str, family: str, salt: bytes) -> QuicVersion:
+    return QuicVersion(name, family, ietf_long_initials, InitialSecret(salt, b"quic"), _ietf_frames, TlsClientHello)
+
+
+def _draft_salt(draft: int) -> bytes:
+    return (SALT_DRAFT_22 if draft == 22 else SALT_DRAFT_23 if draft <= 28 else
+            SALT_DRAFT_29 if draft <= 32 else SALT_V1)
+
+
+def _gquic_version(name: str) -> int:
+    return int.from_bytes(name.encode("ascii"), "big")
+
+
+def _gquic_public(name: str, protection: NullEncryption, frames: GquicFrames) -> QuicVersion:
+    return QuicVersion(name, "gquic", gquic_public_initial, protection, frames, GoogleChlo)
+
+
+VERSIONS: dict[int, QuicVersion] = {
+    **{0xFF000000 + draft: _ietf(f"draft-{draft}", "ietf-draft", _draft_salt(draft)) for draft in range(22, 35)},
+    QUIC_V1: _ietf("v1", "v1", SALT_V1),
+    # RFC 9369 sections 3.2 and 3.3: new salt, labels and packet type numbers
+    QUIC_V2: QuicVersion("v2", "v2", ietf_long_initials, InitialSecret(SALT_V2, b"quicv2"), _ietf_frames,
+                         TlsClientHello, initial_type=0b01, retry_type=0b00),
+    # mvfst's own numbers for the drafts it implemented: 22, 27, and its experimental 27
+    0xFACEB001: _ietf("mvfst-22", "mvfst", SALT_DRAFT_22),
+    0xFACEB002: _ietf("mvfst-27", "mvfst", SALT_DRAFT_23),
+    0xFACEB00E: _ietf("mvfst-exp", "mvfst", SALT_DRAFT_23),
+    # Google QUIC: hashes without the sender's side up to Q035, STREAM frames
+    # in little endian up to Q037, a private flags byte up to Q033.
+    **{_gquic_version(name): _gquic_public(name, NullEncryption(b""), GquicFrames("little", private_flags=True))
+       for name in ("Q024", "Q025", "Q030", "Q033")},
+    **{_gquic_version(name): _gquic_public(name, NullEncryption(b""), GquicFrames("little"))
+       for name in ("Q034", "Q035")},
+    _gquic_version("Q037"): _gquic_public("Q037", NullEncryption(), GquicFrames("little")),
+    **{_gquic_version(name): _gquic_public(name, NullEncryption(), GquicFrames()) for name in ("Q039", "Q043")},
+    _gquic_version("Q046"): QuicVersion("Q046", "gquic", gquic_long_initial, NullEncryption(), GquicFrames(),
+                                        GoogleChlo),
+    _gquic_version("Q050"): QuicVersion("Q050", "gquic", ietf_long_initials, InitialSecret(SALT_Q050, b"quic"),
+                                        GquicFrames(), GoogleChlo),
+    _gquic_version("T050"): QuicVersion("T050", "gquic", ietf_long_initials, InitialSecret(SALT_T050, b"quic"),
+                                        GquicFrames(), TlsClientHello),
+    _gquic_version("T051"): QuicVersion("T051", "gquic", ietf_long_initials, InitialSecret(SALT_T051, b"quic"),
+                                        GquicFrames(), TlsClientHello),
+}
+
+GREASE_MASK, GREASE_PATTERN = 0x0F0F0F0F, 0x0A0A0A0A     # RFC 9000 section 15
+
+
+def datagram_version(datagram: bytes) -> int | None:
+    """The version a datagram's first packet carries, in either header
+    form; None if it has none (a short header, or not QUIC)."""
+    if len(datagram) < VERSION_OFFSET + VERSION_LEN:
+        return None
+    if datagram[0] & LONG_HEADER:
+        return int.from_bytes(datagram[VERSION_OFFSET:VERSION_OFFSET + VERSION_LEN], "big")
+    if datagram[0] & PUBLIC_FLAG_VERSION and len(datagram) >= PUBLIC_VERSION_OFFSET + VERSION_LEN:
+        version = int.from_bytes(datagram[PUBLIC_VERSION_OFFSET:PUBLIC_VERSION_OFFSET + VERSION_LEN], "big")
+        known = VERSIONS.get(version)
+        # Only Google QUIC had a public header: anything else here is not QUIC.
+        return version if known and known.packets is gquic_public_initial else None
+    return None
+
+
+def family(datagram: bytes) -> str | None:
+    """What a datagram is, for the counters: its version's family,
+    "negotiation", "grease", "unknown", or None when it is not a QUIC long header."""
+    version = datagram_version(datagram)
+    if version is None:
+        return None
+    if version in VERSIONS:
+        return VERSIONS[version].family
+    if version == VERSION_NEGOTIATION:
+        return "negotiation"
+    return "grease" if version & GREASE_MASK == GREASE_PATTERN else "unknown"
+
+
+@lru_cache(maxsize=KEY_CACHE_SIZE)
+def client_initial_keys(dcid: bytes, version: int) -> InitialKeys:
+    """The keys protecting a client's Initial packets sent to ``dcid`` (RFC 9001 section 5.2)."""
+    return VERSIONS[version].protection.keys(dcid)
+
+
+# --- one flow ---------------------------------------------------------------------
 
 class InitialReassembler:
-    """One flow's client Initial datagrams, fed in arrival order, until its ClientHello is whole.
+    """One flow's client Initial datagrams, fed in arrival order, until its handshake message is whole.
 
     feed() returns the ClientHelloInfo once, with the datagram that completes
     it, and None before. A QuicError for a broken datagram drops that datagram
-    only; one for the flow itself (conflicting or excess CRYPTO data, a bad
-    ClientHello, MAX_DATAGRAMS without one) finishes the flow. A finished
-    flow (``done``) ignores what follows.
+    only; one for the flow itself (conflicting or excess stream data, a bad
+    handshake message, MAX_DATAGRAMS without one) finishes the flow. A
+    finished flow (``done``) ignores what follows.
+
+    The Initial keys come from the Destination Connection ID of the client's
+    first Initial, and stay while the client moves to the server's chosen ID
+    (RFC 9001 section 5.2); after a Retry they come from the new one. A
+    client that starts again in another version (after Version Negotiation)
+    starts a new stream.
     """
 
     def __init__(self):
-        self._data = bytearray()         # the CRYPTO stream received so far...
+        self._start(None)
+        self.done = False
+
+    def _start(self, version: int | None) -> None:
+        self._data = bytearray()         # the handshake stream received so far...
         self._filled = bytearray()       # ...and 1 for each of its bytes that arrived
         self._datagrams = 0
-        self._version: int | None = None
-        self.done = False
+        self._version = version
+        self._key_dcid: bytes | None = None
 
     def feed(self, datagram: bytes) -> ClientHelloInfo | None:
         if self.done:
             return None
-        initial = _initial_payloads(bytes(datagram))     # a ring buffer may hand out other buffers
-        if initial is None:
+        datagram = bytes(datagram)                       # a ring buffer may hand out other buffers
+        version = datagram_version(datagram)
+        if version not in VERSIONS:
             return None
-        version, payloads = initial
+        if version != self._version:
+            self._start(version)
         # Read every frame before storing any, so a broken datagram leaves no trace.
-        frames = [frame for payload in payloads for frame in _crypto_frames(payload)]
-        if self._version is None:
-            self._version = version
+        payloads = [self._open(packet) for packet in VERSIONS[version].packets(datagram, VERSIONS[version])]
+        if not payloads:
+            return None
+        frames = [frame for payload in payloads for frame in VERSIONS[version].frames(payload)]
         self._datagrams += 1
         try:
             for offset, data in frames:
                 self._store(offset, data)
-            body = self._client_hello_body()
-            if body is None and self._datagrams >= MAX_DATAGRAMS:
-                raise QuicError(f"no whole ClientHello in {MAX_DATAGRAMS} datagrams")
+            message = self._message()
+            if message is None and self._datagrams >= MAX_DATAGRAMS:
+                raise QuicError(f"no whole handshake message in {MAX_DATAGRAMS} datagrams")
         except QuicError:
             self.done = True
             raise
-        if body is None:
+        if message is None:
             return None
         self.done = True
-        return _parse_client_hello(body, self._version)
+        sni, ech = VERSIONS[version].handshake.parse(message)
+        return ClientHelloInfo(sni=sni, ech=ech, version=version)
+
+    def _open(self, packet: _Packet) -> bytes:
+        protection = VERSIONS[self._version].protection
+        if self._key_dcid is None:
+            self._key_dcid = packet.dcid
+        try:
+            return protection.open(packet, self._key_dcid, self._version)
+        except QuicError:
+            if packet.dcid == self._key_dcid:
+                raise
+        payload = protection.open(packet, packet.dcid, self._version)     # keys after a Retry
+        self._key_dcid = packet.dcid
+        return payload
 
     def _store(self, offset: int, data: bytes) -> None:
         end = offset + len(data)
@@ -347,20 +676,16 @@ class InitialReassembler:
             self._filled[pos:run_end] = b"\x01" * (run_end - pos)
             pos = run_end
 
-    def _client_hello_body(self) -> bytes | None:
-        """The ClientHello's body once the stream holds all of it, else None."""
+    def _message(self) -> bytes | None:
+        """The handshake message once the stream holds all of it, else None."""
         contiguous = self._filled.find(0)
         contiguous = len(self._filled) if contiguous == -1 else contiguous
-        if contiguous < HANDSHAKE_HEADER_LEN:
+        end = VERSIONS[self._version].handshake.length(bytes(self._data[:contiguous]))
+        if end is not None and end > MAX_CRYPTO_BYTES:
+            raise QuicError(f"handshake message longer than {MAX_CRYPTO_BYTES} bytes")
+        if end is None or contiguous < end:
             return None
-        if self._data[0] != HANDSHAKE_CLIENT_HELLO:
-            raise QuicError("CRYPTO stream does not start with a ClientHello")
-        end = HANDSHAKE_HEADER_LEN + int.from_bytes(self._data[1:HANDSHAKE_HEADER_LEN], "big")
-        if end > MAX_CRYPTO_BYTES:
-            raise QuicError(f"ClientHello longer than {MAX_CRYPTO_BYTES} bytes")
-        if contiguous < end:
-            return None
-        return bytes(self._data[HANDSHAKE_HEADER_LEN:end])
+        return bytes(self._data[:end])
 
 
 def client_hello_from_datagram(datagram: bytes) -> ClientHelloInfo | None:

@@ -1,18 +1,22 @@
-"""QUIC client Initial packets for tests/test_quic.py: frames, and an encryptor.
+"""QUIC client Initial packets for tests/test_quic.py: frames, and the sealing
+of every version in controller/quic.py's table.
 
 The encryptor is the mirror of controller/quic.py's decryption (RFC 9001
-section 5); test_quic.py checks it against the RFC's protected packets before
-trusting it with packets of its own.
+section 5); test_quic.py checks it against the RFC's and draft-29's protected
+packets before trusting it with packets of its own. Google QUIC's plaintext
+packets carry an FNV-1a hash, checked against the FNV reference values.
 """
+
+import struct
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from controller.quic import QUIC_V1, QUIC_V2, client_initial_keys
+from controller.quic import (QUIC_V1, QUIC_V2, VERSIONS, GoogleChlo, GquicFrames, InitialSecret, client_initial_keys,
+                             fnv1a_128, gquic_long_initial)
 from packets import client_hello
 
 RFC_DCID = bytes.fromhex("8394c8f03e515708")    # RFC 9001 and RFC 9369 appendix A
-INITIAL_TYPE = {QUIC_V1: 0b00, QUIC_V2: 0b01}
 HANDSHAKE_TYPE = {QUIC_V1: 0b10, QUIC_V2: 0b11}
 TAG_LEN = 16
 DATAGRAM_MIN = 1200                               # RFC 9000 section 14.1
@@ -70,11 +74,11 @@ def initial_packet(frames: bytes, *, dcid: bytes = RFC_DCID, scid: bytes = b"", 
                    packet_type: int | None = None) -> bytes:
     """A protected client Initial packet (or another long-header type) carrying
     ``frames``, padded with PADDING frames to at least ``size`` bytes if given."""
-    packet_type = INITIAL_TYPE[version] if packet_type is None else packet_type
+    packet_type = VERSIONS[version].initial_type if packet_type is None else packet_type
     keys = client_initial_keys(dcid, version)
     head = bytes([0xC0 | packet_type << 4 | (pn_len - 1)]) + version.to_bytes(4, "big")
     head += bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid
-    if packet_type == INITIAL_TYPE[version]:
+    if packet_type == VERSIONS[version].initial_type:
         head += varint(len(token)) + token
     length_size = 2                                 # as clients write it, so the size is known up front
     if size is not None:
@@ -92,3 +96,101 @@ def initial_packet(frames: bytes, *, dcid: bytes = RFC_DCID, scid: bytes = b"", 
 
 def short_header_packet(payload: bytes = b"\x42" * 40) -> bytes:
     return bytes([0x40 | 0x03]) + RFC_DCID + payload
+
+
+# --- Google QUIC -----------------------------------------------------------------
+
+GQUIC_CID = bytes.fromhex("e83c77bd8f8915f9")
+GQUIC_PUBLIC_FLAGS = 0x0D          # version, 8-byte connection ID (old spelling 0x0C), 1-byte packet number
+GQUIC_Q046_FIRST_BYTE = 0xC3       # long header, Initial, 4-byte packet number
+GQUIC_Q046_CID_LENGTHS = 0x50      # destination 5 + 3 = 8 bytes, no source
+CHLO_MIN = 1024                    # Google pads a CHLO to this (kClientHelloMinimumSize)
+
+
+def gquic_version(name: str) -> int:
+    return int.from_bytes(name.encode("ascii"), "big")
+
+
+def chlo(sni: bytes | None = b"example.com", *, extra: dict[bytes, bytes] | None = None,
+         pad_to: int = CHLO_MIN) -> bytes:
+    """A Google QUIC crypto client hello: "CHLO", the number of entries, two
+    bytes of padding, each tag with its value's end offset (little endian,
+    tags ascending), then the values; a PAD entry makes it ``pad_to`` long."""
+    entries = dict(extra or {})
+    if sni is not None:
+        entries[b"SNI\x00"] = sni
+    entries.setdefault(b"VER\x00", b"Q043")
+    size = 8 + 8 * (len(entries) + 1) + sum(map(len, entries.values()))
+    entries[b"PAD\x00"] = b"-" * max(0, pad_to - size)
+    return chlo_entries(sorted(entries.items(), key=lambda entry: int.from_bytes(entry[0], "little")))
+
+
+def chlo_entries(entries: list[tuple[bytes, bytes]]) -> bytes:
+    """A CHLO with these entries in this order, however wrong."""
+    index, values, end = b"", b"", 0
+    for tag, value in entries:
+        end += len(value)
+        index += tag + struct.pack("<I", end)
+        values += value
+    return b"CHLO" + struct.pack("<HH", len(entries), 0) + index + values
+
+
+def gquic_stream_frame(offset: int, data: bytes, *, byte_order: str = "big", stream_id: int = 1) -> bytes:
+    """A Google QUIC STREAM frame with a 1-byte stream ID, an offset (2 or 8 bytes) and a length."""
+    offset_len = 0 if offset == 0 else 2 if offset < 1 << 16 else 8
+    frame_type = 0x80 | 0x20 | (offset_len - 1 if offset_len else 0) << 2
+    return (bytes([frame_type, stream_id]) + offset.to_bytes(offset_len, byte_order)
+            + len(data).to_bytes(2, byte_order) + data)
+
+
+def gquic_crypto_frame(offset: int, data: bytes) -> bytes:
+    """Q050 and T05x carry the handshake in CRYPTO frames of type 0x08."""
+    return bytes([0x08]) + varint(offset) + varint(len(data)) + data
+
+
+def gquic_hash(data: bytes) -> bytes:
+    """Google's NullEncrypter: FNV-1a 128, low 96 bits, low 64 then next 32, little endian."""
+    digest = fnv1a_128(data)
+    return (digest & (1 << 64) - 1).to_bytes(8, "little") + (digest >> 64 & (1 << 32) - 1).to_bytes(4, "little")
+
+
+def gquic_plaintext_packet(frames: bytes, version: int, *, cid: bytes = GQUIC_CID, pn: int = 1,
+                           size: int = DATAGRAM_MIN, sender: bytes | None = None) -> bytes:
+    """A Google QUIC packet in the clear: the public header (up to Q043) or
+    Q046's long header, the hash, the frames, PADDING to ``size``."""
+    params = VERSIONS[version]
+    if params.packets is gquic_long_initial:
+        header = bytes([GQUIC_Q046_FIRST_BYTE]) + version.to_bytes(4, "big") + bytes([GQUIC_Q046_CID_LENGTHS])
+        header += cid + pn.to_bytes(4, "big")
+    else:
+        header = bytes([GQUIC_PUBLIC_FLAGS]) + cid + version.to_bytes(4, "big") + pn.to_bytes(1, "big")
+    payload = (b"\x00" if params.frames.private_flags else b"") + frames
+    payload += bytes(max(0, size - len(header) - 12 - len(payload)))
+    sender = params.protection.sender if sender is None else sender
+    return header + gquic_hash(header + payload + sender) + payload
+
+
+# --- any version of the table ------------------------------------------------------
+
+def handshake_message(version: int, sni: bytes | None, **options) -> bytes:
+    """What the version's handshake stream starts with: a TLS ClientHello or a CHLO."""
+    if VERSIONS[version].handshake is GoogleChlo:
+        return chlo(sni, **options)
+    return handshake_client_hello(sni, **options)
+
+
+def stream_frame(version: int, offset: int, data: bytes) -> bytes:
+    """A piece of the handshake stream in the version's frame encoding."""
+    frames = VERSIONS[version].frames
+    if not isinstance(frames, GquicFrames):
+        return crypto_frame(offset, data)
+    if isinstance(VERSIONS[version].protection, InitialSecret):
+        return gquic_crypto_frame(offset, data)
+    return gquic_stream_frame(offset, data, byte_order=frames.byte_order)
+
+
+def client_initial(version: int, frames: bytes, *, pn: int = 0, dcid: bytes = RFC_DCID, **options) -> bytes:
+    """One client Initial datagram of ``version`` carrying ``frames``, padded to 1200 bytes."""
+    if isinstance(VERSIONS[version].protection, InitialSecret):
+        return initial_packet(frames, version=version, pn=pn, dcid=dcid, size=DATAGRAM_MIN, **options)
+    return gquic_plaintext_packet(frames, version, pn=pn + 1, cid=dcid, **options)

@@ -299,10 +299,10 @@ def test_a_ring_buffer_may_hand_over_a_bytearray():
     b"", b"\xc0", b"\xc0\x00\x00\x00",
     short_header_packet(),
     b"\x00" * 1200,                                                  # DNS, WireGuard, ... start low
-    b"\xc0\xff\x00\x00\x1d" + RFC9001_CLIENT_INITIAL[5:],            # draft-29: not a version we read
+    b"\xc0\x1a\x2a\x3a\x4a" + RFC9001_CLIENT_INITIAL[5:],            # a grease version: not read
     b"\xc0\x00\x00\x00\x00" + RFC9001_CLIENT_INITIAL[5:],            # version negotiation
     initial_packet(crypto_frame(0, handshake_client_hello()), packet_type=HANDSHAKE_TYPE[QUIC_V1]),
-], ids=["empty", "one-byte", "no-version", "short-header", "zeros", "draft-29", "version-0", "handshake-only"])
+], ids=["empty", "one-byte", "no-version", "short-header", "zeros", "grease", "version-0", "handshake-only"])
 def test_what_is_not_a_client_initial_gives_none(data):
     assert client_hello_from_datagram(data) is None
 
