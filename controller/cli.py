@@ -9,6 +9,13 @@
   sluice explain --policy P --client IP --name N [--at T]
                                       which rule a flow gets, and why
   sluice replay [--policy P] cap.pcap run the real program over a capture, offline
+
+Exit status: 0 done; 2 bad input (a policy, a capture, an argument), with one
+line per problem on stderr saying which file and line; 1 the machine lacks
+what is needed (root or capabilities, bpffs, a free metrics port, another
+controller holds the pin root). Input files are read only if they are
+regular files of at most 64 MiB (--max-input-size, or SLUICE_MAX_INPUT_BYTES,
+raises the limit).
 """
 
 import argparse
@@ -25,8 +32,8 @@ import urllib.request
 from importlib.resources import files
 from types import SimpleNamespace
 
-from . import metrics
-from .policy import PolicyError, load_policy, policy_summary
+from . import metrics, policy as policy_module
+from .policy import PolicyError, check_domain, load_policy, parse_size, policy_summary
 
 EXIT_POLICY_ERROR = 2
 EXIT_FAILURE = 1
@@ -34,6 +41,14 @@ LAB_POLICY = "lab.yaml"
 POLICY_POLL_SECONDS = 1.0     # how often `run` looks for a changed policy file
 SNAPSHOT_SECONDS = 5.0        # how often `run` records flow table fill and top rules for `status`
 RING_POLL_MS = 50             # longest wait for the rings between other chores
+HEALTH_SECONDS = 3.0          # how often `run` checks its own data plane
+STOP_WAIT_SECONDS = 30.0      # how long `sluice stop` waits for the controller to let go of the lock
+
+# Capabilities (bit numbers, linux/capability.h) each command needs; the
+# systemd unit grants run's set and nothing more.
+CAPABILITIES = {"CAP_SYS_ADMIN": 21, "CAP_NET_ADMIN": 12, "CAP_PERFMON": 38, "CAP_BPF": 39}
+LOAD_CAPABILITIES = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN")      # XDP programs need CAP_NET_ADMIN to load
+LAB_CAPABILITIES = LOAD_CAPABILITIES + ("CAP_SYS_ADMIN",)           # namespaces
 
 log = logging.getLogger("sluice")
 
@@ -43,14 +58,40 @@ def lab_policy_path() -> str:
     return str(files("controller.policies").joinpath(LAB_POLICY))
 
 
+class Refused(Exception):
+    """One line for stderr and the exit status: how a command ends on bad input or a missing need."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 def load_policy_or_exit(path: str):
-    """Load a policy; on errors print every problem and exit 2 before any kernel change."""
+    """Load a policy; on errors print every problem, one a line, and exit 2 before any kernel change."""
     try:
         return load_policy(path)
     except PolicyError as error:
         print(error, file=sys.stderr)
-        print(f"sluice: {path}: policy refused, nothing was changed", file=sys.stderr)
         sys.exit(EXIT_POLICY_ERROR)
+
+
+def require_capabilities(command: str, needed: tuple[str, ...]) -> None:
+    """Refuse (exit 1) before anything starts if the process lacks a capability the command needs."""
+    with open("/proc/self/status") as status:
+        effective = next(int(line.split()[1], 16) for line in status if line.startswith("CapEff:"))
+    missing = [name for name in needed if not effective >> CAPABILITIES[name] & 1]
+    if missing:
+        raise Refused(f"sluice {command}: needs the capabilities {', '.join(needed)}; missing "
+                      f"{', '.join(missing)} (run it as root, or as deploy/sluice.service grants them)", EXIT_FAILURE)
+
+
+def bind_metrics(args):
+    """The exporter's socket, bound before anything is attached or built."""
+    try:
+        return metrics.bind(args.metrics_address, args.metrics_port)
+    except OSError as error:
+        raise Refused(f"sluice {args.command}: cannot serve metrics on {args.metrics_address}:{args.metrics_port}: "
+                      f"{error.strerror or error}", EXIT_FAILURE) from None
 
 
 def wait_for_signal() -> None:
@@ -72,10 +113,16 @@ def cmd_explain(args) -> int:
     loaded = load_policy_or_exit(args.policy)
     try:
         at = schedule.parse_timestamp(args.at) if args.at else schedule.now()
-        client = str(ipaddress.ip_address(args.client))
+        address = ipaddress.ip_address(args.client)
     except ValueError as error:
-        print(f"sluice explain: {error}", file=sys.stderr)
-        return EXIT_POLICY_ERROR
+        raise Refused(f"sluice explain: {error}", EXIT_POLICY_ERROR) from None
+    if getattr(address, "scope_id", None):
+        raise Refused(f"sluice explain: --client {args.client}: a client address has no zone "
+                      f"(%{address.scope_id}); give the address alone", EXIT_POLICY_ERROR)
+    client = str(address)
+    _name, wrong = check_domain(args.name)
+    if wrong:
+        raise Refused(f"sluice explain: --name: {wrong}", EXIT_POLICY_ERROR)
     policy = loaded.at(at)
     decision = policy.decide(args.name.encode(), client, args.port, not args.no_syn)
     print(f"policy  {policy.path} as it stands at {at.isoformat()}")
@@ -97,13 +144,14 @@ def cmd_explain(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .replay import CaptureError, print_records, replay
+    from .replay import CaptureError, check_capture, print_records, replay
     policy = load_policy_or_exit(args.policy) if args.policy else None
     try:
+        check_capture(args.capture)
+        require_capabilities("replay", LOAD_CAPABILITIES)
         records, _frames = replay(args.capture, policy)
-    except (CaptureError, FileNotFoundError) as error:
-        print(f"sluice: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+    except CaptureError as error:
+        raise Refused(f"sluice replay: {error}", EXIT_POLICY_ERROR) from None
     print_records(records, args.json)
     return 0
 
@@ -112,35 +160,42 @@ def cmd_run(args) -> int:
     if not args.iface:
         return run_lab(args, keep_running=True)
     from .egress import EgressError
-    from .service import Service
+    from .netns import NetnsError
+    from .service import InputError, Service, SetupError
     from .xdp_link import AttachError
     if not args.policy:
-        print("sluice run: --policy is required with --iface", file=sys.stderr)
-        return EXIT_POLICY_ERROR
+        raise Refused("sluice run: --policy is required with --iface", EXIT_POLICY_ERROR)
+    require_capabilities("run", LOAD_CAPABILITIES)
     service = Service(args.policy, args.iface, args.netns, args.xdp_mode, args.fail_open)
     try:
-        service.start()
+        loaded = service.check()
     except PolicyError as error:
         print(error, file=sys.stderr)
-        print(f"sluice: {args.policy}: policy refused, nothing was changed", file=sys.stderr)
         return EXIT_POLICY_ERROR
-    except (AttachError, EgressError) as error:
-        print(f"sluice: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    metrics.serve(service, args.metrics_address, args.metrics_port)
+    except InputError as error:
+        raise Refused(f"sluice run: {error}", EXIT_POLICY_ERROR) from None
+    server = bind_metrics(args)
+    try:
+        service.start(loaded)
+    except (SetupError, AttachError, EgressError, NetnsError) as error:
+        raise Refused(f"sluice run: {error}", EXIT_FAILURE) from None
+    except Exception as error:      # bcc or the kernel refused the data plane; start undid its part
+        raise Refused(f"sluice run: cannot load the data plane: {str(error).strip() or type(error).__name__}",
+                      EXIT_FAILURE) from None
+    metrics.serve(service, server)
     log.info("enforcing %s on %s; metrics on http://%s:%d/metrics", args.policy, ", ".join(args.iface),
              args.metrics_address, args.metrics_port)
-    serve_until_stopped(service)
-    return 0
+    return serve_until_stopped(service)
 
 
-def serve_until_stopped(service) -> None:
-    """Reload on SIGHUP or when the policy file changes; stop on SIGINT or SIGTERM."""
+def serve_until_stopped(service) -> int:
+    """Reload on SIGHUP or when the policy file changes; stop on SIGINT or SIGTERM
+    (0), or when the data plane was damaged under the controller (1)."""
     events = queue.Queue()
     signal.signal(signal.SIGHUP, lambda *_: events.put("reload"))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: events.put("stop"))
-    last_snapshot = last_policy_check = 0.0
+    last_snapshot = last_policy_check = last_health_check = 0.0
     while True:
         # QUIC flows pass until their verdict is written: read the rings often.
         service.poll_events(RING_POLL_MS)
@@ -154,10 +209,17 @@ def serve_until_stopped(service) -> None:
         if time.monotonic() - last_snapshot > SNAPSHOT_SECONDS:
             service.snapshot()
             last_snapshot = time.monotonic()
+        if time.monotonic() - last_health_check > HEALTH_SECONDS:
+            last_health_check = time.monotonic()
+            if not service.check_datapath():
+                service.stop()
+                print("sluice run: the data plane was damaged under the controller (see the log above); "
+                      "detached, unpinned and exiting", file=sys.stderr)
+                return EXIT_FAILURE
         if event == "stop":
             service.stop()
             log.info("detached and unpinned everything")
-            return
+            return 0
         if event == "reload":
             service.reload()
         elif service.switch_due():
@@ -165,16 +227,31 @@ def serve_until_stopped(service) -> None:
 
 
 def cmd_stop(_args) -> int:
-    """Stop a running controller and remove every pinned link and map."""
-    from .service import read_state, remove_pins
-    pid = read_state().get("pid")
-    if pid and os.path.exists(f"/proc/{pid}"):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not os.path.exists(f"/proc/{pid}"):
-                break
+    """Stop the running controller and remove every pinned link and map, and
+    whatever killed labs left behind. The pins are removed only under the
+    controller lock: a running controller is asked (SIGTERM) to let go first."""
+    from .lab import cleanup_stale
+    from .service import lock_holder, remove_pins, take_lock
+    try:
+        lock = take_lock()
+        holder = lock_holder() if lock is None else None
+        if lock is None and holder:
+            os.kill(holder, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        while lock is None and time.monotonic() < deadline:
             time.sleep(0.1)
-    remove_pins()
+            lock = take_lock()
+        if lock is None:
+            raise Refused(f"sluice stop: the controller (pid {holder or 'unknown'}) still holds the lock after "
+                          f"{STOP_WAIT_SECONDS:.0f} s; nothing was removed", EXIT_FAILURE)
+        try:
+            remove_pins()
+        finally:
+            os.close(lock)
+        cleanup_stale()
+    except PermissionError as error:
+        raise Refused(f"sluice stop: {error.filename or 'the controller'}: permission denied "
+                      f"(run it as root)", EXIT_FAILURE) from None
     print("sluice: stopped; links and maps unpinned")
     return 0
 
@@ -261,10 +338,13 @@ LAB_THROTTLE_RULE = "throttle-lab"
 
 def run_lab(args, keep_running: bool) -> int:
     from .datapath import Datapath
+    from .service import file_digest
     logging.getLogger().setLevel(logging.WARNING)   # the lab narrates itself on stdout
     from .lab import SERVER_V4, Lab
     policy_path = args.policy or lab_policy_path()
     policy = load_policy_or_exit(policy_path)
+    require_capabilities(args.command, LAB_CAPABILITIES)
+    server = bind_metrics(args)
     print("sluice: building the lab (client -> edge -> server namespaces)")
     with Lab() as lab:
         datapath = Datapath(policy)
@@ -275,8 +355,8 @@ def run_lab(args, keep_running: bool) -> int:
                 mode = datapath.attach(ifname, netns=lab.edge_ns, mode=args.xdp_mode)
                 print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {mode} XDP mode")
             metrics.serve(SimpleNamespace(datapath=datapath, policy=policy, loaded_at=time.time(),
-                                          reloads={"success": 0, "failure": 0}),
-                          args.metrics_address, args.metrics_port)
+                                          policy_digest=file_digest(policy_path),
+                                          reloads={"success": 0, "failure": 0}), server)
             print(f"sluice: policy {policy_path}\n")
             failures = show_lab_checks(lab, policy)
             print()
@@ -327,9 +407,35 @@ def print_metrics_excerpt(address: str, port: int) -> None:
             print(f"  {line}")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, exit 2 (argparse's default prints the usage first)."""
+        self.exit(EXIT_POLICY_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (1-65535)")
+    return port
+
+
+def byte_size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sluice", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-input-size", type=byte_size, metavar="SIZE",
+                        help="largest policy, domains_file or prefixes_file read, e.g. 256MiB "
+                             "(default: SLUICE_MAX_INPUT_BYTES, else 64MiB)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_runtime_options(p):
@@ -339,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--metrics-address", default=metrics.DEFAULT_ADDRESS,
                        help="address of the Prometheus exporter; anything other than loopback "
                             "exposes it to the network (default: %(default)s)")
-        p.add_argument("--metrics-port", type=int, default=metrics.DEFAULT_PORT,
+        p.add_argument("--metrics-port", type=port_number, default=metrics.DEFAULT_PORT,
                        help="port of the Prometheus exporter (default: %(default)s)")
 
     run = sub.add_parser("run", help="enforce a policy on interfaces, or in the lab if none is given",
@@ -384,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--name", required=True, help="server name (TLS SNI or HTTP Host)")
     explain.add_argument("--at", help="moment to judge at, ISO 8601 with offset, e.g. "
                                       "2021-03-20T10:00:00+03:00 (default: now)")
-    explain.add_argument("--port", type=int, default=443, help="server port (default: %(default)s)")
+    explain.add_argument("--port", type=port_number, default=443, help="server port (default: %(default)s)")
     explain.add_argument("--no-syn", action="store_true",
                          help="the flow was already open when sluice first saw it")
     explain.set_defaults(handler=cmd_explain)
@@ -407,7 +513,19 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r")
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    if args.max_input_size:
+        policy_module.MAX_INPUT_BYTES = args.max_input_size
+    try:
+        return args.handler(args)
+    except Refused as refused:
+        print(refused, file=sys.stderr)
+        return refused.status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        # The last resort: every expected failure has its own line above.
+        print(f"sluice {args.command}: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

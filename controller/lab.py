@@ -16,8 +16,10 @@ client network lets a policy treat two classes of client differently.
 Names resolve by
 curl's --resolve, so no DNS is involved.
 
-Namespace names carry the creating process's pid, so a later run can clean
-up what a killed one left behind.
+Namespace names and the working directory (/tmp/sluice-lab-<pid>-*, 0700:
+it holds the throwaway CA's private key) carry the creating process's pid,
+so a later lab, or `sluice stop`, can clean up what a killed one left
+behind, and never touches a lab whose creator still runs.
 """
 
 import os
@@ -47,6 +49,7 @@ EDGE_CLIENT2_V4, EDGE_CLIENT2_V6 = "203.0.113.1", "2001:db8:d::1"
 EDGE_SERVER_V4, EDGE_SERVER_V6 = "198.51.100.1", "2001:db8:5::1"
 SERVER_V4, SERVER_V6 = "198.51.100.2", "2001:db8:5::2"
 NAMESPACE_PREFIX = "sluice-"
+WORKDIR_PREFIX = "sluice-lab-"
 NGINX = "/usr/sbin/nginx"
 DOWNLOAD_BYTES = 2**30                # /download serves this many bytes (a sparse file): enough for any timed run
 UPLOAD_LIMIT = "1g"                   # nginx accepts uploads this large (and discards them)
@@ -105,12 +108,17 @@ class LabError(RuntimeError):
 
 
 def cleanup_stale() -> None:
-    """Delete lab namespaces (and their nginx) whose creating process is gone."""
+    """Delete lab namespaces (and their nginx) and working directories whose creating process is gone."""
     for name in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
         match = re.match(rf"^{NAMESPACE_PREFIX}[a-z]-(\d+)-\w+$", name)
         if match and not Path(f"/proc/{match[1]}").exists():
             _kill_namespace_processes(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    temp = Path(tempfile.gettempdir())
+    for workdir in temp.glob(f"{WORKDIR_PREFIX}*"):
+        match = re.match(rf"^{WORKDIR_PREFIX}(\d+)-\w+$", workdir.name)
+        if match and not Path(f"/proc/{match[1]}").exists() and workdir.is_dir() and not workdir.is_symlink():
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _kill_namespace_processes(ns: str) -> None:
@@ -150,7 +158,8 @@ class Lab:
     def __enter__(self) -> "Lab":
         cleanup_stale()
         try:
-            self.workdir = Path(tempfile.mkdtemp(prefix="sluice-lab-"))
+            # mkdtemp makes it 0700: the CA's private key is for no one else to read.
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
             self._build_network()
             self._make_certificates()
             self._start_nginx()

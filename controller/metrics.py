@@ -5,13 +5,15 @@ packet. Each scrape sums the per-CPU slots and reports them as counters in
 base units with the `_total` suffix, following Prometheus conventions.
 """
 
-import hashlib
-from pathlib import Path
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from .abi import ABI
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 9477
@@ -41,6 +43,8 @@ class SluiceCollector:
     def collect(self):
         # The policy as it stands now: an escalated rule is counted under its current action.
         self.datapath = self.source.datapath
+        if self.datapath is None:       # bound, not yet attached: nothing to report
+            return
         self.policy = self.datapath.policy
         # QUIC flows are settled in user space (controller/quic_flows.py), and counted there.
         self.quic = getattr(self.source, "quic", None)
@@ -95,8 +99,14 @@ class SluiceCollector:
                                 value=len(self.policy.rules) if self.policy else 0)
         info = InfoMetricFamily("sluice_policy", "The running policy: file and content digest.")
         info.add_metric([], {"path": self.policy.path if self.policy else "",
-                             "sha256": file_digest(self.policy.path) if self.policy else ""})
+                             "sha256": self.source.policy_digest or ""})
         yield info
+        healthy = getattr(self.source, "datapath_healthy", None)
+        if healthy is not None:
+            yield GaugeMetricFamily("sluice_datapath_healthy",
+                                    "1 while the controller's last check found its links attached to its "
+                                    "program, its pins present and every stage loaded; 0 otherwise.",
+                                    value=int(healthy))
 
     def _rule_families(self):
         labels = ["rule", "action", "mode"]
@@ -128,14 +138,23 @@ class SluiceCollector:
         yield from families.values()
 
 
-def file_digest(path: str) -> str:
-    """The first 16 hex digits of the file's SHA-256: which version of the policy runs."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *_args):
+        pass
 
 
-def serve(source, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> SluiceCollector:
-    """Register the collector and serve /metrics on address:port."""
+def bind(address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> ThreadingWSGIServer:
+    """The exporter's listening socket, bound before anything is attached: a
+    port in use or an address not ours is found (OSError) while nothing has
+    changed yet."""
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return make_server(address, port, make_wsgi_app(REGISTRY), Server, handler_class=_QuietHandler)
+
+
+def serve(source, server: ThreadingWSGIServer) -> SluiceCollector:
+    """Register the collector and answer /metrics on the bound server."""
     collector = SluiceCollector(source)
     REGISTRY.register(collector)
-    start_http_server(port, addr=address)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     return collector

@@ -41,12 +41,38 @@ LINKTYPE_LINUX_SLL2 = 276
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 FAKE_MACS = bytes(12)
+LINKTYPE_NAMES = {LINKTYPE_ETHERNET: "Ethernet", LINKTYPE_RAW: "raw IP", LINKTYPE_LINUX_SLL: "Linux cooked",
+                  LINKTYPE_IPV4: "raw IPv4", LINKTYPE_IPV6: "raw IPv6", LINKTYPE_LINUX_SLL2: "Linux cooked v2"}
 
 CONSUME_EVERY = 256     # frames between ring buffer reads; the ring holds ~800 events
 
 
 class CaptureError(Exception):
     pass
+
+
+def open_capture(capture_path: str) -> RawPcapReader:
+    try:
+        return RawPcapReader(capture_path)
+    except OSError as error:
+        raise CaptureError(f"{capture_path}: {error.strerror}") from None
+    except Exception as error:       # scapy raises Scapy_Exception for bad magic
+        raise CaptureError(f"{capture_path}: not a pcap or pcapng file ({error})") from None
+
+
+def check_linktype(capture_path: str, linktype: int) -> None:
+    if linktype not in LINKTYPE_NAMES:
+        supported = ", ".join(f"{number} ({name})" for number, name in LINKTYPE_NAMES.items())
+        raise CaptureError(f"{capture_path}: link type {linktype} is not one replay reads; it reads {supported}")
+
+
+def check_capture(capture_path: str) -> None:
+    """Refuse (CaptureError) a file that is not a capture replay can read,
+    as far as its header tells, before any program is loaded."""
+    with open_capture(capture_path) as reader:
+        linktype = getattr(reader, "linktype", None)
+        if linktype is not None:          # pcap: one link type; pcapng names one per interface
+            check_linktype(capture_path, linktype)
 
 
 def to_ethernet(frame: bytes, linktype: int) -> bytes | None:
@@ -128,13 +154,10 @@ def replay(capture_path: str, policy=None) -> tuple[list[dict], int]:
     QuicFlows(datapath, on_settled=report.add_quic_flow)
     frames = 0
     try:
-        try:
-            reader = RawPcapReader(capture_path)
-        except Exception as error:       # scapy raises Scapy_Exception for bad magic
-            raise CaptureError(f"{capture_path}: not a pcap or pcapng file ({error})") from error
-        with reader:
+        with open_capture(capture_path) as reader:
             for data, metadata in reader:
                 linktype = getattr(metadata, "linktype", None) or reader.linktype
+                check_linktype(capture_path, linktype)
                 frame = to_ethernet(bytes(data), linktype)
                 if frame is None or len(frame) < 14:
                     continue

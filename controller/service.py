@@ -11,14 +11,27 @@ on. `sluice stop` removes all of it.
 A reload validates the new policy completely and compiles it into a new
 program with new policy maps before anything changes; then each interface's
 link swaps to the new program in one atomic step. Until then, and for good
-if anything fails, the running policy stays in force.
+if anything fails (whatever the exception), the running policy stays in force.
+The file is watched by content: a reload happens once per change of its
+digest, after the file has held still for one look (never on a half-written
+file), which also covers a kubelet ConfigMap's symlink swap.
+
+One controller runs per pin root: it holds an flock on
+/run/sluice/<pin root's name>.lock (next to the state file) for its life.
+Every few seconds it checks its own data plane (links attached to its
+program, pins present, every stage in the program array): a missing pin is
+pinned again; anything else ends the controller loudly rather than letting
+it report healthy over a data plane that passes everything.
 """
 
 import ctypes
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,9 +39,9 @@ from pathlib import Path
 from . import schedule, xdp_link
 from .abi import ABI
 from .clients import flow_client
-from .datapath import Datapath
-from .metrics import file_digest
-from .policy import ACTIONS, PolicyError, load_policy, with_stable_ids
+from .datapath import STATE_MAPS, Datapath
+from .netns import inside_netns, netns_exists
+from .policy import ACTIONS, InputFileError, load_policy, read_text_file, with_stable_ids
 from .quic_flows import QuicFlows
 
 log = logging.getLogger(__name__)
@@ -38,12 +51,98 @@ PIN_ROOT = Path(os.environ.get("SLUICE_PIN_ROOT", "/sys/fs/bpf/sluice"))
 STATE_FILE = Path(os.environ.get("SLUICE_STATE_FILE", "/run/sluice/state.json"))
 RELOAD_HISTORY = 20
 TOP_RULES = 5
+BPFFS = "/sys/fs/bpf"
+
+
+class InputError(Exception):
+    """What the operator asked for cannot be done as asked (exit 2)."""
+
+
+class SetupError(Exception):
+    """The machine lacks what sluice needs: a privilege, bpffs, the lock (exit 1)."""
+
+
+def mounted_fs_type(mount_point: str) -> str | None:
+    """The type of the filesystem mounted last (the visible one) at mount_point."""
+    found = None
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[4] == mount_point:
+                found = fields[fields.index("-") + 1]
+    return found
 
 
 def ensure_bpffs() -> None:
     """Pins need a BPF filesystem at /sys/fs/bpf; mount one if the system has not."""
-    if subprocess.run(["mountpoint", "-q", "/sys/fs/bpf"]).returncode != 0:
-        subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=True)
+    if mounted_fs_type(BPFFS) == "bpf":
+        return
+    mounted = subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS], capture_output=True, text=True)
+    if mounted.returncode != 0 or mounted_fs_type(BPFFS) != "bpf":
+        raise SetupError(f"{BPFFS} is not a BPF filesystem and mounting one failed (that takes CAP_SYS_ADMIN): "
+                         f"mount it first (mount -t bpf bpf {BPFFS}, or systemd's sys-fs-bpf.mount)")
+
+
+def lock_path() -> Path:
+    return STATE_FILE.parent / f"{PIN_ROOT.name}.lock"
+
+
+def take_lock() -> int | None:
+    """The controller lock's descriptor, held while it stays open; None if another process holds it."""
+    path = lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def lock_holder() -> int | None:
+    """The pid the lock file names (the holder, while the lock is held)."""
+    try:
+        return int(lock_path().read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def prepare_pin_root() -> bool:
+    """Create the pin root (0700) or adopt ours; True if this call created it.
+    A pin root another user owns is refused: its pins are not ours to enforce."""
+    created = False
+    try:
+        PIN_ROOT.mkdir(mode=0o700)
+        created = True
+    except FileExistsError:
+        owner = PIN_ROOT.stat().st_uid
+        if owner != os.geteuid():
+            raise SetupError(f"pin root {PIN_ROOT} belongs to uid {owner}, not to uid {os.geteuid()}: "
+                             f"refusing to adopt it; remove it (rm -r {PIN_ROOT}) as root") from None
+    for sub in ("maps", "links"):
+        (PIN_ROOT / sub).mkdir(mode=0o700, exist_ok=True)
+    return created
+
+
+def file_digest(path: str) -> str | None:
+    """The first 16 hex digits of the file's SHA-256 (which version of the policy
+    runs); None if it cannot be read as a policy."""
+    try:
+        return hashlib.sha256(read_text_file(path).encode()).hexdigest()[:16]
+    except InputFileError:
+        return None
+
+
+def file_signature(path: str) -> tuple | None:
+    """What changes whenever the file (or the file a symlink leads to) is rewritten or swapped."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def what_it_does(rule) -> tuple:
@@ -79,7 +178,12 @@ class Service:
         self.next_switch = None          # when a rule's schedule next changes what it does
         self.shapers: list = []
         self.loaded_at = 0.0
-        self.policy_mtime = 0.0
+        self.policy_digest: str | None = None       # of the running policy's file
+        self.seen_signature: tuple | None = None    # the file as last judged
+        self.moving_signature: tuple | None = None  # the file as last seen, still changing
+        self.policy_missing = False
+        self.lock_fd: int | None = None
+        self.datapath_healthy = True
         self.observed: dict = {}     # the last snapshot()
         self.flow_names: dict[bytes, bytes] = {}   # flow key -> name, from classification events
         self.quic: QuicFlows | None = None
@@ -87,49 +191,82 @@ class Service:
         # their verdict after a reload (unless the policy says reclassify).
         self.retired_rules: dict = {}
 
-    def start(self) -> None:
-        """Load the policy and attach; raises PolicyError or AttachError with nothing changed."""
+    def check(self) -> tuple:
+        """Everything that can be checked before touching the kernel; returns
+        (policy, digest) for start(). Raises InputError or PolicyError."""
+        if len(set(self.interfaces)) != len(self.interfaces):
+            twice = sorted({i for i in self.interfaces if self.interfaces.count(i) > 1})
+            raise InputError(f"interface {', '.join(twice)} given more than once")
+        if self.netns is not None and not netns_exists(self.netns):
+            raise InputError(f"no network namespace named {self.netns!r} (ip netns list shows those there are)")
+        with inside_netns(self.netns):
+            for ifname in self.interfaces:
+                if ifname not in {name for _, name in socket.if_nameindex()}:
+                    where = f" in network namespace {self.netns}" if self.netns else ""
+                    raise InputError(f"no interface named {ifname!r}{where}")
+        return self._load()
+
+    def start(self, loaded: tuple) -> None:
+        """Attach the policy check() loaded; all or nothing: on any failure every
+        pin, link and map this start created is undone before the exception goes on."""
+        policy, self.policy_digest = loaded
         from .cli import set_up_egress
         ensure_bpffs()
-        (PIN_ROOT / "maps").mkdir(parents=True, exist_ok=True)
-        (PIN_ROOT / "links").mkdir(parents=True, exist_ok=True)
-        policy = self._load()
-        datapath = Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"))
+        self.lock_fd = take_lock()
+        if self.lock_fd is None:
+            holder = lock_holder()
+            raise SetupError(f"another sluice controller (pid {holder or 'unknown'}) runs on pin root "
+                             f"{PIN_ROOT}; stop it first (sluice stop)")
+        datapath = created_root = None
         try:
+            created_root = prepare_pin_root()
+            datapath = Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"))
             self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
             for ifname in self.interfaces:
                 pin = None if self.fail_open else str(self._link_pin(ifname))
                 datapath.attach(ifname, self.netns, self.xdp_mode, pin_path=pin)
-        except Exception:
-            datapath.close()
+            self._install(datapath, policy)
+        except BaseException:
+            for shaper in self.shapers:
+                shaper.close()
+            self.shapers = []
+            if datapath is not None:
+                if created_root:
+                    datapath.close()
+                else:
+                    # Links taken over from a crashed run's pins are that run's
+                    # fail-static data plane: leave them enforcing.
+                    datapath.release()
+                    datapath.bpf.cleanup()
+            self.datapath = None
+            if created_root:
+                shutil.rmtree(PIN_ROOT, ignore_errors=True)
+                STATE_FILE.unlink(missing_ok=True)
+            self.release_lock()
             raise
-        self._install(datapath, policy)
         self._record("start", True, f"attached to {', '.join(self.interfaces)}")
 
     def reload(self) -> bool:
         """Validate, compile, then swap; a refused policy leaves the running one in force."""
         started = time.monotonic()
+        # Any exception is a refused reload: whatever a new file holds (bytes
+        # that are not UTF-8, a vanished file, a map the kernel refuses), the
+        # running policy stays in force and the controller keeps serving.
         try:
-            policy = self._load()
+            policy, digest = self._load()
             current = {rule.name for rule in policy.rules}
             retired = {**self.retired_rules, **{r.name: r for r in self.policy.rules if r.name not in current}}
             retired = {name: rule for name, rule in retired.items() if name not in current}
             datapath = Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"),
                                 retired_rules=retired.values())
-        except PolicyError as error:
-            self.reloads["failure"] += 1
-            log.error("policy reload refused, the running policy stays in force:\n%s", error)
-            self._record("reload", False, str(error).splitlines()[0])
-            return False
-        from .egress import EgressError
+        except Exception as error:
+            return self._refuse(error)
         try:
             switched = self._swap(datapath, policy)
-        except EgressError as error:
-            self.reloads["failure"] += 1
-            log.error("policy reload refused, the running policy stays in force: %s", error)
-            self._record("reload", False, str(error))
-            return False
+        except Exception as error:
+            return self._refuse(error)
         self.retired_rules = retired
+        self.policy_digest = digest
         for rule in switched:
             log.info("reload: rule %s is now %s; its flows follow", rule.name, describe(rule))
         if policy.reclassify:
@@ -138,6 +275,13 @@ class Service:
         log.info("policy reloaded: %d rules, swapped in %.2f s", len(policy.rules), time.monotonic() - started)
         self._record("reload", True, f"{len(policy.rules)} rules")
         return True
+
+    def _refuse(self, error: Exception) -> bool:
+        self.reloads["failure"] += 1
+        reason = str(error).strip() or type(error).__name__
+        log.error("policy reload refused, the running policy stays in force:\n%s", reason)
+        self._record("reload", False, reason.splitlines()[0])
+        return False
 
     def switch_due(self) -> bool:
         return self.next_switch is not None and schedule.now() >= self.next_switch
@@ -220,10 +364,61 @@ class Service:
         self._save()
 
     def policy_changed(self) -> bool:
-        try:
-            return os.stat(self.policy_path).st_mtime != self.policy_mtime
-        except OSError:
+        """True once per change of the file's content, when the file has held
+        still since the last look (a writer may be half way through it)."""
+        signature = file_signature(self.policy_path)
+        if signature is None:
+            if not self.policy_missing:
+                log.warning("policy file %s is gone; the running policy stays in force until it is back",
+                            self.policy_path)
+                self.policy_missing = True
             return False
+        if self.policy_missing:
+            log.info("policy file %s is back", self.policy_path)
+            self.policy_missing = False
+        if signature == self.seen_signature:
+            return False
+        if signature != self.moving_signature:
+            self.moving_signature = signature
+            return False
+        self.seen_signature = signature
+        digest = file_digest(self.policy_path)
+        return digest is None or digest != self.policy_digest
+
+    def check_datapath(self) -> bool:
+        """Is our data plane as we built it? Pins that went missing are pinned
+        again; a link detached or running another program, or a stage gone from
+        the program array, is damage this controller cannot vouch for: False."""
+        damage = []
+        for link in self.datapath.links:
+            program, ifindex = link.attached_program()
+            if ifindex == 0:
+                damage.append(f"the XDP link on {link.ifname} was detached")
+            elif program != self.program_id:
+                damage.append(f"{link.ifname} runs program {program}, not ours ({self.program_id})")
+            if link.pin_path and not os.path.exists(link.pin_path):
+                self._repin(link.fd, link.pin_path)
+        stages = self.datapath.table("stages")
+        for index in range(ABI.SLUICE_STAGE_MAX):
+            try:
+                stages[ctypes.c_int(index)]
+            except KeyError:
+                damage.append(f"stage {index} is missing from the program array")
+        if not self.fail_open:
+            self._repin(stages.map_fd, str(PIN_ROOT / "stages"))
+        for name in STATE_MAPS:
+            self._repin(self.datapath.table(name).map_fd, str(PIN_ROOT / "maps" / name))
+        for problem in damage:
+            log.error("data plane damaged: %s", problem)
+        self.datapath_healthy = not damage
+        return self.datapath_healthy
+
+    @staticmethod
+    def _repin(fd: int, path: str) -> None:
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            xdp_link.pin(fd, path)
+            log.warning("pinned %s again: it was removed under the running controller", path)
 
     def stop(self) -> None:
         """Detach everything and forget all state (SIGINT, SIGTERM)."""
@@ -232,6 +427,12 @@ class Service:
         for shaper in self.shapers:
             shaper.close()
         remove_pins()
+        self.release_lock()
+
+    def release_lock(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def abandon(self) -> None:
         """Exit but leave pinned links enforcing (a test's stand-in for a crash)."""
@@ -239,10 +440,14 @@ class Service:
 
     # --- internals ----------------------------------------------------------
     def _load(self):
-        self.policy_mtime = os.stat(self.policy_path).st_mtime
+        """(policy, digest of the file it came from); raises PolicyError."""
+        # Judge the file as it is now; the digest taken before the read
+        # means a write during it is seen as one more change, never missed.
+        self.seen_signature = self.moving_signature = file_signature(self.policy_path)
+        digest = file_digest(self.policy_path)
         policy, ids = with_stable_ids(load_policy(self.policy_path), self.rule_ids)
         self.rule_ids = ids
-        return policy
+        return policy, digest
 
     def _swap(self, datapath, policy) -> list:
         """Move the interfaces (and egress shapers) to datapath in one atomic
@@ -293,6 +498,7 @@ class Service:
             # which would silently end inspection after a crash: pin it.
             xdp_link.pin(datapath.table("stages").map_fd, str(PIN_ROOT / "stages"))
         self.datapath, self.policy = datapath, policy
+        self.program_id = xdp_link.program_id(datapath.function.fd)
         self.next_switch = policy.next_switch(schedule.now())
         self.loaded_at = time.time()
         self._save()
@@ -310,7 +516,7 @@ class Service:
         links = [{"ifname": link.ifname, "netns": link.netns, "mode": link.mode, "pinned": bool(link.pin_path)}
                  for link in (self.datapath.links if self.datapath else [])]
         state = {"pid": os.getpid(), "policy": os.path.abspath(self.policy_path),
-                 "policy_sha256": file_digest(self.policy_path), "loaded_at": self.loaded_at,
+                 "policy_sha256": self.policy_digest, "loaded_at": self.loaded_at,
                  "rules": len(self.policy.rules) if self.policy else 0,
                  "rule_ids": self.rule_ids, "interfaces": links, "fail_open": self.fail_open,
                  "reloads": self.history, **self.observed}

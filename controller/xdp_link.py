@@ -84,6 +84,14 @@ class XdpLink:
         """Close our descriptor only: a pinned link stays (fail-static)."""
         os.close(self.fd)
 
+    def attached_program(self) -> tuple[int, int]:
+        """(program id, ifindex) as the kernel has the link now; ifindex 0: detached."""
+        info = (ctypes.c_uint32 * 8)()     # struct bpf_link_info: type, id, prog_id, then xdp.ifindex
+        length = ctypes.c_uint32(ctypes.sizeof(info))
+        _check(_LIBBPF.bpf_obj_get_info_by_fd(self.fd, info, ctypes.byref(length)),
+               f"reading the link on {self.ifname}")
+        return info[2], info[4]
+
 
 def pin(fd: int, path: str) -> None:
     """Pin a BPF object at path, replacing what was pinned there in one rename."""
@@ -92,6 +100,14 @@ def pin(fd: int, path: str) -> None:
         os.unlink(staging)
     _check(_LIBBPF.bpf_obj_pin(fd, staging.encode()), f"pinning at {staging}")
     os.replace(staging, path)
+
+
+def program_id(fd: int) -> int:
+    """The kernel's id of the program behind fd."""
+    info = (ctypes.c_uint32 * 2)()     # struct bpf_prog_info as far as id
+    length = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_LIBBPF.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(length)), "reading program info")
+    return info[1]
 
 
 def get_pinned(path: str) -> int:
