@@ -2,7 +2,8 @@
 # Build the sluice image without a registry: bootstrap a Debian bookworm base
 # with debootstrap, import it into podman, then build deploy/container/Containerfile
 # on it. `podman build --isolation chroot` needs no container runtime, so this
-# works where `podman run` cannot start a container.
+# works where `podman run` cannot start a container. The image holds the
+# committed HEAD: commit before building.
 #
 #   deploy/container/build.sh [TAG]      (default TAG: localhost/sluice:latest)
 #
@@ -31,13 +32,14 @@ if ! podman image exists "$base"; then
     trap - EXIT
 fi
 
-# The context holds only what the Containerfile copies: no venv, no build trees.
+# The image is built from the commit checked out (HEAD), never from
+# uncommitted edits, and says which: the context holds only the files the
+# Containerfile copies, as committed.
+revision=$(git rev-parse HEAD)
 context=$(mktemp -d /var/tmp/sluice-context.XXXXXX)
 trap 'rm -rf "$context"' EXIT
-mkdir -p "$context/deploy/container"
-cp -a pyproject.toml README.md controller bpf policies "$context/"
-cp -a deploy/container/entrypoint.sh "$context/deploy/container/"
-find "$context" -name __pycache__ -prune -exec rm -rf {} +
+git archive "$revision" pyproject.toml README.md controller bpf policies deploy/container | tar -x -C "$context"
 podman build --isolation chroot --layers --build-arg "BASE=$base" \
+    --label "org.opencontainers.image.revision=$revision" \
     -f deploy/container/Containerfile -t "$tag" "$context" >&2
 echo "$tag"
