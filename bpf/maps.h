@@ -45,6 +45,13 @@ BPF_LPM_TRIE(client_classes, struct client_prefix, __u32, SLUICE_CLIENT_PREFIXES
 /* rule id -> what the rule does. */
 BPF_ARRAY(rules, struct rule_info, SLUICE_MAX_RULES);
 
+#ifndef SLUICE_BLOCK_PAGES_MAX
+#define SLUICE_BLOCK_PAGES_MAX SLUICE_BLOCK_PAGES_DEFAULT
+#endif
+
+/* rule id -> the 451 response of a block rule with method page (block_reply.h). */
+BPF_HASH(block_pages, __u32, struct block_page, SLUICE_BLOCK_PAGES_MAX);
+
 /* rule id -> counters; per CPU so that no packet waits on another CPU. */
 BPF_TABLE("percpu_array", __u32, struct rule_stats, rule_stats, SLUICE_MAX_RULES);
 

@@ -100,7 +100,15 @@ enum sluice_stage {
 	SLUICE_STAGE_SELECT = 3,	/* sluice_stage_select: client, rule set -> rule -> verdict */
 	SLUICE_STAGE_STREAM = 4,	/* sluice_stage_stream: reassemble a ClientHello, then as TLS */
 	SLUICE_STAGE_HTTP_HOST = 5,	/* sluice_stage_http_host: the host, past the request line */
-	SLUICE_STAGE_MAX = 6,
+	SLUICE_STAGE_REPLY = 6,		/* sluice_stage_reply: answer a blocked flow's client (block_reply.h) */
+	SLUICE_STAGE_MAX = 7,
+};
+
+/* How a block rule blocks (rule_info.block_method). */
+enum sluice_block_method {
+	SLUICE_BLOCK_DROP = 0,		/* drop every packet: the client waits for its own timeout */
+	SLUICE_BLOCK_RESET = 1,		/* answer the client with a TCP RST, and reset the server too */
+	SLUICE_BLOCK_PAGE = 2,		/* plain HTTP: answer with the rule's 451 page, then reset; else as RESET */
 };
 
 enum sluice_proto {
@@ -239,6 +247,8 @@ struct rule_info {
 	__u64 delay_ns;			/* delay: added to every packet */
 	__u64 jitter_ns;		/* delay: plus uniform random 0..jitter */
 	__u64 horizon_ns;		/* shape, delay: drop a packet due later than this */
+	__u32 block_method;		/* block: enum sluice_block_method */
+	__u32 pad;
 };
 
 struct direction_stats {
@@ -254,7 +264,26 @@ struct direction_stats {
 struct rule_stats {
 	__u64 flows;			/* flows classified under this rule */
 	struct direction_stats dir[SLUICE_DIRS];
+	__u64 resets;			/* TCP RSTs sent to clients (block method reset or page) */
+	__u64 pages;			/* 451 pages sent to clients (block method page) */
 };
+
+/* A block page: the whole HTTP response (status line, headers, body) that
+ * answers a plain-HTTP request under a rule with method page, by rule id.
+ * It goes out in one segment, so it must fit in one at any MTU sluice
+ * meets (1280, IPv6's minimum, less headers). */
+#define SLUICE_PAGE_BYTES_MAX 1024
+
+struct block_page {
+	__u32 len;			/* bytes[] in use */
+	__u32 csum;			/* ones' complement sum of bytes[0..len) as 16-bit big-endian words
+					 * (an odd last byte padded with zero): the data plane adds the headers' */
+	__u8 bytes[SLUICE_PAGE_BYTES_MAX];
+};
+
+/* The controller sizes the block page map to the policy
+ * (-DSLUICE_BLOCK_PAGES_MAX=n); this is the size without pages. */
+#define SLUICE_BLOCK_PAGES_DEFAULT 1
 
 struct sluice_config {
 	__u64 flow_idle_ns;		/* a flow idle this long starts afresh */
@@ -279,6 +308,8 @@ struct sluice_config {
 #define SLUICE_WINDOW_BYTES_MAX 65535
 
 #define SLUICE_CFG_NO_REASSEMBLY 2	/* judge each segment alone, as simpler middleboxes do */
+#define SLUICE_CFG_SERVER_RESETS 8	/* sluice_tc_reset is on tc ingress: block replies go up to it,
+					 * which resets the server too (block_reply.h) */
 #define SLUICE_CFG_EVENTS 1		/* a controller reads the rings: emit a classification_event
 					 * per flow, and send QUIC Initials to be read */
 

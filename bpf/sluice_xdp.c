@@ -27,6 +27,7 @@
 #include "client_match.h"
 #include "quic.h"
 #include "tcp_stream.h"
+#include "block_reply.h"
 
 /* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it). */
 static __always_inline int copy_payload(struct xdp_md *ctx, struct payload_scratch *scratch,
@@ -114,7 +115,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	}
 
 	if (flow->state != SLUICE_FLOW_INSPECTING)
-		return apply_verdict(flow, &key, sender_is_hi, pkt.frame_len, cfg);
+		return apply_tcp_verdict(ctx, flow, &key, sender_is_hi, pkt.frame_len, cfg);
 	if (pkt.payload_len == 0)
 		return pass_unjudged(pkt.frame_len);
 	/* Once the client is known, only what it sends can name the flow:
@@ -342,7 +343,7 @@ int sluice_stage_match(struct xdp_md *ctx)
 		return pass_unjudged(scratch->frame_len);
 	}
 	classify(flow, 0, 0, scratch, cfg);
-	return apply_verdict(flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len, cfg);
+	return apply_tcp_verdict(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len, cfg);
 }
 
 int sluice_stage_select(struct xdp_md *ctx)
@@ -362,5 +363,10 @@ int sluice_stage_select(struct xdp_md *ctx)
 	client.class_id = client_class(client.addr);
 	__u32 rule_id = select_rule(scratch->set_id, &client, cfg);
 	classify(flow, rule_id, client.class_id, scratch, cfg);
-	return apply_verdict(flow, key, scratch->sender_is_hi, scratch->frame_len, cfg);
+	return apply_tcp_verdict(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len, cfg);
+}
+
+int sluice_stage_reply(struct xdp_md *ctx)
+{
+	return reply_stage(ctx);
 }

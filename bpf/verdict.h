@@ -1,6 +1,6 @@
 /* verdict.h - settle a flow under a rule, count it, and apply its action:
- * pass, drop (block), or police (throttle). Shape and delay pass here and
- * take effect at tc egress (sluice_tc.c).
+ * pass, drop or answer (block: see block_reply.h), or police (throttle).
+ * Shape and delay pass here and take effect at tc egress (sluice_tc.c).
  */
 #ifndef SLUICE_VERDICT_H
 #define SLUICE_VERDICT_H
@@ -68,6 +68,21 @@ static __always_inline int apply_verdict(struct flow_state *flow, const struct f
 
 	account(flow->rule_id, dir, frame_len, drop ? OUTCOME_DROPPED : OUTCOME_PASSED);
 	return drop ? XDP_DROP : XDP_PASS;
+}
+
+/* The verdict on a TCP packet: as apply_verdict(), but where a block
+ * rule's method is not drop, the client's packets are answered instead
+ * (block_reply.h): the reply stage returns XDP_TX, or drops. */
+static __always_inline int apply_tcp_verdict(struct xdp_md *ctx, struct flow_state *flow,
+					     const struct flow_key *key, int sender_is_hi, __u32 frame_len,
+					     const struct sluice_config *cfg)
+{
+	int verdict = apply_verdict(flow, key, sender_is_hi, frame_len, cfg);
+
+	if (verdict == XDP_DROP && flow->action == SLUICE_ACTION_BLOCK &&
+	    packet_direction(flow, sender_is_hi) == SLUICE_DIR_UP)
+		stages.call(ctx, SLUICE_STAGE_REPLY);
+	return verdict;
 }
 
 static __always_inline void emit_event(const struct flow_state *flow, __u8 configured_action,

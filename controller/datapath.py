@@ -15,7 +15,7 @@ import struct
 import bcc
 import numpy
 
-from . import schedule, xdp_link
+from . import block_methods, schedule, xdp_link
 from .abi import ABI, COUNTER_NAMES, bpf_source_dir
 from .names import name_hashes_many
 
@@ -34,11 +34,14 @@ STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_MATCH: b"sluice_stage_match",
                    ABI.SLUICE_STAGE_SELECT: b"sluice_stage_select",
                    ABI.SLUICE_STAGE_STREAM: b"sluice_stage_stream",
-                   ABI.SLUICE_STAGE_HTTP_HOST: b"sluice_stage_http_host"}
+                   ABI.SLUICE_STAGE_HTTP_HOST: b"sluice_stage_http_host",
+                   ABI.SLUICE_STAGE_REPLY: b"sluice_stage_reply"}
 
 
 # struct direction_stats, as summed by rule_stats().
 DIRECTION_FIELDS = ("packets", "bytes", "dropped_packets", "dropped_bytes", "delayed_packets")
+# ...and its fields for the rule as a whole.
+RULE_FIELDS = ("flows", "resets", "pages")
 
 _LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.MULTILINE)
 
@@ -91,6 +94,7 @@ class Datapath:
         cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(sets.names) if sets else 0)}",
                   f"-DSLUICE_RULE_SETS_MAX={max(1, len(sets.sets) if sets else 0)}",
                   f"-DSLUICE_CLIENT_PREFIXES_MAX={max(1, prefixes)}",
+                  f"-DSLUICE_BLOCK_PAGES_MAX={max(1, len(self._paged_rules()))}",
                   "-Wno-incompatible-pointer-types-discards-qualifiers"]
         self.bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
         if pin_dir:
@@ -147,6 +151,14 @@ class Datapath:
                 value.rule_ids[index] = rule.id
             rule_sets[rule_sets.Key(set_id, class_id)] = value
         self._fill_client_classes(policy.classes)
+        pages = self.table("block_pages")
+        for rule in self._paged_rules():
+            pages[ctypes.c_uint32(rule.id)] = block_methods.fill_page(pages.Leaf(), rule.page)
+
+    def _paged_rules(self) -> list:
+        """The rules, retired ones too, whose block method answers with a page."""
+        rules = [*self.retired_rules, *(self.policy.rules if self.policy else [])]
+        return [rule for rule in rules if rule.page is not None]
 
     def _fill_client_classes(self, classes) -> None:
         """The LPM trie, one update per prefix: tries take no batches."""
@@ -223,7 +235,7 @@ class Datapath:
         result = {}
         for rule_id in ids:
             per_cpu = table[ctypes.c_uint32(rule_id)]
-            stats = {"flows": sum(cpu.flows for cpu in per_cpu)}
+            stats = {field: sum(getattr(cpu, field) for cpu in per_cpu) for field in RULE_FIELDS}
             for direction, label in ((ABI.SLUICE_DIR_UP, "up"), (ABI.SLUICE_DIR_DOWN, "down")):
                 stats[label] = {f: sum(getattr(cpu.dir[direction], f) for cpu in per_cpu)
                                 for f in DIRECTION_FIELDS}
@@ -278,7 +290,7 @@ BITS_PER_BYTE = 8
 
 def rule_info(leaf_type, rule, shape_as_throttle: bool = False):
     """struct rule_info for one policy rule."""
-    from .policy import ACTIONS, SCOPES
+    from .policy import ACTIONS, BLOCK_METHODS, SCOPES
     from .rollout import threshold
     info = leaf_type()
     action = "throttle" if rule.action == "shape" and shape_as_throttle else rule.action
@@ -300,4 +312,5 @@ def rule_info(leaf_type, rule, shape_as_throttle: bool = False):
     info.delay_ns = rule.latency_ns
     info.jitter_ns = rule.jitter_ns
     info.horizon_ns = rule.horizon_ns
+    info.block_method = BLOCK_METHODS[rule.block_method]
     return info

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy
 import yaml
 
-from . import precedence, schedule
+from . import block_methods, precedence, schedule
 from .abi import ABI
 from .clients import PREFIX_DTYPE, ClientClass, ClientClasses, parse_prefix
 from .names import normalise
@@ -57,12 +57,14 @@ CLASS_KEYS = ("description", "prefixes", "prefixes_file")
 RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
              "class", "percent", "ports", "opened_by_client", "active", "escalate", "quic",
              "rate", "burst", "direction", "up", "down", "scope", "horizon",
-             "latency", "jitter", "fallback")
+             "latency", "jitter", "fallback", "method", "page")
 ACTION_DETAIL_KEYS = ("rate", "burst", "direction", "up", "down", "scope", "horizon", "latency", "jitter",
-                      "fallback")
+                      "fallback", "method", "page")
 STEP_KEYS = ("at", "action") + ACTION_DETAIL_KEYS
 WINDOW_KEYS = ("from", "until", "daily", "timezone")
 DIRECTION_KEYS = ("rate", "burst")
+BLOCK_METHODS = {"drop": ABI.SLUICE_BLOCK_DROP, "reset": ABI.SLUICE_BLOCK_RESET, "page": ABI.SLUICE_BLOCK_PAGE}
+PAGE_KEYS = ("body", "link")
 PERCENT = re.compile(r"^\d{1,3}(\.\d{1,2})?$")      # shares in steps of 0.01%
 PORT_RANGE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
 
@@ -138,6 +140,8 @@ class Rule:
     escalate: tuple[Step, ...] = ()
     inactive: bool = False                       # set by at(): outside every window now
     quic: str = "same"                           # "block": block matched QUIC flows, so clients fall back to TCP
+    block_method: str = "drop"                   # block: a key of BLOCK_METHODS
+    page: block_methods.BlockPage | None = None  # block, method page: the 451 response
 
     def at(self, when: datetime) -> "Rule":
         """This rule as it stands at `when`: its current step, or marked inactive."""
@@ -147,7 +151,8 @@ class Rule:
         step = next((s for s in reversed(self.escalate) if s.at <= when), None)
         if step:
             # The step's details replace the rule's: nothing of the earlier action carries over.
-            cleared = dict(limits={}, latency_ns=0, jitter_ns=0, horizon_ns=0, fallback=None, scope="flow")
+            cleared = dict(limits={}, latency_ns=0, jitter_ns=0, horizon_ns=0, fallback=None, scope="flow",
+                           block_method="drop", page=None)
             rule = replace(rule, action=step.action, **{**cleared, **step.details})
         return rule
 
@@ -737,7 +742,8 @@ class _Loader:
         """The fields of Rule that only some actions use; refuses the rest."""
         uses = {"throttle": {"rate", "burst", "direction", "up", "down", "scope"},
                 "shape": {"rate", "burst", "direction", "up", "down", "scope", "horizon", "fallback"},
-                "delay": {"latency", "jitter", "horizon"}}.get(action, set())
+                "delay": {"latency", "jitter", "horizon"},
+                "block": {"method", "page"}}.get(action, set())
         for key in ACTION_DETAIL_KEYS:
             if key in keys and key not in uses:
                 self.problem(keys[key][0], f"{key!r} does not apply to action {action}")
@@ -747,6 +753,8 @@ class _Loader:
             if scope not in SCOPES:
                 self.problem(keys["scope"][1], f"unknown scope {scope!r}; one of: {', '.join(SCOPES)}")
             details["scope"] = scope
+        if action == "block":
+            details.update(self.block_method(keys))
         if action in RATE_ACTIONS:
             details["limits"] = self.limits(node, keys, action)
             if action == "shape":
@@ -771,6 +779,32 @@ class _Loader:
             if details["horizon_ns"] and details["horizon_ns"] <= latency + jitter:
                 self.problem(keys.get("horizon", (node, node))[1],
                              "horizon must be longer than latency plus jitter, or every packet is dropped")
+        return details
+
+    def block_method(self, keys) -> dict:
+        """method (drop, reset, page) and, for page, the page's body and link."""
+        method = self.scalar(keys["method"][1], "method") if "method" in keys else "drop"
+        if method is None:
+            return {}
+        if method not in BLOCK_METHODS:
+            self.problem(keys["method"][1], f"unknown block method {method!r}; one of: {', '.join(BLOCK_METHODS)}")
+            return {}
+        details = {"block_method": method}
+        if method != "page":
+            if "page" in keys:
+                self.problem(keys["page"][0], "'page' applies to method: page only")
+            return details
+        texts = {}
+        if "page" in keys:
+            page_keys = self.mapping(keys["page"][1], "page", PAGE_KEYS)
+            texts = {key: self.scalar(value, f"page {key}") for key, (_, value) in page_keys.items()}
+            if None in texts.values():
+                return details
+        try:
+            details["page"] = block_methods.BlockPage(texts.get("body", block_methods.DEFAULT_PAGE_BODY),
+                                                      texts.get("link"))
+        except ValueError as error:
+            self.problem(keys["page"][1], f"page: {error}")
         return details
 
     def horizon(self, keys, default: int) -> int:
@@ -864,6 +898,8 @@ def policy_summary(policy: Policy) -> str:
              f"{policy.window_packets} payload packets inspected per flow{classes}"]
     for rule in policy.rules:
         what = rule.action + (" (monitor: counted, not enforced)" if rule.monitor else "")
+        if rule.action == "block" and rule.block_method != "drop":
+            what += f", by {rule.block_method}"
         if rule.limits:
             what += ", " + ", ".join(f"{d} {limit.rate_bps / 1000:g} kbit/s burst {limit.burst_bytes} B"
                                      for d, limit in sorted(rule.limits.items())) + f", per {rule.scope}"

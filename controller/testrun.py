@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 XDP_VERDICTS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
+XDP_GROWTH_BYTES = 4096
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -49,20 +50,25 @@ _LIBBPF = _libbpf()
 class TestRun:
     verdict: str            # "pass", "drop", ...
     duration_ns: int        # average per repetition, as the kernel measured it
+    frame: bytes = b""      # the frame as the program left it (what XDP_TX sends), metadata first
 
     __test__ = False        # not a pytest test class
 
 
 def run_xdp(prog_fd: int, frame: bytes, repeat: int = 1) -> TestRun:
-    """Run the XDP program prog_fd on frame, repeat times; return the verdict."""
+    """Run the XDP program prog_fd on frame, repeat times; return the verdict
+    and the frame as the program left it."""
     buffer = ctypes.create_string_buffer(frame, len(frame))
+    # Room for a frame the program grows (a block page) up to a page.
+    out = ctypes.create_string_buffer(len(frame) + XDP_GROWTH_BYTES)
     opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts),
                         data_in=ctypes.cast(buffer, ctypes.c_void_p),
-                        data_size_in=len(frame), repeat=repeat)
+                        data_size_in=len(frame), repeat=repeat,
+                        data_out=ctypes.cast(out, ctypes.c_void_p), data_size_out=ctypes.sizeof(out))
     if _LIBBPF.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"BPF_PROG_TEST_RUN failed: {os.strerror(errno)}")
-    return TestRun(XDP_VERDICTS.get(opts.retval, str(opts.retval)), opts.duration)
+    return TestRun(XDP_VERDICTS.get(opts.retval, str(opts.retval)), opts.duration, out.raw[:opts.data_size_out])
 
 
 TC_VERDICTS = {0: "ok", 2: "shot"}     # TC_ACT_OK, TC_ACT_SHOT

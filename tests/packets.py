@@ -85,7 +85,7 @@ def ether(vlans=()):
 
 
 def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=False, reply=False,
-              vlans=(), ip_options=None, ext_headers=(), src=None, seq=None) -> bytes:
+              vlans=(), ip_options=None, ext_headers=(), src=None, seq=None, ack=0) -> bytes:
     """A TCP frame client -> server (or server -> client with reply=True).
 
     seq defaults to 0 for a SYN and 1 otherwise: a payload that starts the
@@ -101,7 +101,7 @@ def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=Fa
             network = network / header
     else:
         network = IP(src=source, dst=destination, options=ip_options or [])
-    return bytes(ether(vlans) / network / TCP(flags=flags, seq=seq, **ports) / Raw(payload))
+    return bytes(ether(vlans) / network / TCP(flags=flags, seq=seq, ack=ack, **ports) / Raw(payload))
 
 
 def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443) -> bytes:

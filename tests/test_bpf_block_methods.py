@@ -1,0 +1,204 @@
+"""Block methods in the data plane: the exact frames XDP sends back.
+
+Each test opens a flow with a SYN, sends the client's ClientHello or HTTP
+request through the real program with BPF_PROG_TEST_RUN, and reads the
+frame the program leaves for XDP_TX: a RST (method reset, or page for a
+flow that is not plain HTTP) or the rule's 451 page (method page). scapy
+checks every field a client's stack checks, and recomputes the checksums.
+"""
+
+import ctypes
+import struct
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
+
+from conftest import needs_root
+from controller.abi import ABI
+from controller.block_methods import BlockPage, ones_complement_sum
+from controller.testrun import run_xdp
+from packets import CLIENT_MAC, SERVER_MAC, client_hello, http_request, tcp_frame
+
+pytestmark = needs_root
+
+POLICY = """
+version: 1
+rules:
+  - name: reset-rule
+    action: block
+    method: reset
+    domains: [reset.example]
+  - name: page-rule
+    action: block
+    method: page
+    page: {body: "Blocked by order 42.\\n", link: "https://authority.example/orders/42"}
+    domains: [page.example]
+  - name: drop-rule
+    action: block
+    domains: [drop.example]
+"""
+PAGE = BlockPage("Blocked by order 42.\n", "https://authority.example/orders/42")
+CLIENT_SEQ, CLIENT_ACK = 1000, 7_000_001    # the client's next sequence number, and the server's
+FAMILIES = {"v4": dict(), "v6": dict(v6=True), "vlan": dict(vlans=("q",)), "qinq-v6": dict(v6=True, vlans=("ad", "q"))}
+_ports = iter(range(31000, 32000))
+
+
+@pytest.fixture(scope="module")
+def datapath(make_datapath):
+    return make_datapath(POLICY)
+
+
+def open_flow(datapath, payload: bytes, dport: int = 443, **options):
+    """SYN, then the client's payload packet; returns (port, the payload packet's run)."""
+    port = next(_ports)
+    syn = tcp_frame(sport=port, dport=dport, flags="S", seq=CLIENT_SEQ - 1, **options)
+    assert run_xdp(datapath.function.fd, syn).verdict == "pass"
+    frame = tcp_frame(payload, sport=port, dport=dport, seq=CLIENT_SEQ, ack=CLIENT_ACK, **options)
+    return port, run_xdp(datapath.function.fd, frame)
+
+
+def rule_count(datapath, name: str, field: str) -> int:
+    return datapath.rule_stats()[datapath.policy.rule_by_name(name).id][field]
+
+
+def check_reply(frame: bytes, port: int, dport: int, options: dict, flags: str, seq: int, ack: int,
+                payload: bytes = b""):
+    """The reply is the client's packet turned around, every checksum right."""
+    reply = Ether(frame)
+    assert (reply.src, reply.dst) == (SERVER_MAC, CLIENT_MAC)
+    assert [tag.vlan for tag in _vlan_tags(reply)] == [{"ad": 100, "q": 200}[tag] for tag in options.get("vlans", ())]
+    network = reply[IPv6] if options.get("v6") else reply[IP]
+    client, server = ("2001:db8:c::2", "2001:db8:5::2") if options.get("v6") else ("192.0.2.2", "198.51.100.2")
+    assert (network.src, network.dst) == (server, client)
+    tcp = reply[TCP]
+    assert (tcp.sport, tcp.dport) == (dport, port)
+    assert str(tcp.flags) == flags
+    assert (tcp.seq, tcp.ack) == (seq, ack)
+    assert tcp.dataofs == 5 and bytes(tcp.payload) == payload
+    # Nothing past the segment: the frame was cut to the reply's length.
+    assert len(frame) == len(reply) and not reply.haslayer("Padding")
+    rebuilt = reply.copy()
+    del rebuilt[TCP].chksum
+    if options.get("v6"):
+        assert network.plen == 20 + len(payload) and network.hlim == 64
+    else:
+        del rebuilt[IP].chksum
+        assert network.len == 20 + 20 + len(payload) and network.ttl == 64 and network.ihl == 5
+        assert Ether(bytes(rebuilt))[IP].chksum == network.chksum
+    assert Ether(bytes(rebuilt))[TCP].chksum == tcp.chksum
+
+
+def _vlan_tags(frame):
+    tags, layer = [], frame.payload
+    while isinstance(layer, (Dot1Q, Dot1AD)):
+        tags.append(layer)
+        layer = layer.payload
+    return tags
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reset_turns_the_client_hello_into_a_rst_back_to_the_client(datapath, family):
+    options = FAMILIES[family]
+    hello = client_hello(b"reset.example")
+    before = rule_count(datapath, "reset-rule", "resets")
+    port, run = open_flow(datapath, hello, **options)
+    assert run.verdict == "tx"
+    check_reply(run.frame, port, 443, options, "RA", CLIENT_ACK, CLIENT_SEQ + len(hello))
+    assert rule_count(datapath, "reset-rule", "resets") == before + 1
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_later_client_packets_are_reset_and_the_servers_dropped(datapath, family):
+    options = FAMILIES[family]
+    port, run = open_flow(datapath, client_hello(b"reset.example"), **options)
+    assert run.verdict == "tx"
+    # The client's FIN, as after a lost RST: reset again, its FIN acknowledged.
+    fin = tcp_frame(sport=port, flags="FA", seq=CLIENT_SEQ + 300, ack=CLIENT_ACK, **options)
+    again = run_xdp(datapath.function.fd, fin)
+    assert again.verdict == "tx"
+    check_reply(again.frame, port, 443, options, "RA", CLIENT_ACK, CLIENT_SEQ + 301)
+    server = tcp_frame(b"late", sport=port, flags="PA", seq=CLIENT_ACK, reply=True, **options)
+    assert run_xdp(datapath.function.fd, server).verdict == "drop"
+
+
+def test_a_client_rst_is_never_answered(datapath):
+    port, run = open_flow(datapath, client_hello(b"reset.example"))
+    assert run.verdict == "tx"
+    rst = tcp_frame(sport=port, flags="R", seq=CLIENT_SEQ)
+    assert run_xdp(datapath.function.fd, rst).verdict == "pass"
+
+
+def test_a_packet_without_ack_is_reset_with_sequence_number_zero(datapath):
+    port, run = open_flow(datapath, client_hello(b"reset.example"))
+    no_ack = tcp_frame(b"x" * 10, sport=port, flags="P", seq=CLIENT_SEQ)
+    again = run_xdp(datapath.function.fd, no_ack)
+    assert again.verdict == "tx"
+    check_reply(again.frame, port, 443, {}, "RA", 0, CLIENT_SEQ + 10)
+
+
+def test_drop_leaves_the_frame_alone(datapath):
+    hello = client_hello(b"drop.example")
+    port, run = open_flow(datapath, hello)
+    assert run.verdict == "drop"
+    assert run.frame == tcp_frame(hello, sport=port, seq=CLIENT_SEQ, ack=CLIENT_ACK)
+    assert rule_count(datapath, "drop-rule", "resets") == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_page_answers_a_plain_http_request_with_the_451_response_and_a_fin(datapath, family):
+    options = FAMILIES[family]
+    request = http_request("page.example")
+    before = rule_count(datapath, "page-rule", "pages")
+    port, run = open_flow(datapath, request, dport=80, **options)
+    assert run.verdict == "tx"
+    check_reply(run.frame, port, 80, options, "FPA", CLIENT_ACK, CLIENT_SEQ + len(request), PAGE.response())
+    assert rule_count(datapath, "page-rule", "pages") == before + 1
+    # The client acknowledges the page and its FIN: from then on, resets.
+    ack = tcp_frame(sport=port, dport=80, flags="A", seq=CLIENT_SEQ + len(request),
+                    ack=CLIENT_ACK + len(PAGE.response()) + 1, **options)
+    after = run_xdp(datapath.function.fd, ack)
+    assert after.verdict == "tx"
+    check_reply(after.frame, port, 80, options, "RA", CLIENT_ACK + len(PAGE.response()) + 1,
+                CLIENT_SEQ + len(request))
+
+
+def test_page_falls_back_to_reset_for_tls(datapath):
+    hello = client_hello(b"page.example")
+    before = rule_count(datapath, "page-rule", "resets")
+    port, run = open_flow(datapath, hello)
+    assert run.verdict == "tx"
+    check_reply(run.frame, port, 443, {}, "RA", CLIENT_ACK, CLIENT_SEQ + len(hello))
+    assert rule_count(datapath, "page-rule", "resets") == before + 1
+
+
+def test_the_page_response_is_rfc_7725s(datapath):
+    response = PAGE.response()
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 451 Unavailable For Legal Reasons"
+    assert b'Link: <https://authority.example/orders/42>; rel="blocked-by"' in lines
+    assert f"Content-Length: {len(body)}".encode() in lines
+    assert body == b"Blocked by order 42.\n"
+    # The map holds it with the sum the data plane builds the checksum from.
+    page = datapath.table("block_pages")[ctypes.c_uint32(datapath.policy.rule_by_name("page-rule").id)]
+    assert bytes(page.bytes[:page.len]) == response
+    assert page.csum == ones_complement_sum(response)
+
+
+def test_with_server_resets_the_reply_goes_up_to_tc_with_the_clients_numbers(datapath):
+    """sluice_tc_reset on tc ingress (SLUICE_CFG_SERVER_RESETS) sends the reply
+    on and resets the server: XDP passes the RST up, the client's sequence
+    and acknowledgement numbers in the metadata before it."""
+    flags = datapath.table("config")[ctypes.c_uint32(0)].flags
+    datapath.set_config(flags=flags | ABI.SLUICE_CFG_SERVER_RESETS)
+    try:
+        hello = client_hello(b"reset.example")
+        port, run = open_flow(datapath, hello)
+    finally:
+        datapath.set_config(flags=flags)
+    assert run.verdict == "pass"
+    magic, seq, ack = struct.unpack("=III", run.frame[:12])
+    assert (magic, seq, ack) == (0x51CE4E57, CLIENT_SEQ, CLIENT_ACK)
+    check_reply(run.frame[12:], port, 443, {}, "RA", CLIENT_ACK, CLIENT_SEQ + len(hello))
