@@ -58,6 +58,14 @@ def lab_policy_path() -> str:
     return str(files("controller.policies").joinpath(LAB_POLICY))
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM before the controller runs: what start did is undone on the way out."""
+
+
+def interrupt(signum, _frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
 class Refused(Exception):
     """One line for stderr and the exit status: how a command ends on bad input or a missing need."""
 
@@ -145,10 +153,10 @@ def cmd_explain(args) -> int:
 
 def cmd_replay(args) -> int:
     from .replay import CaptureError, check_capture, print_records, replay
+    require_capabilities("replay", LOAD_CAPABILITIES)
     policy = load_policy_or_exit(args.policy) if args.policy else None
     try:
         check_capture(args.capture)
-        require_capabilities("replay", LOAD_CAPABILITIES)
         records, _frames = replay(args.capture, policy)
     except CaptureError as error:
         raise Refused(f"sluice replay: {error}", EXIT_POLICY_ERROR) from None
@@ -166,6 +174,8 @@ def cmd_run(args) -> int:
     if not args.policy:
         raise Refused("sluice run: --policy is required with --iface", EXIT_POLICY_ERROR)
     require_capabilities("run", LOAD_CAPABILITIES)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
     service = Service(args.policy, args.iface, args.netns, args.xdp_mode, args.fail_open)
     try:
         loaded = service.check()
@@ -177,24 +187,33 @@ def cmd_run(args) -> int:
     server = bind_metrics(args)
     try:
         service.start(loaded)
+    except Interrupted as signame:
+        print(f"sluice run: {signame} while starting; nothing was left attached", file=sys.stderr)
+        return 0
     except (SetupError, AttachError, EgressError, NetnsError) as error:
         raise Refused(f"sluice run: {error}", EXIT_FAILURE) from None
     except Exception as error:      # bcc or the kernel refused the data plane; start undid its part
         raise Refused(f"sluice run: cannot load the data plane: {str(error).strip() or type(error).__name__}",
                       EXIT_FAILURE) from None
+    events = signal_events()
     metrics.serve(service, server)
     log.info("enforcing %s on %s; metrics on http://%s:%d/metrics", args.policy, ", ".join(args.iface),
              args.metrics_address, args.metrics_port)
-    return serve_until_stopped(service)
+    return serve_until_stopped(service, events)
 
 
-def serve_until_stopped(service) -> int:
-    """Reload on SIGHUP or when the policy file changes; stop on SIGINT or SIGTERM
-    (0), or when the data plane was damaged under the controller (1)."""
+def signal_events() -> queue.Queue:
+    """From now on SIGHUP queues a reload, SIGINT and SIGTERM a stop."""
     events = queue.Queue()
     signal.signal(signal.SIGHUP, lambda *_: events.put("reload"))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: events.put("stop"))
+    return events
+
+
+def serve_until_stopped(service, events: queue.Queue) -> int:
+    """Reload on SIGHUP or when the policy file changes; stop on SIGINT or SIGTERM
+    (0), or when the data plane was damaged under the controller (1)."""
     last_snapshot = last_policy_check = last_health_check = 0.0
     while True:
         # QUIC flows pass until their verdict is written: read the rings often.
@@ -342,8 +361,8 @@ def run_lab(args, keep_running: bool) -> int:
     logging.getLogger().setLevel(logging.WARNING)   # the lab narrates itself on stdout
     from .lab import SERVER_V4, Lab
     policy_path = args.policy or lab_policy_path()
-    policy = load_policy_or_exit(policy_path)
     require_capabilities(args.command, LAB_CAPABILITIES)
+    policy = load_policy_or_exit(policy_path)
     server = bind_metrics(args)
     print("sluice: building the lab (client -> edge -> server namespaces)")
     with Lab() as lab:

@@ -215,6 +215,11 @@ class Service:
         self.lock_fd = take_lock()
         if self.lock_fd is None:
             holder = lock_holder()
+            for _ in range(10):      # the holder writes its pid just after taking the lock
+                if holder:
+                    break
+                time.sleep(0.05)
+                holder = lock_holder()
             raise SetupError(f"another sluice controller (pid {holder or 'unknown'}) runs on pin root "
                              f"{PIN_ROOT}; stop it first (sluice stop)")
         datapath = created_root = None
