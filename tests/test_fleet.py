@@ -26,6 +26,7 @@ from conftest import free_port
 from controller.lab import Lab
 from controller.policy import load_policy
 from test_deploy import CAPABILITY_BITS, capability_mask, unit_settings
+from test_faults import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES = REPO / "deploy" / "kubernetes"
@@ -288,6 +289,13 @@ def test_the_image_holds_sluice_bcc_and_the_fallback_headers(image_root):
     assert not list((root / "usr/src").glob("linux-headers-*")), "the node's /usr/src is mounted there"
 
 
+POLICY = "version: 1\nrules:\n  - {{name: blocker, action: block, domains: [{domains}]}}\n"
+
+
+def policy_digest(metrics: str) -> str:
+    return re.search(r'^sluice_policy_info\{.*sha256="([0-9a-f]+)"', metrics, re.MULTILINE).group(1)
+
+
 CHROOT = """\
 set -e
 root=$1 headers=$2 work=$3
@@ -318,13 +326,15 @@ def test_the_entrypoint_enforces_in_a_chroot_in_the_edge_namespace(image_root, t
     """The image's entrypoint, run as a runtime runs it: its Env, its Entrypoint,
     the DaemonSet's mounts (node headers read-only, or none: the image's
     fallback), only the unit's capabilities, and the interfaces from the
-    per-node setting. It attaches, blocks, serves metrics, and detaches on SIGTERM."""
+    per-node setting. It attaches, blocks, serves metrics, reloads once when
+    the kubelet swaps the ConfigMap's ..data symlink, and detaches on SIGTERM."""
     root, config = image_root
     names = unit_settings()["CapabilityBoundingSet"].split()
     setpriv_caps = ",".join(["-all"] + ["+" + name.removeprefix("CAP_").lower() for name in names])
     expected_caps = sum(1 << CAPABILITY_BITS[name] for name in names) & capability_mask("CapBnd:")
-    (tmp_path / "policy.yaml").write_text(
-        "version: 1\nrules:\n  - {name: blocker, action: block, domains: [blocked.example]}\n")
+    # The policy directory as the kubelet lays out a ConfigMap volume.
+    (tmp_path / "policy").mkdir()
+    atomic_write(tmp_path / "policy", "policy.yaml", POLICY.format(domains="blocked.example"), 1)
     port = free_port()
     env = dict(item.split("=", 1) for item in config["Env"])
     env.update(NODE_NAME="edge-test", SLUICE_INTERFACES_DIR="/tmp/interfaces")
@@ -336,7 +346,7 @@ def test_the_entrypoint_enforces_in_a_chroot_in_the_edge_namespace(image_root, t
             ["nsenter", f"--net=/run/netns/{lab.edge_ns}", "unshare", "--mount", "--propagation", "private",
              "sh", "-c", CHROOT, "chroot", str(root), headers, str(tmp_path),
              "/usr/bin/setpriv", "--bounding-set", setpriv_caps, "--inh-caps", "-all", "--",
-             *config["Entrypoint"], "--policy=/tmp/policy.yaml", f"--metrics-port={port}"],
+             *config["Entrypoint"], "--policy=/tmp/policy/policy.yaml", f"--metrics-port={port}"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             def metrics() -> str:
@@ -353,9 +363,20 @@ def test_the_entrypoint_enforces_in_a_chroot_in_the_edge_namespace(image_root, t
             assert capability_mask("CapEff:", controller.pid) == expected_caps
             assert not lab.curl("blocked.example", timeout=1).ok
             assert lab.curl("open.example", timeout=2).ok
-            blocked = re.search(r'^sluice_rule_flows_total\{rule="blocker",action="block",mode="enforce"\} (\S+)$',
+            blocked = re.search(r'^sluice_rule_flows_total\{action="block",mode="enforce",rule="blocker"\} (\S+)$',
                                 metrics(), re.MULTILINE)
             assert blocked and float(blocked.group(1)) >= 1, metrics()
+            digest = policy_digest(metrics())
+            atomic_write(tmp_path / "policy", "policy.yaml",
+                         POLICY.format(domains="blocked.example, newly.example"), 2)
+            deadline = time.monotonic() + 30
+            while 'sluice_policy_reloads_total{result="success"} 1.0' not in metrics():
+                assert time.monotonic() < deadline, "the ConfigMap swap was not reloaded"
+                time.sleep(0.3)
+            assert not lab.curl("newly.example", timeout=1).ok
+            assert policy_digest(metrics()) != digest
+            time.sleep(3)
+            assert 'sluice_policy_reloads_total{result="success"} 1.0' in metrics(), "one reload per change"
             controller.send_signal(signal.SIGTERM)
             assert controller.wait(timeout=30) == 0
             stderr = controller.stderr.read()
