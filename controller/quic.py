@@ -72,6 +72,8 @@ KEY_LEN, IV_LEN, SECRET_LEN = 16, 12, 32
 PUBLIC_FLAG_VERSION = 0x01
 PUBLIC_FLAG_CID = 0x08         # with 0x04, the old spelling of the same 8-byte ID, which clients still send
 PUBLIC_FLAG_RESERVED = 0xC0    # multipath and reserved bits: clear in a client's first packet
+PUBLIC_FLAGS_CLIENT_MASK = PUBLIC_FLAG_RESERVED | PUBLIC_FLAG_VERSION | PUBLIC_FLAG_CID
+PUBLIC_FLAGS_CLIENT = PUBLIC_FLAG_VERSION | PUBLIC_FLAG_CID
 PUBLIC_PN_SHIFT = 4
 PUBLIC_PN_LENS = (1, 2, 4, 6)
 PUBLIC_CID_LEN = 8
@@ -218,11 +220,10 @@ def gquic_long_initial(datagram: bytes, version: "QuicVersion") -> Iterator[_Pac
 
 
 def gquic_public_initial(datagram: bytes, _version: "QuicVersion") -> Iterator[_Packet]:
-    """Google QUIC's public header (Q039-Q043): flags, an 8-byte connection
-    ID, the version, the packet number (1-6 bytes, by the flags)."""
+    """Google QUIC's public header (up to Q043): flags, an 8-byte connection
+    ID, the version, the packet number (1-6 bytes, by the flags); a
+    datagram_version() has checked the flags."""
     flags = datagram[0]
-    if flags & PUBLIC_FLAG_RESERVED or not flags & PUBLIC_FLAG_CID:
-        return
     pn_len = PUBLIC_PN_LENS[flags >> PUBLIC_PN_SHIFT & 0b11]
     dcid = datagram[1:1 + PUBLIC_CID_LEN]
     yield _Packet(datagram, PUBLIC_VERSION_OFFSET + VERSION_LEN, dcid, pn_len)
@@ -546,6 +547,8 @@ VERSIONS: dict[int, QuicVersion] = {
 }
 
 GREASE_MASK, GREASE_PATTERN = 0x0F0F0F0F, 0x0A0A0A0A     # RFC 9000 section 15
+# What family() may answer, for counters that start at zero.
+FAMILIES = (*dict.fromkeys(version.family for version in VERSIONS.values()), "grease", "unknown", "negotiation")
 
 
 def datagram_version(datagram: bytes) -> int | None:
@@ -555,17 +558,17 @@ def datagram_version(datagram: bytes) -> int | None:
         return None
     if datagram[0] & LONG_HEADER:
         return int.from_bytes(datagram[VERSION_OFFSET:VERSION_OFFSET + VERSION_LEN], "big")
-    if datagram[0] & PUBLIC_FLAG_VERSION and len(datagram) >= PUBLIC_VERSION_OFFSET + VERSION_LEN:
-        version = int.from_bytes(datagram[PUBLIC_VERSION_OFFSET:PUBLIC_VERSION_OFFSET + VERSION_LEN], "big")
-        known = VERSIONS.get(version)
-        # Only Google QUIC had a public header: anything else here is not QUIC.
-        return version if known and known.packets is gquic_public_initial else None
+    version_field = datagram[PUBLIC_VERSION_OFFSET:PUBLIC_VERSION_OFFSET + VERSION_LEN]
+    # Only Google QUIC had a public header, and its versions start with Q (as bpf/quic.h checks).
+    if (datagram[0] & PUBLIC_FLAGS_CLIENT_MASK == PUBLIC_FLAGS_CLIENT and len(version_field) == VERSION_LEN
+            and version_field.startswith(b"Q")):
+        return int.from_bytes(version_field, "big")
     return None
 
 
 def family(datagram: bytes) -> str | None:
     """What a datagram is, for the counters: its version's family,
-    "negotiation", "grease", "unknown", or None when it is not a QUIC long header."""
+    "negotiation", "grease", "unknown", or None when it has no version."""
     version = datagram_version(datagram)
     if version is None:
         return None

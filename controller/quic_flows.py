@@ -1,8 +1,10 @@
 """QUIC flows: the controller's half of classifying them (bpf/quic.h is the kernel's).
 
-The data plane sends each client Initial datagram of a young QUIC flow over
-the quic_datagrams ring and lets the flow pass. Here each flow's datagrams
-go to its own InitialReassembler (controller/quic.py); once the ClientHello
+The data plane sends each client Initial datagram of a young QUIC flow, of
+any version, and a server's Version Negotiation, over the quic_datagrams
+ring and lets the flow pass. Here each datagram is counted by its version's
+family, and each flow's go to its own InitialReassembler (controller/quic.py),
+which reads the versions it knows; once the ClientHello
 is whole, the flow's rule is chosen as for TCP (Policy.decide) and written
 into its flow table entry, which every later packet of the flow obeys. A
 rule with `quic: block` blocks the QUIC flows it matches whatever its
@@ -17,7 +19,7 @@ from collections import Counter
 from .abi import ABI
 from .clients import flow_client
 from .policy import ACTIONS
-from .quic import InitialReassembler, QuicError
+from .quic import FAMILIES, InitialReassembler, QuicError, family
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ class QuicFlows:
         self.pending: dict[bytes, InitialReassembler] = {}
         self.outcomes: Counter = Counter()       # sni_found, no_sni, ech, malformed, gave_up
         self.flows_by_rule: Counter = Counter()  # rule id (0: none) -> QUIC flows settled
+        # Datagrams by what they are (quic.family): client Initials of each
+        # version family, grease and unknown versions, servers' negotiation.
+        self.families: Counter = Counter(dict.fromkeys(FAMILIES, 0))
         self.follow(datapath)
 
     def follow(self, datapath) -> None:
@@ -46,13 +51,15 @@ class QuicFlows:
     def _datagram(self, _ctx, data, _size) -> None:
         datagram = ctypes.cast(data, self._datagram_type).contents
         key = bytes(datagram.key)
+        payload = bytes(datagram.bytes[:datagram.len])
+        self.families[family(payload)] += 1
         reassembler = self.pending.get(key)
         if reassembler is None:
             if len(self.pending) >= PENDING_FLOWS_MAX:
                 self.pending.pop(next(iter(self.pending)))       # the oldest gives way
             reassembler = self.pending[key] = InitialReassembler()
         try:
-            hello = reassembler.feed(bytes(datagram.bytes[:datagram.len]))
+            hello = reassembler.feed(payload)
         except QuicError as error:
             self.outcomes["malformed"] += 1
             log.debug("QUIC Initial refused: %s", error)

@@ -55,14 +55,14 @@ def handshake_client_hello(sni: bytes | None = b"example.com", **options) -> byt
     return client_hello(sni, **options)[5:]
 
 
-def split_crypto(stream: bytes, rng, *, largest: int = 40, overlap: bool = True) -> list[bytes]:
-    """``stream`` as CRYPTO frames of random sizes; with ``overlap``, some reach
-    back over bytes already sent and some are sent twice."""
+def split_crypto(stream: bytes, rng, *, largest: int = 40, overlap: bool = True, frame=crypto_frame) -> list[bytes]:
+    """``stream`` as CRYPTO frames (or ``frame(offset, data)``) of random sizes;
+    with ``overlap``, some reach back over bytes already sent and some are sent twice."""
     frames, pos = [], 0
     while pos < len(stream):
         start = max(0, pos - rng.randrange(0, 8)) if overlap else pos
         end = min(len(stream), pos + rng.randrange(1, largest))
-        frames.append(crypto_frame(start, stream[start:end]))
+        frames.append(frame(start, stream[start:end]))
         pos = end
     if overlap:
         frames += rng.sample(frames, len(frames) // 5)
@@ -71,11 +71,12 @@ def split_crypto(stream: bytes, rng, *, largest: int = 40, overlap: bool = True)
 
 def initial_packet(frames: bytes, *, dcid: bytes = RFC_DCID, scid: bytes = b"", version: int = QUIC_V1,
                    pn: int = 0, pn_len: int = 4, token: bytes = b"", size: int | None = None,
-                   packet_type: int | None = None) -> bytes:
+                   packet_type: int | None = None, key_dcid: bytes | None = None) -> bytes:
     """A protected client Initial packet (or another long-header type) carrying
-    ``frames``, padded with PADDING frames to at least ``size`` bytes if given."""
+    ``frames``, padded with PADDING frames to at least ``size`` bytes if given;
+    sealed with the keys of ``key_dcid`` (a client's first DCID) if given, else of ``dcid``."""
     packet_type = VERSIONS[version].initial_type if packet_type is None else packet_type
-    keys = client_initial_keys(dcid, version)
+    keys = client_initial_keys(dcid if key_dcid is None else key_dcid, version)
     head = bytes([0xC0 | packet_type << 4 | (pn_len - 1)]) + version.to_bytes(4, "big")
     head += bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid
     if packet_type == VERSIONS[version].initial_type:
@@ -194,3 +195,14 @@ def client_initial(version: int, frames: bytes, *, pn: int = 0, dcid: bytes = RF
     if isinstance(VERSIONS[version].protection, InitialSecret):
         return initial_packet(frames, version=version, pn=pn, dcid=dcid, size=DATAGRAM_MIN, **options)
     return gquic_plaintext_packet(frames, version, pn=pn + 1, cid=dcid, **options)
+
+
+def long_header_datagram(version: int, *, dcid: bytes = RFC_DCID, rest: bytes = bytes(DATAGRAM_MIN)) -> bytes:
+    """A client's long-header datagram of a version nobody reads (a grease one): header, then anything."""
+    return bytes([0xC0]) + version.to_bytes(4, "big") + bytes([len(dcid)]) + dcid + b"\x00" + rest
+
+
+def version_negotiation(versions=(QUIC_V1, QUIC_V2), *, dcid: bytes = b"", scid: bytes = RFC_DCID) -> bytes:
+    """A server's Version Negotiation packet (RFC 9000 section 17.2.1): version 0, the versions it speaks."""
+    return (bytes([0x80 | 0x2A]) + bytes(4) + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid
+            + b"".join(version.to_bytes(4, "big") for version in versions))

@@ -7,13 +7,20 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scapy.all import IP, UDP, Raw
 
-from controller.quic import (MAX_CRYPTO_BYTES, MAX_DATAGRAMS, QUIC_V1, QUIC_V2, ClientHelloInfo,
-                             InitialReassembler, QuicError, client_hello_from_datagram, client_initial_keys)
-from packets import extension, sni_extension
-from quic_packets import (DATAGRAM_MIN, HANDSHAKE_TYPE, PING, RFC_DCID, ack_frame, connection_close,
-                          crypto_frame, handshake_client_hello, initial_packet, short_header_packet,
-                          split_crypto, varint)
+from conftest import needs_root
+from controller.quic_flows import QuicFlows
+from controller.testrun import run_xdp
+
+from controller.quic import (MAX_CRYPTO_BYTES, MAX_DATAGRAMS, QUIC_V1, QUIC_V2, VERSIONS, ClientHelloInfo,
+                             GoogleChlo, InitialReassembler, QuicError, client_hello_from_datagram, client_initial_keys, family,
+                             fnv1a_128)
+from packets import CLIENT_V4, SERVER_V4, ether, extension, sni_extension, udp_frame
+from quic_packets import (DATAGRAM_MIN, HANDSHAKE_TYPE, PING, RFC_DCID, ack_frame, chlo, chlo_entries, client_initial,
+                          connection_close, crypto_frame, gquic_plaintext_packet, gquic_stream_frame, gquic_version,
+                          handshake_client_hello, handshake_message, initial_packet, long_header_datagram,
+                          short_header_packet, split_crypto, stream_frame, varint, version_negotiation)
 
 EXT_ECH = 0xFE0D
 PADDING_EXTENSION = extension(0x0015, bytes(400))       # RFC 7685
@@ -418,3 +425,253 @@ def test_random_bytes_behind_a_long_header_of_a_known_version(version, packet_ty
 def test_random_frames_in_a_genuine_packet(frames):
     # Garbage that authenticates: only the frame and ClientHello parsers stand guard.
     none_or_quic_error(initial_packet(frames))
+
+
+# --- every version of the table -------------------------------------------------------
+
+DRAFT_23, DRAFT_28, DRAFT_29, DRAFT_33 = 0xFF000017, 0xFF00001C, 0xFF00001D, 0xFF000021
+Q043, Q046 = gquic_version("Q043"), gquic_version("Q046")
+ALL_VERSIONS = sorted(VERSIONS)
+VERSION_NAMES = [VERSIONS[version].name for version in ALL_VERSIONS]
+
+
+@pytest.mark.parametrize("version, secret, key, iv, hp", [
+    # draft-ietf-quic-tls-23 (to -28) appendix A.1: the salt of drafts 23-28
+    (DRAFT_23, "fda3953aecc040e48b34e27ef87de3a6098ecf0e38b7e032c5c57bcbd5975b84",
+     "af7fd7efebd21878ff66811248983694", "8681359410a70bb9c92f0420", "a980b8b4fb7d9fbc13e814c23164253d"),
+    # draft-ietf-quic-tls-29 appendix A.1: the salt of drafts 29-32
+    (DRAFT_29, "0088119288f1d866733ceeed15ff9d50902cf82952eee27e9d4d4918ea371d87",
+     "175257a31eb09dea9366d8bb79ad80ba", "6b26114b9cba2b63a9e8dd4f", "9ddd12c994c0698b89374a9c077a3077"),
+], ids=["draft-23", "draft-29"])
+def test_draft_a1_client_initial_keys(version, secret, key, iv, hp):
+    keys = client_initial_keys(RFC_DCID, version)
+    assert (keys.secret.hex(), keys.key.hex(), keys.iv.hex(), keys.hp.hex()) == (secret, key, iv, hp)
+
+
+# draft-ietf-quic-tls-29 appendix A.2: a client Initial for "server", padded to 1200 bytes.
+DRAFT29_PAYLOAD = bytes.fromhex(
+    "060040c4010000c003036660261ff947cea49cce6cfad687f457cf1b14531ba1"
+    "4131a0e8f309a1d0b9c4000006130113031302010000910000000b0009000006"
+    "736572766572ff01000100000a00140012001d00170018001901000101010201"
+    "03010400230000003300260024001d00204cfdfcd178b784bf328cae793b136f"
+    "2aedce005ff183d7bb1495207236647037002b0003020304000d0020001e0403"
+    "05030603020308040805080604010501060102010402050206020202002d0002"
+    "0101001c00024001") + bytes(962)
+DRAFT29_CLIENT_INITIAL = bytes.fromhex(
+    "c5ff00001d088394c8f03e5157080000449e4a95245bfb66bc5f93032b7ddd89"
+    "fe0ff15d9c4f7050fccdb71c1cd80512d4431643a53aafa1b0b518b44968b18b"
+    "8d3e7a4d04c30b3ed9410325b2abb2dafb1c12f8b70479eb8df98abcaf95dd8f"
+    "3d1c78660fbc719f88b23c8aef6771f3d50e10fdfb4c9d92386d44481b6c52d5"
+    "9e5538d3d3942de9f13a7f8b702dc31724180da9df22714d01003fc5e3d165c9"
+    "50e630b8540fbd81c9df0ee63f94997026c4f2e1887a2def79050ac2d86ba318"
+    "e0b3adc4c5aa18bcf63c7cf8e85f569249813a2236a7e72269447cd1c755e451"
+    "f5e77470eb3de64c8849d292820698029cfa18e5d66176fe6e5ba4ed18026f90"
+    "900a5b4980e2f58e39151d5cd685b10929636d4f02e7fad2a5a458249f5c0298"
+    "a6d53acbe41a7fc83fa7cc01973f7a74d1237a51974e097636b6203997f921d0"
+    "7bc1940a6f2d0de9f5a11432946159ed6cc21df65c4ddd1115f86427259a196c"
+    "7148b25b6478b0dc7766e1c4d1b1f5159f90eabc61636226244642ee148b464c"
+    "9e619ee50a5e3ddc836227cad938987c4ea3c1fa7c75bbf88d89e9ada642b2b8"
+    "8fe8107b7ea375b1b64889a4e9e5c38a1c896ce275a5658d250e2d76e1ed3a34"
+    "ce7e3a3f383d0c996d0bed106c2899ca6fc263ef0455e74bb6ac1640ea7bfedc"
+    "59f03fee0e1725ea150ff4d69a7660c5542119c71de270ae7c3ecfd1af2c4ce5"
+    "51986949cc34a66b3e216bfe18b347e6c05fd050f85912db303a8f054ec23e38"
+    "f44d1c725ab641ae929fecc8e3cefa5619df4231f5b4c009fa0c0bbc60bc75f7"
+    "6d06ef154fc8577077d9d6a1d2bd9bf081dc783ece60111bea7da9e5a9748069"
+    "d078b2bef48de04cabe3755b197d52b32046949ecaa310274b4aac0d008b1948"
+    "c1082cdfe2083e386d4fd84c0ed0666d3ee26c4515c4fee73433ac703b690a9f"
+    "7bf278a77486ace44c489a0c7ac8dfe4d1a58fb3a730b993ff0f0d61b4d89557"
+    "831eb4c752ffd39c10f6b9f46d8db278da624fd800e4af85548a294c1518893a"
+    "8778c4f6d6d73c93df200960104e062b388ea97dcf4016bced7f62b4f062cb6c"
+    "04c20693d9a0e3b74ba8fe74cc01237884f40d765ae56a51688d985cf0ceaef4"
+    "3045ed8c3f0c33bced08537f6882613acd3b08d665fce9dd8aa73171e2d3771a"
+    "61dba2790e491d413d93d987e2745af29418e428be34941485c93447520ffe23"
+    "1da2304d6a0fd5d07d0837220236966159bef3cf904d722324dd852513df39ae"
+    "030d8173908da6364786d3c1bfcb19ea77a63b25f1e7fc661def480c5d00d444"
+    "56269ebd84efd8e3a8b2c257eec76060682848cbf5194bc99e49ee75e4d0d254"
+    "bad4bfd74970c30e44b65511d4ad0e6ec7398e08e01307eeeea14e46ccd87cf3"
+    "6b285221254d8fc6a6765c524ded0085dca5bd688ddf722e2c0faf9d0fb2ce7a"
+    "0c3f2cee19ca0ffba461ca8dc5d2c8178b0762cf67135558494d2a96f1a139f0"
+    "edb42d2af89a9c9122b07acbc29e5e722df8615c343702491098478a389c9872"
+    "a10b0c9875125e257c7bfdf27eef4060bd3d00f4c14fd3e3496c38d3c5d1a566"
+    "8c39350effbc2d16ca17be4ce29f02ed969504dda2a8c6b9ff919e693ee79e09"
+    "089316e7d1d89ec099db3b2b268725d888536a4b8bf9aee8fb43e82a4d919d48"
+    "43b1ca70a2d8d3f725ead1391377dcc0")
+
+
+def test_draft29_a2_client_initial_gives_its_server_name():
+    assert client_hello_from_datagram(DRAFT29_CLIENT_INITIAL) == ClientHelloInfo("server", False, DRAFT_29)
+    assert initial_packet(DRAFT29_PAYLOAD, version=DRAFT_29, pn=2) == DRAFT29_CLIENT_INITIAL
+
+
+@pytest.mark.parametrize("other", [DRAFT_28, DRAFT_33], ids=["draft-28", "draft-33"])
+def test_a_draft29_packet_labelled_with_a_draft_of_another_salt_fails_authentication(other):
+    relabelled = DRAFT29_CLIENT_INITIAL[:1] + other.to_bytes(4, "big") + DRAFT29_CLIENT_INITIAL[5:]
+    with pytest.raises(QuicError, match="authentication"):
+        client_hello_from_datagram(relabelled)
+
+
+def test_fnv1a_128_reference_values():
+    """The FNV reference values (the hash of Google QUIC's plaintext packets)."""
+    assert fnv1a_128(b"") == 0x6C62272E07BB014262B821756295C58D
+    assert fnv1a_128(b"a") == 0xD228CB696F1A8CAF78912B704E4A8964
+    assert fnv1a_128(b"foobar") == 0x343E1662793C64BF6F0D3597BA446F18
+
+
+@pytest.mark.parametrize("version", ALL_VERSIONS, ids=VERSION_NAMES)
+def test_a_client_initial_of_every_version_is_named(version):
+    datagram_ = client_initial(version, stream_frame(version, 0, handshake_message(version, b"Www.Example.ORG.")))
+    assert family(datagram_) == VERSIONS[version].family
+    assert client_hello_from_datagram(datagram_) == ClientHelloInfo("www.example.org", False, version)
+
+
+def large_handshake(version: int, name: bytes) -> bytes:
+    """A handshake message of about 2.5 KB, as post-quantum key shares make them."""
+    if VERSIONS[version].handshake is GoogleChlo:
+        return chlo(name, pad_to=2500)
+    return handshake_client_hello(name, extensions_after=(extension(0x0015, bytes(2300)),))
+
+
+@pytest.mark.parametrize("version", ALL_VERSIONS, ids=VERSION_NAMES)
+@pytest.mark.parametrize("seed", range(2))
+def test_handshake_pieces_shuffled_across_three_datagrams_of_every_version(version, seed):
+    """Chrome's first flight: many small overlapping pieces, some repeated,
+    shuffled and spread over three datagrams that arrive in any order."""
+    rng = random.Random(seed)
+    message = large_handshake(version, b"pieces.example.com")
+    frames = split_crypto(message, rng, largest=120, frame=lambda offset, data: stream_frame(version, offset, data))
+    rng.shuffle(frames)
+    thirds = [frames[i::3] for i in range(3)]
+    datagrams = [client_initial(version, b"".join(part), pn=pn) for pn, part in enumerate(thirds)]
+    rng.shuffle(datagrams)
+    assert feed_all(datagrams) == [None, None, ClientHelloInfo("pieces.example.com", False, version)]
+
+
+def test_keys_stay_those_of_the_first_destination_connection_id():
+    """After the server's first Initial the client writes the server's chosen
+    ID, but keeps the keys of its own first one (RFC 9001 section 5.2)."""
+    hello = handshake_client_hello(b"moved.example.com", extensions_after=(PADDING_EXTENSION,))
+    first = datagram(crypto_frame(0, hello[:300]))
+    second = datagram(crypto_frame(300, hello[300:]), pn=1, dcid=bytes.fromhex("f067a5502a4262b5"), key_dcid=RFC_DCID)
+    assert feed_all([first, second]) == [None, ClientHelloInfo("moved.example.com", False, QUIC_V1)]
+
+
+def test_version_negotiation_and_grease_are_counted_not_read_and_the_client_starts_again():
+    grease, vn = long_header_datagram(0x1A2A3A4A), version_negotiation()
+    assert (family(grease), family(vn), family(long_header_datagram(0x12345678))) == ("grease", "negotiation", "unknown")
+    retry = datagram(crypto_frame(0, handshake_client_hello(b"again.example.com")), dcid=bytes(8))
+    assert feed_all([grease, vn, retry]) == [None, None, ClientHelloInfo("again.example.com", False, QUIC_V1)]
+
+
+def test_a_client_starting_again_in_another_version_starts_a_new_stream():
+    hello = handshake_client_hello(b"second.example.com", extensions_after=(PADDING_EXTENSION,))
+    draft = client_initial(DRAFT_29, crypto_frame(0, b"\x01\x00\x10\x00" + b"x" * 200))
+    assert feed_all([draft, datagram(crypto_frame(0, hello))]) == \
+        [None, ClientHelloInfo("second.example.com", False, QUIC_V1)]
+
+
+@pytest.mark.parametrize("data, kind", [
+    (bytes([0x0D]) + bytes(8) + b"Q043", "gquic"),                  # no room for a packet number and hash
+    (bytes([0x0D]) + bytes(8) + b"Z043" + bytes(1200), None),       # a public header is Google's: versions Q...
+    (bytes([0x4D]) + bytes(8) + b"Q043" + bytes(1200), None),       # multipath bit: not a client's first packet
+], ids=["truncated", "not-q", "multipath"])
+def test_what_only_looks_like_a_google_public_header(data, kind):
+    assert family(data) == kind
+    none_or_quic_error(data)
+
+
+@pytest.mark.parametrize("version", [gquic_version("Q035"), Q043, Q046], ids=["Q035", "Q043", "Q046"])
+def test_a_google_packet_with_a_wrong_hash_is_not_read(version):
+    """A server drops such a packet unread (zapret's fakes rely on it), so must we."""
+    frames = gquic_stream_frame(0, chlo(b"fake.example.com"), byte_order=VERSIONS[version].frames.byte_order)
+    forged = bytearray(gquic_plaintext_packet(frames, version))
+    forged[-1] ^= 1
+    with pytest.raises(QuicError, match="hash"):
+        client_hello_from_datagram(bytes(forged))
+    as_server = gquic_plaintext_packet(frames, version, sender=b"Server")
+    with pytest.raises(QuicError, match="hash"):
+        client_hello_from_datagram(as_server)
+
+
+@pytest.mark.parametrize("message, error", [
+    (chlo_entries([(b"SNI\x00", b"a.example"), (b"SNI\x00", b"b.example")]), "out of order"),
+    (chlo_entries([(b"VER\x00", b"Q043"), (b"SNI\x00", b"a.example")]), "out of order"),
+    (b"REJ\x00" + chlo(b"a.example")[4:], "does not start with a CHLO"),
+    (chlo_entries([(b"SNI\x00", b"caf\xc3\xa9.example")]), "not a host name"),
+], ids=["two-names", "descending-tags", "not-chlo", "not-ascii"])
+def test_malformed_chlos_are_refused(message, error):
+    with pytest.raises(QuicError, match=error):
+        client_hello_from_datagram(client_initial(Q043, stream_frame(Q043, 0, message)))
+
+
+def test_a_chlo_without_a_name_has_none():
+    assert client_hello_from_datagram(client_initial(Q046, stream_frame(Q046, 0, chlo(None)))) == \
+        ClientHelloInfo(None, False, Q046)
+
+
+def test_google_stream_frames_of_other_streams_are_stepped_over():
+    hello = chlo(b"stream.example.com")
+    frames = gquic_stream_frame(0, b"headers", stream_id=3) + gquic_stream_frame(0, hello)
+    assert client_hello_from_datagram(client_initial(Q043, frames)).sni == "stream.example.com"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(ALL_VERSIONS), st.binary(max_size=1400))
+def test_random_frames_in_a_genuine_packet_of_any_version(version, frames):
+    none_or_quic_error(client_initial(version, frames))
+
+
+# --- the data plane hands every version over: the real XDP program -------------------
+
+QUIC_POLICY = """\
+version: 1
+rules:
+  - {name: block-video, action: block, domains: [video.example]}
+"""
+
+
+def client_frame(payload: bytes, port: int) -> bytes:
+    return udp_frame(payload, sport=port)
+
+
+def server_frame(payload: bytes, port: int) -> bytes:
+    return bytes(ether() / IP(src=SERVER_V4, dst=CLIENT_V4) / UDP(sport=443, dport=port) / Raw(payload))
+
+
+@pytest.fixture(scope="module")
+def quic_datapath(make_datapath):
+    datapath = make_datapath(QUIC_POLICY, events=True)
+    settled = {}
+    flows = QuicFlows(datapath, on_settled=lambda key, _hi, name, rule: settled.update({name: rule}))
+    return datapath, flows, settled
+
+
+def send(datapath, frame: bytes) -> str:
+    verdict = run_xdp(datapath.function.fd, frame).verdict
+    datapath.bpf.ring_buffer_consume()
+    return verdict
+
+
+@needs_root
+@pytest.mark.parametrize("version", [DRAFT_29, 0xFACEB002, Q043, Q046, gquic_version("T051")],
+                         ids=["draft-29", "mvfst-27", "Q043", "Q046", "T051"])
+def test_the_data_plane_hands_over_initials_of_any_version_and_obeys_the_verdict(quic_datapath, version):
+    datapath, flows, settled = quic_datapath
+    port = 41000 + ALL_VERSIONS.index(version)
+    first = client_initial(version, stream_frame(version, 0, handshake_message(version, b"video.example")))
+    assert send(datapath, client_frame(first, port)) == "pass"          # passes until the verdict is written
+    assert settled["video.example"].name == "block-video"
+    assert send(datapath, client_frame(b"\x40" + bytes(40), port)) == "drop"
+
+
+@needs_root
+def test_grease_and_version_negotiation_are_counted_and_the_flow_waits_for_the_next_version(quic_datapath):
+    datapath, flows, settled = quic_datapath
+    port, before = 42000, dict(flows.families)
+    assert send(datapath, client_frame(long_header_datagram(0x3A4A5A6A), port)) == "pass"
+    assert send(datapath, server_frame(version_negotiation(), port)) == "pass"
+    hello = handshake_client_hello(b"cdn.video.example", extensions_after=(PADDING_EXTENSION,))
+    assert send(datapath, client_frame(datagram(crypto_frame(0, hello), version=QUIC_V2, dcid=bytes(8)), port)) == "pass"
+    assert settled["cdn.video.example"].name == "block-video"
+    assert send(datapath, server_frame(b"\x40" + bytes(40), port)) == "drop"
+    moved = {name: flows.families[name] - before.get(name, 0) for name in flows.families}
+    assert {name: count for name, count in moved.items() if count} == {"grease": 1, "negotiation": 1, "v2": 1}
