@@ -22,6 +22,14 @@
 #define VLAN_TAGS_MAX 2			/* QinQ: a service tag, then a customer tag */
 #define IPV6_EXT_HEADERS_MAX 4		/* hop-by-hop, routing, destination options */
 #define IPV4_FRAG_OFFSET_MASK 0x1FFF
+#define IPV4_MORE_FRAGMENTS 0x2000
+#define IPV6_FRAG_OFFSET_MASK 0xFFF8	/* in bytes already: 13 bits of 8-byte units, shifted by 3 */
+#define IPV6_MORE_FRAGMENTS 0x0001
+#define FRAG_UNIT 8			/* fragment offsets count 8-byte units */
+
+/* What parse_packet() found. */
+#define PACKET_UNFRAGMENTED 0
+#define PACKET_FRAGMENT 1		/* one piece of a fragmented datagram: see ip_frag.h */
 
 struct hdr_cursor {
 	void *pos;
@@ -44,7 +52,18 @@ struct packet_info {
 	__u32 seq;			/* TCP sequence number (host order), 0 for UDP */
 	__u32 payload_offset;		/* from the start of the frame */
 	__u32 frame_len;
+	/* A fragment (PACKET_FRAGMENT): its payload_offset and payload_len
+	 * are those of the fragment's data, and no ports or TCP fields are set. */
+	__u32 frag_id;			/* IPv4 identification, or IPv6 Fragment header's */
+	__u16 frag_offset;		/* where the fragment's data starts in the datagram's payload */
+	__u8 frag_more;			/* more fragments follow (IPv4 MF, IPv6 M) */
+	__u8 is_v6;
 };
+
+static __always_inline int is_fragment(const struct packet_info *pkt)
+{
+	return pkt->frag_more || pkt->frag_offset;
+}
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
@@ -81,8 +100,7 @@ static __always_inline void ipv4_to_mapped(__u8 *out, __be32 addr)
 	__builtin_memcpy(out + 12, &addr, 4);
 }
 
-/* Returns the transport protocol, or -1. A fragment other than the first
- * carries no transport header, so it is not ours to judge (-1). */
+/* Returns the transport protocol, or -1; a fragment's fields go to pkt. */
 static __always_inline int parse_iphdr(struct hdr_cursor *cur, void *data_end,
 				       struct packet_info *pkt, __u32 *l4_len)
 {
@@ -95,8 +113,10 @@ static __always_inline int parse_iphdr(struct hdr_cursor *cur, void *data_end,
 		return -1;
 	if (cur->pos + hdr_len > data_end)
 		return -1;
-	if (bpf_ntohs(iph->frag_off) & IPV4_FRAG_OFFSET_MASK)
-		return -1;
+	__u16 frag_off = bpf_ntohs(iph->frag_off);
+	pkt->frag_offset = (frag_off & IPV4_FRAG_OFFSET_MASK) * FRAG_UNIT;
+	pkt->frag_more = !!(frag_off & IPV4_MORE_FRAGMENTS);
+	pkt->frag_id = bpf_ntohs(iph->id);
 	__u32 total_len = bpf_ntohs(iph->tot_len);
 	if (total_len < hdr_len)
 		return -1;
@@ -118,6 +138,13 @@ struct ipv6_ext_hdr {
 	__u8 len_8_octets;		/* length in 8-octet units, not counting the first */
 };
 
+struct ipv6_frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;		/* offset in bytes (a multiple of 8), then M in bit 0 */
+	__be32 identification;
+};
+
 static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 					struct packet_info *pkt, __u32 *l4_len)
 {
@@ -127,12 +154,30 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 		return -1;
 	__builtin_memcpy(pkt->saddr, &ip6h->saddr, 16);
 	__builtin_memcpy(pkt->daddr, &ip6h->daddr, 16);
+	pkt->is_v6 = 1;
 	__u32 remaining = bpf_ntohs(ip6h->payload_len);
 	__u8 nexthdr = ip6h->nexthdr;
 	cur->pos = ip6h + 1;
 
 #pragma unroll
 	for (int i = 0; i < IPV6_EXT_HEADERS_MAX; i++) {
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			struct ipv6_frag_hdr *frag = cur->pos;
+			if ((void *)(frag + 1) > data_end || sizeof(*frag) > remaining)
+				return -1;
+			__u16 frag_off = bpf_ntohs(frag->frag_off);
+			nexthdr = frag->nexthdr;
+			cur->pos = frag + 1;
+			remaining -= sizeof(*frag);
+			/* An atomic fragment (offset 0, no more to come: RFC 6946)
+			 * is the whole datagram: read on past its header. */
+			if (!(frag_off & (IPV6_FRAG_OFFSET_MASK | IPV6_MORE_FRAGMENTS)))
+				continue;
+			pkt->frag_offset = frag_off & IPV6_FRAG_OFFSET_MASK;
+			pkt->frag_more = frag_off & IPV6_MORE_FRAGMENTS;
+			pkt->frag_id = bpf_ntohl(frag->identification);
+			break;
+		}
 		if (!is_skippable_ipv6_ext(nexthdr))
 			break;
 		struct ipv6_ext_hdr *ext = cur->pos;
@@ -145,9 +190,9 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 		cur->pos += ext_len;
 		remaining -= ext_len;
 	}
-	/* Fragments (and anything still unknown) carry no transport header we
-	 * can trust: they pass untouched. */
-	if (is_skippable_ipv6_ext(nexthdr))
+	/* Anything still unknown carries no transport header we can find: it
+	 * passes untouched. */
+	if (!is_fragment(pkt) && is_skippable_ipv6_ext(nexthdr))
 		return -1;
 	*l4_len = remaining;
 	return nexthdr;
@@ -191,8 +236,9 @@ static __always_inline int parse_udphdr(struct hdr_cursor *cur, void *data_end,
 	return 0;
 }
 
-/* Fill pkt from the frame in [data, data_end). Returns 0 for a TCP or UDP
- * packet sluice can judge, -1 for anything else. The payload length comes
+/* Fill pkt from the frame in [data, data_end). Returns PACKET_UNFRAGMENTED
+ * for a TCP or UDP packet sluice can judge, PACKET_FRAGMENT for a fragment of
+ * a TCP or UDP datagram, -1 for anything else. The payload length comes
  * from the IP header, never from the frame, so Ethernet padding is not
  * mistaken for payload; it is clamped to what the frame really holds. */
 static __always_inline int parse_packet(void *data, void *data_end, struct packet_info *pkt)
@@ -211,6 +257,18 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
 	else
 		return -1;
 
+	if (l4proto < 0)
+		return -1;
+	pkt->l4proto = l4proto;
+	pkt->frame_len = data_end - data;
+	if (is_fragment(pkt)) {
+		if (l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP)
+			return -1;
+		pkt->payload_offset = cur.pos - data;
+		__u32 in_frame = pkt->frame_len - pkt->payload_offset;
+		pkt->payload_len = l4_len > in_frame ? in_frame : l4_len;
+		return PACKET_FRAGMENT;
+	}
 	if (l4proto == IPPROTO_TCP) {
 		if (parse_tcphdr(&cur, data_end, pkt, l4_len) < 0)
 			return -1;
@@ -220,13 +278,11 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
 	} else {
 		return -1;
 	}
-	pkt->l4proto = l4proto;
-	pkt->frame_len = data_end - data;
 	pkt->payload_offset = cur.pos - data;
 	__u32 in_frame = pkt->frame_len - pkt->payload_offset;
 	if (pkt->payload_len > in_frame)
 		pkt->payload_len = in_frame;
-	return 0;
+	return PACKET_UNFRAGMENTED;
 }
 
 #endif /* SLUICE_PARSING_HELPERS_H */

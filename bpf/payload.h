@@ -60,7 +60,8 @@ struct payload_scratch {
 	__u32 payload_len;		/* the packet's payload from there, copied or not */
 	__u8 sender_is_hi;		/* the packet's sender is key's hi end */
 	__u8 proto;			/* enum sluice_proto, once known */
-	__u8 pad[2];
+	__u8 from_fragments;		/* the segment is in frag_scratch.bytes (ip_frag.h), not the frame */
+	__u8 pad;
 	__u32 forget_slot;		/* see forget_range() */
 	__u32 forget_slots[2];		/* ...for gather_handshake() */
 	__u32 set_id;			/* the rule set the name leads to, 0: none */

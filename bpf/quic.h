@@ -1,23 +1,16 @@
 /* quic.h - hand the Initial packets of new QUIC flows to the controller.
  *
  * A QUIC client's first datagrams carry its ClientHello in Initial packets,
- * encrypted with keys derived from the connection id (RFC 9001, RFC 9369,
- * and each draft and Google version with its own salt), or in Google QUIC's
- * plaintext CHLO. Decrypting that in the kernel is out of reach, and the
- * versions are many, so the data plane only recognises the header forms:
- * any long header with a version (IETF invariants, RFC 8999) and Google
- * QUIC's public header with a version, in a datagram padded as a client's
- * first flight is. It opens a flow entry and sends the datagram whole to
- * the controller over a ring buffer; the flow passes meanwhile. The
- * controller (controller/quic_flows.py, controller/quic.py) reads the
- * version, reassembles the ClientHello, finds the rule for its SNI and
- * writes the verdict into the flow's entry, which every later packet of
- * the flow obeys. A server's Version Negotiation goes over too, to be
- * counted: the client then starts again in another version on the same
- * flow, whose entry is still inspecting.
+ * encrypted with keys derived from the connection id (RFC 9001, RFC 9369).
+ * Decrypting that in the kernel is out of reach, so the data plane only
+ * recognises a client Initial, opens a flow entry for it, and sends the
+ * datagram whole to the controller over a ring buffer; the flow passes
+ * meanwhile. The controller (controller/quic_flows.py) reassembles the
+ * ClientHello, finds the rule for its SNI and writes the verdict into the
+ * flow's entry, which every later packet of the flow obeys.
  *
- * UDP that is neither, or that arrives while no controller reads the ring,
- * passes without an entry.
+ * UDP that is not a QUIC client Initial, or that arrives while no
+ * controller reads the ring, passes without an entry.
  */
 #ifndef SLUICE_QUIC_H
 #define SLUICE_QUIC_H
@@ -27,53 +20,48 @@
 #include "verdict.h"
 
 #define QUIC_LONG_HEADER 0x80
-#define QUIC_VERSION_NEGOTIATION 0	/* RFC 9000, 17.2.1: the version a server's VN carries */
-#define QUIC_INITIAL_MIN_DATAGRAM 1200	/* a client pads its Initial datagrams to this (Google QUIC too) */
-#define QUIC_VERSION_PEEK 5		/* first byte and version of a long header */
-/* Google QUIC's public header (up to Q043): flags (version present, 8-byte
- * connection id; no long-header bit, no multipath bit), the id, then a
- * version that starts with 'Q'. */
-#define GQUIC_PUBLIC_FLAGS_MASK 0xc9
-#define GQUIC_PUBLIC_FLAGS_CLIENT 0x09
-#define GQUIC_PUBLIC_VERSION_OFFSET 9
-#define GQUIC_VERSION_MARK 'Q'
-#define QUIC_HEADER_PEEK (GQUIC_PUBLIC_VERSION_OFFSET + 4)
+#define QUIC_LONG_TYPE_SHIFT 4
+#define QUIC_LONG_TYPE_MASK 3
+#define QUIC_V1 0x00000001
+#define QUIC_V1_INITIAL 0		/* RFC 9000, 17.2 */
+#define QUIC_V2 0x6b3343cf
+#define QUIC_V2_INITIAL 1		/* RFC 9369, 3.2: packet types are rotated */
+#define QUIC_INITIAL_MIN_DATAGRAM 1200	/* a client pads its Initial datagrams to this */
+#define QUIC_HEADER_PEEK 5		/* first byte and version */
 #define QUIC_DATAGRAM_MASK (SLUICE_QUIC_DATAGRAM_MAX - 1)
 
-/* Could a datagram starting with these QUIC_HEADER_PEEK bytes be a
- * client's first flight, whatever its version? */
+/* Do a UDP payload's first QUIC_HEADER_PEEK bytes start a client Initial
+ * of QUIC v1 or v2? */
 static __always_inline int is_quic_initial_header(const __u8 *head)
 {
-	if (head[0] & QUIC_LONG_HEADER)
-		return (head[1] | head[2] | head[3] | head[4]) != QUIC_VERSION_NEGOTIATION;
-	return (head[0] & GQUIC_PUBLIC_FLAGS_MASK) == GQUIC_PUBLIC_FLAGS_CLIENT &&
-	       head[GQUIC_PUBLIC_VERSION_OFFSET] == GQUIC_VERSION_MARK;
+	if (!(head[0] & QUIC_LONG_HEADER))
+		return 0;
+	__u32 version = ((__u32)head[1] << 24) | ((__u32)head[2] << 16) | ((__u32)head[3] << 8) | head[4];
+	__u8 type = (head[0] >> QUIC_LONG_TYPE_SHIFT) & QUIC_LONG_TYPE_MASK;
+	return (version == QUIC_V1 && type == QUIC_V1_INITIAL) ||
+	       (version == QUIC_V2 && type == QUIC_V2_INITIAL);
 }
 
-/* Could the packet be a client's first flight? */
-static __always_inline int is_quic_client_initial(struct xdp_md *ctx, const struct packet_info *pkt)
+/* Does the packet carry a client Initial? Its payload is in the frame at
+ * pkt->payload_offset, or, gathered out of IP fragments (ip_frag.h), in map
+ * memory at gathered. */
+static __always_inline int is_quic_client_initial(struct xdp_md *ctx, const struct packet_info *pkt,
+						  const __u8 *gathered)
 {
 	__u8 head[QUIC_HEADER_PEEK];
 
 	if (pkt->payload_len < QUIC_INITIAL_MIN_DATAGRAM)
 		return 0;
-	if (bpf_xdp_load_bytes(ctx, pkt->payload_offset, head, sizeof(head)) < 0)
+	if (gathered)
+		__builtin_memcpy(head, gathered, sizeof(head));
+	else if (bpf_xdp_load_bytes(ctx, pkt->payload_offset, head, sizeof(head)) < 0)
 		return 0;
 	return is_quic_initial_header(head);
 }
 
-/* Is the packet a Version Negotiation packet (sent by servers only)? */
-static __always_inline int is_quic_version_negotiation(struct xdp_md *ctx, const struct packet_info *pkt)
-{
-	__u8 head[QUIC_VERSION_PEEK];
-
-	if (pkt->payload_len < sizeof(head) || bpf_xdp_load_bytes(ctx, pkt->payload_offset, head, sizeof(head)) < 0)
-		return 0;
-	return (head[0] & QUIC_LONG_HEADER) && (head[1] | head[2] | head[3] | head[4]) == QUIC_VERSION_NEGOTIATION;
-}
-
 static __always_inline void send_to_controller(struct xdp_md *ctx, const struct packet_info *pkt,
-					       const struct flow_key *key, int client_is_hi)
+					       const struct flow_key *key, int client_is_hi,
+					       const __u8 *gathered)
 {
 	struct quic_datagram *datagram = quic_datagrams.ringbuf_reserve(sizeof(struct quic_datagram));
 	__u32 len = pkt->payload_len;
@@ -90,7 +78,9 @@ static __always_inline void send_to_controller(struct xdp_md *ctx, const struct 
 	hide_from_compiler(len);
 	len = ((len - 1) & QUIC_DATAGRAM_MASK) + 1;
 	datagram->len = len;
-	if (bpf_xdp_load_bytes(ctx, pkt->payload_offset, datagram->bytes, len) < 0) {
+	int loaded = gathered ? copy_within_maps(datagram->bytes, len, gathered) :
+				bpf_xdp_load_bytes(ctx, pkt->payload_offset, datagram->bytes, len);
+	if (loaded < 0) {
 		quic_datagrams.ringbuf_discard(datagram, 0);
 		return;
 	}
@@ -98,9 +88,9 @@ static __always_inline void send_to_controller(struct xdp_md *ctx, const struct 
 	count(SLUICE_CNT_QUIC_DATAGRAMS);
 }
 
-/* The verdict of a UDP packet. */
+/* The verdict of a UDP packet (gathered: see is_quic_client_initial()). */
 static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt,
-				     const struct sluice_config *cfg)
+				     const struct sluice_config *cfg, const __u8 *gathered)
 {
 	struct flow_key key = {};
 
@@ -120,17 +110,15 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 		flow_touch(flow, now, cfg);
 		if (flow->state != SLUICE_FLOW_INSPECTING)
 			return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, cfg);
-		/* Browsers spread a ClientHello over several Initials, and a
-		 * client told its version is not spoken starts again. */
-		int client_sends = sender_is_hi == flow->client_is_hi;
-		if (flow->payload_packets < cfg->window_packets &&
-		    (client_sends ? is_quic_client_initial(ctx, pkt) : is_quic_version_negotiation(ctx, pkt))) {
+		/* Browsers spread a ClientHello over several Initials. */
+		if (sender_is_hi == flow->client_is_hi && flow->payload_packets < cfg->window_packets &&
+		    is_quic_client_initial(ctx, pkt, gathered)) {
 			flow->payload_packets += 1;
-			send_to_controller(ctx, pkt, &key, flow->client_is_hi);
+			send_to_controller(ctx, pkt, &key, sender_is_hi, gathered);
 		}
 		return pass_unjudged(pkt->frame_len);
 	}
-	if (!is_quic_client_initial(ctx, pkt))
+	if (!is_quic_client_initial(ctx, pkt, gathered))
 		return pass_unjudged(pkt->frame_len);
 	flow = flow_start(&key, sender_is_hi, 1, 0, now);
 	if (!flow)
@@ -138,7 +126,7 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 	count(SLUICE_CNT_FLOWS_CREATED);
 	flow->proto = SLUICE_PROTO_QUIC;
 	flow->payload_packets = 1;
-	send_to_controller(ctx, pkt, &key, sender_is_hi);
+	send_to_controller(ctx, pkt, &key, sender_is_hi, gathered);
 	return pass_unjudged(pkt->frame_len);
 }
 

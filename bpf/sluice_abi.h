@@ -101,7 +101,8 @@ enum sluice_stage {
 	SLUICE_STAGE_STREAM = 4,	/* sluice_stage_stream: reassemble a ClientHello, then as TLS */
 	SLUICE_STAGE_HTTP_HOST = 5,	/* sluice_stage_http_host: the host, past the request line */
 	SLUICE_STAGE_REPLY = 6,		/* sluice_stage_reply: answer a blocked flow's client (block_reply.h) */
-	SLUICE_STAGE_MAX = 7,
+	SLUICE_STAGE_FRAGMENT = 7,	/* sluice_stage_fragment: gather IP fragments, judge the datagram */
+	SLUICE_STAGE_MAX = 8,
 };
 
 /* How a block rule blocks (rule_info.block_method). */
@@ -145,6 +146,13 @@ enum sluice_counter {
 	SLUICE_CNT_TLS_ECH,		/* ClientHellos offering Encrypted Client Hello (outer SNI matched) */
 	SLUICE_CNT_QUIC_DATAGRAMS,	/* QUIC Initial datagrams sent to the controller */
 	SLUICE_CNT_QUIC_RING_FULL,	/* ...or not, the ring being full: the flow passes */
+	SLUICE_CNT_FRAGMENTS,		/* IPv4 fragments and IPv6 Fragment-header fragments seen */
+	SLUICE_CNT_FRAG_DATAGRAMS,	/* datagrams whose fragments began to be gathered */
+	SLUICE_CNT_FRAG_REASSEMBLED,	/* ...and were gathered whole, then judged */
+	SLUICE_CNT_FRAG_TIMEOUTS,	/* ...or were found older than SLUICE_FRAG_TIMEOUT_NS, and restarted */
+	SLUICE_CNT_FRAG_OVERSIZE,	/* ...or outgrew SLUICE_FRAG_BYTES or SLUICE_FRAG_PIECES_MAX: passed unread */
+	SLUICE_CNT_FRAG_OVERLAPS,	/* ...or overlapped or contradicted themselves: discarded, as the receiver does */
+	SLUICE_CNT_FRAG_DROPPED,	/* fragments dropped under inspection.fragments: drop */
 	SLUICE_CNT_MAX,
 };
 
@@ -308,10 +316,27 @@ struct sluice_config {
 #define SLUICE_WINDOW_BYTES_MAX 65535
 
 #define SLUICE_CFG_NO_REASSEMBLY 2	/* judge each segment alone, as simpler middleboxes do */
+#define SLUICE_CFG_DROP_FRAGMENTS 4	/* drop the fragments of flows still being inspected */
 #define SLUICE_CFG_SERVER_RESETS 8	/* sluice_tc_reset is on tc ingress: block replies go up to it,
 					 * which resets the server too (block_reply.h) */
 #define SLUICE_CFG_EVENTS 1		/* a controller reads the rings: emit a classification_event
 					 * per flow, and send QUIC Initials to be read */
+
+/* IP datagrams that arrive as fragments are gathered (ip_frag.h) up to this
+ * many bytes of IP payload (a power of two): enough for a post-quantum
+ * ClientHello (about 1.8 KB) or a QUIC Initial (1.2-1.5 KB) in one datagram. */
+#define SLUICE_FRAG_BYTES 4096
+
+/* Fragments of one datagram held apart at most (each fragment but the last
+ * carries a multiple of 8 bytes; a receiver accepts any number of them). */
+#define SLUICE_FRAG_PIECES_MAX 32
+
+/* Datagrams being gathered at once (LRU: the least recently touched goes). */
+#define SLUICE_FRAGS_MAX 1024
+
+/* A datagram not whole this long after its first fragment is given up, as
+ * Linux gives up its own reassembly (net.ipv4.ipfrag_time, 30 s). */
+#define SLUICE_FRAG_TIMEOUT_NS 30000000000
 
 /* A client's QUIC Initial datagram, for the controller to decrypt: the
  * kernel cannot (the keys come from HKDF over the connection id, the

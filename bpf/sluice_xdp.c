@@ -27,6 +27,7 @@
 #include "client_match.h"
 #include "quic.h"
 #include "tcp_stream.h"
+#include "ip_frag.h"
 #include "block_reply.h"
 
 /* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it). */
@@ -67,6 +68,25 @@ static __always_inline int skip_leading_records(struct xdp_md *ctx, struct paylo
 	return skipped;
 }
 
+/* A fragment goes to sluice_stage_fragment, unless the policy reads each
+ * segment alone (inspection.reassemble: false, the 2021 profile, blind to
+ * fragments as that throttler was) and does not drop fragments. */
+static __always_inline int enter_fragment_stage(struct xdp_md *ctx, const struct packet_info *pkt,
+						const struct sluice_config *cfg)
+{
+	__u32 zero = 0;
+
+	count(SLUICE_CNT_FRAGMENTS);
+	if ((cfg->flags & SLUICE_CFG_NO_REASSEMBLY) && !(cfg->flags & SLUICE_CFG_DROP_FRAGMENTS))
+		return pass_unjudged(pkt->frame_len);
+	struct frag_scratch *scratch = frag_buffers.lookup(&zero);
+	if (!scratch)
+		return pass_unjudged(pkt->frame_len);
+	__builtin_memcpy(&scratch->pkt, pkt, sizeof(*pkt));
+	stages.call(ctx, SLUICE_STAGE_FRAGMENT);
+	return pass_unjudged(pkt->frame_len);
+}
+
 int sluice_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -76,15 +96,18 @@ int sluice_xdp(struct xdp_md *ctx)
 	__u32 zero = 0;
 
 	count(SLUICE_CNT_PACKETS);
-	if (parse_packet(data, data_end, &pkt) < 0) {
+	int parsed = parse_packet(data, data_end, &pkt);
+	if (parsed < 0) {
 		count(SLUICE_CNT_SKIPPED);
 		return XDP_PASS;
 	}
 	struct sluice_config *cfg = config.lookup(&zero);
 	if (!cfg)
 		return pass_unjudged(pkt.frame_len);
+	if (parsed == PACKET_FRAGMENT)
+		return enter_fragment_stage(ctx, &pkt, cfg);
 	if (pkt.l4proto == IPPROTO_UDP)
-		return judge_udp(ctx, &pkt, cfg);
+		return judge_udp(ctx, &pkt, cfg, 0);
 
 	int sender_is_hi = make_flow_key(&pkt, &key);
 	int bare_syn = is_bare_syn(&pkt);
@@ -138,6 +161,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	scratch->seq = pkt.seq + (pkt.tcp_flags & TCP_FLAG_SYN ? 1 : 0);
 	scratch->segment_offset = pkt.payload_offset;
 	scratch->segment_len = pkt.payload_len;
+	scratch->from_fragments = 0;
 	if (copy_payload(ctx, scratch, pkt.payload_offset, pkt.payload_len) < 0)
 		return inspect_next_packet(flow, scratch, cfg);
 
@@ -230,7 +254,9 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	struct client_stream *stream = open_stream(&scratch->key);
 	if (!stream)
 		return inspect_next_packet(flow, scratch, cfg);
-	__u32 end = store_segment(ctx, stream, scratch->segment_offset, offset, scratch->segment_len);
+	__u32 end = scratch->from_fragments ?
+		store_gathered(stream, scratch->segment_offset, offset, scratch->segment_len) :
+		store_segment(ctx, stream, scratch->segment_offset, offset, scratch->segment_len);
 	note_segment(stream, offset, end);
 	if (stream->origin == STREAM_ORIGIN_UNKNOWN) {
 		/* No ClientHello has started yet: the segment may still be
@@ -369,4 +395,91 @@ int sluice_stage_select(struct xdp_md *ctx)
 int sluice_stage_reply(struct xdp_md *ctx)
 {
 	return reply_stage(ctx);
+}
+
+/* A TCP segment gathered out of IP fragments (ip_frag.h), read as the entry
+ * program reads one that came whole: its bytes go to the stages from the
+ * gathered datagram instead of the frame (payload_scratch.from_fragments).
+ * It is the fragment that completed the datagram that is judged. */
+static __always_inline int judge_gathered_segment(struct frag_scratch *gathered, struct packet_info *pkt,
+						  const struct sluice_config *cfg, struct xdp_md *ctx)
+{
+	struct flow_key key = {};
+	__u32 zero = 0;
+	int sender_is_hi = make_flow_key(pkt, &key);
+	int bare_syn = is_bare_syn(pkt);
+	__u64 now = coarse_now_ns(cfg);
+	struct flow_state *flow = flows.lookup(&key);
+	int new_key = !flow;
+
+	if (flow && flow_is_idle(flow, now, cfg)) {
+		count(SLUICE_CNT_FLOWS_EXPIRED);
+		flow = 0;
+	}
+	if (flow && bare_syn)
+		flow = 0;
+	if (!flow) {
+		if (pkt->payload_len == 0 && !bare_syn)
+			return pass_unjudged(pkt->frame_len);
+		flow = flow_start(&key, sender_is_hi, bare_syn, pkt->seq, now);
+		if (!flow)
+			return pass_unjudged(pkt->frame_len);
+		if (new_key)
+			count(SLUICE_CNT_FLOWS_CREATED);
+	} else {
+		flow_touch(flow, now, cfg);
+	}
+	if (flow->state != SLUICE_FLOW_INSPECTING)
+		return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, cfg);
+	if (pkt->payload_len == 0 || (flow->client_known && sender_is_hi != flow->client_is_hi))
+		return pass_unjudged(pkt->frame_len);
+	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+	if (!scratch)
+		return pass_unjudged(pkt->frame_len);
+
+	flow->payload_packets += 1;
+	__u32 inspected = flow->payload_bytes + pkt->payload_len;
+	flow->payload_bytes = inspected > SLUICE_WINDOW_BYTES_MAX ? SLUICE_WINDOW_BYTES_MAX : inspected;
+	__builtin_memcpy(&scratch->key, &key, sizeof(key));
+	scratch->frame_len = pkt->frame_len;
+	scratch->sender_is_hi = sender_is_hi;
+	scratch->proto = SLUICE_PROTO_UNKNOWN;
+	scratch->raw_name_len = 0;
+	scratch->seq = pkt->seq + (pkt->tcp_flags & TCP_FLAG_SYN ? 1 : 0);
+	scratch->from_fragments = 1;
+	scratch->segment_offset = pkt->payload_offset;	/* in gathered->bytes */
+	scratch->segment_len = pkt->payload_len;
+	scratch->payload_offset = pkt->payload_offset;
+	scratch->payload_len = pkt->payload_len;
+	/* The start of the payload, for the stages that read one segment alone;
+	 * len is 1..PAYLOAD_COPY_BYTES, the offset below 64: the masks show the verifier. */
+	__u32 len = pkt->payload_len > PAYLOAD_COPY_BYTES ? PAYLOAD_COPY_BYTES : pkt->payload_len;
+	hide_from_compiler(len);
+	len = ((len - 1) & PAYLOAD_COPY_MASK) + 1;
+	scratch->len = len;
+	if (copy_within_maps(scratch->bytes, len, &gathered->bytes[pkt->payload_offset & 63]) < 0)
+		return inspect_next_packet(flow, scratch, cfg);
+	int mid_stream = flow->opened_by_client && scratch->seq != flow->stream_base;
+	stages.call(ctx, flow->streaming || mid_stream ? SLUICE_STAGE_STREAM : SLUICE_STAGE_TLS);
+	return pass_unjudged(pkt->frame_len);
+}
+
+int sluice_stage_fragment(struct xdp_md *ctx)
+{
+	struct packet_info pkt = {};
+	__u32 zero = 0;
+	struct frag_scratch *gathered = frag_buffers.lookup(&zero);
+	struct sluice_config *cfg = config.lookup(&zero);
+
+	if (!gathered || !cfg)
+		return XDP_PASS;
+	if (cfg->flags & SLUICE_CFG_DROP_FRAGMENTS)
+		return frag_drop_young(ctx, &gathered->pkt, cfg);
+	__u32 frame_len = gathered->pkt.frame_len;
+	if (frag_gather(ctx, gathered, coarse_now_ns(cfg)) != FRAG_COMPLETE ||
+	    frag_parse_transport(gathered, &pkt) < 0)
+		return pass_unjudged(frame_len);
+	if (pkt.l4proto == IPPROTO_UDP)
+		return judge_udp(ctx, &pkt, cfg, &gathered->bytes[sizeof(struct udphdr)]);
+	return judge_gathered_segment(gathered, &pkt, cfg, ctx);
 }

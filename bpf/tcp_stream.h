@@ -26,6 +26,7 @@
 #include "maps.h"
 #include "payload.h"
 #include "tls_sni.h"
+#include "ip_frag.h"
 
 #define STREAM_COPY_CHUNKS 8		/* PAYLOAD_COPY_BYTES each: a GRO'd segment may hold 16 KB */
 #define TLS_RECORDS_MAX 64		/* records walked to gather one ClientHello */
@@ -70,6 +71,40 @@ static __always_inline __u32 store_segment(struct xdp_md *ctx, struct client_str
 		hide_from_compiler(at);		/* or clang drops the mask it deems needless */
 		at &= STREAM_MASK;
 		if (bpf_xdp_load_bytes(ctx, payload_offset + done, &stream->bytes[at], chunk) < 0)
+			break;
+		done += chunk;
+	}
+	return offset + done;
+}
+
+/* As store_segment(), from a segment gathered out of IP fragments: the
+ * bytes at payload_offset in frag_scratch.bytes (ip_frag.h), not the frame. */
+static __always_inline __u32 store_gathered(struct client_stream *stream, __u32 payload_offset,
+					    __u32 offset, __u32 len)
+{
+	__u32 zero = 0;
+	struct frag_scratch *gathered = frag_buffers.lookup(&zero);
+	__u32 done = 0;
+
+	if (!gathered)
+		return offset;
+	if (offset + len > SLUICE_STREAM_BYTES)
+		len = SLUICE_STREAM_BYTES - offset;
+	for (int i = 0; i < STREAM_COPY_CHUNKS; i++) {
+		__u32 chunk = len - done;
+		if (chunk == 0 || chunk > len || payload_offset + done >= SLUICE_FRAG_BYTES)
+			break;
+		if (chunk > PAYLOAD_COPY_BYTES)
+			chunk = PAYLOAD_COPY_BYTES;
+		hide_from_compiler(chunk);	/* as in store_segment() */
+		chunk = ((chunk - 1) & PAYLOAD_COPY_MASK) + 1;
+		__u32 at = offset + done;
+		hide_from_compiler(at);
+		at &= STREAM_MASK;
+		__u32 from = payload_offset + done;
+		hide_from_compiler(from);
+		from &= FRAG_MASK;
+		if (copy_within_maps(&stream->bytes[at], chunk, &gathered->bytes[from]) < 0)
 			break;
 		done += chunk;
 	}

@@ -35,7 +35,8 @@ STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_SELECT: b"sluice_stage_select",
                    ABI.SLUICE_STAGE_STREAM: b"sluice_stage_stream",
                    ABI.SLUICE_STAGE_HTTP_HOST: b"sluice_stage_http_host",
-                   ABI.SLUICE_STAGE_REPLY: b"sluice_stage_reply"}
+                   ABI.SLUICE_STAGE_REPLY: b"sluice_stage_reply",
+                   ABI.SLUICE_STAGE_FRAGMENT: b"sluice_stage_fragment"}
 
 
 # struct direction_stats, as summed by rule_stats().
@@ -206,7 +207,8 @@ class Datapath:
             value.flow_idle_ns, value.window_packets = policy.flow_idle_ns, policy.window_packets
             value.window_bytes = policy.window_bytes
         value.flags = ((ABI.SLUICE_CFG_EVENTS if events else 0) |
-                       (ABI.SLUICE_CFG_NO_REASSEMBLY if policy is not None and not policy.reassemble else 0))
+                       (ABI.SLUICE_CFG_NO_REASSEMBLY if policy is not None and not policy.reassemble else 0) |
+                       (ABI.SLUICE_CFG_DROP_FRAGMENTS if policy is not None and policy.fragments == "drop" else 0))
         if policy is not None:
             value.rollout_key[0], value.rollout_key[1] = struct.unpack("<QQ", policy.rollout_key)
         config[ctypes.c_uint32(0)] = value
@@ -246,6 +248,10 @@ class Datapath:
 
     def flow_count(self) -> int:
         return sum(1 for _ in self.table("flows").keys())
+
+    def fragment_count(self) -> int:
+        """Datagrams whose IP fragments are being gathered (bpf/ip_frag.h)."""
+        return sum(1 for _ in self.table("frags").keys())
 
     # --- attach -----------------------------------------------------------
     def attach(self, ifname: str, netns: str | None = None, mode: str = "auto",

@@ -14,7 +14,6 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from .abi import ABI
-from .quic import FAMILIES
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 9477
@@ -68,13 +67,6 @@ class SluiceCollector:
         datagrams.add_metric(["sent"], counters["quic_datagrams"])
         datagrams.add_metric(["ring_full"], counters["quic_ring_full"])
         yield datagrams
-        families = CounterMetricFamily("sluice_quic_versions",
-                                       "QUIC datagrams the controller read, by version family (ietf-draft, v1, v2, "
-                                       "mvfst, gquic), or grease and unknown versions (counted, not read), or a "
-                                       "server's Version Negotiation (negotiation).", labels=["family"])
-        for family in FAMILIES:
-            families.add_metric([family], self.quic.families[family] if self.quic else 0)
-        yield families
         outcomes = CounterMetricFamily("sluice_parser_outcomes", "Payload packets by parser and outcome.",
                                        labels=["parser", "outcome"])
         for counter, labels in PARSER_OUTCOMES.items():
@@ -82,6 +74,7 @@ class SluiceCollector:
         for outcome in ("sni_found", "no_sni", "ech", "malformed", "gave_up"):
             outcomes.add_metric(["quic", outcome], self.quic.outcomes[outcome] if self.quic else 0)
         yield outcomes
+        yield from self._fragment_families(counters)
         yield CounterMetricFamily("sluice_flows_gave_up",
                                   "Flows whose inspection window ran out without a name.",
                                   value=counters["gave_up"])
@@ -115,6 +108,27 @@ class SluiceCollector:
                                     "1 while the controller's last check found its links attached to its "
                                     "program, its pins present and every stage loaded; 0 otherwise.",
                                     value=int(healthy))
+
+    def _fragment_families(self, counters):
+        fragments = CounterMetricFamily("sluice_ip_fragments", "IP fragments (IPv4, IPv6 Fragment header) seen, "
+                                        "and dropped under inspection.fragments: drop.", labels=["result"])
+        fragments.add_metric(["seen"], counters["fragments"])
+        fragments.add_metric(["dropped"], counters["frag_dropped"])
+        yield fragments
+        # Nothing but these outcomes and the LRU removes a datagram, so every
+        # one started and neither ended nor present was evicted to make room.
+        ended = counters["frag_reassembled"] + counters["frag_timeouts"] + counters["frag_overlaps"]
+        datagrams = CounterMetricFamily(
+            "sluice_fragmented_datagrams",
+            "Datagrams gathered out of IP fragments: started, then reassembled (and judged), timed_out, "
+            "overlapping (discarded, as the receiver discards them), oversize (past the data plane's bounds: "
+            "passed unread), or evicted from the full table.", labels=["outcome"])
+        for outcome, counter in (("started", "frag_datagrams"), ("reassembled", "frag_reassembled"),
+                                 ("timed_out", "frag_timeouts"), ("overlapping", "frag_overlaps"),
+                                 ("oversize", "frag_oversize")):
+            datagrams.add_metric([outcome], counters[counter])
+        datagrams.add_metric(["evicted"], max(0, counters["frag_datagrams"] - ended - self.datapath.fragment_count()))
+        yield datagrams
 
     def _rule_families(self):
         labels = ["rule", "action", "mode"]

@@ -52,7 +52,8 @@ DIRECTIONS = ("up", "down")
 MODES = ("enforce", "monitor")
 
 TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rollout_key", "classes", "rules")
-INSPECTION_KEYS = ("window_packets", "window_bytes", "reassemble")
+FRAGMENT_HANDLING = ("reassemble", "drop")
+INSPECTION_KEYS = ("window_packets", "window_bytes", "reassemble", "fragments")
 CLASS_KEYS = ("description", "prefixes", "prefixes_file")
 RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
              "class", "percent", "ports", "opened_by_client", "active", "escalate", "quic",
@@ -174,6 +175,7 @@ class Policy:
     classes: ClientClasses = field(default_factory=ClientClasses.empty)
     rollout_key: bytes = rollout_key(DEFAULT_ROLLOUT_KEY)
     reassemble: bool = True                      # False: read each segment alone, as simpler middleboxes
+    fragments: str = "reassemble"                # or "drop": IP fragments of flows still inspected
 
     def at(self, when: datetime) -> "Policy":
         """The policy as it stands at `when` (what the data plane is given)."""
@@ -413,6 +415,7 @@ class _Loader:
         window_packets = DEFAULT_WINDOW_PACKETS
         window_bytes = DEFAULT_WINDOW_BYTES
         reassemble = True
+        fragments = "reassemble"
         if "inspection" in top:
             inspection = self.mapping(top["inspection"][1], "inspection", INSPECTION_KEYS)
             if "window_packets" in inspection:
@@ -423,6 +426,11 @@ class _Loader:
                                              1, ABI.SLUICE_WINDOW_BYTES_MAX, "bytes")
             if "reassemble" in inspection:
                 reassemble = self.boolean(inspection["reassemble"][1], "reassemble")
+            if "fragments" in inspection:
+                fragments = self.scalar(inspection["fragments"][1], "fragments")
+                if fragments not in FRAGMENT_HANDLING:
+                    self.problem(inspection["fragments"][1], "fragments must be reassemble (gather IP fragments "
+                                 "and judge the datagram) or drop (drop the fragments of flows still inspected)")
         reclassify = self.boolean(top["reclassify"][1], "reclassify") if "reclassify" in top else False
         key_text = DEFAULT_ROLLOUT_KEY
         if "rollout_key" in top:
@@ -446,7 +454,7 @@ class _Loader:
         if self.problems:
             return None
         policy = Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify, window_bytes,
-                        classes, rollout_key(key_text), reassemble)
+                        classes, rollout_key(key_text), reassemble, fragments=fragments)
         try:
             policy.rule_sets()
         except precedence.RuleSetOverflow as overflow:

@@ -104,10 +104,36 @@ def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=Fa
     return bytes(ether(vlans) / network / TCP(flags=flags, seq=seq, ack=ack, **ports) / Raw(payload))
 
 
-def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443) -> bytes:
-    return bytes(ether() / IP(src=CLIENT_V4, dst=SERVER_V4) / UDP(sport=sport, dport=dport) / Raw(payload))
+def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443, v6=False) -> bytes:
+    network = IPv6(src=CLIENT_V6, dst=SERVER_V6) if v6 else IP(src=CLIENT_V4, dst=SERVER_V4)
+    return bytes(ether() / network / UDP(sport=sport, dport=dport) / Raw(payload))
+
+
+def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242) -> list[bytes]:
+    """The IP datagram of `frame` as IPv4 fragments or IPv6 Fragment-header
+    fragments, as circumvention tools send it. `cuts` is a fragment size (a
+    multiple of 8), or the (start, end) ranges of the IP payload that each
+    fragment carries, in sending order: they may overlap or repeat. The
+    fragment ending at the payload's end is marked the last."""
+    packet = Ether(frame)
+    v6 = IPv6 in packet
+    network = packet[IPv6] if v6 else packet[IP]
+    payload = bytes(network.payload)
+    if isinstance(cuts, int):
+        cuts = [(start, min(start + cuts, len(payload))) for start in range(0, len(payload), cuts)]
+    frames = []
+    for start, end in cuts:
+        more = end < len(payload)
+        if v6:
+            header = IPv6(src=network.src, dst=network.dst) / IPv6ExtHdrFragment(
+                nh=network.nh, offset=start // 8, m=int(more), id=ident)
+        else:
+            header = IP(src=network.src, dst=network.dst, proto=network.proto, id=ident,
+                        flags="MF" if more else 0, frag=start // 8)
+        frames.append(bytes(ether() / header / Raw(payload[start:end])))
+    return frames
 
 
 __all__ = ["IPv6ExtHdrDestOpt", "IPv6ExtHdrFragment", "IPv6ExtHdrHopByHop", "IPv6ExtHdrRouting",
            "client_hello", "sni_extension", "extension", "split_into_records", "http_request",
-           "tcp_frame", "udp_frame", "ether", "EXT_ALPN"]
+           "tcp_frame", "udp_frame", "ip_fragments", "ether", "EXT_ALPN"]

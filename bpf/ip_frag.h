@@ -1,0 +1,304 @@
+/* ip_frag.h - gather the IP fragments of a datagram, as the receiver will,
+ * so that a hello sent in fragments is read like one sent whole.
+ *
+ * Circumvention tools (zapret's ipfrag, GoodbyeDPI, Geneva) send a flow's
+ * first packet as IPv4 fragments or IPv6 Fragment-header fragments, in order
+ * or not, so that no single packet holds the name. The server's stack puts
+ * them back together; so does this, for datagrams of up to
+ * SLUICE_FRAG_BYTES of IP payload, in an LRU table keyed by the addresses,
+ * the IP identification and the protocol. Each fragment passes while the
+ * datagram is gathered; the fragment that completes it is judged with the
+ * datagram's transport payload (sluice_stage_fragment): it takes its flow's
+ * verdict, as does every later packet of the flow.
+ *
+ * The receiver modelled is Linux's (net/ipv4/inet_fragment.c), which treats
+ * both families alike: a fragment that repeats exactly the range of one
+ * already held is ignored; one that overlaps another otherwise, or
+ * contradicts the datagram's length, discards the whole datagram (RFC 5722
+ * requires this of IPv6; Linux does it for IPv4 too), and fragments that
+ * come after start a new one. Fragments other than the last carry a
+ * multiple of 8 bytes: IPv4's excess is trimmed, an IPv6 one is refused.
+ * Atomic IPv6 fragments never get here: parsing_helpers.h unwraps them.
+ *
+ * Bounds: SLUICE_FRAGS_MAX datagrams at once, SLUICE_FRAG_PIECES_MAX
+ * fragments and SLUICE_FRAG_BYTES bytes each, SLUICE_FRAG_TIMEOUT_NS from the
+ * first fragment on. A datagram past a bound passes unread, and is counted.
+ */
+#ifndef SLUICE_IP_FRAG_H
+#define SLUICE_IP_FRAG_H
+
+#include "maps.h"
+#include "payload.h"
+#include "parsing_helpers.h"
+#include "flow.h"
+#include "verdict.h"
+#include "quic.h"
+
+#define FRAG_MASK (SLUICE_FRAG_BYTES - 1)
+#define FRAG_COPY_BYTES 2048		/* copied from the frame at a time */
+#define FRAG_COPY_MASK (FRAG_COPY_BYTES - 1)
+#define FRAG_COPY_CHUNKS (SLUICE_FRAG_BYTES / FRAG_COPY_BYTES)
+#define FRAG_PIECES_MASK (SLUICE_FRAG_PIECES_MAX - 1)
+
+struct frag_key {
+	__u8 saddr[16];			/* IPv4 as ::ffff:a.b.c.d */
+	__u8 daddr[16];
+	__u32 id;			/* IPv4's 16-bit identification, or IPv6's 32-bit one */
+	__u8 l4proto;
+	__u8 pad[3];
+};
+
+struct frag_datagram {
+	__u64 first_ns;			/* when its first fragment came */
+	__u32 total_len;		/* the IP payload's length, once the last fragment came; 0 before */
+	__u32 received;			/* bytes held: the pieces never overlap */
+	__u32 pieces;			/* start[] and end[] in use */
+	__u32 oversize;			/* 1: past a bound, its fragments pass unread */
+	__u16 start[SLUICE_FRAG_PIECES_MAX];
+	__u16 end[SLUICE_FRAG_PIECES_MAX];
+	/* By offset in the IP payload; the slack absorbs a chunk written near
+	 * the end. */
+	__u8 bytes[SLUICE_FRAG_BYTES + FRAG_COPY_BYTES];
+};
+
+/* What the entry program hands to sluice_stage_fragment, and the whole
+ * datagram once gathered, for the stages after it. */
+struct frag_scratch {
+	struct packet_info pkt;		/* the fragment in hand */
+	__u32 len;			/* bytes[] in use: the datagram's IP payload */
+	__u32 pad;
+	__u8 bytes[SLUICE_FRAG_BYTES];
+};
+
+/* Datagrams being gathered. */
+BPF_TABLE("lru_hash", struct frag_key, struct frag_datagram, frags, SLUICE_FRAGS_MAX);
+
+/* Never written: the zeroed value new datagrams are copied from. */
+BPF_ARRAY(empty_frags, struct frag_datagram, 1);
+
+BPF_PERCPU_ARRAY(frag_buffers, struct frag_scratch, 1);
+
+enum frag_outcome {
+	FRAG_GATHERING = 0,		/* held; the datagram is not whole yet */
+	FRAG_COMPLETE,			/* the datagram is whole, in frag_scratch.bytes */
+	FRAG_IGNORED,			/* nothing to do with this fragment: it passes */
+};
+
+static __always_inline void frag_make_key(const struct packet_info *pkt, struct frag_key *key)
+{
+	__builtin_memcpy(key->saddr, pkt->saddr, 16);
+	__builtin_memcpy(key->daddr, pkt->daddr, 16);
+	key->id = pkt->frag_id;
+	key->l4proto = pkt->l4proto;
+}
+
+/* The datagram's entry, started afresh if new or timed out; 0 if the table refused. */
+static __always_inline struct frag_datagram *frag_open(const struct frag_key *key, __u64 now)
+{
+	struct frag_datagram *datagram = frags.lookup(key);
+	__u32 zero = 0;
+
+	if (datagram && now - datagram->first_ns <= SLUICE_FRAG_TIMEOUT_NS)
+		return datagram;
+	if (datagram)
+		count(SLUICE_CNT_FRAG_TIMEOUTS);
+	/* A value this large cannot be built on the stack: copy a zeroed one. */
+	struct frag_datagram *empty = empty_frags.lookup(&zero);
+	if (!empty || frags.update(key, empty) < 0)
+		return 0;
+	datagram = frags.lookup(key);
+	if (datagram) {
+		datagram->first_ns = now;
+		count(SLUICE_CNT_FRAG_DATAGRAMS);
+	}
+	return datagram;
+}
+
+/* The receiver gives the datagram up (an overlap, a contradiction): so does this. */
+static __always_inline int frag_discard(const struct frag_key *key)
+{
+	count(SLUICE_CNT_FRAG_OVERLAPS);
+	frags.delete(key);
+	return FRAG_IGNORED;
+}
+
+/* Past a bound: the datagram's fragments pass unread until it times out. */
+static __always_inline int frag_give_up(struct frag_datagram *datagram)
+{
+	count(SLUICE_CNT_FRAG_OVERSIZE);
+	datagram->oversize = 1;
+	return FRAG_IGNORED;
+}
+
+/* Copy the fragment's data from the frame to its offset in the datagram. */
+static __always_inline int frag_store(struct xdp_md *ctx, struct frag_datagram *datagram,
+				      __u32 frame_offset, __u32 offset, __u32 len)
+{
+	__u32 done = 0;
+
+	for (int i = 0; i < FRAG_COPY_CHUNKS; i++) {
+		__u32 chunk = len - done;
+		if (chunk == 0 || chunk > len)
+			break;
+		if (chunk > FRAG_COPY_BYTES)
+			chunk = FRAG_COPY_BYTES;
+		/* Both masks show the verifier what the checks above already
+		 * hold; hidden, or clang drops them as needless. */
+		hide_from_compiler(chunk);
+		chunk = ((chunk - 1) & FRAG_COPY_MASK) + 1;
+		__u32 at = offset + done;
+		hide_from_compiler(at);
+		at &= FRAG_MASK;
+		if (bpf_xdp_load_bytes(ctx, frame_offset + done, &datagram->bytes[at], chunk) < 0)
+			return -1;
+		done += chunk;
+	}
+	return 0;
+}
+
+/* Hold the fragment in hand (scratch->pkt). FRAG_COMPLETE leaves the whole
+ * IP payload in scratch->bytes[0, scratch->len) and forgets the datagram. */
+static __always_inline int frag_gather(struct xdp_md *ctx, struct frag_scratch *scratch, __u64 now)
+{
+	const struct packet_info *pkt = &scratch->pkt;
+	struct frag_key key = {};
+
+	frag_make_key(pkt, &key);
+	struct frag_datagram *datagram = frag_open(&key, now);
+	if (!datagram || datagram->oversize)
+		return FRAG_IGNORED;
+	__u32 start = pkt->frag_offset;
+	__u32 len = pkt->payload_len;
+	if (pkt->frag_more && (len % FRAG_UNIT)) {
+		/* RFC 8200 4.5: an IPv6 receiver refuses such a fragment; Linux
+		 * trims an IPv4 one to the last whole unit. */
+		if (pkt->is_v6)
+			return FRAG_IGNORED;
+		len -= len % FRAG_UNIT;
+	}
+	__u32 end = start + len;
+	if (len == 0)
+		return FRAG_IGNORED;
+	/* The last fragment fixes the length: nothing may lie past it, and no
+	 * other last fragment may say otherwise. */
+	if (!pkt->frag_more) {
+		if ((datagram->total_len && datagram->total_len != end))
+			return frag_discard(&key);
+	} else if (datagram->total_len && end > datagram->total_len) {
+		return frag_discard(&key);
+	}
+	if (end > SLUICE_FRAG_BYTES)
+		return frag_give_up(datagram);
+	__u32 pieces = datagram->pieces;
+	for (int i = 0; i < SLUICE_FRAG_PIECES_MAX; i++) {
+		if (i >= pieces)
+			break;
+		__u32 piece_start = datagram->start[i];
+		__u32 piece_end = datagram->end[i];
+		if (piece_start == start && piece_end == end)
+			return FRAG_IGNORED;	/* a duplicate: Linux drops just it */
+		if (start < piece_end && piece_start < end)
+			return frag_discard(&key);
+		if (!pkt->frag_more && piece_end > end)
+			return frag_discard(&key);
+	}
+	if (pieces >= SLUICE_FRAG_PIECES_MAX)
+		return frag_give_up(datagram);
+	if (frag_store(ctx, datagram, pkt->payload_offset, start, len) < 0)
+		return FRAG_IGNORED;
+	datagram->start[pieces & FRAG_PIECES_MASK] = start;
+	datagram->end[pieces & FRAG_PIECES_MASK] = end;
+	datagram->pieces = pieces + 1;
+	datagram->received += len;
+	if (!pkt->frag_more)
+		datagram->total_len = end;
+	__u32 total = datagram->total_len;
+	if (!total || datagram->received != total)
+		return FRAG_GATHERING;
+	/* Whole: the pieces never overlap, so the bytes held are the
+	 * datagram's. total is 1..SLUICE_FRAG_BYTES; the mask shows the verifier. */
+	hide_from_compiler(total);
+	total = ((total - 1) & FRAG_MASK) + 1;
+	int copied = copy_within_maps(scratch->bytes, total, datagram->bytes);
+	frags.delete(&key);
+	if (copied < 0)
+		return FRAG_IGNORED;
+	scratch->len = total;
+	count(SLUICE_CNT_FRAG_REASSEMBLED);
+	return FRAG_COMPLETE;
+}
+
+/* Read the whole datagram's transport header into pkt, as parse_packet()
+ * reads an unfragmented one; its payload is then scratch->bytes from
+ * pkt->payload_offset. Returns 0, or -1 if the header does not fit. */
+static __always_inline int frag_parse_transport(struct frag_scratch *scratch, struct packet_info *pkt)
+{
+	__u32 len = scratch->len;
+
+	__builtin_memcpy(pkt, &scratch->pkt, sizeof(*pkt));
+	if (pkt->l4proto == IPPROTO_TCP) {
+		struct tcphdr *tcph = (struct tcphdr *)scratch->bytes;
+		__u32 hdr_len = tcph->doff * 4;
+		if (len < sizeof(*tcph) || hdr_len < sizeof(*tcph) || hdr_len > len)
+			return -1;
+		pkt->sport = tcph->source;
+		pkt->dport = tcph->dest;
+		pkt->tcp_flags = scratch->bytes[13];
+		pkt->seq = bpf_ntohl(tcph->seq);
+		pkt->payload_offset = hdr_len;
+		pkt->payload_len = len - hdr_len;
+		return 0;
+	}
+	struct udphdr *udph = (struct udphdr *)scratch->bytes;
+	if (len < sizeof(*udph))
+		return -1;
+	pkt->sport = udph->source;
+	pkt->dport = udph->dest;
+	pkt->tcp_flags = 0;
+	pkt->seq = 0;
+	pkt->payload_offset = sizeof(*udph);
+	pkt->payload_len = len - sizeof(*udph);
+	return 0;
+}
+
+/* inspection.fragments: drop. The verdict of a fragment in hand: only a
+ * datagram's first fragment names its flow, and dropping it is enough, as
+ * the receiver cannot rebuild the datagram without it; the others pass. A
+ * first fragment of a flow still being inspected, or of one sluice has not
+ * seen (TCP) or that opens a QUIC flow, is dropped, as is one too short to
+ * tell: no honest sender cuts a header. */
+static __always_inline int frag_drop_young(struct xdp_md *ctx, struct packet_info *pkt,
+					   const struct sluice_config *cfg)
+{
+	__u8 head[sizeof(struct udphdr) + QUIC_HEADER_PEEK];
+	struct flow_key key = {};
+
+	if (pkt->frag_offset)
+		return pass_unjudged(pkt->frame_len);
+	if (pkt->payload_len < sizeof(head) ||
+	    bpf_xdp_load_bytes(ctx, pkt->payload_offset, head, sizeof(head)) < 0)
+		goto drop;
+	/* TCP and UDP headers both start with the ports. */
+	__builtin_memcpy(&pkt->sport, head, sizeof(pkt->sport));
+	__builtin_memcpy(&pkt->dport, head + 2, sizeof(pkt->dport));
+	int sender_is_hi = make_flow_key(pkt, &key);
+	struct flow_state *flow = flows.lookup(&key);
+	if (flow && flow_is_idle(flow, coarse_now_ns(cfg), cfg))
+		flow = 0;
+	if (flow && flow->state != SLUICE_FLOW_INSPECTING)
+		return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, cfg);
+	if (pkt->l4proto == IPPROTO_UDP && !flow) {
+		/* Other UDP has no flows to inspect: only a QUIC client Initial opens one. */
+		__u32 udp_len = ((__u32)head[4] << 8) | head[5];
+		if (!(cfg->flags & SLUICE_CFG_EVENTS) ||
+		    udp_len < sizeof(struct udphdr) + QUIC_INITIAL_MIN_DATAGRAM ||
+		    !is_quic_initial_header(head + sizeof(struct udphdr)))
+			return pass_unjudged(pkt->frame_len);
+	}
+drop:
+	count(SLUICE_CNT_FRAG_DROPPED);
+	account(0, SLUICE_DIR_UP, pkt->frame_len, OUTCOME_DROPPED);
+	return XDP_DROP;
+}
+
+#endif /* SLUICE_IP_FRAG_H */

@@ -1,0 +1,282 @@
+"""IP fragments of a flow's first packets, in the real program (bpf/ip_frag.h).
+
+Circumvention tools (zapret's ipfrag, GoodbyeDPI, Geneva) send the hello as
+IPv4 fragments or IPv6 Fragment-header fragments, in order or not, so that no
+packet holds the name. The data plane gathers them as the server's stack
+does; the fragments pass while gathered, the fragment that completes the
+datagram takes the flow's verdict, and so does every packet after it.
+"""
+
+import random
+
+import pytest
+
+from conftest import needs_root
+from controller.abi import ABI
+from controller.quic_flows import QuicFlows
+from controller.testrun import run_xdp
+from packets import (IPv6ExtHdrFragment, client_hello, extension, http_request, ip_fragments, tcp_frame,
+                     udp_frame)
+from quic_packets import crypto_frame, handshake_client_hello, initial_packet
+from test_bpf_reassembly import browser_hello
+
+pytestmark = [pytest.mark.bpf, needs_root]
+
+POLICY = """\
+version: 1
+{inspection}rules:
+  - {{name: blocked, action: block, domains: [blocked.example]}}
+"""
+ISN = 5000
+FRAGMENT = 256                                   # bytes of IP payload per fragment
+EXT_PADDING = 21
+
+
+def small_hello(name: bytes) -> bytes:
+    """A ClientHello of about 0.5 KB, as curl's."""
+    return client_hello(name, extensions_after=(extension(EXT_PADDING, bytes(380)),))
+
+
+HELLOS = {"tls-0.5k": small_hello, "tls-1.8k": browser_hello,
+          "http": lambda name: http_request(name.decode(), after=("User-Agent: " + "x" * 300,))}
+ORDERS = {"in-order": lambda frames: frames, "reversed": lambda frames: frames[::-1],
+          "shuffled": lambda frames: random.Random(len(frames)).sample(frames, len(frames))}
+ports = iter(range(41000, 45000))
+idents = iter(range(1, 60000))
+
+
+@pytest.fixture(scope="module")
+def dp(make_datapath):
+    return make_datapath(POLICY.format(inspection=""))
+
+
+class Flow:
+    """One client connection whose segments may be sent as fragments."""
+
+    def __init__(self, dp, *, v6: bool, dport: int = 443):
+        self.dp, self.v6, self.port, self.dport = dp, v6, next(ports), dport
+        assert self.send_whole(b"", seq=ISN, flags="S") == "pass"
+
+    def frame(self, payload: bytes, seq: int, flags: str = "PA") -> bytes:
+        return tcp_frame(payload, sport=self.port, dport=self.dport, seq=seq, flags=flags, v6=self.v6)
+
+    def send_whole(self, payload: bytes, seq: int = ISN + 1, flags: str = "PA") -> str:
+        return run_xdp(self.dp.function.fd, self.frame(payload, seq, flags)).verdict
+
+    def send_fragments(self, frames: list[bytes]) -> list[str]:
+        return [run_xdp(self.dp.function.fd, frame).verdict for frame in frames]
+
+    def fragments(self, payload: bytes, cuts=FRAGMENT, seq: int = ISN + 1) -> list[bytes]:
+        return ip_fragments(self.frame(payload, seq), cuts, ident=next(idents))
+
+
+def moved(dp, before: dict) -> dict:
+    after = dp.counters()
+    return {name: after[name] - before[name] for name in after if after[name] != before[name]}
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("hello", HELLOS)
+def test_a_fragmented_hello_is_named_and_its_flow_blocked(dp, hello, order, v6):
+    flow = Flow(dp, v6=v6)
+    payload = HELLOS[hello](b"blocked.example")
+    frames = ORDERS[order](flow.fragments(payload))
+    assert len(frames) >= 2
+    before = dp.counters()
+    verdicts = flow.send_fragments(frames)
+    # Gathered, they pass; the fragment that completes the datagram takes the verdict.
+    assert verdicts == ["pass"] * (len(frames) - 1) + ["drop"]
+    counts = moved(dp, before)
+    assert counts["fragments"] == len(frames)
+    assert counts["frag_reassembled"] == 1
+    assert counts["flows_http" if hello == "http" else "flows_tls"] == 1
+    assert flow.send_whole(b"next", seq=ISN + 1 + len(payload)) == "drop"
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("hello", HELLOS)
+def test_a_fragmented_hello_of_a_name_no_rule_names_passes(dp, hello, v6):
+    flow = Flow(dp, v6=v6)
+    payload = HELLOS[hello](b"allowed.example")
+    before = dp.counters()
+    assert set(flow.send_fragments(flow.fragments(payload)[::-1])) == {"pass"}
+    assert moved(dp, before)["flows_http" if hello == "http" else "flows_tls"] == 1
+    assert flow.send_whole(b"next", seq=ISN + 1 + len(payload)) == "pass"
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_first_fragment_that_cuts_the_tcp_header_is_gathered_too(dp, v6):
+    """RFC 1858's tiny fragment: 8 bytes of TCP header, the rest after it."""
+    flow = Flow(dp, v6=v6)
+    payload = small_hello(b"blocked.example")
+    total = len(payload) + 20
+    verdicts = flow.send_fragments(flow.fragments(payload, [(8, 400), (400, total), (0, 8)]))
+    assert verdicts == ["pass", "pass", "drop"]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_the_second_segment_of_a_hello_sent_in_fragments_completes_it(dp, v6):
+    """A browser's two-segment hello whose second segment comes fragmented: the stream takes it."""
+    flow = Flow(dp, v6=v6)
+    payload = browser_hello(b"blocked.example")
+    assert flow.send_whole(payload[:1000]) == "pass"
+    before = dp.counters()
+    verdicts = flow.send_fragments(flow.fragments(payload[1000:], seq=ISN + 1 + 1000)[::-1])
+    assert verdicts[-1] == "drop"
+    assert moved(dp, before)["tls_reassembled"] == 1
+
+
+def test_an_atomic_ipv6_fragment_is_read_as_the_whole_packet(dp):
+    flow = Flow(dp, v6=True)
+    frame = tcp_frame(small_hello(b"blocked.example"), sport=flow.port, seq=ISN + 1, v6=True,
+                      ext_headers=(IPv6ExtHdrFragment(offset=0, m=0, id=next(idents)),))
+    before = dp.counters()
+    assert run_xdp(dp.function.fd, frame).verdict == "drop"
+    counts = moved(dp, before)
+    assert counts["flows_tls"] == 1 and "fragments" not in counts
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_an_exact_repeat_of_a_fragment_is_ignored_and_the_first_copy_kept(dp, v6):
+    """As Linux keeps the first copy: a decoy repeating a fragment's range
+    with another name cannot replace it."""
+    flow = Flow(dp, v6=v6)
+    real, decoy = small_hello(b"blocked.example"), small_hello(b"allowed.example")
+    assert len(real) == len(decoy)
+    ident = next(idents)            # one datagram: the decoy repeats the range of the real first fragment
+    first, decoy_first, rest = (ip_fragments(flow.frame(payload, ISN + 1), [cut], ident=ident)[0]
+                                for payload, cut in ((real, (0, 256)), (decoy, (0, 256)),
+                                                     (real, (256, len(real) + 20))))
+    assert flow.send_fragments([first, decoy_first, rest]) == ["pass", "pass", "drop"]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_overlapping_fragments_discard_the_datagram_as_the_receiver_does(dp, v6):
+    """RFC 5722 for IPv6, and Linux for IPv4 too: the whole datagram goes."""
+    flow = Flow(dp, v6=v6)
+    payload = small_hello(b"blocked.example")
+    total = len(payload) + 20
+    before = dp.counters()
+    verdicts = flow.send_fragments(flow.fragments(payload, [(0, 256), (128, 384), (384, total)]))
+    assert verdicts == ["pass", "pass", "pass"]
+    counts = moved(dp, before)
+    assert counts["frag_overlaps"] == 1
+    assert "frag_reassembled" not in counts and "flows_tls" not in counts
+    # The client sends the segment again, whole: the flow is named from it.
+    assert flow.send_whole(payload) == "drop"
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_datagram_past_the_buffer_passes_unread_and_is_counted(dp, v6):
+    flow = Flow(dp, v6=v6)
+    payload = bytes(ABI.SLUICE_FRAG_BYTES + 500)
+    before = dp.counters()
+    assert set(flow.send_fragments(flow.fragments(payload, 1024))) == {"pass"}
+    counts = moved(dp, before)
+    assert counts["frag_oversize"] == 1 and "frag_reassembled" not in counts
+
+
+def test_more_fragments_than_a_datagram_holds_apart_pass_unread_and_are_counted(dp):
+    flow = Flow(dp, v6=False)
+    payload = small_hello(b"blocked.example")
+    frames = flow.fragments(payload, 8)
+    assert len(frames) > ABI.SLUICE_FRAG_PIECES_MAX
+    before = dp.counters()
+    assert set(flow.send_fragments(frames)) == {"pass"}
+    counts = moved(dp, before)
+    assert counts["frag_oversize"] == 1 and "frag_reassembled" not in counts
+
+
+def test_more_datagrams_than_the_table_holds_evict_the_oldest(dp):
+    """First fragments of more datagrams than SLUICE_FRAGS_MAX, none ever whole."""
+    flow = Flow(dp, v6=False)
+    segment = flow.frame(small_hello(b"blocked.example"), ISN + 1)
+    count = ABI.SLUICE_FRAGS_MAX + 100
+    before = dp.counters()
+    for _ in range(count):
+        first = ip_fragments(segment, [(0, 256)], ident=next(idents))[0]
+        assert run_xdp(dp.function.fd, first).verdict == "pass"
+    assert moved(dp, before)["frag_datagrams"] == count
+    assert dp.fragment_count() <= ABI.SLUICE_FRAGS_MAX
+
+
+def test_a_datagram_not_whole_in_time_is_started_afresh(dp):
+    dp.set_config(clock_ns=10**12)
+    try:
+        flow = Flow(dp, v6=False)
+        payload = small_hello(b"blocked.example")
+        first, rest = flow.fragments(payload, [(0, 256), (256, len(payload) + 20)])
+        assert run_xdp(dp.function.fd, first).verdict == "pass"
+        dp.set_config(clock_ns=10**12 + ABI.SLUICE_FRAG_TIMEOUT_NS + 1)
+        before = dp.counters()
+        assert run_xdp(dp.function.fd, rest).verdict == "pass"
+    finally:
+        dp.set_config(clock_ns=0)
+    counts = moved(dp, before)
+    assert counts["frag_timeouts"] == 1 and "frag_reassembled" not in counts
+
+
+def test_without_reassembly_fragments_pass_unread_as_the_2021_throttler_let_them(make_datapath):
+    dp = make_datapath(POLICY.format(inspection="inspection: {reassemble: false}\n"))
+    flow = Flow(dp, v6=False)
+    frames = flow.fragments(small_hello(b"blocked.example"))
+    before = dp.counters()
+    assert set(flow.send_fragments(frames)) == {"pass"}
+    counts = moved(dp, before)
+    assert counts["fragments"] == len(frames) and "frag_datagrams" not in counts and "flows_tls" not in counts
+
+
+@pytest.fixture(scope="module")
+def dropping(make_datapath):
+    return make_datapath(POLICY.format(inspection="inspection: {fragments: drop}\n"), events=True)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_fragments_drop_drops_the_first_fragment_of_a_flow_being_inspected(dropping, v6):
+    flow = Flow(dropping, v6=v6)
+    payload = small_hello(b"allowed.example")
+    frames = flow.fragments(payload)
+    before = dropping.counters()
+    # Later fragments pass: without the first the receiver rebuilds nothing.
+    assert flow.send_fragments(frames[::-1]) == ["pass"] * (len(frames) - 1) + ["drop"]
+    counts = moved(dropping, before)
+    assert counts["frag_dropped"] == 1 and "flows_tls" not in counts
+    # Sent whole, the hello names the flow; its fragments then take its verdict.
+    assert flow.send_whole(payload) == "pass"
+    assert flow.send_fragments(flow.fragments(b"x" * 600, seq=ISN + 1 + len(payload))) == ["pass"] * 3
+
+
+def test_fragments_drop_leaves_other_udp_alone(dropping):
+    frames = ip_fragments(udp_frame(bytes(3000), sport=next(ports), dport=53), 1024, ident=next(idents))
+    assert [run_xdp(dropping.function.fd, frame).verdict for frame in frames] == ["pass"] * 3
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_fragments_drop_drops_a_quic_initial_sent_in_fragments(dropping, v6):
+    datagram = initial_packet(crypto_frame(0, handshake_client_hello(b"allowed.example")), size=1200)
+    frames = ip_fragments(udp_frame(datagram, sport=next(ports), v6=v6), 512, ident=next(idents))
+    assert [run_xdp(dropping.function.fd, frame).verdict for frame in frames] == ["drop", "pass", "pass"]
+
+
+@pytest.fixture(scope="module")
+def quic(make_datapath):
+    """A data plane whose QUIC Initials are read by the controller's QuicFlows."""
+    dp = make_datapath(POLICY.format(inspection=""), events=True)
+    return dp, QuicFlows(dp)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("order", ORDERS)
+def test_a_quic_initial_sent_in_fragments_is_named_and_its_flow_blocked(quic, order, v6):
+    dp, flows = quic
+    port = next(ports)
+    datagram = initial_packet(crypto_frame(0, handshake_client_hello(b"blocked.example")), size=1200)
+    frames = ORDERS[order](ip_fragments(udp_frame(datagram, sport=port, v6=v6), 400, ident=next(idents)))
+    before, named = dp.counters(), flows.outcomes["sni_found"]
+    # The controller decides a QUIC flow: every fragment passes meanwhile.
+    assert [run_xdp(dp.function.fd, frame).verdict for frame in frames] == ["pass"] * len(frames)
+    assert moved(dp, before)["quic_datagrams"] == 1
+    dp.bpf.ring_buffer_poll(0)
+    assert flows.outcomes["sni_found"] == named + 1
+    assert run_xdp(dp.function.fd, udp_frame(b"\x40" + bytes(40), sport=port, v6=v6)).verdict == "drop"
