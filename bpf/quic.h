@@ -1,16 +1,23 @@
 /* quic.h - hand the Initial packets of new QUIC flows to the controller.
  *
  * A QUIC client's first datagrams carry its ClientHello in Initial packets,
- * encrypted with keys derived from the connection id (RFC 9001, RFC 9369).
- * Decrypting that in the kernel is out of reach, so the data plane only
- * recognises a client Initial, opens a flow entry for it, and sends the
- * datagram whole to the controller over a ring buffer; the flow passes
- * meanwhile. The controller (controller/quic_flows.py) reassembles the
- * ClientHello, finds the rule for its SNI and writes the verdict into the
- * flow's entry, which every later packet of the flow obeys.
+ * encrypted with keys derived from the connection id (RFC 9001, RFC 9369,
+ * and each draft and Google version with its own salt), or in Google QUIC's
+ * plaintext CHLO. Decrypting that in the kernel is out of reach, and the
+ * versions are many, so the data plane only recognises the header forms:
+ * any long header with a version (IETF invariants, RFC 8999) and Google
+ * QUIC's public header with a version, in a datagram padded as a client's
+ * first flight is. It opens a flow entry and sends the datagram whole to
+ * the controller over a ring buffer; the flow passes meanwhile. The
+ * controller (controller/quic_flows.py, controller/quic.py) reads the
+ * version, reassembles the ClientHello, finds the rule for its SNI and
+ * writes the verdict into the flow's entry, which every later packet of
+ * the flow obeys. A server's Version Negotiation goes over too, to be
+ * counted: the client then starts again in another version on the same
+ * flow, whose entry is still inspecting.
  *
- * UDP that is not a QUIC client Initial, or that arrives while no
- * controller reads the ring, passes without an entry.
+ * UDP that is neither, or that arrives while no controller reads the ring,
+ * passes without an entry.
  */
 #ifndef SLUICE_QUIC_H
 #define SLUICE_QUIC_H
@@ -20,31 +27,39 @@
 #include "verdict.h"
 
 #define QUIC_LONG_HEADER 0x80
-#define QUIC_LONG_TYPE_SHIFT 4
-#define QUIC_LONG_TYPE_MASK 3
-#define QUIC_V1 0x00000001
-#define QUIC_V1_INITIAL 0		/* RFC 9000, 17.2 */
-#define QUIC_V2 0x6b3343cf
-#define QUIC_V2_INITIAL 1		/* RFC 9369, 3.2: packet types are rotated */
-#define QUIC_INITIAL_MIN_DATAGRAM 1200	/* a client pads its Initial datagrams to this */
-#define QUIC_HEADER_PEEK 5		/* first byte and version */
+#define QUIC_VERSION_NEGOTIATION 0	/* RFC 9000, 17.2.1: the version a server's VN carries */
+#define QUIC_INITIAL_MIN_DATAGRAM 1200	/* a client pads its Initial datagrams to this (Google QUIC too) */
+#define QUIC_VERSION_PEEK 5		/* first byte and version of a long header */
+/* Google QUIC's public header (up to Q043): flags (version present, 8-byte
+ * connection id; no long-header bit, no multipath bit), the id, then a
+ * version that starts with 'Q'. */
+#define GQUIC_PUBLIC_FLAGS_MASK 0xc9
+#define GQUIC_PUBLIC_FLAGS_CLIENT 0x09
+#define GQUIC_PUBLIC_VERSION_OFFSET 9
+#define GQUIC_VERSION_MARK 'Q'
+#define QUIC_HEADER_PEEK (GQUIC_PUBLIC_VERSION_OFFSET + 4)
 #define QUIC_DATAGRAM_MASK (SLUICE_QUIC_DATAGRAM_MAX - 1)
 
-/* Do a UDP payload's first QUIC_HEADER_PEEK bytes start a client Initial
- * of QUIC v1 or v2? */
+/* Could a datagram starting with these QUIC_HEADER_PEEK bytes be a
+ * client's first flight, whatever its version? */
 static __always_inline int is_quic_initial_header(const __u8 *head)
 {
-	if (!(head[0] & QUIC_LONG_HEADER))
-		return 0;
-	__u32 version = ((__u32)head[1] << 24) | ((__u32)head[2] << 16) | ((__u32)head[3] << 8) | head[4];
-	__u8 type = (head[0] >> QUIC_LONG_TYPE_SHIFT) & QUIC_LONG_TYPE_MASK;
-	return (version == QUIC_V1 && type == QUIC_V1_INITIAL) ||
-	       (version == QUIC_V2 && type == QUIC_V2_INITIAL);
+	if (head[0] & QUIC_LONG_HEADER)
+		return (head[1] | head[2] | head[3] | head[4]) != QUIC_VERSION_NEGOTIATION;
+	return (head[0] & GQUIC_PUBLIC_FLAGS_MASK) == GQUIC_PUBLIC_FLAGS_CLIENT &&
+	       head[GQUIC_PUBLIC_VERSION_OFFSET] == GQUIC_VERSION_MARK;
 }
 
-/* Does the packet carry a client Initial? Its payload is in the frame at
- * pkt->payload_offset, or, gathered out of IP fragments (ip_frag.h), in map
- * memory at gathered. */
+/* The first bytes of the payload: from the packet, or from the datagram its
+ * fragments were gathered into (map memory, starting at the payload). */
+static __always_inline int load_quic_head(struct xdp_md *ctx, const struct packet_info *pkt, const __u8 *gathered,
+					  __u8 *head, __u32 size)
+{
+	return gathered ? copy_within_maps(head, size, gathered) :
+			  bpf_xdp_load_bytes(ctx, pkt->payload_offset, head, size);
+}
+
+/* Could the packet be a client's first flight? (gathered: see load_quic_head()) */
 static __always_inline int is_quic_client_initial(struct xdp_md *ctx, const struct packet_info *pkt,
 						  const __u8 *gathered)
 {
@@ -52,11 +67,20 @@ static __always_inline int is_quic_client_initial(struct xdp_md *ctx, const stru
 
 	if (pkt->payload_len < QUIC_INITIAL_MIN_DATAGRAM)
 		return 0;
-	if (gathered)
-		__builtin_memcpy(head, gathered, sizeof(head));
-	else if (bpf_xdp_load_bytes(ctx, pkt->payload_offset, head, sizeof(head)) < 0)
+	if (load_quic_head(ctx, pkt, gathered, head, sizeof(head)) < 0)
 		return 0;
 	return is_quic_initial_header(head);
+}
+
+/* Is the packet a Version Negotiation packet (sent by servers only)? */
+static __always_inline int is_quic_version_negotiation(struct xdp_md *ctx, const struct packet_info *pkt,
+						       const __u8 *gathered)
+{
+	__u8 head[QUIC_VERSION_PEEK];
+
+	if (pkt->payload_len < sizeof(head) || load_quic_head(ctx, pkt, gathered, head, sizeof(head)) < 0)
+		return 0;
+	return (head[0] & QUIC_LONG_HEADER) && (head[1] | head[2] | head[3] | head[4]) == QUIC_VERSION_NEGOTIATION;
 }
 
 static __always_inline void send_to_controller(struct xdp_md *ctx, const struct packet_info *pkt,
@@ -110,11 +134,14 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 		flow_touch(flow, now, cfg);
 		if (flow->state != SLUICE_FLOW_INSPECTING)
 			return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, cfg);
-		/* Browsers spread a ClientHello over several Initials. */
-		if (sender_is_hi == flow->client_is_hi && flow->payload_packets < cfg->window_packets &&
-		    is_quic_client_initial(ctx, pkt, gathered)) {
+		/* Browsers spread a ClientHello over several Initials, and a
+		 * client told its version is not spoken starts again. */
+		int client_sends = sender_is_hi == flow->client_is_hi;
+		if (flow->payload_packets < cfg->window_packets &&
+		    (client_sends ? is_quic_client_initial(ctx, pkt, gathered) :
+				    is_quic_version_negotiation(ctx, pkt, gathered))) {
 			flow->payload_packets += 1;
-			send_to_controller(ctx, pkt, &key, sender_is_hi, gathered);
+			send_to_controller(ctx, pkt, &key, flow->client_is_hi, gathered);
 		}
 		return pass_unjudged(pkt->frame_len);
 	}

@@ -14,6 +14,7 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from .abi import ABI
+from .quic import FAMILIES
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 9477
@@ -67,6 +68,13 @@ class SluiceCollector:
         datagrams.add_metric(["sent"], counters["quic_datagrams"])
         datagrams.add_metric(["ring_full"], counters["quic_ring_full"])
         yield datagrams
+        families = CounterMetricFamily("sluice_quic_versions",
+                                       "QUIC datagrams the controller read, by version family (ietf-draft, v1, v2, "
+                                       "mvfst, gquic), or grease and unknown versions (counted, not read), or a "
+                                       "server's Version Negotiation (negotiation).", labels=["family"])
+        for family in FAMILIES:
+            families.add_metric([family], self.quic.families[family] if self.quic else 0)
+        yield families
         outcomes = CounterMetricFamily("sluice_parser_outcomes", "Payload packets by parser and outcome.",
                                        labels=["parser", "outcome"])
         for counter, labels in PARSER_OUTCOMES.items():
