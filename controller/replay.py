@@ -33,6 +33,7 @@ from .testrun import run_xdp
 # Link types (tcpdump.org/linktypes.html) whose frames replay can turn into
 # the Ethernet frames the XDP program expects.
 LINKTYPE_ETHERNET = 1
+LINKTYPE_PPP = 9
 LINKTYPE_RAW = 101
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
@@ -40,8 +41,10 @@ LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
+PPP_ADDRESS_CONTROL = b"\xff\x03"   # HDLC framing, left out by some links (RFC 1662 section 3.2)
+PPP_TO_ETHERTYPE = {0x0021: ETH_P_IP, 0x0057: ETH_P_IPV6}    # RFC 1332, RFC 5072
 FAKE_MACS = bytes(12)
-LINKTYPE_NAMES = {LINKTYPE_ETHERNET: "Ethernet", LINKTYPE_RAW: "raw IP", LINKTYPE_LINUX_SLL: "Linux cooked",
+LINKTYPE_NAMES = {LINKTYPE_ETHERNET: "Ethernet", LINKTYPE_PPP: "PPP", LINKTYPE_RAW: "raw IP", LINKTYPE_LINUX_SLL: "Linux cooked",
                   LINKTYPE_IPV4: "raw IPv4", LINKTYPE_IPV6: "raw IPv6", LINKTYPE_LINUX_SLL2: "Linux cooked v2"}
 
 CONSUME_EVERY = 256     # frames between ring buffer reads; the ring holds ~800 events
@@ -88,6 +91,10 @@ def to_ethernet(frame: bytes, linktype: int) -> bytes | None:
         return FAKE_MACS + frame[14:16] + frame[16:]
     if linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
         return FAKE_MACS + frame[0:2] + frame[20:]
+    if linktype == LINKTYPE_PPP:
+        frame = frame.removeprefix(PPP_ADDRESS_CONTROL)
+        ethertype = PPP_TO_ETHERTYPE.get(int.from_bytes(frame[:2], "big"))
+        return FAKE_MACS + ethertype.to_bytes(2, "big") + frame[2:] if ethertype else None
     return None
 
 
@@ -152,27 +159,34 @@ def replay(capture_path: str, policy=None) -> tuple[list[dict], int]:
     datapath.table("events").open_ring_buffer(
         lambda _ctx, data, _size: report.add_event(ctypes.cast(data, event_type).contents))
     QuicFlows(datapath, on_settled=report.add_quic_flow)
-    frames = 0
     try:
-        with open_capture(capture_path) as reader:
-            for data, metadata in reader:
-                linktype = getattr(metadata, "linktype", None) or reader.linktype
-                check_linktype(capture_path, linktype)
-                frame = to_ethernet(bytes(data), linktype)
-                if frame is None or len(frame) < 14:
-                    continue
-                run_xdp(datapath.function.fd, frame)
-                frames += 1
-                if frames % CONSUME_EVERY == 0:
-                    datapath.bpf.ring_buffer_consume()
-        datapath.bpf.ring_buffer_consume()
-        _report_unsettled(datapath, report)
+        frames = run_capture(datapath, capture_path)
+        report_unsettled(datapath, report)
     finally:
         datapath.close()
     return report.records, frames
 
 
-def _report_unsettled(datapath, report) -> None:
+def run_capture(datapath, capture_path: str) -> int:
+    """Every frame of the capture through the program, the rings read as it
+    goes and at the end; returns the number of frames run."""
+    frames = 0
+    with open_capture(capture_path) as reader:
+        for data, metadata in reader:
+            linktype = getattr(metadata, "linktype", None) or reader.linktype
+            check_linktype(capture_path, linktype)
+            frame = to_ethernet(bytes(data), linktype)
+            if frame is None or len(frame) < 14:
+                continue
+            run_xdp(datapath.function.fd, frame)
+            frames += 1
+            if frames % CONSUME_EVERY == 0:
+                datapath.bpf.ring_buffer_consume()
+    datapath.bpf.ring_buffer_consume()
+    return frames
+
+
+def report_unsettled(datapath, report) -> None:
     """Flows the capture ended on before they were settled get a line too."""
     for key, flow in datapath.table("flows").items():
         if flow.state == ABI.SLUICE_FLOW_INSPECTING and flow.payload_packets:

@@ -675,3 +675,21 @@ def test_grease_and_version_negotiation_are_counted_and_the_flow_waits_for_the_n
     assert send(datapath, server_frame(b"\x40" + bytes(40), port)) == "drop"
     moved = {name: flows.families[name] - before.get(name, 0) for name in flows.families}
     assert {name: count for name, count in moved.items() if count} == {"grease": 1, "negotiation": 1, "v2": 1}
+
+
+@needs_root
+def test_replay_reads_a_ppp_capture_of_a_draft29_client(tmp_path):
+    """nDPI's corpus holds QUIC over PPP (link type 9), with and without HDLC framing."""
+    from scapy.utils import RawPcapWriter
+    from controller.replay import LINKTYPE_PPP, replay
+    initial = client_initial(DRAFT_29, crypto_frame(0, handshake_client_hello(b"ppp.example")))
+    packets = [bytes(IP(src=CLIENT_V4, dst=SERVER_V4) / UDP(sport=port, dport=443) / Raw(initial))
+               for port in (43001, 43002)]
+    capture = tmp_path / "ppp.pcap"
+    with RawPcapWriter(str(capture), linktype=LINKTYPE_PPP) as writer:
+        writer.write(b"\xff\x03\x00\x21" + packets[0])
+        writer.write(b"\x00\x21" + packets[1])
+    records, frames = replay(str(capture))
+    assert frames == 2
+    assert sorted((r["client_port"], r["proto"], r["name"]) for r in records) == \
+        [(43001, "quic", "ppp.example"), (43002, "quic", "ppp.example")]
