@@ -27,6 +27,7 @@
 #include "verdict.h"
 
 #define QUIC_LONG_HEADER 0x80
+#define QUIC_FIXED_BIT 0x40		/* set in every client Initial (RFC 9000, 17.2); clear in RTP's first byte */
 #define QUIC_VERSION_NEGOTIATION 0	/* RFC 9000, 17.2.1: the version a server's VN carries */
 #define QUIC_INITIAL_MIN_DATAGRAM 1200	/* a client pads its Initial datagrams to this (Google QUIC too) */
 #define QUIC_VERSION_PEEK 5		/* first byte and version of a long header */
@@ -45,7 +46,7 @@
 static __always_inline int is_quic_initial_header(const __u8 *head)
 {
 	if (head[0] & QUIC_LONG_HEADER)
-		return (head[1] | head[2] | head[3] | head[4]) != QUIC_VERSION_NEGOTIATION;
+		return (head[0] & QUIC_FIXED_BIT) && (head[1] | head[2] | head[3] | head[4]) != QUIC_VERSION_NEGOTIATION;
 	return (head[0] & GQUIC_PUBLIC_FLAGS_MASK) == GQUIC_PUBLIC_FLAGS_CLIENT &&
 	       head[GQUIC_PUBLIC_VERSION_OFFSET] == GQUIC_VERSION_MARK;
 }

@@ -59,6 +59,7 @@ MAX_CID_LEN = 20               # RFC 9000 section 17.2
 KEY_CACHE_SIZE = 256           # flows in flight at once whose keys are kept derived
 
 LONG_HEADER = 0x80             # IETF long headers and Google's Q046 long header
+FIXED_BIT = 0x40               # set in a client's Initials (RFC 9000 section 17.2), but not in a VN's
 LONG_TYPE_SHIFT = 4
 LONG_TYPE_MASK = 0b11
 VERSION_OFFSET, VERSION_LEN = 1, 4
@@ -557,7 +558,9 @@ def datagram_version(datagram: bytes) -> int | None:
     if len(datagram) < VERSION_OFFSET + VERSION_LEN:
         return None
     if datagram[0] & LONG_HEADER:
-        return int.from_bytes(datagram[VERSION_OFFSET:VERSION_OFFSET + VERSION_LEN], "big")
+        version = int.from_bytes(datagram[VERSION_OFFSET:VERSION_OFFSET + VERSION_LEN], "big")
+        # Without the fixed bit it is RTP, say, whose first byte is 0x80 (as bpf/quic.h checks).
+        return version if datagram[0] & FIXED_BIT or version == VERSION_NEGOTIATION else None
     version_field = datagram[PUBLIC_VERSION_OFFSET:PUBLIC_VERSION_OFFSET + VERSION_LEN]
     # Only Google QUIC had a public header, and its versions start with Q (as bpf/quic.h checks).
     if (datagram[0] & PUBLIC_FLAGS_CLIENT_MASK == PUBLIC_FLAGS_CLIENT and len(version_field) == VERSION_LEN

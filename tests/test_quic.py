@@ -693,3 +693,14 @@ def test_replay_reads_a_ppp_capture_of_a_draft29_client(tmp_path):
     assert frames == 2
     assert sorted((r["client_port"], r["proto"], r["name"]) for r in records) == \
         [(43001, "quic", "ppp.example"), (43002, "quic", "ppp.example")]
+
+
+@needs_root
+def test_rtp_is_not_taken_for_a_long_header(quic_datapath):
+    """RTP's first byte is 0x80 too, but never has QUIC's fixed bit: its flows stay out of user space."""
+    datapath, _flows, _settled = quic_datapath
+    rtp = bytes([0x80, 0x60]) + (0x1234).to_bytes(2, "big") + bytes(range(256)) * 5
+    assert family(rtp) is None
+    before = datapath.counters()["quic_datagrams"]
+    assert send(datapath, client_frame(rtp, 44000)) == "pass"
+    assert datapath.counters()["quic_datagrams"] == before
