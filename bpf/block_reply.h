@@ -25,6 +25,8 @@
 #ifndef SLUICE_BLOCK_REPLY_H
 #define SLUICE_BLOCK_REPLY_H
 
+#include <uapi/linux/pkt_cls.h>
+
 #include "sluice_abi.h"
 #include "parsing_helpers.h"
 #include "maps.h"
@@ -47,6 +49,8 @@ struct reply_meta {
 	__u32 magic;			/* REPLY_META_MAGIC */
 	__u32 client_seq;		/* host order */
 	__u32 client_ack;
+	__u32 page_rule;		/* non-zero: the reply is to be this rule's page, which
+					 * XDP had no room to grow the frame for */
 };
 
 /* The client's packet, as far as a reply needs it. */
@@ -136,11 +140,11 @@ static __always_inline __u32 reply_page_sum(const struct block_page *page)
 }
 
 /* Write the TCP header at tcph, whose pseudo-header sums to sum. */
-static __always_inline void reply_write_tcp(struct tcphdr *tcph, const struct reply_request *req, int to_server,
+static __always_inline void reply_write_tcp(struct tcphdr *tcph, const struct reply_request *req,
 					    __u32 seq, __u32 ack, __u8 flags, __u16 window, __u32 sum)
 {
-	tcph->source = to_server ? req->client_port : req->server_port;
-	tcph->dest = to_server ? req->server_port : req->client_port;
+	tcph->source = req->server_port;
+	tcph->dest = req->client_port;
 	tcph->seq = bpf_htonl(seq);
 	tcph->ack_seq = bpf_htonl(ack);
 	*(__be16 *)((__u8 *)tcph + 12) = bpf_htons((sizeof(*tcph) / 4) << 12 | flags);
@@ -150,26 +154,26 @@ static __always_inline void reply_write_tcp(struct tcphdr *tcph, const struct re
 	tcph->check = reply_fold(sum + reply_sum_words(tcph, sizeof(*tcph) / 2));
 }
 
-/* Write the headers of a reply to the client (or, with to_server, of the
- * RST the server gets) into the frame, whose L2 header is the client's
- * packet's, carrying payload_len bytes that sum to payload_sum. Returns -1
- * if the frame is too short for them. */
+/* Write the headers of the reply to the packet req was read from, back to
+ * its sender, into the frame, whose L2 header is that packet's: carrying
+ * payload_len bytes that sum to payload_sum. Returns -1 if the frame is too
+ * short for them. */
 static __always_inline int reply_write_headers(void *data, void *data_end, const struct reply_request *req,
-					       int to_server, __u32 seq, __u32 ack, __u8 flags,
-					       __u16 window, __u32 payload_len, __u32 payload_sum)
+					       __u32 seq, __u32 ack, __u8 flags, __u16 window,
+					       __u32 payload_len, __u32 payload_sum)
 {
 	struct ethhdr *eth = data;
 	void *l3 = data + (req->l3_offset & 0x3f);	/* Ethernet and at most two VLAN tags */
-	const __u8 *src = to_server ? req->client_addr : req->server_addr;
-	const __u8 *dst = to_server ? req->server_addr : req->client_addr;
+	const __u8 *src = req->server_addr;
+	const __u8 *dst = req->client_addr;
 	__u32 tcp_len = sizeof(struct tcphdr) + payload_len;
 	/* The pseudo-header's protocol and length words, and the payload. */
 	__u32 sum = bpf_htons(IPPROTO_TCP) + bpf_htons(tcp_len) + payload_sum;
 
 	if ((void *)(eth + 1) > data_end)
 		return -1;
-	__builtin_memcpy(eth->h_source, to_server ? req->client_mac : req->edge_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, to_server ? req->edge_mac : req->client_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, req->edge_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, req->client_mac, ETH_ALEN);
 	if (req->is_v6) {
 		struct ipv6hdr *ip6h = l3;
 		struct tcphdr *tcph = (void *)(ip6h + 1);
@@ -182,7 +186,7 @@ static __always_inline int reply_write_headers(void *data, void *data_end, const
 		__builtin_memcpy(&ip6h->saddr, src, 16);
 		__builtin_memcpy(&ip6h->daddr, dst, 16);
 		sum += reply_sum_words(src, 8) + reply_sum_words(dst, 8);
-		reply_write_tcp(tcph, req, to_server, seq, ack, flags, window, sum);
+		reply_write_tcp(tcph, req, seq, ack, flags, window, sum);
 		return 0;
 	}
 	struct iphdr *iph = l3;
@@ -201,7 +205,7 @@ static __always_inline int reply_write_headers(void *data, void *data_end, const
 	__builtin_memcpy(&iph->daddr, dst + 12, 4);
 	iph->check = reply_fold(reply_sum_words(iph, sizeof(*iph) / 2));
 	sum += reply_sum_words(src + 12, 2) + reply_sum_words(dst + 12, 2);
-	reply_write_tcp(tcph, req, to_server, seq, ack, flags, window, sum);
+	reply_write_tcp(tcph, req, seq, ack, flags, window, sum);
 	return 0;
 }
 
@@ -234,21 +238,20 @@ static __always_inline void reply_count(__u32 rule_id, int page)
 }
 
 /* Send the reply built in the frame: XDP_TX, or up to sluice_tc_reset
- * with what it needs to reset the server too. */
-static __always_inline int reply_send(struct xdp_md *ctx, const struct reply_request *req,
-				      const struct sluice_config *cfg)
+ * with what it needs to reset the server too (and to make the reply
+ * page_rule's page). Returns -1 if it cannot be handed up. */
+static __always_inline int reply_hand_up(struct xdp_md *ctx, const struct reply_request *req, __u32 page_rule)
 {
-	if (!(cfg->flags & SLUICE_CFG_SERVER_RESETS))
-		return XDP_TX;
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct reply_meta)) < 0)
-		return XDP_TX;		/* a driver without metadata: the client is reset all the same */
+		return -1;	/* a driver without metadata */
 	struct reply_meta *meta = (void *)(long)ctx->data_meta;
 	if ((void *)(meta + 1) > (void *)(long)ctx->data)
-		return XDP_TX;
+		return -1;
 	meta->magic = REPLY_META_MAGIC;
 	meta->client_seq = req->seq;
 	meta->client_ack = req->ack;
-	return XDP_PASS;
+	meta->page_rule = page_rule;
+	return 0;
 }
 
 /* Answer the client's packet of a flow blocked under rule_id with a page
@@ -286,10 +289,14 @@ static __always_inline int reply_to_client(struct xdp_md *ctx, const struct flow
 		flags = REPLY_TCP_FIN | REPLY_TCP_PSH | REPLY_TCP_ACK;
 		window = REPLY_PAGE_WINDOW;
 	}
+	/* A driver may leave no room to grow the frame by a page (veth does,
+	 * for packets from its peer's stack): sluice_tc_reset then makes the
+	 * page from the RST, or without it, the client is reset instead. */
+	__u32 page_rule = 0;
 	if (reply_resize(ctx, reply_frame_len(&req, page_len)) < 0) {
 		if (!page_len)
 			return XDP_DROP;
-		/* No room to grow the frame: reset instead. */
+		page_rule = rule_id;
 		page_len = payload_sum = 0;
 		flags = REPLY_TCP_RST | REPLY_TCP_ACK;
 		window = 0;
@@ -298,11 +305,16 @@ static __always_inline int reply_to_client(struct xdp_md *ctx, const struct flow
 	}
 	if (page_len && bpf_xdp_store_bytes(ctx, reply_frame_len(&req, 0), page->bytes, page_len) < 0)
 		return XDP_DROP;
-	if (reply_write_headers((void *)(long)ctx->data, (void *)(long)ctx->data_end, &req, 0, seq, ack,
+	if (reply_write_headers((void *)(long)ctx->data, (void *)(long)ctx->data_end, &req, seq, ack,
 				flags, window, page_len, payload_sum) < 0)
 		return XDP_DROP;
+	if ((cfg->flags & SLUICE_CFG_SERVER_RESETS) && reply_hand_up(ctx, &req, page_rule) == 0) {
+		if (!page_rule)
+			reply_count(rule_id, page_len != 0);
+		return XDP_PASS;
+	}
 	reply_count(rule_id, page_len != 0);
-	return reply_send(ctx, &req, cfg);
+	return XDP_TX;
 }
 
 /* The reply stage: the packet in hand is the client's, of a flow blocked
@@ -328,6 +340,69 @@ static __always_inline int reply_stage(struct xdp_md *ctx)
 	if (!rule || rule->block_method == SLUICE_BLOCK_DROP)
 		return XDP_DROP;
 	return reply_to_client(ctx, flow, rule, rule_id, cfg);
+}
+
+/* Turn the RST to the client that reply was read from into page_rule's
+ * page (XDP had no room for it); on failure, it stays the RST. */
+static __always_inline void reply_make_page(struct __sk_buff *skb, const struct reply_request *reply,
+					    __u32 page_rule)
+{
+	struct block_page *page = block_pages.lookup(&page_rule);
+	struct reply_request to_client = {};
+
+	if (!page || !page->len)
+		return;
+	/* The reply's own addressing: written back to the sender of the
+	 * reply's reply, it comes out as the reply. */
+	__builtin_memcpy(to_client.client_mac, reply->edge_mac, ETH_ALEN);
+	__builtin_memcpy(to_client.edge_mac, reply->client_mac, ETH_ALEN);
+	__builtin_memcpy(to_client.client_addr, reply->server_addr, 16);
+	__builtin_memcpy(to_client.server_addr, reply->client_addr, 16);
+	to_client.client_port = reply->server_port;
+	to_client.server_port = reply->client_port;
+	to_client.l3_offset = reply->l3_offset;
+	to_client.is_v6 = reply->is_v6;
+	__u32 page_len = page->len;
+	hide_from_compiler(page_len);
+	page_len = ((page_len - 1) & REPLY_PAGE_MASK) + 1;
+	__u32 headers_len = reply_frame_len(reply, 0);
+	if (bpf_skb_change_tail(skb, headers_len + page_len, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, headers_len, page->bytes, page_len, 0) < 0)
+		return;
+	if (reply_write_headers((void *)(long)skb->data, (void *)(long)skb->data_end, &to_client, reply->seq,
+				reply->ack, REPLY_TCP_FIN | REPLY_TCP_PSH | REPLY_TCP_ACK, REPLY_PAGE_WINDOW,
+				page_len, reply_page_sum(page)) == 0)
+		reply_count(page_rule, 1);
+}
+
+/* sluice_tc_reset's work, on tc ingress: a reply the XDP program passed
+ * up, tagged, is sent back out of the interface it came in on; then the
+ * same packet, turned around once more, becomes the RST the server gets,
+ * with the client's own sequence number (the one the server expects), and
+ * goes back into the stack on that interface, which forwards it. */
+static __always_inline int reply_reset_server(struct __sk_buff *skb)
+{
+	struct reply_meta *tag = (void *)(long)skb->data_meta;
+	struct reply_request reply = {};
+
+	if ((void *)(tag + 1) > (void *)(long)skb->data || tag->magic != REPLY_META_MAGIC)
+		return TC_ACT_OK;
+	__u32 client_seq = tag->client_seq, client_ack = tag->client_ack, page_rule = tag->page_rule;
+	/* The stack may keep the metadata: the RST must not come round again. */
+	tag->magic = 0;
+	if (reply_read_request((void *)(long)skb->data, (void *)(long)skb->data_end, &reply) < 0)
+		return TC_ACT_SHOT;
+	if (page_rule)
+		reply_make_page(skb, &reply, page_rule);
+	bpf_clone_redirect(skb, skb->ifindex, 0);
+	if (bpf_skb_change_tail(skb, reply_frame_len(&reply, 0), 0) < 0)
+		return TC_ACT_SHOT;
+	if (reply_write_headers((void *)(long)skb->data, (void *)(long)skb->data_end, &reply, client_seq,
+				client_ack, REPLY_TCP_RST | REPLY_TCP_ACK, 0, 0, 0) < 0)
+		return TC_ACT_SHOT;
+	/* Back in as if the client had sent it: its MACs are the client
+	 * packet's again, and the stack routes it to the server. */
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
 #endif /* SLUICE_BLOCK_REPLY_H */

@@ -16,6 +16,7 @@
 #include "flow.h"
 #include "rate_limit.h"
 #include "verdict.h"
+#include "block_reply.h"
 
 static __always_inline void account_egress(__u32 rule_id, __u32 dir, __u32 bytes, int outcome)
 {
@@ -98,4 +99,12 @@ int sluice_tc_egress(struct __sk_buff *skb)
 		account_egress(rule_id, dir, bytes, OUTCOME_DELAYED);
 	}
 	return TC_ACT_OK;
+}
+
+/* On tc ingress of every interface, where a block method answers clients:
+ * XDP cannot send two packets for one, so the reset of the server is sent
+ * from here (block_reply.h). */
+int sluice_tc_reset(struct __sk_buff *skb)
+{
+	return reply_reset_server(skb);
 }

@@ -1,4 +1,5 @@
-"""How a block rule blocks, as the data plane needs it: the 451 page.
+"""How a block rule blocks, as the data plane needs it: the 451 page, and
+the tc ingress program that resets servers.
 
 A block rule's `method:` is drop (the default), reset or page (see
 bpf/block_reply.h). Under page, the data plane answers a plain-HTTP request
@@ -7,12 +8,27 @@ segment: `HTTP/1.1 451 Unavailable For Legal Reasons` (RFC 7725), a
 `Link: <url>; rel="blocked-by"` header naming who blocks when the policy
 gives one, and a short body. The response must fit in one segment at any
 MTU: at most SLUICE_PAGE_BYTES_MAX bytes, headers included.
+
+XDP answers a client from the packet it was given and cannot send a second
+packet, the RST that frees the server's socket: where a rule answers
+clients, sluice_tc_reset sits on tc ingress of every interface and sends
+both (ServerResets).
 """
 
+import ctypes
+import logging
 import re
 from dataclasses import dataclass
 
+from pyroute2 import IPRoute, NetlinkError
+
 from .abi import ABI
+from .egress import FILTER_HANDLE, FILTER_PRIO, TC_H_CLSACT, EgressError, _index
+from .netns import inside_netns
+
+log = logging.getLogger(__name__)
+# clsact's ingress hook: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS).
+TC_PARENT_INGRESS = (TC_H_CLSACT & 0xFFFF0000) | 0xFFF2
 
 DEFAULT_PAGE_BODY = "This site is blocked by the network you are using.\n"
 # A URL as it may stand between <> in a Link header (RFC 8288): no spaces,
@@ -67,3 +83,71 @@ def fill_page(leaf, page: BlockPage):
     leaf.csum = ones_complement_sum(response)
     leaf.bytes[:len(response)] = list(response)
     return leaf
+
+
+def answers_clients(policy) -> bool:
+    """Does any rule, now or at one of its escalation steps, block by reset or page?"""
+    return any(stage.action == "block" and stage.block_method != "drop" and not stage.monitor
+               for rule in policy.rules for stage in (rule, *(rule.at(step.at) for step in rule.escalate)))
+
+
+class ServerResets:
+    """sluice_tc_reset on one device's clsact ingress: the RST to the server
+    that XDP cannot send beside its reply to the client (bpf/block_reply.h)."""
+
+    def __init__(self, ifname: str, netns: str | None, program_fd: int):
+        self.ifname, self.netns = ifname, netns
+        with inside_netns(netns), IPRoute() as ipr:
+            index = _index(ipr, ifname, netns)
+            self.added_clsact = not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index))
+            if self.added_clsact:
+                ipr.tc("add", "clsact", index)
+            self._set_filter(ipr, "add-filter", index, program_fd)
+
+    def replace_program(self, program_fd: int) -> None:
+        """Swap in a reloaded policy's program, in place."""
+        with inside_netns(self.netns), IPRoute() as ipr:
+            self._set_filter(ipr, "replace-filter", _index(ipr, self.ifname, self.netns), program_fd)
+
+    @staticmethod
+    def _set_filter(ipr, command, index, program_fd) -> None:
+        ipr.tc(command, "bpf", index, parent=TC_PARENT_INGRESS, handle=FILTER_HANDLE,
+               fd=program_fd, name="sluice_tc_reset", direct_action=True, prio=FILTER_PRIO)
+
+    def close(self) -> None:
+        """Take the filter (and clsact, if it was ours) off the device."""
+        try:
+            with inside_netns(self.netns), IPRoute() as ipr:
+                links = ipr.link_lookup(ifname=self.ifname)
+                if not links:
+                    return
+                if self.added_clsact:
+                    ipr.tc("del", "clsact", links[0])
+                else:
+                    ipr.tc("del-filter", "bpf", links[0], parent=TC_PARENT_INGRESS,
+                           handle=FILTER_HANDLE, prio=FILTER_PRIO)
+        except NetlinkError as error:
+            log.warning("could not remove sluice_tc_reset from %s: %s", self.ifname, error)
+
+
+def set_up_server_resets(datapath, policy, interfaces) -> list[ServerResets]:
+    """Where a rule answers clients, put sluice_tc_reset on every interface's
+    tc ingress and tell the data plane, so that servers are reset too.
+
+    Without it (a device that refuses clsact) clients are still reset, by
+    XDP_TX; the server's socket then lingers until its own timeout."""
+    if not answers_clients(policy):
+        return []
+    resets = []
+    try:
+        for ifname, netns in interfaces:
+            resets.append(ServerResets(ifname, netns, datapath.tc_reset_fd()))
+    except (NetlinkError, EgressError) as error:
+        for reset in resets:
+            reset.close()
+        log.warning("tc ingress unavailable (%s): blocked clients are reset, their servers are not", error)
+        return []
+    config = datapath.table("config")
+    value = config[ctypes.c_uint32(0)]
+    datapath.set_config(flags=value.flags | ABI.SLUICE_CFG_SERVER_RESETS)
+    return resets

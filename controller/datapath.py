@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 PROGRAM_FILES = ("sluice_xdp.c", "sluice_tc.c")
 PROGRAM_FUNCTION = b"sluice_xdp"
 TC_EGRESS_FUNCTION = b"sluice_tc_egress"
+TC_RESET_FUNCTION = b"sluice_tc_reset"
 # The maps whose contents outlive a policy (bpf/maps.h): a reloaded policy,
 # or a controller restarted after a crash, takes them over from their pins.
 STATE_MAPS = ("flows", "rule_stats", "counters", "rule_clocks", "client_clocks", "streams")
@@ -176,6 +177,10 @@ class Datapath:
             if rule.action == "shape":
                 rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule, shape_as_throttle=True)
 
+    def tc_reset_fd(self) -> int:
+        """The tc ingress program that resets servers (block methods reset, page)."""
+        return self.bpf.load_func(TC_RESET_FUNCTION, bcc.BPF.SCHED_CLS).fd
+
     def tc_egress_fd(self) -> int:
         """The tc egress program (shape, delay), loaded on first use."""
         return self.bpf.load_func(TC_EGRESS_FUNCTION, bcc.BPF.SCHED_CLS).fd
@@ -229,7 +234,7 @@ class Datapath:
     def rule_stats(self) -> dict[int, dict]:
         """Per rule id (0: no rule), struct rule_stats summed over CPUs.
 
-        Each entry has "flows", the direction_stats fields summed over both
+        Each entry has the RULE_FIELDS, the direction_stats fields summed over both
         directions, and "up" and "down" with each direction's own fields.
         """
         table = self.table("rule_stats")

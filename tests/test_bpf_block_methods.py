@@ -199,6 +199,6 @@ def test_with_server_resets_the_reply_goes_up_to_tc_with_the_clients_numbers(dat
     finally:
         datapath.set_config(flags=flags)
     assert run.verdict == "pass"
-    magic, seq, ack = struct.unpack("=III", run.frame[:12])
-    assert (magic, seq, ack) == (0x51CE4E57, CLIENT_SEQ, CLIENT_ACK)
-    check_reply(run.frame[12:], port, 443, {}, "RA", CLIENT_ACK, CLIENT_SEQ + len(hello))
+    magic, seq, ack, page_rule = struct.unpack("=IIII", run.frame[:16])
+    assert (magic, seq, ack, page_rule) == (0x51CE4E57, CLIENT_SEQ, CLIENT_ACK, 0)
+    check_reply(run.frame[16:], port, 443, {}, "RA", CLIENT_ACK, CLIENT_SEQ + len(hello))
