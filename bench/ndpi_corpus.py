@@ -173,7 +173,8 @@ def main() -> int:
     for flow, reason in misses:
         reasons[flow.proto][re.sub(r" \(.*", "", reason)] += 1
     print(f"nDPI {args.ndpi}: {len(truth)} captures with named {'/'.join(sorted(protos))} flows")
-    print(f"{'proto':6} {'nDPI names':>10} {'sluice same':>11} {'share':>7}  misses by reason; sluice names nDPI does not")
+    print(f"{'proto':6} {'nDPI names':>10} {'sluice same':>11} {'share':>7}  "
+          "misses by reason; sluice names nDPI does not")
     for proto in sorted(protos):
         share = f"{100 * same[proto] / named[proto]:.1f}%" if named[proto] else "-"
         why = ", ".join(f"{reason}: {count}" for reason, count in reasons[proto].most_common()) or "none"

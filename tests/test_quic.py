@@ -14,8 +14,8 @@ from controller.quic_flows import QuicFlows
 from controller.testrun import run_xdp
 
 from controller.quic import (MAX_CRYPTO_BYTES, MAX_DATAGRAMS, QUIC_V1, QUIC_V2, VERSIONS, ClientHelloInfo,
-                             GoogleChlo, InitialReassembler, QuicError, client_hello_from_datagram, client_initial_keys, family,
-                             fnv1a_128)
+                             GoogleChlo, InitialReassembler, QuicError, client_hello_from_datagram,
+                             client_initial_keys, family, fnv1a_128)
 from packets import CLIENT_V4, SERVER_V4, ether, extension, sni_extension, udp_frame
 from quic_packets import (DATAGRAM_MIN, HANDSHAKE_TYPE, PING, RFC_DCID, ack_frame, chlo, chlo_entries, client_initial,
                           connection_close, crypto_frame, gquic_plaintext_packet, gquic_stream_frame, gquic_version,
@@ -557,7 +557,8 @@ def test_keys_stay_those_of_the_first_destination_connection_id():
 
 def test_version_negotiation_and_grease_are_counted_not_read_and_the_client_starts_again():
     grease, vn = long_header_datagram(0x1A2A3A4A), version_negotiation()
-    assert (family(grease), family(vn), family(long_header_datagram(0x12345678))) == ("grease", "negotiation", "unknown")
+    unknown = long_header_datagram(0x12345678)
+    assert (family(grease), family(vn), family(unknown)) == ("grease", "negotiation", "unknown")
     retry = datagram(crypto_frame(0, handshake_client_hello(b"again.example.com")), dcid=bytes(8))
     assert feed_all([grease, vn, retry]) == [None, None, ClientHelloInfo("again.example.com", False, QUIC_V1)]
 
@@ -670,7 +671,8 @@ def test_grease_and_version_negotiation_are_counted_and_the_flow_waits_for_the_n
     assert send(datapath, client_frame(long_header_datagram(0x3A4A5A6A), port)) == "pass"
     assert send(datapath, server_frame(version_negotiation(), port)) == "pass"
     hello = handshake_client_hello(b"cdn.video.example", extensions_after=(PADDING_EXTENSION,))
-    assert send(datapath, client_frame(datagram(crypto_frame(0, hello), version=QUIC_V2, dcid=bytes(8)), port)) == "pass"
+    v2 = datagram(crypto_frame(0, hello), version=QUIC_V2, dcid=bytes(8))
+    assert send(datapath, client_frame(v2, port)) == "pass"
     assert settled["cdn.video.example"].name == "block-video"
     assert send(datapath, server_frame(b"\x40" + bytes(40), port)) == "drop"
     moved = {name: flows.families[name] - before.get(name, 0) for name in flows.families}
