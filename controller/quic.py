@@ -351,6 +351,8 @@ class GquicFrames:
     (ACK, STOP_WAITING, ...) end the walk, keeping what came before."""
     byte_order: str = "big"          # of STREAM frame fields: little endian before Q039
     private_flags: bool = False      # a byte of flags opens the payload before Q034
+    padding_fills_packet: bool = False   # before Q038; from then on each 0x00 is a frame of its own
+    crypto_frames: bool = False      # the handshake is in CRYPTO frames (Q050, T05x), not stream 1
 
     def __call__(self, payload: bytes) -> list[tuple[int, bytes]]:
         reader = _Reader(payload, "frame")
@@ -360,10 +362,12 @@ class GquicFrames:
         while reader.left:
             frame_type = reader.uint(1)
             if frame_type == FRAME_PADDING:
-                break                               # padding runs to the end of the packet
+                if self.padding_fills_packet:
+                    break
+                reader.pos = len(payload) - len(payload[reader.pos:].lstrip(b"\x00"))
             elif frame_type == GQUIC_FRAME_PING:
                 pass
-            elif frame_type == GQUIC_FRAME_CRYPTO:
+            elif frame_type == GQUIC_FRAME_CRYPTO and self.crypto_frames:
                 offset = reader.varint()
                 frames.append((offset, reader.varint_vector()))
             elif frame_type & GQUIC_FRAME_STREAM:
@@ -372,7 +376,7 @@ class GquicFrames:
                 offset = self._uint(reader, offset_len + 1) if offset_len else 0
                 has_length = frame_type & GQUIC_STREAM_HAS_LENGTH
                 data = reader.take(self._uint(reader, 2) if has_length else reader.left)
-                if stream_id == GQUIC_CRYPTO_STREAM:
+                if stream_id == GQUIC_CRYPTO_STREAM and not self.crypto_frames:
                     frames.append((offset, data))
             else:
                 break
@@ -530,21 +534,22 @@ VERSIONS: dict[int, QuicVersion] = {
     0xFACEB002: _ietf("mvfst-27", "mvfst", SALT_DRAFT_23),
     0xFACEB00E: _ietf("mvfst-exp", "mvfst", SALT_DRAFT_23),
     # Google QUIC: hashes without the sender's side up to Q035, STREAM frames
-    # in little endian up to Q037, a private flags byte up to Q033.
-    **{_gquic_version(name): _gquic_public(name, NullEncryption(b""), GquicFrames("little", private_flags=True))
+    # in little endian and padding to the end up to Q037, a private flags byte up to Q033.
+    **{_gquic_version(name): _gquic_public(name, NullEncryption(b""), GquicFrames("little", private_flags=True,
+                                                                                   padding_fills_packet=True))
        for name in ("Q024", "Q025", "Q030", "Q033")},
-    **{_gquic_version(name): _gquic_public(name, NullEncryption(b""), GquicFrames("little"))
+    **{_gquic_version(name): _gquic_public(name, NullEncryption(b""), GquicFrames("little", padding_fills_packet=True))
        for name in ("Q034", "Q035")},
-    _gquic_version("Q037"): _gquic_public("Q037", NullEncryption(), GquicFrames("little")),
+    _gquic_version("Q037"): _gquic_public("Q037", NullEncryption(), GquicFrames("little", padding_fills_packet=True)),
     **{_gquic_version(name): _gquic_public(name, NullEncryption(), GquicFrames()) for name in ("Q039", "Q043")},
     _gquic_version("Q046"): QuicVersion("Q046", "gquic", gquic_long_initial, NullEncryption(), GquicFrames(),
                                         GoogleChlo),
     _gquic_version("Q050"): QuicVersion("Q050", "gquic", ietf_long_initials, InitialSecret(SALT_Q050, b"quic"),
-                                        GquicFrames(), GoogleChlo),
+                                        GquicFrames(crypto_frames=True), GoogleChlo),
     _gquic_version("T050"): QuicVersion("T050", "gquic", ietf_long_initials, InitialSecret(SALT_T050, b"quic"),
-                                        GquicFrames(), TlsClientHello),
+                                        GquicFrames(crypto_frames=True), TlsClientHello),
     _gquic_version("T051"): QuicVersion("T051", "gquic", ietf_long_initials, InitialSecret(SALT_T051, b"quic"),
-                                        GquicFrames(), TlsClientHello),
+                                        GquicFrames(crypto_frames=True), TlsClientHello),
 }
 
 GREASE_MASK, GREASE_PATTERN = 0x0F0F0F0F, 0x0A0A0A0A     # RFC 9000 section 15

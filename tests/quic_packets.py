@@ -185,7 +185,7 @@ def stream_frame(version: int, offset: int, data: bytes) -> bytes:
     frames = VERSIONS[version].frames
     if not isinstance(frames, GquicFrames):
         return crypto_frame(offset, data)
-    if isinstance(VERSIONS[version].protection, InitialSecret):
+    if frames.crypto_frames:
         return gquic_crypto_frame(offset, data)
     return gquic_stream_frame(offset, data, byte_order=frames.byte_order)
 

@@ -609,6 +609,22 @@ def test_a_chlo_without_a_name_has_none():
         ClientHelloInfo(None, False, Q046)
 
 
+def test_google_padding_is_a_frame_of_its_own_from_q038_and_filled_the_packet_before():
+    hello = chlo(b"padded.example.com")
+    for version, name in ((Q043, "padded.example.com"), (gquic_version("Q035"), None)):
+        frames = b"\x00" * 30 + stream_frame(version, 0, hello)
+        result = client_hello_from_datagram(client_initial(version, frames))
+        assert (result.sni if result else None) == name
+
+
+def test_google_handshakes_are_read_only_where_their_version_carries_them():
+    """Stream 1 up to Q046, CRYPTO frames from Q050: a server reads nothing else as the handshake."""
+    hello = chlo(b"where.example.com")
+    q050 = gquic_version("Q050")
+    assert client_hello_from_datagram(client_initial(Q043, stream_frame(q050, 0, hello))) is None
+    assert client_hello_from_datagram(client_initial(q050, stream_frame(Q043, 0, hello))) is None
+
+
 def test_google_stream_frames_of_other_streams_are_stepped_over():
     hello = chlo(b"stream.example.com")
     frames = gquic_stream_frame(0, b"headers", stream_id=3) + gquic_stream_frame(0, hello)
