@@ -255,6 +255,19 @@ def test_the_dashboard_has_a_node_variable_and_a_fleet_overview(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_federation_example_is_a_valid_prometheus_config(tmp_path):
+    docs = (REPO / "docs" / "fleet.md").read_text()
+    [block] = re.findall(r"```yaml\n(# central-prometheus.yml\n.*?)```", docs, re.DOTALL)
+    config = tmp_path / "central-prometheus.yml"
+    config.write_text(block)
+    result = subprocess.run(["promtool", "check", "config", "--syntax-only", str(config)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [job] = yaml.safe_load(block)["scrape_configs"]
+    assert job["metrics_path"] == "/federate" and job["honor_labels"] is True
+    assert '{__name__=~"sluice:.*"}' in job["params"]["match[]"]
+
+
 # The image: built once per module (podman's layer cache and build.sh's base
 # cache make a rebuild quick), its entrypoint run in a chroot.
 
