@@ -228,6 +228,18 @@ static __always_inline int frag_gather(struct xdp_md *ctx, struct frag_scratch *
 	return FRAG_COMPLETE;
 }
 
+/* Copy len bytes (1..SLUICE_FRAG_BYTES) of the gathered datagram from
+ * offset on into dst, for the stages that read a segment's payload. */
+static __always_inline int frag_copy_gathered(__u8 *dst, __u32 offset, __u32 len)
+{
+	__u32 zero = 0;
+	struct frag_scratch *gathered = frag_buffers.lookup(&zero);
+
+	if (!gathered || offset >= SLUICE_FRAG_BYTES)
+		return -1;
+	return copy_within_maps(dst, len, &gathered->bytes[offset]);
+}
+
 /* Read the whole datagram's transport header into pkt, as parse_packet()
  * reads an unfragmented one; its payload is then scratch->bytes from
  * pkt->payload_offset. Returns 0, or -1 if the header does not fit. */

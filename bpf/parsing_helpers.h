@@ -57,7 +57,7 @@ struct packet_info {
 	__u32 frag_id;			/* IPv4 identification, or IPv6 Fragment header's */
 	__u16 frag_offset;		/* where the fragment's data starts in the datagram's payload */
 	__u8 frag_more;			/* more fragments follow (IPv4 MF, IPv6 M) */
-	__u8 is_v6;
+	__u8 is_v6;			/* an IPv6 fragment */
 };
 
 static __always_inline int is_fragment(const struct packet_info *pkt)
@@ -114,9 +114,11 @@ static __always_inline int parse_iphdr(struct hdr_cursor *cur, void *data_end,
 	if (cur->pos + hdr_len > data_end)
 		return -1;
 	__u16 frag_off = bpf_ntohs(iph->frag_off);
-	pkt->frag_offset = (frag_off & IPV4_FRAG_OFFSET_MASK) * FRAG_UNIT;
-	pkt->frag_more = !!(frag_off & IPV4_MORE_FRAGMENTS);
-	pkt->frag_id = bpf_ntohs(iph->id);
+	if (frag_off & (IPV4_FRAG_OFFSET_MASK | IPV4_MORE_FRAGMENTS)) {
+		pkt->frag_offset = (frag_off & IPV4_FRAG_OFFSET_MASK) * FRAG_UNIT;
+		pkt->frag_more = !!(frag_off & IPV4_MORE_FRAGMENTS);
+		pkt->frag_id = bpf_ntohs(iph->id);
+	}
 	__u32 total_len = bpf_ntohs(iph->tot_len);
 	if (total_len < hdr_len)
 		return -1;
@@ -154,7 +156,6 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 		return -1;
 	__builtin_memcpy(pkt->saddr, &ip6h->saddr, 16);
 	__builtin_memcpy(pkt->daddr, &ip6h->daddr, 16);
-	pkt->is_v6 = 1;
 	__u32 remaining = bpf_ntohs(ip6h->payload_len);
 	__u8 nexthdr = ip6h->nexthdr;
 	cur->pos = ip6h + 1;
@@ -176,6 +177,7 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 			pkt->frag_offset = frag_off & IPV6_FRAG_OFFSET_MASK;
 			pkt->frag_more = frag_off & IPV6_MORE_FRAGMENTS;
 			pkt->frag_id = bpf_ntohl(frag->identification);
+			pkt->is_v6 = 1;
 			break;
 		}
 		if (!is_skippable_ipv6_ext(nexthdr))

@@ -30,7 +30,8 @@
 #include "ip_frag.h"
 #include "block_reply.h"
 
-/* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it). */
+/* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it),
+ * from the frame, or from the datagram gathered out of IP fragments. */
 static __always_inline int copy_payload(struct xdp_md *ctx, struct payload_scratch *scratch,
 					__u32 offset, __u32 len)
 {
@@ -42,6 +43,8 @@ static __always_inline int copy_payload(struct xdp_md *ctx, struct payload_scrat
 	hide_from_compiler(len);
 	len = ((len - 1) & PAYLOAD_COPY_MASK) + 1;
 	scratch->len = len;
+	if (scratch->from_fragments)
+		return frag_copy_gathered(scratch->bytes, offset, len);
 	return bpf_xdp_load_bytes(ctx, offset, scratch->bytes, len);
 }
 
@@ -401,8 +404,8 @@ int sluice_stage_reply(struct xdp_md *ctx)
  * program reads one that came whole: its bytes go to the stages from the
  * gathered datagram instead of the frame (payload_scratch.from_fragments).
  * It is the fragment that completed the datagram that is judged. */
-static __always_inline int judge_gathered_segment(struct frag_scratch *gathered, struct packet_info *pkt,
-						  const struct sluice_config *cfg, struct xdp_md *ctx)
+static __always_inline int judge_gathered_segment(struct packet_info *pkt, const struct sluice_config *cfg,
+						  struct xdp_md *ctx)
 {
 	struct flow_key key = {};
 	__u32 zero = 0;
@@ -449,15 +452,7 @@ static __always_inline int judge_gathered_segment(struct frag_scratch *gathered,
 	scratch->from_fragments = 1;
 	scratch->segment_offset = pkt->payload_offset;	/* in gathered->bytes */
 	scratch->segment_len = pkt->payload_len;
-	scratch->payload_offset = pkt->payload_offset;
-	scratch->payload_len = pkt->payload_len;
-	/* The start of the payload, for the stages that read one segment alone;
-	 * len is 1..PAYLOAD_COPY_BYTES, the offset below 64: the masks show the verifier. */
-	__u32 len = pkt->payload_len > PAYLOAD_COPY_BYTES ? PAYLOAD_COPY_BYTES : pkt->payload_len;
-	hide_from_compiler(len);
-	len = ((len - 1) & PAYLOAD_COPY_MASK) + 1;
-	scratch->len = len;
-	if (copy_within_maps(scratch->bytes, len, &gathered->bytes[pkt->payload_offset & 63]) < 0)
+	if (copy_payload(ctx, scratch, pkt->payload_offset, pkt->payload_len) < 0)
 		return inspect_next_packet(flow, scratch, cfg);
 	int mid_stream = flow->opened_by_client && scratch->seq != flow->stream_base;
 	stages.call(ctx, flow->streaming || mid_stream ? SLUICE_STAGE_STREAM : SLUICE_STAGE_TLS);
@@ -481,5 +476,5 @@ int sluice_stage_fragment(struct xdp_md *ctx)
 		return pass_unjudged(frame_len);
 	if (pkt.l4proto == IPPROTO_UDP)
 		return judge_udp(ctx, &pkt, cfg, &gathered->bytes[sizeof(struct udphdr)]);
-	return judge_gathered_segment(gathered, &pkt, cfg, ctx);
+	return judge_gathered_segment(&pkt, cfg, ctx);
 }

@@ -30,6 +30,7 @@ version: 1
 ISN = 5000
 FRAGMENT = 256                                   # bytes of IP payload per fragment
 EXT_PADDING = 21
+CHANGE_CIPHER_SPEC = b"\x14\x03\x03\x00\x01\x01"
 
 
 def small_hello(name: bytes) -> bytes:
@@ -125,6 +126,13 @@ def test_the_second_segment_of_a_hello_sent_in_fragments_completes_it(dp, v6):
     verdicts = flow.send_fragments(flow.fragments(payload[1000:], seq=ISN + 1 + 1000)[::-1])
     assert verdicts[-1] == "drop"
     assert moved(dp, before)["tls_reassembled"] == 1
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_change_cipher_spec_record_before_a_fragmented_hello_is_stepped_over(dp, v6):
+    flow = Flow(dp, v6=v6)
+    payload = CHANGE_CIPHER_SPEC + small_hello(b"blocked.example")
+    assert flow.send_fragments(flow.fragments(payload)[::-1])[-1] == "drop"
 
 
 def test_an_atomic_ipv6_fragment_is_read_as_the_whole_packet(dp):
