@@ -32,6 +32,7 @@ from .testrun import run_xdp
 
 # Link types (tcpdump.org/linktypes.html) whose frames replay can turn into
 # the Ethernet frames the XDP program expects.
+LINKTYPE_NULL = 0          # BSD loopback: a 4-byte address family in the capturing host's byte order
 LINKTYPE_ETHERNET = 1
 LINKTYPE_PPP = 9
 LINKTYPE_RAW = 101
@@ -44,8 +45,9 @@ ETH_P_IPV6 = 0x86DD
 PPP_ADDRESS_CONTROL = b"\xff\x03"   # HDLC framing, left out by some links (RFC 1662 section 3.2)
 PPP_TO_ETHERTYPE = {0x0021: ETH_P_IP, 0x0057: ETH_P_IPV6}    # RFC 1332, RFC 5072
 FAKE_MACS = bytes(12)
-LINKTYPE_NAMES = {LINKTYPE_ETHERNET: "Ethernet", LINKTYPE_PPP: "PPP", LINKTYPE_RAW: "raw IP", LINKTYPE_LINUX_SLL: "Linux cooked",
-                  LINKTYPE_IPV4: "raw IPv4", LINKTYPE_IPV6: "raw IPv6", LINKTYPE_LINUX_SLL2: "Linux cooked v2"}
+LINKTYPE_NAMES = {LINKTYPE_NULL: "BSD loopback", LINKTYPE_ETHERNET: "Ethernet", LINKTYPE_PPP: "PPP",
+                  LINKTYPE_RAW: "raw IP", LINKTYPE_LINUX_SLL: "Linux cooked", LINKTYPE_IPV4: "raw IPv4",
+                  LINKTYPE_IPV6: "raw IPv6", LINKTYPE_LINUX_SLL2: "Linux cooked v2"}
 
 CONSUME_EVERY = 256     # frames between ring buffer reads; the ring holds ~800 events
 
@@ -82,6 +84,10 @@ def to_ethernet(frame: bytes, linktype: int) -> bytes | None:
     """The frame as Ethernet, or None for a link type replay cannot read."""
     if linktype == LINKTYPE_ETHERNET:
         return frame
+    if linktype == LINKTYPE_NULL:
+        # The family's number differs by system (IPv6 is 10, 24, 28 or 30):
+        # the IP header's version says as much.
+        frame, linktype = frame[4:], LINKTYPE_RAW
     if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
         if not frame:
             return None

@@ -1,6 +1,7 @@
 """QUIC Initial packets: RFC vectors, a real client's datagrams, and hostile ones."""
 
 import random
+import struct
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
@@ -696,21 +697,24 @@ def test_grease_and_version_negotiation_are_counted_and_the_flow_waits_for_the_n
 
 
 @needs_root
-def test_replay_reads_a_ppp_capture_of_a_draft29_client(tmp_path):
-    """nDPI's corpus holds QUIC over PPP (link type 9), with and without HDLC framing."""
-    from scapy.utils import RawPcapWriter
-    from controller.replay import LINKTYPE_PPP, replay
-    initial = client_initial(DRAFT_29, crypto_frame(0, handshake_client_hello(b"ppp.example")))
-    packets = [bytes(IP(src=CLIENT_V4, dst=SERVER_V4) / UDP(sport=port, dport=443) / Raw(initial))
-               for port in (43001, 43002)]
-    capture = tmp_path / "ppp.pcap"
-    with RawPcapWriter(str(capture), linktype=LINKTYPE_PPP) as writer:
-        writer.write(b"\xff\x03\x00\x21" + packets[0])
-        writer.write(b"\x00\x21" + packets[1])
+@pytest.mark.parametrize("linktype, headers", [
+    (9, (b"\xff\x03\x00\x21", b"\x00\x21")),              # PPP, with and without HDLC framing
+    (0, (b"\x02\x00\x00\x00", b"\x00\x00\x00\x02")),      # BSD loopback, AF_INET either byte order
+], ids=["ppp", "bsd-loopback"])
+def test_replay_reads_the_link_types_of_ndpis_quic_captures(tmp_path, linktype, headers):
+    from controller.replay import replay
+    initial = client_initial(DRAFT_29, crypto_frame(0, handshake_client_hello(b"link.example")))
+    capture = tmp_path / "link.pcap"
+    # By hand: scapy's writer takes link type 0 for "unknown" and writes Ethernet.
+    pcap = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+    for port, header in zip((43001, 43002), headers):
+        frame = header + bytes(IP(src=CLIENT_V4, dst=SERVER_V4) / UDP(sport=port, dport=443) / Raw(initial))
+        pcap += struct.pack("<IIII", 0, 0, len(frame), len(frame)) + frame
+    capture.write_bytes(pcap)
     records, frames = replay(str(capture))
     assert frames == 2
     assert sorted((r["client_port"], r["proto"], r["name"]) for r in records) == \
-        [(43001, "quic", "ppp.example"), (43002, "quic", "ppp.example")]
+        [(43001, "quic", "link.example"), (43002, "quic", "link.example")]
 
 
 @needs_root
