@@ -182,7 +182,8 @@ def main() -> int:
               f"{extra[PROTOCOLS[proto][0]]} more named")
     if args.misses:
         for flow, reason in misses:
-            ends = " <-> ".join(f"{address}:{port}" for address, port in sorted(flow.endpoints))
+            ends = " <-> ".join(f"[{address}]:{port}" if address and ":" in address else f"{address}:{port}"
+                                for address, port in sorted(flow.endpoints, key=str))
             print(f"  {flow.capture}: {flow.proto} {ends} {flow.name}: {reason}")
     return 0
 
