@@ -151,3 +151,27 @@ def set_up_server_resets(datapath, policy, interfaces) -> list[ServerResets]:
     value = config[ctypes.c_uint32(0)]
     datapath.set_config(flags=value.flags | ABI.SLUICE_CFG_SERVER_RESETS)
     return resets
+
+
+METHOD_EFFECTS = {
+    "drop": "every packet dropped; the client waits for its own timeout",
+    "reset": "the client gets a TCP RST at once, and the server one too",
+    "page": "a plain-HTTP request gets the 451 page, then a RST; other TCP flows a RST",
+}
+
+
+def describe_method(rule) -> str:
+    """What a block rule's method does to a client, for `sluice explain`."""
+    return (f"{rule.block_method}: {METHOD_EFFECTS[rule.block_method]}; QUIC flows are dropped "
+            "whatever the method (a client then falls back to TCP, where it applies)")
+
+
+def effective_method(rule, proto: str | None) -> str:
+    """How a flow of `proto` ("tls", "http", "quic" or None) blocked by rule is
+    blocked: QUIC is always dropped (a stateless reset needs the server's
+    key), and a page goes to plain HTTP only."""
+    if proto == "quic":
+        return "drop"
+    if rule.block_method == "page" and proto != "http":
+        return "reset"
+    return rule.block_method

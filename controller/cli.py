@@ -33,6 +33,7 @@ from importlib.resources import files
 from types import SimpleNamespace
 
 from . import metrics, policy as policy_module
+from .block_methods import describe_method
 from .policy import PolicyError, check_domain, load_policy, parse_size, policy_summary
 
 EXIT_POLICY_ERROR = 2
@@ -148,6 +149,8 @@ def cmd_explain(args) -> int:
     else:
         mode = " (monitor: counted, not enforced)" if rule.monitor else ""
         print(f"verdict {rule.action}{mode} by rule {rule.name} ({policy.path}:{rule.line})")
+        if rule.action == "block":
+            print(f"method  {describe_method(rule)}")
     return 0
 
 

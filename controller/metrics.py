@@ -142,6 +142,14 @@ class SluiceCollector:
         labels = ["rule", "action", "mode"]
         direction_labels = labels + ["direction"]
         flows = CounterMetricFamily("sluice_rule_flows", "Flows classified under a rule.", labels=labels)
+        # What a block rule sent its clients, by method (bpf/block_reply.h).
+        answers = {
+            "resets": CounterMetricFamily("sluice_rule_resets", "TCP RSTs sent to the clients of flows a block "
+                                          "rule resets (method reset, or page for other than plain HTTP).",
+                                          labels=labels),
+            "pages": CounterMetricFamily("sluice_rule_pages", "HTTP 451 pages sent to the clients of flows a "
+                                         "block rule answers (method page).", labels=labels),
+        }
         families = {
             "packets": CounterMetricFamily("sluice_rule_packets", "Packets judged under a rule.",
                                            labels=direction_labels),
@@ -161,10 +169,13 @@ class SluiceCollector:
             label_values = ([rule.name, rule.action, "monitor" if rule.monitor else "enforce"]
                             if rule else ["", "none", ""])
             flows.add_metric(label_values, stats["flows"] + (self.quic.flows_by_rule[rule_id] if self.quic else 0))
+            for field, family in answers.items():
+                family.add_metric(label_values, stats[field])
             for direction in ("up", "down"):
                 for field, family in families.items():
                     family.add_metric(label_values + [direction], stats[direction][field])
         yield flows
+        yield from answers.values()
         yield from families.values()
 
 

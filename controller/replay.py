@@ -7,12 +7,15 @@ of QUIC flows, which the controller's own code (controller/quic_flows.py)
 settles; replay prints one line per flow.
 
 Output (stable; tools may parse it):
-  text:  CLIENT:PORT -> SERVER:PORT PROTO NAME rule=RULE action=ACTION
+  text:  CLIENT:PORT -> SERVER:PORT PROTO NAME rule=RULE action=ACTION [method=METHOD]
   json:  {"client", "client_port", "server", "server_port", "proto", "name",
-          "rule", "action"} per line
+          "rule", "action", "method"} per line
   proto is "tls", "http" or "quic", or null for a TCP flow that sent payload
   but never a ClientHello or request (or a QUIC flow whose ClientHello never
   completed); name is null when the flow carried none;
+  method is how a blocked flow was blocked: drop, reset or page (a page goes
+  to plain HTTP, other TCP flows are reset, QUIC flows always dropped), null
+  unless the action is block; text lines of blocked flows end in method=METHOD;
   rule and action are null when no rule names the flow; action is "allow",
   "block" or "monitor" (a rule in monitor mode matched: the flow passes).
 """
@@ -26,6 +29,7 @@ import sys
 from scapy.utils import RawPcapReader
 
 from .abi import ABI, PROTO_NAMES
+from .block_methods import effective_method
 from .datapath import Datapath
 from .quic_flows import QuicFlows
 from .testrun import run_xdp
@@ -126,7 +130,9 @@ def _record(key, client_is_hi, proto=None, name=None, rule=None) -> dict:
             "server": server[0], "server_port": server[1],
             "proto": proto, "name": name,
             "rule": rule.name if rule else None,
-            "action": ("monitor" if rule.monitor else rule.action) if rule else None}
+            "action": ("monitor" if rule.monitor else rule.action) if rule else None,
+            "method": (effective_method(rule, proto) if rule and rule.action == "block" and not rule.monitor
+                       else None)}
 
 
 class FlowReport:
@@ -154,7 +160,8 @@ def format_text(record: dict) -> str:
     return (f"{endpoint(record['client'], record['client_port'])} -> "
             f"{endpoint(record['server'], record['server_port'])} "
             f"{record['proto'] or '-'} {record['name'] or '-'} "
-            f"rule={record['rule'] or '-'} action={record['action'] or '-'}")
+            f"rule={record['rule'] or '-'} action={record['action'] or '-'}"
+            + (f" method={record['method']}" if record["method"] else ""))
 
 
 def replay(capture_path: str, policy=None) -> tuple[list[dict], int]:

@@ -202,3 +202,28 @@ def test_with_server_resets_the_reply_goes_up_to_tc_with_the_clients_numbers(dat
     magic, seq, ack, page_rule = struct.unpack("=IIII", run.frame[:16])
     assert (magic, seq, ack, page_rule) == (0x51CE4E57, CLIENT_SEQ, CLIENT_ACK, 0)
     check_reply(run.frame[16:], port, 443, {}, "RA", CLIENT_ACK, CLIENT_SEQ + len(hello))
+
+
+def test_replay_and_explain_show_the_method(datapath, tmp_path, capsys):
+    """`sluice replay --policy` prints how each blocked flow was blocked, as
+    the flow had it: a page for plain HTTP, a reset for TLS under the same
+    rule; `sluice explain` names the method."""
+    from scapy.utils import wrpcap
+    from controller.cli import main
+    from controller.replay import replay
+    frames = []
+    for port, (name, payload, dport) in enumerate([("reset.example", client_hello(b"reset.example"), 443),
+                                                   ("page.example", http_request("page.example"), 80),
+                                                   ("page.example", client_hello(b"page.example"), 443),
+                                                   ("drop.example", client_hello(b"drop.example"), 443)],
+                                                  start=33000):
+        frames += [tcp_frame(sport=port, dport=dport, flags="S", seq=CLIENT_SEQ - 1),
+                   tcp_frame(payload, sport=port, dport=dport, seq=CLIENT_SEQ, ack=CLIENT_ACK)]
+    wrpcap(str(tmp_path / "blocked.pcap"), [Ether(frame) for frame in frames])
+    records, _frames = replay(str(tmp_path / "blocked.pcap"), datapath.policy)
+    assert [(r["name"], r["proto"], r["method"]) for r in records] == [
+        ("reset.example", "tls", "reset"), ("page.example", "http", "page"), ("page.example", "tls", "reset"),
+        ("drop.example", "tls", "drop")]
+    assert main(["explain", "--policy", datapath.policy.path, "--client", "192.0.2.2",
+                 "--name", "page.example"]) == 0
+    assert "method  page: a plain-HTTP request gets the 451 page" in capsys.readouterr().out

@@ -140,3 +140,25 @@ def test_page_resets_tls(lab, enforced):
     result = lab.curl("exact.example", timeout=3.0)
     print(f"\npage, curl over TLS: reset after {result.seconds * 1000:.0f} ms: {result.error}")
     assert "connection reset" in result.error.lower() and result.seconds < FAST_FAILURE_S
+
+
+def test_resets_and_pages_are_exported_per_rule(lab, enforced):
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from controller.metrics import SluiceCollector
+    datapath, policy = enforced
+    registry = CollectorRegistry()
+    registry.register(SluiceCollector(SimpleNamespace(datapath=datapath, policy=policy, loaded_at=0.0,
+                                                      policy_digest="", reloads={"success": 0, "failure": 0})))
+    lab.curl("blocked.example", timeout=3.0)
+    lab.curl("exact.example", scheme="http", timeout=3.0)
+    lines = generate_latest(registry).decode().splitlines()
+
+    def exported(family, rule):
+        return next(float(line.rsplit(" ", 1)[1]) for line in lines
+                    if line.startswith(family + "{") and f'rule="{rule}"' in line)
+    assert exported("sluice_rule_resets_total", "reset-rule") >= 1
+    assert exported("sluice_rule_pages_total", "page-rule") >= 1
+    assert exported("sluice_rule_resets_total", "drop-rule") == 0

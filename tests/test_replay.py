@@ -58,7 +58,7 @@ def test_replay_names_every_client_and_applies_the_policy(captures, capture):
     curl = records["blocked.example"]
     assert curl == {"client": CLIENT_V4, "client_port": curl["client_port"], "server": SERVER_V4,
                     "server_port": 443, "proto": "tls", "name": "blocked.example",
-                    "rule": "block-lab", "action": "block"}
+                    "rule": "block-lab", "action": "block", "method": "drop"}
     assert records["open.example"]["proto"] == "http"
     assert records["open.example"]["rule"] is None and records["open.example"]["action"] is None
     assert records["watched.example"]["action"] == "monitor"
@@ -71,7 +71,8 @@ def test_without_a_policy_replay_only_names_flows(captures):
     assert {r["name"] for r in records} == {"blocked.example", "open.example", "watched.example",
                                             "cdn.blocked.example"}
     assert all(r["rule"] is None and r["action"] is None for r in records)
-    assert all(set(r) == {"client", "client_port", "server", "server_port", "proto", "name", "rule", "action"}
+    assert all(set(r) == {"client", "client_port", "server", "server_port", "proto", "name", "rule", "action",
+                          "method"}
                for r in records)
 
 
@@ -116,6 +117,6 @@ def test_replay_names_quic_flows_even_when_the_client_hello_spans_datagrams(tmp_
     records = {r["name"]: r for r in replay("--policy", lab_policy_path(), str(tmp_path / "quic.pcap"))}
     assert records["blocked.example"] == {"client": CLIENT_V4, "client_port": 50001, "server": SERVER_V4,
                                           "server_port": 443, "proto": "quic", "name": "blocked.example",
-                                          "rule": "block-lab", "action": "block"}
+                                          "rule": "block-lab", "action": "block", "method": "drop"}
     assert records["cdn.blocked.example"]["rule"] == "block-lab"
     assert records["open.example"]["proto"] == "quic" and records["open.example"]["rule"] is None
