@@ -33,7 +33,7 @@ from importlib.resources import files
 from types import SimpleNamespace
 
 from . import metrics, policy as policy_module
-from .block_methods import describe_method
+from .block_methods import describe_method, set_up_server_resets
 from .policy import PolicyError, check_domain, load_policy, parse_size, policy_summary
 
 EXIT_POLICY_ERROR = 2
@@ -354,6 +354,9 @@ LAB_CHECKS = [
     ("open.example", "http", False, True, "no rule names it"),
     ("video.example", "https", False, True, "client 192.0.2.2 is in class fixed: no rule for it"),
     ("video.example", "https", True, False, "client 203.0.113.2 is in class mobile: blocked"),
+    ("reset.example", "https", False, False, "block by reset: a TCP RST at once, not a timeout"),
+    ("page.example", "http", False, False, "block by page: an HTTP 451 page, then a reset"),
+    ("page.example", "https", False, False, "block by page over TLS: a reset"),
 ]
 LAB_THROTTLE_RULE = "throttle-lab"
 
@@ -370,9 +373,11 @@ def run_lab(args, keep_running: bool) -> int:
     print("sluice: building the lab (client -> edge -> server namespaces)")
     with Lab() as lab:
         datapath = Datapath(policy)
-        shapers = []
+        shapers, server_resets = [], []
         try:
             shapers = set_up_egress(datapath, policy, [(ifname, lab.edge_ns) for ifname in lab.edge_ifaces])
+            server_resets = set_up_server_resets(datapath, policy, [(ifname, lab.edge_ns)
+                                                                   for ifname in lab.edge_ifaces])
             for ifname in lab.edge_ifaces:
                 mode = datapath.attach(ifname, netns=lab.edge_ns, mode=args.xdp_mode)
                 print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {mode} XDP mode")
@@ -392,8 +397,8 @@ def run_lab(args, keep_running: bool) -> int:
                 wait_for_signal()
         finally:
             datapath.close()
-            for shaper in shapers:
-                shaper.close()
+            for hook in [*shapers, *server_resets]:
+                hook.close()
     print("sluice: lab torn down")
     return EXIT_FAILURE if failures else 0
 
@@ -403,10 +408,12 @@ def show_lab_checks(lab, policy) -> int:
     failures = 0
     for name, scheme, second_client, expect_ok, why in LAB_CHECKS:
         result = lab.curl(name, scheme=scheme, timeout=2.0, second_client=second_client)
-        outcome = f"HTTP {result.http_code}" if result.ok else "blocked (no answer)"
+        outcome = (f"HTTP {result.http_code}" if result.http_code else
+                   "reset" if "reset" in result.error.lower() else "blocked (no answer)")
+        outcome += f", {result.seconds * 1000:.0f} ms"
         as_expected = result.ok == expect_ok
         failures += not as_expected
-        print(f"  {'ok ' if as_expected else 'BAD'} {scheme}://{name:<22} {outcome:<20} {why}")
+        print(f"  {'ok ' if as_expected else 'BAD'} {scheme}://{name:<22} {outcome:<28} {why}")
     throttle = policy.rule_by_name(LAB_THROTTLE_RULE)
     if throttle:
         limit = throttle.limits["down"].rate_bps
@@ -421,7 +428,8 @@ def show_lab_checks(lab, policy) -> int:
 
 def print_metrics_excerpt(address: str, port: int) -> None:
     text = urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=5).read().decode()
-    wanted = ("sluice_rule_flows_total", "sluice_rule_dropped_packets_total", "sluice_flows_classified_total",
+    wanted = ("sluice_rule_flows_total", "sluice_rule_dropped_packets_total", "sluice_rule_resets_total",
+              "sluice_rule_pages_total", "sluice_flows_classified_total",
               "sluice_parser_outcomes_total")
     print(f"metrics (http://{address}:{port}/metrics), excerpt:")
     for line in text.splitlines():

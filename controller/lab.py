@@ -40,7 +40,7 @@ from .netns import inside_netns
 
 LAB_NAMES = ("blocked.example", "cdn.blocked.example", "notblocked.example", "exact.example",
              "sub.exact.example", "watched.example", "allowed.example", "open.example", "slow.example",
-             "video.example")
+             "video.example", "reset.example", "page.example")
 CLIENT_V4, CLIENT_V6 = "192.0.2.2", "2001:db8:c::2"
 EDGE_CLIENT_V4, EDGE_CLIENT_V6 = "192.0.2.1", "2001:db8:c::1"
 # A second client network, so that policies can treat two classes of client differently.
