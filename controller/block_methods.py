@@ -102,7 +102,8 @@ class ServerResets:
             self.added_clsact = not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index))
             if self.added_clsact:
                 ipr.tc("add", "clsact", index)
-            self._set_filter(ipr, "add-filter", index, program_fd)
+            # replace, not add: the filter a crashed controller left is taken over.
+            self._set_filter(ipr, "replace-filter", index, program_fd)
 
     def replace_program(self, program_fd: int) -> None:
         """Swap in a reloaded policy's program, in place."""
@@ -175,3 +176,17 @@ def effective_method(rule, proto: str | None) -> str:
     if rule.block_method == "page" and proto != "http":
         return "reset"
     return rule.block_method
+
+
+def follow_server_resets(resets: list[ServerResets], datapath, policy, interfaces) -> list[ServerResets]:
+    """For a reloaded policy's data plane: move the tc ingress programs to it
+    and tell it they are there, or set them up if this is the first policy
+    whose rules answer clients. Called before the XDP swap, so that the new
+    program's replies find the new tc program (and its page map) waiting."""
+    if not resets:
+        return set_up_server_resets(datapath, policy, interfaces)
+    for reset in resets:
+        reset.replace_program(datapath.tc_reset_fd())
+    config = datapath.table("config")
+    datapath.set_config(flags=config[ctypes.c_uint32(0)].flags | ABI.SLUICE_CFG_SERVER_RESETS)
+    return resets

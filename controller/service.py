@@ -38,6 +38,7 @@ from pathlib import Path
 
 from . import schedule, xdp_link
 from .abi import ABI
+from .block_methods import follow_server_resets, set_up_server_resets
 from .clients import flow_client
 from .datapath import STATE_MAPS, Datapath
 from .netns import inside_netns, netns_exists
@@ -177,6 +178,7 @@ class Service:
         self.policy = None               # as loaded; self.datapath.policy is it as it stands now
         self.next_switch = None          # when a rule's schedule next changes what it does
         self.shapers: list = []
+        self.server_resets: list = []      # block_methods.ServerResets, where rules answer clients
         self.loaded_at = 0.0
         self.policy_digest: str | None = None       # of the running policy's file
         self.seen_signature: tuple | None = None    # the file as last judged
@@ -227,14 +229,15 @@ class Service:
             created_root = prepare_pin_root()
             datapath = Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"))
             self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
+            self.server_resets = set_up_server_resets(datapath, policy, [(i, self.netns) for i in self.interfaces])
             for ifname in self.interfaces:
                 pin = None if self.fail_open else str(self._link_pin(ifname))
                 datapath.attach(ifname, self.netns, self.xdp_mode, pin_path=pin)
             self._install(datapath, policy)
         except BaseException:
-            for shaper in self.shapers:
-                shaper.close()
-            self.shapers = []
+            for hook in [*self.shapers, *self.server_resets]:
+                hook.close()
+            self.shapers, self.server_resets = [], []
             if datapath is not None:
                 if created_root:
                     datapath.close()
@@ -429,8 +432,8 @@ class Service:
         """Detach everything and forget all state (SIGINT, SIGTERM)."""
         if self.datapath:
             self.datapath.close()
-        for shaper in self.shapers:
-            shaper.close()
+        for hook in [*self.shapers, *self.server_resets]:
+            hook.close()
         remove_pins()
         self.release_lock()
 
@@ -479,6 +482,8 @@ class Service:
                     shaper.replace_program(datapath.tc_egress_fd())
             else:
                 self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
+            self.server_resets = follow_server_resets(self.server_resets, datapath, policy,
+                                                      [(i, self.netns) for i in self.interfaces])
         except Exception:
             datapath.close()
             raise
