@@ -10,6 +10,8 @@ datagram takes the flow's verdict, and so does every packet after it.
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import needs_root
 from controller.abi import ABI
@@ -104,6 +106,29 @@ def test_a_fragmented_hello_of_a_name_no_rule_names_passes(dp, hello, v6):
     assert set(flow.send_fragments(flow.fragments(payload)[::-1])) == {"pass"}
     assert moved(dp, before)["flows_http" if hello == "http" else "flows_tls"] == 1
     assert flow.send_whole(b"next", seq=ISN + 1 + len(payload)) == "pass"
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_any_cut_into_fragments_sent_in_any_order_with_repeats_is_named(dp, data):
+    """Any partition of a segment into fragments (8-byte units, as IP has
+    them), sent in any order, with exact repeats anywhere: the fragment
+    that completes the datagram is blocked, every one before it passes."""
+    v6 = data.draw(st.booleans(), label="v6")
+    payload = data.draw(st.sampled_from([small_hello(b"blocked.example"), browser_hello(b"blocked.example")]))
+    total = len(payload) + 20                          # the TCP header travels in the fragments too
+    units = (total + 7) // 8
+    cuts = data.draw(st.sets(st.integers(1, units - 1), max_size=ABI.SLUICE_FRAG_PIECES_MAX - 1), label="cuts")
+    bounds = [0, *sorted(unit * 8 for unit in cuts), total]
+    pieces = list(zip(bounds, bounds[1:]))
+    repeats = data.draw(st.lists(st.sampled_from(pieces), max_size=3), label="repeats")
+    order = data.draw(st.permutations(pieces + repeats), label="order")
+    flow = Flow(dp, v6=v6)
+    verdicts = flow.send_fragments(flow.fragments(payload, order))
+    complete = max(order.index(piece) for piece in pieces)
+    assert verdicts[:complete + 1] == ["pass"] * complete + ["drop"]
+    assert flow.send_whole(b"next", seq=ISN + 1 + len(payload)) == "drop"
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
