@@ -371,6 +371,11 @@ class Service:
                          "observed_at": time.time()}
         self._save()
 
+    @property
+    def flow_entries(self) -> int | None:
+        """Flows in the table as the last snapshot counted them."""
+        return self.observed.get("flows")
+
     def policy_changed(self) -> bool:
         """True once per change of the file's content, when the file has held
         still since the last look (a writer may be half way through it)."""

@@ -89,7 +89,7 @@ def test_not_a_capture_is_an_error(tmp_path):
     bogus = tmp_path / "bogus.pcap"
     bogus.write_bytes(b"not a capture at all")
     result = subprocess.run([*SLUICE, "replay", str(bogus)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "not a pcap or pcapng file" in result.stderr
+    assert result.returncode == 2 and "not a pcap or pcapng file" in result.stderr
 
 
 def test_replay_names_quic_flows_even_when_the_client_hello_spans_datagrams(tmp_path):

@@ -1,0 +1,116 @@
+"""A scrape at a full flow table, and the memory of `sluice validate` on a large policy.
+
+Run as root:  .venv/bin/python bench/scrape.py [--domains 1000000] [--scrapes 5]
+
+1. Loads the data plane, fills its flow table to capacity (SLUICE_FLOW_MAX
+   distinct keys, written in batches from user space: the scrape reads the
+   same map whatever wrote it), and times a whole /metrics collection the
+   way `sluice run` serves it (the flow count from the controller's last
+   snapshot) and the way a source without that count gets it (a walk of
+   the table, as every scrape did before), median of --scrapes.
+2. Writes a policy whose one rule lists --domains names in a domains_file
+   and reports the peak RSS of `sluice validate` on it (the process's own
+   maximum resident set, from wait4).
+"""
+
+import argparse
+import ctypes
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from controller.abi import ABI  # noqa: E402
+from controller.datapath import Datapath  # noqa: E402
+from controller.metrics import SluiceCollector  # noqa: E402
+from controller.policy import load_policy  # noqa: E402
+
+POLICY = "version: 1\nrules:\n  - {name: blocker, action: block, domains: [blocked.example]}\n"
+MiB = 1024 * 1024
+
+
+def fill_flow_table(datapath) -> int:
+    flows = datapath.table("flows")
+    count = ABI.SLUICE_FLOW_MAX
+    keys = (flows.Key * count)()
+    values = (flows.Leaf * count)()
+    for index in range(count):
+        key = keys[index]
+        key.addr_lo[10] = key.addr_lo[11] = 0xFF       # ::ffff:192.0.2.x, as the program writes IPv4
+        key.addr_lo[12:16] = [192, 0, 2, index & 0xFF]
+        key.addr_hi[10] = key.addr_hi[11] = 0xFF
+        key.addr_hi[12:16] = [198, 51, 100, 2]
+        key.port_lo = index >> 8
+        key.port_hi = 443
+    flows.items_update_batch(keys, values)
+    return datapath.flow_count()
+
+
+def time_scrapes(source, scrapes: int) -> float:
+    times = []
+    for _ in range(scrapes):
+        started = time.perf_counter()
+        list(SluiceCollector(source).collect())
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def validate_peak_rss(domains: int) -> tuple[float, float]:
+    """(peak RSS in MiB, seconds) of `sluice validate` on a policy of `domains` names."""
+    with tempfile.TemporaryDirectory() as directory:
+        feed = Path(directory) / "feed.txt"
+        with feed.open("w") as out:
+            for index in range(domains):
+                out.write(f"host{index}.feed{index % 1000}.example\n")
+        policy = Path(directory) / "policy.yaml"
+        policy.write_text("version: 1\nrules:\n  - {name: feed, action: block, domains_file: feed.txt}\n")
+        started = time.monotonic()
+        process = subprocess.Popen([sys.executable, "-m", "controller.cli", "--max-input-size", "1GiB",
+                                    "validate", str(policy)], stdout=subprocess.DEVNULL)
+        _pid, status, usage = os.wait4(process.pid, 0)
+        seconds = time.monotonic() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"validate failed with status {status}")
+        return usage.ru_maxrss / 1024, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domains", type=int, default=1_000_000)
+    parser.add_argument("--scrapes", type=int, default=5)
+    args = parser.parse_args()
+    print(f"# bench/scrape.py, {time.strftime('%Y-%m-%d %H:%M:%S')}, kernel {os.uname().release}")
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "policy.yaml"
+        path.write_text(POLICY)
+        policy = load_policy(path)
+    datapath = Datapath(policy)
+    try:
+        source = SimpleNamespace(datapath=datapath, policy=policy, loaded_at=time.time(), policy_digest="",
+                                 reloads={"success": 0, "failure": 0}, flow_entries=None)
+        empty_walk = time_scrapes(source, args.scrapes)
+        entries = fill_flow_table(datapath)
+        started = time.perf_counter()
+        source.flow_entries = datapath.flow_count()       # what Service.snapshot does every 5 s
+        snapshot = time.perf_counter() - started
+        counted = time_scrapes(source, args.scrapes)
+        source.flow_entries = None
+        walked = time_scrapes(source, args.scrapes)
+    finally:
+        datapath.close()
+    print(f"flow table: {entries} of {ABI.SLUICE_FLOW_MAX} entries")
+    print(f"scrape, empty table (walk):                 {empty_walk:.3f} s")
+    print(f"scrape, full table, count from the snapshot: {counted:.3f} s   (sluice run)")
+    print(f"scrape, full table, walking the table:       {walked:.3f} s   (before; a source without a count)")
+    print(f"snapshot's walk of the full table:           {snapshot:.3f} s   (once per {5} s, in the controller)")
+    rss, seconds = validate_peak_rss(args.domains)
+    print(f"validate, {args.domains} domains: peak RSS {rss:.0f} MiB, {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
