@@ -14,6 +14,7 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from .abi import ABI
+from .quic import FAMILIES
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 9477
@@ -67,6 +68,13 @@ class SluiceCollector:
         datagrams.add_metric(["sent"], counters["quic_datagrams"])
         datagrams.add_metric(["ring_full"], counters["quic_ring_full"])
         yield datagrams
+        families = CounterMetricFamily("sluice_quic_versions",
+                                       "QUIC datagrams the controller read, by version family (ietf-draft, v1, v2, "
+                                       "mvfst, gquic), or grease and unknown versions (counted, not read), or a "
+                                       "server's Version Negotiation (negotiation).", labels=["family"])
+        for family in FAMILIES:
+            families.add_metric([family], self.quic.families[family] if self.quic else 0)
+        yield families
         outcomes = CounterMetricFamily("sluice_parser_outcomes", "Payload packets by parser and outcome.",
                                        labels=["parser", "outcome"])
         for counter, labels in PARSER_OUTCOMES.items():
@@ -138,6 +146,14 @@ class SluiceCollector:
         labels = ["rule", "action", "mode"]
         direction_labels = labels + ["direction"]
         flows = CounterMetricFamily("sluice_rule_flows", "Flows classified under a rule.", labels=labels)
+        # What a block rule sent its clients, by method (bpf/block_reply.h).
+        answers = {
+            "resets": CounterMetricFamily("sluice_rule_resets", "TCP RSTs sent to the clients of flows a block "
+                                          "rule resets (method reset, or page for other than plain HTTP).",
+                                          labels=labels),
+            "pages": CounterMetricFamily("sluice_rule_pages", "HTTP 451 pages sent to the clients of flows a "
+                                         "block rule answers (method page).", labels=labels),
+        }
         families = {
             "packets": CounterMetricFamily("sluice_rule_packets", "Packets judged under a rule.",
                                            labels=direction_labels),
@@ -157,10 +173,13 @@ class SluiceCollector:
             label_values = ([rule.name, rule.action, "monitor" if rule.monitor else "enforce"]
                             if rule else ["", "none", ""])
             flows.add_metric(label_values, stats["flows"] + (self.quic.flows_by_rule[rule_id] if self.quic else 0))
+            for field, family in answers.items():
+                family.add_metric(label_values, stats[field])
             for direction in ("up", "down"):
                 for field, family in families.items():
                     family.add_metric(label_values + [direction], stats[direction][field])
         yield flows
+        yield from answers.values()
         yield from families.values()
 
 
