@@ -11,7 +11,7 @@ import ctypes
 import struct
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, IPOption
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
@@ -19,7 +19,7 @@ from conftest import needs_root
 from controller.abi import ABI
 from controller.block_methods import BlockPage, ones_complement_sum
 from controller.testrun import run_xdp
-from packets import CLIENT_MAC, SERVER_MAC, client_hello, http_request, tcp_frame
+from packets import CLIENT_MAC, SERVER_MAC, IPv6ExtHdrDestOpt, client_hello, http_request, tcp_frame
 
 pytestmark = needs_root
 
@@ -41,7 +41,10 @@ rules:
 """
 PAGE = BlockPage("Blocked by order 42.\n", "https://authority.example/orders/42")
 CLIENT_SEQ, CLIENT_ACK = 1000, 7_000_001    # the client's next sequence number, and the server's
-FAMILIES = {"v4": dict(), "v6": dict(v6=True), "vlan": dict(vlans=("q",)), "qinq-v6": dict(v6=True, vlans=("ad", "q"))}
+FAMILIES = {"v4": dict(), "v6": dict(v6=True), "vlan": dict(vlans=("q",)), "qinq-v6": dict(v6=True, vlans=("ad", "q")),
+            # The reply leaves options and extension headers behind: they were the client's.
+            "v4-options": dict(ip_options=[IPOption(b"\x01\x01\x01\x00")]),
+            "v6-extension": dict(v6=True, ext_headers=(IPv6ExtHdrDestOpt(),))}
 _ports = iter(range(31000, 32000))
 
 
@@ -82,7 +85,7 @@ def check_reply(frame: bytes, port: int, dport: int, options: dict, flags: str, 
     rebuilt = reply.copy()
     del rebuilt[TCP].chksum
     if options.get("v6"):
-        assert network.plen == 20 + len(payload) and network.hlim == 64
+        assert network.plen == 20 + len(payload) and network.hlim == 64 and network.nh == 6
     else:
         del rebuilt[IP].chksum
         assert network.len == 20 + 20 + len(payload) and network.ttl == 64 and network.ihl == 5
@@ -227,3 +230,37 @@ def test_replay_and_explain_show_the_method(datapath, tmp_path, capsys):
     assert main(["explain", "--policy", datapath.policy.path, "--client", "192.0.2.2",
                  "--name", "page.example"]) == 0
     assert "method  page: a plain-HTTP request gets the 451 page" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rule, problem", [
+    ("method: reject", "unknown block method 'reject'; one of: drop, reset, page"),
+    ("method: reset\n    page: {body: x}", "'page' applies to method: page only"),
+    ("method: page\n    page: {link: 'javascript:alert(1)'}", "is not an http:// or https:// URL"),
+    ("method: page\n    page: {body: '%s'}" % ("x" * 1000), "the response would be"),
+    ("method: page\n    page: {colour: red}", "unknown key 'colour' in page; allowed: body, link"),
+])
+def test_a_bad_method_or_page_is_one_clear_line(tmp_path, rule, problem):
+    from controller.policy import PolicyError, load_policy
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"version: 1\nrules:\n  - name: r\n    action: block\n    domains: [a.example]\n    {rule}\n")
+    with pytest.raises(PolicyError) as refused:
+        load_policy(path)
+    assert len(refused.value.problems) == 1
+    # On the line of the key at fault: method's, or page's below it.
+    assert problem in str(refused.value) and str(refused.value).startswith(f"{path}:{6 + rule.count(chr(10))}:")
+
+
+def test_method_is_refused_for_other_actions_and_defaults_to_drop(tmp_path):
+    from controller.policy import PolicyError, load_policy
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nrules:\n  - name: r\n    action: allow\n    domains: [a.example]\n"
+                    "    method: reset\n")
+    with pytest.raises(PolicyError, match="'method' does not apply to action allow"):
+        load_policy(path)
+    path.write_text("version: 1\nrules:\n  - name: r\n    action: block\n    domains: [a.example]\n"
+                    "    escalate: [{at: '2030-01-01T00:00:00Z', action: block, method: page}]\n")
+    rule = load_policy(path).rules[0]
+    assert (rule.block_method, rule.page) == ("drop", None)
+    from datetime import datetime, timezone
+    later = rule.at(datetime(2031, 1, 1, tzinfo=timezone.utc))
+    assert later.block_method == "page" and b"451" in later.page.response()
