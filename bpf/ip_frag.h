@@ -20,6 +20,14 @@
  * multiple of 8 bytes: IPv4's excess is trimmed, an IPv6 one is refused.
  * Atomic IPv6 fragments never get here: parsing_helpers.h unwraps them.
  *
+ * A fragment sent to expire on the way (a TTL or hop limit too low to reach
+ * the server: zapret's and GoodbyeDPI's fakes) would poison the datagram, as
+ * a decoy copy of a range or an overlap that discards it. The fragments of
+ * one datagram leave their sender together and share a TTL; one that comes
+ * with a TTL lower than the datagram's by more than FRAG_TTL_MARGIN is not
+ * gathered, and one that comes higher by as much shows that what was held
+ * were such decoys: the datagram starts again from it.
+ *
  * Bounds: SLUICE_FRAGS_MAX datagrams at once, SLUICE_FRAG_PIECES_MAX
  * fragments and SLUICE_FRAG_BYTES bytes each, SLUICE_FRAG_TIMEOUT_NS from the
  * first fragment on. A datagram past a bound passes unread, and is counted.
@@ -39,6 +47,11 @@
 #define FRAG_COPY_MASK (FRAG_COPY_BYTES - 1)
 #define FRAG_COPY_CHUNKS (SLUICE_FRAG_BYTES / FRAG_COPY_BYTES)
 #define FRAG_PIECES_MASK (SLUICE_FRAG_PIECES_MAX - 1)
+/* TTL difference between fragments of one datagram still taken as the
+ * same path's: routes that hash the first fragment (ports and all) apart
+ * from the others may differ by a hop or two. A decoy must expire between
+ * this box and the server, so it arrives lower by that path's hops. */
+#define FRAG_TTL_MARGIN 4
 
 struct frag_key {
 	__u8 saddr[16];			/* IPv4 as ::ffff:a.b.c.d */
@@ -54,6 +67,7 @@ struct frag_datagram {
 	__u32 received;			/* bytes held: the pieces never overlap */
 	__u32 pieces;			/* start[] and end[] in use */
 	__u32 oversize;			/* 1: past a bound, its fragments pass unread */
+	__u32 ttl;			/* the highest TTL (hop limit) of the fragments held */
 	__u16 start[SLUICE_FRAG_PIECES_MAX];
 	__u16 end[SLUICE_FRAG_PIECES_MAX];
 	/* By offset in the IP payload; the slack absorbs a chunk written near
@@ -179,6 +193,17 @@ static __always_inline int frag_gather(struct xdp_md *ctx, struct frag_scratch *
 	__u32 end = start + len;
 	if (len == 0)
 		return FRAG_IGNORED;
+	__u32 ttl = pkt->frag_ttl;
+	if (datagram->pieces && ttl + FRAG_TTL_MARGIN < datagram->ttl) {
+		count(SLUICE_CNT_FRAG_LOW_TTL);
+		return FRAG_IGNORED;
+	}
+	if (datagram->pieces && ttl > datagram->ttl + FRAG_TTL_MARGIN) {
+		count(SLUICE_CNT_FRAG_LOW_TTL);
+		datagram->pieces = datagram->received = datagram->total_len = 0;
+	}
+	if (ttl > datagram->ttl || !datagram->pieces)
+		datagram->ttl = ttl;
 	/* The last fragment fixes the length: nothing may lie past it, and no
 	 * other last fragment may say otherwise. */
 	if (!pkt->frag_more) {

@@ -58,6 +58,7 @@ struct packet_info {
 	__u16 frag_offset;		/* where the fragment's data starts in the datagram's payload */
 	__u8 frag_more;			/* more fragments follow (IPv4 MF, IPv6 M) */
 	__u8 is_v6;			/* an IPv6 fragment */
+	__u8 frag_ttl;			/* a fragment's TTL (IPv4) or hop limit (IPv6) */
 };
 
 static __always_inline int is_fragment(const struct packet_info *pkt)
@@ -118,6 +119,7 @@ static __always_inline int parse_iphdr(struct hdr_cursor *cur, void *data_end,
 		pkt->frag_offset = (frag_off & IPV4_FRAG_OFFSET_MASK) * FRAG_UNIT;
 		pkt->frag_more = !!(frag_off & IPV4_MORE_FRAGMENTS);
 		pkt->frag_id = bpf_ntohs(iph->id);
+		pkt->frag_ttl = iph->ttl;
 	}
 	__u32 total_len = bpf_ntohs(iph->tot_len);
 	if (total_len < hdr_len)
@@ -178,6 +180,7 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 			pkt->frag_more = frag_off & IPV6_MORE_FRAGMENTS;
 			pkt->frag_id = bpf_ntohl(frag->identification);
 			pkt->is_v6 = 1;
+			pkt->frag_ttl = ip6h->hop_limit;
 			break;
 		}
 		if (!is_skippable_ipv6_ext(nexthdr))

@@ -153,6 +153,7 @@ enum sluice_counter {
 	SLUICE_CNT_FRAG_OVERSIZE,	/* ...or outgrew SLUICE_FRAG_BYTES or SLUICE_FRAG_PIECES_MAX: passed unread */
 	SLUICE_CNT_FRAG_OVERLAPS,	/* ...or overlapped or contradicted themselves: discarded, as the receiver does */
 	SLUICE_CNT_FRAG_DROPPED,	/* fragments dropped under inspection.fragments: drop */
+	SLUICE_CNT_FRAG_LOW_TTL,	/* fragments not gathered: their TTL says they expire before the server */
 	SLUICE_CNT_MAX,
 };
 

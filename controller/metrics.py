@@ -123,9 +123,11 @@ class SluiceCollector:
 
     def _fragment_families(self, counters):
         fragments = CounterMetricFamily("sluice_ip_fragments", "IP fragments (IPv4, IPv6 Fragment header) seen, "
-                                        "and dropped under inspection.fragments: drop.", labels=["result"])
+                                        "dropped under inspection.fragments: drop, and not gathered for a TTL "
+                                        "that expires before the server (low_ttl).", labels=["result"])
         fragments.add_metric(["seen"], counters["fragments"])
         fragments.add_metric(["dropped"], counters["frag_dropped"])
+        fragments.add_metric(["low_ttl"], counters["frag_low_ttl"])
         yield fragments
         # Nothing but these outcomes and the LRU removes a datagram, so every
         # one started and neither ended nor present was evicted to make room.

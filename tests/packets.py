@@ -109,12 +109,13 @@ def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443, v6=False) -> byt
     return bytes(ether() / network / UDP(sport=sport, dport=dport) / Raw(payload))
 
 
-def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242) -> list[bytes]:
+def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242, ttl: int = 64) -> list[bytes]:
     """The IP datagram of `frame` as IPv4 fragments or IPv6 Fragment-header
     fragments, as circumvention tools send it. `cuts` is a fragment size (a
     multiple of 8), or the (start, end) ranges of the IP payload that each
     fragment carries, in sending order: they may overlap or repeat. The
-    fragment ending at the payload's end is marked the last."""
+    fragment ending at the payload's end is marked the last. ttl: their TTL
+    or hop limit (a decoy's is low, to expire before the server)."""
     packet = Ether(frame)
     v6 = IPv6 in packet
     network = packet[IPv6] if v6 else packet[IP]
@@ -125,10 +126,10 @@ def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242) -> list[bytes]:
     for start, end in cuts:
         more = end < len(payload)
         if v6:
-            header = IPv6(src=network.src, dst=network.dst) / IPv6ExtHdrFragment(
+            header = IPv6(src=network.src, dst=network.dst, hlim=ttl) / IPv6ExtHdrFragment(
                 nh=network.nh, offset=start // 8, m=int(more), id=ident)
         else:
-            header = IP(src=network.src, dst=network.dst, proto=network.proto, id=ident,
+            header = IP(src=network.src, dst=network.dst, proto=network.proto, id=ident, ttl=ttl,
                         flags="MF" if more else 0, frag=start // 8)
         frames.append(bytes(ether() / header / Raw(payload[start:end])))
     return frames

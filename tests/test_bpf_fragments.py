@@ -185,6 +185,23 @@ def test_an_exact_repeat_of_a_fragment_is_ignored_and_the_first_copy_kept(dp, v6
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("decoy_first", [True, False], ids=["decoys-first", "decoys-between"])
+def test_decoy_fragments_that_expire_before_the_server_are_not_gathered(dp, v6, decoy_first):
+    """zapret's low-TTL fakes at the IP layer: a copy of the first fragment
+    with another name, and a fragment overlapping the real second one."""
+    flow = Flow(dp, v6=v6)
+    real, decoy = small_hello(b"blocked.example"), small_hello(b"allowed.example")
+    total = len(real) + 20
+    ident = next(idents)
+    reals = ip_fragments(flow.frame(real, ISN + 1), [(0, 256), (256, total)], ident=ident)
+    decoys = ip_fragments(flow.frame(decoy, ISN + 1), [(0, 256), (256, 384)], ident=ident, ttl=3)
+    frames = decoys + reals if decoy_first else [reals[0], *decoys, reals[1]]
+    before = dp.counters()
+    assert flow.send_fragments(frames) == ["pass", "pass", "pass", "drop"]
+    assert moved(dp, before)["frag_low_ttl"] >= 1
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_overlapping_fragments_discard_the_datagram_as_the_receiver_does(dp, v6):
     """RFC 5722 for IPv6, and Linux for IPv4 too: the whole datagram goes."""
     flow = Flow(dp, v6=v6)
