@@ -6,7 +6,7 @@ before giving up, so that one run of `sluice validate` shows them all.
 Domain lists can be long (a malware feed of a million names), so
 `domains_file` is read with plain line splitting, not YAML.
 
-The format is documented in README.md and published as JSON Schema in
+The format is documented in docs/policy.md and published as JSON Schema in
 controller/policy.schema.json; tests/test_policy.py keeps the two in step.
 """
 

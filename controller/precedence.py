@@ -1,6 +1,6 @@
 """Which rule applies to a flow: precedence, compiled into rule sets.
 
-Precedence, in order (README, "Precedence"):
+Precedence, in order (docs/policy.md, "Precedence"):
   1. exemptions: an `allow` rule that applies always wins;
   2. the most specific domain: an exact name, then the longest suffix;
   3. the most specific client class: a rule for the client's class before
