@@ -9,8 +9,8 @@
  *
  * Pacer: Earliest Departure Time. The clock holds when the next packet may
  * leave; each packet departs at max(clock, now) and pushes the clock on by
- * its cost. fq then holds it until then (skb->tstamp). A packet that would
- * depart later than the rule's horizon is dropped.
+ * its cost. fq then holds it until then (skb->tstamp). A packet whose last
+ * byte would leave later than the rule's horizon is dropped.
  *
  * One clock may be shared by several CPUs (client and rule scope, and the
  * two directions of a flow arriving on different CPUs). No lock is needed:
@@ -54,11 +54,18 @@ static __always_inline int police(__u64 *clock, const struct rate_limit *limit,
 }
 
 /* Pace one packet: 1 with its departure time in *departure (now if the
- * direction is unlimited), or 0 to drop it because it would wait longer than
- * horizon_ns. A dropped packet costs nothing: charged, it would hold the
- * link idle for a slot no packet uses (a third of the rate, measured, for a
- * TCP sender at 128 kbit/s that overruns a 2 s horizon). As in police(),
- * contention that outlasts the attempts drops the packet. */
+ * direction is unlimited), or 0 to drop it because its last byte would leave
+ * later than horizon_ns from now. The horizon bounds the end, not the start:
+ * a GRO aggregate costs its whole length (64 KB is 4 s at 128 kbit/s), and
+ * admitted on its start it would hold the clock far past the horizon, so
+ * that the queue fq keeps was no longer bounded by it. A packet that finds
+ * the clock idle is always admitted, however long: there is nothing to
+ * wait behind, and refusing an aggregate longer than the horizon would
+ * starve the flow for as long as GRO keeps building them.
+ * A dropped packet costs nothing: charged, it would hold the link idle for a
+ * slot no packet uses (a third of the rate, measured, for a TCP sender at
+ * 128 kbit/s that overruns a 2 s horizon). As in police(), contention that
+ * outlasts the attempts drops the packet. */
 static __always_inline int pace(__u64 *clock, const struct rate_limit *limit, __u32 bytes,
 				__u64 now, __u64 horizon_ns, __u64 *departure)
 {
@@ -69,7 +76,7 @@ static __always_inline int pace(__u64 *clock, const struct rate_limit *limit, __
 	for (int attempt = 0; attempt < CLOCK_CAS_ATTEMPTS; attempt++) {
 		__u64 seen = *(volatile __u64 *)clock;
 		__u64 start = seen > now ? seen : now;
-		if (start - now > horizon_ns)
+		if (start > now && start + cost - now > horizon_ns)
 			return 0;
 		if (__sync_val_compare_and_swap(clock, seen, start + cost) == seen) {
 			*departure = start;

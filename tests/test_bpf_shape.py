@@ -45,7 +45,13 @@ rules:
     rate: {rate}
     horizon: 10s
     domains: [{rate}.paced.example]
-""" for rate in ("128kbit", "1.5mbit", "100mbit", "10gbit"))
+""" for rate in ("128kbit", "1.5mbit", "100mbit", "10gbit")) + """\
+  - name: paced-slow-short
+    action: shape
+    rate: 1mbit
+    horizon: 10ms
+    domains: [slow.paced.example]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +113,9 @@ def test_a_packet_beyond_the_horizon_is_dropped_and_costs_nothing(egress, datapa
     before = datapath.rule_stats()[1]["down"]
     verdicts = [send(0) for _ in range(14)]
     kept = [v for v in verdicts if v[0] == "ok"]
-    # Departures 0, 1, ... 10 ms are within the horizon; later ones are dropped.
-    assert len(kept) == HORIZON_NS // COST_NS + 1
+    # Frames departing at 0, 1, ... 9 ms have left by 10 ms, the horizon;
+    # later ones are dropped.
+    assert len(kept) == HORIZON_NS // COST_NS
     assert all(v == ("shot", None) for v in verdicts[len(kept):])
     # Had the dropped packets been charged, the next one would wait behind
     # them; it departs right after the last packet that was kept.
@@ -117,6 +124,34 @@ def test_a_packet_beyond_the_horizon_is_dropped_and_costs_nothing(egress, datapa
     assert after["dropped_packets"] - before["dropped_packets"] == len(verdicts) - len(kept)
     # The kept ones after the first, and the last.
     assert after["delayed_packets"] - before["delayed_packets"] == len(kept)
+
+
+def test_the_horizon_bounds_where_a_packet_ends_not_where_it_starts(egress):
+    """A GRO aggregate that would start within the horizon but end beyond it
+    is dropped: admitted, it would hold the flow's clock past the horizon,
+    and the queue fq keeps would no longer be bounded by it."""
+    send = egress(b"paced.example")
+    assert [send(0) for _ in range(9)][-1] == ("ok", 8 * COST_NS)
+    # Three frames from 9 ms would end at 12 ms.
+    assert send(0, segments=3) == ("shot", None)
+    assert send(0) == ("ok", 9 * COST_NS)
+    assert send(0) == ("shot", None)
+
+
+def test_an_aggregate_longer_than_the_horizon_passes_only_on_an_idle_clock(egress):
+    """At 1 Mbit/s a frame is 8 ms and an aggregate of three is 24 ms, longer
+    than the 10 ms horizon (as 64 KB at 128 kbit/s is longer than 2 s): behind
+    other packets it is dropped; with nothing to wait behind it leaves at once,
+    since refusing it there would starve a flow that GRO keeps aggregating."""
+    frame_ns = 8 * COST_NS
+    send = egress(b"slow.paced.example")
+    assert send(0) == ("ok", None)
+    assert send(0, segments=3) == ("shot", None)
+    assert send(frame_ns, segments=3) == ("ok", None)
+    # It holds the clock until 32 ms: a frame is kept once it ends within
+    # the horizon, from 30 ms on.
+    assert send(frame_ns + HORIZON_NS) == ("shot", None)
+    assert send(4 * frame_ns - 2 * 10**6) == ("ok", 4 * frame_ns)
 
 
 def test_an_idle_flow_earns_no_credit(egress):
