@@ -268,6 +268,21 @@ def test_the_federation_example_is_a_valid_prometheus_config(tmp_path):
     assert '{__name__=~"sluice:.*"}' in job["params"]["match[]"]
 
 
+@pytest.mark.parametrize("setting", [None, "  \n"])
+def test_the_entrypoint_refuses_a_node_without_interfaces(tmp_path, setting):
+    """Without --iface `sluice run` would build the namespace lab: no interface
+    setting for the node, or an empty one, is one line and exit 2."""
+    if setting is not None:
+        (tmp_path / "default").write_text(setting)
+    result = subprocess.run(["sh", str(REPO / "deploy" / "container" / "entrypoint.sh"), "--policy=/nonexistent"],
+                            env={"PATH": os.environ["PATH"], "NODE_NAME": "edge-1",
+                                 "SLUICE_INTERFACES_DIR": str(tmp_path)},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    [refusal] = [line for line in result.stderr.splitlines() if "interface" in line]
+    assert str(tmp_path) in refusal
+
+
 # The image: built once per module (podman's layer cache and build.sh's base
 # cache make a rebuild quick), its entrypoint run in a chroot.
 
