@@ -114,6 +114,7 @@ def test_durations(text, value):
     ("version: 1\nflow_idle_timeout: 0s\nrules: []\n", "2:20: flow_idle_timeout must be more than zero"),
     ("version: 1\ninspection: {window_packets: 0}\nrules: []\n", "2:30: window_packets must be between 1 and 255"),
     ("version: 1\ninspection: {window_bytes: 64MiB}\nrules: []\n", "2:28: window_bytes '64MiB' is out of range"),
+    ("version: 1\ninspection: {fragments: keep}\nrules: []\n", "2:25: fragments must be reassemble"),
     ("version: 1\nrules:\n  - name: a\n    action: block\n", "3:5: rule a names no domains"),
     ("version: 1\nrules:\n  - action: block\n    domains: [x.example]\n", "3:5: rule 1 has no name"),
     ("version: 1\nrules:\n  - name: a\n    action: block\n    domains: x.example\n",
