@@ -104,10 +104,10 @@ def main() -> None:
     finally:
         datapath.close()
     print(f"flow table: {entries} of {ABI.SLUICE_FLOW_MAX} entries")
-    print(f"scrape, empty table (walk):                 {empty_walk:.3f} s")
-    print(f"scrape, full table, count from the snapshot: {counted:.3f} s   (sluice run)")
-    print(f"scrape, full table, walking the table:       {walked:.3f} s   (before; a source without a count)")
-    print(f"snapshot's walk of the full table:           {snapshot:.3f} s   (once per {5} s, in the controller)")
+    print(f"scrape, empty table, walking it:      {empty_walk * 1000:8.1f} ms")
+    print(f"scrape, full table, snapshot's count: {counted * 1000:8.1f} ms   (sluice run)")
+    print(f"scrape, full table, walking it:       {walked * 1000:8.1f} ms   (every scrape, before)")
+    print(f"the snapshot's walk of a full table:  {snapshot * 1000:8.1f} ms   (every 5 s, in the controller)")
     rss, seconds = validate_peak_rss(args.domains)
     print(f"validate, {args.domains} domains: peak RSS {rss:.0f} MiB, {seconds:.1f} s")
 

@@ -91,7 +91,8 @@ def require_capabilities(command: str, needed: tuple[str, ...]) -> None:
     missing = [name for name in needed if not effective >> CAPABILITIES[name] & 1]
     if missing:
         raise Refused(f"sluice {command}: needs the capabilities {', '.join(needed)}; missing "
-                      f"{', '.join(missing)} (run it as root, or as deploy/sluice.service grants them)", EXIT_FAILURE)
+                      f"{', '.join(missing)} (run it as root, or as deploy/sluice.service grants them)",
+                      EXIT_FAILURE)
 
 
 def bind_metrics(args):
@@ -99,8 +100,9 @@ def bind_metrics(args):
     try:
         return metrics.bind(args.metrics_address, args.metrics_port)
     except OSError as error:
-        raise Refused(f"sluice {args.command}: cannot serve metrics on {args.metrics_address}:{args.metrics_port}: "
-                      f"{error.strerror or error}", EXIT_FAILURE) from None
+        where = f"{args.metrics_address}:{args.metrics_port}"
+        raise Refused(f"sluice {args.command}: cannot serve metrics on {where}: {error.strerror or error}",
+                      EXIT_FAILURE) from None
 
 
 def wait_for_signal() -> None:

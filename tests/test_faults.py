@@ -320,6 +320,7 @@ def test_one_controller_per_pin_root(lab, tmp_path):
                     "--metrics-port", free_port())
     assert_refused(second, 1, f"pid {first.process.pid}")
     assert first.process.poll() is None and blocks(lab)
+    assert PIN_ROOT.stat().st_mode & 0o777 == 0o700 and PIN_ROOT.stat().st_uid == 0
     assert first.metric("sluice_datapath_healthy") == 1.0
 
     stopped = sluice("stop", timeout=60)
@@ -327,6 +328,36 @@ def test_one_controller_per_pin_root(lab, tmp_path):
     assert first.process.wait(timeout=5) == 0, "stop signals the lock's holder and waits for it"
     assert not blocks(lab)
     assert_nothing_left()
+
+
+def xdp_attached(lab, ifname) -> bool:
+    return " xdp" in lab.run_in(lab.edge_ns, ["ip", "-o", "link", "show", ifname]).stdout
+
+
+def test_a_start_that_fails_half_way_undoes_what_it_did(lab, tmp_path):
+    """cli0 attaches and pins, then srv0 is refused (another program runs there):
+    the start detaches cli0 and removes every pin before it exits."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BLOCK_ONE)
+    other_env = {**os.environ, "SLUICE_PIN_ROOT": f"{PIN_ROOT}-other",
+                 "SLUICE_STATE_FILE": str(tmp_path / "other.json")}
+    other = subprocess.Popen([*SLUICE, "run", "--policy", str(policy), "--netns", lab.edge_ns, "--iface", "srv0",
+                              "--fail-open", "--metrics-port", str(free_port())],
+                             cwd=REPO, env=other_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while not xdp_attached(lab, "srv0"):
+            assert other.poll() is None and time.monotonic() < deadline, "the other program never attached"
+            time.sleep(0.3)
+        result = sluice("run", "--policy", policy, "--netns", lab.edge_ns, "--iface", "cli0", "--iface", "srv0",
+                        "--metrics-port", free_port())
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "srv0 already has an XDP program" in result.stderr.strip().splitlines()[-1]
+        assert not xdp_attached(lab, "cli0"), "cli0 was left attached"
+        assert_nothing_left()
+    finally:
+        other.send_signal(signal.SIGTERM)
+        other.wait(timeout=30)
 
 
 def test_two_controllers_started_at_once_one_wins(lab, tmp_path):
@@ -351,8 +382,9 @@ def test_two_controllers_started_at_once_one_wins(lab, tmp_path):
             assert winner.poll() is None, winner.stderr.read()
             assert time.monotonic() < deadline, "the winner never blocked"
             time.sleep(0.2)
-        winner_metrics = urllib.request.urlopen(f"http://127.0.0.1:{ports[both.index(winner)]}/metrics", timeout=30)
-        assert b"sluice_datapath_healthy 1.0" in winner_metrics.read()
+        port = ports[both.index(winner)]
+        winner_metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read()
+        assert b"sluice_datapath_healthy 1.0" in winner_metrics
         winner.send_signal(signal.SIGTERM)
         assert winner.wait(timeout=30) == 0
     finally:
