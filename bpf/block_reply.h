@@ -21,6 +21,13 @@
  * The reply drops IP options and IPv6 extension headers (they described
  * the client's packet, not ours) and the TCP options. A fragment, or
  * anything else this cannot rewrite, is dropped, as under method drop.
+ * The rule's counters count each answered packet as dropped (it never
+ * reaches the server) and the answer in resets or pages.
+ *
+ * Handing the reply up also serves where XDP_TX cannot: a veth in native
+ * mode transmits XDP_TX frames only to a peer with NAPI (an XDP program, or
+ * GRO with its own conditions), and it leaves a frame from its peer's stack
+ * no room to grow by a page, which sluice_tc_reset then makes instead.
  */
 #ifndef SLUICE_BLOCK_REPLY_H
 #define SLUICE_BLOCK_REPLY_H

@@ -13,6 +13,14 @@ XDP answers a client from the packet it was given and cannot send a second
 packet, the RST that frees the server's socket: where a rule answers
 clients, sluice_tc_reset sits on tc ingress of every interface and sends
 both (ServerResets).
+
+QUIC flows are only ever dropped, whatever the method: a QUIC connection is
+closed at once only by a stateless reset, whose token the server derives from
+its own key, which sluice does not have; a Handshake-level
+CONNECTION_CLOSE likewise needs keys of the handshake. A dropped QUIC flow
+costs a browser little: it falls back to TCP, where the rule's method
+applies. The policy loader accepts any method on a rule that matches QUIC
+flows and documents this rather than refusing it.
 """
 
 import ctypes
