@@ -16,8 +16,10 @@ both (ServerResets).
 
 QUIC flows are only ever dropped, whatever the method: a QUIC connection is
 closed at once only by a stateless reset, whose token the server derives from
-its own key, which sluice does not have; a Handshake-level
-CONNECTION_CLOSE likewise needs keys of the handshake. A dropped QUIC flow
+its own key, which sluice does not have. (A CONNECTION_CLOSE in an
+Initial packet could be forged, Initial keys coming from the connection ID
+as the controller's own decryption shows; sluice does not build one.) A
+dropped QUIC flow
 costs a browser little: it falls back to TCP, where the rule's method
 applies. The policy loader accepts any method on a rule that matches QUIC
 flows and documents this rather than refusing it.
