@@ -14,15 +14,15 @@ packet, the RST that frees the server's socket: where a rule answers
 clients, sluice_tc_reset sits on tc ingress of every interface and sends
 both (ServerResets).
 
-QUIC flows are only ever dropped, whatever the method: a QUIC connection is
-closed at once only by a stateless reset, whose token the server derives from
-its own key, which sluice does not have. (A CONNECTION_CLOSE in an
-Initial packet could be forged, Initial keys coming from the connection ID
-as the controller's own decryption shows; sluice does not build one.) A
-dropped QUIC flow
-costs a browser little: it falls back to TCP, where the rule's method
-applies. The policy loader accepts any method on a rule that matches QUIC
-flows and documents this rather than refusing it.
+QUIC flows are only ever dropped, whatever the method: an established QUIC
+connection is closed from outside only by a stateless reset, whose token the
+server derives from its own key, which sluice does not have. (A
+CONNECTION_CLOSE in an Initial packet could be forged during the handshake,
+Initial keys coming from the connection ID, as the controller's own
+decryption shows; sluice does not build one.) A dropped QUIC flow costs a
+browser little: it falls back to TCP, where the rule's method applies. The
+policy loader accepts any method on a rule that matches QUIC flows and
+documents this rather than refusing it.
 """
 
 import ctypes
