@@ -380,11 +380,15 @@ def test_the_entrypoint_enforces_in_a_chroot_in_the_edge_namespace(image_root, t
             def metrics() -> str:
                 return lab.run_in(lab.edge_ns, ["curl", "-s", f"http://127.0.0.1:{port}/metrics"]).stdout
 
-            deadline = time.monotonic() + 120
-            while "sluice_policy_loaded_timestamp_seconds" not in metrics():
-                assert controller.poll() is None, controller.stderr.read()
-                assert time.monotonic() < deadline, "the entrypoint never served metrics"
-                time.sleep(0.5)
+            def wait_for(text: str, seconds: float, what: str) -> None:
+                deadline = time.monotonic() + seconds
+                while text not in metrics():
+                    if controller.poll() is not None or time.monotonic() > deadline:
+                        controller.terminate()
+                        raise AssertionError(f"{what}: {controller.communicate(timeout=30)[1]}")
+                    time.sleep(0.3)
+
+            wait_for("sluice_policy_loaded_timestamp_seconds", 120, "the entrypoint never served metrics")
             # exec all the way down: the process the runtime started is the controller.
             cmdline = Path(f"/proc/{controller.pid}/cmdline").read_bytes().split(b"\0")
             assert b"run" in cmdline and b"--iface" in cmdline, cmdline
@@ -397,10 +401,7 @@ def test_the_entrypoint_enforces_in_a_chroot_in_the_edge_namespace(image_root, t
             digest = policy_digest(metrics())
             atomic_write(tmp_path / "policy", "policy.yaml",
                          POLICY.format(domains="blocked.example, newly.example"), 2)
-            deadline = time.monotonic() + 30
-            while 'sluice_policy_reloads_total{result="success"} 1.0' not in metrics():
-                assert time.monotonic() < deadline, "the ConfigMap swap was not reloaded"
-                time.sleep(0.3)
+            wait_for('sluice_policy_reloads_total{result="success"} 1.0', 90, "the ConfigMap swap was not reloaded")
             assert not lab.curl("newly.example", timeout=1).ok
             assert policy_digest(metrics()) != digest
             time.sleep(3)
