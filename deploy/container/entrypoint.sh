@@ -28,7 +28,8 @@ case " $* " in
     setting=$dir/${NODE_NAME:-default}
     [ -f "$setting" ] || setting=$dir/default
     if [ ! -f "$setting" ]; then
-        echo "sluice-entrypoint: no --iface given and no interface setting in $dir (for ${NODE_NAME:-this node} or default)" >&2
+        echo "sluice-entrypoint: no --iface and no interface setting in $dir" \
+            "(for ${NODE_NAME:-this node} or default)" >&2
         exit 2
     fi
     ifaces=$(cat "$setting")
