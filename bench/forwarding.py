@@ -1,10 +1,9 @@
-"""Forwarding throughput and flow churn through the lab's edge, against no program.
+"""Forwarding throughput and flow churn through the lab's edge, paired with no program.
 
-Run as root:  .venv/bin/python bench/forwarding.py [--seconds 5] [--streams 4]
+Run as root:  .venv/bin/python bench/forwarding.py [--seconds 5] [--streams 4] [--pairs 3]
 
-Throughput: iperf3 (4 parallel TCP streams, bounded duration) from the
-client to the server namespace, through the edge, with:
-  - no program on the edge (the baseline), measured first and last;
+Throughput: iperf3 (parallel TCP streams, bounded duration) from the client
+to the server namespace, through the edge, with:
   - an empty XDP program (on veth, native XDP alone turns off the peers'
     segmentation offloads: this line shows what that costs by itself);
   - sluice with 1,000,000 domain rules, none matching;
@@ -12,13 +11,19 @@ client to the server namespace, through the edge, with:
   - iptables `-m string --algo bm` rules on the same kind of names, 10 and
     1,000 of them (what users would otherwise reach for).
 Churn: ApacheBench opens a new HTTP connection per request (bounded count),
-without and with sluice, which must inspect and classify each new flow.
-Every figure is printed with its ratio to the baseline of the same run.
+which sluice must inspect and classify for each new flow.
+
+The machine is shared and busy, so every configuration is measured in
+--pairs alternations with no program on the edge (bench/pairs.py): the
+figure that counts is the median ratio to no program, with its spread
+(lowest-highest pair); the absolute rates (medians) are context only. The
+programs and rules are loaded once; a pair only attaches and detaches them.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +39,7 @@ from controller import xdp_link  # noqa: E402
 from controller.datapath import Datapath  # noqa: E402
 from controller.lab import SERVER_V4, Lab  # noqa: E402
 from controller.policy import load_policy  # noqa: E402
+from pairs import alternate  # noqa: E402
 
 CHURN_REQUESTS = 5000
 CHURN_CONCURRENCY = 8
@@ -60,11 +66,14 @@ def churn(lab) -> float:
     raise RuntimeError(f"ab printed no rate: {result.stdout[-500:]}")
 
 
-def attached(lab, policy):
-    datapath = Datapath(policy)
+@contextmanager
+def sluice_attached(lab, datapath):
     for ifname in (lab.edge_client_iface, lab.edge_server_iface):
         datapath.attach(ifname, netns=lab.edge_ns)
-    return datapath
+    try:
+        yield
+    finally:
+        datapath.detach_all()
 
 
 @contextmanager
@@ -91,57 +100,90 @@ def million_rule_policy(directory: Path):
     return load_policy(directory / "policy.yaml")
 
 
-def with_iptables(lab, rules: int):
+def iptables_chain(lab, rules: int) -> str:
+    """A chain of `rules` string-match rules, not yet jumped to from FORWARD."""
+    chain = f"BENCH{rules}"
+    lab.run_in(lab.edge_ns, ["iptables", "-N", chain], check=True)
     for name in bench_names(rules):
-        lab.run_in(lab.edge_ns, ["iptables", "-A", "FORWARD", "-m", "string", "--algo", "bm",
+        lab.run_in(lab.edge_ns, ["iptables", "-A", chain, "-m", "string", "--algo", "bm",
                                  "--string", name, "-j", "DROP"], check=True)
+    return chain
+
+
+@contextmanager
+def jumping_to(lab, chain: str):
+    lab.run_in(lab.edge_ns, ["iptables", "-I", "FORWARD", "-j", chain], check=True)
+    try:
+        yield
+    finally:
+        lab.run_in(lab.edge_ns, ["iptables", "-D", "FORWARD", "-j", chain], check=True)
+
+
+@contextmanager
+def throttling_another_flow(lab, datapath, seconds: float):
+    """sluice attached while a download of a throttled name runs beside."""
+    with sluice_attached(lab, datapath):
+        throttled = threading.Thread(target=lab.download_rate, args=("slow.example", seconds + 2))
+        throttled.start()
+        time.sleep(0.5)
+        try:
+            yield
+        finally:
+            throttled.join()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="each iperf3 run (default %(default)s)")
     parser.add_argument("--streams", type=int, default=4, help="parallel TCP streams (default %(default)s)")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="alternations of no program and each configuration (default %(default)s)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run as root: it builds namespaces and loads BPF programs")
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
 
-    results = []
+    def throughput():
+        return iperf(lab, args.seconds, args.streams)
+
+    rows = []   # (label, throughput PairedRatio, churn PairedRatio or None)
     with tempfile.TemporaryDirectory() as tmp, Lab() as lab:
         iperf_server = subprocess.Popen(["ip", "netns", "exec", lab.server_ns, "iperf3", "-s"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
+        datapath = Datapath(million_rule_policy(Path(tmp)))
         try:
-            results.append(("no program", iperf(lab, args.seconds, args.streams), churn(lab)))
-            with empty_xdp(lab):
-                results.append(("empty XDP program", iperf(lab, args.seconds, args.streams), churn(lab)))
-            policy = million_rule_policy(Path(tmp))
-            datapath = attached(lab, policy)
-            try:
-                results.append(("sluice, 1M rules, no match", iperf(lab, args.seconds, args.streams), churn(lab)))
-                throttled = threading.Thread(target=lab.download_rate, args=("slow.example", args.seconds + 2))
-                throttled.start()
-                time.sleep(0.5)
-                results.append(("sluice, throttling another flow", iperf(lab, args.seconds, args.streams), None))
-                throttled.join()
-            finally:
-                datapath.close()
+            configurations = [
+                ("empty XDP program", lambda: empty_xdp(lab), True),
+                ("sluice, 1M rules, no match", lambda: sluice_attached(lab, datapath), True),
+                ("sluice, throttling another flow",
+                 lambda: throttling_another_flow(lab, datapath, args.seconds), False),
+            ]
             for rules in (10, 1000):
-                with_iptables(lab, rules)
-                results.append((f"iptables string bm, {rules} rules", iperf(lab, args.seconds, args.streams),
-                                churn(lab)))
-                lab.run_in(lab.edge_ns, ["iptables", "-F", "FORWARD"], check=True)
-            results.append(("no program, again", iperf(lab, args.seconds, args.streams), churn(lab)))
+                chain = iptables_chain(lab, rules)
+                configurations.append((f"iptables string bm, {rules} rules",
+                                       lambda chain=chain: jumping_to(lab, chain), True))
+            for label, under_test, with_churn in configurations:
+                rate = alternate(throughput, under_test, args.pairs)
+                flows = alternate(lambda: churn(lab), under_test, args.pairs) if with_churn else None
+                rows.append((label, rate, flows))
+                print(f"  measured: {label}", file=sys.stderr, flush=True)
         finally:
+            datapath.close()
             iperf_server.kill()
             iperf_server.wait()
 
-    base_rate, base_churn = results[0][1], results[0][2]
     print(f"kernel {os.uname().release}; iperf3 {args.streams} streams x {args.seconds:g} s; "
-          f"ab {CHURN_REQUESTS} requests, {CHURN_CONCURRENCY} at a time\n")
-    print(f"{'configuration':<34}{'throughput':>14}{'ratio':>8}{'new flows/s':>14}{'ratio':>8}")
-    for label, rate, flows in results:
-        churn_text = f"{flows:>14.0f}{flows / base_churn:>8.2f}" if flows else f"{'-':>14}{'':>8}"
-        print(f"{label:<34}{rate / 1e9:>9.2f} Gb/s{rate / base_rate:>8.2f}{churn_text}")
+          f"ab {CHURN_REQUESTS} requests, {CHURN_CONCURRENCY} at a time; {args.pairs} pairs with no program "
+          "each; ratio = median (lowest-highest pair); rates are medians, context only\n")
+    print(f"{'configuration':<34}{'throughput ratio':>22}{'rate':>11}{'no program':>12}"
+          f"{'new flows ratio':>22}{'flows/s':>9}{'no prog':>9}")
+    for label, rate, flows in rows:
+        churn_text = (f"{flows.show():>22}{statistics.median(flows.measured):>9.0f}"
+                      f"{statistics.median(flows.baseline):>9.0f}") if flows else f"{'-':>22}"
+        print(f"{label:<34}{rate.show():>22}{statistics.median(rate.measured) / 1e9:>6.2f} Gb/s"
+              f"{statistics.median(rate.baseline) / 1e9:>7.2f} Gb/s{churn_text}")
     return 0
 
 
