@@ -1,18 +1,23 @@
 """Names extracted and packets per second: `sluice replay` against nDPI's ndpiReader, on one capture.
 
-Run as root:  .venv/bin/python bench/ndpi.py [--flows 5000]
+Run as root:  .venv/bin/python bench/ndpi.py [--flows 5000] [--pairs 3]
 
 The capture is built with scapy: TCP flows with a handshake, a ClientHello
 (or an HTTP request) and a few data packets each, over ports 443, 8443 and
 80, with names in varied case and some with a trailing dot. Both tools read
 the same file; the script prints how many flows each named, where they
-disagree, and their packets per second (sluice's with and without the
-one-off compile).
+disagree, and their packets per second: sluice's frame loop (a program
+loaded once, its flow tables emptied before each run, as bench/ndpi_corpus.py
+does) skipping the frames of settled flows as `sluice replay` does, and
+running every frame (as replay did before), each alternated with ndpiReader
+--pairs times. The machine is shared and busy: the ratios to ndpiReader's
+own figure (which excludes its start-up) are what count.
 """
 
 import argparse
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,9 +30,9 @@ from scapy.layers.tls.handshake import TLSClientHello
 from scapy.layers.tls.record import TLS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from controller.datapath import Datapath  # noqa: E402
 from controller.names import normalise  # noqa: E402
-from controller.replay import replay  # noqa: E402
+from controller.replay import report_unsettled, run_capture  # noqa: E402
+from ndpi_corpus import FLOW_TABLES, Corpus  # noqa: E402
 
 MACS = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 DATA_PACKETS = 4
@@ -83,21 +88,46 @@ def ndpi_names(path: Path) -> tuple[dict, float]:
     return names, float(throughput[1]) * scale if throughput else 0.0
 
 
+def sluice_frames_per_second(corpus: Corpus, capture: Path, skip_settled: bool) -> tuple[float, list[dict]]:
+    """The frame loop's rate over the capture, from empty flow tables; and its records."""
+    for name in FLOW_TABLES:
+        corpus.datapath.table(name).clear()
+    corpus.quic.pending.clear()
+    corpus.report.records = []
+    corpus.report.settled.clear()
+    started = time.monotonic()
+    frames = run_capture(corpus.datapath, str(capture), corpus.report.settled if skip_settled else None)
+    seconds = time.monotonic() - started
+    report_unsettled(corpus.datapath, corpus.report)
+    return frames / seconds, corpus.report.records
+
+
+def show(values: list[float]) -> str:
+    return f"{statistics.median(values):5.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flows", type=int, default=5000)
+    parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        capture = Path(tmp) / "flows.pcap"
-        truth = build_capture(capture, args.flows)
-        frames = args.flows * (4 + DATA_PACKETS)
-        ndpi, ndpi_pps = ndpi_names(capture)
-        started = time.monotonic()
-        records, replayed = replay(str(capture))
-        sluice_seconds = time.monotonic() - started
-        started = time.monotonic()
-        Datapath(None, events=True).close()
-        compile_seconds = time.monotonic() - started
+    rates = {"ndpiReader": [], "skipping settled flows": [], "every frame": []}
+    corpus = Corpus()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            capture = Path(tmp) / "flows.pcap"
+            truth = build_capture(capture, args.flows)
+            frames = args.flows * (4 + DATA_PACKETS)
+            for _ in range(args.pairs):
+                ndpi, ndpi_pps = ndpi_names(capture)
+                rates["ndpiReader"].append(ndpi_pps)
+                skipping, records = sluice_frames_per_second(corpus, capture, skip_settled=True)
+                rates["skipping settled flows"].append(skipping)
+                every, every_records = sluice_frames_per_second(corpus, capture, skip_settled=False)
+                rates["every frame"].append(every)
+                assert records == every_records, "skipping settled flows changed replay's output"
+    finally:
+        corpus.close()
     sluice = {(r["client"], r["client_port"]): r["name"] for r in records if r["name"]}
     print(f"capture: {args.flows} flows, {frames} frames\n")
     for label, found in (("sluice replay", sluice), ("ndpiReader", ndpi)):
@@ -109,10 +139,11 @@ def main() -> int:
     print(f"flows where the two report different strings: {len(differing)}")
     for key, sent, by_sluice, by_ndpi in differing[:5]:
         print(f"  {key[0]}:{key[1]} sent {sent!r}: sluice {by_sluice!r}, nDPI {by_ndpi!r}")
-    print(f"\nsluice replay: {replayed / sluice_seconds:,.0f} frames/s including the compile "
-          f"({sluice_seconds:.1f} s in all); {replayed / (sluice_seconds - compile_seconds):,.0f} frames/s "
-          f"without it (a compile alone took {compile_seconds:.1f} s)")
-    print(f"ndpiReader:    {ndpi_pps:,.0f} packets/s (its own figure, excluding start-up)")
+    print(f"\n{args.pairs} alternations; frames per second, median of the runs, and the ratio to ndpiReader's "
+          "packets per second of the same pair: median (lowest-highest)")
+    for label, values in rates.items():
+        ratio = show([v / n for v, n in zip(values, rates["ndpiReader"])]) if label != "ndpiReader" else ""
+        print(f"  {label:<24}{statistics.median(values):>12,.0f}/s  {ratio}")
     return 0
 
 

@@ -8,7 +8,8 @@ For each rate and direction, curl downloads from (or uploads to) nginx in
 the server namespace through the edge, where sluice polices (throttle) or
 paces (shape) the flow, and the script prints the configured rate, the
 achieved goodput and their ratio. Then it measures an unthrottled download
-alone and beside a throttled one, and prints the share it keeps: on the bare
+alone and beside a throttled one, alternated (--pairs, bench/pairs.py), and
+prints the share it keeps as a median ratio with its spread: on the bare
 veth, where client, edge and server share two CPUs and the CPU is the
 bottleneck, and on a link capped with tbf (--shared-link), which the two
 flows then share.
@@ -24,6 +25,7 @@ The rate applies to whole Ethernet frames; TCP goodput is at most
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -36,6 +38,7 @@ from controller.datapath import Datapath  # noqa: E402
 from controller.egress import kernel_has_fq  # noqa: E402
 from controller.lab import Lab  # noqa: E402
 from controller.policy import load_policy, parse_rate  # noqa: E402
+from pairs import PairedRatio, alternate  # noqa: E402
 
 SECONDS_FOR = {128_000: 12.0, 1_000_000: 8.0}   # slow rates need longer runs to average out
 DEFAULT_SECONDS = 6.0
@@ -79,8 +82,20 @@ def measure(lab, rate_bps: int, scheme: str) -> tuple[float, float]:
             lab.upload_rate("slow.example", nbytes=nbytes, timeout=timeout, exclude_setup=True, scheme=scheme))
 
 
-def unthrottled_share(lab, rate_bps: int, link: str | None, xdp_mode: str, scheme: str) -> tuple[float, float]:
-    """An unthrottled download's goodput alone, and beside a throttled download.
+@contextmanager
+def throttled_download_beside(lab, scheme: str):
+    worker = threading.Thread(target=lab.download_rate, args=("slow.example", 5.0), kwargs={"scheme": scheme})
+    worker.start()
+    try:
+        yield
+    finally:
+        worker.join()
+
+
+def unthrottled_share(lab, rate_bps: int, link: str | None, xdp_mode: str, scheme: str,
+                      pairs: int) -> PairedRatio:
+    """An unthrottled download's goodput beside a throttled download, as a
+    ratio to its goodput alone, alternated `pairs` times (bench/pairs.py).
 
     link: cap the edge's client-side link at this rate with tbf, so that the
     link, not the CPU that client, edge and server share here, is what the
@@ -90,15 +105,9 @@ def unthrottled_share(lab, rate_bps: int, link: str | None, xdp_mode: str, schem
         if link:
             lab.run_in(lab.edge_ns, [*tc, "tbf", "rate", link, "burst", "256kb", "latency", "50ms"], check=True)
         with enforcing(lab, "throttle", rate_bps, 0.5, xdp_mode):
-            # Alone before and after, averaged, so that a warming cache favours neither side.
-            alone_before = lab.download_rate("open.example", seconds=3.0, exclude_setup=True, scheme=scheme)
-            worker = threading.Thread(target=lab.download_rate, args=("slow.example", 5.0),
-                                      kwargs={"scheme": scheme})
-            worker.start()
-            beside = lab.download_rate("open.example", seconds=3.0, exclude_setup=True, scheme=scheme)
-            worker.join()
-            alone_after = lab.download_rate("open.example", seconds=3.0, exclude_setup=True, scheme=scheme)
-        return (alone_before + alone_after) / 2, beside
+            return alternate(lambda: lab.download_rate("open.example", seconds=3.0, exclude_setup=True,
+                                                       scheme=scheme),
+                             lambda: throttled_download_beside(lab, scheme), pairs)
     finally:
         if link:
             lab.run_in(lab.edge_ns, ["tc", "qdisc", "del", "dev", lab.edge_client_iface, "root"])
@@ -129,6 +138,9 @@ def main() -> int:
                              "peer's segmentation offload, so every 1500-byte packet crosses the edge on "
                              "its own, which an emulated CPU cannot do at 100 Mbit/s: generic keeps the "
                              "offload (default %(default)s)")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="alternations of the unthrottled download alone and beside a throttled one "
+                             "(default %(default)s)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run as root: it builds namespaces and loads BPF programs")
@@ -160,10 +172,12 @@ def main() -> int:
                           f"{achieved / rate:>8.3f}{note}", flush=True)
         print()
         for link in (None, args.shared_link):
-            alone, beside = unthrottled_share(lab, rates[0], link, args.xdp_mode, args.scheme)
+            share = unthrottled_share(lab, rates[0], link, args.xdp_mode, args.scheme, args.pairs)
             where = f"link capped at {link} (tbf)" if link else "uncapped veth (CPU-bound here)"
-            print(f"{where}: unthrottled download alone {alone / 1e6:.0f} Mbit/s, beside a throttled "
-                  f"flow {beside / 1e6:.0f} Mbit/s: keeps {beside / alone:.1%}", flush=True)
+            print(f"{where}: an unthrottled download beside a throttled flow keeps {share.show()} of its "
+                  f"speed alone ({args.pairs} pairs, median (lowest-highest)); medians: alone "
+                  f"{statistics.median(share.baseline) / 1e6:.0f} Mbit/s, beside "
+                  f"{statistics.median(share.measured) / 1e6:.0f} Mbit/s", flush=True)
     print("\ntargets: ratio within 0.90..1.10 for every rate and direction; unthrottled keeps >= 95%")
     return 0
 

@@ -6,6 +6,12 @@ each flow it settles on its event ring, and hands over the Initial packets
 of QUIC flows, which the controller's own code (controller/quic_flows.py)
 settles; replay prints one line per flow.
 
+Only a flow's inspection window decides its line: once the program has
+reported a flow settled (classified, or given up on), the rest of its
+packets cannot change the output, so replay keeps those flows in a table of
+its own and runs their packets no more, except a bare SYN, which opens a new
+flow on the same addresses and ports.
+
 Output (stable; tools may parse it):
   text:  CLIENT:PORT -> SERVER:PORT PROTO NAME rule=RULE action=ACTION [method=METHOD]
   json:  {"client", "client_port", "server", "server_port", "proto", "name",
@@ -23,8 +29,10 @@ Output (stable; tools may parse it):
 import ctypes
 import ipaddress
 import json
+import os
 import struct
 import sys
+import time
 
 from scapy.utils import RawPcapReader
 
@@ -53,7 +61,13 @@ LINKTYPE_NAMES = {LINKTYPE_NULL: "BSD loopback", LINKTYPE_ETHERNET: "Ethernet", 
                   LINKTYPE_RAW: "raw IP", LINKTYPE_LINUX_SLL: "Linux cooked", LINKTYPE_IPV4: "raw IPv4",
                   LINKTYPE_IPV6: "raw IPv6", LINKTYPE_LINUX_SLL2: "Linux cooked v2"}
 
-CONSUME_EVERY = 256     # frames between ring buffer reads; the ring holds ~800 events
+IPV4_MAPPED = bytes(10) + b"\xff\xff"
+IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+TCP_SYN_ACK, TCP_SYN = 0x12, 0x02
+PROGRESS_AFTER_S = 3.0      # a capture replayed faster than this shows no progress bar
+PROGRESS_EVERY = 4096       # frames between looks at the clock
+PROGRESS_WIDTH = 30
 
 
 class CaptureError(Exception):
@@ -135,14 +149,54 @@ def _record(key, client_is_hi, proto=None, name=None, rule=None) -> dict:
                        else None)}
 
 
+def settled_key(key) -> tuple:
+    """A flow key (struct flow_key) as the table of settled flows holds it."""
+    return flow_identity(key.l4proto, bytes(key.addr_lo), struct.pack("=H", key.port_lo),
+                         bytes(key.addr_hi), struct.pack("=H", key.port_hi))
+
+
+def flow_identity(proto: int, address_a: bytes, port_a: bytes, address_b: bytes, port_b: bytes) -> tuple:
+    """The same for both directions: (proto, lower end, higher end), each end
+    a 16-byte address (IPv4 mapped) and a port as it is on the wire."""
+    a, b = (address_a, port_a), (address_b, port_b)
+    return (proto, a, b) if a < b else (proto, b, a)
+
+
+def frame_flow(frame: bytes) -> tuple[tuple, bool] | None:
+    """(flow identity, is a bare SYN) of an Ethernet frame carrying TCP or
+    UDP straight over IPv4 or IPv6, unfragmented; None for anything else
+    (which the program runs as it always does)."""
+    ethertype = frame[12:14]
+    if ethertype == b"\x08\x00" and len(frame) >= 34:
+        if int.from_bytes(frame[20:22], "big") & IP_MORE_FRAGMENTS_AND_OFFSET:
+            return None
+        proto, l4 = frame[23], 14 + (frame[14] & 15) * 4
+        source, destination = IPV4_MAPPED + frame[26:30], IPV4_MAPPED + frame[30:34]
+    elif ethertype == b"\x86\xdd" and len(frame) >= 54:
+        proto, l4 = frame[20], 54
+        source, destination = frame[22:38], frame[38:54]
+    else:
+        return None
+    if proto == IPPROTO_TCP and len(frame) >= l4 + 14:
+        bare_syn = frame[l4 + 13] & TCP_SYN_ACK == TCP_SYN
+    elif proto == IPPROTO_UDP and len(frame) >= l4 + 8:
+        bare_syn = False
+    else:
+        return None
+    return flow_identity(proto, source, frame[l4:l4 + 2], destination, frame[l4 + 2:l4 + 4]), bare_syn
+
+
 class FlowReport:
-    """Turns classification events into the documented records."""
+    """Turns classification events into the documented records, and keeps
+    the flows they settled."""
 
     def __init__(self, policy):
         self.policy = policy
         self.records: list[dict] = []
+        self.settled: set[tuple] = set()
 
     def add_event(self, event) -> None:
+        self.settled.add(settled_key(event.key))
         rule = self.policy.rule_by_id(event.rule_id) if self.policy and event.rule_id else None
         name = bytes(event.name[:event.name_len]).decode("ascii", "backslashreplace") \
             if event.name_len else None
@@ -151,6 +205,7 @@ class FlowReport:
 
 
     def add_quic_flow(self, key, client_is_hi, name, rule) -> None:
+        self.settled.add(settled_key(key))
         self.records.append(_record(key, client_is_hi, "quic", name, rule))
 
 
@@ -164,8 +219,33 @@ def format_text(record: dict) -> str:
             + (f" method={record['method']}" if record["method"] else ""))
 
 
-def replay(capture_path: str, policy=None) -> tuple[list[dict], int]:
-    """Run the capture through the data plane; returns (records, frames)."""
+class Progress:
+    """A progress bar on stderr, once a capture has taken PROGRESS_AFTER_S,
+    and only on a terminal: a log or a pipe gets no carriage returns."""
+
+    def __init__(self, capture_path: str, out=sys.stderr):
+        self.capture_path, self.out = capture_path, out
+        self.size = max(os.path.getsize(capture_path), 1)
+        self.started, self.shown = time.monotonic(), False
+
+    def update(self, position: int, frames: int) -> None:
+        if not self.out.isatty() or time.monotonic() - self.started < PROGRESS_AFTER_S:
+            return
+        done = min(position / self.size, 1.0)
+        print(f"\r{self.capture_path}: [{'#' * int(done * PROGRESS_WIDTH):<{PROGRESS_WIDTH}}] {done:4.0%}, "
+              f"{frames:,} frames", end="", file=self.out, flush=True)
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            print(file=self.out)
+
+
+def replay(capture_path: str, policy=None, skip_settled: bool = True) -> tuple[list[dict], int]:
+    """Run the capture through the data plane; returns (records, frames).
+
+    skip_settled=False runs every frame through the program, settled or not
+    (tests compare the two)."""
     datapath = Datapath(policy, events=True)
     report = FlowReport(policy)
     event_type = ctypes.POINTER(datapath.table("event_buffers").sLeaf)
@@ -173,16 +253,19 @@ def replay(capture_path: str, policy=None) -> tuple[list[dict], int]:
         lambda _ctx, data, _size: report.add_event(ctypes.cast(data, event_type).contents))
     QuicFlows(datapath, on_settled=report.add_quic_flow)
     try:
-        frames = run_capture(datapath, capture_path)
+        progress = Progress(capture_path)
+        frames = run_capture(datapath, capture_path, report.settled if skip_settled else None, progress)
+        progress.finish()
         report_unsettled(datapath, report)
     finally:
         datapath.close()
     return report.records, frames
 
 
-def run_capture(datapath, capture_path: str) -> int:
-    """Every frame of the capture through the program, the rings read as it
-    goes and at the end; returns the number of frames run."""
+def run_capture(datapath, capture_path: str, settled: set | None = None, progress: Progress | None = None) -> int:
+    """The capture's frames through the program, but for those of flows in
+    settled (which the rings fill as they are read, after every frame run);
+    returns the number of frames read."""
     frames = 0
     with open_capture(capture_path) as reader:
         for data, metadata in reader:
@@ -191,11 +274,19 @@ def run_capture(datapath, capture_path: str) -> int:
             frame = to_ethernet(bytes(data), linktype)
             if frame is None or len(frame) < 14:
                 continue
-            run_xdp(datapath.function.fd, frame)
             frames += 1
-            if frames % CONSUME_EVERY == 0:
-                datapath.bpf.ring_buffer_consume()
-    datapath.bpf.ring_buffer_consume()
+            if progress and frames % PROGRESS_EVERY == 0:
+                progress.update(reader.f.tell(), frames)
+            if settled:
+                flow = frame_flow(frame)
+                if flow and flow[0] in settled:
+                    if not flow[1]:
+                        continue
+                    settled.discard(flow[0])
+            run_xdp(datapath.function.fd, frame)
+            # At once, so that the flow this frame settled is skipped from
+            # its next frame (reading an empty ring costs no system call).
+            datapath.bpf.ring_buffer_consume()
     return frames
 
 

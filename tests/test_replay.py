@@ -85,6 +85,44 @@ def test_text_output_is_one_line_per_flow(captures):
                for line in lines), lines
 
 
+def reopened_and_given_up(path):
+    """A capture of flows past their inspection windows: a blocked flow and
+    its replies, then a bare SYN that reopens its addresses and ports for
+    another name; a flow that never names itself (given up on); an IPv6 flow."""
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+    from packets import client_hello, http_request, tcp_frame
+    frames = []
+    for name in (b"blocked.example", b"open.example"):
+        frames += [tcp_frame(sport=41000, flags="S"), tcp_frame(client_hello(name), sport=41000)]
+        frames += [tcp_frame(b"d" * 100, sport=41000, flags="A", reply=True, seq=1 + i * 100) for i in range(5)]
+    frames += [tcp_frame(sport=41001, flags="S")]
+    frames += [tcp_frame(b"x" * 200, sport=41001, seq=1 + i * 200) for i in range(40)]
+    frames += [tcp_frame(sport=41002, flags="S", v6=True, dport=80),
+               tcp_frame(http_request("cdn.blocked.example"), sport=41002, v6=True, dport=80)]
+    frames += [tcp_frame(b"d" * 100, sport=41002, v6=True, dport=80, flags="A", reply=True, seq=1 + i * 100)
+               for i in range(5)]
+    wrpcap(str(path), [Ether(frame) for frame in frames])
+    return path
+
+
+@pytest.mark.parametrize("capture", ["eth.pcap", "eth.pcapng", "any.pcap", "reopened"])
+def test_skipping_settled_flows_changes_no_line(captures, tmp_path, capture):
+    """replay runs the frames of flows the program has settled no more; its
+    output is what running every frame gives."""
+    from controller.policy import load_policy
+    from controller.replay import replay as replay_capture
+    path = reopened_and_given_up(tmp_path / "reopened.pcap") if capture == "reopened" else captures / capture
+    policy = load_policy(lab_policy_path())
+    skipping, frames = replay_capture(str(path), policy)
+    every_frame, all_frames = replay_capture(str(path), policy, skip_settled=False)
+    assert (skipping, frames) == (every_frame, all_frames)
+    if capture == "reopened":
+        assert [(r["client_port"], r["name"], r["action"]) for r in skipping] == [
+            (41000, "blocked.example", "block"), (41000, "open.example", None),
+            (41001, None, None), (41002, "cdn.blocked.example", "block")]
+
+
 def test_not_a_capture_is_an_error(tmp_path):
     bogus = tmp_path / "bogus.pcap"
     bogus.write_bytes(b"not a capture at all")
