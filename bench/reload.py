@@ -9,12 +9,16 @@ SIGHUP would trigger it. The baseline is the reload of the 10-rule policy.
 """
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Pins and lock of the bench's own, never a deployed sluice's (nor another bench's).
+os.environ.setdefault("SLUICE_PIN_ROOT", f"/sys/fs/bpf/sluice-bench-{os.getpid()}")
+os.environ.setdefault("SLUICE_STATE_FILE", f"/run/sluice-bench-{os.getpid()}/state.json")
 from controller.lab import Lab  # noqa: E402
 from controller.service import Service  # noqa: E402
 
@@ -33,7 +37,7 @@ def main() -> int:
         policy = Path(tmp) / "policy.yaml"
         write_policy(policy, 10)
         service = Service(str(policy), [lab.edge_client_iface, lab.edge_server_iface], netns=lab.edge_ns)
-        service.start()
+        service.start(service.check())
         try:
             baseline = None
             for size in (int(s) for s in args.sizes.split(",")):
