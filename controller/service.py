@@ -177,6 +177,7 @@ class Service:
         self.datapath: Datapath | None = None
         self.policy = None               # as loaded; self.datapath.policy is it as it stands now
         self.next_switch = None          # when a rule's schedule next changes what it does
+        self.compiled_at = None          # the moment the data plane being installed was compiled for
         self.shapers: list = []
         self.server_resets: list = []      # block_methods.ServerResets, where rules answer clients
         self.loaded_at = 0.0
@@ -227,7 +228,7 @@ class Service:
         datapath = created_root = None
         try:
             created_root = prepare_pin_root()
-            datapath = Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"))
+            datapath = self._compile(policy)
             self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
             self.server_resets = set_up_server_resets(datapath, policy, [(i, self.netns) for i in self.interfaces])
             for ifname in self.interfaces:
@@ -265,8 +266,7 @@ class Service:
             current = {rule.name for rule in policy.rules}
             retired = {**self.retired_rules, **{r.name: r for r in self.policy.rules if r.name not in current}}
             retired = {name: rule for name, rule in retired.items() if name not in current}
-            datapath = Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"),
-                                retired_rules=retired.values())
+            datapath = self._compile(policy, retired.values())
         except Exception as error:
             return self._refuse(error)
         try:
@@ -298,12 +298,10 @@ class Service:
         """A rule's window opened or closed, or it escalated: compile the
         policy as it stands now, swap it in, and move the flows of the rules
         that switched to their new action (none, if the rule went inactive)."""
-        from .egress import EgressError
-        datapath = Datapath(self.policy, events=True, pin_dir=str(PIN_ROOT / "maps"),
-                            retired_rules=self.retired_rules.values())
         try:
+            datapath = self._compile(self.policy, self.retired_rules.values())
             switched = self._swap(datapath, self.policy)
-        except EgressError as error:
+        except Exception as error:
             log.error("schedule switch failed, the previous step stays in force: %s", error)
             self._record("schedule", False, str(error))
             return
@@ -462,6 +460,14 @@ class Service:
         self.rule_ids = ids
         return policy, digest
 
+    def _compile(self, policy, retired_rules=()) -> Datapath:
+        """The policy's data plane as its schedule stands now. A compile takes
+        seconds: the next switch is counted from the moment compiled for, so a
+        step that falls due while compiling is taken right after, not missed."""
+        self.compiled_at = schedule.now()
+        return Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"), retired_rules=retired_rules,
+                        at=self.compiled_at)
+
     def _swap(self, datapath, policy) -> list:
         """Move the interfaces (and egress shapers) to datapath in one atomic
         swap each; raises EgressError, with the running one untouched.
@@ -514,7 +520,7 @@ class Service:
             xdp_link.pin(datapath.table("stages").map_fd, str(PIN_ROOT / "stages"))
         self.datapath, self.policy = datapath, policy
         self.program_id = xdp_link.program_id(datapath.function.fd)
-        self.next_switch = policy.next_switch(schedule.now())
+        self.next_switch = policy.next_switch(self.compiled_at)
         self.loaded_at = time.time()
         self._save()
 
