@@ -20,6 +20,15 @@
 #define HTTP_HOST_VALUE_MAX (SLUICE_NAME_MAX + 8) /* a name, a colon and a port */
 #define HTTP_SCHEME_MAX 16		/* "http", "https", and room for any other */
 #define HTTP_AUTHORITY_MAX 512		/* userinfo@host:port of an absolute-form target */
+#define HTTP_EMPTY_LINE_BYTES_MAX 16	/* CR and LF bytes stepped over before a request line */
+/* A request in a stream is searched for its Host line this far: the
+ * verifier follows at most 8192 jumps in one go, two per byte here. */
+#define HTTP_STREAM_SCAN_BYTES 2600
+/* Of the Host line, what parse_host_value() may read: the field name, the
+ * whitespace, a value, the line end. */
+#define HTTP_HOST_LINE_COPY (HTTP_HOST_FIELD_LEN + HTTP_OWS_MAX + HTTP_HOST_VALUE_MAX + 2)
+/* "\nhost:" as it reads in the last six bytes of a 64-bit shift register. */
+#define HTTP_HOST_LINE_PATTERN 0x0a686f73743aULL
 
 enum http_outcome {
 	HTTP_NOT_REQUEST = 0,
@@ -218,6 +227,11 @@ static __always_inline int parse_request_line(struct payload_scratch *scratch)
 	__u32 avail = scratch->len;
 	__u32 off = 0;
 
+	/* A server ignores empty lines before a request line (RFC 9112 2.2):
+	 * the request is then read from the flow's stream, past them. */
+	if (avail > 0 && !scratch->in_stream &&
+	    (payload_u8(bytes, 0) == '\r' || payload_u8(bytes, 0) == '\n'))
+		return HTTP_TRUNCATED;
 	/* The method: one or more token characters, then a space. */
 	for (int i = 0; i < HTTP_METHOD_MAX; i++) {
 		if (off >= avail)
@@ -277,6 +291,43 @@ static __always_inline int parse_request_host(struct payload_scratch *scratch,
 	if (!value_off)
 		return HTTP_NO_HOST;
 	return parse_host_value(scratch, forget_range(scratch->forget_slot, value_off), name_off, name_len);
+}
+
+/* Find the request line's end, the Host line and the header section's end
+ * in bytes[start, end) of a stream buffer, however many header lines come
+ * before the Host line. The body is branch-free arithmetic but for the exit
+ * (see find_line_starts()): a Host line is "\nhost:" in a shift register of
+ * the bytes, letters lower-cased, that comes before the blank line. The
+ * layout is written to map memory, where the verifier does not follow it:
+ * the code after the scan is verified once, not once per way out of it. */
+static __always_inline void scan_stream_request(const __u8 *bytes, __u32 start, __u32 end,
+						struct request_layout *layout)
+{
+	__u64 recent = 0, line_end = 0, host_line = 0, headers_end = 0;
+
+	for (__u64 i = 0; i < HTTP_STREAM_SCAN_BYTES; i++) {
+		__u64 at = start + i;
+		if (at >= end)
+			break;
+		__u64 c = masked_u8(bytes, at, STREAM_MASK);
+		__u64 from_a = c - 'A';
+		__u64 is_upper = ((from_a - 26) >> 63) & (~from_a >> 63);
+		recent = (recent << 8) | c | (is_upper << 5);
+		__u64 is_newline = ((c ^ '\n') - 1) >> 63;
+		__u64 is_host_line = (((recent & 0xffffffffffffULL) ^ HTTP_HOST_LINE_PATTERN) - 1) >> 63;
+		__u64 is_blank_line = ((((recent & 0xffff) ^ 0x0a0d) - 1) >> 63) |
+				      ((((recent & 0xffff) ^ 0x0a0a) - 1) >> 63);
+		__u64 no_line_end = (line_end - 1) >> 63;
+		__u64 no_host_line = (host_line - 1) >> 63;
+		__u64 in_headers = (headers_end - 1) >> 63;
+		line_end += is_newline * no_line_end * at;
+		/* The register ends at the colon: the line starts 4 bytes back. */
+		host_line += is_host_line * no_host_line * in_headers * (at - 4);
+		headers_end += is_blank_line * in_headers * at;
+	}
+	layout->line_end = line_end;
+	layout->host_line = host_line;
+	layout->headers_end = headers_end;
 }
 
 #endif /* SLUICE_HTTP_HOST_H */

@@ -49,6 +49,14 @@ struct hello_result {
 	__u32 ech;			/* an Encrypted Client Hello extension was walked */
 };
 
+/* Where a request held in a stream has its parts, found in one pass (see
+ * scan_stream_request() in http_host.h); each is 0 until found. */
+struct request_layout {
+	__u32 line_end;			/* the request line's '\n' */
+	__u32 host_line;		/* the first "host:" line of the header section */
+	__u32 headers_end;		/* the '\r' or '\n' that starts the blank line */
+};
+
 struct payload_scratch {
 	struct flow_key key;		/* the flow being inspected */
 	__u32 frame_len;		/* of the packet in hand, for the counters */
@@ -60,8 +68,8 @@ struct payload_scratch {
 	__u32 payload_len;		/* the packet's payload from there, copied or not */
 	__u8 sender_is_hi;		/* the packet's sender is key's hi end */
 	__u8 proto;			/* enum sluice_proto, once known */
+	__u8 in_stream;			/* bytes[] was built from the flow's stream (HTTP) */
 	__u8 from_fragments;		/* the segment is in frag_scratch.bytes (ip_frag.h), not the frame */
-	__u8 pad;
 	__u32 forget_slot;		/* see forget_range() */
 	__u32 forget_slots[2];		/* ...for gather_handshake() */
 	__u32 set_id;			/* the rule set the name leads to, 0: none */
@@ -71,6 +79,9 @@ struct payload_scratch {
 	__u32 header_lines;		/* HTTP: newlines found (see find_line_starts()) */
 	__u32 authority_off;		/* HTTP: where an absolute-form target's authority starts, or 0 */
 	struct hello_result hello;
+	struct request_layout layout;	/* HTTP in a stream */
+	__u32 stream_held;		/* the stream is held from its start up to here */
+	__u32 pad2;
 	__u8 bytes[PAYLOAD_COPY_BYTES];
 	char name[SLUICE_NAME_MAX + 1];	/* the extracted, normalised name */
 	__u16 line_starts[HTTP_LINE_SLOTS_MASK + 1]; /* see find_line_starts() */
@@ -116,11 +127,17 @@ static __always_inline __u32 payload_be16(const __u8 *bytes, __u32 off)
 #define HANDSHAKE_BUFFER_BYTES (2 * SLUICE_STREAM_BYTES)
 #define HANDSHAKE_MASK (HANDSHAKE_BUFFER_BYTES - 1)
 
+#define STREAM_WORDS (SLUICE_STREAM_BYTES / 64)
+#define STREAM_FULL_WORDS (STREAM_WORDS / 64)
+
 struct client_stream {
 	__u32 origin;			/* offset of the ClientHello's first record, or unknown */
-	__u32 filled_end;		/* [origin, filled_end) is held, without a gap */
-	__u32 ahead_start;		/* one more range held past a gap: a segment that */
-	__u32 ahead_end;		/* overtook the one before it (0, 0: none) */
+	__u32 forget_slot;		/* see forget_range() */
+	/* Bit i of held[i / 64]: byte i of the stream has been received. Any
+	 * number of pieces, in any order, down to single bytes, is tracked
+	 * alike; what is held without a gap from a point on is read off it. */
+	__u64 held[STREAM_WORDS];
+	__u64 full[STREAM_FULL_WORDS];	/* bit w: held[w] is all ones */
 	/* By offset from flow_state.stream_base; the slack past
 	 * SLUICE_STREAM_BYTES absorbs a chunk written near the end. */
 	__u8 bytes[SLUICE_STREAM_BYTES + PAYLOAD_COPY_BYTES];

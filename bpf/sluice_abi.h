@@ -98,11 +98,13 @@ enum sluice_stage {
 	SLUICE_STAGE_HTTP = 1,		/* sluice_stage_http: an HTTP request line, and its lines */
 	SLUICE_STAGE_MATCH = 2,		/* sluice_stage_match: name -> rule set */
 	SLUICE_STAGE_SELECT = 3,	/* sluice_stage_select: client, rule set -> rule -> verdict */
-	SLUICE_STAGE_STREAM = 4,	/* sluice_stage_stream: reassemble a ClientHello, then as TLS */
+	SLUICE_STAGE_STREAM = 4,	/* sluice_stage_stream: keep a segment in the flow's stream */
 	SLUICE_STAGE_HTTP_HOST = 5,	/* sluice_stage_http_host: the host, past the request line */
 	SLUICE_STAGE_REPLY = 6,		/* sluice_stage_reply: answer a blocked flow's client (block_reply.h) */
 	SLUICE_STAGE_FRAGMENT = 7,	/* sluice_stage_fragment: gather IP fragments, judge the datagram */
-	SLUICE_STAGE_MAX = 8,
+	SLUICE_STAGE_STREAM_HTTP = 8,	/* sluice_stage_stream_http: an HTTP request from the stream */
+	SLUICE_STAGE_STREAM_TLS = 9,	/* sluice_stage_stream_tls: a ClientHello from the stream */
+	SLUICE_STAGE_MAX = 10,
 };
 
 /* How a block rule blocks (rule_info.block_method). */

@@ -27,8 +27,8 @@
 #include "client_match.h"
 #include "quic.h"
 #include "tcp_stream.h"
-#include "ip_frag.h"
 #include "block_reply.h"
+#include "ip_frag.h"
 
 /* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it),
  * from the frame, or from the datagram gathered out of IP fragments. */
@@ -159,6 +159,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	scratch->frame_len = pkt.frame_len;
 	scratch->sender_is_hi = sender_is_hi;
 	scratch->proto = SLUICE_PROTO_UNKNOWN;
+	scratch->in_stream = 0;
 	scratch->raw_name_len = 0;
 	/* A SYN's own data (TCP Fast Open) follows the sequence number the SYN takes. */
 	scratch->seq = pkt.seq + (pkt.tcp_flags & TCP_FLAG_SYN ? 1 : 0);
@@ -222,7 +223,6 @@ int sluice_stage_tls(struct xdp_md *ctx)
 		if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
 			return inspect_next_packet(flow, scratch, cfg);
 		/* The rest is in later segments or records: keep this one. */
-		flow->streaming = 1;
 		stages.call(ctx, SLUICE_STAGE_STREAM);
 		return inspect_next_packet(flow, scratch, cfg);
 	case TLS_MALFORMED:
@@ -241,7 +241,56 @@ int sluice_stage_tls(struct xdp_md *ctx)
 	return pass_unjudged(scratch->frame_len);
 }
 
+/* Nothing to name yet: wait for the next segment, and drop the stream if
+ * the window is spent. */
+static __always_inline int stream_wait(struct flow_state *flow, const struct payload_scratch *scratch,
+				       const struct sluice_config *cfg)
+{
+	inspect_next_packet(flow, scratch, cfg);
+	if (flow->state == SLUICE_FLOW_GAVE_UP)
+		streams.delete(&scratch->key);
+	return pass_unjudged(scratch->frame_len);
+}
+
+/* The flow is named: its stream has served. */
+static __always_inline void stream_done(struct flow_state *flow, const struct flow_key *key)
+{
+	flow->streaming = 0;
+	streams.delete(key);
+}
+
+/* Keep the segment in the flow's stream, then read the stream as TLS or
+ * HTTP, each in a stage of its own. */
 int sluice_stage_stream(struct xdp_md *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+
+	if (!scratch)
+		return XDP_PASS;
+	struct client_stream *stream = open_stream(&scratch->key);
+	if (!stream)
+		return inspect_next_packet(flow, scratch, cfg);
+	flow->streaming = 1;
+	find_origin(stream, store_received(ctx, stream, flow, scratch));
+	if (stream->origin != STREAM_ORIGIN_UNKNOWN) {
+		stages.call(ctx, SLUICE_STAGE_STREAM_TLS);
+		return stream_wait(flow, scratch, cfg);
+	}
+	/* No ClientHello: the stream may hold an HTTP request, unless its one
+	 * byte so far may yet start a record. */
+	__u8 first = masked_u8(stream->bytes, 0, STREAM_MASK);
+	__u32 held = held_end(stream, 0);
+	/* Handed on in map memory: the next stage need not walk the bitmap. */
+	scratch->stream_held = held;
+	if (held > 1 || (held == 1 && first != TLS_CONTENT_HANDSHAKE && first != TLS_CONTENT_CHANGE_CIPHER_SPEC))
+		stages.call(ctx, SLUICE_STAGE_STREAM_HTTP);
+	return stream_wait(flow, scratch, cfg);
+}
+
+/* A ClientHello held in the flow's stream, in records from its origin on. */
+int sluice_stage_stream_tls(struct xdp_md *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
@@ -251,22 +300,9 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	if (!scratch)
 		return XDP_PASS;
 	struct handshake_scratch *handshake = handshake_buffers.lookup(&zero);
-	__u32 offset = scratch->seq - flow->stream_base;
-	if (!handshake || offset >= SLUICE_STREAM_BYTES)
+	struct client_stream *stream = streams.lookup(&scratch->key);
+	if (!handshake || !stream)
 		return inspect_next_packet(flow, scratch, cfg);
-	struct client_stream *stream = open_stream(&scratch->key);
-	if (!stream)
-		return inspect_next_packet(flow, scratch, cfg);
-	__u32 end = scratch->from_fragments ?
-		store_gathered(stream, scratch->segment_offset, offset, scratch->segment_len) :
-		store_segment(ctx, stream, scratch->segment_offset, offset, scratch->segment_len);
-	note_segment(stream, offset, end);
-	if (stream->origin == STREAM_ORIGIN_UNKNOWN) {
-		/* No ClientHello has started yet: the segment may still be
-		 * junk, or an HTTP request, to be read alone. */
-		stages.call(ctx, SLUICE_STAGE_TLS);
-		return inspect_next_packet(flow, scratch, cfg);
-	}
 
 	/* As in the match stage: the parser is verified once, for one unknown
 	 * length, not once for every way out of the gathering loop. */
@@ -275,10 +311,7 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	if (outcome == TLS_TRUNCATED || outcome == TLS_MALFORMED || outcome == TLS_NOT_CLIENT_HELLO) {
 		if (outcome == TLS_MALFORMED)
 			count(SLUICE_CNT_TLS_MALFORMED);
-		inspect_next_packet(flow, scratch, cfg);
-		if (flow->state == SLUICE_FLOW_GAVE_UP)
-			streams.delete(&scratch->key);
-		return pass_unjudged(scratch->frame_len);
+		return stream_wait(flow, scratch, cfg);
 	}
 	count(SLUICE_CNT_TLS_REASSEMBLED);
 	if (scratch->hello.ech)
@@ -298,10 +331,75 @@ int sluice_stage_stream(struct xdp_md *ctx)
 				     &handshake->bytes[scratch->hello.name_off & STREAM_MASK]) == 0)
 			scratch->raw_name_len = name_len;
 	}
-	flow->streaming = 0;
-	streams.delete(&scratch->key);
+	stream_done(flow, &scratch->key);
 	stages.call(ctx, SLUICE_STAGE_MATCH);
 	return pass_unjudged(scratch->frame_len);
+}
+
+/* An HTTP request held in the flow's stream, cut anywhere: its request
+ * line and its Host line, however far into the header section, are copied
+ * one after the other into the scratch buffer, where the HTTP stages read
+ * them as they read a request in one packet. */
+int sluice_stage_stream_http(struct xdp_md *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+
+	if (!scratch)
+		return XDP_PASS;
+	struct client_stream *stream = streams.lookup(&scratch->key);
+	if (!stream)
+		return inspect_next_packet(flow, scratch, cfg);
+	__u32 end = scratch->stream_held;
+	__u32 start = 0;
+	for (int i = 0; i < HTTP_EMPTY_LINE_BYTES_MAX; i++) {
+		__u8 c = masked_u8(stream->bytes, start, STREAM_MASK);
+		if (start >= end || (c != '\r' && c != '\n'))
+			break;
+		start++;
+	}
+	/* Forgotten, both: the scan is verified once, not once per empty line. */
+	start = forget_range(scratch->forget_slot, start);
+	end = forget_range(scratch->forget_slots[0], end);
+	scan_stream_request(stream->bytes, start, end, &scratch->layout);
+	/* ...and again: each way out of the scan knows them differently. */
+	start = forget_range(scratch->forget_slot, start);
+	end = forget_range(scratch->forget_slots[0], end);
+	struct request_layout *layout = &scratch->layout;
+	/* The request line, with room left for the Host line after it. */
+	__u32 line_len = layout->line_end + 1 - start;
+	if (!layout->line_end || line_len > PAYLOAD_COPY_BYTES - HTTP_HOST_LINE_COPY)
+		return stream_wait(flow, scratch, cfg);
+	hide_from_compiler(line_len);
+	line_len &= PAYLOAD_COPY_MASK;
+	if (copy_within_maps(scratch->bytes, line_len, &stream->bytes[start & STREAM_MASK]) < 0)
+		return stream_wait(flow, scratch, cfg);
+	__u32 len = line_len;
+	if (layout->host_line) {
+		__u32 host_len = end - layout->host_line;
+		if (host_len > HTTP_HOST_LINE_COPY)
+			host_len = HTTP_HOST_LINE_COPY;
+		hide_from_compiler(host_len);
+		host_len &= NAME_BUFFER_MASK | 0x100;
+		__u32 at = len;
+		hide_from_compiler(at);		/* the bound below must reach the verifier */
+		if (at > PAYLOAD_COPY_BYTES - HTTP_HOST_LINE_COPY)
+			return stream_wait(flow, scratch, cfg);
+		if (copy_within_maps(&scratch->bytes[at], host_len,
+				     &stream->bytes[layout->host_line & STREAM_MASK]) < 0)
+			return stream_wait(flow, scratch, cfg);
+		len += host_len;
+	} else if (layout->headers_end) {
+		/* No Host before the blank line: the request has none. */
+		scratch->bytes[len & PAYLOAD_COPY_MASK] = '\r';
+		scratch->bytes[(len + 1) & PAYLOAD_COPY_MASK] = '\n';
+		len += 2;
+	}
+	scratch->len = len;
+	scratch->in_stream = 1;
+	stages.call(ctx, SLUICE_STAGE_HTTP);
+	return stream_wait(flow, scratch, cfg);
 }
 
 int sluice_stage_http(struct xdp_md *ctx)
@@ -312,17 +410,24 @@ int sluice_stage_http(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
-	switch (parse_request_line(scratch)) {
-	case HTTP_HOST_FOUND:
+	int outcome = parse_request_line(scratch);
+	if (outcome == HTTP_HOST_FOUND) {
 		stages.call(ctx, SLUICE_STAGE_HTTP_HOST);
 		return pass_unjudged(scratch->frame_len);
-	case HTTP_TRUNCATED:
-		count(SLUICE_CNT_HTTP_TRUNCATED);
+	}
+	/* What the stream holds is counted once, when it names the flow. */
+	if (scratch->in_stream)
 		return inspect_next_packet(flow, scratch, cfg);
-	default:
+	if (outcome != HTTP_TRUNCATED) {
 		count(SLUICE_CNT_NOT_TLS);
 		return inspect_next_packet(flow, scratch, cfg);
 	}
+	count(SLUICE_CNT_HTTP_TRUNCATED);
+	if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
+		return inspect_next_packet(flow, scratch, cfg);
+	/* The rest of the request is in later segments: keep this one. */
+	stages.call(ctx, SLUICE_STAGE_STREAM);
+	return inspect_next_packet(flow, scratch, cfg);
 }
 
 int sluice_stage_http_host(struct xdp_md *ctx)
@@ -346,9 +451,16 @@ int sluice_stage_http_host(struct xdp_md *ctx)
 		scratch->proto = SLUICE_PROTO_HTTP;
 		break;
 	default:
+		if (scratch->in_stream)
+			return inspect_next_packet(flow, scratch, cfg);
 		count(SLUICE_CNT_HTTP_TRUNCATED);
+		if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
+			return inspect_next_packet(flow, scratch, cfg);
+		stages.call(ctx, SLUICE_STAGE_STREAM);
 		return inspect_next_packet(flow, scratch, cfg);
 	}
+	if (scratch->in_stream)
+		stream_done(flow, &scratch->key);
 	stages.call(ctx, SLUICE_STAGE_MATCH);
 	return pass_unjudged(scratch->frame_len);
 }
@@ -393,11 +505,6 @@ int sluice_stage_select(struct xdp_md *ctx)
 	__u32 rule_id = select_rule(scratch->set_id, &client, cfg);
 	classify(flow, rule_id, client.class_id, scratch, cfg);
 	return apply_tcp_verdict(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len, cfg);
-}
-
-int sluice_stage_reply(struct xdp_md *ctx)
-{
-	return reply_stage(ctx);
 }
 
 /* A TCP segment gathered out of IP fragments (ip_frag.h), read as the entry
@@ -477,4 +584,9 @@ int sluice_stage_fragment(struct xdp_md *ctx)
 	if (pkt.l4proto == IPPROTO_UDP)
 		return judge_udp(ctx, &pkt, cfg, &gathered->bytes[sizeof(struct udphdr)]);
 	return judge_gathered_segment(&pkt, cfg, ctx);
+}
+
+int sluice_stage_reply(struct xdp_md *ctx)
+{
+	return reply_stage(ctx);
 }

@@ -11,14 +11,15 @@
  * whose client segments do not start where its stream starts, keeps its
  * first SLUICE_STREAM_BYTES of client data in a client_stream, each segment
  * at its offset from the client's initial sequence number (from the SYN,
- * or from the first payload seen). The stream is held without a gap from
- * the ClientHello's first record on; one range past a gap is held too, so
- * that a segment overtaking its predecessor is not lost; retransmissions
- * simply write the same bytes again. After each segment the records from
- * the origin on are walked (ChangeCipherSpec records skipped), their
+ * or from the first payload seen). A bitmap records which bytes arrived, so
+ * pieces of any size, down to one byte, in any order and overlapping, are
+ * put together as the server's TCP puts them (see store_received()). After
+ * each segment the records held without a gap from the origin on are
+ * walked (ChangeCipherSpec records skipped), their
  * handshake bytes copied behind one synthetic record header, and the
- * ordinary ClientHello parser reads the result. Inspection still ends with
- * the flow's window.
+ * ordinary ClientHello parser reads the result. An HTTP request is read
+ * from the same stream (sluice_stage_stream_http). Inspection still ends
+ * with the flow's window.
  */
 #ifndef SLUICE_TCP_STREAM_H
 #define SLUICE_TCP_STREAM_H
@@ -111,64 +112,150 @@ static __always_inline __u32 store_gathered(struct client_stream *stream, __u32 
 	return offset + done;
 }
 
-static __always_inline int starts_a_record(const struct client_stream *stream, __u32 offset, __u32 end)
+/* The index of the lowest set bit of x (x != 0), without branches: the
+ * bits below it, counted by SWAR popcount. */
+static __always_inline __u32 lowest_bit(__u64 x)
+{
+	__u64 v = (x & -x) - 1;
+
+	v = v - ((v >> 1) & 0x5555555555555555ULL);
+	v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
+	v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (v * 0x0101010101010101ULL) >> 56;
+}
+
+/* 1 if x is 0, else 0: lowest_bit() counts 64 for no bit at all. Written
+ * so, clang keeps it arithmetic; "x == 0" it would make a branch. */
+static __always_inline __u64 is_zero(__u64 x)
+{
+	return lowest_bit(x) >> 6;
+}
+
+/* Note [start, end) as received, and which words are now full. Every
+ * word is visited, without a branch: a loop that stops where the data says
+ * would leave the verifier a way out of it for every word. */
+static __always_inline void mark_held(struct client_stream *stream, __u32 start, __u32 end)
+{
+	if (end <= start || end > SLUICE_STREAM_BYTES)
+		return;
+	for (__u64 word = 0; word < STREAM_WORDS; word++) {
+		__u64 base = word * 64;
+		/* The span's bits in this word: [from, to), clamped to 0..64. */
+		__s64 from = (__s64)start - base, to = (__s64)end - base;
+		from &= ((__u64)from >> 63) - 1;		/* below 0: 0 */
+		to &= ((__u64)to >> 63) - 1;
+		__u64 from_past = (63 - (__u64)from) >> 63;	/* from > 63: none */
+		__u64 to_past = (63 - (__u64)to) >> 63;		/* to > 63: up to the end */
+		__u64 below_to = ((1ULL << (to & 63)) - 1) | -to_past;
+		__u64 span = below_to & (~0ULL << (from & 63)) & (from_past - 1);
+		__u64 held = stream->held[word] | span;
+		stream->held[word] = held;
+		stream->full[word / 64] |= is_zero(~held) << (word % 64);
+	}
+}
+
+/* The first offset at or past from that has not been received: the bytes
+ * from `from` up to it are held without a gap. The summary of full words
+ * finds it in a few steps, and without a branch: called in every way
+ * through a stage, it must not multiply the ways the verifier walks. */
+static __always_inline __u32 held_end(struct client_stream *stream, __u32 from)
+{
+	__u64 first = (from / 64) & (STREAM_WORDS - 1);
+	__u64 in_first = ~stream->held[first] & (~0ULL << (from % 64));
+	__u64 gap_in_first = is_zero(in_first) ^ 1;
+	__u64 later = 0, found = 0;
+
+	for (__u64 k = 0; k < STREAM_FULL_WORDS; k++) {
+		/* The words past first that are not full: bit b is word 64k + b. */
+		__s64 past = first + 1 - k * 64;
+		__u64 shift = past & (((__u64)past >> 63) - 1);	/* 0 if past < 0 */
+		__u64 none = (63 - shift) >> 63;		/* 1 if shift > 63 */
+		__u64 not_full = ~stream->full[k] & (~0ULL << (shift & 63)) & (none - 1);
+		__u64 word = (k * 64 + lowest_bit(not_full)) & (STREAM_WORDS - 1);
+		__u64 first_found = (is_zero(not_full) ^ 1) & (found ^ 1);
+		later += first_found * (word * 64 + lowest_bit(~stream->held[word]));
+		found |= first_found;
+	}
+	__u64 end = gap_in_first * (first * 64 + lowest_bit(in_first)) +
+		    (gap_in_first ^ 1) * (found * later + (found ^ 1) * SLUICE_STREAM_BYTES);
+	/* from itself may lie past the stream (a segment past it). */
+	end = from >= SLUICE_STREAM_BYTES ? from : end;
+	return forget_range(stream->forget_slot, end);
+}
+
+/* Store the segment of the packet in hand as the server's TCP would
+ * receive it: bytes before the stream's start are not part of it (a
+ * client may send a segment that begins early on purpose, its first bytes
+ * junk: seqovl), and bytes the stream already holds without a gap from its
+ * start were delivered to the server, which keeps that first copy (the
+ * receiver trims a segment at rcv_nxt); other bytes the later copy writes.
+ * Returns the offset of the first byte written, or SLUICE_STREAM_BYTES. */
+static __always_inline __u32 store_received(struct xdp_md *ctx, struct client_stream *stream,
+					    const struct flow_state *flow,
+					    const struct payload_scratch *scratch)
+{
+	__u32 offset = scratch->seq - flow->stream_base;
+	__u32 len = scratch->segment_len;
+	__u32 skip = 0;
+
+	/* Wrapped below zero: the segment starts before the stream. */
+	if (offset >= 0x80000000U) {
+		skip = -offset;
+		offset = 0;
+	}
+	__u32 delivered = held_end(stream, 0);
+	if (offset < delivered) {
+		skip += delivered - offset;
+		offset = delivered;
+	}
+	if (skip >= len || offset >= SLUICE_STREAM_BYTES)
+		return SLUICE_STREAM_BYTES;
+	len -= skip;
+	if (len > SLUICE_STREAM_BYTES - offset)
+		len = SLUICE_STREAM_BYTES - offset;
+	/* Marked first, where the verifier meets few ways in: the copy
+	 * below fails only on offsets the parser has already checked. */
+	mark_held(stream, offset, offset + len);
+	if (scratch->from_fragments)
+		store_gathered(stream, scratch->segment_offset + skip, offset, len);
+	else
+		store_segment(ctx, stream, scratch->segment_offset + skip, offset, len);
+	return offset;
+}
+
+/* Does a TLS record (handshake or ChangeCipherSpec) start at offset, the
+ * stream being held from there up to held? */
+static __always_inline int starts_a_record(const struct client_stream *stream, __u32 offset, __u32 held)
 {
 	__u8 type = masked_u8(stream->bytes, offset, STREAM_MASK);
 
-	return end >= offset + 2 && masked_u8(stream->bytes, offset + 1, STREAM_MASK) == TLS_MAJOR_VERSION &&
+	return held >= offset + 2 && masked_u8(stream->bytes, offset + 1, STREAM_MASK) == TLS_MAJOR_VERSION &&
 	       (type == TLS_CONTENT_HANDSHAKE || type == TLS_CONTENT_CHANGE_CIPHER_SPEC);
 }
 
-/* Hold [start, end) past a gap: merge it with the range already held there
- * if they touch, else keep whichever is nearer the gap. */
-static __always_inline void hold_ahead(struct client_stream *stream, __u32 start, __u32 end)
+/* Where the ClientHello starts: where the stream does, or else (junk came
+ * first, and was not kept) where the segment just stored starts a record.
+ * Pieces are judged by the stream they make, not one by one: the first
+ * piece may be a single byte. */
+static __always_inline void find_origin(struct client_stream *stream, __u32 stored_at)
 {
-	if (stream->ahead_end == 0 || start > stream->ahead_end || end < stream->ahead_start) {
-		if (stream->ahead_end == 0 || start < stream->ahead_start) {
-			stream->ahead_start = start;
-			stream->ahead_end = end;
-		}
+	if (stream->origin != STREAM_ORIGIN_UNKNOWN)
 		return;
-	}
-	if (start < stream->ahead_start)
-		stream->ahead_start = start;
-	if (end > stream->ahead_end)
-		stream->ahead_end = end;
-}
-
-/* Account for [start, end) having been stored. */
-static __always_inline void note_segment(struct client_stream *stream, __u32 start, __u32 end)
-{
-	if (stream->origin == STREAM_ORIGIN_UNKNOWN) {
-		if (!starts_a_record(stream, start, end)) {
-			hold_ahead(stream, start, end);
-			return;
-		}
-		stream->origin = start;
-		stream->filled_end = end;
-	} else if (start <= stream->filled_end) {
-		if (end > stream->filled_end)
-			stream->filled_end = end;
-	} else {
-		hold_ahead(stream, start, end);
-		return;
-	}
-	if (stream->ahead_end && stream->ahead_start <= stream->filled_end) {
-		if (stream->ahead_end > stream->filled_end)
-			stream->filled_end = stream->ahead_end;
-		stream->ahead_start = stream->ahead_end = 0;
-	}
+	if (starts_a_record(stream, 0, held_end(stream, 0)))
+		stream->origin = 0;
+	else if (stored_at < SLUICE_STREAM_BYTES && starts_a_record(stream, stored_at, held_end(stream, stored_at)))
+		stream->origin = stored_at;
 }
 
 /* Copy the handshake bytes of the records held from the origin on into
  * handshake->bytes after a synthetic record header; returns the bytes the
  * parser may read (header included), or 0 if the records are not TLS. */
-static __always_inline __u32 gather_handshake(const struct client_stream *stream,
+static __always_inline __u32 gather_handshake(struct client_stream *stream,
 					      struct handshake_scratch *handshake,
 					      struct payload_scratch *scratch)
 {
 	__u32 off = stream->origin;
-	__u32 end = stream->filled_end;
+	__u32 end = held_end(stream, off);
 	__u32 gathered = 0;
 
 	for (int i = 0; i < TLS_RECORDS_MAX; i++) {

@@ -25,7 +25,6 @@
 #define TLS_MAJOR_VERSION 3
 #define TLS_MAX_MINOR_VERSION 4		/* TLS 1.3's legacy record version is 3.1..3.3 */
 #define TLS_HANDSHAKE_CLIENT_HELLO 1
-#define TLS_RECORD_PREFIX_LEN 3		/* type and version: enough to tell a record */
 #define TLS_RECORD_HEADER_LEN 5
 #define TLS_HANDSHAKE_HEADER_LEN 4
 #define TLS_RANDOM_LEN 32
@@ -66,10 +65,11 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __
 
 	result->found = 0;
 	result->ech = 0;
-	if (avail < TLS_RECORD_PREFIX_LEN ||
-	    masked_u8(bytes, 0, mask) != TLS_CONTENT_HANDSHAKE ||
-	    masked_u8(bytes, 1, mask) != TLS_MAJOR_VERSION ||
-	    masked_u8(bytes, 2, mask) > TLS_MAX_MINOR_VERSION)
+	/* A record cut after its first byte or two (the circumvention tools'
+	 * default split) is still the start of one: what is there must fit. */
+	if (avail == 0 || masked_u8(bytes, 0, mask) != TLS_CONTENT_HANDSHAKE ||
+	    (avail > 1 && masked_u8(bytes, 1, mask) != TLS_MAJOR_VERSION) ||
+	    (avail > 2 && masked_u8(bytes, 2, mask) > TLS_MAX_MINOR_VERSION))
 		return TLS_NOT_CLIENT_HELLO;
 	if (avail < TLS_RECORD_HEADER_LEN)
 		return TLS_TRUNCATED;

@@ -36,8 +36,10 @@ STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_SELECT: b"sluice_stage_select",
                    ABI.SLUICE_STAGE_STREAM: b"sluice_stage_stream",
                    ABI.SLUICE_STAGE_HTTP_HOST: b"sluice_stage_http_host",
-                   ABI.SLUICE_STAGE_REPLY: b"sluice_stage_reply",
-                   ABI.SLUICE_STAGE_FRAGMENT: b"sluice_stage_fragment"}
+                   ABI.SLUICE_STAGE_FRAGMENT: b"sluice_stage_fragment",
+                   ABI.SLUICE_STAGE_STREAM_HTTP: b"sluice_stage_stream_http",
+                   ABI.SLUICE_STAGE_STREAM_TLS: b"sluice_stage_stream_tls",
+                   ABI.SLUICE_STAGE_REPLY: b"sluice_stage_reply"}
 
 
 # struct direction_stats, as summed by rule_stats().
