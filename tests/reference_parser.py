@@ -74,7 +74,41 @@ def classify(payload: bytes) -> Outcome:
         return reassembled(payload) if tls.counter == TLS_TRUNCATED else tls
     if hello != payload:
         return Outcome(NOT_TLS)        # TLS records came first: what follows is no HTTP request
-    return parse_http_request(payload[:PAYLOAD_COPY_BYTES])
+    http = parse_http_request(payload[:PAYLOAD_COPY_BYTES])
+    if http.counter != HTTP_TRUNCATED:
+        return http
+    again = stream_http_request(payload[:STREAM_BYTES])
+    return Outcome(again.counter, again.name, also=(HTTP_TRUNCATED,)) if again else http
+
+
+# sluice: a request read from the stream (bpf/sluice_xdp.c,
+# sluice_stage_stream_http): up to 16 CR/LF bytes before it are stepped over
+# (RFC 9112 2.2), its first 2600 bytes are searched for the request line and
+# the first Host line before the blank line, and those two lines alone are
+# parsed as a request in one packet is.
+EMPTY_LINE_BYTES_MAX = 16
+STREAM_SCAN_BYTES = 2600
+HOST_LINE_COPY = 5 + 16 + NAME_MAX + 8 + 2     # "host:", OWS_MAX, a value, CRLF
+
+
+def stream_http_request(data: bytes) -> Outcome | None:
+    """The outcome once a request held in a stream decides one, else None."""
+    start = 0
+    while start < min(len(data), EMPTY_LINE_BYTES_MAX) and data[start] in b"\r\n":
+        start += 1
+    scan = data[start:start + STREAM_SCAN_BYTES]
+    line_end = scan.find(b"\n")
+    if line_end < 0 or line_end + 1 > PAYLOAD_COPY_BYTES - HOST_LINE_COPY:
+        return None
+    request = scan[:line_end + 1]
+    host = re.search(rb"\n[Hh][Oo][Ss][Tt]:", scan)
+    blank = re.search(rb"\n[\r\n]", scan)
+    if host and (not blank or host.start() < blank.start()):
+        request += data[start + host.start() + 1:][:HOST_LINE_COPY]
+    elif blank:
+        request += b"\r\n"
+    outcome = parse_http_request(request)
+    return None if outcome.counter in (HTTP_TRUNCATED, NOT_TLS) else outcome
 
 
 def reassembled(payload: bytes) -> Outcome:
@@ -122,7 +156,7 @@ RECORD_MAJOR_VERSION = 3
 RECORD_MAX_MINOR_VERSION = 4
 RECORD_HEADER_LEN = 5
 # sluice: a record header is recognised from its first three bytes (type,
-# version); with fewer, the payload is not (yet) taken for TLS.
+# version); fewer that fit a handshake record's start are truncated.
 RECORD_PREFIX_RECOGNISED = 3
 HANDSHAKE_CLIENT_HELLO = 1
 HANDSHAKE_HEADER_LEN = 4
@@ -213,7 +247,12 @@ def _is_handshake_record(data: bytes) -> bool:
 
 def parse_client_hello(data: bytes) -> Outcome | None:
     """The outcome for TLS bytes, or None if they are not a ClientHello."""
-    if len(data) < RECORD_PREFIX_RECOGNISED or not _is_handshake_record(data):
+    if len(data) < RECORD_PREFIX_RECOGNISED:
+        # sluice: a record cut after its first byte or two (the circumvention
+        # tools' default split) may still be a ClientHello's start.
+        return Outcome(TLS_TRUNCATED) if data and bytes([CONTENT_HANDSHAKE, RECORD_MAJOR_VERSION]).startswith(data) \
+            else None
+    if not _is_handshake_record(data):
         return None
     # sluice: only the first record is read here; a hello that goes on in a
     # later record is truncated, as one cut by the segment is, and read
@@ -327,6 +366,8 @@ AUTHORITY_MAX = 512
 
 
 def parse_http_request(data: bytes) -> Outcome:
+    if data[:1] in (b"\r", b"\n"):
+        return Outcome(HTTP_TRUNCATED)     # sluice: empty lines first: read from the stream
     method = TOKEN.match(data).group()
     if not method or len(method) > METHOD_MAX:
         return Outcome(NOT_TLS)

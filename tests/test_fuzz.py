@@ -170,14 +170,17 @@ def _method_of_24(payload: bytes, outcome: Outcome, moved: dict) -> bool:
 
 def _short_line_before_the_end(payload: bytes, outcome: Outcome, moved: dict) -> bool:
     view = payload[:reference_parser.PAYLOAD_COPY_BYTES]
-    return outcome.counter == HTTP_NO_HOST and moved == {HTTP_TRUNCATED: 1} and b"\n" in view[-5:-1]
+    return outcome.counter == HTTP_NO_HOST and moved.get(HTTP_TRUNCATED) == 1 and b"\n" in view[-5:-1]
 
 
 def _long_host_to_the_end(payload: bytes, outcome: Outcome, moved: dict) -> bool:
     view = payload[:reference_parser.PAYLOAD_COPY_BYTES]
-    return outcome.counter == HTTP_NO_HOST and moved == {HTTP_TRUNCATED: 1} and bool(HOST_CHARS_TO_THE_END.search(view))
+    return outcome.counter == HTTP_NO_HOST and moved.get(HTTP_TRUNCATED) == 1 and bool(HOST_CHARS_TO_THE_END.search(view))
 
 
+# The packet alone is taken for truncated: the request then goes to the stream
+# (bpf/sluice_xdp.c, sluice_stage_stream_http), which may settle it, so the
+# counters show http_truncated, perhaps with the outcome the reference expects.
 KNOWN_BUGS: dict[str, Callable[[bytes, Outcome, dict], bool]] = {
     "24-character method at the end is not a request": _method_of_24,
     "header line under 5 bytes before the end is truncated": _short_line_before_the_end,
