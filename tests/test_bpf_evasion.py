@@ -10,6 +10,8 @@ stream. The server's TCP puts them together; so must sluice.
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import needs_root
 from controller.testrun import run_xdp
@@ -146,3 +148,16 @@ def test_empty_lines_before_the_request_line(dp, v6):
 def test_without_reassembly_the_2021_middlebox_is_fooled(make_datapath):
     blind = make_datapath(POLICY.replace("rules:", "inspection: {reassemble: false}\nrules:"))
     assert Flow(blind, False).send(cut(HELLOS["0.5KB"], 1)) == ["pass", "pass"]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_partition_in_any_order_is_named(dp, data):
+    """Any cut of a hello into up to 12 pieces (within the 20-packet window),
+    sent in any order, over either family, names the flow."""
+    hello = data.draw(st.sampled_from(list(HELLOS.values())))
+    at = data.draw(st.lists(st.integers(1, len(hello) - 1), max_size=11, unique=True))
+    parts = data.draw(st.permutations(cut(hello, *sorted(at))))
+    verdicts = Flow(dp, data.draw(st.booleans())).send(parts)
+    assert "drop" in verdicts, verdicts
