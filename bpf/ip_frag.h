@@ -231,8 +231,14 @@ static __always_inline int frag_gather(struct xdp_md *ctx, struct frag_scratch *
 		return frag_give_up(datagram);
 	if (frag_store(ctx, datagram, pkt->payload_offset, start, len) < 0)
 		return FRAG_IGNORED;
-	datagram->start[pieces & FRAG_PIECES_MASK] = start;
-	datagram->end[pieces & FRAG_PIECES_MASK] = end;
+	/* The check above bounds pieces, so clang drops the mask as needless,
+	 * and 6.1's verifier, reading pieces back from the stack, has lost that
+	 * bound ("R2 unbounded memory access"): hide it, then mask. */
+	__u32 slot = pieces;
+	hide_from_compiler(slot);
+	slot &= FRAG_PIECES_MASK;
+	datagram->start[slot] = start;
+	datagram->end[slot] = end;
 	datagram->pieces = pieces + 1;
 	datagram->received += len;
 	if (!pkt->frag_more)
