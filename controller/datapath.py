@@ -41,6 +41,12 @@ STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_STREAM_TLS: b"sluice_stage_stream_tls",
                    ABI.SLUICE_STAGE_REPLY: b"sluice_stage_reply"}
 
+# Stages an older kernel's verifier may refuse: Debian's 6.1 cannot follow
+# ip_frag.h's checks of each held piece ("the sequence of 8193 jumps is too
+# complex"), which 6.18 verifies. Without the stage its tail call falls
+# through and a fragment passes unread, as it would with no reassembly.
+OPTIONAL_STAGES = {ABI.SLUICE_STAGE_FRAGMENT}
+
 
 # struct direction_stats, as summed by rule_stats().
 DIRECTION_FIELDS = ("packets", "bytes", "dropped_packets", "dropped_bytes", "delayed_packets")
@@ -105,8 +111,18 @@ class Datapath:
             self._adopt_pinned_state(pin_dir)
         self.function = self.bpf.load_func(PROGRAM_FUNCTION, bcc.BPF.XDP)
         stages = self.table("stages")
+        self.loaded_stages: set[int] = set()
         for index, name in STAGE_FUNCTIONS.items():
-            stages[ctypes.c_int(index)] = ctypes.c_int(self.bpf.load_func(name, bcc.BPF.XDP).fd)
+            try:
+                fd = self.bpf.load_func(name, bcc.BPF.XDP).fd
+            except Exception as error:
+                if index not in OPTIONAL_STAGES:
+                    raise
+                log.warning("this kernel's verifier refuses %s, so it is left out: %s",
+                            name.decode(), str(error).splitlines()[0])
+                continue
+            stages[ctypes.c_int(index)] = ctypes.c_int(fd)
+            self.loaded_stages.add(index)
         self.links: list[xdp_link.XdpLink] = []
         self._fill_rules(self.policy)
         self._write_config(self.policy, events)

@@ -410,7 +410,7 @@ class Service:
             if link.pin_path and not os.path.exists(link.pin_path):
                 self._repin(link.fd, link.pin_path)
         stages = self.datapath.table("stages")
-        for index in range(ABI.SLUICE_STAGE_MAX):
+        for index in self.datapath.loaded_stages:
             try:
                 stages[ctypes.c_int(index)]
             except KeyError:
