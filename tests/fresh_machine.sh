@@ -24,6 +24,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 work=$(mktemp -d /tmp/sluice-fresh-XXXXXX)
+chmod 0755 "$work"   # as a clone in a home or /srv would be: tests run sluice as nobody too
 trap '[ "${KEEP:-0}" = 1 ] || rm -rf "$work"' EXIT
 git clone -q "$repo" "$work/sluice"
 echo "fresh_machine.sh: clean clone of $(git -C "$work/sluice" rev-parse --short HEAD) in $work/sluice"
