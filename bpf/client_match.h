@@ -3,8 +3,9 @@
  * flow. The first rule of the name's rule set whose conditions all hold is
  * the flow's rule.
  *
- * controller/policy.py (Policy.decide, behind `sluice explain`) makes the
- * same decision in Python; tests/test_bpf_clients.py holds the two together.
+ * controller/policy/model.py (Policy.decide, behind `sluice explain`) makes
+ * the same decision in Python; tests/test_bpf_clients.py holds the two
+ * together.
  */
 #ifndef SLUICE_CLIENT_MATCH_H
 #define SLUICE_CLIENT_MATCH_H

@@ -32,9 +32,9 @@ import urllib.request
 from importlib.resources import files
 from types import SimpleNamespace
 
-from . import metrics, policy as policy_module
+from . import metrics
 from .block_methods import describe_method, set_up_server_resets
-from .policy import PolicyError, check_domain, load_policy, parse_size, policy_summary
+from .policy import PolicyError, check_domain, input_files, load_policy, parse_size, policy_summary
 
 EXIT_POLICY_ERROR = 2
 EXIT_FAILURE = 1
@@ -546,7 +546,7 @@ def main(argv=None) -> int:
                         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r")
     args = build_parser().parse_args(argv)
     if args.max_input_size:
-        policy_module.MAX_INPUT_BYTES = args.max_input_size
+        input_files.MAX_INPUT_BYTES = args.max_input_size
     try:
         return args.handler(args)
     except Refused as refused:

@@ -1,0 +1,219 @@
+"""The policy file and its rules, read into a Policy: load_policy."""
+
+import os
+
+import yaml
+
+from .. import precedence
+from ..abi import ABI
+from ..clients import ClientClasses
+from ..rollout import DEFAULT_ROLLOUT_KEY, rollout_key
+from .input_files import InputFileError, read_text_file
+from .model import (ACTIONS, DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_PACKETS, FLOW_IDLE_MAX_NS,
+                    MODES, WINDOW_PACKETS_MAX, Policy, PolicyError, Problem, Rule)
+from .units import RULE_NAME, check_domain, parse_duration, parse_size
+from .when import ScheduleReader
+from .who import AudienceReader
+
+TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rollout_key", "classes", "rules")
+FRAGMENT_HANDLING = ("reassemble", "drop")
+INSPECTION_KEYS = ("window_packets", "window_bytes", "reassemble", "fragments")
+RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
+             "class", "percent", "ports", "opened_by_client", "active", "escalate", "quic",
+             "rate", "burst", "direction", "up", "down", "scope", "horizon",
+             "latency", "jitter", "fallback", "method", "page")
+
+
+class _Loader(AudienceReader, ScheduleReader):
+    """One policy file being read; problems accumulate in self.problems."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        # (normalised name, kind) -> "file:line:column" of its first mention in the rule being read;
+        # several rules may name one domain (for different classes, say), one rule only once
+        self.seen_names: dict[tuple[bytes, int], str] = {}
+        self.class_names: set[str] = set()
+
+    # --- the file ---------------------------------------------------------
+    def load(self) -> Policy | None:
+        try:
+            text = read_text_file(self.path)
+        except InputFileError as error:
+            self.problems.append(Problem(self.path, error.line or 1, error.column or 1,
+                                         f"cannot read the policy: {error}"))
+            return None
+        try:
+            root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark or error.context_mark
+            self.problems.append(Problem(self.path, mark.line + 1, mark.column + 1,
+                                         f"not valid YAML: {error.problem or error.context}"))
+            return None
+        except (yaml.YAMLError, RecursionError) as error:   # a ReaderError has no mark; nesting too deep
+            self.problems.append(Problem(self.path, 1, 1, f"not valid YAML: {str(error).splitlines()[0]}"))
+            return None
+        if root is None:
+            self.problems.append(Problem(self.path, 1, 1, "the policy is empty; it needs version: 1 and rules"))
+            return None
+        top = self.mapping(root, "the policy", TOP_KEYS)
+        version = None
+        if "version" not in top:
+            self.problem(root, "missing key 'version' (this format is version: 1)")
+        else:
+            version = self.integer(top["version"][1], "version", 1, 1)
+        flow_idle_ns = DEFAULT_FLOW_IDLE_NS
+        if "flow_idle_timeout" in top:
+            flow_idle_ns = self.quantity(top["flow_idle_timeout"][1], "flow_idle_timeout", parse_duration,
+                                         1, FLOW_IDLE_MAX_NS, "ns")
+        window_packets = DEFAULT_WINDOW_PACKETS
+        window_bytes = DEFAULT_WINDOW_BYTES
+        reassemble = True
+        fragments = "reassemble"
+        if "inspection" in top:
+            inspection = self.mapping(top["inspection"][1], "inspection", INSPECTION_KEYS)
+            if "window_packets" in inspection:
+                window_packets = self.integer(inspection["window_packets"][1], "window_packets",
+                                              1, WINDOW_PACKETS_MAX)
+            if "window_bytes" in inspection:
+                window_bytes = self.quantity(inspection["window_bytes"][1], "window_bytes", parse_size,
+                                             1, ABI.SLUICE_WINDOW_BYTES_MAX, "bytes")
+            if "reassemble" in inspection:
+                reassemble = self.boolean(inspection["reassemble"][1], "reassemble")
+            if "fragments" in inspection:
+                fragments = self.scalar(inspection["fragments"][1], "fragments")
+                if fragments not in FRAGMENT_HANDLING:
+                    self.problem(inspection["fragments"][1], "fragments must be reassemble (gather IP fragments "
+                                 "and judge the datagram) or drop (drop the fragments of flows still inspected)")
+        reclassify = self.boolean(top["reclassify"][1], "reclassify") if "reclassify" in top else False
+        key_text = DEFAULT_ROLLOUT_KEY
+        if "rollout_key" in top:
+            key_text = self.scalar(top["rollout_key"][1], "rollout_key") or DEFAULT_ROLLOUT_KEY
+        classes = self.classes(top["classes"][1]) if "classes" in top else ClientClasses.empty()
+        self.class_names = {c.name for c in classes.classes}
+        rules = []
+        if "rules" not in top:
+            self.problem(root, "missing key 'rules' (a list of rules)")
+        elif not isinstance(top["rules"][1], yaml.SequenceNode):
+            self.problem(top["rules"][1], "rules must be a list")
+        else:
+            rule_nodes = top["rules"][1].value
+            if len(rule_nodes) > ABI.SLUICE_MAX_RULES - 1:
+                self.problem(top["rules"][1], f"{len(rule_nodes)} rules; at most {ABI.SLUICE_MAX_RULES - 1}")
+            names: dict[str, int] = {}
+            for index, node in enumerate(rule_nodes, start=1):
+                rule = self.rule(node, index, names)
+                if rule:
+                    rules.append(rule)
+        if self.problems:
+            return None
+        policy = Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify, window_bytes,
+                        classes, rollout_key(key_text), reassemble, fragments=fragments)
+        try:
+            policy.rule_sets()
+        except precedence.RuleSetOverflow as overflow:
+            last = overflow.rules[ABI.SLUICE_RULE_SET_MAX]
+            self.problems.append(Problem(self.path, last.line, 1, str(overflow)))
+            return None
+        return policy
+
+    # --- one rule ---------------------------------------------------------
+    def rule(self, node, rule_id: int, names: dict[str, int]) -> Rule | None:
+        before = len(self.problems)
+        self.seen_names = {}
+        keys = self.mapping(node, f"rule {rule_id}", RULE_KEYS)
+        if not keys and isinstance(node, yaml.MappingNode):
+            self.problem(node, f"rule {rule_id} is empty")
+        name = None
+        if "name" not in keys:
+            self.problem(node, f"rule {rule_id} has no name")
+        else:
+            name = self.scalar(keys["name"][1], "name")
+            if name is not None and not RULE_NAME.match(name):
+                self.problem(keys["name"][1], f"rule name {name!r}: use lower-case letters, digits, "
+                                              "'-', '_' and '.', at most 63 characters")
+            elif name in names:
+                self.problem(keys["name"][1], f"rule name {name!r} is already used by rule {names[name]}")
+            elif name is not None:
+                names[name] = rule_id
+        action = None
+        if "action" not in keys:
+            self.problem(node, f"rule {name or rule_id} has no action ({', '.join(ACTIONS)})")
+        else:
+            action = self.scalar(keys["action"][1], "action")
+            if action is not None and action not in ACTIONS:
+                self.problem(keys["action"][1], f"unknown action {action!r}; one of: {', '.join(ACTIONS)}")
+                action = None
+        mode = "enforce"
+        if "mode" in keys:
+            mode = self.scalar(keys["mode"][1], "mode")
+            if mode is not None and mode not in MODES:
+                self.problem(keys["mode"][1], f"unknown mode {mode!r}; one of: {', '.join(MODES)}")
+        description = self.scalar(keys["description"][1], "description") if "description" in keys else ""
+
+        kinds = ABI.SLUICE_MATCH_SUFFIX, ABI.SLUICE_MATCH_EXACT
+        suffixes = self.domain_list(keys.get("domains"), kinds[0]) if "domains" in keys else []
+        exact = self.domain_list(keys.get("exact"), kinds[1]) if "exact" in keys else []
+        if "domains_file" in keys:
+            suffixes += self.domains_file(keys["domains_file"][1])
+        if not suffixes and not exact and len(self.problems) == before:
+            self.problem(node, f"rule {name or rule_id} names no domains (give domains, exact or domains_file)")
+
+        details = self.action_details(node, keys, action) if action else {}
+        details.update(self.audience(keys))
+        if "active" in keys:
+            details["active"] = self.windows(keys["active"][1])
+        if "escalate" in keys:
+            details["escalate"] = self.steps(keys["escalate"][1])
+        if len(self.problems) > before:
+            return None
+        return Rule(id=rule_id, name=name, action=action, monitor=mode == "monitor",
+                    description=description or "", suffixes=suffixes, exact=exact,
+                    line=node.start_mark.line + 1, **details)
+
+    def domain_list(self, key_and_value, kind: int) -> list[bytes]:
+        key_node, node = key_and_value
+        if not isinstance(node, yaml.SequenceNode):
+            self.problem(node, f"{key_node.value} must be a list of domain names")
+            return []
+        names = []
+        for item in node.value:
+            raw = self.scalar(item, "a domain name")
+            if raw is None:
+                continue
+            name = self.add_name(raw, kind, item, self.path, item.start_mark.line + 1, item.start_mark.column + 1)
+            if name:
+                names.append(name)
+        return names
+
+    def add_name(self, raw, kind, node, file, line, column) -> bytes | None:
+        name, error = check_domain(raw)
+        where = f"{file}:{line}:{column}"
+        if error:
+            self.problems.append(Problem(file, line, column, error))
+            return None
+        first = self.seen_names.get((name, kind))
+        if first:
+            kind_name = "suffix" if kind == ABI.SLUICE_MATCH_SUFFIX else "exact name"
+            self.problems.append(Problem(file, line, column,
+                                         f"duplicate {kind_name} {name.decode()!r}: already given at {first}"))
+            return None
+        self.seen_names[(name, kind)] = where
+        return name
+
+    def domains_file(self, node) -> list[bytes]:
+        names = []
+        for text, file, line, column in self.listed_file(node, "domains_file"):
+            name = self.add_name(text, ABI.SLUICE_MATCH_SUFFIX, None, file, line, column)
+            if name:
+                names.append(name)
+        return names
+
+
+def load_policy(path: str | os.PathLike) -> Policy:
+    """Read and check a policy file; raises PolicyError listing every problem."""
+    loader = _Loader(str(path))
+    policy = loader.load()
+    if loader.problems:
+        raise PolicyError(sorted(loader.problems, key=lambda p: (p.file != loader.path, p.file,
+                                                                  p.line, p.column)))
+    return policy

@@ -1,0 +1,174 @@
+"""What a checked policy is: Policy and Rule (with their steps and rate limits),
+the problems a file is refused with, the actions, and the limits every value is held to."""
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+
+from .. import block_methods, precedence
+from ..abi import ABI
+from ..clients import ClientClasses
+from ..rollout import DEFAULT_ROLLOUT_KEY, rollout_key
+
+DEFAULT_FLOW_IDLE_NS = 10 * 60 * 10**9     # as in the documented throttlers
+DEFAULT_WINDOW_PACKETS = 20               # a ClientHello may follow junk or take several segments
+DEFAULT_WINDOW_BYTES = 16 * 1024
+WINDOW_PACKETS_MAX = 255                   # flow_state counts them in a byte
+FLOW_IDLE_MAX_NS = 7 * 24 * 3600 * 10**9
+RATE_MAX_BPS = 400 * 10**9                 # bits per second
+FULL_FRAME_BYTES = 1514                    # an Ethernet frame carrying a 1500-byte packet
+DEFAULT_BURST_SECONDS = 0.5                # default burst: 500 ms at the rate, which TCP needs to keep the rate (bench/throttle.py)...
+DEFAULT_BURST_MIN_BYTES = 2 * FULL_FRAME_BYTES   # ...but never less than two full frames
+DEFAULT_SHAPE_HORIZON_NS = 2 * 10**9
+HORIZON_MAX_NS = 10 * 10**9                # fq drops packets due later than its own 10 s horizon
+
+ACTIONS = {"allow": ABI.SLUICE_ACTION_ALLOW, "block": ABI.SLUICE_ACTION_BLOCK,
+           "throttle": ABI.SLUICE_ACTION_THROTTLE, "shape": ABI.SLUICE_ACTION_SHAPE,
+           "delay": ABI.SLUICE_ACTION_DELAY}
+RATE_ACTIONS = ("throttle", "shape")
+SCOPES = {"flow": ABI.SLUICE_SCOPE_FLOW, "client": ABI.SLUICE_SCOPE_CLIENT, "rule": ABI.SLUICE_SCOPE_RULE}
+DIRECTIONS = ("up", "down")
+MODES = ("enforce", "monitor")
+BLOCK_METHODS = {"drop": ABI.SLUICE_BLOCK_DROP, "reset": ABI.SLUICE_BLOCK_RESET, "page": ABI.SLUICE_BLOCK_PAGE}
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self):
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class PolicyError(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    rate_bps: int           # bits per second
+    burst_bytes: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """From `at` on, the rule acts as `action` with these details."""
+    at: datetime
+    action: str
+    details: dict
+    line: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: int                 # 1-based, in file order; 0 means "no rule" in the data plane
+    name: str
+    action: str             # a key of ACTIONS
+    monitor: bool
+    description: str
+    suffixes: list[bytes]
+    exact: list[bytes]
+    line: int
+    scope: str = "flow"
+    limits: dict[str, RateLimit] = field(default_factory=dict)   # "up"/"down" -> limit
+    latency_ns: int = 0
+    jitter_ns: int = 0
+    horizon_ns: int = 0
+    fallback: str | None = None
+    # Who and when (see controller/precedence.py):
+    client_class: str | None = None              # None: every client
+    percent: Decimal = Decimal(100)              # share of those clients, by rollout hash
+    ports: tuple[tuple[int, int], ...] = ()      # server port ranges; (): any
+    opened_by_client: bool = False               # only flows sluice saw the client open
+    active: tuple = ()                           # schedule.Span/Daily windows; (): always
+    escalate: tuple[Step, ...] = ()
+    inactive: bool = False                       # set by at(): outside every window now
+    quic: str = "same"                           # "block": block matched QUIC flows, so clients fall back to TCP
+    block_method: str = "drop"                   # block: a key of BLOCK_METHODS
+    page: block_methods.BlockPage | None = None  # block, method page: the 451 response
+
+    def at(self, when: datetime) -> "Rule":
+        """This rule as it stands at `when`: its current step, or marked inactive."""
+        rule = self
+        if self.active and not any(window.contains(when) for window in self.active):
+            rule = replace(rule, inactive=True)
+        step = next((s for s in reversed(self.escalate) if s.at <= when), None)
+        if step:
+            # The step's details replace the rule's: nothing of the earlier action carries over.
+            cleared = dict(limits={}, latency_ns=0, jitter_ns=0, horizon_ns=0, fallback=None, scope="flow",
+                           block_method="drop", page=None)
+            rule = replace(rule, action=step.action, **{**cleared, **step.details})
+        return rule
+
+    def boundaries(self, after: datetime) -> list[datetime]:
+        """Times after `after` at which at() may change."""
+        times = [t for window in self.active for t in window.boundaries(after)]
+        return times + [step.at for step in self.escalate if step.at > after]
+
+
+@dataclass(frozen=True)
+class Policy:
+    path: str
+    version: int
+    flow_idle_ns: int
+    window_packets: int
+    rules: list[Rule]
+    reclassify: bool = False                     # on reload, judge existing flows by the new rules
+    window_bytes: int = DEFAULT_WINDOW_BYTES
+    classes: ClientClasses = field(default_factory=ClientClasses.empty)
+    rollout_key: bytes = rollout_key(DEFAULT_ROLLOUT_KEY)
+    reassemble: bool = True                      # False: read each segment alone, as simpler middleboxes
+    fragments: str = "reassemble"                # or "drop": IP fragments of flows still inspected
+
+    def at(self, when: datetime) -> "Policy":
+        """The policy as it stands at `when` (what the data plane is given)."""
+        if not any(rule.active or rule.escalate for rule in self.rules):
+            return self          # and its rule sets, computed once, for a million names too
+        return replace(self, rules=[rule.at(when) for rule in self.rules])
+
+    def next_switch(self, after: datetime) -> datetime | None:
+        """The next time at which at() changes, if ever."""
+        return min((t for rule in self.rules for t in rule.boundaries(after)), default=None)
+
+    def rule_sets(self) -> precedence.RuleSets:
+        if "_rule_sets" not in self.__dict__:
+            class_ids = {c.name: c.id for c in self.classes.classes}
+            object.__setattr__(self, "_rule_sets", precedence.compile_rule_sets(self.rules, class_ids))
+        return self.__dict__["_rule_sets"]
+
+    def decide(self, name: bytes, client: str, server_port: int = 443,
+               opened_by_client: bool = True) -> precedence.Decision:
+        """The rule the data plane chooses for a flow (see controller/precedence.py)."""
+        return precedence.decide(self, name, client, server_port, opened_by_client)
+
+    def rule_by_id(self, rule_id: int) -> Rule | None:
+        return next((rule for rule in self.rules if rule.id == rule_id), None)
+
+    def rule_by_name(self, name: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.name == name), None)
+
+
+def with_stable_ids(policy: Policy, known_ids: dict[str, int]) -> tuple[Policy, dict[str, int]]:
+    """The policy with each rule's id kept from earlier policies, by rule name.
+
+    Flows and counters in the data plane refer to rules by id, and outlive a
+    reload: a rule that keeps its name keeps its id, so its flows keep their
+    meaning and its counters keep counting. New names take ids never used
+    before; ids of removed rules stay retired. Returns the policy and the
+    updated name -> id map."""
+    ids = dict(known_ids)
+    free = (i for i in range(max(ids.values(), default=0) + 1, ABI.SLUICE_MAX_RULES))
+    if len(set(ids) | {r.name for r in policy.rules}) >= ABI.SLUICE_MAX_RULES:
+        # Every id has been used once: start afresh from this policy's order.
+        ids, free = {}, iter(range(1, ABI.SLUICE_MAX_RULES))
+    rules = []
+    for rule in policy.rules:
+        if rule.name not in ids:
+            ids[rule.name] = next(free)
+        rules.append(replace(rule, id=ids[rule.name]))
+    return replace(policy, rules=rules), ids
