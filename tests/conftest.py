@@ -12,6 +12,7 @@ os.environ.setdefault("SLUICE_STATE_FILE", f"/run/sluice-test-{os.getpid()}/stat
 
 import pytest
 
+import kernel_matrix_leg
 from controller.datapath import Datapath
 from controller.policy import load_policy
 from controller.testrun import run_xdp
@@ -27,6 +28,7 @@ def free_port() -> int:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 _ports = itertools.count(20000)
 BOOKKEEPING = {"packets", "flows_created"}
+KERNEL_MATRIX_TESTS = "tests/test_kernel_matrix.py"
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +71,26 @@ def judge(datapath, payload: bytes, *, syn: bool = True, **frame_options) -> Jud
 
 def pytest_collection_modifyitems(config, items):
     """SLUICE_TEST_ORDER=reverse runs the modules last to first (tests/fresh_machine.sh
-    does), so a module that leans on what an earlier one left behind shows up."""
-    if os.environ.get("SLUICE_TEST_ORDER") != "reverse":
-        return
-    modules: dict[str, list] = {}
-    for item in items:
-        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
-    items[:] = [item for module in reversed(modules) for item in modules[module]]
+    does), so a module that leans on what an earlier one left behind shows up.
+    The kernel-matrix test runs last in either order: it waits for its leg."""
+    if os.environ.get("SLUICE_TEST_ORDER") == "reverse":
+        modules: dict[str, list] = {}
+        for item in items:
+            modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+        items[:] = [item for module in reversed(modules) for item in modules[module]]
+    items.sort(key=lambda item: item.nodeid.startswith(KERNEL_MATRIX_TESTS))
+
+
+def pytest_collection_finish(session):
+    """Start the kernel-matrix leg now, if its test is selected and can run, so
+    that it runs beside the host's tests rather than after them."""
+    selected = any(item.nodeid.startswith(KERNEL_MATRIX_TESTS) for item in session.items)
+    if selected and not session.config.option.collectonly and kernel_matrix_leg.why_not() is None:
+        session.config.kernel_matrix_leg = kernel_matrix_leg.start()
+
+
+def pytest_unconfigure(config):
+    """A run that ends early (-x, Ctrl-C) takes the leg's VM with it."""
+    leg = getattr(config, "kernel_matrix_leg", None)
+    if leg is not None:
+        kernel_matrix_leg.stop(leg)

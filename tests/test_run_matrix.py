@@ -6,6 +6,9 @@ timeout once (30 minutes for "0 passed, 0 failed"); these run in seconds."""
 import importlib.machinery
 import importlib.util
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +49,26 @@ def test_a_leg_that_keeps_printing_runs_to_its_end(run_matrix, tmp_path, monkeyp
     problem = run_matrix.run_logged(["sh", "-c", "for i in 1 2 3 4; do echo .; sleep 1; done"],
                                     tmp_path / "leg.log", timeout=60, watch_silence=True)
     assert problem is None
+
+
+def test_a_stopped_run_takes_its_guest_with_it(tmp_path):
+    """The suite stops a leg it no longer waits for (tests/kernel_matrix_leg.py)
+    with SIGTERM; the guest runs in a session of its own and must end too."""
+    guest = f"sleep {600 + time.monotonic_ns() % 1000}.25"   # a command line no one else runs
+    script = (f"import importlib.machinery, importlib.util\n"
+              f"loader = importlib.machinery.SourceFileLoader('run_matrix', {str(RUN_MATRIX)!r})\n"
+              f"module = importlib.util.module_from_spec(importlib.util.spec_from_loader('run_matrix', loader))\n"
+              f"loader.exec_module(module)\n"
+              f"module.exit_on_sigterm()\n"
+              f"module.run_logged(['sh', '-c', 'echo booted; exec {guest}'], "
+              f"module.Path({str(tmp_path / 'leg.log')!r}), timeout=600)\n")
+    runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    assert runner.stdout.readline() == b"booted\n"
+    assert subprocess.run(["pgrep", "-f", guest], capture_output=True).returncode == 0
+    runner.send_signal(signal.SIGTERM)
+    runner.wait(timeout=30)
+    time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", guest], capture_output=True).returncode == 1, "the guest outlived its run"
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu is not installed")

@@ -1,0 +1,84 @@
+"""The Debian 6.1 leg of the kernel matrix, started in the background.
+
+The leg boots Debian's 6.1 under qemu (TCG here: see vm/README.md) and runs a
+selection of the suite there: 15 minutes on a quiet machine, mostly one
+emulated CPU's work. Run after the rest of the suite, it made the whole run
+about 50 minutes; started when collection ends (conftest.py) it runs beside
+the host's tests, and tests/test_kernel_matrix.py, ordered last, only waits
+for it and judges its report.
+"""
+
+import os
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "vm" / "results"
+JUNIT = RESULTS / "6.1.xml"
+OUTPUT = RESULTS / "6.1-run-matrix.out"
+# Each module compiles its own data plane, about a minute under TCG, so few
+# modules: shape and delay (one compile each); the parsing tests, which run
+# every XDP stage (TLS, HTTP, match) on 85 kinds of frame with
+# BPF_PROG_TEST_RUN; and the ABI test, which checks the structs against this
+# kernel's BTF; the reassembly tests, which run the stream stage (its
+# bpf_probe_read_kernel copies) on split ClientHellos; and the pacer's tests,
+# which run the tc program by BPF_PROG_TEST_RUN. Not test_bpf_throttle.py:
+# one of its tests takes 7 minutes.
+SELECTION = ["tests/test_e2e_shape.py", "tests/test_bpf_parsing.py", "tests/test_bpf_reassembly.py",
+             "tests/test_abi.py", "tests/test_bpf_shape.py"]
+LEG_TIMEOUT = 2400      # run-matrix kills the VM after this (a loaded run took 26 min)
+INSTALL_TIMEOUT = 900   # first run: qemu, virtme-ng and the 6.1 image
+
+
+def debian_release() -> str:
+    os_release = Path("/etc/os-release")
+    fields = dict(line.split("=", 1) for line in os_release.read_text().splitlines() if "=" in line)
+    return fields.get("VERSION_CODENAME", "").strip('"')
+
+
+def why_not() -> str | None:
+    """Why the leg cannot run here, or None."""
+    if "SLUICE_MATRIX_LEG" in os.environ:
+        return "already inside a kernel-matrix leg"     # vm/run-matrix sets it: a leg must not start another
+    if os.geteuid() != 0:
+        return "vm/run-matrix installs packages and needs root"
+    if debian_release() != "bookworm":
+        return "vm/run-matrix boots Debian bookworm's kernels"
+    return None
+
+
+def start() -> subprocess.Popen:
+    """Start vm/run-matrix for the 6.1 leg; its output goes to OUTPUT."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    JUNIT.unlink(missing_ok=True)   # never judge an earlier run's report
+    command = ["vm/run-matrix", "--kernels", "6.1", "--timeout", str(LEG_TIMEOUT),
+               "--pytest-args", shlex.join(SELECTION)]
+    with OUTPUT.open("w") as output:
+        # Its own session: stop() ends qemu and every helper with it.
+        return subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait(leg: subprocess.Popen) -> int:
+    """The leg's exit status; it is stopped if it outlives its own timeouts."""
+    try:
+        return leg.wait(timeout=LEG_TIMEOUT + INSTALL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        stop(leg)
+        raise
+
+
+def stop(leg: subprocess.Popen) -> None:
+    if leg.poll() is None:
+        os.killpg(leg.pid, signal.SIGTERM)
+        try:
+            leg.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(leg.pid, signal.SIGKILL)
+            leg.wait()
+
+
+def output_tail(lines: int = 40) -> str:
+    return "\n".join(OUTPUT.read_text(errors="replace").splitlines()[-lines:]) if OUTPUT.exists() else ""
