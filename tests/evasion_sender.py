@@ -1,0 +1,249 @@
+"""A circumvention sender, sending as zapret, GoodbyeDPI and ByeDPI do, from
+a network namespace of the lab.
+
+Debian has none of those tools and PyPI has none that runs here (they need
+NFQUEUE or WinDivert to rewrite the kernel's packets), so this does what
+they do with the kernel's own TCP and raw frames beside it:
+
+* the connection is a real one, opened by the kernel; an AF_PACKET socket
+  on the client's interface sees the handshake's last ACK, which gives the
+  addresses, ports, sequence numbers, TTL and timestamps of the flow;
+* splits are several send() calls on a TCP_NODELAY socket: the kernel sends
+  each as a segment of its own;
+* raw pieces (disorder, seqovl) are written first into the kernel's send
+  queue in TCP_REPAIR mode, where the kernel counts them as sent without
+  sending them (so the server's ACKs are for data the kernel knows, and it
+  would retransmit them, in order, if the raw pieces were lost), then sent
+  as raw frames in the technique's order;
+* decoys are raw frames at the real bytes' sequence numbers, carrying a
+  ClientHello (or request) for another name, made so that the server drops
+  them or they never reach it: then the kernel sends the real bytes.
+
+The TLS handshake then goes on with Python's ssl over memory buffers, and a
+GET is answered by the lab's nginx, so a flow that passes proves that the
+server took the real hello, and not the decoy.
+"""
+
+import os
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from controller.netns import inside_netns
+
+# linux/tcp.h, not in Python's socket module
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, TCP_REPAIR_OFF_NO_WP = 19, 20, 2, -1
+ETH_P_ALL, PACKET_OUTGOING = 0x0003, 4
+PIECE_GAP_S = 0.005             # between sends, so that no two pieces leave as one segment
+
+PLAIN = "plain"                # the whole hello in one segment: no evasion at all
+SPLITS = ("split1", "split2", "multisplit")
+RAW_PIECES = ("disorder", "seqovl")
+# Each decoy, and the receiver-model kind sluice counts it under.
+DECOYS = {"fake-ttl": "low_ttl", "fake-checksum": "bad_checksum", "fake-md5": "tcp_auth_option",
+          "fake-noack": "no_ack", "fake-timestamp": "paws"}
+TECHNIQUES = SPLITS + RAW_PIECES + tuple(DECOYS)
+SEQOVL_BYTES = 12              # junk before the stream's first byte: the server trims it as already acknowledged
+PAWS_STEP_BACK = 100_000       # ms: a TSval this much older than the flow's last is outside PAWS
+
+
+@dataclass
+class Outcome:
+    """What the client got: the server's answer, or the error that ended the connection."""
+    answer: str
+    error: str
+
+    @property
+    def answered(self) -> bool:
+        return self.answer.startswith("HTTP/1.1 200")
+
+
+def client_hello(name: str, ca_path: str) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, bytes]:
+    """A real ClientHello from Python's ssl (OpenSSL) for `name`, with the state to go on."""
+    context = ssl.create_default_context(cafile=ca_path)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return tls, incoming, outgoing, outgoing.read()
+
+
+def http_request(name: str) -> bytes:
+    return f"GET / HTTP/1.1\r\nHost: {name}\r\nUser-Agent: evasion-sender\r\nConnection: close\r\n\r\n".encode()
+
+
+def cuts_around(stream: bytes, name: str) -> list[int]:
+    """multisplit's cuts: inside the record or request-line start, and around and inside the name."""
+    at = stream.find(name.encode())
+    return sorted({1, 3, at - 2, at + 3, at + len(name) - 2})
+
+
+def pieces(stream: bytes, cuts) -> list[tuple[int, bytes]]:
+    edges = [0, *cuts, len(stream)]
+    return [(a, stream[a:b]) for a, b in zip(edges, edges[1:])]
+
+
+class Sender:
+    """One connection from the client namespace to the lab's server."""
+
+    def __init__(self, netns: str, server: str, port: int, timeout: float):
+        self.netns, self.server, self.port, self.timeout = netns, server, port, timeout
+        self.family = socket.AF_INET6 if ":" in server else socket.AF_INET
+
+    def __enter__(self) -> "Sender":
+        # Sockets belong to the namespace they were made in: make them there.
+        with inside_netns(self.netns):
+            self.sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            self.sniffer.bind(("eth0", 0))
+            self.sniffer.settimeout(self.timeout)
+            self.sock = socket.socket(self.family, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.connect((self.server, self.port))
+        self.template = self._handshake_ack()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sniffer.close()
+        self.sock.close()
+
+    def _handshake_ack(self) -> Ether:
+        """The kernel's ACK that ended the handshake: the flow's addresses, numbers and options."""
+        port = self.sock.getsockname()[1]
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            frame, address = self.sniffer.recvfrom(65535)
+            if address[2] != PACKET_OUTGOING:
+                continue
+            packet = Ether(frame)
+            if TCP in packet and packet[TCP].sport == port and packet[TCP].flags == "A":
+                return packet
+        raise TimeoutError("the handshake's ACK was not seen on eth0")
+
+    # --- frames -----------------------------------------------------------
+    def frame(self, offset: int, payload: bytes, *, ttl=None, flags="PA", options=None, checksum=None) -> bytes:
+        """A frame of this flow carrying `payload` at `offset` from the stream's first byte."""
+        template = self.template
+        tcp = template[TCP]
+        if IPv6 in template:
+            network = IPv6(src=template[IPv6].src, dst=template[IPv6].dst, fl=template[IPv6].fl,
+                           hlim=ttl or template[IPv6].hlim)
+        else:
+            network = IP(src=template[IP].src, dst=template[IP].dst, flags="DF", id=int.from_bytes(os.urandom(2)),
+                         ttl=ttl or template[IP].ttl)
+        segment = TCP(sport=tcp.sport, dport=tcp.dport, seq=(tcp.seq + offset) % 2**32,
+                      ack=tcp.ack if "A" in flags else 0, flags=flags, window=tcp.window,
+                      options=tcp.options if options is None else options)
+        frame = Ether(src=template.src, dst=template.dst) / network / segment / Raw(payload)
+        if checksum is not None:
+            frame[TCP].chksum = checksum(Ether(bytes(frame))[TCP].chksum)
+        return bytes(frame)
+
+    def timestamps(self, step_back: int = 0) -> list:
+        """The flow's TCP options, the timestamp's TSval moved `step_back` ms into the past."""
+        return [(kind, ((value[0] - step_back) % 2**32, value[1]) if kind == "Timestamp" else value)
+                for kind, value in self.template[TCP].options]
+
+    def decoy(self, technique: str, payload: bytes) -> bytes:
+        """A decoy at the stream's first byte that the server will not take."""
+        if technique == "fake-ttl":
+            return self.frame(0, payload, ttl=1)            # expires at the first router
+        if technique == "fake-checksum":
+            return self.frame(0, payload, checksum=lambda good: good ^ 0x5A5A)
+        if technique == "fake-md5":
+            # RFC 2385 signature option: a server with no key for the peer drops the segment.
+            return self.frame(0, payload, options=[("NOP", None), ("NOP", None), (19, bytes(16)),
+                                                    *self.timestamps()])
+        if technique == "fake-noack":
+            return self.frame(0, payload, flags="P")
+        if technique == "fake-timestamp":
+            return self.frame(0, payload, options=self.timestamps(PAWS_STEP_BACK))
+        raise ValueError(technique)
+
+    def send_raw(self, *frames: bytes) -> None:
+        for frame in frames:
+            self.sniffer.send(frame)
+
+    def queue_as_sent(self, stream: bytes) -> None:
+        """Put `stream` in the kernel's send queue as sent but unacknowledged, without sending it."""
+        self.sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+        self.sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        self.sock.sendall(stream)
+        self.sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+
+    # --- techniques -------------------------------------------------------
+    def send_first_bytes(self, technique: str, stream: bytes, name: str, decoy_stream: bytes) -> None:
+        """Send the client's first bytes, `stream`, the way `technique` does."""
+        if technique in (PLAIN, *SPLITS):
+            cuts = {PLAIN: [], "split1": [1], "split2": [2], "multisplit": cuts_around(stream, name)}[technique]
+            for _offset, piece in pieces(stream, cuts):
+                self.sock.sendall(piece)
+                time.sleep(PIECE_GAP_S)
+        elif technique == "disorder":
+            self.queue_as_sent(stream)
+            self.send_raw(*(self.frame(offset, piece) for offset, piece in
+                            reversed(pieces(stream, cuts_around(stream, name)))))
+        elif technique == "seqovl":
+            self.queue_as_sent(stream)
+            first, rest = pieces(stream, [cuts_around(stream, name)[2]])
+            self.send_raw(self.frame(-SEQOVL_BYTES, os.urandom(SEQOVL_BYTES) + first[1]),
+                          self.frame(*rest))
+        else:
+            self.send_raw(self.decoy(technique, decoy_stream))
+            self.sock.sendall(stream)
+
+    def receive_all(self) -> bytes:
+        data = b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        return data
+
+
+def fetch(netns: str, server: str, name: str, technique: str, *, ca_path: str, scheme: str = "https",
+          decoy_name: str = "allowed.example", timeout: float = 2.0) -> Outcome:
+    """GET / for `name` from `server`, the first bytes sent by `technique`."""
+    try:
+        with Sender(netns, server, 443 if scheme == "https" else 80, timeout) as sender:
+            if scheme == "http":
+                sender.send_first_bytes(technique, http_request(name), name, http_request(decoy_name))
+                return Outcome(sender.receive_all().decode(errors="replace"), "")
+            tls, incoming, outgoing, hello = client_hello(name, ca_path)
+            decoy = client_hello(decoy_name, ca_path)[3]
+            sender.send_first_bytes(technique, hello, name, decoy)
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    sender.sock.sendall(outgoing.read())
+                    data = sender.sock.recv(65536)
+                    if not data:
+                        raise ConnectionError("the server closed the connection during the handshake")
+                    incoming.write(data)
+            tls.write(http_request(name))
+            sender.sock.sendall(outgoing.read())
+            answer = b""
+            while True:
+                try:
+                    chunk = tls.read(65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+                except ssl.SSLWantReadError:
+                    data = sender.sock.recv(65536)
+                    if not data:
+                        break
+                    incoming.write(data)
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    break
+            return Outcome(answer.decode(errors="replace"), "")
+    except (OSError, ssl.SSLError) as error:
+        return Outcome("", f"{type(error).__name__}: {error}")

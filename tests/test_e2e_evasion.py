@@ -1,0 +1,163 @@
+"""End to end: a circumvention sender in the lab against a block rule.
+
+The sender (tests/evasion_sender.py) opens a real connection from the
+client namespace and sends its first bytes as zapret, GoodbyeDPI and ByeDPI
+do: split at byte 1 or 2, multisplit, disorder, seqovl, or a decoy for
+another name ahead of the real bytes (low TTL, bad checksum, MD5 option, no
+ACK, an old timestamp). The lab's nginx answers whenever the flow passes,
+which proves the server took the real hello. With the default profile
+(`on_evasion: judge`) sluice judges the bytes the server takes, so the flow
+is reset; with the 2021 profile (`reassemble: false`, `on_evasion: ignore`)
+it is fooled and the flow passes, the decoys named instead.
+"""
+
+import os
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from controller.block_methods import set_up_server_resets
+from controller.datapath import Datapath
+from controller.lab import Lab
+from controller.metrics import SluiceCollector
+from controller.policy import load_policy
+from evasion_sender import DECOYS, PLAIN, TECHNIQUES, fetch
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, raw sockets and XDP need root")]
+
+RULES = """version: 1
+rules:
+  - {name: block-real, action: block, method: reset, domains: [blocked.example]}
+  - {name: decoy-seen, action: block, mode: monitor, domains: [allowed.example]}
+"""
+PROFILES = {"judge": RULES,
+            "2021": RULES + "inspection: {reassemble: false, on_evasion: ignore}\n"}
+REAL_NAME, DECOY_NAME = "blocked.example", "allowed.example"
+# What the 2021 profile, reading each segment alone, still sees: the hello or
+# request in one segment, and a request cut inside its first line, whose
+# Host line then arrives whole in the next segment.
+SEEN_BY_2021 = {(PLAIN, "https"), (PLAIN, "http"), ("split1", "http"), ("split2", "http")}
+FAMILIES = pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+SCHEMES = pytest.mark.parametrize("scheme", ["https", "http"])
+
+
+def not_yet(kind: str):
+    return pytest.mark.xfail(strict=True, reason=f"receiver model: {kind} not yet")
+
+
+def judged(technique: str):
+    """A technique's parameter for the default profile: decoys wait for the receiver model."""
+    return pytest.param(technique, marks=not_yet(DECOYS[technique])) if technique in DECOYS else technique
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with Lab() as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def enforce(lab, tmp_path_factory):
+    """enforce(profile) -> the Datapath of that profile, the only one attached to the lab's edge
+    (enforce(None): none is)."""
+    loaded: dict[str, Datapath] = {}
+    resets = []
+
+    def attach(profile: str | None) -> Datapath | None:
+        while resets:
+            resets.pop().close()
+        for datapath in loaded.values():
+            datapath.detach_all()
+        if profile is None:
+            return None
+        if profile not in loaded:
+            path = tmp_path_factory.mktemp("policy") / f"{profile}.yaml"
+            path.write_text(PROFILES[profile])
+            loaded[profile] = Datapath(load_policy(path))
+        datapath = loaded[profile]
+        for ifname in lab.edge_ifaces:
+            datapath.attach(ifname, netns=lab.edge_ns)
+        # The client's reset leaves through the tc hook (on a veth, XDP_TX alone does not reach it).
+        resets.extend(set_up_server_resets(datapath, datapath.policy, [(ifname, lab.edge_ns)
+                                                                       for ifname in lab.edge_ifaces]))
+        assert resets, "tc ingress must be available in the lab"
+        return datapath
+    yield attach
+    attach(None)
+    for datapath in loaded.values():
+        datapath.close()
+
+
+def rule_stats(datapath: Datapath, name: str) -> dict:
+    return datapath.rule_stats()[datapath.policy.rule_by_name(name).id]
+
+
+def evasions_detected(datapath: Datapath) -> dict[str, float]:
+    """sluice_evasion_detected_total by kind, as Prometheus scrapes it."""
+    registry = CollectorRegistry()
+    registry.register(SluiceCollector(SimpleNamespace(datapath=datapath, policy=datapath.policy, loaded_at=0.0,
+                                                      policy_digest="", reloads={"success": 0, "failure": 0})))
+    counts = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line.startswith("sluice_evasion_detected_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels.split('kind="', 1)[1].split('"', 1)[0]] = float(value)
+    return counts
+
+
+def send(lab, technique, family, scheme):
+    return fetch(lab.client_ns, lab.server_address(family), REAL_NAME, technique, ca_path=lab.ca_path,
+                 scheme=scheme, decoy_name=DECOY_NAME)
+
+
+def test_the_sender_reaches_the_server_with_every_technique_when_nothing_inspects(lab, enforce):
+    """Without sluice, the server answers each technique for the real name:
+    the splits and raw pieces are put together and every decoy is dropped."""
+    enforce(None)
+    for technique in TECHNIQUES:
+        for family in (4, 6):
+            outcome = send(lab, technique, family, "https")
+            assert outcome.answered and f"sluice lab: {REAL_NAME}" in outcome.answer, (technique, family, outcome)
+
+
+@FAMILIES
+@SCHEMES
+@pytest.mark.parametrize("technique", [PLAIN, *(judged(t) for t in TECHNIQUES)])
+def test_the_default_profile_blocks_the_real_name(lab, enforce, technique, family, scheme):
+    datapath = enforce("judge")
+    resets = rule_stats(datapath, "block-real")["resets"]
+    outcome = send(lab, technique, family, scheme)
+    assert not outcome.answered and "ConnectionResetError" in outcome.error, outcome
+    assert rule_stats(datapath, "block-real")["resets"] > resets
+
+
+@FAMILIES
+@pytest.mark.parametrize("technique", list(DECOYS))
+@not_yet("sluice_evasion_detected_total")
+def test_the_default_profile_counts_each_decoy_by_kind(lab, enforce, technique, family):
+    datapath = enforce("judge")
+    before = evasions_detected(datapath)
+    send(lab, technique, family, "https")
+    after = evasions_detected(datapath)
+    kind = DECOYS[technique]
+    assert after[kind] > before[kind], (before, after)
+
+
+@FAMILIES
+@SCHEMES
+@pytest.mark.parametrize("technique", [PLAIN, *TECHNIQUES])
+@not_yet("on_evasion")
+def test_the_2021_profile_is_fooled_and_the_flow_passes(lab, enforce, technique, family, scheme):
+    datapath = enforce("2021")
+    resets, decoys_seen = rule_stats(datapath, "block-real")["resets"], rule_stats(datapath, "decoy-seen")["flows"]
+    outcome = send(lab, technique, family, scheme)
+    if (technique, scheme) in SEEN_BY_2021:
+        assert not outcome.answered and "ConnectionResetError" in outcome.error, outcome
+        assert rule_stats(datapath, "block-real")["resets"] > resets
+        return
+    assert outcome.answered and f"sluice lab: {REAL_NAME}" in outcome.answer, outcome
+    assert rule_stats(datapath, "block-real")["resets"] == resets
+    if technique in DECOYS:
+        assert rule_stats(datapath, "decoy-seen")["flows"] > decoys_seen, "the 2021 profile names the decoy"
