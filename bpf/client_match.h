@@ -1,7 +1,8 @@
 /* client_match.h - who a rule applies to: the client's class, its share of
  * a rollout, the server port, and whether sluice saw the client open the
- * flow. The first rule of the name's rule set whose conditions all hold is
- * the flow's rule.
+ * flow; and what the flow is: its protocol, the server's destination set,
+ * and its ClientHello's ECH and ALPN. The first rule of the name's rule set
+ * whose conditions all hold is the flow's rule.
  *
  * controller/policy/model.py (Policy.decide, behind `sluice explain`) makes
  * the same decision in Python; tests/test_bpf_clients.py holds the two
@@ -17,14 +18,21 @@
 #define IPV6_DEVICE_PREFIX_BYTES 8	/* one device holds a whole /64 */
 #define ROLLOUT_HASH_SHIFT 32
 
+#define ALPN_ENTRIES_MAX 8		/* protocol ids read from one ALPN list; browsers offer 2 or 3 */
+
 /* Everything the rule conditions look at, gathered once per flow. */
-struct client_view {
-	__u8 addr[16];			/* IPv4 as ::ffff:a.b.c.d */
+struct flow_view {
+	__u8 addr[16];			/* the client's; IPv4 as ::ffff:a.b.c.d */
 	__u32 class_id;			/* 0: in no class */
 	__u16 server_port;		/* host byte order */
 	__u8 opened_by_client;		/* sluice saw the client's SYN */
 	__u8 rollout_known;		/* rollout_value is computed */
 	__u32 rollout_value;
+	__u32 destination_id;		/* the server's destination set, 0: none */
+	__u32 alpn_ids;			/* the ids its ClientHello offers that rules name */
+	__u8 proto;			/* enum sluice_proto */
+	__u8 ech;			/* its ClientHello offers ECH */
+	__u8 pad[2];
 };
 
 static __always_inline __u32 client_class(const __u8 *addr)
@@ -35,6 +43,61 @@ static __always_inline __u32 client_class(const __u8 *addr)
 	__builtin_memcpy(prefix.addr, addr, 16);
 	class_id = client_classes.lookup(&prefix);
 	return class_id ? *class_id : 0;
+}
+
+static __always_inline __u32 destination_set(const __u8 *addr)
+{
+	struct client_prefix prefix = { .prefixlen = 128 };
+	__u32 *set_id;
+
+	__builtin_memcpy(prefix.addr, addr, 16);
+	set_id = destinations.lookup(&prefix);
+	return set_id ? *set_id : 0;
+}
+
+/* The bits of the protocol ids an ALPN extension body offers (RFC 7301: a
+ * 2-byte list length, then ids of a 1-byte length each) that rules name;
+ * alpn holds its first len bytes. */
+static __always_inline __u32 offered_alpn_ids(const __u8 *alpn, __u32 len)
+{
+	struct alpn_key key;
+	__u32 ids = 0;
+	__u32 off = 2;
+
+	for (int i = 0; i < ALPN_ENTRIES_MAX; i++) {
+		if (off >= len)
+			break;
+		__u32 id_len = masked_u8(alpn, off, ALPN_COPY_MASK);
+		off += 1;
+		if (id_len == 0 || off + id_len > len)
+			break;
+		if (id_len <= SLUICE_ALPN_ID_BYTES) {
+			key.len = id_len;
+			/* Bytes past the id are zero, as the controller writes keys. */
+			for (int j = 0; j < SLUICE_ALPN_ID_BYTES; j++)
+				key.id[j] = masked_u8(alpn, off + j, ALPN_COPY_MASK) & -(__u8)(j < id_len);
+			__u32 *bit = alpn_ids.lookup(&key);
+			if (bit)
+				ids |= *bit;
+		}
+		off += id_len;
+	}
+	return ids;
+}
+
+/* Does the flow meet the rule's conditions on what it is? */
+static __always_inline int flow_matches(const struct rule_info *rule, const struct flow_view *flow)
+{
+	if (rule->protocols && !(rule->protocols & (1u << (flow->proto & 31))))
+		return 0;
+	if (rule->destination_id && rule->destination_id != flow->destination_id)
+		return 0;
+	/* ECH and ALPN are facts of a ClientHello: a flow without one meets neither. */
+	int hello = flow->proto == SLUICE_PROTO_TLS || flow->proto == SLUICE_PROTO_QUIC;
+	if (rule->ech != SLUICE_ECH_ANY &&
+	    (!hello || flow->ech != (rule->ech == SLUICE_ECH_PRESENT)))
+		return 0;
+	return !rule->alpn_ids || (rule->alpn_ids & flow->alpn_ids);
 }
 
 static __always_inline int is_ipv4_mapped(const __u8 *addr)
@@ -72,7 +135,7 @@ static __always_inline int port_allowed(const struct rule_info *rule, __u16 port
 	return 0;
 }
 
-static __always_inline int in_rollout(const struct rule_info *rule, struct client_view *client,
+static __always_inline int in_rollout(const struct rule_info *rule, struct flow_view *client,
 				      const struct sluice_config *cfg)
 {
 	if (rule->rollout_threshold >= SLUICE_ROLLOUT_ALL)
@@ -84,12 +147,14 @@ static __always_inline int in_rollout(const struct rule_info *rule, struct clien
 	return client->rollout_value < rule->rollout_threshold;
 }
 
-static __always_inline int rule_applies(const struct rule_info *rule, struct client_view *client,
+static __always_inline int rule_applies(const struct rule_info *rule, struct flow_view *client,
 					const struct sluice_config *cfg)
 {
 	if (rule->flags & SLUICE_RULE_INACTIVE)
 		return 0;
 	if ((rule->flags & SLUICE_RULE_CLIENT_OPENED) && !client->opened_by_client)
+		return 0;
+	if (!flow_matches(rule, client))
 		return 0;
 	return port_allowed(rule, client->server_port) && in_rollout(rule, client, cfg);
 }
@@ -97,7 +162,7 @@ static __always_inline int rule_applies(const struct rule_info *rule, struct cli
 /* The rule of set_id that applies to client, or 0. The class's own set
  * holds the rules for any client too; a class without rules on this name
  * has no set of its own and falls back to the set for clients in no class. */
-static __always_inline __u32 select_rule(__u32 set_id, struct client_view *client,
+static __always_inline __u32 select_rule(__u32 set_id, struct flow_view *client,
 					 const struct sluice_config *cfg)
 {
 	struct rule_set_key key = { .set_id = set_id, .class_id = client->class_id };

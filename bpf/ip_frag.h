@@ -329,7 +329,7 @@ static __always_inline int frag_drop_young(struct xdp_md *ctx, struct packet_inf
 	if (flow && flow_is_idle(flow, coarse_now_ns(cfg), cfg))
 		flow = 0;
 	if (flow && flow->state != SLUICE_FLOW_INSPECTING)
-		return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, cfg);
+		return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
 	if (pkt->l4proto == IPPROTO_UDP && !flow) {
 		/* Other UDP has no flows to inspect: only a QUIC client Initial opens one. */
 		__u32 udp_len = ((__u32)head[4] << 8) | head[5];

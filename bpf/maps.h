@@ -24,6 +24,10 @@
 #define SLUICE_CLIENT_PREFIXES_MAX SLUICE_CLIENT_PREFIXES_DEFAULT
 #endif
 
+#ifndef SLUICE_DESTINATION_PREFIXES_MAX
+#define SLUICE_DESTINATION_PREFIXES_MAX SLUICE_DESTINATION_PREFIXES_DEFAULT
+#endif
+
 #ifndef SLUICE_RULE_SETS_MAX
 #define SLUICE_RULE_SETS_MAX SLUICE_RULE_SETS_DEFAULT
 #endif
@@ -41,6 +45,12 @@ BPF_HASH(rule_sets, struct rule_set_key, struct rule_set, SLUICE_RULE_SETS_MAX);
 
 /* Client address prefix -> client class id; the longest prefix wins. */
 BPF_LPM_TRIE(client_classes, struct client_prefix, __u32, SLUICE_CLIENT_PREFIXES_MAX);
+
+/* Server address prefix -> destination set id; the longest prefix wins. */
+BPF_LPM_TRIE(destinations, struct client_prefix, __u32, SLUICE_DESTINATION_PREFIXES_MAX);
+
+/* ALPN protocol id a rule names -> its bit in rule_info.alpn_ids. */
+BPF_HASH(alpn_ids, struct alpn_key, __u32, SLUICE_ALPN_IDS_MAX);
 
 /* rule id -> what the rule does. */
 BPF_ARRAY(rules, struct rule_info, SLUICE_MAX_RULES);

@@ -47,7 +47,16 @@ struct hello_result {
 	__u32 name_len;
 	__u32 found;			/* a server_name was read */
 	__u32 ech;			/* an Encrypted Client Hello extension was walked */
+	__u32 alpn_off;			/* where the ALPN extension's body lies, if held whole */
+	__u32 alpn_len;			/* 0: none walked */
+	__u32 cut;			/* the name was found, but the bytes held end before the hello */
+	__u32 pad;
 };
+
+/* The start of a ClientHello's ALPN extension is kept for the select stage
+ * (a power of two): a browser's list ("h2", "http/1.1") takes 14 bytes. */
+#define ALPN_COPY_BYTES 64
+#define ALPN_COPY_MASK (ALPN_COPY_BYTES - 1)
 
 /* Where a request held in a stream has its parts, found in one pass (see
  * scan_stream_request() in http_host.h); each is 0 until found. */
@@ -81,7 +90,8 @@ struct payload_scratch {
 	struct hello_result hello;
 	struct request_layout layout;	/* HTTP in a stream */
 	__u32 stream_held;		/* the stream is held from its start up to here */
-	__u32 pad2;
+	__u32 alpn_len;			/* bytes of alpn[] in use */
+	__u8 alpn[ALPN_COPY_BYTES];	/* the ClientHello's ALPN extension body, from its start */
 	__u8 bytes[PAYLOAD_COPY_BYTES];
 	char name[SLUICE_NAME_MAX + 1];	/* the extracted, normalised name */
 	__u16 line_starts[HTTP_LINE_SLOTS_MASK + 1]; /* see find_line_starts() */

@@ -134,7 +134,7 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 	if (flow) {
 		flow_touch(flow, now, cfg);
 		if (flow->state != SLUICE_FLOW_INSPECTING)
-			return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, cfg);
+			return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
 		/* Browsers spread a ClientHello over several Initials, and a
 		 * client told its version is not spoken starts again. */
 		int client_sends = sender_is_hi == flow->client_is_hi;

@@ -39,6 +39,19 @@
 #define SLUICE_RULE_SETS_DEFAULT 1
 #define SLUICE_RULE_SET_MAX 8		/* rules in one set */
 
+/* The controller sizes the destination trie to the policy's prefixes
+ * (-DSLUICE_DESTINATION_PREFIXES_MAX=n); this is the size without any. */
+#define SLUICE_DESTINATION_PREFIXES_DEFAULT 1
+
+/* The rule set of flows whose name no domain entry names (or that have no
+ * name): it holds the rules without a name condition. */
+#define SLUICE_RULE_SET_UNNAMED 4294967295
+
+/* ALPN protocol ids a policy's rules may name (bits of rule_info.alpn_ids),
+ * and the longest id a rule may name (longer ones offered match no rule). */
+#define SLUICE_ALPN_IDS_MAX 32
+#define SLUICE_ALPN_ID_BYTES 15
+
 /* Destination port ranges a rule can be limited to. */
 #define SLUICE_PORT_RANGES_MAX 4
 
@@ -63,6 +76,22 @@ enum sluice_action {
 	SLUICE_ACTION_THROTTLE = 3,	/* police to a rate in XDP: drop the excess */
 	SLUICE_ACTION_SHAPE = 4,	/* pace to a rate at tc egress (EDT, needs fq) */
 	SLUICE_ACTION_DELAY = 5,	/* hold each packet a fixed time at tc egress */
+	SLUICE_ACTION_FREEZE = 6,	/* drop every packet of the flow, both ways, never answer */
+};
+
+/* What a rule's trigger counts (rule_info.trigger_unit): until the count of
+ * its direction passes trigger_at, the flow passes untouched. */
+enum sluice_trigger_unit {
+	SLUICE_TRIGGER_NONE = 0,	/* the action applies from the flow's first judged packet */
+	SLUICE_TRIGGER_BYTES = 1,	/* TCP or UDP payload bytes: the data the application sees */
+	SLUICE_TRIGGER_PACKETS = 2,
+};
+
+/* A rule's condition on Encrypted Client Hello (rule_info.ech). */
+enum sluice_ech_condition {
+	SLUICE_ECH_ANY = 0,
+	SLUICE_ECH_PRESENT = 1,		/* a ClientHello (TLS or QUIC) offering extension 0xfe0d */
+	SLUICE_ECH_ABSENT = 2,		/* a ClientHello without it */
 };
 
 /* Who shares one token bucket (throttle) or virtual clock (shape). */
@@ -156,6 +185,7 @@ enum sluice_counter {
 	SLUICE_CNT_FRAG_OVERLAPS,	/* ...or overlapped or contradicted themselves: discarded, as the receiver does */
 	SLUICE_CNT_FRAG_DROPPED,	/* fragments dropped under inspection.fragments: drop */
 	SLUICE_CNT_FRAG_LOW_TTL,	/* fragments not gathered: their TTL says they expire before the server */
+	SLUICE_CNT_TRIGGERS_FIRED,	/* flows whose rule's trigger count was reached: its action applies */
 	SLUICE_CNT_MAX,
 };
 
@@ -182,9 +212,10 @@ struct flow_state {
 	__u16 payload_bytes;		/* client payload inspected so far (saturates) */
 	__u8 opened_by_client;		/* 1: sluice saw the client's SYN open the flow */
 	__u8 streaming;			/* 1: its ClientHello is being reassembled (streams) */
-	__u8 pad[2];
+	__u8 trigger_pending;		/* 1: counting toward its rule's trigger; action held back (NONE) */
+	__u8 pad;
 	__u32 stream_base;		/* client sequence number of stream offset 0 */
-	__u32 pad2;
+	__u32 trigger_count;		/* what the rule's trigger counts, in its direction, so far */
 	/* Per direction, for throttle and shape in flow scope: the time at
 	 * which the flow's bucket is empty again (throttle, GCRA) or its next
 	 * packet may leave (shape, EDT). */
@@ -202,7 +233,8 @@ struct client_clock_key {
 	__u8 client[16];		/* IPv4 as ::ffff:a.b.c.d */
 };
 
-/* Key of the client class trie: a prefix of the client's address. */
+/* Key of the client class trie (a prefix of the client's address) and of
+ * the destination trie (of the server's). */
 struct client_prefix {
 	__u32 prefixlen;		/* IPv4 /n is stored as 96 + n */
 	__u8 addr[16];			/* IPv4 as ::ffff:a.b.c.d */
@@ -259,7 +291,22 @@ struct rule_info {
 	__u64 jitter_ns;		/* delay: plus uniform random 0..jitter */
 	__u64 horizon_ns;		/* shape, delay: drop a packet due later than this */
 	__u32 block_method;		/* block: enum sluice_block_method */
-	__u32 pad;
+	/* Conditions on what the flow is, beside its name: */
+	__u32 protocols;		/* bit 1 << enum sluice_proto; 0: any */
+	__u32 ech;			/* enum sluice_ech_condition */
+	__u32 alpn_ids;			/* bits of alpn_ids' values: the ClientHello offers one; 0: any */
+	__u32 destination_id;		/* the server's destination set (destinations trie); 0: any */
+	/* When the action starts (enum sluice_trigger_unit): */
+	__u32 trigger_unit;
+	__u32 trigger_direction;	/* enum sluice_direction counted */
+	__u32 trigger_at;		/* the count after which the action applies */
+};
+
+/* Key of the ALPN id map: one protocol id a ClientHello may offer, zero
+ * padded; the value is its bit in rule_info.alpn_ids. */
+struct alpn_key {
+	__u8 len;
+	__u8 id[SLUICE_ALPN_ID_BYTES];
 };
 
 struct direction_stats {
@@ -322,6 +369,10 @@ struct sluice_config {
 #define SLUICE_CFG_DROP_FRAGMENTS 4	/* drop the fragments of flows still being inspected */
 #define SLUICE_CFG_SERVER_RESETS 8	/* sluice_tc_reset is on tc ingress: block replies go up to it,
 					 * which resets the server too (block_reply.h) */
+#define SLUICE_CFG_UNNAMED_RULES 16	/* some rule has no name condition: flows no domain entry names
+					 * go to SLUICE_RULE_SET_UNNAMED */
+#define SLUICE_CFG_WHOLE_HELLO 32	/* some rule looks past the name (ECH, ALPN): a ClientHello is
+					 * judged whole, never from a first segment that holds its name */
 #define SLUICE_CFG_EVENTS 1		/* a controller reads the rings: emit a classification_event
 					 * per flow, and send QUIC Initials to be read */
 

@@ -71,6 +71,34 @@ static __always_inline int skip_leading_records(struct xdp_md *ctx, struct paylo
 	return skipped;
 }
 
+/* Keep the ALPN extension that parse_client_hello() found in bytes (a
+ * buffer of mask + 1) for the select stage: bytes is the payload, or the
+ * handshake gathered from the stream, which the stages after this one may
+ * not find as it was. */
+static __always_inline void keep_alpn(struct payload_scratch *scratch, const __u8 *bytes, __u32 mask)
+{
+	__u32 len = scratch->hello.alpn_len;
+
+	scratch->alpn_len = 0;
+	if (len == 0)
+		return;
+	if (len > ALPN_COPY_BYTES)
+		len = ALPN_COPY_BYTES;
+	/* len is 1..ALPN_COPY_BYTES already; the mask shows the verifier. */
+	hide_from_compiler(len);
+	len = ((len - 1) & ALPN_COPY_MASK) + 1;
+	if (copy_within_maps(scratch->alpn, len, &bytes[scratch->hello.alpn_off & mask]) == 0)
+		scratch->alpn_len = len;
+}
+
+/* A name found in a hello whose rest is still to come is not enough where
+ * rules look past the name (ECH, ALPN): the hello is then judged whole. */
+static __always_inline int wait_for_whole_hello(const struct payload_scratch *scratch, int outcome,
+						const struct sluice_config *cfg)
+{
+	return outcome == TLS_SNI_FOUND && scratch->hello.cut && (cfg->flags & SLUICE_CFG_WHOLE_HELLO);
+}
+
 /* A fragment goes to sluice_stage_fragment, unless the policy reads each
  * segment alone (inspection.reassemble: false, the 2021 profile, blind to
  * fragments as that throttler was) and does not drop fragments. */
@@ -141,7 +169,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	}
 
 	if (flow->state != SLUICE_FLOW_INSPECTING)
-		return apply_tcp_verdict(ctx, flow, &key, sender_is_hi, pkt.frame_len, cfg);
+		return apply_tcp_verdict(ctx, flow, &key, sender_is_hi, pkt.frame_len, pkt.payload_len, cfg);
 	if (pkt.payload_len == 0)
 		return pass_unjudged(pkt.frame_len);
 	/* Once the client is known, only what it sends can name the flow:
@@ -205,6 +233,8 @@ int sluice_stage_tls(struct xdp_md *ctx)
 		return XDP_PASS;
 	int skipped = skip_leading_records(ctx, scratch);
 	int outcome = parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &scratch->hello);
+	if (wait_for_whole_hello(scratch, outcome, cfg))
+		outcome = TLS_TRUNCATED;
 	if (scratch->hello.ech && (outcome == TLS_SNI_FOUND || outcome == TLS_NO_SNI))
 		count(SLUICE_CNT_TLS_ECH);
 	switch (outcome) {
@@ -237,6 +267,7 @@ int sluice_stage_tls(struct xdp_md *ctx)
 		stages.call(ctx, SLUICE_STAGE_HTTP);
 		return pass_unjudged(scratch->frame_len);
 	}
+	keep_alpn(scratch, scratch->bytes, PAYLOAD_COPY_MASK);
 	stages.call(ctx, SLUICE_STAGE_MATCH);
 	return pass_unjudged(scratch->frame_len);
 }
@@ -308,6 +339,8 @@ int sluice_stage_stream_tls(struct xdp_md *ctx)
 	 * length, not once for every way out of the gathering loop. */
 	__u32 avail = forget_range(scratch->forget_slot, gather_handshake(stream, handshake, scratch));
 	int outcome = parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &scratch->hello);
+	if (wait_for_whole_hello(scratch, outcome, cfg))
+		outcome = TLS_TRUNCATED;
 	if (outcome == TLS_TRUNCATED || outcome == TLS_MALFORMED || outcome == TLS_NOT_CLIENT_HELLO) {
 		if (outcome == TLS_MALFORMED)
 			count(SLUICE_CNT_TLS_MALFORMED);
@@ -331,6 +364,7 @@ int sluice_stage_stream_tls(struct xdp_md *ctx)
 				     &handshake->bytes[scratch->hello.name_off & STREAM_MASK]) == 0)
 			scratch->raw_name_len = name_len;
 	}
+	keep_alpn(scratch, handshake->bytes, HANDSHAKE_MASK);
 	stream_done(flow, &scratch->key);
 	stages.call(ctx, SLUICE_STAGE_MATCH);
 	return pass_unjudged(scratch->frame_len);
@@ -479,12 +513,16 @@ int sluice_stage_match(struct xdp_md *ctx)
 	 * verified for one unknown length, not once per length normalise_name()
 	 * can return. */
 	scratch->set_id = match_domain(scratch->name, forget_range(scratch->forget_slot, scratch->name_len));
+	/* No entry names it: the rules without a name condition may apply. */
+	if (!scratch->set_id && (cfg->flags & SLUICE_CFG_UNNAMED_RULES))
+		scratch->set_id = SLUICE_RULE_SET_UNNAMED;
 	if (scratch->set_id) {
 		stages.call(ctx, SLUICE_STAGE_SELECT);
 		return pass_unjudged(scratch->frame_len);
 	}
 	classify(flow, 0, 0, scratch, cfg);
-	return apply_tcp_verdict(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len, cfg);
+	return apply_tcp_verdict(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
+				 scratch->segment_len, cfg);
 }
 
 int sluice_stage_select(struct xdp_md *ctx)
@@ -492,7 +530,7 @@ int sluice_stage_select(struct xdp_md *ctx)
 	struct flow_state *flow;
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
-	struct client_view client = {};
+	struct flow_view client = {};
 
 	if (!scratch)
 		return XDP_PASS;
@@ -502,9 +540,17 @@ int sluice_stage_select(struct xdp_md *ctx)
 	client.server_port = bpf_ntohs(scratch->sender_is_hi ? key->port_lo : key->port_hi);
 	client.opened_by_client = flow->opened_by_client;
 	client.class_id = client_class(client.addr);
+	client.destination_id = destination_set(scratch->sender_is_hi ? key->addr_lo : key->addr_hi);
+	client.proto = scratch->proto;
+	/* The hello's facts hold only for this flow's hello: the per-CPU
+	 * scratch keeps the last one parsed, whatever flow it was. */
+	if (scratch->proto == SLUICE_PROTO_TLS) {
+		client.ech = scratch->hello.ech != 0;
+		client.alpn_ids = offered_alpn_ids(scratch->alpn, scratch->alpn_len);
+	}
 	__u32 rule_id = select_rule(scratch->set_id, &client, cfg);
 	classify(flow, rule_id, client.class_id, scratch, cfg);
-	return apply_tcp_verdict(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len, cfg);
+	return apply_tcp_verdict(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len, scratch->segment_len, cfg);
 }
 
 /* A TCP segment gathered out of IP fragments (ip_frag.h), read as the entry
@@ -540,7 +586,7 @@ static __always_inline int judge_gathered_segment(struct packet_info *pkt, const
 		flow_touch(flow, now, cfg);
 	}
 	if (flow->state != SLUICE_FLOW_INSPECTING)
-		return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, cfg);
+		return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
 	if (pkt->payload_len == 0 || (flow->client_known && sender_is_hi != flow->client_is_hi))
 		return pass_unjudged(pkt->frame_len);
 	struct payload_scratch *scratch = payload_buffers.lookup(&zero);

@@ -30,6 +30,7 @@
 #define TLS_RANDOM_LEN 32
 #define TLS_SESSION_ID_MAX 32
 #define TLS_EXT_SERVER_NAME 0
+#define TLS_EXT_ALPN 16			/* RFC 7301 */
 #define TLS_EXT_ENCRYPTED_CLIENT_HELLO 0xfe0d	/* draft-ietf-tls-esni: the outer SNI is a cover name */
 #define TLS_SNI_HOST_NAME 0
 #define TLS_EXTENSIONS_MAX 64		/* browsers send about 20, GREASE included */
@@ -56,8 +57,11 @@ static __always_inline int tls_check_span(__u32 off, __u32 len, __u32 hello_end,
 /* Parse the TLS bytes at the start of `bytes`, a buffer of mask + 1 bytes
  * (avail of them held). On TLS_SNI_FOUND, result->name_off and name_len
  * locate the raw host name. result->ech is set when the extensions walked
- * include Encrypted Client Hello: the walk goes on past server_name for
- * it, but once the name is found, nothing after it can undo that. */
+ * include Encrypted Client Hello, and result->alpn_off/alpn_len locate the
+ * ALPN extension held whole: the walk goes on past server_name for them.
+ * Once the name is found, the bytes held ending does not undo it, but
+ * result->cut says so: a caller that needs the facts after the name
+ * (SLUICE_CFG_WHOLE_HELLO) waits for the rest. */
 static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __u32 mask,
 					      struct hello_result *result)
 {
@@ -65,6 +69,8 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __
 
 	result->found = 0;
 	result->ech = 0;
+	result->alpn_len = 0;
+	result->cut = 0;
 	/* A record cut after its first byte or two (the circumvention tools'
 	 * default split) is still the start of one: what is there must fit. */
 	if (avail == 0 || masked_u8(bytes, 0, mask) != TLS_CONTENT_HANDSHAKE ||
@@ -133,8 +139,10 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __
 		if (off == extensions_end)
 			return result->found ? TLS_SNI_FOUND : TLS_NO_SNI;
 		span = tls_check_span(off, 4, extensions_end, avail);
-		if (span != TLS_SNI_FOUND)
+		if (span != TLS_SNI_FOUND) {
+			result->cut = span == TLS_TRUNCATED;
 			return result->found ? TLS_SNI_FOUND : span;
+		}
 		__u32 ext_type = masked_be16(bytes, off, mask);
 		__u32 ext_len = masked_be16(bytes, off + 2, mask);
 		off += 4;
@@ -144,6 +152,14 @@ static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __
 		__u64 is_ech = ((__u64)(ext_type ^ TLS_EXT_ENCRYPTED_CLIENT_HELLO) - 1) >> 63;
 		hide_from_compiler(is_ech);
 		result->ech |= is_ech;
+		/* The ALPN extension, where its body is held (an all-ones mask
+		 * where it is, zero elsewhere): */
+		__u64 is_alpn = ((__u64)(ext_type ^ TLS_EXT_ALPN) - 1) >> 63;
+		__u64 body_held = (((__u64)avail - (off + ext_len)) >> 63) ^ 1;
+		__u32 alpn_mask = -(__u32)(is_alpn & body_held);
+		hide_from_compiler(alpn_mask);
+		result->alpn_off = (result->alpn_off & ~alpn_mask) | (off & alpn_mask);
+		result->alpn_len = (result->alpn_len & ~alpn_mask) | (ext_len & alpn_mask);
 		if (ext_type != TLS_EXT_SERVER_NAME || result->found) {
 			off += ext_len;
 			continue;

@@ -1,5 +1,6 @@
 /* verdict.h - settle a flow under a rule, count it, and apply its action:
- * pass, drop or answer (block: see block_reply.h), or police (throttle).
+ * pass, drop or answer (block: see block_reply.h), drop silently (freeze),
+ * or police (throttle), from the start or once the rule's trigger fires.
  * Shape and delay pass here and take effect at tc egress (sluice_tc.c).
  */
 #ifndef SLUICE_VERDICT_H
@@ -56,13 +57,42 @@ static __always_inline int throttle_conforms(struct flow_state *flow, const stru
 	return clock ? police(clock, &rule->limit[dir & (SLUICE_DIRS - 1)], bytes, now_ns(cfg)) : 1;
 }
 
-/* The verdict of a classified flow on one of its packets. */
+/* Count a packet of a flow whose rule waits for its trigger; once the count
+ * of the trigger's direction would pass trigger_at, the rule's action
+ * applies, from this packet on (so at most trigger_at bytes or packets
+ * pass untouched). tc egress (shape, delay) reads the same flow->action. */
+static __always_inline void count_toward_trigger(struct flow_state *flow, __u32 dir, __u32 payload_len)
+{
+	__u32 rule_id = flow->rule_id;
+	struct rule_info *rule = rules.lookup(&rule_id);
+
+	if (!rule) {
+		flow->trigger_pending = 0;
+		return;
+	}
+	if (dir != rule->trigger_direction)
+		return;
+	__u64 counted = (__u64)flow->trigger_count +
+			(rule->trigger_unit == SLUICE_TRIGGER_PACKETS ? 1 : payload_len);
+	if (counted <= rule->trigger_at) {
+		flow->trigger_count = counted;
+		return;
+	}
+	flow->trigger_pending = 0;
+	flow->action = rule->flags & SLUICE_RULE_MONITOR ? SLUICE_ACTION_NONE : rule->action;
+	count(SLUICE_CNT_TRIGGERS_FIRED);
+}
+
+/* The verdict of a classified flow on one of its packets (payload_len:
+ * its TCP or UDP payload, what a trigger counts in bytes). */
 static __always_inline int apply_verdict(struct flow_state *flow, const struct flow_key *key,
-					 int sender_is_hi, __u32 frame_len,
+					 int sender_is_hi, __u32 frame_len, __u32 payload_len,
 					 const struct sluice_config *cfg)
 {
 	__u32 dir = packet_direction(flow, sender_is_hi);
-	int drop = flow->action == SLUICE_ACTION_BLOCK ||
+	if (flow->trigger_pending)
+		count_toward_trigger(flow, dir, payload_len);
+	int drop = flow->action == SLUICE_ACTION_BLOCK || flow->action == SLUICE_ACTION_FREEZE ||
 		   (flow->action == SLUICE_ACTION_THROTTLE &&
 		    !throttle_conforms(flow, key, dir, frame_len, cfg));
 
@@ -71,13 +101,13 @@ static __always_inline int apply_verdict(struct flow_state *flow, const struct f
 }
 
 /* The verdict on a TCP packet: as apply_verdict(), but where a block
- * rule's method is not drop, the client's packets are answered instead
+ * rule's method is not drop (freeze never answers), the client's packets are answered instead
  * (block_reply.h): the reply stage returns XDP_TX, or drops. */
 static __always_inline int apply_tcp_verdict(struct xdp_md *ctx, struct flow_state *flow,
 					     const struct flow_key *key, int sender_is_hi, __u32 frame_len,
-					     const struct sluice_config *cfg)
+					     __u32 payload_len, const struct sluice_config *cfg)
 {
-	int verdict = apply_verdict(flow, key, sender_is_hi, frame_len, cfg);
+	int verdict = apply_verdict(flow, key, sender_is_hi, frame_len, payload_len, cfg);
 
 	if (verdict == XDP_DROP && flow->action == SLUICE_ACTION_BLOCK &&
 	    packet_direction(flow, sender_is_hi) == SLUICE_DIR_UP)
@@ -117,6 +147,11 @@ static __always_inline void classify(struct flow_state *flow, __u32 rule_id, __u
 	flow->rule_id = rule ? rule_id : 0;
 	/* A rule in monitor mode is matched and counted, never enforced. */
 	flow->action = rule && (rule->flags & SLUICE_RULE_MONITOR) ? SLUICE_ACTION_NONE : action;
+	/* A rule with a trigger holds its action back until the count is reached. */
+	flow->trigger_pending = rule && rule->trigger_unit != SLUICE_TRIGGER_NONE;
+	flow->trigger_count = 0;
+	if (flow->trigger_pending)
+		flow->action = SLUICE_ACTION_NONE;
 	flow->proto = scratch->proto;
 	flow->client_is_hi = scratch->sender_is_hi;
 	flow->client_known = 1;

@@ -6,7 +6,7 @@
   sluice status [--json]              what runs where, how full, recent reloads
   sluice stop                         stop, detach, and unpin everything
   sluice validate P                   check a policy without touching the kernel
-  sluice explain --policy P --client IP --name N [--at T]
+  sluice explain --policy P --client IP [--name N] [--server IP] [--protocol P] [--ech] [--alpn L] [--at T]
                                       which rule a flow gets, and why
   sluice replay [--policy P] cap.pcap run the real program over a capture, offline
 
@@ -124,25 +124,36 @@ def cmd_explain(args) -> int:
     loaded = load_policy_or_exit(args.policy)
     try:
         at = schedule.parse_timestamp(args.at) if args.at else schedule.now()
-        address = ipaddress.ip_address(args.client)
+        addresses = [ipaddress.ip_address(a) if a else None for a in (args.client, args.server)]
     except ValueError as error:
         raise Refused(f"sluice explain: {error}", EXIT_POLICY_ERROR) from None
-    if getattr(address, "scope_id", None):
-        raise Refused(f"sluice explain: --client {args.client}: a client address has no zone "
-                      f"(%{address.scope_id}); give the address alone", EXIT_POLICY_ERROR)
-    client = str(address)
-    _name, wrong = check_domain(args.name)
-    if wrong:
-        raise Refused(f"sluice explain: --name: {wrong}", EXIT_POLICY_ERROR)
+    for option, address in zip(("--client", "--server"), addresses):
+        if getattr(address, "scope_id", None):
+            raise Refused(f"sluice explain: {option} {address}: an address here has no zone "
+                          f"(%{address.scope_id}); give the address alone", EXIT_POLICY_ERROR)
+    client, server = (str(a) if a else None for a in addresses)
+    if args.name:
+        _name, wrong = check_domain(args.name)
+        if wrong:
+            raise Refused(f"sluice explain: --name: {wrong}", EXIT_POLICY_ERROR)
+    if args.protocol == "http" and (args.ech or args.alpn):
+        raise Refused("sluice explain: --ech and --alpn are ClientHello facts: not with --protocol http",
+                      EXIT_POLICY_ERROR)
+    alpn = tuple(a for a in args.alpn.split(",") if a)
     policy = loaded.at(at)
-    decision = policy.decide(args.name.encode(), client, args.port, not args.no_syn)
+    decision = policy.decide((args.name or "").encode(), client, args.port, not args.no_syn, server=server,
+                             protocol=args.protocol, ech=args.ech, alpn=alpn)
     print(f"policy  {policy.path} as it stands at {at.isoformat()}")
     where = (f"class {decision.client_class.name} (prefix {decision.class_prefix})"
              if decision.client_class else "in no class")
     print(f"client  {client}: {where}; rollout position "
           f"{rollout_value(policy.rollout_key, client) / 2**32:.4%}")
-    print(f"flow    to port {args.port}, {'opened' if not args.no_syn else 'not seen opened'} by the client")
-    print(f"name    {args.name}: " + (f"most specific entry {decision.domain}" if decision.domain else "no entry"))
+    print(f"flow    {args.protocol} to {server or 'a server'} port {args.port}, "
+          f"{'opened' if not args.no_syn else 'not seen opened'} by the client")
+    if args.protocol != "http":
+        print(f"hello   ECH {'present' if args.ech else 'absent'}; ALPN {', '.join(alpn) or 'none'}")
+    print(f"name    {args.name or '(none)'}: " +
+          (f"most specific entry {decision.domain}" if decision.domain else "no entry"))
     for number, step in enumerate(decision.steps, start=1):
         print(f"  {number}. {step}")
     rule = decision.rule
@@ -150,7 +161,8 @@ def cmd_explain(args) -> int:
         print("verdict pass: no rule applies")
     else:
         mode = " (monitor: counted, not enforced)" if rule.monitor else ""
-        print(f"verdict {rule.action}{mode} by rule {rule.name} ({policy.path}:{rule.line})")
+        after = f", {rule.trigger.describe()}" if rule.trigger else ""
+        print(f"verdict {rule.action}{after}{mode} by rule {rule.name} ({policy.path}:{rule.line})")
         if rule.action == "block":
             print(f"method  {describe_method(rule)}")
     return 0
@@ -519,7 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "loaded into the kernel; tests hold the kernel to the same answers.")
     explain.add_argument("--policy", required=True, help="policy file (YAML)")
     explain.add_argument("--client", required=True, help="client address, IPv4 or IPv6")
-    explain.add_argument("--name", required=True, help="server name (TLS SNI or HTTP Host)")
+    explain.add_argument("--name", help="server name (TLS SNI, HTTP Host); none: a flow without one")
+    explain.add_argument("--server", help="server address, IPv4 or IPv6 (for destination sets)")
+    explain.add_argument("--protocol", choices=("tls", "http", "quic"), default="tls",
+                         help="what the flow is read as (default: %(default)s)")
+    explain.add_argument("--ech", action="store_true", help="its ClientHello offers Encrypted Client Hello")
+    explain.add_argument("--alpn", default="", help="the ALPN ids its ClientHello offers, comma-separated, "
+                                                   "e.g. h2,http/1.1")
     explain.add_argument("--at", help="moment to judge at, ISO 8601 with offset, e.g. "
                                       "2021-03-20T10:00:00+03:00 (default: now)")
     explain.add_argument("--port", type=port_number, default=443, help="server port (default: %(default)s)")

@@ -107,10 +107,18 @@ class ClientClasses:
         return self.classes[class_id - 1], prefix
 
 
+def _address(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw[12:] if raw[:12] == IPV4_MAPPED else raw))
+
+
+def flow_server(key, flow) -> str:
+    """The server address of a flow table entry."""
+    return _address(bytes(key.addr_lo if flow.client_is_hi else key.addr_hi))
+
+
 def flow_client(key, flow) -> tuple[str, int, bool]:
     """(client address, server port, opened by the client) of a flow table entry."""
     hi = flow.client_is_hi
-    raw = bytes(key.addr_hi if hi else key.addr_lo)
-    address = str(ipaddress.ip_address(raw[12:] if raw[:12] == IPV4_MAPPED else raw))
+    address = _address(bytes(key.addr_hi if hi else key.addr_lo))
     server_port = socket.ntohs(key.port_lo if hi else key.port_hi)
     return address, server_port, bool(flow.opened_by_client)

@@ -16,7 +16,7 @@ import struct
 import bcc
 import numpy
 
-from . import block_methods, schedule, xdp_link
+from . import block_methods, precedence, schedule, xdp_link
 from .abi import ABI, COUNTER_NAMES, bpf_source_dir
 from .names import name_hashes_many
 
@@ -102,9 +102,11 @@ class Datapath:
         self.policy = policy.at(at or schedule.now()) if policy else None
         sets = self.policy.rule_sets() if policy else None
         prefixes = len(self.policy.classes) if policy else 0
+        destination_prefixes = len(self.policy.destinations) if policy else 0
         cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(sets.names) if sets else 0)}",
                   f"-DSLUICE_RULE_SETS_MAX={max(1, len(sets.sets) if sets else 0)}",
                   f"-DSLUICE_CLIENT_PREFIXES_MAX={max(1, prefixes)}",
+                  f"-DSLUICE_DESTINATION_PREFIXES_MAX={max(1, destination_prefixes)}",
                   f"-DSLUICE_BLOCK_PAGES_MAX={max(1, len(self._paged_rules()))}",
                   "-Wno-incompatible-pointer-types-discards-qualifiers"]
         self.bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
@@ -161,8 +163,15 @@ class Datapath:
         if policy is None:
             return
         rules = self.table("rules")
+        self.alpn_bits = alpn_bits(policy.rules)
         for rule in [*self.retired_rules, *policy.rules]:
-            rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule)
+            rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule, self.alpn_bits, policy.destinations)
+        alpn_ids = self.table("alpn_ids")
+        for protocol_id, bit in self.alpn_bits.items():
+            key = alpn_ids.Key()
+            key.len = len(protocol_id)
+            key.id[:len(protocol_id)] = list(protocol_id.encode())
+            alpn_ids[key] = ctypes.c_uint32(bit)
         sets = policy.rule_sets()
         self._fill_domain_rules(sets.names, sets.kinds, sets.set_ids)
         rule_sets = self.table("rule_sets")
@@ -171,7 +180,8 @@ class Datapath:
             for index, rule in enumerate(members):
                 value.rule_ids[index] = rule.id
             rule_sets[rule_sets.Key(set_id, class_id)] = value
-        self._fill_client_classes(policy.classes)
+        self._fill_prefixes("client_classes", policy.classes)
+        self._fill_prefixes("destinations", policy.destinations)
         pages = self.table("block_pages")
         for rule in self._paged_rules():
             pages[ctypes.c_uint32(rule.id)] = block_methods.fill_page(pages.Leaf(), rule.page)
@@ -181,9 +191,9 @@ class Datapath:
         rules = [*self.retired_rules, *(self.policy.rules if self.policy else [])]
         return [rule for rule in rules if rule.page is not None]
 
-    def _fill_client_classes(self, classes) -> None:
-        """The LPM trie, one update per prefix: tries take no batches."""
-        table = self.table("client_classes")
+    def _fill_prefixes(self, trie: str, classes) -> None:
+        """An LPM trie (client classes, destinations), one update per prefix: tries take no batches."""
+        table = self.table(trie)
         keys = (table.Key * len(classes)).from_buffer_copy(classes.prefixes.tobytes())
         for key, class_id in zip(keys, classes.class_ids.tolist()):
             table[key] = ctypes.c_uint32(class_id)
@@ -194,7 +204,8 @@ class Datapath:
         rules = self.table("rules")
         for rule in self.policy.rules:
             if rule.action == "shape":
-                rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule, shape_as_throttle=True)
+                rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule, self.alpn_bits,
+                                                            self.policy.destinations, shape_as_throttle=True)
 
     def tc_reset_fd(self) -> int:
         """The tc ingress program that resets servers (block methods reset, page)."""
@@ -232,7 +243,11 @@ class Datapath:
             value.window_bytes = policy.window_bytes
         value.flags = ((ABI.SLUICE_CFG_EVENTS if events else 0) |
                        (ABI.SLUICE_CFG_NO_REASSEMBLY if policy is not None and not policy.reassemble else 0) |
-                       (ABI.SLUICE_CFG_DROP_FRAGMENTS if policy is not None and policy.fragments == "drop" else 0))
+                       (ABI.SLUICE_CFG_DROP_FRAGMENTS if policy is not None and policy.fragments == "drop" else 0) |
+                       (ABI.SLUICE_CFG_UNNAMED_RULES if policy is not None and
+                        any(precedence.is_unnamed(rule) for rule in policy.rules) else 0) |
+                       (ABI.SLUICE_CFG_WHOLE_HELLO if policy is not None and policy.reassemble and
+                        any(rule.ech or rule.alpn for rule in policy.rules) else 0))
         if policy is not None:
             value.rollout_key[0], value.rollout_key[1] = struct.unpack("<QQ", policy.rollout_key)
         config[ctypes.c_uint32(0)] = value
@@ -314,12 +329,38 @@ class Datapath:
         self.bpf.cleanup()
 
 
+def settle_flow(flow, rule, action: str | None = None) -> None:
+    """Write rule's verdict into a flow table entry from user space (QUIC
+    flows, reclassify), as classify() in bpf/verdict.h does in the kernel:
+    a rule in monitor mode never acts, a rule with a trigger holds its action
+    back until the data plane has counted to it. action: instead of the rule's."""
+    from .policy import ACTIONS
+    flow.rule_id = rule.id if rule else 0
+    flow.action = (ABI.SLUICE_ACTION_NONE if rule is None or rule.monitor or rule.trigger
+                   else ACTIONS[action or rule.action])
+    flow.trigger_pending = int(bool(rule and rule.trigger))
+    flow.trigger_count = 0
+    flow.state = ABI.SLUICE_FLOW_CLASSIFIED
+
+
 PS_PER_SECOND = 10**12
 BITS_PER_BYTE = 8
 
 
-def rule_info(leaf_type, rule, shape_as_throttle: bool = False):
-    """struct rule_info for one policy rule."""
+def alpn_bits(rules) -> dict[str, int]:
+    """ALPN protocol id -> its bit in rule_info.alpn_ids, for every id the rules name."""
+    named = sorted({protocol_id for rule in rules for protocol_id in rule.alpn})
+    return {protocol_id: 1 << index for index, protocol_id in enumerate(named)}
+
+
+PROTOCOLS = {"tls": ABI.SLUICE_PROTO_TLS, "http": ABI.SLUICE_PROTO_HTTP, "quic": ABI.SLUICE_PROTO_QUIC}
+ECH_CONDITIONS = {None: ABI.SLUICE_ECH_ANY, "present": ABI.SLUICE_ECH_PRESENT, "absent": ABI.SLUICE_ECH_ABSENT}
+TRIGGER_UNITS = {"bytes": ABI.SLUICE_TRIGGER_BYTES, "packets": ABI.SLUICE_TRIGGER_PACKETS}
+DIRECTIONS = {"up": ABI.SLUICE_DIR_UP, "down": ABI.SLUICE_DIR_DOWN}
+
+
+def rule_info(leaf_type, rule, alpn_ids: dict[str, int], destinations, shape_as_throttle: bool = False):
+    """struct rule_info for one policy rule; alpn_ids: see alpn_bits()."""
     from .policy import ACTIONS, BLOCK_METHODS, SCOPES
     from .rollout import threshold
     info = leaf_type()
@@ -343,6 +384,17 @@ def rule_info(leaf_type, rule, shape_as_throttle: bool = False):
     info.jitter_ns = rule.jitter_ns
     info.horizon_ns = rule.horizon_ns
     info.block_method = BLOCK_METHODS[rule.block_method]
+    info.protocols = sum(1 << PROTOCOLS[protocol] for protocol in rule.protocols)
+    info.ech = ECH_CONDITIONS[rule.ech]
+    # A retired rule is in no rule set: its conditions are never checked
+    # again, and may name ids and sets this policy no longer has.
+    info.alpn_ids = sum(alpn_ids.get(protocol_id, 0) for protocol_id in rule.alpn)
+    destination = destinations.by_name.get(rule.destination)
+    info.destination_id = destination.id if destination else 0
+    if rule.trigger:
+        info.trigger_unit = TRIGGER_UNITS[rule.trigger.unit]
+        info.trigger_direction = DIRECTIONS[rule.trigger.direction]
+        info.trigger_at = rule.trigger.count
     return info
 
 

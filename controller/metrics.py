@@ -88,6 +88,9 @@ class SluiceCollector:
                                   value=counters["gave_up"])
         yield CounterMetricFamily("sluice_flows_expired", "Idle flows seen again and inspected afresh.",
                                   value=counters["flows_expired"])
+        yield CounterMetricFamily("sluice_triggers_fired",
+                                  "Flows whose rule's trigger (after:) was reached: its action applies from then on.",
+                                  value=counters["triggers_fired"])
         yield from self._rule_families()
         yield GaugeMetricFamily("sluice_policy_loaded_timestamp_seconds",
                                 "When the running policy was loaded (Unix time).", value=self.source.loaded_at)

@@ -2,7 +2,8 @@
 
 Precedence, in order (docs/policy.md, "Precedence"):
   1. exemptions: an `allow` rule that applies always wins;
-  2. the most specific domain: an exact name, then the longest suffix;
+  2. the most specific domain: an exact name, then the longest suffix, then
+     a rule with no name condition (it may apply to any name, or none);
   3. the most specific client class: a rule for the client's class before
      a rule for every client;
   4. rule order in the file.
@@ -10,11 +11,13 @@ Precedence, in order (docs/policy.md, "Precedence"):
 The data plane finds only the most specific domain entry naming a flow's
 name (bpf/domain_match.h), so each entry's rule set already holds the rules
 of the less specific entries above it, sorted by the order above, one list
-per client class. The kernel then takes the first rule of the client's list
-whose conditions (schedule, ports, SYN seen, rollout share) hold
+per client class; rules without a name condition are in every set, and in
+the set of flows no entry names (SLUICE_RULE_SET_UNNAMED). The kernel then
+takes the first rule of the client's list whose conditions (schedule, SYN
+seen, protocol, destination, ECH, ALPN, ports, rollout share) hold
 (bpf/client_match.h). decide() walks the same lists in Python, which is
-what `sluice explain` prints and what tests/test_bpf_clients.py holds the
-kernel to.
+what `sluice explain` prints and what tests/test_bpf_clients.py and
+tests/test_bpf_playbook.py hold the kernel to.
 """
 
 from dataclasses import dataclass, field
@@ -25,6 +28,8 @@ from .rollout import in_rollout, rollout_value, threshold
 
 SUFFIX, EXACT = ABI.SLUICE_MATCH_SUFFIX, ABI.SLUICE_MATCH_EXACT
 NO_CLASS = 0
+UNNAMED = ABI.SLUICE_RULE_SET_UNNAMED
+UNNAMED_SPECIFICITY = (0, 0)           # below any suffix: depth 0
 
 
 class RuleSetOverflow(Exception):
@@ -32,7 +37,8 @@ class RuleSetOverflow(Exception):
 
     def __init__(self, name: bytes, rules: list):
         self.name, self.rules = name, rules
-        super().__init__(f"{len(rules)} rules could apply to {name.decode()!r} for one client "
+        what = repr(name.decode()) if name else "flows no domain entry names"
+        super().__init__(f"{len(rules)} rules could apply to {what} for one client "
                          f"({', '.join(r.name for r in rules)}); at most {ABI.SLUICE_RULE_SET_MAX}")
 
 
@@ -46,8 +52,15 @@ class RuleSets:
     sets: dict = field(default_factory=dict)                  # (set id, class id) -> tuple of rules
 
 
-def candidates(name: bytes, kind: int, suffix_rules: dict, exact_rules: dict) -> list[tuple]:
-    """(rule, specificity) of every rule that names this entry or a suffix above it."""
+def is_unnamed(rule) -> bool:
+    """A rule without a name condition applies to every name its other conditions allow."""
+    return not rule.suffixes and not rule.exact
+
+
+def candidates(name: bytes, kind: int, suffix_rules: dict, exact_rules: dict,
+               unnamed_rules: list) -> list[tuple]:
+    """(rule, specificity) of every rule that names this entry or a suffix
+    above it, and of every rule without a name condition."""
     found, seen = [], set()
     depth = name.count(b".") + 1
     if kind == EXACT:
@@ -58,6 +71,7 @@ def candidates(name: bytes, kind: int, suffix_rules: dict, exact_rules: dict) ->
         if dot < 0:
             break
         name, depth = name[dot + 1:], depth - 1
+    found += [(rule, UNNAMED_SPECIFICITY) for rule in unnamed_rules]
     unique = []
     for rule, specificity in found:          # most specific first: keep a rule's best mention
         if rule.name not in seen:
@@ -66,11 +80,10 @@ def candidates(name: bytes, kind: int, suffix_rules: dict, exact_rules: dict) ->
     return unique
 
 
-def rank(name: bytes, kind: int, suffix_rules: dict, exact_rules: dict, order: dict,
-         class_ids: dict[str, int]) -> dict[int, tuple]:
-    """Class id -> the rules that may apply to this entry's names for that
-    class, in precedence order; raises RuleSetOverflow past a set's size."""
-    found = candidates(name, kind, suffix_rules, exact_rules)
+def rank(name: bytes, found: list[tuple], order: dict, class_ids: dict[str, int]) -> dict[int, tuple]:
+    """Class id -> the rules of found ((rule, specificity) of an entry's
+    candidates) that may apply for that class, in precedence order; raises
+    RuleSetOverflow past a set's size."""
     found.sort(key=lambda c: (c[0].action != "allow", tuple(-x for x in c[1]),
                               c[0].client_class is None, order[c[0].name]))
     ranked = [rule for rule, _ in found]
@@ -88,6 +101,7 @@ def compile_rule_sets(rules: list, class_ids: dict[str, int]) -> RuleSets:
     """Rule sets for rules (each with the action in force), in file order."""
     suffix_rules: dict[bytes, list] = {}
     exact_rules: dict[bytes, list] = {}
+    unnamed_rules = [rule for rule in rules if is_unnamed(rule)]
     for rule in rules:
         for name in rule.suffixes:
             suffix_rules.setdefault(name, []).append(rule)
@@ -117,17 +131,33 @@ def compile_rule_sets(rules: list, class_ids: dict[str, int]) -> RuleSets:
 
     for kind, table in ((SUFFIX, suffix_rules), (EXACT, exact_rules)):
         for name, own in table.items():
-            if kind == SUFFIX and len(own) == 1 and not under_another_suffix(name):
+            if kind == SUFFIX and len(own) == 1 and not unnamed_rules and not under_another_suffix(name):
                 # The common case, a million times over in a feed: one rule, nothing above it.
                 rule = own[0]
                 set_id = set_id_of({class_ids[rule.client_class] if rule.client_class else NO_CLASS: (rule,)})
             else:
-                set_id = set_id_of(rank(name, kind, suffix_rules, exact_rules, order, class_ids))
+                found = candidates(name, kind, suffix_rules, exact_rules, unnamed_rules)
+                set_id = set_id_of(rank(name, found, order, class_ids))
             compiled.names.append(name)
             compiled.kinds.append(kind)
             compiled.set_ids.append(set_id)
             compiled.entries[(name, kind)] = set_id
+    if unnamed_rules:
+        found = [(rule, UNNAMED_SPECIFICITY) for rule in unnamed_rules]
+        for class_id, members in rank(b"", found, order, class_ids).items():
+            compiled.sets[(UNNAMED, class_id)] = members
     return compiled
+
+
+@dataclass(frozen=True)
+class FlowFacts:
+    """What the data plane knows of a flow beside its name and client when it picks the rule."""
+    server: str | None = None            # the server's address; None: unknown (in no destination set)
+    server_port: int = 443
+    opened_by_client: bool = True
+    protocol: str = "tls"                # tls, http or quic
+    ech: bool = False                    # its ClientHello offers Encrypted Client Hello
+    alpn: tuple[str, ...] = ()           # the protocol ids its ClientHello offers
 
 
 @dataclass
@@ -141,6 +171,8 @@ class Decision:
 
 def most_specific_entry(name: bytes, entries: dict) -> tuple[int, str] | tuple[None, None]:
     """The set id of the most specific entry naming name (as domain_match.h finds it)."""
+    if not name:
+        return None, None
     if (name, EXACT) in entries:
         return entries[(name, EXACT)], f"exact {name.decode()}"
     suffix = name
@@ -153,40 +185,71 @@ def most_specific_entry(name: bytes, entries: dict) -> tuple[int, str] | tuple[N
         suffix = suffix[dot + 1:]
 
 
-def decide(policy, name: bytes, client: str, server_port: int = 443,
-           opened_by_client: bool = True) -> Decision:
+def decide(policy, name: bytes, client: str, facts: FlowFacts = FlowFacts()) -> Decision:
     """The rule the data plane chooses for a flow, with the reasons.
 
     policy must be resolved to one moment (Policy.at): inactive rules are
     marked, escalated rules carry the action of their current step."""
-    name = normalise(name)
+    name = normalise(name) if name else b""
     client_class, prefix = policy.classes.classify(client)
     class_id = client_class.id if client_class else NO_CLASS
     compiled = policy.rule_sets()
     set_id, domain = most_specific_entry(name, compiled.entries)
     if set_id is None:
-        return Decision(None, client_class, prefix, None, ["no rule names this domain"])
+        if not any(key[0] == UNNAMED for key in compiled.sets):
+            return Decision(None, client_class, prefix, None, ["no rule names this domain"])
+        set_id = UNNAMED
     rules = compiled.sets.get((set_id, class_id)) or compiled.sets.get((set_id, NO_CLASS), ())
     steps = []
     for rule in rules:
-        reason = why_not(policy, rule, client, server_port, opened_by_client)
+        held = []
+        reason = why_not(policy, rule, client, facts, held)
         if reason is None:
-            steps.append(f"rule {rule.name}: applies")
+            steps.append(f"rule {rule.name}: applies" + (f" ({'; '.join(held)})" if held else ""))
             return Decision(rule, client_class, prefix, domain, steps)
         steps.append(f"rule {rule.name}: skipped, {reason}")
-    steps.append("no rule applies to this client")
+    steps.append("no rule applies to this flow")
     return Decision(None, client_class, prefix, domain, steps)
 
 
-def why_not(policy, rule, client: str, server_port: int, opened_by_client: bool) -> str | None:
-    """Why rule does not apply to this flow, or None when it does (client_match.h's checks, in order)."""
+def why_not(policy, rule, client: str, facts: FlowFacts, held: list[str]) -> str | None:
+    """Why rule does not apply to this flow, or None when it does (client_match.h's
+    checks, in order); each condition checked that held is appended to held."""
     if rule.inactive:
         return "outside its active windows"
-    if rule.opened_by_client and not opened_by_client:
-        return "only for flows whose opening SYN sluice saw from the client"
-    if rule.ports and not any(first <= server_port <= last for first, last in rule.ports):
-        return f"server port {server_port} is not in its ports"
-    if threshold(rule.percent) < (1 << 32) and not in_rollout(policy.rollout_key, client, rule.percent):
-        value = rollout_value(policy.rollout_key, client)
-        return f"client outside its {rule.percent}% share (rollout value {value / (1 << 32):.4%})"
+    if rule.opened_by_client:
+        if not facts.opened_by_client:
+            return "only for flows whose opening SYN sluice saw from the client"
+        held.append("opened by the client")
+    if rule.protocols:
+        if facts.protocol not in rule.protocols:
+            return f"protocol {facts.protocol} is not {' or '.join(rule.protocols)}"
+        held.append(f"protocol {facts.protocol}")
+    if rule.destination:
+        found, where = policy.destinations.classify(facts.server) if facts.server else (None, None)
+        if found is None or found.name != rule.destination:
+            what = f"in destinations {found.name} ({where})" if found else "in no destination set"
+            return f"server {facts.server or '(unknown)'} is {what}, not in {rule.destination}"
+        held.append(f"server {facts.server} in destinations {rule.destination} ({where})")
+    hello = facts.protocol in ("tls", "quic")
+    if rule.ech:
+        if not hello:
+            return f"ECH {rule.ech}: a {facts.protocol} flow has no ClientHello"
+        if facts.ech != (rule.ech == "present"):
+            return f"ECH is {'present' if facts.ech else 'absent'}, not {rule.ech}"
+        held.append(f"ECH {rule.ech}")
+    if rule.alpn:
+        offered = [a for a in facts.alpn if a in rule.alpn]
+        if not hello or not offered:
+            return f"ALPN offered ({', '.join(facts.alpn) or 'none'}) has none of {', '.join(rule.alpn)}"
+        held.append(f"ALPN offers {', '.join(offered)}")
+    if rule.ports:
+        if not any(first <= facts.server_port <= last for first, last in rule.ports):
+            return f"server port {facts.server_port} is not in its ports"
+        held.append(f"server port {facts.server_port} in its ports")
+    if threshold(rule.percent) < (1 << 32):
+        if not in_rollout(policy.rollout_key, client, rule.percent):
+            value = rollout_value(policy.rollout_key, client)
+            return f"client outside its {rule.percent}% share (rollout value {value / (1 << 32):.4%})"
+        held.append(f"client in its {rule.percent}% share")
     return None

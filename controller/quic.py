@@ -101,6 +101,7 @@ HANDSHAKE_HEADER_LEN = 4       # type (1) and length (3)
 TLS_RANDOM_LEN = 32
 EXT_SERVER_NAME = 0x0000
 EXT_ECH = 0xFE0D               # encrypted_client_hello, draft-ietf-tls-esni
+EXT_ALPN = 0x0010              # application_layer_protocol_negotiation, RFC 7301
 SNI_HOST_NAME = 0
 
 CHLO_TAG = b"CHLO"             # Google QUIC crypto's client hello: tag, count, then (tag, end offset) pairs
@@ -118,6 +119,7 @@ class ClientHelloInfo:
     sni: str | None      # normalised as the data plane does: lower case, no trailing dot
     ech: bool            # the ClientHello offers Encrypted Client Hello: sni is then the outer name
     version: int         # the QUIC version of the Initials that carried it
+    alpn: tuple[str, ...] = ()   # the protocol ids it offers (ALPN), in its order
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,16 @@ def _server_name(extension: bytes) -> str:
     return _host_name(name)
 
 
+def _alpn(extension: bytes) -> tuple[str, ...]:
+    """The protocol ids of an ALPN extension (RFC 7301 section 3.1)."""
+    reader = _Reader(extension, "ALPN")
+    ids = _Reader(reader.vector(2), "ALPN protocol list")
+    offered = []
+    while ids.left:
+        offered.append(ids.vector(1).decode("ascii", "replace"))
+    return tuple(offered)
+
+
 def _host_name(name: bytes) -> str:
     if not 0 < len(name) <= ABI.SLUICE_NAME_MAX or not name.isascii():
         raise QuicError("server_name is not a host name")
@@ -419,14 +431,14 @@ class TlsClientHello:
         return HANDSHAKE_HEADER_LEN + int.from_bytes(stream[1:HANDSHAKE_HEADER_LEN], "big")
 
     @staticmethod
-    def parse(message: bytes) -> tuple[str | None, bool]:
-        """Server name and ECH of a ClientHello (RFC 8446 section 4.1.2)."""
+    def parse(message: bytes) -> tuple[str | None, bool, tuple[str, ...]]:
+        """Server name, ECH and ALPN of a ClientHello (RFC 8446 section 4.1.2)."""
         reader = _Reader(message[HANDSHAKE_HEADER_LEN:], "ClientHello")
         reader.take(2 + TLS_RANDOM_LEN)                 # legacy_version, random
         reader.vector(1)                                # legacy_session_id
         reader.vector(2)                                # cipher_suites
         reader.vector(1)                                # legacy_compression_methods
-        sni, ech = None, False
+        sni, ech, alpn = None, False, ()
         extensions = _Reader(reader.vector(2) if reader.left else b"", "extensions")
         if reader.left:
             raise QuicError("bytes after the ClientHello's extensions")
@@ -441,7 +453,9 @@ class TlsClientHello:
                 sni = _server_name(ext_body)
             elif ext_type == EXT_ECH:
                 ech = True
-        return sni, ech
+            elif ext_type == EXT_ALPN:
+                alpn = _alpn(ext_body)
+        return sni, ech, alpn
 
 
 class GoogleChlo:
@@ -463,7 +477,7 @@ class GoogleChlo:
         return values + last_end
 
     @staticmethod
-    def parse(message: bytes) -> tuple[str | None, bool]:
+    def parse(message: bytes) -> tuple[str | None, bool, tuple[str, ...]]:
         entries = int.from_bytes(message[4:6], "little")
         values = CHLO_HEADER_LEN + entries * CHLO_ENTRY_LEN
         sni, previous_tag, start = None, -1, 0
@@ -477,7 +491,7 @@ class GoogleChlo:
             if tag == CHLO_SNI_TAG:
                 sni = _host_name(message[values + start:values + end])
             previous_tag, start = int.from_bytes(tag, "little"), end
-        return sni, False
+        return sni, False, ()
 
 
 # --- the table of versions --------------------------------------------------------
@@ -649,8 +663,8 @@ class InitialReassembler:
         if message is None:
             return None
         self.done = True
-        sni, ech = VERSIONS[version].handshake.parse(message)
-        return ClientHelloInfo(sni=sni, ech=ech, version=version)
+        sni, ech, alpn = VERSIONS[version].handshake.parse(message)
+        return ClientHelloInfo(sni=sni, ech=ech, version=version, alpn=alpn)
 
     def _open(self, packet: _Packet) -> bytes:
         protection = VERSIONS[self._version].protection

@@ -5,8 +5,10 @@ any version, and a server's Version Negotiation, over the quic_datagrams
 ring and lets the flow pass. Here each datagram is counted by its version's
 family, and each flow's go to its own InitialReassembler (controller/quic.py),
 which reads the versions it knows; once the ClientHello
-is whole, the flow's rule is chosen as for TCP (Policy.decide) and written
-into its flow table entry, which every later packet of the flow obeys. A
+is whole, the flow's rule is chosen as for TCP (Policy.decide, from its
+name, ECH and ALPN, with protocol quic) and written into its flow table
+entry, which every later packet of the flow obeys (a rule with a trigger:
+once the data plane has counted to it). A
 rule with `quic: block` blocks the QUIC flows it matches whatever its
 action, so that clients fall back to TCP, where the rule's own action
 applies.
@@ -17,8 +19,8 @@ import logging
 from collections import Counter
 
 from .abi import ABI
-from .clients import flow_client
-from .policy import ACTIONS
+from .clients import flow_client, flow_server
+from .datapath import settle_flow
 from .quic import FAMILIES, InitialReassembler, QuicError, family
 
 log = logging.getLogger(__name__)
@@ -64,14 +66,16 @@ class QuicFlows:
             self.outcomes["malformed"] += 1
             log.debug("QUIC Initial refused: %s", error)
             if reassembler.done:
-                self._settle(datagram.key, None, gave_up=True)
+                self._settle(datagram.key, gave_up=True)
             return
         if hello is not None:
             self.outcomes["sni_found" if hello.sni else "no_sni"] += 1
             self.outcomes["ech"] += hello.ech
-            self._settle(datagram.key, hello.sni)
+            self._settle(datagram.key, hello)
 
-    def _settle(self, key, name: str | None, gave_up: bool = False) -> None:
+    def _settle(self, key, hello=None, gave_up: bool = False) -> None:
+        """Write the verdict for the flow whose ClientHello is hello (quic.ClientHelloInfo)."""
+        name = hello.sni if hello else None
         self.pending.pop(bytes(key), None)
         flows = self.datapath.table("flows")
         try:
@@ -83,12 +87,12 @@ class QuicFlows:
             self.outcomes["gave_up"] += 1
             flow.state = ABI.SLUICE_FLOW_GAVE_UP
         else:
-            if name and self.datapath.policy:
-                rule = self.datapath.policy.decide(name.encode(), *flow_client(key, flow)).rule
-            action = "block" if rule and rule.quic == "block" else rule.action if rule else None
-            flow.rule_id = rule.id if rule else 0
-            flow.action = (ABI.SLUICE_ACTION_NONE if rule is None or rule.monitor else ACTIONS[action])
-            flow.state = ABI.SLUICE_FLOW_CLASSIFIED
+            if self.datapath.policy:
+                client, server_port, opened = flow_client(key, flow)
+                rule = self.datapath.policy.decide(
+                    (name or "").encode(), client, server_port, opened, server=flow_server(key, flow),
+                    protocol="quic", ech=hello.ech, alpn=hello.alpn).rule
+            settle_flow(flow, rule, "block" if rule and rule.quic == "block" else None)
             self.flows_by_rule[flow.rule_id] += 1
         flows[key] = flow
         if self.on_settled:

@@ -39,8 +39,9 @@ from pathlib import Path
 from . import schedule, xdp_link
 from .abi import ABI
 from .block_methods import follow_server_resets, set_up_server_resets
-from .clients import flow_client
-from .datapath import STATE_MAPS, Datapath
+from .abi import PROTO_NAMES
+from .clients import flow_client, flow_server
+from .datapath import STATE_MAPS, Datapath, settle_flow
 from .netns import inside_netns, netns_exists
 from .policy import ACTIONS, InputFileError, load_policy, read_text_file, with_stable_ids
 from .quic_flows import QuicFlows
@@ -318,7 +319,8 @@ class Service:
         flows = datapath.table("flows")
         for key, flow in flows.items():
             rule = switched.get(flow.rule_id)
-            if flow.rule_id in rule_ids and flow.state == ABI.SLUICE_FLOW_CLASSIFIED:
+            # A flow still counting toward its rule's trigger takes the action then.
+            if flow.rule_id in rule_ids and flow.state == ABI.SLUICE_FLOW_CLASSIFIED and not flow.trigger_pending:
                 flow.action = (ABI.SLUICE_ACTION_NONE if rule.inactive or rule.monitor else ACTIONS[rule.action])
                 flows[key] = flow
 
@@ -349,10 +351,13 @@ class Service:
             name = self.flow_names.get(bytes(key))
             if flow.state != ABI.SLUICE_FLOW_CLASSIFIED or name is None:
                 continue
-            rule = self.datapath.policy.decide(name, *flow_client(key, flow)).rule if name else None
-            action = (ABI.SLUICE_ACTION_NONE if rule is None or rule.monitor else ACTIONS[rule.action])
-            if (flow.rule_id, flow.action) != ((rule.id if rule else 0), action):
-                flow.rule_id, flow.action = (rule.id if rule else 0), action
+            # What a flow's ClientHello offered (ECH, ALPN) is not kept: judged as offering neither.
+            rule = self.datapath.policy.decide(name, *flow_client(key, flow), server=flow_server(key, flow),
+                                               protocol=PROTO_NAMES[flow.proto] or "tls").rule
+            action = ABI.SLUICE_ACTION_NONE if rule is None or rule.monitor else ACTIONS[rule.action]
+            # A flow kept under a rule with a trigger keeps its count (and, once fired, its action).
+            if flow.rule_id != (rule.id if rule else 0) or (not (rule and rule.trigger) and flow.action != action):
+                settle_flow(flow, rule)
                 flows[key] = flow
                 changed += 1
         log.info("reclassified %d flows under the new policy", changed)

@@ -16,6 +16,8 @@ GREASE = 0x0A0A
 EXT_SERVER_NAME = 0
 EXT_SUPPORTED_VERSIONS = 43
 EXT_ALPN = 16
+EXT_PADDING = 21
+EXT_ECH = 0xFE0D
 
 
 def extension(ext_type: int, body: bytes) -> bytes:
@@ -58,6 +60,12 @@ def client_hello(sni: bytes | None = b"example.com", *, session_id: bytes = byte
     return b"\x16" + struct.pack("!HH", record_version, len(handshake) + record_len_delta) + handshake
 
 
+def alpn_extension(*ids: bytes) -> bytes:
+    """ALPN (RFC 7301): a list of protocol ids, each behind its 1-byte length."""
+    listed = b"".join(bytes([len(i)]) + i for i in ids)
+    return extension(EXT_ALPN, struct.pack("!H", len(listed)) + listed)
+
+
 def split_into_records(hello: bytes, at: int) -> bytes:
     """The same handshake carried by two TLS records, split at byte `at` of the handshake."""
     handshake = hello[5:]
@@ -85,7 +93,7 @@ def ether(vlans=()):
 
 
 def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=False, reply=False,
-              vlans=(), ip_options=None, ext_headers=(), src=None, seq=None, ack=0) -> bytes:
+              vlans=(), ip_options=None, ext_headers=(), src=None, dst=None, seq=None, ack=0) -> bytes:
     """A TCP frame client -> server (or server -> client with reply=True).
 
     seq defaults to 0 for a SYN and 1 otherwise: a payload that starts the
@@ -93,7 +101,8 @@ def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=Fa
     if seq is None:
         seq = 0 if "S" in flags else 1
     client, server = (CLIENT_V6, SERVER_V6) if v6 else (CLIENT_V4, SERVER_V4)
-    source, destination = (server, client) if reply else (src or client, server)
+    client, server = src or client, dst or server
+    source, destination = (server, client) if reply else (client, server)
     ports = dict(sport=dport, dport=sport) if reply else dict(sport=sport, dport=dport)
     if v6:
         network = IPv6(src=source, dst=destination)

@@ -90,6 +90,8 @@ SHARED_MAPS = {
     "event_buffers": (None, "classification_event"),
     "rule_sets": ("rule_set_key", "rule_set"),
     "client_classes": ("client_prefix", None),
+    "destinations": ("client_prefix", None),
+    "alpn_ids": ("alpn_key", None),
     "quic_datagram_layout": (None, "quic_datagram"),
 }
 

@@ -115,7 +115,7 @@ def test_durations(text, value):
     ("version: 1\ninspection: {window_packets: 0}\nrules: []\n", "2:30: window_packets must be between 1 and 255"),
     ("version: 1\ninspection: {window_bytes: 64MiB}\nrules: []\n", "2:28: window_bytes '64MiB' is out of range"),
     ("version: 1\ninspection: {fragments: keep}\nrules: []\n", "2:25: fragments must be reassemble"),
-    ("version: 1\nrules:\n  - name: a\n    action: block\n", "3:5: rule a names no domains"),
+    ("version: 1\nrules:\n  - name: a\n    action: block\n", "3:5: rule a names no domains and no other condition"),
     ("version: 1\nrules:\n  - action: block\n    domains: [x.example]\n", "3:5: rule 1 has no name"),
     ("version: 1\nrules:\n  - name: a\n    action: block\n    domains: x.example\n",
      "5:14: domains must be a list"),
@@ -251,6 +251,58 @@ def test_example_policies_load_and_match_the_published_schema():
     for path in examples:
         load_policy(path)
         jsonschema.validate(yaml.safe_load(path.read_text()), SCHEMA)
+
+
+PLAYBOOK_RULE = "version: 1\ndestinations:\n  cdn: {{prefixes: [198.51.100.0/24]}}\nrules:\n  - {{name: a, {}}}\n"
+
+
+@pytest.mark.parametrize("rule, expected", [
+    ("action: block, protocol: smtp", "5:40: unknown protocol 'smtp'; one of: tls, http, quic, any"),
+    ("action: block, tls: {ech: maybe}", "5:41: ech must be present or absent"),
+    ("action: block, tls: {alpn: h2}", "5:42: alpn must be a list of protocol ids"),
+    ("action: block, tls: {alpn: [h2, sixteen-bytes-id]}", "5:47: ALPN id 'sixteen-bytes-id': 1 to 15"),
+    ("action: block, tls: {}", "5:35: tls needs ech"),
+    ("action: block, protocol: http, tls: {ech: present}", "5:46: tls conditions need a ClientHello"),
+    ("action: block, destination: cloud", "5:43: unknown destination set 'cloud'; known: cdn"),
+    ("action: freeze, destination: cdn, after: {bytes: 16KiB}", "5:56: after needs bytes or packets"),
+    ("action: freeze, destination: cdn, after: {bytes: 16KiB, packets: 3, direction: down}",
+     "5:56: after needs bytes or packets (one of them)"),
+    ("action: freeze, destination: cdn, after: {bytes: 5GiB, direction: down}", "5:64: bytes '5GiB' is out of range"),
+    ("action: freeze, destination: cdn, after: {packets: 0, direction: down}", "5:66: packets must be between 1"),
+    ("action: freeze, destination: cdn, after: {packets: 3, direction: sideways}", "5:80: direction must be up or down"),
+    ("action: freeze", "5:5: rule a names no domains and no other condition"),
+])
+def test_playbook_mistakes_are_reported_where_they_are(tmp_path, rule, expected):
+    found = problems(tmp_path, PLAYBOOK_RULE.format(rule))
+    assert any(expected in p for p in found), found
+
+
+def test_playbook_conditions_and_triggers_load(tmp_path):
+    policy = load_policy(write(tmp_path, PLAYBOOK_RULE.format(
+        "action: freeze, protocol: [quic, tls], tls: {ech: present, alpn: [h2, h2, h3]}, destination: cdn, "
+        "after: {bytes: 16KiB, direction: down}")))
+    rule = policy.rules[0]
+    assert (rule.protocols, rule.ech, rule.alpn, rule.destination) == (("quic", "tls"), "present", ("h2", "h3"), "cdn")
+    assert (rule.trigger.unit, rule.trigger.count, rule.trigger.direction) == ("bytes", 16384, "down")
+    assert load_policy(write(tmp_path, PLAYBOOK_RULE.format("action: block, protocol: any"))).rules[0].protocols == ()
+    assert policy.destinations.classify("198.51.100.7")[0].name == "cdn"
+
+
+def test_more_alpn_ids_than_the_data_plane_holds_are_refused(tmp_path):
+    rules = "".join(f"  - {{name: r{i}, action: block, tls: {{alpn: [id{i}]}}}}\n" for i in range(33))
+    assert any("the rules name 33 ALPN protocol ids; at most 32" in p
+               for p in problems(tmp_path, "version: 1\nrules:\n" + rules))
+
+
+def test_a_bad_playbook_policy_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+    bad = write(tmp_path, PLAYBOOK_RULE.format("action: freeze, destination: cdn, after: {bytes: lots, direction: down}"))
+    refused = subprocess.run([sys.executable, "-m", "controller.cli", "validate", str(bad)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [f"{bad}:5:64: bytes: not a size: 'lots' (use a number and B, KB, "
+                                                   f"MB, GB, KiB, MiB or GiB, e.g. 64KiB)"]
 
 
 @pytest.mark.parametrize("text", [

@@ -122,7 +122,8 @@ RFC9369_CLIENT_INITIAL = bytes.fromhex(
     "9a37ddec600545473cfb5a05e08d0b209973b2172b4d21fb69745a262ccde96b"
     "a18b2faa745b6fe189cf772a9f84cbfc")
 
-EXAMPLE_COM_V1 = ClientHelloInfo(sni="example.com", ech=False, version=QUIC_V1)
+# RFC 9001 A.2's ClientHello offers one ALPN id, "alpn".
+EXAMPLE_COM_V1 = ClientHelloInfo(sni="example.com", ech=False, version=QUIC_V1, alpn=("alpn",))
 
 
 def feed_all(datagrams: list[bytes]) -> list[ClientHelloInfo | None]:
@@ -158,7 +159,8 @@ def test_rfc9369_a1_client_initial_keys():
                          ids=["rfc9001-a2", "rfc9369-a2"])
 def test_rfc_a2_client_initial_gives_example_com(packet, version):
     assert len(packet) == DATAGRAM_MIN
-    assert client_hello_from_datagram(packet) == ClientHelloInfo(sni="example.com", ech=False, version=version)
+    assert client_hello_from_datagram(packet) == ClientHelloInfo(sni="example.com", ech=False, version=version,
+                                                                 alpn=("alpn",))
 
 
 @pytest.mark.parametrize("packet, version", [(RFC9001_CLIENT_INITIAL, QUIC_V1),
@@ -184,7 +186,7 @@ def aioquic_datagrams(server_name: str, version: int = QUIC_V1, alpn: tuple[str,
 def test_aioquic_client_initial(version):
     datagrams = aioquic_datagrams("www.Example.ORG", version)
     assert len(datagrams) == 1
-    assert client_hello_from_datagram(datagrams[0]) == ClientHelloInfo("www.example.org", False, version)
+    assert client_hello_from_datagram(datagrams[0]) == ClientHelloInfo("www.example.org", False, version, ("h3",))
 
 
 def test_aioquic_name_with_a_trailing_dot_is_normalised():
@@ -197,15 +199,15 @@ def test_aioquic_name_with_a_trailing_dot_is_normalised():
 def test_aioquic_client_hello_spanning_datagrams(version, order):
     # Long ALPN names make the ClientHello outgrow one datagram, as
     # post-quantum key shares do for browsers.
-    datagrams = aioquic_datagrams("big.example.com", version,
-                                  alpn=("h3", *(f"proto-{i:02d}-" + "x" * 190 for i in range(8))))
+    alpn = ("h3", *(f"proto-{i:02d}-" + "x" * 190 for i in range(8)))
+    datagrams = aioquic_datagrams("big.example.com", version, alpn=alpn)
     assert len(datagrams) >= 2
     assert client_hello_from_datagram(datagrams[0]) is None        # the first alone is not enough
     if order == "reversed":
         datagrams.reverse()
     results = feed_all(datagrams)
     assert results[:-1] == [None] * (len(datagrams) - 1)
-    assert results[-1] == ClientHelloInfo("big.example.com", False, version)
+    assert results[-1] == ClientHelloInfo("big.example.com", False, version, alpn)
 
 
 # --- reassembly ----------------------------------------------------------------

@@ -16,6 +16,7 @@ The package, one module per concern (each imports only those above it):
   input_files.py  reading an input file whole, bounded, as text
   nodes.py        yaml nodes to values, each problem where it is
   who.py          client classes, percent (rollout), ports, opened_by_client, quic
+  what.py         protocol, the ClientHello's ECH and ALPN, destination sets; triggers (after)
   when.py         active windows and escalation steps
   actions.py      the details of throttle, shape, delay and block
   loader.py       the file and its rules: load_policy

@@ -12,19 +12,21 @@ from .input_files import InputFileError, read_text_file
 from .model import (ACTIONS, DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_PACKETS, FLOW_IDLE_MAX_NS,
                     MODES, WINDOW_PACKETS_MAX, Policy, PolicyError, Problem, Rule)
 from .units import RULE_NAME, check_domain, parse_duration, parse_size
+from .what import FlowReader
 from .when import ScheduleReader
 from .who import AudienceReader
 
-TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rollout_key", "classes", "rules")
+TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rollout_key", "classes", "destinations",
+            "rules")
 FRAGMENT_HANDLING = ("reassemble", "drop")
 INSPECTION_KEYS = ("window_packets", "window_bytes", "reassemble", "fragments")
 RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
              "class", "percent", "ports", "opened_by_client", "active", "escalate", "quic",
              "rate", "burst", "direction", "up", "down", "scope", "horizon",
-             "latency", "jitter", "fallback", "method", "page")
+             "latency", "jitter", "fallback", "method", "page", "protocol", "tls", "destination", "after")
 
 
-class _Loader(AudienceReader, ScheduleReader):
+class _Loader(AudienceReader, FlowReader, ScheduleReader):
     """One policy file being read; problems accumulate in self.problems."""
 
     def __init__(self, path: str):
@@ -33,6 +35,7 @@ class _Loader(AudienceReader, ScheduleReader):
         # several rules may name one domain (for different classes, say), one rule only once
         self.seen_names: dict[tuple[bytes, int], str] = {}
         self.class_names: set[str] = set()
+        self.destination_names: set[str] = set()
 
     # --- the file ---------------------------------------------------------
     def load(self) -> Policy | None:
@@ -90,6 +93,9 @@ class _Loader(AudienceReader, ScheduleReader):
             key_text = self.scalar(top["rollout_key"][1], "rollout_key") or DEFAULT_ROLLOUT_KEY
         classes = self.classes(top["classes"][1]) if "classes" in top else ClientClasses.empty()
         self.class_names = {c.name for c in classes.classes}
+        destinations = (self.classes(top["destinations"][1], "destination set") if "destinations" in top
+                        else ClientClasses.empty())
+        self.destination_names = {d.name for d in destinations.classes}
         rules = []
         if "rules" not in top:
             self.problem(root, "missing key 'rules' (a list of rules)")
@@ -104,10 +110,14 @@ class _Loader(AudienceReader, ScheduleReader):
                 rule = self.rule(node, index, names)
                 if rule:
                     rules.append(rule)
+            alpn_ids = {protocol_id for rule in rules for protocol_id in rule.alpn}
+            if len(alpn_ids) > ABI.SLUICE_ALPN_IDS_MAX:
+                self.problem(top["rules"][1], f"the rules name {len(alpn_ids)} ALPN protocol ids; "
+                                              f"at most {ABI.SLUICE_ALPN_IDS_MAX}")
         if self.problems:
             return None
         policy = Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify, window_bytes,
-                        classes, rollout_key(key_text), reassemble, fragments=fragments)
+                        classes, destinations, rollout_key(key_text), reassemble, fragments=fragments)
         try:
             policy.rule_sets()
         except precedence.RuleSetOverflow as overflow:
@@ -155,11 +165,16 @@ class _Loader(AudienceReader, ScheduleReader):
         exact = self.domain_list(keys.get("exact"), kinds[1]) if "exact" in keys else []
         if "domains_file" in keys:
             suffixes += self.domains_file(keys["domains_file"][1])
-        if not suffixes and not exact and len(self.problems) == before:
-            self.problem(node, f"rule {name or rule_id} names no domains (give domains, exact or domains_file)")
+        conditions = self.flow_conditions(keys)
+        if not suffixes and not exact and not conditions and len(self.problems) == before:
+            self.problem(node, f"rule {name or rule_id} names no domains and no other condition (give domains, "
+                               "exact or domains_file; or, for every name, protocol, tls or destination)")
 
         details = self.action_details(node, keys, action) if action else {}
         details.update(self.audience(keys))
+        details.update(conditions)
+        if "after" in keys:
+            details["trigger"] = self.trigger(keys["after"][1])
         if "active" in keys:
             details["active"] = self.windows(keys["active"][1])
         if "escalate" in keys:

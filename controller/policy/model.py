@@ -21,10 +21,11 @@ DEFAULT_BURST_SECONDS = 0.5                # default burst: 500 ms at the rate, 
 DEFAULT_BURST_MIN_BYTES = 2 * FULL_FRAME_BYTES   # ...but never less than two full frames
 DEFAULT_SHAPE_HORIZON_NS = 2 * 10**9
 HORIZON_MAX_NS = 10 * 10**9                # fq drops packets due later than its own 10 s horizon
+TRIGGER_MAX = 2**32 - 1                    # rule_info.trigger_at is 32 bits
 
 ACTIONS = {"allow": ABI.SLUICE_ACTION_ALLOW, "block": ABI.SLUICE_ACTION_BLOCK,
            "throttle": ABI.SLUICE_ACTION_THROTTLE, "shape": ABI.SLUICE_ACTION_SHAPE,
-           "delay": ABI.SLUICE_ACTION_DELAY}
+           "delay": ABI.SLUICE_ACTION_DELAY, "freeze": ABI.SLUICE_ACTION_FREEZE}
 RATE_ACTIONS = ("throttle", "shape")
 SCOPES = {"flow": ABI.SLUICE_SCOPE_FLOW, "client": ABI.SLUICE_SCOPE_CLIENT, "rule": ABI.SLUICE_SCOPE_RULE}
 DIRECTIONS = ("up", "down")
@@ -53,6 +54,17 @@ class PolicyError(Exception):
 class RateLimit:
     rate_bps: int           # bits per second
     burst_bytes: int
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """The action applies once `count` of `unit` have passed in `direction`."""
+    unit: str               # "bytes" (TCP or UDP payload: what the application reads) or "packets"
+    count: int
+    direction: str          # "up" or "down"
+
+    def describe(self) -> str:
+        return f"after {self.count} {self.unit} {self.direction}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,12 @@ class Rule:
     quic: str = "same"                           # "block": block matched QUIC flows, so clients fall back to TCP
     block_method: str = "drop"                   # block: a key of BLOCK_METHODS
     page: block_methods.BlockPage | None = None  # block, method page: the 451 response
+    # What the flow is (see controller/precedence.py):
+    protocols: tuple[str, ...] = ()              # "tls", "http", "quic"; (): any
+    ech: str | None = None                       # "present", "absent"; None: either
+    alpn: tuple[str, ...] = ()                   # the ClientHello offers one of these; (): any
+    destination: str | None = None               # the server is in this destination set; None: any
+    trigger: Trigger | None = None               # None: the action applies from the start
 
     def at(self, when: datetime) -> "Rule":
         """This rule as it stands at `when`: its current step, or marked inactive."""
@@ -121,6 +139,7 @@ class Policy:
     reclassify: bool = False                     # on reload, judge existing flows by the new rules
     window_bytes: int = DEFAULT_WINDOW_BYTES
     classes: ClientClasses = field(default_factory=ClientClasses.empty)
+    destinations: ClientClasses = field(default_factory=ClientClasses.empty)   # sets of server prefixes
     rollout_key: bytes = rollout_key(DEFAULT_ROLLOUT_KEY)
     reassemble: bool = True                      # False: read each segment alone, as simpler middleboxes
     fragments: str = "reassemble"                # or "drop": IP fragments of flows still inspected
@@ -142,9 +161,11 @@ class Policy:
         return self.__dict__["_rule_sets"]
 
     def decide(self, name: bytes, client: str, server_port: int = 443,
-               opened_by_client: bool = True) -> precedence.Decision:
-        """The rule the data plane chooses for a flow (see controller/precedence.py)."""
-        return precedence.decide(self, name, client, server_port, opened_by_client)
+               opened_by_client: bool = True, **facts) -> precedence.Decision:
+        """The rule the data plane chooses for a flow (see controller/precedence.py);
+        facts: the other fields of precedence.FlowFacts (server, protocol, ech, alpn)."""
+        return precedence.decide(self, name, client, precedence.FlowFacts(
+            server_port=server_port, opened_by_client=opened_by_client, **facts))
 
     def rule_by_id(self, rule_id: int) -> Rule | None:
         return next((rule for rule in self.rules if rule.id == rule_id), None)

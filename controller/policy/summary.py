@@ -26,6 +26,11 @@ def policy_summary(policy: Policy) -> str:
                "client-opened flows" if rule.opened_by_client else "",
                "active " + "; ".join(w.describe() for w in rule.active) if rule.active else "",
                "; ".join(f"{step.action} from {step.at.isoformat()}" for step in rule.escalate)]
+        who += [("protocol " + " or ".join(rule.protocols)) if rule.protocols else "",
+                f"destination {rule.destination}" if rule.destination else "",
+                f"ECH {rule.ech}" if rule.ech else "",
+                "ALPN " + ",".join(rule.alpn) if rule.alpn else "",
+                rule.trigger.describe() if rule.trigger else ""]
         who = [part for part in who if part]
         what += f" [{', '.join(who)}]" if who else ""
         lines.append(f"  {rule.id:>3} {rule.name}: {what}; {len(rule.suffixes)} suffixes, {len(rule.exact)} exact")

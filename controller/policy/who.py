@@ -22,22 +22,24 @@ CLASS_NAME = RULE_NAME
 class AudienceReader(NodeReader):
     """The loader's reading of classes, and of each rule's who keys (against self.class_names, the classes defined)."""
 
-    def classes(self, node) -> ClientClasses:
-        """Every class's prefixes; a prefix may belong to one class only."""
+    def classes(self, node, kind: str = "class") -> ClientClasses:
+        """Every class's prefixes; a prefix may belong to one class only. The
+        destination sets (kind "destination set") are read alike."""
+        what = "classes" if kind == "class" else "destinations"
         found, prefixes, class_ids = [], [], []
         where: dict[tuple[int, bytes], str] = {}       # prefix -> "class at file:line"
         if not isinstance(node, yaml.MappingNode):
-            self.problem(node, "classes must map class names to their prefixes")
+            self.problem(node, f"{what} must map {kind} names to their prefixes")
             node = yaml.MappingNode("tag:yaml.org,2002:map", [])
         for key_node, value_node in node.value:
             name = key_node.value
             if not CLASS_NAME.match(str(name)) or any(c.name == name for c in found):
-                self.problem(key_node, f"class name {name!r}: use lower-case letters, digits, '-', '_' "
+                self.problem(key_node, f"{kind} name {name!r}: use lower-case letters, digits, '-', '_' "
                                        "and '.', each name once")
                 continue
             client_class = ClientClass(len(found) + 1, name, key_node.start_mark.line + 1)
             found.append(client_class)
-            keys = self.mapping(value_node, f"class {name}", CLASS_KEYS)
+            keys = self.mapping(value_node, f"{kind} {name}", CLASS_KEYS)
             listed = []                                 # (text, file, line, column)
             if "prefixes" in keys:
                 items = keys["prefixes"][1]
@@ -49,7 +51,7 @@ class AudienceReader(NodeReader):
             if "prefixes_file" in keys:
                 listed += self.listed_file(keys["prefixes_file"][1], "prefixes_file")
             if not listed and "prefixes" not in keys and "prefixes_file" not in keys:
-                self.problem(value_node, f"class {name} has no prefixes (give prefixes or prefixes_file)")
+                self.problem(value_node, f"{kind} {name} has no prefixes (give prefixes or prefixes_file)")
             for text, file, line, column in listed:
                 if text is None:
                     continue
@@ -61,9 +63,9 @@ class AudienceReader(NodeReader):
                 first = where.get(prefix)
                 if first:
                     self.problems.append(Problem(file, line, column, f"{text.strip()} is already in {first}: "
-                                                 "a prefix can belong to one class only"))
+                                                 f"a prefix can belong to one {kind} only"))
                     continue
-                where[prefix] = f"class {name} ({file}:{line})"
+                where[prefix] = f"{kind} {name} ({file}:{line})"
                 prefixes.append(prefix)
                 class_ids.append(client_class.id)
         table = numpy.empty(len(prefixes), PREFIX_DTYPE)
