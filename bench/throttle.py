@@ -33,9 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from controller.cli import set_up_egress  # noqa: E402
 from controller.datapath import Datapath  # noqa: E402
-from controller.egress import kernel_has_fq  # noqa: E402
+from controller.egress import kernel_has_fq, set_up_egress  # noqa: E402
 from controller.lab import Lab  # noqa: E402
 from controller.policy import load_policy, parse_rate  # noqa: E402
 from pairs import PairedRatio, alternate  # noqa: E402

@@ -26,19 +26,19 @@ import os
 import queue
 import signal
 import sys
-import threading
 import time
-import urllib.request
-from importlib.resources import files
-from types import SimpleNamespace
 
+# Only what validate and explain need is imported here. The handlers that load
+# the data plane import datapath, service, demo or replay (and so bcc, which
+# takes seconds to import and needs a kernel's headers) inside themselves:
+# `sluice validate` then checks a policy on any machine, without bcc or root.
 from . import metrics
-from .block_methods import describe_method, set_up_server_resets
+from .block_methods import describe_method
+from .policies import lab_policy_path
 from .policy import PolicyError, check_domain, input_files, load_policy, parse_size, policy_summary
 
 EXIT_POLICY_ERROR = 2
 EXIT_FAILURE = 1
-LAB_POLICY = "lab.yaml"
 POLICY_POLL_SECONDS = 1.0     # how often `run` looks for a changed policy file
 SNAPSHOT_SECONDS = 5.0        # how often `run` records flow table fill and top rules for `status`
 RING_POLL_MS = 50             # longest wait for the rings between other chores
@@ -52,11 +52,6 @@ LOAD_CAPABILITIES = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN")      # XDP progr
 LAB_CAPABILITIES = LOAD_CAPABILITIES + ("CAP_SYS_ADMIN",)           # namespaces
 
 log = logging.getLogger("sluice")
-
-
-def lab_policy_path() -> str:
-    """The example policy the lab applies, wherever sluice is installed."""
-    return str(files("controller.policies").joinpath(LAB_POLICY))
 
 
 class Interrupted(Exception):
@@ -103,13 +98,6 @@ def bind_metrics(args):
         where = f"{args.metrics_address}:{args.metrics_port}"
         raise Refused(f"sluice {args.command}: cannot serve metrics on {where}: {error.strerror or error}",
                       EXIT_FAILURE) from None
-
-
-def wait_for_signal() -> None:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
 
 
 def cmd_validate(args) -> int:
@@ -183,7 +171,7 @@ def cmd_replay(args) -> int:
 
 def cmd_run(args) -> int:
     if not args.iface:
-        return run_lab(args, keep_running=True)
+        return lab_command(args, keep_running=True)
     from .egress import EgressError
     from .netns import NetnsError
     from .service import InputError, Service, SetupError
@@ -325,130 +313,20 @@ def cmd_status(args) -> int:
     return 0
 
 
-def set_up_egress(datapath, policy, interfaces) -> list:
-    """fq and the EDT program on every interface, if any rule shapes or delays,
-    now or at one of its escalation steps (a step is no time to find fq missing).
-
-    Where fq is missing, shape rules that allow it fall back to throttle;
-    otherwise EgressError says what is missing, before any XDP is attached."""
-    from .egress import EgressError, EgressShaper
-    egress_rules = [stage for rule in policy.rules for stage in (rule, *(rule.at(s.at) for s in rule.escalate))
-                    if stage.action in ("shape", "delay") and not stage.monitor]
-    if not egress_rules:
-        return []
-    shapers = []
-    try:
-        for ifname, netns in interfaces:
-            shapers.append(EgressShaper(ifname, netns, datapath.tc_egress_fd()))
-    except EgressError:
-        for shaper in shapers:
-            shaper.close()
-        if not all(r.action == "shape" and r.fallback == "throttle" for r in egress_rules):
-            raise
-        log.warning("the fq qdisc is missing: shape rules fall back to throttle at the same rates")
-        datapath.police_shape_rules()
-        return []
-    return shapers
-
-
 def cmd_demo(args) -> int:
-    return run_lab(args, keep_running=False)
+    return lab_command(args, keep_running=False)
 
 
-# What the lab shows: (name, scheme, from the second client, expected to get through, why).
-LAB_CHECKS = [
-    ("blocked.example", "https", False, False, "suffix rule block-lab, TLS SNI"),
-    ("cdn.blocked.example", "https", False, False, "below blocked.example, at a label boundary"),
-    ("blocked.example", "http", False, False, "the same rule, by HTTP Host"),
-    ("notblocked.example", "https", False, True, "a look-alike: no label boundary, no match"),
-    ("exact.example", "https", False, False, "exact rule"),
-    ("sub.exact.example", "https", False, True, "exact rules do not cover subdomains"),
-    ("watched.example", "https", False, True, "rule in monitor mode: counted, not enforced"),
-    ("allowed.example", "https", False, True, "allow rule"),
-    ("open.example", "http", False, True, "no rule names it"),
-    ("video.example", "https", False, True, "client 192.0.2.2 is in class fixed: no rule for it"),
-    ("video.example", "https", True, False, "client 203.0.113.2 is in class mobile: blocked"),
-    ("reset.example", "https", False, False, "block by reset: a TCP RST at once, not a timeout"),
-    ("page.example", "http", False, False, "block by page: an HTTP 451 page, then a reset"),
-    ("page.example", "https", False, False, "block by page over TLS: a reset"),
-]
-LAB_THROTTLE_RULE = "throttle-lab"
-
-
-def run_lab(args, keep_running: bool) -> int:
-    from .datapath import Datapath
-    from .service import file_digest
-    logging.getLogger().setLevel(logging.WARNING)   # the lab narrates itself on stdout
-    from .lab import SERVER_V4, Lab
+def lab_command(args, keep_running: bool) -> int:
+    """demo, and run without --iface: the lab demo (controller/demo.py) once the command's needs are met."""
+    from .demo import run_lab
     policy_path = args.policy or lab_policy_path()
     require_capabilities(args.command, LAB_CAPABILITIES)
     policy = load_policy_or_exit(policy_path)
     server = bind_metrics(args)
-    print("sluice: building the lab (client -> edge -> server namespaces)")
-    with Lab() as lab:
-        datapath = Datapath(policy)
-        shapers, server_resets = [], []
-        try:
-            shapers = set_up_egress(datapath, policy, [(ifname, lab.edge_ns) for ifname in lab.edge_ifaces])
-            server_resets = set_up_server_resets(datapath, policy, [(ifname, lab.edge_ns)
-                                                                   for ifname in lab.edge_ifaces])
-            for ifname in lab.edge_ifaces:
-                mode = datapath.attach(ifname, netns=lab.edge_ns, mode=args.xdp_mode)
-                print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {mode} XDP mode")
-            metrics.serve(SimpleNamespace(datapath=datapath, policy=policy, loaded_at=time.time(),
-                                          policy_digest=file_digest(policy_path),
-                                          reloads={"success": 0, "failure": 0}), server)
-            print(f"sluice: policy {policy_path}\n")
-            failures = show_lab_checks(lab, policy)
-            print()
-            print_metrics_excerpt(args.metrics_address, args.metrics_port)
-            if keep_running:
-                print(f"\nsluice: lab running; try it yourself:\n"
-                      f"  ip netns exec {lab.client_ns} curl -sk --resolve blocked.example:443:"
-                      f"{SERVER_V4} https://blocked.example/ --max-time 3\n"
-                      f"  curl -s http://{args.metrics_address}:{args.metrics_port}/metrics | grep sluice_\n"
-                      f"Ctrl-C to stop and tear the lab down.")
-                wait_for_signal()
-        finally:
-            datapath.close()
-            for hook in [*shapers, *server_resets]:
-                hook.close()
-    print("sluice: lab torn down")
+    failures = run_lab(policy, policy_path, server, args.metrics_address, args.metrics_port, args.xdp_mode,
+                       keep_running)
     return EXIT_FAILURE if failures else 0
-
-
-def show_lab_checks(lab, policy) -> int:
-    """Run the LAB_CHECKS and a throttled download; returns how many went unexpectedly."""
-    failures = 0
-    for name, scheme, second_client, expect_ok, why in LAB_CHECKS:
-        result = lab.curl(name, scheme=scheme, timeout=2.0, second_client=second_client)
-        outcome = (f"HTTP {result.http_code}" if result.http_code else
-                   "reset" if "reset" in result.error.lower() else "blocked (no answer)")
-        outcome += f", {result.seconds * 1000:.0f} ms"
-        as_expected = result.ok == expect_ok
-        failures += not as_expected
-        print(f"  {'ok ' if as_expected else 'BAD'} {scheme}://{name:<22} {outcome:<28} {why}")
-    throttle = policy.rule_by_name(LAB_THROTTLE_RULE)
-    if throttle:
-        limit = throttle.limits["down"].rate_bps
-        open_rate = lab.download_rate("open.example", seconds=1.0)
-        slow_rate = lab.download_rate("slow.example", seconds=3.0)
-        as_expected = slow_rate <= limit * 1.1 and open_rate > limit * 10
-        failures += not as_expected
-        print(f"  {'ok ' if as_expected else 'BAD'} https://slow.example/download {slow_rate / 1e6:6.2f} Mbit/s"
-              f"      throttled to {limit / 1e6:g} Mbit/s (open.example: {open_rate / 1e6:.0f} Mbit/s)")
-    return failures
-
-
-def print_metrics_excerpt(address: str, port: int) -> None:
-    text = urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=5).read().decode()
-    wanted = ("sluice_rule_flows_total", "sluice_rule_dropped_packets_total", "sluice_rule_resets_total",
-              "sluice_rule_pages_total", "sluice_flows_classified_total",
-              "sluice_parser_outcomes_total")
-    print(f"metrics (http://{address}:{port}/metrics), excerpt:")
-    for line in text.splitlines():
-        if line.startswith(wanted) and not line.rstrip().endswith(" 0.0"):
-            print(f"  {line}")
 
 
 class ArgumentParser(argparse.ArgumentParser):

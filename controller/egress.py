@@ -103,6 +103,31 @@ class EgressShaper:
             log.warning("could not restore %s egress: %s", self.ifname, error)
 
 
+def set_up_egress(datapath, policy, interfaces) -> list:
+    """fq and the EDT program on every interface, if any rule shapes or delays,
+    now or at one of its escalation steps (a step is no time to find fq missing).
+
+    Where fq is missing, shape rules that allow it fall back to throttle;
+    otherwise EgressError says what is missing, before any XDP is attached."""
+    egress_rules = [stage for rule in policy.rules for stage in (rule, *(rule.at(s.at) for s in rule.escalate))
+                    if stage.action in ("shape", "delay") and not stage.monitor]
+    if not egress_rules:
+        return []
+    shapers = []
+    try:
+        for ifname, netns in interfaces:
+            shapers.append(EgressShaper(ifname, netns, datapath.tc_egress_fd()))
+    except EgressError:
+        for shaper in shapers:
+            shaper.close()
+        if not all(r.action == "shape" and r.fallback == "throttle" for r in egress_rules):
+            raise
+        log.warning("the fq qdisc is missing: shape rules fall back to throttle at the same rates")
+        datapath.police_shape_rules()
+        return []
+    return shapers
+
+
 def _index(ipr, ifname, netns) -> int:
     links = ipr.link_lookup(ifname=ifname)
     if not links:

@@ -42,6 +42,7 @@ from .block_methods import follow_server_resets, set_up_server_resets
 from .abi import PROTO_NAMES
 from .clients import flow_client, flow_server
 from .datapath import STATE_MAPS, Datapath, settle_flow
+from .egress import set_up_egress
 from .netns import inside_netns, netns_exists
 from .policy import ACTIONS, InputFileError, load_policy, read_text_file, with_stable_ids
 from .quic_flows import QuicFlows
@@ -214,7 +215,6 @@ class Service:
         """Attach the policy check() loaded; all or nothing: on any failure every
         pin, link and map this start created is undone before the exception goes on."""
         policy, self.policy_digest = loaded
-        from .cli import set_up_egress
         ensure_bpffs()
         self.lock_fd = take_lock()
         if self.lock_fd is None:
@@ -486,7 +486,6 @@ class Service:
         limits and move just before the swap; flows bound for a rate or a
         delay move just after it, once their limits are in place. Returns the
         rules that switched."""
-        from .cli import set_up_egress
         before = {rule.name: rule for rule in self.datapath.policy.rules}
         switched = {rule.id: rule for rule in datapath.policy.rules
                     if rule.name in before and what_it_does(rule) != what_it_does(before[rule.name])}

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from controller.cli import lab_policy_path
 from controller.datapath import Datapath
 from controller.lab import CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6, Lab
+from controller.policies import lab_policy_path
 from controller.policy import load_policy
 
 pytestmark = [pytest.mark.e2e,

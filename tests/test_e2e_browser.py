@@ -14,9 +14,9 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.utils import rdpcap
 
-from controller.cli import lab_policy_path
 from controller.datapath import Datapath
 from controller.lab import SERVER_V4, Lab
+from controller.policies import lab_policy_path
 from controller.policy import load_policy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]

@@ -11,9 +11,8 @@ import sys
 
 import pytest
 
-from controller.cli import set_up_egress
 from controller.datapath import Datapath
-from controller.egress import EgressError, kernel_has_fq
+from controller.egress import EgressError, kernel_has_fq, set_up_egress
 from controller.lab import Lab
 from controller.policy import load_policy
 

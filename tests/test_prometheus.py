@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from controller.cli import lab_policy_path
 from controller.lab import Lab
+from controller.policies import lab_policy_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 

@@ -10,8 +10,8 @@ import time
 import pytest
 from scapy.utils import rdpcap, wrpcapng
 
-from controller.cli import lab_policy_path
 from controller.lab import CLIENT_V4, SERVER_V4, SERVER_V6, Lab
+from controller.policies import lab_policy_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")]
 
