@@ -18,7 +18,6 @@ memory of its maps.
 """
 
 import argparse
-import ctypes
 import json
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ from scapy.layers.tls.record import TLS
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from controller.abi import bpf_source_dir  # noqa: E402
 from controller.datapath import Datapath  # noqa: E402
+from controller.libbpf import MapInfo, object_info  # noqa: E402
 from controller.policy import load_policy  # noqa: E402
 from controller.testrun import run_xdp  # noqa: E402
 
@@ -92,10 +92,9 @@ def map_memory_bytes(datapath) -> int:
 
 
 def _map_id(fd: int) -> int:
-    info = (ctypes.c_uint32 * 32)()
-    length = ctypes.c_uint32(ctypes.sizeof(info))
-    ctypes.CDLL("libbpf.so.1").bpf_obj_get_info_by_fd(fd, info, ctypes.byref(length))
-    return info[1]
+    info = MapInfo()
+    object_info(fd, info)
+    return info.id
 
 
 class Paired:

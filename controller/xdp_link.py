@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Attach XDP programs through BPF links, so that what happens when the
 controller dies is a choice rather than an accident.
 
@@ -9,17 +10,17 @@ touching the flow table. Unpinned (fail-open), the kernel detaches the
 program as soon as the controller is gone.
 
 bcc 0.26 attaches XDP only by netlink, which has no such lifetime, so this
-calls libbpf's bpf_link_create() and friends through ctypes.
+calls libbpf's bpf_link_create() and friends (controller/libbpf.py).
 """
 
 import ctypes
-import ctypes.util
 import logging
 import os
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
+from .libbpf import LIBBPF, LinkCreateOpts, LinkInfo, MapInfo, ProgInfo, error_number, object_info
 from .netns import inside_netns
 
 log = logging.getLogger(__name__)
@@ -32,33 +33,13 @@ MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 XDP_MODE_NAMES = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload"}
 
 
-class _LinkCreateOpts(ctypes.Structure):
-    # struct bpf_link_create_opts (libbpf 1.x): sz, flags, then a union we
-    # leave zeroed; libbpf accepts a larger struct whose extra bytes are zero.
-    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("union", ctypes.c_uint64 * 6)]
-
-
-def _libbpf():
-    lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
-    lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(_LinkCreateOpts)]
-    lib.bpf_link_update.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-    lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
-    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
-    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
-    return lib
-
-
-_LIBBPF = _libbpf()
-
-
 class AttachError(RuntimeError):
     pass
 
 
 def _check(result: int, what: str) -> int:
     if result < 0:
-        errno = -result if result < -1 else ctypes.get_errno()
-        raise AttachError(f"{what}: {os.strerror(errno)}")
+        raise AttachError(f"{what}: {os.strerror(error_number(result))}")
     return result
 
 
@@ -72,7 +53,7 @@ class XdpLink:
 
     def update(self, prog_fd: int) -> None:
         """Swap the program atomically: each packet sees the old program or the new."""
-        _check(_LIBBPF.bpf_link_update(self.fd, prog_fd, None), f"replacing the program on {self.ifname}")
+        _check(LIBBPF.bpf_link_update(self.fd, prog_fd, None), f"replacing the program on {self.ifname}")
 
     def detach(self) -> None:
         """Remove the pin and close the link: the kernel detaches the program."""
@@ -86,11 +67,9 @@ class XdpLink:
 
     def attached_program(self) -> tuple[int, int]:
         """(program id, ifindex) as the kernel has the link now; ifindex 0: detached."""
-        info = (ctypes.c_uint32 * 8)()     # struct bpf_link_info: type, id, prog_id, then xdp.ifindex
-        length = ctypes.c_uint32(ctypes.sizeof(info))
-        _check(_LIBBPF.bpf_obj_get_info_by_fd(self.fd, info, ctypes.byref(length)),
-               f"reading the link on {self.ifname}")
-        return info[2], info[4]
+        info = LinkInfo()
+        _check(object_info(self.fd, info), f"reading the link on {self.ifname}")
+        return info.prog_id, info.xdp_ifindex
 
 
 def pin(fd: int, path: str) -> None:
@@ -98,29 +77,27 @@ def pin(fd: int, path: str) -> None:
     staging = f"{path}_new"          # bpffs refuses names with a dot
     if os.path.exists(staging):
         os.unlink(staging)
-    _check(_LIBBPF.bpf_obj_pin(fd, staging.encode()), f"pinning at {staging}")
+    _check(LIBBPF.bpf_obj_pin(fd, staging.encode()), f"pinning at {staging}")
     os.replace(staging, path)
 
 
 def program_id(fd: int) -> int:
     """The kernel's id of the program behind fd."""
-    info = (ctypes.c_uint32 * 2)()     # struct bpf_prog_info as far as id
-    length = ctypes.c_uint32(ctypes.sizeof(info))
-    _check(_LIBBPF.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(length)), "reading program info")
-    return info[1]
+    info = ProgInfo()
+    _check(object_info(fd, info), "reading program info")
+    return info.id
 
 
 def get_pinned(path: str) -> int:
     """A new descriptor of the BPF object pinned at path."""
-    return _check(_LIBBPF.bpf_obj_get(path.encode()), f"opening {path}")
+    return _check(LIBBPF.bpf_obj_get(path.encode()), f"opening {path}")
 
 
 def map_layout(fd: int) -> tuple[int, int, int, int]:
     """(type, key size, value size, max entries) of the map behind fd."""
-    info = (ctypes.c_uint32 * 6)()     # struct bpf_map_info as far as max_entries
-    length = ctypes.c_uint32(ctypes.sizeof(info))
-    _check(_LIBBPF.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(length)), "reading map info")
-    return info[0], info[2], info[3], info[4]
+    info = MapInfo()
+    _check(object_info(fd, info), "reading map info")
+    return info.type, info.key_size, info.value_size, info.max_entries
 
 
 def attach(prog_fd: int, ifname: str, netns: str | None = None, mode: str = "auto",
@@ -141,16 +118,16 @@ def attach(prog_fd: int, ifname: str, netns: str | None = None, mode: str = "aut
                               f"remove it first (ip link set dev {ifname} xdp off)")
         errors = []
         for attempt in (["native", "generic"] if mode == "auto" else [mode]):
-            opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=MODE_FLAGS[attempt])
-            fd = _LIBBPF.bpf_link_create(prog_fd, found[0], BPF_XDP, ctypes.byref(opts))
+            opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=MODE_FLAGS[attempt])
+            fd = LIBBPF.bpf_link_create(prog_fd, found[0], BPF_XDP, ctypes.byref(opts))
             if fd >= 0:
                 break
-            errors.append(f"{attempt}: {os.strerror(-fd if fd < -1 else ctypes.get_errno())}")
+            errors.append(f"{attempt}: {os.strerror(error_number(fd))}")
         else:
             raise AttachError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
         attached_mode = XDP_MODE_NAMES.get(_attached(ipr, found[0]), "unknown")
     if pin_path:
-        _check(_LIBBPF.bpf_obj_pin(fd, pin_path.encode()), f"pinning the link at {pin_path}")
+        _check(LIBBPF.bpf_obj_pin(fd, pin_path.encode()), f"pinning the link at {pin_path}")
     log.info("attached to %s%s in %s XDP mode", ifname, f" (netns {netns})" if netns else "", attached_mode)
     return XdpLink(ifname, netns, attached_mode, fd, pin_path)
 
