@@ -120,7 +120,7 @@ def cmd_explain(args) -> int:
             raise Refused(f"sluice explain: {option} {address}: an address here has no zone "
                           f"(%{address.scope_id}); give the address alone", EXIT_POLICY_ERROR)
     client, server = (str(a) if a else None for a in addresses)
-    if args.name:
+    if args.name is not None:
         _name, wrong = check_domain(args.name)
         if wrong:
             raise Refused(f"sluice explain: --name: {wrong}", EXIT_POLICY_ERROR)

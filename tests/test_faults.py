@@ -134,7 +134,10 @@ def test_input_files_are_size_bounded_and_the_bound_can_be_raised(inputs):
     (["--client", "192.0.2.2", "--name", ""], ("empty domain name",)),
     (["--client", "192.0.2.2", "--name", "bad..example"], ("empty label",)),
     (["--client", "192.0.2.2", "--name", "*.example"], ("wildcard",)),
-], ids=["zone", "bad-address", "port-70000", "port-negative", "empty-name", "empty-label", "wildcard"])
+    (["--client", "192.0.2.2", "--server", "198.51.100.300"], ("198.51.100.300",)),
+    (["--client", "192.0.2.2", "--protocol", "http", "--ech"], ("ClientHello",)),
+], ids=["zone", "bad-address", "port-70000", "port-negative", "empty-name", "empty-label", "wildcard", "bad-server",
+        "ech-over-http"])
 def test_explain_checks_its_arguments_as_policies_do(inputs, argv, words):
     assert_refused(sluice("explain", "--policy", inputs["good"], *argv), 2, *words)
 

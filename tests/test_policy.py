@@ -288,6 +288,23 @@ def test_playbook_conditions_and_triggers_load(tmp_path):
     assert policy.destinations.classify("198.51.100.7")[0].name == "cdn"
 
 
+def test_explain_prints_each_condition_it_checked(tmp_path):
+    import subprocess
+    import sys
+    path = write(tmp_path, PLAYBOOK_RULE.format("action: freeze, tls: {ech: present, alpn: [h2]}, destination: cdn, "
+                                                "after: {bytes: 16KiB, direction: down}"))
+
+    def explain(*argv):
+        return subprocess.run([sys.executable, "-m", "controller.cli", "explain", "--policy", str(path),
+                               "--client", "192.0.2.7", *argv], capture_output=True, text=True, check=True).stdout
+    out = explain("--server", "198.51.100.9", "--ech", "--alpn", "h3,h2")
+    assert "rule a: applies (server 198.51.100.9 in destinations cdn (198.51.100.0/24); ECH present; ALPN offers h2)" \
+        in out
+    assert "verdict freeze, after 16384 bytes down by rule a" in out
+    assert "rule a: skipped, ECH is absent, not present" in explain("--server", "198.51.100.9", "--name", "x.example")
+    assert "rule a: skipped, server 192.0.2.9 is in no destination set, not in cdn" in explain("--server", "192.0.2.9")
+
+
 def test_more_alpn_ids_than_the_data_plane_holds_are_refused(tmp_path):
     rules = "".join(f"  - {{name: r{i}, action: block, tls: {{alpn: [id{i}]}}}}\n" for i in range(33))
     assert any("the rules name 33 ALPN protocol ids; at most 32" in p
