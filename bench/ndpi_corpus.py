@@ -1,6 +1,6 @@
 """Names nDPI gives against names sluice gives, on nDPI's own regression captures.
 
-Run as root:  .venv/bin/python bench/ndpi_corpus.py --ndpi DIR [--proto quic] [--misses]
+Run as root:  .venv/bin/python bench/ndpi_corpus.py --ndpi DIR [--proto quic] [--misses] [--proxy-protocol]
 
 DIR is a checkout of ntop/nDPI (fetch it; the project keeps none of its
 files, nDPI is LGPL). The ground truth is nDPI's expected output,
@@ -17,7 +17,9 @@ round.
 Prints, per protocol: the flows nDPI names, the flows sluice names the same
 (same protocol, same name; a name nDPI cut short matches its beginning),
 the misses by reason, and the flows sluice names that nDPI leaves unnamed.
---misses lists each miss.
+--misses lists each miss. --proxy-protocol steps over PROXY protocol
+headers, as a policy with inspection.proxy_protocol: true does (nDPI names
+such a flow HAProxy, and leaves the hello behind the header unnamed).
 """
 
 import argparse
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from controller.abi import ABI  # noqa: E402
 from controller.datapath import Datapath  # noqa: E402
 from controller.quic_flows import QuicFlows  # noqa: E402
 from controller.replay import CaptureError, FlowReport, report_unsettled, run_capture  # noqa: E402
@@ -90,8 +93,11 @@ def ground_truth(ndpi: Path, protos: set[str]) -> dict[str, list[NamedFlow]]:
 class Corpus:
     """One loaded data plane that replays capture after capture."""
 
-    def __init__(self):
+    def __init__(self, proxy_protocol: bool = False):
         self.datapath = Datapath(None, events=True)
+        if proxy_protocol:
+            flags = self.datapath.table("config")[ctypes.c_uint32(0)].flags
+            self.datapath.set_config(flags=flags | ABI.SLUICE_CFG_PROXY_PROTOCOL)
         self.report = FlowReport(None)
         pointer = ctypes.POINTER(self.datapath.table("event_buffers").sLeaf)
         self.datapath.table("events").open_ring_buffer(
@@ -148,6 +154,7 @@ def main() -> int:
     parser.add_argument("--proto", action="append", choices=[p.lower() for p in PROTOCOLS],
                         help="only these protocols (repeatable; default: all three)")
     parser.add_argument("--misses", action="store_true", help="list every miss")
+    parser.add_argument("--proxy-protocol", action="store_true", help="step over PROXY protocol headers")
     args = parser.parse_args()
     if not (args.ndpi / CORPUS / "result").is_dir():
         print(f"{args.ndpi}: no {CORPUS}/result here: not a checkout of ntop/nDPI", file=sys.stderr)
@@ -155,7 +162,7 @@ def main() -> int:
     protos = {p.upper() for p in args.proto} if args.proto else set(PROTOCOLS)
     truth = ground_truth(args.ndpi, protos)
     named, same, reasons, extra, misses = Counter(), Counter(), defaultdict(Counter), Counter(), []
-    corpus = Corpus()
+    corpus = Corpus(args.proxy_protocol)
     try:
         for capture, flows in truth.items():
             named.update(flow.proto for flow in flows)

@@ -85,8 +85,11 @@ static __always_inline int reply_read_request(void *data, void *data_end, struct
 	__u32 l4_len = 0;
 	__u16 proto;
 
-	/* 0: a whole TCP or UDP packet, no fragment. */
-	if (parse_packet(data, data_end, &pkt) != 0 || pkt.l4proto != IPPROTO_TCP)
+	/* 0: a whole TCP or UDP packet, no fragment; in no encapsulation
+	 * but QinQ, whose tags the reply's L2 header keeps: inside the others
+	 * a reply would need its own outer headers, and a blocked flow's
+	 * packets are dropped instead. */
+	if (parse_packet(data, data_end, &pkt, TUNNELS_REPLIED) != 0 || pkt.l4proto != IPPROTO_TCP)
 		return -1;
 	/* Walk again to where the IP and TCP headers start. */
 	if (parse_ethhdr(&cur, data_end, &proto) < 0)
@@ -334,8 +337,8 @@ static __always_inline int reply_stage(struct xdp_md *ctx)
 	struct flow_key key = {};
 	__u32 zero = 0;
 
-	/* 0: a whole TCP or UDP packet, no fragment. */
-	if (parse_packet(data, data_end, &pkt) != 0 || pkt.l4proto != IPPROTO_TCP)
+	/* 0: a whole TCP or UDP packet, no fragment (encapsulated: see reply_read_request()). */
+	if (parse_packet(data, data_end, &pkt, TUNNELS_REPLIED) != 0 || pkt.l4proto != IPPROTO_TCP)
 		return XDP_DROP;
 	make_flow_key(&pkt, &key);
 	struct flow_state *flow = flows.lookup(&key);

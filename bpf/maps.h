@@ -68,6 +68,9 @@ BPF_TABLE("percpu_array", __u32, struct rule_stats, rule_stats, SLUICE_MAX_RULES
 /* enum sluice_counter -> count. */
 BPF_TABLE("percpu_array", __u32, __u64, counters, SLUICE_CNT_MAX);
 
+/* enum sluice_tunnel * SLUICE_TUNNELLED_OUTCOMES + enum sluice_tunnel_outcome -> packets. */
+BPF_TABLE("percpu_array", __u32, __u64, tunnel_counters, SLUICE_TUNNEL_KINDS * SLUICE_TUNNELLED_OUTCOMES);
+
 /* Index 0 holds the one sluice_config. */
 BPF_ARRAY(config, struct sluice_config, 1);
 
@@ -127,6 +130,16 @@ static __always_inline __u64 coarse_now_ns(const struct sluice_config *cfg)
 static __always_inline void count(__u32 counter)
 {
 	__u64 *value = counters.lookup(&counter);
+
+	if (value)
+		*value += 1;
+}
+
+/* What became of an encapsulated packet (kind and outcome as parse_packet() left them). */
+static __always_inline void count_tunnel(__u8 kind, __u8 outcome)
+{
+	__u32 index = kind * SLUICE_TUNNELLED_OUTCOMES + outcome;
+	__u64 *value = tunnel_counters.lookup(&index);
 
 	if (value)
 		*value += 1;

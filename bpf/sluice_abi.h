@@ -186,7 +186,33 @@ enum sluice_counter {
 	SLUICE_CNT_FRAG_DROPPED,	/* fragments dropped under inspection.fragments: drop */
 	SLUICE_CNT_FRAG_LOW_TTL,	/* fragments not gathered: their TTL says they expire before the server */
 	SLUICE_CNT_TRIGGERS_FIRED,	/* flows whose rule's trigger count was reached: its action applies */
+	SLUICE_CNT_PROXY_HEADERS,	/* PROXY protocol headers stepped over (inspection.proxy_protocol) */
 	SLUICE_CNT_MAX,
+};
+
+/* Encapsulations the data plane opens, one level deep, to judge the flow
+ * inside: the flow key is the inner flow's, and a verdict drops or polices
+ * the outer packet (inspection.tunnels; bit 1 << kind of
+ * sluice_config.closed_tunnels closes a kind). */
+enum sluice_tunnel {
+	SLUICE_TUNNEL_NONE = 0,
+	SLUICE_TUNNEL_IPIP = 1,		/* IPv4 or IPv6 in IPv4 or IPv6 (IP protocols 4 and 41) */
+	SLUICE_TUNNEL_GRE = 2,		/* IP protocol 47: IPv4, IPv6 or Ethernet (bridging) inside */
+	SLUICE_TUNNEL_GTPU = 3,		/* GTP-U G-PDUs, UDP port 2152 */
+	SLUICE_TUNNEL_VXLAN = 4,	/* UDP port 4789: an Ethernet frame inside */
+	SLUICE_TUNNEL_QINQ = 5,		/* two VLAN tags, or an 802.1ad service tag */
+	SLUICE_TUNNEL_KINDS = 6,
+};
+
+/* What became of a packet of each kind (tunnel_counters, index
+ * kind * SLUICE_TUNNELLED_OUTCOMES + outcome). */
+enum sluice_tunnel_outcome {
+	SLUICE_TUNNELLED_OPENED = 0,	/* its inner TCP or UDP packet was read and judged */
+	SLUICE_TUNNELLED_UNREAD = 1,	/* it carries no TCP or UDP over IP (signalling, ARP, ICMP,
+					 * a further encapsulation): passes */
+	SLUICE_TUNNELLED_MALFORMED = 2,	/* truncated or contradictory headers: passes unread */
+	SLUICE_TUNNELLED_CLOSED = 3,	/* a kind the policy does not open: judged as the outer packet */
+	SLUICE_TUNNELLED_OUTCOMES = 4,
 };
 
 /* Both directions of a flow share one key: the (address, port) pair that
@@ -349,7 +375,7 @@ struct sluice_config {
 	__u32 flags;			/* SLUICE_CFG_* */
 	__u64 clock_ns;			/* non-zero: the data plane's time, frozen (tests) */
 	__u32 window_bytes;		/* ...or payload bytes, whichever runs out first */
-	__u32 pad;
+	__u32 closed_tunnels;		/* bit 1 << enum sluice_tunnel: an encapsulation not opened */
 	__u64 rollout_key[2];		/* SipHash key of the rollout hash */
 };
 
@@ -373,6 +399,7 @@ struct sluice_config {
 					 * go to SLUICE_RULE_SET_UNNAMED */
 #define SLUICE_CFG_WHOLE_HELLO 32	/* some rule looks past the name (ECH, ALPN): a ClientHello is
 					 * judged whole, never from a first segment that holds its name */
+#define SLUICE_CFG_PROXY_PROTOCOL 64	/* step over a PROXY protocol header at a stream's start */
 #define SLUICE_CFG_EVENTS 1		/* a controller reads the rings: emit a classification_event
 					 * per flow, and send QUIC Initials to be read */
 

@@ -57,13 +57,17 @@ int sluice_tc_egress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct packet_info pkt = {};
+	struct packet_info pkt_on_stack = {}, *pkt = &pkt_on_stack;
 	struct flow_key key = {};
 	__u32 zero = 0;
 
-	if (parse_packet(data, data_end, &pkt) < 0 || pkt.l4proto != IPPROTO_TCP)
+	struct sluice_config *cfg = config.lookup(&zero);
+	if (!cfg)
 		return TC_ACT_OK;
-	int sender_is_hi = make_flow_key(&pkt, &key);
+	/* A tunnelled flow is shaped by its outer packets, as XDP polices them. */
+	if (parse_packet(data, data_end, pkt, ~cfg->closed_tunnels) < 0 || pkt->l4proto != IPPROTO_TCP)
+		return TC_ACT_OK;
+	int sender_is_hi = make_flow_key(pkt, &key);
 	struct flow_state *flow = flows.lookup(&key);
 	if (!flow || flow->state != SLUICE_FLOW_CLASSIFIED)
 		return TC_ACT_OK;
@@ -71,15 +75,14 @@ int sluice_tc_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u32 rule_id = flow->rule_id;
 	struct rule_info *rule = rules.lookup(&rule_id);
-	struct sluice_config *cfg = config.lookup(&zero);
-	if (!rule || !cfg)
+	if (!rule)
 		return TC_ACT_OK;
 
 	/* fq compares departure times with the monotonic clock, which now_ns()
 	 * reads unless a test has frozen the data plane's time. */
 	__u64 now = now_ns(cfg);
 	__u32 dir = packet_direction(flow, sender_is_hi) & (SLUICE_DIRS - 1);
-	__u32 bytes = wire_bytes(skb, &pkt);
+	__u32 bytes = wire_bytes(skb, pkt);
 	__u64 departure = now;
 	int keep = 1;
 	if (flow->action == SLUICE_ACTION_DELAY) {

@@ -29,6 +29,7 @@
 #include "tcp_stream.h"
 #include "block_reply.h"
 #include "ip_frag.h"
+#include "proxy_protocol.h"
 
 /* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it),
  * from the frame, or from the datagram gathered out of IP fragments. */
@@ -99,6 +100,26 @@ static __always_inline int wait_for_whole_hello(const struct payload_scratch *sc
 	return outcome == TLS_SNI_FOUND && scratch->hello.cut && (cfg->flags & SLUICE_CFG_WHOLE_HELLO);
 }
 
+/* A load balancer's PROXY protocol header at the start of the client's
+ * stream (where the policy asks): the stream starts past it, so that the
+ * client's first bytes are read as if they came first, here and when
+ * segments are put together. Returns -1 when nothing follows it here. */
+static __always_inline int skip_proxy_header(struct xdp_md *ctx, struct flow_state *flow,
+					     struct payload_scratch *scratch, const struct sluice_config *cfg)
+{
+	if (!(cfg->flags & SLUICE_CFG_PROXY_PROTOCOL) || scratch->seq != flow->stream_base)
+		return 0;
+	__u32 header = proxy_header_len(scratch->bytes, scratch->len);
+	if (!header)
+		return 0;
+	count(SLUICE_CNT_PROXY_HEADERS);
+	flow->stream_base += header;
+	__u32 rest = scratch->payload_len;
+	if (header >= rest)
+		return -1;
+	return copy_payload(ctx, scratch, scratch->payload_offset + header, rest - header);
+}
+
 /* A fragment goes to sluice_stage_fragment, unless the policy reads each
  * segment alone (inspection.reassemble: false, the 2021 profile, blind to
  * fragments as that throttler was) and does not drop fragments. */
@@ -127,14 +148,16 @@ int sluice_xdp(struct xdp_md *ctx)
 	__u32 zero = 0;
 
 	count(SLUICE_CNT_PACKETS);
-	int parsed = parse_packet(data, data_end, &pkt);
+	struct sluice_config *cfg = config.lookup(&zero);
+	if (!cfg)
+		return XDP_PASS;
+	int parsed = parse_packet(data, data_end, &pkt, ~cfg->closed_tunnels);
+	if (pkt.tunnel)
+		count_tunnel(pkt.tunnel, pkt.tunnel_outcome);
 	if (parsed < 0) {
 		count(SLUICE_CNT_SKIPPED);
 		return XDP_PASS;
 	}
-	struct sluice_config *cfg = config.lookup(&zero);
-	if (!cfg)
-		return pass_unjudged(pkt.frame_len);
 	if (parsed == PACKET_FRAGMENT)
 		return enter_fragment_stage(ctx, &pkt, cfg);
 	if (pkt.l4proto == IPPROTO_UDP)
@@ -231,6 +254,8 @@ int sluice_stage_tls(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
+	if (skip_proxy_header(ctx, flow, scratch, cfg) < 0)
+		return inspect_next_packet(flow, scratch, cfg);
 	int skipped = skip_leading_records(ctx, scratch);
 	int outcome = parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &scratch->hello);
 	if (wait_for_whole_hello(scratch, outcome, cfg))

@@ -48,3 +48,11 @@ PROTO_NAMES = {ABI.SLUICE_PROTO_UNKNOWN: None, ABI.SLUICE_PROTO_TLS: "tls",
 COUNTER_NAMES = {value: name.removeprefix("SLUICE_CNT_").lower()
                  for name, value in vars(ABI).items()
                  if name.startswith("SLUICE_CNT_") and name != "SLUICE_CNT_MAX"}
+# enum sluice_tunnel, kind -> lower-case name (inspection.tunnels' names)...
+TUNNEL_KINDS = {value: name.removeprefix("SLUICE_TUNNEL_").lower()
+                for name, value in vars(ABI).items()
+                if name.startswith("SLUICE_TUNNEL_") and name not in ("SLUICE_TUNNEL_NONE", "SLUICE_TUNNEL_KINDS")}
+# ...and enum sluice_tunnel_outcome (together, sluice_tunnelled_packets_total's labels).
+TUNNEL_OUTCOMES = {value: name.removeprefix("SLUICE_TUNNELLED_").lower()
+                   for name, value in vars(ABI).items()
+                   if name.startswith("SLUICE_TUNNELLED_") and name != "SLUICE_TUNNELLED_OUTCOMES"}

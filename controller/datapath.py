@@ -17,7 +17,7 @@ import bcc
 import numpy
 
 from . import block_methods, precedence, schedule, xdp_link
-from .abi import ABI, COUNTER_NAMES, bpf_source_dir
+from .abi import ABI, COUNTER_NAMES, TUNNEL_KINDS, TUNNEL_OUTCOMES, bpf_source_dir
 from .names import name_hashes_many
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ TC_EGRESS_FUNCTION = b"sluice_tc_egress"
 TC_RESET_FUNCTION = b"sluice_tc_reset"
 # The maps whose contents outlive a policy (bpf/maps.h): a reloaded policy,
 # or a controller restarted after a crash, takes them over from their pins.
-STATE_MAPS = ("flows", "rule_stats", "counters", "rule_clocks", "client_clocks", "streams")
+STATE_MAPS = ("flows", "rule_stats", "counters", "tunnel_counters", "rule_clocks", "client_clocks", "streams")
 # enum sluice_stage index -> the program that implements it.
 STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_HTTP: b"sluice_stage_http",
@@ -247,9 +247,11 @@ class Datapath:
                        (ABI.SLUICE_CFG_UNNAMED_RULES if policy is not None and
                         any(precedence.is_unnamed(rule) for rule in policy.rules) else 0) |
                        (ABI.SLUICE_CFG_WHOLE_HELLO if policy is not None and policy.reassemble and
-                        any(rule.ech or rule.alpn for rule in policy.rules) else 0))
+                        any(rule.ech or rule.alpn for rule in policy.rules) else 0) |
+                       (ABI.SLUICE_CFG_PROXY_PROTOCOL if policy is not None and policy.proxy_protocol else 0))
         if policy is not None:
             value.rollout_key[0], value.rollout_key[1] = struct.unpack("<QQ", policy.rollout_key)
+            value.closed_tunnels = sum(1 << kind for kind, name in TUNNEL_KINDS.items() if name not in policy.tunnels)
         config[ctypes.c_uint32(0)] = value
 
     def set_config(self, **fields) -> None:
@@ -264,6 +266,12 @@ class Datapath:
         """Global counters summed over CPUs, by name (see enum sluice_counter)."""
         table = self.table("counters")
         return {name: sum(table[ctypes.c_uint32(index)]) for index, name in COUNTER_NAMES.items()}
+
+    def tunnel_counters(self) -> dict[tuple[str, str], int]:
+        """Encapsulated packets summed over CPUs, by (kind, outcome) (see enum sluice_tunnel)."""
+        table = self.table("tunnel_counters")
+        return {(kind, outcome): sum(table[ctypes.c_uint32(kind_id * ABI.SLUICE_TUNNELLED_OUTCOMES + outcome_id)])
+                for kind_id, kind in TUNNEL_KINDS.items() for outcome_id, outcome in TUNNEL_OUTCOMES.items()}
 
     def rule_stats(self) -> dict[int, dict]:
         """Per rule id (0: no rule), struct rule_stats summed over CPUs.

@@ -27,6 +27,7 @@ PARSER_OUTCOMES = {
     "tls_ech": ("tls", "ech"),
     "http_host_found": ("http", "host_found"), "http_no_host": ("http", "no_host"),
     "http_truncated": ("http", "truncated"),
+    "proxy_headers": ("proxy_protocol", "header"),
 }
 FLOWS_BY_PROTO = {"flows_tls": "tls", "flows_http": "http"}
 
@@ -83,6 +84,14 @@ class SluiceCollector:
             outcomes.add_metric(["quic", outcome], self.quic.outcomes[outcome] if self.quic else 0)
         yield outcomes
         yield from self._fragment_families(counters)
+        tunnelled = CounterMetricFamily("sluice_tunnelled_packets",
+                                        "Encapsulated packets by kind (ipip, gre, gtpu, vxlan, qinq) and outcome: "
+                                        "opened (the flow inside judged), unread (it carries no TCP or UDP over IP), "
+                                        "malformed (passed unread), closed (a kind the policy does not open).",
+                                        labels=["kind", "outcome"])
+        for labels, value in self.datapath.tunnel_counters().items():
+            tunnelled.add_metric(list(labels), value)
+        yield tunnelled
         yield CounterMetricFamily("sluice_flows_gave_up",
                                   "Flows whose inspection window ran out without a name.",
                                   value=counters["gave_up"])

@@ -58,13 +58,15 @@ class Judgement:
         return {name: delta for name, delta in self.counters.items() if delta and name not in BOOKKEEPING}
 
 
-def judge(datapath, payload: bytes, *, syn: bool = True, **frame_options) -> Judgement:
-    """Open a fresh flow (SYN unless syn=False) and send one client payload packet."""
+def judge(datapath, payload: bytes, *, syn: bool = True, wrap=bytes, **frame_options) -> Judgement:
+    """Open a fresh flow (SYN unless syn=False) and send one client payload
+    packet; wrap(frame) is what goes on the wire (an encapsulation)."""
     port = next(_ports)
     before = datapath.counters()
     if syn:
-        assert run_xdp(datapath.function.fd, tcp_frame(sport=port, flags="S", **frame_options)).verdict == "pass"
-    verdict = run_xdp(datapath.function.fd, tcp_frame(payload, sport=port, **frame_options)).verdict
+        syn_frame = wrap(tcp_frame(sport=port, flags="S", **frame_options))
+        assert run_xdp(datapath.function.fd, syn_frame).verdict == "pass"
+    verdict = run_xdp(datapath.function.fd, wrap(tcp_frame(payload, sport=port, **frame_options))).verdict
     after = datapath.counters()
     return Judgement(verdict, {name: after[name] - before[name] for name in after}, port)
 

@@ -11,6 +11,14 @@ CLIENT_V4, SERVER_V4 = "192.0.2.2", "198.51.100.2"
 CLIENT_V6, SERVER_V6 = "2001:db8:c::2", "2001:db8:5::2"
 # Explicit MAC addresses: without them scapy tries to ARP for every frame.
 CLIENT_MAC, SERVER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+# The ends of the tunnels that encapsulate() builds.
+TUNNEL_V4 = ("198.51.100.10", "198.51.100.11")
+TUNNEL_V6 = ("2001:db8:e::10", "2001:db8:e::11")
+GTPU_PORT, VXLAN_PORT = 2152, 4789
+GRE_KEY, GRE_CHECKSUM, GRE_SEQUENCE = 0x2000, 0x8000, 0x1000
+ETH_P_IP, ETH_P_IPV6, ETH_P_BRIDGED = 0x0800, 0x86DD, 0x6558
+GTPU_G_PDU, GTPU_ECHO_REQUEST = 0xFF, 1
+GTPU_PDU_SESSION_CONTAINER = 0x85
 
 GREASE = 0x0A0A
 EXT_SERVER_NAME = 0
@@ -144,6 +152,68 @@ def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242, ttl: int = 64) -> l
     return frames
 
 
-__all__ = ["IPv6ExtHdrDestOpt", "IPv6ExtHdrFragment", "IPv6ExtHdrHopByHop", "IPv6ExtHdrRouting",
+def gre_header(protocol: int, *, flags: int = 0) -> bytes:
+    """A GRE header with the 4-byte fields its flags (GRE_CHECKSUM, GRE_KEY, GRE_SEQUENCE) say follow."""
+    fields = b"".join(struct.pack("!I", value) for flag, value in
+                      ((GRE_CHECKSUM, 0), (GRE_KEY, 0x1234), (GRE_SEQUENCE, 7)) if flags & flag)
+    return struct.pack("!HH", flags, protocol) + fields
+
+
+def gtpu_header(packet_len: int, *, message_type: int = GTPU_G_PDU, extensions=(), sequence: bool = False,
+                teid: int = 0x1001) -> bytes:
+    """A GTP-U header (version 1) before packet_len bytes: extensions are
+    (type, body) pairs, each body 2 bytes short of a multiple of 4."""
+    optional = b""
+    flags = 0x30 | (0x04 if extensions else 0) | (0x02 if sequence else 0)
+    if extensions or sequence:
+        optional = struct.pack("!HBB", 1, 0, extensions[0][0] if extensions else 0)
+        for index, (_, body) in enumerate(extensions):
+            following = extensions[index + 1][0] if index + 1 < len(extensions) else 0
+            optional += bytes([(len(body) + 2) // 4]) + body + bytes([following])
+    return struct.pack("!BBHI", flags, message_type, len(optional) + packet_len, teid) + optional
+
+
+def vxlan_header(vni: int = 42, *, flags: int = 0x08) -> bytes:
+    return struct.pack("!B3xI", flags, vni << 8)
+
+
+def encapsulate(frame: bytes, kind: str, *, outer_v6: bool = False, gre_flags: int = 0,
+                gtpu_extensions=(), header: bytes | None = None) -> bytes:
+    """The frame as a tunnel carries it. kind: "ipip" (its IP packet in IP:
+    4in4, 6in4, or with outer_v6 4in6, 6in6), "gre" (the IP packet, with
+    gre_flags' fields), "gre-bridged" (the whole frame), "gtpu" (the IP
+    packet, with gtpu_extensions), "vxlan" (the whole frame) or "qinq"
+    (802.1ad and 802.1Q tags). header replaces the encapsulation's own."""
+    inner = Ether(frame)
+    packet = bytes(inner.payload)
+    protocol = ETH_P_IPV6 if IPv6 in inner else ETH_P_IP
+    if kind == "qinq":
+        return bytes(ether(("ad", "q")) / inner.payload)
+    outer = IPv6(src=TUNNEL_V6[0], dst=TUNNEL_V6[1]) if outer_v6 else IP(src=TUNNEL_V4[0], dst=TUNNEL_V4[1])
+    if kind == "ipip":
+        number = 41 if protocol == ETH_P_IPV6 else 4
+        transport = Raw(packet)
+    elif kind in ("gre", "gre-bridged"):
+        number = 47
+        bridged = kind == "gre-bridged"
+        default = gre_header(ETH_P_BRIDGED if bridged else protocol, flags=gre_flags)
+        transport = Raw((default if header is None else header) + (frame if bridged else packet))
+    elif kind == "gtpu":
+        number = 17
+        default = gtpu_header(len(packet), extensions=gtpu_extensions)
+        transport = UDP(sport=GTPU_PORT, dport=GTPU_PORT) / Raw((default if header is None else header) + packet)
+    elif kind == "vxlan":
+        number = 17
+        transport = UDP(sport=49152, dport=VXLAN_PORT) / Raw((vxlan_header() if header is None else header) + frame)
+    else:
+        raise ValueError(kind)
+    if outer_v6:
+        outer.nh = number
+    else:
+        outer.proto = number
+    return bytes(ether() / outer / transport)
+
+
+__all__ = ["encapsulate", "gre_header", "gtpu_header", "vxlan_header", "IPv6ExtHdrDestOpt", "IPv6ExtHdrFragment", "IPv6ExtHdrHopByHop", "IPv6ExtHdrRouting",
            "client_hello", "sni_extension", "extension", "split_into_records", "http_request",
            "tcp_frame", "udp_frame", "ip_fragments", "ether", "EXT_ALPN"]

@@ -10,7 +10,7 @@ from ..clients import ClientClasses
 from ..rollout import DEFAULT_ROLLOUT_KEY, rollout_key
 from .input_files import InputFileError, read_text_file
 from .model import (ACTIONS, DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_PACKETS, FLOW_IDLE_MAX_NS,
-                    MODES, WINDOW_PACKETS_MAX, Policy, PolicyError, Problem, Rule)
+                    MODES, TUNNEL_NAMES, WINDOW_PACKETS_MAX, Policy, PolicyError, Problem, Rule)
 from .units import RULE_NAME, check_domain, parse_duration, parse_size
 from .what import FlowReader
 from .when import ScheduleReader
@@ -19,7 +19,7 @@ from .who import AudienceReader
 TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rollout_key", "classes", "destinations",
             "rules")
 FRAGMENT_HANDLING = ("reassemble", "drop")
-INSPECTION_KEYS = ("window_packets", "window_bytes", "reassemble", "fragments")
+INSPECTION_KEYS = ("window_packets", "window_bytes", "reassemble", "fragments", "tunnels", "proxy_protocol")
 RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
              "class", "percent", "ports", "opened_by_client", "active", "escalate", "quic",
              "rate", "burst", "direction", "up", "down", "scope", "horizon",
@@ -72,6 +72,8 @@ class _Loader(AudienceReader, FlowReader, ScheduleReader):
         window_bytes = DEFAULT_WINDOW_BYTES
         reassemble = True
         fragments = "reassemble"
+        tunnels = TUNNEL_NAMES
+        proxy_protocol = False
         if "inspection" in top:
             inspection = self.mapping(top["inspection"][1], "inspection", INSPECTION_KEYS)
             if "window_packets" in inspection:
@@ -87,6 +89,10 @@ class _Loader(AudienceReader, FlowReader, ScheduleReader):
                 if fragments not in FRAGMENT_HANDLING:
                     self.problem(inspection["fragments"][1], "fragments must be reassemble (gather IP fragments "
                                  "and judge the datagram) or drop (drop the fragments of flows still inspected)")
+            if "tunnels" in inspection:
+                tunnels = self.tunnels(inspection["tunnels"][1])
+            if "proxy_protocol" in inspection:
+                proxy_protocol = self.boolean(inspection["proxy_protocol"][1], "proxy_protocol")
         reclassify = self.boolean(top["reclassify"][1], "reclassify") if "reclassify" in top else False
         key_text = DEFAULT_ROLLOUT_KEY
         if "rollout_key" in top:
@@ -117,7 +123,8 @@ class _Loader(AudienceReader, FlowReader, ScheduleReader):
         if self.problems:
             return None
         policy = Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify, window_bytes,
-                        classes, destinations, rollout_key(key_text), reassemble, fragments=fragments)
+                        classes, destinations, rollout_key(key_text), reassemble, fragments=fragments,
+                        tunnels=tunnels, proxy_protocol=proxy_protocol)
         try:
             policy.rule_sets()
         except precedence.RuleSetOverflow as overflow:
@@ -127,6 +134,20 @@ class _Loader(AudienceReader, FlowReader, ScheduleReader):
         return policy
 
     # --- one rule ---------------------------------------------------------
+    def tunnels(self, node) -> tuple[str, ...]:
+        """inspection.tunnels: the encapsulations to open, a list of TUNNEL_NAMES (empty: none)."""
+        if not isinstance(node, yaml.SequenceNode):
+            self.problem(node, f"tunnels must be a list of encapsulations to open: {', '.join(TUNNEL_NAMES)}")
+            return TUNNEL_NAMES
+        names = []
+        for item in node.value:
+            name = self.scalar(item, "a tunnel")
+            if name is not None and name not in TUNNEL_NAMES:
+                self.problem(item, f"unknown tunnel {name!r}: tunnels are {', '.join(TUNNEL_NAMES)}")
+            elif name is not None:
+                names.append(name)
+        return tuple(names)
+
     def rule(self, node, rule_id: int, names: dict[str, int]) -> Rule | None:
         before = len(self.problems)
         self.seen_names = {}

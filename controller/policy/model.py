@@ -129,6 +129,10 @@ class Rule:
         return times + [step.at for step in self.escalate if step.at > after]
 
 
+# inspection.tunnels: the encapsulations the data plane can open (enum sluice_tunnel).
+TUNNEL_NAMES = ("ipip", "gre", "gtpu", "vxlan", "qinq")
+
+
 @dataclass(frozen=True)
 class Policy:
     path: str
@@ -143,6 +147,8 @@ class Policy:
     rollout_key: bytes = rollout_key(DEFAULT_ROLLOUT_KEY)
     reassemble: bool = True                      # False: read each segment alone, as simpler middleboxes
     fragments: str = "reassemble"                # or "drop": IP fragments of flows still inspected
+    tunnels: tuple[str, ...] = TUNNEL_NAMES      # encapsulations opened to judge the flow inside
+    proxy_protocol: bool = False                 # step over a PROXY protocol header before the hello
 
     def at(self, when: datetime) -> "Policy":
         """The policy as it stands at `when` (what the data plane is given)."""
