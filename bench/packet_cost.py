@@ -18,6 +18,7 @@ memory of its maps.
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -51,11 +52,11 @@ def client_hello(name: bytes) -> bytes:
     return bytes(TLS(msg=[TLSClientHello(ext=[TLS_Ext_ServerName(servernames=[ServerName(servername=name)])])]))
 
 
-def tcp(sport, payload=b"", flags="A", reply=False):
+def tcp(sport, payload=b"", flags="A", reply=False, offset=0):
     ip = IP(src=SERVER, dst=CLIENT) if reply else IP(src=CLIENT, dst=SERVER)
     ports = dict(sport=443, dport=sport) if reply else dict(sport=sport, dport=443)
-    # A payload starts the stream the SYN (at sequence number 0) opened.
-    return bytes(ETHER / ip / TCP(flags=flags, seq=0 if "S" in flags else 1, **ports) / Raw(payload))
+    # A payload starts the stream the SYN (at sequence number 0) opened; offset: from that start.
+    return bytes(ETHER / ip / TCP(flags=flags, seq=0 if "S" in flags else 1 + offset, **ports) / Raw(payload))
 
 
 def write_policy(directory: Path, rules: int, prefixes: int) -> Path:
@@ -116,6 +117,24 @@ class Paired:
                 base = run_xdp(baseline_fd, self.sample, repeat).duration_ns
                 ns = run_xdp(fd, frame, repeat).duration_ns
                 own.append(ns)
+                ratios[name].append(ns / max(base, 1))
+        result = {"ns": statistics.median(own)}
+        for name, values in ratios.items():
+            result[name] = (statistics.median(values), min(values), max(values))
+        return result
+
+
+    def measure_flows(self, fd: int, flow, flows: int) -> dict:
+        """Like measure, for a whole flow: flow(port) gives its frames, each run once; the
+        baseline runs the same frames. {"ns": median ns per flow, name: ratio, ...}."""
+        ports = itertools.cycle(range(30000, 60000))
+        own, ratios = [], {name: [] for name in self.baselines}
+        for _ in range(self.pairs):
+            for name, baseline_fd in self.baselines.items():
+                sequences = [flow(next(ports)) for _ in range(flows)]
+                base = sum(run_xdp(baseline_fd, frame).duration_ns for frames in sequences for frame in frames)
+                ns = sum(run_xdp(fd, frame).duration_ns for frames in sequences for frame in frames)
+                own.append(ns / flows)
                 ratios[name].append(ns / max(base, 1))
         result = {"ns": statistics.median(own)}
         for name, values in ratios.items():
@@ -186,6 +205,39 @@ def first_packet_cost(paired: Paired, datapath, kind: str) -> dict:
     return cost
 
 
+DISORDERED_PIECES = 6
+
+
+def hello_flows(paired: Paired, datapath, flows: int) -> list[tuple[str, dict]]:
+    """A whole new flow's first packets, SYN included, each packet run once: the
+    ClientHello in one segment, and cut in 6 pieces (the first one byte, as the
+    circumvention tools cut) sent last first, put together by the stream
+    reassembly. Both name a name no rule has, so every piece is read."""
+    hello = client_hello(b"open.example")
+    step = len(hello) // (DISORDERED_PIECES - 1)
+    edges = [0, 1, *range(step, len(hello) - step + 1, step)][:DISORDERED_PIECES] + [len(hello)]
+    cut = [(a, hello[a:b]) for a, b in zip(edges, edges[1:])]
+    assert len(cut) == DISORDERED_PIECES
+
+    def plain(port):
+        return [tcp(port, flags="S"), tcp(port, hello, "PA")]
+
+    def disordered(port):
+        return [tcp(port, flags="S"), *(tcp(port, piece, "PA", offset=at) for at, piece in reversed(cut))]
+    results = []
+    for label, flow, reassembled in (("ClientHello flow, one segment", plain, 0),
+                                     (f"ClientHello flow, {DISORDERED_PIECES} pieces reversed", disordered, 1)):
+        before = datapath.counters()
+        cost = paired.measure_flows(datapath.function.fd, flow, flows)
+        after = datapath.counters()
+        runs = paired.pairs * len(paired.baselines) * flows
+        named = after["tls_sni_found"] - before["tls_sni_found"]
+        assert named == runs, f"{label}: {named} flows named in {runs} runs"
+        assert after["tls_reassembled"] - before["tls_reassembled"] == reassembled * runs, label
+        results.append((label, cost))
+    return results
+
+
 # What any design that keeps per-flow state in the kernel pays on a packet of
 # an established flow: parse the headers and look the flow up once, in a
 # table of the same type, size and key as sluice's.
@@ -223,6 +275,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=200_000, help="test-run repetitions per burst")
     parser.add_argument("--pairs", type=int, default=7, help="alternations of baseline and program per figure")
     parser.add_argument("--sizes", default="10,10000,100000,1000000", help="domain rule counts to measure")
+    parser.add_argument("--flows", type=int, default=300,
+                        help="new flows per burst of the whole-flow cases (each packet run once)")
     parser.add_argument("--prefixes", type=int, default=1_000_000,
                         help="client prefixes of the extra run (with the smallest rule count); 0: none")
     args = parser.parse_args()
@@ -258,8 +312,12 @@ def main() -> int:
             else:
                 cost = paired.measure(datapath.function.fd, frame, prepare=prepare)
             results.setdefault(label, {})[(size, prefixes)] = cost
-            print(f"  {label:<32} {show(cost['empty'])} empty  {show(cost['floor'])} floor  "
+            print(f"  {label:<36} {show(cost['empty'])} empty  {show(cost['floor'])} floor  "
                   f"({cost['ns']:.0f} ns)")
+        for label, cost in hello_flows(paired, datapath, args.flows):
+            results.setdefault(label, {})[(size, prefixes)] = cost
+            print(f"  {label:<36} {show(cost['empty'])} empty  {show(cost['floor'])} floor  "
+                  f"({cost['ns']:.0f} ns per flow)")
         if (size, prefixes) == runs[0]:
             tunnel_costs(datapath, args.repeat, args.pairs)
         datapath.close()
@@ -271,7 +329,7 @@ def main() -> int:
               + (f", and the {args.prefixes}-prefix one over the 1-prefix one" if args.prefixes > 1 else "")
               + " (each a paired median, so a drift of the machine between runs cancels)")
         for label, by_run in results.items():
-            line = f"  {label:<32} {by_run[largest]['empty'][0] / by_run[first]['empty'][0]:5.2f}"
+            line = f"  {label:<36} {by_run[largest]['empty'][0] / by_run[first]['empty'][0]:5.2f}"
             if args.prefixes > 1:
                 line += f"   {by_run[(sizes[0], args.prefixes)]['empty'][0] / by_run[first]['empty'][0]:5.2f}"
             print(line)
