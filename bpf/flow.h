@@ -73,9 +73,10 @@ static __always_inline int is_bare_syn(const struct packet_info *pkt)
  * idled out. The sender of an opening packet (a bare SYN, a QUIC client
  * Initial) is known to be the client. */
 static __always_inline struct flow_state *flow_start(struct flow_key *key, int sender_is_hi,
-						     int opening, __u32 seq, __u64 now)
+						     int opening, const struct packet_info *pkt, __u64 now)
 {
 	struct flow_state fresh = {};
+	__u32 seq = pkt->seq;
 
 	fresh.last_seen_ns = now;
 	fresh.state = SLUICE_FLOW_INSPECTING;
@@ -85,9 +86,44 @@ static __always_inline struct flow_state *flow_start(struct flow_key *key, int s
 	 * Without a SYN, the stream starts at the first payload seen. */
 	fresh.stream_base = opening ? seq + 1 : seq;
 	fresh.client_is_hi = opening ? sender_is_hi : 0;
+	/* The path the client's segments take: a segment sent to expire
+	 * sooner shows a lower TTL (receiver.h). */
+	fresh.syn_ttl = opening ? pkt->ttl : 0;
 	if (flows.update(key, &fresh) < 0)
 		return 0;
 	return flows.lookup(key);
+}
+
+/* The flow a TCP segment belongs to, opened or restarted as its packet
+ * says; 0 if the packet passes without one. */
+static __always_inline struct flow_state *open_tcp_flow(const struct packet_info *pkt, struct flow_key *key,
+							int sender_is_hi, const struct sluice_config *cfg)
+{
+	int bare_syn = is_bare_syn(pkt);
+	__u64 now = coarse_now_ns(cfg);
+	struct flow_state *flow = flows.lookup(key);
+	int new_key = !flow;
+
+	if (flow && flow_is_idle(flow, now, cfg)) {
+		count(SLUICE_CNT_FLOWS_EXPIRED);
+		flow = 0;
+	}
+	/* A bare SYN opens a new connection even if its 5-tuple was used
+	 * before: the old verdict must not outlive the old connection. */
+	if (flow && bare_syn)
+		flow = 0;
+	if (flow) {
+		flow_touch(flow, now, cfg);
+		return flow;
+	}
+	/* Pure ACKs of a flow that was open before sluice started are not
+	 * worth an entry; its next payload packet makes one. */
+	if (pkt->payload_len == 0 && !bare_syn)
+		return 0;
+	flow = flow_start(key, sender_is_hi, bare_syn, pkt, now);
+	if (flow && new_key)
+		count(SLUICE_CNT_FLOWS_CREATED);
+	return flow;
 }
 
 #endif /* SLUICE_FLOW_H */

@@ -193,7 +193,7 @@ static __always_inline int frag_gather(struct xdp_md *ctx, struct frag_scratch *
 	__u32 end = start + len;
 	if (len == 0)
 		return FRAG_IGNORED;
-	__u32 ttl = pkt->frag_ttl;
+	__u32 ttl = pkt->ttl;
 	if (datagram->pieces && ttl + FRAG_TTL_MARGIN < datagram->ttl) {
 		count(SLUICE_CNT_FRAG_LOW_TTL);
 		return FRAG_IGNORED;
@@ -288,6 +288,7 @@ static __always_inline int frag_parse_transport(struct frag_scratch *scratch, st
 		pkt->dport = tcph->dest;
 		pkt->tcp_flags = scratch->bytes[13];
 		pkt->seq = bpf_ntohl(tcph->seq);
+		pkt->tcp_header_len = hdr_len;
 		pkt->payload_offset = hdr_len;
 		pkt->payload_len = len - hdr_len;
 		return 0;

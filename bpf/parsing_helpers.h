@@ -101,10 +101,12 @@ struct packet_info {
 	__u16 frag_offset;		/* where the fragment's data starts in the datagram's payload */
 	__u8 frag_more;			/* more fragments follow (IPv4 MF, IPv6 M) */
 	__u8 is_v6;			/* an IPv6 fragment */
-	__u8 frag_ttl;			/* a fragment's TTL (IPv4) or hop limit (IPv6) */
+	__u8 ttl;			/* TTL (IPv4) or hop limit (IPv6) */
 	__u8 tunnel;			/* enum sluice_tunnel it came in (the innermost, with QinQ) */
 	__u8 tunnel_outcome;		/* enum sluice_tunnel_outcome, when tunnel is set */
 	__u16 walked;			/* the parser's cursor, from the frame's start (see rejoin()) */
+	__u8 tcp_header_len;		/* TCP: the header's length, options included */
+	__u8 hop_by_hop_late;		/* IPv6: a Hop-by-Hop header not first, which a receiver refuses */
 };
 
 /* Record why a tunnelled packet was not read: the first reason stands. */
@@ -177,8 +179,8 @@ static __always_inline int parse_iphdr(struct hdr_cursor *cur, void *data_end,
 		pkt->frag_offset = (frag_off & IPV4_FRAG_OFFSET_MASK) * FRAG_UNIT;
 		pkt->frag_more = !!(frag_off & IPV4_MORE_FRAGMENTS);
 		pkt->frag_id = bpf_ntohs(iph->id);
-		pkt->frag_ttl = iph->ttl;
 	}
+	pkt->ttl = iph->ttl;
 	__u32 total_len = bpf_ntohs(iph->tot_len);
 	if (total_len < hdr_len)
 		return -1;
@@ -218,6 +220,7 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 	__builtin_memcpy(pkt->daddr, &ip6h->daddr, 16);
 	__u32 remaining = bpf_ntohs(ip6h->payload_len);
 	__u8 nexthdr = ip6h->nexthdr;
+	pkt->ttl = ip6h->hop_limit;
 	cur->pos = ip6h + 1;
 
 #pragma unroll
@@ -238,11 +241,13 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 			pkt->frag_more = frag_off & IPV6_MORE_FRAGMENTS;
 			pkt->frag_id = bpf_ntohl(frag->identification);
 			pkt->is_v6 = 1;
-			pkt->frag_ttl = ip6h->hop_limit;
 			break;
 		}
 		if (!is_skippable_ipv6_ext(nexthdr))
 			break;
+		/* RFC 8200 4.1: Hop-by-Hop only right after the IPv6 header. */
+		if (i > 0 && nexthdr == IPPROTO_HOPOPTS)
+			pkt->hop_by_hop_late = 1;
 		struct ipv6_ext_hdr *ext = cur->pos;
 		if ((void *)(ext + 1) > data_end)
 			return -1;
@@ -277,6 +282,7 @@ static __always_inline int parse_tcphdr(struct hdr_cursor *cur, void *data_end,
 	pkt->dport = tcph->dest;
 	pkt->tcp_flags = ((__u8 *)tcph)[13];
 	pkt->seq = bpf_ntohl(tcph->seq);
+	pkt->tcp_header_len = hdr_len;
 	pkt->payload_len = l4_len - hdr_len;
 	cur->pos += hdr_len;
 	return 0;

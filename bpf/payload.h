@@ -66,6 +66,25 @@ struct request_layout {
 	__u32 headers_end;		/* the '\r' or '\n' that starts the blank line */
 };
 
+/* What the receiver model (receiver.h) reads of a client segment, besides
+ * its payload. The header is copied whole: its options hold a timestamp, or
+ * an authentication option the server would refuse the segment for. */
+#define TCP_HEADER_MAX 64		/* 60 bytes at most, and a power of two */
+#define TCP_HEADER_MASK (TCP_HEADER_MAX - 1)
+
+struct segment_view {
+	__u8 header[TCP_HEADER_MAX];	/* the TCP header, options included */
+	__u8 header_len;
+	__u8 tcp_flags;
+	__u8 ttl;			/* TTL or hop limit */
+	__u8 hop_by_hop_late;		/* see packet_info */
+	/* Found among the options, in map memory: flags held here do not
+	 * split the verifier's states at every option (as hello_result). */
+	__u32 has_timestamp;
+	__u32 tsval;
+	__u32 auth_option;		/* MD5 signature or TCP-AO */
+};
+
 struct payload_scratch {
 	struct flow_key key;		/* the flow being inspected */
 	__u32 frame_len;		/* of the packet in hand, for the counters */
@@ -92,6 +111,7 @@ struct payload_scratch {
 	__u32 stream_held;		/* the stream is held from its start up to here */
 	__u32 alpn_len;			/* bytes of alpn[] in use */
 	__u8 alpn[ALPN_COPY_BYTES];	/* the ClientHello's ALPN extension body, from its start */
+	struct segment_view segment;	/* the segment's headers, for receiver.h */
 	__u8 bytes[PAYLOAD_COPY_BYTES];
 	char name[SLUICE_NAME_MAX + 1];	/* the extracted, normalised name */
 	__u16 line_starts[HTTP_LINE_SLOTS_MASK + 1]; /* see find_line_starts() */

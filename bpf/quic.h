@@ -148,7 +148,7 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 	}
 	if (!is_quic_client_initial(ctx, pkt, gathered))
 		return pass_unjudged(pkt->frame_len);
-	flow = flow_start(&key, sender_is_hi, 1, 0, now);
+	flow = flow_start(&key, sender_is_hi, 1, pkt, now);
 	if (!flow)
 		return pass_unjudged(pkt->frame_len);
 	count(SLUICE_CNT_FLOWS_CREATED);

@@ -23,6 +23,15 @@
 /* Flow table size (LRU: the least recently used flow is evicted first). */
 #define SLUICE_FLOW_MAX 262144
 
+/* flow_state.receiver: what the receiver model (receiver.h) knows of the flow. */
+#define SLUICE_RECEIVER_TS_KNOWN 1	/* ts_recent holds the client's timestamp */
+#define SLUICE_RECEIVER_SYN_DATA 2	/* the SYN's data was read: provisional until the next client segment */
+#define SLUICE_RECEIVER_EVASION 4	/* a segment the server would not keep as it came was seen */
+
+/* A client segment whose TTL (hop limit) is lower than its SYN's by more
+ * than this (inspection.ttl_margin) is taken to expire before the server. */
+#define SLUICE_TTL_MARGIN_DEFAULT 4
+
 /* Client-scope throttle and shape clocks (LRU). */
 #define SLUICE_CLIENT_CLOCKS_MAX 65536
 
@@ -133,7 +142,8 @@ enum sluice_stage {
 	SLUICE_STAGE_FRAGMENT = 7,	/* sluice_stage_fragment: gather IP fragments, judge the datagram */
 	SLUICE_STAGE_STREAM_HTTP = 8,	/* sluice_stage_stream_http: an HTTP request from the stream */
 	SLUICE_STAGE_STREAM_TLS = 9,	/* sluice_stage_stream_tls: a ClientHello from the stream */
-	SLUICE_STAGE_MAX = 10,
+	SLUICE_STAGE_RECEIVER = 10,	/* sluice_stage_receiver: would the server keep this segment? (receiver.h) */
+	SLUICE_STAGE_MAX = 11,
 };
 
 /* How a block rule blocks (rule_info.block_method). */
@@ -187,6 +197,18 @@ enum sluice_counter {
 	SLUICE_CNT_FRAG_LOW_TTL,	/* fragments not gathered: their TTL says they expire before the server */
 	SLUICE_CNT_TRIGGERS_FIRED,	/* flows whose rule's trigger count was reached: its action applies */
 	SLUICE_CNT_PROXY_HEADERS,	/* PROXY protocol headers stepped over (inspection.proxy_protocol) */
+	/* Client segments of young flows the server would not take as they
+	 * came (receiver.h): not read, or (syn_data, conflict) read again. */
+	SLUICE_CNT_EVASION_BAD_CHECKSUM,	/* a wrong TCP checksum */
+	SLUICE_CNT_EVASION_TCP_AUTH_OPTION,	/* an MD5 signature (RFC 2385) or TCP-AO option the server has no key for */
+	SLUICE_CNT_EVASION_NO_ACK,		/* data without ACK after the SYN */
+	SLUICE_CNT_EVASION_PAWS,		/* a timestamp older than the flow's last (RFC 7323 PAWS) */
+	SLUICE_CNT_EVASION_OUT_OF_WINDOW,	/* sequence numbers all before the stream, or far past it */
+	SLUICE_CNT_EVASION_HOP_BY_HOP,		/* an IPv6 Hop-by-Hop header not first (or a second one) */
+	SLUICE_CNT_EVASION_LOW_TTL,		/* a TTL (hop limit) below the SYN's by more than the margin */
+	SLUICE_CNT_EVASION_SYN_DATA,		/* the SYN's data, sent again at the same place, said otherwise */
+	SLUICE_CNT_EVASION_CONFLICT,		/* two copies of the same stream bytes disagreed */
+	SLUICE_CNT_EVASION_URGENT,		/* an urgent byte the server takes out of the stream */
 	SLUICE_CNT_MAX,
 };
 
@@ -239,9 +261,14 @@ struct flow_state {
 	__u8 opened_by_client;		/* 1: sluice saw the client's SYN open the flow */
 	__u8 streaming;			/* 1: its ClientHello is being reassembled (streams) */
 	__u8 trigger_pending;		/* 1: counting toward its rule's trigger; action held back (NONE) */
-	__u8 pad;
+	__u8 syn_ttl;			/* the client SYN's TTL (hop limit); 0: no SYN seen */
 	__u32 stream_base;		/* client sequence number of stream offset 0 */
 	__u32 trigger_count;		/* what the rule's trigger counts, in its direction, so far */
+	__u32 ts_recent;		/* the client's last accepted TSval (SLUICE_RECEIVER_TS_KNOWN) */
+	__u16 syn_data_len;		/* bytes the SYN carried, and their ones' complement sum, */
+	__u16 syn_data_sum;		/* ...to tell a resend from a decoy (SLUICE_RECEIVER_SYN_DATA) */
+	__u8 receiver;			/* SLUICE_RECEIVER_* (receiver.h) */
+	__u8 pad[7];
 	/* Per direction, for throttle and shape in flow scope: the time at
 	 * which the flow's bucket is empty again (throttle, GCRA) or its next
 	 * packet may leave (shape, EDT). */
@@ -377,6 +404,8 @@ struct sluice_config {
 	__u32 window_bytes;		/* ...or payload bytes, whichever runs out first */
 	__u32 closed_tunnels;		/* bit 1 << enum sluice_tunnel: an encapsulation not opened */
 	__u64 rollout_key[2];		/* SipHash key of the rollout hash */
+	__u32 ttl_margin;		/* see SLUICE_TTL_MARGIN_DEFAULT */
+	__u32 pad;
 };
 
 /* Client bytes of a young flow kept to reassemble a ClientHello that spans
@@ -400,6 +429,9 @@ struct sluice_config {
 #define SLUICE_CFG_WHOLE_HELLO 32	/* some rule looks past the name (ECH, ALPN): a ClientHello is
 					 * judged whole, never from a first segment that holds its name */
 #define SLUICE_CFG_PROXY_PROTOCOL 64	/* step over a PROXY protocol header at a stream's start */
+#define SLUICE_CFG_NO_RECEIVER_MODEL 128	/* inspection.on_evasion: ignore: every client segment counts,
+					 * the first copy of a range wins (receiver.h is skipped) */
+#define SLUICE_CFG_BLOCK_EVASION 256	/* inspection.on_evasion: block: a flow caught at evasion is dropped */
 #define SLUICE_CFG_EVENTS 1		/* a controller reads the rings: emit a classification_event
 					 * per flow, and send QUIC Initials to be read */
 

@@ -30,6 +30,7 @@
 #include "block_reply.h"
 #include "ip_frag.h"
 #include "proxy_protocol.h"
+#include "receiver.h"
 
 /* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it),
  * from the frame, or from the datagram gathered out of IP fragments. */
@@ -139,6 +140,84 @@ static __always_inline int enter_fragment_stage(struct xdp_md *ctx, const struct
 	return pass_unjudged(pkt->frame_len);
 }
 
+/* A classified flow whose name came from its SYN's data reads its next
+ * client segment: the server may have dropped that data (receiver.h). */
+static __always_inline int reads_again(const struct flow_state *flow, const struct packet_info *pkt,
+				       int sender_is_hi)
+{
+	return (flow->receiver & SLUICE_RECEIVER_SYN_DATA) && pkt->payload_len &&
+	       sender_is_hi == flow->client_is_hi;
+}
+
+/* Count the segment in the flow's window, and read it: in the stream if
+ * it continues or precedes others, else alone. */
+static __always_inline int read_segment(struct xdp_md *ctx, struct flow_state *flow,
+					struct payload_scratch *scratch, const struct sluice_config *cfg)
+{
+	flow->payload_packets += 1;
+	__u32 inspected = flow->payload_bytes + scratch->segment_len;
+	flow->payload_bytes = inspected > SLUICE_WINDOW_BYTES_MAX ? SLUICE_WINDOW_BYTES_MAX : inspected;
+	/* A segment that does not start the client's stream may continue a
+	 * ClientHello, or have overtaken the one that starts it. Without a
+	 * SYN, where the stream starts is known only once a ClientHello that
+	 * continues past its first segment is seen. */
+	int mid_stream = flow->opened_by_client && scratch->seq != flow->stream_base;
+	if (!(cfg->flags & SLUICE_CFG_NO_REASSEMBLY) && (flow->streaming || mid_stream))
+		stages.call(ctx, SLUICE_STAGE_STREAM);
+	else
+		stages.call(ctx, SLUICE_STAGE_TLS);
+	return pass_unjudged(scratch->frame_len);
+}
+
+/* A TCP segment of a flow still inspected (or read again): the client's
+ * SYN and payload go to the receiver model, which reads on the segments the
+ * server keeps; without it (inspection.on_evasion: ignore) every payload is
+ * read. from_fragments: the segment was gathered out of IP fragments, its
+ * bytes are in frag_scratch.bytes (ip_frag.h), not the frame. */
+static __always_inline int inspect_tcp_segment(struct xdp_md *ctx, struct flow_state *flow,
+					       const struct packet_info *pkt, const struct flow_key *key,
+					       int sender_is_hi, const struct sluice_config *cfg,
+					       int from_fragments)
+{
+	int receiver_model = !(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL);
+	__u32 zero = 0;
+
+	/* The SYN's timestamp is the one later segments are held to. */
+	if (pkt->payload_len == 0 && !(receiver_model && is_bare_syn(pkt)))
+		return pass_unjudged(pkt->frame_len);
+	/* Once the client is known, only what it sends can name the flow:
+	 * a server cannot get its own flow judged by what it answers. */
+	if (flow->client_known && sender_is_hi != flow->client_is_hi)
+		return pass_unjudged(pkt->frame_len);
+	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+	if (!scratch)
+		return pass_unjudged(pkt->frame_len);
+	__builtin_memcpy(&scratch->key, key, sizeof(*key));
+	scratch->frame_len = pkt->frame_len;
+	scratch->sender_is_hi = sender_is_hi;
+	scratch->proto = SLUICE_PROTO_UNKNOWN;
+	scratch->in_stream = 0;
+	scratch->raw_name_len = 0;
+	/* A SYN's own data (TCP Fast Open) follows the sequence number the SYN takes. */
+	scratch->seq = pkt->seq + (pkt->tcp_flags & TCP_FLAG_SYN ? 1 : 0);
+	scratch->segment_offset = pkt->payload_offset;
+	scratch->segment_len = pkt->payload_len;
+	scratch->from_fragments = from_fragments;
+	scratch->payload_len = 0;
+	scratch->len = 0;
+	scratch->segment.header_len = pkt->tcp_header_len;
+	scratch->segment.tcp_flags = pkt->tcp_flags;
+	scratch->segment.ttl = pkt->ttl;
+	scratch->segment.hop_by_hop_late = pkt->hop_by_hop_late;
+	if (pkt->payload_len && copy_payload(ctx, scratch, pkt->payload_offset, pkt->payload_len) < 0)
+		return pass_unjudged(pkt->frame_len);
+	if (receiver_model) {
+		stages.call(ctx, SLUICE_STAGE_RECEIVER);
+		return pass_unjudged(pkt->frame_len);
+	}
+	return read_segment(ctx, flow, scratch, cfg);
+}
+
 int sluice_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -164,72 +243,12 @@ int sluice_xdp(struct xdp_md *ctx)
 		return judge_udp(ctx, &pkt, cfg, 0);
 
 	int sender_is_hi = make_flow_key(&pkt, &key);
-	int bare_syn = is_bare_syn(&pkt);
-	__u64 now = coarse_now_ns(cfg);
-	struct flow_state *flow = flows.lookup(&key);
-	int new_key = !flow;
-
-	if (flow && flow_is_idle(flow, now, cfg)) {
-		count(SLUICE_CNT_FLOWS_EXPIRED);
-		flow = 0;
-	}
-	/* A bare SYN opens a new connection even if its 5-tuple was used
-	 * before: the old verdict must not outlive the old connection. */
-	if (flow && bare_syn)
-		flow = 0;
-	if (!flow) {
-		/* Pure ACKs of a flow that was open before sluice started are
-		 * not worth an entry; its next payload packet makes one. */
-		if (pkt.payload_len == 0 && !bare_syn)
-			return pass_unjudged(pkt.frame_len);
-		flow = flow_start(&key, sender_is_hi, bare_syn, pkt.seq, now);
-		if (!flow)
-			return pass_unjudged(pkt.frame_len);
-		if (new_key)
-			count(SLUICE_CNT_FLOWS_CREATED);
-	} else {
-		flow_touch(flow, now, cfg);
-	}
-
-	if (flow->state != SLUICE_FLOW_INSPECTING)
+	struct flow_state *flow = open_tcp_flow(&pkt, &key, sender_is_hi, cfg);
+	if (!flow)
+		return pass_unjudged(pkt.frame_len);
+	if (flow->state != SLUICE_FLOW_INSPECTING && !reads_again(flow, &pkt, sender_is_hi))
 		return apply_tcp_verdict(ctx, flow, &key, sender_is_hi, pkt.frame_len, pkt.payload_len, cfg);
-	if (pkt.payload_len == 0)
-		return pass_unjudged(pkt.frame_len);
-	/* Once the client is known, only what it sends can name the flow:
-	 * a server cannot get its own flow judged by what it answers. */
-	if (flow->client_known && sender_is_hi != flow->client_is_hi)
-		return pass_unjudged(pkt.frame_len);
-	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
-	if (!scratch)
-		return pass_unjudged(pkt.frame_len);
-
-	flow->payload_packets += 1;
-	__u32 inspected = flow->payload_bytes + pkt.payload_len;
-	flow->payload_bytes = inspected > SLUICE_WINDOW_BYTES_MAX ? SLUICE_WINDOW_BYTES_MAX : inspected;
-	__builtin_memcpy(&scratch->key, &key, sizeof(key));
-	scratch->frame_len = pkt.frame_len;
-	scratch->sender_is_hi = sender_is_hi;
-	scratch->proto = SLUICE_PROTO_UNKNOWN;
-	scratch->in_stream = 0;
-	scratch->raw_name_len = 0;
-	/* A SYN's own data (TCP Fast Open) follows the sequence number the SYN takes. */
-	scratch->seq = pkt.seq + (pkt.tcp_flags & TCP_FLAG_SYN ? 1 : 0);
-	scratch->segment_offset = pkt.payload_offset;
-	scratch->segment_len = pkt.payload_len;
-	scratch->from_fragments = 0;
-	if (copy_payload(ctx, scratch, pkt.payload_offset, pkt.payload_len) < 0)
-		return inspect_next_packet(flow, scratch, cfg);
-
-	/* A segment that does not start the client's stream may continue a
-	 * ClientHello, or have overtaken the one that starts it. Without a
-	 * SYN, where the stream starts is known only once a ClientHello that
-	 * continues past its first segment is seen. */
-	int mid_stream = flow->opened_by_client && scratch->seq != flow->stream_base;
-	if (!(cfg->flags & SLUICE_CFG_NO_REASSEMBLY) && (flow->streaming || mid_stream))
-		stages.call(ctx, SLUICE_STAGE_STREAM);
-	else
-		stages.call(ctx, SLUICE_STAGE_TLS);
-	return pass_unjudged(pkt.frame_len);
+	return inspect_tcp_segment(ctx, flow, &pkt, &key, sender_is_hi, cfg, 0);
 }
 
 /* The state every stage starts from; 0 if anything is missing. */
@@ -586,55 +605,14 @@ static __always_inline int judge_gathered_segment(struct packet_info *pkt, const
 						  struct xdp_md *ctx)
 {
 	struct flow_key key = {};
-	__u32 zero = 0;
 	int sender_is_hi = make_flow_key(pkt, &key);
-	int bare_syn = is_bare_syn(pkt);
-	__u64 now = coarse_now_ns(cfg);
-	struct flow_state *flow = flows.lookup(&key);
-	int new_key = !flow;
+	struct flow_state *flow = open_tcp_flow(pkt, &key, sender_is_hi, cfg);
 
-	if (flow && flow_is_idle(flow, now, cfg)) {
-		count(SLUICE_CNT_FLOWS_EXPIRED);
-		flow = 0;
-	}
-	if (flow && bare_syn)
-		flow = 0;
-	if (!flow) {
-		if (pkt->payload_len == 0 && !bare_syn)
-			return pass_unjudged(pkt->frame_len);
-		flow = flow_start(&key, sender_is_hi, bare_syn, pkt->seq, now);
-		if (!flow)
-			return pass_unjudged(pkt->frame_len);
-		if (new_key)
-			count(SLUICE_CNT_FLOWS_CREATED);
-	} else {
-		flow_touch(flow, now, cfg);
-	}
-	if (flow->state != SLUICE_FLOW_INSPECTING)
+	if (!flow)
+		return pass_unjudged(pkt->frame_len);
+	if (flow->state != SLUICE_FLOW_INSPECTING && !reads_again(flow, pkt, sender_is_hi))
 		return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
-	if (pkt->payload_len == 0 || (flow->client_known && sender_is_hi != flow->client_is_hi))
-		return pass_unjudged(pkt->frame_len);
-	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
-	if (!scratch)
-		return pass_unjudged(pkt->frame_len);
-
-	flow->payload_packets += 1;
-	__u32 inspected = flow->payload_bytes + pkt->payload_len;
-	flow->payload_bytes = inspected > SLUICE_WINDOW_BYTES_MAX ? SLUICE_WINDOW_BYTES_MAX : inspected;
-	__builtin_memcpy(&scratch->key, &key, sizeof(key));
-	scratch->frame_len = pkt->frame_len;
-	scratch->sender_is_hi = sender_is_hi;
-	scratch->proto = SLUICE_PROTO_UNKNOWN;
-	scratch->raw_name_len = 0;
-	scratch->seq = pkt->seq + (pkt->tcp_flags & TCP_FLAG_SYN ? 1 : 0);
-	scratch->from_fragments = 1;
-	scratch->segment_offset = pkt->payload_offset;	/* in gathered->bytes */
-	scratch->segment_len = pkt->payload_len;
-	if (copy_payload(ctx, scratch, pkt->payload_offset, pkt->payload_len) < 0)
-		return inspect_next_packet(flow, scratch, cfg);
-	int mid_stream = flow->opened_by_client && scratch->seq != flow->stream_base;
-	stages.call(ctx, flow->streaming || mid_stream ? SLUICE_STAGE_STREAM : SLUICE_STAGE_TLS);
-	return pass_unjudged(pkt->frame_len);
+	return inspect_tcp_segment(ctx, flow, pkt, &key, sender_is_hi, cfg, 1);
 }
 
 int sluice_stage_fragment(struct xdp_md *ctx)
@@ -655,6 +633,66 @@ int sluice_stage_fragment(struct xdp_md *ctx)
 	if (pkt.l4proto == IPPROTO_UDP)
 		return judge_udp(ctx, &pkt, cfg, &gathered->bytes[sizeof(struct udphdr)]);
 	return judge_gathered_segment(&pkt, cfg, ctx);
+}
+
+/* A segment the server would not keep as it came was seen: under
+ * inspection.on_evasion: block the flow is blocked; else the segment
+ * passes unread (the server drops it itself). */
+static __always_inline int evasion_seen(struct xdp_md *ctx, struct flow_state *flow,
+					const struct payload_scratch *scratch, const struct sluice_config *cfg)
+{
+	flow->receiver |= SLUICE_RECEIVER_EVASION;
+	if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
+		block_evasion(flow, scratch);
+	if (flow->state == SLUICE_FLOW_INSPECTING)
+		return pass_unjudged(scratch->frame_len);
+	return apply_tcp_verdict(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
+				 scratch->segment_len, cfg);
+}
+
+/* The receiver model (receiver.h): read on only what the server keeps. */
+int sluice_stage_receiver(struct xdp_md *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+
+	if (!scratch)
+		return XDP_PASS;
+	struct segment_view *segment = &scratch->segment;
+	if (load_tcp_header(ctx, scratch) == 0)
+		read_tcp_options(scratch);
+	else
+		segment->has_timestamp = segment->auth_option = 0;
+	if (scratch->segment_len == 0) {	/* the client's SYN */
+		note_accepted(flow, scratch);
+		return pass_unjudged(scratch->frame_len);
+	}
+	__u32 refused = refused_by_receiver(flow, scratch, cfg);
+	if (refused) {
+		count(refused);
+		return evasion_seen(ctx, flow, scratch, cfg);
+	}
+	/* The first client segment after a SYN with data: one at the stream's
+	 * start says the server dropped that data, and is read instead. */
+	if ((flow->receiver & SLUICE_RECEIVER_SYN_DATA) && !(segment->tcp_flags & TCP_FLAG_SYN)) {
+		flow->receiver &= ~SLUICE_RECEIVER_SYN_DATA;
+		if (scratch->seq == flow->stream_base) {
+			if (scratch->segment_len < flow->syn_data_len ||
+			    payload_sum(scratch, flow->syn_data_len) != flow->syn_data_sum) {
+				count(SLUICE_CNT_EVASION_SYN_DATA);
+				if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
+					return evasion_seen(ctx, flow, scratch, cfg);
+				flow->receiver |= SLUICE_RECEIVER_EVASION;
+			}
+			inspect_again(flow, &scratch->key);
+		}
+	}
+	note_accepted(flow, scratch);
+	if (flow->state != SLUICE_FLOW_INSPECTING)
+		return apply_tcp_verdict(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
+				 scratch->segment_len, cfg);
+	return read_segment(ctx, flow, scratch, cfg);
 }
 
 int sluice_stage_reply(struct xdp_md *ctx)

@@ -40,6 +40,7 @@ STAGE_FUNCTIONS = {ABI.SLUICE_STAGE_TLS: b"sluice_stage_tls",
                    ABI.SLUICE_STAGE_FRAGMENT: b"sluice_stage_fragment",
                    ABI.SLUICE_STAGE_STREAM_HTTP: b"sluice_stage_stream_http",
                    ABI.SLUICE_STAGE_STREAM_TLS: b"sluice_stage_stream_tls",
+                   ABI.SLUICE_STAGE_RECEIVER: b"sluice_stage_receiver",
                    ABI.SLUICE_STAGE_REPLY: b"sluice_stage_reply"}
 
 # Stages an older kernel's verifier may refuse: Debian's 6.1 cannot follow
@@ -241,6 +242,7 @@ class Datapath:
         else:
             value.flow_idle_ns, value.window_packets = policy.flow_idle_ns, policy.window_packets
             value.window_bytes = policy.window_bytes
+        value.ttl_margin = ABI.SLUICE_TTL_MARGIN_DEFAULT
         value.flags = ((ABI.SLUICE_CFG_EVENTS if events else 0) |
                        (ABI.SLUICE_CFG_NO_REASSEMBLY if policy is not None and not policy.reassemble else 0) |
                        (ABI.SLUICE_CFG_DROP_FRAGMENTS if policy is not None and policy.fragments == "drop" else 0) |

@@ -1,0 +1,258 @@
+/* receiver.h - would the server keep this client segment as it came?
+ *
+ * Circumvention tools send a decoy before (or after) the real ClientHello,
+ * at the same sequence numbers, made so that the server never keeps it: a
+ * wrong checksum, an MD5 or TCP-AO option the server has no key for, no ACK
+ * flag, an old timestamp, sequence numbers outside the window, an IPv6
+ * Hop-by-Hop header where a receiver refuses it, or a TTL that expires
+ * before the server. A middlebox that reads the decoy names the decoy's
+ * name. Here each client segment of a flow still inspected is checked as
+ * the server's TCP checks it (Linux: tcp_v4_rcv, tcp_validate_incoming,
+ * ipv6_rcv), and one the server would drop is neither stored nor judged:
+ * only the bytes the server accepts name the flow.
+ *
+ * Data in a SYN is provisional: a server without a Fast Open cookie drops
+ * it and the client sends its bytes again at the stream's start. The
+ * SYN's data names the flow at once (Fast Open), but the next client
+ * segment at the stream's start is the truth: the flow is judged again
+ * from it, and counted when it says otherwise.
+ *
+ * Only flows still inspected come here: an established flow pays nothing.
+ */
+#ifndef SLUICE_RECEIVER_H
+#define SLUICE_RECEIVER_H
+
+#include "maps.h"
+#include "payload.h"
+#include "verdict.h"
+#include "ip_frag.h"
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_URG 0x20
+#define TCPOPT_END 0
+#define TCPOPT_NOP 1
+#define TCPOPT_TIMESTAMP 8		/* RFC 7323 */
+#define TCPOPT_TIMESTAMP_LEN 10
+#define TCPOPT_MD5SIG 19		/* RFC 2385 */
+#define TCPOPT_AUTHENTICATION 29	/* TCP-AO, RFC 5925 */
+#define TCP_OPTION_BYTES_MAX 40
+#define TCP_URGENT_POINTER 18		/* where the header holds it */
+
+#define CSUM_CHUNK 512			/* bpf_csum_diff sums at most this many bytes a call */
+
+/* A receiver's window: a young flow's first bytes lie well within it. */
+#define RECEIVE_WINDOW_BYTES 65536
+
+/* The segment's TCP header, copied from the frame or the gathered datagram. */
+static __always_inline int load_tcp_header(struct xdp_md *ctx, struct payload_scratch *scratch)
+{
+	struct segment_view *segment = &scratch->segment;
+	__u32 len = segment->header_len;
+
+	if (len < sizeof(struct tcphdr) || len > TCP_HEADER_MAX || scratch->segment_offset < len)
+		return -1;
+	/* len is 20..TCP_HEADER_MAX already; the mask shows the verifier. */
+	hide_from_compiler(len);
+	len = ((len - 1) & TCP_HEADER_MASK) + 1;
+	if (scratch->from_fragments)
+		return frag_copy_gathered(segment->header, scratch->segment_offset - len, len);
+	return bpf_xdp_load_bytes(ctx, scratch->segment_offset - len, segment->header, len);
+}
+
+/* Walk the options for a timestamp and an authentication option. */
+static __always_inline void read_tcp_options(struct payload_scratch *scratch)
+{
+	struct segment_view *segment = &scratch->segment;
+	__u32 off = sizeof(struct tcphdr);
+	__u32 end = segment->header_len;
+
+	segment->has_timestamp = 0;
+	segment->auth_option = 0;
+	for (int i = 0; i < TCP_OPTION_BYTES_MAX; i++) {
+		/* Forgotten at the head of each round: one state there for the
+		 * verifier, not one per way through the options before. */
+		off = forget_range(scratch->forget_slot, off);
+		if (off >= end)
+			break;
+		__u8 kind = masked_u8(segment->header, off, TCP_HEADER_MASK);
+		if (kind == TCPOPT_END)
+			break;
+		if (kind == TCPOPT_NOP) {
+			off++;
+			continue;
+		}
+		__u8 len = masked_u8(segment->header, off + 1, TCP_HEADER_MASK);
+		if (len < 2 || off + len > end)
+			break;
+		if (kind == TCPOPT_MD5SIG || kind == TCPOPT_AUTHENTICATION)
+			segment->auth_option = 1;
+		if (kind == TCPOPT_TIMESTAMP && len == TCPOPT_TIMESTAMP_LEN) {
+			segment->has_timestamp = 1;
+			segment->tsval = (masked_be16(segment->header, off + 2, TCP_HEADER_MASK) << 16) |
+					 masked_be16(segment->header, off + 4, TCP_HEADER_MASK);
+		}
+		off += len;
+	}
+}
+
+/* The ones' complement sum (unfolded, as bpf_csum_diff keeps it) of
+ * bytes[0, len), len at most PAYLOAD_COPY_BYTES, added to seed; < 0 if the
+ * helper refused. Sums of pieces that start 4-aligned add up. */
+static __always_inline __s64 sum_bytes(const __u8 *bytes, __u32 len, __s64 seed)
+{
+	__u32 whole = len & ~3U;
+	__u8 tail[4] = {};
+
+#pragma unroll
+	for (int i = 0; i < PAYLOAD_COPY_BYTES / CSUM_CHUNK; i++) {
+		if (i * CSUM_CHUNK >= whole || seed < 0)
+			break;
+		__u32 size = whole - i * CSUM_CHUNK;
+		if (size > CSUM_CHUNK)
+			size = CSUM_CHUNK;
+		/* size is 4..CSUM_CHUNK already; the mask shows the verifier. */
+		hide_from_compiler(size);
+		size = ((size - 1) & (CSUM_CHUNK - 1)) + 1;
+		seed = bpf_csum_diff(0, 0, (void *)&bytes[i * CSUM_CHUNK], size, seed);
+	}
+	/* The last 1-3 bytes, padded with zeros as the checksum pads them. */
+#pragma unroll
+	for (int k = 0; k < 3; k++)
+		if (whole + k < len)
+			tail[k] = masked_u8(bytes, whole + k, PAYLOAD_COPY_MASK);
+	return seed < 0 ? seed : bpf_csum_diff(0, 0, (void *)tail, sizeof(tail), seed);
+}
+
+static __always_inline __u16 fold_sum(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum;
+}
+
+static __always_inline int is_mapped_ipv4(const __u8 *addr)
+{
+	__u64 low;
+	__builtin_memcpy(&low, addr, 8);
+	return low == 0 && addr[8] == 0 && addr[9] == 0 && addr[10] == 0xff && addr[11] == 0xff;
+}
+
+/* Does the segment's TCP checksum hold, over the pseudo-header, its header
+ * and its payload? A payload longer than the copy in hand is not checked
+ * (1 is returned): no wire frame carries one. */
+static __always_inline int checksum_holds(const struct payload_scratch *scratch)
+{
+	const struct segment_view *segment = &scratch->segment;
+	const struct flow_key *key = &scratch->key;
+	const __u8 *src = scratch->sender_is_hi ? key->addr_hi : key->addr_lo;
+	const __u8 *dst = scratch->sender_is_hi ? key->addr_lo : key->addr_hi;
+	__u32 tcp_len = segment->header_len + scratch->segment_len;
+	__be32 pseudo[10] = {};
+	__u32 pseudo_len;
+
+	if (scratch->segment_len > PAYLOAD_COPY_BYTES || scratch->payload_len != scratch->segment_len)
+		return 1;
+	if (is_mapped_ipv4(src)) {
+		__builtin_memcpy(&pseudo[0], src + 12, 4);
+		__builtin_memcpy(&pseudo[1], dst + 12, 4);
+		pseudo[2] = bpf_htonl((IPPROTO_TCP << 16) | tcp_len);
+		pseudo_len = 12;
+	} else {
+		__builtin_memcpy(&pseudo[0], src, 16);
+		__builtin_memcpy(&pseudo[4], dst, 16);
+		pseudo[8] = bpf_htonl(tcp_len);
+		pseudo[9] = bpf_htonl(IPPROTO_TCP);
+		pseudo_len = 40;
+	}
+	__s64 sum = bpf_csum_diff(0, 0, pseudo, pseudo_len, 0);
+	__u32 header_len = segment->header_len;
+	hide_from_compiler(header_len);
+	if (sum < 0 || header_len > TCP_HEADER_MAX)
+		return 1;
+	sum = bpf_csum_diff(0, 0, (void *)segment->header, header_len & ~3U, sum);
+	sum = sum < 0 ? sum : sum_bytes(scratch->bytes, scratch->segment_len, sum);
+	return sum < 0 || fold_sum(sum) == 0xffff;
+}
+
+/* The ones' complement sum of the first len bytes of the payload. */
+static __always_inline __u16 payload_sum(const struct payload_scratch *scratch, __u32 len)
+{
+	__s64 sum = sum_bytes(scratch->bytes, len > scratch->len ? scratch->len : len, 0);
+
+	return sum < 0 ? 0 : fold_sum(sum);
+}
+
+/* Why the server would not keep the client segment in hand as it came:
+ * a SLUICE_CNT_EVASION_* counter, or 0 if it keeps it. */
+static __always_inline __u32 refused_by_receiver(const struct flow_state *flow,
+						 const struct payload_scratch *scratch,
+						 const struct sluice_config *cfg)
+{
+	const struct segment_view *segment = &scratch->segment;
+	__u32 offset = scratch->seq - flow->stream_base;
+
+	if (segment->hop_by_hop_late)
+		return SLUICE_CNT_EVASION_HOP_BY_HOP;
+	if (!(segment->tcp_flags & (TCP_FLAG_ACK | TCP_FLAG_SYN)))
+		return SLUICE_CNT_EVASION_NO_ACK;
+	if (segment->auth_option)
+		return SLUICE_CNT_EVASION_TCP_AUTH_OPTION;
+	/* The stream's start is known from the SYN: a segment that ends before
+	 * it repeats what was taken, one far past it is outside the window. */
+	if (flow->opened_by_client &&
+	    ((offset >= 0x80000000U && -offset >= scratch->segment_len) ||
+	     (offset < 0x80000000U && offset >= RECEIVE_WINDOW_BYTES)))
+		return SLUICE_CNT_EVASION_OUT_OF_WINDOW;
+	if (segment->has_timestamp && (flow->receiver & SLUICE_RECEIVER_TS_KNOWN) &&
+	    (__s32)(flow->ts_recent - segment->tsval) > 1)	/* Linux: TCP_PAWS_WINDOW */
+		return SLUICE_CNT_EVASION_PAWS;
+	if (flow->syn_ttl && segment->ttl + cfg->ttl_margin < flow->syn_ttl)
+		return SLUICE_CNT_EVASION_LOW_TTL;
+	if (!checksum_holds(scratch))
+		return SLUICE_CNT_EVASION_BAD_CHECKSUM;
+	return 0;
+}
+
+/* A segment the server keeps: what it says of the flow from now on. */
+static __always_inline void note_accepted(struct flow_state *flow, const struct payload_scratch *scratch)
+{
+	const struct segment_view *segment = &scratch->segment;
+
+	if (segment->has_timestamp &&
+	    (!(flow->receiver & SLUICE_RECEIVER_TS_KNOWN) || (__s32)(segment->tsval - flow->ts_recent) > 0)) {
+		flow->ts_recent = segment->tsval;
+		flow->receiver |= SLUICE_RECEIVER_TS_KNOWN;
+	}
+	if ((segment->tcp_flags & TCP_FLAG_SYN) && scratch->segment_len) {
+		flow->syn_data_len = scratch->segment_len;
+		flow->syn_data_sum = payload_sum(scratch, scratch->segment_len);
+		flow->receiver |= SLUICE_RECEIVER_SYN_DATA;
+	}
+}
+
+/* A flow caught at evasion, under inspection.on_evasion: block. */
+static __always_inline void block_evasion(struct flow_state *flow, const struct payload_scratch *scratch)
+{
+	flow->state = SLUICE_FLOW_CLASSIFIED;
+	flow->rule_id = 0;
+	flow->action = SLUICE_ACTION_BLOCK;
+	flow->client_is_hi = scratch->sender_is_hi;
+	flow->client_known = 1;
+	flow->streaming = 0;
+	streams.delete(&scratch->key);
+}
+
+/* The flow is to be judged afresh from the segment in hand: the bytes that
+ * named it (the SYN's data) never reached the server's application. */
+static __always_inline void inspect_again(struct flow_state *flow, const struct flow_key *key)
+{
+	flow->state = SLUICE_FLOW_INSPECTING;
+	flow->rule_id = 0;
+	flow->action = SLUICE_ACTION_NONE;
+	flow->proto = SLUICE_PROTO_UNKNOWN;
+	flow->streaming = 0;
+	streams.delete(key);
+}
+
+#endif /* SLUICE_RECEIVER_H */
