@@ -242,7 +242,8 @@ class Datapath:
         else:
             value.flow_idle_ns, value.window_packets = policy.flow_idle_ns, policy.window_packets
             value.window_bytes = policy.window_bytes
-        value.ttl_margin = ABI.SLUICE_TTL_MARGIN_DEFAULT
+        value.ttl_margin = policy.ttl_margin if policy is not None else ABI.SLUICE_TTL_MARGIN_DEFAULT
+        on_evasion = policy.on_evasion if policy is not None else "judge"
         value.flags = ((ABI.SLUICE_CFG_EVENTS if events else 0) |
                        (ABI.SLUICE_CFG_NO_REASSEMBLY if policy is not None and not policy.reassemble else 0) |
                        (ABI.SLUICE_CFG_DROP_FRAGMENTS if policy is not None and policy.fragments == "drop" else 0) |
@@ -250,7 +251,9 @@ class Datapath:
                         any(precedence.is_unnamed(rule) for rule in policy.rules) else 0) |
                        (ABI.SLUICE_CFG_WHOLE_HELLO if policy is not None and policy.reassemble and
                         any(rule.ech or rule.alpn for rule in policy.rules) else 0) |
-                       (ABI.SLUICE_CFG_PROXY_PROTOCOL if policy is not None and policy.proxy_protocol else 0))
+                       (ABI.SLUICE_CFG_PROXY_PROTOCOL if policy is not None and policy.proxy_protocol else 0) |
+                       (ABI.SLUICE_CFG_BLOCK_EVASION if on_evasion == "block" else 0) |
+                       (ABI.SLUICE_CFG_NO_RECEIVER_MODEL if on_evasion == "ignore" else 0))
         if policy is not None:
             value.rollout_key[0], value.rollout_key[1] = struct.unpack("<QQ", policy.rollout_key)
             value.closed_tunnels = sum(1 << kind for kind, name in TUNNEL_KINDS.items() if name not in policy.tunnels)

@@ -30,6 +30,7 @@ PARSER_OUTCOMES = {
     "proxy_headers": ("proxy_protocol", "header"),
 }
 FLOWS_BY_PROTO = {"flows_tls": "tls", "flows_http": "http"}
+EVASION_PREFIX = "evasion_"      # enum sluice_counter's SLUICE_CNT_EVASION_*: the family's kinds
 
 
 class SluiceCollector:
@@ -92,6 +93,13 @@ class SluiceCollector:
         for labels, value in self.datapath.tunnel_counters().items():
             tunnelled.add_metric(list(labels), value)
         yield tunnelled
+        evasions = CounterMetricFamily("sluice_evasion_detected",
+                                       "Client segments of flows still inspected that the server would not "
+                                       "keep as they came (bpf/receiver.h), by kind.", labels=["kind"])
+        for name, value in counters.items():
+            if name.startswith(EVASION_PREFIX):
+                evasions.add_metric([name.removeprefix(EVASION_PREFIX)], value)
+        yield evasions
         yield CounterMetricFamily("sluice_flows_gave_up",
                                   "Flows whose inspection window ran out without a name.",
                                   value=counters["gave_up"])

@@ -101,11 +101,13 @@ def ether(vlans=()):
 
 
 def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=False, reply=False,
-              vlans=(), ip_options=None, ext_headers=(), src=None, dst=None, seq=None, ack=0) -> bytes:
+              vlans=(), ip_options=None, ext_headers=(), src=None, dst=None, seq=None, ack=0, ttl=64,
+              tcp_options=(), chksum=None, urgptr=0) -> bytes:
     """A TCP frame client -> server (or server -> client with reply=True).
 
     seq defaults to 0 for a SYN and 1 otherwise: a payload that starts the
-    stream the SYN opened."""
+    stream the SYN opened. ttl is the TTL or hop limit; tcp_options are
+    scapy's (name or kind, value) pairs; chksum replaces the TCP checksum."""
     if seq is None:
         seq = 0 if "S" in flags else 1
     client, server = (CLIENT_V6, SERVER_V6) if v6 else (CLIENT_V4, SERVER_V4)
@@ -113,12 +115,15 @@ def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=Fa
     source, destination = (server, client) if reply else (client, server)
     ports = dict(sport=dport, dport=sport) if reply else dict(sport=sport, dport=dport)
     if v6:
-        network = IPv6(src=source, dst=destination)
+        network = IPv6(src=source, dst=destination, hlim=ttl)
         for header in ext_headers:
             network = network / header
     else:
-        network = IP(src=source, dst=destination, options=ip_options or [])
-    return bytes(ether(vlans) / network / TCP(flags=flags, seq=seq, ack=ack, **ports) / Raw(payload))
+        network = IP(src=source, dst=destination, options=ip_options or [], ttl=ttl)
+    tcp = TCP(flags=flags, seq=seq, ack=ack, options=list(tcp_options), urgptr=urgptr, **ports)
+    if chksum is not None:
+        tcp.chksum = chksum
+    return bytes(ether(vlans) / network / tcp / Raw(payload))
 
 
 def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443, v6=False) -> bytes:

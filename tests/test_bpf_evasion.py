@@ -1,10 +1,18 @@
-"""Circumvention tools' cuts of the client's first bytes, in the real program.
+"""Circumvention tools' cuts and decoys of the client's first bytes, in the real program.
 
 zapret, GoodbyeDPI, ByeDPI and SpoofDPI split the ClientHello or the HTTP
 request where a middlebox that reads segments one by one, or holds one gap
 only, loses the name: after byte 1 or 2 (shorter than a TLS record header),
 into many pieces, later pieces first, pieces that overlap or begin before the
 stream. The server's TCP puts them together; so must sluice.
+
+They also send decoys: a fake hello at the same sequence numbers, made so
+that the server drops it (a wrong checksum, an MD5 or TCP-AO option, no ACK,
+an old timestamp, sequence numbers outside the window, a misplaced IPv6
+Hop-by-Hop header, a TTL that expires on the way), or put in the SYN, whose
+data a server without a Fast Open cookie drops. Only the bytes the server
+keeps name the flow (inspection.on_evasion: judge), a flow caught at it can
+be blocked (block), or every copy read, as the 2021 throttler did (ignore).
 """
 
 import random
@@ -15,31 +23,64 @@ from hypothesis import strategies as st
 
 from conftest import needs_root
 from controller.testrun import run_xdp
-from packets import client_hello, http_request, tcp_frame
+from packets import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, client_hello, http_request, tcp_frame
 from test_bpf_reassembly import ISN, browser_hello
 
 pytestmark = [pytest.mark.bpf, needs_root]
 
 POLICY = "version: 1\nrules:\n  - {name: blocked, action: block, domains: [blocked.example]}\n"
-HELLOS = {"0.5KB": client_hello(b"blocked.example", extensions_after=(b"\x00\x15\x01\x90" + bytes(400),)),
-          "1.8KB": browser_hello(b"blocked.example")}
+
+
+def padded_hello(name: bytes) -> bytes:
+    return client_hello(name, extensions_after=(b"\x00\x15\x01\x90" + bytes(400),))
+
+
+HELLOS = {"0.5KB": padded_hello(b"blocked.example"), "1.8KB": browser_hello(b"blocked.example")}
+# What the client sends (to port 443 or 80), and its decoy, of the same length.
+STREAMS = {"0.5KB": (HELLOS["0.5KB"], padded_hello(b"allowed.example"), 443),
+           "1.8KB": (HELLOS["1.8KB"], browser_hello(b"allowed.example"), 443),
+           "http": (http_request("blocked.example"), http_request("allowed.example"), 80)}
+SYN_TSVAL = 1000
+# How each decoy is made so that the server drops it (tcp_frame's options),
+# by the kind of sluice_evasion_detected_total that counts it.
+DECOYS = {"bad_checksum": dict(chksum=0xBEEF),
+          "tcp_auth_option": dict(tcp_options=[(19, bytes(16))]),          # MD5 signature, RFC 2385
+          "tcp_ao": dict(tcp_options=[(29, bytes(14))]),                     # TCP-AO, RFC 5925
+          "no_ack": dict(flags="P"),
+          "paws": dict(tcp_options=[("Timestamp", (SYN_TSVAL - 500, 0))]),
+          "out_of_window": dict(seq_shift=-10000),                           # zapret's badseq
+          "hop_by_hop": dict(ext_headers=(IPv6ExtHdrDestOpt(), IPv6ExtHdrHopByHop())),
+          "low_ttl": dict(ttl=3)}
+COUNTED_AS = {"tcp_ao": "tcp_auth_option"}
+DECOY_CASES = [(kind, v6) for kind in DECOYS for v6 in (False, True) if v6 or kind != "hop_by_hop"]
+DECOY_IDS = [f"{kind}-{'ipv6' if v6 else 'ipv4'}" for kind, v6 in DECOY_CASES]
 
 
 class Flow:
-    """One client connection over IPv4 or IPv6, sent piece by piece."""
-    ports = iter(range(41000, 42000))
+    """One client connection over IPv4 or IPv6, sent piece by piece, its
+    segments carrying timestamps as Linux's do."""
+    ports = iter(range(41000, 43000))
 
-    def __init__(self, dp, v6: bool, dport: int = 443):
+    def __init__(self, dp, v6: bool, dport: int = 443, syn_payload: bytes | None = None):
         self.dp, self.v6, self.dport, self.port = dp, v6, dport, next(self.ports)
-        assert self.send_raw(b"", seq=ISN, flags="S") == "pass"
+        if syn_payload is None:
+            assert self.send_raw(b"", seq=ISN, flags="S") == "pass"
+        else:
+            self.syn_verdict = self.send_raw(syn_payload, seq=ISN, flags="S")
 
-    def send_raw(self, payload: bytes, seq: int, flags="PA") -> str:
-        frame = tcp_frame(payload, sport=self.port, dport=self.dport, seq=seq, flags=flags, v6=self.v6)
+    def send_raw(self, payload: bytes, seq: int, flags="PA", **options) -> str:
+        options.setdefault("tcp_options", [("Timestamp", (SYN_TSVAL + (0 if "S" in flags else 1), 0))])
+        frame = tcp_frame(payload, sport=self.port, dport=self.dport, seq=seq, flags=flags, v6=self.v6, **options)
         return run_xdp(self.dp.function.fd, frame).verdict
 
     def send(self, pieces) -> list[str]:
         """pieces: (offset from the stream's start, bytes), in sending order."""
         return [self.send_raw(payload, seq=(ISN + 1 + offset) % 2**32) for offset, payload in pieces]
+
+    def send_decoy(self, kind: str, offset: int, payload: bytes) -> str:
+        options = dict(DECOYS[kind])
+        offset += options.pop("seq_shift", 0)
+        return self.send_raw(payload, seq=(ISN + 1 + offset) % 2**32, **options)
 
 
 def cut(stream: bytes, *at: int) -> list[tuple[int, bytes]]:
@@ -161,3 +202,145 @@ def test_any_partition_in_any_order_is_named(dp, data):
     parts = data.draw(st.permutations(cut(hello, *sorted(at))))
     verdicts = Flow(dp, data.draw(st.booleans())).send(parts)
     assert "drop" in verdicts, verdicts
+
+
+def evasions(dp) -> dict[str, int]:
+    return {name.removeprefix("evasion_"): value for name, value in dp.counters().items()
+            if name.startswith("evasion_")}
+
+
+def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {kind: after[kind] - before[kind] for kind in after if after[kind] != before[kind]}
+
+
+@pytest.mark.parametrize("kind,v6", DECOY_CASES, ids=DECOY_IDS)
+@pytest.mark.parametrize("stream", list(STREAMS))
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_decoy_the_server_drops_does_not_name_the_flow(dp, kind, v6, stream, when):
+    """zapret's fake/fakedsplit, GoodbyeDPI's --wrong-chksum/--wrong-seq,
+    ByeDPI's --fake: the decoy names an allowed name; the server never reads it."""
+    real, fake, port = STREAMS[stream]
+    flow = Flow(dp, v6, dport=port)
+    before = evasions(dp)
+    if when == "before":
+        assert flow.send_decoy(kind, 0, fake) == "pass"
+        assert flow.send(cut(real, len(real) // 2))[-1] == "drop"
+        assert moved(before, evasions(dp)) == {COUNTED_AS.get(kind, kind): 1}
+    else:
+        assert flow.send(cut(real, len(real) // 2))[-1] == "drop"
+        assert flow.send_decoy(kind, 0, fake) == "drop"
+
+
+@FAMILIES
+@pytest.mark.parametrize("stream", list(STREAMS))
+def test_a_decoy_in_the_syn_is_read_again_from_the_resend(dp, v6, stream):
+    """A server without a Fast Open cookie drops the SYN's data; the client
+    sends its real bytes at the stream's start (zapret's --dpi-desync=syndata)."""
+    real, fake, port = STREAMS[stream]
+    flow = Flow(dp, v6, dport=port, syn_payload=fake)
+    before = evasions(dp)
+    assert flow.syn_verdict == "pass"
+    assert flow.send([(0, real)]) == ["drop"]
+    assert moved(before, evasions(dp)) == {"syn_data": 1}
+
+
+@FAMILIES
+def test_fast_open_data_sent_again_unchanged_is_no_evasion(dp, v6):
+    real = HELLOS["0.5KB"]
+    flow = Flow(dp, v6, syn_payload=real)
+    before = evasions(dp)
+    assert flow.syn_verdict == "drop"
+    assert flow.send([(0, real)]) == ["drop"]
+    assert moved(before, evasions(dp)) == {}
+
+
+@FAMILIES
+def test_a_decoy_of_one_piece_in_a_multisplit_hello(dp, v6):
+    """fakedsplit: each real piece follows a decoy of the same range."""
+    real, fake, _ = STREAMS["1.8KB"]
+    verdicts = []
+    flow = Flow(dp, v6)
+    for (offset, piece), kind in zip(cut(real, 3, 200, 900), ["low_ttl", "bad_checksum", "no_ack", "paws"]):
+        verdicts += [flow.send_decoy(kind, offset, fake[offset:offset + len(piece)]), *flow.send([(offset, piece)])]
+    assert verdicts == ["pass"] * 7 + ["drop"]
+
+
+@pytest.fixture(scope="module")
+def blocking(make_datapath):
+    return make_datapath(POLICY.replace("rules:", "inspection: {on_evasion: block}\nrules:"))
+
+
+@pytest.fixture(scope="module")
+def blind(make_datapath):
+    """The 2021 profile: each segment alone, every copy read."""
+    return make_datapath(POLICY.replace("rules:", "inspection: {reassemble: false, on_evasion: ignore}\nrules:"))
+
+
+@pytest.mark.parametrize("kind,v6", DECOY_CASES, ids=DECOY_IDS)
+def test_on_evasion_block_blocks_a_flow_that_sends_a_decoy(blocking, kind, v6):
+    real, fake = padded_hello(b"unruled.example"), padded_hello(b"allowed.example")
+    flow = Flow(blocking, v6)
+    before = evasions(blocking)
+    assert [flow.send_decoy(kind, 0, fake), *flow.send([(0, real)])] == ["drop", "drop"]
+    assert moved(before, evasions(blocking)) == {COUNTED_AS.get(kind, kind): 1}
+    assert Flow(blocking, v6).send([(0, real)]) == ["pass"], "without a decoy the flow passes"
+
+
+@FAMILIES
+def test_on_evasion_block_blocks_a_decoy_in_the_syn(blocking, v6):
+    flow = Flow(blocking, v6, syn_payload=padded_hello(b"allowed.example"))
+    assert flow.syn_verdict == "pass"
+    assert flow.send([(0, padded_hello(b"unruled.example"))]) == ["drop"]
+
+
+@pytest.mark.parametrize("kind,v6", DECOY_CASES, ids=DECOY_IDS)
+def test_on_evasion_ignore_the_2021_profile_is_fooled_by_every_decoy(blind, kind, v6):
+    real, fake, _ = STREAMS["0.5KB"]
+    flow = Flow(blind, v6)
+    before = evasions(blind)
+    assert [flow.send_decoy(kind, 0, fake), *flow.send([(0, real)])] == ["pass", "pass"]
+    assert moved(before, evasions(blind)) == {}
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_partition_in_any_order_with_decoys_anywhere_is_named(dp, data):
+    """Any cut of a hello into up to 10 pieces, sent in any order, with up to
+    5 decoys the server drops, of any range, inserted anywhere: decoys alone
+    name nothing, and the real name holds once the real pieces are in."""
+    v6 = data.draw(st.booleans())
+    real, fake, _ = STREAMS[data.draw(st.sampled_from(["0.5KB", "1.8KB"]))]
+    at = data.draw(st.lists(st.integers(1, len(real) - 1), max_size=9, unique=True))
+    sends = [("real", offset, piece) for offset, piece in data.draw(st.permutations(cut(real, *sorted(at))))]
+    kinds = [kind for kind, on_v6 in DECOY_CASES if on_v6 == v6]
+    for _ in range(data.draw(st.integers(0, 5))):
+        start = data.draw(st.integers(0, len(fake) - 1))
+        end = data.draw(st.integers(start + 1, len(fake)))
+        sends.insert(data.draw(st.integers(0, len(sends))), (data.draw(st.sampled_from(kinds)), start, fake[start:end]))
+    flow = Flow(dp, v6)
+    verdicts = [flow.send([(offset, piece)])[0] if kind == "real" else flow.send_decoy(kind, offset, piece)
+                for kind, offset, piece in sends]
+    reals = [i for i, (kind, _, _) in enumerate(sends) if kind == "real"]
+    assert verdicts[:reals[0]] == ["pass"] * reals[0] and verdicts[reals[-1]] == "drop", (sends, verdicts)
+
+
+def test_the_kinds_are_exported_to_prometheus(dp):
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from controller.metrics import SluiceCollector
+    registry = CollectorRegistry()
+    registry.register(SluiceCollector(SimpleNamespace(datapath=dp, policy=dp.policy, loaded_at=0.0,
+                                                      policy_digest="", reloads={"success": 0, "failure": 0})))
+
+    def exported() -> dict[str, float]:
+        return {line.split('kind="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in generate_latest(registry).decode().splitlines()
+                if line.startswith("sluice_evasion_detected_total{")}
+    before = exported()
+    assert set(before) == {"bad_checksum", "tcp_auth_option", "no_ack", "paws", "out_of_window", "hop_by_hop",
+                           "low_ttl", "syn_data", "conflict", "urgent"}
+    Flow(dp, False).send_decoy("low_ttl", 0, STREAMS["0.5KB"][1])
+    assert exported()["low_ttl"] == before["low_ttl"] + 1

@@ -19,7 +19,10 @@ from .who import AudienceReader
 TOP_KEYS = ("version", "flow_idle_timeout", "inspection", "reclassify", "rollout_key", "classes", "destinations",
             "rules")
 FRAGMENT_HANDLING = ("reassemble", "drop")
-INSPECTION_KEYS = ("window_packets", "window_bytes", "reassemble", "fragments", "tunnels", "proxy_protocol")
+EVASION_HANDLING = ("judge", "block", "ignore")
+INSPECTION_KEYS = ("window_packets", "window_bytes", "reassemble", "fragments", "tunnels", "proxy_protocol",
+                   "on_evasion", "ttl_margin")
+TTL_MARGIN_MAX = 255
 RULE_KEYS = ("name", "description", "action", "mode", "domains", "exact", "domains_file",
              "class", "percent", "ports", "opened_by_client", "active", "escalate", "quic",
              "rate", "burst", "direction", "up", "down", "scope", "horizon",
@@ -74,6 +77,8 @@ class _Loader(AudienceReader, FlowReader, ScheduleReader):
         fragments = "reassemble"
         tunnels = TUNNEL_NAMES
         proxy_protocol = False
+        on_evasion = "judge"
+        ttl_margin = ABI.SLUICE_TTL_MARGIN_DEFAULT
         if "inspection" in top:
             inspection = self.mapping(top["inspection"][1], "inspection", INSPECTION_KEYS)
             if "window_packets" in inspection:
@@ -93,6 +98,14 @@ class _Loader(AudienceReader, FlowReader, ScheduleReader):
                 tunnels = self.tunnels(inspection["tunnels"][1])
             if "proxy_protocol" in inspection:
                 proxy_protocol = self.boolean(inspection["proxy_protocol"][1], "proxy_protocol")
+            if "on_evasion" in inspection:
+                on_evasion = self.scalar(inspection["on_evasion"][1], "on_evasion")
+                if on_evasion not in EVASION_HANDLING:
+                    self.problem(inspection["on_evasion"][1], "on_evasion must be judge (judge the bytes the server "
+                                 "keeps), block (block a flow caught sending what the server drops) or ignore "
+                                 "(every segment counts, the first copy wins)")
+            if "ttl_margin" in inspection:
+                ttl_margin = self.integer(inspection["ttl_margin"][1], "ttl_margin", 0, TTL_MARGIN_MAX)
         reclassify = self.boolean(top["reclassify"][1], "reclassify") if "reclassify" in top else False
         key_text = DEFAULT_ROLLOUT_KEY
         if "rollout_key" in top:
@@ -124,7 +137,8 @@ class _Loader(AudienceReader, FlowReader, ScheduleReader):
             return None
         policy = Policy(self.path, version, flow_idle_ns, window_packets, rules, reclassify, window_bytes,
                         classes, destinations, rollout_key(key_text), reassemble, fragments=fragments,
-                        tunnels=tunnels, proxy_protocol=proxy_protocol)
+                        tunnels=tunnels, proxy_protocol=proxy_protocol,
+                        on_evasion=on_evasion, ttl_margin=ttl_margin)
         try:
             policy.rule_sets()
         except precedence.RuleSetOverflow as overflow:

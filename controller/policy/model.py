@@ -149,6 +149,8 @@ class Policy:
     fragments: str = "reassemble"                # or "drop": IP fragments of flows still inspected
     tunnels: tuple[str, ...] = TUNNEL_NAMES      # encapsulations opened to judge the flow inside
     proxy_protocol: bool = False                 # step over a PROXY protocol header before the hello
+    on_evasion: str = "judge"                    # or "block", "ignore": segments the server would drop (receiver.h)
+    ttl_margin: int = ABI.SLUICE_TTL_MARGIN_DEFAULT  # a TTL this far below the SYN's expires before the server
 
     def at(self, when: datetime) -> "Policy":
         """The policy as it stands at `when` (what the data plane is given)."""
