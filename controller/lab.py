@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
+from pyroute2.ethtool.ethtool import Ethtool
 
 from .netns import inside_netns
 
@@ -194,6 +195,8 @@ class Lab:
                 ipr.link("add", ifname=tmp_a, kind="veth", peer=tmp_b)
                 ipr.link("set", index=ipr.link_lookup(ifname=tmp_a)[0], net_ns_fd=ns, ifname=iface)
                 ipr.link("set", index=ipr.link_lookup(ifname=tmp_b)[0], net_ns_fd=self.edge_ns, ifname=peer)
+        for ns in (self.client_ns, self.client2_ns):
+            self._checksum_in_software(ns, "eth0")
         self._configure(self.client_ns, "eth0", [(CLIENT_V4, 24), (CLIENT_V6, 64)],
                         gateways=(EDGE_CLIENT_V4, EDGE_CLIENT_V6))
         self._configure(self.client2_ns, "eth0", [(CLIENT2_V4, 24), (CLIENT2_V6, 64)],
@@ -204,6 +207,16 @@ class Lab:
         self._configure(self.edge_ns, self.edge_client2_iface, [(EDGE_CLIENT2_V4, 24), (EDGE_CLIENT2_V6, 64)])
         self._configure(self.edge_ns, self.edge_server_iface, [(EDGE_SERVER_V4, 24), (EDGE_SERVER_V6, 64)])
         self.set_forwarding(True)
+
+    def _checksum_in_software(self, ns: str, iface: str) -> None:
+        """The clients' stacks fill in their checksums, as frames from the wire
+        carry them: a veth leaves a local sender's TCP checksum to an offload
+        that never runs, so it reaches the edge half done, and sluice takes
+        such a segment for a decoy the server would drop (bpf/receiver.h)."""
+        with self.enter(ns), Ethtool() as ethtool:
+            features = ethtool.get_features(iface)
+            features.features["tx-checksum-ip-generic"].enable = False
+            ethtool.set_features(iface, features)
 
     def _configure(self, ns: str, iface: str, addresses, gateways=()) -> None:
         # DAD would keep the IPv6 addresses unusable for a second or two.

@@ -64,6 +64,7 @@ LINKTYPE_NAMES = {LINKTYPE_NULL: "BSD loopback", LINKTYPE_ETHERNET: "Ethernet", 
 IPV4_MAPPED = bytes(10) + b"\xff\xff"
 IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
+VLAN_ETHERTYPES = (0x8100, 0x88A8)      # 802.1Q, 802.1ad tags before the IP header
 TCP_SYN_ACK, TCP_SYN = 0x12, 0x02
 PROGRESS_AFTER_S = 3.0      # a capture replayed faster than this shows no progress bar
 PROGRESS_EVERY = 4096       # frames between looks at the clock
@@ -262,6 +263,47 @@ def replay(capture_path: str, policy=None, skip_settled: bool = True) -> tuple[l
     return report.records, frames
 
 
+def _ones_sum(data: bytes) -> int:
+    """The 16-bit ones' complement sum of data (an odd last byte padded with zero), folded."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def fill_offloaded_checksum(frame: bytes) -> bytes:
+    """A capture taken on the sending host holds its TCP segments as the
+    stack handed them to a NIC that fills in the checksum: the field holds
+    the pseudo-header's sum only. Fill it in, as the NIC did, or sluice takes
+    the segment for a decoy the server drops (bpf/receiver.h). Any other
+    checksum, right or wrong, is left as captured."""
+    offset, ethertype = 14, int.from_bytes(frame[12:14], "big")
+    while ethertype in VLAN_ETHERTYPES and len(frame) >= offset + 4:
+        ethertype, offset = int.from_bytes(frame[offset + 2:offset + 4], "big"), offset + 4
+    if ethertype == ETH_P_IP and len(frame) >= offset + 20:
+        header_len = (frame[offset] & 0x0F) * 4
+        if frame[offset + 9] != IPPROTO_TCP or \
+                int.from_bytes(frame[offset + 6:offset + 8], "big") & IP_MORE_FRAGMENTS_AND_OFFSET:
+            return frame
+        tcp_len = int.from_bytes(frame[offset + 2:offset + 4], "big") - header_len
+        pseudo = frame[offset + 12:offset + 20] + struct.pack("!BBH", 0, IPPROTO_TCP, tcp_len & 0xFFFF)
+        start = offset + header_len
+    elif ethertype == ETH_P_IPV6 and len(frame) >= offset + 40 and frame[offset + 6] == IPPROTO_TCP:
+        tcp_len = int.from_bytes(frame[offset + 4:offset + 6], "big")
+        pseudo = frame[offset + 8:offset + 40] + struct.pack("!II", tcp_len, IPPROTO_TCP)
+        start = offset + 40
+    else:
+        return frame
+    segment = frame[start:start + tcp_len]
+    if tcp_len < 20 or len(segment) != tcp_len or \
+            int.from_bytes(segment[16:18], "big") != _ones_sum(pseudo) or _ones_sum(pseudo + segment) == 0xFFFF:
+        return frame
+    check = 0xFFFF - _ones_sum(pseudo + segment[:16] + b"\0\0" + segment[18:])
+    return frame[:start + 16] + check.to_bytes(2, "big") + frame[start + 18:]
+
+
 def run_capture(datapath, capture_path: str, settled: set | None = None, progress: Progress | None = None) -> int:
     """The capture's frames through the program, but for those of flows in
     settled (which the rings fill as they are read, after every frame run);
@@ -274,6 +316,7 @@ def run_capture(datapath, capture_path: str, settled: set | None = None, progres
             frame = to_ethernet(bytes(data), linktype)
             if frame is None or len(frame) < 14:
                 continue
+            frame = fill_offloaded_checksum(frame)
             frames += 1
             if progress and frames % PROGRESS_EVERY == 0:
                 progress.update(reader.f.tell(), frames)

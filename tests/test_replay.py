@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -158,3 +159,26 @@ def test_replay_names_quic_flows_even_when_the_client_hello_spans_datagrams(tmp_
                                           "rule": "block-lab", "action": "block", "method": "drop"}
     assert records["cdn.blocked.example"]["rule"] == "block-lab"
     assert records["open.example"]["proto"] == "quic" and records["open.example"]["rule"] is None
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6):
+    """tcpdump on the sending host sees TCP checksums the NIC has yet to fill
+    (the pseudo-header's sum only): replay fills them, so that the segments
+    are not taken for decoys the server drops; a wrong checksum stays wrong."""
+    import socket
+
+    from controller.replay import _ones_sum, fill_offloaded_checksum
+    from packets import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, client_hello, tcp_frame
+    hello = client_hello(b"blocked.example")
+    length = 20 + len(hello)
+    if v6:
+        pseudo = (socket.inet_pton(socket.AF_INET6, CLIENT_V6) + socket.inet_pton(socket.AF_INET6, SERVER_V6) +
+                  struct.pack("!II", length, 6))
+    else:
+        pseudo = socket.inet_aton(CLIENT_V4) + socket.inet_aton(SERVER_V4) + struct.pack("!BBH", 0, 6, length)
+    whole = tcp_frame(hello, v6=v6, vlans=("q",))
+    assert fill_offloaded_checksum(tcp_frame(hello, v6=v6, vlans=("q",), chksum=_ones_sum(pseudo))) == whole
+    assert fill_offloaded_checksum(whole) == whole
+    wrong = tcp_frame(hello, v6=v6, vlans=("q",), chksum=0xBEEF)
+    assert fill_offloaded_checksum(wrong) == wrong
