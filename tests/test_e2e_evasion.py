@@ -43,15 +43,6 @@ FAMILIES = pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 SCHEMES = pytest.mark.parametrize("scheme", ["https", "http"])
 
 
-def not_yet(kind: str):
-    return pytest.mark.xfail(strict=True, reason=f"receiver model: {kind} not yet")
-
-
-def judged(technique: str):
-    """A technique's parameter for the default profile: decoys wait for the receiver model."""
-    return pytest.param(technique, marks=not_yet(DECOYS[technique])) if technique in DECOYS else technique
-
-
 @pytest.fixture(scope="module")
 def lab():
     with Lab() as built:
@@ -124,7 +115,7 @@ def test_the_sender_reaches_the_server_with_every_technique_when_nothing_inspect
 
 @FAMILIES
 @SCHEMES
-@pytest.mark.parametrize("technique", [PLAIN, *(judged(t) for t in TECHNIQUES)])
+@pytest.mark.parametrize("technique", [PLAIN, *TECHNIQUES])
 def test_the_default_profile_blocks_the_real_name(lab, enforce, technique, family, scheme):
     datapath = enforce("judge")
     resets = rule_stats(datapath, "block-real")["resets"]
@@ -135,7 +126,6 @@ def test_the_default_profile_blocks_the_real_name(lab, enforce, technique, famil
 
 @FAMILIES
 @pytest.mark.parametrize("technique", list(DECOYS))
-@not_yet("sluice_evasion_detected_total")
 def test_the_default_profile_counts_each_decoy_by_kind(lab, enforce, technique, family):
     datapath = enforce("judge")
     before = evasions_detected(datapath)
@@ -148,7 +138,6 @@ def test_the_default_profile_counts_each_decoy_by_kind(lab, enforce, technique, 
 @FAMILIES
 @SCHEMES
 @pytest.mark.parametrize("technique", [PLAIN, *TECHNIQUES])
-@not_yet("on_evasion")
 def test_the_2021_profile_is_fooled_and_the_flow_passes(lab, enforce, technique, family, scheme):
     datapath = enforce("2021")
     resets, decoys_seen = rule_stats(datapath, "block-real")["resets"], rule_stats(datapath, "decoy-seen")["flows"]
