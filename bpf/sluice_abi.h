@@ -473,7 +473,8 @@ struct classification_event {
 	__u8 client_is_hi;
 	__u8 name_len;
 	char name[SLUICE_NAME_MAX + 1];
-	__u32 pad;			/* per-CPU values are a multiple of 8 bytes */
+	__u8 provisional;		/* 1: named from its SYN's data, which its next segment may undo */
+	__u8 pad[3];			/* per-CPU values are a multiple of 8 bytes */
 };
 
 #endif /* SLUICE_ABI_H */

@@ -131,6 +131,7 @@ static __always_inline void emit_event(const struct flow_state *flow, __u8 confi
 	event->proto = flow->proto;
 	event->client_is_hi = flow->client_is_hi;
 	event->name_len = name_len;
+	event->provisional = !!(flow->receiver & SLUICE_RECEIVER_SYN_DATA);
 	__builtin_memcpy(event->name, scratch->name, sizeof(event->name));
 	events.ringbuf_output(event, sizeof(*event), 0);
 }

@@ -195,14 +195,24 @@ class FlowReport:
         self.policy = policy
         self.records: list[dict] = []
         self.settled: set[tuple] = set()
+        self.provisional: dict[tuple, int] = {}     # flow -> its record, named from its SYN's data
 
     def add_event(self, event) -> None:
-        self.settled.add(settled_key(event.key))
+        """A flow named from its SYN's data stays open: its next segment may
+        undo that name (bpf/receiver.h), and its next event replaces it."""
+        key = settled_key(event.key)
         rule = self.policy.rule_by_id(event.rule_id) if self.policy and event.rule_id else None
         name = bytes(event.name[:event.name_len]).decode("ascii", "backslashreplace") \
             if event.name_len else None
-        self.records.append(_record(event.key, event.client_is_hi,
-                                    PROTO_NAMES.get(event.proto), name, rule))
+        record = _record(event.key, event.client_is_hi, PROTO_NAMES.get(event.proto), name, rule)
+        if key in self.provisional:
+            self.records[self.provisional.pop(key)] = record
+        else:
+            self.records.append(record)
+        if event.provisional:
+            self.provisional[key] = len(self.records) - 1
+        else:
+            self.settled.add(key)
 
 
     def add_quic_flow(self, key, client_is_hi, name, rule) -> None:

@@ -44,10 +44,8 @@ TECHNIQUES = (PLAIN, "split1", "split2", "multisplit", "disorder", "seqovl", *DE
 # What the 2021 profile, reading each segment alone, still names: see
 # tests/test_e2e_evasion.py (a request cut inside its first line).
 SEEN_BY_2021 = {(PLAIN, "tls"), (PLAIN, "http"), ("split1", "http"), ("split2", "http")}
-# Rows the receiver model has yet to make pass: the urgent byte; and replay
-# settles a flow at its first name, so the resend after a decoy in the SYN,
-# which the data plane judges again, is never run.
-NOT_YET = {URGENT: "urgent", SYN_DECOY: "replay of a flow judged again after its SYN's data"}
+# Rows the receiver model (the urgent byte) has yet to make pass.
+NOT_YET = {URGENT: "urgent"}
 
 
 def timestamps(step_back: int = 0) -> list:
