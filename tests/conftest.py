@@ -11,12 +11,19 @@ os.environ.setdefault("SLUICE_PIN_ROOT", f"/sys/fs/bpf/sluice-test-{os.getpid()}
 os.environ.setdefault("SLUICE_STATE_FILE", f"/run/sluice-test-{os.getpid()}/state.json")
 
 import pytest
+from hypothesis import settings
 
 import kernel_matrix_leg
 from controller.datapath import Datapath
 from controller.policy import load_policy
 from controller.testrun import run_xdp
 from packets import tcp_frame
+
+# No per-example deadline: this machine is shared and noisy, and time is a
+# benchmark's business (bench/), never a test's. A slow example is not a wrong one.
+settings.register_profile("sluice", deadline=None)
+settings.load_profile("sluice")
+
 
 def free_port() -> int:
     """A TCP port nothing listens on right now, for an exporter or a Prometheus."""
