@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Constants shared with the data plane, read from bpf/sluice_abi.h.
 
 The header is the single source of truth. Structs reach Python as the ctypes

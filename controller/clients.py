@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Client classes: named sets of IPv4 and IPv6 prefixes.
 
 A client belongs to the class of the most specific prefix that holds its

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The lab demo (`sluice demo`, and `sluice run` without --iface): the data
 plane on the edge of a namespace lab (controller/lab.py), the checks it
 passes or fails, and the metrics they moved."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A lab of network namespaces: client -> edge router -> server.
 
     client ns            edge ns                          server ns

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Server names: normalisation and the keys of the domain rule map.
 
 The data plane (bpf/domain_match.h) hashes a name right to left, so that after

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Run a piece of the controller inside a network namespace.
 
 Only the calling thread moves (setns), and only for the body: netlink

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Which rule applies to a flow: precedence, compiled into rule sets.
 
 Precedence, in order (docs/policy.md, "Precedence"):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """QUIC Initial packets: the server name in a client's first flight, read in user space.
 
 A QUIC client's first packets carry its handshake in the clear or under keys

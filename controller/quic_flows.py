@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """QUIC flows: the controller's half of classifying them (bpf/quic.h is the kernel's).
 
 The data plane sends each client Initial datagram of a young QUIC flow, of

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`sluice replay`: run the real data plane over a capture, offline.
 
 Every frame of a pcap or pcapng file goes, in order, through the same XDP

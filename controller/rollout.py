@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Rollout shares: which clients a rule applies to when it names a percentage.
 
 A client's place in every rollout is 32 bits of SipHash-2-4, under the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """When a rule is in force: active windows and escalation steps.
 
 A rule's `active` list holds windows: a span between two timestamps (either

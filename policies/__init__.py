@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Example policies, installed with the package so that `sluice demo` finds the lab policy."""
 
 from importlib.resources import files

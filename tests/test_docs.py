@@ -2,6 +2,7 @@
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,3 +53,13 @@ def test_the_policy_reference_documents_every_key_of_the_schema():
     reference = (REPO / "docs" / "policy.md").read_text()
     missing = sorted(key for key in schema_keys(schema) if f"`{key}" not in reference and f"{key}:" not in reference)
     assert not missing, f"keys of the schema that docs/policy.md never names: {missing}"
+
+
+def test_the_licence_is_the_gpl_2_that_pyproject_names_and_every_source_says_so():
+    assert "GNU GENERAL PUBLIC LICENSE\n                       Version 2, June 1991" in (REPO / "LICENSE").read_text()
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"] == {"text": "GPL-2.0-only"}
+    sources = [*(REPO / "bpf").glob("*.[ch]"), *(REPO / "bpf").glob("*.py"), *(REPO / "controller").rglob("*.py"),
+               *(REPO / "policies").glob("*.py")]
+    unmarked = [str(path.relative_to(REPO)) for path in sources
+                if "SPDX-License-Identifier: GPL-2.0-only" not in (path.read_text().splitlines() or [""])[0]]
+    assert not unmarked, "no SPDX line first: " + ", ".join(unmarked)

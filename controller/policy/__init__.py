@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Policy files: YAML in, checked rules out, every problem with file:line:column.
 
 The loader walks yaml's node graph rather than plain Python objects, because

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The details only some actions take: rates and bursts (throttle, shape), the
 horizon and fallback (shape), latency and jitter (delay), the method and page (block)."""
 

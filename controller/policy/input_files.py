@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Input files (policies, domains_file, prefixes_file): read whole, bounded, as text."""
 
 import os

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The policy file and its rules, read into a Policy: load_policy."""
 
 import os

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What a checked policy is: Policy and Rule (with their steps and rate limits),
 the problems a file is refused with, the actions, and the limits every value is held to."""
 

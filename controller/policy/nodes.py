@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """yaml nodes to values: each reader method records a Problem where the node
 stands in its file, and returns None (or a safe default) to let reading go on."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What a valid policy does, in a few lines, for `sluice validate`."""
 
 from .model import Policy

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Rates, sizes, durations and domain names, from the text a policy gives them in."""
 
 import ipaddress

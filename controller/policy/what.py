@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What a rule's flow is, beside its name: its protocol, its ClientHello's ECH
 and ALPN, its server's destination set; and when the action starts (after:)."""
 

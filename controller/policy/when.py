@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """When a rule acts: its active windows and its escalation steps."""
 
 from datetime import datetime

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Who a rule applies to: client classes (their prefixes), percent of clients by
 rollout hash, server ports, flows the client opened, and QUIC."""
 
