@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """How a block rule blocks, as the data plane needs it: the 451 page, and
 the tc ingress program that resets servers.
 
@@ -12,7 +13,7 @@ MTU: at most SLUICE_PAGE_BYTES_MAX bytes, headers included.
 XDP answers a client from the packet it was given and cannot send a second
 packet, the RST that frees the server's socket: where a rule answers
 clients, sluice_tc_reset sits on tc ingress of every interface and sends
-both (ServerResets).
+both (a TcFilter, controller/tc.py).
 
 QUIC flows are only ever dropped, whatever the method: an established QUIC
 connection is closed from outside only by a stateless reset, whose token the
@@ -30,15 +31,12 @@ import logging
 import re
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute, NetlinkError
+from pyroute2 import NetlinkError
 
 from .abi import ABI
-from .egress import FILTER_HANDLE, FILTER_PRIO, TC_H_CLSACT, EgressError, _index
-from .netns import inside_netns
+from .tc import TC_PARENT_INGRESS, TcError, TcFilter
 
 log = logging.getLogger(__name__)
-# clsact's ingress hook: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS).
-TC_PARENT_INGRESS = (TC_H_CLSACT & 0xFFFF0000) | 0xFFF2
 
 DEFAULT_PAGE_BODY = "This site is blocked by the network you are using.\n"
 # A URL as it may stand between <> in a Link header (RFC 8288): no spaces,
@@ -101,47 +99,7 @@ def answers_clients(policy) -> bool:
                for rule in policy.rules for stage in (rule, *(rule.at(step.at) for step in rule.escalate)))
 
 
-class ServerResets:
-    """sluice_tc_reset on one device's clsact ingress: the RST to the server
-    that XDP cannot send beside its reply to the client (bpf/block_reply.h)."""
-
-    def __init__(self, ifname: str, netns: str | None, program_fd: int):
-        self.ifname, self.netns = ifname, netns
-        with inside_netns(netns), IPRoute() as ipr:
-            index = _index(ipr, ifname, netns)
-            self.added_clsact = not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index))
-            if self.added_clsact:
-                ipr.tc("add", "clsact", index)
-            # replace, not add: the filter a crashed controller left is taken over.
-            self._set_filter(ipr, "replace-filter", index, program_fd)
-
-    def replace_program(self, program_fd: int) -> None:
-        """Swap in a reloaded policy's program, in place."""
-        with inside_netns(self.netns), IPRoute() as ipr:
-            self._set_filter(ipr, "replace-filter", _index(ipr, self.ifname, self.netns), program_fd)
-
-    @staticmethod
-    def _set_filter(ipr, command, index, program_fd) -> None:
-        ipr.tc(command, "bpf", index, parent=TC_PARENT_INGRESS, handle=FILTER_HANDLE,
-               fd=program_fd, name="sluice_tc_reset", direct_action=True, prio=FILTER_PRIO)
-
-    def close(self) -> None:
-        """Take the filter (and clsact, if it was ours) off the device."""
-        try:
-            with inside_netns(self.netns), IPRoute() as ipr:
-                links = ipr.link_lookup(ifname=self.ifname)
-                if not links:
-                    return
-                if self.added_clsact:
-                    ipr.tc("del", "clsact", links[0])
-                else:
-                    ipr.tc("del-filter", "bpf", links[0], parent=TC_PARENT_INGRESS,
-                           handle=FILTER_HANDLE, prio=FILTER_PRIO)
-        except NetlinkError as error:
-            log.warning("could not remove sluice_tc_reset from %s: %s", self.ifname, error)
-
-
-def set_up_server_resets(datapath, policy, interfaces) -> list[ServerResets]:
+def set_up_server_resets(datapath, policy, interfaces) -> list[TcFilter]:
     """Where a rule answers clients, put sluice_tc_reset on every interface's
     tc ingress and tell the data plane, so that servers are reset too.
 
@@ -152,8 +110,10 @@ def set_up_server_resets(datapath, policy, interfaces) -> list[ServerResets]:
     resets = []
     try:
         for ifname, netns in interfaces:
-            resets.append(ServerResets(ifname, netns, datapath.tc_reset_fd()))
-    except (NetlinkError, EgressError) as error:
+            # sluice_tc_reset on tc ingress: the RST to the server that XDP cannot
+            # send beside its reply to the client (bpf/block_reply.h).
+            resets.append(TcFilter(ifname, netns, TC_PARENT_INGRESS, "sluice_tc_reset", datapath.tc_reset_fd()))
+    except (NetlinkError, TcError) as error:
         for reset in resets:
             reset.close()
         log.warning("tc ingress unavailable (%s): blocked clients are reset, their servers are not", error)
@@ -188,7 +148,7 @@ def effective_method(rule, proto: str | None) -> str:
     return rule.block_method
 
 
-def follow_server_resets(resets: list[ServerResets], datapath, policy, interfaces) -> list[ServerResets]:
+def follow_server_resets(resets: list[TcFilter], datapath, policy, interfaces) -> list[TcFilter]:
     """For a reloaded policy's data plane: move the tc ingress programs to it
     and tell it they are there, or set them up if this is the first policy
     whose rules answer clients. Called before the XDP swap, so that the new

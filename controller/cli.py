@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """sluice: classify flows by TLS SNI and HTTP Host in XDP, and act on them.
 
   sluice demo                         build a lab of namespaces, show blocks, tear down
@@ -172,9 +173,9 @@ def cmd_replay(args) -> int:
 def cmd_run(args) -> int:
     if not args.iface:
         return lab_command(args, keep_running=True)
-    from .egress import EgressError
     from .netns import NetnsError
     from .service import InputError, Service, SetupError
+    from .tc import TcError
     from .xdp_link import AttachError
     if not args.policy:
         raise Refused("sluice run: --policy is required with --iface", EXIT_POLICY_ERROR)
@@ -195,7 +196,7 @@ def cmd_run(args) -> int:
     except Interrupted as signame:
         print(f"sluice run: {signame} while starting; nothing was left attached", file=sys.stderr)
         return 0
-    except (SetupError, AttachError, EgressError, NetnsError) as error:
+    except (SetupError, AttachError, TcError, NetnsError) as error:
         raise Refused(f"sluice run: {error}", EXIT_FAILURE) from None
     except Exception as error:      # bcc or the kernel refused the data plane; start undid its part
         raise Refused(f"sluice run: cannot load the data plane: {str(error).strip() or type(error).__name__}",

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """tc egress for `shape` and `delay`: the fq qdisc and the EDT program.
 
 sluice_tc_egress sets each shaped or delayed packet's departure time
@@ -15,21 +16,17 @@ import uuid
 from pyroute2 import IPRoute, NetlinkError
 
 from .netns import inside_netns
+from .tc import TC_H_ROOT, TC_PARENT_EGRESS, TcError, TcFilter, device_index
 
 log = logging.getLogger(__name__)
 
-TC_H_ROOT = 0xFFFFFFFF
-TC_H_CLSACT = 0xFFFFFFF1
-TC_H_MIN_EGRESS = 0xFFF3
-FILTER_PRIO = 1
-FILTER_HANDLE = 1
 # Root qdiscs the kernel installs by itself (handle 0:): replacing one of
 # these with fq and deleting fq later restores it.
 DEFAULT_ROOT_KINDS = {"noqueue", "pfifo_fast", "fq_codel", "mq", "fq", "pfifo", "sfq", "cake"}
 
 
-class EgressError(RuntimeError):
-    pass
+class EgressError(TcError):
+    """A device sluice cannot shape on."""
 
 
 def kernel_has_fq() -> bool:
@@ -49,7 +46,7 @@ class EgressShaper:
     def __init__(self, ifname: str, netns: str | None, program_fd: int):
         self.ifname, self.netns = ifname, netns
         with inside_netns(netns), IPRoute() as ipr:
-            index = _index(ipr, ifname, netns)
+            index = device_index(ipr, ifname, netns)
             root = _root_qdisc(ipr, index)
             self.installed_fq = False
             if root is None or (root["kind"] != "fq" and root["handle"] == 0):
@@ -66,39 +63,24 @@ class EgressShaper:
                 raise EgressError(
                     f"{ifname}: root qdisc {root['kind']} {root['handle'] >> 16:x}: was configured "
                     "by someone else; sluice will not replace it. Remove it, or shape on another device.")
-            self.added_clsact = not any(q.get_attr("TCA_KIND") == "clsact"
-                                        for q in ipr.get_qdiscs(index))
-            if self.added_clsact:
-                ipr.tc("add", "clsact", index)
-            self._set_filter(ipr, "add-filter", index, program_fd)
+        self.program = TcFilter(ifname, netns, TC_PARENT_EGRESS, "sluice_tc_egress", program_fd)
         log.info("shaping on %s egress (fq %s)", ifname,
                  f"installed over {self.previous_root}" if self.installed_fq else "already there")
 
     def replace_program(self, program_fd: int) -> None:
         """Swap in a reloaded policy's program, in place: the filter is never absent."""
-        with inside_netns(self.netns), IPRoute() as ipr:
-            self._set_filter(ipr, "replace-filter", _index(ipr, self.ifname, self.netns), program_fd)
-
-    @staticmethod
-    def _set_filter(ipr, command, index, program_fd) -> None:
-        ipr.tc(command, "bpf", index, parent=TC_H_CLSACT | TC_H_MIN_EGRESS, handle=FILTER_HANDLE,
-               fd=program_fd, name="sluice_tc_egress", direct_action=True, prio=FILTER_PRIO)
+        self.program.replace_program(program_fd)
 
     def close(self) -> None:
         """Put the device back as it was."""
+        self.program.close()
+        if not self.installed_fq:
+            return
         try:
             with inside_netns(self.netns), IPRoute() as ipr:
                 links = ipr.link_lookup(ifname=self.ifname)
-                if not links:
-                    return
-                index = links[0]
-                if self.added_clsact:
-                    ipr.tc("del", "clsact", index)
-                else:
-                    ipr.tc("del-filter", "bpf", index, parent=TC_H_CLSACT | TC_H_MIN_EGRESS,
-                           handle=FILTER_HANDLE, prio=FILTER_PRIO)
-                if self.installed_fq:
-                    ipr.tc("del", index=index, parent=TC_H_ROOT)
+                if links:
+                    ipr.tc("del", index=links[0], parent=TC_H_ROOT)
         except NetlinkError as error:
             log.warning("could not restore %s egress: %s", self.ifname, error)
 
@@ -126,13 +108,6 @@ def set_up_egress(datapath, policy, interfaces) -> list:
         datapath.police_shape_rules()
         return []
     return shapers
-
-
-def _index(ipr, ifname, netns) -> int:
-    links = ipr.link_lookup(ifname=ifname)
-    if not links:
-        raise EgressError(f"no interface named {ifname!r}" + (f" in netns {netns}" if netns else ""))
-    return links[0]
 
 
 def _root_qdisc(ipr, index) -> dict | None:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`sluice run` on real interfaces: attach, reload live, survive a crash, stop.
 
 State that must outlive one controller process lives in two places:
@@ -181,7 +182,7 @@ class Service:
         self.next_switch = None          # when a rule's schedule next changes what it does
         self.compiled_at = None          # the moment the data plane being installed was compiled for
         self.shapers: list = []
-        self.server_resets: list = []      # block_methods.ServerResets, where rules answer clients
+        self.server_resets: list = []      # tc.TcFilter of sluice_tc_reset, where rules answer clients
         self.loaded_at = 0.0
         self.policy_digest: str | None = None       # of the running policy's file
         self.seen_signature: tuple | None = None    # the file as last judged

@@ -1,6 +1,7 @@
 """Shared fixtures: a loaded data plane per policy, and a way to judge one payload."""
 
 import itertools
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -30,6 +31,32 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# A block rule of each method, for the block-method tests in BPF_PROG_TEST_RUN
+# and in the lab; each module names the domains its clients ask for.
+BLOCK_PAGE_BODY, BLOCK_PAGE_LINK = "Blocked by order 42.\n", "https://authority.example/orders/42"
+
+
+def block_methods_policy(reset_names: str, page_names: str, drop_names: str) -> str:
+    """A policy with a reset rule, a page rule and a drop rule; each *_names is
+    the rule's name keys, e.g. "domains: [reset.example]"."""
+    return f"""\
+version: 1
+rules:
+  - name: reset-rule
+    action: block
+    method: reset
+    {reset_names}
+  - name: page-rule
+    action: block
+    method: page
+    page: {{body: {json.dumps(BLOCK_PAGE_BODY)}, link: {json.dumps(BLOCK_PAGE_LINK)}}}
+    {page_names}
+  - name: drop-rule
+    action: block
+    {drop_names}
+"""
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")

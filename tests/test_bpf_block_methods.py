@@ -15,7 +15,7 @@ from scapy.layers.inet import IP, TCP, IPOption
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
-from conftest import needs_root
+from conftest import BLOCK_PAGE_BODY, BLOCK_PAGE_LINK, block_methods_policy, needs_root
 from controller.abi import ABI
 from controller.block_methods import BlockPage, ones_complement_sum
 from controller.testrun import run_xdp
@@ -23,23 +23,8 @@ from packets import CLIENT_MAC, SERVER_MAC, IPv6ExtHdrDestOpt, client_hello, htt
 
 pytestmark = needs_root
 
-POLICY = """
-version: 1
-rules:
-  - name: reset-rule
-    action: block
-    method: reset
-    domains: [reset.example]
-  - name: page-rule
-    action: block
-    method: page
-    page: {body: "Blocked by order 42.\\n", link: "https://authority.example/orders/42"}
-    domains: [page.example]
-  - name: drop-rule
-    action: block
-    domains: [drop.example]
-"""
-PAGE = BlockPage("Blocked by order 42.\n", "https://authority.example/orders/42")
+POLICY = block_methods_policy("domains: [reset.example]", "domains: [page.example]", "domains: [drop.example]")
+PAGE = BlockPage(BLOCK_PAGE_BODY, BLOCK_PAGE_LINK)
 CLIENT_SEQ, CLIENT_ACK = 1000, 7_000_001    # the client's next sequence number, and the server's
 FAMILIES = {"v4": dict(), "v6": dict(v6=True), "vlan": dict(vlans=("q",)), "qinq-v6": dict(v6=True, vlans=("ad", "q")),
             # The reply leaves options and extension headers behind: they were the client's.

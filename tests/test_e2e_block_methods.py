@@ -13,6 +13,7 @@ import os
 
 import pytest
 
+from conftest import block_methods_policy
 from controller.block_methods import set_up_server_resets
 from controller.datapath import Datapath
 from controller.lab import Lab
@@ -21,22 +22,7 @@ from controller.policy import load_policy
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 
-POLICY = """
-version: 1
-rules:
-  - name: reset-rule
-    action: block
-    method: reset
-    domains: [blocked.example]
-  - name: page-rule
-    action: block
-    method: page
-    page: {body: "Blocked by order 42.\\n", link: "https://authority.example/orders/42"}
-    exact: [exact.example]
-  - name: drop-rule
-    action: block
-    exact: [video.example]
-"""
+POLICY = block_methods_policy("domains: [blocked.example]", "exact: [exact.example]", "exact: [video.example]")
 FAST_FAILURE_S = 1.0        # a reset is answered from the edge; a second is far more than it takes
 DROP_TIMEOUT_S = 1.0
 _client_ports = iter(range(45000, 45100))
