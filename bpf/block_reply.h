@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* block_reply.h - answer the client of a blocked TCP flow, so that it fails
  * at once instead of waiting for its own timeout.
  *

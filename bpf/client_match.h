@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* client_match.h - who a rule applies to: the client's class, its share of
  * a rollout, the server port, and whether sluice saw the client open the
  * flow; and what the flow is: its protocol, the server's destination set,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* domain_match.h - normalise a server name and find the rule that names it.
  *
  * The name is hashed from its last byte to its first. Whenever the scan is

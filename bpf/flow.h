@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* flow.h - one flow table entry for both directions of a connection.
  *
  * The key stores the (address, port) end that sorts lower first, so a

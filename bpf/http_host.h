@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* http_host.h - find the Host header of an HTTP/1.x request.
  *
  * A request is recognised by its content, on any port: a method token, a

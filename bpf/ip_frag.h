@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* ip_frag.h - gather the IP fragments of a datagram, as the receiver will,
  * so that a hello sent in fragments is read like one sent whole.
  *

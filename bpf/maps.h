@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* maps.h - every map of the data plane, declared in one place.
  *
  * The controller finds these by name (controller/datapath.py); their key

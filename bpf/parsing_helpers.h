@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* parsing_helpers.h - walk Ethernet, VLAN, IPv4/IPv6 and TCP/UDP headers,
  * and one level of encapsulation around them.
  *

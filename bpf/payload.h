@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* payload.h - a per-CPU copy of the start of a packet's payload.
  *
  * The TLS and HTTP parsers walk lengths read from the packet itself. Rather

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* proxy_protocol.h - step over a PROXY protocol header (HAProxy's, v1 and
  * v2) that a load balancer puts at the start of a TCP stream it forwards,
  * ahead of the client's own first bytes.

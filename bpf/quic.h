@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* quic.h - hand the Initial packets of new QUIC flows to the controller.
  *
  * A QUIC client's first datagrams carry its ClientHello in Initial packets,

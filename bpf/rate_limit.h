@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* rate_limit.h - the policer (throttle) and the pacer (shape), both keyed on
  * one "next" time per direction.
  *

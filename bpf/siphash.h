@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* siphash.h - SipHash-2-4 of a 16-byte message, for rollout shares.
  *
  * A rollout must pick the same clients on every box, after every reload,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* sluice_abi.h - everything the data plane and the controller share.
  *
  * This header is the single source of truth for the layout of every map key,

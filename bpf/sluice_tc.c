@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* sluice_tc.c - give the packets of shaped and delayed flows a departure
  * time, at tc egress.
  *

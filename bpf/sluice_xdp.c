@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* sluice_xdp.c - classify each new TCP flow by its TLS SNI or HTTP Host and
  * apply the verdict of the rule that names it, in both directions.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* tcp_stream.h - put back together a ClientHello that spans TCP segments
  * or TLS records.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* tls_sni.h - find the server name in a TLS ClientHello.
  *
  * The ClientHello is recognised by its content, never by its port: a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* verdict.h - settle a flow under a rule, count it, and apply its action:
  * pass, drop or answer (block: see block_reply.h), drop silently (freeze),
  * or police (throttle), from the start or once the rule's trigger fires.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Compile the data plane with bcc, fill its maps from a policy, attach it.
 
 One Datapath is one loaded copy of bpf/sluice_xdp.c with its own maps. The

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Prometheus exporter: counters read from the data plane's maps at scrape time.
 
 The data plane counts in per-CPU maps; nothing in user space runs per
