@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* receiver.h - would the server keep this client segment as it came?
  *
  * Circumvention tools send a decoy before (or after) the real ClientHello,
