@@ -365,3 +365,29 @@ def test_validate_command_exit_status_and_messages(tmp_path):
                              capture_output=True, text=True)
     assert refused.returncode == 2
     assert f"{bad}:3:40: 'x..example' has an empty label" in refused.stderr
+
+
+def test_stable_ids_carry_the_rule_sets_over_with_the_renumbered_rules(tmp_path):
+    """A reload keeps rule ids by name; the rule sets the checked policy
+    computed come along (not computed twice) and name the rules by their
+    new ids, as rule sets computed afresh would."""
+    from controller import precedence
+    from controller.policy import with_stable_ids
+    policy = load_policy(write(tmp_path, """\
+version: 1
+classes:
+  mobile: {prefixes: [203.0.113.0/24]}
+rules:
+  - {name: open-cdn, action: allow, domains: [cdn.example.com]}
+  - {name: slow-mobile, action: throttle, rate: 1mbit, domains: [example.com, video.example], class: mobile}
+  - {name: block-all, action: block, domains: [example.com, ads.example]}
+"""))
+    assert "_rule_sets" in policy.__dict__, "the checked policy no longer computes its rule sets"
+    stable, ids = with_stable_ids(policy, {"block-all": 7, "open-cdn": 9})
+    assert [rule.id for rule in stable.rules] == [9, 10, 7]
+    carried = stable.rule_sets()
+    assert carried is not policy.rule_sets()
+    afresh = precedence.compile_rule_sets(stable.rules, {c.name: c.id for c in stable.classes.classes})
+    assert carried == afresh
+    assert all(rule in stable.rules for members in carried.sets.values() for rule in members)
+    assert {rule.id for members in carried.sets.values() for rule in members} == {7, 9, 10}
