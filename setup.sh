@@ -94,5 +94,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q -e '.[test]'
     touch "$stamp"
 fi
-.venv/bin/python -c 'import bcc, controller' || { echo "setup.sh: bcc or the controller does not import" >&2; exit 1; }
+.venv/bin/python -c 'import bcc, sluice' || { echo "setup.sh: bcc or the controller does not import" >&2; exit 1; }
 echo "setup.sh: ready (.venv/bin/sluice, kernel $release)"

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from controller.block_methods import set_up_server_resets  # noqa: E402
-from controller.datapath import Datapath  # noqa: E402
-from controller.lab import Lab  # noqa: E402
-from controller.policies import lab_policy_path  # noqa: E402
-from controller.policy import load_policy  # noqa: E402
+from sluice.block_methods import set_up_server_resets  # noqa: E402
+from sluice.datapath import Datapath  # noqa: E402
+from sluice.lab import Lab  # noqa: E402
+from sluice.policies import lab_policy_path  # noqa: E402
+from sluice.policy import load_policy  # noqa: E402
 
 CASES = (("reset", "reset.example", "https"), ("page", "page.example", "http"),
          ("page over TLS", "page.example", "https"), ("drop", "blocked.example", "https"),

@@ -35,10 +35,10 @@ from pathlib import Path
 import bcc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from controller import xdp_link  # noqa: E402
-from controller.datapath import Datapath  # noqa: E402
-from controller.lab import SERVER_V4, Lab  # noqa: E402
-from controller.policy import load_policy  # noqa: E402
+from sluice import xdp_link  # noqa: E402
+from sluice.datapath import Datapath  # noqa: E402
+from sluice.lab import SERVER_V4, Lab  # noqa: E402
+from sluice.policy import load_policy  # noqa: E402
 from pairs import alternate  # noqa: E402
 
 CHURN_REQUESTS = 5000

@@ -30,8 +30,8 @@ from scapy.layers.tls.handshake import TLSClientHello
 from scapy.layers.tls.record import TLS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from controller.names import normalise  # noqa: E402
-from controller.replay import report_unsettled, run_capture  # noqa: E402
+from sluice.names import normalise  # noqa: E402
+from sluice.replay import report_unsettled, run_capture  # noqa: E402
 from ndpi_corpus import FLOW_TABLES, Corpus  # noqa: E402
 
 MACS = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from controller.abi import ABI  # noqa: E402
-from controller.datapath import Datapath  # noqa: E402
-from controller.quic_flows import QuicFlows  # noqa: E402
-from controller.replay import CaptureError, FlowReport, report_unsettled, run_capture  # noqa: E402
+from sluice.abi import ABI  # noqa: E402
+from sluice.datapath import Datapath  # noqa: E402
+from sluice.quic_flows import QuicFlows  # noqa: E402
+from sluice.replay import CaptureError, FlowReport, report_unsettled, run_capture  # noqa: E402
 
 CORPUS = Path("tests/cfgs/default")
 PROTOCOLS = {"TLS": ("tls", "TCP"), "HTTP": ("http", "TCP"), "QUIC": ("quic", "UDP")}

@@ -35,11 +35,11 @@ from scapy.layers.tls.record import TLS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from controller.abi import bpf_source_dir  # noqa: E402
-from controller.datapath import Datapath  # noqa: E402
-from controller.libbpf import MapInfo, object_info  # noqa: E402
-from controller.policy import load_policy  # noqa: E402
-from controller.testrun import run_xdp  # noqa: E402
+from sluice.abi import bpf_source_dir  # noqa: E402
+from sluice.datapath import Datapath  # noqa: E402
+from sluice.libbpf import MapInfo, object_info  # noqa: E402
+from sluice.policy import load_policy  # noqa: E402
+from sluice.testrun import run_xdp  # noqa: E402
 from packets import GRE_KEY, GTPU_PDU_SESSION_CONTAINER, encapsulate  # noqa: E402
 
 CLIENT, SERVER = "192.0.2.2", "198.51.100.2"

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # Pins and lock of the bench's own, never a deployed sluice's (nor another bench's).
 os.environ.setdefault("SLUICE_PIN_ROOT", f"/sys/fs/bpf/sluice-bench-{os.getpid()}")
 os.environ.setdefault("SLUICE_STATE_FILE", f"/run/sluice-bench-{os.getpid()}/state.json")
-from controller.lab import Lab  # noqa: E402
-from controller.service import Service  # noqa: E402
+from sluice.lab import Lab  # noqa: E402
+from sluice.service import Service  # noqa: E402
 
 
 def write_policy(path: Path, names: int) -> None:

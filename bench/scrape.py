@@ -29,10 +29,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from controller.abi import ABI  # noqa: E402
-from controller.datapath import Datapath  # noqa: E402
-from controller.metrics import SluiceCollector  # noqa: E402
-from controller.policy import load_policy  # noqa: E402
+from sluice.abi import ABI  # noqa: E402
+from sluice.datapath import Datapath  # noqa: E402
+from sluice.metrics import SluiceCollector  # noqa: E402
+from sluice.policy import load_policy  # noqa: E402
 
 POLICY = "version: 1\nrules:\n  - {name: blocker, action: block, domains: [blocked.example]}\n"
 MiB = 1024 * 1024
@@ -69,7 +69,7 @@ def validate_peak_rss(domains: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as directory:
         policy = write_feed_policy(directory, domains)
         started = time.monotonic()
-        process = subprocess.Popen([sys.executable, "-m", "controller.cli", "--max-input-size", "1GiB",
+        process = subprocess.Popen([sys.executable, "-m", "sluice", "--max-input-size", "1GiB",
                                     "validate", str(policy)], stdout=subprocess.DEVNULL)
         _pid, status, usage = os.wait4(process.pid, 0)
         seconds = time.monotonic() - started
@@ -102,7 +102,7 @@ def run_peak_rss(domains: int, port: int = 19473) -> tuple[float, float]:
         with tempfile.TemporaryDirectory() as directory:
             policy = write_feed_policy(directory, domains)
             started = time.monotonic()
-            process = subprocess.Popen([sys.executable, "-m", "controller.cli", "--max-input-size", "1GiB",
+            process = subprocess.Popen([sys.executable, "-m", "sluice", "--max-input-size", "1GiB",
                                         "run", "--policy", str(policy), "--netns", tag, "--iface", "bench0",
                                         "--metrics-address", "127.0.0.1", "--metrics-port", str(port)],
                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

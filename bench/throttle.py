@@ -33,10 +33,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from controller.datapath import Datapath  # noqa: E402
-from controller.egress import kernel_has_fq, set_up_egress  # noqa: E402
-from controller.lab import Lab  # noqa: E402
-from controller.policy import load_policy, parse_rate  # noqa: E402
+from sluice.datapath import Datapath  # noqa: E402
+from sluice.egress import kernel_has_fq, set_up_egress  # noqa: E402
+from sluice.lab import Lab  # noqa: E402
+from sluice.policy import load_policy, parse_rate  # noqa: E402
 from pairs import PairedRatio, alternate  # noqa: E402
 
 SECONDS_FOR = {128_000: 12.0, 1_000_000: 8.0}   # slow rates need longer runs to average out

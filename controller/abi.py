@@ -20,7 +20,7 @@ _MEMBER = re.compile(r"^\s*(SLUICE_\w+)\s*(?:=\s*(\d+))?\s*,", re.MULTILINE)
 
 def bpf_source_dir():
     """Where the C sources are, in a checkout or an installed copy alike."""
-    return files("controller.bpf")
+    return files("sluice.bpf")
 
 
 def parse_constants(text: str) -> dict[str, int]:

@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 
 # Controllers the tests start pin their state here, never where a deployed
-# sluice on this machine keeps its own (set before controller.service loads).
+# sluice on this machine keeps its own (set before sluice.service loads).
 os.environ.setdefault("SLUICE_PIN_ROOT", f"/sys/fs/bpf/sluice-test-{os.getpid()}")
 os.environ.setdefault("SLUICE_STATE_FILE", f"/run/sluice-test-{os.getpid()}/state.json")
 
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import settings
 
 import kernel_matrix_leg
-from controller.datapath import Datapath
-from controller.policy import load_policy
-from controller.testrun import run_xdp
+from sluice.datapath import Datapath
+from sluice.policy import load_policy
+from sluice.testrun import run_xdp
 from packets import tcp_frame
 
 # No per-example deadline: this machine is shared and noisy, and time is a

@@ -35,7 +35,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from controller.netns import inside_netns
+from sluice.netns import inside_netns
 
 # linux/tcp.h, not in Python's socket module
 TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, TCP_REPAIR_OFF_NO_WP = 19, 20, 2, -1

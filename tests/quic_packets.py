@@ -12,7 +12,7 @@ import struct
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from controller.quic import (QUIC_V1, QUIC_V2, VERSIONS, GoogleChlo, GquicFrames, InitialSecret, client_initial_keys,
+from sluice.quic import (QUIC_V1, QUIC_V2, VERSIONS, GoogleChlo, GquicFrames, InitialSecret, client_initial_keys,
                              fnv1a_128, gquic_long_initial)
 from packets import client_hello
 

@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from controller.abi import ABI, COUNTER_NAMES, parse_constants
-from controller.datapath import STAGE_FUNCTIONS
+from sluice.abi import ABI, COUNTER_NAMES, parse_constants
+from sluice.datapath import STAGE_FUNCTIONS
 
 pytestmark = [pytest.mark.bpf,
               pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.bpf,
 
 @pytest.fixture(scope="module")
 def datapath():
-    from controller.datapath import Datapath
+    from sluice.datapath import Datapath
     loaded = Datapath(None)
     yield loaded
     loaded.close()
@@ -141,7 +141,7 @@ def test_constant_parser_reads_defines_and_enums():
 
 
 def test_direction_fields_match_the_struct(datapath):
-    from controller.datapath import DIRECTION_FIELDS
+    from sluice.datapath import DIRECTION_FIELDS
     rule_stats = datapath.table("rule_stats").sLeaf
     direction_type = dict(rule_stats._fields_)["dir"]._type_
     assert tuple(name for name, _ in direction_type._fields_) == DIRECTION_FIELDS

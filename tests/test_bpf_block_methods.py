@@ -16,9 +16,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
 from conftest import BLOCK_PAGE_BODY, BLOCK_PAGE_LINK, block_methods_policy, needs_root
-from controller.abi import ABI
-from controller.block_methods import BlockPage, ones_complement_sum
-from controller.testrun import run_xdp
+from sluice.abi import ABI
+from sluice.block_methods import BlockPage, ones_complement_sum
+from sluice.testrun import run_xdp
 from packets import CLIENT_MAC, SERVER_MAC, IPv6ExtHdrDestOpt, client_hello, http_request, tcp_frame
 
 pytestmark = needs_root
@@ -197,8 +197,8 @@ def test_replay_and_explain_show_the_method(datapath, tmp_path, capsys):
     the flow had it: a page for plain HTTP, a reset for TLS under the same
     rule; `sluice explain` names the method."""
     from scapy.utils import wrpcap
-    from controller.cli import main
-    from controller.replay import replay
+    from sluice.cli import main
+    from sluice.replay import replay
     frames = []
     for port, (name, payload, dport) in enumerate([("reset.example", client_hello(b"reset.example"), 443),
                                                    ("page.example", http_request("page.example"), 80),
@@ -225,7 +225,7 @@ def test_replay_and_explain_show_the_method(datapath, tmp_path, capsys):
     ("method: page\n    page: {colour: red}", "unknown key 'colour' in page; allowed: body, link"),
 ])
 def test_a_bad_method_or_page_is_one_clear_line(tmp_path, rule, problem):
-    from controller.policy import PolicyError, load_policy
+    from sluice.policy import PolicyError, load_policy
     path = tmp_path / "policy.yaml"
     path.write_text(f"version: 1\nrules:\n  - name: r\n    action: block\n    domains: [a.example]\n    {rule}\n")
     with pytest.raises(PolicyError) as refused:
@@ -236,7 +236,7 @@ def test_a_bad_method_or_page_is_one_clear_line(tmp_path, rule, problem):
 
 
 def test_method_is_refused_for_other_actions_and_defaults_to_drop(tmp_path):
-    from controller.policy import PolicyError, load_policy
+    from sluice.policy import PolicyError, load_policy
     path = tmp_path / "policy.yaml"
     path.write_text("version: 1\nrules:\n  - name: r\n    action: allow\n    domains: [a.example]\n"
                     "    method: reset\n")

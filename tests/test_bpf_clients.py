@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import needs_root
-from controller.rollout import in_rollout
-from controller.testrun import run_xdp
+from sluice.rollout import in_rollout
+from sluice.testrun import run_xdp
 from packets import client_hello, tcp_frame
 
 pytestmark = [pytest.mark.bpf, needs_root]

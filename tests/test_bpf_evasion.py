@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import needs_root
-from controller.testrun import run_xdp
+from sluice.testrun import run_xdp
 from packets import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, client_hello, http_request, tcp_frame
 from test_bpf_reassembly import ISN, browser_hello
 
@@ -330,7 +330,7 @@ def test_the_kinds_are_exported_to_prometheus(dp):
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from controller.metrics import SluiceCollector
+    from sluice.metrics import SluiceCollector
     registry = CollectorRegistry()
     registry.register(SluiceCollector(SimpleNamespace(datapath=dp, policy=dp.policy, loaded_at=0.0,
                                                       policy_digest="", reloads={"success": 0, "failure": 0})))

@@ -5,8 +5,8 @@ import ctypes
 import pytest
 
 from conftest import judge, needs_root
-from controller.abi import ABI
-from controller.testrun import run_xdp
+from sluice.abi import ABI
+from sluice.testrun import run_xdp
 from packets import client_hello, http_request, tcp_frame
 
 pytestmark = [pytest.mark.bpf, needs_root]

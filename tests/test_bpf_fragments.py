@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import needs_root
-from controller.abi import ABI
-from controller.quic_flows import QuicFlows
-from controller.testrun import run_xdp
+from sluice.abi import ABI
+from sluice.quic_flows import QuicFlows
+from sluice.testrun import run_xdp
 from packets import (IPv6ExtHdrFragment, client_hello, extension, http_request, ip_fragments, tcp_frame,
                      udp_frame)
 from quic_packets import crypto_frame, handshake_client_hello, initial_packet

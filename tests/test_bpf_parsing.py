@@ -16,8 +16,8 @@ from conftest import judge, needs_root
 from packets import (EXT_ALPN, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
                      IPv6ExtHdrRouting, client_hello, extension, http_request, sni_extension,
                      split_into_records, tcp_frame, udp_frame)
-from controller.abi import ABI
-from controller.testrun import run_xdp
+from sluice.abi import ABI
+from sluice.testrun import run_xdp
 
 pytestmark = [pytest.mark.bpf, needs_root]
 

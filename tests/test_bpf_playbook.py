@@ -16,7 +16,7 @@ import random
 import pytest
 
 from conftest import needs_root
-from controller.testrun import run_xdp
+from sluice.testrun import run_xdp
 from packets import EXT_ECH, EXT_PADDING, alpn_extension, client_hello, extension, http_request, tcp_frame
 
 pytestmark = [pytest.mark.bpf, needs_root]

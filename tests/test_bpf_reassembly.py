@@ -12,7 +12,7 @@ import struct
 import pytest
 
 from conftest import needs_root
-from controller.testrun import run_xdp
+from sluice.testrun import run_xdp
 from packets import client_hello, extension, tcp_frame
 
 pytestmark = [pytest.mark.bpf, needs_root]

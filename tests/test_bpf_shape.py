@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from controller.testrun import run_tc, run_xdp
+from sluice.testrun import run_tc, run_xdp
 from packets import client_hello, tcp_frame
 
 pytestmark = [pytest.mark.bpf,

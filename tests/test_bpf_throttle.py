@@ -14,9 +14,9 @@ from scapy.layers.tls.extensions import ServerName, TLS_Ext_ServerName
 from scapy.layers.tls.handshake import TLSClientHello
 from scapy.layers.tls.record import TLS
 
-from controller.datapath import Datapath
-from controller.policy import load_policy
-from controller.testrun import run_xdp
+from sluice.datapath import Datapath
+from sluice.policy import load_policy
+from sluice.testrun import run_xdp
 
 pytestmark = [pytest.mark.bpf,
               pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]

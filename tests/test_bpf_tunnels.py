@@ -18,9 +18,9 @@ import pytest
 from scapy.all import Ether, wrpcap
 
 from conftest import judge, needs_root
-from controller.policy import load_policy
-from controller.quic_flows import QuicFlows
-from controller.testrun import run_xdp
+from sluice.policy import load_policy
+from sluice.quic_flows import QuicFlows
+from sluice.testrun import run_xdp
 from packets import (ETH_P_IP, GRE_CHECKSUM, GRE_KEY, GRE_SEQUENCE, GTPU_ECHO_REQUEST,
                      GTPU_PDU_SESSION_CONTAINER, client_hello, encapsulate, gre_header, gtpu_header,
                      http_request, tcp_frame, udp_frame, vxlan_header)
@@ -236,7 +236,7 @@ def test_replay_names_the_flows_of_a_tunnelled_capture(tmp_path):
         frames += [wrap(tcp_frame(sport=port, flags="S")), wrap(tcp_frame(sport=port, flags="SA", reply=True)),
                    wrap(tcp_frame(client_hello(f"{name}.example".encode()), sport=port))]
     wrpcap(str(tmp_path / "tunnels.pcap"), [Ether(frame) for frame in frames])
-    result = subprocess.run([sys.executable, "-m", "controller.cli", "replay", "--json", str(tmp_path / "tunnels.pcap")],
+    result = subprocess.run([sys.executable, "-m", "sluice", "replay", "--json", str(tmp_path / "tunnels.pcap")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     names = {json.loads(line)["name"] for line in result.stdout.splitlines()}

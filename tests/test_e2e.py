@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from controller.datapath import Datapath
-from controller.lab import CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6, Lab
-from controller.policies import lab_policy_path
-from controller.policy import load_policy
+from sluice.datapath import Datapath
+from sluice.lab import CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6, Lab
+from sluice.policies import lab_policy_path
+from sluice.policy import load_policy
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
@@ -120,7 +120,7 @@ def test_refused_policy_attaches_nothing(lab, tmp_path):
     """A bad policy exits 2 with file:line:column, and the interface stays bare."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nrules:\n  - name: x\n    action: explode\n    domains: [blocked.example]\n")
-    result = lab.run_in(lab.client_ns, [sys.executable, "-m", "controller.cli", "run",
+    result = lab.run_in(lab.client_ns, [sys.executable, "-m", "sluice", "run",
                                         "--policy", str(bad), "--iface", "eth0"],
                         capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
@@ -149,7 +149,7 @@ def test_generic_mode_when_asked_and_reported_as_such():
 
 def test_an_interface_with_someone_elses_xdp_program_is_refused():
     import bcc
-    from controller import xdp_link
+    from sluice import xdp_link
     other = bcc.BPF(text=b"int other(struct xdp_md *ctx) { return XDP_PASS; }")
     with Lab() as own_lab:
         link = xdp_link.attach(other.load_func(b"other", bcc.BPF.XDP).fd, own_lab.edge_client_iface, own_lab.edge_ns)

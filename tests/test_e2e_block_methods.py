@@ -14,10 +14,10 @@ import os
 import pytest
 
 from conftest import block_methods_policy
-from controller.block_methods import set_up_server_resets
-from controller.datapath import Datapath
-from controller.lab import Lab
-from controller.policy import load_policy
+from sluice.block_methods import set_up_server_resets
+from sluice.datapath import Datapath
+from sluice.lab import Lab
+from sluice.policy import load_policy
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
@@ -133,7 +133,7 @@ def test_resets_and_pages_are_exported_per_rule(lab, enforced):
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from controller.metrics import SluiceCollector
+    from sluice.metrics import SluiceCollector
     datapath, policy = enforced
     registry = CollectorRegistry()
     registry.register(SluiceCollector(SimpleNamespace(datapath=datapath, policy=policy, loaded_at=0.0,

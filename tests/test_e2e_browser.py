@@ -14,10 +14,10 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.utils import rdpcap
 
-from controller.datapath import Datapath
-from controller.lab import SERVER_V4, Lab
-from controller.policies import lab_policy_path
-from controller.policy import load_policy
+from sluice.datapath import Datapath
+from sluice.lab import SERVER_V4, Lab
+from sluice.policies import lab_policy_path
+from sluice.policy import load_policy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 
@@ -80,7 +80,7 @@ def test_a_chrome_hello_is_judged_live_and_named_in_replay(lab, tmp_path):
     assert hello_len > len(client_segments[hello_start]), "the hello spans segments"
     assert X25519MLKEM768 in b"".join(client_segments[hello_start:hello_start + 3])
 
-    replayed = subprocess.run([sys.executable, "-m", "controller.cli", "replay", "--policy", lab_policy_path(),
+    replayed = subprocess.run([sys.executable, "-m", "sluice", "replay", "--policy", lab_policy_path(),
                                "--json", str(capture)], capture_output=True, text=True, check=True).stdout
     records = [json.loads(line) for line in replayed.splitlines()]
     named = {(r["name"], r["rule"]) for r in records if r["proto"] == "tls"}

@@ -17,11 +17,11 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.block_methods import set_up_server_resets
-from controller.datapath import Datapath
-from controller.lab import Lab
-from controller.metrics import SluiceCollector
-from controller.policy import load_policy
+from sluice.block_methods import set_up_server_resets
+from sluice.datapath import Datapath
+from sluice.lab import Lab
+from sluice.metrics import SluiceCollector
+from sluice.policy import load_policy
 from evasion_sender import DECOYS, PLAIN, TECHNIQUES, fetch
 
 pytestmark = [pytest.mark.e2e,

@@ -12,10 +12,10 @@ import threading
 
 import pytest
 
-from controller.datapath import Datapath
-from controller.lab import SERVER_V4, SERVER_V6, Lab
-from controller.policy import load_policy
-from controller.quic_flows import QuicFlows
+from sluice.datapath import Datapath
+from sluice.lab import SERVER_V4, SERVER_V6, Lab
+from sluice.policy import load_policy
+from sluice.quic_flows import QuicFlows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 

@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from controller.datapath import Datapath
-from controller.egress import EgressError, kernel_has_fq, set_up_egress
-from controller.lab import Lab
-from controller.policy import load_policy
+from sluice.datapath import Datapath
+from sluice.egress import EgressError, kernel_has_fq, set_up_egress
+from sluice.lab import Lab
+from sluice.policy import load_policy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 
@@ -79,7 +79,7 @@ def root_qdisc(lab, ifname) -> str:
 @needs_no_fq
 def test_without_fq_shape_and_delay_are_refused_by_name_and_nothing_is_attached(lab, tmp_path):
     path = policy_file(tmp_path, POLICY)
-    result = lab.run_in(lab.edge_ns, [sys.executable, "-m", "controller.cli", "run", "--policy", str(path),
+    result = lab.run_in(lab.edge_ns, [sys.executable, "-m", "sluice", "run", "--policy", str(path),
                                       "--iface", lab.edge_client_iface, "--iface", lab.edge_server_iface],
                         timeout=120)
     assert result.returncode == 1

@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from controller.datapath import Datapath
-from controller.lab import Lab
-from controller.policy import load_policy
+from sluice.datapath import Datapath
+from sluice.lab import Lab
+from sluice.policy import load_policy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from controller.lab import Lab
-from controller.service import PIN_ROOT, STATE_FILE
+from sluice.lab import Lab
+from sluice.service import PIN_ROOT, STATE_FILE
 from test_deploy import unit_settings
 from test_service import BLOCK_ONE, BLOCK_TWO, SLUICE, Controller, reloads
 

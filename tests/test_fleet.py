@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from conftest import free_port
-from controller.lab import Lab
-from controller.policy import load_policy
+from sluice.lab import Lab
+from sluice.policy import load_policy
 from test_deploy import CAPABILITY_BITS, capability_mask, unit_settings
 from test_faults import atomic_write
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 import reference_parser
 from conftest import BOOKKEEPING, needs_root
-from controller.testrun import run_xdp
+from sluice.testrun import run_xdp
 from packets import client_hello, extension, http_request, split_into_records, tcp_frame
 from reference_parser import (HTTP_HOST_FOUND, HTTP_NO_HOST, HTTP_TRUNCATED, TLS_NO_SNI, TLS_SNI_FOUND,
                               Outcome, classify, normalise)

@@ -13,13 +13,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # Each layer may import the ones before it, never one after it.
-LAYERS = ["controller.abi", "controller.policy", "controller.datapath", "controller.service",
-          "controller.demo", "controller.cli"]
+LAYERS = ["sluice.abi", "sluice.policy", "sluice.datapath", "sluice.service",
+          "sluice.demo", "sluice.cli"]
 
 
 def controller_modules() -> dict[str, Path]:
     """Every module of the installed packages (pyproject's list: bpf/ and
-    policies/ install as controller.bpf and controller.policies), by name."""
+    policies/ install as sluice.bpf and sluice.policies), by name."""
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     modules = {}
     for package in packages:
@@ -27,7 +27,7 @@ def controller_modules() -> dict[str, Path]:
         modules[package] = Path(spec.origin)
         for location in spec.submodule_search_locations:
             for path in Path(location).glob("*.py"):
-                if path.name != "__init__.py":
+                if path.name not in ("__init__.py", "__main__.py"):   # __main__ runs the CLI
                     modules[f"{package}.{path.stem}"] = path
     return modules
 
@@ -107,7 +107,7 @@ for name in sys.argv[1].split(","):
 
 
 def test_each_module_imports_alone():
-    """`import controller.X` works as the first import of a process, for every X."""
+    """`import sluice.X` works as the first import of a process, for every X."""
     names = sorted(controller_modules())
     result = subprocess.run([sys.executable, "-c", IMPORT_EACH_IN_A_FORK, ",".join(names), *THIRD_PARTY],
                             capture_output=True, text=True, timeout=300)
@@ -118,8 +118,8 @@ def test_each_module_imports_alone():
 def test_validate_runs_without_bcc():
     """validate checks a policy on any machine: the handlers that load bcc import it lazily."""
     script = ("import sys\n"
-              "from controller.cli import main\n"
-              "from controller.policies import lab_policy_path\n"
+              "from sluice.cli import main\n"
+              "from sluice.policies import lab_policy_path\n"
               "status = main(['validate', lab_policy_path()])\n"
               "print(status, sorted(m for m in sys.modules if m.split('.')[0] == 'bcc'))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -9,8 +9,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.names import name_hashes, name_hashes_many, normalise
-from controller.policy import (DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS, PolicyError, load_policy,
+from sluice.names import name_hashes, name_hashes_many, normalise
+from sluice.policy import (DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS, PolicyError, load_policy,
                                parse_duration, parse_rate, parse_size, policy_summary)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -298,7 +298,7 @@ def test_explain_prints_each_condition_it_checked(tmp_path):
                                                 "after: {bytes: 16KiB, direction: down}"))
 
     def explain(*argv):
-        return subprocess.run([sys.executable, "-m", "controller.cli", "explain", "--policy", str(path),
+        return subprocess.run([sys.executable, "-m", "sluice", "explain", "--policy", str(path),
                                "--client", "192.0.2.7", *argv], capture_output=True, text=True, check=True).stdout
     out = explain("--server", "198.51.100.9", "--ech", "--alpn", "h3,h2")
     assert "rule a: applies (server 198.51.100.9 in destinations cdn (198.51.100.0/24); ECH present; ALPN offers h2)" \
@@ -318,7 +318,7 @@ def test_a_bad_playbook_policy_is_one_line_and_exit_2(tmp_path):
     import subprocess
     import sys
     bad = write(tmp_path, PLAYBOOK_RULE.format("action: freeze, destination: cdn, after: {bytes: lots, direction: down}"))
-    refused = subprocess.run([sys.executable, "-m", "controller.cli", "validate", str(bad)],
+    refused = subprocess.run([sys.executable, "-m", "sluice", "validate", str(bad)],
                              capture_output=True, text=True)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [f"{bad}:5:64: bytes: not a size: 'lots' (use a number and B, KB, "
@@ -359,9 +359,9 @@ def test_validate_command_exit_status_and_messages(tmp_path):
     import sys
     good = write(tmp_path, "version: 1\nrules:\n  - {name: a, action: block, domains: [x.example]}\n", "good.yaml")
     bad = write(tmp_path, "version: 1\nrules:\n  - {name: a, action: block, domains: [x..example]}\n", "bad.yaml")
-    ok = subprocess.run([sys.executable, "-m", "controller.cli", "validate", str(good)], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "sluice", "validate", str(good)], capture_output=True, text=True)
     assert ok.returncode == 0 and "valid, 1 rules naming 1 domains" in ok.stdout
-    refused = subprocess.run([sys.executable, "-m", "controller.cli", "validate", str(bad)],
+    refused = subprocess.run([sys.executable, "-m", "sluice", "validate", str(bad)],
                              capture_output=True, text=True)
     assert refused.returncode == 2
     assert f"{bad}:3:40: 'x..example' has an empty label" in refused.stderr
@@ -371,8 +371,8 @@ def test_stable_ids_carry_the_rule_sets_over_with_the_renumbered_rules(tmp_path)
     """A reload keeps rule ids by name; the rule sets the checked policy
     computed come along (not computed twice) and name the rules by their
     new ids, as rule sets computed afresh would."""
-    from controller import precedence
-    from controller.policy import with_stable_ids
+    from sluice import precedence
+    from sluice.policy import with_stable_ids
     policy = load_policy(write(tmp_path, """\
 version: 1
 classes:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from controller.lab import Lab
-from controller.policies import lab_policy_path
+from sluice.lab import Lab
+from sluice.policies import lab_policy_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 
@@ -47,7 +47,7 @@ def test_promql_sees_the_counters_of_real_traffic(tmp_path):
                       f"      - targets: ['127.0.0.1:{EXPORTER_PORT}']\n")
     with Lab() as lab:
         controller = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "run", "--policy", lab_policy_path(), "--netns", lab.edge_ns,
+            [sys.executable, "-m", "sluice", "run", "--policy", lab_policy_path(), "--netns", lab.edge_ns,
              "--iface", "cli0", "--iface", "srv0", "--metrics-port", str(EXPORTER_PORT)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         prometheus = subprocess.Popen(

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from scapy.all import IP, UDP, Raw
 
 from conftest import needs_root
-from controller.quic_flows import QuicFlows
-from controller.testrun import run_xdp
+from sluice.quic_flows import QuicFlows
+from sluice.testrun import run_xdp
 
-from controller.quic import (MAX_CRYPTO_BYTES, MAX_DATAGRAMS, QUIC_V1, QUIC_V2, VERSIONS, ClientHelloInfo,
+from sluice.quic import (MAX_CRYPTO_BYTES, MAX_DATAGRAMS, QUIC_V1, QUIC_V2, VERSIONS, ClientHelloInfo,
                              GoogleChlo, InitialReassembler, QuicError, client_hello_from_datagram,
                              client_initial_keys, family, fnv1a_128)
 from packets import CLIENT_V4, SERVER_V4, ether, extension, sni_extension, udp_frame
@@ -704,7 +704,7 @@ def test_grease_and_version_negotiation_are_counted_and_the_flow_waits_for_the_n
     (0, (b"\x02\x00\x00\x00", b"\x00\x00\x00\x02")),      # BSD loopback, AF_INET either byte order
 ], ids=["ppp", "bsd-loopback"])
 def test_replay_reads_the_link_types_of_ndpis_quic_captures(tmp_path, linktype, headers):
-    from controller.replay import replay
+    from sluice.replay import replay
     initial = client_initial(DRAFT_29, crypto_frame(0, handshake_client_hello(b"link.example")))
     capture = tmp_path / "link.pcap"
     # By hand: scapy's writer takes link type 0 for "unknown" and writes Ethernet.

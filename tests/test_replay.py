@@ -11,12 +11,12 @@ import time
 import pytest
 from scapy.utils import rdpcap, wrpcapng
 
-from controller.lab import CLIENT_V4, SERVER_V4, SERVER_V6, Lab
-from controller.policies import lab_policy_path
+from sluice.lab import CLIENT_V4, SERVER_V4, SERVER_V6, Lab
+from sluice.policies import lab_policy_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")]
 
-SLUICE = [sys.executable, "-m", "controller.cli"]
+SLUICE = [sys.executable, "-m", "sluice"]
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +111,8 @@ def reopened_and_given_up(path):
 def test_skipping_settled_flows_changes_no_line(captures, tmp_path, capture):
     """replay runs the frames of flows the program has settled no more; its
     output is what running every frame gives."""
-    from controller.policy import load_policy
-    from controller.replay import replay as replay_capture
+    from sluice.policy import load_policy
+    from sluice.replay import replay as replay_capture
     path = reopened_and_given_up(tmp_path / "reopened.pcap") if capture == "reopened" else captures / capture
     policy = load_policy(lab_policy_path())
     skipping, frames = replay_capture(str(path), policy)
@@ -168,7 +168,7 @@ def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6):
     are not taken for decoys the server drops; a wrong checksum stays wrong."""
     import socket
 
-    from controller.replay import _ones_sum, fill_offloaded_checksum
+    from sluice.replay import _ones_sum, fill_offloaded_checksum
     from packets import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, client_hello, tcp_frame
     hello = client_hello(b"blocked.example")
     length = 20 + len(hello)

@@ -26,7 +26,7 @@ from test_bpf_reassembly import ISN
 
 pytestmark = [pytest.mark.bpf, pytest.mark.skipif(os.geteuid() != 0, reason="replay loads BPF: needs root")]
 
-SLUICE = [sys.executable, "-m", "controller.cli"]
+SLUICE = [sys.executable, "-m", "sluice"]
 REAL_NAME, DECOY_NAME = "blocked.example", "allowed.example"      # of equal length, as tools make them
 RULES = "version: 1\nrules:\n  - {name: block-real, action: block, domains: [blocked.example]}\n"
 PROFILES = {"default": RULES, "2021": RULES + "inspection: {reassemble: false, on_evasion: ignore}\n"}

@@ -10,8 +10,8 @@ from decimal import Decimal
 
 import pytest
 
-from controller.policy import PolicyError, load_policy
-from controller.rollout import in_rollout, rollout_key, rollout_value, siphash24
+from sluice.policy import PolicyError, load_policy
+from sluice.rollout import in_rollout, rollout_key, rollout_value, siphash24
 
 KEY = rollout_key("test")
 
@@ -227,12 +227,12 @@ def test_a_million_prefixes_load(tmp_path):
 def test_explain_prints_the_decision_and_why(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(SCHEDULED)
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "explain", "--policy", str(path),
+    out = subprocess.run([sys.executable, "-m", "sluice", "explain", "--policy", str(path),
                           "--client", "192.0.2.7", "--name", "CDN.media.example.", "--at",
                           "2021-04-02T00:00:00Z"], capture_output=True, text=True, check=True).stdout
     assert "most specific entry suffix media.example" in out
     assert "verdict block by rule campaign" in out
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "explain", "--policy", str(path),
+    out = subprocess.run([sys.executable, "-m", "sluice", "explain", "--policy", str(path),
                           "--client", "192.0.2.7", "--name", "media.example", "--at",
                           "2021-03-01T00:00:00Z"], capture_output=True, text=True, check=True).stdout
     assert "rule campaign: skipped, outside its active windows" in out and "verdict pass" in out

@@ -1,6 +1,6 @@
 """`sluice run` as a long-lived service: live reload, refused reloads, crashes, stop.
 
-The controller runs as a real process (python -m controller.cli run) on the
+The controller runs as a real process (python -m sluice run) on the
 lab's edge interfaces; these tests signal it, edit its policy file, and kill
 it, and check what real clients see.
 """
@@ -17,12 +17,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from conftest import free_port
-from controller.lab import Lab
-from controller.service import PIN_ROOT
+from sluice.lab import Lab
+from sluice.service import PIN_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 
-SLUICE = [sys.executable, "-m", "controller.cli"]
+SLUICE = [sys.executable, "-m", "sluice"]
 METRICS_PORT = free_port()
 BLOCK_ONE = "version: 1\nrules:\n  - {name: blocker, action: block, domains: [blocked.example]}\n"
 BLOCK_TWO = BLOCK_ONE + "  - {name: second, action: block, domains: [exact.example]}\n"
