@@ -360,7 +360,7 @@ def test_validate_command_exit_status_and_messages(tmp_path):
     good = write(tmp_path, "version: 1\nrules:\n  - {name: a, action: block, domains: [x.example]}\n", "good.yaml")
     bad = write(tmp_path, "version: 1\nrules:\n  - {name: a, action: block, domains: [x..example]}\n", "bad.yaml")
     ok = subprocess.run([sys.executable, "-m", "sluice", "validate", str(good)], capture_output=True, text=True)
-    assert ok.returncode == 0 and "valid, 1 rules naming 1 domains" in ok.stdout
+    assert ok.returncode == 0 and "valid, 1 rule naming 1 domain" in ok.stdout
     refused = subprocess.run([sys.executable, "-m", "sluice", "validate", str(bad)],
                              capture_output=True, text=True)
     assert refused.returncode == 2

@@ -4,12 +4,16 @@
 from .model import Policy
 
 
+def counted(count: int, noun: str, plural: str = "") -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {plural or noun + 's'}"
+
+
 def policy_summary(policy: Policy) -> str:
     """What a valid policy does, in a few lines, for `sluice validate`."""
     names = sum(len(r.suffixes) + len(r.exact) for r in policy.rules)
-    classes = "".join(f"\n  class {c.name}: {sum(policy.classes.class_ids == c.id)} prefixes"
+    classes = "".join(f"\n  class {c.name}: {counted(sum(policy.classes.class_ids == c.id), 'prefix', 'prefixes')}"
                       for c in policy.classes.classes)
-    lines = [f"{policy.path}: valid, {len(policy.rules)} rules naming {names} domains; "
+    lines = [f"{policy.path}: valid, {counted(len(policy.rules), 'rule')} naming {counted(names, 'domain')}; "
              f"flows idle for {policy.flow_idle_ns / 1e9:g} s are forgotten; "
              f"{policy.window_packets} payload packets inspected per flow{classes}"]
     for rule in policy.rules:
