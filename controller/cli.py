@@ -451,6 +451,11 @@ def main(argv=None) -> int:
         return refused.status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`sluice replay x.pcap | head`): stop quietly, as
+        # cat does, and keep Python from complaining again when it flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except Exception as error:
         # The last resort: every expected failure has its own line above.
         print(f"sluice {args.command}: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)

@@ -125,6 +125,15 @@ def test_input_files_are_size_bounded_and_the_bound_can_be_raised(inputs):
     env = {**os.environ, "SLUICE_MAX_INPUT_BYTES": "16"}
     assert_refused(sluice("validate", inputs["good"], env=env), 2, "at most 16")
 
+def test_a_reader_that_goes_away_ends_the_output_quietly(inputs):
+    """`sluice validate policy.yaml | head -0`: no traceback, no complaint."""
+    process = subprocess.Popen([*SLUICE, "validate", str(inputs["good"])], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()          # before the child writes its first line
+    stderr = process.communicate(timeout=120)[1]
+    assert stderr == "", stderr
+
+
 
 @pytest.mark.parametrize("argv,words", [
     (["--client", "fe80::1%eth0", "--name", "blocked.example"], ("no zone",)),
