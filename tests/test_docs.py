@@ -57,7 +57,7 @@ def test_the_policy_reference_documents_every_key_of_the_schema():
 
 def test_the_licence_is_the_gpl_2_that_pyproject_names_and_every_source_says_so():
     assert "GNU GENERAL PUBLIC LICENSE\n                       Version 2, June 1991" in (REPO / "LICENSE").read_text()
-    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"] == "GPL-2.0-only"
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"] == {"text": "GPL-2.0-only"}
     sources = [*(REPO / "bpf").glob("*.[ch]"), *(REPO / "bpf").glob("*.py"), *(REPO / "controller").rglob("*.py"),
                *(REPO / "policies").glob("*.py")]
     unmarked = [str(path.relative_to(REPO)) for path in sources
