@@ -344,7 +344,10 @@ class Lab:
             "curl", "-s", "--max-time", str(seconds), "--cacert", self.ca_path,
             *self.resolve(name, scheme, family), "-o", "/dev/null", *extra,
             "-w", f"%{{{size_variable}}} %{{time_pretransfer}} %{{time_total}}", f"{scheme}://{name}{path}"],
-            timeout=seconds + 5)
+            # curl keeps its own --max-time; this bound is for a hung process only. It is
+            # generous because under emulation (the VM kernels) on a busy machine even
+            # `ip netns exec` and curl's start took more than 5 s.
+            timeout=seconds + 60)
         size, setup, total = result.stdout.split()
         if expect_bytes is not None and (result.returncode != 0 or int(size) != expect_bytes):
             raise RuntimeError(f"{path} of {expect_bytes} bytes via {name} did not complete within "
