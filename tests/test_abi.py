@@ -16,6 +16,7 @@ import pytest
 
 from sluice.abi import ABI, COUNTER_NAMES, parse_constants
 from sluice.datapath import STAGE_FUNCTIONS
+from sluice.libbpf import MapInfo, object_info
 
 pytestmark = [pytest.mark.bpf,
               pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
@@ -29,24 +30,9 @@ def datapath():
     loaded.close()
 
 
-class BpfMapInfo(ctypes.Structure):
-    # struct bpf_map_info from linux/bpf.h, as far as btf_value_type_id.
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
-                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
-                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
-                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
-                ("btf_vmlinux_value_type_id", ctypes.c_uint32),
-                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
-                ("btf_id", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
-                ("btf_value_type_id", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
-                ("map_extra", ctypes.c_uint64)]
-
-
-def map_info(table) -> BpfMapInfo:
-    libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    info = BpfMapInfo()
-    length = ctypes.c_uint32(ctypes.sizeof(info))
-    assert libbpf.bpf_obj_get_info_by_fd(table.map_fd, ctypes.byref(info), ctypes.byref(length)) == 0
+def map_info(table) -> MapInfo:
+    info = MapInfo()
+    assert object_info(table.map_fd, info) == 0
     return info
 
 
