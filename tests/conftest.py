@@ -108,8 +108,7 @@ def judge(datapath, payload: bytes, *, syn: bool = True, wrap=bytes, **frame_opt
 def pytest_collection_modifyitems(config, items):
     """SLUICE_TEST_ORDER=reverse runs the modules last to first (tests/fresh_machine.sh
     does), so a module that leans on what an earlier one left behind shows up.
-    The kernel-matrix test runs last in either order: its VM then has the CPU to
-    itself (tests/kernel_matrix_leg.py says why)."""
+    The kernel-matrix test runs last in either order: it waits for its leg."""
     if os.environ.get("SLUICE_TEST_ORDER") == "reverse":
         modules: dict[str, list] = {}
         for item in items:
@@ -118,8 +117,16 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.nodeid.startswith(KERNEL_MATRIX_TESTS))
 
 
+def pytest_collection_finish(session):
+    """Start the kernel-matrix leg now, if its test is selected and can run, so
+    that it runs beside the host's tests rather than after them."""
+    selected = any(item.nodeid.startswith(KERNEL_MATRIX_TESTS) for item in session.items)
+    if selected and not session.config.option.collectonly and kernel_matrix_leg.why_not() is None:
+        session.config.kernel_matrix_leg = kernel_matrix_leg.start()
+
+
 def pytest_unconfigure(config):
-    """A run that ends early (Ctrl-C, a timeout) takes the leg's VM with it."""
+    """A run that ends early (-x, Ctrl-C) takes the leg's VM with it."""
     leg = getattr(config, "kernel_matrix_leg", None)
     if leg is not None:
         kernel_matrix_leg.stop(leg)

@@ -1,11 +1,13 @@
-"""The Debian 6.1 leg of the kernel matrix: start it, wait for it, stop it.
+"""The Debian 6.1 leg of the kernel matrix, started in the background.
 
 The leg boots Debian's 6.1 under qemu (TCG here: see vm/README.md) and runs a
-selection of the suite there. tests/test_kernel_matrix.py, ordered last,
-starts it and judges its report; conftest.py stops it if the run ends early.
-Started beside the host's tests (tried 2026-12-01), its timed shaped download
-failed on 6.1 while they held the CPU; it had passed every run alone, after
-them, so that is where it runs.
+selection of the suite there: about 20 minutes, mostly one emulated CPU's
+work. Run after the rest of the suite, it made the whole run 55 minutes (CI,
+2026-12-01); started when collection ends (conftest.py), it runs beside the
+host's tests, and tests/test_kernel_matrix.py, ordered last, only waits for it
+and judges its report. Beside them, `ip netns exec` and curl's start in the
+guest took over 5 s once, so the lab bounds a hung transfer generously
+(controller/lab.py) and judges rates by curl's own clock.
 """
 
 import os

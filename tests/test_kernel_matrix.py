@@ -3,8 +3,9 @@
 This machine's kernel may lack sch_fq, so shape and delay would only ever be
 skipped here; vm/run-matrix boots Debian's 6.1, which has it, under qemu and
 runs a lean selection there (vm/README.md). Under TCG on two cores it takes
-20-30 minutes, so it runs last (conftest.py), when the host's tests no longer
-compete for the CPU: its shaped download is timed. Deselect it with -m "not vm".
+about 20 minutes, so it starts in the background when
+collection ends (tests/kernel_matrix_leg.py, conftest.py) and this test, which
+runs last, judges its report. Deselect it with -m "not vm".
 """
 
 import xml.etree.ElementTree as ET
@@ -32,8 +33,7 @@ def outcomes(junit: Path) -> dict[str, str]:
 
 
 def test_debian_6_1_leg_shapes_and_delays_with_fq(request):
-    request.config.kernel_matrix_leg = leg.start()     # conftest.py stops it if the run ends early
-    returncode = leg.wait(request.config.kernel_matrix_leg)
+    returncode = leg.wait(request.config.kernel_matrix_leg)   # started by conftest.py
     tail = leg.output_tail()
     assert leg.JUNIT.exists(), f"no JUnit report from the 6.1 leg:\n{tail}"
     results = outcomes(leg.JUNIT)
