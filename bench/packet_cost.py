@@ -87,9 +87,9 @@ MAP_NAMES = ("flows", "domain_rules", "rule_sets", "client_classes", "rules", "r
 
 def map_memory_bytes(datapath) -> int:
     """memlock of every map the data plane created, as the kernel accounts it."""
-    # By fd straight from bcc's module: building a Table object for each map
-    # would refuse per-CPU values that ctypes cannot align.
-    ids = {_map_id(bcc.lib.bpf_table_fd(datapath.bpf.module, name.encode())) for name in MAP_NAMES}
+    # By fd, not through table(): building a Table object for each map would
+    # refuse per-CPU values that ctypes cannot align.
+    ids = {_map_id(datapath.map_fd(name)) for name in MAP_NAMES}
     maps = json.loads(subprocess.check_output(["bpftool", "-j", "map", "show"]))
     return sum(entry.get("bytes_memlock", 0) for entry in maps if entry["id"] in ids)
 

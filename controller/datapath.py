@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Compile the data plane with bcc, fill its maps from a policy, attach it.
+"""Load the data plane, fill its maps from a policy, attach it.
 
-One Datapath is one loaded copy of bpf/sluice_xdp.c with its own maps. The
+One Datapath is one loaded copy of bpf/sluice_xdp.c with its own maps (the
+program is compiled once per process: program.py). The
 same program fd can be attached to several interfaces; they then share one
 flow table, which is what a router needs: a flow's two directions arrive on
 different interfaces.
@@ -11,20 +12,19 @@ import ctypes
 import errno
 import logging
 import os
-import re
 import struct
+from typing import NamedTuple
 
 import bcc
 import numpy
 
 from . import block_methods, precedence, schedule, xdp_link
-from .abi import ABI, COUNTER_NAMES, TUNNEL_KINDS, TUNNEL_OUTCOMES, bpf_source_dir
+from .abi import ABI, COUNTER_NAMES, TUNNEL_KINDS, TUNNEL_OUTCOMES
 from .names import name_hashes_many
+from .program import LoadError, Rings, program
 
 log = logging.getLogger(__name__)
 
-# The programs, compiled as one unit so that they share their maps.
-PROGRAM_FILES = ("sluice_xdp.c", "sluice_tc.c")
 PROGRAM_FUNCTION = b"sluice_xdp"
 TC_EGRESS_FUNCTION = b"sluice_tc_egress"
 TC_RESET_FUNCTION = b"sluice_tc_reset"
@@ -56,36 +56,10 @@ DIRECTION_FIELDS = ("packets", "bytes", "dropped_packets", "dropped_bytes", "del
 # ...and its fields for the rule as a whole.
 RULE_FIELDS = ("flows", "resets", "pages")
 
-_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.MULTILINE)
 
-
-def program_source(mains: tuple[str, ...] = PROGRAM_FILES) -> str:
-    """The program as one translation unit, with our own headers spliced in.
-
-    bcc rewrites map calls such as ``flows.lookup(&key)`` only in the text it
-    is handed, not in included files, so headers that touch maps must be part
-    of that text. ``#line`` markers keep compiler messages pointing at the
-    real file and line.
-    """
-    directory = bpf_source_dir()
-    seen: set[str] = set()
-
-    def splice(name: str) -> str:
-        if name in seen:
-            return ""
-        seen.add(name)
-        text = directory.joinpath(name).read_text()
-        out, last = [f'#line 1 "{name}"\n'], 0
-        for match in _LOCAL_INCLUDE.finditer(text):
-            out.append(text[last:match.start()])
-            out.append(splice(match.group(1)))
-            line = text.count("\n", 0, match.end()) + 1
-            out.append(f'#line {line} "{name}"\n')
-            last = match.end() + 1
-        out.append(text[last:])
-        return "".join(out)
-
-    return "".join(splice(main) for main in mains)
+class LoadedProgram(NamedTuple):
+    name: bytes
+    fd: int
 
 
 class Datapath:
@@ -99,67 +73,97 @@ class Datapath:
         classified under; their actions stay defined, though no name leads
         to them any more.
         at: the moment whose schedule steps apply (default: now); the
-        controller compiles a new Datapath at each switch."""
+        controller loads a new Datapath at each switch."""
         self.retired_rules = list(retired_rules)
         self.policy = policy.at(at or schedule.now()) if policy else None
-        sets = self.policy.rule_sets() if policy else None
-        prefixes = len(self.policy.classes) if policy else 0
-        destination_prefixes = len(self.policy.destinations) if policy else 0
-        cflags = [f"-DSLUICE_DOMAIN_RULES_MAX={max(1, len(sets.names) if sets else 0)}",
-                  f"-DSLUICE_RULE_SETS_MAX={max(1, len(sets.sets) if sets else 0)}",
-                  f"-DSLUICE_CLIENT_PREFIXES_MAX={max(1, prefixes)}",
-                  f"-DSLUICE_DESTINATION_PREFIXES_MAX={max(1, destination_prefixes)}",
-                  f"-DSLUICE_BLOCK_PAGES_MAX={max(1, len(self._paged_rules()))}",
-                  "-Wno-incompatible-pointer-types-discards-qualifiers"]
-        self.bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
-        if pin_dir:
-            self._adopt_pinned_state(pin_dir)
-        self.function = self.bpf.load_func(PROGRAM_FUNCTION, bcc.BPF.XDP)
+        self.program = program()
+        self._rings = Rings(self.program.module)
+        self._tables: dict[str, object] = {}
+        self._maps: dict[str, int] = {}
+        self._programs: dict[bytes, int] = {}
+        self.links: list[xdp_link.XdpLink] = []
+        try:
+            self._make_maps(pin_dir)
+            self.function = LoadedProgram(PROGRAM_FUNCTION, self._load(PROGRAM_FUNCTION, bcc.BPF.XDP))
+            self._load_stages()
+            self._fill_rules(self.policy)
+            self._write_config(self.policy, events)
+        except BaseException:
+            self.unload()
+            raise
+
+    # --- maps -------------------------------------------------------------
+    def _make_maps(self, pin_dir: str | None) -> None:
+        """This Datapath's own maps, the policy maps sized to the policy; with
+        pin_dir, the state maps are the ones pinned there (or ours, pinned)."""
+        sets = self.policy.rule_sets() if self.policy else None
+        sizes = {"domain_rules": len(sets.names) if sets else 0,
+                 "rule_sets": len(sets.sets) if sets else 0,
+                 "client_classes": len(self.policy.classes) if self.policy else 0,
+                 "destinations": len(self.policy.destinations) if self.policy else 0,
+                 "block_pages": len(self._paged_rules())}
+        for name in self.program.maps:
+            if pin_dir and name in STATE_MAPS:
+                self._maps[name] = self._pinned_state(pin_dir, name)
+            else:
+                size = sizes.get(name)
+                self._maps[name] = self.program.make_map(name, None if size is None else max(1, size))
+
+    def _pinned_state(self, pin_dir: str, name: str) -> int:
+        """The state map pinned in pin_dir, or a new one pinned there.
+
+        (bcc's own BPF_TABLE_PINNED reopens a pin with BPF_MAP_GET_FD_BY_ID,
+        which takes CAP_SYS_ADMIN, a capability the systemd unit does not grant.)"""
+        path = os.path.join(pin_dir, name)
+        if not os.path.exists(path):
+            fd = self.program.make_map(name)
+            xdp_link.pin(fd, path)
+            return fd
+        pinned = xdp_link.get_pinned(path)
+        spec = self.program.maps[name].info
+        if xdp_link.map_layout(pinned) != (spec.type, spec.key_size, spec.value_size, spec.max_entries):
+            os.close(pinned)
+            raise RuntimeError(f"the map pinned at {path} has another layout than this sluice's "
+                               f"(left by another version?): `sluice stop` discards the pinned state")
+        return pinned
+
+    def _load(self, function: bytes, prog_type: int) -> int:
+        """Load one of the program's functions, bound to this Datapath's maps."""
+        if function not in self._programs:
+            self._programs[function] = self.program.load(function, prog_type, self._maps)
+        return self._programs[function]
+
+    def _load_stages(self) -> None:
         stages = self.table("stages")
         self.loaded_stages: set[int] = set()
         for index, name in STAGE_FUNCTIONS.items():
             try:
-                fd = self.bpf.load_func(name, bcc.BPF.XDP).fd
-            except Exception as error:
+                fd = self._load(name, bcc.BPF.XDP)
+            except LoadError as error:
                 if index not in OPTIONAL_STAGES:
                     raise
-                log.warning("this kernel's verifier refuses %s, so it is left out: %s",
-                            name.decode(), str(error).splitlines()[0])
+                log.warning("this kernel's verifier refuses %s, so it is left out: %s", name.decode(), error)
                 continue
             stages[ctypes.c_int(index)] = ctypes.c_int(fd)
             self.loaded_stages.add(index)
-        self.links: list[xdp_link.XdpLink] = []
-        self._fill_rules(self.policy)
-        self._write_config(self.policy, events)
 
-    # --- maps -------------------------------------------------------------
-    def _adopt_pinned_state(self, pin_dir: str) -> None:
-        """Make the state maps the ones pinned in pin_dir, or pin ours there.
+    def poll_rings(self, timeout_ms: int) -> None:
+        """Hand what waits on the open ring buffers (or arrives within timeout_ms) to their callbacks."""
+        self._rings.poll(timeout_ms)
 
-        bcc has compiled the programs against descriptors of maps it made,
-        but has loaded none yet: putting the pinned map behind the same
-        descriptor number binds every program to it at load. (bcc's own
-        BPF_TABLE_PINNED reopens a pin with BPF_MAP_GET_FD_BY_ID, which
-        takes CAP_SYS_ADMIN, a capability the systemd unit does not grant.)"""
-        for name in STATE_MAPS:
-            fd = bcc.lib.bpf_table_fd(self.bpf.module, name.encode())
-            path = os.path.join(pin_dir, name)
-            if not os.path.exists(path):
-                xdp_link.pin(fd, path)
-                continue
-            pinned = xdp_link.get_pinned(path)
-            try:
-                if xdp_link.map_layout(pinned) != xdp_link.map_layout(fd):
-                    raise RuntimeError(f"the map pinned at {path} has another layout than this sluice's "
-                                       f"(left by another version?): `sluice stop` discards the pinned state")
-                os.dup2(pinned, fd)
-            finally:
-                os.close(pinned)
+    def consume_rings(self) -> None:
+        """Hand what waits on the open ring buffers to their callbacks, without waiting."""
+        self._rings.consume()
+
+    def map_fd(self, name: str) -> int:
+        return self._maps[name]
 
     def table(self, name: str):
-        # bpf[name] caches the table object; a ring buffer's callback lives
-        # in it, so a fresh get_table() each time would let it be freed.
-        return self.bpf[name.encode()]
+        """bcc's table object for this Datapath's map `name`, made once: a ring
+        buffer's callback lives in it, so a fresh one each time would let it be freed."""
+        if name not in self._tables:
+            self._tables[name] = self.program.table(self._rings, name, self._maps[name])
+        return self._tables[name]
 
     def _fill_rules(self, policy) -> None:
         if policy is None:
@@ -211,11 +215,11 @@ class Datapath:
 
     def tc_reset_fd(self) -> int:
         """The tc ingress program that resets servers (block methods reset, page)."""
-        return self.bpf.load_func(TC_RESET_FUNCTION, bcc.BPF.SCHED_CLS).fd
+        return self._load(TC_RESET_FUNCTION, bcc.BPF.SCHED_CLS)
 
     def tc_egress_fd(self) -> int:
         """The tc egress program (shape, delay), loaded on first use."""
-        return self.bpf.load_func(TC_EGRESS_FUNCTION, bcc.BPF.SCHED_CLS).fd
+        return self._load(TC_EGRESS_FUNCTION, bcc.BPF.SCHED_CLS)
 
     def _fill_domain_rules(self, domain_names, kinds, set_ids) -> None:
         if not domain_names:
@@ -338,9 +342,17 @@ class Datapath:
         while self.links:
             self.links.pop().release()
 
+    def unload(self) -> None:
+        """Close this Datapath's programs, maps and rings, leaving its links as
+        they are: what the kernel still uses (attached or pinned) stays."""
+        self._rings.close()
+        for fd in [*self._programs.values(), *self._maps.values()]:
+            os.close(fd)
+        self._programs, self._maps, self._tables = {}, {}, {}
+
     def close(self) -> None:
         self.detach_all()
-        self.bpf.cleanup()
+        self.unload()
 
 
 def settle_flow(flow, rule, action: str | None = None) -> None:

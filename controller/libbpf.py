@@ -68,6 +68,20 @@ class MapInfo(ctypes.Structure):
                 ("map_extra", ctypes.c_uint64)]
 
 
+class MapCreateOpts(ctypes.Structure):
+    """struct bpf_map_create_opts from libbpf's bpf.h (libbpf 1.1's, as far as map_ifindex)."""
+    _fields_ = [("sz", ctypes.c_size_t), ("btf_fd", ctypes.c_uint32),
+                ("btf_key_type_id", ctypes.c_uint32), ("btf_value_type_id", ctypes.c_uint32),
+                ("btf_vmlinux_value_type_id", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("map_extra", ctypes.c_uint64),
+                ("numa_node", ctypes.c_uint32), ("map_ifindex", ctypes.c_uint32)]
+
+
+class BtfInfo(ctypes.Structure):
+    """struct bpf_btf_info as far as id."""
+    _fields_ = [("btf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32), ("id", ctypes.c_uint32)]
+
+
 class ProgInfo(ctypes.Structure):
     """struct bpf_prog_info as far as id."""
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32)]
@@ -88,6 +102,8 @@ def _load() -> ctypes.CDLL:
     lib.bpf_link_update.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
     lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
+                                   ctypes.c_uint32, ctypes.POINTER(MapCreateOpts)]
     lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
     return lib
 
@@ -101,7 +117,7 @@ def error_number(result: int) -> int:
 
 
 def object_info(fd: int, info: ctypes.Structure) -> int:
-    """Fill `info` (a MapInfo, ProgInfo or LinkInfo) for the BPF object behind
+    """Fill `info` (a MapInfo, BtfInfo, ProgInfo or LinkInfo) for the BPF object behind
     fd; libbpf's result: 0, or negative on failure (see error_number)."""
     length = ctypes.c_uint32(ctypes.sizeof(info))
     return LIBBPF.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(length))

@@ -340,7 +340,7 @@ def run_capture(datapath, capture_path: str, settled: set | None = None, progres
             run_xdp(datapath.function.fd, frame)
             # At once, so that the flow this frame settled is skipped from
             # its next frame (reading an empty ring costs no system call).
-            datapath.bpf.ring_buffer_consume()
+            datapath.consume_rings()
     return frames
 
 

@@ -248,7 +248,7 @@ class Service:
                     # Links taken over from a crashed run's pins are that run's
                     # fail-static data plane: leave them enforcing.
                     datapath.release()
-                    datapath.bpf.cleanup()
+                    datapath.unload()
             self.datapath = None
             if created_root:
                 shutil.rmtree(PIN_ROOT, ignore_errors=True)
@@ -328,7 +328,7 @@ class Service:
     def poll_events(self, timeout_ms: int = 0) -> None:
         """Read what waits on the rings, or arrives within timeout_ms: the name of each
         new flow, and the QUIC Initials whose flows wait for a verdict."""
-        self.datapath.bpf.ring_buffer_poll(timeout_ms)
+        self.datapath.poll_rings(timeout_ms)
 
     def _remember_name(self, _ctx, data, _size) -> None:
         event = ctypes.cast(data, self._event_type).contents

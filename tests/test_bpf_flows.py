@@ -150,10 +150,10 @@ def test_classification_events_name_the_flow(dp):
     event_type = ctypes.POINTER(dp.table("event_buffers").sLeaf)
     ring = dp.table("events")
     ring.open_ring_buffer(lambda _ctx, data, _size: events.append(ctypes.cast(data, event_type).contents))
-    dp.bpf.ring_buffer_consume()
+    dp.consume_rings()
     events.clear()
     port = judge(dp, http_request("Blocked.Example:8080"), dport=80).port
-    dp.bpf.ring_buffer_consume()
+    dp.consume_rings()
     assert len(events) == 1
     event = events[0]
     assert bytes(event.name[:event.name_len]) == b"blocked.example"

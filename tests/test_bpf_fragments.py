@@ -327,6 +327,6 @@ def test_a_quic_initial_sent_in_fragments_is_named_and_its_flow_blocked(quic, or
     # The controller decides a QUIC flow: every fragment passes meanwhile.
     assert [run_xdp(dp.function.fd, frame).verdict for frame in frames] == ["pass"] * len(frames)
     assert moved(dp, before)["quic_datagrams"] == 1
-    dp.bpf.ring_buffer_poll(0)
+    dp.poll_rings(0)
     assert flows.outcomes["sni_found"] == named + 1
     assert run_xdp(dp.function.fd, udp_frame(b"\x40" + bytes(40), sport=port, v6=v6)).verdict == "drop"

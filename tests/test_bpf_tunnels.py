@@ -116,7 +116,7 @@ def test_a_quic_flow_in_a_tunnel_is_named_and_its_outer_packets_dropped(quic, en
     before, named = dp.counters(), flows.outcomes["sni_found"]
     assert send(dp, wrap(udp_frame(initial, sport=port, v6=v6))) == "pass"   # the controller decides
     assert dp.counters()["quic_datagrams"] == before["quic_datagrams"] + 1
-    dp.bpf.ring_buffer_poll(0)
+    dp.poll_rings(0)
     assert flows.outcomes["sni_found"] == named + 1
     assert send(dp, wrap(udp_frame(short_header_packet(), sport=port, v6=v6))) == "drop"
 

@@ -91,7 +91,7 @@ def enforced(lab, tmp_path_factory):
 
     def poll():
         while not stop.is_set():
-            datapath.bpf.ring_buffer_poll(20)
+            datapath.poll_rings(20)
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     yield datapath, quic, settled

@@ -129,13 +129,13 @@ def run(dp, event_names: list[bytes], payload: bytes) -> tuple[dict[str, int], l
     A long run sends more flows than there are ports; the SYN restarts a
     flow whose port comes round again."""
     port = next(CLIENT_PORTS)
-    dp.bpf.ring_buffer_consume()
+    dp.consume_rings()
     event_names.clear()
     before = dp.counters()
     assert run_xdp(dp.function.fd, tcp_frame(sport=port, flags="S")).verdict == "pass"
     verdict = run_xdp(dp.function.fd, tcp_frame(payload, sport=port)).verdict
     after = dp.counters()
-    dp.bpf.ring_buffer_consume()
+    dp.consume_rings()
     moved = {name: after[name] - before[name] for name in after
              if after[name] != before[name] and name not in BOOKKEEPING}
     return moved, list(event_names), verdict

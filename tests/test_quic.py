@@ -667,7 +667,7 @@ def quic_datapath(make_datapath):
 
 def send(datapath, frame: bytes) -> str:
     verdict = run_xdp(datapath.function.fd, frame).verdict
-    datapath.bpf.ring_buffer_consume()
+    datapath.consume_rings()
     return verdict
 
 
