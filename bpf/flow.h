@@ -9,6 +9,7 @@
 #define SLUICE_FLOW_H
 
 #include "maps.h"
+#include "common.h"
 #include "parsing_helpers.h"
 
 /* Refresh last_seen at most every idle/16: the idle timeout stays accurate to

@@ -37,6 +37,7 @@
 #define SLUICE_IP_FRAG_H
 
 #include "maps.h"
+#include "common.h"
 #include "payload.h"
 #include "parsing_helpers.h"
 #include "flow.h"
@@ -44,7 +45,6 @@
 #include "quic.h"
 
 #define FRAG_MASK (SLUICE_FRAG_BYTES - 1)
-#define FRAG_COPY_BYTES 2048		/* copied from the frame at a time */
 #define FRAG_COPY_MASK (FRAG_COPY_BYTES - 1)
 #define FRAG_COPY_CHUNKS (SLUICE_FRAG_BYTES / FRAG_COPY_BYTES)
 #define FRAG_PIECES_MASK (SLUICE_FRAG_PIECES_MAX - 1)
@@ -53,45 +53,6 @@
  * from the others may differ by a hop or two. A decoy must expire between
  * this box and the server, so it arrives lower by that path's hops. */
 #define FRAG_TTL_MARGIN 4
-
-struct frag_key {
-	__u8 saddr[16];			/* IPv4 as ::ffff:a.b.c.d */
-	__u8 daddr[16];
-	__u32 id;			/* IPv4's 16-bit identification, or IPv6's 32-bit one */
-	__u8 l4proto;
-	__u8 pad[3];
-};
-
-struct frag_datagram {
-	__u64 first_ns;			/* when its first fragment came */
-	__u32 total_len;		/* the IP payload's length, once the last fragment came; 0 before */
-	__u32 received;			/* bytes held: the pieces never overlap */
-	__u32 pieces;			/* start[] and end[] in use */
-	__u32 oversize;			/* 1: past a bound, its fragments pass unread */
-	__u32 ttl;			/* the highest TTL (hop limit) of the fragments held */
-	__u16 start[SLUICE_FRAG_PIECES_MAX];
-	__u16 end[SLUICE_FRAG_PIECES_MAX];
-	/* By offset in the IP payload; the slack absorbs a chunk written near
-	 * the end. */
-	__u8 bytes[SLUICE_FRAG_BYTES + FRAG_COPY_BYTES];
-};
-
-/* What the entry program hands to sluice_stage_fragment, and the whole
- * datagram once gathered, for the stages after it. */
-struct frag_scratch {
-	struct packet_info pkt;		/* the fragment in hand */
-	__u32 len;			/* bytes[] in use: the datagram's IP payload */
-	__u32 pad;
-	__u8 bytes[SLUICE_FRAG_BYTES];
-};
-
-/* Datagrams being gathered. */
-BPF_TABLE("lru_hash", struct frag_key, struct frag_datagram, frags, SLUICE_FRAGS_MAX);
-
-/* Never written: the zeroed value new datagrams are copied from. */
-BPF_ARRAY(empty_frags, struct frag_datagram, 1);
-
-BPF_PERCPU_ARRAY(frag_buffers, struct frag_scratch, 1);
 
 enum frag_outcome {
 	FRAG_GATHERING = 0,		/* held; the datagram is not whole yet */

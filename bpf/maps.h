@@ -1,21 +1,23 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
-/* maps.h - every map of the data plane, declared in one place.
+/* maps.h - every map of the data plane, declared in one place, and nothing
+ * else.
  *
  * The controller finds these by name (controller/datapath.py); their key
- * and value types come from sluice_abi.h.
+ * and value types come from sluice_abi.h (shared with Python) and scratch.h
+ * (the data plane's own).
  *
- * Two kinds of map. State maps (flows, counters, rate clocks, streams;
- * STATE_MAPS in controller/datapath.py) outlive any one policy: the
- * controller pins them, so that a reloaded policy, or a controller restarted
- * after a crash, finds the same flows and counters. Policy maps (rules,
- * domain rules, config) belong to one compiled policy and are replaced
- * with it.
+ * Two blocks. State maps outlive any one policy: the controller pins them
+ * (STATE_MAPS in controller/datapath.py; tests/test_abi.py holds the two
+ * lists together), so that a reloaded policy, or a controller restarted
+ * after a crash, finds the same flows and counters. Every other map belongs
+ * to one compiled policy and is replaced with it: the policy's own tables,
+ * and the stage array, rings and scratch buffers that go with its programs.
  */
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H
 
 #include "sluice_abi.h"
-#include "payload.h"
+#include "scratch.h"
 
 #ifndef SLUICE_DOMAIN_RULES_MAX
 #define SLUICE_DOMAIN_RULES_MAX SLUICE_DOMAIN_RULES_DEFAULT
@@ -33,10 +35,38 @@
 #define SLUICE_RULE_SETS_MAX SLUICE_RULE_SETS_DEFAULT
 #endif
 
+#ifndef SLUICE_BLOCK_PAGES_MAX
+#define SLUICE_BLOCK_PAGES_MAX SLUICE_BLOCK_PAGES_DEFAULT
+#endif
+
 #define PAGE_BYTES 4096
+
+/* --- state (pinned) ---------------------------------------------------- */
 
 /* Both directions of every TCP flow seen, least recently used evicted. */
 BPF_TABLE("lru_hash", struct flow_key, struct flow_state, flows, SLUICE_FLOW_MAX);
+
+/* rule id -> counters; per CPU so that no packet waits on another CPU. */
+BPF_TABLE("percpu_array", __u32, struct rule_stats, rule_stats, SLUICE_MAX_RULES);
+
+/* enum sluice_counter -> count. */
+BPF_TABLE("percpu_array", __u32, __u64, counters, SLUICE_CNT_MAX);
+
+/* enum sluice_tunnel * SLUICE_TUNNELLED_OUTCOMES + enum sluice_tunnel_outcome -> packets. */
+BPF_TABLE("percpu_array", __u32, __u64, tunnel_counters, SLUICE_TUNNEL_KINDS * SLUICE_TUNNELLED_OUTCOMES);
+
+/* Throttle and shape clocks shared by a rule's flows (rule scope), by rule id. */
+BPF_TABLE("array", __u32, struct rate_clocks, rule_clocks, SLUICE_MAX_RULES);
+
+/* ... and by the flows of one client under one rule (client scope). */
+BPF_TABLE("lru_hash", struct client_clock_key, struct rate_clocks, client_clocks, SLUICE_CLIENT_CLOCKS_MAX);
+
+/* The first client bytes of flows whose ClientHello spans segments or
+ * records, by flow (tcp_stream.h); an entry lives only until the hello is
+ * whole or the window runs out. */
+BPF_TABLE("lru_hash", struct flow_key, struct client_stream, streams, SLUICE_STREAMS_MAX);
+
+/* --- policy (one compiled policy's, replaced with it) ------------------ */
 
 /* name_key -> rule set id, for suffix and exact names alike. */
 BPF_HASH(domain_rules, struct name_key, __u32, SLUICE_DOMAIN_RULES_MAX);
@@ -56,46 +86,14 @@ BPF_HASH(alpn_ids, struct alpn_key, __u32, SLUICE_ALPN_IDS_MAX);
 /* rule id -> what the rule does. */
 BPF_ARRAY(rules, struct rule_info, SLUICE_MAX_RULES);
 
-#ifndef SLUICE_BLOCK_PAGES_MAX
-#define SLUICE_BLOCK_PAGES_MAX SLUICE_BLOCK_PAGES_DEFAULT
-#endif
-
 /* rule id -> the 451 response of a block rule with method page (block_reply.h). */
 BPF_HASH(block_pages, __u32, struct block_page, SLUICE_BLOCK_PAGES_MAX);
-
-/* rule id -> counters; per CPU so that no packet waits on another CPU. */
-BPF_TABLE("percpu_array", __u32, struct rule_stats, rule_stats, SLUICE_MAX_RULES);
-
-/* enum sluice_counter -> count. */
-BPF_TABLE("percpu_array", __u32, __u64, counters, SLUICE_CNT_MAX);
-
-/* enum sluice_tunnel * SLUICE_TUNNELLED_OUTCOMES + enum sluice_tunnel_outcome -> packets. */
-BPF_TABLE("percpu_array", __u32, __u64, tunnel_counters, SLUICE_TUNNEL_KINDS * SLUICE_TUNNELLED_OUTCOMES);
 
 /* Index 0 holds the one sluice_config. */
 BPF_ARRAY(config, struct sluice_config, 1);
 
-/* Throttle and shape clocks shared by a rule's flows (rule scope), by rule id. */
-BPF_TABLE("array", __u32, struct rate_clocks, rule_clocks, SLUICE_MAX_RULES);
-
-/* ... and by the flows of one client under one rule (client scope). */
-BPF_TABLE("lru_hash", struct client_clock_key, struct rate_clocks, client_clocks, SLUICE_CLIENT_CLOCKS_MAX);
-
-/* The first client bytes of flows whose ClientHello spans segments or
- * records, by flow (tcp_stream.h); an entry lives only until the hello is
- * whole or the window runs out. */
-BPF_TABLE("lru_hash", struct flow_key, struct client_stream, streams, SLUICE_STREAMS_MAX);
-
-/* Never written: the zeroed value new streams are copied from. */
-BPF_ARRAY(empty_streams, struct client_stream, 1);
-
-/* Where a reassembled ClientHello is gathered out of its records. */
-BPF_PERCPU_ARRAY(handshake_buffers, struct handshake_scratch, 1);
-
-/* One scratch buffer per CPU for the payload being inspected. */
-BPF_PERCPU_ARRAY(payload_buffers, struct payload_scratch, 1);
-
-/* enum sluice_stage -> inspection stage program. */
+/* enum sluice_stage -> inspection stage program (the controller pins it
+ * too, but per compiled policy: a pinned XDP link keeps its stages). */
 BPF_PROG_ARRAY(stages, SLUICE_STAGE_MAX);
 
 /* classification_event, one per flow, when SLUICE_CFG_EVENTS is set. */
@@ -114,36 +112,22 @@ BPF_ARRAY(quic_datagram_layout, struct quic_datagram, 1);
  * value type), straight from sluice_abi.h. */
 BPF_PERCPU_ARRAY(event_buffers, struct classification_event, 1);
 
-/* The data plane's time: the kernel's monotonic clock, or a frozen clock
- * that tests set to replay exact packet timings. Rates need nanoseconds;
- * idle timeouts are content with the coarse clock (a tick, a few ms),
- * which costs a fraction of the precise one on every packet. */
-static __always_inline __u64 now_ns(const struct sluice_config *cfg)
-{
-	return cfg->clock_ns ? cfg->clock_ns : bpf_ktime_get_ns();
-}
+/* Never written: the zeroed value new streams are copied from. */
+BPF_ARRAY(empty_streams, struct client_stream, 1);
 
-static __always_inline __u64 coarse_now_ns(const struct sluice_config *cfg)
-{
-	return cfg->clock_ns ? cfg->clock_ns : bpf_ktime_get_coarse_ns();
-}
+/* Where a reassembled ClientHello is gathered out of its records. */
+BPF_PERCPU_ARRAY(handshake_buffers, struct handshake_scratch, 1);
 
-static __always_inline void count(__u32 counter)
-{
-	__u64 *value = counters.lookup(&counter);
+/* One scratch buffer per CPU for the payload being inspected. */
+BPF_PERCPU_ARRAY(payload_buffers, struct payload_scratch, 1);
 
-	if (value)
-		*value += 1;
-}
+/* IP datagrams being gathered from their fragments (ip_frag.h). */
+BPF_TABLE("lru_hash", struct frag_key, struct frag_datagram, frags, SLUICE_FRAGS_MAX);
 
-/* What became of an encapsulated packet (kind and outcome as parse_packet() left them). */
-static __always_inline void count_tunnel(__u8 kind, __u8 outcome)
-{
-	__u32 index = kind * SLUICE_TUNNELLED_OUTCOMES + outcome;
-	__u64 *value = tunnel_counters.lookup(&index);
+/* Never written: the zeroed value new datagrams are copied from. */
+BPF_ARRAY(empty_frags, struct frag_datagram, 1);
 
-	if (value)
-		*value += 1;
-}
+/* The fragment in hand, and the whole datagram once gathered, per CPU. */
+BPF_PERCPU_ARRAY(frag_buffers, struct frag_scratch, 1);
 
 #endif /* SLUICE_MAPS_H */

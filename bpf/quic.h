@@ -24,6 +24,7 @@
 #define SLUICE_QUIC_H
 
 #include "maps.h"
+#include "common.h"
 #include "flow.h"
 #include "verdict.h"
 

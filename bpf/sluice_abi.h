@@ -210,6 +210,7 @@ enum sluice_counter {
 	SLUICE_CNT_EVASION_SYN_DATA,		/* the SYN's data, sent again at the same place, said otherwise */
 	SLUICE_CNT_EVASION_CONFLICT,		/* two copies of the same stream bytes disagreed */
 	SLUICE_CNT_EVASION_URGENT,		/* an urgent byte the server takes out of the stream */
+	SLUICE_CNT_STAGE_MISSED,		/* tail calls into a stage that returned (common.h call_stage()): no such stage loaded */
 	SLUICE_CNT_MAX,
 };
 

@@ -14,6 +14,7 @@
 #include "sluice_abi.h"
 #include "parsing_helpers.h"
 #include "maps.h"
+#include "common.h"
 #include "flow.h"
 #include "rate_limit.h"
 #include "verdict.h"

@@ -19,6 +19,7 @@
 #include "sluice_abi.h"
 #include "parsing_helpers.h"
 #include "maps.h"
+#include "common.h"
 #include "flow.h"
 #include "payload.h"
 #include "verdict.h"
@@ -137,7 +138,7 @@ static __always_inline int enter_fragment_stage(struct xdp_md *ctx, const struct
 	if (!scratch)
 		return pass_unjudged(pkt->frame_len);
 	__builtin_memcpy(&scratch->pkt, pkt, sizeof(*pkt));
-	stages.call(ctx, SLUICE_STAGE_FRAGMENT);
+	call_stage(ctx, SLUICE_STAGE_FRAGMENT);
 	return pass_unjudged(pkt->frame_len);
 }
 
@@ -164,9 +165,9 @@ static __always_inline int read_segment(struct xdp_md *ctx, struct flow_state *f
 	 * continues past its first segment is seen. */
 	int mid_stream = flow->opened_by_client && scratch->seq != flow->stream_base;
 	if (!(cfg->flags & SLUICE_CFG_NO_REASSEMBLY) && (flow->streaming || mid_stream))
-		stages.call(ctx, SLUICE_STAGE_STREAM);
+		call_stage(ctx, SLUICE_STAGE_STREAM);
 	else
-		stages.call(ctx, SLUICE_STAGE_TLS);
+		call_stage(ctx, SLUICE_STAGE_TLS);
 	return pass_unjudged(scratch->frame_len);
 }
 
@@ -213,7 +214,7 @@ static __always_inline int inspect_tcp_segment(struct xdp_md *ctx, struct flow_s
 	if (pkt->payload_len && copy_payload(ctx, scratch, pkt->payload_offset, pkt->payload_len) < 0)
 		return pass_unjudged(pkt->frame_len);
 	if (receiver_model) {
-		stages.call(ctx, SLUICE_STAGE_RECEIVER);
+		call_stage(ctx, SLUICE_STAGE_RECEIVER);
 		return pass_unjudged(pkt->frame_len);
 	}
 	return read_segment(ctx, flow, scratch, cfg);
@@ -298,7 +299,7 @@ int sluice_stage_tls(struct xdp_md *ctx)
 		if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
 			return inspect_next_packet(flow, scratch, cfg);
 		/* The rest is in later segments or records: keep this one. */
-		stages.call(ctx, SLUICE_STAGE_STREAM);
+		call_stage(ctx, SLUICE_STAGE_STREAM);
 		return inspect_next_packet(flow, scratch, cfg);
 	case TLS_MALFORMED:
 		count(SLUICE_CNT_TLS_MALFORMED);
@@ -309,11 +310,11 @@ int sluice_stage_tls(struct xdp_md *ctx)
 			count(SLUICE_CNT_NOT_TLS);
 			return inspect_next_packet(flow, scratch, cfg);
 		}
-		stages.call(ctx, SLUICE_STAGE_HTTP);
+		call_stage(ctx, SLUICE_STAGE_HTTP);
 		return pass_unjudged(scratch->frame_len);
 	}
 	keep_alpn(scratch, scratch->bytes, PAYLOAD_COPY_MASK);
-	stages.call(ctx, SLUICE_STAGE_MATCH);
+	call_stage(ctx, SLUICE_STAGE_MATCH);
 	return pass_unjudged(scratch->frame_len);
 }
 
@@ -351,7 +352,7 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	flow->streaming = 1;
 	find_origin(stream, store_received(ctx, stream, flow, scratch));
 	if (stream->origin != STREAM_ORIGIN_UNKNOWN) {
-		stages.call(ctx, SLUICE_STAGE_STREAM_TLS);
+		call_stage(ctx, SLUICE_STAGE_STREAM_TLS);
 		return stream_wait(flow, scratch, cfg);
 	}
 	/* No ClientHello: the stream may hold an HTTP request, unless its one
@@ -361,7 +362,7 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	/* Handed on in map memory: the next stage need not walk the bitmap. */
 	scratch->stream_held = held;
 	if (held > 1 || (held == 1 && first != TLS_CONTENT_HANDSHAKE && first != TLS_CONTENT_CHANGE_CIPHER_SPEC))
-		stages.call(ctx, SLUICE_STAGE_STREAM_HTTP);
+		call_stage(ctx, SLUICE_STAGE_STREAM_HTTP);
 	return stream_wait(flow, scratch, cfg);
 }
 
@@ -411,7 +412,7 @@ int sluice_stage_stream_tls(struct xdp_md *ctx)
 	}
 	keep_alpn(scratch, handshake->bytes, HANDSHAKE_MASK);
 	stream_done(flow, &scratch->key);
-	stages.call(ctx, SLUICE_STAGE_MATCH);
+	call_stage(ctx, SLUICE_STAGE_MATCH);
 	return pass_unjudged(scratch->frame_len);
 }
 
@@ -477,7 +478,7 @@ int sluice_stage_stream_http(struct xdp_md *ctx)
 	}
 	scratch->len = len;
 	scratch->in_stream = 1;
-	stages.call(ctx, SLUICE_STAGE_HTTP);
+	call_stage(ctx, SLUICE_STAGE_HTTP);
 	return stream_wait(flow, scratch, cfg);
 }
 
@@ -491,7 +492,7 @@ int sluice_stage_http(struct xdp_md *ctx)
 		return XDP_PASS;
 	int outcome = parse_request_line(scratch);
 	if (outcome == HTTP_HOST_FOUND) {
-		stages.call(ctx, SLUICE_STAGE_HTTP_HOST);
+		call_stage(ctx, SLUICE_STAGE_HTTP_HOST);
 		return pass_unjudged(scratch->frame_len);
 	}
 	/* What the stream holds is counted once, when it names the flow. */
@@ -505,7 +506,7 @@ int sluice_stage_http(struct xdp_md *ctx)
 	if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
 		return inspect_next_packet(flow, scratch, cfg);
 	/* The rest of the request is in later segments: keep this one. */
-	stages.call(ctx, SLUICE_STAGE_STREAM);
+	call_stage(ctx, SLUICE_STAGE_STREAM);
 	return inspect_next_packet(flow, scratch, cfg);
 }
 
@@ -535,12 +536,12 @@ int sluice_stage_http_host(struct xdp_md *ctx)
 		count(SLUICE_CNT_HTTP_TRUNCATED);
 		if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
 			return inspect_next_packet(flow, scratch, cfg);
-		stages.call(ctx, SLUICE_STAGE_STREAM);
+		call_stage(ctx, SLUICE_STAGE_STREAM);
 		return inspect_next_packet(flow, scratch, cfg);
 	}
 	if (scratch->in_stream)
 		stream_done(flow, &scratch->key);
-	stages.call(ctx, SLUICE_STAGE_MATCH);
+	call_stage(ctx, SLUICE_STAGE_MATCH);
 	return pass_unjudged(scratch->frame_len);
 }
 
@@ -562,7 +563,7 @@ int sluice_stage_match(struct xdp_md *ctx)
 	if (!scratch->set_id && (cfg->flags & SLUICE_CFG_UNNAMED_RULES))
 		scratch->set_id = SLUICE_RULE_SET_UNNAMED;
 	if (scratch->set_id) {
-		stages.call(ctx, SLUICE_STAGE_SELECT);
+		call_stage(ctx, SLUICE_STAGE_SELECT);
 		return pass_unjudged(scratch->frame_len);
 	}
 	classify(flow, 0, 0, scratch, cfg);

@@ -8,6 +8,7 @@
 #define SLUICE_VERDICT_H
 
 #include "maps.h"
+#include "common.h"
 #include "payload.h"
 #include "rate_limit.h"
 
@@ -112,7 +113,7 @@ static __always_inline int apply_tcp_verdict(struct xdp_md *ctx, struct flow_sta
 
 	if (verdict == XDP_DROP && flow->action == SLUICE_ACTION_BLOCK &&
 	    packet_direction(flow, sender_is_hi) == SLUICE_DIR_UP)
-		stages.call(ctx, SLUICE_STAGE_REPLY);
+		call_stage(ctx, SLUICE_STAGE_REPLY);
 	return verdict;
 }
 

@@ -109,6 +109,11 @@ class SluiceCollector:
         yield CounterMetricFamily("sluice_triggers_fired",
                                   "Flows whose rule's trigger (after:) was reached: its action applies from then on.",
                                   value=counters["triggers_fired"])
+        yield CounterMetricFamily("sluice_stage_missed",
+                                  "Tail calls into an inspection stage that found no program there (a stage "
+                                  "this kernel refused, or lost pins): the packet went on without it, "
+                                  "unjudged, or a blocked flow's packet dropped without its reply.",
+                                  value=counters["stage_missed"])
         yield from self._rule_families()
         yield GaugeMetricFamily("sluice_policy_loaded_timestamp_seconds",
                                 "When the running policy was loaded (Unix time).", value=self.source.loaded_at)

@@ -22,7 +22,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
-# sluice: the payload is copied into a 2048-byte buffer (bpf/payload.h,
+# sluice: the payload is copied into a 2048-byte buffer (bpf/scratch.h,
 # PAYLOAD_COPY_BYTES, a full Ethernet payload); the parsers never see more.
 PAYLOAD_COPY_BYTES = 2048
 # sluice: a name is at most 255 bytes (bpf/sluice_abi.h): DNS names are 253

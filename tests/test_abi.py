@@ -10,12 +10,14 @@ definitions the kernel accepted.
 import ctypes
 import json
 import os
+import re
 import subprocess
 
 import pytest
 
-from sluice.abi import ABI, COUNTER_NAMES, parse_constants
-from sluice.datapath import STAGE_FUNCTIONS
+from sluice.abi import ABI, COUNTER_NAMES, bpf_source_dir, parse_constants
+from sluice.datapath import STAGE_FUNCTIONS, STATE_MAPS
+from sluice.program import program_source
 from sluice.libbpf import MapInfo, object_info
 
 pytestmark = [pytest.mark.bpf,
@@ -132,3 +134,40 @@ def test_direction_fields_match_the_struct(datapath):
     direction_type = dict(rule_stats._fields_)["dir"]._type_
     assert tuple(name for name, _ in direction_type._fields_) == DIRECTION_FIELDS
     assert dict(rule_stats._fields_)["dir"]._length_ == ABI.SLUICE_DIRS
+
+
+def test_each_stage_of_the_enum_is_the_program_named_after_it():
+    """enum sluice_stage is the stage table: SLUICE_STAGE_TLS is the program
+    sluice_stage_tls, so a new stage is a change to the C alone."""
+    members = re.search(r"enum sluice_stage \{(.*?)\};", (bpf_source_dir() / "sluice_abi.h").read_text(),
+                        re.DOTALL).group(1)
+    named = {getattr(ABI, name): f"sluice_stage_{name.removeprefix('SLUICE_STAGE_').lower()}".encode()
+             for name in re.findall(r"^\s*(SLUICE_STAGE_\w+)", members, re.MULTILINE) if name != "SLUICE_STAGE_MAX"}
+    defined = set(re.findall(rb"^int (sluice_stage_\w+)\(struct xdp_md \*ctx\)$", program_source().encode(),
+                             re.MULTILINE))
+    assert len(named) == ABI.SLUICE_STAGE_MAX
+    assert STAGE_FUNCTIONS == named
+    assert set(named.values()) == defined
+
+
+def declared_maps(text: str) -> set[str]:
+    """The names of the maps a stretch of maps.h declares."""
+    names = set()
+    for macro, arguments in re.findall(r"^(BPF_\w+)\((.*)\);$", text, re.MULTILINE):
+        arguments = [argument.strip() for argument in arguments.split(",")]
+        names.add(arguments[3] if macro == "BPF_TABLE" else arguments[0])
+    return names
+
+
+def test_the_pinned_block_of_maps_h_is_what_the_controller_pins():
+    text = (bpf_source_dir() / "maps.h").read_text()
+    _, state, policy = re.split(r"^/\* --- (?:state \(pinned\)|policy) ", text, flags=re.MULTILINE)
+    assert declared_maps(state) == set(STATE_MAPS)
+    assert declared_maps(policy) and not declared_maps(policy) & set(STATE_MAPS)
+
+
+def test_maps_h_declares_every_map_of_the_data_plane():
+    """maps.h is where the maps are: no other file of bpf/ declares one."""
+    elsewhere = {path.name: declared_maps(path.read_text()) for path in bpf_source_dir().iterdir()
+                 if path.name.endswith((".h", ".c")) and path.name != "maps.h"}
+    assert {name: maps for name, maps in elsewhere.items() if maps} == {}

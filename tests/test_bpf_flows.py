@@ -1,7 +1,9 @@
 """Flow tracking in the real XDP program: one verdict per flow, both ways, for as long as it lives."""
 
 import ctypes
+import os
 
+import bcc
 import pytest
 
 from conftest import judge, needs_root
@@ -194,3 +196,32 @@ def test_the_flow_count_counts_every_entry_of_a_table_larger_than_a_batch(make_d
     assert dp.flow_count() == count
     del flows[keys[0]]
     assert dp.flow_count() == count - 1
+
+
+def test_a_missed_tail_call_is_counted_and_the_packet_passes(dp):
+    """A stage missing from the program array (a kernel refused it, its pin
+    was lost): the tail call returns, and the packet passes unjudged, but
+    counted, where it would otherwise pass in silence, and exported."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from sluice.metrics import SluiceCollector
+    registry = CollectorRegistry()
+    registry.register(SluiceCollector(SimpleNamespace(datapath=dp, policy=dp.policy, loaded_at=0.0,
+                                                      policy_digest="", reloads={"success": 0, "failure": 0})))
+    exported_before = registry.get_sample_value("sluice_stage_missed_total")
+    stages, tls = dp.table("stages"), ctypes.c_int(ABI.SLUICE_STAGE_TLS)
+    stage = bcc.lib.bpf_prog_get_fd_by_id(stages[tls].value)   # the slot holds the program's id
+    assert stage >= 0
+    del stages[tls]
+    try:
+        missed = judge(dp, client_hello(b"blocked.example"))
+    finally:
+        stages[tls] = ctypes.c_int(stage)
+        os.close(stage)
+    assert missed.verdict == "pass"
+    assert missed.moved() == {"stage_missed": 1}
+    assert registry.get_sample_value("sluice_stage_missed_total") == exported_before + 1
+    found = judge(dp, client_hello(b"blocked.example"))
+    assert found.verdict == "drop" and "stage_missed" not in found.moved()
