@@ -1,6 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /* common.h - what every program and stage uses: the data plane's clock, its
  * global counters, and the tail call into the next stage.
+ *
+ * Every other header prefixes its helpers with its module's name (rate_,
+ * domain_, http_, flow_, ...), as Cilium's bpf/lib does; these few are the
+ * data plane's common words, and keep theirs short.
  */
 #ifndef SLUICE_COMMON_H
 #define SLUICE_COMMON_H
@@ -22,7 +26,7 @@ static __always_inline __u64 coarse_now_ns(const struct sluice_config *cfg)
 	return cfg->clock_ns ? cfg->clock_ns : bpf_ktime_get_coarse_ns();
 }
 
-static __always_inline void count(__u32 counter)
+static __always_inline void counter_inc(__u32 counter)
 {
 	__u64 *value = counters.lookup(&counter);
 
@@ -31,7 +35,7 @@ static __always_inline void count(__u32 counter)
 }
 
 /* What became of an encapsulated packet (kind and outcome as parse_packet() left them). */
-static __always_inline void count_tunnel(__u8 kind, __u8 outcome)
+static __always_inline void tunnel_counter_inc(__u8 kind, __u8 outcome)
 {
 	__u32 index = kind * SLUICE_TUNNELLED_OUTCOMES + outcome;
 	__u64 *value = tunnel_counters.lookup(&index);
@@ -49,7 +53,7 @@ static __always_inline void count_tunnel(__u8 kind, __u8 outcome)
 static __always_inline void call_stage(struct xdp_md *ctx, __u32 stage)
 {
 	stages.call(ctx, stage);
-	count(SLUICE_CNT_STAGE_MISSED);
+	counter_inc(SLUICE_CNT_STAGE_MISSED);
 }
 
 #endif /* SLUICE_COMMON_H */

@@ -107,7 +107,7 @@ static __always_inline struct flow_state *open_tcp_flow(const struct packet_info
 	int new_key = !flow;
 
 	if (flow && flow_is_idle(flow, now, cfg)) {
-		count(SLUICE_CNT_FLOWS_EXPIRED);
+		counter_inc(SLUICE_CNT_FLOWS_EXPIRED);
 		flow = 0;
 	}
 	/* A bare SYN opens a new connection even if its 5-tuple was used
@@ -124,7 +124,7 @@ static __always_inline struct flow_state *open_tcp_flow(const struct packet_info
 		return 0;
 	flow = flow_start(key, sender_is_hi, bare_syn, pkt, now);
 	if (flow && new_key)
-		count(SLUICE_CNT_FLOWS_CREATED);
+		counter_inc(SLUICE_CNT_FLOWS_CREATED);
 	return flow;
 }
 

@@ -77,7 +77,7 @@ static __always_inline struct frag_datagram *frag_open(const struct frag_key *ke
 	if (datagram && now - datagram->first_ns <= SLUICE_FRAG_TIMEOUT_NS)
 		return datagram;
 	if (datagram)
-		count(SLUICE_CNT_FRAG_TIMEOUTS);
+		counter_inc(SLUICE_CNT_FRAG_TIMEOUTS);
 	/* A value this large cannot be built on the stack: copy a zeroed one. */
 	struct frag_datagram *empty = empty_frags.lookup(&zero);
 	if (!empty || frags.update(key, empty) < 0)
@@ -85,7 +85,7 @@ static __always_inline struct frag_datagram *frag_open(const struct frag_key *ke
 	datagram = frags.lookup(key);
 	if (datagram) {
 		datagram->first_ns = now;
-		count(SLUICE_CNT_FRAG_DATAGRAMS);
+		counter_inc(SLUICE_CNT_FRAG_DATAGRAMS);
 	}
 	return datagram;
 }
@@ -93,7 +93,7 @@ static __always_inline struct frag_datagram *frag_open(const struct frag_key *ke
 /* The receiver gives the datagram up (an overlap, a contradiction): so does this. */
 static __always_inline int frag_discard(const struct frag_key *key)
 {
-	count(SLUICE_CNT_FRAG_OVERLAPS);
+	counter_inc(SLUICE_CNT_FRAG_OVERLAPS);
 	frags.delete(key);
 	return FRAG_IGNORED;
 }
@@ -101,7 +101,7 @@ static __always_inline int frag_discard(const struct frag_key *key)
 /* Past a bound: the datagram's fragments pass unread until it times out. */
 static __always_inline int frag_give_up(struct frag_datagram *datagram)
 {
-	count(SLUICE_CNT_FRAG_OVERSIZE);
+	counter_inc(SLUICE_CNT_FRAG_OVERSIZE);
 	datagram->oversize = 1;
 	return FRAG_IGNORED;
 }
@@ -157,11 +157,11 @@ static __always_inline int frag_gather(struct xdp_md *ctx, struct frag_scratch *
 		return FRAG_IGNORED;
 	__u32 ttl = pkt->ttl;
 	if (datagram->pieces && ttl + FRAG_TTL_MARGIN < datagram->ttl) {
-		count(SLUICE_CNT_FRAG_LOW_TTL);
+		counter_inc(SLUICE_CNT_FRAG_LOW_TTL);
 		return FRAG_IGNORED;
 	}
 	if (datagram->pieces && ttl > datagram->ttl + FRAG_TTL_MARGIN) {
-		count(SLUICE_CNT_FRAG_LOW_TTL);
+		counter_inc(SLUICE_CNT_FRAG_LOW_TTL);
 		datagram->pieces = datagram->received = datagram->total_len = 0;
 	}
 	if (ttl > datagram->ttl || !datagram->pieces)
@@ -217,7 +217,7 @@ static __always_inline int frag_gather(struct xdp_md *ctx, struct frag_scratch *
 	if (copied < 0)
 		return FRAG_IGNORED;
 	scratch->len = total;
-	count(SLUICE_CNT_FRAG_REASSEMBLED);
+	counter_inc(SLUICE_CNT_FRAG_REASSEMBLED);
 	return FRAG_COMPLETE;
 }
 
@@ -302,7 +302,7 @@ static __always_inline int frag_drop_young(struct xdp_md *ctx, struct packet_inf
 			return pass_unjudged(pkt->frame_len);
 	}
 drop:
-	count(SLUICE_CNT_FRAG_DROPPED);
+	counter_inc(SLUICE_CNT_FRAG_DROPPED);
 	account(0, SLUICE_DIR_UP, pkt->frame_len, OUTCOME_DROPPED);
 	return XDP_DROP;
 }

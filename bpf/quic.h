@@ -94,7 +94,7 @@ static __always_inline void send_to_controller(struct xdp_md *ctx, const struct 
 	__u32 len = pkt->payload_len;
 
 	if (!datagram) {
-		count(SLUICE_CNT_QUIC_RING_FULL);
+		counter_inc(SLUICE_CNT_QUIC_RING_FULL);
 		return;
 	}
 	__builtin_memcpy(&datagram->key, key, sizeof(*key));
@@ -112,7 +112,7 @@ static __always_inline void send_to_controller(struct xdp_md *ctx, const struct 
 		return;
 	}
 	quic_datagrams.ringbuf_submit(datagram, 0);
-	count(SLUICE_CNT_QUIC_DATAGRAMS);
+	counter_inc(SLUICE_CNT_QUIC_DATAGRAMS);
 }
 
 /* The verdict of a UDP packet (gathered: see is_quic_client_initial()). */
@@ -130,7 +130,7 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 	struct flow_state *flow = flows.lookup(&key);
 
 	if (flow && flow_is_idle(flow, now, cfg)) {
-		count(SLUICE_CNT_FLOWS_EXPIRED);
+		counter_inc(SLUICE_CNT_FLOWS_EXPIRED);
 		flow = 0;
 	}
 	if (flow) {
@@ -153,7 +153,7 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 	flow = flow_start(&key, sender_is_hi, 1, pkt, now);
 	if (!flow)
 		return pass_unjudged(pkt->frame_len);
-	count(SLUICE_CNT_FLOWS_CREATED);
+	counter_inc(SLUICE_CNT_FLOWS_CREATED);
 	flow->proto = SLUICE_PROTO_QUIC;
 	flow->payload_packets = 1;
 	send_to_controller(ctx, pkt, &key, sender_is_hi, gathered);

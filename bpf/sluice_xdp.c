@@ -115,7 +115,7 @@ static __always_inline int skip_proxy_header(struct xdp_md *ctx, struct flow_sta
 	__u32 header = proxy_header_len(scratch->bytes, scratch->len);
 	if (!header)
 		return 0;
-	count(SLUICE_CNT_PROXY_HEADERS);
+	counter_inc(SLUICE_CNT_PROXY_HEADERS);
 	flow->stream_base += header;
 	__u32 rest = scratch->payload_len;
 	if (header >= rest)
@@ -131,7 +131,7 @@ static __always_inline int enter_fragment_stage(struct xdp_md *ctx, const struct
 {
 	__u32 zero = 0;
 
-	count(SLUICE_CNT_FRAGMENTS);
+	counter_inc(SLUICE_CNT_FRAGMENTS);
 	if ((cfg->flags & SLUICE_CFG_NO_REASSEMBLY) && !(cfg->flags & SLUICE_CFG_DROP_FRAGMENTS))
 		return pass_unjudged(pkt->frame_len);
 	struct frag_scratch *scratch = frag_buffers.lookup(&zero);
@@ -228,15 +228,15 @@ int sluice_xdp(struct xdp_md *ctx)
 	struct flow_key key = {};
 	__u32 zero = 0;
 
-	count(SLUICE_CNT_PACKETS);
+	counter_inc(SLUICE_CNT_PACKETS);
 	struct sluice_config *cfg = config.lookup(&zero);
 	if (!cfg)
 		return XDP_PASS;
 	int parsed = parse_packet(data, data_end, &pkt, ~cfg->closed_tunnels);
 	if (pkt.tunnel)
-		count_tunnel(pkt.tunnel, pkt.tunnel_outcome);
+		tunnel_counter_inc(pkt.tunnel, pkt.tunnel_outcome);
 	if (parsed < 0) {
-		count(SLUICE_CNT_SKIPPED);
+		counter_inc(SLUICE_CNT_SKIPPED);
 		return XDP_PASS;
 	}
 	if (parsed == PACKET_FRAGMENT)
@@ -282,32 +282,32 @@ int sluice_stage_tls(struct xdp_md *ctx)
 	if (wait_for_whole_hello(scratch, outcome, cfg))
 		outcome = TLS_TRUNCATED;
 	if (scratch->hello.ech && (outcome == TLS_SNI_FOUND || outcome == TLS_NO_SNI))
-		count(SLUICE_CNT_TLS_ECH);
+		counter_inc(SLUICE_CNT_TLS_ECH);
 	switch (outcome) {
 	case TLS_SNI_FOUND:
-		count(SLUICE_CNT_TLS_SNI_FOUND);
+		counter_inc(SLUICE_CNT_TLS_SNI_FOUND);
 		scratch->proto = SLUICE_PROTO_TLS;
 		scratch->raw_name_off = scratch->hello.name_off;
 		scratch->raw_name_len = scratch->hello.name_len;
 		break;
 	case TLS_NO_SNI:
-		count(SLUICE_CNT_TLS_NO_SNI);
+		counter_inc(SLUICE_CNT_TLS_NO_SNI);
 		scratch->proto = SLUICE_PROTO_TLS;
 		break;
 	case TLS_TRUNCATED:
-		count(SLUICE_CNT_TLS_TRUNCATED);
+		counter_inc(SLUICE_CNT_TLS_TRUNCATED);
 		if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
 			return inspect_next_packet(flow, scratch, cfg);
 		/* The rest is in later segments or records: keep this one. */
 		call_stage(ctx, SLUICE_STAGE_STREAM);
 		return inspect_next_packet(flow, scratch, cfg);
 	case TLS_MALFORMED:
-		count(SLUICE_CNT_TLS_MALFORMED);
+		counter_inc(SLUICE_CNT_TLS_MALFORMED);
 		return inspect_next_packet(flow, scratch, cfg);
 	default:
 		/* TLS records came first: whatever follows is no HTTP request. */
 		if (skipped) {
-			count(SLUICE_CNT_NOT_TLS);
+			counter_inc(SLUICE_CNT_NOT_TLS);
 			return inspect_next_packet(flow, scratch, cfg);
 		}
 		call_stage(ctx, SLUICE_STAGE_HTTP);
@@ -389,13 +389,13 @@ int sluice_stage_stream_tls(struct xdp_md *ctx)
 		outcome = TLS_TRUNCATED;
 	if (outcome == TLS_TRUNCATED || outcome == TLS_MALFORMED || outcome == TLS_NOT_CLIENT_HELLO) {
 		if (outcome == TLS_MALFORMED)
-			count(SLUICE_CNT_TLS_MALFORMED);
+			counter_inc(SLUICE_CNT_TLS_MALFORMED);
 		return stream_wait(flow, scratch, cfg);
 	}
-	count(SLUICE_CNT_TLS_REASSEMBLED);
+	counter_inc(SLUICE_CNT_TLS_REASSEMBLED);
 	if (scratch->hello.ech)
-		count(SLUICE_CNT_TLS_ECH);
-	count(outcome == TLS_SNI_FOUND ? SLUICE_CNT_TLS_SNI_FOUND : SLUICE_CNT_TLS_NO_SNI);
+		counter_inc(SLUICE_CNT_TLS_ECH);
+	counter_inc(outcome == TLS_SNI_FOUND ? SLUICE_CNT_TLS_SNI_FOUND : SLUICE_CNT_TLS_NO_SNI);
 	scratch->proto = SLUICE_PROTO_TLS;
 	scratch->raw_name_off = 0;
 	scratch->raw_name_len = 0;
@@ -499,10 +499,10 @@ int sluice_stage_http(struct xdp_md *ctx)
 	if (scratch->in_stream)
 		return inspect_next_packet(flow, scratch, cfg);
 	if (outcome != HTTP_TRUNCATED) {
-		count(SLUICE_CNT_NOT_TLS);
+		counter_inc(SLUICE_CNT_NOT_TLS);
 		return inspect_next_packet(flow, scratch, cfg);
 	}
-	count(SLUICE_CNT_HTTP_TRUNCATED);
+	counter_inc(SLUICE_CNT_HTTP_TRUNCATED);
 	if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
 		return inspect_next_packet(flow, scratch, cfg);
 	/* The rest of the request is in later segments: keep this one. */
@@ -521,19 +521,19 @@ int sluice_stage_http_host(struct xdp_md *ctx)
 		return XDP_PASS;
 	switch (parse_request_host(scratch, &name_off, &name_len)) {
 	case HTTP_HOST_FOUND:
-		count(SLUICE_CNT_HTTP_HOST_FOUND);
+		counter_inc(SLUICE_CNT_HTTP_HOST_FOUND);
 		scratch->proto = SLUICE_PROTO_HTTP;
 		scratch->raw_name_off = name_off;
 		scratch->raw_name_len = name_len;
 		break;
 	case HTTP_NO_HOST:
-		count(SLUICE_CNT_HTTP_NO_HOST);
+		counter_inc(SLUICE_CNT_HTTP_NO_HOST);
 		scratch->proto = SLUICE_PROTO_HTTP;
 		break;
 	default:
 		if (scratch->in_stream)
 			return inspect_next_packet(flow, scratch, cfg);
-		count(SLUICE_CNT_HTTP_TRUNCATED);
+		counter_inc(SLUICE_CNT_HTTP_TRUNCATED);
 		if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
 			return inspect_next_packet(flow, scratch, cfg);
 		call_stage(ctx, SLUICE_STAGE_STREAM);
@@ -672,7 +672,7 @@ int sluice_stage_receiver(struct xdp_md *ctx)
 	}
 	__u32 refused = refused_by_receiver(flow, scratch, cfg);
 	if (refused) {
-		count(refused);
+		counter_inc(refused);
 		return evasion_seen(ctx, flow, scratch, cfg);
 	}
 	/* The first client segment after a SYN with data: one at the stream's
@@ -682,7 +682,7 @@ int sluice_stage_receiver(struct xdp_md *ctx)
 		if (scratch->seq == flow->stream_base) {
 			if (scratch->segment_len < flow->syn_data_len ||
 			    payload_sum(scratch, flow->syn_data_len) != flow->syn_data_sum) {
-				count(SLUICE_CNT_EVASION_SYN_DATA);
+				counter_inc(SLUICE_CNT_EVASION_SYN_DATA);
 				if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
 					return evasion_seen(ctx, flow, scratch, cfg);
 				flow->receiver |= SLUICE_RECEIVER_EVASION;

@@ -82,7 +82,7 @@ static __always_inline void count_toward_trigger(struct flow_state *flow, __u32 
 	}
 	flow->trigger_pending = 0;
 	flow->action = rule->flags & SLUICE_RULE_MONITOR ? SLUICE_ACTION_NONE : rule->action;
-	count(SLUICE_CNT_TRIGGERS_FIRED);
+	counter_inc(SLUICE_CNT_TRIGGERS_FIRED);
 }
 
 /* The verdict of a classified flow on one of its packets (payload_len:
@@ -160,7 +160,7 @@ static __always_inline void classify(struct flow_state *flow, __u32 rule_id, __u
 	flow->client_known = 1;
 	flow->state = SLUICE_FLOW_CLASSIFIED;
 
-	count(scratch->proto == SLUICE_PROTO_TLS ? SLUICE_CNT_FLOWS_TLS : SLUICE_CNT_FLOWS_HTTP);
+	counter_inc(scratch->proto == SLUICE_PROTO_TLS ? SLUICE_CNT_FLOWS_TLS : SLUICE_CNT_FLOWS_HTTP);
 	__u32 stats_id = flow->rule_id;
 	struct rule_stats *stats = rule_stats.lookup(&stats_id);
 	if (stats)
@@ -177,7 +177,7 @@ static __always_inline int inspect_next_packet(struct flow_state *flow,
 {
 	if (flow->payload_packets >= cfg->window_packets || flow->payload_bytes >= cfg->window_bytes) {
 		flow->state = SLUICE_FLOW_GAVE_UP;
-		count(SLUICE_CNT_GAVE_UP);
+		counter_inc(SLUICE_CNT_GAVE_UP);
 		if (cfg->flags & SLUICE_CFG_EVENTS)
 			emit_event(flow, SLUICE_ACTION_NONE, 0, scratch, 0);
 	}
