@@ -29,7 +29,7 @@
 #define PS_PER_NS 1000
 #define CLOCK_CAS_ATTEMPTS 4		/* losing four races in a row means heavy contention */
 
-static __always_inline __u64 cost_ns(const struct rate_limit *limit, __u32 bytes)
+static __always_inline __u64 rate_cost_ns(const struct rate_limit *limit, __u32 bytes)
 {
 	return (__u64)bytes * limit->ps_per_byte / PS_PER_NS;
 }
@@ -37,12 +37,12 @@ static __always_inline __u64 cost_ns(const struct rate_limit *limit, __u32 bytes
 /* Police one packet: 1 if it conforms (and is charged), 0 to drop it. Under
  * contention that outlasts the attempts the packet is dropped, so the rate
  * is never exceeded. */
-static __always_inline int police(__u64 *clock, const struct rate_limit *limit,
-				  __u32 bytes, __u64 now)
+static __always_inline int rate_police(__u64 *clock, const struct rate_limit *limit,
+				       __u32 bytes, __u64 now)
 {
 	if (!limit->ps_per_byte)
 		return 1;
-	__u64 cost = cost_ns(limit, bytes);
+	__u64 cost = rate_cost_ns(limit, bytes);
 	for (int attempt = 0; attempt < CLOCK_CAS_ATTEMPTS; attempt++) {
 		__u64 seen = *(volatile __u64 *)clock;
 		__u64 full_at = (seen > now ? seen : now) + cost;
@@ -65,15 +65,15 @@ static __always_inline int police(__u64 *clock, const struct rate_limit *limit,
  * starve the flow for as long as GRO keeps building them.
  * A dropped packet costs nothing: charged, it would hold the link idle for a
  * slot no packet uses (a third of the rate, measured, for a TCP sender at
- * 128 kbit/s that overruns a 2 s horizon). As in police(), contention that
+ * 128 kbit/s that overruns a 2 s horizon). As in rate_police(), contention that
  * outlasts the attempts drops the packet. */
-static __always_inline int pace(__u64 *clock, const struct rate_limit *limit, __u32 bytes,
-				__u64 now, __u64 horizon_ns, __u64 *departure)
+static __always_inline int rate_pace(__u64 *clock, const struct rate_limit *limit, __u32 bytes,
+				     __u64 now, __u64 horizon_ns, __u64 *departure)
 {
 	*departure = now;
 	if (!limit->ps_per_byte)
 		return 1;
-	__u64 cost = cost_ns(limit, bytes);
+	__u64 cost = rate_cost_ns(limit, bytes);
 	for (int attempt = 0; attempt < CLOCK_CAS_ATTEMPTS; attempt++) {
 		__u64 seen = *(volatile __u64 *)clock;
 		__u64 start = seen > now ? seen : now;

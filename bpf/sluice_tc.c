@@ -93,7 +93,7 @@ int sluice_tc_egress(struct __sk_buff *skb)
 	} else {
 		__u64 *clock = rate_clock(flow, &key, rule, dir);
 		if (clock)
-			keep = pace(clock, &rule->limit[dir], bytes, now, rule->horizon_ns, &departure);
+			keep = rate_pace(clock, &rule->limit[dir], bytes, now, rule->horizon_ns, &departure);
 	}
 	if (!keep) {
 		account_egress(rule_id, dir, bytes, OUTCOME_DROPPED);

@@ -56,7 +56,7 @@ static __always_inline int throttle_conforms(struct flow_state *flow, const stru
 	if (!rule)
 		return 1;
 	__u64 *clock = rate_clock(flow, key, rule, dir);
-	return clock ? police(clock, &rule->limit[dir & (SLUICE_DIRS - 1)], bytes, now_ns(cfg)) : 1;
+	return clock ? rate_police(clock, &rule->limit[dir & (SLUICE_DIRS - 1)], bytes, now_ns(cfg)) : 1;
 }
 
 /* Count a packet of a flow whose rule waits for its trigger; once the count
