@@ -30,7 +30,7 @@
 #define NAME_MIX_SHIFT 29
 
 /* Branch-free, so that a loop over a name adds no verifier states. */
-static __always_inline __u8 ascii_lower(__u8 c)
+static __always_inline __u8 domain_ascii_lower(__u8 c)
 {
 	__u64 below_a = ((__u64)c - 'A') >> 63;
 	__u64 above_z = ((__u64)'Z' - c) >> 63;
@@ -40,20 +40,20 @@ static __always_inline __u8 ascii_lower(__u8 c)
 
 /* Copy the raw name at bytes[off, off + len) into name, lower-cased and
  * without one trailing dot. Returns the normalised length. */
-static __always_inline __u32 normalise_name(const __u8 *bytes, __u32 off, __u32 len, char *name)
+static __always_inline __u32 domain_normalise_name(const __u8 *bytes, __u32 off, __u32 len, char *name)
 {
 	for (int i = 0; i < SLUICE_NAME_MAX; i++) {
 		hide_from_compiler(i);
 		if (i >= len)
 			break;
-		name[i & NAME_BUFFER_MASK] = ascii_lower(payload_u8(bytes, off + i));
+		name[i & NAME_BUFFER_MASK] = domain_ascii_lower(payload_u8(bytes, off + i));
 	}
 	if (len > 0 && name[(len - 1) & NAME_BUFFER_MASK] == '.')
 		len--;
 	return len;
 }
 
-static __always_inline __u32 lookup_name_rule(__u64 fnv, __u64 mix, __u32 len, __u32 kind)
+static __always_inline __u32 domain_lookup_rule(__u64 fnv, __u64 mix, __u32 len, __u32 kind)
 {
 	struct name_key key = { .hash_fnv = fnv, .hash_mix = mix, .len = len, .kind = kind };
 	__u32 *set_id = domain_rules.lookup(&key);
@@ -62,7 +62,7 @@ static __always_inline __u32 lookup_name_rule(__u64 fnv, __u64 mix, __u32 len, _
 }
 
 /* The rule set of the most specific domain entry naming name[0, len), or 0. */
-static __always_inline __u32 match_domain(const char *name, __u32 len)
+static __always_inline __u32 domain_match(const char *name, __u32 len)
 {
 	__u64 fnv = NAME_FNV_OFFSET;
 	__u64 mix = NAME_MIX_SEED;
@@ -79,7 +79,7 @@ static __always_inline __u32 match_domain(const char *name, __u32 len)
 		__u64 is_dot = ((__u64)(c ^ '.') - 1) >> 63;
 		hide_from_compiler(is_dot);	/* or clang turns it back into c == '.' */
 		if (is_dot) {
-			__u32 set_id = lookup_name_rule(fnv, mix, i, SLUICE_MATCH_SUFFIX);
+			__u32 set_id = domain_lookup_rule(fnv, mix, i, SLUICE_MATCH_SUFFIX);
 			if (set_id)
 				best = set_id;
 		}
@@ -89,10 +89,10 @@ static __always_inline __u32 match_domain(const char *name, __u32 len)
 	}
 	if (len == 0)
 		return 0;
-	__u32 exact = lookup_name_rule(fnv, mix, len, SLUICE_MATCH_EXACT);
+	__u32 exact = domain_lookup_rule(fnv, mix, len, SLUICE_MATCH_EXACT);
 	if (exact)
 		return exact;
-	__u32 whole = lookup_name_rule(fnv, mix, len, SLUICE_MATCH_SUFFIX);
+	__u32 whole = domain_lookup_rule(fnv, mix, len, SLUICE_MATCH_SUFFIX);
 	return whole ? whole : best;
 }
 

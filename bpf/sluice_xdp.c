@@ -553,12 +553,12 @@ int sluice_stage_match(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
-	scratch->name_len = normalise_name(scratch->bytes, scratch->raw_name_off,
-					   scratch->raw_name_len, scratch->name);
+	scratch->name_len = domain_normalise_name(scratch->bytes, scratch->raw_name_off,
+						  scratch->raw_name_len, scratch->name);
 	/* The length passes through forget_range(): the matching loop is then
-	 * verified for one unknown length, not once per length normalise_name()
+	 * verified for one unknown length, not once per length domain_normalise_name()
 	 * can return. */
-	scratch->set_id = match_domain(scratch->name, forget_range(scratch->forget_slot, scratch->name_len));
+	scratch->set_id = domain_match(scratch->name, forget_range(scratch->forget_slot, scratch->name_len));
 	/* No entry names it: the rules without a name condition may apply. */
 	if (!scratch->set_id && (cfg->flags & SLUICE_CFG_UNNAMED_RULES))
 		scratch->set_id = SLUICE_RULE_SET_UNNAMED;
