@@ -17,7 +17,7 @@
 #define HTTP_LINES_MAX 32		/* header lines searched for Host */
 #define HTTP_LINE_SLOTS_MASK 63		/* slots past HTTP_LINES_MAX absorb writes */
 
-/* What parse_client_hello() found. It lives in map memory on purpose: the
+/* What tls_parse_client_hello() found. It lives in map memory on purpose: the
  * verifier does not follow values through memory, so flags kept here (name
  * found, ECH seen) do not split its states at every extension. */
 struct hello_result {

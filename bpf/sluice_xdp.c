@@ -75,7 +75,7 @@ static __always_inline int skip_leading_records(struct xdp_md *ctx, struct paylo
 	return skipped;
 }
 
-/* Keep the ALPN extension that parse_client_hello() found in bytes (a
+/* Keep the ALPN extension that tls_parse_client_hello() found in bytes (a
  * buffer of mask + 1) for the select stage: bytes is the payload, or the
  * handshake gathered from the stream, which the stages after this one may
  * not find as it was. */
@@ -278,7 +278,7 @@ int sluice_stage_tls(struct xdp_md *ctx)
 	if (skip_proxy_header(ctx, flow, scratch, cfg) < 0)
 		return inspect_next_packet(flow, scratch, cfg);
 	int skipped = skip_leading_records(ctx, scratch);
-	int outcome = parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &scratch->hello);
+	int outcome = tls_parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &scratch->hello);
 	if (wait_for_whole_hello(scratch, outcome, cfg))
 		outcome = TLS_TRUNCATED;
 	if (scratch->hello.ech && (outcome == TLS_SNI_FOUND || outcome == TLS_NO_SNI))
@@ -384,7 +384,7 @@ int sluice_stage_stream_tls(struct xdp_md *ctx)
 	/* As in the match stage: the parser is verified once, for one unknown
 	 * length, not once for every way out of the gathering loop. */
 	__u32 avail = forget_range(scratch->forget_slot, gather_handshake(stream, handshake, scratch));
-	int outcome = parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &scratch->hello);
+	int outcome = tls_parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &scratch->hello);
 	if (wait_for_whole_hello(scratch, outcome, cfg))
 		outcome = TLS_TRUNCATED;
 	if (outcome == TLS_TRUNCATED || outcome == TLS_MALFORMED || outcome == TLS_NOT_CLIENT_HELLO) {

@@ -63,8 +63,8 @@ static __always_inline int tls_check_span(__u32 off, __u32 len, __u32 hello_end,
  * Once the name is found, the bytes held ending does not undo it, but
  * result->cut says so: a caller that needs the facts after the name
  * (SLUICE_CFG_WHOLE_HELLO) waits for the rest. */
-static __always_inline int parse_client_hello(const __u8 *bytes, __u32 avail, __u32 mask,
-					      struct hello_result *result)
+static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail, __u32 mask,
+						  struct hello_result *result)
 {
 	int span;
 
