@@ -25,7 +25,7 @@
 /* A request in a stream is searched for its Host line this far: the
  * verifier follows at most 8192 jumps in one go, two per byte here. */
 #define HTTP_STREAM_SCAN_BYTES 2600
-/* Of the Host line, what parse_host_value() may read: the field name, the
+/* Of the Host line, what http_parse_host_value() may read: the field name, the
  * whitespace, a value, the line end. */
 #define HTTP_HOST_LINE_COPY (HTTP_HOST_FIELD_LEN + HTTP_OWS_MAX + HTTP_HOST_VALUE_MAX + 2)
 /* "\nhost:" as it reads in the last six bytes of a 64-bit shift register. */
@@ -39,7 +39,7 @@ enum http_outcome {
 };
 
 /* RFC 9110 tchar: the characters a method token may use. */
-static __always_inline int is_token_char(__u8 c)
+static __always_inline int http_is_token_char(__u8 c)
 {
 	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
 		return 1;
@@ -51,14 +51,14 @@ static __always_inline int is_token_char(__u8 c)
 	return 0;
 }
 
-static __always_inline int is_ows(__u8 c)
+static __always_inline int http_is_ows(__u8 c)
 {
 	return c == ' ' || c == '\t';
 }
 
 /* Does the request line that ends with '\n' at newline_off end in
  * "HTTP/1.x", with or without the '\r'? */
-static __always_inline int request_line_has_version(const __u8 *bytes, __u32 newline_off)
+static __always_inline int http_request_line_has_version(const __u8 *bytes, __u32 newline_off)
 {
 	__u32 end = newline_off;
 
@@ -74,7 +74,7 @@ static __always_inline int request_line_has_version(const __u8 *bytes, __u32 new
 	       payload_u8(bytes, v + 6) == '.' && digit >= '0' && digit <= '9';
 }
 
-static __always_inline int is_host_field(const __u8 *bytes, __u32 off)
+static __always_inline int http_is_host_field(const __u8 *bytes, __u32 off)
 {
 	/* OR-ing 0x20 lower-cases ASCII letters and leaves ':' alone. */
 	return (payload_u8(bytes, off) | 0x20) == 'h' &&
@@ -85,8 +85,8 @@ static __always_inline int is_host_field(const __u8 *bytes, __u32 off)
 }
 
 /* Locate the host in the Host value that starts at off. */
-static __always_inline int parse_host_value(struct payload_scratch *scratch, __u32 off,
-					    __u32 *name_off, __u32 *name_len)
+static __always_inline int http_parse_host_value(struct payload_scratch *scratch, __u32 off,
+						 __u32 *name_off, __u32 *name_len)
 {
 	const __u8 *bytes = scratch->bytes;
 	__u32 avail = scratch->len;
@@ -94,7 +94,7 @@ static __always_inline int parse_host_value(struct payload_scratch *scratch, __u
 	for (int i = 0; i < HTTP_OWS_MAX; i++) {
 		if (off >= avail)
 			return HTTP_TRUNCATED;
-		if (!is_ows(payload_u8(bytes, off)))
+		if (!http_is_ows(payload_u8(bytes, off)))
 			break;
 		off++;
 	}
@@ -108,7 +108,7 @@ static __always_inline int parse_host_value(struct payload_scratch *scratch, __u
 		if (start + len >= avail)
 			return HTTP_TRUNCATED;
 		__u8 c = payload_u8(bytes, start + len);
-		if (c == '\r' || c == '\n' || is_ows(c))
+		if (c == '\r' || c == '\n' || http_is_ows(c))
 			break;
 		if (bracketed ? c == ']' : c == ':')
 			break;
@@ -126,7 +126,7 @@ static __always_inline int parse_host_value(struct payload_scratch *scratch, __u
  * every untaken branch of every iteration pending, and a branchy body over a
  * full payload would exceed its limit. Returns the number of newlines found
  * (at most HTTP_LINES_MAX). */
-static __always_inline __u32 find_line_starts(const __u8 *bytes, __u32 avail, __u16 *line_starts)
+static __always_inline __u32 http_find_line_starts(const __u8 *bytes, __u32 avail, __u16 *line_starts)
 {
 	__u64 newlines = 0;
 
@@ -143,7 +143,7 @@ static __always_inline __u32 find_line_starts(const __u8 *bytes, __u32 avail, __
 	return newlines;
 }
 
-static __always_inline int is_scheme_char(__u8 c)
+static __always_inline int http_is_scheme_char(__u8 c)
 {
 	__u8 lower = c | 0x20;
 
@@ -152,7 +152,7 @@ static __always_inline int is_scheme_char(__u8 c)
 
 /* Where the authority of an absolute-form target (scheme "://" authority)
  * that starts at off begins, or 0 when the target has another form. */
-static __always_inline __u32 absolute_form_authority(const __u8 *bytes, __u32 off, __u32 line_end)
+static __always_inline __u32 http_absolute_form_authority(const __u8 *bytes, __u32 off, __u32 line_end)
 {
 	__u8 first = payload_u8(bytes, off) | 0x20;
 
@@ -165,7 +165,7 @@ static __always_inline __u32 absolute_form_authority(const __u8 *bytes, __u32 of
 		__u8 c = payload_u8(bytes, at);
 		if (c == ':')
 			return payload_u8(bytes, at + 1) == '/' && payload_u8(bytes, at + 2) == '/' ? at + 3 : 0;
-		if (!is_scheme_char(c))
+		if (!http_is_scheme_char(c))
 			return 0;
 	}
 	return 0;
@@ -173,8 +173,8 @@ static __always_inline __u32 absolute_form_authority(const __u8 *bytes, __u32 of
 
 /* The host of the authority at start: past any userinfo ("user@"), up to
  * the port, path, query, fragment or the space before the version. */
-static __always_inline int parse_authority(struct payload_scratch *scratch, __u32 start, __u32 line_end,
-					   __u32 *name_off, __u32 *name_len)
+static __always_inline int http_parse_authority(struct payload_scratch *scratch, __u32 start, __u32 line_end,
+						__u32 *name_off, __u32 *name_len)
 {
 	const __u8 *bytes = scratch->bytes;
 	__u64 host = start;
@@ -187,7 +187,7 @@ static __always_inline int parse_authority(struct payload_scratch *scratch, __u3
 			end = at;
 			break;
 		}
-		/* Branch-free, as in find_line_starts(): the host starts past the last '@'. */
+		/* Branch-free, as in http_find_line_starts(): the host starts past the last '@'. */
 		__u64 is_at = ((__u64)(c ^ '@') - 1) >> 63;
 		hide_from_compiler(is_at);
 		host += is_at * (at + 1 - host);
@@ -205,7 +205,7 @@ static __always_inline int parse_authority(struct payload_scratch *scratch, __u3
 		if (first + len >= end)
 			break;
 		__u8 c = payload_u8(bytes, first + len);
-		if (c == '\r' || c == '\n' || is_ows(c) || (bracketed ? c == ']' : c == ':'))
+		if (c == '\r' || c == '\n' || http_is_ows(c) || (bracketed ? c == ']' : c == ':'))
 			break;
 	}
 	if (len == 0 || len > SLUICE_NAME_MAX)
@@ -218,10 +218,10 @@ static __always_inline int parse_authority(struct payload_scratch *scratch, __u3
 /* The request line: a method, a space, a target, "HTTP/1.x". Returns
  * HTTP_HOST_FOUND when it is one, having noted in scratch where the lines
  * after it start and where an absolute-form target's authority is; the
- * host itself is found by parse_request_host(), in the next stage, so that
+ * host itself is found by http_parse_request_host(), in the next stage, so that
  * the verifier checks the two halves apart (older verifiers give up on the
  * whole). */
-static __always_inline int parse_request_line(struct payload_scratch *scratch)
+static __always_inline int http_parse_request_line(struct payload_scratch *scratch)
 {
 	const __u8 *bytes = scratch->bytes;
 	__u16 *line_starts = scratch->line_starts;
@@ -237,29 +237,29 @@ static __always_inline int parse_request_line(struct payload_scratch *scratch)
 	for (int i = 0; i < HTTP_METHOD_MAX; i++) {
 		if (off >= avail)
 			return off > 0 ? HTTP_TRUNCATED : HTTP_NOT_REQUEST;
-		if (!is_token_char(payload_u8(bytes, off)))
+		if (!http_is_token_char(payload_u8(bytes, off)))
 			break;
 		off++;
 	}
 	if (off == 0 || off >= avail || payload_u8(bytes, off) != ' ')
 		return HTTP_NOT_REQUEST;
 
-	__u32 newlines = find_line_starts(bytes, avail, line_starts);
+	__u32 newlines = http_find_line_starts(bytes, avail, line_starts);
 	if (newlines == 0)
 		return HTTP_TRUNCATED;
 	__u32 line_end = line_starts[0] - 1;
-	if (!request_line_has_version(bytes, line_end))
+	if (!http_request_line_has_version(bytes, line_end))
 		return HTTP_NOT_REQUEST;
 	/* Forgotten, so that what follows is verified once, not once per method length. */
-	scratch->authority_off = absolute_form_authority(bytes, forget_range(scratch->forget_slot, off + 1),
-							 line_end);
+	scratch->authority_off = http_absolute_form_authority(bytes, forget_range(scratch->forget_slot, off + 1),
+							      line_end);
 	scratch->header_lines = newlines;
 	return HTTP_HOST_FOUND;
 }
 
-/* The host of a request whose line parse_request_line() accepted. */
-static __always_inline int parse_request_host(struct payload_scratch *scratch,
-					      __u32 *name_off, __u32 *name_len)
+/* The host of a request whose line http_parse_request_line() accepted. */
+static __always_inline int http_parse_request_host(struct payload_scratch *scratch,
+						   __u32 *name_off, __u32 *name_len)
 {
 	const __u8 *bytes = scratch->bytes;
 	__u16 *line_starts = scratch->line_starts;
@@ -267,7 +267,7 @@ static __always_inline int parse_request_host(struct payload_scratch *scratch,
 	__u32 newlines = scratch->header_lines;
 
 	if (scratch->authority_off)
-		return parse_authority(scratch, scratch->authority_off, line_starts[0] - 1, name_off, name_len);
+		return http_parse_authority(scratch, scratch->authority_off, line_starts[0] - 1, name_off, name_len);
 
 	/* Header lines: line k starts just past newline k. Only the start of
 	 * the Host value is found here, so the verifier walks the value once. */
@@ -283,7 +283,7 @@ static __always_inline int parse_request_host(struct payload_scratch *scratch,
 			return HTTP_NO_HOST;	/* the blank line ends the headers */
 		if (line + HTTP_HOST_FIELD_LEN > avail)
 			return HTTP_TRUNCATED;
-		if (is_host_field(bytes, line)) {
+		if (http_is_host_field(bytes, line)) {
 			value_off = line + HTTP_HOST_FIELD_LEN;
 			break;
 		}
@@ -291,18 +291,18 @@ static __always_inline int parse_request_host(struct payload_scratch *scratch,
 	/* So many header lines before any Host that we stop looking. */
 	if (!value_off)
 		return HTTP_NO_HOST;
-	return parse_host_value(scratch, forget_range(scratch->forget_slot, value_off), name_off, name_len);
+	return http_parse_host_value(scratch, forget_range(scratch->forget_slot, value_off), name_off, name_len);
 }
 
 /* Find the request line's end, the Host line and the header section's end
  * in bytes[start, end) of a stream buffer, however many header lines come
  * before the Host line. The body is branch-free arithmetic but for the exit
- * (see find_line_starts()): a Host line is "\nhost:" in a shift register of
+ * (see http_find_line_starts()): a Host line is "\nhost:" in a shift register of
  * the bytes, letters lower-cased, that comes before the blank line. The
  * layout is written to map memory, where the verifier does not follow it:
  * the code after the scan is verified once, not once per way out of it. */
-static __always_inline void scan_stream_request(const __u8 *bytes, __u32 start, __u32 end,
-						struct request_layout *layout)
+static __always_inline void http_scan_stream_request(const __u8 *bytes, __u32 start, __u32 end,
+						     struct request_layout *layout)
 {
 	__u64 recent = 0, line_end = 0, host_line = 0, headers_end = 0;
 

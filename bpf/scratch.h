@@ -37,7 +37,7 @@ struct hello_result {
 #define ALPN_COPY_MASK (ALPN_COPY_BYTES - 1)
 
 /* Where a request held in a stream has its parts, found in one pass (see
- * scan_stream_request() in http_host.h); each is 0 until found. */
+ * http_scan_stream_request() in http_host.h); each is 0 until found. */
 struct request_layout {
 	__u32 line_end;			/* the request line's '\n' */
 	__u32 host_line;		/* the first "host:" line of the header section */
@@ -83,7 +83,7 @@ struct payload_scratch {
 	__u32 seq;			/* the packet's TCP sequence number */
 	__u32 segment_offset;		/* its whole payload, as it came: */
 	__u32 segment_len;		/* payload_offset/len move past skipped records */
-	__u32 header_lines;		/* HTTP: newlines found (see find_line_starts()) */
+	__u32 header_lines;		/* HTTP: newlines found (see http_find_line_starts()) */
 	__u32 authority_off;		/* HTTP: where an absolute-form target's authority starts, or 0 */
 	struct hello_result hello;
 	struct request_layout layout;	/* HTTP in a stream */
@@ -93,7 +93,7 @@ struct payload_scratch {
 	struct segment_view segment;	/* the segment's headers, for receiver.h */
 	__u8 bytes[PAYLOAD_COPY_BYTES];
 	char name[SLUICE_NAME_MAX + 1];	/* the extracted, normalised name */
-	__u16 line_starts[HTTP_LINE_SLOTS_MASK + 1]; /* see find_line_starts() */
+	__u16 line_starts[HTTP_LINE_SLOTS_MASK + 1]; /* see http_find_line_starts() */
 };
 
 /* A ClientHello spread over TCP segments or TLS records is put back

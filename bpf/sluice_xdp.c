@@ -442,7 +442,7 @@ int sluice_stage_stream_http(struct xdp_md *ctx)
 	/* Forgotten, both: the scan is verified once, not once per empty line. */
 	start = forget_range(scratch->forget_slot, start);
 	end = forget_range(scratch->forget_slots[0], end);
-	scan_stream_request(stream->bytes, start, end, &scratch->layout);
+	http_scan_stream_request(stream->bytes, start, end, &scratch->layout);
 	/* ...and again: each way out of the scan knows them differently. */
 	start = forget_range(scratch->forget_slot, start);
 	end = forget_range(scratch->forget_slots[0], end);
@@ -490,7 +490,7 @@ int sluice_stage_http(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
-	int outcome = parse_request_line(scratch);
+	int outcome = http_parse_request_line(scratch);
 	if (outcome == HTTP_HOST_FOUND) {
 		call_stage(ctx, SLUICE_STAGE_HTTP_HOST);
 		return pass_unjudged(scratch->frame_len);
@@ -519,7 +519,7 @@ int sluice_stage_http_host(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
-	switch (parse_request_host(scratch, &name_off, &name_len)) {
+	switch (http_parse_request_host(scratch, &name_off, &name_len)) {
 	case HTTP_HOST_FOUND:
 		counter_inc(SLUICE_CNT_HTTP_HOST_FOUND);
 		scratch->proto = SLUICE_PROTO_HTTP;
