@@ -341,7 +341,7 @@ static __always_inline int reply_stage(struct xdp_md *ctx)
 	/* 0: a whole TCP or UDP packet, no fragment (encapsulated: see reply_read_request()). */
 	if (parse_packet(data, data_end, &pkt, TUNNELS_REPLIED) != 0 || pkt.l4proto != IPPROTO_TCP)
 		return XDP_DROP;
-	make_flow_key(&pkt, &key);
+	flow_make_key(&pkt, &key);
 	struct flow_state *flow = flows.lookup(&key);
 	struct sluice_config *cfg = config.lookup(&zero);
 	if (!flow || !cfg || flow->action != SLUICE_ACTION_BLOCK)

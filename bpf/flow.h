@@ -17,8 +17,8 @@
 #define FLOW_REFRESH_SHIFT 4
 
 /* -1, 0 or 1 as endpoint a sorts below, equal to or above endpoint b. */
-static __always_inline int compare_endpoints(const __u8 *a_addr, __be16 a_port,
-					     const __u8 *b_addr, __be16 b_port)
+static __always_inline int flow_compare_endpoints(const __u8 *a_addr, __be16 a_port,
+						  const __u8 *b_addr, __be16 b_port)
 {
 	/* Any total order will do, as long as both directions agree on it; two
 	 * 64-bit words compare faster than sixteen bytes. */
@@ -34,9 +34,9 @@ static __always_inline int compare_endpoints(const __u8 *a_addr, __be16 a_port,
 }
 
 /* Fill key from pkt; returns 1 when the sender is the key's hi end. */
-static __always_inline int make_flow_key(const struct packet_info *pkt, struct flow_key *key)
+static __always_inline int flow_make_key(const struct packet_info *pkt, struct flow_key *key)
 {
-	int sender_is_hi = compare_endpoints(pkt->saddr, pkt->sport, pkt->daddr, pkt->dport) > 0;
+	int sender_is_hi = flow_compare_endpoints(pkt->saddr, pkt->sport, pkt->daddr, pkt->dport) > 0;
 
 	if (sender_is_hi) {
 		__builtin_memcpy(key->addr_lo, pkt->daddr, 16);
@@ -66,7 +66,7 @@ static __always_inline void flow_touch(struct flow_state *flow, __u64 now,
 		flow->last_seen_ns = now;
 }
 
-static __always_inline int is_bare_syn(const struct packet_info *pkt)
+static __always_inline int flow_is_bare_syn(const struct packet_info *pkt)
 {
 	return (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
@@ -98,10 +98,10 @@ static __always_inline struct flow_state *flow_start(struct flow_key *key, int s
 
 /* The flow a TCP segment belongs to, opened or restarted as its packet
  * says; 0 if the packet passes without one. */
-static __always_inline struct flow_state *open_tcp_flow(const struct packet_info *pkt, struct flow_key *key,
+static __always_inline struct flow_state *flow_open_tcp(const struct packet_info *pkt, struct flow_key *key,
 							int sender_is_hi, const struct sluice_config *cfg)
 {
-	int bare_syn = is_bare_syn(pkt);
+	int bare_syn = flow_is_bare_syn(pkt);
 	__u64 now = coarse_now_ns(cfg);
 	struct flow_state *flow = flows.lookup(key);
 	int new_key = !flow;

@@ -287,7 +287,7 @@ static __always_inline int frag_drop_young(struct xdp_md *ctx, struct packet_inf
 	/* TCP and UDP headers both start with the ports. */
 	__builtin_memcpy(&pkt->sport, head, sizeof(pkt->sport));
 	__builtin_memcpy(&pkt->dport, head + 2, sizeof(pkt->dport));
-	int sender_is_hi = make_flow_key(pkt, &key);
+	int sender_is_hi = flow_make_key(pkt, &key);
 	struct flow_state *flow = flows.lookup(&key);
 	if (flow && flow_is_idle(flow, coarse_now_ns(cfg), cfg))
 		flow = 0;

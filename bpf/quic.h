@@ -125,7 +125,7 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 	 * so UDP needs no flow lookup at all. */
 	if (!(cfg->flags & SLUICE_CFG_EVENTS))
 		return pass_unjudged(pkt->frame_len);
-	int sender_is_hi = make_flow_key(pkt, &key);
+	int sender_is_hi = flow_make_key(pkt, &key);
 	__u64 now = coarse_now_ns(cfg);
 	struct flow_state *flow = flows.lookup(&key);
 

@@ -185,7 +185,7 @@ static __always_inline int inspect_tcp_segment(struct xdp_md *ctx, struct flow_s
 	__u32 zero = 0;
 
 	/* The SYN's timestamp is the one later segments are held to. */
-	if (pkt->payload_len == 0 && !(receiver_model && is_bare_syn(pkt)))
+	if (pkt->payload_len == 0 && !(receiver_model && flow_is_bare_syn(pkt)))
 		return pass_unjudged(pkt->frame_len);
 	/* Once the client is known, only what it sends can name the flow:
 	 * a server cannot get its own flow judged by what it answers. */
@@ -244,8 +244,8 @@ int sluice_xdp(struct xdp_md *ctx)
 	if (pkt.l4proto == IPPROTO_UDP)
 		return judge_udp(ctx, &pkt, cfg, 0);
 
-	int sender_is_hi = make_flow_key(&pkt, &key);
-	struct flow_state *flow = open_tcp_flow(&pkt, &key, sender_is_hi, cfg);
+	int sender_is_hi = flow_make_key(&pkt, &key);
+	struct flow_state *flow = flow_open_tcp(&pkt, &key, sender_is_hi, cfg);
 	if (!flow)
 		return pass_unjudged(pkt.frame_len);
 	if (flow->state != SLUICE_FLOW_INSPECTING && !reads_again(flow, &pkt, sender_is_hi))
@@ -607,8 +607,8 @@ static __always_inline int judge_gathered_segment(struct packet_info *pkt, const
 						  struct xdp_md *ctx)
 {
 	struct flow_key key = {};
-	int sender_is_hi = make_flow_key(pkt, &key);
-	struct flow_state *flow = open_tcp_flow(pkt, &key, sender_is_hi, cfg);
+	int sender_is_hi = flow_make_key(pkt, &key);
+	struct flow_state *flow = flow_open_tcp(pkt, &key, sender_is_hi, cfg);
 
 	if (!flow)
 		return pass_unjudged(pkt->frame_len);
