@@ -36,7 +36,7 @@ struct flow_view {
 	__u8 pad[2];
 };
 
-static __always_inline __u32 client_class(const __u8 *addr)
+static __always_inline __u32 match_client_class(const __u8 *addr)
 {
 	struct client_prefix prefix = { .prefixlen = 128 };
 	__u32 *class_id;
@@ -46,7 +46,7 @@ static __always_inline __u32 client_class(const __u8 *addr)
 	return class_id ? *class_id : 0;
 }
 
-static __always_inline __u32 destination_set(const __u8 *addr)
+static __always_inline __u32 match_destination_set(const __u8 *addr)
 {
 	struct client_prefix prefix = { .prefixlen = 128 };
 	__u32 *set_id;
@@ -59,7 +59,7 @@ static __always_inline __u32 destination_set(const __u8 *addr)
 /* The bits of the protocol ids an ALPN extension body offers (RFC 7301: a
  * 2-byte list length, then ids of a 1-byte length each) that rules name;
  * alpn holds its first len bytes. */
-static __always_inline __u32 offered_alpn_ids(const __u8 *alpn, __u32 len)
+static __always_inline __u32 match_offered_alpn_ids(const __u8 *alpn, __u32 len)
 {
 	struct alpn_key key;
 	__u32 ids = 0;
@@ -87,7 +87,7 @@ static __always_inline __u32 offered_alpn_ids(const __u8 *alpn, __u32 len)
 }
 
 /* Does the flow meet the rule's conditions on what it is? */
-static __always_inline int flow_matches(const struct rule_info *rule, const struct flow_view *flow)
+static __always_inline int match_flow(const struct rule_info *rule, const struct flow_view *flow)
 {
 	if (rule->protocols && !(rule->protocols & (1u << (flow->proto & 31))))
 		return 0;
@@ -101,7 +101,7 @@ static __always_inline int flow_matches(const struct rule_info *rule, const stru
 	return !rule->alpn_ids || (rule->alpn_ids & flow->alpn_ids);
 }
 
-static __always_inline int is_ipv4_mapped(const __u8 *addr)
+static __always_inline int match_is_ipv4_mapped(const __u8 *addr)
 {
 	__u64 high;
 	__u32 middle;
@@ -114,17 +114,17 @@ static __always_inline int is_ipv4_mapped(const __u8 *addr)
 /* The client's place in every rollout: 32 bits of a keyed hash of its IPv4
  * address, or of its IPv6 /64. The same client always gets the same value,
  * so raising a share from 10% to 20% keeps the first 10% in. */
-static __always_inline __u32 rollout_value(const __u8 *addr, const struct sluice_config *cfg)
+static __always_inline __u32 match_rollout_value(const __u8 *addr, const struct sluice_config *cfg)
 {
 	__u8 message[16];
 
 	__builtin_memcpy(message, addr, 16);
-	if (!is_ipv4_mapped(addr))
+	if (!match_is_ipv4_mapped(addr))
 		__builtin_memset(message + IPV6_DEVICE_PREFIX_BYTES, 0, 16 - IPV6_DEVICE_PREFIX_BYTES);
 	return siphash_16(cfg->rollout_key, message) >> ROLLOUT_HASH_SHIFT;
 }
 
-static __always_inline int port_allowed(const struct rule_info *rule, __u16 port)
+static __always_inline int match_port_allowed(const struct rule_info *rule, __u16 port)
 {
 	if (rule->port_ranges == 0)
 		return 1;
@@ -136,35 +136,35 @@ static __always_inline int port_allowed(const struct rule_info *rule, __u16 port
 	return 0;
 }
 
-static __always_inline int in_rollout(const struct rule_info *rule, struct flow_view *client,
-				      const struct sluice_config *cfg)
+static __always_inline int match_in_rollout(const struct rule_info *rule, struct flow_view *client,
+					    const struct sluice_config *cfg)
 {
 	if (rule->rollout_threshold >= SLUICE_ROLLOUT_ALL)
 		return 1;
 	if (!client->rollout_known) {
-		client->rollout_value = rollout_value(client->addr, cfg);
+		client->rollout_value = match_rollout_value(client->addr, cfg);
 		client->rollout_known = 1;
 	}
 	return client->rollout_value < rule->rollout_threshold;
 }
 
-static __always_inline int rule_applies(const struct rule_info *rule, struct flow_view *client,
-					const struct sluice_config *cfg)
+static __always_inline int match_rule_applies(const struct rule_info *rule, struct flow_view *client,
+					      const struct sluice_config *cfg)
 {
 	if (rule->flags & SLUICE_RULE_INACTIVE)
 		return 0;
 	if ((rule->flags & SLUICE_RULE_CLIENT_OPENED) && !client->opened_by_client)
 		return 0;
-	if (!flow_matches(rule, client))
+	if (!match_flow(rule, client))
 		return 0;
-	return port_allowed(rule, client->server_port) && in_rollout(rule, client, cfg);
+	return match_port_allowed(rule, client->server_port) && match_in_rollout(rule, client, cfg);
 }
 
 /* The rule of set_id that applies to client, or 0. The class's own set
  * holds the rules for any client too; a class without rules on this name
  * has no set of its own and falls back to the set for clients in no class. */
-static __always_inline __u32 select_rule(__u32 set_id, struct flow_view *client,
-					 const struct sluice_config *cfg)
+static __always_inline __u32 match_select_rule(__u32 set_id, struct flow_view *client,
+					       const struct sluice_config *cfg)
 {
 	struct rule_set_key key = { .set_id = set_id, .class_id = client->class_id };
 	struct rule_set *set = rule_sets.lookup(&key);
@@ -180,7 +180,7 @@ static __always_inline __u32 select_rule(__u32 set_id, struct flow_view *client,
 		if (!rule_id)
 			break;
 		struct rule_info *rule = rules.lookup(&rule_id);
-		if (rule && rule_applies(rule, client, cfg))
+		if (rule && match_rule_applies(rule, client, cfg))
 			return rule_id;
 	}
 	return 0;

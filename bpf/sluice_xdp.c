@@ -585,16 +585,16 @@ int sluice_stage_select(struct xdp_md *ctx)
 	__builtin_memcpy(client.addr, scratch->sender_is_hi ? key->addr_hi : key->addr_lo, 16);
 	client.server_port = bpf_ntohs(scratch->sender_is_hi ? key->port_lo : key->port_hi);
 	client.opened_by_client = flow->opened_by_client;
-	client.class_id = client_class(client.addr);
-	client.destination_id = destination_set(scratch->sender_is_hi ? key->addr_lo : key->addr_hi);
+	client.class_id = match_client_class(client.addr);
+	client.destination_id = match_destination_set(scratch->sender_is_hi ? key->addr_lo : key->addr_hi);
 	client.proto = scratch->proto;
 	/* The hello's facts hold only for this flow's hello: the per-CPU
 	 * scratch keeps the last one parsed, whatever flow it was. */
 	if (scratch->proto == SLUICE_PROTO_TLS) {
 		client.ech = scratch->hello.ech != 0;
-		client.alpn_ids = offered_alpn_ids(scratch->alpn, scratch->alpn_len);
+		client.alpn_ids = match_offered_alpn_ids(scratch->alpn, scratch->alpn_len);
 	}
-	__u32 rule_id = select_rule(scratch->set_id, &client, cfg);
+	__u32 rule_id = match_select_rule(scratch->set_id, &client, cfg);
 	classify(flow, rule_id, client.class_id, scratch, cfg);
 	return apply_tcp_verdict(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len, scratch->segment_len, cfg);
 }
