@@ -16,7 +16,7 @@
 #define SIPHASH_FINAL_XOR 0xff
 #define SIPHASH_MESSAGE_BYTES 16
 
-static __always_inline __u64 rotl64(__u64 x, int bits)
+static __always_inline __u64 sip_rotl64(__u64 x, int bits)
 {
 	return (x << bits) | (x >> (64 - bits));
 }
@@ -27,10 +27,10 @@ struct siphash_state {
 
 static __always_inline void sip_round(struct siphash_state *s)
 {
-	s->v0 += s->v1; s->v1 = rotl64(s->v1, 13); s->v1 ^= s->v0; s->v0 = rotl64(s->v0, 32);
-	s->v2 += s->v3; s->v3 = rotl64(s->v3, 16); s->v3 ^= s->v2;
-	s->v0 += s->v3; s->v3 = rotl64(s->v3, 21); s->v3 ^= s->v0;
-	s->v2 += s->v1; s->v1 = rotl64(s->v1, 17); s->v1 ^= s->v2; s->v2 = rotl64(s->v2, 32);
+	s->v0 += s->v1; s->v1 = sip_rotl64(s->v1, 13); s->v1 ^= s->v0; s->v0 = sip_rotl64(s->v0, 32);
+	s->v2 += s->v3; s->v3 = sip_rotl64(s->v3, 16); s->v3 ^= s->v2;
+	s->v0 += s->v3; s->v3 = sip_rotl64(s->v3, 21); s->v3 ^= s->v0;
+	s->v2 += s->v1; s->v1 = sip_rotl64(s->v1, 17); s->v1 ^= s->v2; s->v2 = sip_rotl64(s->v2, 32);
 }
 
 /* Two compression rounds per 8-byte word. */
