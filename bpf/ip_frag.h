@@ -298,7 +298,7 @@ static __always_inline int frag_drop_young(struct xdp_md *ctx, struct packet_inf
 		__u32 udp_len = ((__u32)head[4] << 8) | head[5];
 		if (!(cfg->flags & SLUICE_CFG_EVENTS) ||
 		    udp_len < sizeof(struct udphdr) + QUIC_INITIAL_MIN_DATAGRAM ||
-		    !is_quic_initial_header(head + sizeof(struct udphdr)))
+		    !quic_is_initial_header(head + sizeof(struct udphdr)))
 			return pass_unjudged(pkt->frame_len);
 	}
 drop:

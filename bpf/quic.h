@@ -45,7 +45,7 @@
 
 /* Could a datagram starting with these QUIC_HEADER_PEEK bytes be a
  * client's first flight, whatever its version? */
-static __always_inline int is_quic_initial_header(const __u8 *head)
+static __always_inline int quic_is_initial_header(const __u8 *head)
 {
 	if (head[0] & QUIC_LONG_HEADER)
 		return (head[0] & QUIC_FIXED_BIT) && (head[1] | head[2] | head[3] | head[4]) != QUIC_VERSION_NEGOTIATION;
@@ -55,40 +55,40 @@ static __always_inline int is_quic_initial_header(const __u8 *head)
 
 /* The first bytes of the payload: from the packet, or from the datagram its
  * fragments were gathered into (map memory, starting at the payload). */
-static __always_inline int load_quic_head(struct xdp_md *ctx, const struct packet_info *pkt, const __u8 *gathered,
-					  __u8 *head, __u32 size)
+static __always_inline int quic_load_head(struct xdp_md *ctx, const struct packet_info *pkt,
+					  const __u8 *gathered, __u8 *head, __u32 size)
 {
 	return gathered ? copy_within_maps(head, size, gathered) :
 			  bpf_xdp_load_bytes(ctx, pkt->payload_offset, head, size);
 }
 
-/* Could the packet be a client's first flight? (gathered: see load_quic_head()) */
-static __always_inline int is_quic_client_initial(struct xdp_md *ctx, const struct packet_info *pkt,
+/* Could the packet be a client's first flight? (gathered: see quic_load_head()) */
+static __always_inline int quic_is_client_initial(struct xdp_md *ctx, const struct packet_info *pkt,
 						  const __u8 *gathered)
 {
 	__u8 head[QUIC_HEADER_PEEK];
 
 	if (pkt->payload_len < QUIC_INITIAL_MIN_DATAGRAM)
 		return 0;
-	if (load_quic_head(ctx, pkt, gathered, head, sizeof(head)) < 0)
+	if (quic_load_head(ctx, pkt, gathered, head, sizeof(head)) < 0)
 		return 0;
-	return is_quic_initial_header(head);
+	return quic_is_initial_header(head);
 }
 
 /* Is the packet a Version Negotiation packet (sent by servers only)? */
-static __always_inline int is_quic_version_negotiation(struct xdp_md *ctx, const struct packet_info *pkt,
+static __always_inline int quic_is_version_negotiation(struct xdp_md *ctx, const struct packet_info *pkt,
 						       const __u8 *gathered)
 {
 	__u8 head[QUIC_VERSION_PEEK];
 
-	if (pkt->payload_len < sizeof(head) || load_quic_head(ctx, pkt, gathered, head, sizeof(head)) < 0)
+	if (pkt->payload_len < sizeof(head) || quic_load_head(ctx, pkt, gathered, head, sizeof(head)) < 0)
 		return 0;
 	return (head[0] & QUIC_LONG_HEADER) && (head[1] | head[2] | head[3] | head[4]) == QUIC_VERSION_NEGOTIATION;
 }
 
-static __always_inline void send_to_controller(struct xdp_md *ctx, const struct packet_info *pkt,
-					       const struct flow_key *key, int client_is_hi,
-					       const __u8 *gathered)
+static __always_inline void quic_send_to_controller(struct xdp_md *ctx, const struct packet_info *pkt,
+						    const struct flow_key *key, int client_is_hi,
+						    const __u8 *gathered)
 {
 	struct quic_datagram *datagram = quic_datagrams.ringbuf_reserve(sizeof(struct quic_datagram));
 	__u32 len = pkt->payload_len;
@@ -115,9 +115,9 @@ static __always_inline void send_to_controller(struct xdp_md *ctx, const struct 
 	counter_inc(SLUICE_CNT_QUIC_DATAGRAMS);
 }
 
-/* The verdict of a UDP packet (gathered: see is_quic_client_initial()). */
-static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt,
-				     const struct sluice_config *cfg, const __u8 *gathered)
+/* The verdict of a UDP packet (gathered: see quic_is_client_initial()). */
+static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info *pkt,
+					  const struct sluice_config *cfg, const __u8 *gathered)
 {
 	struct flow_key key = {};
 
@@ -141,14 +141,14 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 		 * client told its version is not spoken starts again. */
 		int client_sends = sender_is_hi == flow->client_is_hi;
 		if (flow->payload_packets < cfg->window_packets &&
-		    (client_sends ? is_quic_client_initial(ctx, pkt, gathered) :
-				    is_quic_version_negotiation(ctx, pkt, gathered))) {
+		    (client_sends ? quic_is_client_initial(ctx, pkt, gathered) :
+				    quic_is_version_negotiation(ctx, pkt, gathered))) {
 			flow->payload_packets += 1;
-			send_to_controller(ctx, pkt, &key, flow->client_is_hi, gathered);
+			quic_send_to_controller(ctx, pkt, &key, flow->client_is_hi, gathered);
 		}
 		return pass_unjudged(pkt->frame_len);
 	}
-	if (!is_quic_client_initial(ctx, pkt, gathered))
+	if (!quic_is_client_initial(ctx, pkt, gathered))
 		return pass_unjudged(pkt->frame_len);
 	flow = flow_start(&key, sender_is_hi, 1, pkt, now);
 	if (!flow)
@@ -156,7 +156,7 @@ static __always_inline int judge_udp(struct xdp_md *ctx, struct packet_info *pkt
 	counter_inc(SLUICE_CNT_FLOWS_CREATED);
 	flow->proto = SLUICE_PROTO_QUIC;
 	flow->payload_packets = 1;
-	send_to_controller(ctx, pkt, &key, sender_is_hi, gathered);
+	quic_send_to_controller(ctx, pkt, &key, sender_is_hi, gathered);
 	return pass_unjudged(pkt->frame_len);
 }
 

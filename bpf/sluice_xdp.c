@@ -242,7 +242,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	if (parsed == PACKET_FRAGMENT)
 		return enter_fragment_stage(ctx, &pkt, cfg);
 	if (pkt.l4proto == IPPROTO_UDP)
-		return judge_udp(ctx, &pkt, cfg, 0);
+		return quic_judge_udp(ctx, &pkt, cfg, 0);
 
 	int sender_is_hi = flow_make_key(&pkt, &key);
 	struct flow_state *flow = flow_open_tcp(&pkt, &key, sender_is_hi, cfg);
@@ -633,7 +633,7 @@ int sluice_stage_fragment(struct xdp_md *ctx)
 	    frag_parse_transport(gathered, &pkt) < 0)
 		return pass_unjudged(frame_len);
 	if (pkt.l4proto == IPPROTO_UDP)
-		return judge_udp(ctx, &pkt, cfg, &gathered->bytes[sizeof(struct udphdr)]);
+		return quic_judge_udp(ctx, &pkt, cfg, &gathered->bytes[sizeof(struct udphdr)]);
 	return judge_gathered_segment(&pkt, cfg, ctx);
 }
 
