@@ -25,4 +25,9 @@ static __always_inline __u32 payload_be16(const __u8 *bytes, __u32 off)
 	return masked_be16(bytes, off, PAYLOAD_COPY_MASK);
 }
 
+static __always_inline __u32 payload_be32(const __u8 *bytes, __u32 off)
+{
+	return (payload_be16(bytes, off) << 16) | payload_be16(bytes, off + 2);
+}
+
 #endif /* SLUICE_PAYLOAD_H */

@@ -25,11 +25,6 @@
 #define PROXY_V2_SIGNATURE_1 0x000D0A51
 #define PROXY_V2_SIGNATURE_2 0x5549540A
 
-static __always_inline __u32 payload_be32(const __u8 *bytes, __u32 off)
-{
-	return (payload_be16(bytes, off) << 16) | payload_be16(bytes, off + 2);
-}
-
 /* The v1 header's length: "PROXY " up to its CRLF, all in bytes[0..len). */
 static __always_inline __u32 proxy_v1_len(const __u8 *bytes, __u32 len)
 {
