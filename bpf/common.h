@@ -2,7 +2,7 @@
 /* common.h - what every program and stage uses: the data plane's clock, its
  * global counters, and the tail call into the next stage.
  *
- * Every other header prefixes its helpers with its module's name (rate_,
+ * The headers prefix their helpers with their module's name (rate_,
  * domain_, http_, flow_, ...), as Cilium's bpf/lib does; these few are the
  * data plane's common words, and keep theirs short.
  */
