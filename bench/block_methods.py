@@ -1,6 +1,6 @@
 """How long a blocked client takes to fail, by block method, in the lab.
 
-Run as root:  .venv/bin/python bench/block_methods.py [--runs 20] [--timeout 2] [--xdp-mode auto]
+Run as root:  .venv/bin/python bench/block_methods.py [--runs 20] [--timeout 2] [--hook native]
 
 sluice runs the lab policy on the lab's edge (reset-lab: method reset,
 page-lab: method page, block-lab: method drop), with tc ingress set up to
@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sluice.block_methods import set_up_server_resets  # noqa: E402
+from sluice import hooks  # noqa: E402
 from sluice.datapath import Datapath  # noqa: E402
 from sluice.lab import Lab  # noqa: E402
 from sluice.policies import lab_policy_path  # noqa: E402
@@ -41,7 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=2.0, help="curl's --max-time, seconds")
-    parser.add_argument("--xdp-mode", choices=["auto", "native", "generic"], default="auto")
+    parser.add_argument("--hook", choices=hooks.CHOICES, default="native")
     args = parser.parse_args()
     policy = load_policy(lab_policy_path())
     with Lab() as lab:
@@ -49,7 +50,7 @@ def main() -> int:
         server_resets = []
         try:
             for ifname in lab.edge_ifaces:
-                mode = datapath.attach(ifname, netns=lab.edge_ns, mode=args.xdp_mode)
+                mode = datapath.attach(ifname, netns=lab.edge_ns, hook=args.hook)
             server_resets = set_up_server_resets(datapath, policy, [(i, lab.edge_ns) for i in lab.edge_ifaces])
             print(f"# {mode} XDP, servers reset from tc ingress: {'yes' if server_resets else 'no'}; "
                   f"curl --max-time {args.timeout:g} s")

@@ -1,13 +1,18 @@
 """Forwarding throughput and flow churn through the lab's edge, paired with no program.
 
 Run as root:  .venv/bin/python bench/forwarding.py [--seconds 5] [--streams 4] [--pairs 3]
+                                                    [--only SUBSTRING ...]
 
-Throughput: iperf3 (parallel TCP streams, bounded duration) from the client
-to the server namespace, through the edge, with:
-  - an empty XDP program (on veth, native XDP alone turns off the peers'
-    segmentation offloads: this line shows what that costs by itself);
-  - sluice with 1,000,000 domain rules, none matching;
-  - sluice while it throttles another flow on the same link;
+Throughput: iperf3 (parallel TCP streams, bounded duration) between the
+client and the server namespace, through the edge, each way: up (the client
+sends; the lab's clients checksum in software, so they send frames, not
+segmentation-offload aggregates) and down (the server sends, with its
+segmentation offload on, as a server's NIC would), with:
+  - an empty XDP program, in native and in generic XDP (on veth, native XDP
+    alone turns off the peers' segmentation offloads: this line shows what
+    that costs by itself; generic XDP runs on the skb and keeps them);
+  - sluice with 1,000,000 domain rules, none matching, on each hook;
+  - sluice while it throttles another flow on the same link, on each hook;
   - iptables `-m string --algo bm` rules on the same kind of names, 10 and
     1,000 of them (what users would otherwise reach for).
 Churn: ApacheBench opens a new HTTP connection per request (bounded count),
@@ -49,10 +54,11 @@ def bench_names(count: int) -> list[str]:
     return [f"host{i}.bench-{i % 997}.example" for i in range(count)]
 
 
-def iperf(lab, seconds: float, streams: int) -> float:
-    """Client -> server TCP goodput in bit/s, as iperf3's receiver saw it."""
-    result = lab.run_in(lab.client_ns, ["iperf3", "-c", SERVER_V4, "-P", str(streams), "-t", str(seconds), "-J"],
-                        timeout=seconds + 30, check=True)
+def iperf(lab, seconds: float, streams: int, direction: str) -> float:
+    """TCP goodput in bit/s, as iperf3's receiver saw it: client -> server ("up") or back ("down")."""
+    reverse = ["-R"] if direction == "down" else []
+    result = lab.run_in(lab.client_ns, ["iperf3", "-c", SERVER_V4, *reverse, "-P", str(streams), "-t", str(seconds),
+                                        "-J"], timeout=seconds + 30, check=True)
     return json.loads(result.stdout)["end"]["sum_received"]["bits_per_second"]
 
 
@@ -67,9 +73,9 @@ def churn(lab) -> float:
 
 
 @contextmanager
-def sluice_attached(lab, datapath):
+def sluice_attached(lab, datapath, mode: str):
     for ifname in (lab.edge_client_iface, lab.edge_server_iface):
-        datapath.attach(ifname, netns=lab.edge_ns)
+        datapath.attach(ifname, netns=lab.edge_ns, hook=mode)
     try:
         yield
     finally:
@@ -77,13 +83,13 @@ def sluice_attached(lab, datapath):
 
 
 @contextmanager
-def empty_xdp(lab):
+def empty_xdp(lab, mode: str):
     """An XDP program that passes everything, on both edge interfaces: on veth,
     any native XDP program turns off the peers' segmentation offloads, which
     by itself costs throughput; this separates that from sluice's own cost."""
     program = bcc.BPF(text=b"int pass_all(struct xdp_md *ctx) { return XDP_PASS; }")
     fd = program.load_func(b"pass_all", bcc.BPF.XDP).fd
-    links = [xdp_link.attach(fd, ifname, lab.edge_ns) for ifname in (lab.edge_client_iface, lab.edge_server_iface)]
+    links = [xdp_link.attach(fd, ifname, lab.edge_ns, mode) for ifname in (lab.edge_client_iface, lab.edge_server_iface)]
     try:
         yield
     finally:
@@ -120,9 +126,9 @@ def jumping_to(lab, chain: str):
 
 
 @contextmanager
-def throttling_another_flow(lab, datapath, seconds: float):
+def throttling_another_flow(lab, datapath, mode: str, seconds: float):
     """sluice attached while a download of a throttled name runs beside."""
-    with sluice_attached(lab, datapath):
+    with sluice_attached(lab, datapath, mode):
         throttled = threading.Thread(target=lab.download_rate, args=("slow.example", seconds + 2))
         throttled.start()
         time.sleep(0.5)
@@ -138,36 +144,46 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=4, help="parallel TCP streams (default %(default)s)")
     parser.add_argument("--pairs", type=int, default=3,
                         help="alternations of no program and each configuration (default %(default)s)")
+    parser.add_argument("--only", action="append", default=[], metavar="SUBSTRING",
+                        help="measure only the configurations whose label contains it; repeat for "
+                             "several (default: all)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run as root: it builds namespaces and loads BPF programs")
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
 
-    def throughput():
-        return iperf(lab, args.seconds, args.streams)
 
-    rows = []   # (label, throughput PairedRatio, churn PairedRatio or None)
+    def selected(label: str) -> bool:
+        return not args.only or any(part in label for part in args.only)
+
+    rows = []   # (label, {direction: throughput PairedRatio}, churn PairedRatio or None)
     with tempfile.TemporaryDirectory() as tmp, Lab() as lab:
         iperf_server = subprocess.Popen(["ip", "netns", "exec", lab.server_ns, "iperf3", "-s"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         datapath = Datapath(million_rule_policy(Path(tmp)))
         try:
-            configurations = [
-                ("empty XDP program", lambda: empty_xdp(lab), True),
-                ("sluice, 1M rules, no match", lambda: sluice_attached(lab, datapath), True),
-                ("sluice, throttling another flow",
-                 lambda: throttling_another_flow(lab, datapath, args.seconds), False),
-            ]
+            configurations = []
+            for mode in ("native", "generic"):
+                configurations += [
+                    (f"empty XDP program, {mode}", lambda mode=mode: empty_xdp(lab, mode), True),
+                    (f"sluice, 1M rules, no match, {mode}",
+                     lambda mode=mode: sluice_attached(lab, datapath, mode), True),
+                    (f"sluice, throttling another flow, {mode}",
+                     lambda mode=mode: throttling_another_flow(lab, datapath, mode, args.seconds), False)]
             for rules in (10, 1000):
-                chain = iptables_chain(lab, rules)
-                configurations.append((f"iptables string bm, {rules} rules",
-                                       lambda chain=chain: jumping_to(lab, chain), True))
-            for label, under_test, with_churn in configurations:
-                rate = alternate(throughput, under_test, args.pairs)
+                label = f"iptables string bm, {rules} rules"
+                if selected(label):
+                    chain = iptables_chain(lab, rules)
+                    configurations.append((label, lambda chain=chain: jumping_to(lab, chain), True))
+            for label, under_test, with_churn in filter(lambda configuration: selected(configuration[0]),
+                                                        configurations):
+                rates = {direction: alternate(lambda direction=direction: iperf(lab, args.seconds, args.streams,
+                                                                                 direction), under_test, args.pairs)
+                         for direction in ("up", "down")}
                 flows = alternate(lambda: churn(lab), under_test, args.pairs) if with_churn else None
-                rows.append((label, rate, flows))
+                rows.append((label, rates, flows))
                 print(f"  measured: {label}", file=sys.stderr, flush=True)
         finally:
             datapath.close()
@@ -177,13 +193,15 @@ def main() -> int:
     print(f"kernel {os.uname().release}; iperf3 {args.streams} streams x {args.seconds:g} s; "
           f"ab {CHURN_REQUESTS} requests, {CHURN_CONCURRENCY} at a time; {args.pairs} pairs with no program "
           "each; ratio = median (lowest-highest pair); rates are medians, context only\n")
-    print(f"{'configuration':<34}{'throughput ratio':>22}{'rate':>11}{'no program':>12}"
-          f"{'new flows ratio':>22}{'flows/s':>9}{'no prog':>9}")
-    for label, rate, flows in rows:
+    print(f"{'configuration':<42}" + "".join(f"{direction + ' ratio':>22}{'Gb/s':>6}{'no prog':>8}"
+                                              for direction in ("up", "down"))
+          + f"{'new flows ratio':>22}{'flows/s':>9}{'no prog':>9}")
+    for label, rates, flows in rows:
+        rate_text = "".join(f"{rate.show():>22}{statistics.median(rate.measured) / 1e9:>6.2f}"
+                            f"{statistics.median(rate.baseline) / 1e9:>8.2f}" for rate in rates.values())
         churn_text = (f"{flows.show():>22}{statistics.median(flows.measured):>9.0f}"
                       f"{statistics.median(flows.baseline):>9.0f}") if flows else f"{'-':>22}"
-        print(f"{label:<34}{rate.show():>22}{statistics.median(rate.measured) / 1e9:>6.2f} Gb/s"
-              f"{statistics.median(rate.baseline) / 1e9:>7.2f} Gb/s{churn_text}")
+        print(f"{label:<42}{rate_text}{churn_text}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Run as root:  .venv/bin/python bench/throttle.py [--rates 128kbit,1mbit,10mbit,100mbit]
                   [--burst-seconds 0.5] [--actions throttle,shape] [--scheme https]
-                  [--xdp-mode auto]
+                  [--hook native]
 
 For each rate and direction, curl downloads from (or uploads to) nginx in
 the server namespace through the edge, where sluice polices (throttle) or
@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sluice import hooks  # noqa: E402
 from sluice.datapath import Datapath  # noqa: E402
 from sluice.egress import kernel_has_fq, set_up_egress  # noqa: E402
 from sluice.lab import Lab  # noqa: E402
@@ -44,7 +45,7 @@ DEFAULT_SECONDS = 6.0
 
 
 @contextmanager
-def enforcing(lab, action: str, rate_bps: int, burst_seconds: float, xdp_mode: str):
+def enforcing(lab, action: str, rate_bps: int, burst_seconds: float, hook: str):
     """sluice on the edge with one rule that applies `action` at `rate_bps` to slow.example."""
     burst = max(int(rate_bps / 8 * burst_seconds), 3028)
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +58,7 @@ def enforcing(lab, action: str, rate_bps: int, burst_seconds: float, xdp_mode: s
                                                (lab.edge_server_iface, lab.edge_ns)])
     try:
         for ifname in (lab.edge_client_iface, lab.edge_server_iface):
-            datapath.attach(ifname, netns=lab.edge_ns, mode=xdp_mode)
+            datapath.attach(ifname, netns=lab.edge_ns, hook=hook)
         yield
     finally:
         datapath.close()
@@ -91,7 +92,7 @@ def throttled_download_beside(lab, scheme: str):
         worker.join()
 
 
-def unthrottled_share(lab, rate_bps: int, link: str | None, xdp_mode: str, scheme: str,
+def unthrottled_share(lab, rate_bps: int, link: str | None, hook: str, scheme: str,
                       pairs: int) -> PairedRatio:
     """An unthrottled download's goodput beside a throttled download, as a
     ratio to its goodput alone, alternated `pairs` times (bench/pairs.py).
@@ -103,7 +104,7 @@ def unthrottled_share(lab, rate_bps: int, link: str | None, xdp_mode: str, schem
     try:
         if link:
             lab.run_in(lab.edge_ns, [*tc, "tbf", "rate", link, "burst", "256kb", "latency", "50ms"], check=True)
-        with enforcing(lab, "throttle", rate_bps, 0.5, xdp_mode):
+        with enforcing(lab, "throttle", rate_bps, 0.5, hook):
             return alternate(lambda: lab.download_rate("open.example", seconds=3.0, exclude_setup=True,
                                                        scheme=scheme),
                              lambda: throttled_download_beside(lab, scheme), pairs)
@@ -132,11 +133,11 @@ def main() -> int:
                         help="transfers over TLS (SNI names the flow) or plain HTTP (the Host header "
                              "does); http lifts an emulated path's ceiling, where TLS costs most of the "
                              "CPU (default %(default)s)")
-    parser.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto",
+    parser.add_argument("--hook", choices=hooks.CHOICES, default="native",
                         help="how sluice attaches to the lab's veths; native XDP on a veth turns off its "
                              "peer's segmentation offload, so every 1500-byte packet crosses the edge on "
                              "its own, which an emulated CPU cannot do at 100 Mbit/s: generic keeps the "
-                             "offload (default %(default)s)")
+                             "offload; auto picks generic on veth (default %(default)s)")
     parser.add_argument("--pairs", type=int, default=3,
                         help="alternations of the unthrottled download alone and beside a throttled one "
                              "(default %(default)s)")
@@ -149,7 +150,7 @@ def main() -> int:
         parser.error(f"--actions takes throttle and shape, not {args.actions}")
     print(f"kernel {os.uname().release}; actions: {', '.join(actions)}"
           + ("" if "shape" in actions else " (no sch_fq here: shape is measured in the VM kernels)"))
-    print(f"{args.scheme}, XDP {args.xdp_mode}; burst = {args.burst_seconds} s at the rate; ratio = achieved goodput / configured rate\n")
+    print(f"{args.scheme}, hook {args.hook}; burst = {args.burst_seconds} s at the rate; ratio = achieved goodput / configured rate\n")
     print(f"{'action':<9}{'direction':<10}{'configured':>12}{'achieved':>12}{'ratio':>8}")
     with Lab() as lab:
         # What the path carries for a flow no rule names, with no program and
@@ -158,11 +159,11 @@ def main() -> int:
         ceiling = path_ceiling(lab, args.scheme)
         print_ceiling("(no program)", ceiling)
         for action in actions:
-            with enforcing(lab, action, rates[0], args.burst_seconds, args.xdp_mode):
+            with enforcing(lab, action, rates[0], args.burst_seconds, args.hook):
                 attached = path_ceiling(lab, args.scheme)
             print_ceiling(f"({action} attached, flow unmatched)", attached)
             for rate in rates:
-                with enforcing(lab, action, rate, args.burst_seconds, args.xdp_mode):
+                with enforcing(lab, action, rate, args.burst_seconds, args.hook):
                     download, upload = measure(lab, rate, args.scheme)
                 for direction, achieved in (("down", download), ("up", upload)):
                     note = ("  (beyond this path: rate > 80% of what it carries with sluice attached)"
@@ -171,7 +172,7 @@ def main() -> int:
                           f"{achieved / rate:>8.3f}{note}", flush=True)
         print()
         for link in (None, args.shared_link):
-            share = unthrottled_share(lab, rates[0], link, args.xdp_mode, args.scheme, args.pairs)
+            share = unthrottled_share(lab, rates[0], link, args.hook, args.scheme, args.pairs)
             where = f"link capped at {link} (tbf)" if link else "uncapped veth (CPU-bound here)"
             print(f"{where}: an unthrottled download beside a throttled flow keeps {share.show()} of its "
                   f"speed alone ({args.pairs} pairs, median (lowest-highest)); medians: alone "

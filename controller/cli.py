@@ -33,7 +33,7 @@ import time
 # the data plane import datapath, service, demo or replay (and so bcc, which
 # takes seconds to import and needs a kernel's headers) inside themselves:
 # `sluice validate` then checks a policy on any machine, without bcc or root.
-from . import metrics
+from . import hooks, metrics
 from .block_methods import describe_method
 from .policies import lab_policy_path
 from .policy import PolicyError, check_domain, input_files, load_policy, parse_size, policy_summary
@@ -182,7 +182,7 @@ def cmd_run(args) -> int:
     require_capabilities("run", LOAD_CAPABILITIES)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, interrupt)
-    service = Service(args.policy, args.iface, args.netns, args.xdp_mode, args.fail_open)
+    service = Service(args.policy, args.iface, args.netns, args.hook, args.fail_open)
     try:
         loaded = service.check()
     except PolicyError as error:
@@ -301,7 +301,7 @@ def cmd_status(args) -> int:
     for link in state["interfaces"]:
         where = f" in netns {link['netns']}" if link["netns"] else ""
         print(f"interface    {link['ifname']}{where}: {link['mode']} XDP"
-              + (", pinned" if link["pinned"] else ""))
+              + (", pinned" if link["pinned"] else "") + (f" ({link['why']})" if link.get("why") else ""))
     if "flows" in state:
         print(f"flow table   {state['flows']} of {state['flow_capacity']} entries "
               f"({state['flows'] / state['flow_capacity']:.1%})")
@@ -325,7 +325,7 @@ def lab_command(args, keep_running: bool) -> int:
     require_capabilities(args.command, LAB_CAPABILITIES)
     policy = load_policy_or_exit(policy_path)
     server = bind_metrics(args)
-    failures = run_lab(policy, policy_path, server, args.metrics_address, args.metrics_port, args.xdp_mode,
+    failures = run_lab(policy, policy_path, server, args.metrics_address, args.metrics_port, args.hook,
                        keep_running)
     return EXIT_FAILURE if failures else 0
 
@@ -362,9 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_runtime_options(p):
-        p.add_argument("--xdp-mode", choices=["auto", "native", "generic"], default="auto",
-                       help="native XDP runs in the driver (fastest); generic works on any "
-                            "interface; auto tries native first (default: %(default)s)")
+        p.add_argument("--hook", choices=hooks.CHOICES, default="auto", help=hooks.HOOK_HELP)
         p.add_argument("--metrics-address", default=metrics.DEFAULT_ADDRESS,
                        help="address of the Prometheus exporter; anything other than loopback "
                             "exposes it to the network (default: %(default)s)")

@@ -304,16 +304,17 @@ class Datapath:
         return count_entries(self.table("frags"))
 
     # --- attach -----------------------------------------------------------
-    def attach(self, ifname: str, netns: str | None = None, mode: str = "auto",
+    def attach(self, ifname: str, netns: str | None = None, hook: str = "native",
                pin_path: str | None = None) -> str:
-        """Attach to ifname; returns the XDP mode the kernel reports.
+        """Attach to ifname at hook (controller/hooks.py: auto, native or
+        generic XDP); returns the XDP mode the kernel reports. `sluice run`
+        passes its --hook, auto unless told otherwise.
 
-        mode "auto" asks for native (driver) XDP and falls back to generic
-        XDP when the driver refuses it. An interface that already has an XDP
-        program is refused rather than silently taken over, unless it is the
-        pinned link (pin_path) of an earlier sluice run.
+        An interface that already has an XDP program is refused rather than
+        silently taken over, unless it is the pinned link (pin_path) of an
+        earlier sluice run.
         """
-        link = xdp_link.attach(self.function.fd, ifname, netns, mode, pin_path)
+        link = xdp_link.attach(self.function.fd, ifname, netns, hook, pin_path)
         self.links.append(link)
         return link.mode
 

@@ -45,7 +45,7 @@ LAB_CHECKS = [
 LAB_THROTTLE_RULE = "throttle-lab"
 
 
-def run_lab(policy, policy_path: str, metrics_server, metrics_address: str, metrics_port: int, xdp_mode: str,
+def run_lab(policy, policy_path: str, metrics_server, metrics_address: str, metrics_port: int, hook: str,
             keep_running: bool) -> int:
     """Build the lab, enforce `policy` on its edge, show the LAB_CHECKS and the
     metrics they moved, and tear it down (after Ctrl-C if keep_running).
@@ -60,7 +60,7 @@ def run_lab(policy, policy_path: str, metrics_server, metrics_address: str, metr
             server_resets = set_up_server_resets(datapath, policy, [(ifname, lab.edge_ns)
                                                                    for ifname in lab.edge_ifaces])
             for ifname in lab.edge_ifaces:
-                mode = datapath.attach(ifname, netns=lab.edge_ns, mode=xdp_mode)
+                mode = datapath.attach(ifname, netns=lab.edge_ns, hook=hook)
                 print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {mode} XDP mode")
             metrics.serve(SimpleNamespace(datapath=datapath, policy=policy, loaded_at=time.time(),
                                           policy_digest=file_digest(policy_path),

@@ -167,11 +167,11 @@ def read_state() -> dict:
 
 class Service:
     def __init__(self, policy_path: str, interfaces: list[str], netns: str | None = None,
-                 xdp_mode: str = "auto", fail_open: bool = False):
+                 hook: str = "auto", fail_open: bool = False):
         self.policy_path = policy_path
         self.interfaces = interfaces
         self.netns = netns
-        self.xdp_mode = xdp_mode
+        self.hook = hook
         self.fail_open = fail_open
         self.state = read_state()
         self.rule_ids: dict[str, int] = self.state.get("rule_ids", {})
@@ -235,7 +235,7 @@ class Service:
             self.server_resets = set_up_server_resets(datapath, policy, [(i, self.netns) for i in self.interfaces])
             for ifname in self.interfaces:
                 pin = None if self.fail_open else str(self._link_pin(ifname))
-                datapath.attach(ifname, self.netns, self.xdp_mode, pin_path=pin)
+                datapath.attach(ifname, self.netns, self.hook, pin_path=pin)
             self._install(datapath, policy)
         except BaseException:
             for hook in [*self.shapers, *self.server_resets]:
@@ -539,7 +539,8 @@ class Service:
 
     def _save(self) -> None:
         STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-        links = [{"ifname": link.ifname, "netns": link.netns, "mode": link.mode, "pinned": bool(link.pin_path)}
+        links = [{"ifname": link.ifname, "netns": link.netns, "mode": link.mode, "why": link.reason,
+                  "pinned": bool(link.pin_path)}
                  for link in (self.datapath.links if self.datapath else [])]
         state = {"pid": os.getpid(), "policy": os.path.abspath(self.policy_path),
                  "policy_sha256": self.policy_digest, "loaded_at": self.loaded_at,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
+from . import hooks
 from .libbpf import LIBBPF, LinkCreateOpts, LinkInfo, MapInfo, ProgInfo, error_number, object_info
 from .netns import inside_netns
 
@@ -48,6 +49,7 @@ class XdpLink:
     ifname: str
     netns: str | None
     mode: str               # "native" or "generic", as the kernel reports it
+    reason: str             # why this mode (controller/hooks.py)
     fd: int
     pin_path: str | None
 
@@ -100,14 +102,17 @@ def map_layout(fd: int) -> tuple[int, int, int, int]:
     return info.type, info.key_size, info.value_size, info.max_entries
 
 
-def attach(prog_fd: int, ifname: str, netns: str | None = None, mode: str = "auto",
+def attach(prog_fd: int, ifname: str, netns: str | None = None, hook: str = "native",
            pin_path: str | None = None) -> XdpLink:
-    """Attach prog_fd to ifname, or take over the pinned link a previous run left there."""
+    """Attach prog_fd to ifname at hook (controller/hooks.py: auto, native or
+    generic XDP), or take over the pinned link a previous run left there (in
+    the mode it has: a link cannot change it)."""
     if pin_path and os.path.exists(pin_path):
         fd = get_pinned(pin_path)
-        link = XdpLink(ifname, netns, _mode(ifname, netns), fd, pin_path)
+        link = XdpLink(ifname, netns, _mode(ifname, netns), "taken over from the previous run's pinned link",
+                       fd, pin_path)
         link.update(prog_fd)
-        log.info("took over the pinned XDP link on %s", ifname)
+        log.info("took over the pinned XDP link on %s (%s XDP)", ifname, link.mode)
         return link
     with inside_netns(netns), IPRoute() as ipr:
         found = ipr.link_lookup(ifname=ifname)
@@ -116,20 +121,23 @@ def attach(prog_fd: int, ifname: str, netns: str | None = None, mode: str = "aut
         if _attached(ipr, found[0]):
             raise AttachError(f"{ifname} already has an XDP program that sluice did not attach; "
                               f"remove it first (ip link set dev {ifname} xdp off)")
-        errors = []
-        for attempt in (["native", "generic"] if mode == "auto" else [mode]):
+        choice = hooks.choose(ifname, netns, hook)
+        errors, reason = [], choice.reason
+        for attempt in ([choice.hook, "generic"] if choice.may_fall_back else [choice.hook]):
             opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=MODE_FLAGS[attempt])
             fd = LIBBPF.bpf_link_create(prog_fd, found[0], BPF_XDP, ctypes.byref(opts))
             if fd >= 0:
                 break
             errors.append(f"{attempt}: {os.strerror(error_number(fd))}")
+            reason = f"auto: the driver refuses native XDP ({os.strerror(error_number(fd))})"
         else:
             raise AttachError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
         attached_mode = XDP_MODE_NAMES.get(_attached(ipr, found[0]), "unknown")
     if pin_path:
         _check(LIBBPF.bpf_obj_pin(fd, pin_path.encode()), f"pinning the link at {pin_path}")
-    log.info("attached to %s%s in %s XDP mode", ifname, f" (netns {netns})" if netns else "", attached_mode)
-    return XdpLink(ifname, netns, attached_mode, fd, pin_path)
+    log.info("attached to %s%s in %s XDP mode (%s)", ifname, f" (netns {netns})" if netns else "", attached_mode,
+             reason)
+    return XdpLink(ifname, netns, attached_mode, reason, fd, pin_path)
 
 
 def _attached(ipr, index: int) -> str | None:

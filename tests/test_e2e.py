@@ -135,7 +135,7 @@ def test_generic_mode_when_asked_and_reported_as_such():
     with Lab() as own_lab:
         datapath = Datapath(policy)
         try:
-            modes = {datapath.attach(ifname, netns=own_lab.edge_ns, mode="generic")
+            modes = {datapath.attach(ifname, netns=own_lab.edge_ns, hook="generic")
                      for ifname in (own_lab.edge_client_iface, own_lab.edge_server_iface)}
             assert modes == {"generic"}
             links = subprocess.run(["ip", "-n", own_lab.edge_ns, "-d", "link", "show", own_lab.edge_client_iface],

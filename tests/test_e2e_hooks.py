@@ -1,0 +1,109 @@
+"""End to end on the hook `--hook auto` picks for the lab's veths: generic XDP.
+
+On a veth, native XDP costs the peer its segmentation offload (controller/
+hooks.py), so auto runs the same program on the kernel's skb instead. There
+it sees the server's segmentation-offload aggregates whole, up to 64 KB in
+one run, and its replies (reset, page) leave through the kernel's generic
+XDP transmit path instead of the driver's. These tests check the actions
+whose mechanics that changes: the block replies, and the policer judging
+aggregates. The other e2e modules run native XDP.
+"""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import block_methods_policy
+from sluice import hooks
+from sluice.block_methods import set_up_server_resets
+from sluice.datapath import Datapath
+from sluice.lab import Lab
+from sluice.policy import load_policy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
+
+DOWN_BPS, BURST = 4_000_000, 128 * 1024
+SECONDS = 3.0
+ETHERNET_FRAME = 1514          # the largest frame on the lab's veths (MTU 1500)
+POLICY = block_methods_policy("domains: [blocked.example]", "exact: [exact.example]", "exact: [video.example]") + f"""\
+  - name: slow
+    action: throttle
+    down: {{rate: {DOWN_BPS}bit, burst: {BURST}B}}
+    domains: [slow.example]
+"""
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with Lab() as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def enforced(lab, tmp_path_factory):
+    path = tmp_path_factory.mktemp("policy") / "hooks.yaml"
+    path.write_text(POLICY)
+    policy = load_policy(path)
+    datapath = Datapath(policy)
+    modes = {datapath.attach(ifname, netns=lab.edge_ns, hook="auto") for ifname in lab.edge_ifaces}
+    resets = set_up_server_resets(datapath, policy, [(ifname, lab.edge_ns) for ifname in lab.edge_ifaces])
+    yield datapath, policy, modes
+    for reset in resets:
+        reset.close()
+    datapath.close()
+
+
+def rule_stats(enforced, name):
+    datapath, policy, _ = enforced
+    return datapath.rule_stats()[policy.rule_by_name(name).id if name else 0]
+
+
+def test_auto_picks_generic_xdp_on_veth_and_says_why(lab, enforced):
+    datapath, _, modes = enforced
+    assert modes == {"generic"}
+    assert {link.reason for link in datapath.links} == {hooks.choose(lab.edge_client_iface, lab.edge_ns, "auto").reason}
+    assert "veth" in datapath.links[0].reason
+    links = subprocess.run(["ip", "-n", lab.edge_ns, "-d", "link", "show", lab.edge_client_iface],
+                           capture_output=True, text=True, check=True).stdout
+    assert "xdpgeneric" in links
+
+
+def test_the_program_sees_the_servers_aggregates_whole(lab, enforced):
+    """What generic XDP is chosen for: the server's segmentation offload stays
+    on, so a download reaches the program as packets larger than any frame
+    (under native XDP on a veth, none is)."""
+    before = rule_stats(enforced, None)["down"]
+    assert lab.download_rate("open.example", seconds=1.0) > 0
+    after = rule_stats(enforced, None)["down"]
+    packets, nbytes = after["packets"] - before["packets"], after["bytes"] - before["bytes"]
+    assert packets and nbytes / packets > ETHERNET_FRAME
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_reset_fails_curl_at_once(lab, enforced, family):
+    before = rule_stats(enforced, "reset-rule")["resets"]
+    result = lab.curl("blocked.example", family=family, timeout=3.0)
+    assert not result.ok and "connection reset" in result.error.lower(), result.error
+    assert result.seconds < 1.0
+    assert rule_stats(enforced, "reset-rule")["resets"] > before
+    assert lab.curl("open.example", family=family).ok, "other names on the same server pass"
+
+
+def test_page_answers_plain_http_with_451(lab, enforced):
+    before = rule_stats(enforced, "page-rule")["pages"]
+    result = lab.curl("exact.example", scheme="http", timeout=3.0, extra_args=("-i",))
+    assert result.exit_code == 0 and result.http_code == 451
+    assert rule_stats(enforced, "page-rule")["pages"] > before
+
+
+def test_drop_leaves_curl_to_its_timeout(lab, enforced):
+    result = lab.curl("video.example", timeout=1.0)
+    assert result.exit_code == 28
+
+
+def test_throttle_holds_a_download_of_aggregates_to_rate_and_burst(lab, enforced):
+    achieved = lab.download_rate("slow.example", seconds=SECONDS)
+    assert achieved <= (DOWN_BPS * SECONDS + BURST * 8) / SECONDS
+    assert achieved >= DOWN_BPS / 3, "the flow is throttled, not stalled"
+    assert rule_stats(enforced, "slow")["down"]["dropped_packets"] > 0, "the policer, not the path, held it"
