@@ -9,6 +9,7 @@ whose mechanics that changes: the block replies, and the policer judging
 aggregates. The other e2e modules run native XDP.
 """
 
+import ctypes
 import os
 import subprocess
 
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import block_methods_policy
 from sluice import hooks
+from sluice.abi import ABI
 from sluice.block_methods import set_up_server_resets
 from sluice.datapath import Datapath
 from sluice.lab import Lab
@@ -107,3 +109,30 @@ def test_throttle_holds_a_download_of_aggregates_to_rate_and_burst(lab, enforced
     assert achieved <= (DOWN_BPS * SECONDS + BURST * 8) / SECONDS
     assert achieved >= DOWN_BPS / 3, "the flow is throttled, not stalled"
     assert rule_stats(enforced, "slow")["down"]["dropped_packets"] > 0, "the policer, not the path, held it"
+
+
+@pytest.fixture
+def replies_by_xdp_tx(enforced):
+    """Without sluice_tc_reset (a device that refuses clsact), the reply to
+    the client leaves by XDP_TX: at the generic hook, the kernel's own
+    transmit path, not the driver's."""
+    datapath, _, _ = enforced
+    flags = datapath.table("config")[ctypes.c_uint32(0)].flags
+    datapath.set_config(flags=flags & ~ABI.SLUICE_CFG_SERVER_RESETS)
+    yield
+    datapath.set_config(flags=flags)
+
+
+def test_generic_xdp_transmits_the_reset_itself(lab, enforced, replies_by_xdp_tx):
+    before = rule_stats(enforced, "reset-rule")["resets"]
+    result = lab.curl("blocked.example", timeout=3.0)
+    assert not result.ok and "connection reset" in result.error.lower(), result.error
+    assert result.seconds < 1.0
+    assert rule_stats(enforced, "reset-rule")["resets"] > before
+
+
+def test_generic_xdp_transmits_the_page_itself(lab, enforced, replies_by_xdp_tx):
+    before = rule_stats(enforced, "page-rule")["pages"]
+    result = lab.curl("exact.example", scheme="http", timeout=3.0, extra_args=("-i",))
+    assert result.exit_code == 0 and result.http_code == 451, result.error
+    assert rule_stats(enforced, "page-rule")["pages"] > before
