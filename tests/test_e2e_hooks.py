@@ -71,6 +71,16 @@ def test_auto_picks_generic_xdp_on_veth_and_says_why(lab, enforced):
     assert "xdpgeneric" in links
 
 
+def test_auto_falls_back_to_generic_where_the_driver_has_no_native_xdp(lab, enforced):
+    """The edge namespace's loopback: no veth, no virtio, and no native XDP in its driver."""
+    datapath, _, _ = enforced
+    assert hooks.choose("lo", lab.edge_ns, "auto").hook == "native"
+    assert datapath.attach("lo", netns=lab.edge_ns, hook="auto") == "generic"
+    link = datapath.links.pop()
+    link.detach()
+    assert "refuses native XDP" in link.reason
+
+
 def test_the_program_sees_the_servers_aggregates_whole(lab, enforced):
     """What generic XDP is chosen for: the server's segmentation offload stays
     on, so a download reaches the program as packets larger than any frame
