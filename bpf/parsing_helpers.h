@@ -105,19 +105,19 @@ struct packet_info {
 	__u8 ttl;			/* TTL (IPv4) or hop limit (IPv6) */
 	__u8 tunnel;			/* enum sluice_tunnel it came in (the innermost, with QinQ) */
 	__u8 tunnel_outcome;		/* enum sluice_tunnel_outcome, when tunnel is set */
-	__u16 walked;			/* the parser's cursor, from the frame's start (see rejoin()) */
+	__u16 walked;			/* the parser's cursor, from the frame's start (see parse_rejoin()) */
 	__u8 tcp_header_len;		/* TCP: the header's length, options included */
 	__u8 hop_by_hop_late;		/* IPv6: a Hop-by-Hop header not first, which a receiver refuses */
 };
 
 /* Record why a tunnelled packet was not read: the first reason stands. */
-static __always_inline void tunnel_outcome(struct packet_info *pkt, __u8 outcome)
+static __always_inline void parse_tunnel_outcome(struct packet_info *pkt, __u8 outcome)
 {
 	if (pkt->tunnel_outcome == SLUICE_TUNNELLED_OPENED)
 		pkt->tunnel_outcome = outcome;
 }
 
-static __always_inline int is_fragment(const struct packet_info *pkt)
+static __always_inline int parse_is_fragment(const struct packet_info *pkt)
 {
 	return pkt->frag_more || pkt->frag_offset;
 }
@@ -154,7 +154,7 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *cur, void *data_end, 
 
 /* IPv4 addresses are stored as IPv4-mapped IPv6 addresses so that one flow
  * key serves both families. */
-static __always_inline void ipv4_to_mapped(__u8 *out, __be32 addr)
+static __always_inline void parse_ipv4_to_mapped(__u8 *out, __be32 addr)
 {
 	__builtin_memset(out, 0, 10);
 	out[10] = 0xff;
@@ -185,14 +185,14 @@ static __always_inline int parse_iphdr(struct hdr_cursor *cur, void *data_end,
 	__u32 total_len = bpf_ntohs(iph->tot_len);
 	if (total_len < hdr_len)
 		return -1;
-	ipv4_to_mapped(pkt->saddr, iph->saddr);
-	ipv4_to_mapped(pkt->daddr, iph->daddr);
+	parse_ipv4_to_mapped(pkt->saddr, iph->saddr);
+	parse_ipv4_to_mapped(pkt->daddr, iph->daddr);
 	*l4_len = total_len - hdr_len;
 	cur->pos += hdr_len;
 	return iph->protocol;
 }
 
-static __always_inline int is_skippable_ipv6_ext(__u8 nexthdr)
+static __always_inline int parse_is_skippable_ipv6_ext(__u8 nexthdr)
 {
 	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
 	       nexthdr == IPPROTO_DSTOPTS;
@@ -244,7 +244,7 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 			pkt->is_v6 = 1;
 			break;
 		}
-		if (!is_skippable_ipv6_ext(nexthdr))
+		if (!parse_is_skippable_ipv6_ext(nexthdr))
 			break;
 		/* RFC 8200 4.1: Hop-by-Hop only right after the IPv6 header. */
 		if (i > 0 && nexthdr == IPPROTO_HOPOPTS)
@@ -261,7 +261,7 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 	}
 	/* Anything still unknown carries no transport header we can find: it
 	 * passes untouched. */
-	if (!is_fragment(pkt) && is_skippable_ipv6_ext(nexthdr))
+	if (!parse_is_fragment(pkt) && parse_is_skippable_ipv6_ext(nexthdr))
 		return -1;
 	*l4_len = remaining;
 	return nexthdr;
@@ -313,7 +313,7 @@ static __always_inline int parse_udphdr(struct hdr_cursor *cur, void *data_end,
  * it), not as one fixed offset per way there, so what comes next is
  * verified once, not once per way. The offset goes through memory (a
  * volatile read) so that the compiler cannot fold it back into the cursor. */
-static __always_inline int rejoin(struct hdr_cursor *cur, void *data, struct packet_info *pkt)
+static __always_inline int parse_rejoin(struct hdr_cursor *cur, void *data, struct packet_info *pkt)
 {
 	pkt->walked = cur->pos - data;
 	__u32 walked = *(volatile __u16 *)&pkt->walked;
@@ -337,7 +337,7 @@ static __always_inline int parse_network(struct hdr_cursor *cur, void *data_end,
 /* The encapsulation an outer packet of transport protocol l4proto is, the
  * cursor at its transport header; SLUICE_TUNNEL_NONE if none. GTP-U and
  * VXLAN are known by their destination port, as their receivers know them. */
-static __always_inline int tunnel_kind(const struct hdr_cursor *cur, void *data_end, int l4proto)
+static __always_inline int parse_tunnel_kind(const struct hdr_cursor *cur, void *data_end, int l4proto)
 {
 	if (l4proto == IPPROTO_IPIP || l4proto == IPPROTO_IPV6)
 		return SLUICE_TUNNEL_IPIP;
@@ -458,8 +458,8 @@ static __always_inline int parse_vxlan(struct hdr_cursor *cur, void *data_end)
 /* Open the encapsulation of the given kind, the cursor at its outer
  * transport header: returns the inner packet's transport protocol, its
  * addresses and length in pkt and l4_len, or -1 (and why, in pkt). */
-static __always_inline int open_tunnel(struct hdr_cursor *cur, void *data, void *data_end, int kind,
-				       int l4proto, struct packet_info *pkt, __u32 *l4_len)
+static __always_inline int parse_open_tunnel(struct hdr_cursor *cur, void *data, void *data_end, int kind,
+					     int l4proto, struct packet_info *pkt, __u32 *l4_len)
 {
 	int inner;
 
@@ -474,14 +474,14 @@ static __always_inline int open_tunnel(struct hdr_cursor *cur, void *data, void 
 		inner = kind == SLUICE_TUNNEL_GTPU ? parse_gtpu(cur, data_end, *l4_len - sizeof(struct udphdr)) :
 						     parse_vxlan(cur, data_end);
 	}
-	if (inner < 0 || rejoin(cur, data, pkt) < 0)
+	if (inner < 0 || parse_rejoin(cur, data, pkt) < 0)
 		return -1;
 	__u16 inner_proto = inner;
 	/* A bridged frame's own VLAN tags are the inner flow's business. */
 	if (inner_proto == ETH_P_BRIDGED && parse_ethhdr(cur, data_end, &inner_proto) < 0)
 		return -1;
 	if (inner_proto != ETH_P_IP && inner_proto != ETH_P_IPV6) {
-		tunnel_outcome(pkt, SLUICE_TUNNELLED_UNREAD);
+		parse_tunnel_outcome(pkt, SLUICE_TUNNELLED_UNREAD);
 		return -1;
 	}
 	return parse_network(cur, data_end, inner_proto, pkt, l4_len);
@@ -501,12 +501,12 @@ static __always_inline int parse_frame(void *data, void *data_end, struct packet
 	if (stacked) {
 		pkt->tunnel = SLUICE_TUNNEL_QINQ;
 		if (!(open_tunnels & TUNNEL_BIT(SLUICE_TUNNEL_QINQ))) {
-			tunnel_outcome(pkt, SLUICE_TUNNELLED_CLOSED);
+			parse_tunnel_outcome(pkt, SLUICE_TUNNELLED_CLOSED);
 			return -1;
 		}
 	}
 	if (eth_proto != ETH_P_IP && eth_proto != ETH_P_IPV6) {
-		tunnel_outcome(pkt, SLUICE_TUNNELLED_UNREAD);
+		parse_tunnel_outcome(pkt, SLUICE_TUNNELLED_UNREAD);
 		return -1;
 	}
 	int l4proto = parse_network(&cur, data_end, eth_proto, pkt, &l4_len);
@@ -514,25 +514,25 @@ static __always_inline int parse_frame(void *data, void *data_end, struct packet
 		return -1;
 	/* A fragment's transport header, if any, is in its first piece: an
 	 * encapsulation is opened in whole datagrams only. */
-	int kind = is_fragment(pkt) ? SLUICE_TUNNEL_NONE : tunnel_kind(&cur, data_end, l4proto);
+	int kind = parse_is_fragment(pkt) ? SLUICE_TUNNEL_NONE : parse_tunnel_kind(&cur, data_end, l4proto);
 	if (kind != SLUICE_TUNNEL_NONE) {
 		pkt->tunnel = kind;
 		if (!(open_tunnels & TUNNEL_BIT(kind)))
-			tunnel_outcome(pkt, SLUICE_TUNNELLED_CLOSED);
-		else if (rejoin(&cur, data, pkt) < 0)
+			parse_tunnel_outcome(pkt, SLUICE_TUNNELLED_CLOSED);
+		else if (parse_rejoin(&cur, data, pkt) < 0)
 			return -1;
 		else
-			l4proto = open_tunnel(&cur, data, data_end, kind, l4proto, pkt, &l4_len);
-		if (l4proto < 0 || rejoin(&cur, data, pkt) < 0)
+			l4proto = parse_open_tunnel(&cur, data, data_end, kind, l4proto, pkt, &l4_len);
+		if (l4proto < 0 || parse_rejoin(&cur, data, pkt) < 0)
 			return -1;
 	}
 	pkt->l4proto = l4proto;
 	pkt->frame_len = data_end - data;
 	if (l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP) {
-		tunnel_outcome(pkt, SLUICE_TUNNELLED_UNREAD);
+		parse_tunnel_outcome(pkt, SLUICE_TUNNELLED_UNREAD);
 		return -1;
 	}
-	if (is_fragment(pkt)) {
+	if (parse_is_fragment(pkt)) {
 		pkt->payload_offset = cur.pos - data;
 		__u32 in_frame = pkt->frame_len - pkt->payload_offset;
 		pkt->payload_len = l4_len > in_frame ? in_frame : l4_len;
@@ -562,7 +562,7 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
 	int parsed = parse_frame(data, data_end, pkt, open_tunnels);
 
 	if (parsed < 0 && pkt->tunnel)
-		tunnel_outcome(pkt, SLUICE_TUNNELLED_MALFORMED);
+		parse_tunnel_outcome(pkt, SLUICE_TUNNELLED_MALFORMED);
 	return parsed;
 }
 

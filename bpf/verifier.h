@@ -24,7 +24,7 @@
  *
  * Idioms that live with their one user:
  *
- *   rejoin()                 (parsing_helpers.h) where the parser's ways
+ *   parse_rejoin()           (parsing_helpers.h) where the parser's ways
  *                            through the headers meet, the cursor becomes
  *                            the frame's start plus a bounded offset, so
  *                            what follows is verified once, not once per way.
