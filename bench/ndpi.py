@@ -89,7 +89,9 @@ def ndpi_names(path: Path) -> tuple[dict, float]:
 
 
 def sluice_frames_per_second(corpus: Corpus, capture: Path, skip_settled: bool) -> tuple[float, list[dict]]:
-    """The frame loop's rate over the capture, from empty flow tables; and its records."""
+    """Replay's rate over the capture, from empty flow tables, all but the
+    compile: reading the capture, the frame loop, the lines of flows left
+    unsettled; and its records."""
     for name in FLOW_TABLES:
         corpus.datapath.table(name).clear()
     corpus.quic.pending.clear()
@@ -97,8 +99,8 @@ def sluice_frames_per_second(corpus: Corpus, capture: Path, skip_settled: bool) 
     corpus.report.settled.clear()
     started = time.monotonic()
     frames = run_capture(corpus.datapath, str(capture), corpus.report.settled if skip_settled else None)
-    seconds = time.monotonic() - started
     report_unsettled(corpus.datapath, corpus.report)
+    seconds = time.monotonic() - started
     return frames / seconds, corpus.report.records
 
 

@@ -9,7 +9,7 @@
   sluice validate P                   check a policy without touching the kernel
   sluice explain --policy P --client IP [--name N] [--server IP] [--protocol P] [--ech] [--alpn L] [--at T]
                                       which rule a flow gets, and why
-  sluice replay [--policy P] cap.pcap run the real program over a capture, offline
+  sluice replay [--policy P] cap.pcap run the real program over captures, offline
 
 Exit status: 0 done; 2 bad input (a policy, a capture, an argument), with one
 line per problem on stderr saying which file and line; 1 the machine lacks
@@ -158,15 +158,19 @@ def cmd_explain(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .replay import CaptureError, check_capture, print_records, replay
+    from .replay import CaptureError, check_capture, print_records, replay_all
     require_capabilities("replay", LOAD_CAPABILITIES)
+    if args.jobs < 1:
+        raise Refused(f"sluice replay: --jobs must be 1 or more, not {args.jobs}", EXIT_POLICY_ERROR)
     policy = load_policy_or_exit(args.policy) if args.policy else None
+    several = len(args.capture) > 1
     try:
-        check_capture(args.capture)
-        records, _frames = replay(args.capture, policy)
+        for capture in args.capture:
+            check_capture(capture)
+        for capture, records in replay_all(args.capture, policy, args.jobs):
+            print_records(records, args.json, capture=capture if several else None)
     except CaptureError as error:
         raise Refused(f"sluice replay: {error}", EXIT_POLICY_ERROR) from None
-    print_records(records, args.json)
     return 0
 
 
@@ -427,7 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "order, and print one line per TCP flow: client, server, "
                                         "protocol, name, rule and action. Without --policy no rule "
                                         "matches: it only names the flows.")
-    replay.add_argument("capture", help="pcap or pcapng file (Ethernet, raw IP or Linux cooked)")
+    replay.add_argument("capture", nargs="+",
+                        help="pcap or pcapng file (Ethernet, raw IP or Linux cooked); with several, each "
+                             "line begins with its capture's name (JSON: key capture), captures in the "
+                             "order given")
+    replay.add_argument("--jobs", type=int, default=1,
+                        help="replay this many captures at once, each in a process of its own "
+                             "(default: %(default)s); the output is the same")
     replay.add_argument("--policy", help="policy file to judge the flows by")
     replay.add_argument("--json", action="store_true",
                         help='one JSON object per line with keys client, client_port, server, '

@@ -421,31 +421,39 @@ def rule_info(leaf_type, rule, alpn_ids: dict[str, int], destinations, shape_as_
 # Entries copied out per BPF_MAP_LOOKUP_BATCH call: large enough that a full
 # flow table takes a few dozen calls, small enough that the buffers stay near
 # a megabyte. A hash bucket never holds more (the kernel's ENOSPC case).
-COUNT_BATCH = 8192
+LOOKUP_BATCH = 8192
 
 
-def count_entries(table) -> int:
-    """The entries in a hash map, counted a batch at a time.
+def entry_batches(table):
+    """The entries of a hash map, a batch at a time: (keys, values, count)
+    per BPF_MAP_LOOKUP_BATCH call (the arrays are reused: read them before
+    the next), in the order keys() walks them.
 
     Walking the keys one by one is a syscall per entry from Python: 5 s for a
     full flow table on a loaded machine, during which the controller reads no
     ring. bcc's items_lookup_batch() cannot be used instead: in bcc 0.26 it
     passes one variable as both the batch token and the count, so the walk
-    resumes at the wrong bucket. Entries come and go during the count: the
-    figure is a moment's, as any gauge of a live table is.
+    resumes at the wrong bucket (and it allocates room for the map's every
+    entry). Entries come and go during a walk of a live table: it is a
+    moment's view.
     """
-    keys = (table.Key * COUNT_BATCH)()
-    values = (table.Leaf * COUNT_BATCH)()
+    keys = (table.Key * LOOKUP_BATCH)()
+    values = (table.Leaf * LOOKUP_BATCH)()
     token, next_token, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
-    total, first = 0, True
+    first = True
     while True:
-        count.value = COUNT_BATCH
+        count.value = LOOKUP_BATCH
         result = bcc.lib.bpf_lookup_batch(table.map_fd, None if first else ctypes.byref(token),
                                           ctypes.byref(next_token), keys, values, ctypes.byref(count))
         error = ctypes.get_errno()
-        total += count.value
+        if result != 0 and error != errno.ENOENT:       # ENOENT: the walk reached the end
+            raise OSError(error, f"BPF_MAP_LOOKUP_BATCH on {table.name}: {os.strerror(error)}")
+        yield keys, values, count.value
         if result != 0:
-            if error != errno.ENOENT:       # ENOENT: the walk reached the end
-                raise OSError(error, f"BPF_MAP_LOOKUP_BATCH on {table.name}: {os.strerror(error)}")
-            return total
+            return
         token.value, first = next_token.value, False
+
+
+def count_entries(table) -> int:
+    """The entries in a hash map, counted a batch at a time."""
+    return sum(count for _keys, _values, count in entry_batches(table))

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """`sluice replay`: run the real data plane over a capture, offline.
 
-Every frame of a pcap or pcapng file goes, in order, through the same XDP
-program that runs on interfaces, by BPF_PROG_TEST_RUN. The program reports
+The frames of a pcap or pcapng file (controller/capture.py reads it) go, in
+order, through the same XDP program that runs on interfaces, by
+BPF_PROG_TEST_RUN, all but those that cannot change a line (run_capture). The program reports
 each flow it settles on its event ring, and hands over the Initial packets
 of QUIC flows, which the controller's own code (controller/quic_flows.py)
 settles; replay prints one line per flow.
@@ -30,102 +31,39 @@ Output (stable; tools may parse it):
 import ctypes
 import ipaddress
 import json
+import multiprocessing
 import os
+import socket
 import struct
 import sys
 import time
 
-from scapy.utils import RawPcapReader
-
 from .abi import ABI, PROTO_NAMES
 from .block_methods import effective_method
-from .datapath import Datapath
+from .capture import Capture, CaptureError, check_linktype, flow_identity, frame_address, frame_flows
+from .datapath import Datapath, entry_batches
 from .quic_flows import QuicFlows
-from .testrun import run_xdp
-
-# Link types (tcpdump.org/linktypes.html) whose frames replay can turn into
-# the Ethernet frames the XDP program expects.
-LINKTYPE_NULL = 0          # BSD loopback: a 4-byte address family in the capturing host's byte order
-LINKTYPE_ETHERNET = 1
-LINKTYPE_PPP = 9
-LINKTYPE_RAW = 101
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-ETH_P_IP = 0x0800
-ETH_P_IPV6 = 0x86DD
-PPP_ADDRESS_CONTROL = b"\xff\x03"   # HDLC framing, left out by some links (RFC 1662 section 3.2)
-PPP_TO_ETHERTYPE = {0x0021: ETH_P_IP, 0x0057: ETH_P_IPV6}    # RFC 1332, RFC 5072
-FAKE_MACS = bytes(12)
-LINKTYPE_NAMES = {LINKTYPE_NULL: "BSD loopback", LINKTYPE_ETHERNET: "Ethernet", LINKTYPE_PPP: "PPP",
-                  LINKTYPE_RAW: "raw IP", LINKTYPE_LINUX_SLL: "Linux cooked", LINKTYPE_IPV4: "raw IPv4",
-                  LINKTYPE_IPV6: "raw IPv6", LINKTYPE_LINUX_SLL2: "Linux cooked v2"}
+from .testrun import XdpFrameRunner
 
 IPV4_MAPPED = bytes(10) + b"\xff\xff"
-IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
-IPPROTO_TCP, IPPROTO_UDP = 6, 17
-VLAN_ETHERTYPES = (0x8100, 0x88A8)      # 802.1Q, 802.1ad tags before the IP header
-TCP_SYN_ACK, TCP_SYN = 0x12, 0x02
 PROGRESS_AFTER_S = 3.0      # a capture replayed faster than this shows no progress bar
 PROGRESS_EVERY = 4096       # frames between looks at the clock
 PROGRESS_WIDTH = 30
 
 
-class CaptureError(Exception):
-    pass
-
-
-def open_capture(capture_path: str) -> RawPcapReader:
-    try:
-        return RawPcapReader(capture_path)
-    except OSError as error:
-        raise CaptureError(f"{capture_path}: {error.strerror}") from None
-    except Exception as error:       # scapy raises Scapy_Exception for bad magic
-        raise CaptureError(f"{capture_path}: not a pcap or pcapng file ({error})") from None
-
-
-def check_linktype(capture_path: str, linktype: int) -> None:
-    if linktype not in LINKTYPE_NAMES:
-        supported = ", ".join(f"{number} ({name})" for number, name in LINKTYPE_NAMES.items())
-        raise CaptureError(f"{capture_path}: link type {linktype} is not one replay reads; it reads {supported}")
-
-
 def check_capture(capture_path: str) -> None:
     """Refuse (CaptureError) a file that is not a capture replay can read,
     as far as its header tells, before any program is loaded."""
-    with open_capture(capture_path) as reader:
-        linktype = getattr(reader, "linktype", None)
-        if linktype is not None:          # pcap: one link type; pcapng names one per interface
-            check_linktype(capture_path, linktype)
-
-
-def to_ethernet(frame: bytes, linktype: int) -> bytes | None:
-    """The frame as Ethernet, or None for a link type replay cannot read."""
-    if linktype == LINKTYPE_ETHERNET:
-        return frame
-    if linktype == LINKTYPE_NULL:
-        # The family's number differs by system (IPv6 is 10, 24, 28 or 30):
-        # the IP header's version says as much.
-        frame, linktype = frame[4:], LINKTYPE_RAW
-    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
-        if not frame:
-            return None
-        ethertype = ETH_P_IPV6 if frame[0] >> 4 == 6 else ETH_P_IP
-        return FAKE_MACS + struct.pack("!H", ethertype) + frame
-    if linktype == LINKTYPE_LINUX_SLL and len(frame) >= 16:
-        return FAKE_MACS + frame[14:16] + frame[16:]
-    if linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
-        return FAKE_MACS + frame[0:2] + frame[20:]
-    if linktype == LINKTYPE_PPP:
-        frame = frame.removeprefix(PPP_ADDRESS_CONTROL)
-        ethertype = PPP_TO_ETHERTYPE.get(int.from_bytes(frame[:2], "big"))
-        return FAKE_MACS + ethertype.to_bytes(2, "big") + frame[2:] if ethertype else None
-    return None
+    with Capture(capture_path) as capture:
+        if capture.linktype is not None:          # pcap: one link type; pcapng names one per interface
+            check_linktype(capture_path, capture.linktype)
 
 
 def _address(raw) -> str:
-    address = ipaddress.IPv6Address(bytes(raw))
+    raw = bytes(raw)
+    if raw.startswith(IPV4_MAPPED):
+        return socket.inet_ntoa(raw[12:])       # as ipaddress writes it, at a tenth of the cost
+    address = ipaddress.IPv6Address(raw)
     return str(address.ipv4_mapped or address)
 
 
@@ -151,41 +89,33 @@ def _record(key, client_is_hi, proto=None, name=None, rule=None) -> dict:
                        else None)}
 
 
-def settled_key(key) -> tuple:
-    """A flow key (struct flow_key) as the table of settled flows holds it."""
+def settled_key(key) -> bytes:
+    """A flow key (struct flow_key)'s identity, as frame_flows gives it."""
     return flow_identity(key.l4proto, bytes(key.addr_lo), struct.pack("=H", key.port_lo),
                          bytes(key.addr_hi), struct.pack("=H", key.port_hi))
 
 
-def flow_identity(proto: int, address_a: bytes, port_a: bytes, address_b: bytes, port_b: bytes) -> tuple:
-    """The same for both directions: (proto, lower end, higher end), each end
-    a 16-byte address (IPv4 mapped) and a port as it is on the wire."""
-    a, b = (address_a, port_a), (address_b, port_b)
-    return (proto, a, b) if a < b else (proto, b, a)
+class SettledFlows:
+    """The flows the program has settled, by the number frame_flows gives
+    each flow: a byte per flow, which the frame loop reads at list speed."""
 
+    def __init__(self):
+        self.numbers: dict[bytes, int] = {}      # flow identity -> number
+        self.flags = bytearray()                 # by number: 1 settled
 
-def frame_flow(frame: bytes) -> tuple[tuple, bool] | None:
-    """(flow identity, is a bare SYN) of an Ethernet frame carrying TCP or
-    UDP straight over IPv4 or IPv6, unfragmented; None for anything else
-    (which the program runs as it always does)."""
-    ethertype = frame[12:14]
-    if ethertype == b"\x08\x00" and len(frame) >= 34:
-        if int.from_bytes(frame[20:22], "big") & IP_MORE_FRAGMENTS_AND_OFFSET:
-            return None
-        proto, l4 = frame[23], 14 + (frame[14] & 15) * 4
-        source, destination = IPV4_MAPPED + frame[26:30], IPV4_MAPPED + frame[30:34]
-    elif ethertype == b"\x86\xdd" and len(frame) >= 54:
-        proto, l4 = frame[20], 54
-        source, destination = frame[22:38], frame[38:54]
-    else:
-        return None
-    if proto == IPPROTO_TCP and len(frame) >= l4 + 14:
-        bare_syn = frame[l4 + 13] & TCP_SYN_ACK == TCP_SYN
-    elif proto == IPPROTO_UDP and len(frame) >= l4 + 8:
-        bare_syn = False
-    else:
-        return None
-    return flow_identity(proto, source, frame[l4:l4 + 2], destination, frame[l4 + 2:l4 + 4]), bare_syn
+    def add(self, identity: bytes) -> None:
+        number = self.numbers.setdefault(identity, len(self.numbers))
+        if number >= len(self.flags):
+            self.make_room()
+        self.flags[number] = 1
+
+    def make_room(self) -> None:
+        """Room for every numbered flow (frame_flows numbers new ones)."""
+        self.flags.extend(bytes(len(self.numbers) - len(self.flags)))
+
+    def clear(self) -> None:
+        self.numbers.clear()
+        self.flags.clear()
 
 
 class FlowReport:
@@ -195,8 +125,8 @@ class FlowReport:
     def __init__(self, policy):
         self.policy = policy
         self.records: list[dict] = []
-        self.settled: set[tuple] = set()
-        self.provisional: dict[tuple, int] = {}     # flow -> its record, named from its SYN's data
+        self.settled = SettledFlows()
+        self.provisional: dict[bytes, int] = {}     # flow identity -> its record, named from its SYN's data
 
     def add_event(self, event) -> None:
         """A flow named from its SYN's data stays open: its next segment may
@@ -214,7 +144,6 @@ class FlowReport:
             self.provisional[key] = len(self.records) - 1
         else:
             self.settled.add(key)
-
 
     def add_quic_flow(self, key, client_is_hi, name, rule) -> None:
         self.settled.add(settled_key(key))
@@ -253,7 +182,33 @@ class Progress:
             print(file=self.out)
 
 
-def replay(capture_path: str, policy=None, skip_settled: bool = True) -> tuple[list[dict], int]:
+def replay_all(capture_paths: list[str], policy=None, jobs: int = 1):
+    """(capture path, records) of each capture, in the order given, each
+    replayed as replay() does, by up to jobs processes at once. A progress
+    bar only with one job: several would write over each other."""
+    if jobs == 1 or len(capture_paths) == 1:
+        for path in capture_paths:
+            yield path, replay(path, policy)[0]
+        return
+    # fork: the workers inherit the checked policy instead of a pickled copy.
+    with multiprocessing.get_context("fork").Pool(jobs, initializer=_keep_policy, initargs=(policy,)) as pool:
+        yield from zip(capture_paths, pool.imap(_replay_records, capture_paths))
+
+
+_worker_policy = None
+
+
+def _keep_policy(policy) -> None:
+    global _worker_policy
+    _worker_policy = policy
+
+
+def _replay_records(capture_path: str) -> list[dict]:
+    return replay(capture_path, _worker_policy, show_progress=False)[0]
+
+
+def replay(capture_path: str, policy=None, skip_settled: bool = True,
+           show_progress: bool = True) -> tuple[list[dict], int]:
     """Run the capture through the data plane; returns (records, frames).
 
     skip_settled=False runs every frame through the program, settled or not
@@ -265,92 +220,85 @@ def replay(capture_path: str, policy=None, skip_settled: bool = True) -> tuple[l
         lambda _ctx, data, _size: report.add_event(ctypes.cast(data, event_type).contents))
     QuicFlows(datapath, on_settled=report.add_quic_flow)
     try:
-        progress = Progress(capture_path)
+        progress = Progress(capture_path) if show_progress else None
         frames = run_capture(datapath, capture_path, report.settled if skip_settled else None, progress)
-        progress.finish()
+        if progress:
+            progress.finish()
         report_unsettled(datapath, report)
     finally:
         datapath.close()
     return report.records, frames
 
 
-def _ones_sum(data: bytes) -> int:
-    """The 16-bit ones' complement sum of data (an odd last byte padded with zero), folded."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def fill_offloaded_checksum(frame: bytes) -> bytes:
-    """A capture taken on the sending host holds its TCP segments as the
-    stack handed them to a NIC that fills in the checksum: the field holds
-    the pseudo-header's sum only. Fill it in, as the NIC did, or sluice takes
-    the segment for a decoy the server drops (bpf/receiver.h). Any other
-    checksum, right or wrong, is left as captured."""
-    offset, ethertype = 14, int.from_bytes(frame[12:14], "big")
-    while ethertype in VLAN_ETHERTYPES and len(frame) >= offset + 4:
-        ethertype, offset = int.from_bytes(frame[offset + 2:offset + 4], "big"), offset + 4
-    if ethertype == ETH_P_IP and len(frame) >= offset + 20:
-        header_len = (frame[offset] & 0x0F) * 4
-        if frame[offset + 9] != IPPROTO_TCP or \
-                int.from_bytes(frame[offset + 6:offset + 8], "big") & IP_MORE_FRAGMENTS_AND_OFFSET:
-            return frame
-        tcp_len = int.from_bytes(frame[offset + 2:offset + 4], "big") - header_len
-        pseudo = frame[offset + 12:offset + 20] + struct.pack("!BBH", 0, IPPROTO_TCP, tcp_len & 0xFFFF)
-        start = offset + header_len
-    elif ethertype == ETH_P_IPV6 and len(frame) >= offset + 40 and frame[offset + 6] == IPPROTO_TCP:
-        tcp_len = int.from_bytes(frame[offset + 4:offset + 6], "big")
-        pseudo = frame[offset + 8:offset + 40] + struct.pack("!II", tcp_len, IPPROTO_TCP)
-        start = offset + 40
-    else:
-        return frame
-    segment = frame[start:start + tcp_len]
-    if tcp_len < 20 or len(segment) != tcp_len or \
-            int.from_bytes(segment[16:18], "big") != _ones_sum(pseudo) or _ones_sum(pseudo + segment) == 0xFFFF:
-        return frame
-    check = 0xFFFF - _ones_sum(pseudo + segment[:16] + b"\0\0" + segment[18:])
-    return frame[:start + 16] + check.to_bytes(2, "big") + frame[start + 18:]
-
-
-def run_capture(datapath, capture_path: str, settled: set | None = None, progress: Progress | None = None) -> int:
+def run_capture(datapath, capture_path: str, settled: SettledFlows | None = None,
+                progress: Progress | None = None) -> int:
     """The capture's frames through the program, but for those of flows in
-    settled (which the rings fill as they are read, after every frame run);
-    returns the number of frames read."""
-    frames = 0
-    with open_capture(capture_path) as reader:
-        for data, metadata in reader:
-            linktype = getattr(metadata, "linktype", None) or reader.linktype
-            check_linktype(capture_path, linktype)
-            frame = to_ethernet(bytes(data), linktype)
-            if frame is None or len(frame) < 14:
+    settled (which the rings fill as they are read) other than a bare SYN,
+    which opens a new flow on the same addresses and ports; returns the
+    number of frames read.
+
+    The rings are read after every frame run when settled is None. Else
+    after every frame but TCP segments without payload, SYN, FIN or RST, and
+    before a bare SYN of a flow seen before: a flow settled by a frame whose
+    events wait in the ring a little longer has only some more of its frames
+    run, which changes no line, but a bare SYN must find its flow's earlier
+    life settled before it opens a new one. Events are read in the order
+    they were sent either way."""
+    run = XdpFrameRunner(datapath.function.fd).run
+    read_rings = datapath.consume_rings
+    frames, unread = 0, False
+    with Capture(capture_path) as capture:
+        for chunk in capture.chunks():
+            count = len(chunk.offsets)
+            if not count:
                 continue
-            frame = fill_offloaded_checksum(frame)
-            frames += 1
-            if progress and frames % PROGRESS_EVERY == 0:
-                progress.update(reader.f.tell(), frames)
-            if settled:
-                flow = frame_flow(frame)
-                if flow and flow[0] in settled:
-                    if not flow[1]:
+            if settled is not None:
+                seen = frame_flows(chunk, settled.numbers)
+                settled.make_room()
+                flows, bare_syns, quiet = seen.flows, seen.bare_syns, seen.quiet
+            else:
+                flows, bare_syns, quiet = [-1] * count, [False] * count, [False] * count
+            flags = settled.flags if settled else None
+            base = frame_address(chunk.buffer)
+            for offset, length, flow, bare_syn, is_quiet in zip(chunk.offsets, chunk.lengths, flows, bare_syns,
+                                                                quiet):
+                if flow >= 0:
+                    if bare_syn:
+                        if unread:
+                            read_rings()
+                            unread = False
+                        flags[flow] = 0
+                    elif flags[flow]:
                         continue
-                    settled.discard(flow[0])
-            run_xdp(datapath.function.fd, frame)
-            # At once, so that the flow this frame settled is skipped from
-            # its next frame (reading an empty ring costs no system call).
-            datapath.consume_rings()
+                run(base + offset, length)
+                if is_quiet:
+                    unread = True
+                else:
+                    read_rings()
+                    unread = False
+            frames += count
+            if progress:
+                progress.update(chunk.file_end, frames)
+    read_rings()
     return frames
 
 
 def report_unsettled(datapath, report) -> None:
-    """Flows the capture ended on before they were settled get a line too."""
-    for key, flow in datapath.table("flows").items():
-        if flow.state == ABI.SLUICE_FLOW_INSPECTING and flow.payload_packets:
-            report.records.append(_record(key, flow.client_is_hi))
+    """Flows the capture ended on before they were settled get a line too,
+    in the order of their flow keys (addresses, ports): a hash map's own
+    order changes with every map, so the output would change from run to run."""
+    unsettled = []
+    for keys, flows, count in entry_batches(datapath.table("flows")):
+        for key, flow in zip(keys[:count], flows[:count]):
+            if flow.state == ABI.SLUICE_FLOW_INSPECTING and flow.payload_packets:
+                unsettled.append((bytes(key), _record(key, flow.client_is_hi)))
+    report.records += [record for _key, record in sorted(unsettled, key=lambda pair: pair[0])]
 
 
-def print_records(records: list[dict], as_json: bool, out=sys.stdout) -> None:
+def print_records(records: list[dict], as_json: bool, out=sys.stdout, capture: str | None = None) -> None:
+    """capture: name the capture on each line (several were replayed)."""
     for record in records:
-        print(json.dumps(record) if as_json else format_text(record), file=out)
+        if as_json:
+            print(json.dumps({"capture": capture, **record} if capture else record), file=out)
+        else:
+            print(f"{capture}: {format_text(record)}" if capture else format_text(record), file=out)

@@ -89,7 +89,10 @@ def test_text_output_is_one_line_per_flow(captures):
 def reopened_and_given_up(path):
     """A capture of flows past their inspection windows: a blocked flow and
     its replies, then a bare SYN that reopens its addresses and ports for
-    another name; a flow that never names itself (given up on); an IPv6 flow."""
+    another name; a flow that never names itself (given up on); an IPv6 flow;
+    a full handshake and a ClientHello cut in two, the server's ACK (padded
+    to Ethernet's minimum) between the pieces, over IP options; a flow behind
+    a VLAN tag (frames replay does not sort into flows itself)."""
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
     from packets import client_hello, http_request, tcp_frame
@@ -103,6 +106,17 @@ def reopened_and_given_up(path):
                tcp_frame(http_request("cdn.blocked.example"), sport=41002, v6=True, dport=80)]
     frames += [tcp_frame(b"d" * 100, sport=41002, v6=True, dport=80, flags="A", reply=True, seq=1 + i * 100)
                for i in range(5)]
+    hello, options = client_hello(b"www.blocked.example"), [b"\x01" * 4]
+    frames += [tcp_frame(sport=41003, flags="S", ip_options=options),
+               tcp_frame(sport=41003, flags="SA", reply=True, seq=0, ack=1),
+               tcp_frame(sport=41003, flags="A", ack=1, ip_options=options),
+               tcp_frame(hello[:100], sport=41003, ip_options=options),
+               tcp_frame(sport=41003, flags="A", reply=True, seq=1, ack=101) + bytes(6),
+               tcp_frame(hello[100:], sport=41003, seq=101, ip_options=options),
+               tcp_frame(b"d" * 100, sport=41003, flags="A", reply=True, seq=1)]
+    frames += [tcp_frame(sport=41004, flags="S", vlans=(7,), dport=80),
+               tcp_frame(sport=41004, flags="SA", vlans=(7,), dport=80, reply=True, seq=0, ack=1),
+               tcp_frame(http_request("open.example"), sport=41004, vlans=(7,), dport=80)]
     wrpcap(str(path), [Ether(frame) for frame in frames])
     return path
 
@@ -121,7 +135,8 @@ def test_skipping_settled_flows_changes_no_line(captures, tmp_path, capture):
     if capture == "reopened":
         assert [(r["client_port"], r["name"], r["action"]) for r in skipping] == [
             (41000, "blocked.example", "block"), (41000, "open.example", None),
-            (41001, None, None), (41002, "cdn.blocked.example", "block")]
+            (41001, None, None), (41002, "cdn.blocked.example", "block"), (41003, "www.blocked.example", "block"),
+            (41004, "open.example", None)]
 
 
 def test_not_a_capture_is_an_error(tmp_path):
@@ -162,14 +177,19 @@ def test_replay_names_quic_flows_even_when_the_client_hello_spans_datagrams(tmp_
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
-def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6):
+def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6, tmp_path):
     """tcpdump on the sending host sees TCP checksums the NIC has yet to fill
     (the pseudo-header's sum only): replay fills them, so that the segments
-    are not taken for decoys the server drops; a wrong checksum stays wrong."""
+    are not taken for decoys the server drops; a wrong checksum stays wrong.
+    The capture reader fills them a chunk at a time: behind no, one, two and
+    three VLAN tags, among frames it leaves as they are."""
     import socket
 
-    from sluice.replay import _ones_sum, fill_offloaded_checksum
-    from packets import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, client_hello, tcp_frame
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    from sluice.capture import Capture, _ones_sum, fill_offloaded_checksum
+    from packets import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, client_hello, tcp_frame, udp_frame
     hello = client_hello(b"blocked.example")
     length = 20 + len(hello)
     if v6:
@@ -177,8 +197,36 @@ def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6):
                   struct.pack("!II", length, 6))
     else:
         pseudo = socket.inet_aton(CLIENT_V4) + socket.inet_aton(SERVER_V4) + struct.pack("!BBH", 0, 6, length)
-    whole = tcp_frame(hello, v6=v6, vlans=("q",))
-    assert fill_offloaded_checksum(tcp_frame(hello, v6=v6, vlans=("q",), chksum=_ones_sum(pseudo))) == whole
-    assert fill_offloaded_checksum(whole) == whole
-    wrong = tcp_frame(hello, v6=v6, vlans=("q",), chksum=0xBEEF)
-    assert fill_offloaded_checksum(wrong) == wrong
+    half_done, whole, wrong = [], [], []
+    for vlans in ((), ("q",), ("ad", "q"), ("ad", "q", "q")):
+        half_done.append(tcp_frame(hello, v6=v6, vlans=vlans, chksum=_ones_sum(pseudo)))
+        whole.append(tcp_frame(hello, v6=v6, vlans=vlans))
+        wrong.append(tcp_frame(hello, v6=v6, vlans=vlans, chksum=0xBEEF))
+        assert fill_offloaded_checksum(half_done[-1]) == whole[-1]
+        assert fill_offloaded_checksum(whole[-1]) == whole[-1]
+        assert fill_offloaded_checksum(wrong[-1]) == wrong[-1]
+    others = [udp_frame(v6=v6), tcp_frame(v6=v6, flags="S"), tcp_frame(hello, v6=v6)[:40]]
+    frames = [frame for group in zip(half_done, wrong, whole) for frame in group] + others
+    wrpcap(str(tmp_path / "sender.pcap"), [Ether(frame) for frame in frames])
+    with Capture(str(tmp_path / "sender.pcap")) as capture:
+        read = [bytes(chunk.buffer[offset:offset + length]) for chunk in capture.chunks()
+                for offset, length in zip(chunk.offsets, chunk.lengths)]
+    assert read == [fill_offloaded_checksum(frame) for frame in frames]
+    assert read[:12:3] == whole
+
+
+def test_several_captures_at_once_give_what_each_gives_alone_in_the_order_given(tmp_path):
+    """--jobs 2: each capture in a process of its own; the lines come in the
+    order the captures were named, each naming its capture."""
+    from scapy.utils import rdpcap, wrpcap
+    from sluice.policy import load_policy
+    from sluice.replay import replay as replay_capture
+    whole = reopened_and_given_up(tmp_path / "whole.pcap")
+    start = tmp_path / "start.pcap"
+    wrpcap(str(start), rdpcap(str(whole))[:13], linktype=1)    # to the second flow on port 41000
+    records = replay("--policy", lab_policy_path(), "--jobs", "2", str(whole), str(start))
+    policy = load_policy(lab_policy_path())
+    expected = [{"capture": str(path), **record} for path in (whole, start)
+                for record in replay_capture(str(path), policy)[0]]
+    assert records == expected
+    assert [r["client_port"] for r in records if r["capture"] == str(start)] == [41000, 41000]

@@ -1,0 +1,407 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Reading pcap and pcapng captures for `sluice replay`, fast.
+
+The file is mapped into memory (a gzipped one is read into it) and walked
+record by record, a chunk of frames at a time; the frames stay where they
+are, and the program's test runs read them from there. Frames of link types
+other than Ethernet are rewritten as Ethernet frames, the chunk then copied.
+TCP checksums a capture on the sending host holds half done are filled in
+(fill_offloaded_checksum), in the chunk: the file itself is mapped copy on
+write. Each chunk also says which flow each frame belongs to (TCP or UDP straight
+over IPv4 or IPv6, unfragmented), worked out with numpy for the whole chunk
+at once, so that replay can pass over the frames of settled flows without
+looking at them one by one.
+"""
+
+import ctypes
+import gzip
+import mmap
+import struct
+from dataclasses import dataclass
+
+import numpy
+
+# Link types (tcpdump.org/linktypes.html) whose frames replay can turn into
+# the Ethernet frames the XDP program expects.
+LINKTYPE_NULL = 0          # BSD loopback: a 4-byte address family in the capturing host's byte order
+LINKTYPE_ETHERNET = 1
+LINKTYPE_PPP = 9
+LINKTYPE_RAW = 101
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+PPP_ADDRESS_CONTROL = b"\xff\x03"   # HDLC framing, left out by some links (RFC 1662 section 3.2)
+PPP_TO_ETHERTYPE = {0x0021: ETH_P_IP, 0x0057: ETH_P_IPV6}    # RFC 1332, RFC 5072
+FAKE_MACS = bytes(12)
+ETHERNET_HEADER = 14
+LINKTYPE_NAMES = {LINKTYPE_NULL: "BSD loopback", LINKTYPE_ETHERNET: "Ethernet", LINKTYPE_PPP: "PPP",
+                  LINKTYPE_RAW: "raw IP", LINKTYPE_LINUX_SLL: "Linux cooked", LINKTYPE_IPV4: "raw IPv4",
+                  LINKTYPE_IPV6: "raw IPv6", LINKTYPE_LINUX_SLL2: "Linux cooked v2"}
+
+# pcap (wiki.wireshark.org/Development/LibpcapFileFormat): a 24-byte file
+# header, then records of a 16-byte header (captured length at byte 8) and
+# the frame. The magic's byte order is the file's; a second magic means
+# nanosecond timestamps, which replay does not read.
+PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": "<", b"\x4d\x3c\xb2\xa1": "<",
+               b"\xa1\xb2\xc3\xd4": ">", b"\xa1\xb2\x3c\x4d": ">"}
+PCAP_FILE_HEADER, PCAP_RECORD_HEADER = 24, 16
+# pcapng (RFC draft-ietf-opsawg-pcapng): blocks of type, total length, body,
+# total length again. A section header's byte-order magic sets the byte order
+# of the blocks after it; interface descriptions, numbered from 0 in each
+# section, give the link type of the packets that name them.
+PCAPNG_SECTION_HEADER = b"\x0a\x0d\x0d\x0a"
+PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+PCAPNG_INTERFACE, PCAPNG_OBSOLETE_PACKET, PCAPNG_SIMPLE_PACKET, PCAPNG_ENHANCED_PACKET = 1, 2, 3, 6
+GZIP_MAGIC = b"\x1f\x8b"
+
+CHUNK_FRAMES = 4096         # frames a chunk holds: bounds the per-frame arrays, and how often progress shows
+
+IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+VLAN_ETHERTYPES = (0x8100, 0x88A8)      # 802.1Q, 802.1ad tags before the IP header
+VLAN_TAGS_READ = 2                      # tags fill_offloaded_checksums steps over itself; more are left to
+                                        # fill_offloaded_checksum, frame by frame
+TCP_SYN_ACK, TCP_SYN, TCP_FIN_RST = 0x12, 0x02, 0x05
+IPV4_MAPPED_HEAD = numpy.frombuffer(bytes(10) + b"\xff\xff" + bytes(4), dtype=numpy.uint8)
+FLOW_IDENTITY_BYTES = 37    # protocol, then each end's address (16 bytes, IPv4 mapped) and port, lower end first
+
+
+class CaptureError(Exception):
+    pass
+
+
+def check_linktype(capture_path: str, linktype: int) -> None:
+    if linktype not in LINKTYPE_NAMES:
+        supported = ", ".join(f"{number} ({name})" for number, name in LINKTYPE_NAMES.items())
+        raise CaptureError(f"{capture_path}: link type {linktype} is not one replay reads; it reads {supported}")
+
+
+def to_ethernet(frame: bytes, linktype: int) -> bytes | None:
+    """The frame as Ethernet, or None for a link type replay cannot read."""
+    if linktype == LINKTYPE_ETHERNET:
+        return frame
+    if linktype == LINKTYPE_NULL:
+        # The family's number differs by system (IPv6 is 10, 24, 28 or 30):
+        # the IP header's version says as much.
+        frame, linktype = frame[4:], LINKTYPE_RAW
+    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+        if not frame:
+            return None
+        ethertype = ETH_P_IPV6 if frame[0] >> 4 == 6 else ETH_P_IP
+        return FAKE_MACS + struct.pack("!H", ethertype) + frame
+    if linktype == LINKTYPE_LINUX_SLL and len(frame) >= 16:
+        return FAKE_MACS + frame[14:16] + frame[16:]
+    if linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
+        return FAKE_MACS + frame[0:2] + frame[20:]
+    if linktype == LINKTYPE_PPP:
+        frame = frame.removeprefix(PPP_ADDRESS_CONTROL)
+        ethertype = PPP_TO_ETHERTYPE.get(int.from_bytes(frame[:2], "big"))
+        return FAKE_MACS + ethertype.to_bytes(2, "big") + frame[2:] if ethertype else None
+    return None
+
+
+@dataclass
+class Chunk:
+    """Consecutive Ethernet frames of a capture, where they lie in memory."""
+    buffer: bytearray | mmap.mmap   # holds the frames
+    offsets: list[int]              # of each frame in buffer
+    lengths: list[int]
+    file_end: int                   # where in the file the chunk's last record ends (for progress)
+
+
+class Capture:
+    """A pcap or pcapng file, read a Chunk at a time (`chunks()`)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            with open(path, "rb") as file:
+                magic = file.read(4)
+                if magic[:2] == GZIP_MAGIC:
+                    file.seek(0)
+                    self.data = bytearray(gzip.GzipFile(fileobj=file).read())
+                elif len(magic) == 4:
+                    # Private and writable, so that ctypes can take the frames' addresses.
+                    self.data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+                else:
+                    self.data = bytearray(magic)
+        except OSError as error:
+            raise CaptureError(f"{path}: {error.strerror or error}") from None
+        self.size = len(self.data)
+        head = bytes(self.data[:4])
+        if head in PCAP_MAGICS:
+            self.format, self.order = "pcap", PCAP_MAGICS[head]
+            if self.size < PCAP_FILE_HEADER:
+                raise CaptureError(f"{path}: not a pcap or pcapng file (its header is cut short)")
+            self.linktype = struct.unpack_from(self.order + "I", self.data, 20)[0]
+        elif head == PCAPNG_SECTION_HEADER:
+            self.format, self.linktype = "pcapng", None      # pcapng names one per interface
+        else:
+            self.close()
+            raise CaptureError(f"{path}: not a pcap or pcapng file (it begins {head.hex() or 'empty'})")
+
+    def close(self) -> None:
+        if isinstance(self.data, mmap.mmap):
+            self.data.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc):
+        self.close()
+
+    def chunks(self):
+        """The capture's frames as Ethernet, CHUNK_FRAMES at a time, their
+        half-done checksums filled in."""
+        for chunk in self._pcap_chunks() if self.format == "pcap" else self._pcapng_chunks():
+            fill_offloaded_checksums(chunk)
+            yield chunk
+
+    def _pcapng_chunks(self):
+        batch = []
+        for record in self._pcapng_records():
+            batch.append(record)
+            if len(batch) == CHUNK_FRAMES:
+                yield self._chunk(batch)
+                batch = []
+        if batch:
+            yield self._chunk(batch)
+
+    def _pcap_chunks(self):
+        """A record cut short by the file's end (a capture still being
+        written) ends the capture."""
+        check_linktype(self.path, self.linktype)
+        data, size, linktype = self.data, self.size, self.linktype
+        captured_length = struct.Struct(self.order + "I").unpack_from
+        position = PCAP_FILE_HEADER
+        while True:
+            offsets, lengths = [], []
+            add_offset, add_length = offsets.append, lengths.append
+            for _ in range(CHUNK_FRAMES):
+                if position + PCAP_RECORD_HEADER > size:
+                    break
+                length = captured_length(data, position + 8)[0]
+                position += PCAP_RECORD_HEADER
+                if position + length > size:
+                    position = size
+                    break
+                add_offset(position)
+                add_length(length)
+                position += length
+            if not offsets:
+                return
+            if linktype == LINKTYPE_ETHERNET and min(lengths) >= ETHERNET_HEADER:
+                yield Chunk(data, offsets, lengths, position)
+            else:
+                yield self._chunk([(offset, length, offset + length, linktype)
+                                   for offset, length in zip(offsets, lengths)])
+
+    def _pcapng_records(self):
+        """(offset, length, end in the file, link type) of each packet."""
+        data, size, position = self.data, self.size, 0
+        order, linktypes = "<", []
+        while position + 12 <= size:
+            block_type = bytes(data[position:position + 4])
+            if block_type == PCAPNG_SECTION_HEADER:
+                magic = bytes(data[position + 8:position + 12])
+                order = "<" if struct.unpack("<I", magic)[0] == PCAPNG_BYTE_ORDER_MAGIC else ">"
+                linktypes = []
+            kind, total = struct.unpack_from(order + "II", data, position)
+            if total < 12 or position + total > size:
+                return                      # cut short: the capture ends here
+            body = position + 8
+            if kind == PCAPNG_INTERFACE:
+                linktypes.append(struct.unpack_from(order + "H", data, body)[0])
+            elif kind in (PCAPNG_ENHANCED_PACKET, PCAPNG_OBSOLETE_PACKET, PCAPNG_SIMPLE_PACKET):
+                if kind == PCAPNG_SIMPLE_PACKET:
+                    interface, start = 0, body + 4
+                    length = min(struct.unpack_from(order + "I", data, body)[0], total - 16)
+                else:
+                    interface = struct.unpack_from(order + ("I" if kind == PCAPNG_ENHANCED_PACKET else "H"),
+                                                   data, body)[0]
+                    length, start = struct.unpack_from(order + "I", data, body + 12)[0], body + 20
+                if interface >= len(linktypes):
+                    raise CaptureError(f"{self.path}: a packet at byte {position} names interface {interface}, "
+                                       "which the capture does not describe")
+                check_linktype(self.path, linktypes[interface])
+                yield start, length, position + total, linktypes[interface]
+            position += total
+
+    def _chunk(self, records) -> Chunk:
+        """records, each (offset, length, end in the file, link type), as a
+        Chunk of Ethernet frames in a buffer of its own; a frame that cannot
+        be rewritten, or is shorter than an Ethernet header, is left out."""
+        chunk = Chunk(bytearray(), [], [], records[-1][2])
+        for offset, length, _end, linktype in records:
+            frame = to_ethernet(bytes(self.data[offset:offset + length]), linktype)
+            if frame is not None and len(frame) >= ETHERNET_HEADER:
+                chunk.offsets.append(len(chunk.buffer))
+                chunk.lengths.append(len(frame))
+                chunk.buffer += frame
+        return chunk
+
+
+@dataclass
+class FrameFlows:
+    """What replay's frame loop needs to know of each frame of a chunk."""
+    flows: list[int]        # the number of the frame's flow; -1: not a flow frame_flows reads
+    bare_syns: list[bool]   # a SYN without ACK: a new flow on the flow's addresses and ports
+    quiet: list[bool]       # TCP without payload, FIN or RST: it will not settle its flow
+
+
+def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
+    """The flows of chunk's frames. A flow is TCP or UDP straight over IPv4
+    or IPv6, unfragmented, the same for both directions; identities numbers
+    them (each new one gets the next number) and lasts across chunks."""
+    data = numpy.frombuffer(chunk.buffer, dtype=numpy.uint8)
+    offsets = numpy.asarray(chunk.offsets, dtype=numpy.int64)
+    lengths = numpy.asarray(chunk.lengths, dtype=numpy.int64)
+
+    def gather(starts, count: int):
+        """Past a frame's end the bytes are junk, which the length checks below keep out."""
+        return _gather(data, starts, count)
+
+    head = gather(offsets, 54)      # Ethernet, and IPv4 or IPv6 without extensions
+    as_int = head.astype(numpy.int64)
+    ethertype = as_int[:, 12] << 8 | as_int[:, 13]
+    fragment = (as_int[:, 20] << 8 | as_int[:, 21]) & IP_MORE_FRAGMENTS_AND_OFFSET
+    ipv4 = (ethertype == ETH_P_IP) & (lengths >= 34) & (fragment == 0)
+    ipv6 = (ethertype == ETH_P_IPV6) & (lengths >= 54)
+    proto = numpy.where(ipv4, head[:, 23], head[:, 20])
+    ip_header = numpy.where(ipv4, (as_int[:, 14] & 15) * 4, 40)
+    l4 = ETHERNET_HEADER + ip_header
+    tcp = (proto == IPPROTO_TCP) & (lengths >= l4 + 14)
+    udp = (proto == IPPROTO_UDP) & (lengths >= l4 + 8)
+    known = (ipv4 | ipv6) & (tcp | udp)
+    transport = gather(offsets + l4, 14)    # ports, and TCP's header length and flags
+    tcp_flags = transport[:, 13]
+    bare_syn = tcp & (tcp_flags & TCP_SYN_ACK == TCP_SYN)
+    # By the IP header's lengths, not the frame's, which may be padded.
+    ip_payload = numpy.where(ipv4, (as_int[:, 16] << 8 | as_int[:, 17]) - ip_header,
+                             as_int[:, 18] << 8 | as_int[:, 19])
+    tcp_payload = ip_payload - (transport[:, 12] >> 4).astype(numpy.int64) * 4
+    quiet = known & tcp & (tcp_payload <= 0) & (tcp_flags & TCP_FIN_RST == 0)
+
+    source, destination = head[:, 22:38].copy(), head[:, 38:54].copy()
+    source[ipv4], destination[ipv4] = IPV4_MAPPED_HEAD, IPV4_MAPPED_HEAD
+    source[ipv4, 12:], destination[ipv4, 12:] = head[ipv4, 26:30], head[ipv4, 30:34]
+    end_a = numpy.concatenate([source, transport[:, 0:2]], 1)
+    end_b = numpy.concatenate([destination, transport[:, 2:4]], 1)
+    # Lower end first, comparing the ends as byte strings: at their first differing byte.
+    differs = end_a != end_b
+    first = differs.argmax(1)
+    rows = numpy.arange(len(offsets))
+    a_lower = (end_a[rows, first] < end_b[rows, first])[:, None]
+    keys = numpy.ascontiguousarray(numpy.concatenate([proto[:, None], numpy.where(a_lower, end_a, end_b),
+                                                      numpy.where(a_lower, end_b, end_a)], 1)[known])
+    # Numbered a distinct flow at a time: a chunk holds far fewer flows than frames.
+    unique, inverse = numpy.unique(keys.view(numpy.dtype((numpy.void, FLOW_IDENTITY_BYTES))).ravel(),
+                                   return_inverse=True)
+    number = identities.setdefault
+    numbers = numpy.array([number(key, len(identities)) for key in unique.tolist()], dtype=numpy.int64)
+    flows = numpy.full(len(offsets), -1, dtype=numpy.int64)
+    flows[known] = numbers[inverse.ravel()] if len(unique) else []
+    return FrameFlows(flows.tolist(), bare_syn.tolist(), quiet.tolist())
+
+
+def _gather(data, starts, count: int):
+    """count bytes from each of starts in data (one row each): past data's
+    end, its last byte."""
+    return data[numpy.minimum(starts[:, None] + numpy.arange(count), len(data) - 1)]
+
+
+def _ones_sum(data: bytes) -> int:
+    """The 16-bit ones' complement sum of data (an odd last byte padded with zero), folded."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def fill_offloaded_checksum(frame: bytes) -> bytes:
+    """A capture taken on the sending host holds its TCP segments as the
+    stack handed them to a NIC that fills in the checksum: the field holds
+    the pseudo-header's sum only. Fill it in, as the NIC did, or sluice takes
+    the segment for a decoy the server drops (bpf/receiver.h). Any other
+    checksum, right or wrong, is left as captured."""
+    offset, ethertype = 14, int.from_bytes(frame[12:14], "big")
+    while ethertype in VLAN_ETHERTYPES and len(frame) >= offset + 4:
+        ethertype, offset = int.from_bytes(frame[offset + 2:offset + 4], "big"), offset + 4
+    if ethertype == ETH_P_IP and len(frame) >= offset + 20:
+        header_len = (frame[offset] & 0x0F) * 4
+        if frame[offset + 9] != IPPROTO_TCP or \
+                int.from_bytes(frame[offset + 6:offset + 8], "big") & IP_MORE_FRAGMENTS_AND_OFFSET:
+            return frame
+        tcp_len = int.from_bytes(frame[offset + 2:offset + 4], "big") - header_len
+        pseudo = frame[offset + 12:offset + 20] + struct.pack("!BBH", 0, IPPROTO_TCP, tcp_len & 0xFFFF)
+        start = offset + header_len
+    elif ethertype == ETH_P_IPV6 and len(frame) >= offset + 40 and frame[offset + 6] == IPPROTO_TCP:
+        tcp_len = int.from_bytes(frame[offset + 4:offset + 6], "big")
+        pseudo = frame[offset + 8:offset + 40] + struct.pack("!II", tcp_len, IPPROTO_TCP)
+        start = offset + 40
+    else:
+        return frame
+    segment = frame[start:start + tcp_len]
+    if tcp_len < 20 or len(segment) != tcp_len or \
+            int.from_bytes(segment[16:18], "big") != _ones_sum(pseudo) or _ones_sum(pseudo + segment) == 0xFFFF:
+        return frame
+    check = 0xFFFF - _ones_sum(pseudo + segment[:16] + b"\0\0" + segment[18:])
+    return frame[:start + 16] + check.to_bytes(2, "big") + frame[start + 18:]
+
+
+def _words(rows):
+    """Each row of bytes as big-endian 16-bit words."""
+    return rows[:, 0::2].astype(numpy.int64) << 8 | rows[:, 1::2]
+
+
+def fill_offloaded_checksums(chunk: Chunk) -> None:
+    """fill_offloaded_checksum for each frame of chunk, in its buffer. Summing
+    every segment in Python would cost more than running it: numpy picks, for
+    the whole chunk at once, the frames whose checksum field holds their
+    pseudo-header's sum (or that carry more VLAN tags than it steps over),
+    and only those go through fill_offloaded_checksum."""
+    data = numpy.frombuffer(chunk.buffer, dtype=numpy.uint8)
+    offsets = numpy.asarray(chunk.offsets, dtype=numpy.int64)
+    if not len(offsets):
+        return
+    ip_start = offsets + ETHERNET_HEADER
+    ethertype = _words(_gather(data, offsets + 12, 2))[:, 0]
+    for _ in range(VLAN_TAGS_READ):
+        tagged = numpy.isin(ethertype, VLAN_ETHERTYPES)
+        ethertype = numpy.where(tagged, _words(_gather(data, ip_start + 2, 2))[:, 0], ethertype)
+        ip_start += tagged * 4
+    more_tags = numpy.isin(ethertype, VLAN_ETHERTYPES)
+    ip = _gather(data, ip_start, 40)
+    ip_words = _words(ip)
+    header_len = (ip[:, 0].astype(numpy.int64) & 0x0F) * 4
+    ipv4 = (ethertype == ETH_P_IP) & (ip[:, 9] == IPPROTO_TCP) & (ip_words[:, 3] & IP_MORE_FRAGMENTS_AND_OFFSET == 0)
+    ipv6 = (ethertype == ETH_P_IPV6) & (ip[:, 6] == IPPROTO_TCP)
+    pseudo = numpy.where(ipv4, ip_words[:, 6:10].sum(1) + IPPROTO_TCP + ((ip_words[:, 1] - header_len) & 0xFFFF),
+                         ip_words[:, 4:20].sum(1) + IPPROTO_TCP + ip_words[:, 2])
+    while (pseudo > 0xFFFF).any():
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+    field = _words(_gather(data, ip_start + numpy.where(ipv4, header_len, 40) + 16, 2))[:, 0]
+    for index in numpy.flatnonzero(((ipv4 | ipv6) & (field == pseudo)) | more_tags).tolist():
+        start, end = chunk.offsets[index], chunk.offsets[index] + chunk.lengths[index]
+        frame = bytes(chunk.buffer[start:end])
+        filled = fill_offloaded_checksum(frame)
+        if filled != frame:
+            chunk.buffer[start:end] = filled
+
+
+def flow_identity(proto: int, address_a: bytes, port_a: bytes, address_b: bytes, port_b: bytes) -> bytes:
+    """A flow's identity as frame_flows works it out: the protocol, then
+    each end (16-byte address, IPv4 mapped; port as on the wire), lower
+    end first."""
+    a, b = address_a + port_a, address_b + port_b
+    return bytes([proto]) + (a + b if a < b else b + a)
+
+
+def frame_address(buffer) -> int:
+    """Where buffer's bytes lie in memory (for BPF_PROG_TEST_RUN's data_in)."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
