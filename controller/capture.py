@@ -309,8 +309,16 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
 
 def _gather(data, starts, count: int):
     """count bytes from each of starts in data (one row each): past data's
-    end, its last byte."""
-    return data[numpy.minimum(starts[:, None] + numpy.arange(count), len(data) - 1)]
+    end, its last byte. A row that fits is copied out of a sliding window
+    over data, without the index per byte that the rest need: several
+    times faster for a frame's head."""
+    fits = starts + count <= len(data)
+    if fits.all():
+        return numpy.lib.stride_tricks.sliding_window_view(data, count)[starts]
+    rows = data[numpy.minimum(starts[:, None] + numpy.arange(count), len(data) - 1)]
+    if len(data) >= count:
+        rows[fits] = numpy.lib.stride_tricks.sliding_window_view(data, count)[starts[fits]]
+    return rows
 
 
 def _ones_sum(data: bytes) -> int:

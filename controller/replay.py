@@ -31,6 +31,7 @@ Output (stable; tools may parse it):
 import ctypes
 import ipaddress
 import json
+import math
 import multiprocessing
 import os
 import socket
@@ -46,6 +47,10 @@ from .quic_flows import QuicFlows
 from .testrun import XdpFrameRunner
 
 IPV4_MAPPED = bytes(10) + b"\xff\xff"
+# A flow's quiet segments run at least this many times per idle timeout,
+# to keep it from idling out (run_capture): far more often than the
+# program's own refresh (idle >> FLOW_REFRESH_SHIFT, bpf/flow.h) needs.
+QUIET_SEGMENTS_PER_IDLE = 32
 PROGRESS_AFTER_S = 3.0      # a capture replayed faster than this shows no progress bar
 PROGRESS_EVERY = 4096       # frames between looks at the clock
 PROGRESS_WIDTH = 30
@@ -97,11 +102,13 @@ def settled_key(key) -> bytes:
 
 class SettledFlows:
     """The flows the program has settled, by the number frame_flows gives
-    each flow: a byte per flow, which the frame loop reads at list speed."""
+    each flow: a byte per flow, which the frame loop reads at list speed;
+    and when a frame of each flow last ran (time.monotonic())."""
 
     def __init__(self):
         self.numbers: dict[bytes, int] = {}      # flow identity -> number
         self.flags = bytearray()                 # by number: 1 settled
+        self.last_run: list[float] = []          # by number
 
     def add(self, identity: bytes) -> None:
         number = self.numbers.setdefault(identity, len(self.numbers))
@@ -112,10 +119,12 @@ class SettledFlows:
     def make_room(self) -> None:
         """Room for every numbered flow (frame_flows numbers new ones)."""
         self.flags.extend(bytes(len(self.numbers) - len(self.flags)))
+        self.last_run.extend([-math.inf] * (len(self.numbers) - len(self.last_run)))
 
     def clear(self) -> None:
         self.numbers.clear()
         self.flags.clear()
+        self.last_run.clear()
 
 
 class FlowReport:
@@ -232,20 +241,30 @@ def replay(capture_path: str, policy=None, skip_settled: bool = True,
 
 def run_capture(datapath, capture_path: str, settled: SettledFlows | None = None,
                 progress: Progress | None = None) -> int:
-    """The capture's frames through the program, but for those of flows in
-    settled (which the rings fill as they are read) other than a bare SYN,
-    which opens a new flow on the same addresses and ports; returns the
-    number of frames read.
+    """The capture's frames through the program, but for those that cannot
+    change a line; returns the number of frames read. With settled None,
+    every frame runs and the rings are read after each.
 
-    The rings are read after every frame run when settled is None. Else
-    after every frame but TCP segments without payload, SYN, FIN or RST, and
-    before a bare SYN of a flow seen before: a flow settled by a frame whose
-    events wait in the ring a little longer has only some more of its frames
-    run, which changes no line, but a bare SYN must find its flow's earlier
-    life settled before it opens a new one. Events are read in the order
-    they were sent either way."""
+    Left out: frames of flows in settled (which the rings fill as they are
+    read) other than a bare SYN, which opens a new flow on the same
+    addresses and ports; and quiet TCP segments (no payload, FIN or RST,
+    not a bare SYN) of the others, but for one per quiet_every. A quiet segment does
+    not reach the inspection (bpf/sluice_xdp.c inspect_tcp_segment: only a
+    payload or a bare SYN goes on, to the receiver model or the parsers);
+    its only effect on a flow is to refresh its idle clock (bpf/flow.h
+    flow_touch), which one such segment per quiet_every, far less than the
+    idle timeout, keeps doing.
+
+    The rings are read after every frame run but quiet ones, and before a
+    bare SYN: a flow settled by a frame whose events wait in the ring a
+    little longer has only some more of its frames run, which changes no
+    line, but a bare SYN must find its flow's earlier life settled before
+    it opens a new one. Events are read in the order they were sent either
+    way."""
     run = XdpFrameRunner(datapath.function.fd).run
     read_rings = datapath.consume_rings
+    clock = time.monotonic
+    quiet_every = datapath.table("config")[ctypes.c_uint32(0)].flow_idle_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
     frames, unread = 0, False
     with Capture(capture_path) as capture:
         for chunk in capture.chunks():
@@ -256,9 +275,9 @@ def run_capture(datapath, capture_path: str, settled: SettledFlows | None = None
                 seen = frame_flows(chunk, settled.numbers)
                 settled.make_room()
                 flows, bare_syns, quiet = seen.flows, seen.bare_syns, seen.quiet
+                flags, last_run = settled.flags, settled.last_run
             else:
                 flows, bare_syns, quiet = [-1] * count, [False] * count, [False] * count
-            flags = settled.flags if settled else None
             base = frame_address(chunk.buffer)
             for offset, length, flow, bare_syn, is_quiet in zip(chunk.offsets, chunk.lengths, flows, bare_syns,
                                                                 quiet):
@@ -268,8 +287,9 @@ def run_capture(datapath, capture_path: str, settled: SettledFlows | None = None
                             read_rings()
                             unread = False
                         flags[flow] = 0
-                    elif flags[flow]:
+                    elif flags[flow] or (is_quiet and clock() - last_run[flow] < quiet_every):
                         continue
+                    last_run[flow] = clock()
                 run(base + offset, length)
                 if is_quiet:
                     unread = True

@@ -193,3 +193,15 @@ def test_the_2021_profile_names_what_the_documented_throttler_read(named, techni
         assert name == DECOY_NAME
     else:
         assert name != REAL_NAME
+
+
+def test_replay_prints_what_running_every_frame_prints(capture):
+    """replay leaves out frames that cannot change a line (settled flows'
+    frames, quiet segments): over every technique, decoys in the SYN and
+    fragments among them, its lines are those of running every frame."""
+    from sluice.policy import load_policy
+    from sluice.replay import replay
+    policy_path = capture.parent / "every-frame.yaml"
+    policy_path.write_text(PROFILES["default"])
+    policy = load_policy(str(policy_path))
+    assert replay(str(capture), policy) == replay(str(capture), policy, skip_settled=False)
