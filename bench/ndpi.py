@@ -95,8 +95,7 @@ def sluice_frames_per_second(corpus: Corpus, capture: Path, skip_settled: bool) 
     for name in FLOW_TABLES:
         corpus.datapath.table(name).clear()
     corpus.quic.pending.clear()
-    corpus.report.records = []
-    corpus.report.settled.clear()
+    corpus.report.clear()
     started = time.monotonic()
     frames = run_capture(corpus.datapath, str(capture), corpus.report.settled if skip_settled else None)
     report_unsettled(corpus.datapath, corpus.report)

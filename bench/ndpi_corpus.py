@@ -108,7 +108,7 @@ class Corpus:
         for name in FLOW_TABLES:
             self.datapath.table(name).clear()
         self.quic.pending.clear()
-        self.report.records = []
+        self.report.clear()
         run_capture(self.datapath, str(capture))
         report_unsettled(self.datapath, self.report)
         return self.report.records

@@ -158,6 +158,12 @@ class FlowReport:
         self.settled.add(settled_key(key))
         self.records.append(_record(key, client_is_hi, "quic", name, rule))
 
+    def clear(self) -> None:
+        """Forget every flow and record: the next capture starts afresh."""
+        self.records = []
+        self.settled.clear()
+        self.provisional.clear()
+
 
 def format_text(record: dict) -> str:
     def endpoint(host, port):
