@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import struct
+import time
 from typing import NamedTuple
 
 import bcc
@@ -424,6 +425,15 @@ def rule_info(leaf_type, rule, alpn_ids: dict[str, int], destinations, shape_as_
 LOOKUP_BATCH = 8192
 
 
+# A batch that finds its bucket's lock taken gives up rather than spin: since
+# 6.15 the kernel's hash-map buckets take a resilient lock that returns
+# ETIMEDOUT or EDEADLK (EBUSY before), which a loaded VM whose lock holder's
+# vCPU is descheduled meets (a scrape failed so, 2026-12-01). The walk stays
+# where it was; try that batch again.
+BUSY_BUCKET = {errno.EBUSY, errno.EDEADLK, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR}
+BUSY_RETRIES = 5
+
+
 def entry_batches(table):
     """The entries of a hash map, a batch at a time: (keys, values, count)
     per BPF_MAP_LOOKUP_BATCH call (the arrays are reused: read them before
@@ -440,14 +450,19 @@ def entry_batches(table):
     keys = (table.Key * LOOKUP_BATCH)()
     values = (table.Leaf * LOOKUP_BATCH)()
     token, next_token, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
-    first = True
+    first, retries = True, 0
     while True:
         count.value = LOOKUP_BATCH
         result = bcc.lib.bpf_lookup_batch(table.map_fd, None if first else ctypes.byref(token),
                                           ctypes.byref(next_token), keys, values, ctypes.byref(count))
         error = ctypes.get_errno()
+        if result != 0 and error in BUSY_BUCKET and retries < BUSY_RETRIES:
+            retries += 1
+            time.sleep(0.01)
+            continue
         if result != 0 and error != errno.ENOENT:       # ENOENT: the walk reached the end
-            raise OSError(error, f"BPF_MAP_LOOKUP_BATCH on {table.name}: {os.strerror(error)}")
+            raise OSError(error, f"BPF_MAP_LOOKUP_BATCH on map fd {table.map_fd}: {os.strerror(error)}")
+        retries = 0
         yield keys, values, count.value
         if result != 0:
             return
