@@ -18,7 +18,8 @@
  * flow, whose entry is still inspecting.
  *
  * UDP that is neither, or that arrives while no controller reads the ring,
- * passes without an entry.
+ * passes without an entry, unless some rule applies to any flow: each UDP
+ * flow is then judged at its first datagram (sluice_stage_opening).
  */
 #ifndef SLUICE_QUIC_H
 #define SLUICE_QUIC_H
@@ -115,6 +116,25 @@ static __always_inline void quic_send_to_controller(struct xdp_md *ctx, const st
 	counter_inc(SLUICE_CNT_QUIC_DATAGRAMS);
 }
 
+/* Hand a new UDP flow's first datagram to sluice_stage_opening, to be
+ * judged by the rules for any flow; returns if that stage is missing. */
+static __always_inline void quic_judge_opening_datagram(struct xdp_md *ctx, const struct packet_info *pkt,
+							const struct flow_key *key, int sender_is_hi,
+							const struct flow_state *flow)
+{
+	__u32 zero = 0;
+	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+
+	if (!scratch)
+		return;
+	__builtin_memcpy(&scratch->key, key, sizeof(*key));
+	scratch->frame_len = pkt->frame_len;
+	scratch->segment_len = pkt->payload_len;
+	scratch->sender_is_hi = sender_is_hi;
+	scratch->proto = flow->proto;
+	call_stage(ctx, SLUICE_STAGE_OPENING);
+}
+
 /* The verdict of a UDP packet (gathered: see quic_is_client_initial()). */
 static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info *pkt,
 					  const struct sluice_config *cfg, const __u8 *gathered)
@@ -122,8 +142,9 @@ static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info
 	struct flow_key key = {};
 
 	/* Without a controller reading the ring no QUIC flow is ever opened,
-	 * so UDP needs no flow lookup at all. */
-	if (!(cfg->flags & SLUICE_CFG_EVENTS))
+	 * and without rules for any flow no other UDP flow is: UDP then
+	 * needs no flow lookup at all. */
+	if (!(cfg->flags & (SLUICE_CFG_EVENTS | SLUICE_CFG_OPENING_RULES)))
 		return pass_unjudged(pkt->frame_len);
 	int sender_is_hi = flow_make_key(pkt, &key);
 	__u64 now = coarse_now_ns(cfg);
@@ -137,6 +158,12 @@ static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info
 		flow_touch(flow, now, cfg);
 		if (flow->state != SLUICE_FLOW_INSPECTING)
 			return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
+		/* A QUIC flow judged at its opening datagram keeps that verdict
+		 * until the controller reads its name. */
+		int verdict = flow->rule_id ?
+			apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg) : -1;
+		if (verdict == XDP_DROP || flow->state != SLUICE_FLOW_INSPECTING)
+			return verdict;
 		/* Browsers spread a ClientHello over several Initials, and a
 		 * client told its version is not spoken starts again. */
 		int client_sends = sender_is_hi == flow->client_is_hi;
@@ -146,17 +173,25 @@ static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info
 			flow->payload_packets += 1;
 			quic_send_to_controller(ctx, pkt, &key, flow->client_is_hi, gathered);
 		}
-		return pass_unjudged(pkt->frame_len);
+		return verdict == XDP_PASS ? XDP_PASS : pass_unjudged(pkt->frame_len);
 	}
-	if (!quic_is_client_initial(ctx, pkt, gathered))
+	int quic = (cfg->flags & SLUICE_CFG_EVENTS) && quic_is_client_initial(ctx, pkt, gathered);
+	if (!quic && !(cfg->flags & SLUICE_CFG_OPENING_RULES))
 		return pass_unjudged(pkt->frame_len);
 	flow = flow_start(&key, sender_is_hi, 1, pkt, now);
 	if (!flow)
 		return pass_unjudged(pkt->frame_len);
 	counter_inc(SLUICE_CNT_FLOWS_CREATED);
-	flow->proto = SLUICE_PROTO_QUIC;
-	flow->payload_packets = 1;
-	quic_send_to_controller(ctx, pkt, &key, sender_is_hi, gathered);
+	if (quic) {
+		flow->proto = SLUICE_PROTO_QUIC;
+		flow->payload_packets = 1;
+		quic_send_to_controller(ctx, pkt, &key, sender_is_hi, gathered);
+	}
+	if (cfg->flags & SLUICE_CFG_OPENING_RULES)
+		quic_judge_opening_datagram(ctx, pkt, &key, sender_is_hi, flow);
+	/* Nothing of a UDP flow but QUIC's Initials is read. */
+	if (!quic)
+		flow->state = SLUICE_FLOW_GAVE_UP;
 	return pass_unjudged(pkt->frame_len);
 }
 

@@ -238,6 +238,7 @@ static __always_inline void block_evasion(struct flow_state *flow, const struct 
 	flow->state = SLUICE_FLOW_CLASSIFIED;
 	flow->rule_id = 0;
 	flow->action = SLUICE_ACTION_BLOCK;
+	flow->trigger_pending = 0;	/* its opening judgement's trigger, if any, is moot */
 	flow->client_is_hi = scratch->sender_is_hi;
 	flow->client_known = 1;
 	flow->streaming = 0;
@@ -249,8 +250,8 @@ static __always_inline void block_evasion(struct flow_state *flow, const struct 
 static __always_inline void inspect_again(struct flow_state *flow, const struct flow_key *key)
 {
 	flow->state = SLUICE_FLOW_INSPECTING;
-	flow->rule_id = 0;
-	flow->action = SLUICE_ACTION_NONE;
+	/* Back to what its opening packet made of it, if anything. */
+	put_under_rule(flow, flow->opening_rule_id);
 	flow->proto = SLUICE_PROTO_UNKNOWN;
 	flow->streaming = 0;
 	streams.delete(key);

@@ -31,10 +31,8 @@ struct hello_result {
 	__u32 pad;
 };
 
-/* The start of a ClientHello's ALPN extension is kept for the select stage
- * (a power of two): a browser's list ("h2", "http/1.1") takes 14 bytes. */
-#define ALPN_COPY_BYTES 64
-#define ALPN_COPY_MASK (ALPN_COPY_BYTES - 1)
+/* The start of a ClientHello's ALPN extension is kept for the select stage. */
+#define ALPN_COPY_MASK (SLUICE_ALPN_BYTES - 1)
 
 /* Where a request held in a stream has its parts, found in one pass (see
  * http_scan_stream_request() in http_host.h); each is 0 until found. */
@@ -89,7 +87,7 @@ struct payload_scratch {
 	struct request_layout layout;	/* HTTP in a stream */
 	__u32 stream_held;		/* the stream is held from its start up to here */
 	__u32 alpn_len;			/* bytes of alpn[] in use */
-	__u8 alpn[ALPN_COPY_BYTES];	/* the ClientHello's ALPN extension body, from its start */
+	__u8 alpn[SLUICE_ALPN_BYTES];	/* the ClientHello's ALPN extension body, from its start */
 	struct segment_view segment;	/* the segment's headers, for receiver.h */
 	__u8 bytes[PAYLOAD_COPY_BYTES];
 	char name[SLUICE_NAME_MAX + 1];	/* the extracted, normalised name */

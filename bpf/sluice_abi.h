@@ -62,6 +62,11 @@
 #define SLUICE_ALPN_IDS_MAX 32
 #define SLUICE_ALPN_ID_BYTES 15
 
+/* The start of a ClientHello's ALPN extension body that the data plane
+ * keeps, for the rules and in the flow's event (a power of two): a
+ * browser's list ("h2", "http/1.1") takes 14 bytes. */
+#define SLUICE_ALPN_BYTES 64
+
 /* Destination port ranges a rule can be limited to. */
 #define SLUICE_PORT_RANGES_MAX 4
 
@@ -144,7 +149,8 @@ enum sluice_stage {
 	SLUICE_STAGE_STREAM_HTTP = 8,	/* sluice_stage_stream_http: an HTTP request from the stream */
 	SLUICE_STAGE_STREAM_TLS = 9,	/* sluice_stage_stream_tls: a ClientHello from the stream */
 	SLUICE_STAGE_RECEIVER = 10,	/* sluice_stage_receiver: would the server keep this segment? (receiver.h) */
-	SLUICE_STAGE_MAX = 11,
+	SLUICE_STAGE_OPENING = 11,	/* sluice_stage_opening: judge a new flow at its opening packet, before any name */
+	SLUICE_STAGE_MAX = 12,
 };
 
 /* How a block rule blocks (rule_info.block_method). */
@@ -162,7 +168,8 @@ enum sluice_proto {
 };
 
 enum sluice_flow_state {
-	SLUICE_FLOW_INSPECTING = 0,	/* still looking for a ClientHello or request */
+	SLUICE_FLOW_INSPECTING = 0,	/* still looking for a ClientHello or request (rule_id: its opening
+					 * judgement, which a name read replaces) */
 	SLUICE_FLOW_CLASSIFIED = 1,	/* verdict final: rule_id and action hold */
 	SLUICE_FLOW_GAVE_UP = 2,	/* window spent without a name: passes */
 };
@@ -270,7 +277,8 @@ struct flow_state {
 	__u16 syn_data_len;		/* bytes the SYN carried, and their ones' complement sum, */
 	__u16 syn_data_sum;		/* ...to tell a resend from a decoy (SLUICE_RECEIVER_SYN_DATA) */
 	__u8 receiver;			/* SLUICE_RECEIVER_* (receiver.h) */
-	__u8 pad[7];
+	__u8 pad[3];
+	__u32 opening_rule_id;		/* the rule that judged it at its opening packet (SLUICE_CFG_OPENING_RULES), 0: none */
 	/* Per direction, for throttle and shape in flow scope: the time at
 	 * which the flow's bucket is empty again (throttle, GCRA) or its next
 	 * packet may leave (shape, EDT). */
@@ -434,6 +442,9 @@ struct sluice_config {
 #define SLUICE_CFG_NO_RECEIVER_MODEL 128	/* inspection.on_evasion: ignore: every client segment counts,
 					 * the first copy of a range wins (receiver.h is skipped) */
 #define SLUICE_CFG_BLOCK_EVASION 256	/* inspection.on_evasion: block: a flow caught at evasion is dropped */
+#define SLUICE_CFG_OPENING_RULES 512	/* some rule applies to any flow (no name, protocol, ECH or ALPN
+					 * condition): each new flow is judged at its opening packet,
+					 * the client's SYN or a UDP flow's first datagram */
 #define SLUICE_CFG_EVENTS 1		/* a controller reads the rings: emit a classification_event
 					 * per flow, and send QUIC Initials to be read */
 
@@ -476,7 +487,12 @@ struct classification_event {
 	__u8 name_len;
 	char name[SLUICE_NAME_MAX + 1];
 	__u8 provisional;		/* 1: named from its SYN's data, which its next segment may undo */
-	__u8 pad[3];			/* per-CPU values are a multiple of 8 bytes */
+	/* Its ClientHello's facts (TLS; 0 otherwise), for the controller to
+	 * judge the flow again by them after a reload: */
+	__u8 ech;			/* 1: it offers Encrypted Client Hello */
+	__u8 alpn_len;			/* bytes of alpn[] in use */
+	__u8 pad;
+	__u8 alpn[SLUICE_ALPN_BYTES];	/* its ALPN extension body, from its start */
 };
 
 #endif /* SLUICE_ABI_H */

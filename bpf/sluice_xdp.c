@@ -86,9 +86,9 @@ static __always_inline void keep_alpn(struct payload_scratch *scratch, const __u
 	scratch->alpn_len = 0;
 	if (len == 0)
 		return;
-	if (len > ALPN_COPY_BYTES)
-		len = ALPN_COPY_BYTES;
-	/* len is 1..ALPN_COPY_BYTES already; the mask shows the verifier. */
+	if (len > SLUICE_ALPN_BYTES)
+		len = SLUICE_ALPN_BYTES;
+	/* len is 1..SLUICE_ALPN_BYTES already; the mask shows the verifier. */
 	hide_from_compiler(len);
 	len = ((len - 1) & ALPN_COPY_MASK) + 1;
 	if (copy_within_maps(scratch->alpn, len, &bytes[scratch->hello.alpn_off & mask]) == 0)
@@ -142,13 +142,20 @@ static __always_inline int enter_fragment_stage(struct xdp_md *ctx, const struct
 	return pass_unjudged(pkt->frame_len);
 }
 
-/* A classified flow whose name came from its SYN's data reads its next
- * client segment: the server may have dropped that data (receiver.h). */
-static __always_inline int reads_again(const struct flow_state *flow, const struct packet_info *pkt,
-				       int sender_is_hi)
+/* Is the packet read for a name? Every packet of a flow still inspected
+ * is offered (inspect_tcp_segment() picks), save where the flow was judged
+ * at its opening packet: there only the client's payload is, and the rest
+ * takes that judgement's verdict. A classified flow whose name came from
+ * its SYN's data reads its next client segment: the server may have
+ * dropped that data (receiver.h). */
+static __always_inline int read_for_name(const struct flow_state *flow, const struct packet_info *pkt,
+					 int sender_is_hi)
 {
-	return (flow->receiver & SLUICE_RECEIVER_SYN_DATA) && pkt->payload_len &&
-	       sender_is_hi == flow->client_is_hi;
+	int client_payload = pkt->payload_len && sender_is_hi == flow->client_is_hi;
+
+	if (flow->state != SLUICE_FLOW_INSPECTING)
+		return (flow->receiver & SLUICE_RECEIVER_SYN_DATA) && client_payload;
+	return !flow->rule_id || client_payload;
 }
 
 /* Count the segment in the flow's window, and read it: in the stream if
@@ -171,6 +178,20 @@ static __always_inline int read_segment(struct xdp_md *ctx, struct flow_state *f
 	return pass_unjudged(scratch->frame_len);
 }
 
+/* Read a client segment of a flow still inspected: through the receiver
+ * model, or (inspection.on_evasion: ignore) as it comes. */
+static __always_inline int read_received(struct xdp_md *ctx, struct flow_state *flow,
+					 struct payload_scratch *scratch, const struct sluice_config *cfg)
+{
+	if (!(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL)) {
+		call_stage(ctx, SLUICE_STAGE_RECEIVER);
+		return pass_unjudged(scratch->frame_len);
+	}
+	if (scratch->segment_len == 0)		/* the SYN, judged at its opening */
+		return pass_unjudged(scratch->frame_len);
+	return read_segment(ctx, flow, scratch, cfg);
+}
+
 /* A TCP segment of a flow still inspected (or read again): the client's
  * SYN and payload go to the receiver model, which reads on the segments the
  * server keeps; without it (inspection.on_evasion: ignore) every payload is
@@ -182,10 +203,12 @@ static __always_inline int inspect_tcp_segment(struct xdp_md *ctx, struct flow_s
 					       int from_fragments)
 {
 	int receiver_model = !(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL);
+	int opening = flow_is_bare_syn(pkt) && (cfg->flags & SLUICE_CFG_OPENING_RULES);
 	__u32 zero = 0;
 
-	/* The SYN's timestamp is the one later segments are held to. */
-	if (pkt->payload_len == 0 && !(receiver_model && flow_is_bare_syn(pkt)))
+	/* The SYN's timestamp is the one later segments are held to; and the
+	 * SYN is where rules for any flow judge it. */
+	if (pkt->payload_len == 0 && !(receiver_model && flow_is_bare_syn(pkt)) && !opening)
 		return pass_unjudged(pkt->frame_len);
 	/* Once the client is known, only what it sends can name the flow:
 	 * a server cannot get its own flow judged by what it answers. */
@@ -213,11 +236,9 @@ static __always_inline int inspect_tcp_segment(struct xdp_md *ctx, struct flow_s
 	scratch->segment.hop_by_hop_late = pkt->hop_by_hop_late;
 	if (pkt->payload_len && copy_payload(ctx, scratch, pkt->payload_offset, pkt->payload_len) < 0)
 		return pass_unjudged(pkt->frame_len);
-	if (receiver_model) {
-		call_stage(ctx, SLUICE_STAGE_RECEIVER);
-		return pass_unjudged(pkt->frame_len);
-	}
-	return read_segment(ctx, flow, scratch, cfg);
+	if (opening)
+		call_stage(ctx, SLUICE_STAGE_OPENING);
+	return read_received(ctx, flow, scratch, cfg);
 }
 
 int sluice_xdp(struct xdp_md *ctx)
@@ -248,7 +269,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	struct flow_state *flow = flow_open_tcp(&pkt, &key, sender_is_hi, cfg);
 	if (!flow)
 		return pass_unjudged(pkt.frame_len);
-	if (flow->state != SLUICE_FLOW_INSPECTING && !reads_again(flow, &pkt, sender_is_hi))
+	if (!read_for_name(flow, &pkt, sender_is_hi))
 		return apply_tcp_verdict(ctx, flow, &key, sender_is_hi, pkt.frame_len, pkt.payload_len, cfg);
 	return inspect_tcp_segment(ctx, flow, &pkt, &key, sender_is_hi, cfg, 0);
 }
@@ -571,6 +592,22 @@ int sluice_stage_match(struct xdp_md *ctx)
 				 scratch->segment_len, cfg);
 }
 
+/* What the rule conditions look at of the flow, but its ClientHello: the
+ * sender of the packet in hand (the name, or the opening packet) is the
+ * client; the other end is the server. */
+static __always_inline void view_flow(struct flow_view *client, const struct payload_scratch *scratch,
+				      const struct flow_state *flow)
+{
+	const struct flow_key *key = &scratch->key;
+
+	__builtin_memcpy(client->addr, scratch->sender_is_hi ? key->addr_hi : key->addr_lo, 16);
+	client->server_port = bpf_ntohs(scratch->sender_is_hi ? key->port_lo : key->port_hi);
+	client->opened_by_client = flow->opened_by_client;
+	client->class_id = match_client_class(client->addr);
+	client->destination_id = match_destination_set(scratch->sender_is_hi ? key->addr_lo : key->addr_hi);
+	client->proto = scratch->proto;
+}
+
 int sluice_stage_select(struct xdp_md *ctx)
 {
 	struct flow_state *flow;
@@ -581,13 +618,7 @@ int sluice_stage_select(struct xdp_md *ctx)
 	if (!scratch)
 		return XDP_PASS;
 	const struct flow_key *key = &scratch->key;
-	/* The sender of the name is the client; the other end is the server. */
-	__builtin_memcpy(client.addr, scratch->sender_is_hi ? key->addr_hi : key->addr_lo, 16);
-	client.server_port = bpf_ntohs(scratch->sender_is_hi ? key->port_lo : key->port_hi);
-	client.opened_by_client = flow->opened_by_client;
-	client.class_id = match_client_class(client.addr);
-	client.destination_id = match_destination_set(scratch->sender_is_hi ? key->addr_lo : key->addr_hi);
-	client.proto = scratch->proto;
+	view_flow(&client, scratch, flow);
 	/* The hello's facts hold only for this flow's hello: the per-CPU
 	 * scratch keeps the last one parsed, whatever flow it was. */
 	if (scratch->proto == SLUICE_PROTO_TLS) {
@@ -597,6 +628,37 @@ int sluice_stage_select(struct xdp_md *ctx)
 	__u32 rule_id = match_select_rule(scratch->set_id, &client, cfg);
 	classify(flow, rule_id, client.class_id, scratch, cfg);
 	return apply_tcp_verdict(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len, scratch->segment_len, cfg);
+}
+
+/* A new flow's opening packet, the client's bare SYN or a UDP flow's first
+ * datagram, where some rule applies to any flow (SLUICE_CFG_OPENING_RULES):
+ * the rules of flows without a name judge it now, as a flow whose protocol
+ * is not known (judge_opening() says what settles it). A TCP flow not
+ * settled is then read for a name as any other; a QUIC flow's Initial is
+ * with the controller already (quic.h). */
+int sluice_stage_opening(struct xdp_md *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+	struct flow_view client = {};
+
+	if (!scratch)
+		return XDP_PASS;
+	const struct flow_key *key = &scratch->key;
+	int tcp = key->l4proto == IPPROTO_TCP;
+	view_flow(&client, scratch, flow);
+	client.proto = SLUICE_PROTO_UNKNOWN;
+	__u32 rule_id = match_select_rule(SLUICE_RULE_SET_UNNAMED, &client, cfg);
+	if (judge_opening(flow, rule_id, tcp || flow->proto == SLUICE_PROTO_QUIC)) {
+		if (tcp)
+			return apply_tcp_verdict(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len,
+						 scratch->segment_len, cfg);
+		return apply_verdict(flow, key, scratch->sender_is_hi, scratch->frame_len, scratch->segment_len, cfg);
+	}
+	if (!tcp)
+		return pass_unjudged(scratch->frame_len);
+	return read_received(ctx, flow, scratch, cfg);
 }
 
 /* A TCP segment gathered out of IP fragments (ip_frag.h), read as the entry
@@ -612,7 +674,7 @@ static __always_inline int judge_gathered_segment(struct packet_info *pkt, const
 
 	if (!flow)
 		return pass_unjudged(pkt->frame_len);
-	if (flow->state != SLUICE_FLOW_INSPECTING && !reads_again(flow, pkt, sender_is_hi))
+	if (!read_for_name(flow, pkt, sender_is_hi))
 		return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
 	return inspect_tcp_segment(ctx, flow, pkt, &key, sender_is_hi, cfg, 1);
 }

@@ -33,6 +33,15 @@ static __always_inline void account(__u32 rule_id, __u32 dir, __u32 bytes, int o
 	}
 }
 
+/* One more flow settled under rule_id (0: none). */
+static __always_inline void count_flow(__u32 rule_id)
+{
+	struct rule_stats *stats = rule_stats.lookup(&rule_id);
+
+	if (stats)
+		stats->flows += 1;
+}
+
 /* Every packet that no rule judges is counted under rule id 0, and passes. */
 static __always_inline int pass_unjudged(__u32 frame_len)
 {
@@ -83,6 +92,12 @@ static __always_inline void count_toward_trigger(struct flow_state *flow, __u32 
 	flow->trigger_pending = 0;
 	flow->action = rule->flags & SLUICE_RULE_MONITOR ? SLUICE_ACTION_NONE : rule->action;
 	counter_inc(SLUICE_CNT_TRIGGERS_FIRED);
+	/* A flow judged at its opening packet and still read for a name:
+	 * its action now applies, no name read later replaces it. */
+	if (flow->state == SLUICE_FLOW_INSPECTING) {
+		flow->state = SLUICE_FLOW_CLASSIFIED;
+		count_flow(rule_id);
+	}
 }
 
 /* The verdict of a classified flow on one of its packets (payload_len:
@@ -135,14 +150,17 @@ static __always_inline void emit_event(const struct flow_state *flow, __u8 confi
 	event->name_len = name_len;
 	event->provisional = !!(flow->receiver & SLUICE_RECEIVER_SYN_DATA);
 	__builtin_memcpy(event->name, scratch->name, sizeof(event->name));
+	/* The per-CPU scratch's hello is this flow's only if it was read as TLS. */
+	int hello = scratch->proto == SLUICE_PROTO_TLS;
+	event->ech = hello && scratch->hello.ech;
+	event->alpn_len = hello ? scratch->alpn_len : 0;
+	__builtin_memcpy(event->alpn, scratch->alpn, sizeof(event->alpn));
 	events.ringbuf_output(event, sizeof(*event), 0);
 }
 
-/* Settle the flow under rule_id (0: none) for good; class_id is the
- * client's class, for the event. */
-static __always_inline void classify(struct flow_state *flow, __u32 rule_id, __u32 class_id,
-				     const struct payload_scratch *scratch,
-				     const struct sluice_config *cfg)
+/* Put the flow under rule_id (0: none); returns the rule's action as
+ * configured (the event's), NONE without a rule. */
+static __always_inline __u8 put_under_rule(struct flow_state *flow, __u32 rule_id)
 {
 	struct rule_info *rule = rule_id ? rules.lookup(&rule_id) : 0;
 	__u8 action = rule ? rule->action : SLUICE_ACTION_NONE;
@@ -155,16 +173,42 @@ static __always_inline void classify(struct flow_state *flow, __u32 rule_id, __u
 	flow->trigger_count = 0;
 	if (flow->trigger_pending)
 		flow->action = SLUICE_ACTION_NONE;
+	return action;
+}
+
+/* Judge a new flow at its opening packet (sluice_stage_opening) under
+ * rule_id, found among the rules of flows without a name; readable: a name
+ * may follow (TCP, QUIC). Returns 1 if that settles it: nothing more of it
+ * is read. A rule that acts at once settles it (a dropped SYN carries no
+ * name); one that waits for its trigger, or allows, leaves it read on, and
+ * a name read then judges it again, named rules first. */
+static __always_inline int judge_opening(struct flow_state *flow, __u32 rule_id, int readable)
+{
+	__u8 action = put_under_rule(flow, rule_id);
+
+	flow->opening_rule_id = flow->rule_id;
+	if (readable && (!flow->rule_id || action == SLUICE_ACTION_ALLOW || flow->trigger_pending))
+		return 0;
+	flow->state = SLUICE_FLOW_CLASSIFIED;
+	count_flow(flow->rule_id);
+	return 1;
+}
+
+/* Settle the flow under rule_id (0: none) for good; class_id is the
+ * client's class, for the event. */
+static __always_inline void classify(struct flow_state *flow, __u32 rule_id, __u32 class_id,
+				     const struct payload_scratch *scratch,
+				     const struct sluice_config *cfg)
+{
+	__u8 action = put_under_rule(flow, rule_id);
+
 	flow->proto = scratch->proto;
 	flow->client_is_hi = scratch->sender_is_hi;
 	flow->client_known = 1;
 	flow->state = SLUICE_FLOW_CLASSIFIED;
 
 	counter_inc(scratch->proto == SLUICE_PROTO_TLS ? SLUICE_CNT_FLOWS_TLS : SLUICE_CNT_FLOWS_HTTP);
-	__u32 stats_id = flow->rule_id;
-	struct rule_stats *stats = rule_stats.lookup(&stats_id);
-	if (stats)
-		stats->flows += 1;
+	count_flow(flow->rule_id);
 	if (cfg->flags & SLUICE_CFG_EVENTS)
 		emit_event(flow, action, class_id, scratch, scratch->name_len);
 }
@@ -178,6 +222,9 @@ static __always_inline int inspect_next_packet(struct flow_state *flow,
 	if (flow->payload_packets >= cfg->window_packets || flow->payload_bytes >= cfg->window_bytes) {
 		flow->state = SLUICE_FLOW_GAVE_UP;
 		counter_inc(SLUICE_CNT_GAVE_UP);
+		/* Its opening judgement, if any, is its verdict for good. */
+		if (flow->rule_id)
+			count_flow(flow->rule_id);
 		if (cfg->flags & SLUICE_CFG_EVENTS)
 			emit_event(flow, SLUICE_ACTION_NONE, 0, scratch, 0);
 	}

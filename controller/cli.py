@@ -125,8 +125,11 @@ def cmd_explain(args) -> int:
         _name, wrong = check_domain(args.name)
         if wrong:
             raise Refused(f"sluice explain: --name: {wrong}", EXIT_POLICY_ERROR)
-    if args.protocol == "http" and (args.ech or args.alpn):
-        raise Refused("sluice explain: --ech and --alpn are ClientHello facts: not with --protocol http",
+    if args.protocol in ("http", "other") and (args.ech or args.alpn):
+        raise Refused(f"sluice explain: --ech and --alpn are ClientHello facts: not with --protocol {args.protocol}",
+                      EXIT_POLICY_ERROR)
+    if args.protocol == "other" and args.name:
+        raise Refused("sluice explain: --name: sluice reads no name from a flow of --protocol other",
                       EXIT_POLICY_ERROR)
     alpn = tuple(a for a in args.alpn.split(",") if a)
     policy = loaded.at(at)
@@ -139,7 +142,7 @@ def cmd_explain(args) -> int:
           f"{rollout_value(policy.rollout_key, client) / 2**32:.4%}")
     print(f"flow    {args.protocol} to {server or 'a server'} port {args.port}, "
           f"{'opened' if not args.no_syn else 'not seen opened'} by the client")
-    if args.protocol != "http":
+    if args.protocol in ("tls", "quic"):
         print(f"hello   ECH {'present' if args.ech else 'absent'}; ALPN {', '.join(alpn) or 'none'}")
     print(f"name    {args.name or '(none)'}: " +
           (f"most specific entry {decision.domain}" if decision.domain else "no entry"))
@@ -414,8 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--client", required=True, help="client address, IPv4 or IPv6")
     explain.add_argument("--name", help="server name (TLS SNI, HTTP Host); none: a flow without one")
     explain.add_argument("--server", help="server address, IPv4 or IPv6 (for destination sets)")
-    explain.add_argument("--protocol", choices=("tls", "http", "quic"), default="tls",
-                         help="what the flow is read as (default: %(default)s)")
+    explain.add_argument("--protocol", choices=("tls", "http", "quic", "other"), default="tls",
+                         help="what the flow is read as; other: TCP or UDP sluice reads no name from, "
+                              "e.g. SSH (default: %(default)s)")
     explain.add_argument("--ech", action="store_true", help="its ClientHello offers Encrypted Client Hello")
     explain.add_argument("--alpn", default="", help="the ALPN ids its ClientHello offers, comma-separated, "
                                                    "e.g. h2,http/1.1")

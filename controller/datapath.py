@@ -248,6 +248,8 @@ class Datapath:
                        (ABI.SLUICE_CFG_DROP_FRAGMENTS if policy is not None and policy.fragments == "drop" else 0) |
                        (ABI.SLUICE_CFG_UNNAMED_RULES if policy is not None and
                         any(precedence.is_unnamed(rule) for rule in policy.rules) else 0) |
+                       (ABI.SLUICE_CFG_OPENING_RULES if policy is not None and
+                        any(precedence.applies_to_any_flow(rule) for rule in policy.rules) else 0) |
                        (ABI.SLUICE_CFG_WHOLE_HELLO if policy is not None and policy.reassemble and
                         any(rule.ech or rule.alpn for rule in policy.rules) else 0) |
                        (ABI.SLUICE_CFG_PROXY_PROTOCOL if policy is not None and policy.proxy_protocol else 0) |

@@ -19,6 +19,16 @@ seen, protocol, destination, ECH, ALPN, ports, rollout share) hold
 (bpf/client_match.h). decide() walks the same lists in Python, which is
 what `sluice explain` prints and what tests/test_bpf_clients.py and
 tests/test_bpf_playbook.py hold the kernel to.
+
+A rule that applies to any flow (no name, protocol, ECH or ALPN condition)
+is checked before any name is read: at a new flow's opening packet (the
+client's SYN, a UDP flow's first datagram) the set of flows without a name
+is walked as for a flow of unknown protocol (bpf/sluice_xdp.c,
+sluice_stage_opening). A rule found there that acts at once settles the
+flow by its address (a dropped SYN carries no name). One that waits for
+its trigger, or allows, holds while the flow is read on: a name read (a
+ClientHello, a request, a QUIC Initial) judges it again by the name's set,
+where named rules come first, unless its trigger has fired meanwhile.
 """
 
 from dataclasses import dataclass, field
@@ -56,6 +66,16 @@ class RuleSets:
 def is_unnamed(rule) -> bool:
     """A rule without a name condition applies to every name its other conditions allow."""
     return not rule.suffixes and not rule.exact
+
+
+def applies_to_any_flow(rule) -> bool:
+    """A rule without a name, protocol, ECH or ALPN condition: one that judges flows at their opening packet."""
+    return is_unnamed(rule) and not rule.protocols and not rule.ech and not rule.alpn
+
+
+def settles_at_opening(rule) -> bool:
+    """Does rule, chosen at a flow's opening packet, settle it there (bpf/verdict.h judge_opening)?"""
+    return rule.action != "allow" and not rule.trigger
 
 
 def candidates(name: bytes, kind: int, suffix_rules: dict, exact_rules: dict,
@@ -156,7 +176,7 @@ class FlowFacts:
     server: str | None = None            # the server's address; None: unknown (in no destination set)
     server_port: int = 443
     opened_by_client: bool = True
-    protocol: str = "tls"                # tls, http or quic
+    protocol: str = "tls"                # tls, http, quic, or other: one sluice reads no name from
     ech: bool = False                    # its ClientHello offers Encrypted Client Hello
     alpn: tuple[str, ...] = ()           # the protocol ids its ClientHello offers
 
@@ -195,22 +215,43 @@ def decide(policy, name: bytes, client: str, facts: FlowFacts = FlowFacts()) -> 
     client_class, prefix = policy.classes.classify(client)
     class_id = client_class.id if client_class else NO_CLASS
     compiled = policy.rule_sets()
+    steps = []
+    if facts.opened_by_client and any(applies_to_any_flow(rule) for rule in policy.rules):
+        opening = FlowFacts(facts.server, facts.server_port, True, "other")
+        rule, steps = walk(policy, compiled.sets, UNNAMED, class_id, client, opening)
+        steps = [f"at its opening packet, before any name: {step}" for step in steps]
+        if rule is not None and settles_at_opening(rule):
+            return Decision(rule, client_class, prefix, None, steps + [f"rule {rule.name} settles it there"])
+        if facts.protocol == "other":
+            return Decision(rule, client_class, prefix, None, steps + ["sluice reads no name from it"])
+        if rule is not None:
+            steps.append(f"rule {rule.name} holds until a name is read, which judges it again")
+    elif facts.protocol == "other":
+        return Decision(None, client_class, prefix, None,
+                        ["sluice reads no name from it, and judges no flow at its opening packet: it passes"])
     set_id, domain = most_specific_entry(name, compiled.entries)
     if set_id is None:
         if not any(key[0] == UNNAMED for key in compiled.sets):
-            return Decision(None, client_class, prefix, None, ["no rule names this domain"])
+            return Decision(None, client_class, prefix, None, steps + ["no rule names this domain"])
         set_id = UNNAMED
-    rules = compiled.sets.get((set_id, class_id)) or compiled.sets.get((set_id, NO_CLASS), ())
+    rule, named_steps = walk(policy, compiled.sets, set_id, class_id, client, facts)
+    return Decision(rule, client_class, prefix, domain, steps + named_steps)
+
+
+def walk(policy, sets: dict, set_id: int, class_id: int, client: str, facts: FlowFacts) -> tuple:
+    """(the first rule of the client's list of set_id that applies to the flow, or None; why, one
+    line per rule considered), as select_rule() in bpf/client_match.h walks it."""
+    rules = sets.get((set_id, class_id)) or sets.get((set_id, NO_CLASS), ())
     steps = []
     for rule in rules:
         held = []
         reason = why_not(policy, rule, client, facts, held)
         if reason is None:
             steps.append(f"rule {rule.name}: applies" + (f" ({'; '.join(held)})" if held else ""))
-            return Decision(rule, client_class, prefix, domain, steps)
+            return rule, steps
         steps.append(f"rule {rule.name}: skipped, {reason}")
     steps.append("no rule applies to this flow")
-    return Decision(None, client_class, prefix, domain, steps)
+    return None, steps
 
 
 def why_not(policy, rule, client: str, facts: FlowFacts, held: list[str]) -> str | None:

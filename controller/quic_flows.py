@@ -30,7 +30,8 @@ PENDING_FLOWS_MAX = 4096        # flows whose ClientHello is still incomplete
 
 
 class QuicFlows:
-    """Reads the ring, settles flows; `on_settled(key, client_is_hi, name, rule)` hears of each.
+    """Reads the ring, settles flows; `on_settled(key, client_is_hi, hello, rule)` hears of each
+    (hello: its quic.ClientHelloInfo, None if it gave up).
 
     One QuicFlows outlives reloads (its counts are Prometheus counters, and
     flows in the middle of their handshake keep their reassembly): follow()
@@ -83,6 +84,8 @@ class QuicFlows:
             flow = flows[key]
         except KeyError:
             return                                  # evicted, or expired, meanwhile
+        if flow.state != ABI.SLUICE_FLOW_INSPECTING:
+            return                                  # settled at its opening datagram, or its trigger fired
         rule = None
         if gave_up:
             self.outcomes["gave_up"] += 1
@@ -97,4 +100,4 @@ class QuicFlows:
             self.flows_by_rule[flow.rule_id] += 1
         flows[key] = flow
         if self.on_settled:
-            self.on_settled(key, flow.client_is_hi, name, rule)
+            self.on_settled(key, flow.client_is_hi, hello, rule)

@@ -154,9 +154,9 @@ class FlowReport:
         else:
             self.settled.add(key)
 
-    def add_quic_flow(self, key, client_is_hi, name, rule) -> None:
+    def add_quic_flow(self, key, client_is_hi, hello, rule) -> None:
         self.settled.add(settled_key(key))
-        self.records.append(_record(key, client_is_hi, "quic", name, rule))
+        self.records.append(_record(key, client_is_hi, "quic", hello.sni if hello else None, rule))
 
     def clear(self) -> None:
         """Forget every flow and record: the next capture starts afresh."""

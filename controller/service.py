@@ -35,6 +35,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import schedule, xdp_link
@@ -158,6 +159,24 @@ def describe(rule) -> str:
     return "inactive" if rule.inactive else rule.action + (" (monitor)" if rule.monitor else "")
 
 
+@dataclass(frozen=True)
+class SeenHello:
+    """What named a flow, as its classification event (or its QUIC Initial) told: enough to judge it again."""
+    name: bytes
+    ech: bool = False
+    alpn: tuple[str, ...] = ()
+
+
+def offered_alpn(body: bytes) -> tuple[str, ...]:
+    """The protocol ids of an ALPN extension body (RFC 7301: a 2-byte list length, then ids of a
+    1-byte length each) that lie whole in body, which the data plane may have cut short."""
+    offered, at = [], 2
+    while at < len(body) and 0 < body[at] and at + 1 + body[at] <= len(body):
+        offered.append(body[at + 1:at + 1 + body[at]].decode("ascii", "replace"))
+        at += 1 + body[at]
+    return tuple(offered)
+
+
 def read_state() -> dict:
     try:
         return json.loads(STATE_FILE.read_text())
@@ -191,7 +210,7 @@ class Service:
         self.lock_fd: int | None = None
         self.datapath_healthy = True
         self.observed: dict = {}     # the last snapshot()
-        self.flow_names: dict[bytes, bytes] = {}   # flow key -> name, from classification events
+        self.flow_hellos: dict[bytes, SeenHello] = {}   # flow key -> what named it, from classification events
         self.quic: QuicFlows | None = None
         # Rules of earlier policies, by name: flows classified under them keep
         # their verdict after a reload (unless the policy says reclassify).
@@ -332,29 +351,30 @@ class Service:
 
     def _remember_name(self, _ctx, data, _size) -> None:
         event = ctypes.cast(data, self._event_type).contents
-        if len(self.flow_names) >= ABI.SLUICE_FLOW_MAX:
+        if len(self.flow_hellos) >= ABI.SLUICE_FLOW_MAX:
             self._forget_gone_flows()
-        self.flow_names[bytes(event.key)] = bytes(event.name[:event.name_len])
+        self.flow_hellos[bytes(event.key)] = SeenHello(bytes(event.name[:event.name_len]), bool(event.ech),
+                                                       offered_alpn(bytes(event.alpn[:event.alpn_len])))
 
-    def _remember_quic_name(self, key, _client_is_hi, name, _rule) -> None:
-        if name:
-            self.flow_names[bytes(key)] = name.encode()
+    def _remember_quic_name(self, key, _client_is_hi, hello, _rule) -> None:
+        if hello and hello.sni:
+            self.flow_hellos[bytes(key)] = SeenHello(hello.sni.encode(), hello.ech, hello.alpn)
 
     def _forget_gone_flows(self) -> None:
         present = {bytes(key) for key in self.datapath.table("flows").keys()}
-        self.flow_names = {k: v for k, v in self.flow_names.items() if k in present}
+        self.flow_hellos = {k: v for k, v in self.flow_hellos.items() if k in present}
 
     def reclassify(self) -> int:
         """Judge every classified flow whose name we saw by the running policy."""
         flows = self.datapath.table("flows")
         changed = 0
         for key, flow in flows.items():
-            name = self.flow_names.get(bytes(key))
-            if flow.state != ABI.SLUICE_FLOW_CLASSIFIED or name is None:
+            seen = self.flow_hellos.get(bytes(key))
+            if flow.state != ABI.SLUICE_FLOW_CLASSIFIED or seen is None:
                 continue
-            # What a flow's ClientHello offered (ECH, ALPN) is not kept: judged as offering neither.
-            rule = self.datapath.policy.decide(name, *flow_client(key, flow), server=flow_server(key, flow),
-                                               protocol=PROTO_NAMES[flow.proto] or "tls").rule
+            rule = self.datapath.policy.decide(seen.name, *flow_client(key, flow), server=flow_server(key, flow),
+                                               protocol=PROTO_NAMES[flow.proto] or "tls", ech=seen.ech,
+                                               alpn=seen.alpn).rule
             action = ABI.SLUICE_ACTION_NONE if rule is None or rule.monitor else ACTIONS[rule.action]
             # A flow kept under a rule with a trigger keeps its count (and, once fired, its action).
             if flow.rule_id != (rule.id if rule else 0) or (not (rule and rule.trigger) and flow.action != action):

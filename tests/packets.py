@@ -126,9 +126,15 @@ def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=Fa
     return bytes(ether(vlans) / network / tcp / Raw(payload))
 
 
-def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443, v6=False) -> bytes:
-    network = IPv6(src=CLIENT_V6, dst=SERVER_V6) if v6 else IP(src=CLIENT_V4, dst=SERVER_V4)
-    return bytes(ether() / network / UDP(sport=sport, dport=dport) / Raw(payload))
+def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443, v6=False, reply=False, src=None,
+              dst=None) -> bytes:
+    """A UDP frame client -> server (or server -> client with reply=True)."""
+    client, server = (CLIENT_V6, SERVER_V6) if v6 else (CLIENT_V4, SERVER_V4)
+    client, server = src or client, dst or server
+    source, destination = (server, client) if reply else (client, server)
+    ports = dict(sport=dport, dport=sport) if reply else dict(sport=sport, dport=dport)
+    network = IPv6(src=source, dst=destination) if v6 else IP(src=source, dst=destination)
+    return bytes(ether() / network / UDP(**ports) / Raw(payload))
 
 
 def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242, ttl: int = 64) -> list[bytes]:

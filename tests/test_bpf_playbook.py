@@ -6,18 +6,23 @@ rule Policy.decide() (what `sluice explain` prints) names, for hellos of
 0.5 KB and 1.8 KB, whole or cut after their name (the stream stage then
 hands the whole hello to the parser), over IPv4 and IPv6. A trigger lets a
 flow pass untouched until its count is reached, then its action applies,
-in both directions; freeze drops without answering.
+in both directions; freeze drops without answering. A rule for any flow
+(no name, protocol, ECH or ALPN condition) judges every flow at its
+opening packet, a TCP SYN or a UDP flow's first datagram, whatever sluice
+can read of it afterwards (SSH, any UDP).
 """
 
 import ipaddress
 import itertools
 import random
+import socket
 
 import pytest
 
 from conftest import needs_root
 from sluice.testrun import run_xdp
-from packets import EXT_ECH, EXT_PADDING, alpn_extension, client_hello, extension, http_request, tcp_frame
+from packets import (EXT_ECH, EXT_PADDING, alpn_extension, client_hello, extension, http_request, tcp_frame,
+                     udp_frame)
 
 pytestmark = [pytest.mark.bpf, needs_root]
 
@@ -28,7 +33,15 @@ destinations:
     prefixes: [198.51.100.0/24, "2001:db8:5::/48"]
   cloud:
     prefixes: [198.51.100.128/25]           # inside cdn's /24: the longer prefix wins
+  banned:
+    prefixes: [203.0.113.0/24, "2001:db8:7::/48"]
 rules:
+  - name: exempt
+    action: allow
+    domains: [exempt.example]
+  - name: banned-block
+    action: block
+    destination: banned
   - name: ech-freeze
     action: freeze
     exact: [cloudflare-ech.com]
@@ -62,6 +75,7 @@ rules:
 
 NAMES = [b"cloudflare-ech.com", b"alpn.example", b"plain.example", b"download.example"]
 SERVERS = ["198.51.100.2", "198.51.100.200", "192.0.2.200", "2001:db8:5::2", "2001:db8:6::2"]
+BANNED_SERVERS = ["203.0.113.9", "2001:db8:7::9"]
 ALPNS = [(), (b"h2",), (b"http/1.1",), (b"h2", b"http/1.1"), (b"h3",), (b"x" * 16, b"h2")]
 SIZES = [500, 1800]
 _ports = itertools.count(30000)
@@ -187,3 +201,92 @@ def test_a_million_destination_prefixes_load_into_the_trie(make_datapath, tmp_pa
     for server, rule in [(str(first[1]), "many-block"), (str(last[-1]), "many-block"),
                          (str(last[-1] + 1), None), ("192.0.2.9", None)]:
         assert open_flow(dp, hello(b"any.example", False, (), 500), server=server)[0] == rule, server
+
+
+# A flow sluice reads no name from: an SSH client's first bytes.
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.6\r\n"
+
+
+def client_of(server: str) -> str:
+    return "2001:db8:c::2" if ":" in server else "192.0.2.2"
+
+
+def frame(transport: str, payload: bytes = b"", *, sport: int, server: str, down=False, flags="PA", seq=None) -> bytes:
+    """A TCP or UDP frame of the flow from the client's sport to server:22."""
+    addresses = dict(sport=sport, dport=22, v6=":" in server, src=client_of(server), dst=server, reply=down)
+    if transport == "udp":
+        return udp_frame(payload, **addresses)
+    return tcp_frame(payload, flags=flags, seq=seq, **addresses)
+
+
+def open_unnamed(dp, transport: str, server: str) -> tuple[str, int]:
+    """Open a flow sluice reads no name from (a SYN then an SSH banner, or a first datagram):
+    the verdict on its opening packet, and its port."""
+    sport = next(_ports)
+    verdict = run_xdp(dp.function.fd, frame(transport, b"" if transport == "tcp" else SSH_BANNER,
+                                             sport=sport, server=server, flags="S")).verdict
+    if transport == "tcp":
+        run_xdp(dp.function.fd, frame("tcp", SSH_BANNER, sport=sport, server=server))
+    return verdict, sport
+
+
+def rule_of_flow(dp, sport: int) -> str | None:
+    """The rule the flow table holds for the flow from the client's sport."""
+    rules = [flow.rule_id for key, flow in dp.table("flows").items()
+             if sport in (socket.ntohs(key.port_lo), socket.ntohs(key.port_hi))]
+    assert len(rules) == 1, rules
+    rule = dp.policy.rule_by_id(rules[0])
+    return rule.name if rule else None
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+@pytest.mark.parametrize("server", SERVERS + BANNED_SERVERS)
+def test_a_flow_without_a_name_is_judged_at_its_opening_packet_as_explain_says(dp, transport, server):
+    verdict, sport = open_unnamed(dp, transport, server)
+    expected = dp.policy.decide(b"", client_of(server), 22, server=server, protocol="other").rule
+    assert rule_of_flow(dp, sport) == (expected.name if expected else None)
+    assert verdict == ("drop" if server in BANNED_SERVERS else "pass")
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+@pytest.mark.parametrize("server", BANNED_SERVERS)
+def test_blocking_by_prefix_drops_every_packet_of_any_protocol(dp, transport, server):
+    verdict, sport = open_unnamed(dp, transport, server)
+    assert verdict == "drop"
+    for down in (False, True):
+        assert run_xdp(dp.function.fd, frame(transport, SSH_BANNER, sport=sport, server=server,
+                                             down=down)).verdict == "drop"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+@pytest.mark.parametrize("server", ["198.51.100.2", "2001:db8:5::2"])
+def test_a_flow_without_a_name_is_frozen_after_4k_down(dp, transport, server):
+    verdict, sport = open_unnamed(dp, transport, server)
+    assert verdict == "pass"
+    verdicts = [run_xdp(dp.function.fd, frame(transport, bytes(1000), sport=sport, server=server, down=True,
+                                              seq=1000)).verdict for _ in range(6)]
+    assert verdicts == ["pass"] * 4 + ["drop"] * 2
+    assert run_xdp(dp.function.fd, frame(transport, SSH_BANNER, sport=sport, server=server, seq=100)).verdict == "drop"
+
+
+def test_a_named_exemption_cannot_lift_a_block_at_the_syn(dp):
+    """The SYN to a banned prefix is dropped before any name: the exemption for the name never applies,
+    and explain says so."""
+    decision = dp.policy.decide(b"exempt.example", "192.0.2.2", server="203.0.113.9")
+    assert decision.rule.name == "banned-block"
+    assert open_flow(dp, hello(b"exempt.example", False, (), 500), server="203.0.113.9")[0] == "banned-block"
+    # Elsewhere the exemption wins over the freeze the opening packet held.
+    assert open_flow(dp, hello(b"exempt.example", False, (), 500), server="198.51.100.2")[0] == "exempt"
+
+
+def test_a_name_read_after_the_trigger_fired_changes_nothing(dp):
+    """A server that speaks first (as SSH's does) past the trigger: the flow is frozen for good, and the
+    client's hello, though it names a rule that would win, is not read."""
+    sport = next(_ports)
+    run_xdp(dp.function.fd, tcp_frame(flags="S", sport=sport, src="192.0.2.2", dst="198.51.100.2"))
+    for _ in range(5):
+        run_xdp(dp.function.fd, tcp_frame(bytes(1000), sport=sport, seq=1000, src="192.0.2.2", dst="198.51.100.2",
+                                          reply=True))
+    payload = hello(b"exempt.example", False, (), 500)
+    assert run_xdp(dp.function.fd, tcp_frame(payload, sport=sport, src="192.0.2.2", dst="198.51.100.2")).verdict == "drop"
+    assert rule_of_flow(dp, sport) == "cdn-freeze-4k"

@@ -39,6 +39,48 @@ while True:
     seen[port] += 1
     print(port, seen[port], flush=True)
 """
+# A TCP service sluice reads no name from, which speaks first as SSH does:
+# it sends BULK_BYTES on each connection, then closes once the client has
+# (closing with the client's bytes unread would reset the connection).
+BULK_PORT, BULK_BYTES = 2222, 200_000
+BULK_SERVER = f"""
+import socket, threading
+listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("::", {BULK_PORT}))
+listener.listen(16)
+print("ready", flush=True)
+
+def serve(connection):
+    with connection:
+        connection.sendall(b"SSH-2.0-lab\\r\\n" + bytes({BULK_BYTES} - 13))
+        connection.shutdown(socket.SHUT_WR)
+        while connection.recv(4096):
+            pass
+
+while True:
+    threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+"""
+# Its client: sends its own banner, reads until the server closes or is silent for 1.5 s;
+# prints the bytes read (0: no connection).
+BULK_CLIENT = """
+import socket, sys
+try:
+    connection = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+except OSError:
+    print(0)
+    sys.exit()
+connection.sendall(b"SSH-2.0-client\\r\\n")
+connection.settimeout(1.5)
+got = 0
+try:
+    while data := connection.recv(65536):
+        got += len(data)
+except TimeoutError:
+    pass
+print(got)
+"""
 # A ClientHello built by tests/packets.py, over a real TCP connection: how
 # many bytes the server answers within the timeout (0: the flow is frozen).
 HELLO_CLIENT = """
@@ -91,7 +133,7 @@ def lab():
                                       stdout=subprocess.PIPE, text=True)
                      for script, args in ((QUIC_ECHO_SERVER, (str(built.workdir / "server.pem"),
                                                               str(built.workdir / "server.key"))),
-                                          (DATAGRAM_COUNTER, ()))]
+                                          (DATAGRAM_COUNTER, ()), (BULK_SERVER, ()))]
         for process in processes:
             assert process.stdout.readline().strip() == "ready"
         built.datagrams = Counter()            # client port -> datagrams the listener received
@@ -131,6 +173,13 @@ def server_answered(lab, name: str, ech: bool, cut: int = 0) -> int:
     """Bytes the server answers a built ClientHello with (0: none within 3 s)."""
     result = lab.run_in(lab.client_ns, [sys.executable, "-c", HELLO_CLIENT, str(TESTS), name,
                                         "ech" if ech else "plain", str(cut), SERVER_V4], timeout=20)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
+def bulk_received(lab, server: str) -> int:
+    """Bytes a plain TCP client (no TLS, no HTTP) reads from the lab's bulk service on server."""
+    result = lab.run_in(lab.client_ns, [sys.executable, "-c", BULK_CLIENT, server, str(BULK_PORT)], timeout=20)
     assert result.returncode == 0, result.stderr
     return int(result.stdout)
 
@@ -179,6 +228,11 @@ class TestQuicBlock2022:
                 assert not quic_get(lab, name), name
                 assert lab.curl(name, timeout=3.0).ok, f"{name} over TCP is untouched"
             assert initials_received(lab, "any.example", ech=False) == 1
+            # Blocking by IP prefix: any protocol, from the SYN; another server is untouched.
+            assert bulk_received(lab, OTHER_SERVER_V4) == 0
+            assert lab.run_in(lab.client_ns, ["curl", "-s", "-o", "/dev/null", "--max-time", "2",
+                                              f"http://{OTHER_SERVER_V4}/"], timeout=20).returncode != 0
+            assert bulk_received(lab, SERVER_V4) == BULK_BYTES
 
 
 @pytest.mark.usefixtures("freeze_16k_2025")
@@ -208,5 +262,10 @@ class TestFreeze16k2025:
         assert 14 * KIB <= passed - 80 * packets and passed <= 16 * KIB + 80 * packets, (passed, packets)
         assert after["dropped_packets"] > before["dropped_packets"]
 
+    @pytest.mark.parametrize("server", [SERVER_V4, SERVER_V6])
+    def test_a_flow_sluice_reads_no_name_from_stalls_at_16k_too(self, lab, server):
+        assert 14 * KIB <= bulk_received(lab, server) <= 18 * KIB
+
     def test_another_destination_is_untouched(self, lab):
         assert self.downloaded(lab, f"http://{OTHER_SERVER_V4}/download") == 200000
+        assert bulk_received(lab, OTHER_SERVER_V4) == BULK_BYTES

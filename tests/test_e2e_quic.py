@@ -86,7 +86,7 @@ def enforced(lab, tmp_path_factory):
     for ifname in lab.edge_ifaces:
         datapath.attach(ifname, netns=lab.edge_ns)
     settled = []
-    quic = QuicFlows(datapath, on_settled=lambda key, hi, name, rule: settled.append((name, rule)))
+    quic = QuicFlows(datapath, on_settled=lambda key, hi, hello, rule: settled.append((hello and hello.sni, rule)))
     stop = threading.Event()
 
     def poll():

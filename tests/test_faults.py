@@ -145,8 +145,9 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(inputs):
     (["--client", "192.0.2.2", "--name", "*.example"], ("wildcard",)),
     (["--client", "192.0.2.2", "--server", "198.51.100.300"], ("198.51.100.300",)),
     (["--client", "192.0.2.2", "--protocol", "http", "--ech"], ("ClientHello",)),
+    (["--client", "192.0.2.2", "--protocol", "other", "--name", "ssh.example"], ("no name", "other")),
 ], ids=["zone", "bad-address", "port-70000", "port-negative", "empty-name", "empty-label", "wildcard", "bad-server",
-        "ech-over-http"])
+        "ech-over-http", "name-of-other"])
 def test_explain_checks_its_arguments_as_policies_do(inputs, argv, words):
     assert_refused(sluice("explain", "--policy", inputs["good"], *argv), 2, *words)
 

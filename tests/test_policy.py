@@ -308,6 +308,30 @@ def test_explain_prints_each_condition_it_checked(tmp_path):
     assert "rule a: skipped, server 192.0.2.9 is in no destination set, not in cdn" in explain("--server", "192.0.2.9")
 
 
+def test_explain_judges_a_flow_without_a_name_at_its_opening_packet(tmp_path):
+    import subprocess
+    import sys
+    path = write(tmp_path, "version: 1\ndestinations:\n  cdn: {prefixes: [198.51.100.0/24]}\n  banned: "
+                           "{prefixes: [203.0.113.0/24]}\nrules:\n"
+                           "  - {name: ok, action: allow, domains: [ok.example]}\n"
+                           "  - {name: banned, action: block, destination: banned}\n"
+                           "  - {name: cdn, action: freeze, destination: cdn, after: {bytes: 16KiB, direction: down}}\n")
+
+    def explain(*argv):
+        return subprocess.run([sys.executable, "-m", "sluice", "explain", "--policy", str(path),
+                               "--client", "192.0.2.7", *argv], capture_output=True, text=True, check=True).stdout
+    ssh = explain("--server", "198.51.100.9", "--protocol", "other", "--port", "22")
+    assert "at its opening packet, before any name: rule cdn: applies (server 198.51.100.9 in destinations cdn" in ssh
+    assert "verdict freeze, after 16384 bytes down by rule cdn" in ssh
+    named = explain("--server", "198.51.100.9", "--name", "ok.example")
+    assert "rule cdn holds until a name is read, which judges it again" in named
+    assert "verdict allow by rule ok" in named
+    banned = explain("--server", "203.0.113.9", "--name", "ok.example")
+    assert "rule banned settles it there" in banned and "verdict block by rule banned" in banned
+    # A flow sluice did not see open is judged by its name alone; with none, it passes.
+    assert "verdict pass" in explain("--server", "203.0.113.9", "--protocol", "other", "--no-syn")
+
+
 def test_more_alpn_ids_than_the_data_plane_holds_are_refused(tmp_path):
     rules = "".join(f"  - {{name: r{i}, action: block, tls: {{alpn: [id{i}]}}}}\n" for i in range(33))
     assert any("the rules name 33 ALPN protocol ids; at most 32" in p

@@ -661,7 +661,7 @@ def server_frame(payload: bytes, port: int) -> bytes:
 def quic_datapath(make_datapath):
     datapath = make_datapath(QUIC_POLICY, events=True)
     settled = {}
-    flows = QuicFlows(datapath, on_settled=lambda key, _hi, name, rule: settled.update({name: rule}))
+    flows = QuicFlows(datapath, on_settled=lambda key, _hi, hello, rule: settled.update({hello and hello.sni: rule}))
     return datapath, flows, settled
 
 

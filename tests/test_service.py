@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -260,6 +261,75 @@ def test_reclassify_true_judges_existing_flows_by_the_new_policy(lab, tmp_path):
     assert reloaded_after < seconds - 10, f"the reload took {reloaded_after:.0f} s: nothing left to measure"
     throttled_all_along = 1_000_000 * seconds + 64 * 1024 * 8
     assert downloaded * 8 > 3 * throttled_all_along, "released from the throttle"
+
+
+ECHO_PORT = 4443
+# Echoes what each connection sends (sluice reads a ClientHello on any port).
+ECHO_SERVER = f"""
+import socket, threading
+listener = socket.create_server(("0.0.0.0", {ECHO_PORT}), reuse_port=True)
+print("ready", flush=True)
+
+def echo(connection):
+    with connection:
+        while data := connection.recv(65536):
+            connection.sendall(data)
+
+while True:
+    threading.Thread(target=echo, args=(listener.accept()[0],), daemon=True).start()
+"""
+# Opens a connection with a built ClientHello (name, "ech" or not, ALPN ids), then for each
+# line on stdin sends it and prints how many bytes came back within 2 s (0: none).
+HELLO_THEN_ECHO = f"""
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+from packets import EXT_ECH, alpn_extension, client_hello, extension
+name, ech, alpn = sys.argv[2].encode(), sys.argv[3] == "ech", [a.encode() for a in sys.argv[4:]]
+after = ((alpn_extension(*alpn),) if alpn else ()) + ((extension(EXT_ECH, bytes(200)),) if ech else ())
+connection = socket.create_connection(("198.51.100.2", {ECHO_PORT}), timeout=2)
+for line in [client_hello(name, extensions_after=after)] + [l.encode() for l in sys.stdin]:
+    connection.sendall(line)
+    got = 0
+    try:
+        while got < len(line):
+            got += len(connection.recv(65536))
+    except TimeoutError:
+        pass
+    print(got, flush=True)
+"""
+
+
+def test_reclassify_judges_existing_flows_by_their_hellos_ech_and_alpn(lab, tmp_path):
+    """Flows open before a reload are judged again by what their ClientHello offered (ECH, ALPN),
+    not as offering nothing."""
+    server = subprocess.Popen(["ip", "netns", "exec", lab.server_ns, sys.executable, "-c", ECHO_SERVER],
+                              stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("reclassify: true\n" + UNTHROTTLED)
+    controller = Controller(lab, policy)
+    tests = str(Path(__file__).resolve().parent)
+    hellos = {"ech": ("cloudflare-ech.com", "ech"), "alpn": ("alpn.example", "plain", "h2"),
+              "neither": ("cloudflare-ech.com", "plain", "http/1.1")}
+    clients = {what: subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c",
+                                       HELLO_THEN_ECHO, tests, *argv], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+               for what, argv in hellos.items()}
+    for what, client in clients.items():
+        assert int(client.stdout.readline()) > 0, f"{what}: the hello passes the first policy"
+    before = reloads(controller, "success")
+    policy.write_text("reclassify: true\n" + UNTHROTTLED +
+                      "  - {name: ech-freeze, action: freeze, exact: [cloudflare-ech.com], tls: {ech: present}}\n"
+                      "  - {name: h2-freeze, action: freeze, domains: [alpn.example], tls: {alpn: [h2]}}\n")
+    controller.wait_for('sluice_policy_reloads_total{result="success"}', before + 1)
+    echoed = {}
+    for what, client in clients.items():
+        client.stdin.write("ping\n")
+        client.stdin.flush()
+        echoed[what] = int(client.stdout.readline())
+        client.kill()
+    server.kill()
+    assert echoed == {"ech": 0, "alpn": 0, "neither": 5}, echoed
 
 
 def test_a_rule_whose_action_changes_takes_its_flows_with_it(lab, tmp_path):
