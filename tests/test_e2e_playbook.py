@@ -81,6 +81,86 @@ except TimeoutError:
     pass
 print(got)
 """
+# An HTTP/3 server on H3_PORT (the QUIC echo server has 443).
+H3_PORT = 8443
+H3_SERVER = f"""
+import asyncio, sys
+from aioquic.asyncio import QuicConnectionProtocol, serve
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+
+class Http3Server(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.h3 = H3Connection(self._quic)
+
+    def quic_event_received(self, event):
+        for received in self.h3.handle_event(event):
+            if isinstance(received, HeadersReceived):
+                self.h3.send_headers(received.stream_id, [(b":status", b"200")])
+                self.h3.send_data(received.stream_id, b"over h3\\n", end_stream=True)
+        self.transmit()
+
+async def main():
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
+    configuration.load_cert_chain(sys.argv[1], sys.argv[2])
+    await serve("::", {H3_PORT}, configuration=configuration, create_protocol=Http3Server)
+    print("ready", flush=True)
+    await asyncio.Future()
+
+asyncio.run(main())
+"""
+# A browser-like client: HTTP/3 first, and if that has not served the page within
+# H3_WAIT_SECONDS (its Initials dropped), HTTP over TLS over TCP, as browsers fall back.
+# Prints the protocol that served the page, its status and the seconds it took.
+H3_WAIT_SECONDS = 3.0
+BROWSER_LIKE_CLIENT = f"""
+import asyncio, os, sys, time
+from aioquic.asyncio import QuicConnectionProtocol, connect
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+
+class Http3Client(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.h3 = H3Connection(self._quic)
+        self.status = asyncio.get_running_loop().create_future()
+
+    def quic_event_received(self, event):
+        for received in self.h3.handle_event(event):
+            if isinstance(received, HeadersReceived) and not self.status.done():
+                self.status.set_result(dict(received.headers)[b":status"].decode())
+
+async def h3_get(address, name, cafile):
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=name)
+    configuration.load_verify_locations(cafile)
+    async with connect(address, {H3_PORT}, configuration=configuration, create_protocol=Http3Client) as client:
+        stream = client._quic.get_next_available_stream_id()
+        client.h3.send_headers(stream, [(b":method", b"GET"), (b":scheme", b"https"),
+                                        (b":authority", name.encode()), (b":path", b"/")], end_stream=True)
+        client.transmit()
+        return await client.status
+
+async def browse(address, name, cafile):
+    attempt = asyncio.ensure_future(h3_get(address, name, cafile))
+    done, _ = await asyncio.wait({{attempt}}, timeout={H3_WAIT_SECONDS})
+    if done and not attempt.exception():
+        return "h3", attempt.result()
+    tcp = await asyncio.create_subprocess_exec(
+        "curl", "-s", "-o", "/dev/null", "-w", "%{{http_code}}", "--max-time", "5", "--cacert", cafile,
+        "--resolve", f"{{name}}:443:{{address}}", f"https://{{name}}/", stdout=asyncio.subprocess.PIPE)
+    return "tcp", (await tcp.communicate())[0].decode()
+
+async def main():
+    started = time.monotonic()
+    protocol, status = await browse(*sys.argv[1:4])
+    print(protocol, status, round(time.monotonic() - started, 2), flush=True)
+    os._exit(0)     # before asyncio.run() waits for the abandoned HTTP/3 attempt, as a browser does not
+
+asyncio.run(main())
+"""
 # A ClientHello built by tests/packets.py, over a real TCP connection: how
 # many bytes the server answers within the timeout (0: the flow is frozen).
 HELLO_CLIENT = """
@@ -133,7 +213,9 @@ def lab():
                                       stdout=subprocess.PIPE, text=True)
                      for script, args in ((QUIC_ECHO_SERVER, (str(built.workdir / "server.pem"),
                                                               str(built.workdir / "server.key"))),
-                                          (DATAGRAM_COUNTER, ()), (BULK_SERVER, ()))]
+                                          (DATAGRAM_COUNTER, ()), (BULK_SERVER, ()),
+                                          (H3_SERVER, (str(built.workdir / "server.pem"),
+                                                       str(built.workdir / "server.key"))))]
         for process in processes:
             assert process.stdout.readline().strip() == "ready"
         built.datagrams = Counter()            # client port -> datagrams the listener received
@@ -184,6 +266,15 @@ def bulk_received(lab, server: str) -> int:
     return int(result.stdout)
 
 
+def browse(lab, name: str) -> tuple[str, str, float]:
+    """(protocol that served the page, HTTP status, seconds) for a browser-like client."""
+    result = lab.run_in(lab.client_ns, [sys.executable, "-c", BROWSER_LIKE_CLIENT, SERVER_V4, name, lab.ca_path],
+                        timeout=30)
+    assert result.returncode == 0, result.stderr
+    protocol, status, seconds = result.stdout.split()
+    return protocol, status, float(seconds)
+
+
 def initials_received(lab, name: str, ech: bool) -> int:
     """How many of a QUIC flow's two client Initials reached the server."""
     result = lab.run_in(lab.client_ns, [sys.executable, "-c", INITIAL_CLIENT, str(TESTS), name,
@@ -223,7 +314,11 @@ class TestEch2024:
 class TestQuicBlock2022:
     def test_every_quic_flow_is_dropped_and_the_client_falls_back_to_tcp(self, lab):
         assert quic_get(lab, "open.example"), "QUIC works before the policy"
+        assert browse(lab, "open.example")[:2] == ("h3", "200"), "the browser-like client takes HTTP/3"
         for _ in enforcing(lab, "quic-block-2022.yaml"):
+            protocol, status, seconds = browse(lab, "open.example")
+            # Its Initials dropped, it falls back to TCP within its wait and a page's load.
+            assert (protocol, status) == ("tcp", "200") and seconds < H3_WAIT_SECONDS + 5, (protocol, status, seconds)
             for name in ("open.example", "blocked.example"):
                 assert not quic_get(lab, name), name
                 assert lab.curl(name, timeout=3.0).ok, f"{name} over TCP is untouched"
