@@ -281,13 +281,13 @@ while True:
 # Opens a connection with a built ClientHello (name, "ech" or not, ALPN ids), then for each
 # line on stdin sends it and prints how many bytes came back within 2 s (0: none).
 HELLO_THEN_ECHO = f"""
-import socket, sys
+import itertools, socket, sys
 sys.path.insert(0, sys.argv[1])
 from packets import EXT_ECH, alpn_extension, client_hello, extension
 name, ech, alpn = sys.argv[2].encode(), sys.argv[3] == "ech", [a.encode() for a in sys.argv[4:]]
 after = ((alpn_extension(*alpn),) if alpn else ()) + ((extension(EXT_ECH, bytes(200)),) if ech else ())
 connection = socket.create_connection(("198.51.100.2", {ECHO_PORT}), timeout=2)
-for line in [client_hello(name, extensions_after=after)] + [l.encode() for l in sys.stdin]:
+for line in itertools.chain([client_hello(name, extensions_after=after)], (l.encode() for l in sys.stdin)):
     connection.sendall(line)
     got = 0
     try:
