@@ -259,7 +259,8 @@ def run_capture(datapath, capture_path: str, settled: SettledFlows | None = None
     payload or a bare SYN goes on, to the receiver model or the parsers);
     its only effect on a flow is to refresh its idle clock (bpf/flow.h
     flow_touch), which one such segment per quiet_every, far less than the
-    idle timeout, keeps doing.
+    idle timeout, keeps doing (and, in a flow judged at its opening packet,
+    to be counted under that judgement, which prints no line).
 
     The rings are read after every frame run but quiet ones, and before a
     bare SYN: a flow settled by a frame whose events wait in the ring a
