@@ -115,6 +115,9 @@ BPF_PERCPU_ARRAY(event_buffers, struct classification_event, 1);
 /* Never written: the zeroed value new streams are copied from. */
 BPF_ARRAY(empty_streams, struct client_stream, 1);
 
+/* Where a stream is read as the server's application reads it. */
+BPF_PERCPU_ARRAY(stream_views, struct stream_view, 1);
+
 /* Where a reassembled ClientHello is gathered out of its records. */
 BPF_PERCPU_ARRAY(handshake_buffers, struct handshake_scratch, 1);
 

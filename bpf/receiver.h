@@ -18,6 +18,11 @@
  * segment at the stream's start is the truth: the flow is judged again
  * from it, and counted when it says otherwise.
  *
+ * An urgent byte (URG) is taken out of the stream by the server's TCP
+ * and never read in line (no SO_OOBINLINE, the default): a client may put
+ * one inside the name. Its place is noted here, and the stream is read
+ * without it (tcp_stream.h, read_as_delivered()).
+ *
  * Only flows still inspected come here: an established flow pays nothing.
  */
 #ifndef SLUICE_RECEIVER_H
@@ -27,6 +32,7 @@
 #include "payload.h"
 #include "verdict.h"
 #include "ip_frag.h"
+#include "tcp_stream.h"
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_URG 0x20
@@ -230,6 +236,33 @@ static __always_inline void note_accepted(struct flow_state *flow, const struct 
 		flow->syn_data_sum = payload_sum(scratch, scratch->segment_len);
 		flow->receiver |= SLUICE_RECEIVER_SYN_DATA;
 	}
+}
+
+/* Take the urgent pointer of a kept segment with URG set as Linux does
+ * (tcp_check_urg(), tcp_stdurg off, the default): it points one past the
+ * urgent byte (0: at the segment's first byte). A mark on bytes already
+ * delivered is ignored, and only a later mark replaces one: the receiver
+ * takes out the latest urgent byte alone, the one before is read in line.
+ * Returns 1 if the urgent byte is in the stream's first bytes, where names
+ * are read. */
+static __always_inline int take_urgent_mark(struct flow_state *flow, const struct payload_scratch *scratch)
+{
+	const struct segment_view *segment = &scratch->segment;
+	__u32 pointer = masked_be16(segment->header, TCP_URGENT_POINTER, TCP_HEADER_MASK);
+	/* The pointer counts from the segment's own sequence number, a SYN's too. */
+	__u32 seq = scratch->seq - (segment->tcp_flags & TCP_FLAG_SYN ? 1 : 0);
+	__u32 at = seq + pointer - (pointer ? 1 : 0) - flow->stream_base;
+	struct client_stream *stream = streams.lookup(&scratch->key);
+	__u32 delivered = stream ? held_end(stream, 0) : 0;
+
+	if (at >= 0x80000000U || at < delivered)
+		return 0;
+	if ((flow->receiver & SLUICE_RECEIVER_URGENT) && at <= flow->urgent_at)
+		return 0;
+	/* Past the stream's first bytes, how far matters not: it is never read. */
+	flow->urgent_at = at > 0xffff ? 0xffff : at;
+	flow->receiver |= SLUICE_RECEIVER_URGENT;
+	return at < SLUICE_STREAM_BYTES;
 }
 
 /* A flow caught at evasion, under inspection.on_evasion: block. */

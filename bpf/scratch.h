@@ -86,6 +86,7 @@ struct payload_scratch {
 	struct hello_result hello;
 	struct request_layout layout;	/* HTTP in a stream */
 	__u32 stream_held;		/* the stream is held from its start up to here */
+	__u32 copies_disagree;		/* the segment stored said otherwise than bytes held (tcp_stream.h) */
 	__u32 alpn_len;			/* bytes of alpn[] in use */
 	__u8 alpn[SLUICE_ALPN_BYTES];	/* the ClientHello's ALPN extension body, from its start */
 	struct segment_view segment;	/* the segment's headers, for receiver.h */
@@ -119,6 +120,14 @@ struct client_stream {
 	/* By offset from flow_state.stream_base; the slack past
 	 * SLUICE_STREAM_BYTES absorbs a chunk written near the end. */
 	__u8 bytes[SLUICE_STREAM_BYTES + PAYLOAD_COPY_BYTES];
+};
+
+/* The stream's bytes as the server's application reads them (see
+ * read_as_delivered() in tcp_stream.h): the urgent byte taken out. */
+struct stream_view {			/* exactly the largest per-CPU value */
+	/* Half for the bytes, half so that a copy of up to
+	 * SLUICE_STREAM_BYTES at any offset below it stays inside. */
+	__u8 bytes[2 * SLUICE_STREAM_BYTES];
 };
 
 struct handshake_scratch {		/* exactly the largest per-CPU value */

@@ -28,6 +28,7 @@
 #define SLUICE_RECEIVER_TS_KNOWN 1	/* ts_recent holds the client's timestamp */
 #define SLUICE_RECEIVER_SYN_DATA 2	/* the SYN's data was read: provisional until the next client segment */
 #define SLUICE_RECEIVER_EVASION 4	/* a segment the server would not keep as it came was seen */
+#define SLUICE_RECEIVER_URGENT 8	/* urgent_at holds the stream offset of the urgent byte */
 
 /* A client segment whose TTL (hop limit) is lower than its SYN's by more
  * than this (inspection.ttl_margin) is taken to expire before the server. */
@@ -277,7 +278,8 @@ struct flow_state {
 	__u16 syn_data_len;		/* bytes the SYN carried, and their ones' complement sum, */
 	__u16 syn_data_sum;		/* ...to tell a resend from a decoy (SLUICE_RECEIVER_SYN_DATA) */
 	__u8 receiver;			/* SLUICE_RECEIVER_* (receiver.h) */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 urgent_at;		/* the client's urgent byte, by stream offset, at most 65535 (SLUICE_RECEIVER_URGENT) */
 	__u32 opening_rule_id;		/* the rule that judged it at its opening packet (SLUICE_CFG_OPENING_RULES), 0: none */
 	/* Per direction, for throttle and shape in flow scope: the time at
 	 * which the flow's bucket is empty again (throttle, GCRA) or its next

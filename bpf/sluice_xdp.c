@@ -158,6 +158,22 @@ static __always_inline int read_for_name(const struct flow_state *flow, const st
 	return !flow->rule_id || client_payload;
 }
 
+/* Evasion was seen: a segment the server would not keep as it came,
+ * copies that disagree, or an urgent byte. Under inspection.on_evasion:
+ * block the flow is blocked; else the segment passes unread (the server
+ * drops a refused one itself). */
+static __always_inline int evasion_seen(struct xdp_md *ctx, struct flow_state *flow,
+					const struct payload_scratch *scratch, const struct sluice_config *cfg)
+{
+	flow->receiver |= SLUICE_RECEIVER_EVASION;
+	if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
+		block_evasion(flow, scratch);
+	if (flow->state == SLUICE_FLOW_INSPECTING)
+		return pass_unjudged(scratch->frame_len);
+	return apply_tcp_verdict(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
+				 scratch->segment_len, cfg);
+}
+
 /* Count the segment in the flow's window, and read it: in the stream if
  * it continues or precedes others, else alone. */
 static __always_inline int read_segment(struct xdp_md *ctx, struct flow_state *flow,
@@ -371,7 +387,14 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	if (!stream)
 		return inspect_next_packet(flow, scratch, cfg);
 	flow->streaming = 1;
-	find_origin(stream, store_received(ctx, stream, flow, scratch));
+	__u32 stored_at = store_received(ctx, stream, flow, scratch, cfg);
+	if (scratch->copies_disagree && !(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL)) {
+		counter_inc(SLUICE_CNT_EVASION_CONFLICT);
+		if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
+			return evasion_seen(ctx, flow, scratch, cfg);
+		flow->receiver |= SLUICE_RECEIVER_EVASION;
+	}
+	find_origin(stream, stored_at, urgent_offset(flow));
 	if (stream->origin != STREAM_ORIGIN_UNKNOWN) {
 		call_stage(ctx, SLUICE_STAGE_STREAM_TLS);
 		return stream_wait(flow, scratch, cfg);
@@ -398,13 +421,17 @@ int sluice_stage_stream_tls(struct xdp_md *ctx)
 	if (!scratch)
 		return XDP_PASS;
 	struct handshake_scratch *handshake = handshake_buffers.lookup(&zero);
+	struct stream_view *view = stream_views.lookup(&zero);
 	struct client_stream *stream = streams.lookup(&scratch->key);
-	if (!handshake || !stream)
+	if (!handshake || !view || !stream)
 		return inspect_next_packet(flow, scratch, cfg);
+
+	__u32 origin = stream->origin;
+	__u32 held = read_as_delivered(stream, urgent_offset(flow), origin, held_end(stream, origin), view);
 
 	/* As in the match stage: the parser is verified once, for one unknown
 	 * length, not once for every way out of the gathering loop. */
-	__u32 avail = forget_range(scratch->forget_slot, gather_handshake(stream, handshake, scratch));
+	__u32 avail = forget_range(scratch->forget_slot, gather_handshake(view->bytes, held, handshake, scratch));
 	int outcome = tls_parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &scratch->hello);
 	if (wait_for_whole_hello(scratch, outcome, cfg))
 		outcome = TLS_TRUNCATED;
@@ -449,13 +476,15 @@ int sluice_stage_stream_http(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
+	__u32 zero = 0;
 	struct client_stream *stream = streams.lookup(&scratch->key);
-	if (!stream)
+	struct stream_view *view = stream_views.lookup(&zero);
+	if (!stream || !view)
 		return inspect_next_packet(flow, scratch, cfg);
-	__u32 end = scratch->stream_held;
+	__u32 end = read_as_delivered(stream, urgent_offset(flow), 0, scratch->stream_held, view);
 	__u32 start = 0;
 	for (int i = 0; i < HTTP_EMPTY_LINE_BYTES_MAX; i++) {
-		__u8 c = masked_u8(stream->bytes, start, STREAM_MASK);
+		__u8 c = masked_u8(view->bytes, start, STREAM_MASK);
 		if (start >= end || (c != '\r' && c != '\n'))
 			break;
 		start++;
@@ -463,7 +492,7 @@ int sluice_stage_stream_http(struct xdp_md *ctx)
 	/* Forgotten, both: the scan is verified once, not once per empty line. */
 	start = forget_range(scratch->forget_slot, start);
 	end = forget_range(scratch->forget_slots[0], end);
-	http_scan_stream_request(stream->bytes, start, end, &scratch->layout);
+	http_scan_stream_request(view->bytes, start, end, &scratch->layout);
 	/* ...and again: each way out of the scan knows them differently. */
 	start = forget_range(scratch->forget_slot, start);
 	end = forget_range(scratch->forget_slots[0], end);
@@ -474,7 +503,7 @@ int sluice_stage_stream_http(struct xdp_md *ctx)
 		return stream_wait(flow, scratch, cfg);
 	hide_from_compiler(line_len);
 	line_len &= PAYLOAD_COPY_MASK;
-	if (copy_within_maps(scratch->bytes, line_len, &stream->bytes[start & STREAM_MASK]) < 0)
+	if (copy_within_maps(scratch->bytes, line_len, &view->bytes[start & STREAM_MASK]) < 0)
 		return stream_wait(flow, scratch, cfg);
 	__u32 len = line_len;
 	if (layout->host_line) {
@@ -488,7 +517,7 @@ int sluice_stage_stream_http(struct xdp_md *ctx)
 		if (at > PAYLOAD_COPY_BYTES - HTTP_HOST_LINE_COPY)
 			return stream_wait(flow, scratch, cfg);
 		if (copy_within_maps(&scratch->bytes[at], host_len,
-				     &stream->bytes[layout->host_line & STREAM_MASK]) < 0)
+				     &view->bytes[layout->host_line & STREAM_MASK]) < 0)
 			return stream_wait(flow, scratch, cfg);
 		len += host_len;
 	} else if (layout->headers_end) {
@@ -699,21 +728,6 @@ int sluice_stage_fragment(struct xdp_md *ctx)
 	return judge_gathered_segment(&pkt, cfg, ctx);
 }
 
-/* A segment the server would not keep as it came was seen: under
- * inspection.on_evasion: block the flow is blocked; else the segment
- * passes unread (the server drops it itself). */
-static __always_inline int evasion_seen(struct xdp_md *ctx, struct flow_state *flow,
-					const struct payload_scratch *scratch, const struct sluice_config *cfg)
-{
-	flow->receiver |= SLUICE_RECEIVER_EVASION;
-	if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
-		block_evasion(flow, scratch);
-	if (flow->state == SLUICE_FLOW_INSPECTING)
-		return pass_unjudged(scratch->frame_len);
-	return apply_tcp_verdict(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
-				 scratch->segment_len, cfg);
-}
-
 /* The receiver model (receiver.h): read on only what the server keeps. */
 int sluice_stage_receiver(struct xdp_md *ctx)
 {
@@ -724,7 +738,8 @@ int sluice_stage_receiver(struct xdp_md *ctx)
 	if (!scratch)
 		return XDP_PASS;
 	struct segment_view *segment = &scratch->segment;
-	if (load_tcp_header(ctx, scratch) == 0)
+	int header_read = load_tcp_header(ctx, scratch) == 0;
+	if (header_read)
 		read_tcp_options(scratch);
 	else
 		segment->has_timestamp = segment->auth_option = 0;
@@ -751,6 +766,14 @@ int sluice_stage_receiver(struct xdp_md *ctx)
 			}
 			inspect_again(flow, &scratch->key);
 		}
+	}
+	/* An urgent byte in the stream: read from the stream, without it. */
+	if (header_read && (segment->tcp_flags & TCP_FLAG_URG) && take_urgent_mark(flow, scratch)) {
+		counter_inc(SLUICE_CNT_EVASION_URGENT);
+		if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
+			return evasion_seen(ctx, flow, scratch, cfg);
+		flow->receiver |= SLUICE_RECEIVER_EVASION;
+		flow->streaming = 1;
 	}
 	note_accepted(flow, scratch);
 	if (flow->state != SLUICE_FLOW_INSPECTING)

@@ -184,30 +184,95 @@ static __always_inline __u32 held_end(struct client_stream *stream, __u32 from)
 	return forget_range(stream->forget_slot, end);
 }
 
+/* Is byte `at` of the stream held? */
+static __always_inline __u64 is_held(const struct client_stream *stream, __u32 at)
+{
+	return (stream->held[(at / 64) & (STREAM_WORDS - 1)] >> (at % 64)) & 1;
+}
+
+/* Do the stream's bytes [at, at + n) equal the segment's from `from` on,
+ * as far as its copy in scratch->bytes goes? Compared 8 bytes at a time,
+ * the last 8 overlapping the ones before: no mask of byte order. */
+static __always_inline int copies_agree(const struct client_stream *stream, __u32 at,
+					const struct payload_scratch *scratch, __u32 from, __u32 n)
+{
+	__u64 differ = 0;
+
+	if (from >= scratch->len)
+		return 1;
+	if (n > scratch->len - from)
+		n = scratch->len - from;
+	for (__u32 i = 0; i < 8; i++) {		/* fewer than 8 bytes */
+		if (n >= 8 || i >= n)
+			break;
+		differ |= masked_u8(stream->bytes, at + i, STREAM_MASK) ^
+			  masked_u8(scratch->bytes, from + i, PAYLOAD_COPY_MASK);
+	}
+	for (__u32 i = 0; i < PAYLOAD_COPY_BYTES / 8; i++) {
+		__u32 done = i * 8;
+		if (n < 8 || done >= n)
+			break;
+		if (done > n - 8)
+			done = n - 8;
+		__u32 ours_at = at + done, theirs_at = from + done;
+		__u64 ours, theirs;
+		/* Masked into the buffers, whose fields after them absorb the 8 bytes. */
+		hide_from_compiler(ours_at);
+		hide_from_compiler(theirs_at);
+		__builtin_memcpy(&ours, &stream->bytes[ours_at & STREAM_MASK], 8);
+		__builtin_memcpy(&theirs, &scratch->bytes[theirs_at & PAYLOAD_COPY_MASK], 8);
+		differ |= ours ^ theirs;
+	}
+	return differ == 0;
+}
+
 /* Store the segment of the packet in hand as the server's TCP would
- * receive it: bytes before the stream's start are not part of it (a
+ * receive it. Bytes before the stream's start are not part of it (a
  * client may send a segment that begins early on purpose, its first bytes
- * junk: seqovl), and bytes the stream already holds without a gap from its
- * start were delivered to the server, which keeps that first copy (the
- * receiver trims a segment at rcv_nxt); other bytes the later copy writes.
+ * junk: seqovl). Where the segment begins on bytes already held, the
+ * receiver keeps one copy (Linux):
+ *  - bytes held without a gap from the stream's start were delivered: the
+ *    first copy stands (tcp_data_queue() trims a segment at rcv_nxt);
+ *  - in the out-of-order queue the copy that starts first stands, and of
+ *    two that start at the same place the longer (tcp_data_queue_ofo():
+ *    a segment inside a queued one is dropped, one that starts with a
+ *    queued one and reaches past it replaces it, one that starts before
+ *    queued ones covers them); adjacent queued segments being merged, the
+ *    bytes held from a point on stand for the segment that starts there.
+ * Under on_evasion: ignore the first copy always stands. Two copies that
+ * disagree are a desync: payload_scratch.copies_disagree says so.
  * Returns the offset of the first byte written, or SLUICE_STREAM_BYTES. */
 static __always_inline __u32 store_received(struct xdp_md *ctx, struct client_stream *stream,
-					    const struct flow_state *flow,
-					    const struct payload_scratch *scratch)
+					    const struct flow_state *flow, struct payload_scratch *scratch,
+					    const struct sluice_config *cfg)
 {
 	__u32 offset = scratch->seq - flow->stream_base;
 	__u32 len = scratch->segment_len;
 	__u32 skip = 0;
 
+	scratch->copies_disagree = 0;
 	/* Wrapped below zero: the segment starts before the stream. */
 	if (offset >= 0x80000000U) {
 		skip = -offset;
 		offset = 0;
 	}
-	__u32 delivered = held_end(stream, 0);
-	if (offset < delivered) {
-		skip += delivered - offset;
-		offset = delivered;
+	if (skip >= len || offset >= SLUICE_STREAM_BYTES)
+		return SLUICE_STREAM_BYTES;
+	__u32 end = offset + len - skip;
+	__u32 held = held_end(stream, offset);
+	if (held > offset) {
+		__u32 overlap = (held < end ? held : end) - offset;
+		/* bytes[] starts where the segment does unless records were skipped. */
+		if (scratch->payload_offset == scratch->segment_offset &&
+		    !copies_agree(stream, offset, scratch, skip, overlap))
+			scratch->copies_disagree = 1;
+		/* At offset 0, or after a held byte, the held copy started first. */
+		int replaces = offset > 0 && !is_held(stream, offset - 1) && end > held &&
+			       !(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL);
+		if (!replaces) {
+			skip += held - offset;
+			offset = held;
+		}
 	}
 	if (skip >= len || offset >= SLUICE_STREAM_BYTES)
 		return SLUICE_STREAM_BYTES;
@@ -224,13 +289,23 @@ static __always_inline __u32 store_received(struct xdp_md *ctx, struct client_st
 	return offset;
 }
 
-/* Does a TLS record (handshake or ChangeCipherSpec) start at offset, the
- * stream being held from there up to held? */
-static __always_inline int starts_a_record(const struct client_stream *stream, __u32 offset, __u32 held)
+/* The stream offset of the flow's urgent byte (receiver.h), or ~0. */
+static __always_inline __u32 urgent_offset(const struct flow_state *flow)
 {
-	__u8 type = masked_u8(stream->bytes, offset, STREAM_MASK);
+	return flow->receiver & SLUICE_RECEIVER_URGENT ? flow->urgent_at : ~0U;
+}
 
-	return held >= offset + 2 && masked_u8(stream->bytes, offset + 1, STREAM_MASK) == TLS_MAJOR_VERSION &&
+/* Does a TLS record (handshake or ChangeCipherSpec) start at offset, the
+ * stream being held from there up to held? Read past the urgent byte, as
+ * the server's application reads. */
+static __always_inline int starts_a_record(const struct client_stream *stream, __u32 offset, __u32 held,
+					   __u32 urgent)
+{
+	__u32 first = offset + (urgent == offset);
+	__u32 second = first + 1 + (urgent == first + 1);
+	__u8 type = masked_u8(stream->bytes, first, STREAM_MASK);
+
+	return held > second && masked_u8(stream->bytes, second, STREAM_MASK) == TLS_MAJOR_VERSION &&
 	       (type == TLS_CONTENT_HANDSHAKE || type == TLS_CONTENT_CHANGE_CIPHER_SPEC);
 }
 
@@ -238,25 +313,51 @@ static __always_inline int starts_a_record(const struct client_stream *stream, _
  * first, and was not kept) where the segment just stored starts a record.
  * Pieces are judged by the stream they make, not one by one: the first
  * piece may be a single byte. */
-static __always_inline void find_origin(struct client_stream *stream, __u32 stored_at)
+static __always_inline void find_origin(struct client_stream *stream, __u32 stored_at, __u32 urgent)
 {
 	if (stream->origin != STREAM_ORIGIN_UNKNOWN)
 		return;
-	if (starts_a_record(stream, 0, held_end(stream, 0)))
+	if (starts_a_record(stream, 0, held_end(stream, 0), urgent))
 		stream->origin = 0;
-	else if (stored_at < SLUICE_STREAM_BYTES && starts_a_record(stream, stored_at, held_end(stream, stored_at)))
+	else if (stored_at < SLUICE_STREAM_BYTES &&
+		 starts_a_record(stream, stored_at, held_end(stream, stored_at), urgent))
 		stream->origin = stored_at;
 }
 
-/* Copy the handshake bytes of the records held from the origin on into
- * handshake->bytes after a synthetic record header; returns the bytes the
- * parser may read (header included), or 0 if the records are not TLS. */
-static __always_inline __u32 gather_handshake(struct client_stream *stream,
+/* Copy the stream's bytes [start, end) to view->bytes as the server's
+ * application reads them: without the urgent byte, which a receiver takes
+ * out of the stream (no SO_OOBINLINE, the default). Returns how many. */
+static __always_inline __u32 read_as_delivered(const struct client_stream *stream, __u32 urgent,
+					       __u32 start, __u32 end, struct stream_view *view)
+{
+	__u32 cut = urgent >= start && urgent < end ? urgent : end;
+	/* 64-bit, and checked where they are passed on: each copy is at most
+	 * SLUICE_STREAM_BYTES, the second placed below that, so both stay
+	 * inside the view. */
+	__u64 before = cut - start, after = end - cut - (cut < end);
+
+	if (end > SLUICE_STREAM_BYTES || start > end)
+		return 0;
+	hide_from_compiler(before);
+	if (before > SLUICE_STREAM_BYTES ||
+	    copy_within_maps(view->bytes, before, &stream->bytes[start & STREAM_MASK]) < 0)
+		return 0;
+	hide_from_compiler(after);
+	if (after > SLUICE_STREAM_BYTES || before > STREAM_MASK ||
+	    copy_within_maps(&view->bytes[before], after, &stream->bytes[(cut + 1) & STREAM_MASK]) < 0)
+		return before;
+	return before + after;
+}
+
+/* Copy the handshake bytes of the records in bytes[0, end) (a view of the
+ * stream from the origin on, read_as_delivered()) into handshake->bytes
+ * after a synthetic record header; returns the bytes the parser may read
+ * (header included), or 0 if the records are not TLS. */
+static __always_inline __u32 gather_handshake(const __u8 *bytes, __u32 end,
 					      struct handshake_scratch *handshake,
 					      struct payload_scratch *scratch)
 {
-	__u32 off = stream->origin;
-	__u32 end = held_end(stream, off);
+	__u32 off = 0;
 	__u32 gathered = 0;
 
 	for (int i = 0; i < TLS_RECORDS_MAX; i++) {
@@ -266,9 +367,9 @@ static __always_inline __u32 gather_handshake(struct client_stream *stream,
 		gathered = forget_range(scratch->forget_slots[1], gathered);
 		if (off + TLS_RECORD_HEADER_LEN > end || off >= SLUICE_STREAM_BYTES)
 			break;
-		__u8 type = masked_u8(stream->bytes, off, STREAM_MASK);
-		__u32 fragment = masked_be16(stream->bytes, off + 3, STREAM_MASK);
-		if (masked_u8(stream->bytes, off + 1, STREAM_MASK) != TLS_MAJOR_VERSION ||
+		__u8 type = masked_u8(bytes, off, STREAM_MASK);
+		__u32 fragment = masked_be16(bytes, off + 3, STREAM_MASK);
+		if (masked_u8(bytes, off + 1, STREAM_MASK) != TLS_MAJOR_VERSION ||
 		    fragment > TLS_MAX_RECORD_LEN ||
 		    (type != TLS_CONTENT_HANDSHAKE && type != TLS_CONTENT_CHANGE_CIPHER_SPEC))
 			return 0;
@@ -285,7 +386,7 @@ static __always_inline __u32 gather_handshake(struct client_stream *stream,
 		__u32 at = TLS_RECORD_HEADER_LEN + gathered;
 		hide_from_compiler(at);
 		at &= STREAM_MASK;
-		if (copy_within_maps(&handshake->bytes[at], take, &stream->bytes[off & STREAM_MASK]) < 0)
+		if (copy_within_maps(&handshake->bytes[at], take, &bytes[off & STREAM_MASK]) < 0)
 			return 0;
 		gathered += take;
 		if (have < fragment)

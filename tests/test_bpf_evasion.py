@@ -196,12 +196,21 @@ def test_without_reassembly_the_2021_middlebox_is_fooled(make_datapath):
 @given(data=st.data())
 def test_any_partition_in_any_order_is_named(dp, data):
     """Any cut of a hello into up to 12 pieces (within the 20-packet window),
-    sent in any order, over either family, names the flow."""
+    sent in any order, over either family, with or without an urgent byte
+    inside the name (marked by the piece that carries it), names the flow."""
     hello = data.draw(st.sampled_from(list(HELLOS.values())))
+    urgent_at = None
+    if data.draw(st.booleans()):
+        hello, urgent_at = with_urgent_byte(hello)
     at = data.draw(st.lists(st.integers(1, len(hello) - 1), max_size=11, unique=True))
     parts = data.draw(st.permutations(cut(hello, *sorted(at))))
-    verdicts = Flow(dp, data.draw(st.booleans())).send(parts)
-    assert "drop" in verdicts, verdicts
+    flow = Flow(dp, data.draw(st.booleans()))
+    def send(offset, piece):
+        if urgent_at is not None and offset <= urgent_at < offset + len(piece):
+            return send_urgent(flow, offset, piece, urgent_at)
+        return flow.send([(offset, piece)])[0]
+    verdicts = [send(offset, piece) for offset, piece in parts]
+    assert "drop" in verdicts, (urgent_at, parts, verdicts)
 
 
 def evasions(dp) -> dict[str, int]:
@@ -323,6 +332,141 @@ def test_any_partition_in_any_order_with_decoys_anywhere_is_named(dp, data):
                 for kind, offset, piece in sends]
     reals = [i for i, (kind, _, _) in enumerate(sends) if kind == "real"]
     assert verdicts[:reals[0]] == ["pass"] * reals[0] and verdicts[reals[-1]] == "drop", (sends, verdicts)
+
+
+URGENT_BYTE = b"!"
+
+
+def with_urgent_byte(stream: bytes, name: bytes = b"blocked.example") -> tuple[bytes, int]:
+    """stream with an urgent byte put inside the name, and where it is."""
+    at = stream.index(name) + 4
+    return stream[:at] + URGENT_BYTE + stream[at:], at
+
+
+def send_urgent(flow: Flow, offset: int, piece: bytes, urgent_at: int) -> str:
+    """piece at offset, URG set, its pointer one past the urgent byte (Linux's reading)."""
+    return flow.send_raw(piece, seq=(ISN + 1 + offset) % 2**32, flags="PAU", urgptr=urgent_at - offset + 1)
+
+
+@FAMILIES
+@pytest.mark.parametrize("stream", list(STREAMS))
+@pytest.mark.parametrize("pieces", ["whole", "split"])
+def test_an_urgent_byte_inside_the_name_is_taken_out(dp, v6, stream, pieces):
+    """A receiver without SO_OOBINLINE takes the urgent byte out of the
+    stream: the server reads the real name, and so must sluice."""
+    real, port = STREAMS[stream][0], STREAMS[stream][2]
+    sent, at = with_urgent_byte(real)
+    flow = Flow(dp, v6, dport=port)
+    before = evasions(dp)
+    if pieces == "whole":
+        assert send_urgent(flow, 0, sent, at) == "drop"
+    else:       # the byte in the second piece, sent first
+        (_, first), (offset, second) = cut(sent, at - 2)
+        assert [send_urgent(flow, offset, second, at), *flow.send([(0, first)])] == ["pass", "drop"]
+    assert moved(before, evasions(dp)) == {"urgent": 1}
+
+
+@FAMILIES
+@pytest.mark.parametrize("stream", ["0.5KB", "http"])
+def test_a_later_urgent_mark_moves_it(dp, v6, stream):
+    """Only the latest urgent byte is taken out: one marked earlier is read in line again."""
+    real, port = STREAMS[stream][0], STREAMS[stream][2]
+    sent, at = with_urgent_byte(real)
+    flow = Flow(dp, v6, dport=port)
+    early = at - 10                 # a byte of the real name's stream, marked first
+    (_, first), (offset, second) = cut(sent, early - 5)
+    assert send_urgent(flow, offset, second, early) == "pass"
+    assert send_urgent(flow, 0, first, at) == "drop"
+
+
+@FAMILIES
+def test_an_urgent_mark_on_delivered_bytes_is_ignored(dp, v6):
+    """Linux ignores an urgent pointer into bytes it has already taken in order."""
+    real = HELLOS["0.5KB"]
+    flow = Flow(dp, v6)
+    at = real.index(b"blocked.example") - 20
+    assert flow.send([(0, real[:at])]) == ["pass"]
+    assert send_urgent(flow, at - 10, real[at - 10:], at - 5) == "drop"
+
+
+@FAMILIES
+def test_on_evasion_block_blocks_an_urgent_byte(blocking, v6):
+    sent, at = with_urgent_byte(padded_hello(b"unruled.example"), b"unruled.example")
+    flow = Flow(blocking, v6)
+    before = evasions(blocking)
+    assert send_urgent(flow, 0, sent, at) == "drop"
+    assert moved(before, evasions(blocking)) == {"urgent": 1}
+
+
+@FAMILIES
+def test_on_evasion_ignore_reads_the_urgent_byte_in(blind, v6):
+    """The 2021 throttler read the urgent byte as part of the name."""
+    sent, at = with_urgent_byte(HELLOS["0.5KB"])
+    before = evasions(blind)
+    assert send_urgent(Flow(blind, v6), 0, sent, at) == "pass"
+    assert moved(before, evasions(blind)) == {}
+
+
+def hello_and_fake() -> tuple[bytes, bytes, int]:
+    """A 1.8 KB hello, a fake of the same length for another name, and where the name is."""
+    real, fake, _ = STREAMS["1.8KB"]
+    return real, fake, real.index(b"blocked.example")
+
+
+@FAMILIES
+def test_copies_that_disagree_where_delivered_the_first_stands(dp, v6):
+    real, fake, name = hello_and_fake()
+    flow = Flow(dp, v6)
+    before = evasions(dp)
+    # "block" is delivered; the fake's "allowed.example" overlaps it, and the
+    # server reads "block" + "ed.example" from the fake: the real name.
+    assert flow.send([(0, real[:name + 5]), (name - 50, fake[name - 50:])]) == ["pass", "drop"]
+    assert moved(before, evasions(dp)) == {"conflict": 1}
+
+
+@FAMILIES
+@pytest.mark.parametrize("order", ["real-first", "fake-first"])
+def test_copies_that_disagree_out_of_order_the_receivers_stands(dp, v6, order):
+    """Out of order, Linux keeps the copy that starts first and, of two that
+    start together, the longer: a short fake at the real piece's start loses
+    whether it comes before or after it."""
+    real, fake, name = hello_and_fake()
+    assert len(real) > name + 10, "the fake is the shorter copy"
+    piece, short_fake = (name - 30, real[name - 30:]), (name - 30, fake[name - 30:name + 10])
+    flow = Flow(dp, v6)
+    before = evasions(dp)
+    later = flow.send([piece, short_fake] if order == "real-first" else [short_fake, piece])
+    assert later == ["pass", "pass"]
+    assert flow.send([(0, real[:name - 30])]) == ["drop"]
+    assert moved(before, evasions(dp)) == {"conflict": 1}
+
+
+@FAMILIES
+def test_a_copy_sent_again_unchanged_is_no_conflict(dp, v6):
+    real, _, name = hello_and_fake()
+    flow = Flow(dp, v6)
+    before = evasions(dp)
+    assert flow.send([(name, real[name:]), (name, real[name:]), (0, real[:name + 10])]) == ["pass", "pass", "drop"]
+    assert moved(before, evasions(dp)) == {}
+
+
+@FAMILIES
+def test_on_evasion_block_blocks_copies_that_disagree(blocking, v6):
+    real, fake = padded_hello(b"unruled.example"), padded_hello(b"allowed.example")
+    name = real.index(b"unruled.example")
+    flow = Flow(blocking, v6)
+    assert flow.send([(name, real[name:]), (name, fake[name:name + 20])]) == ["pass", "drop"]
+    assert flow.send([(0, real[:name])]) == ["drop"]
+
+
+@FAMILIES
+def test_a_lone_low_ttl_copy_is_not_read(dp, v6):
+    """A low-TTL copy that no other copy replaces is not taken for the truth
+    (docs/policy.md): the flow is not named by it, and passes."""
+    flow = Flow(dp, v6)
+    before = evasions(dp)
+    assert flow.send_decoy("low_ttl", 0, HELLOS["0.5KB"]) == "pass"
+    assert moved(before, evasions(dp)) == {"low_ttl": 1}
 
 
 def test_the_kinds_are_exported_to_prometheus(dp):

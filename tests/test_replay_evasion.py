@@ -44,8 +44,6 @@ TECHNIQUES = (PLAIN, "split1", "split2", "multisplit", "disorder", "seqovl", *DE
 # What the 2021 profile, reading each segment alone, still names: see
 # tests/test_e2e_evasion.py (a request cut inside its first line).
 SEEN_BY_2021 = {(PLAIN, "tls"), (PLAIN, "http"), ("split1", "http"), ("split2", "http")}
-# Rows the receiver model (the urgent byte) has yet to make pass.
-NOT_YET = {URGENT: "urgent"}
 
 
 def timestamps(step_back: int = 0) -> list:
@@ -162,16 +160,7 @@ def named(capture):
     return names
 
 
-def row_params(profile: str):
-    params = []
-    for row in ROWS:
-        technique = row[0]
-        if profile == "default" and technique in NOT_YET:
-            marks = [pytest.mark.xfail(strict=True, reason=f"receiver model: {NOT_YET[technique]} not yet")]
-        else:
-            marks = []
-        params.append(pytest.param(*row, marks=marks, id="-".join(map(str, row))))
-    return params
+ROW_PARAMS = [pytest.param(*row, id="-".join(map(str, row))) for row in ROWS]
 
 
 def printed(named, profile, row):
@@ -179,12 +168,12 @@ def printed(named, profile, row):
     return named[profile].get(PORTS[row], "no line")
 
 
-@pytest.mark.parametrize("technique, scheme, family", row_params("default"))
+@pytest.mark.parametrize("technique, scheme, family", ROW_PARAMS)
 def test_the_default_profile_names_the_name_the_server_reads(named, technique, scheme, family):
     assert printed(named, "default", (technique, scheme, family)) == REAL_NAME
 
 
-@pytest.mark.parametrize("technique, scheme, family", row_params("2021"))
+@pytest.mark.parametrize("technique, scheme, family", ROW_PARAMS)
 def test_the_2021_profile_names_what_the_documented_throttler_read(named, technique, scheme, family):
     name = printed(named, "2021", (technique, scheme, family))
     if (technique, scheme) in SEEN_BY_2021:
