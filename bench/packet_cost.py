@@ -2,6 +2,7 @@
 
 Run as root:  .venv/bin/python bench/packet_cost.py [--repeat N] [--sizes 10,10000,100000,1000000]
                                                     [--prefixes 1000000]
+              .venv/bin/python bench/packet_cost.py --against REV[,REV...]
 
 For each policy size (domain rules), and once more with --prefixes client
 prefixes in the policy's client class, it prints, per packet kind, two
@@ -15,16 +16,23 @@ printed with their spread (lowest-highest). The ns per packet (the
 kernel's own average over a burst, median of the bursts) are context only.
 It also prints the time to compile and load each policy and the kernel
 memory of its maps.
+
+With --against, it measures only an established flow's packet, paired
+with the same packet through the data plane of each git revision given (of
+this repository, checked out in a temporary worktree and loaded by its own
+controller code): a change's cost to flows it should not touch.
 """
 
 import argparse
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import bcc
@@ -37,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from sluice.abi import bpf_source_dir  # noqa: E402
 from sluice.datapath import Datapath  # noqa: E402
-from sluice.libbpf import MapInfo, object_info  # noqa: E402
+from sluice.libbpf import LIBBPF, MapInfo, object_info  # noqa: E402
 from sluice.policy import load_policy  # noqa: E402
 from sluice.testrun import run_xdp  # noqa: E402
 from packets import GRE_KEY, GTPU_PDU_SESSION_CONTAINER, encapsulate  # noqa: E402
@@ -82,7 +90,7 @@ def write_policy(directory: Path, rules: int, prefixes: int) -> Path:
 
 MAP_NAMES = ("flows", "domain_rules", "rule_sets", "client_classes", "rules", "rule_stats", "counters",
              "config", "payload_buffers", "events", "event_buffers", "rule_clocks", "client_clocks", "stages",
-             "streams", "empty_streams", "handshake_buffers", "quic_datagrams", "quic_datagram_layout")
+             "streams", "empty_streams", "stream_views", "handshake_buffers", "quic_datagrams", "quic_datagram_layout")
 
 
 def map_memory_bytes(datapath) -> int:
@@ -270,6 +278,77 @@ int flow_floor(struct xdp_md *ctx)
 """
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+# Run by another checkout's own code: load its data plane, pin the entry
+# program for this process to run, and stay until stdin closes (the program
+# array its inspection stages hang in lives as long as this process).
+PIN_DATA_PLANE = """
+import sys
+import bcc
+from sluice.abi import bpf_source_dir
+from sluice.datapath import Datapath
+from sluice.policy import load_policy
+datapath = Datapath(load_policy(sys.argv[1]))
+if bcc.lib.bpf_obj_pin(datapath.function.fd, sys.argv[2].encode()) != 0:
+    sys.exit("cannot pin the entry program at " + sys.argv[2])
+print("pinned", bpf_source_dir(), flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def data_plane_of(revision: str, policy: Path, workdir: Path):
+    """The entry program fd of `revision`'s data plane, loaded with `policy`."""
+    tree = workdir / f"tree-{revision}"
+    subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "add", "-q", "--detach", str(tree), revision],
+                   check=True)
+    # Its package, controller/, importable as sluice (and as controller, its
+    # name before the rename), with its C sources where it looks for them.
+    shim = workdir / f"shim-{revision}"
+    shim.mkdir()
+    for name in ("sluice", "controller"):
+        (shim / name).symlink_to(tree / "controller")
+    (tree / "controller" / "bpf").symlink_to(tree / "bpf")
+    pin = Path("/sys/fs/bpf") / f"sluice-bench-{os.getpid()}-{revision}"
+    child = subprocess.Popen([sys.executable, "-c", PIN_DATA_PLANE, str(policy), str(pin)], cwd=tree,
+                             env={**os.environ, "PYTHONPATH": str(shim)}, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    fd = -1
+    try:
+        answer = child.stdout.readline().decode().split()
+        if answer[:1] != ["pinned"] or not Path(answer[1]).resolve().is_relative_to(tree.resolve()):
+            raise RuntimeError(f"{revision}'s data plane did not load from its own tree: {answer}")
+        fd = LIBBPF.bpf_obj_get(str(pin).encode())
+        yield fd
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        pin.unlink(missing_ok=True)
+        child.stdin.close()
+        child.wait()
+        subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "remove", "--force", str(tree)], check=True)
+
+
+def established_against(revisions: list[str], repeat: int, pairs: int) -> None:
+    """An established allowed flow's packet through this tree's data plane,
+    paired burst by burst with the same through each revision's."""
+    setup = [tcp(40001, flags="S"), tcp(40001, client_hello(b"open.example"), "PA")]
+    frame = tcp(40001, b"x" * 100, reply=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        policy = write_policy(workdir, 10, 1)
+        own = Datapath(load_policy(policy))
+        for revision in revisions:
+            with data_plane_of(revision, policy, workdir) as fd:
+                for packet in setup:
+                    run_xdp(fd, packet)
+                cost = Paired({revision: fd}, frame, repeat, pairs).measure(own.function.fd, frame, prepare=setup)
+                print(f"  established allowed flow, this tree over {revision}: {show(cost[revision])} "
+                      f"({cost['ns']:.0f} ns)")
+        own.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=200_000, help="test-run repetitions per burst")
@@ -279,7 +358,13 @@ def main() -> int:
                         help="new flows per burst of the whole-flow cases (each packet run once)")
     parser.add_argument("--prefixes", type=int, default=1_000_000,
                         help="client prefixes of the extra run (with the smallest rule count); 0: none")
+    parser.add_argument("--against", help="git revisions to pair an established flow's cost with (comma-separated)")
     args = parser.parse_args()
+    if args.against:
+        print(f"command: {' '.join(sys.argv)}")
+        print(f"each figure: {args.pairs} pairs of {args.repeat}-packet bursts, median ratio (lowest-highest)")
+        established_against(args.against.split(","), args.repeat, args.pairs)
+        return 0
 
     empty = bcc.BPF(text="int empty(struct xdp_md *ctx) { return XDP_PASS; }")
     empty_fd = empty.load_func(b"empty", bcc.BPF.XDP).fd
