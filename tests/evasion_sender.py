@@ -9,7 +9,9 @@ they do with the kernel's own TCP and raw frames beside it:
   on the client's interface sees the handshake's last ACK, which gives the
   addresses, ports, sequence numbers, TTL and timestamps of the flow;
 * splits are several send() calls on a TCP_NODELAY socket: the kernel sends
-  each as a segment of its own;
+  each as a segment of its own; an urgent byte inside the name is one of
+  them, sent with MSG_OOB (the kernel sets URG and the urgent pointer, and
+  the server's TCP takes the byte out of the stream);
 * raw pieces (disorder, seqovl) are written first into the kernel's send
   queue in TCP_REPAIR mode, where the kernel counts them as sent without
   sending them (so the server's ACKs are for data the kernel knows, and it
@@ -45,10 +47,11 @@ PIECE_GAP_S = 0.005             # between sends, so that no two pieces leave as 
 PLAIN = "plain"                # the whole hello in one segment: no evasion at all
 SPLITS = ("split1", "split2", "multisplit")
 RAW_PIECES = ("disorder", "seqovl")
+URGENT = "urgent"               # an urgent (out-of-band) byte inside the name
 # Each decoy, and the receiver-model kind sluice counts it under.
 DECOYS = {"fake-ttl": "low_ttl", "fake-checksum": "bad_checksum", "fake-md5": "tcp_auth_option",
           "fake-noack": "no_ack", "fake-timestamp": "paws"}
-TECHNIQUES = SPLITS + RAW_PIECES + tuple(DECOYS)
+TECHNIQUES = SPLITS + RAW_PIECES + (URGENT,) + tuple(DECOYS)
 SEQOVL_BYTES = 12              # junk before the stream's first byte: the server trims it as already acknowledged
 PAWS_STEP_BACK = 100_000       # ms: a TSval this much older than the flow's last is outside PAWS
 
@@ -186,6 +189,11 @@ class Sender:
             cuts = {PLAIN: [], "split1": [1], "split2": [2], "multisplit": cuts_around(stream, name)}[technique]
             for _offset, piece in pieces(stream, cuts):
                 self.sock.sendall(piece)
+                time.sleep(PIECE_GAP_S)
+        elif technique == URGENT:
+            at = stream.index(name.encode()) + 4
+            for piece, flags in [(stream[:at], 0), (b"!", socket.MSG_OOB), (stream[at:], 0)]:
+                self.sock.send(piece, flags)
                 time.sleep(PIECE_GAP_S)
         elif technique == "disorder":
             self.queue_as_sent(stream)
