@@ -280,7 +280,7 @@ static __always_inline int frag_drop_young(struct xdp_md *ctx, struct packet_inf
 	struct flow_key key = {};
 
 	if (pkt->frag_offset)
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	if (pkt->payload_len < sizeof(head) ||
 	    bpf_xdp_load_bytes(ctx, pkt->payload_offset, head, sizeof(head)) < 0)
 		goto drop;
@@ -292,18 +292,18 @@ static __always_inline int frag_drop_young(struct xdp_md *ctx, struct packet_inf
 	if (flow && flow_is_idle(flow, coarse_now_ns(cfg), cfg))
 		flow = 0;
 	if (flow && flow->state != SLUICE_FLOW_INSPECTING)
-		return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
+		return verdict_apply(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
 	if (pkt->l4proto == IPPROTO_UDP && !flow) {
 		/* Other UDP has no flows to inspect: only a QUIC client Initial opens one. */
 		__u32 udp_len = ((__u32)head[4] << 8) | head[5];
 		if (!(cfg->flags & SLUICE_CFG_EVENTS) ||
 		    udp_len < sizeof(struct udphdr) + QUIC_INITIAL_MIN_DATAGRAM ||
 		    !quic_is_initial_header(head + sizeof(struct udphdr)))
-			return pass_unjudged(pkt->frame_len);
+			return verdict_pass_unjudged(pkt->frame_len);
 	}
 drop:
 	counter_inc(SLUICE_CNT_FRAG_DROPPED);
-	account(0, SLUICE_DIR_UP, pkt->frame_len, OUTCOME_DROPPED);
+	verdict_account(0, SLUICE_DIR_UP, pkt->frame_len, OUTCOME_DROPPED);
 	return XDP_DROP;
 }
 

@@ -145,7 +145,7 @@ static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info
 	 * and without rules for any flow no other UDP flow is: UDP then
 	 * needs no flow lookup at all. */
 	if (!(cfg->flags & (SLUICE_CFG_EVENTS | SLUICE_CFG_OPENING_RULES)))
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	int sender_is_hi = flow_make_key(pkt, &key);
 	__u64 now = coarse_now_ns(cfg);
 	struct flow_state *flow = flows.lookup(&key);
@@ -157,11 +157,11 @@ static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info
 	if (flow) {
 		flow_touch(flow, now, cfg);
 		if (flow->state != SLUICE_FLOW_INSPECTING)
-			return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
+			return verdict_apply(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
 		/* A QUIC flow judged at its opening datagram keeps that verdict
 		 * until the controller reads its name. */
 		int verdict = flow->rule_id ?
-			apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg) : -1;
+			verdict_apply(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg) : -1;
 		if (verdict == XDP_DROP || flow->state != SLUICE_FLOW_INSPECTING)
 			return verdict;
 		/* Browsers spread a ClientHello over several Initials, and a
@@ -173,14 +173,14 @@ static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info
 			flow->payload_packets += 1;
 			quic_send_to_controller(ctx, pkt, &key, flow->client_is_hi, gathered);
 		}
-		return verdict == XDP_PASS ? XDP_PASS : pass_unjudged(pkt->frame_len);
+		return verdict == XDP_PASS ? XDP_PASS : verdict_pass_unjudged(pkt->frame_len);
 	}
 	int quic = (cfg->flags & SLUICE_CFG_EVENTS) && quic_is_client_initial(ctx, pkt, gathered);
 	if (!quic && !(cfg->flags & SLUICE_CFG_OPENING_RULES))
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	flow = flow_start(&key, sender_is_hi, 1, pkt, now);
 	if (!flow)
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	counter_inc(SLUICE_CNT_FLOWS_CREATED);
 	if (quic) {
 		flow->proto = SLUICE_PROTO_QUIC;
@@ -192,7 +192,7 @@ static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info
 	/* Nothing of a UDP flow but QUIC's Initials is read. */
 	if (!quic)
 		flow->state = SLUICE_FLOW_GAVE_UP;
-	return pass_unjudged(pkt->frame_len);
+	return verdict_pass_unjudged(pkt->frame_len);
 }
 
 #endif /* SLUICE_QUIC_H */

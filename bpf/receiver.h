@@ -21,7 +21,7 @@
  * An urgent byte (URG) is taken out of the stream by the server's TCP
  * and never read in line (no SO_OOBINLINE, the default): a client may put
  * one inside the name. Its place is noted here, and the stream is read
- * without it (tcp_stream.h, read_as_delivered()).
+ * without it (tcp_stream.h, stream_read_as_delivered()).
  *
  * Only flows still inspected come here: an established flow pays nothing.
  */
@@ -51,7 +51,7 @@
 #define RECEIVE_WINDOW_BYTES 65536
 
 /* The segment's TCP header, copied from the frame or the gathered datagram. */
-static __always_inline int load_tcp_header(struct xdp_md *ctx, struct payload_scratch *scratch)
+static __always_inline int receiver_load_tcp_header(struct xdp_md *ctx, struct payload_scratch *scratch)
 {
 	struct segment_view *segment = &scratch->segment;
 	__u32 len = segment->header_len;
@@ -67,7 +67,7 @@ static __always_inline int load_tcp_header(struct xdp_md *ctx, struct payload_sc
 }
 
 /* Walk the options for a timestamp and an authentication option. */
-static __always_inline void read_tcp_options(struct payload_scratch *scratch)
+static __always_inline void receiver_read_tcp_options(struct payload_scratch *scratch)
 {
 	struct segment_view *segment = &scratch->segment;
 	__u32 off = sizeof(struct tcphdr);
@@ -105,7 +105,7 @@ static __always_inline void read_tcp_options(struct payload_scratch *scratch)
 /* The ones' complement sum (unfolded, as bpf_csum_diff keeps it) of
  * bytes[0, len), len at most PAYLOAD_COPY_BYTES, added to seed; < 0 if the
  * helper refused. Sums of pieces that start 4-aligned add up. */
-static __always_inline __s64 sum_bytes(const __u8 *bytes, __u32 len, __s64 seed)
+static __always_inline __s64 receiver_sum_bytes(const __u8 *bytes, __u32 len, __s64 seed)
 {
 	__u32 whole = len & ~3U;
 	__u8 tail[4] = {};
@@ -130,7 +130,7 @@ static __always_inline __s64 sum_bytes(const __u8 *bytes, __u32 len, __s64 seed)
 	return seed < 0 ? seed : bpf_csum_diff(0, 0, (void *)tail, sizeof(tail), seed);
 }
 
-static __always_inline __u16 fold_sum(__u64 sum)
+static __always_inline __u16 receiver_fold_sum(__u64 sum)
 {
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
@@ -138,7 +138,7 @@ static __always_inline __u16 fold_sum(__u64 sum)
 	return sum;
 }
 
-static __always_inline int is_mapped_ipv4(const __u8 *addr)
+static __always_inline int receiver_is_mapped_ipv4(const __u8 *addr)
 {
 	__u64 low;
 	__builtin_memcpy(&low, addr, 8);
@@ -148,7 +148,7 @@ static __always_inline int is_mapped_ipv4(const __u8 *addr)
 /* Does the segment's TCP checksum hold, over the pseudo-header, its header
  * and its payload? A payload longer than the copy in hand is not checked
  * (1 is returned): no wire frame carries one. */
-static __always_inline int checksum_holds(const struct payload_scratch *scratch)
+static __always_inline int receiver_checksum_holds(const struct payload_scratch *scratch)
 {
 	const struct segment_view *segment = &scratch->segment;
 	const struct flow_key *key = &scratch->key;
@@ -160,7 +160,7 @@ static __always_inline int checksum_holds(const struct payload_scratch *scratch)
 
 	if (scratch->segment_len > PAYLOAD_COPY_BYTES || scratch->payload_len != scratch->segment_len)
 		return 1;
-	if (is_mapped_ipv4(src)) {
+	if (receiver_is_mapped_ipv4(src)) {
 		__builtin_memcpy(&pseudo[0], src + 12, 4);
 		__builtin_memcpy(&pseudo[1], dst + 12, 4);
 		pseudo[2] = bpf_htonl((IPPROTO_TCP << 16) | tcp_len);
@@ -178,21 +178,21 @@ static __always_inline int checksum_holds(const struct payload_scratch *scratch)
 	if (sum < 0 || header_len > TCP_HEADER_MAX)
 		return 1;
 	sum = bpf_csum_diff(0, 0, (void *)segment->header, header_len & ~3U, sum);
-	sum = sum < 0 ? sum : sum_bytes(scratch->bytes, scratch->segment_len, sum);
-	return sum < 0 || fold_sum(sum) == 0xffff;
+	sum = sum < 0 ? sum : receiver_sum_bytes(scratch->bytes, scratch->segment_len, sum);
+	return sum < 0 || receiver_fold_sum(sum) == 0xffff;
 }
 
 /* The ones' complement sum of the first len bytes of the payload. */
-static __always_inline __u16 payload_sum(const struct payload_scratch *scratch, __u32 len)
+static __always_inline __u16 receiver_payload_sum(const struct payload_scratch *scratch, __u32 len)
 {
-	__s64 sum = sum_bytes(scratch->bytes, len > scratch->len ? scratch->len : len, 0);
+	__s64 sum = receiver_sum_bytes(scratch->bytes, len > scratch->len ? scratch->len : len, 0);
 
-	return sum < 0 ? 0 : fold_sum(sum);
+	return sum < 0 ? 0 : receiver_fold_sum(sum);
 }
 
 /* Why the server would not keep the client segment in hand as it came:
  * a SLUICE_CNT_EVASION_* counter, or 0 if it keeps it. */
-static __always_inline __u32 refused_by_receiver(const struct flow_state *flow,
+static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
 						 const struct payload_scratch *scratch,
 						 const struct sluice_config *cfg)
 {
@@ -216,13 +216,13 @@ static __always_inline __u32 refused_by_receiver(const struct flow_state *flow,
 		return SLUICE_CNT_EVASION_PAWS;
 	if (flow->syn_ttl && segment->ttl + cfg->ttl_margin < flow->syn_ttl)
 		return SLUICE_CNT_EVASION_LOW_TTL;
-	if (!checksum_holds(scratch))
+	if (!receiver_checksum_holds(scratch))
 		return SLUICE_CNT_EVASION_BAD_CHECKSUM;
 	return 0;
 }
 
 /* A segment the server keeps: what it says of the flow from now on. */
-static __always_inline void note_accepted(struct flow_state *flow, const struct payload_scratch *scratch)
+static __always_inline void receiver_note_accepted(struct flow_state *flow, const struct payload_scratch *scratch)
 {
 	const struct segment_view *segment = &scratch->segment;
 
@@ -233,7 +233,7 @@ static __always_inline void note_accepted(struct flow_state *flow, const struct 
 	}
 	if ((segment->tcp_flags & TCP_FLAG_SYN) && scratch->segment_len) {
 		flow->syn_data_len = scratch->segment_len;
-		flow->syn_data_sum = payload_sum(scratch, scratch->segment_len);
+		flow->syn_data_sum = receiver_payload_sum(scratch, scratch->segment_len);
 		flow->receiver |= SLUICE_RECEIVER_SYN_DATA;
 	}
 }
@@ -245,7 +245,7 @@ static __always_inline void note_accepted(struct flow_state *flow, const struct 
  * takes out the latest urgent byte alone, the one before is read in line.
  * Returns 1 if the urgent byte is in the stream's first bytes, where names
  * are read. */
-static __always_inline int take_urgent_mark(struct flow_state *flow, const struct payload_scratch *scratch)
+static __always_inline int receiver_take_urgent_mark(struct flow_state *flow, const struct payload_scratch *scratch)
 {
 	const struct segment_view *segment = &scratch->segment;
 	__u32 pointer = masked_be16(segment->header, TCP_URGENT_POINTER, TCP_HEADER_MASK);
@@ -253,7 +253,7 @@ static __always_inline int take_urgent_mark(struct flow_state *flow, const struc
 	__u32 seq = scratch->seq - (segment->tcp_flags & TCP_FLAG_SYN ? 1 : 0);
 	__u32 at = seq + pointer - (pointer ? 1 : 0) - flow->stream_base;
 	struct client_stream *stream = streams.lookup(&scratch->key);
-	__u32 delivered = stream ? held_end(stream, 0) : 0;
+	__u32 delivered = stream ? stream_held_end(stream, 0) : 0;
 
 	if (at >= 0x80000000U || at < delivered)
 		return 0;
@@ -266,7 +266,7 @@ static __always_inline int take_urgent_mark(struct flow_state *flow, const struc
 }
 
 /* A flow caught at evasion, under inspection.on_evasion: block. */
-static __always_inline void block_evasion(struct flow_state *flow, const struct payload_scratch *scratch)
+static __always_inline void receiver_block_evasion(struct flow_state *flow, const struct payload_scratch *scratch)
 {
 	flow->state = SLUICE_FLOW_CLASSIFIED;
 	flow->rule_id = 0;
@@ -280,11 +280,11 @@ static __always_inline void block_evasion(struct flow_state *flow, const struct 
 
 /* The flow is to be judged afresh from the segment in hand: the bytes that
  * named it (the SYN's data) never reached the server's application. */
-static __always_inline void inspect_again(struct flow_state *flow, const struct flow_key *key)
+static __always_inline void receiver_inspect_again(struct flow_state *flow, const struct flow_key *key)
 {
 	flow->state = SLUICE_FLOW_INSPECTING;
 	/* Back to what its opening packet made of it, if anything. */
-	put_under_rule(flow, flow->opening_rule_id);
+	verdict_put_under_rule(flow, flow->opening_rule_id);
 	flow->proto = SLUICE_PROTO_UNKNOWN;
 	flow->streaming = 0;
 	streams.delete(key);

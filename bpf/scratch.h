@@ -76,7 +76,7 @@ struct payload_scratch {
 	__u8 in_stream;			/* bytes[] was built from the flow's stream (HTTP) */
 	__u8 from_fragments;		/* the segment is in frag_scratch.bytes (ip_frag.h), not the frame */
 	__u32 forget_slot;		/* see forget_range() in verifier.h */
-	__u32 forget_slots[2];		/* ...for gather_handshake() */
+	__u32 forget_slots[2];		/* ...for stream_gather_handshake() */
 	__u32 set_id;			/* the rule set the name leads to, 0: none */
 	__u32 seq;			/* the packet's TCP sequence number */
 	__u32 segment_offset;		/* its whole payload, as it came: */
@@ -123,7 +123,7 @@ struct client_stream {
 };
 
 /* The stream's bytes as the server's application reads them (see
- * read_as_delivered() in tcp_stream.h): the urgent byte taken out. */
+ * stream_read_as_delivered() in tcp_stream.h): the urgent byte taken out. */
 struct stream_view {			/* exactly the largest per-CPU value */
 	/* Half for the bytes, half so that a copy of up to
 	 * SLUICE_STREAM_BYTES at any offset below it stays inside. */

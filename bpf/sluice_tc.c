@@ -83,7 +83,7 @@ int sluice_tc_egress(struct __sk_buff *skb)
 	/* fq compares departure times with the monotonic clock, which now_ns()
 	 * reads unless a test has frozen the data plane's time. */
 	__u64 now = now_ns(cfg);
-	__u32 dir = packet_direction(flow, sender_is_hi) & (SLUICE_DIRS - 1);
+	__u32 dir = verdict_packet_direction(flow, sender_is_hi) & (SLUICE_DIRS - 1);
 	__u32 bytes = wire_bytes(skb, pkt);
 	__u64 departure = now;
 	int keep = 1;

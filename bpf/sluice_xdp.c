@@ -133,13 +133,13 @@ static __always_inline int enter_fragment_stage(struct xdp_md *ctx, const struct
 
 	counter_inc(SLUICE_CNT_FRAGMENTS);
 	if ((cfg->flags & SLUICE_CFG_NO_REASSEMBLY) && !(cfg->flags & SLUICE_CFG_DROP_FRAGMENTS))
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	struct frag_scratch *scratch = frag_buffers.lookup(&zero);
 	if (!scratch)
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	__builtin_memcpy(&scratch->pkt, pkt, sizeof(*pkt));
 	call_stage(ctx, SLUICE_STAGE_FRAGMENT);
-	return pass_unjudged(pkt->frame_len);
+	return verdict_pass_unjudged(pkt->frame_len);
 }
 
 /* Is the packet read for a name? Every packet of a flow still inspected
@@ -167,10 +167,10 @@ static __always_inline int evasion_seen(struct xdp_md *ctx, struct flow_state *f
 {
 	flow->receiver |= SLUICE_RECEIVER_EVASION;
 	if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
-		block_evasion(flow, scratch);
+		receiver_block_evasion(flow, scratch);
 	if (flow->state == SLUICE_FLOW_INSPECTING)
-		return pass_unjudged(scratch->frame_len);
-	return apply_tcp_verdict(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
+		return verdict_pass_unjudged(scratch->frame_len);
+	return verdict_apply_tcp(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
 				 scratch->segment_len, cfg);
 }
 
@@ -191,7 +191,7 @@ static __always_inline int read_segment(struct xdp_md *ctx, struct flow_state *f
 		call_stage(ctx, SLUICE_STAGE_STREAM);
 	else
 		call_stage(ctx, SLUICE_STAGE_TLS);
-	return pass_unjudged(scratch->frame_len);
+	return verdict_pass_unjudged(scratch->frame_len);
 }
 
 /* Read a client segment of a flow still inspected: through the receiver
@@ -201,10 +201,10 @@ static __always_inline int read_received(struct xdp_md *ctx, struct flow_state *
 {
 	if (!(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL)) {
 		call_stage(ctx, SLUICE_STAGE_RECEIVER);
-		return pass_unjudged(scratch->frame_len);
+		return verdict_pass_unjudged(scratch->frame_len);
 	}
 	if (scratch->segment_len == 0)		/* the SYN, judged at its opening */
-		return pass_unjudged(scratch->frame_len);
+		return verdict_pass_unjudged(scratch->frame_len);
 	return read_segment(ctx, flow, scratch, cfg);
 }
 
@@ -225,14 +225,14 @@ static __always_inline int inspect_tcp_segment(struct xdp_md *ctx, struct flow_s
 	/* The SYN's timestamp is the one later segments are held to; and the
 	 * SYN is where rules for any flow judge it. */
 	if (pkt->payload_len == 0 && !(receiver_model && flow_is_bare_syn(pkt)) && !opening)
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	/* Once the client is known, only what it sends can name the flow:
 	 * a server cannot get its own flow judged by what it answers. */
 	if (flow->client_known && sender_is_hi != flow->client_is_hi)
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
 	if (!scratch)
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	__builtin_memcpy(&scratch->key, key, sizeof(*key));
 	scratch->frame_len = pkt->frame_len;
 	scratch->sender_is_hi = sender_is_hi;
@@ -251,7 +251,7 @@ static __always_inline int inspect_tcp_segment(struct xdp_md *ctx, struct flow_s
 	scratch->segment.ttl = pkt->ttl;
 	scratch->segment.hop_by_hop_late = pkt->hop_by_hop_late;
 	if (pkt->payload_len && copy_payload(ctx, scratch, pkt->payload_offset, pkt->payload_len) < 0)
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	if (opening)
 		call_stage(ctx, SLUICE_STAGE_OPENING);
 	return read_received(ctx, flow, scratch, cfg);
@@ -284,9 +284,9 @@ int sluice_xdp(struct xdp_md *ctx)
 	int sender_is_hi = flow_make_key(&pkt, &key);
 	struct flow_state *flow = flow_open_tcp(&pkt, &key, sender_is_hi, cfg);
 	if (!flow)
-		return pass_unjudged(pkt.frame_len);
+		return verdict_pass_unjudged(pkt.frame_len);
 	if (!read_for_name(flow, &pkt, sender_is_hi))
-		return apply_tcp_verdict(ctx, flow, &key, sender_is_hi, pkt.frame_len, pkt.payload_len, cfg);
+		return verdict_apply_tcp(ctx, flow, &key, sender_is_hi, pkt.frame_len, pkt.payload_len, cfg);
 	return inspect_tcp_segment(ctx, flow, &pkt, &key, sender_is_hi, cfg, 0);
 }
 
@@ -313,7 +313,7 @@ int sluice_stage_tls(struct xdp_md *ctx)
 	if (!scratch)
 		return XDP_PASS;
 	if (skip_proxy_header(ctx, flow, scratch, cfg) < 0)
-		return inspect_next_packet(flow, scratch, cfg);
+		return verdict_inspect_next_packet(flow, scratch, cfg);
 	int skipped = skip_leading_records(ctx, scratch);
 	int outcome = tls_parse_client_hello(scratch->bytes, scratch->len, PAYLOAD_COPY_MASK, &scratch->hello);
 	if (wait_for_whole_hello(scratch, outcome, cfg))
@@ -334,25 +334,25 @@ int sluice_stage_tls(struct xdp_md *ctx)
 	case TLS_TRUNCATED:
 		counter_inc(SLUICE_CNT_TLS_TRUNCATED);
 		if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
-			return inspect_next_packet(flow, scratch, cfg);
+			return verdict_inspect_next_packet(flow, scratch, cfg);
 		/* The rest is in later segments or records: keep this one. */
 		call_stage(ctx, SLUICE_STAGE_STREAM);
-		return inspect_next_packet(flow, scratch, cfg);
+		return verdict_inspect_next_packet(flow, scratch, cfg);
 	case TLS_MALFORMED:
 		counter_inc(SLUICE_CNT_TLS_MALFORMED);
-		return inspect_next_packet(flow, scratch, cfg);
+		return verdict_inspect_next_packet(flow, scratch, cfg);
 	default:
 		/* TLS records came first: whatever follows is no HTTP request. */
 		if (skipped) {
 			counter_inc(SLUICE_CNT_NOT_TLS);
-			return inspect_next_packet(flow, scratch, cfg);
+			return verdict_inspect_next_packet(flow, scratch, cfg);
 		}
 		call_stage(ctx, SLUICE_STAGE_HTTP);
-		return pass_unjudged(scratch->frame_len);
+		return verdict_pass_unjudged(scratch->frame_len);
 	}
 	keep_alpn(scratch, scratch->bytes, PAYLOAD_COPY_MASK);
 	call_stage(ctx, SLUICE_STAGE_MATCH);
-	return pass_unjudged(scratch->frame_len);
+	return verdict_pass_unjudged(scratch->frame_len);
 }
 
 /* Nothing to name yet: wait for the next segment, and drop the stream if
@@ -360,10 +360,10 @@ int sluice_stage_tls(struct xdp_md *ctx)
 static __always_inline int stream_wait(struct flow_state *flow, const struct payload_scratch *scratch,
 				       const struct sluice_config *cfg)
 {
-	inspect_next_packet(flow, scratch, cfg);
+	verdict_inspect_next_packet(flow, scratch, cfg);
 	if (flow->state == SLUICE_FLOW_GAVE_UP)
 		streams.delete(&scratch->key);
-	return pass_unjudged(scratch->frame_len);
+	return verdict_pass_unjudged(scratch->frame_len);
 }
 
 /* The flow is named: its stream has served. */
@@ -383,18 +383,18 @@ int sluice_stage_stream(struct xdp_md *ctx)
 
 	if (!scratch)
 		return XDP_PASS;
-	struct client_stream *stream = open_stream(&scratch->key);
+	struct client_stream *stream = stream_open(&scratch->key);
 	if (!stream)
-		return inspect_next_packet(flow, scratch, cfg);
+		return verdict_inspect_next_packet(flow, scratch, cfg);
 	flow->streaming = 1;
-	__u32 stored_at = store_received(ctx, stream, flow, scratch, cfg);
+	__u32 stored_at = stream_store_received(ctx, stream, flow, scratch, cfg);
 	if (scratch->copies_disagree && !(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL)) {
 		counter_inc(SLUICE_CNT_EVASION_CONFLICT);
 		if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
 			return evasion_seen(ctx, flow, scratch, cfg);
 		flow->receiver |= SLUICE_RECEIVER_EVASION;
 	}
-	find_origin(stream, stored_at, urgent_offset(flow));
+	stream_find_origin(stream, stored_at, stream_urgent_offset(flow));
 	if (stream->origin != STREAM_ORIGIN_UNKNOWN) {
 		call_stage(ctx, SLUICE_STAGE_STREAM_TLS);
 		return stream_wait(flow, scratch, cfg);
@@ -402,7 +402,7 @@ int sluice_stage_stream(struct xdp_md *ctx)
 	/* No ClientHello: the stream may hold an HTTP request, unless its one
 	 * byte so far may yet start a record. */
 	__u8 first = masked_u8(stream->bytes, 0, STREAM_MASK);
-	__u32 held = held_end(stream, 0);
+	__u32 held = stream_held_end(stream, 0);
 	/* Handed on in map memory: the next stage need not walk the bitmap. */
 	scratch->stream_held = held;
 	if (held > 1 || (held == 1 && first != TLS_CONTENT_HANDSHAKE && first != TLS_CONTENT_CHANGE_CIPHER_SPEC))
@@ -424,14 +424,14 @@ int sluice_stage_stream_tls(struct xdp_md *ctx)
 	struct stream_view *view = stream_views.lookup(&zero);
 	struct client_stream *stream = streams.lookup(&scratch->key);
 	if (!handshake || !view || !stream)
-		return inspect_next_packet(flow, scratch, cfg);
+		return verdict_inspect_next_packet(flow, scratch, cfg);
 
 	__u32 origin = stream->origin;
-	__u32 held = read_as_delivered(stream, urgent_offset(flow), origin, held_end(stream, origin), view);
+	__u32 held = stream_read_as_delivered(stream, stream_urgent_offset(flow), origin, stream_held_end(stream, origin), view);
 
 	/* As in the match stage: the parser is verified once, for one unknown
 	 * length, not once for every way out of the gathering loop. */
-	__u32 avail = forget_range(scratch->forget_slot, gather_handshake(view->bytes, held, handshake, scratch));
+	__u32 avail = forget_range(scratch->forget_slot, stream_gather_handshake(view->bytes, held, handshake, scratch));
 	int outcome = tls_parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &scratch->hello);
 	if (wait_for_whole_hello(scratch, outcome, cfg))
 		outcome = TLS_TRUNCATED;
@@ -461,7 +461,7 @@ int sluice_stage_stream_tls(struct xdp_md *ctx)
 	keep_alpn(scratch, handshake->bytes, HANDSHAKE_MASK);
 	stream_done(flow, &scratch->key);
 	call_stage(ctx, SLUICE_STAGE_MATCH);
-	return pass_unjudged(scratch->frame_len);
+	return verdict_pass_unjudged(scratch->frame_len);
 }
 
 /* An HTTP request held in the flow's stream, cut anywhere: its request
@@ -480,8 +480,8 @@ int sluice_stage_stream_http(struct xdp_md *ctx)
 	struct client_stream *stream = streams.lookup(&scratch->key);
 	struct stream_view *view = stream_views.lookup(&zero);
 	if (!stream || !view)
-		return inspect_next_packet(flow, scratch, cfg);
-	__u32 end = read_as_delivered(stream, urgent_offset(flow), 0, scratch->stream_held, view);
+		return verdict_inspect_next_packet(flow, scratch, cfg);
+	__u32 end = stream_read_as_delivered(stream, stream_urgent_offset(flow), 0, scratch->stream_held, view);
 	__u32 start = 0;
 	for (int i = 0; i < HTTP_EMPTY_LINE_BYTES_MAX; i++) {
 		__u8 c = masked_u8(view->bytes, start, STREAM_MASK);
@@ -543,21 +543,21 @@ int sluice_stage_http(struct xdp_md *ctx)
 	int outcome = http_parse_request_line(scratch);
 	if (outcome == HTTP_HOST_FOUND) {
 		call_stage(ctx, SLUICE_STAGE_HTTP_HOST);
-		return pass_unjudged(scratch->frame_len);
+		return verdict_pass_unjudged(scratch->frame_len);
 	}
 	/* What the stream holds is counted once, when it names the flow. */
 	if (scratch->in_stream)
-		return inspect_next_packet(flow, scratch, cfg);
+		return verdict_inspect_next_packet(flow, scratch, cfg);
 	if (outcome != HTTP_TRUNCATED) {
 		counter_inc(SLUICE_CNT_NOT_TLS);
-		return inspect_next_packet(flow, scratch, cfg);
+		return verdict_inspect_next_packet(flow, scratch, cfg);
 	}
 	counter_inc(SLUICE_CNT_HTTP_TRUNCATED);
 	if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
-		return inspect_next_packet(flow, scratch, cfg);
+		return verdict_inspect_next_packet(flow, scratch, cfg);
 	/* The rest of the request is in later segments: keep this one. */
 	call_stage(ctx, SLUICE_STAGE_STREAM);
-	return inspect_next_packet(flow, scratch, cfg);
+	return verdict_inspect_next_packet(flow, scratch, cfg);
 }
 
 int sluice_stage_http_host(struct xdp_md *ctx)
@@ -582,17 +582,17 @@ int sluice_stage_http_host(struct xdp_md *ctx)
 		break;
 	default:
 		if (scratch->in_stream)
-			return inspect_next_packet(flow, scratch, cfg);
+			return verdict_inspect_next_packet(flow, scratch, cfg);
 		counter_inc(SLUICE_CNT_HTTP_TRUNCATED);
 		if (cfg->flags & SLUICE_CFG_NO_REASSEMBLY)
-			return inspect_next_packet(flow, scratch, cfg);
+			return verdict_inspect_next_packet(flow, scratch, cfg);
 		call_stage(ctx, SLUICE_STAGE_STREAM);
-		return inspect_next_packet(flow, scratch, cfg);
+		return verdict_inspect_next_packet(flow, scratch, cfg);
 	}
 	if (scratch->in_stream)
 		stream_done(flow, &scratch->key);
 	call_stage(ctx, SLUICE_STAGE_MATCH);
-	return pass_unjudged(scratch->frame_len);
+	return verdict_pass_unjudged(scratch->frame_len);
 }
 
 int sluice_stage_match(struct xdp_md *ctx)
@@ -614,10 +614,10 @@ int sluice_stage_match(struct xdp_md *ctx)
 		scratch->set_id = SLUICE_RULE_SET_UNNAMED;
 	if (scratch->set_id) {
 		call_stage(ctx, SLUICE_STAGE_SELECT);
-		return pass_unjudged(scratch->frame_len);
+		return verdict_pass_unjudged(scratch->frame_len);
 	}
-	classify(flow, 0, 0, scratch, cfg);
-	return apply_tcp_verdict(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
+	verdict_classify(flow, 0, 0, scratch, cfg);
+	return verdict_apply_tcp(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
 				 scratch->segment_len, cfg);
 }
 
@@ -655,14 +655,14 @@ int sluice_stage_select(struct xdp_md *ctx)
 		client.alpn_ids = match_offered_alpn_ids(scratch->alpn, scratch->alpn_len);
 	}
 	__u32 rule_id = match_select_rule(scratch->set_id, &client, cfg);
-	classify(flow, rule_id, client.class_id, scratch, cfg);
-	return apply_tcp_verdict(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len, scratch->segment_len, cfg);
+	verdict_classify(flow, rule_id, client.class_id, scratch, cfg);
+	return verdict_apply_tcp(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len, scratch->segment_len, cfg);
 }
 
 /* A new flow's opening packet, the client's bare SYN or a UDP flow's first
  * datagram, where some rule applies to any flow (SLUICE_CFG_OPENING_RULES):
  * the rules of flows without a name judge it now, as a flow whose protocol
- * is not known (judge_opening() says what settles it). A TCP flow not
+ * is not known (verdict_judge_opening() says what settles it). A TCP flow not
  * settled is then read for a name as any other; a QUIC flow's Initial is
  * with the controller already (quic.h). */
 int sluice_stage_opening(struct xdp_md *ctx)
@@ -679,14 +679,14 @@ int sluice_stage_opening(struct xdp_md *ctx)
 	view_flow(&client, scratch, flow);
 	client.proto = SLUICE_PROTO_UNKNOWN;
 	__u32 rule_id = match_select_rule(SLUICE_RULE_SET_UNNAMED, &client, cfg);
-	if (judge_opening(flow, rule_id, tcp || flow->proto == SLUICE_PROTO_QUIC)) {
+	if (verdict_judge_opening(flow, rule_id, tcp || flow->proto == SLUICE_PROTO_QUIC)) {
 		if (tcp)
-			return apply_tcp_verdict(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len,
+			return verdict_apply_tcp(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len,
 						 scratch->segment_len, cfg);
-		return apply_verdict(flow, key, scratch->sender_is_hi, scratch->frame_len, scratch->segment_len, cfg);
+		return verdict_apply(flow, key, scratch->sender_is_hi, scratch->frame_len, scratch->segment_len, cfg);
 	}
 	if (!tcp)
-		return pass_unjudged(scratch->frame_len);
+		return verdict_pass_unjudged(scratch->frame_len);
 	return read_received(ctx, flow, scratch, cfg);
 }
 
@@ -702,9 +702,9 @@ static __always_inline int judge_gathered_segment(struct packet_info *pkt, const
 	struct flow_state *flow = flow_open_tcp(pkt, &key, sender_is_hi, cfg);
 
 	if (!flow)
-		return pass_unjudged(pkt->frame_len);
+		return verdict_pass_unjudged(pkt->frame_len);
 	if (!read_for_name(flow, pkt, sender_is_hi))
-		return apply_verdict(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
+		return verdict_apply(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
 	return inspect_tcp_segment(ctx, flow, pkt, &key, sender_is_hi, cfg, 1);
 }
 
@@ -722,7 +722,7 @@ int sluice_stage_fragment(struct xdp_md *ctx)
 	__u32 frame_len = gathered->pkt.frame_len;
 	if (frag_gather(ctx, gathered, coarse_now_ns(cfg)) != FRAG_COMPLETE ||
 	    frag_parse_transport(gathered, &pkt) < 0)
-		return pass_unjudged(frame_len);
+		return verdict_pass_unjudged(frame_len);
 	if (pkt.l4proto == IPPROTO_UDP)
 		return quic_judge_udp(ctx, &pkt, cfg, &gathered->bytes[sizeof(struct udphdr)]);
 	return judge_gathered_segment(&pkt, cfg, ctx);
@@ -738,16 +738,16 @@ int sluice_stage_receiver(struct xdp_md *ctx)
 	if (!scratch)
 		return XDP_PASS;
 	struct segment_view *segment = &scratch->segment;
-	int header_read = load_tcp_header(ctx, scratch) == 0;
+	int header_read = receiver_load_tcp_header(ctx, scratch) == 0;
 	if (header_read)
-		read_tcp_options(scratch);
+		receiver_read_tcp_options(scratch);
 	else
 		segment->has_timestamp = segment->auth_option = 0;
 	if (scratch->segment_len == 0) {	/* the client's SYN */
-		note_accepted(flow, scratch);
-		return pass_unjudged(scratch->frame_len);
+		receiver_note_accepted(flow, scratch);
+		return verdict_pass_unjudged(scratch->frame_len);
 	}
-	__u32 refused = refused_by_receiver(flow, scratch, cfg);
+	__u32 refused = receiver_refuses(flow, scratch, cfg);
 	if (refused) {
 		counter_inc(refused);
 		return evasion_seen(ctx, flow, scratch, cfg);
@@ -758,26 +758,26 @@ int sluice_stage_receiver(struct xdp_md *ctx)
 		flow->receiver &= ~SLUICE_RECEIVER_SYN_DATA;
 		if (scratch->seq == flow->stream_base) {
 			if (scratch->segment_len < flow->syn_data_len ||
-			    payload_sum(scratch, flow->syn_data_len) != flow->syn_data_sum) {
+			    receiver_payload_sum(scratch, flow->syn_data_len) != flow->syn_data_sum) {
 				counter_inc(SLUICE_CNT_EVASION_SYN_DATA);
 				if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
 					return evasion_seen(ctx, flow, scratch, cfg);
 				flow->receiver |= SLUICE_RECEIVER_EVASION;
 			}
-			inspect_again(flow, &scratch->key);
+			receiver_inspect_again(flow, &scratch->key);
 		}
 	}
 	/* An urgent byte in the stream: read from the stream, without it. */
-	if (header_read && (segment->tcp_flags & TCP_FLAG_URG) && take_urgent_mark(flow, scratch)) {
+	if (header_read && (segment->tcp_flags & TCP_FLAG_URG) && receiver_take_urgent_mark(flow, scratch)) {
 		counter_inc(SLUICE_CNT_EVASION_URGENT);
 		if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
 			return evasion_seen(ctx, flow, scratch, cfg);
 		flow->receiver |= SLUICE_RECEIVER_EVASION;
 		flow->streaming = 1;
 	}
-	note_accepted(flow, scratch);
+	receiver_note_accepted(flow, scratch);
 	if (flow->state != SLUICE_FLOW_INSPECTING)
-		return apply_tcp_verdict(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
+		return verdict_apply_tcp(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
 				 scratch->segment_len, cfg);
 	return read_segment(ctx, flow, scratch, cfg);
 }

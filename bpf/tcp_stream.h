@@ -14,7 +14,7 @@
  * at its offset from the client's initial sequence number (from the SYN,
  * or from the first payload seen). A bitmap records which bytes arrived, so
  * pieces of any size, down to one byte, in any order and overlapping, are
- * put together as the server's TCP puts them (see store_received()). After
+ * put together as the server's TCP puts them (see stream_store_received()). After
  * each segment the records held without a gap from the origin on are
  * walked (ChangeCipherSpec records skipped), their
  * handshake bytes copied behind one synthetic record header, and the
@@ -35,7 +35,7 @@
 #define TLS_MAX_RECORD_LEN 16384	/* RFC 8446 5.1: a plaintext fragment's limit */
 
 /* The flow's stream, created empty the first time. */
-static __always_inline struct client_stream *open_stream(const struct flow_key *key)
+static __always_inline struct client_stream *stream_open(const struct flow_key *key)
 {
 	struct client_stream *stream = streams.lookup(key);
 	__u32 zero = 0;
@@ -54,7 +54,7 @@ static __always_inline struct client_stream *open_stream(const struct flow_key *
 
 /* Copy the segment's payload to its offset; returns where the copy ends
  * (never past SLUICE_STREAM_BYTES), or offset if nothing could be copied. */
-static __always_inline __u32 store_segment(struct xdp_md *ctx, struct client_stream *stream,
+static __always_inline __u32 stream_store_segment(struct xdp_md *ctx, struct client_stream *stream,
 					   __u32 payload_offset, __u32 offset, __u32 len)
 {
 	__u32 done = 0;
@@ -79,9 +79,9 @@ static __always_inline __u32 store_segment(struct xdp_md *ctx, struct client_str
 	return offset + done;
 }
 
-/* As store_segment(), from a segment gathered out of IP fragments: the
+/* As stream_store_segment(), from a segment gathered out of IP fragments: the
  * bytes at payload_offset in frag_scratch.bytes (ip_frag.h), not the frame. */
-static __always_inline __u32 store_gathered(struct client_stream *stream, __u32 payload_offset,
+static __always_inline __u32 stream_store_gathered(struct client_stream *stream, __u32 payload_offset,
 					    __u32 offset, __u32 len)
 {
 	__u32 zero = 0;
@@ -98,7 +98,7 @@ static __always_inline __u32 store_gathered(struct client_stream *stream, __u32 
 			break;
 		if (chunk > PAYLOAD_COPY_BYTES)
 			chunk = PAYLOAD_COPY_BYTES;
-		hide_from_compiler(chunk);	/* as in store_segment() */
+		hide_from_compiler(chunk);	/* as in stream_store_segment() */
 		chunk = ((chunk - 1) & PAYLOAD_COPY_MASK) + 1;
 		__u32 at = offset + done;
 		hide_from_compiler(at);
@@ -115,7 +115,7 @@ static __always_inline __u32 store_gathered(struct client_stream *stream, __u32 
 
 /* The index of the lowest set bit of x (x != 0), without branches: the
  * bits below it, counted by SWAR popcount. */
-static __always_inline __u32 lowest_bit(__u64 x)
+static __always_inline __u32 stream_lowest_bit(__u64 x)
 {
 	__u64 v = (x & -x) - 1;
 
@@ -125,17 +125,17 @@ static __always_inline __u32 lowest_bit(__u64 x)
 	return (v * 0x0101010101010101ULL) >> 56;
 }
 
-/* 1 if x is 0, else 0: lowest_bit() counts 64 for no bit at all. Written
+/* 1 if x is 0, else 0: stream_lowest_bit() counts 64 for no bit at all. Written
  * so, clang keeps it arithmetic; "x == 0" it would make a branch. */
-static __always_inline __u64 is_zero(__u64 x)
+static __always_inline __u64 stream_is_zero(__u64 x)
 {
-	return lowest_bit(x) >> 6;
+	return stream_lowest_bit(x) >> 6;
 }
 
 /* Note [start, end) as received, and which words are now full. Every
  * word is visited, without a branch: a loop that stops where the data says
  * would leave the verifier a way out of it for every word. */
-static __always_inline void mark_held(struct client_stream *stream, __u32 start, __u32 end)
+static __always_inline void stream_mark_held(struct client_stream *stream, __u32 start, __u32 end)
 {
 	if (end <= start || end > SLUICE_STREAM_BYTES)
 		return;
@@ -151,7 +151,7 @@ static __always_inline void mark_held(struct client_stream *stream, __u32 start,
 		__u64 span = below_to & (~0ULL << (from & 63)) & (from_past - 1);
 		__u64 held = stream->held[word] | span;
 		stream->held[word] = held;
-		stream->full[word / 64] |= is_zero(~held) << (word % 64);
+		stream->full[word / 64] |= stream_is_zero(~held) << (word % 64);
 	}
 }
 
@@ -159,11 +159,11 @@ static __always_inline void mark_held(struct client_stream *stream, __u32 start,
  * from `from` up to it are held without a gap. The summary of full words
  * finds it in a few steps, and without a branch: called in every way
  * through a stage, it must not multiply the ways the verifier walks. */
-static __always_inline __u32 held_end(struct client_stream *stream, __u32 from)
+static __always_inline __u32 stream_held_end(struct client_stream *stream, __u32 from)
 {
 	__u64 first = (from / 64) & (STREAM_WORDS - 1);
 	__u64 in_first = ~stream->held[first] & (~0ULL << (from % 64));
-	__u64 gap_in_first = is_zero(in_first) ^ 1;
+	__u64 gap_in_first = stream_is_zero(in_first) ^ 1;
 	__u64 later = 0, found = 0;
 
 	for (__u64 k = 0; k < STREAM_FULL_WORDS; k++) {
@@ -172,12 +172,12 @@ static __always_inline __u32 held_end(struct client_stream *stream, __u32 from)
 		__u64 shift = past & (((__u64)past >> 63) - 1);	/* 0 if past < 0 */
 		__u64 none = (63 - shift) >> 63;		/* 1 if shift > 63 */
 		__u64 not_full = ~stream->full[k] & (~0ULL << (shift & 63)) & (none - 1);
-		__u64 word = (k * 64 + lowest_bit(not_full)) & (STREAM_WORDS - 1);
-		__u64 first_found = (is_zero(not_full) ^ 1) & (found ^ 1);
-		later += first_found * (word * 64 + lowest_bit(~stream->held[word]));
+		__u64 word = (k * 64 + stream_lowest_bit(not_full)) & (STREAM_WORDS - 1);
+		__u64 first_found = (stream_is_zero(not_full) ^ 1) & (found ^ 1);
+		later += first_found * (word * 64 + stream_lowest_bit(~stream->held[word]));
 		found |= first_found;
 	}
-	__u64 end = gap_in_first * (first * 64 + lowest_bit(in_first)) +
+	__u64 end = gap_in_first * (first * 64 + stream_lowest_bit(in_first)) +
 		    (gap_in_first ^ 1) * (found * later + (found ^ 1) * SLUICE_STREAM_BYTES);
 	/* from itself may lie past the stream (a segment past it). */
 	end = from >= SLUICE_STREAM_BYTES ? from : end;
@@ -185,7 +185,7 @@ static __always_inline __u32 held_end(struct client_stream *stream, __u32 from)
 }
 
 /* Is byte `at` of the stream held? */
-static __always_inline __u64 is_held(const struct client_stream *stream, __u32 at)
+static __always_inline __u64 stream_is_held(const struct client_stream *stream, __u32 at)
 {
 	return (stream->held[(at / 64) & (STREAM_WORDS - 1)] >> (at % 64)) & 1;
 }
@@ -193,7 +193,7 @@ static __always_inline __u64 is_held(const struct client_stream *stream, __u32 a
 /* Do the stream's bytes [at, at + n) equal the segment's from `from` on,
  * as far as its copy in scratch->bytes goes? Compared 8 bytes at a time,
  * the last 8 overlapping the ones before: no mask of byte order. */
-static __always_inline int copies_agree(const struct client_stream *stream, __u32 at,
+static __always_inline int stream_copies_agree(const struct client_stream *stream, __u32 at,
 					const struct payload_scratch *scratch, __u32 from, __u32 n)
 {
 	__u64 differ = 0;
@@ -242,7 +242,7 @@ static __always_inline int copies_agree(const struct client_stream *stream, __u3
  * Under on_evasion: ignore the first copy always stands. Two copies that
  * disagree are a desync: payload_scratch.copies_disagree says so.
  * Returns the offset of the first byte written, or SLUICE_STREAM_BYTES. */
-static __always_inline __u32 store_received(struct xdp_md *ctx, struct client_stream *stream,
+static __always_inline __u32 stream_store_received(struct xdp_md *ctx, struct client_stream *stream,
 					    const struct flow_state *flow, struct payload_scratch *scratch,
 					    const struct sluice_config *cfg)
 {
@@ -259,15 +259,15 @@ static __always_inline __u32 store_received(struct xdp_md *ctx, struct client_st
 	if (skip >= len || offset >= SLUICE_STREAM_BYTES)
 		return SLUICE_STREAM_BYTES;
 	__u32 end = offset + len - skip;
-	__u32 held = held_end(stream, offset);
+	__u32 held = stream_held_end(stream, offset);
 	if (held > offset) {
 		__u32 overlap = (held < end ? held : end) - offset;
 		/* bytes[] starts where the segment does unless records were skipped. */
 		if (scratch->payload_offset == scratch->segment_offset &&
-		    !copies_agree(stream, offset, scratch, skip, overlap))
+		    !stream_copies_agree(stream, offset, scratch, skip, overlap))
 			scratch->copies_disagree = 1;
 		/* At offset 0, or after a held byte, the held copy started first. */
-		int replaces = offset > 0 && !is_held(stream, offset - 1) && end > held &&
+		int replaces = offset > 0 && !stream_is_held(stream, offset - 1) && end > held &&
 			       !(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL);
 		if (!replaces) {
 			skip += held - offset;
@@ -281,16 +281,16 @@ static __always_inline __u32 store_received(struct xdp_md *ctx, struct client_st
 		len = SLUICE_STREAM_BYTES - offset;
 	/* Marked first, where the verifier meets few ways in: the copy
 	 * below fails only on offsets the parser has already checked. */
-	mark_held(stream, offset, offset + len);
+	stream_mark_held(stream, offset, offset + len);
 	if (scratch->from_fragments)
-		store_gathered(stream, scratch->segment_offset + skip, offset, len);
+		stream_store_gathered(stream, scratch->segment_offset + skip, offset, len);
 	else
-		store_segment(ctx, stream, scratch->segment_offset + skip, offset, len);
+		stream_store_segment(ctx, stream, scratch->segment_offset + skip, offset, len);
 	return offset;
 }
 
 /* The stream offset of the flow's urgent byte (receiver.h), or ~0. */
-static __always_inline __u32 urgent_offset(const struct flow_state *flow)
+static __always_inline __u32 stream_urgent_offset(const struct flow_state *flow)
 {
 	return flow->receiver & SLUICE_RECEIVER_URGENT ? flow->urgent_at : ~0U;
 }
@@ -298,7 +298,7 @@ static __always_inline __u32 urgent_offset(const struct flow_state *flow)
 /* Does a TLS record (handshake or ChangeCipherSpec) start at offset, the
  * stream being held from there up to held? Read past the urgent byte, as
  * the server's application reads. */
-static __always_inline int starts_a_record(const struct client_stream *stream, __u32 offset, __u32 held,
+static __always_inline int stream_starts_a_record(const struct client_stream *stream, __u32 offset, __u32 held,
 					   __u32 urgent)
 {
 	__u32 first = offset + (urgent == offset);
@@ -313,21 +313,21 @@ static __always_inline int starts_a_record(const struct client_stream *stream, _
  * first, and was not kept) where the segment just stored starts a record.
  * Pieces are judged by the stream they make, not one by one: the first
  * piece may be a single byte. */
-static __always_inline void find_origin(struct client_stream *stream, __u32 stored_at, __u32 urgent)
+static __always_inline void stream_find_origin(struct client_stream *stream, __u32 stored_at, __u32 urgent)
 {
 	if (stream->origin != STREAM_ORIGIN_UNKNOWN)
 		return;
-	if (starts_a_record(stream, 0, held_end(stream, 0), urgent))
+	if (stream_starts_a_record(stream, 0, stream_held_end(stream, 0), urgent))
 		stream->origin = 0;
 	else if (stored_at < SLUICE_STREAM_BYTES &&
-		 starts_a_record(stream, stored_at, held_end(stream, stored_at), urgent))
+		 stream_starts_a_record(stream, stored_at, stream_held_end(stream, stored_at), urgent))
 		stream->origin = stored_at;
 }
 
 /* Copy the stream's bytes [start, end) to view->bytes as the server's
  * application reads them: without the urgent byte, which a receiver takes
  * out of the stream (no SO_OOBINLINE, the default). Returns how many. */
-static __always_inline __u32 read_as_delivered(const struct client_stream *stream, __u32 urgent,
+static __always_inline __u32 stream_read_as_delivered(const struct client_stream *stream, __u32 urgent,
 					       __u32 start, __u32 end, struct stream_view *view)
 {
 	__u32 cut = urgent >= start && urgent < end ? urgent : end;
@@ -350,10 +350,10 @@ static __always_inline __u32 read_as_delivered(const struct client_stream *strea
 }
 
 /* Copy the handshake bytes of the records in bytes[0, end) (a view of the
- * stream from the origin on, read_as_delivered()) into handshake->bytes
+ * stream from the origin on, stream_read_as_delivered()) into handshake->bytes
  * after a synthetic record header; returns the bytes the parser may read
  * (header included), or 0 if the records are not TLS. */
-static __always_inline __u32 gather_handshake(const __u8 *bytes, __u32 end,
+static __always_inline __u32 stream_gather_handshake(const __u8 *bytes, __u32 end,
 					      struct handshake_scratch *handshake,
 					      struct payload_scratch *scratch)
 {

@@ -18,7 +18,7 @@ enum packet_outcome {
 	OUTCOME_DELAYED,
 };
 
-static __always_inline void account(__u32 rule_id, __u32 dir, __u32 bytes, int outcome)
+static __always_inline void verdict_account(__u32 rule_id, __u32 dir, __u32 bytes, int outcome)
 {
 	struct rule_stats *stats = rule_stats.lookup(&rule_id);
 
@@ -34,7 +34,7 @@ static __always_inline void account(__u32 rule_id, __u32 dir, __u32 bytes, int o
 }
 
 /* One more flow settled under rule_id (0: none). */
-static __always_inline void count_flow(__u32 rule_id)
+static __always_inline void verdict_count_flow(__u32 rule_id)
 {
 	struct rule_stats *stats = rule_stats.lookup(&rule_id);
 
@@ -43,20 +43,20 @@ static __always_inline void count_flow(__u32 rule_id)
 }
 
 /* Every packet that no rule judges is counted under rule id 0, and passes. */
-static __always_inline int pass_unjudged(__u32 frame_len)
+static __always_inline int verdict_pass_unjudged(__u32 frame_len)
 {
-	account(0, SLUICE_DIR_UP, frame_len, OUTCOME_PASSED);
+	verdict_account(0, SLUICE_DIR_UP, frame_len, OUTCOME_PASSED);
 	return XDP_PASS;
 }
 
-static __always_inline __u32 packet_direction(const struct flow_state *flow, int sender_is_hi)
+static __always_inline __u32 verdict_packet_direction(const struct flow_state *flow, int sender_is_hi)
 {
 	return flow->client_known && sender_is_hi != flow->client_is_hi ?
 		       SLUICE_DIR_DOWN : SLUICE_DIR_UP;
 }
 
 /* Does a throttled flow's packet conform to its rule's rate in its direction? */
-static __always_inline int throttle_conforms(struct flow_state *flow, const struct flow_key *key,
+static __always_inline int verdict_throttle_conforms(struct flow_state *flow, const struct flow_key *key,
 					     __u32 dir, __u32 bytes, const struct sluice_config *cfg)
 {
 	__u32 rule_id = flow->rule_id;
@@ -72,7 +72,7 @@ static __always_inline int throttle_conforms(struct flow_state *flow, const stru
  * of the trigger's direction would pass trigger_at, the rule's action
  * applies, from this packet on (so at most trigger_at bytes or packets
  * pass untouched). tc egress (shape, delay) reads the same flow->action. */
-static __always_inline void count_toward_trigger(struct flow_state *flow, __u32 dir, __u32 payload_len)
+static __always_inline void verdict_count_toward_trigger(struct flow_state *flow, __u32 dir, __u32 payload_len)
 {
 	__u32 rule_id = flow->rule_id;
 	struct rule_info *rule = rules.lookup(&rule_id);
@@ -96,43 +96,43 @@ static __always_inline void count_toward_trigger(struct flow_state *flow, __u32 
 	 * its action now applies, no name read later replaces it. */
 	if (flow->state == SLUICE_FLOW_INSPECTING) {
 		flow->state = SLUICE_FLOW_CLASSIFIED;
-		count_flow(rule_id);
+		verdict_count_flow(rule_id);
 	}
 }
 
 /* The verdict of a classified flow on one of its packets (payload_len:
  * its TCP or UDP payload, what a trigger counts in bytes). */
-static __always_inline int apply_verdict(struct flow_state *flow, const struct flow_key *key,
+static __always_inline int verdict_apply(struct flow_state *flow, const struct flow_key *key,
 					 int sender_is_hi, __u32 frame_len, __u32 payload_len,
 					 const struct sluice_config *cfg)
 {
-	__u32 dir = packet_direction(flow, sender_is_hi);
+	__u32 dir = verdict_packet_direction(flow, sender_is_hi);
 	if (flow->trigger_pending)
-		count_toward_trigger(flow, dir, payload_len);
+		verdict_count_toward_trigger(flow, dir, payload_len);
 	int drop = flow->action == SLUICE_ACTION_BLOCK || flow->action == SLUICE_ACTION_FREEZE ||
 		   (flow->action == SLUICE_ACTION_THROTTLE &&
-		    !throttle_conforms(flow, key, dir, frame_len, cfg));
+		    !verdict_throttle_conforms(flow, key, dir, frame_len, cfg));
 
-	account(flow->rule_id, dir, frame_len, drop ? OUTCOME_DROPPED : OUTCOME_PASSED);
+	verdict_account(flow->rule_id, dir, frame_len, drop ? OUTCOME_DROPPED : OUTCOME_PASSED);
 	return drop ? XDP_DROP : XDP_PASS;
 }
 
-/* The verdict on a TCP packet: as apply_verdict(), but where a block
+/* The verdict on a TCP packet: as verdict_apply(), but where a block
  * rule's method is not drop (freeze never answers), the client's packets are answered instead
  * (block_reply.h): the reply stage returns XDP_TX, or drops. */
-static __always_inline int apply_tcp_verdict(struct xdp_md *ctx, struct flow_state *flow,
+static __always_inline int verdict_apply_tcp(struct xdp_md *ctx, struct flow_state *flow,
 					     const struct flow_key *key, int sender_is_hi, __u32 frame_len,
 					     __u32 payload_len, const struct sluice_config *cfg)
 {
-	int verdict = apply_verdict(flow, key, sender_is_hi, frame_len, payload_len, cfg);
+	int verdict = verdict_apply(flow, key, sender_is_hi, frame_len, payload_len, cfg);
 
 	if (verdict == XDP_DROP && flow->action == SLUICE_ACTION_BLOCK &&
-	    packet_direction(flow, sender_is_hi) == SLUICE_DIR_UP)
+	    verdict_packet_direction(flow, sender_is_hi) == SLUICE_DIR_UP)
 		call_stage(ctx, SLUICE_STAGE_REPLY);
 	return verdict;
 }
 
-static __always_inline void emit_event(const struct flow_state *flow, __u8 configured_action,
+static __always_inline void verdict_emit_event(const struct flow_state *flow, __u8 configured_action,
 				       __u32 class_id, const struct payload_scratch *scratch,
 				       __u32 name_len)
 {
@@ -160,7 +160,7 @@ static __always_inline void emit_event(const struct flow_state *flow, __u8 confi
 
 /* Put the flow under rule_id (0: none); returns the rule's action as
  * configured (the event's), NONE without a rule. */
-static __always_inline __u8 put_under_rule(struct flow_state *flow, __u32 rule_id)
+static __always_inline __u8 verdict_put_under_rule(struct flow_state *flow, __u32 rule_id)
 {
 	struct rule_info *rule = rule_id ? rules.lookup(&rule_id) : 0;
 	__u8 action = rule ? rule->action : SLUICE_ACTION_NONE;
@@ -182,25 +182,25 @@ static __always_inline __u8 put_under_rule(struct flow_state *flow, __u32 rule_i
  * is read. A rule that acts at once settles it (a dropped SYN carries no
  * name); one that waits for its trigger, or allows, leaves it read on, and
  * a name read then judges it again, named rules first. */
-static __always_inline int judge_opening(struct flow_state *flow, __u32 rule_id, int readable)
+static __always_inline int verdict_judge_opening(struct flow_state *flow, __u32 rule_id, int readable)
 {
-	__u8 action = put_under_rule(flow, rule_id);
+	__u8 action = verdict_put_under_rule(flow, rule_id);
 
 	flow->opening_rule_id = flow->rule_id;
 	if (readable && (!flow->rule_id || action == SLUICE_ACTION_ALLOW || flow->trigger_pending))
 		return 0;
 	flow->state = SLUICE_FLOW_CLASSIFIED;
-	count_flow(flow->rule_id);
+	verdict_count_flow(flow->rule_id);
 	return 1;
 }
 
 /* Settle the flow under rule_id (0: none) for good; class_id is the
  * client's class, for the event. */
-static __always_inline void classify(struct flow_state *flow, __u32 rule_id, __u32 class_id,
+static __always_inline void verdict_classify(struct flow_state *flow, __u32 rule_id, __u32 class_id,
 				     const struct payload_scratch *scratch,
 				     const struct sluice_config *cfg)
 {
-	__u8 action = put_under_rule(flow, rule_id);
+	__u8 action = verdict_put_under_rule(flow, rule_id);
 
 	flow->proto = scratch->proto;
 	flow->client_is_hi = scratch->sender_is_hi;
@@ -208,14 +208,14 @@ static __always_inline void classify(struct flow_state *flow, __u32 rule_id, __u
 	flow->state = SLUICE_FLOW_CLASSIFIED;
 
 	counter_inc(scratch->proto == SLUICE_PROTO_TLS ? SLUICE_CNT_FLOWS_TLS : SLUICE_CNT_FLOWS_HTTP);
-	count_flow(flow->rule_id);
+	verdict_count_flow(flow->rule_id);
 	if (cfg->flags & SLUICE_CFG_EVENTS)
-		emit_event(flow, action, class_id, scratch, scratch->name_len);
+		verdict_emit_event(flow, action, class_id, scratch, scratch->name_len);
 }
 
 /* No name in this packet: look at the next one, unless the window is spent,
  * in which case the flow passes untouched from now on. */
-static __always_inline int inspect_next_packet(struct flow_state *flow,
+static __always_inline int verdict_inspect_next_packet(struct flow_state *flow,
 					       const struct payload_scratch *scratch,
 					       const struct sluice_config *cfg)
 {
@@ -224,11 +224,11 @@ static __always_inline int inspect_next_packet(struct flow_state *flow,
 		counter_inc(SLUICE_CNT_GAVE_UP);
 		/* Its opening judgement, if any, is its verdict for good. */
 		if (flow->rule_id)
-			count_flow(flow->rule_id);
+			verdict_count_flow(flow->rule_id);
 		if (cfg->flags & SLUICE_CFG_EVENTS)
-			emit_event(flow, SLUICE_ACTION_NONE, 0, scratch, 0);
+			verdict_emit_event(flow, SLUICE_ACTION_NONE, 0, scratch, 0);
 	}
-	return pass_unjudged(scratch->frame_len);
+	return verdict_pass_unjudged(scratch->frame_len);
 }
 
 #endif /* SLUICE_VERDICT_H */

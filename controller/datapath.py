@@ -354,7 +354,7 @@ class Datapath:
 
 def settle_flow(flow, rule, action: str | None = None) -> None:
     """Write rule's verdict into a flow table entry from user space (QUIC
-    flows, reclassify), as classify() in bpf/verdict.h does in the kernel:
+    flows, reclassify), as verdict_classify() in bpf/verdict.h does in the kernel:
     a rule in monitor mode never acts, a rule with a trigger holds its action
     back until the data plane has counted to it. action: instead of the rule's."""
     from .policy import ACTIONS

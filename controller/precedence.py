@@ -74,7 +74,7 @@ def applies_to_any_flow(rule) -> bool:
 
 
 def settles_at_opening(rule) -> bool:
-    """Does rule, chosen at a flow's opening packet, settle it there (bpf/verdict.h judge_opening)?"""
+    """Does rule, chosen at a flow's opening packet, settle it there (bpf/verdict.h verdict_judge_opening)?"""
     return rule.action != "allow" and not rule.trigger
 
 
