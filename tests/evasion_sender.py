@@ -12,7 +12,7 @@ they do with the kernel's own TCP and raw frames beside it:
   each as a segment of its own; an urgent byte inside the name is one of
   them, sent with MSG_OOB (the kernel sets URG and the urgent pointer, and
   the server's TCP takes the byte out of the stream);
-* raw pieces (disorder, seqovl) are written first into the kernel's send
+* raw pieces (disorder, seqovl, IP fragments) are written first into the kernel's send
   queue in TCP_REPAIR mode, where the kernel counts them as sent without
   sending them (so the server's ACKs are for data the kernel knows, and it
   would retransmit them, in order, if the raw pieces were lost), then sent
@@ -37,6 +37,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from packets import ip_fragments
 from sluice.netns import inside_netns
 
 # linux/tcp.h, not in Python's socket module
@@ -46,12 +47,13 @@ PIECE_GAP_S = 0.005             # between sends, so that no two pieces leave as 
 
 PLAIN = "plain"                # the whole hello in one segment: no evasion at all
 SPLITS = ("split1", "split2", "multisplit")
-RAW_PIECES = ("disorder", "seqovl")
+RAW_PIECES = ("disorder", "seqovl", "fragments")
 URGENT = "urgent"               # an urgent (out-of-band) byte inside the name
 # Each decoy, and the receiver-model kind sluice counts it under.
 DECOYS = {"fake-ttl": "low_ttl", "fake-checksum": "bad_checksum", "fake-md5": "tcp_auth_option",
           "fake-noack": "no_ack", "fake-timestamp": "paws"}
 TECHNIQUES = SPLITS + RAW_PIECES + (URGENT,) + tuple(DECOYS)
+FRAGMENT_BYTES = 64            # IP payload per fragment (a multiple of 8): even a request is several
 SEQOVL_BYTES = 12              # junk before the stream's first byte: the server trims it as already acknowledged
 PAWS_STEP_BACK = 100_000       # ms: a TSval this much older than the flow's last is outside PAWS
 
@@ -199,6 +201,13 @@ class Sender:
             self.queue_as_sent(stream)
             self.send_raw(*(self.frame(offset, piece) for offset, piece in
                             reversed(pieces(stream, cuts_around(stream, name)))))
+        elif technique == "fragments":
+            # The whole segment, its IP datagram cut into fragments sent last first.
+            self.queue_as_sent(stream)
+            ttl = self.template[IPv6].hlim if IPv6 in self.template else self.template[IP].ttl
+            self.send_raw(*(bytes(Ether(src=self.template.src, dst=self.template.dst) / Ether(fragment).payload)
+                            for fragment in reversed(ip_fragments(self.frame(0, stream), FRAGMENT_BYTES, ttl=ttl,
+                                                                  ident=int.from_bytes(os.urandom(2))))))
         elif technique == "seqovl":
             self.queue_as_sent(stream)
             first, rest = pieces(stream, [cuts_around(stream, name)[2]])
