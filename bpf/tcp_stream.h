@@ -161,7 +161,13 @@ static __always_inline void stream_mark_held(struct client_stream *stream, __u32
  * through a stage, it must not multiply the ways the verifier walks. */
 static __always_inline __u32 stream_held_end(struct client_stream *stream, __u32 from)
 {
-	__u64 first = (from / 64) & (STREAM_WORDS - 1);
+	__u64 first = from / 64;
+	/* Where clang proves from inside the stream it drops the mask, and
+	 * 6.1's verifier, following a path it cannot rule out with from = ~0,
+	 * refuses the stage ("map_value pointer offset 536870912 is not
+	 * allowed"). Hidden, the mask stays. */
+	hide_from_compiler(first);
+	first &= STREAM_WORDS - 1;
 	__u64 in_first = ~stream->held[first] & (~0ULL << (from % 64));
 	__u64 gap_in_first = stream_is_zero(in_first) ^ 1;
 	__u64 later = 0, found = 0;
