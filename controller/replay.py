@@ -179,8 +179,10 @@ class Progress:
     """A progress bar on stderr, once a capture has taken PROGRESS_AFTER_S,
     and only on a terminal: a log or a pipe gets no carriage returns."""
 
-    def __init__(self, capture_path: str, out=sys.stderr):
-        self.capture_path, self.out = capture_path, out
+    def __init__(self, capture_path: str, out=None):
+        # sys.stderr when the bar is made, not when this module was imported:
+        # whoever imported it first may have had a stderr that is closed now.
+        self.capture_path, self.out = capture_path, out or sys.stderr
         self.size = max(os.path.getsize(capture_path), 1)
         self.started, self.shown = time.monotonic(), False
 
@@ -322,7 +324,7 @@ def report_unsettled(datapath, report) -> None:
     report.records += [record for _key, record in sorted(unsettled, key=lambda pair: pair[0])]
 
 
-def print_records(records: list[dict], as_json: bool, out=sys.stdout, capture: str | None = None) -> None:
+def print_records(records: list[dict], as_json: bool, out=None, capture: str | None = None) -> None:
     """capture: name the capture on each line (several were replayed)."""
     for record in records:
         if as_json:

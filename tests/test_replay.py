@@ -1,5 +1,7 @@
 """`sluice replay` over real captures of curl, Python's ssl and openssl in the lab."""
 
+import importlib
+import io
 import json
 import os
 import signal
@@ -137,6 +139,26 @@ def test_skipping_settled_flows_changes_no_line(captures, tmp_path, capture):
             (41000, "blocked.example", "block"), (41000, "open.example", None),
             (41001, None, None), (41002, "cdn.blocked.example", "block"), (41003, "www.blocked.example", "block"),
             (41004, "open.example", None)]
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_progress_bar_goes_to_the_stderr_of_the_moment(captures, monkeypatch):
+    """A replay on a terminal draws its bar on sys.stderr as it is during the
+    replay; the stderr of whoever imported the module first may be closed."""
+    import sluice.replay
+    stale = io.StringIO()
+    stale.close()
+    monkeypatch.setattr(sys, "stderr", stale)
+    importlib.reload(sluice.replay)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(sluice.replay, "PROGRESS_AFTER_S", 0.0)
+    records, frames = sluice.replay.replay(str(captures / "eth.pcap"))
+    assert records and f"eth.pcap: [{'#' * sluice.replay.PROGRESS_WIDTH}] 100%, {frames:,} frames" in terminal.getvalue()
 
 
 def test_not_a_capture_is_an_error(tmp_path):
