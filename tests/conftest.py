@@ -1,9 +1,11 @@
-"""Shared fixtures: a loaded data plane per policy, and a way to judge one payload."""
+"""Shared fixtures: a loaded data plane per policy, a way to judge one payload,
+and the lab's edge under a policy for the end-to-end modules."""
 
 import itertools
 import json
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 # Controllers the tests start pin their state here, never where a deployed
@@ -15,7 +17,9 @@ import pytest
 from hypothesis import settings
 
 import kernel_matrix_leg
+from sluice.block_methods import set_up_server_resets
 from sluice.datapath import Datapath
+from sluice.lab import Lab
 from sluice.policy import load_policy
 from sluice.testrun import run_xdp
 from packets import tcp_frame
@@ -79,6 +83,40 @@ def make_datapath(tmp_path_factory):
     yield make
     for datapath in loaded:
         datapath.close()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """The lab's namespaces (controller/lab.py), shared by a module's tests;
+    a module whose lab needs more servers defines its own."""
+    with Lab() as built:
+        yield built
+
+
+@contextmanager
+def enforcing(lab, datapath: Datapath, hook: str = "native", server_resets: bool = False):
+    """datapath attached to every interface of the lab's edge at hook; yields
+    the XDP modes the kernel reports, and detaches at the end. server_resets:
+    with the tc program that resets the server's side of a reset flow, as
+    `sluice run` sets up (the client's reset leaves by it too: on a veth,
+    XDP_TX alone does not reach the client)."""
+    modes = {datapath.attach(ifname, netns=lab.edge_ns, hook=hook) for ifname in lab.edge_ifaces}
+    resets = []
+    try:
+        if server_resets:
+            resets = set_up_server_resets(datapath, datapath.policy,
+                                          [(ifname, lab.edge_ns) for ifname in lab.edge_ifaces])
+            assert resets, "tc ingress must be available in the lab"
+        yield modes
+    finally:
+        for reset in resets:
+            reset.close()
+        datapath.detach_all()
+
+
+def rule_stats(datapath: Datapath, name: str | None) -> dict:
+    """The counters of the rule called name (None: the flows no rule matched)."""
+    return datapath.rule_stats()[datapath.policy.rule_by_name(name).id if name else 0]
 
 
 @dataclass

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from conftest import enforcing
 from sluice.datapath import Datapath
 from sluice.lab import CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6, Lab
 from sluice.policies import lab_policy_path
@@ -21,19 +22,11 @@ pytestmark = [pytest.mark.e2e,
 
 
 @pytest.fixture(scope="module")
-def lab():
-    with Lab() as built:
-        yield built
-
-
-@pytest.fixture(scope="module")
 def enforced(lab):
     """The lab policy, attached to every interface of the edge."""
-    policy = load_policy(lab_policy_path())
-    datapath = Datapath(policy)
-    for ifname in lab.edge_ifaces:
-        datapath.attach(ifname, netns=lab.edge_ns)
-    yield datapath, policy
+    datapath = Datapath(load_policy(lab_policy_path()))
+    with enforcing(lab, datapath):
+        yield datapath, datapath.policy
     datapath.close()
 
 

@@ -13,11 +13,7 @@ import os
 
 import pytest
 
-from conftest import block_methods_policy
-from sluice.block_methods import set_up_server_resets
-from sluice.datapath import Datapath
-from sluice.lab import Lab
-from sluice.policy import load_policy
+from conftest import block_methods_policy, enforcing, rule_stats
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
@@ -29,30 +25,10 @@ _client_ports = iter(range(45000, 45100))
 
 
 @pytest.fixture(scope="module")
-def lab():
-    with Lab() as built:
-        yield built
-
-
-@pytest.fixture(scope="module")
-def enforced(lab, tmp_path_factory):
-    path = tmp_path_factory.mktemp("policy") / "block-methods.yaml"
-    path.write_text(POLICY)
-    policy = load_policy(path)
-    datapath = Datapath(policy)
-    for ifname in lab.edge_ifaces:
-        datapath.attach(ifname, netns=lab.edge_ns)
-    resets = set_up_server_resets(datapath, policy, [(ifname, lab.edge_ns) for ifname in lab.edge_ifaces])
-    assert resets, "tc ingress must be available in the lab"
-    yield datapath, policy
-    for reset in resets:
-        reset.close()
-    datapath.close()
-
-
-def rule_stats(enforced, name):
-    datapath, policy = enforced
-    return datapath.rule_stats()[policy.rule_by_name(name).id]
+def enforced(lab, make_datapath):
+    datapath = make_datapath(POLICY)
+    with enforcing(lab, datapath, server_resets=True):
+        yield datapath
 
 
 def server_sockets_from(lab, port: int, family: int) -> str:
@@ -134,9 +110,8 @@ def test_resets_and_pages_are_exported_per_rule(lab, enforced):
     from prometheus_client import CollectorRegistry, generate_latest
 
     from sluice.metrics import SluiceCollector
-    datapath, policy = enforced
     registry = CollectorRegistry()
-    registry.register(SluiceCollector(SimpleNamespace(datapath=datapath, policy=policy, loaded_at=0.0,
+    registry.register(SluiceCollector(SimpleNamespace(datapath=enforced, policy=enforced.policy, loaded_at=0.0,
                                                       policy_digest="", reloads={"success": 0, "failure": 0})))
     lab.curl("blocked.example", timeout=3.0)
     lab.curl("exact.example", scheme="http", timeout=3.0)

@@ -14,8 +14,9 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.utils import rdpcap
 
+from conftest import enforcing
 from sluice.datapath import Datapath
-from sluice.lab import SERVER_V4, Lab
+from sluice.lab import SERVER_V4
 from sluice.policies import lab_policy_path
 from sluice.policy import load_policy
 
@@ -40,12 +41,6 @@ print(body.getvalue().decode().strip())
 """
 
 
-@pytest.fixture(scope="module")
-def lab():
-    with Lab() as built:
-        yield built
-
-
 def chrome_get(lab, name: str) -> bool:
     result = subprocess.run(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", CHROME, name, SERVER_V4,
                              lab.ca_path], capture_output=True, text=True, timeout=30)
@@ -60,12 +55,11 @@ def test_a_chrome_hello_is_judged_live_and_named_in_replay(lab, tmp_path):
     time.sleep(1.0)                        # tcpdump needs a moment before it captures
     datapath = Datapath(load_policy(lab_policy_path()))
     try:
-        for ifname in lab.edge_ifaces:
-            datapath.attach(ifname, netns=lab.edge_ns)
-        assert chrome_get(lab, "open.example")
-        assert not chrome_get(lab, "blocked.example")
-        assert not chrome_get(lab, "cdn.blocked.example")
-        assert chrome_get(lab, "notblocked.example")
+        with enforcing(lab, datapath):
+            assert chrome_get(lab, "open.example")
+            assert not chrome_get(lab, "blocked.example")
+            assert not chrome_get(lab, "cdn.blocked.example")
+            assert chrome_get(lab, "notblocked.example")
     finally:
         datapath.close()
         time.sleep(0.5)

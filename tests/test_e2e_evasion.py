@@ -12,16 +12,15 @@ it is fooled and the flow passes, the decoys named instead.
 """
 
 import os
+from contextlib import ExitStack
 from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sluice.block_methods import set_up_server_resets
+from conftest import enforcing, rule_stats
 from sluice.datapath import Datapath
-from sluice.lab import Lab
 from sluice.metrics import SluiceCollector
-from sluice.policy import load_policy
 from evasion_sender import DECOYS, PLAIN, TECHNIQUES, URGENT, fetch
 
 pytestmark = [pytest.mark.e2e,
@@ -44,45 +43,22 @@ SCHEMES = pytest.mark.parametrize("scheme", ["https", "http"])
 
 
 @pytest.fixture(scope="module")
-def lab():
-    with Lab() as built:
-        yield built
-
-
-@pytest.fixture(scope="module")
-def enforce(lab, tmp_path_factory):
+def enforce(lab, make_datapath):
     """enforce(profile) -> the Datapath of that profile, the only one attached to the lab's edge
     (enforce(None): none is)."""
     loaded: dict[str, Datapath] = {}
-    resets = []
+    attached = ExitStack()
 
     def attach(profile: str | None) -> Datapath | None:
-        while resets:
-            resets.pop().close()
-        for datapath in loaded.values():
-            datapath.detach_all()
+        attached.close()
         if profile is None:
             return None
         if profile not in loaded:
-            path = tmp_path_factory.mktemp("policy") / f"{profile}.yaml"
-            path.write_text(PROFILES[profile])
-            loaded[profile] = Datapath(load_policy(path))
-        datapath = loaded[profile]
-        for ifname in lab.edge_ifaces:
-            datapath.attach(ifname, netns=lab.edge_ns)
-        # The client's reset leaves through the tc hook (on a veth, XDP_TX alone does not reach it).
-        resets.extend(set_up_server_resets(datapath, datapath.policy, [(ifname, lab.edge_ns)
-                                                                       for ifname in lab.edge_ifaces]))
-        assert resets, "tc ingress must be available in the lab"
-        return datapath
+            loaded[profile] = make_datapath(PROFILES[profile])
+        attached.enter_context(enforcing(lab, loaded[profile], server_resets=True))
+        return loaded[profile]
     yield attach
-    attach(None)
-    for datapath in loaded.values():
-        datapath.close()
-
-
-def rule_stats(datapath: Datapath, name: str) -> dict:
-    return datapath.rule_stats()[datapath.policy.rule_by_name(name).id]
+    attached.close()
 
 
 def evasions_detected(datapath: Datapath) -> dict[str, float]:

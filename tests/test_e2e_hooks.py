@@ -15,13 +15,9 @@ import subprocess
 
 import pytest
 
-from conftest import block_methods_policy
+from conftest import block_methods_policy, enforcing, rule_stats
 from sluice import hooks
 from sluice.abi import ABI
-from sluice.block_methods import set_up_server_resets
-from sluice.datapath import Datapath
-from sluice.lab import Lab
-from sluice.policy import load_policy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 
@@ -37,32 +33,20 @@ POLICY = block_methods_policy("domains: [blocked.example]", "exact: [exact.examp
 
 
 @pytest.fixture(scope="module")
-def lab():
-    with Lab() as built:
-        yield built
+def attached(lab, make_datapath):
+    """The Datapath on the lab's edge at the hook auto picks, and the XDP modes the kernel reports."""
+    datapath = make_datapath(POLICY)
+    with enforcing(lab, datapath, hook="auto", server_resets=True) as modes:
+        yield datapath, modes
 
 
-@pytest.fixture(scope="module")
-def enforced(lab, tmp_path_factory):
-    path = tmp_path_factory.mktemp("policy") / "hooks.yaml"
-    path.write_text(POLICY)
-    policy = load_policy(path)
-    datapath = Datapath(policy)
-    modes = {datapath.attach(ifname, netns=lab.edge_ns, hook="auto") for ifname in lab.edge_ifaces}
-    resets = set_up_server_resets(datapath, policy, [(ifname, lab.edge_ns) for ifname in lab.edge_ifaces])
-    yield datapath, policy, modes
-    for reset in resets:
-        reset.close()
-    datapath.close()
+@pytest.fixture
+def enforced(attached):
+    return attached[0]
 
 
-def rule_stats(enforced, name):
-    datapath, policy, _ = enforced
-    return datapath.rule_stats()[policy.rule_by_name(name).id if name else 0]
-
-
-def test_auto_picks_generic_xdp_on_veth_and_says_why(lab, enforced):
-    datapath, _, modes = enforced
+def test_auto_picks_generic_xdp_on_veth_and_says_why(lab, attached):
+    datapath, modes = attached
     assert modes == {"generic"}
     assert {link.reason for link in datapath.links} == {hooks.choose(lab.edge_client_iface, lab.edge_ns, "auto").reason}
     assert "veth" in datapath.links[0].reason
@@ -73,7 +57,7 @@ def test_auto_picks_generic_xdp_on_veth_and_says_why(lab, enforced):
 
 def test_auto_falls_back_to_generic_where_the_driver_has_no_native_xdp(lab, enforced):
     """The edge namespace's loopback: no veth, no virtio, and no native XDP in its driver."""
-    datapath, _, _ = enforced
+    datapath = enforced
     assert hooks.choose("lo", lab.edge_ns, "auto").hook == "native"
     assert datapath.attach("lo", netns=lab.edge_ns, hook="auto") == "generic"
     link = datapath.links.pop()
@@ -126,7 +110,7 @@ def replies_by_xdp_tx(enforced):
     """Without sluice_tc_reset (a device that refuses clsact), the reply to
     the client leaves by XDP_TX: at the generic hook, the kernel's own
     transmit path, not the driver's."""
-    datapath, _, _ = enforced
+    datapath = enforced
     flags = datapath.table("config")[ctypes.c_uint32(0)].flags
     datapath.set_config(flags=flags & ~ABI.SLUICE_CFG_SERVER_RESETS)
     yield
