@@ -21,9 +21,36 @@ static __always_inline __u64 now_ns(const struct sluice_config *cfg)
 	return cfg->clock_ns ? cfg->clock_ns : bpf_ktime_get_ns();
 }
 
+/* The coarse clock moves only when the tick moves jiffies on, yet reading
+ * it is a helper call that cost three quarters of an empty XDP program
+ * (measured on kernel 6.18 in a VM; bpf_jiffies64 is inlined by the
+ * verifier, a single load). So each CPU keeps the coarse time it read at its
+ * current jiffy, and reads the clock again only once jiffies has moved on.
+ * A CPU that read in the instant between the tick moving jiffies and it
+ * moving the clock keeps that tick's time for a tick more: a CPU's time may
+ * be a tick behind another's (time_since() below). */
 static __always_inline __u64 coarse_now_ns(const struct sluice_config *cfg)
 {
-	return cfg->clock_ns ? cfg->clock_ns : bpf_ktime_get_coarse_ns();
+	__u32 zero = 0;
+
+	if (cfg->clock_ns)
+		return cfg->clock_ns;
+	__u64 tick = bpf_jiffies64();
+	struct coarse_clock *cached = coarse_clocks.lookup(&zero);
+	if (!cached)
+		return bpf_ktime_get_coarse_ns();
+	if (cached->jiffies != tick) {
+		cached->ns = bpf_ktime_get_coarse_ns();
+		cached->jiffies = tick;
+	}
+	return cached->ns;
+}
+
+/* now - then, or 0 where then is later: a time another CPU wrote may be a
+ * tick ahead of this CPU's coarse time. */
+static __always_inline __u64 time_since(__u64 now, __u64 then)
+{
+	return now > then ? now - then : 0;
 }
 
 static __always_inline void counter_inc(__u32 counter)

@@ -56,13 +56,13 @@ static __always_inline int flow_make_key(const struct packet_info *pkt, struct f
 static __always_inline int flow_is_idle(const struct flow_state *flow, __u64 now,
 					const struct sluice_config *cfg)
 {
-	return now - flow->last_seen_ns > cfg->flow_idle_ns;
+	return time_since(now, flow->last_seen_ns) > cfg->flow_idle_ns;
 }
 
 static __always_inline void flow_touch(struct flow_state *flow, __u64 now,
 				       const struct sluice_config *cfg)
 {
-	if (now - flow->last_seen_ns > cfg->flow_idle_ns >> FLOW_REFRESH_SHIFT)
+	if (time_since(now, flow->last_seen_ns) > cfg->flow_idle_ns >> FLOW_REFRESH_SHIFT)
 		flow->last_seen_ns = now;
 }
 

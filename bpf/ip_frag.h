@@ -74,7 +74,7 @@ static __always_inline struct frag_datagram *frag_open(const struct frag_key *ke
 	struct frag_datagram *datagram = frags.lookup(key);
 	__u32 zero = 0;
 
-	if (datagram && now - datagram->first_ns <= SLUICE_FRAG_TIMEOUT_NS)
+	if (datagram && time_since(now, datagram->first_ns) <= SLUICE_FRAG_TIMEOUT_NS)
 		return datagram;
 	if (datagram)
 		counter_inc(SLUICE_CNT_FRAG_TIMEOUTS);

@@ -121,6 +121,9 @@ BPF_PERCPU_ARRAY(stream_views, struct stream_view, 1);
 /* Where a reassembled ClientHello is gathered out of its records. */
 BPF_PERCPU_ARRAY(handshake_buffers, struct handshake_scratch, 1);
 
+/* Each CPU's coarse time at its last jiffy (coarse_now_ns() in common.h). */
+BPF_PERCPU_ARRAY(coarse_clocks, struct coarse_clock, 1);
+
 /* One scratch buffer per CPU for the payload being inspected. */
 BPF_PERCPU_ARRAY(payload_buffers, struct payload_scratch, 1);
 

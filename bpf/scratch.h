@@ -170,4 +170,10 @@ struct frag_scratch {
 	__u8 bytes[SLUICE_FRAG_BYTES];
 };
 
+/* A CPU's coarse time, as read at one jiffy (coarse_now_ns() in common.h). */
+struct coarse_clock {
+	__u64 jiffies;
+	__u64 ns;
+};
+
 #endif /* SLUICE_SCRATCH_H */

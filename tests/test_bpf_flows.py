@@ -2,6 +2,7 @@
 
 import ctypes
 import os
+import time
 
 import bcc
 import pytest
@@ -113,6 +114,23 @@ def test_idle_flows_expire_and_are_inspected_afresh(dp):
         assert dp.counters()["flows_expired"] == before + 1
     finally:
         dp.set_config(clock_ns=0, flow_idle_ns=dp.policy.flow_idle_ns)
+
+
+def test_idle_flows_expire_on_the_kernels_own_clock(dp):
+    """As above on the running clock, which each CPU reads once per jiffy
+    (coarse_now_ns() in common.h): a flow seen again within its idle time
+    keeps its verdict; one seen again after it is inspected afresh."""
+    idle_s = 0.3
+    dp.set_config(clock_ns=0, flow_idle_ns=int(idle_s * 10**9))
+    try:
+        port = judge(dp, client_hello(b"blocked.example")).port
+        before = dp.counters()["flows_expired"]
+        assert send(dp, b"still blocked", sport=port) == "drop"
+        time.sleep(2 * idle_s)
+        assert send(dp, client_hello(b"open.example"), sport=port) == "pass"
+        assert dp.counters()["flows_expired"] == before + 1
+    finally:
+        dp.set_config(flow_idle_ns=dp.policy.flow_idle_ns)
 
 
 def test_monitor_mode_counts_the_rule_and_passes(dp):
