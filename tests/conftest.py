@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import socket
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -112,6 +113,24 @@ def enforcing(lab, datapath: Datapath, hook: str = "native", server_resets: bool
         for reset in resets:
             reset.close()
         datapath.detach_all()
+
+
+@contextmanager
+def polling_rings(datapath: Datapath):
+    """A thread reading datapath's rings while the block runs, as `sluice run`'s
+    loop does (the QUIC code hears of datagrams and settled flows from them)."""
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            datapath.poll_rings(20)
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        poller.join()
 
 
 def rule_stats(datapath: Datapath, name: str | None) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import enforcing, polling_rings
 from sluice.datapath import Datapath
 from sluice.lab import SERVER_V4, SERVER_V6, Lab
 from sluice.policy import load_policy
@@ -231,23 +232,13 @@ def lab():
             process.wait()
 
 
-def enforcing(lab, policy_name: str):
+def example_enforced(lab, policy_name: str):
     """The example policy loaded and attached to the edge, with the controller's QUIC
     code reading the rings, as `sluice run` does; detached at the end."""
     datapath = Datapath(load_policy(POLICIES / policy_name), events=True)
-    for ifname in lab.edge_ifaces:
-        datapath.attach(ifname, netns=lab.edge_ns)
     quic = QuicFlows(datapath)
-    stop = threading.Event()
-
-    def poll():
-        while not stop.is_set():
-            datapath.poll_rings(20)
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    yield datapath, quic
-    stop.set()
-    poller.join()
+    with enforcing(lab, datapath), polling_rings(datapath):
+        yield datapath, quic
     datapath.close()
 
 
@@ -286,12 +277,12 @@ def initials_received(lab, name: str, ech: bool) -> int:
 
 @pytest.fixture(scope="class")
 def ech_2024(lab):
-    yield from enforcing(lab, "ech-2024.yaml")
+    yield from example_enforced(lab, "ech-2024.yaml")
 
 
 @pytest.fixture(scope="class")
 def freeze_16k_2025(lab):
-    yield from enforcing(lab, "freeze-16k-2025.yaml")
+    yield from example_enforced(lab, "freeze-16k-2025.yaml")
 
 
 @pytest.mark.usefixtures("ech_2024")
@@ -315,7 +306,7 @@ class TestQuicBlock2022:
     def test_every_quic_flow_is_dropped_and_the_client_falls_back_to_tcp(self, lab):
         assert quic_get(lab, "open.example"), "QUIC works before the policy"
         assert browse(lab, "open.example")[:2] == ("h3", "200"), "the browser-like client takes HTTP/3"
-        for _ in enforcing(lab, "quic-block-2022.yaml"):
+        for _ in example_enforced(lab, "quic-block-2022.yaml"):
             protocol, status, seconds = browse(lab, "open.example")
             # Its Initials dropped, it falls back to TCP within its wait and a page's load.
             assert (protocol, status) == ("tcp", "200") and seconds < H3_WAIT_SECONDS + 5, (protocol, status, seconds)

@@ -8,13 +8,11 @@ writes the verdict into the flow table, as `sluice run` does.
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 
-from sluice.datapath import Datapath
+from conftest import enforcing, polling_rings
 from sluice.lab import SERVER_V4, SERVER_V6, Lab
-from sluice.policy import load_policy
 from sluice.quic_flows import QuicFlows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
@@ -79,25 +77,12 @@ def lab():
 
 
 @pytest.fixture(scope="module")
-def enforced(lab, tmp_path_factory):
-    path = tmp_path_factory.mktemp("quic") / "policy.yaml"
-    path.write_text(POLICY)
-    datapath = Datapath(load_policy(path), events=True)
-    for ifname in lab.edge_ifaces:
-        datapath.attach(ifname, netns=lab.edge_ns)
+def enforced(lab, make_datapath):
+    datapath = make_datapath(POLICY, events=True)
     settled = []
     quic = QuicFlows(datapath, on_settled=lambda key, hi, hello, rule: settled.append((hello and hello.sni, rule)))
-    stop = threading.Event()
-
-    def poll():
-        while not stop.is_set():
-            datapath.poll_rings(20)
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    yield datapath, quic, settled
-    stop.set()
-    poller.join()
-    datapath.close()
+    with enforcing(lab, datapath), polling_rings(datapath):
+        yield datapath, quic, settled
 
 
 def quic_get(lab, name: str, family: int = 4, timeout: float = 4.0) -> bool:
