@@ -87,6 +87,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     os.mkfifo(d / "fifo")
     paths["fifo"] = d / "fifo"
     paths["dev_zero"] = Path("/dev/zero")
+    paths["directory"] = d
     return paths
 
 
@@ -99,6 +100,7 @@ BAD_POLICIES = [
     ("domains_not_utf8", ("feed.txt:2:4", "not UTF-8")),
     ("dev_zero", ("/dev/zero", "not a regular file")),
     ("fifo", ("fifo", "not a regular file")),
+    ("directory", ("cannot read the policy: a directory",)),
 ]
 
 

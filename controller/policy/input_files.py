@@ -27,10 +27,12 @@ def read_text_file(path: str | os.PathLike, limit: int | None = None) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         raise InputFileError(error.strerror) from None
+    # Checked before fdopen, which refuses a directory with an error of its own.
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(fd)
+        raise InputFileError("a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file")
     with os.fdopen(fd, "rb") as file:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise InputFileError("not a regular file")
         if status.st_size > limit:
             raise InputFileError(f"{status.st_size} bytes; input files may have at most {limit} "
                                  f"(raise with SLUICE_MAX_INPUT_BYTES or --max-input-size)")
