@@ -12,7 +12,9 @@
  * rule's 451 response (RFC 7725) and a FIN, from the block_pages map the
  * controller fills; whatever the client sends after it is reset.
  *
- * The reply leaves by XDP_TX. XDP cannot also send the RST the server needs
+ * The reply leaves by XDP_TX (at tc ingress, --hook tc: by a clone
+ * redirected out, and the skb becomes the server's RST; reply_hand_up()).
+ * XDP cannot also send the RST the server needs
  * to free its socket (one packet in, at most one out): when the controller
  * has put sluice_tc_reset on the interface's tc ingress
  * (SLUICE_CFG_SERVER_RESETS), the reply is passed up instead, tagged with
@@ -38,6 +40,7 @@
 #include "sluice_abi.h"
 #include "parsing_helpers.h"
 #include "maps.h"
+#include "ctx.h"
 #include "flow.h"
 
 #define REPLY_TCP_FIN 0x01
@@ -90,7 +93,8 @@ static __always_inline int reply_read_request(void *data, void *data_end, struct
 	 * but QinQ, whose tags the reply's L2 header keeps: inside the others
 	 * a reply would need its own outer headers, and a blocked flow's
 	 * packets are dropped instead. */
-	if (parse_packet(data, data_end, &pkt, TUNNELS_REPLIED) != 0 || pkt.l4proto != IPPROTO_TCP)
+	if (parse_packet(data, data_end, data_end - data, &pkt, TUNNELS_REPLIED) != 0 ||
+	    pkt.l4proto != IPPROTO_TCP)
 		return -1;
 	/* Walk again to where the IP and TCP headers start. */
 	if (parse_ethhdr(&cur, data_end, &proto) < 0)
@@ -228,14 +232,6 @@ static __always_inline __u32 reply_frame_len(const struct reply_request *req, __
 	       sizeof(struct tcphdr) + payload_len;
 }
 
-/* Resize the frame to len bytes. */
-static __always_inline int reply_resize(struct xdp_md *ctx, __u32 len)
-{
-	int delta = (int)len - (int)(ctx->data_end - ctx->data);
-
-	return delta ? bpf_xdp_adjust_tail(ctx, delta) : 0;
-}
-
 static __always_inline void reply_count(__u32 rule_id, int page)
 {
 	struct rule_stats *stats = rule_stats.lookup(&rule_id);
@@ -248,10 +244,36 @@ static __always_inline void reply_count(__u32 rule_id, int page)
 		stats->resets += 1;
 }
 
+/* Turn the reply in skb, sent to the client already, around once more
+ * into the RST its server gets: with the client's own sequence number (the
+ * one the server expects) and its MACs, as if the client had sent it. */
+static __always_inline int reply_turn_to_server(struct __sk_buff *skb, __u32 client_seq, __u32 client_ack)
+{
+	struct reply_request reply = {};
+
+	if (reply_read_request((void *)(long)skb->data, (void *)(long)skb->data_end, &reply) < 0)
+		return -1;
+	if (bpf_skb_change_tail(skb, reply_frame_len(&reply, 0), 0) < 0)
+		return -1;
+	return reply_write_headers((void *)(long)skb->data, (void *)(long)skb->data_end, &reply, client_seq,
+				   client_ack, REPLY_TCP_RST | REPLY_TCP_ACK, 0, 0, 0);
+}
+
+#ifdef SLUICE_CTX_SKB
+/* Send the reply built in the skb, and reset the server too: at tc ingress
+ * one program may send two packets. The reply leaves by a clone; the skb,
+ * turned into the server's RST, goes on up the stack, which forwards it.
+ * Returns -1 if the RST could not be made (the reply has left). */
+static __always_inline int reply_hand_up(struct __sk_buff *skb, const struct reply_request *req, __u32 page_rule)
+{
+	bpf_clone_redirect(skb, skb->ifindex, 0);
+	return reply_turn_to_server(skb, req->seq, req->ack);
+}
+#else
 /* Send the reply built in the frame: XDP_TX, or up to sluice_tc_reset
  * with what it needs to reset the server too (and to make the reply
  * page_rule's page). Returns -1 if it cannot be handed up. */
-static __always_inline int reply_hand_up(struct xdp_md *ctx, const struct reply_request *req, __u32 page_rule)
+static __always_inline int reply_hand_up(struct ctx_buff *ctx, const struct reply_request *req, __u32 page_rule)
 {
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct reply_meta)) < 0)
 		return -1;	/* a driver without metadata */
@@ -264,21 +286,22 @@ static __always_inline int reply_hand_up(struct xdp_md *ctx, const struct reply_
 	meta->page_rule = page_rule;
 	return 0;
 }
+#endif
 
 /* Answer the client's packet of a flow blocked under rule_id with a page
  * (the request of a plain-HTTP flow, under method page) or a RST. */
-static __always_inline int reply_to_client(struct xdp_md *ctx, const struct flow_state *flow,
+static __always_inline int reply_to_client(struct ctx_buff *ctx, const struct flow_state *flow,
 					   const struct rule_info *rule, __u32 rule_id,
 					   const struct sluice_config *cfg)
 {
 	struct reply_request req = {};
 
-	if (reply_read_request((void *)(long)ctx->data, (void *)(long)ctx->data_end, &req) < 0)
-		return XDP_DROP;
+	if (reply_read_request(ctx_data(ctx), ctx_data_end(ctx), &req) < 0)
+		return CTX_ACT_DROP;
 	/* A RST is never answered: the client is closing already, and the
 	 * server may as well hear it. */
 	if (req.flags & REPLY_TCP_RST)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	/* Without an ACK the client's packet says nothing about what it
 	 * expects: a RST then takes sequence number 0 (RFC 9293 3.10.7.1). */
 	__u32 seq = req.flags & REPLY_TCP_ACK ? req.ack : 0;
@@ -304,52 +327,52 @@ static __always_inline int reply_to_client(struct xdp_md *ctx, const struct flow
 	 * for packets from its peer's stack): sluice_tc_reset then makes the
 	 * page from the RST, or without it, the client is reset instead. */
 	__u32 page_rule = 0;
-	if (reply_resize(ctx, reply_frame_len(&req, page_len)) < 0) {
+	if (ctx_resize(ctx, reply_frame_len(&req, page_len)) < 0) {
 		if (!page_len)
-			return XDP_DROP;
+			return CTX_ACT_DROP;
 		page_rule = rule_id;
 		page_len = payload_sum = 0;
 		flags = REPLY_TCP_RST | REPLY_TCP_ACK;
 		window = 0;
-		if (reply_resize(ctx, reply_frame_len(&req, 0)) < 0)
-			return XDP_DROP;
+		if (ctx_resize(ctx, reply_frame_len(&req, 0)) < 0)
+			return CTX_ACT_DROP;
 	}
-	if (page_len && bpf_xdp_store_bytes(ctx, reply_frame_len(&req, 0), page->bytes, page_len) < 0)
-		return XDP_DROP;
-	if (reply_write_headers((void *)(long)ctx->data, (void *)(long)ctx->data_end, &req, seq, ack,
+	if (page_len && ctx_store_bytes(ctx, reply_frame_len(&req, 0), page->bytes, page_len) < 0)
+		return CTX_ACT_DROP;
+	if (reply_write_headers(ctx_data(ctx), ctx_data_end(ctx), &req, seq, ack,
 				flags, window, page_len, payload_sum) < 0)
-		return XDP_DROP;
+		return CTX_ACT_DROP;
 	if ((cfg->flags & SLUICE_CFG_SERVER_RESETS) && reply_hand_up(ctx, &req, page_rule) == 0) {
 		if (!page_rule)
 			reply_count(rule_id, page_len != 0);
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	}
 	reply_count(rule_id, page_len != 0);
-	return XDP_TX;
+	return ctx_send_back(ctx);
 }
 
 /* The reply stage: the packet in hand is the client's, of a flow blocked
  * under a rule; answer it unless the rule's method is drop. */
-static __always_inline int reply_stage(struct xdp_md *ctx)
+static __always_inline int reply_stage(struct ctx_buff *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *data_end = ctx_data_end(ctx);
 	struct packet_info pkt = {};
 	struct flow_key key = {};
 	__u32 zero = 0;
 
 	/* 0: a whole TCP or UDP packet, no fragment (encapsulated: see reply_read_request()). */
-	if (parse_packet(data, data_end, &pkt, TUNNELS_REPLIED) != 0 || pkt.l4proto != IPPROTO_TCP)
-		return XDP_DROP;
+	if (parse_packet(data, data_end, ctx_len(ctx), &pkt, TUNNELS_REPLIED) != 0 || pkt.l4proto != IPPROTO_TCP)
+		return CTX_ACT_DROP;
 	flow_make_key(&pkt, &key);
 	struct flow_state *flow = flows.lookup(&key);
 	struct sluice_config *cfg = config.lookup(&zero);
 	if (!flow || !cfg || flow->action != SLUICE_ACTION_BLOCK)
-		return XDP_DROP;
+		return CTX_ACT_DROP;
 	__u32 rule_id = flow->rule_id;
 	struct rule_info *rule = rules.lookup(&rule_id);
 	if (!rule || rule->block_method == SLUICE_BLOCK_DROP)
-		return XDP_DROP;
+		return CTX_ACT_DROP;
 	return reply_to_client(ctx, flow, rule, rule_id, cfg);
 }
 
@@ -406,13 +429,9 @@ static __always_inline int reply_reset_server(struct __sk_buff *skb)
 	if (page_rule)
 		reply_make_page(skb, &reply, page_rule);
 	bpf_clone_redirect(skb, skb->ifindex, 0);
-	if (bpf_skb_change_tail(skb, reply_frame_len(&reply, 0), 0) < 0)
+	if (reply_turn_to_server(skb, client_seq, client_ack) < 0)
 		return TC_ACT_SHOT;
-	if (reply_write_headers((void *)(long)skb->data, (void *)(long)skb->data_end, &reply, client_seq,
-				client_ack, REPLY_TCP_RST | REPLY_TCP_ACK, 0, 0, 0) < 0)
-		return TC_ACT_SHOT;
-	/* Back in as if the client had sent it: its MACs are the client
-	 * packet's again, and the stack routes it to the server. */
+	/* Back in as if the client had sent it: the stack routes it to the server. */
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 

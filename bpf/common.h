@@ -11,6 +11,7 @@
 
 #include "sluice_abi.h"
 #include "maps.h"
+#include "ctx.h"
 
 /* The data plane's time: the kernel's monotonic clock, or a frozen clock
  * that tests set to replay exact packet timings. Rates need nanoseconds;
@@ -77,7 +78,7 @@ static __always_inline void tunnel_counter_inc(__u8 kind, __u8 outcome)
  * caller then passes the packet unjudged; counting it (as Cilium counts
  * DROP_MISSED_TAIL_CALL) makes that loss visible as
  * sluice_stage_missed_total instead of silent. */
-static __always_inline void call_stage(struct xdp_md *ctx, __u32 stage)
+static __always_inline void call_stage(struct ctx_buff *ctx, __u32 stage)
 {
 	stages.call(ctx, stage);
 	counter_inc(SLUICE_CNT_STAGE_MISSED);

@@ -107,7 +107,7 @@ static __always_inline int frag_give_up(struct frag_datagram *datagram)
 }
 
 /* Copy the fragment's data from the frame to its offset in the datagram. */
-static __always_inline int frag_store(struct xdp_md *ctx, struct frag_datagram *datagram,
+static __always_inline int frag_store(struct ctx_buff *ctx, struct frag_datagram *datagram,
 				      __u32 frame_offset, __u32 offset, __u32 len)
 {
 	__u32 done = 0;
@@ -125,7 +125,7 @@ static __always_inline int frag_store(struct xdp_md *ctx, struct frag_datagram *
 		__u32 at = offset + done;
 		hide_from_compiler(at);
 		at &= FRAG_MASK;
-		if (bpf_xdp_load_bytes(ctx, frame_offset + done, &datagram->bytes[at], chunk) < 0)
+		if (ctx_load_bytes(ctx, frame_offset + done, &datagram->bytes[at], chunk) < 0)
 			return -1;
 		done += chunk;
 	}
@@ -134,7 +134,7 @@ static __always_inline int frag_store(struct xdp_md *ctx, struct frag_datagram *
 
 /* Hold the fragment in hand (scratch->pkt). FRAG_COMPLETE leaves the whole
  * IP payload in scratch->bytes[0, scratch->len) and forgets the datagram. */
-static __always_inline int frag_gather(struct xdp_md *ctx, struct frag_scratch *scratch, __u64 now)
+static __always_inline int frag_gather(struct ctx_buff *ctx, struct frag_scratch *scratch, __u64 now)
 {
 	const struct packet_info *pkt = &scratch->pkt;
 	struct frag_key key = {};
@@ -273,7 +273,7 @@ static __always_inline int frag_parse_transport(struct frag_scratch *scratch, st
  * first fragment of a flow still being inspected, or of one sluice has not
  * seen (TCP) or that opens a QUIC flow, is dropped, as is one too short to
  * tell: no honest sender cuts a header. */
-static __always_inline int frag_drop_young(struct xdp_md *ctx, struct packet_info *pkt,
+static __always_inline int frag_drop_young(struct ctx_buff *ctx, struct packet_info *pkt,
 					   const struct sluice_config *cfg)
 {
 	__u8 head[sizeof(struct udphdr) + QUIC_HEADER_PEEK];
@@ -282,7 +282,7 @@ static __always_inline int frag_drop_young(struct xdp_md *ctx, struct packet_inf
 	if (pkt->frag_offset)
 		return verdict_pass_unjudged(pkt->frame_len);
 	if (pkt->payload_len < sizeof(head) ||
-	    bpf_xdp_load_bytes(ctx, pkt->payload_offset, head, sizeof(head)) < 0)
+	    ctx_load_bytes(ctx, pkt->payload_offset, head, sizeof(head)) < 0)
 		goto drop;
 	/* TCP and UDP headers both start with the ports. */
 	__builtin_memcpy(&pkt->sport, head, sizeof(pkt->sport));
@@ -304,7 +304,7 @@ static __always_inline int frag_drop_young(struct xdp_md *ctx, struct packet_inf
 drop:
 	counter_inc(SLUICE_CNT_FRAG_DROPPED);
 	verdict_account(0, SLUICE_DIR_UP, pkt->frame_len, OUTCOME_DROPPED);
-	return XDP_DROP;
+	return CTX_ACT_DROP;
 }
 
 #endif /* SLUICE_IP_FRAG_H */

@@ -488,8 +488,8 @@ static __always_inline int parse_open_tunnel(struct hdr_cursor *cur, void *data,
 }
 
 /* parse_packet() but for the verdict on an encapsulation that failed. */
-static __always_inline int parse_frame(void *data, void *data_end, struct packet_info *pkt,
-				       __u32 open_tunnels)
+static __always_inline int parse_frame(void *data, void *data_end, __u32 frame_len,
+				       struct packet_info *pkt, __u32 open_tunnels)
 {
 	struct hdr_cursor cur = { .pos = data };
 	__u16 eth_proto;
@@ -527,7 +527,7 @@ static __always_inline int parse_frame(void *data, void *data_end, struct packet
 			return -1;
 	}
 	pkt->l4proto = l4proto;
-	pkt->frame_len = data_end - data;
+	pkt->frame_len = frame_len;
 	if (l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP) {
 		parse_tunnel_outcome(pkt, SLUICE_TUNNELLED_UNREAD);
 		return -1;
@@ -548,18 +548,19 @@ static __always_inline int parse_frame(void *data, void *data_end, struct packet
 	return PACKET_UNFRAGMENTED;
 }
 
-/* Fill pkt from the frame in [data, data_end), opening the encapsulations
- * whose TUNNEL_BIT is set in open_tunnels (a closed one is read as the
+/* Fill pkt from the frame whose headers are in [data, data_end) and which
+ * is frame_len bytes long (an skb's payload may lie past data_end: see
+ * ctx_skb.h), opening the encapsulations whose TUNNEL_BIT is set in open_tunnels (a closed one is read as the
  * outer packet it is). Returns PACKET_UNFRAGMENTED for a TCP or UDP packet
  * sluice can judge, PACKET_FRAGMENT for a fragment of a TCP or UDP
  * datagram, -1 for anything else; pkt->tunnel and pkt->tunnel_outcome say
  * what became of an encapsulated one. The payload length comes from the IP
  * header, never from the frame, so Ethernet padding is not mistaken for
  * payload; it is clamped to what the frame really holds. */
-static __always_inline int parse_packet(void *data, void *data_end, struct packet_info *pkt,
-					__u32 open_tunnels)
+static __always_inline int parse_packet(void *data, void *data_end, __u32 frame_len,
+					struct packet_info *pkt, __u32 open_tunnels)
 {
-	int parsed = parse_frame(data, data_end, pkt, open_tunnels);
+	int parsed = parse_frame(data, data_end, frame_len, pkt, open_tunnels);
 
 	if (parsed < 0 && pkt->tunnel)
 		parse_tunnel_outcome(pkt, SLUICE_TUNNELLED_MALFORMED);

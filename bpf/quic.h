@@ -56,15 +56,15 @@ static __always_inline int quic_is_initial_header(const __u8 *head)
 
 /* The first bytes of the payload: from the packet, or from the datagram its
  * fragments were gathered into (map memory, starting at the payload). */
-static __always_inline int quic_load_head(struct xdp_md *ctx, const struct packet_info *pkt,
+static __always_inline int quic_load_head(struct ctx_buff *ctx, const struct packet_info *pkt,
 					  const __u8 *gathered, __u8 *head, __u32 size)
 {
 	return gathered ? copy_within_maps(head, size, gathered) :
-			  bpf_xdp_load_bytes(ctx, pkt->payload_offset, head, size);
+			  ctx_load_bytes(ctx, pkt->payload_offset, head, size);
 }
 
 /* Could the packet be a client's first flight? (gathered: see quic_load_head()) */
-static __always_inline int quic_is_client_initial(struct xdp_md *ctx, const struct packet_info *pkt,
+static __always_inline int quic_is_client_initial(struct ctx_buff *ctx, const struct packet_info *pkt,
 						  const __u8 *gathered)
 {
 	__u8 head[QUIC_HEADER_PEEK];
@@ -77,7 +77,7 @@ static __always_inline int quic_is_client_initial(struct xdp_md *ctx, const stru
 }
 
 /* Is the packet a Version Negotiation packet (sent by servers only)? */
-static __always_inline int quic_is_version_negotiation(struct xdp_md *ctx, const struct packet_info *pkt,
+static __always_inline int quic_is_version_negotiation(struct ctx_buff *ctx, const struct packet_info *pkt,
 						       const __u8 *gathered)
 {
 	__u8 head[QUIC_VERSION_PEEK];
@@ -87,7 +87,7 @@ static __always_inline int quic_is_version_negotiation(struct xdp_md *ctx, const
 	return (head[0] & QUIC_LONG_HEADER) && (head[1] | head[2] | head[3] | head[4]) == QUIC_VERSION_NEGOTIATION;
 }
 
-static __always_inline void quic_send_to_controller(struct xdp_md *ctx, const struct packet_info *pkt,
+static __always_inline void quic_send_to_controller(struct ctx_buff *ctx, const struct packet_info *pkt,
 						    const struct flow_key *key, int client_is_hi,
 						    const __u8 *gathered)
 {
@@ -107,7 +107,7 @@ static __always_inline void quic_send_to_controller(struct xdp_md *ctx, const st
 	len = ((len - 1) & QUIC_DATAGRAM_MASK) + 1;
 	datagram->len = len;
 	int loaded = gathered ? copy_within_maps(datagram->bytes, len, gathered) :
-				bpf_xdp_load_bytes(ctx, pkt->payload_offset, datagram->bytes, len);
+				ctx_load_bytes(ctx, pkt->payload_offset, datagram->bytes, len);
 	if (loaded < 0) {
 		quic_datagrams.ringbuf_discard(datagram, 0);
 		return;
@@ -118,7 +118,7 @@ static __always_inline void quic_send_to_controller(struct xdp_md *ctx, const st
 
 /* Hand a new UDP flow's first datagram to sluice_stage_opening, to be
  * judged by the rules for any flow; returns if that stage is missing. */
-static __always_inline void quic_judge_opening_datagram(struct xdp_md *ctx, const struct packet_info *pkt,
+static __always_inline void quic_judge_opening_datagram(struct ctx_buff *ctx, const struct packet_info *pkt,
 							const struct flow_key *key, int sender_is_hi,
 							const struct flow_state *flow)
 {
@@ -136,7 +136,7 @@ static __always_inline void quic_judge_opening_datagram(struct xdp_md *ctx, cons
 }
 
 /* The verdict of a UDP packet (gathered: see quic_is_client_initial()). */
-static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info *pkt,
+static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_info *pkt,
 					  const struct sluice_config *cfg, const __u8 *gathered)
 {
 	struct flow_key key = {};
@@ -162,7 +162,7 @@ static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info
 		 * until the controller reads its name. */
 		int verdict = flow->rule_id ?
 			verdict_apply(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg) : -1;
-		if (verdict == XDP_DROP || flow->state != SLUICE_FLOW_INSPECTING)
+		if (verdict == CTX_ACT_DROP || flow->state != SLUICE_FLOW_INSPECTING)
 			return verdict;
 		/* Browsers spread a ClientHello over several Initials, and a
 		 * client told its version is not spoken starts again. */
@@ -173,7 +173,7 @@ static __always_inline int quic_judge_udp(struct xdp_md *ctx, struct packet_info
 			flow->payload_packets += 1;
 			quic_send_to_controller(ctx, pkt, &key, flow->client_is_hi, gathered);
 		}
-		return verdict == XDP_PASS ? XDP_PASS : verdict_pass_unjudged(pkt->frame_len);
+		return verdict == CTX_ACT_OK ? CTX_ACT_OK : verdict_pass_unjudged(pkt->frame_len);
 	}
 	int quic = (cfg->flags & SLUICE_CFG_EVENTS) && quic_is_client_initial(ctx, pkt, gathered);
 	if (!quic && !(cfg->flags & SLUICE_CFG_OPENING_RULES))

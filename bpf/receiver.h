@@ -51,7 +51,7 @@
 #define RECEIVE_WINDOW_BYTES 65536
 
 /* The segment's TCP header, copied from the frame or the gathered datagram. */
-static __always_inline int receiver_load_tcp_header(struct xdp_md *ctx, struct payload_scratch *scratch)
+static __always_inline int receiver_load_tcp_header(struct ctx_buff *ctx, struct payload_scratch *scratch)
 {
 	struct segment_view *segment = &scratch->segment;
 	__u32 len = segment->header_len;
@@ -63,7 +63,7 @@ static __always_inline int receiver_load_tcp_header(struct xdp_md *ctx, struct p
 	len = ((len - 1) & TCP_HEADER_MASK) + 1;
 	if (scratch->from_fragments)
 		return frag_copy_gathered(segment->header, scratch->segment_offset - len, len);
-	return bpf_xdp_load_bytes(ctx, scratch->segment_offset - len, segment->header, len);
+	return ctx_load_bytes(ctx, scratch->segment_offset - len, segment->header, len);
 }
 
 /* Walk the options for a timestamp and an authentication option. */

@@ -67,7 +67,7 @@ int sluice_tc_egress(struct __sk_buff *skb)
 	if (!cfg)
 		return TC_ACT_OK;
 	/* A tunnelled flow is shaped by its outer packets, as XDP polices them. */
-	if (parse_packet(data, data_end, pkt, ~cfg->closed_tunnels) < 0 || pkt->l4proto != IPPROTO_TCP)
+	if (parse_packet(data, data_end, skb->len, pkt, ~cfg->closed_tunnels) < 0 || pkt->l4proto != IPPROTO_TCP)
 		return TC_ACT_OK;
 	int sender_is_hi = flow_make_key(pkt, &key);
 	struct flow_state *flow = flows.lookup(&key);

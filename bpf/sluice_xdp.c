@@ -36,7 +36,7 @@
 
 /* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it),
  * from the frame, or from the datagram gathered out of IP fragments. */
-static __always_inline int copy_payload(struct xdp_md *ctx, struct payload_scratch *scratch,
+static __always_inline int copy_payload(struct ctx_buff *ctx, struct payload_scratch *scratch,
 					__u32 offset, __u32 len)
 {
 	scratch->payload_offset = offset;
@@ -49,13 +49,13 @@ static __always_inline int copy_payload(struct xdp_md *ctx, struct payload_scrat
 	scratch->len = len;
 	if (scratch->from_fragments)
 		return frag_copy_gathered(scratch->bytes, offset, len);
-	return bpf_xdp_load_bytes(ctx, offset, scratch->bytes, len);
+	return ctx_load_bytes(ctx, offset, scratch->bytes, len);
 }
 
 /* Some clients, and circumvention tools on purpose, send a ChangeCipherSpec
  * record ahead of the ClientHello in the same segment: step over such
  * records, re-reading the payload past them. Returns how many. */
-static __always_inline int skip_leading_records(struct xdp_md *ctx, struct payload_scratch *scratch)
+static __always_inline int skip_leading_records(struct ctx_buff *ctx, struct payload_scratch *scratch)
 {
 	int skipped = 0;
 
@@ -107,7 +107,7 @@ static __always_inline int wait_for_whole_hello(const struct payload_scratch *sc
  * stream (where the policy asks): the stream starts past it, so that the
  * client's first bytes are read as if they came first, here and when
  * segments are put together. Returns -1 when nothing follows it here. */
-static __always_inline int skip_proxy_header(struct xdp_md *ctx, struct flow_state *flow,
+static __always_inline int skip_proxy_header(struct ctx_buff *ctx, struct flow_state *flow,
 					     struct payload_scratch *scratch, const struct sluice_config *cfg)
 {
 	if (!(cfg->flags & SLUICE_CFG_PROXY_PROTOCOL) || scratch->seq != flow->stream_base)
@@ -126,7 +126,7 @@ static __always_inline int skip_proxy_header(struct xdp_md *ctx, struct flow_sta
 /* A fragment goes to sluice_stage_fragment, unless the policy reads each
  * segment alone (inspection.reassemble: false, the 2021 profile, blind to
  * fragments as that throttler was) and does not drop fragments. */
-static __always_inline int enter_fragment_stage(struct xdp_md *ctx, const struct packet_info *pkt,
+static __always_inline int enter_fragment_stage(struct ctx_buff *ctx, const struct packet_info *pkt,
 						const struct sluice_config *cfg)
 {
 	__u32 zero = 0;
@@ -162,7 +162,7 @@ static __always_inline int read_for_name(const struct flow_state *flow, const st
  * copies that disagree, or an urgent byte. Under inspection.on_evasion:
  * block the flow is blocked; else the segment passes unread (the server
  * drops a refused one itself). */
-static __always_inline int evasion_seen(struct xdp_md *ctx, struct flow_state *flow,
+static __always_inline int evasion_seen(struct ctx_buff *ctx, struct flow_state *flow,
 					const struct payload_scratch *scratch, const struct sluice_config *cfg)
 {
 	flow->receiver |= SLUICE_RECEIVER_EVASION;
@@ -176,7 +176,7 @@ static __always_inline int evasion_seen(struct xdp_md *ctx, struct flow_state *f
 
 /* Count the segment in the flow's window, and read it: in the stream if
  * it continues or precedes others, else alone. */
-static __always_inline int read_segment(struct xdp_md *ctx, struct flow_state *flow,
+static __always_inline int read_segment(struct ctx_buff *ctx, struct flow_state *flow,
 					struct payload_scratch *scratch, const struct sluice_config *cfg)
 {
 	flow->payload_packets += 1;
@@ -196,7 +196,7 @@ static __always_inline int read_segment(struct xdp_md *ctx, struct flow_state *f
 
 /* Read a client segment of a flow still inspected: through the receiver
  * model, or (inspection.on_evasion: ignore) as it comes. */
-static __always_inline int read_received(struct xdp_md *ctx, struct flow_state *flow,
+static __always_inline int read_received(struct ctx_buff *ctx, struct flow_state *flow,
 					 struct payload_scratch *scratch, const struct sluice_config *cfg)
 {
 	if (!(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL)) {
@@ -213,7 +213,7 @@ static __always_inline int read_received(struct xdp_md *ctx, struct flow_state *
  * server keeps; without it (inspection.on_evasion: ignore) every payload is
  * read. from_fragments: the segment was gathered out of IP fragments, its
  * bytes are in frag_scratch.bytes (ip_frag.h), not the frame. */
-static __always_inline int inspect_tcp_segment(struct xdp_md *ctx, struct flow_state *flow,
+static __always_inline int inspect_tcp_segment(struct ctx_buff *ctx, struct flow_state *flow,
 					       const struct packet_info *pkt, const struct flow_key *key,
 					       int sender_is_hi, const struct sluice_config *cfg,
 					       int from_fragments)
@@ -257,10 +257,8 @@ static __always_inline int inspect_tcp_segment(struct xdp_md *ctx, struct flow_s
 	return read_received(ctx, flow, scratch, cfg);
 }
 
-int sluice_xdp(struct xdp_md *ctx)
+int CTX_ENTRY(struct ctx_buff *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	struct packet_info pkt = {};
 	struct flow_key key = {};
 	__u32 zero = 0;
@@ -268,13 +266,18 @@ int sluice_xdp(struct xdp_md *ctx)
 	counter_inc(SLUICE_CNT_PACKETS);
 	struct sluice_config *cfg = config.lookup(&zero);
 	if (!cfg)
-		return XDP_PASS;
-	int parsed = parse_packet(data, data_end, &pkt, ~cfg->closed_tunnels);
+		return CTX_ACT_OK;
+	int parsed = parse_packet(ctx_data(ctx), ctx_data_end(ctx), ctx_len(ctx), &pkt, ~cfg->closed_tunnels);
+	/* tc: a header past the skb's linear part; bring it in and read again. */
+	if (parsed < 0 && ctx_pull_headers(ctx)) {
+		__builtin_memset(&pkt, 0, sizeof(pkt));
+		parsed = parse_packet(ctx_data(ctx), ctx_data_end(ctx), ctx_len(ctx), &pkt, ~cfg->closed_tunnels);
+	}
 	if (pkt.tunnel)
 		tunnel_counter_inc(pkt.tunnel, pkt.tunnel_outcome);
 	if (parsed < 0) {
 		counter_inc(SLUICE_CNT_SKIPPED);
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	}
 	if (parsed == PACKET_FRAGMENT)
 		return enter_fragment_stage(ctx, &pkt, cfg);
@@ -304,14 +307,14 @@ static __always_inline struct payload_scratch *stage_scratch(struct flow_state *
 	return *flow ? scratch : 0;
 }
 
-int sluice_stage_tls(struct xdp_md *ctx)
+int sluice_stage_tls(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
 
 	if (!scratch)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	if (skip_proxy_header(ctx, flow, scratch, cfg) < 0)
 		return verdict_inspect_next_packet(flow, scratch, cfg);
 	int skipped = skip_leading_records(ctx, scratch);
@@ -375,14 +378,14 @@ static __always_inline void stream_done(struct flow_state *flow, const struct fl
 
 /* Keep the segment in the flow's stream, then read the stream as TLS or
  * HTTP, each in a stage of its own. */
-int sluice_stage_stream(struct xdp_md *ctx)
+int sluice_stage_stream(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
 
 	if (!scratch)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	struct client_stream *stream = stream_open(&scratch->key);
 	if (!stream)
 		return verdict_inspect_next_packet(flow, scratch, cfg);
@@ -411,7 +414,7 @@ int sluice_stage_stream(struct xdp_md *ctx)
 }
 
 /* A ClientHello held in the flow's stream, in records from its origin on. */
-int sluice_stage_stream_tls(struct xdp_md *ctx)
+int sluice_stage_stream_tls(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
@@ -419,7 +422,7 @@ int sluice_stage_stream_tls(struct xdp_md *ctx)
 	__u32 zero = 0;
 
 	if (!scratch)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	struct handshake_scratch *handshake = handshake_buffers.lookup(&zero);
 	struct stream_view *view = stream_views.lookup(&zero);
 	struct client_stream *stream = streams.lookup(&scratch->key);
@@ -468,14 +471,14 @@ int sluice_stage_stream_tls(struct xdp_md *ctx)
  * line and its Host line, however far into the header section, are copied
  * one after the other into the scratch buffer, where the HTTP stages read
  * them as they read a request in one packet. */
-int sluice_stage_stream_http(struct xdp_md *ctx)
+int sluice_stage_stream_http(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
 
 	if (!scratch)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	__u32 zero = 0;
 	struct client_stream *stream = streams.lookup(&scratch->key);
 	struct stream_view *view = stream_views.lookup(&zero);
@@ -532,14 +535,14 @@ int sluice_stage_stream_http(struct xdp_md *ctx)
 	return stream_wait(flow, scratch, cfg);
 }
 
-int sluice_stage_http(struct xdp_md *ctx)
+int sluice_stage_http(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
 
 	if (!scratch)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	int outcome = http_parse_request_line(scratch);
 	if (outcome == HTTP_HOST_FOUND) {
 		call_stage(ctx, SLUICE_STAGE_HTTP_HOST);
@@ -560,7 +563,7 @@ int sluice_stage_http(struct xdp_md *ctx)
 	return verdict_inspect_next_packet(flow, scratch, cfg);
 }
 
-int sluice_stage_http_host(struct xdp_md *ctx)
+int sluice_stage_http_host(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
@@ -568,7 +571,7 @@ int sluice_stage_http_host(struct xdp_md *ctx)
 	__u32 name_off = 0, name_len = 0;
 
 	if (!scratch)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	switch (http_parse_request_host(scratch, &name_off, &name_len)) {
 	case HTTP_HOST_FOUND:
 		counter_inc(SLUICE_CNT_HTTP_HOST_FOUND);
@@ -595,14 +598,14 @@ int sluice_stage_http_host(struct xdp_md *ctx)
 	return verdict_pass_unjudged(scratch->frame_len);
 }
 
-int sluice_stage_match(struct xdp_md *ctx)
+int sluice_stage_match(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
 
 	if (!scratch)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	scratch->name_len = domain_normalise_name(scratch->bytes, scratch->raw_name_off,
 						  scratch->raw_name_len, scratch->name);
 	/* The length passes through forget_range(): the matching loop is then
@@ -637,7 +640,7 @@ static __always_inline void view_flow(struct flow_view *client, const struct pay
 	client->proto = scratch->proto;
 }
 
-int sluice_stage_select(struct xdp_md *ctx)
+int sluice_stage_select(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
@@ -645,7 +648,7 @@ int sluice_stage_select(struct xdp_md *ctx)
 	struct flow_view client = {};
 
 	if (!scratch)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	const struct flow_key *key = &scratch->key;
 	view_flow(&client, scratch, flow);
 	/* The hello's facts hold only for this flow's hello: the per-CPU
@@ -665,7 +668,7 @@ int sluice_stage_select(struct xdp_md *ctx)
  * is not known (verdict_judge_opening() says what settles it). A TCP flow not
  * settled is then read for a name as any other; a QUIC flow's Initial is
  * with the controller already (quic.h). */
-int sluice_stage_opening(struct xdp_md *ctx)
+int sluice_stage_opening(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
@@ -673,7 +676,7 @@ int sluice_stage_opening(struct xdp_md *ctx)
 	struct flow_view client = {};
 
 	if (!scratch)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	const struct flow_key *key = &scratch->key;
 	int tcp = key->l4proto == IPPROTO_TCP;
 	view_flow(&client, scratch, flow);
@@ -695,7 +698,7 @@ int sluice_stage_opening(struct xdp_md *ctx)
  * gathered datagram instead of the frame (payload_scratch.from_fragments).
  * It is the fragment that completed the datagram that is judged. */
 static __always_inline int judge_gathered_segment(struct packet_info *pkt, const struct sluice_config *cfg,
-						  struct xdp_md *ctx)
+						  struct ctx_buff *ctx)
 {
 	struct flow_key key = {};
 	int sender_is_hi = flow_make_key(pkt, &key);
@@ -708,7 +711,7 @@ static __always_inline int judge_gathered_segment(struct packet_info *pkt, const
 	return inspect_tcp_segment(ctx, flow, pkt, &key, sender_is_hi, cfg, 1);
 }
 
-int sluice_stage_fragment(struct xdp_md *ctx)
+int sluice_stage_fragment(struct ctx_buff *ctx)
 {
 	struct packet_info pkt = {};
 	__u32 zero = 0;
@@ -716,7 +719,7 @@ int sluice_stage_fragment(struct xdp_md *ctx)
 	struct sluice_config *cfg = config.lookup(&zero);
 
 	if (!gathered || !cfg)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	if (cfg->flags & SLUICE_CFG_DROP_FRAGMENTS)
 		return frag_drop_young(ctx, &gathered->pkt, cfg);
 	__u32 frame_len = gathered->pkt.frame_len;
@@ -729,14 +732,14 @@ int sluice_stage_fragment(struct xdp_md *ctx)
 }
 
 /* The receiver model (receiver.h): read on only what the server keeps. */
-int sluice_stage_receiver(struct xdp_md *ctx)
+int sluice_stage_receiver(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
 	struct sluice_config *cfg;
 	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
 
 	if (!scratch)
-		return XDP_PASS;
+		return CTX_ACT_OK;
 	struct segment_view *segment = &scratch->segment;
 	int header_read = receiver_load_tcp_header(ctx, scratch) == 0;
 	if (header_read)
@@ -782,7 +785,7 @@ int sluice_stage_receiver(struct xdp_md *ctx)
 	return read_segment(ctx, flow, scratch, cfg);
 }
 
-int sluice_stage_reply(struct xdp_md *ctx)
+int sluice_stage_reply(struct ctx_buff *ctx)
 {
 	return reply_stage(ctx);
 }

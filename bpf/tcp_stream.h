@@ -54,7 +54,7 @@ static __always_inline struct client_stream *stream_open(const struct flow_key *
 
 /* Copy the segment's payload to its offset; returns where the copy ends
  * (never past SLUICE_STREAM_BYTES), or offset if nothing could be copied. */
-static __always_inline __u32 stream_store_segment(struct xdp_md *ctx, struct client_stream *stream,
+static __always_inline __u32 stream_store_segment(struct ctx_buff *ctx, struct client_stream *stream,
 					   __u32 payload_offset, __u32 offset, __u32 len)
 {
 	__u32 done = 0;
@@ -72,7 +72,7 @@ static __always_inline __u32 stream_store_segment(struct xdp_md *ctx, struct cli
 		__u32 at = offset + done;
 		hide_from_compiler(at);		/* or clang drops the mask it deems needless */
 		at &= STREAM_MASK;
-		if (bpf_xdp_load_bytes(ctx, payload_offset + done, &stream->bytes[at], chunk) < 0)
+		if (ctx_load_bytes(ctx, payload_offset + done, &stream->bytes[at], chunk) < 0)
 			break;
 		done += chunk;
 	}
@@ -248,7 +248,7 @@ static __always_inline int stream_copies_agree(const struct client_stream *strea
  * Under on_evasion: ignore the first copy always stands. Two copies that
  * disagree are a desync: payload_scratch.copies_disagree says so.
  * Returns the offset of the first byte written, or SLUICE_STREAM_BYTES. */
-static __always_inline __u32 stream_store_received(struct xdp_md *ctx, struct client_stream *stream,
+static __always_inline __u32 stream_store_received(struct ctx_buff *ctx, struct client_stream *stream,
 					    const struct flow_state *flow, struct payload_scratch *scratch,
 					    const struct sluice_config *cfg)
 {

@@ -46,7 +46,7 @@ static __always_inline void verdict_count_flow(__u32 rule_id)
 static __always_inline int verdict_pass_unjudged(__u32 frame_len)
 {
 	verdict_account(0, SLUICE_DIR_UP, frame_len, OUTCOME_PASSED);
-	return XDP_PASS;
+	return CTX_ACT_OK;
 }
 
 static __always_inline __u32 verdict_packet_direction(const struct flow_state *flow, int sender_is_hi)
@@ -114,19 +114,19 @@ static __always_inline int verdict_apply(struct flow_state *flow, const struct f
 		    !verdict_throttle_conforms(flow, key, dir, frame_len, cfg));
 
 	verdict_account(flow->rule_id, dir, frame_len, drop ? OUTCOME_DROPPED : OUTCOME_PASSED);
-	return drop ? XDP_DROP : XDP_PASS;
+	return drop ? CTX_ACT_DROP : CTX_ACT_OK;
 }
 
 /* The verdict on a TCP packet: as verdict_apply(), but where a block
  * rule's method is not drop (freeze never answers), the client's packets are answered instead
- * (block_reply.h): the reply stage returns XDP_TX, or drops. */
-static __always_inline int verdict_apply_tcp(struct xdp_md *ctx, struct flow_state *flow,
+ * (block_reply.h): the reply stage sends the reply back, or drops. */
+static __always_inline int verdict_apply_tcp(struct ctx_buff *ctx, struct flow_state *flow,
 					     const struct flow_key *key, int sender_is_hi, __u32 frame_len,
 					     __u32 payload_len, const struct sluice_config *cfg)
 {
 	int verdict = verdict_apply(flow, key, sender_is_hi, frame_len, payload_len, cfg);
 
-	if (verdict == XDP_DROP && flow->action == SLUICE_ACTION_BLOCK &&
+	if (verdict == CTX_ACT_DROP && flow->action == SLUICE_ACTION_BLOCK &&
 	    verdict_packet_direction(flow, sender_is_hi) == SLUICE_DIR_UP)
 		call_stage(ctx, SLUICE_STAGE_REPLY);
 	return verdict;

@@ -143,7 +143,7 @@ def test_each_stage_of_the_enum_is_the_program_named_after_it():
                         re.DOTALL).group(1)
     named = {getattr(ABI, name): f"sluice_stage_{name.removeprefix('SLUICE_STAGE_').lower()}".encode()
              for name in re.findall(r"^\s*(SLUICE_STAGE_\w+)", members, re.MULTILINE) if name != "SLUICE_STAGE_MAX"}
-    defined = set(re.findall(rb"^int (sluice_stage_\w+)\(struct xdp_md \*ctx\)$", program_source().encode(),
+    defined = set(re.findall(rb"^int (sluice_stage_\w+)\(struct ctx_buff \*ctx\)$", program_source().encode(),
                              re.MULTILINE))
     assert len(named) == ABI.SLUICE_STAGE_MAX
     assert STAGE_FUNCTIONS == named
