@@ -17,10 +17,11 @@ kernel's own average over a burst, median of the bursts) are context only.
 It also prints the time to compile and load each policy and the kernel
 memory of its maps.
 
-With --against, it measures only an established flow's packet, paired
-with the same packet through the data plane of each git revision given (of
-this repository, checked out in a temporary worktree and loaded by its own
-controller code): a change's cost to flows it should not touch.
+With --against, it measures only the packets of known flows (established,
+blocked, throttled), each paired with the same packet through the data
+plane of each git revision given (of this repository, checked out in a
+temporary worktree and loaded by its own controller code): a change's cost
+to flows it should not touch.
 """
 
 import argparse
@@ -330,22 +331,27 @@ def data_plane_of(revision: str, policy: Path, workdir: Path):
         subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "remove", "--force", str(tree)], check=True)
 
 
-def established_against(revisions: list[str], repeat: int, pairs: int) -> None:
-    """An established allowed flow's packet through this tree's data plane,
-    paired burst by burst with the same through each revision's."""
-    setup = [tcp(40001, flags="S"), tcp(40001, client_hello(b"open.example"), "PA")]
-    frame = tcp(40001, b"x" * 100, reply=True)
+# The packets of flows already judged: what a change to the per-packet path costs.
+KNOWN_FLOWS = ("established allowed flow", "blocked flow", "throttled flow")
+
+
+def known_flows_against(revisions: list[str], repeat: int, pairs: int) -> None:
+    """Each packet of a known flow (KNOWN_FLOWS) through this tree's data
+    plane, paired burst by burst with the same through each revision's."""
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         policy = write_policy(workdir, 10, 1)
         own = Datapath(load_policy(policy))
+        known = [case for case in cases(own) if case[0] in KNOWN_FLOWS]
         for revision in revisions:
             with data_plane_of(revision, policy, workdir) as fd:
-                for packet in setup:
-                    run_xdp(fd, packet)
-                cost = Paired({revision: fd}, frame, repeat, pairs).measure(own.function.fd, frame, prepare=setup)
-                print(f"  established allowed flow, this tree over {revision}: {show(cost[revision])} "
-                      f"({cost['ns']:.0f} ns)")
+                for label, frame, setup in known:
+                    for packet in setup:
+                        run_xdp(fd, packet)
+                    cost = Paired({revision: fd}, frame, repeat, pairs).measure(own.function.fd, frame,
+                                                                                prepare=setup)
+                    print(f"  {label:<26} this tree over {revision}: {show(cost[revision])} "
+                          f"({cost['ns']:.0f} ns)")
         own.close()
 
 
@@ -358,12 +364,12 @@ def main() -> int:
                         help="new flows per burst of the whole-flow cases (each packet run once)")
     parser.add_argument("--prefixes", type=int, default=1_000_000,
                         help="client prefixes of the extra run (with the smallest rule count); 0: none")
-    parser.add_argument("--against", help="git revisions to pair an established flow's cost with (comma-separated)")
+    parser.add_argument("--against", help="git revisions to pair the cost of known flows' packets with (comma-separated)")
     args = parser.parse_args()
     if args.against:
         print(f"command: {' '.join(sys.argv)}")
         print(f"each figure: {args.pairs} pairs of {args.repeat}-packet bursts, median ratio (lowest-highest)")
-        established_against(args.against.split(","), args.repeat, args.pairs)
+        known_flows_against(args.against.split(","), args.repeat, args.pairs)
         return 0
 
     empty = bcc.BPF(text="int empty(struct xdp_md *ctx) { return XDP_PASS; }")
