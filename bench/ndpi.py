@@ -31,8 +31,7 @@ from scapy.layers.tls.record import TLS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sluice.names import normalise  # noqa: E402
-from sluice.replay import report_unsettled, run_capture  # noqa: E402
-from ndpi_corpus import FLOW_TABLES, Corpus  # noqa: E402
+from ndpi_corpus import Corpus  # noqa: E402
 
 MACS = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 DATA_PACKETS = 4
@@ -92,15 +91,11 @@ def sluice_frames_per_second(corpus: Corpus, capture: Path, skip_settled: bool) 
     """Replay's rate over the capture, from empty flow tables, all but the
     compile: reading the capture, the frame loop, the lines of flows left
     unsettled; and its records."""
-    for name in FLOW_TABLES:
-        corpus.datapath.table(name).clear()
-    corpus.quic.pending.clear()
-    corpus.report.clear()
+    corpus.reset()
     started = time.monotonic()
-    frames = run_capture(corpus.datapath, str(capture), corpus.report.settled if skip_settled else None)
-    report_unsettled(corpus.datapath, corpus.report)
+    records, frames = corpus.run(str(capture), skip_settled)
     seconds = time.monotonic() - started
-    return frames / seconds, corpus.report.records
+    return frames / seconds, records
 
 
 def show(values: list[float]) -> str:

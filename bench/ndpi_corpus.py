@@ -33,13 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sluice.abi import ABI  # noqa: E402
-from sluice.datapath import Datapath  # noqa: E402
-from sluice.quic_flows import QuicFlows  # noqa: E402
-from sluice.replay import CaptureError, FlowReport, report_unsettled, run_capture  # noqa: E402
+from sluice.replay import CaptureError, Replayer  # noqa: E402
 
 CORPUS = Path("tests/cfgs/default")
 PROTOCOLS = {"TLS": ("tls", "TCP"), "HTTP": ("http", "TCP"), "QUIC": ("quic", "UDP")}
-FLOW_TABLES = ("flows", "streams")          # per-flow state, emptied between captures
 NDPI_NAME_MAX = 79                          # nDPI keeps 80 bytes of a host name, NUL included
 FLOW_LINE = re.compile(r"^\s+\d+\s+(TCP|UDP)\s+(\S+)\s+<?->\s+(\S+)\s+\[proto: [\d.]+/([^\]]+)\]")
 HOST_NAME = re.compile(r"\[Hostname/SNI: ([^\]]*)\]")
@@ -90,31 +87,18 @@ def ground_truth(ndpi: Path, protos: set[str]) -> dict[str, list[NamedFlow]]:
     return truth
 
 
-class Corpus:
-    """One loaded data plane that replays capture after capture."""
+class Corpus(Replayer):
+    """One loaded data plane that replays capture after capture, every frame of each."""
 
     def __init__(self, proxy_protocol: bool = False):
-        self.datapath = Datapath(None, events=True)
+        super().__init__(None)
         if proxy_protocol:
             flags = self.datapath.table("config")[ctypes.c_uint32(0)].flags
             self.datapath.set_config(flags=flags | ABI.SLUICE_CFG_PROXY_PROTOCOL)
-        self.report = FlowReport(None)
-        pointer = ctypes.POINTER(self.datapath.table("event_buffers").sLeaf)
-        self.datapath.table("events").open_ring_buffer(
-            lambda _ctx, data, _size: self.report.add_event(ctypes.cast(data, pointer).contents))
-        self.quic = QuicFlows(self.datapath, on_settled=lambda *flow: self.report.add_quic_flow(*flow))
 
     def replay(self, capture: Path) -> list[dict]:
-        for name in FLOW_TABLES:
-            self.datapath.table(name).clear()
-        self.quic.pending.clear()
-        self.report.clear()
-        run_capture(self.datapath, str(capture))
-        report_unsettled(self.datapath, self.report)
-        return self.report.records
-
-    def close(self):
-        self.datapath.close()
+        self.reset()
+        return self.run(str(capture), skip_settled=False)[0]
 
 
 def compare(flows: list[NamedFlow], records: list[dict]) -> tuple[Counter, list[tuple[NamedFlow, str]], Counter]:

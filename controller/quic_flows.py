@@ -37,7 +37,7 @@ class QuicFlows:
     flows in the middle of their handshake keep their reassembly): follow()
     each new Datapath."""
 
-    def __init__(self, datapath, on_settled=None):
+    def __init__(self, datapath, on_settled=None, open_ring: bool = True):
         self.on_settled = on_settled
         self.pending: dict[bytes, InitialReassembler] = {}
         self.outcomes: Counter = Counter()       # sni_found, no_sni, ech, malformed, gave_up
@@ -45,15 +45,19 @@ class QuicFlows:
         # Datagrams by what they are (quic.family): client Initials of each
         # version family, grease and unknown versions, servers' negotiation.
         self.families: Counter = Counter(dict.fromkeys(FAMILIES, 0))
-        self.follow(datapath)
+        self.follow(datapath, open_ring)
 
-    def follow(self, datapath) -> None:
+    def follow(self, datapath, open_ring: bool = True) -> None:
+        """open_ring False: the caller reads the ring itself (replay's
+        MappedRing) and hands each datagram to add_datagram."""
         self.datapath = datapath
         self._datagram_type = ctypes.POINTER(datapath.table("quic_datagram_layout").Leaf)
-        datapath.table("quic_datagrams").open_ring_buffer(self._datagram)
+        if open_ring:
+            datapath.table("quic_datagrams").open_ring_buffer(
+                lambda _ctx, data, _size: self.add_datagram(ctypes.cast(data, self._datagram_type).contents))
 
-    def _datagram(self, _ctx, data, _size) -> None:
-        datagram = ctypes.cast(data, self._datagram_type).contents
+    def add_datagram(self, datagram) -> None:
+        """One quic_datagram (the ring's record, as quic_datagram_layout's ctypes type)."""
         key = bytes(datagram.key)
         payload = bytes(datagram.bytes[:datagram.len])
         self.families[family(payload)] += 1

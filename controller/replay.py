@@ -29,6 +29,7 @@ Output (stable; tools may parse it):
 """
 
 import ctypes
+import functools
 import ipaddress
 import json
 import math
@@ -43,6 +44,7 @@ from .abi import ABI, PROTO_NAMES
 from .block_methods import effective_method
 from .capture import Capture, CaptureError, check_linktype, flow_identity, frame_address, frame_flows
 from .datapath import Datapath, entry_batches
+from .program import MappedRing
 from .quic_flows import QuicFlows
 from .testrun import XdpFrameRunner
 
@@ -64,22 +66,18 @@ def check_capture(capture_path: str) -> None:
             check_linktype(capture_path, capture.linktype)
 
 
-def _address(raw) -> str:
-    raw = bytes(raw)
+@functools.lru_cache(maxsize=65536)        # a capture's servers and clients recur over many flows
+def _address(raw: bytes) -> str:
     if raw.startswith(IPV4_MAPPED):
         return socket.inet_ntoa(raw[12:])       # as ipaddress writes it, at a tenth of the cost
     address = ipaddress.IPv6Address(raw)
     return str(address.ipv4_mapped or address)
 
 
-def _port(raw: int) -> int:
-    """A port as stored in the flow key: network byte order."""
-    return struct.unpack("!H", struct.pack("=H", raw))[0]
-
-
 def client_and_server(key, client_is_hi: int) -> tuple[tuple[str, int], tuple[str, int]]:
-    lo = (_address(key.addr_lo), _port(key.port_lo))
-    hi = (_address(key.addr_hi), _port(key.port_hi))
+    # The key's ports are in network byte order.
+    lo = (_address(bytes(key.addr_lo)), socket.ntohs(key.port_lo))
+    hi = (_address(bytes(key.addr_hi)), socket.ntohs(key.port_hi))
     return (hi, lo) if client_is_hi else (lo, hi)
 
 
@@ -230,27 +228,79 @@ def replay(capture_path: str, policy=None, skip_settled: bool = True,
 
     skip_settled=False runs every frame through the program, settled or not
     (tests compare the two)."""
-    datapath = Datapath(policy, events=True)
-    report = FlowReport(policy)
-    event_type = ctypes.POINTER(datapath.table("event_buffers").sLeaf)
-    datapath.table("events").open_ring_buffer(
-        lambda _ctx, data, _size: report.add_event(ctypes.cast(data, event_type).contents))
-    QuicFlows(datapath, on_settled=report.add_quic_flow)
+    replayer = Replayer(policy)
     try:
         progress = Progress(capture_path) if show_progress else None
-        frames = run_capture(datapath, capture_path, report.settled if skip_settled else None, progress)
+        result = replayer.run(capture_path, skip_settled, progress)
         if progress:
             progress.finish()
-        report_unsettled(datapath, report)
+        return result
     finally:
-        datapath.close()
-    return report.records, frames
+        replayer.close()
 
 
-def run_capture(datapath, capture_path: str, settled: SettledFlows | None = None,
+class Replayer:
+    """The data plane loaded for replay, and what reads its rings: captures
+    replay through it one after another (reset() in between).
+
+    Its rings are read straight from their pages (program.MappedRing), the
+    events' then the QUIC datagrams', as bcc's ring manager would call their
+    callbacks, without a call into bcc or a Python callback per record."""
+
+    FLOW_TABLES = ("flows", "streams")      # per-flow state, emptied by reset()
+
+    def __init__(self, policy=None):
+        self.datapath = Datapath(policy, events=True)
+        self.rings: list[MappedRing] = []
+        try:
+            self.report = FlowReport(policy)
+            self.quic = QuicFlows(self.datapath, on_settled=self.report.add_quic_flow, open_ring=False)
+            self.event_type = self.datapath.table("event_buffers").sLeaf
+            self.datagram_type = self.datapath.table("quic_datagram_layout").Leaf
+            for name in ("events", "quic_datagrams"):
+                self.rings.append(MappedRing(self.datapath.map_fd(name)))
+        except BaseException:
+            self.close()
+            raise
+        self.event_ring, self.datagram_ring = self.rings
+
+    def reset(self) -> None:
+        """Forget every flow, in the program's tables and in the report: the next capture starts afresh."""
+        for name in self.FLOW_TABLES:
+            self.datapath.table(name).clear()
+        self.quic.pending.clear()
+        self.report.clear()
+
+    def read_rings(self) -> None:
+        self.event_ring.read(self._event)
+        self.datagram_ring.read(self._datagram)
+
+    def _event(self, buffer, offset: int) -> None:
+        self.report.add_event(self.event_type.from_buffer_copy(buffer, offset))
+
+    def _datagram(self, buffer, offset: int) -> None:
+        self.quic.add_datagram(self.datagram_type.from_buffer_copy(buffer, offset))
+
+    def run(self, capture_path: str, skip_settled: bool = True,
+            progress: Progress | None = None) -> tuple[list[dict], int]:
+        """The capture through the program (run_capture), and a line for each
+        flow it left unsettled; (records, frames)."""
+        frames = run_capture(self.datapath, capture_path, self.read_rings,
+                             self.report.settled if skip_settled else None, progress)
+        report_unsettled(self.datapath, self.report)
+        return self.report.records, frames
+
+    def close(self) -> None:
+        for ring in self.rings:
+            ring.close()
+        self.datapath.close()
+
+
+def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows | None = None,
                 progress: Progress | None = None) -> int:
     """The capture's frames through the program, but for those that cannot
-    change a line; returns the number of frames read. With settled None,
+    change a line; returns the number of frames read. read_rings() hands
+    what the program sent to the report. With settled None,
     every frame runs and the rings are read after each.
 
     Left out: frames of flows in settled (which the rings fill as they are
@@ -271,7 +321,6 @@ def run_capture(datapath, capture_path: str, settled: SettledFlows | None = None
     it opens a new one. Events are read in the order they were sent either
     way."""
     run = XdpFrameRunner(datapath.function.fd).run
-    read_rings = datapath.consume_rings
     clock = time.monotonic
     quiet_every = datapath.table("config")[ctypes.c_uint32(0)].flow_idle_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
     frames, unread = 0, False
