@@ -260,8 +260,9 @@ int flow_floor(struct xdp_md *ctx)
 {
 	struct packet_info pkt = {};
 	struct flow_key key = {};
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
 
-	if (parse_packet((void *)(long)ctx->data, (void *)(long)ctx->data_end, &pkt, 0) < 0)
+	if (parse_packet(data, data_end, data_end - data, &pkt, 0) < 0)
 		return XDP_PASS;
 	__builtin_memcpy(key.addr_lo, pkt.saddr, 16);
 	__builtin_memcpy(key.addr_hi, pkt.daddr, 16);
