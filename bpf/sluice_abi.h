@@ -493,7 +493,7 @@ struct classification_event {
 	 * judge the flow again by them after a reload: */
 	__u8 ech;			/* 1: it offers Encrypted Client Hello */
 	__u8 alpn_len;			/* bytes of alpn[] in use */
-	__u8 pad;
+	__u8 opening;			/* 1: settled at its opening packet by a rule for any flow, nameless */
 	__u8 alpn[SLUICE_ALPN_BYTES];	/* its ALPN extension body, from its start */
 };
 

@@ -682,7 +682,8 @@ int sluice_stage_opening(struct ctx_buff *ctx)
 	view_flow(&client, scratch, flow);
 	client.proto = SLUICE_PROTO_UNKNOWN;
 	__u32 rule_id = match_select_rule(SLUICE_RULE_SET_UNNAMED, &client, cfg);
-	if (verdict_judge_opening(flow, rule_id, tcp || flow->proto == SLUICE_PROTO_QUIC)) {
+	if (verdict_judge_opening(flow, rule_id, client.class_id, tcp || flow->proto == SLUICE_PROTO_QUIC,
+				  scratch, cfg)) {
 		if (tcp)
 			return verdict_apply_tcp(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len,
 						 scratch->segment_len, cfg);

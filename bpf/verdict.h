@@ -132,9 +132,11 @@ static __always_inline int verdict_apply_tcp(struct ctx_buff *ctx, struct flow_s
 	return verdict;
 }
 
+/* at_opening: the flow was settled at its opening packet, before any of
+ * its payload was read, so the scratch holds no name or hello of it. */
 static __always_inline void verdict_emit_event(const struct flow_state *flow, __u8 configured_action,
 				       __u32 class_id, const struct payload_scratch *scratch,
-				       __u32 name_len)
+				       __u32 name_len, int at_opening)
 {
 	__u32 zero = 0;
 	struct classification_event *event = event_buffers.lookup(&zero);
@@ -149,9 +151,10 @@ static __always_inline void verdict_emit_event(const struct flow_state *flow, __
 	event->client_is_hi = flow->client_is_hi;
 	event->name_len = name_len;
 	event->provisional = !!(flow->receiver & SLUICE_RECEIVER_SYN_DATA);
+	event->opening = at_opening;
 	__builtin_memcpy(event->name, scratch->name, sizeof(event->name));
 	/* The per-CPU scratch's hello is this flow's only if it was read as TLS. */
-	int hello = scratch->proto == SLUICE_PROTO_TLS;
+	int hello = !at_opening && scratch->proto == SLUICE_PROTO_TLS;
 	event->ech = hello && scratch->hello.ech;
 	event->alpn_len = hello ? scratch->alpn_len : 0;
 	__builtin_memcpy(event->alpn, scratch->alpn, sizeof(event->alpn));
@@ -177,12 +180,17 @@ static __always_inline __u8 verdict_put_under_rule(struct flow_state *flow, __u3
 }
 
 /* Judge a new flow at its opening packet (sluice_stage_opening) under
- * rule_id, found among the rules of flows without a name; readable: a name
- * may follow (TCP, QUIC). Returns 1 if that settles it: nothing more of it
- * is read. A rule that acts at once settles it (a dropped SYN carries no
- * name); one that waits for its trigger, or allows, leaves it read on, and
- * a name read then judges it again, named rules first. */
-static __always_inline int verdict_judge_opening(struct flow_state *flow, __u32 rule_id, int readable)
+ * rule_id, found among the rules of flows without a name (class_id: the
+ * client's class); readable: a name may follow (TCP, QUIC). Returns 1 if
+ * that settles it: nothing more of it is read. A rule that acts at once
+ * settles it (a dropped SYN carries no name); one that waits for its
+ * trigger, or allows, leaves it read on, and a name read then judges it
+ * again, named rules first. A flow a rule settles here has its event, as
+ * a named one has (`sluice replay` prints its line); one no rule judged
+ * has none, or every DNS query would send one. */
+static __always_inline int verdict_judge_opening(struct flow_state *flow, __u32 rule_id, __u32 class_id,
+						 int readable, const struct payload_scratch *scratch,
+						 const struct sluice_config *cfg)
 {
 	__u8 action = verdict_put_under_rule(flow, rule_id);
 
@@ -191,6 +199,8 @@ static __always_inline int verdict_judge_opening(struct flow_state *flow, __u32 
 		return 0;
 	flow->state = SLUICE_FLOW_CLASSIFIED;
 	verdict_count_flow(flow->rule_id);
+	if (flow->rule_id && (cfg->flags & SLUICE_CFG_EVENTS))
+		verdict_emit_event(flow, action, class_id, scratch, 0, 1);
 	return 1;
 }
 
@@ -210,7 +220,7 @@ static __always_inline void verdict_classify(struct flow_state *flow, __u32 rule
 	counter_inc(scratch->proto == SLUICE_PROTO_TLS ? SLUICE_CNT_FLOWS_TLS : SLUICE_CNT_FLOWS_HTTP);
 	verdict_count_flow(flow->rule_id);
 	if (cfg->flags & SLUICE_CFG_EVENTS)
-		verdict_emit_event(flow, action, class_id, scratch, scratch->name_len);
+		verdict_emit_event(flow, action, class_id, scratch, scratch->name_len, 0);
 }
 
 /* No name in this packet: look at the next one, unless the window is spent,
@@ -226,7 +236,7 @@ static __always_inline int verdict_inspect_next_packet(struct flow_state *flow,
 		if (flow->rule_id)
 			verdict_count_flow(flow->rule_id);
 		if (cfg->flags & SLUICE_CFG_EVENTS)
-			verdict_emit_event(flow, SLUICE_ACTION_NONE, 0, scratch, 0);
+			verdict_emit_event(flow, SLUICE_ACTION_NONE, 0, scratch, 0, 0);
 	}
 	return verdict_pass_unjudged(scratch->frame_len);
 }

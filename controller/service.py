@@ -351,6 +351,8 @@ class Service:
 
     def _remember_name(self, _ctx, data, _size) -> None:
         event = ctypes.cast(data, self._event_type).contents
+        if event.opening:
+            return          # settled before any of it was read: it keeps its verdict (docs/operations.md)
         if len(self.flow_hellos) >= ABI.SLUICE_FLOW_MAX:
             self._forget_gone_flows()
         self.flow_hellos[bytes(event.key)] = SeenHello(bytes(event.name[:event.name_len]), bool(event.ech),

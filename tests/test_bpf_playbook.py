@@ -23,6 +23,7 @@ from conftest import needs_root
 from sluice.testrun import run_xdp
 from packets import (EXT_ECH, EXT_PADDING, alpn_extension, client_hello, extension, http_request, tcp_frame,
                      udp_frame)
+from quic_packets import crypto_frame, handshake_client_hello, initial_packet
 
 pytestmark = [pytest.mark.bpf, needs_root]
 
@@ -290,3 +291,41 @@ def test_a_name_read_after_the_trigger_fired_changes_nothing(dp):
     payload = hello(b"exempt.example", False, (), 500)
     assert run_xdp(dp.function.fd, tcp_frame(payload, sport=sport, src="192.0.2.2", dst="198.51.100.2")).verdict == "drop"
     assert rule_of_flow(dp, sport) == "cdn-freeze-4k"
+
+
+def test_replay_prints_a_line_for_each_flow_a_rule_settles_at_its_opening_packet(dp, tmp_path):
+    """A flow blocked by its destination at its SYN or first datagram has its
+    line in `sluice replay`, nameless, with its rule; a TCP flow no rule
+    judged has its nameless line at the end of the capture, as before, and a
+    UDP one none (nothing was read or decided of it)."""
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    from sluice.replay import replay
+    flows = {}                     # sport -> (transport, server)
+    frames = []
+    for transport in ("tcp", "udp"):
+        for server in BANNED_SERVERS + ["192.0.2.200"]:
+            sport = next(_ports)
+            flows[sport] = (transport, server)
+            if transport == "tcp":
+                frames += [frame("tcp", sport=sport, server=server, flags="S"),
+                           frame("tcp", SSH_BANNER, sport=sport, server=server)]
+            else:
+                frames.append(frame("udp", SSH_BANNER, sport=sport, server=server))
+    for server in BANNED_SERVERS:            # a QUIC Initial naming an exempt name: its address settles it
+        sport = next(_ports)
+        flows[sport] = ("quic", server)
+        initial = initial_packet(crypto_frame(0, handshake_client_hello(b"exempt.example")), size=1200)
+        frames.append(udp_frame(initial, sport=sport, dport=443, v6=":" in server, src=client_of(server),
+                                dst=server))
+    capture = tmp_path / "unnamed.pcap"
+    wrpcap(str(capture), [Ether(data) for data in frames])
+    records, _ = replay(str(capture), dp.policy)
+    lines = {record["client_port"]: (record["server"], record["name"], record["rule"], record["action"])
+             for record in records}
+    assert len(lines) == len(records), "a line per flow"
+    assert lines == {sport: (str(ipaddress.ip_address(server)), None, "banned-block", "block")
+                     if server in BANNED_SERVERS else (server, None, None, None)
+                     for sport, (transport, server) in flows.items()
+                     if server in BANNED_SERVERS or transport == "tcp"}
