@@ -1,6 +1,6 @@
 """Names extracted and packets per second: `sluice replay` against nDPI's ndpiReader, on one capture.
 
-Run as root:  .venv/bin/python bench/ndpi.py [--flows 5000] [--pairs 3]
+Run as root:  .venv/bin/python bench/ndpi.py [--flows 5000] [--pairs 3] [--corpus DIR]
 
 The capture is built with scapy: TCP flows with a handshake, a ClientHello
 (or an HTTP request) and a few data packets each, over ports 443, 8443 and
@@ -12,12 +12,19 @@ does) skipping the frames of settled flows as `sluice replay` does, and
 running every frame (as replay did before), each alternated with ndpiReader
 --pairs times. The machine is shared and busy: the ratios to ndpiReader's
 own figure (which excludes its start-up) are what count.
+
+--corpus DIR: instead, real traffic: every capture of nDPI's regression
+corpus (DIR is a checkout of ntop/nDPI, as for bench/ndpi_corpus.py) that
+replay reads, one after another in one Ethernet pcap (frames of other link
+types as replay turns them into Ethernet; timestamps 1 ms apart). There is
+no ground truth there: the script prints how many flows each tool named.
 """
 
 import argparse
 import random
 import re
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -31,7 +38,8 @@ from scapy.layers.tls.record import TLS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sluice.names import normalise  # noqa: E402
-from ndpi_corpus import Corpus  # noqa: E402
+from sluice.capture import Capture, CaptureError  # noqa: E402
+from ndpi_corpus import CORPUS, Corpus  # noqa: E402
 
 MACS = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 DATA_PACKETS = 4
@@ -74,6 +82,25 @@ def build_capture(path: Path, flows: int) -> dict[tuple[str, int], str]:
     return truth
 
 
+def build_corpus_capture(path: Path, ndpi: Path) -> int:
+    """Write nDPI's regression captures, one after another, as one Ethernet
+    pcap; returns the number of frames."""
+    frames = 0
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for source in sorted((ndpi / CORPUS / "pcap").iterdir()):
+            try:
+                with Capture(str(source)) as capture:
+                    for chunk in capture.chunks():
+                        for offset, length in zip(chunk.offsets, chunk.lengths):
+                            out.write(struct.pack("<IIII", frames // 1000, frames % 1000 * 1000, length, length))
+                            out.write(chunk.buffer[offset:offset + length])
+                            frames += 1
+            except CaptureError:
+                continue                    # a link type replay does not read
+    return frames
+
+
 def ndpi_names(path: Path) -> tuple[dict, float]:
     """(client, port) -> name as ndpiReader reports it; and its packets per second."""
     result = subprocess.run(["ndpiReader", "-i", str(path), "-v", "2"], capture_output=True, text=True,
@@ -106,14 +133,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flows", type=int, default=5000)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--corpus", type=Path, help="a checkout of ntop/nDPI: replay its captures, in one")
     args = parser.parse_args()
     rates = {"ndpiReader": [], "skipping settled flows": [], "every frame": []}
     corpus = Corpus()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             capture = Path(tmp) / "flows.pcap"
-            truth = build_capture(capture, args.flows)
-            frames = args.flows * (4 + DATA_PACKETS)
+            if args.corpus:
+                truth, frames = None, build_corpus_capture(capture, args.corpus)
+            else:
+                truth = build_capture(capture, args.flows)
+                frames = args.flows * (4 + DATA_PACKETS)
             for _ in range(args.pairs):
                 ndpi, ndpi_pps = ndpi_names(capture)
                 rates["ndpiReader"].append(ndpi_pps)
@@ -125,6 +156,12 @@ def main() -> int:
     finally:
         corpus.close()
     sluice = {(r["client"], r["client_port"]): r["name"] for r in records if r["name"]}
+    if truth is None:
+        print(f"capture: nDPI's corpus ({args.corpus / CORPUS / 'pcap'}), {frames} frames\n"
+              f"sluice replay named {sum(1 for r in records if r['name'])} flows; "
+              f"ndpiReader {len(ndpi)} (IPv4 TCP flows with a host name only)")
+        print_rates(args.pairs, rates)
+        return 0
     print(f"capture: {args.flows} flows, {frames} frames\n")
     for label, found in (("sluice replay", sluice), ("ndpiReader", ndpi)):
         right = sum(1 for key, name in found.items() if truth.get(key) == normalise(name.encode()).decode())
@@ -135,12 +172,16 @@ def main() -> int:
     print(f"flows where the two report different strings: {len(differing)}")
     for key, sent, by_sluice, by_ndpi in differing[:5]:
         print(f"  {key[0]}:{key[1]} sent {sent!r}: sluice {by_sluice!r}, nDPI {by_ndpi!r}")
-    print(f"\n{args.pairs} alternations; frames per second, median of the runs, and the ratio to ndpiReader's "
+    print_rates(args.pairs, rates)
+    return 0
+
+
+def print_rates(pairs: int, rates: dict[str, list[float]]) -> None:
+    print(f"\n{pairs} alternations; frames per second, median of the runs, and the ratio to ndpiReader's "
           "packets per second of the same pair: median (lowest-highest)")
     for label, values in rates.items():
         ratio = show([v / n for v, n in zip(values, rates["ndpiReader"])]) if label != "ndpiReader" else ""
         print(f"  {label:<24}{statistics.median(values):>12,.0f}/s  {ratio}")
-    return 0
 
 
 if __name__ == "__main__":

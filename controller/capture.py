@@ -14,6 +14,7 @@ looking at them one by one.
 """
 
 import ctypes
+import functools
 import gzip
 import mmap
 import struct
@@ -58,6 +59,11 @@ PCAPNG_INTERFACE, PCAPNG_OBSOLETE_PACKET, PCAPNG_SIMPLE_PACKET, PCAPNG_ENHANCED_
 GZIP_MAGIC = b"\x1f\x8b"
 
 CHUNK_FRAMES = 4096         # frames a chunk holds: bounds the per-frame arrays, and how often progress shows
+# Bytes of each frame gathered once per chunk for the passes over it: an
+# Ethernet header, two VLAN tags, an IPv4 header with options (or IPv6's)
+# and a TCP header up to its checksum. A pass that reads further gathers
+# those bytes from the buffer itself.
+HEAD_BYTES = 128
 
 IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
@@ -110,6 +116,36 @@ class Chunk:
     offsets: list[int]              # of each frame in buffer
     lengths: list[int]
     file_end: int                   # where in the file the chunk's last record ends (for progress)
+
+    @functools.cached_property
+    def arrays(self) -> "ChunkArrays":
+        """The chunk as numpy arrays, made once for every pass over it."""
+        offsets = numpy.asarray(self.offsets, dtype=numpy.int64)
+        return ChunkArrays(self.buffer, offsets, numpy.asarray(self.lengths, dtype=numpy.int64),
+                           _gather(_bytes_of(self.buffer), offsets, HEAD_BYTES))
+
+
+@dataclass
+class ChunkArrays:
+    """Copies, no views of the buffer: a view of a mapped file would keep it from closing."""
+    buffer: bytearray | mmap.mmap
+    offsets: numpy.ndarray
+    lengths: numpy.ndarray
+    heads: numpy.ndarray            # each frame's first HEAD_BYTES (past a frame's end: junk), a row per frame;
+                                    # gathered before fill_offloaded_checksums, which reads its fields from them
+
+    def columns(self, starts, count: int):
+        """count bytes of each frame from its byte starts on (one row each)."""
+        if len(starts) and (starts + count <= HEAD_BYTES).all():
+            first = int(starts[0])
+            if (starts == first).all():         # one layout across the chunk: a view, no copy
+                return self.heads[:, first:first + count]
+            return numpy.take_along_axis(self.heads, starts[:, None] + numpy.arange(count), 1)
+        return _gather(_bytes_of(self.buffer), self.offsets + starts, count)
+
+
+def _bytes_of(buffer):
+    return numpy.frombuffer(buffer, dtype=numpy.uint8)
 
 
 class Capture:
@@ -256,15 +292,10 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     """The flows of chunk's frames. A flow is TCP or UDP straight over IPv4
     or IPv6, unfragmented, the same for both directions; identities numbers
     them (each new one gets the next number) and lasts across chunks."""
-    data = numpy.frombuffer(chunk.buffer, dtype=numpy.uint8)
-    offsets = numpy.asarray(chunk.offsets, dtype=numpy.int64)
-    lengths = numpy.asarray(chunk.lengths, dtype=numpy.int64)
-
-    def gather(starts, count: int):
-        """Past a frame's end the bytes are junk, which the length checks below keep out."""
-        return _gather(data, starts, count)
-
-    head = gather(offsets, 54)      # Ethernet, and IPv4 or IPv6 without extensions
+    # Past a frame's end the bytes are junk, which the length checks below keep out.
+    arrays = chunk.arrays
+    offsets, lengths = arrays.offsets, arrays.lengths
+    head = arrays.heads[:, :54]     # Ethernet, and IPv4 or IPv6 without extensions
     as_int = head.astype(numpy.int64)
     ethertype = as_int[:, 12] << 8 | as_int[:, 13]
     fragment = (as_int[:, 20] << 8 | as_int[:, 21]) & IP_MORE_FRAGMENTS_AND_OFFSET
@@ -276,7 +307,7 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     tcp = (proto == IPPROTO_TCP) & (lengths >= l4 + 14)
     udp = (proto == IPPROTO_UDP) & (lengths >= l4 + 8)
     known = (ipv4 | ipv6) & (tcp | udp)
-    transport = gather(offsets + l4, 14)    # ports, and TCP's header length and flags
+    transport = arrays.columns(l4, 14)      # ports, and TCP's header length and flags
     tcp_flags = transport[:, 13]
     bare_syn = tcp & (tcp_flags & TCP_SYN_ACK == TCP_SYN)
     # By the IP header's lengths, not the frame's, which may be padded.
@@ -362,6 +393,10 @@ def fill_offloaded_checksum(frame: bytes) -> bytes:
     return frame[:start + 16] + check.to_bytes(2, "big") + frame[start + 18:]
 
 
+def _vlan(ethertype):
+    return (ethertype == VLAN_ETHERTYPES[0]) | (ethertype == VLAN_ETHERTYPES[1])
+
+
 def _words(rows):
     """Each row of bytes as big-endian 16-bit words."""
     return rows[:, 0::2].astype(numpy.int64) << 8 | rows[:, 1::2]
@@ -373,18 +408,19 @@ def fill_offloaded_checksums(chunk: Chunk) -> None:
     the whole chunk at once, the frames whose checksum field holds their
     pseudo-header's sum (or that carry more VLAN tags than it steps over),
     and only those go through fill_offloaded_checksum."""
-    data = numpy.frombuffer(chunk.buffer, dtype=numpy.uint8)
-    offsets = numpy.asarray(chunk.offsets, dtype=numpy.int64)
-    if not len(offsets):
+    if not chunk.offsets:
         return
-    ip_start = offsets + ETHERNET_HEADER
-    ethertype = _words(_gather(data, offsets + 12, 2))[:, 0]
+    arrays = chunk.arrays
+    ip_start = numpy.full(len(chunk.offsets), ETHERNET_HEADER, dtype=numpy.int64)    # in the frame
+    ethertype = _words(arrays.heads[:, 12:14])[:, 0]
+    more_tags = _vlan(ethertype)
     for _ in range(VLAN_TAGS_READ):
-        tagged = numpy.isin(ethertype, VLAN_ETHERTYPES)
-        ethertype = numpy.where(tagged, _words(_gather(data, ip_start + 2, 2))[:, 0], ethertype)
-        ip_start += tagged * 4
-    more_tags = numpy.isin(ethertype, VLAN_ETHERTYPES)
-    ip = _gather(data, ip_start, 40)
+        if not more_tags.any():
+            break
+        ethertype = numpy.where(more_tags, _words(arrays.columns(ip_start + 2, 2))[:, 0], ethertype)
+        ip_start += more_tags * 4
+        more_tags = _vlan(ethertype)
+    ip = arrays.columns(ip_start, 40)
     ip_words = _words(ip)
     header_len = (ip[:, 0].astype(numpy.int64) & 0x0F) * 4
     ipv4 = (ethertype == ETH_P_IP) & (ip[:, 9] == IPPROTO_TCP) & (ip_words[:, 3] & IP_MORE_FRAGMENTS_AND_OFFSET == 0)
@@ -393,7 +429,7 @@ def fill_offloaded_checksums(chunk: Chunk) -> None:
                          ip_words[:, 4:20].sum(1) + IPPROTO_TCP + ip_words[:, 2])
     while (pseudo > 0xFFFF).any():
         pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
-    field = _words(_gather(data, ip_start + numpy.where(ipv4, header_len, 40) + 16, 2))[:, 0]
+    field = _words(arrays.columns(ip_start + numpy.where(ipv4, header_len, 40) + 16, 2))[:, 0]
     for index in numpy.flatnonzero(((ipv4 | ipv6) & (field == pseudo)) | more_tags).tolist():
         start, end = chunk.offsets[index], chunk.offsets[index] + chunk.lengths[index]
         frame = bytes(chunk.buffer[start:end])

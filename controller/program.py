@@ -124,10 +124,13 @@ class Rings:
             self._manager = None
 
 
+_U64, _U32 = struct.Struct("=Q"), struct.Struct("=I")
+
+
 class MappedRing:
     """A BPF ring buffer read straight from its pages, for a reader that runs
     the program itself (`sluice replay`): no call into bcc per read, no
-    Python callback per record, and an empty ring costs two loads.
+    Python callback per record, and an empty ring costs one load.
 
     The kernel maps a ring's map as a consumer page (the reader's position,
     writable), then a producer page (the writer's position) and the data
@@ -147,6 +150,7 @@ class MappedRing:
         self.mask = info.max_entries - 1            # the data's size, a power of two
         self.data_start = page                      # where the data begins in self.pages
         self.consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.position = _U64.unpack_from(self.consumer)[0]      # the only reader: kept here too
         try:
             self.pages = mmap.mmap(map_fd, page + 2 * info.max_entries, mmap.MAP_SHARED, mmap.PROT_READ,
                                    offset=page)
@@ -158,11 +162,10 @@ class MappedRing:
         """handle(buffer, offset) for each record waiting, in order: the
         record lies in buffer (read only, valid until the next read) from
         offset on."""
-        position = _U64.unpack_from(self.consumer)[0]
         producer = _U64.unpack_from(self.pages)[0]
-        if position == producer:
+        if producer == self.position:
             return
-        pages, mask, start = self.pages, self.mask, self.data_start
+        position, pages, mask, start = self.position, self.pages, self.mask, self.data_start
         while position < producer:
             header = start + (position & mask)
             length = _U32.unpack_from(pages, header)[0]
@@ -172,14 +175,12 @@ class MappedRing:
                 handle(pages, header + self.HEADER_BYTES)
             position += ((length & ~(self.BUSY_BIT | self.DISCARD_BIT)) + self.HEADER_BYTES + 7) & ~7
         _U64.pack_into(self.consumer, 0, position)
+        self.position = position
 
     def close(self) -> None:
         """Unmap it (each mapping holds a descriptor of the map)."""
         self.pages.close()
         self.consumer.close()
-
-
-_U64, _U32 = struct.Struct("=Q"), struct.Struct("=I")
 
 
 class Program:

@@ -161,6 +161,28 @@ def test_the_progress_bar_goes_to_the_stderr_of_the_moment(captures, monkeypatch
     assert records and f"eth.pcap: [{'#' * sluice.replay.PROGRESS_WIDTH}] 100%, {frames:,} frames" in terminal.getvalue()
 
 
+def test_every_flow_gets_its_line_when_the_event_ring_wraps_around(tmp_path):
+    """replay reads the program's event ring from its mapped pages
+    (program.MappedRing): over more flows than the ring holds events, its
+    positions wrap around the ring, and an event lies across its end; no
+    line is lost, none comes out of order."""
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+    from packets import http_request, tcp_frame
+    from sluice.abi import ABI
+    from sluice.replay import replay as replay_capture
+    flows = 2 * ABI.SLUICE_EVENT_RING_BYTES // (ABI.SLUICE_NAME_MAX + 1)    # an event holds a name and more
+    frames = []
+    for index in range(flows):
+        frames += [tcp_frame(sport=20000 + index, dport=80, flags="S"),
+                   tcp_frame(http_request(f"host{index}.example"), sport=20000 + index, dport=80)]
+    path = tmp_path / "many-flows.pcap"
+    wrpcap(str(path), [Ether(frame) for frame in frames])
+    records, frames_read = replay_capture(str(path))
+    assert frames_read == 2 * flows
+    assert [(r["client_port"], r["name"]) for r in records] == [(20000 + i, f"host{i}.example") for i in range(flows)]
+
+
 def test_not_a_capture_is_an_error(tmp_path):
     bogus = tmp_path / "bogus.pcap"
     bogus.write_bytes(b"not a capture at all")
