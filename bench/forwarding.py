@@ -11,7 +11,10 @@ segmentation offload on, as a server's NIC would), with:
   - an empty XDP program, in native and in generic XDP (on veth, native XDP
     alone turns off the peers' segmentation offloads: this line shows what
     that costs by itself; generic XDP runs on the skb and keeps them);
-  - sluice with 1,000,000 domain rules, none matching, on each hook;
+  - sluice with 1,000,000 domain rules, none matching, on each hook: native
+    and generic XDP, and tc ingress (--hook tc: the classifier compiled for
+    the skb, which reads an aggregate where it lies, without generic XDP's
+    copy into a linear buffer);
   - sluice while it throttles another flow on the same link, on each hook;
   - iptables `-m string --algo bm` rules on the same kind of names, 10 and
     1,000 of them (what users would otherwise reach for).
@@ -165,9 +168,11 @@ def main() -> int:
         datapath = Datapath(million_rule_policy(Path(tmp)))
         try:
             configurations = []
-            for mode in ("native", "generic"):
+            for mode in ("native", "generic", "tc"):
+                if mode != "tc":
+                    configurations.append(
+                        (f"empty XDP program, {mode}", lambda mode=mode: empty_xdp(lab, mode), True))
                 configurations += [
-                    (f"empty XDP program, {mode}", lambda mode=mode: empty_xdp(lab, mode), True),
                     (f"sluice, 1M rules, no match, {mode}",
                      lambda mode=mode: sluice_attached(lab, datapath, mode), True),
                     (f"sluice, throttling another flow, {mode}",

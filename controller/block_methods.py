@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pyroute2 import NetlinkError
 
 from .abi import ABI
-from .tc import TC_PARENT_INGRESS, TcError, TcFilter
+from .tc import RESET_PRIO, TC_PARENT_INGRESS, TcError, TcFilter
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def set_up_server_resets(datapath, policy, interfaces) -> list[TcFilter]:
         for ifname, netns in interfaces:
             # sluice_tc_reset on tc ingress: the RST to the server that XDP cannot
             # send beside its reply to the client (bpf/block_reply.h).
-            resets.append(TcFilter(ifname, netns, TC_PARENT_INGRESS, "sluice_tc_reset", datapath.tc_reset_fd()))
+            resets.append(TcFilter(ifname, netns, TC_PARENT_INGRESS, "sluice_tc_reset", datapath.tc_reset_fd(),
+                                   RESET_PRIO))
     except (NetlinkError, TcError) as error:
         for reset in resets:
             reset.close()

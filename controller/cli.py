@@ -307,7 +307,7 @@ def cmd_status(args) -> int:
           f"loaded {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state['loaded_at']))})")
     for link in state["interfaces"]:
         where = f" in netns {link['netns']}" if link["netns"] else ""
-        print(f"interface    {link['ifname']}{where}: {link['mode']} XDP"
+        print(f"interface    {link['ifname']}{where}: {hooks.describe(link['mode'])}"
               + (", pinned" if link["pinned"] else "") + (f" ({link['why']})" if link.get("why") else ""))
     if "flows" in state:
         print(f"flow table   {state['flows']} of {state['flow_capacity']} entries "

@@ -19,14 +19,15 @@ from typing import NamedTuple
 import bcc
 import numpy
 
-from . import block_methods, precedence, schedule, xdp_link
+from . import block_methods, hooks, precedence, schedule, tc, xdp_link
 from .abi import ABI, COUNTER_NAMES, TUNNEL_KINDS, TUNNEL_OUTCOMES
 from .names import name_hashes_many
-from .program import LoadError, Rings, program
+from .program import LoadError, Rings, program, tc_ingress_program
 
 log = logging.getLogger(__name__)
 
 PROGRAM_FUNCTION = b"sluice_xdp"
+TC_INGRESS_FUNCTION = b"sluice_tc_ingress"      # the classifier at tc ingress (program.tc_ingress_program())
 TC_EGRESS_FUNCTION = b"sluice_tc_egress"
 TC_RESET_FUNCTION = b"sluice_tc_reset"
 # The maps whose contents outlive a policy (bpf/maps.h): a reloaded policy,
@@ -75,7 +76,8 @@ class Datapath:
         self._tables: dict[str, object] = {}
         self._maps: dict[str, int] = {}
         self._programs: dict[bytes, int] = {}
-        self.links: list[xdp_link.XdpLink] = []
+        self.tc_ingress: TcIngressSet | None = None
+        self.links: list = []           # xdp_link.XdpLink, tc.TcIngressLink
         try:
             self._make_maps(pin_dir)
             self.function = LoadedProgram(PROGRAM_FUNCTION, self._load(PROGRAM_FUNCTION, bcc.BPF.XDP))
@@ -128,18 +130,14 @@ class Datapath:
         return self._programs[function]
 
     def _load_stages(self) -> None:
-        stages = self.table("stages")
-        self.loaded_stages: set[int] = set()
-        for index, name in STAGE_FUNCTIONS.items():
-            try:
-                fd = self._load(name, bcc.BPF.XDP)
-            except LoadError as error:
-                if index not in OPTIONAL_STAGES:
-                    raise
-                log.warning("this kernel's verifier refuses %s, so it is left out: %s", name.decode(), error)
-                continue
-            stages[ctypes.c_int(index)] = ctypes.c_int(fd)
-            self.loaded_stages.add(index)
+        self.loaded_stages = load_stages(self.table("stages"), lambda name: self._load(name, bcc.BPF.XDP))
+
+    def tc_ingress_set(self) -> "TcIngressSet":
+        """The classifier for tc ingress (--hook tc) and its stages, bound to
+        this Datapath's maps; compiled and loaded on first use."""
+        if self.tc_ingress is None:
+            self.tc_ingress = TcIngressSet(self._maps, self._rings)
+        return self.tc_ingress
 
     def poll_rings(self, timeout_ms: int) -> None:
         """Hand what waits on the open ring buffers (or arrives within timeout_ms) to their callbacks."""
@@ -310,21 +308,35 @@ class Datapath:
     def attach(self, ifname: str, netns: str | None = None, hook: str = "native",
                pin_path: str | None = None) -> str:
         """Attach to ifname at hook (controller/hooks.py: auto, native or
-        generic XDP); returns the XDP mode the kernel reports. `sluice run`
-        passes its --hook, auto unless told otherwise.
+        generic XDP, or tc ingress); returns the mode the kernel reports.
+        `sluice run` passes its --hook, auto unless told otherwise.
 
         An interface that already has an XDP program is refused rather than
         silently taken over, unless it is the pinned link (pin_path) of an
         earlier sluice run.
         """
-        link = xdp_link.attach(self.function.fd, ifname, netns, hook, pin_path)
+        choice = hooks.choose(ifname, netns, hook)
+        if choice.hook == "tc":
+            if pin_path and os.path.exists(pin_path):
+                # An earlier run's XDP link: unpinned, the kernel takes it off,
+                # or both hooks would judge each packet.
+                os.unlink(pin_path)
+                log.info("took the previous run's XDP link off %s for tc ingress", ifname)
+            link = tc.TcIngressLink(ifname, netns, choice.reason, self.tc_ingress_set().function.fd,
+                                    fail_static=pin_path is not None)
+        else:
+            link = xdp_link.attach(self.function.fd, ifname, netns, choice, pin_path)
         self.links.append(link)
         return link.mode
+
+    def program_fd(self, link) -> int:
+        """The program that belongs on link: the classifier of its hook."""
+        return self.tc_ingress_set().function.fd if link.mode == "tc" else self.function.fd
 
     def take_over(self, previous: "Datapath") -> None:
         """Move previous's interfaces to this program, each in one atomic swap."""
         for link in previous.links:
-            link.update(self.function.fd)
+            link.update(self.program_fd(link))
         self.links, previous.links = previous.links, []
 
     def detach_all(self) -> None:
@@ -343,6 +355,9 @@ class Datapath:
         """Close this Datapath's programs, maps and rings, leaving its links as
         they are: what the kernel still uses (attached or pinned) stays."""
         self._rings.close()
+        if self.tc_ingress is not None:
+            self.tc_ingress.unload()
+            self.tc_ingress = None
         for fd in [*self._programs.values(), *self._maps.values()]:
             os.close(fd)
         self._programs, self._maps, self._tables = {}, {}, {}
@@ -350,6 +365,53 @@ class Datapath:
     def close(self) -> None:
         self.detach_all()
         self.unload()
+
+
+def load_stages(stages, load) -> set[int]:
+    """Load each stage with load(name) -> fd into the program array stages;
+    the indexes loaded (an optional stage the verifier refuses is left out)."""
+    loaded = set()
+    for index, name in STAGE_FUNCTIONS.items():
+        try:
+            fd = load(name)
+        except LoadError as error:
+            if index not in OPTIONAL_STAGES:
+                raise
+            log.warning("this kernel's verifier refuses %s, so it is left out: %s", name.decode(), error)
+            continue
+        stages[ctypes.c_int(index)] = ctypes.c_int(fd)
+        loaded.add(index)
+    return loaded
+
+
+class TcIngressSet:
+    """The classifier compiled for tc ingress (program.tc_ingress_program())
+    and its stages, bound to a Datapath's maps: the same flows, rules and
+    counters as its XDP program. Only the program array is its own, since a
+    tail call stays within one program type."""
+
+    def __init__(self, maps: dict[str, int], rings: Rings):
+        self.program = tc_ingress_program()
+        self.stages_fd = self.program.make_map("stages")
+        self._maps = {**maps, "stages": self.stages_fd}
+        self._fds: list[int] = []
+        try:
+            self.function = LoadedProgram(TC_INGRESS_FUNCTION, self._load(TC_INGRESS_FUNCTION))
+            self.stages = self.program.table(rings, "stages", self.stages_fd)
+            self.loaded_stages = load_stages(self.stages, self._load)
+        except BaseException:
+            self.unload()
+            raise
+
+    def _load(self, function: bytes) -> int:
+        fd = self.program.load(function, bcc.BPF.SCHED_CLS, self._maps)
+        self._fds.append(fd)
+        return fd
+
+    def unload(self) -> None:
+        for fd in [*self._fds, self.stages_fd]:
+            os.close(fd)
+        self._fds = []
 
 
 def settle_flow(flow, rule, action: str | None = None) -> None:

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from types import SimpleNamespace
 
-from . import metrics
+from . import hooks, metrics
 from .block_methods import set_up_server_resets
 from .datapath import Datapath
 from .egress import set_up_egress
@@ -61,7 +61,7 @@ def run_lab(policy, policy_path: str, metrics_server, metrics_address: str, metr
                                                                    for ifname in lab.edge_ifaces])
             for ifname in lab.edge_ifaces:
                 mode = datapath.attach(ifname, netns=lab.edge_ns, hook=hook)
-                print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {mode} XDP mode")
+                print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {hooks.describe(mode)}")
             metrics.serve(SimpleNamespace(datapath=datapath, policy=policy, loaded_at=time.time(),
                                           policy_digest=file_digest(policy_path),
                                           reloads={"success": 0, "failure": 0}), metrics_server)

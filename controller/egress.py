@@ -16,7 +16,7 @@ import uuid
 from pyroute2 import IPRoute, NetlinkError
 
 from .netns import inside_netns
-from .tc import TC_H_ROOT, TC_PARENT_EGRESS, TcError, TcFilter, device_index
+from .tc import EGRESS_PRIO, TC_H_ROOT, TC_PARENT_EGRESS, TcError, TcFilter, device_index
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class EgressShaper:
                 raise EgressError(
                     f"{ifname}: root qdisc {root['kind']} {root['handle'] >> 16:x}: was configured "
                     "by someone else; sluice will not replace it. Remove it, or shape on another device.")
-        self.program = TcFilter(ifname, netns, TC_PARENT_EGRESS, "sluice_tc_egress", program_fd)
+        self.program = TcFilter(ifname, netns, TC_PARENT_EGRESS, "sluice_tc_egress", program_fd, EGRESS_PRIO)
         log.info("shaping on %s egress (fq %s)", ifname,
                  f"installed over {self.previous_root}" if self.installed_fq else "already there")
 

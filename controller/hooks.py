@@ -7,7 +7,12 @@
   generic   XDP on the kernel's skb (the "xdpgeneric" of `ip link`): the same
             program, run after the driver has built the packet. It sees
             segmentation offload (GSO/TSO) and GRO aggregates whole, up to
-            64 KB in one run of the program.
+            64 KB in one run of the program, but copies each aggregate into
+            a linear buffer first (the kernel's netif_skb_check_for_xdp).
+  tc        the classifier at tc ingress (clsact, direct action), compiled
+            from the same source for the skb (bpf/ctx.h): it too sees
+            aggregates whole, and reads them where they lie, without the
+            copy. Its tail-called stages have a program array of their own.
   auto      native on physical NICs, generic where native XDP costs the
             interface its offloads:
             - veth: a native XDP program on one end turns off the other
@@ -29,11 +34,13 @@ from dataclasses import dataclass
 
 from .netns import inside_netns
 
-HOOKS = ("native", "generic")
+HOOKS = ("native", "generic", "tc")
 CHOICES = ("auto", *HOOKS)
 HOOK_HELP = ("native: XDP in the driver (fastest on a physical NIC); generic: XDP on the kernel's skb, "
-             "which keeps segmentation offload and GRO; auto: native on physical NICs, generic on veth "
-             "and on virtio-net with receive offloads, where native XDP costs them (default: %(default)s)")
+             "which keeps segmentation offload and GRO; tc: the classifier at tc ingress, on the skb "
+             "too, without generic XDP's copy of each aggregate; auto: native on physical NICs, "
+             "generic on veth and on virtio-net with receive offloads, where native XDP costs them "
+             "(default: %(default)s)")
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,11 @@ def choose(ifname: str, netns: str | None, requested: str) -> HookChoice:
                                      "turns off", may_fall_back=False)
     return HookChoice("native", "auto: neither a veth nor virtio-net with receive offload, so XDP in "
                                 "its driver", may_fall_back=True)
+
+
+def describe(mode: str) -> str:
+    """A link's mode as sluice prints it: "native XDP", "generic XDP", "tc ingress"."""
+    return "tc ingress" if mode == "tc" else f"{mode} XDP"
 
 
 def _interface_kind(ifname: str, netns: str | None) -> tuple[str | None, str | None]:

@@ -6,7 +6,8 @@ of a file descriptor bcc opened for it (BPF_PSEUDO_MAP_FD), and the kernel
 binds a program to the maps behind those numbers when it loads it. The
 compile is most of what a Datapath costs (7-17 s on this project's test
 machine), yet it does not depend on the policy: the policy only fills maps
-and sizes a few. So a process compiles once, and each Datapath makes maps
+and sizes a few. So a process compiles once (and once more, the classifier
+for tc ingress, if it puts an interface on --hook tc), and each Datapath makes maps
 of its own (policy-sized where the policy decides) and loads the programs
 with its maps put behind bcc's descriptor numbers (dup2) for the moment of
 the load. A live reload thus loads and fills, but compiles nothing.
@@ -33,6 +34,10 @@ from .libbpf import LIBBPF, BtfInfo, MapCreateOpts, MapInfo, error_number, objec
 # The programs, compiled as one unit so that they share their maps.
 PROGRAM_FILES = ("sluice_xdp.c", "sluice_tc.c")
 CFLAGS = ["-Wno-incompatible-pointer-types-discards-qualifiers"]
+# The classifier again, for tc ingress (--hook tc): the same source over the
+# skb's context (bpf/ctx.h). Its maps are the XDP program's, by name.
+TC_INGRESS_FILES = ("sluice_xdp.c",)
+TC_INGRESS_CFLAGS = ("-DSLUICE_CTX_SKB",)
 
 _LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.MULTILINE)
 
@@ -186,8 +191,8 @@ class MappedRing:
 class Program:
     """bcc's compile of the data plane, and the means to load it with other maps."""
 
-    def __init__(self, source: str):
-        self._bpf = bcc.BPF(text=source.encode(), cflags=CFLAGS)
+    def __init__(self, source: str, cflags: tuple[str, ...] = ()):
+        self._bpf = bcc.BPF(text=source.encode(), cflags=[*CFLAGS, *cflags])
         self.module = self._bpf.module
         self.maps: dict[str, MapSpec] = {}
         for index in range(bcc.lib.bpf_num_tables(self.module)):
@@ -276,10 +281,16 @@ def _find_btf(btf_id: int) -> int:
 
 
 @functools.cache
-def compiled(source: str) -> Program:
-    return Program(source)
+def compiled(source: str, cflags: tuple[str, ...] = ()) -> Program:
+    return Program(source, cflags)
 
 
 def program() -> Program:
     """The data plane, compiled on first use in this process."""
     return compiled(program_source())
+
+
+def tc_ingress_program() -> Program:
+    """The classifier for tc ingress, compiled on first use: a process that
+    puts no interface on --hook tc never compiles it."""
+    return compiled(program_source(TC_INGRESS_FILES), TC_INGRESS_CFLAGS)

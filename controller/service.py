@@ -3,7 +3,9 @@
 
 State that must outlive one controller process lives in two places:
   /sys/fs/bpf/sluice/maps/    the pinned state maps (flows, counters, clocks)
-  /sys/fs/bpf/sluice/links/   the pinned XDP links (fail-static mode)
+  /sys/fs/bpf/sluice/links/   the pinned XDP links (fail-static mode); an
+                              interface at --hook tc keeps its tc filter instead
+  /sys/fs/bpf/sluice/stages, tc_stages   the program arrays (fail-static mode)
   /run/sluice/state.json      rule ids by name, the interfaces, reload history
 A restarted controller compiles the policy again, opens the same pinned
 maps, and swaps its program into the pinned links: flows and counters carry
@@ -431,20 +433,21 @@ class Service:
         damage = []
         for link in self.datapath.links:
             program, ifindex = link.attached_program()
+            ours = self.program_ids[link.mode == "tc"]
             if ifindex == 0:
-                damage.append(f"the XDP link on {link.ifname} was detached")
-            elif program != self.program_id:
-                damage.append(f"{link.ifname} runs program {program}, not ours ({self.program_id})")
+                damage.append(f"the {link.mode} hook on {link.ifname} was detached")
+            elif program != ours:
+                damage.append(f"{link.ifname} runs program {program}, not ours ({ours})")
             if link.pin_path and not os.path.exists(link.pin_path):
                 self._repin(link.fd, link.pin_path)
-        stages = self.datapath.table("stages")
-        for index in self.datapath.loaded_stages:
-            try:
-                stages[ctypes.c_int(index)]
-            except KeyError:
-                damage.append(f"stage {index} is missing from the program array")
-        if not self.fail_open:
-            self._repin(stages.map_fd, str(PIN_ROOT / "stages"))
+        for stages, loaded, pin in program_arrays(self.datapath):
+            for index in loaded:
+                try:
+                    stages[ctypes.c_int(index)]
+                except KeyError:
+                    damage.append(f"stage {index} is missing from the program array {pin}")
+            if not self.fail_open:
+                self._repin(stages.map_fd, str(PIN_ROOT / pin))
         for name in STATE_MAPS:
             self._repin(self.datapath.table(name).map_fd, str(PIN_ROOT / "maps" / name))
         for problem in damage:
@@ -544,9 +547,12 @@ class Service:
         if not self.fail_open:
             # A program array empties itself when no process or pin holds it,
             # which would silently end inspection after a crash: pin it.
-            xdp_link.pin(datapath.table("stages").map_fd, str(PIN_ROOT / "stages"))
+            for stages, _loaded, pin in program_arrays(datapath):
+                xdp_link.pin(stages.map_fd, str(PIN_ROOT / pin))
         self.datapath, self.policy = datapath, policy
-        self.program_id = xdp_link.program_id(datapath.function.fd)
+        # The programs on the links: XDP's, and the classifier at tc ingress (--hook tc).
+        self.program_ids = (xdp_link.program_id(datapath.function.fd),
+                            xdp_link.program_id(datapath.tc_ingress.function.fd) if datapath.tc_ingress else None)
         self.next_switch = policy.next_switch(self.compiled_at)
         self.loaded_at = time.time()
         self._save()
@@ -572,6 +578,15 @@ class Service:
         tmp = STATE_FILE.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(STATE_FILE)
+
+
+def program_arrays(datapath) -> list[tuple]:
+    """(program array, stages loaded in it, its pin's name under PIN_ROOT) of
+    a data plane: XDP's, and the tc classifier's if an interface is on --hook tc."""
+    arrays = [(datapath.table("stages"), datapath.loaded_stages, "stages")]
+    if datapath.tc_ingress is not None:
+        arrays.append((datapath.tc_ingress.stages, datapath.tc_ingress.loaded_stages, "tc_stages"))
+    return arrays
 
 
 def remove_pins() -> None:

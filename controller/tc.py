@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """A BPF program on one of a device's clsact hooks (tc ingress or egress).
 
-sluice puts two programs there: sluice_tc_egress, which gives shaped and
-delayed packets their departure times (egress.py), and sluice_tc_reset,
-which resets the servers of blocked flows (block_methods.py). Each is one
+sluice puts three programs there: sluice_tc_egress, which gives shaped and
+delayed packets their departure times (egress.py); sluice_tc_reset, which
+resets the servers of blocked flows (block_methods.py); and, on an
+interface at --hook tc, the classifier itself (sluice_tc_ingress,
+TcIngressLink), in the place of XDP and of sluice_tc_reset. Each is one
 TcFilter: clsact is added if the device had none (and removed with the
 filter), and the filter is replaced rather than added, so that the one a
 crashed controller left behind is taken over.
@@ -22,8 +24,13 @@ TC_H_CLSACT = 0xFFFFFFF1
 # clsact's two hooks: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS or TC_H_MIN_EGRESS).
 TC_PARENT_INGRESS = (TC_H_CLSACT & 0xFFFF0000) | 0xFFF2
 TC_PARENT_EGRESS = (TC_H_CLSACT & 0xFFFF0000) | 0xFFF3
-FILTER_PRIO = 1
 FILTER_HANDLE = 1
+# The classifier (--hook tc) comes first at ingress; sluice_tc_reset after
+# it, where it never runs: a direct-action filter that returns ends the
+# walk, and the classifier resets servers itself.
+CLASSIFIER_PRIO = 1
+RESET_PRIO = 2
+EGRESS_PRIO = 1
 
 
 class TcError(RuntimeError):
@@ -41,8 +48,10 @@ class TcFilter:
     """The BPF program `program_name` on `parent` (TC_PARENT_INGRESS or
     TC_PARENT_EGRESS) of one device, as a direct-action filter."""
 
-    def __init__(self, ifname: str, netns: str | None, parent: int, program_name: str, program_fd: int):
+    def __init__(self, ifname: str, netns: str | None, parent: int, program_name: str, program_fd: int,
+                 prio: int):
         self.ifname, self.netns, self.parent, self.program_name = ifname, netns, parent, program_name
+        self.prio = prio
         with inside_netns(netns), IPRoute() as ipr:
             index = device_index(ipr, ifname, netns)
             self.added_clsact = not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index))
@@ -57,7 +66,7 @@ class TcFilter:
 
     def _set(self, ipr, index: int, program_fd: int) -> None:
         ipr.tc("replace-filter", "bpf", index, parent=self.parent, handle=FILTER_HANDLE,
-               fd=program_fd, name=self.program_name, direct_action=True, prio=FILTER_PRIO)
+               fd=program_fd, name=self.program_name, direct_action=True, prio=self.prio)
 
     def close(self) -> None:
         """Take the filter (and clsact, if it was ours) off the device."""
@@ -70,6 +79,44 @@ class TcFilter:
                     ipr.tc("del", "clsact", links[0])
                 else:
                     ipr.tc("del-filter", "bpf", links[0], parent=self.parent, handle=FILTER_HANDLE,
-                           prio=FILTER_PRIO)
+                           prio=self.prio)
         except NetlinkError as error:
             log.warning("could not remove %s from %s: %s", self.program_name, self.ifname, error)
+
+
+class TcIngressLink:
+    """The classifier on one interface's tc ingress (--hook tc): what
+    xdp_link.XdpLink is for XDP. A tc filter outlives the controller by
+    itself, as a pinned XDP link does: fail_static keeps it on the device
+    when the controller lets go (release), else it goes with the controller."""
+
+    mode = "tc"
+    pin_path = None
+
+    def __init__(self, ifname: str, netns: str | None, reason: str, program_fd: int, fail_static: bool):
+        self.ifname, self.netns, self.reason, self.fail_static = ifname, netns, reason, fail_static
+        self.filter = TcFilter(ifname, netns, TC_PARENT_INGRESS, "sluice_tc_ingress", program_fd, CLASSIFIER_PRIO)
+        log.info("attached to %s%s at tc ingress (%s)", ifname, f" (netns {netns})" if netns else "", reason)
+
+    def update(self, program_fd: int) -> None:
+        """Swap the program in place: the filter is never absent."""
+        self.filter.replace_program(program_fd)
+
+    def detach(self) -> None:
+        self.filter.close()
+
+    def release(self) -> None:
+        if not self.fail_static:
+            self.detach()
+
+    def attached_program(self) -> tuple[int, int]:
+        """(program id, ifindex) of the filter as the kernel has it now; ifindex 0: gone."""
+        with inside_netns(self.netns), IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=self.ifname)
+            if not links:
+                return 0, 0
+            for found in ipr.get_filters(links[0], parent=TC_PARENT_INGRESS):
+                options = found.get_attr("TCA_OPTIONS")
+                if found.get_attr("TCA_KIND") == "bpf" and options and options.get_attr("TCA_BPF_ID"):
+                    return options.get_attr("TCA_BPF_ID"), links[0]
+        return 0, 0

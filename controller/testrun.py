@@ -78,6 +78,9 @@ assert TestRunOpts.data_size_out.offset == _FRAME_FIELDS_AT + _FRAME_FIELDS.size
 
 
 TC_VERDICTS = {0: "ok", 2: "shot"}     # TC_ACT_OK, TC_ACT_SHOT
+# The classifier at tc ingress (--hook tc) in XDP's words: TC_ACT_OK passes,
+# TC_ACT_SHOT drops, TC_ACT_REDIRECT is its XDP_TX (bpf/ctx_skb.h ctx_send_back()).
+TC_INGRESS_VERDICTS = {0: "pass", 2: "drop", 7: "tx"}
 
 
 @dataclass(frozen=True)
@@ -105,3 +108,18 @@ def run_tc(prog_fd: int, frame: bytes, gso_segs: int = 0) -> TcRun:
         errno = ctypes.get_errno()
         raise OSError(errno, f"BPF_PROG_TEST_RUN failed: {os.strerror(errno)}")
     return TcRun(TC_VERDICTS.get(opts.retval, str(opts.retval)), skb_out.tstamp)
+
+
+def run_tc_ingress(prog_fd: int, frame: bytes) -> TestRun:
+    """Run the classifier at tc ingress (sluice_tc_ingress) once on frame; the
+    verdict in run_xdp()'s words, and the frame as the program left it."""
+    buffer = ctypes.create_string_buffer(frame, len(frame))
+    out = ctypes.create_string_buffer(len(frame) + XDP_GROWTH_BYTES)
+    opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts),
+                        data_in=ctypes.cast(buffer, ctypes.c_void_p), data_size_in=len(frame),
+                        data_out=ctypes.cast(out, ctypes.c_void_p), data_size_out=ctypes.sizeof(out), repeat=1)
+    if LIBBPF.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"BPF_PROG_TEST_RUN failed: {os.strerror(errno)}")
+    return TestRun(TC_INGRESS_VERDICTS.get(opts.retval, str(opts.retval)), opts.duration,
+                   out.raw[:opts.data_size_out])

@@ -102,11 +102,11 @@ def map_layout(fd: int) -> tuple[int, int, int, int]:
     return info.type, info.key_size, info.value_size, info.max_entries
 
 
-def attach(prog_fd: int, ifname: str, netns: str | None = None, hook: str = "native",
+def attach(prog_fd: int, ifname: str, netns: str | None = None, hook: "str | hooks.HookChoice" = "native",
            pin_path: str | None = None) -> XdpLink:
     """Attach prog_fd to ifname at hook (controller/hooks.py: auto, native or
-    generic XDP), or take over the pinned link a previous run left there (in
-    the mode it has: a link cannot change it)."""
+    generic XDP, or what hooks.choose() chose), or take over the pinned link
+    a previous run left there (in the mode it has: a link cannot change it)."""
     if pin_path and os.path.exists(pin_path):
         fd = get_pinned(pin_path)
         link = XdpLink(ifname, netns, _mode(ifname, netns), "taken over from the previous run's pinned link",
@@ -121,7 +121,7 @@ def attach(prog_fd: int, ifname: str, netns: str | None = None, hook: str = "nat
         if _attached(ipr, found[0]):
             raise AttachError(f"{ifname} already has an XDP program that sluice did not attach; "
                               f"remove it first (ip link set dev {ifname} xdp off)")
-        choice = hooks.choose(ifname, netns, hook)
+        choice = hook if isinstance(hook, hooks.HookChoice) else hooks.choose(ifname, netns, hook)
         errors, reason = [], choice.reason
         for attempt in ([choice.hook, "generic"] if choice.may_fall_back else [choice.hook]):
             opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=MODE_FLAGS[attempt])

@@ -22,7 +22,7 @@ from sluice.block_methods import set_up_server_resets
 from sluice.datapath import Datapath
 from sluice.lab import Lab
 from sluice.policy import load_policy
-from sluice.testrun import run_xdp
+from sluice.testrun import TestRun, run_tc_ingress, run_xdp
 from packets import tcp_frame
 
 # No per-example deadline: this machine is shared and noisy, and time is a
@@ -138,6 +138,30 @@ def rule_stats(datapath: Datapath, name: str | None) -> dict:
     return datapath.rule_stats()[datapath.policy.rule_by_name(name).id if name else 0]
 
 
+class AtHook:
+    """A Datapath whose frames classify() runs at one hook: "xdp" (sluice_xdp)
+    or "tc" (the classifier compiled for tc ingress, --hook tc); the rest is
+    the Datapath's. A module parametrizes its fixture over HOOKS to run its
+    cases at both."""
+
+    def __init__(self, datapath: Datapath, hook: str):
+        self.datapath, self.hook = datapath, hook
+        self.classifier_fd = datapath.tc_ingress_set().function.fd if hook == "tc" else datapath.function.fd
+
+    def __getattr__(self, name):
+        return getattr(self.datapath, name)
+
+
+HOOKS = ("xdp", "tc")
+
+
+def classify(datapath, frame: bytes) -> TestRun:
+    """Run frame through the datapath's classifier: at its AtHook's hook, or XDP."""
+    if isinstance(datapath, AtHook) and datapath.hook == "tc":
+        return run_tc_ingress(datapath.classifier_fd, frame)
+    return run_xdp(datapath.function.fd, frame)
+
+
 @dataclass
 class Judgement:
     verdict: str                 # of the payload packet
@@ -156,8 +180,8 @@ def judge(datapath, payload: bytes, *, syn: bool = True, wrap=bytes, **frame_opt
     before = datapath.counters()
     if syn:
         syn_frame = wrap(tcp_frame(sport=port, flags="S", **frame_options))
-        assert run_xdp(datapath.function.fd, syn_frame).verdict == "pass"
-    verdict = run_xdp(datapath.function.fd, wrap(tcp_frame(payload, sport=port, **frame_options))).verdict
+        assert classify(datapath, syn_frame).verdict == "pass"
+    verdict = classify(datapath, wrap(tcp_frame(payload, sport=port, **frame_options))).verdict
     after = datapath.counters()
     return Judgement(verdict, {name: after[name] - before[name] for name in after}, port)
 

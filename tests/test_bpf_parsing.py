@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 import pytest
 from scapy.all import Raw
 
-from conftest import judge, needs_root
+from conftest import HOOKS, AtHook, classify, judge, needs_root
 from packets import (EXT_ALPN, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
                      IPv6ExtHdrRouting, client_hello, extension, http_request, sni_extension,
                      split_into_records, tcp_frame, udp_frame)
 from sluice.abi import ABI
-from sluice.testrun import run_xdp
 
 pytestmark = [pytest.mark.bpf, needs_root]
 
@@ -31,9 +30,10 @@ rules:
 """
 
 
-@pytest.fixture(scope="module")
-def dp(make_datapath):
-    return make_datapath(POLICY)
+@pytest.fixture(scope="module", params=HOOKS)
+def dp(make_datapath, request):
+    """The cases run at XDP and again at tc ingress: one parser, two contexts."""
+    return AtHook(make_datapath(POLICY), request.param)
 
 
 # --- TLS -------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_later_ipv4_fragments_pass_while_gathered(dp):
     fragment = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
                      IP(src="192.0.2.2", dst="198.51.100.2", proto=6, frag=10) / Raw(b"x" * 100))
     before = dp.counters()
-    assert run_xdp(dp.function.fd, fragment).verdict == "pass"
+    assert classify(dp, fragment).verdict == "pass"
     after = dp.counters()
     assert after["skipped"] == before["skipped"]
     assert after["fragments"] == before["fragments"] + 1
@@ -277,8 +277,8 @@ def test_later_ipv4_fragments_pass_while_gathered(dp):
 def test_non_ip_and_udp_pass(dp):
     from scapy.all import ARP, Ether
     before = dp.counters()
-    assert run_xdp(dp.function.fd, bytes(Ether(src="02:00:00:00:00:01") / ARP())).verdict == "pass"
-    assert run_xdp(dp.function.fd, udp_frame(client_hello(b"blocked.example"))).verdict == "pass"
+    assert classify(dp, bytes(Ether(src="02:00:00:00:00:01") / ARP())).verdict == "pass"
+    assert classify(dp, udp_frame(client_hello(b"blocked.example"))).verdict == "pass"
     after = dp.counters()
     assert after["skipped"] == before["skipped"] + 1
     assert after["tls_sni_found"] == before["tls_sni_found"]
@@ -289,15 +289,17 @@ def test_ethernet_padding_is_not_payload(dp):
     frame = tcp_frame(b"", flags="A")
     padded = frame + b"GET " + bytes(60 - len(frame) - 4)
     judgement_before = dp.counters()
-    assert run_xdp(dp.function.fd, padded).verdict == "pass"
+    assert classify(dp, padded).verdict == "pass"
     moved = {k: v - judgement_before[k] for k, v in dp.counters().items() if v != judgement_before[k]}
     assert moved == {"packets": 1}
 
 
 @pytest.mark.parametrize("cut", [14, 20, 30, 34, 40, 50])   # test-run needs a full Ethernet header
 def test_truncated_headers_pass(dp, cut):
+    if dp.hook == "tc" and cut < 34:
+        pytest.skip("an skb's test-run refuses a frame without its whole IPv4 header (EINVAL)")
     frame = tcp_frame(client_hello(b"blocked.example"))[:cut]
-    assert run_xdp(dp.function.fd, frame).verdict == "pass"
+    assert classify(dp, frame).verdict == "pass"
 
 
 # --- never blocks what no rule names ------------------------------------------

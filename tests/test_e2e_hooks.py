@@ -1,12 +1,14 @@
-"""End to end on the hook `--hook auto` picks for the lab's veths: generic XDP.
+"""End to end at the hooks that keep a veth's offloads: the one `--hook auto`
+picks for the lab's veths, and tc ingress (`--hook tc`).
 
 On a veth, native XDP costs the peer its segmentation offload (controller/
-hooks.py), so auto runs the same program on the kernel's skb instead. There
-it sees the server's segmentation-offload aggregates whole, up to 64 KB in
-one run, and its replies (reset, page) leave through the kernel's generic
-XDP transmit path instead of the driver's. These tests check the actions
-whose mechanics that changes: the block replies, and the policer judging
-aggregates. The other e2e modules run native XDP.
+hooks.py), so these run the classifier on the kernel's skb instead: generic
+XDP, or the same source compiled for tc ingress (bpf/ctx.h). There it sees
+the server's segmentation-offload aggregates whole, up to 64 KB in one run,
+and its replies (reset, page) leave through the kernel's generic XDP
+transmit path, or by tc's redirect, instead of the driver's. These tests
+check the actions whose mechanics that changes: the block replies, and the
+policer judging aggregates. The other e2e modules run native XDP.
 """
 
 import ctypes
@@ -32,12 +34,12 @@ POLICY = block_methods_policy("domains: [blocked.example]", "exact: [exact.examp
 """
 
 
-@pytest.fixture(scope="module")
-def attached(lab, make_datapath):
-    """The Datapath on the lab's edge at the hook auto picks, and the XDP modes the kernel reports."""
+@pytest.fixture(scope="module", params=["auto", "tc"])
+def attached(lab, make_datapath, request):
+    """The Datapath on the lab's edge at a hook (--hook auto or tc), the hook, and the modes the kernel reports."""
     datapath = make_datapath(POLICY)
-    with enforcing(lab, datapath, hook="auto", server_resets=True) as modes:
-        yield datapath, modes
+    with enforcing(lab, datapath, hook=request.param, server_resets=True) as modes:
+        yield datapath, request.param, modes
 
 
 @pytest.fixture
@@ -45,8 +47,14 @@ def enforced(attached):
     return attached[0]
 
 
-def test_auto_picks_generic_xdp_on_veth_and_says_why(lab, attached):
-    datapath, modes = attached
+@pytest.fixture
+def auto(attached):
+    if attached[1] != "auto":
+        pytest.skip("what --hook auto chooses")
+
+
+def test_auto_picks_generic_xdp_on_veth_and_says_why(lab, attached, auto):
+    datapath, _hook, modes = attached
     assert modes == {"generic"}
     assert {link.reason for link in datapath.links} == {hooks.choose(lab.edge_client_iface, lab.edge_ns, "auto").reason}
     assert "veth" in datapath.links[0].reason
@@ -55,7 +63,36 @@ def test_auto_picks_generic_xdp_on_veth_and_says_why(lab, attached):
     assert "xdpgeneric" in links
 
 
-def test_auto_falls_back_to_generic_where_the_driver_has_no_native_xdp(lab, enforced):
+def test_tc_puts_the_classifier_on_clsact_ingress(lab, attached):
+    datapath, hook, modes = attached
+    if hook != "tc":
+        pytest.skip("--hook tc")
+    assert modes == {"tc"}
+    assert {link.reason for link in datapath.links} == {"asked for (--hook)"}
+    for ifname in lab.edge_ifaces:
+        filters = subprocess.run(["tc", "-n", lab.edge_ns, "filter", "show", "dev", ifname, "ingress"],
+                                 capture_output=True, text=True, check=True).stdout
+        assert "sluice_tc_ingress" in filters and "direct-action" in filters
+        links = subprocess.run(["ip", "-n", lab.edge_ns, "-d", "link", "show", ifname],
+                               capture_output=True, text=True, check=True).stdout
+        assert "xdp" not in links
+
+
+def test_detaching_tc_takes_the_classifier_and_its_clsact_off(lab, enforced):
+    """On the edge namespace's loopback, which had no clsact."""
+    def ingress_filters() -> str:
+        return subprocess.run(["tc", "-n", lab.edge_ns, "filter", "show", "dev", "lo", "ingress"],
+                              capture_output=True, text=True).stdout
+    assert enforced.attach("lo", netns=lab.edge_ns, hook="tc") == "tc"
+    assert "sluice_tc_ingress" in ingress_filters()
+    enforced.links.pop().detach()
+    assert ingress_filters() == ""
+    qdiscs = subprocess.run(["tc", "-n", lab.edge_ns, "qdisc", "show", "dev", "lo"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "clsact" not in qdiscs
+
+
+def test_auto_falls_back_to_generic_where_the_driver_has_no_native_xdp(lab, enforced, auto):
     """The edge namespace's loopback: no veth, no virtio, and no native XDP in its driver."""
     datapath = enforced
     assert hooks.choose("lo", lab.edge_ns, "auto").hook == "native"
@@ -106,10 +143,11 @@ def test_throttle_holds_a_download_of_aggregates_to_rate_and_burst(lab, enforced
 
 
 @pytest.fixture
-def replies_by_xdp_tx(enforced):
-    """Without sluice_tc_reset (a device that refuses clsact), the reply to
+def replies_sent_back(enforced):
+    """Without server resets (a device that refuses clsact), the reply to
     the client leaves by XDP_TX: at the generic hook, the kernel's own
-    transmit path, not the driver's."""
+    transmit path, not the driver's; at tc, by a redirect out of the
+    interface it came in on."""
     datapath = enforced
     flags = datapath.table("config")[ctypes.c_uint32(0)].flags
     datapath.set_config(flags=flags & ~ABI.SLUICE_CFG_SERVER_RESETS)
@@ -117,7 +155,7 @@ def replies_by_xdp_tx(enforced):
     datapath.set_config(flags=flags)
 
 
-def test_generic_xdp_transmits_the_reset_itself(lab, enforced, replies_by_xdp_tx):
+def test_the_hook_sends_the_reset_back_itself(lab, enforced, replies_sent_back):
     before = rule_stats(enforced, "reset-rule")["resets"]
     result = lab.curl("blocked.example", timeout=3.0)
     assert not result.ok and "connection reset" in result.error.lower(), result.error
@@ -125,7 +163,7 @@ def test_generic_xdp_transmits_the_reset_itself(lab, enforced, replies_by_xdp_tx
     assert rule_stats(enforced, "reset-rule")["resets"] > before
 
 
-def test_generic_xdp_transmits_the_page_itself(lab, enforced, replies_by_xdp_tx):
+def test_the_hook_sends_the_page_back_itself(lab, enforced, replies_sent_back):
     before = rule_stats(enforced, "page-rule")["pages"]
     result = lab.curl("exact.example", scheme="http", timeout=3.0, extra_args=("-i",))
     assert result.exit_code == 0 and result.http_code == 451, result.error
