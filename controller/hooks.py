@@ -25,6 +25,10 @@
               native XDP, or refuses it. Not measured here; the reason is the
               same as veth's.
             An interface whose driver refuses native XDP gets generic.
+            tc was measured in the same race on the lab's veth (bench/
+            README.md, "tc ingress against generic XDP"): within the noise
+            of generic XDP, so auto keeps generic, which needs no second
+            compile; --hook tc asks for it.
 
 The kernel reports what it attached; `sluice run` logs the choice with its
 reason, and `sluice status` shows both.
@@ -59,7 +63,7 @@ def choose(ifname: str, netns: str | None, requested: str) -> HookChoice:
     kind, bus = _interface_kind(ifname, netns)
     if kind == "veth":
         return HookChoice("generic", "auto: a veth, whose peer loses its segmentation offload under "
-                                     "native XDP", may_fall_back=False)
+                                     "native XDP (tc ingress measured no better)", may_fall_back=False)
     if bus == "virtio" and _receive_offload_on(ifname, netns):
         return HookChoice("generic", "auto: virtio-net with receive offload (rx-gro-hw), which native XDP "
                                      "turns off", may_fall_back=False)
