@@ -34,14 +34,12 @@ static __always_inline __u64 rate_cost_ns(const struct rate_limit *limit, __u32 
 	return (__u64)bytes * limit->ps_per_byte / PS_PER_NS;
 }
 
-/* Police one packet: 1 if it conforms (and is charged), 0 to drop it. Under
- * contention that outlasts the attempts the packet is dropped, so the rate
- * is never exceeded. */
+/* Police one packet under a limit (ps_per_byte set): 1 if it conforms (and
+ * is charged), 0 to drop it. Under contention that outlasts the attempts
+ * the packet is dropped, so the rate is never exceeded. */
 static __always_inline int rate_police(__u64 *clock, const struct rate_limit *limit,
 				       __u32 bytes, __u64 now)
 {
-	if (!limit->ps_per_byte)
-		return 1;
 	__u64 cost = rate_cost_ns(limit, bytes);
 	for (int attempt = 0; attempt < CLOCK_CAS_ATTEMPTS; attempt++) {
 		__u64 seen = *(volatile __u64 *)clock;
