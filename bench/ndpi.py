@@ -103,8 +103,9 @@ def build_corpus_capture(path: Path, ndpi: Path) -> int:
 
 def ndpi_names(path: Path) -> tuple[dict, float]:
     """(client, port) -> name as ndpiReader reports it; and its packets per second."""
+    # errors="replace": real captures hold names that are not UTF-8, and nDPI prints them as they are.
     result = subprocess.run(["ndpiReader", "-i", str(path), "-v", "2"], capture_output=True, text=True,
-                            check=True, timeout=600)
+                            errors="replace", check=True, timeout=600)
     names = {}
     flow = re.compile(r"TCP (\d+\.\d+\.\d+\.\d+):(\d+) <-> \S+.*?\[(?:Hostname/SNI|Host): ([^\]]+)\]")
     for match in flow.finditer(result.stdout):

@@ -36,7 +36,6 @@ import math
 import multiprocessing
 import os
 import socket
-import struct
 import sys
 import time
 
@@ -74,10 +73,28 @@ def _address(raw: bytes) -> str:
     return str(address.ipv4_mapped or address)
 
 
+@functools.cache
+def _key_layout(key_type) -> tuple[int, slice, slice, slice, slice]:
+    """Where a flow key's protocol, lower address and port, higher address
+    and port lie in its bytes (bcc's ctypes type of struct flow_key)."""
+    def part(field):
+        return slice(field.offset, field.offset + field.size)
+    return (key_type.l4proto.offset, part(key_type.addr_lo), part(key_type.port_lo), part(key_type.addr_hi),
+            part(key_type.port_hi))
+
+
+def _key_parts(key) -> tuple[int, bytes, bytes, bytes, bytes]:
+    """A flow key's protocol, lower address, port (as on the wire), higher
+    address, port: read from one copy of its bytes, not field by field."""
+    raw = bytes(key)
+    proto, addr_lo, port_lo, addr_hi, port_hi = _key_layout(type(key))
+    return raw[proto], raw[addr_lo], raw[port_lo], raw[addr_hi], raw[port_hi]
+
+
 def client_and_server(key, client_is_hi: int) -> tuple[tuple[str, int], tuple[str, int]]:
-    # The key's ports are in network byte order.
-    lo = (_address(bytes(key.addr_lo)), socket.ntohs(key.port_lo))
-    hi = (_address(bytes(key.addr_hi)), socket.ntohs(key.port_hi))
+    _proto, addr_lo, port_lo, addr_hi, port_hi = _key_parts(key)
+    lo = (_address(addr_lo), int.from_bytes(port_lo, "big"))
+    hi = (_address(addr_hi), int.from_bytes(port_hi, "big"))
     return (hi, lo) if client_is_hi else (lo, hi)
 
 
@@ -94,8 +111,7 @@ def _record(key, client_is_hi, proto=None, name=None, rule=None) -> dict:
 
 def settled_key(key) -> bytes:
     """A flow key (struct flow_key)'s identity, as frame_flows gives it."""
-    return flow_identity(key.l4proto, bytes(key.addr_lo), struct.pack("=H", key.port_lo),
-                         bytes(key.addr_hi), struct.pack("=H", key.port_hi))
+    return flow_identity(*_key_parts(key))
 
 
 class SettledFlows:
