@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import schedule, xdp_link
+from . import schedule, tc, xdp_link
 from .abi import ABI
 from .block_methods import follow_server_resets, set_up_server_resets
 from .abi import PROTO_NAMES
@@ -590,7 +590,12 @@ def program_arrays(datapath) -> list[tuple]:
 
 
 def remove_pins() -> None:
-    """Unpin every sluice link and map; the kernel frees what nothing else holds."""
+    """Unpin every sluice link and map, and take the classifier off the
+    interfaces the state file has at tc ingress; the kernel frees what
+    nothing else holds."""
+    for link in read_state().get("interfaces", []):
+        if link["mode"] == "tc":
+            tc.remove_classifier(link["ifname"], link["netns"])
     if PIN_ROOT.exists():
         shutil.rmtree(PIN_ROOT)
     STATE_FILE.unlink(missing_ok=True)

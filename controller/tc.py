@@ -16,6 +16,7 @@ import logging
 from pyroute2 import IPRoute, NetlinkError
 
 from .netns import inside_netns
+from .xdp_link import program_id
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,13 @@ class TcIngressLink:
     def __init__(self, ifname: str, netns: str | None, reason: str, program_fd: int, fail_static: bool):
         self.ifname, self.netns, self.reason, self.fail_static = ifname, netns, reason, fail_static
         self.filter = TcFilter(ifname, netns, TC_PARENT_INGRESS, "sluice_tc_ingress", program_fd, CLASSIFIER_PRIO)
+        self.program_id = program_id(program_fd)
         log.info("attached to %s%s at tc ingress (%s)", ifname, f" (netns {netns})" if netns else "", reason)
 
     def update(self, program_fd: int) -> None:
         """Swap the program in place: the filter is never absent."""
         self.filter.replace_program(program_fd)
+        self.program_id = program_id(program_fd)
 
     def detach(self) -> None:
         self.filter.close()
@@ -110,13 +113,30 @@ class TcIngressLink:
             self.detach()
 
     def attached_program(self) -> tuple[int, int]:
-        """(program id, ifindex) of the filter as the kernel has it now; ifindex 0: gone."""
+        """(program id, ifindex) of the filter as the kernel has it now; ifindex 0: gone.
+        pyroute2 does not decode a filter's TCA_BPF_ID, so the filter is known
+        by its place (ingress, CLASSIFIER_PRIO) and its program's name, and
+        the id is the one it was given."""
         with inside_netns(self.netns), IPRoute() as ipr:
             links = ipr.link_lookup(ifname=self.ifname)
             if not links:
                 return 0, 0
             for found in ipr.get_filters(links[0], parent=TC_PARENT_INGRESS):
                 options = found.get_attr("TCA_OPTIONS")
-                if found.get_attr("TCA_KIND") == "bpf" and options and options.get_attr("TCA_BPF_ID"):
-                    return options.get_attr("TCA_BPF_ID"), links[0]
+                if (found.get_attr("TCA_KIND") == "bpf" and found["info"] >> 16 == CLASSIFIER_PRIO and
+                        options and options.get_attr("TCA_BPF_NAME") == self.filter.program_name):
+                    return self.program_id, links[0]
         return 0, 0
+
+def remove_classifier(ifname: str, netns: str | None) -> None:
+    """Take the classifier a crashed controller left on ifname's tc ingress
+    off, if it is there (`sluice stop`): a tc filter, unlike a link, has no
+    pin to remove."""
+    try:
+        with inside_netns(netns), IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=ifname)
+            if links:
+                ipr.tc("del-filter", "bpf", links[0], parent=TC_PARENT_INGRESS, handle=FILTER_HANDLE,
+                       prio=CLASSIFIER_PRIO)
+    except (OSError, NetlinkError) as error:
+        log.debug("no classifier to remove from %s: %s", ifname, error)

@@ -13,10 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import needs_root
+from conftest import HOOKS, AtHook, classify, needs_root
 from sluice.abi import ABI
 from sluice.quic_flows import QuicFlows
-from sluice.testrun import run_xdp
 from packets import (IPv6ExtHdrFragment, client_hello, extension, http_request, ip_fragments, tcp_frame,
                      udp_frame)
 from quic_packets import crypto_frame, handshake_client_hello, initial_packet
@@ -48,9 +47,10 @@ ports = iter(range(41000, 45000))
 idents = iter(range(1, 60000))
 
 
-@pytest.fixture(scope="module")
-def dp(make_datapath):
-    return make_datapath(POLICY.format(inspection=""))
+@pytest.fixture(scope="module", params=HOOKS)
+def dp(make_datapath, request):
+    """Fragments reach tc ingress as they reach XDP: the kernel gathers them later, in IP."""
+    return AtHook(make_datapath(POLICY.format(inspection="")), request.param)
 
 
 class Flow:
@@ -64,10 +64,10 @@ class Flow:
         return tcp_frame(payload, sport=self.port, dport=self.dport, seq=seq, flags=flags, v6=self.v6)
 
     def send_whole(self, payload: bytes, seq: int = ISN + 1, flags: str = "PA") -> str:
-        return run_xdp(self.dp.function.fd, self.frame(payload, seq, flags)).verdict
+        return classify(self.dp, self.frame(payload, seq, flags)).verdict
 
     def send_fragments(self, frames: list[bytes]) -> list[str]:
-        return [run_xdp(self.dp.function.fd, frame).verdict for frame in frames]
+        return [classify(self.dp, frame).verdict for frame in frames]
 
     def fragments(self, payload: bytes, cuts=FRAGMENT, seq: int = ISN + 1) -> list[bytes]:
         return ip_fragments(self.frame(payload, seq), cuts, ident=next(idents))
@@ -165,7 +165,7 @@ def test_an_atomic_ipv6_fragment_is_read_as_the_whole_packet(dp):
     frame = tcp_frame(small_hello(b"blocked.example"), sport=flow.port, seq=ISN + 1, v6=True,
                       ext_headers=(IPv6ExtHdrFragment(offset=0, m=0, id=next(idents)),))
     before = dp.counters()
-    assert run_xdp(dp.function.fd, frame).verdict == "drop"
+    assert classify(dp, frame).verdict == "drop"
     counts = moved(dp, before)
     assert counts["flows_tls"] == 1 and "fragments" not in counts
 
@@ -246,7 +246,7 @@ def test_more_datagrams_than_the_table_holds_evict_the_oldest(dp):
     before = dp.counters()
     for _ in range(count):
         first = ip_fragments(segment, [(0, 256)], ident=next(idents))[0]
-        assert run_xdp(dp.function.fd, first).verdict == "pass"
+        assert classify(dp, first).verdict == "pass"
     assert moved(dp, before)["frag_datagrams"] == count
     assert dp.fragment_count() <= ABI.SLUICE_FRAGS_MAX
 
@@ -257,10 +257,10 @@ def test_a_datagram_not_whole_in_time_is_started_afresh(dp):
         flow = Flow(dp, v6=False)
         payload = small_hello(b"blocked.example")
         first, rest = flow.fragments(payload, [(0, 256), (256, len(payload) + 20)])
-        assert run_xdp(dp.function.fd, first).verdict == "pass"
+        assert classify(dp, first).verdict == "pass"
         dp.set_config(clock_ns=10**12 + ABI.SLUICE_FRAG_TIMEOUT_NS + 1)
         before = dp.counters()
-        assert run_xdp(dp.function.fd, rest).verdict == "pass"
+        assert classify(dp, rest).verdict == "pass"
     finally:
         dp.set_config(clock_ns=0)
     counts = moved(dp, before)
@@ -299,21 +299,21 @@ def test_fragments_drop_drops_the_first_fragment_of_a_flow_being_inspected(dropp
 
 def test_fragments_drop_leaves_other_udp_alone(dropping):
     frames = ip_fragments(udp_frame(bytes(3000), sport=next(ports), dport=53), 1024, ident=next(idents))
-    assert [run_xdp(dropping.function.fd, frame).verdict for frame in frames] == ["pass"] * 3
+    assert [classify(dropping, frame).verdict for frame in frames] == ["pass"] * 3
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_fragments_drop_drops_a_quic_initial_sent_in_fragments(dropping, v6):
     datagram = initial_packet(crypto_frame(0, handshake_client_hello(b"allowed.example")), size=1200)
     frames = ip_fragments(udp_frame(datagram, sport=next(ports), v6=v6), 512, ident=next(idents))
-    assert [run_xdp(dropping.function.fd, frame).verdict for frame in frames] == ["drop", "pass", "pass"]
+    assert [classify(dropping, frame).verdict for frame in frames] == ["drop", "pass", "pass"]
 
 
-@pytest.fixture(scope="module")
-def quic(make_datapath):
-    """A data plane whose QUIC Initials are read by the controller's QuicFlows."""
+@pytest.fixture(scope="module", params=HOOKS)
+def quic(make_datapath, request):
+    """A data plane whose QUIC Initials are read by the controller's QuicFlows, at either hook."""
     dp = make_datapath(POLICY.format(inspection=""), events=True)
-    return dp, QuicFlows(dp)
+    return AtHook(dp, request.param), QuicFlows(dp)
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
@@ -325,8 +325,8 @@ def test_a_quic_initial_sent_in_fragments_is_named_and_its_flow_blocked(quic, or
     frames = ORDERS[order](ip_fragments(udp_frame(datagram, sport=port, v6=v6), 400, ident=next(idents)))
     before, named = dp.counters(), flows.outcomes["sni_found"]
     # The controller decides a QUIC flow: every fragment passes meanwhile.
-    assert [run_xdp(dp.function.fd, frame).verdict for frame in frames] == ["pass"] * len(frames)
+    assert [classify(dp, frame).verdict for frame in frames] == ["pass"] * len(frames)
     assert moved(dp, before)["quic_datagrams"] == 1
     dp.poll_rings(0)
     assert flows.outcomes["sni_found"] == named + 1
-    assert run_xdp(dp.function.fd, udp_frame(b"\x40" + bytes(40), sport=port, v6=v6)).verdict == "drop"
+    assert classify(dp, udp_frame(b"\x40" + bytes(40), sport=port, v6=v6)).verdict == "drop"

@@ -179,17 +179,19 @@ print(len(seen))
 """
 
 
-def test_after_a_crash_the_data_plane_keeps_enforcing_and_a_restart_keeps_the_flows(lab, tmp_path):
+@pytest.mark.parametrize("hook", ["auto", "tc"])
+def test_after_a_crash_the_data_plane_keeps_enforcing_and_a_restart_keeps_the_flows(lab, tmp_path, hook):
+    """At tc, the filter stays by itself and its stages by their pin (tc_stages)."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(SLOW)
-    controller = Controller(lab, policy)
+    controller = Controller(lab, policy, "--hook", hook)
     download = start_download(lab, 8)
     time.sleep(2)
     controller.process.kill()
     controller.process.wait()
     assert not lab.curl("blocked.example", timeout=1).ok, "fail-static: still enforcing"
     time.sleep(1)
-    restarted = Controller(lab, policy)
+    restarted = Controller(lab, policy, "--hook", hook)
     assert restarted.metric("sluice_flow_table_entries") >= 1
     downloaded = int(download.communicate(timeout=30)[0])
     # Had the restart forgotten the flow, its rest would have run unthrottled (a Gbit/s here).
@@ -210,10 +212,12 @@ def test_fail_open_detaches_when_the_controller_dies(lab, tmp_path):
     assert lab.curl("blocked.example", timeout=2).ok
 
 
-def test_stop_detaches_a_crashed_controllers_data_plane(lab, tmp_path):
+@pytest.mark.parametrize("hook", ["auto", "tc"])
+def test_stop_detaches_a_crashed_controllers_data_plane(lab, tmp_path, hook):
+    """Pinned XDP links, or at --hook tc the filters the state file lists."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(BLOCK_ONE)
-    controller = Controller(lab, policy)
+    controller = Controller(lab, policy, "--hook", hook)
     controller.process.kill()
     controller.process.wait()
     assert not lab.curl("blocked.example", timeout=1).ok
