@@ -93,7 +93,7 @@ class Corpus(Replayer):
     def __init__(self, proxy_protocol: bool = False):
         super().__init__(None)
         if proxy_protocol:
-            flags = self.datapath.table("config")[ctypes.c_uint32(0)].flags
+            flags = self.datapath.config().flags
             self.datapath.set_config(flags=flags | ABI.SLUICE_CFG_PROXY_PROTOCOL)
 
     def replay(self, capture: Path) -> list[dict]:

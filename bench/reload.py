@@ -4,8 +4,9 @@ Run as root:  .venv/bin/python bench/reload.py [--sizes 10,100000,1000000]
 
 For each size it starts `Service` on the lab's edge with a 10-rule policy,
 then replaces the policy with one naming N domains and times reload():
-validation, compilation, filling the maps, and the atomic swap, as a user's
-SIGHUP would trigger it. The baseline is the reload of the 10-rule policy.
+loading and validating the policy, filling the spare generation of the
+policy maps, and the switch to it, as a user's SIGHUP would trigger it. The
+baseline is the reload of the 10-rule policy.
 """
 
 import argparse

@@ -62,6 +62,7 @@ struct reply_meta {
 	__u32 client_ack;
 	__u32 page_rule;		/* non-zero: the reply is to be this rule's page, which
 					 * XDP had no room to grow the frame for */
+	__u32 generation;		/* the policy the page is of (policy_maps.h) */
 };
 
 /* The client's packet, as far as a reply needs it. */
@@ -264,7 +265,8 @@ static __always_inline int reply_turn_to_server(struct __sk_buff *skb, __u32 cli
  * one program may send two packets. The reply leaves by a clone; the skb,
  * turned into the server's RST, goes on up the stack, which forwards it.
  * Returns -1 if the RST could not be made (the reply has left). */
-static __always_inline int reply_hand_up(struct __sk_buff *skb, const struct reply_request *req, __u32 page_rule)
+static __always_inline int reply_hand_up(struct __sk_buff *skb, const struct reply_request *req, __u32 page_rule,
+					 const struct sluice_config *cfg)
 {
 	bpf_clone_redirect(skb, skb->ifindex, 0);
 	return reply_turn_to_server(skb, req->seq, req->ack);
@@ -273,7 +275,8 @@ static __always_inline int reply_hand_up(struct __sk_buff *skb, const struct rep
 /* Send the reply built in the frame: XDP_TX, or up to sluice_tc_reset
  * with what it needs to reset the server too (and to make the reply
  * page_rule's page). Returns -1 if it cannot be handed up. */
-static __always_inline int reply_hand_up(struct ctx_buff *ctx, const struct reply_request *req, __u32 page_rule)
+static __always_inline int reply_hand_up(struct ctx_buff *ctx, const struct reply_request *req, __u32 page_rule,
+					 const struct sluice_config *cfg)
 {
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct reply_meta)) < 0)
 		return -1;	/* a driver without metadata */
@@ -284,9 +287,18 @@ static __always_inline int reply_hand_up(struct ctx_buff *ctx, const struct repl
 	meta->client_seq = req->seq;
 	meta->client_ack = req->ack;
 	meta->page_rule = page_rule;
+	meta->generation = cfg->generation;
 	return 0;
 }
 #endif
+
+/* rule_id's page under cfg's policy, or 0. */
+static __always_inline struct block_page *reply_page_of(const struct sluice_config *cfg, __u32 rule_id)
+{
+	void *pages = block_pages_of(cfg);
+
+	return pages ? bpf_map_lookup_elem(pages, &rule_id) : 0;
+}
 
 /* Answer the client's packet of a flow blocked under rule_id with a page
  * (the request of a plain-HTTP flow, under method page) or a RST. */
@@ -313,7 +325,7 @@ static __always_inline int reply_to_client(struct ctx_buff *ctx, const struct fl
 
 	if (rule->block_method == SLUICE_BLOCK_PAGE && flow->proto == SLUICE_PROTO_HTTP &&
 	    req.consumed && !(req.flags & REPLY_TCP_FIN))
-		page = block_pages.lookup(&rule_id);
+		page = reply_page_of(cfg, rule_id);
 	if (page && page->len) {
 		/* 1..SLUICE_PAGE_BYTES_MAX already; the mask shows the verifier. */
 		page_len = page->len;
@@ -342,7 +354,7 @@ static __always_inline int reply_to_client(struct ctx_buff *ctx, const struct fl
 	if (reply_write_headers(ctx_data(ctx), ctx_data_end(ctx), &req, seq, ack,
 				flags, window, page_len, payload_sum) < 0)
 		return CTX_ACT_DROP;
-	if ((cfg->flags & SLUICE_CFG_SERVER_RESETS) && reply_hand_up(ctx, &req, page_rule) == 0) {
+	if ((cfg->flags & SLUICE_CFG_SERVER_RESETS) && reply_hand_up(ctx, &req, page_rule, cfg) == 0) {
 		if (!page_rule)
 			reply_count(rule_id, page_len != 0);
 		return CTX_ACT_OK;
@@ -359,18 +371,17 @@ static __always_inline int reply_stage(struct ctx_buff *ctx)
 	void *data_end = ctx_data_end(ctx);
 	struct packet_info pkt = {};
 	struct flow_key key = {};
-	__u32 zero = 0;
 
 	/* 0: a whole TCP or UDP packet, no fragment (encapsulated: see reply_read_request()). */
 	if (parse_packet(data, data_end, ctx_len(ctx), &pkt, TUNNELS_REPLIED) != 0 || pkt.l4proto != IPPROTO_TCP)
 		return CTX_ACT_DROP;
 	flow_make_key(&pkt, &key);
 	struct flow_state *flow = flows.lookup(&key);
-	struct sluice_config *cfg = config.lookup(&zero);
+	struct sluice_config *cfg = config_of_packet();
 	if (!flow || !cfg || flow->action != SLUICE_ACTION_BLOCK)
 		return CTX_ACT_DROP;
 	__u32 rule_id = flow->rule_id;
-	struct rule_info *rule = rules.lookup(&rule_id);
+	struct rule_info *rule = rule_of(cfg, rule_id);
 	if (!rule || rule->block_method == SLUICE_BLOCK_DROP)
 		return CTX_ACT_DROP;
 	return reply_to_client(ctx, flow, rule, rule_id, cfg);
@@ -379,9 +390,10 @@ static __always_inline int reply_stage(struct ctx_buff *ctx)
 /* Turn the RST to the client that reply was read from into page_rule's
  * page (XDP had no room for it); on failure, it stays the RST. */
 static __always_inline void reply_make_page(struct __sk_buff *skb, const struct reply_request *reply,
-					    __u32 page_rule)
+					    __u32 page_rule, __u32 generation)
 {
-	struct block_page *page = block_pages.lookup(&page_rule);
+	struct sluice_config *cfg = config.lookup(&generation);
+	struct block_page *page = cfg ? reply_page_of(cfg, page_rule) : 0;
 	struct reply_request to_client = {};
 
 	if (!page || !page->len)
@@ -422,12 +434,13 @@ static __always_inline int reply_reset_server(struct __sk_buff *skb)
 	if ((void *)(tag + 1) > (void *)(long)skb->data || tag->magic != REPLY_META_MAGIC)
 		return TC_ACT_OK;
 	__u32 client_seq = tag->client_seq, client_ack = tag->client_ack, page_rule = tag->page_rule;
+	__u32 generation = tag->generation;
 	/* The stack may keep the metadata: the RST must not come round again. */
 	tag->magic = 0;
 	if (reply_read_request((void *)(long)skb->data, (void *)(long)skb->data_end, &reply) < 0)
 		return TC_ACT_SHOT;
 	if (page_rule)
-		reply_make_page(skb, &reply, page_rule);
+		reply_make_page(skb, &reply, page_rule, generation);
 	bpf_clone_redirect(skb, skb->ifindex, 0);
 	if (reply_turn_to_server(skb, client_seq, client_ack) < 0)
 		return TC_ACT_SHOT;

@@ -36,34 +36,44 @@ struct flow_view {
 	__u8 pad[2];
 };
 
-static __always_inline __u32 match_client_class(const __u8 *addr)
+static __always_inline __u32 match_client_class(const struct sluice_config *cfg, const __u8 *addr)
 {
 	struct client_prefix prefix = { .prefixlen = 128 };
+	void *classes = client_classes_of(cfg);
 	__u32 *class_id;
 
+	if (!classes)
+		return 0;
 	__builtin_memcpy(prefix.addr, addr, 16);
-	class_id = client_classes.lookup(&prefix);
+	class_id = bpf_map_lookup_elem(classes, &prefix);
 	return class_id ? *class_id : 0;
 }
 
-static __always_inline __u32 match_destination_set(const __u8 *addr)
+static __always_inline __u32 match_destination_set(const struct sluice_config *cfg, const __u8 *addr)
 {
 	struct client_prefix prefix = { .prefixlen = 128 };
+	void *destinations = destinations_of(cfg);
 	__u32 *set_id;
 
+	if (!destinations)
+		return 0;
 	__builtin_memcpy(prefix.addr, addr, 16);
-	set_id = destinations.lookup(&prefix);
+	set_id = bpf_map_lookup_elem(destinations, &prefix);
 	return set_id ? *set_id : 0;
 }
 
 /* The bits of the protocol ids an ALPN extension body offers (RFC 7301: a
  * 2-byte list length, then ids of a 1-byte length each) that rules name;
  * alpn holds its first len bytes. */
-static __always_inline __u32 match_offered_alpn_ids(const __u8 *alpn, __u32 len)
+static __always_inline __u32 match_offered_alpn_ids(const struct sluice_config *cfg, const __u8 *alpn, __u32 len)
 {
 	struct alpn_key key;
+	void *named = alpn_ids_of(cfg);
 	__u32 ids = 0;
 	__u32 off = 2;
+
+	if (!named)
+		return 0;
 
 	for (int i = 0; i < ALPN_ENTRIES_MAX; i++) {
 		if (off >= len)
@@ -77,7 +87,7 @@ static __always_inline __u32 match_offered_alpn_ids(const __u8 *alpn, __u32 len)
 			/* Bytes past the id are zero, as the controller writes keys. */
 			for (int j = 0; j < SLUICE_ALPN_ID_BYTES; j++)
 				key.id[j] = masked_u8(alpn, off + j, ALPN_COPY_MASK) & -(__u8)(j < id_len);
-			__u32 *bit = alpn_ids.lookup(&key);
+			__u32 *bit = bpf_map_lookup_elem(named, &key);
 			if (bit)
 				ids |= *bit;
 		}
@@ -167,11 +177,14 @@ static __always_inline __u32 match_select_rule(__u32 set_id, struct flow_view *c
 					       const struct sluice_config *cfg)
 {
 	struct rule_set_key key = { .set_id = set_id, .class_id = client->class_id };
-	struct rule_set *set = rule_sets.lookup(&key);
+	void *sets = rule_sets_of(cfg);
 
+	if (!sets)
+		return 0;
+	struct rule_set *set = bpf_map_lookup_elem(sets, &key);
 	if (!set) {
 		key.class_id = 0;
-		set = rule_sets.lookup(&key);
+		set = bpf_map_lookup_elem(sets, &key);
 		if (!set)
 			return 0;
 	}
@@ -179,7 +192,7 @@ static __always_inline __u32 match_select_rule(__u32 set_id, struct flow_view *c
 		__u32 rule_id = set->rule_ids[i];
 		if (!rule_id)
 			break;
-		struct rule_info *rule = rules.lookup(&rule_id);
+		struct rule_info *rule = rule_of(cfg, rule_id);
 		if (rule && match_rule_applies(rule, client, cfg))
 			return rule_id;
 	}

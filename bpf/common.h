@@ -12,6 +12,7 @@
 #include "sluice_abi.h"
 #include "maps.h"
 #include "ctx.h"
+#include "policy_maps.h"
 
 /* The data plane's time: the kernel's monotonic clock, or a frozen clock
  * that tests set to replay exact packet timings. Rates need nanoseconds;

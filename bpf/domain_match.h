@@ -53,20 +53,25 @@ static __always_inline __u32 domain_normalise_name(const __u8 *bytes, __u32 off,
 	return len;
 }
 
-static __always_inline __u32 domain_lookup_rule(__u64 fnv, __u64 mix, __u32 len, __u32 kind)
+static __always_inline __u32 domain_lookup_rule(void *names, __u64 fnv, __u64 mix, __u32 len, __u32 kind)
 {
 	struct name_key key = { .hash_fnv = fnv, .hash_mix = mix, .len = len, .kind = kind };
-	__u32 *set_id = domain_rules.lookup(&key);
+	__u32 *set_id = bpf_map_lookup_elem(names, &key);
 
 	return set_id ? *set_id : 0;
 }
 
-/* The rule set of the most specific domain entry naming name[0, len), or 0. */
-static __always_inline __u32 domain_match(const char *name, __u32 len)
+/* The rule set of the most specific domain entry naming name[0, len), or 0,
+ * under cfg's policy. */
+static __always_inline __u32 domain_match(const struct sluice_config *cfg, const char *name, __u32 len)
 {
 	__u64 fnv = NAME_FNV_OFFSET;
 	__u64 mix = NAME_MIX_SEED;
 	__u32 best = 0;
+	void *names = domain_rules_of(cfg);
+
+	if (!names)
+		return 0;
 
 	for (int i = 0; i < SLUICE_NAME_MAX; i++) {
 		hide_from_compiler(i);
@@ -79,7 +84,7 @@ static __always_inline __u32 domain_match(const char *name, __u32 len)
 		__u64 is_dot = ((__u64)(c ^ '.') - 1) >> 63;
 		hide_from_compiler(is_dot);	/* or clang turns it back into c == '.' */
 		if (is_dot) {
-			__u32 set_id = domain_lookup_rule(fnv, mix, i, SLUICE_MATCH_SUFFIX);
+			__u32 set_id = domain_lookup_rule(names, fnv, mix, i, SLUICE_MATCH_SUFFIX);
 			if (set_id)
 				best = set_id;
 		}
@@ -89,10 +94,10 @@ static __always_inline __u32 domain_match(const char *name, __u32 len)
 	}
 	if (len == 0)
 		return 0;
-	__u32 exact = domain_lookup_rule(fnv, mix, len, SLUICE_MATCH_EXACT);
+	__u32 exact = domain_lookup_rule(names, fnv, mix, len, SLUICE_MATCH_EXACT);
 	if (exact)
 		return exact;
-	__u32 whole = domain_lookup_rule(fnv, mix, len, SLUICE_MATCH_SUFFIX);
+	__u32 whole = domain_lookup_rule(names, fnv, mix, len, SLUICE_MATCH_SUFFIX);
 	return whole ? whole : best;
 }
 

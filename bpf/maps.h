@@ -6,12 +6,13 @@
  * and value types come from sluice_abi.h (shared with Python) and scratch.h
  * (the data plane's own).
  *
- * Two blocks. State maps outlive any one policy: the controller pins them
+ * Three blocks. State maps outlive any one policy: the controller pins them
  * (STATE_MAPS in controller/datapath.py; tests/test_abi.py holds the two
  * lists together), so that a reloaded policy, or a controller restarted
- * after a crash, finds the same flows and counters. Every other map belongs
- * to one compiled policy and is replaced with it: the policy's own tables,
- * and the stage array, rings and scratch buffers that go with its programs.
+ * after a crash, finds the same flows and counters. The policy maps hold
+ * two generations, so that a reload fills one while packets read the other
+ * (policy_maps.h); the stage array, rings and scratch buffers belong to the
+ * loaded programs.
  */
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H
@@ -66,31 +67,55 @@ BPF_TABLE("lru_hash", struct client_clock_key, struct rate_clocks, client_clocks
  * whole or the window runs out. */
 BPF_TABLE("lru_hash", struct flow_key, struct client_stream, streams, SLUICE_STREAMS_MAX);
 
-/* --- policy (one compiled policy's, replaced with it) ------------------ */
+/* --- policy (two generations: the running policy, the next one) ------- */
+
+/* Which generation packets are judged under (policy_maps.h): the
+ * controller fills the other one, then flips this. */
+BPF_ARRAY(policy_generation, __u32, 1);
+
+/* The generation the packet in hand entered under, for the stages it is
+ * tail-called into: the live one may flip meanwhile. */
+BPF_PERCPU_ARRAY(packet_generations, __u32, 1);
+
+/* Maps sized to their policy: one per generation, each an inner map of a
+ * two-slot outer map indexed by generation. The inner map declared first
+ * is the template the outer's slots must match (key and value types; the
+ * sizes of hashes and tries may differ). */
 
 /* name_key -> rule set id, for suffix and exact names alike. */
 BPF_HASH(domain_rules, struct name_key, __u32, SLUICE_DOMAIN_RULES_MAX);
+BPF_ARRAY_OF_MAPS(domain_rules_by_generation, "domain_rules", SLUICE_GENERATIONS);
 
 /* (rule set id, client class) -> the rules that may apply, in order. */
 BPF_HASH(rule_sets, struct rule_set_key, struct rule_set, SLUICE_RULE_SETS_MAX);
+BPF_ARRAY_OF_MAPS(rule_sets_by_generation, "rule_sets", SLUICE_GENERATIONS);
 
 /* Client address prefix -> client class id; the longest prefix wins. */
 BPF_LPM_TRIE(client_classes, struct client_prefix, __u32, SLUICE_CLIENT_PREFIXES_MAX);
+BPF_ARRAY_OF_MAPS(client_classes_by_generation, "client_classes", SLUICE_GENERATIONS);
 
 /* Server address prefix -> destination set id; the longest prefix wins. */
 BPF_LPM_TRIE(destinations, struct client_prefix, __u32, SLUICE_DESTINATION_PREFIXES_MAX);
+BPF_ARRAY_OF_MAPS(destinations_by_generation, "destinations", SLUICE_GENERATIONS);
 
 /* ALPN protocol id a rule names -> its bit in rule_info.alpn_ids. */
 BPF_HASH(alpn_ids, struct alpn_key, __u32, SLUICE_ALPN_IDS_MAX);
-
-/* rule id -> what the rule does. */
-BPF_ARRAY(rules, struct rule_info, SLUICE_MAX_RULES);
+BPF_ARRAY_OF_MAPS(alpn_ids_by_generation, "alpn_ids", SLUICE_GENERATIONS);
 
 /* rule id -> the 451 response of a block rule with method page (block_reply.h). */
 BPF_HASH(block_pages, __u32, struct block_page, SLUICE_BLOCK_PAGES_MAX);
+BPF_ARRAY_OF_MAPS(block_pages_by_generation, "block_pages", SLUICE_GENERATIONS);
 
-/* Index 0 holds the one sluice_config. */
-BPF_ARRAY(config, struct sluice_config, 1);
+/* Fixed-size arrays hold their generations side by side, which costs the
+ * established path no lookup of an outer map: */
+
+/* generation * SLUICE_MAX_RULES + rule id -> what the rule does. */
+BPF_ARRAY(rules, struct rule_info, SLUICE_GENERATIONS * SLUICE_MAX_RULES);
+
+/* generation -> that generation's sluice_config. */
+BPF_ARRAY(config, struct sluice_config, SLUICE_GENERATIONS);
+
+/* --- the programs' own (one loaded data plane's) ----------------------- */
 
 /* enum sluice_stage -> inspection stage program (the controller pins it
  * too, but per compiled policy: a pinned XDP link keeps its stages). */

@@ -280,11 +280,12 @@ static __always_inline void receiver_block_evasion(struct flow_state *flow, cons
 
 /* The flow is to be judged afresh from the segment in hand: the bytes that
  * named it (the SYN's data) never reached the server's application. */
-static __always_inline void receiver_inspect_again(struct flow_state *flow, const struct flow_key *key)
+static __always_inline void receiver_inspect_again(struct flow_state *flow, const struct flow_key *key,
+						   const struct sluice_config *cfg)
 {
 	flow->state = SLUICE_FLOW_INSPECTING;
 	/* Back to what its opening packet made of it, if anything. */
-	verdict_put_under_rule(flow, flow->opening_rule_id);
+	verdict_put_under_rule(flow, flow->opening_rule_id, cfg);
 	flow->proto = SLUICE_PROTO_UNKNOWN;
 	flow->streaming = 0;
 	streams.delete(key);

@@ -21,6 +21,10 @@
 /* Rules live in an array indexed by rule id; id 0 means "no rule". */
 #define SLUICE_MAX_RULES 4096
 
+/* Policies loaded side by side: the running one and the one a reload fills
+ * before it flips policy_generation to it (policy_maps.h). */
+#define SLUICE_GENERATIONS 2
+
 /* Flow table size (LRU: the least recently used flow is evicted first). */
 #define SLUICE_FLOW_MAX 262144
 
@@ -417,7 +421,7 @@ struct sluice_config {
 	__u32 closed_tunnels;		/* bit 1 << enum sluice_tunnel: an encapsulation not opened */
 	__u64 rollout_key[2];		/* SipHash key of the rollout hash */
 	__u32 ttl_margin;		/* see SLUICE_TTL_MARGIN_DEFAULT */
-	__u32 pad;
+	__u32 generation;		/* its own index in config: the policy maps its packets read */
 };
 
 /* Client bytes of a young flow kept to reassemble a ClientHello that spans

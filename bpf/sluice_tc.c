@@ -61,9 +61,8 @@ int sluice_tc_egress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct packet_info pkt_on_stack = {}, *pkt = &pkt_on_stack;
 	struct flow_key key = {};
-	__u32 zero = 0;
 
-	struct sluice_config *cfg = config.lookup(&zero);
+	struct sluice_config *cfg = config_live();
 	if (!cfg)
 		return TC_ACT_OK;
 	/* A tunnelled flow is shaped by its outer packets, as XDP polices them. */
@@ -76,7 +75,7 @@ int sluice_tc_egress(struct __sk_buff *skb)
 	if (flow->action != SLUICE_ACTION_SHAPE && flow->action != SLUICE_ACTION_DELAY)
 		return TC_ACT_OK;
 	__u32 rule_id = flow->rule_id;
-	struct rule_info *rule = rules.lookup(&rule_id);
+	struct rule_info *rule = rule_of(cfg, rule_id);
 	if (!rule)
 		return TC_ACT_OK;
 

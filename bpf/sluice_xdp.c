@@ -261,10 +261,9 @@ int CTX_ENTRY(struct ctx_buff *ctx)
 {
 	struct packet_info pkt = {};
 	struct flow_key key = {};
-	__u32 zero = 0;
 
 	counter_inc(SLUICE_CNT_PACKETS);
-	struct sluice_config *cfg = config.lookup(&zero);
+	struct sluice_config *cfg = config_enter();
 	if (!cfg)
 		return CTX_ACT_OK;
 	int parsed = parse_packet(ctx_data(ctx), ctx_data_end(ctx), ctx_len(ctx), &pkt, ~cfg->closed_tunnels);
@@ -300,7 +299,7 @@ static __always_inline struct payload_scratch *stage_scratch(struct flow_state *
 	__u32 zero = 0;
 	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
 
-	*cfg = config.lookup(&zero);
+	*cfg = config_of_packet();
 	if (!scratch || !*cfg)
 		return 0;
 	*flow = flows.lookup(&scratch->key);
@@ -611,7 +610,7 @@ int sluice_stage_match(struct ctx_buff *ctx)
 	/* The length passes through forget_range(): the matching loop is then
 	 * verified for one unknown length, not once per length domain_normalise_name()
 	 * can return. */
-	scratch->set_id = domain_match(scratch->name, forget_range(scratch->forget_slot, scratch->name_len));
+	scratch->set_id = domain_match(cfg, scratch->name, forget_range(scratch->forget_slot, scratch->name_len));
 	/* No entry names it: the rules without a name condition may apply. */
 	if (!scratch->set_id && (cfg->flags & SLUICE_CFG_UNNAMED_RULES))
 		scratch->set_id = SLUICE_RULE_SET_UNNAMED;
@@ -628,15 +627,15 @@ int sluice_stage_match(struct ctx_buff *ctx)
  * sender of the packet in hand (the name, or the opening packet) is the
  * client; the other end is the server. */
 static __always_inline void view_flow(struct flow_view *client, const struct payload_scratch *scratch,
-				      const struct flow_state *flow)
+				      const struct flow_state *flow, const struct sluice_config *cfg)
 {
 	const struct flow_key *key = &scratch->key;
 
 	__builtin_memcpy(client->addr, scratch->sender_is_hi ? key->addr_hi : key->addr_lo, 16);
 	client->server_port = bpf_ntohs(scratch->sender_is_hi ? key->port_lo : key->port_hi);
 	client->opened_by_client = flow->opened_by_client;
-	client->class_id = match_client_class(client->addr);
-	client->destination_id = match_destination_set(scratch->sender_is_hi ? key->addr_lo : key->addr_hi);
+	client->class_id = match_client_class(cfg, client->addr);
+	client->destination_id = match_destination_set(cfg, scratch->sender_is_hi ? key->addr_lo : key->addr_hi);
 	client->proto = scratch->proto;
 }
 
@@ -650,12 +649,12 @@ int sluice_stage_select(struct ctx_buff *ctx)
 	if (!scratch)
 		return CTX_ACT_OK;
 	const struct flow_key *key = &scratch->key;
-	view_flow(&client, scratch, flow);
+	view_flow(&client, scratch, flow, cfg);
 	/* The hello's facts hold only for this flow's hello: the per-CPU
 	 * scratch keeps the last one parsed, whatever flow it was. */
 	if (scratch->proto == SLUICE_PROTO_TLS) {
 		client.ech = scratch->hello.ech != 0;
-		client.alpn_ids = match_offered_alpn_ids(scratch->alpn, scratch->alpn_len);
+		client.alpn_ids = match_offered_alpn_ids(cfg, scratch->alpn, scratch->alpn_len);
 	}
 	__u32 rule_id = match_select_rule(scratch->set_id, &client, cfg);
 	verdict_classify(flow, rule_id, client.class_id, scratch, cfg);
@@ -679,7 +678,7 @@ int sluice_stage_opening(struct ctx_buff *ctx)
 		return CTX_ACT_OK;
 	const struct flow_key *key = &scratch->key;
 	int tcp = key->l4proto == IPPROTO_TCP;
-	view_flow(&client, scratch, flow);
+	view_flow(&client, scratch, flow, cfg);
 	client.proto = SLUICE_PROTO_UNKNOWN;
 	__u32 rule_id = match_select_rule(SLUICE_RULE_SET_UNNAMED, &client, cfg);
 	if (verdict_judge_opening(flow, rule_id, client.class_id, tcp || flow->proto == SLUICE_PROTO_QUIC,
@@ -717,7 +716,7 @@ int sluice_stage_fragment(struct ctx_buff *ctx)
 	struct packet_info pkt = {};
 	__u32 zero = 0;
 	struct frag_scratch *gathered = frag_buffers.lookup(&zero);
-	struct sluice_config *cfg = config.lookup(&zero);
+	struct sluice_config *cfg = config_of_packet();
 
 	if (!gathered || !cfg)
 		return CTX_ACT_OK;
@@ -768,7 +767,7 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 					return evasion_seen(ctx, flow, scratch, cfg);
 				flow->receiver |= SLUICE_RECEIVER_EVASION;
 			}
-			receiver_inspect_again(flow, &scratch->key);
+			receiver_inspect_again(flow, &scratch->key, cfg);
 		}
 	}
 	/* An urgent byte in the stream: read from the stream, without it. */

@@ -59,8 +59,7 @@ static __always_inline __u32 verdict_packet_direction(const struct flow_state *f
 static __always_inline int verdict_throttle_conforms(struct flow_state *flow, const struct flow_key *key,
 					     __u32 dir, __u32 bytes, const struct sluice_config *cfg)
 {
-	__u32 rule_id = flow->rule_id;
-	struct rule_info *rule = rules.lookup(&rule_id);
+	struct rule_info *rule = rule_of(cfg, flow->rule_id);
 
 	if (!rule)
 		return 1;
@@ -78,10 +77,11 @@ static __always_inline int verdict_throttle_conforms(struct flow_state *flow, co
  * of the trigger's direction would pass trigger_at, the rule's action
  * applies, from this packet on (so at most trigger_at bytes or packets
  * pass untouched). tc egress (shape, delay) reads the same flow->action. */
-static __always_inline void verdict_count_toward_trigger(struct flow_state *flow, __u32 dir, __u32 payload_len)
+static __always_inline void verdict_count_toward_trigger(struct flow_state *flow, __u32 dir, __u32 payload_len,
+							 const struct sluice_config *cfg)
 {
 	__u32 rule_id = flow->rule_id;
-	struct rule_info *rule = rules.lookup(&rule_id);
+	struct rule_info *rule = rule_of(cfg, rule_id);
 
 	if (!rule) {
 		flow->trigger_pending = 0;
@@ -114,7 +114,7 @@ static __always_inline int verdict_apply(struct flow_state *flow, const struct f
 {
 	__u32 dir = verdict_packet_direction(flow, sender_is_hi);
 	if (flow->trigger_pending)
-		verdict_count_toward_trigger(flow, dir, payload_len);
+		verdict_count_toward_trigger(flow, dir, payload_len, cfg);
 	int drop = flow->action == SLUICE_ACTION_BLOCK || flow->action == SLUICE_ACTION_FREEZE ||
 		   (flow->action == SLUICE_ACTION_THROTTLE &&
 		    !verdict_throttle_conforms(flow, key, dir, frame_len, cfg));
@@ -169,9 +169,10 @@ static __always_inline void verdict_emit_event(const struct flow_state *flow, __
 
 /* Put the flow under rule_id (0: none); returns the rule's action as
  * configured (the event's), NONE without a rule. */
-static __always_inline __u8 verdict_put_under_rule(struct flow_state *flow, __u32 rule_id)
+static __always_inline __u8 verdict_put_under_rule(struct flow_state *flow, __u32 rule_id,
+						   const struct sluice_config *cfg)
 {
-	struct rule_info *rule = rule_id ? rules.lookup(&rule_id) : 0;
+	struct rule_info *rule = rule_id ? rule_of(cfg, rule_id) : 0;
 	__u8 action = rule ? rule->action : SLUICE_ACTION_NONE;
 
 	flow->rule_id = rule ? rule_id : 0;
@@ -198,7 +199,7 @@ static __always_inline int verdict_judge_opening(struct flow_state *flow, __u32 
 						 int readable, const struct payload_scratch *scratch,
 						 const struct sluice_config *cfg)
 {
-	__u8 action = verdict_put_under_rule(flow, rule_id);
+	__u8 action = verdict_put_under_rule(flow, rule_id, cfg);
 
 	flow->opening_rule_id = flow->rule_id;
 	if (readable && (!flow->rule_id || action == SLUICE_ACTION_ALLOW || flow->trigger_pending))
@@ -216,7 +217,7 @@ static __always_inline void verdict_classify(struct flow_state *flow, __u32 rule
 				     const struct payload_scratch *scratch,
 				     const struct sluice_config *cfg)
 {
-	__u8 action = verdict_put_under_rule(flow, rule_id);
+	__u8 action = verdict_put_under_rule(flow, rule_id, cfg);
 
 	flow->proto = scratch->proto;
 	flow->client_is_hi = scratch->sender_is_hi;

@@ -26,7 +26,6 @@ policy loader accepts any method on a rule that matches QUIC flows and
 documents this rather than refusing it.
 """
 
-import ctypes
 import logging
 import re
 from dataclasses import dataclass
@@ -119,9 +118,7 @@ def set_up_server_resets(datapath, policy, interfaces) -> list[TcFilter]:
             reset.close()
         log.warning("tc ingress unavailable (%s): blocked clients are reset, their servers are not", error)
         return []
-    config = datapath.table("config")
-    value = config[ctypes.c_uint32(0)]
-    datapath.set_config(flags=value.flags | ABI.SLUICE_CFG_SERVER_RESETS)
+    datapath.set_config(flags=datapath.config().flags | ABI.SLUICE_CFG_SERVER_RESETS)
     return resets
 
 
@@ -147,17 +144,3 @@ def effective_method(rule, proto: str | None) -> str:
     if rule.block_method == "page" and proto != "http":
         return "reset"
     return rule.block_method
-
-
-def follow_server_resets(resets: list[TcFilter], datapath, policy, interfaces) -> list[TcFilter]:
-    """For a reloaded policy's data plane: move the tc ingress programs to it
-    and tell it they are there, or set them up if this is the first policy
-    whose rules answer clients. Called before the XDP swap, so that the new
-    program's replies find the new tc program (and its page map) waiting."""
-    if not resets:
-        return set_up_server_resets(datapath, policy, interfaces)
-    for reset in resets:
-        reset.replace_program(datapath.tc_reset_fd())
-    config = datapath.table("config")
-    datapath.set_config(flags=config[ctypes.c_uint32(0)].flags | ABI.SLUICE_CFG_SERVER_RESETS)
-    return resets

@@ -256,6 +256,7 @@ def serve_until_stopped(service, events: queue.Queue) -> int:
             service.reload()
         elif service.switch_due():
             service.switch_schedule()
+        service.release_previous_policy()
 
 
 def cmd_stop(_args) -> int:

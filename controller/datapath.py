@@ -33,6 +33,10 @@ TC_RESET_FUNCTION = b"sluice_tc_reset"
 # The maps whose contents outlive a policy (bpf/maps.h): a reloaded policy,
 # or a controller restarted after a crash, takes them over from their pins.
 STATE_MAPS = ("flows", "rule_stats", "counters", "tunnel_counters", "rule_clocks", "client_clocks", "streams")
+# The policy maps sized to their policy (bpf/maps.h): each generation's is
+# an inner map of the outer map named after it with BY_GENERATION.
+SIZED_POLICY_MAPS = ("domain_rules", "rule_sets", "client_classes", "destinations", "alpn_ids", "block_pages")
+BY_GENERATION = "_by_generation"
 # enum sluice_stage index -> the program that implements it, named after the
 # member (SLUICE_STAGE_TLS: sluice_stage_tls), so a new stage is a change to
 # the C alone (tests/test_abi.py holds the names to the functions defined).
@@ -57,8 +61,23 @@ class LoadedProgram(NamedTuple):
     fd: int
 
 
+class PreparedPolicy(NamedTuple):
+    """A policy filled into the generation packets are not reading: Datapath.switch() makes it live."""
+    generation: int
+    policy: object
+    retired_rules: list
+    alpn_bits: dict
+    inner_maps: dict        # map name -> fd, the generation's maps sized to its policy
+
+
 class Datapath:
-    """A compiled and loaded data plane, configured from a policy."""
+    """A loaded data plane, its policy changed live by generations.
+
+    The programs are loaded once, with maps of their own. A policy fills
+    the generation of the policy maps that packets are not reading
+    (prepare()), then policy_generation flips to it (switch()), so a packet
+    is judged under the old policy or the new, never a mix
+    (bpf/policy_maps.h). A reload or a schedule step loads no program."""
 
     def __init__(self, policy=None, *, events: bool = False, pin_dir: str | None = None,
                  retired_rules=(), at=None):
@@ -67,43 +86,47 @@ class Datapath:
         retired_rules: rules of earlier policies that flows may still be
         classified under; their actions stay defined, though no name leads
         to them any more.
-        at: the moment whose schedule steps apply (default: now); the
-        controller loads a new Datapath at each switch."""
-        self.retired_rules = list(retired_rules)
-        self.policy = policy.at(at or schedule.now()) if policy else None
+        at: the moment whose schedule steps apply (default: now)."""
+        self.events = events
+        self.policy = None
+        self.retired_rules: list = []
+        self.alpn_bits: dict[str, int] = {}
+        self.generation = 0             # the one packets read; its maps are empty until a policy fills one
+        self.shape_as_throttle = False  # police_shape_rules() was called: every policy's shape rules throttle
         self.program = program()
         self._rings = Rings(self.program.module)
         self._tables: dict[str, object] = {}
         self._maps: dict[str, int] = {}
+        self._inner_maps: dict[int, dict[str, int]] = {generation: {} for generation in range(ABI.SLUICE_GENERATIONS)}
         self._programs: dict[bytes, int] = {}
         self.tc_ingress: TcIngressSet | None = None
         self.links: list = []           # xdp_link.XdpLink, tc.TcIngressLink
         try:
             self._make_maps(pin_dir)
+            self.switch(self.prepare(policy, retired_rules, at))
             self.function = LoadedProgram(PROGRAM_FUNCTION, self._load(PROGRAM_FUNCTION, bcc.BPF.XDP))
             self._load_stages()
-            self._fill_rules(self.policy)
-            self._write_config(self.policy, events)
         except BaseException:
             self.unload()
             raise
 
     # --- maps -------------------------------------------------------------
     def _make_maps(self, pin_dir: str | None) -> None:
-        """This Datapath's own maps, the policy maps sized to the policy; with
-        pin_dir, the state maps are the ones pinned there (or ours, pinned)."""
-        sets = self.policy.rule_sets() if self.policy else None
-        sizes = {"domain_rules": len(sets.names) if sets else 0,
-                 "rule_sets": len(sets.sets) if sets else 0,
-                 "client_classes": len(self.policy.classes) if self.policy else 0,
-                 "destinations": len(self.policy.destinations) if self.policy else 0,
-                 "block_pages": len(self._paged_rules())}
+        """This Datapath's own maps; with pin_dir, the state maps are the ones
+        pinned there (or ours, pinned). The maps sized to their policy come
+        with each policy (prepare()); their outer maps are made here, from a
+        one-entry template of the inner maps they take."""
         for name in self.program.maps:
             if pin_dir and name in STATE_MAPS:
                 self._maps[name] = self._pinned_state(pin_dir, name)
-            else:
-                size = sizes.get(name)
-                self._maps[name] = self.program.make_map(name, None if size is None else max(1, size))
+            elif name.endswith(BY_GENERATION):
+                template = self.program.make_map(name.removesuffix(BY_GENERATION), 1)
+                try:
+                    self._maps[name] = self.program.make_map(name, inner_map_fd=template)
+                finally:
+                    os.close(template)
+            elif name not in SIZED_POLICY_MAPS:
+                self._maps[name] = self.program.make_map(name)
 
     def _pinned_state(self, pin_dir: str, name: str) -> int:
         """The state map pinned in pin_dir, or a new one pinned there.
@@ -139,6 +162,10 @@ class Datapath:
             self.tc_ingress = TcIngressSet(self._maps, self._rings)
         return self.tc_ingress
 
+    def stage_fd(self, stage: int) -> int:
+        """The loaded program of an inspection stage (enum sluice_stage)."""
+        return self._programs[STAGE_FUNCTIONS[stage]]
+
     def poll_rings(self, timeout_ms: int) -> None:
         """Hand what waits on the open ring buffers (or arrives within timeout_ms) to their callbacks."""
         self._rings.poll(timeout_ms)
@@ -157,53 +184,131 @@ class Datapath:
             self._tables[name] = self.program.table(self._rings, name, self._maps[name])
         return self._tables[name]
 
-    def _fill_rules(self, policy) -> None:
-        if policy is None:
-            return
-        rules = self.table("rules")
-        self.alpn_bits = alpn_bits(policy.rules)
-        for rule in [*self.retired_rules, *policy.rules]:
-            rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule, self.alpn_bits, policy.destinations)
-        alpn_ids = self.table("alpn_ids")
-        for protocol_id, bit in self.alpn_bits.items():
+    def prepare(self, policy, retired_rules=(), at=None) -> PreparedPolicy:
+        """Fill policy, as its schedule stands at `at` (default: now), into
+        the generation packets are not reading; nothing they see changes
+        until switch(). On failure the running policy is untouched."""
+        generation = 1 - self.generation
+        policy = policy.at(at or schedule.now()) if policy else None
+        retired_rules = list(retired_rules)
+        bits = alpn_bits(policy.rules) if policy else {}
+        paged = [rule for rule in [*retired_rules, *(policy.rules if policy else [])] if rule.page is not None]
+        sets = policy.rule_sets() if policy else None
+        sizes = {"domain_rules": len(sets.names) if sets else 0,
+                 "rule_sets": len(sets.sets) if sets else 0,
+                 "client_classes": len(policy.classes) if policy else 0,
+                 "destinations": len(policy.destinations) if policy else 0,
+                 "alpn_ids": None,
+                 "block_pages": len(paged)}
+        inner_maps: dict[str, int] = {}
+        try:
+            for name, size in sizes.items():
+                inner_maps[name] = self.program.make_map(name, None if size is None else max(1, size))
+            tables = {name: self.program.table(self._rings, name, fd) for name, fd in inner_maps.items()}
+            if policy is not None:
+                self._fill_policy(tables, policy, sets, bits)
+            pages = tables["block_pages"]
+            for rule in paged:
+                pages[ctypes.c_uint32(rule.id)] = block_methods.fill_page(pages.Leaf(), rule.page)
+            self._fill_rules(generation, [*retired_rules, *(policy.rules if policy else [])], bits,
+                             policy.destinations if policy else None)
+            self._write_config(generation, policy)
+            for name, fd in inner_maps.items():
+                self._set_inner_map(name, generation, fd)
+        except BaseException:
+            for fd in inner_maps.values():
+                os.close(fd)
+            raise
+        return PreparedPolicy(generation, policy, retired_rules, bits, inner_maps)
+
+    def switch(self, prepared: PreparedPolicy) -> None:
+        """Make a prepared policy the one packets are judged under: one write
+        of policy_generation. The maps of the policy before it stay in their
+        generation until the next prepare() replaces them."""
+        assert prepared.generation == 1 - self.generation, "prepared for another generation"
+        key, value = ctypes.c_uint32(0), ctypes.c_uint32(prepared.generation)
+        if bcc.lib.bpf_update_elem(self._maps["policy_generation"], ctypes.byref(key), ctypes.byref(value), 0) < 0:
+            raise LoadError(f"switching to policy generation {prepared.generation}: "
+                            f"{os.strerror(ctypes.get_errno())}")
+        for fd in self._inner_maps[prepared.generation].values():
+            os.close(fd)
+        self._inner_maps[prepared.generation] = dict(prepared.inner_maps)
+        self.generation, self.policy = prepared.generation, prepared.policy
+        self.retired_rules, self.alpn_bits = prepared.retired_rules, prepared.alpn_bits
+        for name, fd in prepared.inner_maps.items():
+            self._maps[name] = fd
+            self._tables.pop(name, None)
+
+    def release_previous(self) -> None:
+        """Let the kernel free the maps of the policy before the running one
+        (as much memory again as the running policy's, for a large one).
+        Not at the switch itself: a packet that entered under the previous
+        generation may be between its stages. Call it a moment later."""
+        previous = 1 - self.generation
+        key = ctypes.c_uint32(previous)
+        for name in self._inner_maps[previous]:
+            if bcc.lib.bpf_delete_elem(self._maps[name + BY_GENERATION], ctypes.byref(key)) < 0:
+                raise LoadError(f"taking map {name} out of generation {previous}: {os.strerror(ctypes.get_errno())}")
+        for fd in self._inner_maps[previous].values():
+            os.close(fd)
+        self._inner_maps[previous] = {}
+
+    def discard(self, prepared: PreparedPolicy) -> None:
+        """Let go of a prepared policy that will not be switched to."""
+        for fd in prepared.inner_maps.values():
+            os.close(fd)
+
+    def _set_inner_map(self, name: str, generation: int, fd: int) -> None:
+        key, value = ctypes.c_uint32(generation), ctypes.c_uint32(fd)
+        if bcc.lib.bpf_update_elem(self._maps[name + BY_GENERATION], ctypes.byref(key), ctypes.byref(value), 0) < 0:
+            raise LoadError(f"putting map {name} in generation {generation}: {os.strerror(ctypes.get_errno())}")
+
+    def _fill_policy(self, tables: dict, policy, sets, bits: dict[str, int]) -> None:
+        """The maps sized to the policy: names, rule sets, prefixes, ALPN ids."""
+        alpn_ids = tables["alpn_ids"]
+        for protocol_id, bit in bits.items():
             key = alpn_ids.Key()
             key.len = len(protocol_id)
             key.id[:len(protocol_id)] = list(protocol_id.encode())
             alpn_ids[key] = ctypes.c_uint32(bit)
-        sets = policy.rule_sets()
-        self._fill_domain_rules(sets.names, sets.kinds, sets.set_ids)
-        rule_sets = self.table("rule_sets")
+        self._fill_domain_rules(tables["domain_rules"], sets.names, sets.kinds, sets.set_ids)
+        rule_sets = tables["rule_sets"]
         for (set_id, class_id), members in sets.sets.items():
             value = rule_sets.Leaf()
             for index, rule in enumerate(members):
                 value.rule_ids[index] = rule.id
             rule_sets[rule_sets.Key(set_id, class_id)] = value
-        self._fill_prefixes("client_classes", policy.classes)
-        self._fill_prefixes("destinations", policy.destinations)
-        pages = self.table("block_pages")
-        for rule in self._paged_rules():
-            pages[ctypes.c_uint32(rule.id)] = block_methods.fill_page(pages.Leaf(), rule.page)
+        self._fill_prefixes(tables["client_classes"], policy.classes)
+        self._fill_prefixes(tables["destinations"], policy.destinations)
 
-    def _paged_rules(self) -> list:
-        """The rules, retired ones too, whose block method answers with a page."""
-        rules = [*self.retired_rules, *(self.policy.rules if self.policy else [])]
-        return [rule for rule in rules if rule.page is not None]
+    def _fill_rules(self, generation: int, rules_in_force, bits: dict[str, int], destinations) -> None:
+        """generation's half of the rules array, every entry: one a rule
+        leaves empty must not keep what a policy two reloads ago wrote there."""
+        table = self.table("rules")
+        infos = (table.Leaf * ABI.SLUICE_MAX_RULES)()
+        for rule in rules_in_force:
+            infos[rule.id] = rule_info(table.Leaf, rule, bits, destinations, self.shape_as_throttle)
+        first = generation * ABI.SLUICE_MAX_RULES
+        keys = (table.Key * ABI.SLUICE_MAX_RULES)(*range(first, first + ABI.SLUICE_MAX_RULES))
+        table.items_update_batch(keys, infos)
 
-    def _fill_prefixes(self, trie: str, classes) -> None:
+    def _fill_prefixes(self, table, classes) -> None:
         """An LPM trie (client classes, destinations), one update per prefix: tries take no batches."""
-        table = self.table(trie)
         keys = (table.Key * len(classes)).from_buffer_copy(classes.prefixes.tobytes())
         for key, class_id in zip(keys, classes.class_ids.tolist()):
             table[key] = ctypes.c_uint32(class_id)
 
     def police_shape_rules(self) -> None:
-        """Turn every shape rule into a throttle at the same rates: the
-        `fallback: throttle` of kernels without the fq qdisc."""
+        """Turn every shape rule into a throttle at the same rates, in the
+        running policy and every one after it: the `fallback: throttle` of
+        kernels without the fq qdisc."""
+        self.shape_as_throttle = True
         rules = self.table("rules")
+        first = self.generation * ABI.SLUICE_MAX_RULES
         for rule in self.policy.rules:
             if rule.action == "shape":
-                rules[ctypes.c_uint32(rule.id)] = rule_info(rules.Leaf, rule, self.alpn_bits,
-                                                            self.policy.destinations, shape_as_throttle=True)
+                rules[ctypes.c_uint32(first + rule.id)] = rule_info(rules.Leaf, rule, self.alpn_bits,
+                                                                    self.policy.destinations, shape_as_throttle=True)
 
     def tc_reset_fd(self) -> int:
         """The tc ingress program that resets servers (block methods reset, page)."""
@@ -213,10 +318,10 @@ class Datapath:
         """The tc egress program (shape, delay), loaded on first use."""
         return self._load(TC_EGRESS_FUNCTION, bcc.BPF.SCHED_CLS)
 
-    def _fill_domain_rules(self, domain_names, kinds, set_ids) -> None:
+    @staticmethod
+    def _fill_domain_rules(table, domain_names, kinds, set_ids) -> None:
         if not domain_names:
             return
-        table = self.table("domain_rules")
         fnv, mix = name_hashes_many(domain_names)
         key_type = numpy.dtype([("fnv", "<u8"), ("mix", "<u8"), ("len", "<u4"), ("kind", "<u4")])
         assert key_type.itemsize == ctypes.sizeof(table.Key), "name_key layout changed"
@@ -229,9 +334,15 @@ class Datapath:
         table.items_update_batch((table.Key * count).from_buffer_copy(keys.tobytes()),
                                  (table.Leaf * count).from_buffer_copy(values.tobytes()))
 
-    def _write_config(self, policy, events: bool) -> None:
+    def _write_config(self, generation: int, policy) -> None:
+        """generation's sluice_config. What the controller set on the data
+        plane rather than the policy (server resets on tc ingress, a test's
+        frozen clock) carries over from the running one."""
         config = self.table("config")
+        running = config[ctypes.c_uint32(self.generation)]
         value = config.Leaf()
+        value.generation = generation
+        value.clock_ns = running.clock_ns
         if policy is None:
             from .policy import DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_PACKETS
             value.flow_idle_ns, value.window_packets = DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS
@@ -241,7 +352,8 @@ class Datapath:
             value.window_bytes = policy.window_bytes
         value.ttl_margin = policy.ttl_margin if policy is not None else ABI.SLUICE_TTL_MARGIN_DEFAULT
         on_evasion = policy.on_evasion if policy is not None else "judge"
-        value.flags = ((ABI.SLUICE_CFG_EVENTS if events else 0) |
+        value.flags = ((running.flags & ABI.SLUICE_CFG_SERVER_RESETS) |
+                       (ABI.SLUICE_CFG_EVENTS if self.events else 0) |
                        (ABI.SLUICE_CFG_NO_REASSEMBLY if policy is not None and not policy.reassemble else 0) |
                        (ABI.SLUICE_CFG_DROP_FRAGMENTS if policy is not None and policy.fragments == "drop" else 0) |
                        (ABI.SLUICE_CFG_UNNAMED_RULES if policy is not None and
@@ -256,15 +368,18 @@ class Datapath:
         if policy is not None:
             value.rollout_key[0], value.rollout_key[1] = struct.unpack("<QQ", policy.rollout_key)
             value.closed_tunnels = sum(1 << kind for kind, name in TUNNEL_KINDS.items() if name not in policy.tunnels)
-        config[ctypes.c_uint32(0)] = value
+        config[ctypes.c_uint32(generation)] = value
+
+    def config(self):
+        """The running policy's sluice_config."""
+        return self.table("config")[ctypes.c_uint32(self.generation)]
 
     def set_config(self, **fields) -> None:
-        """Change fields of the live sluice_config (tests shorten timeouts)."""
-        config = self.table("config")
-        value = config[ctypes.c_uint32(0)]
+        """Change fields of the running sluice_config (tests shorten timeouts)."""
+        value = self.config()
         for name, field_value in fields.items():
             setattr(value, name, field_value)
-        config[ctypes.c_uint32(0)] = value
+        self.table("config")[ctypes.c_uint32(self.generation)] = value
 
     def counters(self) -> dict[str, int]:
         """Global counters summed over CPUs, by name (see enum sluice_counter)."""
@@ -329,16 +444,6 @@ class Datapath:
         self.links.append(link)
         return link.mode
 
-    def program_fd(self, link) -> int:
-        """The program that belongs on link: the classifier of its hook."""
-        return self.tc_ingress_set().function.fd if link.mode == "tc" else self.function.fd
-
-    def take_over(self, previous: "Datapath") -> None:
-        """Move previous's interfaces to this program, each in one atomic swap."""
-        for link in previous.links:
-            link.update(self.program_fd(link))
-        self.links, previous.links = previous.links, []
-
     def detach_all(self) -> None:
         """Detach from every interface this Datapath attached to."""
         while self.links:
@@ -358,9 +463,11 @@ class Datapath:
         if self.tc_ingress is not None:
             self.tc_ingress.unload()
             self.tc_ingress = None
-        for fd in [*self._programs.values(), *self._maps.values()]:
+        inner = {fd for maps in self._inner_maps.values() for fd in maps.values()}
+        for fd in {*self._programs.values(), *self._maps.values(), *inner}:
             os.close(fd)
         self._programs, self._maps, self._tables = {}, {}, {}
+        self._inner_maps = {generation: {} for generation in self._inner_maps}
 
     def close(self) -> None:
         self.detach_all()

@@ -67,10 +67,6 @@ class EgressShaper:
         log.info("shaping on %s egress (fq %s)", ifname,
                  f"installed over {self.previous_root}" if self.installed_fq else "already there")
 
-    def replace_program(self, program_fd: int) -> None:
-        """Swap in a reloaded policy's program, in place: the filter is never absent."""
-        self.program.replace_program(program_fd)
-
     def close(self) -> None:
         """Put the device back as it was."""
         self.program.close()

@@ -208,10 +208,12 @@ class Program:
         self._binding = threading.Lock()
         self._park()
 
-    def make_map(self, name: str, max_entries: int | None = None) -> int:
-        """A new map like bcc's `name` (its BTF types too), sized max_entries if given."""
+    def make_map(self, name: str, max_entries: int | None = None, inner_map_fd: int | None = None) -> int:
+        """A new map like bcc's `name` (its BTF types too), sized max_entries if given;
+        an outer map (map-in-map) takes inner maps like inner_map_fd."""
         info = self.maps[name].info
-        opts = MapCreateOpts(sz=ctypes.sizeof(MapCreateOpts), map_flags=info.map_flags, map_extra=info.map_extra)
+        opts = MapCreateOpts(sz=ctypes.sizeof(MapCreateOpts), map_flags=info.map_flags, map_extra=info.map_extra,
+                             inner_map_fd=inner_map_fd or 0)
         if self._btf_fd >= 0 and info.btf_id:
             opts.btf_fd, opts.btf_key_type_id = self._btf_fd, info.btf_key_type_id
             opts.btf_value_type_id = info.btf_value_type_id

@@ -344,7 +344,7 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     way."""
     run = XdpFrameRunner(datapath.function.fd).run
     clock = time.monotonic
-    quiet_every = datapath.table("config")[ctypes.c_uint32(0)].flow_idle_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
+    quiet_every = datapath.config().flow_idle_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
     frames, unread = 0, False
     with Capture(capture_path) as capture:
         for chunk in capture.chunks():

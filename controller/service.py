@@ -7,14 +7,16 @@ State that must outlive one controller process lives in two places:
                               interface at --hook tc keeps its tc filter instead
   /sys/fs/bpf/sluice/stages, tc_stages   the program arrays (fail-static mode)
   /run/sluice/state.json      rule ids by name, the interfaces, reload history
-A restarted controller compiles the policy again, opens the same pinned
+A restarted controller loads the program again, opens the same pinned
 maps, and swaps its program into the pinned links: flows and counters carry
 on. `sluice stop` removes all of it.
 
-A reload validates the new policy completely and compiles it into a new
-program with new policy maps before anything changes; then each interface's
-link swaps to the new program in one atomic step. Until then, and for good
-if anything fails (whatever the exception), the running policy stays in force.
+The program is loaded once, at start. A reload validates the new policy
+completely and fills it into the generation of the policy maps that packets
+are not reading, before anything changes; then one write flips the data
+plane to it (controller/datapath.py, bpf/policy_maps.h). Until then, and for
+good if anything fails (whatever the exception), the running policy stays
+in force.
 The file is watched by content: a reload happens once per change of its
 digest, after the file has held still for one look (never on a half-written
 file), which also covers a kubelet ConfigMap's symlink swap.
@@ -42,7 +44,7 @@ from pathlib import Path
 
 from . import schedule, tc, xdp_link
 from .abi import ABI
-from .block_methods import follow_server_resets, set_up_server_resets
+from .block_methods import set_up_server_resets
 from .abi import PROTO_NAMES
 from .clients import flow_client, flow_server
 from .datapath import STATE_MAPS, Datapath, settle_flow
@@ -57,6 +59,10 @@ log = logging.getLogger(__name__)
 PIN_ROOT = Path(os.environ.get("SLUICE_PIN_ROOT", "/sys/fs/bpf/sluice"))
 STATE_FILE = Path(os.environ.get("SLUICE_STATE_FILE", "/run/sluice/state.json"))
 RELOAD_HISTORY = 20
+# After a switch, how long the previous policy's maps are kept for packets
+# that entered under it and are still between stages (microseconds, in
+# truth) before the kernel may free them.
+PREVIOUS_POLICY_GRACE_SECONDS = 1.0
 TOP_RULES = 5
 BPFFS = "/sys/fs/bpf"
 
@@ -202,6 +208,7 @@ class Service:
         self.policy = None               # as loaded; self.datapath.policy is it as it stands now
         self.next_switch = None          # when a rule's schedule next changes what it does
         self.compiled_at = None          # the moment the data plane being installed was compiled for
+        self.switched_at: float | None = None   # monotonic time of the last switch, while its previous policy is kept
         self.shapers: list = []
         self.server_resets: list = []      # tc.TcFilter of sluice_tc_reset, where rules answer clients
         self.loaded_at = 0.0
@@ -279,7 +286,7 @@ class Service:
         self._record("start", True, f"attached to {', '.join(self.interfaces)}")
 
     def reload(self) -> bool:
-        """Validate, compile, then swap; a refused policy leaves the running one in force."""
+        """Validate, fill, then switch; a refused policy leaves the running one in force."""
         started = time.monotonic()
         # Any exception is a refused reload: whatever a new file holds (bytes
         # that are not UTF-8, a vanished file, a map the kernel refuses), the
@@ -289,11 +296,7 @@ class Service:
             current = {rule.name for rule in policy.rules}
             retired = {**self.retired_rules, **{r.name: r for r in self.policy.rules if r.name not in current}}
             retired = {name: rule for name, rule in retired.items() if name not in current}
-            datapath = self._compile(policy, retired.values())
-        except Exception as error:
-            return self._refuse(error)
-        try:
-            switched = self._swap(datapath, policy)
+            switched = self._switch_policy(policy, retired.values())
         except Exception as error:
             return self._refuse(error)
         self.retired_rules = retired
@@ -307,6 +310,12 @@ class Service:
         self._record("reload", True, f"{len(policy.rules)} rules")
         return True
 
+    def release_previous_policy(self) -> None:
+        """Free the maps of the policy before the running one, once no packet can still be judged under it."""
+        if self.switched_at is not None and time.monotonic() - self.switched_at > PREVIOUS_POLICY_GRACE_SECONDS:
+            self.datapath.release_previous()
+            self.switched_at = None
+
     def _refuse(self, error: Exception) -> bool:
         self.reloads["failure"] += 1
         reason = str(error).strip() or type(error).__name__
@@ -318,12 +327,11 @@ class Service:
         return self.next_switch is not None and schedule.now() >= self.next_switch
 
     def switch_schedule(self) -> None:
-        """A rule's window opened or closed, or it escalated: compile the
-        policy as it stands now, swap it in, and move the flows of the rules
-        that switched to their new action (none, if the rule went inactive)."""
+        """A rule's window opened or closed, or it escalated: fill the policy
+        as it stands now, switch to it, and move the flows of the rules that
+        switched to their new action (none, if the rule went inactive)."""
         try:
-            datapath = self._compile(self.policy, self.retired_rules.values())
-            switched = self._swap(datapath, self.policy)
+            switched = self._switch_policy(self.policy, self.retired_rules.values())
         except Exception as error:
             log.error("schedule switch failed, the previous step stays in force: %s", error)
             self._record("schedule", False, str(error))
@@ -491,59 +499,63 @@ class Service:
         self.rule_ids = ids
         return policy, digest
 
-    def _compile(self, policy, retired_rules=()) -> Datapath:
-        """The policy's data plane as its schedule stands now. A compile takes
-        seconds: the next switch is counted from the moment compiled for, so a
-        step that falls due while compiling is taken right after, not missed."""
+    def _compile(self, policy) -> Datapath:
+        """The data plane, loaded with the policy as its schedule stands now.
+        The next switch is counted from the moment filled for, so a step
+        that falls due meanwhile is taken right after, not missed."""
         self.compiled_at = schedule.now()
-        return Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"), retired_rules=retired_rules,
-                        at=self.compiled_at)
+        return Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"), at=self.compiled_at)
 
-    def _swap(self, datapath, policy) -> list:
-        """Move the interfaces (and egress shapers) to datapath in one atomic
-        swap each; raises EgressError, with the running one untouched.
+    def _switch_policy(self, policy, retired_rules) -> list:
+        """Fill policy (as its schedule stands now) into the data plane's
+        spare generation and switch to it; raises, with the running policy
+        untouched, if it cannot.
 
         A flow keeps its verdict (its rule and action) in its own entry, but
-        reads its rule's limits from the running program's map. So the flows
+        reads its rule's limits from the running generation. So the flows
         of a rule that keeps its name but changes what it does (a schedule
         step, or an edited policy) move to its new action here: kept on the
         old one they would be policed by limits the rule no longer has, and a
         throttled flow would run free. Flows bound for block or pass need no
-        limits and move just before the swap; flows bound for a rate or a
+        limits and move just before the switch; flows bound for a rate or a
         delay move just after it, once their limits are in place. Returns the
         rules that switched."""
-        before = {rule.name: rule for rule in self.datapath.policy.rules}
-        switched = {rule.id: rule for rule in datapath.policy.rules
+        datapath = self.datapath
+        interfaces = [(i, self.netns) for i in self.interfaces]
+        # The tc programs are the data plane's own: set up here the first
+        # time a policy needs them, before the fill, which takes over what
+        # they set (the shape fallback, the server resets flag).
+        if not self.shapers:
+            self.shapers = set_up_egress(datapath, policy, interfaces)
+        if not self.server_resets:
+            self.server_resets = set_up_server_resets(datapath, policy, interfaces)
+        compiled_at = schedule.now()
+        prepared = datapath.prepare(policy, retired_rules, at=compiled_at)
+        before = {rule.name: rule for rule in datapath.policy.rules}
+        switched = {rule.id: rule for rule in prepared.policy.rules
                     if rule.name in before and what_it_does(rule) != what_it_does(before[rule.name])}
         needs_limits = {rule_id for rule_id, rule in switched.items()
                         if not (rule.inactive or rule.monitor) and rule.action in ("throttle", "shape", "delay")}
         try:
-            if self.shapers:
-                for shaper in self.shapers:
-                    shaper.replace_program(datapath.tc_egress_fd())
-            else:
-                self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
-            self.server_resets = follow_server_resets(self.server_resets, datapath, policy,
-                                                      [(i, self.netns) for i in self.interfaces])
-        except Exception:
-            datapath.close()
+            self.poll_events()
+            self._move_flows(datapath, switched, set(switched) - needs_limits)
+        except BaseException:
+            datapath.discard(prepared)
             raise
-        self.poll_events()
-        self._move_flows(datapath, switched, set(switched) - needs_limits)
-        datapath.take_over(self.datapath)
-        old = self.datapath
-        self._install(datapath, policy)
-        old.close()
+        datapath.switch(prepared)
+        self.switched_at = time.monotonic()
+        self.compiled_at = compiled_at
+        self.policy = policy
+        self.next_switch = policy.next_switch(compiled_at)
+        self.loaded_at = time.time()
+        self._save()
         self._move_flows(datapath, switched, needs_limits)
         return list(switched.values())
 
     def _install(self, datapath, policy) -> None:
         self._event_type = ctypes.POINTER(datapath.table("event_buffers").sLeaf)
         datapath.table("events").open_ring_buffer(self._remember_name)
-        if self.quic is None:
-            self.quic = QuicFlows(datapath, on_settled=self._remember_quic_name)
-        else:
-            self.quic.follow(datapath)
+        self.quic = QuicFlows(datapath, on_settled=self._remember_quic_name)
         if not self.fail_open:
             # A program array empties itself when no process or pin holds it,
             # which would silently end inspection after a crash: pin it.

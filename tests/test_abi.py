@@ -104,7 +104,7 @@ def test_ctypes_layout_matches_kernel_btf(datapath, map_name):
 
 def test_header_constants_match_the_maps_the_kernel_accepted(datapath):
     assert map_info(datapath.table("flows")).max_entries == ABI.SLUICE_FLOW_MAX
-    assert map_info(datapath.table("rules")).max_entries == ABI.SLUICE_MAX_RULES
+    assert map_info(datapath.table("rules")).max_entries == ABI.SLUICE_GENERATIONS * ABI.SLUICE_MAX_RULES
     assert map_info(datapath.table("rule_stats")).max_entries == ABI.SLUICE_MAX_RULES
     assert map_info(datapath.table("counters")).max_entries == ABI.SLUICE_CNT_MAX
     assert map_info(datapath.table("stages")).max_entries == ABI.SLUICE_STAGE_MAX

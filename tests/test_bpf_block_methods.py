@@ -181,7 +181,7 @@ def test_with_server_resets_the_reply_goes_up_to_tc_with_the_clients_numbers(dat
     and acknowledgement numbers in the metadata before it."""
     if datapath.hook == "tc":
         pytest.skip("XDP's hand-up; at tc the classifier resets the server itself (test_e2e_hooks)")
-    flags = datapath.table("config")[ctypes.c_uint32(0)].flags
+    flags = datapath.config().flags
     datapath.set_config(flags=flags | ABI.SLUICE_CFG_SERVER_RESETS)
     try:
         hello = client_hello(b"reset.example")
@@ -189,9 +189,9 @@ def test_with_server_resets_the_reply_goes_up_to_tc_with_the_clients_numbers(dat
     finally:
         datapath.set_config(flags=flags)
     assert run.verdict == "pass"
-    magic, seq, ack, page_rule = struct.unpack("=IIII", run.frame[:16])
-    assert (magic, seq, ack, page_rule) == (0x51CE4E57, CLIENT_SEQ, CLIENT_ACK, 0)
-    check_reply(run.frame[16:], port, 443, {}, "RA", CLIENT_ACK, CLIENT_SEQ + len(hello))
+    magic, seq, ack, page_rule, generation = struct.unpack("=IIIII", run.frame[:20])
+    assert (magic, seq, ack, page_rule, generation) == (0x51CE4E57, CLIENT_SEQ, CLIENT_ACK, 0, datapath.generation)
+    check_reply(run.frame[20:], port, 443, {}, "RA", CLIENT_ACK, CLIENT_SEQ + len(hello))
 
 
 def test_replay_and_explain_show_the_method(datapath, tmp_path, capsys):

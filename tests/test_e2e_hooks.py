@@ -11,7 +11,6 @@ check the actions whose mechanics that changes: the block replies, and the
 policer judging aggregates. The other e2e modules run native XDP.
 """
 
-import ctypes
 import os
 import subprocess
 
@@ -149,7 +148,7 @@ def replies_sent_back(enforced):
     transmit path, not the driver's; at tc, by a redirect out of the
     interface it came in on."""
     datapath = enforced
-    flags = datapath.table("config")[ctypes.c_uint32(0)].flags
+    flags = datapath.config().flags
     datapath.set_config(flags=flags & ~ABI.SLUICE_CFG_SERVER_RESETS)
     yield
     datapath.set_config(flags=flags)

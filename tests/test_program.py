@@ -1,19 +1,25 @@
-"""One compile per process, fresh maps per Datapath (controller/program.py).
+"""One compile per process, fresh maps per Datapath (controller/program.py),
+and a policy changed by generations, without a program load (bpf/policy_maps.h).
 
-A live reload and every Datapath after a process's first load the compiled
-program again with maps of their own: they must share nothing but the
-instructions, and a closed one must leave nothing behind in the kernel."""
+Every Datapath after a process's first loads the compiled program again
+with maps of their own: they must share nothing but the instructions, and a
+closed one must leave nothing behind in the kernel. A live reload loads
+nothing: it fills the generation packets are not reading and switches."""
 
+import ctypes
 import os
 
 import pytest
 
-from conftest import judge, needs_root
-from packets import client_hello
-from sluice.datapath import Datapath
+from conftest import block_methods_policy, judge, needs_root
+from packets import client_hello, tcp_frame
+from sluice import xdp_link
+from sluice.abi import ABI
+from sluice.datapath import SIZED_POLICY_MAPS, Datapath
 from sluice.libbpf import MapInfo, object_info
 from sluice.policy import load_policy
 from sluice.program import program
+from sluice.testrun import run_xdp
 
 pytestmark = [pytest.mark.bpf, needs_root]
 
@@ -82,3 +88,60 @@ def test_a_closed_datapath_lets_go_of_every_map_and_the_others_keep_working(make
     assert not ids & held_map_ids()
     assert map_ids(kept) <= held_map_ids()
     assert judge(kept, client_hello(b"kept.example")).verdict == "drop"
+
+
+def test_a_prepared_policy_takes_effect_at_the_switch_and_loads_no_program(make_datapath, tmp_path):
+    datapath = make_datapath(blocking("first.example"))
+    program_id = xdp_link.program_id(datapath.function.fd)
+    for name in ("second.example", "third.example"):
+        (tmp_path / f"{name}.yaml").write_text(blocking(name))
+    prepared = datapath.prepare(load_policy(tmp_path / "second.example.yaml"))
+    assert judge(datapath, client_hello(b"first.example")).verdict == "drop"
+    assert judge(datapath, client_hello(b"second.example")).verdict == "pass"
+    datapath.switch(prepared)
+    assert judge(datapath, client_hello(b"first.example")).verdict == "pass"
+    assert judge(datapath, client_hello(b"second.example")).verdict == "drop"
+    # The third policy refills the first one's generation: nothing of the first is left in it.
+    datapath.switch(datapath.prepare(load_policy(tmp_path / "third.example.yaml")))
+    assert [judge(datapath, client_hello(name.encode())).verdict
+            for name in ("first.example", "second.example", "third.example")] == ["pass", "pass", "drop"]
+    assert xdp_link.program_id(datapath.function.fd) == program_id
+    assert datapath.table("domain_rules").max_entries == 2
+    # The second policy's maps, kept until now for packets still between stages, go.
+    held = held_map_ids()
+    datapath.release_previous()
+    assert len(held - held_map_ids()) == len(SIZED_POLICY_MAPS)
+    assert judge(datapath, client_hello(b"third.example")).verdict == "drop"
+    datapath.switch(datapath.prepare(load_policy(tmp_path / "second.example.yaml")))
+    assert judge(datapath, client_hello(b"second.example")).verdict == "drop"
+
+
+def set_packet_generation(datapath, generation: int) -> None:
+    """What the entry program leaves for the stages it calls, on every CPU."""
+    slots = datapath.table("packet_generations")
+    slots[ctypes.c_int(0)] = slots.Leaf(*[generation] * len(slots.Leaf()))
+
+
+def test_a_stage_judges_under_the_generation_its_packet_entered(make_datapath, tmp_path):
+    """The live generation may flip between a packet's entry program and a
+    stage it is tail-called into: the stage still reads the policy the
+    packet entered under. A blocked flow's packet is answered by the reply
+    stage: under the first policy with a RST (XDP_TX), under the second,
+    where its rule's method is drop, it is dropped."""
+    policy = block_methods_policy("domains: [reset.example]", "domains: [page.example]", "domains: [drop.example]")
+    datapath = make_datapath(policy)
+    hello = client_hello(b"reset.example")
+    opened = judge(datapath, hello)
+    assert opened.verdict == "tx"
+    entered = datapath.generation
+    (tmp_path / "policy.yaml").write_text(policy.replace("method: reset", "method: drop"))
+    datapath.switch(datapath.prepare(load_policy(tmp_path / "policy.yaml")))
+    frame = tcp_frame(hello, sport=opened.port)
+    reply_stage = datapath.stage_fd(ABI.SLUICE_STAGE_REPLY)
+    set_packet_generation(datapath, entered)
+    assert run_xdp(reply_stage, frame).verdict == "tx"
+    set_packet_generation(datapath, datapath.generation)
+    assert run_xdp(reply_stage, frame).verdict == "drop"
+    # A packet entering now enters under the new policy, whatever the slot held.
+    set_packet_generation(datapath, entered)
+    assert run_xdp(datapath.function.fd, frame).verdict == "drop"
