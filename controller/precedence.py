@@ -131,6 +131,7 @@ def compile_rule_sets(rules: list, class_ids: dict[str, int]) -> RuleSets:
     order = {rule.name: position for position, rule in enumerate(rules)}
     compiled = RuleSets()
     signatures: dict[tuple, int] = {}
+    alone: dict[tuple, int] = {}        # (class id, rule name) -> the set of that rule alone
 
     def set_id_of(per_class: dict) -> int:
         signature = tuple(sorted((c, tuple(r.name for r in rs)) for c, rs in per_class.items()))
@@ -155,7 +156,10 @@ def compile_rule_sets(rules: list, class_ids: dict[str, int]) -> RuleSets:
             if kind == SUFFIX and len(own) == 1 and not unnamed_rules and not under_another_suffix(name):
                 # The common case, a million times over in a feed: one rule, nothing above it.
                 rule = own[0]
-                set_id = set_id_of({class_ids[rule.client_class] if rule.client_class else NO_CLASS: (rule,)})
+                class_id = class_ids[rule.client_class] if rule.client_class else NO_CLASS
+                set_id = alone.get((class_id, rule.name))
+                if set_id is None:
+                    set_id = alone[(class_id, rule.name)] = set_id_of({class_id: (rule,)})
             else:
                 found = candidates(name, kind, suffix_rules, exact_rules, unnamed_rules)
                 set_id = set_id_of(rank(name, found, order, class_ids))

@@ -35,9 +35,9 @@ class _Loader(AudienceReader, FlowReader, ScheduleReader):
 
     def __init__(self, path: str):
         super().__init__(path)
-        # (normalised name, kind) -> "file:line:column" of its first mention in the rule being read;
+        # (normalised name, kind) -> (file, line, column) of its first mention in the rule being read;
         # several rules may name one domain (for different classes, say), one rule only once
-        self.seen_names: dict[tuple[bytes, int], str] = {}
+        self.seen_names: dict[tuple[bytes, int], tuple] = {}
         self.class_names: set[str] = set()
         self.destination_names: set[str] = set()
 
@@ -238,17 +238,15 @@ class _Loader(AudienceReader, FlowReader, ScheduleReader):
 
     def add_name(self, raw, kind, node, file, line, column) -> bytes | None:
         name, error = check_domain(raw)
-        where = f"{file}:{line}:{column}"
         if error:
             self.problems.append(Problem(file, line, column, error))
             return None
-        first = self.seen_names.get((name, kind))
-        if first:
+        first = self.seen_names.setdefault((name, kind), (file, line, column))
+        if first != (file, line, column):
             kind_name = "suffix" if kind == ABI.SLUICE_MATCH_SUFFIX else "exact name"
-            self.problems.append(Problem(file, line, column,
-                                         f"duplicate {kind_name} {name.decode()!r}: already given at {first}"))
+            self.problems.append(Problem(file, line, column, f"duplicate {kind_name} {name.decode()!r}: "
+                                                             f"already given at {':'.join(map(str, first))}"))
             return None
-        self.seen_names[(name, kind)] = where
         return name
 
     def domains_file(self, node) -> list[bytes]:

@@ -94,9 +94,9 @@ class NodeReader:
             else:
                 self.problems.append(Problem(str(path), error.line, error.column, f"cannot read {key}: {error}"))
             return []
-        listed = []
+        listed, file = [], str(path)
         for number, line in enumerate(lines, start=1):
             text = line.split("#", 1)[0].strip()
             if text:
-                listed.append((text, str(path), number, line.index(text) + 1))
+                listed.append((text, file, number, line.index(text) + 1))
         return listed
