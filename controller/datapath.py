@@ -13,7 +13,9 @@ import errno
 import logging
 import os
 import struct
+import threading
 import time
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import bcc
@@ -99,6 +101,8 @@ class Datapath:
         self._maps: dict[str, int] = {}
         self._inner_maps: dict[int, dict[str, int]] = {generation: {} for generation in range(ABI.SLUICE_GENERATIONS)}
         self._programs: dict[bytes, int] = {}
+        self._in_use = threading.Lock()  # a scrape's reads against unload()
+        self.unloaded = False
         self.tc_ingress: TcIngressSet | None = None
         self.links: list = []           # xdp_link.XdpLink, tc.TcIngressLink
         try:
@@ -456,18 +460,30 @@ class Datapath:
         while self.links:
             self.links.pop().release()
 
+    @contextmanager
+    def in_use(self):
+        """Holds off unload() while another thread (a scrape) reads the maps;
+        yields False if this Datapath was unloaded first (a reload swapped it
+        out, or the controller stopped, under the scrape)."""
+        with self._in_use:
+            yield not self.unloaded
+
     def unload(self) -> None:
         """Close this Datapath's programs, maps and rings, leaving its links as
         they are: what the kernel still uses (attached or pinned) stays."""
-        self._rings.close()
-        if self.tc_ingress is not None:
-            self.tc_ingress.unload()
-            self.tc_ingress = None
-        inner = {fd for maps in self._inner_maps.values() for fd in maps.values()}
-        for fd in {*self._programs.values(), *self._maps.values(), *inner}:
-            os.close(fd)
-        self._programs, self._maps, self._tables = {}, {}, {}
-        self._inner_maps = {generation: {} for generation in self._inner_maps}
+        with self._in_use:
+            if self.unloaded:
+                return
+            self.unloaded = True
+            self._rings.close()
+            if self.tc_ingress is not None:
+                self.tc_ingress.unload()
+                self.tc_ingress = None
+            inner = {fd for maps in self._inner_maps.values() for fd in maps.values()}
+            for fd in {*self._programs.values(), *self._maps.values(), *inner}:
+                os.close(fd)
+            self._programs, self._maps, self._tables = {}, {}, {}
+            self._inner_maps = {generation: {} for generation in self._inner_maps}
 
     def close(self) -> None:
         self.detach_all()

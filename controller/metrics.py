@@ -45,10 +45,16 @@ class SluiceCollector:
         self.source = source
 
     def collect(self):
-        # The policy as it stands now: an escalated rule is counted under its current action.
-        self.datapath = self.source.datapath
-        if self.datapath is None:       # bound, not yet attached: nothing to report
+        datapath = self.source.datapath
+        if datapath is None:            # bound, not yet attached: nothing to report
             return
+        with datapath.in_use() as loaded:
+            if loaded:                  # else swapped out or stopped under this scrape: the next one reads the new
+                yield from self._collect(datapath)
+
+    def _collect(self, datapath):
+        # The policy as it stands now: an escalated rule is counted under its current action.
+        self.datapath = datapath
         self.policy = self.datapath.policy
         # QUIC flows are settled in user space (controller/quic_flows.py), and counted there.
         self.quic = getattr(self.source, "quic", None)

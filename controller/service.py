@@ -231,6 +231,10 @@ class Service:
         if len(set(self.interfaces)) != len(self.interfaces):
             twice = sorted({i for i in self.interfaces if self.interfaces.count(i) > 1})
             raise InputError(f"interface {', '.join(twice)} given more than once")
+        if self.fail_open and self.hook == "tc":
+            # A tc filter has no link that dies with this process (docs/operations.md).
+            raise InputError("--fail-open cannot hold at --hook tc: a tc filter outlives the controller "
+                             "and would enforce after a crash; use --hook native or generic with it")
         if self.netns is not None and not netns_exists(self.netns):
             raise InputError(f"no network namespace named {self.netns!r} (ip netns list shows those there are)")
         with inside_netns(self.netns):

@@ -243,3 +243,30 @@ def test_a_missed_tail_call_is_counted_and_the_packet_passes(dp):
     assert registry.get_sample_value("sluice_stage_missed_total") == exported_before + 1
     found = judge(dp, client_hello(b"blocked.example"))
     assert found.verdict == "drop" and "stage_missed" not in found.moved()
+
+
+def test_a_scrape_holds_off_the_unload_of_its_datapath_and_one_after_it_reports_nothing(make_datapath):
+    """A reload swaps a Datapath out, and a stop unloads it, while the
+    exporter's thread may be reading its maps: the unload waits for the
+    scrape, and a scrape of an unloaded Datapath yields none of its
+    families (it raised KeyError, a traceback on the controller's stderr)."""
+    import threading
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from sluice.metrics import SluiceCollector
+    datapath = make_datapath("version: 1\nrules:\n  - name: x\n    action: block\n    domains: [x.example]\n")
+    registry = CollectorRegistry()
+    registry.register(SluiceCollector(SimpleNamespace(datapath=datapath, policy=datapath.policy, loaded_at=0.0,
+                                                      policy_digest="", reloads={"success": 0, "failure": 0})))
+    assert registry.get_sample_value("sluice_packets_total") == 0
+    unloader = threading.Thread(target=datapath.unload)
+    with datapath.in_use() as loaded:
+        assert loaded
+        unloader.start()
+        unloader.join(0.3)
+        assert unloader.is_alive(), "the unload waits for the scrape"
+    unloader.join(10)
+    assert not unloader.is_alive()
+    assert registry.get_sample_value("sluice_packets_total") is None

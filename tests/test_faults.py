@@ -169,6 +169,7 @@ def test_run_refuses_bad_arguments_before_touching_anything(inputs):
         (["--netns", TYPO_NETNS, "--iface", "eth0"], 2, ("no network namespace", TYPO_NETNS)),
         (["--iface", "nosuch0"], 2, ("no interface named 'nosuch0'",)),
         (["--iface", "lo", "--iface", "lo"], 2, ("lo given more than once",)),
+        (["--iface", "lo", "--hook", "tc", "--fail-open"], 2, ("--fail-open cannot hold at --hook tc",)),
         (["--iface", "lo", "--metrics-port", "70000"], 2, ("70000", "out of range")),
         (["--iface", "lo", "--metrics-address", "192.0.2.99", "--metrics-port", free_port()], 1,
          ("cannot serve metrics", "192.0.2.99")),
