@@ -329,7 +329,7 @@ def test_the_controller_repairs_removed_pins_and_exits_on_a_detached_link(lab, t
                                         capture_output=True, text=True, check=True).stdout)["id"]
     subprocess.run(["bpftool", "link", "detach", "id", str(link_id)], check=True, capture_output=True)
     assert controller.process.wait(timeout=15) == 1, "a detached link ends the controller loudly"
-    assert "XDP link on cli0 was detached" in controller.process.stderr.read()
+    assert "hook on cli0 was detached" in controller.process.stderr.read()
     assert_nothing_left()
 
 
