@@ -58,16 +58,9 @@ class TcFilter:
             self.added_clsact = not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index))
             if self.added_clsact:
                 ipr.tc("add", "clsact", index)
-            self._set(ipr, index, program_fd)
-
-    def replace_program(self, program_fd: int) -> None:
-        """Swap in a reloaded policy's program, in place: the filter is never absent."""
-        with inside_netns(self.netns), IPRoute() as ipr:
-            self._set(ipr, device_index(ipr, self.ifname, self.netns), program_fd)
-
-    def _set(self, ipr, index: int, program_fd: int) -> None:
-        ipr.tc("replace-filter", "bpf", index, parent=self.parent, handle=FILTER_HANDLE,
-               fd=program_fd, name=self.program_name, direct_action=True, prio=self.prio)
+            # replace: a filter a crashed controller left here is taken over in place.
+            ipr.tc("replace-filter", "bpf", index, parent=self.parent, handle=FILTER_HANDLE,
+                   fd=program_fd, name=program_name, direct_action=True, prio=prio)
 
     def close(self) -> None:
         """Take the filter (and clsact, if it was ours) off the device."""
@@ -99,11 +92,6 @@ class TcIngressLink:
         self.filter = TcFilter(ifname, netns, TC_PARENT_INGRESS, "sluice_tc_ingress", program_fd, CLASSIFIER_PRIO)
         self.program_id = program_id(program_fd)
         log.info("attached to %s%s at tc ingress (%s)", ifname, f" (netns {netns})" if netns else "", reason)
-
-    def update(self, program_fd: int) -> None:
-        """Swap the program in place: the filter is never absent."""
-        self.filter.replace_program(program_fd)
-        self.program_id = program_id(program_fd)
 
     def detach(self) -> None:
         self.filter.close()

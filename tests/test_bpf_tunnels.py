@@ -78,11 +78,11 @@ def inspection(dp, tmp_path, options: str):
     """The config a policy with these inspection options writes, for the block's length."""
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY + f"inspection: {options}\n")
-    dp._write_config(load_policy(path), events=True)
+    dp._write_config(dp.generation, load_policy(path))
     try:
         yield
     finally:
-        dp._write_config(dp.policy, events=True)
+        dp._write_config(dp.generation, dp.policy)
 
 
 def tunnel_moved(dp, before) -> dict:
