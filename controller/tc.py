@@ -61,6 +61,21 @@ class TcFilter:
             # replace: a filter a crashed controller left here is taken over in place.
             ipr.tc("replace-filter", "bpf", index, parent=self.parent, handle=FILTER_HANDLE,
                    fd=program_fd, name=program_name, direct_action=True, prio=prio)
+            self._remove_stale_copies(ipr, index)
+
+    def _remove_stale_copies(self, ipr, index: int) -> None:
+        """Take off the same program at another prio on this hook: one that a
+        crashed controller of an earlier version left where that version put
+        it (sluice_tc_reset was at prio 1, where the classifier is now). A
+        direct-action filter that returns ends the walk, so a stale copy ahead
+        of this one would answer for it with the dead controller's maps."""
+        for found in ipr.get_filters(index, parent=self.parent):
+            options = found.get_attr("TCA_OPTIONS")
+            prio = found["info"] >> 16
+            if (found.get_attr("TCA_KIND") == "bpf" and prio != self.prio and options and
+                    options.get_attr("TCA_BPF_NAME") == self.program_name):
+                ipr.tc("del-filter", "bpf", index, parent=self.parent, handle=found["handle"], prio=prio)
+                log.info("took a stale %s off %s (prio %d)", self.program_name, self.ifname, prio)
 
     def close(self) -> None:
         """Take the filter (and clsact, if it was ours) off the device."""
