@@ -46,7 +46,9 @@ class Controller:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.wait_for_metrics()
 
-    def wait_for_metrics(self, timeout=60.0):
+    # A start compiles the data plane (twice at --hook tc) and loads it: under
+    # the suite's load on two CPUs that has taken over a minute.
+    def wait_for_metrics(self, timeout=180.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.process.stderr.read()
