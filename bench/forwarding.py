@@ -10,7 +10,8 @@ segmentation-offload aggregates) and down (the server sends, with its
 segmentation offload on, as a server's NIC would), with:
   - an empty XDP program, in native and in generic XDP (on veth, native XDP
     alone turns off the peers' segmentation offloads: this line shows what
-    that costs by itself; generic XDP runs on the skb and keeps them);
+    that costs by itself; generic XDP runs on the skb and keeps them), and
+    an empty tc ingress program: what each hook costs with no work in it;
   - sluice with 1,000,000 domain rules, none matching, on each hook: native
     and generic XDP, and tc ingress (--hook tc: the classifier compiled for
     the skb, which reads an aggregate where it lies, without generic XDP's
@@ -43,7 +44,7 @@ from pathlib import Path
 import bcc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sluice import xdp_link  # noqa: E402
+from sluice import tc, xdp_link  # noqa: E402
 from sluice.datapath import Datapath  # noqa: E402
 from sluice.lab import SERVER_V4, Lab  # noqa: E402
 from sluice.policy import load_policy  # noqa: E402
@@ -98,6 +99,22 @@ def empty_xdp(lab, mode: str):
     finally:
         for link in links:
             link.detach()
+        program.cleanup()
+
+
+@contextmanager
+def empty_tc(lab):
+    """A tc ingress program that passes everything, on both edge interfaces:
+    what the tc hook costs by itself, beside sluice at --hook tc."""
+    program = bcc.BPF(text=b"#include <uapi/linux/pkt_cls.h>\nint pass_all(struct __sk_buff *skb) { return TC_ACT_OK; }")
+    fd = program.load_func(b"pass_all", bcc.BPF.SCHED_CLS).fd
+    filters = [tc.TcFilter(ifname, lab.edge_ns, tc.TC_PARENT_INGRESS, "pass_all", fd, tc.CLASSIFIER_PRIO)
+               for ifname in (lab.edge_client_iface, lab.edge_server_iface)]
+    try:
+        yield
+    finally:
+        for tc_filter in filters:
+            tc_filter.close()
         program.cleanup()
 
 
@@ -169,9 +186,9 @@ def main() -> int:
         try:
             configurations = []
             for mode in ("native", "generic", "tc"):
-                if mode != "tc":
-                    configurations.append(
-                        (f"empty XDP program, {mode}", lambda mode=mode: empty_xdp(lab, mode), True))
+                configurations.append(
+                    ("empty tc program", lambda: empty_tc(lab), True) if mode == "tc" else
+                    (f"empty XDP program, {mode}", lambda mode=mode: empty_xdp(lab, mode), True))
                 configurations += [
                     (f"sluice, 1M rules, no match, {mode}",
                      lambda mode=mode: sluice_attached(lab, datapath, mode), True),
