@@ -7,8 +7,9 @@ XDP, or the same source compiled for tc ingress (bpf/ctx.h). There it sees
 the server's segmentation-offload aggregates whole, up to 64 KB in one run,
 and its replies (reset, page) leave through the kernel's generic XDP
 transmit path, or by tc's redirect, instead of the driver's. These tests
-check the actions whose mechanics that changes: the block replies, and the
-policer judging aggregates. The other e2e modules run native XDP.
+check the actions whose mechanics that changes: the block replies, freeze,
+and the policer judging aggregates (shape and delay at tc: test_e2e_shape.py,
+in the VM kernels that have sch_fq). The other e2e modules run native XDP.
 """
 
 import os
@@ -30,6 +31,9 @@ POLICY = block_methods_policy("domains: [blocked.example]", "exact: [exact.examp
     action: throttle
     down: {{rate: {DOWN_BPS}bit, burst: {BURST}B}}
     domains: [slow.example]
+  - name: frozen
+    action: freeze
+    domains: [watched.example]
 """
 
 
@@ -132,6 +136,13 @@ def test_page_answers_plain_http_with_451(lab, enforced):
 def test_drop_leaves_curl_to_its_timeout(lab, enforced):
     result = lab.curl("video.example", timeout=1.0)
     assert result.exit_code == 28
+
+
+def test_freeze_answers_nothing_and_drops_what_the_client_sends(lab, enforced):
+    before = rule_stats(enforced, "frozen")["up"]["dropped_packets"]
+    result = lab.curl("watched.example", timeout=1.0)
+    assert result.exit_code == 28, "no reset, no answer: the client waits for its own timeout"
+    assert rule_stats(enforced, "frozen")["up"]["dropped_packets"] > before
 
 
 def test_throttle_holds_a_download_of_aggregates_to_rate_and_burst(lab, enforced):
