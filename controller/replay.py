@@ -39,6 +39,8 @@ import socket
 import sys
 import time
 
+import numpy
+
 from .abi import ABI, PROTO_NAMES
 from .block_methods import effective_method
 from .capture import Capture, CaptureError, check_linktype, flow_identity, frame_address, frame_flows
@@ -91,15 +93,17 @@ def _key_parts(key) -> tuple[int, bytes, bytes, bytes, bytes]:
     return raw[proto], raw[addr_lo], raw[port_lo], raw[addr_hi], raw[port_hi]
 
 
-def client_and_server(key, client_is_hi: int) -> tuple[tuple[str, int], tuple[str, int]]:
-    _proto, addr_lo, port_lo, addr_hi, port_hi = _key_parts(key)
+def client_and_server(parts, client_is_hi: int) -> tuple[tuple[str, int], tuple[str, int]]:
+    """parts: a flow key's, as _key_parts() gives them."""
+    _proto, addr_lo, port_lo, addr_hi, port_hi = parts
     lo = (_address(addr_lo), int.from_bytes(port_lo, "big"))
     hi = (_address(addr_hi), int.from_bytes(port_hi, "big"))
     return (hi, lo) if client_is_hi else (lo, hi)
 
 
-def _record(key, client_is_hi, proto=None, name=None, rule=None) -> dict:
-    client, server = client_and_server(key, client_is_hi)
+def _record(parts, client_is_hi, proto=None, name=None, rule=None) -> dict:
+    """parts: the flow key's, as _key_parts() gives them."""
+    client, server = client_and_server(parts, client_is_hi)
     return {"client": client[0], "client_port": client[1],
             "server": server[0], "server_port": server[1],
             "proto": proto, "name": name,
@@ -107,11 +111,6 @@ def _record(key, client_is_hi, proto=None, name=None, rule=None) -> dict:
             "action": ("monitor" if rule.monitor else rule.action) if rule else None,
             "method": (effective_method(rule, proto) if rule and rule.action == "block" and not rule.monitor
                        else None)}
-
-
-def settled_key(key) -> bytes:
-    """A flow key (struct flow_key)'s identity, as frame_flows gives it."""
-    return flow_identity(*_key_parts(key))
 
 
 class SettledFlows:
@@ -154,11 +153,12 @@ class FlowReport:
     def add_event(self, event) -> None:
         """A flow named from its SYN's data stays open: its next segment may
         undo that name (bpf/receiver.h), and its next event replaces it."""
-        key = settled_key(event.key)
+        parts = _key_parts(event.key)
+        key = flow_identity(*parts)             # as frame_flows numbers the flow
         rule = self.policy.rule_by_id(event.rule_id) if self.policy and event.rule_id else None
         name = bytes(event.name[:event.name_len]).decode("ascii", "backslashreplace") \
             if event.name_len else None
-        record = _record(event.key, event.client_is_hi, PROTO_NAMES.get(event.proto), name, rule)
+        record = _record(parts, event.client_is_hi, PROTO_NAMES.get(event.proto), name, rule)
         if key in self.provisional:
             self.records[self.provisional.pop(key)] = record
         else:
@@ -169,8 +169,9 @@ class FlowReport:
             self.settled.add(key)
 
     def add_quic_flow(self, key, client_is_hi, hello, rule) -> None:
-        self.settled.add(settled_key(key))
-        self.records.append(_record(key, client_is_hi, "quic", hello.sni if hello else None, rule))
+        parts = _key_parts(key)
+        self.settled.add(flow_identity(*parts))
+        self.records.append(_record(parts, client_is_hi, "quic", hello.sni if hello else None, rule))
 
     def clear(self) -> None:
         """Forget every flow and record: the next capture starts afresh."""
@@ -389,10 +390,22 @@ def report_unsettled(datapath, report) -> None:
     order changes with every map, so the output would change from run to run."""
     unsettled = []
     for keys, flows, count in entry_batches(datapath.table("flows")):
-        for key, flow in zip(keys[:count], flows[:count]):
-            if flow.state == ABI.SLUICE_FLOW_INSPECTING and flow.payload_packets:
-                unsettled.append((bytes(key), _record(key, flow.client_is_hi)))
+        # The batch's states and windows read by numpy, its thousands of
+        # settled flows not one by one.
+        values = numpy.frombuffer(flows, dtype=numpy.uint8).reshape(len(flows), -1)[:count]
+        state, packets = _flow_field(flows._type_, "state"), _flow_field(flows._type_, "payload_packets")
+        inspected = (values[:, state] == ABI.SLUICE_FLOW_INSPECTING).all(1) & values[:, packets].any(1)
+        for index in numpy.flatnonzero(inspected).tolist():
+            key = keys[index]
+            unsettled.append((bytes(key), _record(_key_parts(key), flows[index].client_is_hi)))
     report.records += [record for _key, record in sorted(unsettled, key=lambda pair: pair[0])]
+
+
+@functools.cache
+def _flow_field(flow_type, name: str):
+    """The bytes of flow_type's field name, as a slice of its value."""
+    field = getattr(flow_type, name)
+    return slice(field.offset, field.offset + field.size)
 
 
 def print_records(records: list[dict], as_json: bool, out=None, capture: str | None = None) -> None:
