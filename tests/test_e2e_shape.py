@@ -62,13 +62,19 @@ def lab():
         yield built
 
 
-def enforce(lab, policy):
+def enforce(lab, policy, hook="native"):
     datapath = Datapath(policy)
     shapers = set_up_egress(datapath, policy, [(lab.edge_client_iface, lab.edge_ns),
                                                (lab.edge_server_iface, lab.edge_ns)])
     for ifname in (lab.edge_client_iface, lab.edge_server_iface):
-        datapath.attach(ifname, netns=lab.edge_ns)
+        datapath.attach(ifname, netns=lab.edge_ns, hook=hook)
     return datapath, shapers
+
+
+# The classifier marks a shaped or delayed flow for the egress program from
+# either hook: native XDP, or tc ingress (--hook tc), where it runs on the
+# skb that then leaves through the same egress program.
+over_hooks = pytest.mark.parametrize("hook", ["native", "tc"])
 
 
 def root_qdisc(lab, ifname) -> str:
@@ -138,9 +144,10 @@ def test_without_fq_shape_falls_back_to_throttle_when_the_policy_allows(lab, tmp
 
 
 @needs_fq
-def test_shaped_download_keeps_to_the_rate_by_delaying_not_dropping(lab, tmp_path):
+@over_hooks
+def test_shaped_download_keeps_to_the_rate_by_delaying_not_dropping(lab, tmp_path, hook):
     policy = load_policy(policy_file(tmp_path, POLICY))
-    datapath, shapers = enforce(lab, policy)
+    datapath, shapers = enforce(lab, policy, hook)
     try:
         assert root_qdisc(lab, lab.edge_client_iface) == "fq"
         achieved = lab.download_rate("slow.example", seconds=6.0)
@@ -150,11 +157,13 @@ def test_shaped_download_keeps_to_the_rate_by_delaying_not_dropping(lab, tmp_pat
         stats = datapath.rule_stats()[policy.rule_by_name("shaped").id]["down"]
         assert stats["delayed_packets"] > 0
         assert stats["dropped_packets"] <= stats["packets"] * 0.01
-        # A paced flow cannot beat the rate plus its burst over the run, so twice
-        # the rate shows the other flow is not paced; under emulation (the VM
-        # kernels) the whole TLS path carries only 20-40 Mbit/s.
+        # A paced flow cannot beat the rate plus its burst over the run, so a
+        # fifth above that shows the other flow is not paced. Not more: under
+        # emulation (the VM kernels) on a busy host the whole TLS path has
+        # carried as little as 7 Mbit/s.
         open_rate = lab.download_rate("open.example", seconds=3.0)
-        assert open_rate > 2 * RATE_BPS
+        assert open_rate > 1.2 * (RATE_BPS + 16 * 1024 * 8 / 3.0)
+        assert datapath.rule_stats()[0]["down"]["delayed_packets"] == 0, "no flow of no rule is held"
     finally:
         datapath.close()
         for shaper in shapers:
@@ -175,9 +184,10 @@ def tls_phases(lab, name) -> tuple[float, float]:
 
 
 @needs_fq
-def test_delay_adds_its_latency_to_each_exchange(lab, tmp_path):
+@over_hooks
+def test_delay_adds_its_latency_to_each_exchange(lab, tmp_path, hook):
     policy = load_policy(policy_file(tmp_path, POLICY))
-    datapath, shapers = enforce(lab, policy)
+    datapath, shapers = enforce(lab, policy, hook)
     try:
         # After the ClientHello, which names the flow, the server's flight
         # crosses the edge in the handshake, then the request and the response,
