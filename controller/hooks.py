@@ -25,10 +25,13 @@
               native XDP, or refuses it. Not measured here; the reason is the
               same as veth's.
             An interface whose driver refuses native XDP gets generic.
-            tc was measured in the same race on the lab's veth (bench/
-            README.md, "tc ingress against generic XDP"): within the noise
-            of generic XDP, so auto keeps generic, which needs no second
-            compile; --hook tc asks for it.
+            tc is faster there (bench/README.md, "tc ingress against
+            generic XDP": an empty program costs nothing measurable at tc
+            and a fifth to a quarter of the throughput at generic XDP, which
+            copies every cloned or nonlinear skb), but auto keeps generic
+            for what only an XDP link gives: --fail-open, and the refusal of
+            an interface where another XDP program runs. --hook tc asks for
+            it (docs/operations.md).
 
 The kernel reports what it attached; `sluice run` logs the choice with its
 reason, and `sluice status` shows both.
@@ -63,7 +66,8 @@ def choose(ifname: str, netns: str | None, requested: str) -> HookChoice:
     kind, bus = _interface_kind(ifname, netns)
     if kind == "veth":
         return HookChoice("generic", "auto: a veth, whose peer loses its segmentation offload under "
-                                     "native XDP (tc ingress measured no better)", may_fall_back=False)
+                                     "native XDP (--hook tc forwards faster still, without --fail-open)",
+                          may_fall_back=False)
     if bus == "virtio" and _receive_offload_on(ifname, netns):
         return HookChoice("generic", "auto: virtio-net with receive offload (rx-gro-hw), which native XDP "
                                      "turns off", may_fall_back=False)
