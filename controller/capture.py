@@ -68,8 +68,8 @@ HEAD_BYTES = 128
 IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 VLAN_ETHERTYPES = (0x8100, 0x88A8)      # 802.1Q, 802.1ad tags before the IP header
-VLAN_TAGS_READ = 2                      # tags fill_offloaded_checksums steps over itself; more are left to
-                                        # fill_offloaded_checksum, frame by frame
+VLAN_TAGS_READ = 2                      # tags the chunk's passes step over (ChunkArrays.network); behind more,
+                                        # fill_offloaded_checksum works frame by frame and frame_flows sorts none
 TCP_SYN_ACK, TCP_SYN, TCP_FIN_RST = 0x12, 0x02, 0x05
 IPV4_MAPPED_HEAD = numpy.frombuffer(bytes(10) + b"\xff\xff" + bytes(4), dtype=numpy.uint8)
 FLOW_IDENTITY_BYTES = 37    # protocol, then each end's address (16 bytes, IPv4 mapped) and port, lower end first
@@ -133,6 +133,22 @@ class ChunkArrays:
     lengths: numpy.ndarray
     heads: numpy.ndarray            # each frame's first HEAD_BYTES (past a frame's end: junk), a row per frame;
                                     # gathered before fill_offloaded_checksums, which reads its fields from them
+
+    @functools.cached_property
+    def network(self) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """Where each frame's network header starts, past up to
+        VLAN_TAGS_READ VLAN tags, and the ethertype before it (a VLAN
+        ethertype: more tags than that)."""
+        ip_start = numpy.full(len(self.offsets), ETHERNET_HEADER, dtype=numpy.int64)
+        ethertype = _words(self.heads[:, 12:14])[:, 0]
+        more_tags = _vlan(ethertype)
+        for _ in range(VLAN_TAGS_READ):
+            if not more_tags.any():
+                break
+            ethertype = numpy.where(more_tags, _words(self.columns(ip_start + 2, 2))[:, 0], ethertype)
+            ip_start += more_tags * 4
+            more_tags = _vlan(ethertype)
+        return ip_start, ethertype
 
     def columns(self, starts, count: int):
         """count bytes of each frame from its byte starts on (one row each)."""
@@ -293,14 +309,19 @@ class FrameFlows:
 
 def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     """The flows of chunk's frames. A flow is TCP or UDP straight over IPv4
-    or IPv6, unfragmented, the same for both directions; identities numbers
-    them (each new one gets the next number) and lasts across chunks."""
+    or IPv6, behind up to VLAN_TAGS_READ VLAN tags (which a flow's key does
+    not hold), unfragmented, the same for both directions; identities
+    numbers them (each new one gets the next number) and lasts across
+    chunks."""
     # Past a frame's end the bytes are junk, which the length checks below keep out.
     arrays = chunk.arrays
-    offsets, lengths = arrays.offsets, arrays.lengths
-    head = arrays.heads[:, :54]     # Ethernet, and IPv4 or IPv6 without extensions
+    ip_start, ethertype = arrays.network
+    tags = ip_start - ETHERNET_HEADER
+    # Each frame's head as if it had no tags: the ethertype before the IP
+    # header at bytes 12-13, then IPv4 or IPv6 without extensions.
+    head = arrays.columns(tags, 54)
+    offsets, lengths = arrays.offsets, arrays.lengths - tags
     as_int = head.astype(numpy.int64)
-    ethertype = as_int[:, 12] << 8 | as_int[:, 13]
     fragment = (as_int[:, 20] << 8 | as_int[:, 21]) & IP_MORE_FRAGMENTS_AND_OFFSET
     ipv4 = (ethertype == ETH_P_IP) & (lengths >= 34) & (fragment == 0)
     ipv6 = (ethertype == ETH_P_IPV6) & (lengths >= 54)
@@ -310,7 +331,7 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     tcp = (proto == IPPROTO_TCP) & (lengths >= l4 + 14)
     udp = (proto == IPPROTO_UDP) & (lengths >= l4 + 8)
     known = (ipv4 | ipv6) & (tcp | udp)
-    transport = arrays.columns(l4, 14)      # ports, and TCP's header length and flags
+    transport = arrays.columns(l4 + tags, 14)      # ports, and TCP's header length and flags
     tcp_flags = transport[:, 13]
     bare_syn = tcp & (tcp_flags & TCP_SYN_ACK == TCP_SYN)
     # By the IP header's lengths, not the frame's, which may be padded.
@@ -414,15 +435,8 @@ def fill_offloaded_checksums(chunk: Chunk) -> None:
     if not chunk.offsets:
         return
     arrays = chunk.arrays
-    ip_start = numpy.full(len(chunk.offsets), ETHERNET_HEADER, dtype=numpy.int64)    # in the frame
-    ethertype = _words(arrays.heads[:, 12:14])[:, 0]
+    ip_start, ethertype = arrays.network
     more_tags = _vlan(ethertype)
-    for _ in range(VLAN_TAGS_READ):
-        if not more_tags.any():
-            break
-        ethertype = numpy.where(more_tags, _words(arrays.columns(ip_start + 2, 2))[:, 0], ethertype)
-        ip_start += more_tags * 4
-        more_tags = _vlan(ethertype)
     ip = arrays.columns(ip_start, 40)
     ip_words = _words(ip)
     header_len = (ip[:, 0].astype(numpy.int64) & 0x0F) * 4

@@ -94,7 +94,7 @@ def reopened_and_given_up(path):
     another name; a flow that never names itself (given up on); an IPv6 flow;
     a full handshake and a ClientHello cut in two, the server's ACK (padded
     to Ethernet's minimum) between the pieces, over IP options; a flow behind
-    a VLAN tag (frames replay does not sort into flows itself)."""
+    a VLAN tag (replay sorts its frames into the flow past the tag)."""
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
     from packets import client_hello, http_request, tcp_frame
@@ -139,6 +139,31 @@ def test_skipping_settled_flows_changes_no_line(captures, tmp_path, capture):
             (41000, "blocked.example", "block"), (41000, "open.example", None),
             (41001, None, None), (41002, "cdn.blocked.example", "block"), (41003, "www.blocked.example", "block"),
             (41004, "open.example", None)]
+
+
+@pytest.mark.parametrize("vlans", [("q",), ("ad", "q")], ids=["802.1q", "qinq"])
+def test_the_frames_of_a_settled_flow_behind_vlan_tags_are_not_run(tmp_path, vlans):
+    """replay sorts frames behind VLAN tags into their flows (a flow's key
+    holds no tag), so a settled flow's later frames run no more there too."""
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+    from packets import http_request, tcp_frame
+    from sluice.replay import Replayer, replay as replay_capture
+    frames = [tcp_frame(sport=20000, dport=80, flags="S", vlans=vlans),
+              tcp_frame(http_request("open.example"), sport=20000, dport=80, vlans=vlans)]
+    frames += [tcp_frame(b"d" * 100, sport=20000, dport=80, flags="A", reply=True, seq=1 + i * 100, vlans=vlans)
+               for i in range(5)]
+    path = tmp_path / "vlan.pcap"
+    wrpcap(str(path), [Ether(frame) for frame in frames])
+    replayer = Replayer()
+    try:
+        records, frames_read = replayer.run(str(path))
+        runs = replayer.datapath.counters()["packets"]
+    finally:
+        replayer.close()
+    assert [(r["client_port"], r["name"]) for r in records] == [(20000, "open.example")]
+    assert (frames_read, runs) == (7, 2)
+    assert replay_capture(str(path), skip_settled=False) == (records, frames_read)
 
 
 class Terminal(io.StringIO):
