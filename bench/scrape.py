@@ -44,11 +44,9 @@ def fill_flow_table(datapath) -> int:
     keys = (flows.Key * count)()
     values = (flows.Leaf * count)()
     for index in range(count):
-        key = keys[index]
-        key.addr_lo[10] = key.addr_lo[11] = 0xFF       # ::ffff:192.0.2.x, as the program writes IPv4
-        key.addr_lo[12:16] = [192, 0, 2, index & 0xFF]
-        key.addr_hi[10] = key.addr_hi[11] = 0xFF
-        key.addr_hi[12:16] = [198, 51, 100, 2]
+        key = keys[index]                               # struct flow_id of an IPv4 flow, as the program writes it
+        key.lo = int.from_bytes(bytes([192, 0, 2, index & 0xFF]), sys.byteorder)
+        key.hi = int.from_bytes(bytes([198, 51, 100, 2]), sys.byteorder)
         key.port_lo = index >> 8
         key.port_hi = 443
     flows.items_update_batch(keys, values)

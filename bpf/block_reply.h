@@ -370,13 +370,13 @@ static __always_inline int reply_stage(struct ctx_buff *ctx)
 	void *data = ctx_data(ctx);
 	void *data_end = ctx_data_end(ctx);
 	struct packet_info pkt = {};
-	struct flow_key key = {};
+	struct flow_id id;
+	int sender_is_hi;
 
 	/* 0: a whole TCP or UDP packet, no fragment (encapsulated: see reply_read_request()). */
 	if (parse_packet(data, data_end, ctx_len(ctx), &pkt, TUNNELS_REPLIED) != 0 || pkt.l4proto != IPPROTO_TCP)
 		return CTX_ACT_DROP;
-	flow_make_key(&pkt, &key);
-	struct flow_state *flow = flows.lookup(&key);
+	struct flow_state *flow = flow_lookup(&pkt, &id, &sender_is_hi);
 	struct sluice_config *cfg = config_of_packet();
 	if (!flow || !cfg || flow->action != SLUICE_ACTION_BLOCK)
 		return CTX_ACT_DROP;

@@ -1,9 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
-/* flow.h - one flow table entry for both directions of a connection.
- *
- * The key stores the (address, port) end that sorts lower first, so a
- * packet and its reply find the same entry; hi_is_sender records which end
- * sent the packet in hand.
+/* flow.h - one flow table entry for both directions of a connection,
+ * found by its flow_id (flow_key.h): at once for IPv4, through the number
+ * ipv6_flows holds for IPv6.
  */
 #ifndef SLUICE_FLOW_H
 #define SLUICE_FLOW_H
@@ -11,46 +9,91 @@
 #include "maps.h"
 #include "common.h"
 #include "parsing_helpers.h"
+#include "flow_key.h"
 
 /* Refresh last_seen at most every idle/16: the idle timeout stays accurate to
  * about 6%, and a busy flow does not write its shared entry on every packet. */
 #define FLOW_REFRESH_SHIFT 4
 
-/* -1, 0 or 1 as endpoint a sorts below, equal to or above endpoint b. */
-static __always_inline int flow_compare_endpoints(const __u8 *a_addr, __be16 a_port,
-						  const __u8 *b_addr, __be16 b_port)
+/* An IPv6 flow's id, as ipv6_flows numbered it; 0 if it has no number
+ * (never seen, or forgotten). */
+static __always_inline int flow_is_numbered(const struct flow_id *id)
 {
-	/* Any total order will do, as long as both directions agree on it; two
-	 * 64-bit words compare faster than sixteen bytes. */
-#pragma unroll
-	for (int i = 0; i < 2; i++) {
-		__u64 a, b;
-		__builtin_memcpy(&a, a_addr + 8 * i, 8);
-		__builtin_memcpy(&b, b_addr + 8 * i, 8);
-		if (a != b)
-			return a < b ? -1 : 1;
-	}
-	return a_port == b_port ? 0 : (a_port < b_port ? -1 : 1);
+	return !id->ipv6 || id->lo || id->hi;
 }
 
-/* Fill key from pkt; returns 1 when the sender is the key's hi end. */
-static __always_inline int flow_make_key(const struct packet_info *pkt, struct flow_key *key)
+/* Fill id, the flows table's key of pkt's flow; returns 1 when the sender
+ * is the key's hi end. An IPv6 flow ipv6_flows has no number for gets an
+ * id that is not numbered (flow_start() numbers it). */
+static __always_inline int flow_make_id(const struct packet_info *pkt, struct flow_id *id)
 {
-	int sender_is_hi = flow_compare_endpoints(pkt->saddr, pkt->sport, pkt->daddr, pkt->dport) > 0;
+	if (pkt->is_v6) {
+		struct flow_key key = {};
+		int sender_is_hi = flow_make_key(pkt, &key);
+		struct flow_id *numbered = ipv6_flows.lookup(&key);
 
-	if (sender_is_hi) {
-		__builtin_memcpy(key->addr_lo, pkt->daddr, 16);
-		__builtin_memcpy(key->addr_hi, pkt->saddr, 16);
-		key->port_lo = pkt->dport;
-		key->port_hi = pkt->sport;
-	} else {
-		__builtin_memcpy(key->addr_lo, pkt->saddr, 16);
-		__builtin_memcpy(key->addr_hi, pkt->daddr, 16);
-		key->port_lo = pkt->sport;
-		key->port_hi = pkt->dport;
+		if (numbered) {
+			__builtin_memcpy(id, numbered, sizeof(*id));
+		} else {
+			__builtin_memset(id, 0, sizeof(*id));
+			id->ipv6 = 1;
+		}
+		return sender_is_hi;
 	}
-	key->l4proto = pkt->l4proto;
-	return sender_is_hi;
+	return flow_make_ipv4_id(pkt, id);
+}
+
+/* Number pkt's IPv6 flow (id: not numbered yet) in ipv6_flows; 0 on success. */
+static __always_inline int flow_number_ipv6(const struct packet_info *pkt, struct flow_id *id)
+{
+	struct flow_key key = {};
+	__u32 zero = 0;
+	__u64 *count = ipv6_flow_numbers.lookup(&zero);
+
+	if (!count)
+		return -1;
+	flow_make_key(pkt, &key);
+	/* Atomic although the count is this CPU's own: a program run by
+	 * BPF_PROG_TEST_RUN may be preempted by another on the same CPU. */
+	__u64 number = __sync_fetch_and_add(count, 1) + 1;
+	id->lo = (__u32)number;
+	id->hi = number >> 32;
+	id->cpu = bpf_get_smp_processor_id();
+	id->port_lo = key.port_lo;
+	id->port_hi = key.port_hi;
+	id->l4proto = key.l4proto;
+	id->ipv6 = 1;
+	if (ipv6_flows.insert(&key, id) == 0)
+		return 0;
+	/* Another CPU numbered the flow meanwhile: its number stands. */
+	struct flow_id *numbered = ipv6_flows.lookup(&key);
+	if (!numbered)
+		return -1;
+	__builtin_memcpy(id, numbered, sizeof(*id));
+	return 0;
+}
+
+/* The entry of pkt's flow, 0 if it has none; id: its key (flow_make_id()). */
+static __always_inline struct flow_state *flow_lookup(const struct packet_info *pkt, struct flow_id *id,
+						      int *sender_is_hi)
+{
+	*sender_is_hi = flow_make_id(pkt, id);
+	return flow_is_numbered(id) ? flows.lookup(id) : 0;
+}
+
+/* The address of the flow's client (16 bytes, IPv4 mapped), of which pkt
+ * is a packet. */
+static __always_inline const __u8 *flow_client_address(const struct flow_state *flow,
+						       const struct packet_info *pkt, int sender_is_hi)
+{
+	return sender_is_hi == flow->client_is_hi ? pkt->saddr : pkt->daddr;
+}
+
+/* ...and from the flow's key. */
+static __always_inline const __u8 *flow_key_client_address(const struct flow_state *flow,
+							   const struct flow_key *key)
+{
+	return flow->client_is_hi ? key->addr_hi : key->addr_lo;
 }
 
 static __always_inline int flow_is_idle(const struct flow_state *flow, __u64 now,
@@ -74,12 +117,14 @@ static __always_inline int flow_is_bare_syn(const struct packet_info *pkt)
 /* A fresh entry for a flow seen for the first time, or seen again after it
  * idled out. The sender of an opening packet (a bare SYN, a QUIC client
  * Initial) is known to be the client. */
-static __always_inline struct flow_state *flow_start(struct flow_key *key, int sender_is_hi,
+static __always_inline struct flow_state *flow_start(struct flow_id *id, int sender_is_hi,
 						     int opening, const struct packet_info *pkt, __u64 now)
 {
 	struct flow_state fresh = {};
 	__u32 seq = pkt->seq;
 
+	if (!flow_is_numbered(id) && flow_number_ipv6(pkt, id) < 0)
+		return 0;
 	fresh.last_seen_ns = now;
 	fresh.state = SLUICE_FLOW_INSPECTING;
 	fresh.client_known = opening;
@@ -91,19 +136,19 @@ static __always_inline struct flow_state *flow_start(struct flow_key *key, int s
 	/* The path the client's segments take: a segment sent to expire
 	 * sooner shows a lower TTL (receiver.h). */
 	fresh.syn_ttl = opening ? pkt->ttl : 0;
-	if (flows.update(key, &fresh) < 0)
+	if (flows.update(id, &fresh) < 0)
 		return 0;
-	return flows.lookup(key);
+	return flows.lookup(id);
 }
 
 /* The flow a TCP segment belongs to, opened or restarted as its packet
- * says; 0 if the packet passes without one. */
-static __always_inline struct flow_state *flow_open_tcp(const struct packet_info *pkt, struct flow_key *key,
+ * says; 0 if the packet passes without one. id: its key (flow_make_id()). */
+static __always_inline struct flow_state *flow_open_tcp(const struct packet_info *pkt, struct flow_id *id,
 							int sender_is_hi, const struct sluice_config *cfg)
 {
 	int bare_syn = flow_is_bare_syn(pkt);
 	__u64 now = coarse_now_ns(cfg);
-	struct flow_state *flow = flows.lookup(key);
+	struct flow_state *flow = flow_is_numbered(id) ? flows.lookup(id) : 0;
 	int new_key = !flow;
 
 	if (flow && flow_is_idle(flow, now, cfg)) {
@@ -122,7 +167,7 @@ static __always_inline struct flow_state *flow_open_tcp(const struct packet_info
 	 * worth an entry; its next payload packet makes one. */
 	if (pkt->payload_len == 0 && !bare_syn)
 		return 0;
-	flow = flow_start(key, sender_is_hi, bare_syn, pkt, now);
+	flow = flow_start(id, sender_is_hi, bare_syn, pkt, now);
 	if (flow && new_key)
 		counter_inc(SLUICE_CNT_FLOWS_CREATED);
 	return flow;

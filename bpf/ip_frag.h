@@ -277,7 +277,8 @@ static __always_inline int frag_drop_young(struct ctx_buff *ctx, struct packet_i
 					   const struct sluice_config *cfg)
 {
 	__u8 head[sizeof(struct udphdr) + QUIC_HEADER_PEEK];
-	struct flow_key key = {};
+	struct flow_id id;
+	int sender_is_hi;
 
 	if (pkt->frag_offset)
 		return verdict_pass_unjudged(pkt->frame_len);
@@ -287,12 +288,12 @@ static __always_inline int frag_drop_young(struct ctx_buff *ctx, struct packet_i
 	/* TCP and UDP headers both start with the ports. */
 	__builtin_memcpy(&pkt->sport, head, sizeof(pkt->sport));
 	__builtin_memcpy(&pkt->dport, head + 2, sizeof(pkt->dport));
-	int sender_is_hi = flow_make_key(pkt, &key);
-	struct flow_state *flow = flows.lookup(&key);
+	struct flow_state *flow = flow_lookup(pkt, &id, &sender_is_hi);
 	if (flow && flow_is_idle(flow, coarse_now_ns(cfg), cfg))
 		flow = 0;
 	if (flow && flow->state != SLUICE_FLOW_INSPECTING)
-		return verdict_apply(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
+		return verdict_apply(flow, flow_client_address(flow, pkt, sender_is_hi), sender_is_hi, pkt->frame_len,
+				     pkt->payload_len, cfg);
 	if (pkt->l4proto == IPPROTO_UDP && !flow) {
 		/* Other UDP has no flows to inspect: only a QUIC client Initial opens one. */
 		__u32 udp_len = ((__u32)head[4] << 8) | head[5];

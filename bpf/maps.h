@@ -44,8 +44,19 @@
 
 /* --- state (pinned) ---------------------------------------------------- */
 
-/* Both directions of every TCP flow seen, least recently used evicted. */
-BPF_TABLE("lru_hash", struct flow_key, struct flow_state, flows, SLUICE_FLOW_MAX);
+/* Both directions of every flow seen, least recently used evicted; one
+ * table for both families, so that every stage finds a flow through one
+ * map pointer (the verifier would check each stage once per table). */
+BPF_TABLE("lru_hash", struct flow_id, struct flow_state, flows, SLUICE_FLOW_MAX);
+
+/* An IPv6 flow's flow_key -> its key in flows (flow.h). When this forgets
+ * a flow, its next packet numbers it afresh, and its inspection starts
+ * over; its old entry is never found again, and ages out of flows. */
+BPF_TABLE("lru_hash", struct flow_key, struct flow_id, ipv6_flows, SLUICE_FLOW_MAX);
+
+/* Each CPU's count of the IPv6 flows it numbered: outlives a policy with
+ * the flows, or a restarted controller would number flows again. */
+BPF_PERCPU_ARRAY(ipv6_flow_numbers, __u64, 1);
 
 /* rule id -> counters; per CPU so that no packet waits on another CPU. */
 BPF_TABLE("percpu_array", __u32, struct rule_stats, rule_stats, SLUICE_MAX_RULES);

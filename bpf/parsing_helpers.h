@@ -101,7 +101,7 @@ struct packet_info {
 	__u32 frag_id;			/* IPv4 identification, or IPv6 Fragment header's */
 	__u16 frag_offset;		/* where the fragment's data starts in the datagram's payload */
 	__u8 frag_more;			/* more fragments follow (IPv4 MF, IPv6 M) */
-	__u8 is_v6;			/* an IPv6 fragment */
+	__u8 is_v6;			/* the (innermost) IP header is IPv6 */
 	__u8 ttl;			/* TTL (IPv4) or hop limit (IPv6) */
 	__u8 tunnel;			/* enum sluice_tunnel it came in (the innermost, with QinQ) */
 	__u8 tunnel_outcome;		/* enum sluice_tunnel_outcome, when tunnel is set */
@@ -182,6 +182,7 @@ static __always_inline int parse_iphdr(struct hdr_cursor *cur, void *data_end,
 		pkt->frag_id = bpf_ntohs(iph->id);
 	}
 	pkt->ttl = iph->ttl;
+	pkt->is_v6 = 0;			/* the outer header of a tunnel may have been IPv6 */
 	__u32 total_len = bpf_ntohs(iph->tot_len);
 	if (total_len < hdr_len)
 		return -1;
@@ -222,6 +223,7 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 	__u32 remaining = bpf_ntohs(ip6h->payload_len);
 	__u8 nexthdr = ip6h->nexthdr;
 	pkt->ttl = ip6h->hop_limit;
+	pkt->is_v6 = 1;
 	cur->pos = ip6h + 1;
 
 #pragma unroll
@@ -241,7 +243,6 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 			pkt->frag_offset = frag_off & IPV6_FRAG_OFFSET_MASK;
 			pkt->frag_more = frag_off & IPV6_MORE_FRAGMENTS;
 			pkt->frag_id = bpf_ntohl(frag->identification);
-			pkt->is_v6 = 1;
 			break;
 		}
 		if (!parse_is_skippable_ipv6_ext(nexthdr))

@@ -88,8 +88,7 @@ static __always_inline int quic_is_version_negotiation(struct ctx_buff *ctx, con
 }
 
 static __always_inline void quic_send_to_controller(struct ctx_buff *ctx, const struct packet_info *pkt,
-						    const struct flow_key *key, int client_is_hi,
-						    const __u8 *gathered)
+						    int client_is_hi, const __u8 *gathered)
 {
 	struct quic_datagram *datagram = quic_datagrams.ringbuf_reserve(sizeof(struct quic_datagram));
 	__u32 len = pkt->payload_len;
@@ -98,7 +97,8 @@ static __always_inline void quic_send_to_controller(struct ctx_buff *ctx, const 
 		counter_inc(SLUICE_CNT_QUIC_RING_FULL);
 		return;
 	}
-	__builtin_memcpy(&datagram->key, key, sizeof(*key));
+	flow_make_key(pkt, &datagram->key);
+	datagram->key.pad[0] = datagram->key.pad[1] = 0;	/* reserved memory is not zeroed */
 	datagram->client_is_hi = client_is_hi;
 	if (len > SLUICE_QUIC_DATAGRAM_MAX)
 		len = SLUICE_QUIC_DATAGRAM_MAX;
@@ -119,7 +119,7 @@ static __always_inline void quic_send_to_controller(struct ctx_buff *ctx, const 
 /* Hand a new UDP flow's first datagram to sluice_stage_opening, to be
  * judged by the rules for any flow; returns if that stage is missing. */
 static __always_inline void quic_judge_opening_datagram(struct ctx_buff *ctx, const struct packet_info *pkt,
-							const struct flow_key *key, int sender_is_hi,
+							const struct flow_id *id, int sender_is_hi,
 							const struct flow_state *flow)
 {
 	__u32 zero = 0;
@@ -127,7 +127,8 @@ static __always_inline void quic_judge_opening_datagram(struct ctx_buff *ctx, co
 
 	if (!scratch)
 		return;
-	__builtin_memcpy(&scratch->key, key, sizeof(*key));
+	__builtin_memcpy(&scratch->id, id, sizeof(*id));
+	flow_make_key(pkt, &scratch->key);
 	scratch->frame_len = pkt->frame_len;
 	scratch->segment_len = pkt->payload_len;
 	scratch->sender_is_hi = sender_is_hi;
@@ -139,16 +140,16 @@ static __always_inline void quic_judge_opening_datagram(struct ctx_buff *ctx, co
 static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_info *pkt,
 					  const struct sluice_config *cfg, const __u8 *gathered)
 {
-	struct flow_key key = {};
+	struct flow_id id;
+	int sender_is_hi;
 
 	/* Without a controller reading the ring no QUIC flow is ever opened,
 	 * and without rules for any flow no other UDP flow is: UDP then
 	 * needs no flow lookup at all. */
 	if (!(cfg->flags & (SLUICE_CFG_EVENTS | SLUICE_CFG_OPENING_RULES)))
 		return verdict_pass_unjudged(pkt->frame_len);
-	int sender_is_hi = flow_make_key(pkt, &key);
 	__u64 now = coarse_now_ns(cfg);
-	struct flow_state *flow = flows.lookup(&key);
+	struct flow_state *flow = flow_lookup(pkt, &id, &sender_is_hi);
 
 	if (flow && flow_is_idle(flow, now, cfg)) {
 		counter_inc(SLUICE_CNT_FLOWS_EXPIRED);
@@ -156,12 +157,13 @@ static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_in
 	}
 	if (flow) {
 		flow_touch(flow, now, cfg);
+		const __u8 *client_address = flow_client_address(flow, pkt, sender_is_hi);
 		if (flow->state != SLUICE_FLOW_INSPECTING)
-			return verdict_apply(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
+			return verdict_apply(flow, client_address, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
 		/* A QUIC flow judged at its opening datagram keeps that verdict
 		 * until the controller reads its name. */
 		int verdict = flow->rule_id ?
-			verdict_apply(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg) : -1;
+			verdict_apply(flow, client_address, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg) : -1;
 		if (verdict == CTX_ACT_DROP || flow->state != SLUICE_FLOW_INSPECTING)
 			return verdict;
 		/* Browsers spread a ClientHello over several Initials, and a
@@ -171,24 +173,24 @@ static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_in
 		    (client_sends ? quic_is_client_initial(ctx, pkt, gathered) :
 				    quic_is_version_negotiation(ctx, pkt, gathered))) {
 			flow->payload_packets += 1;
-			quic_send_to_controller(ctx, pkt, &key, flow->client_is_hi, gathered);
+			quic_send_to_controller(ctx, pkt, flow->client_is_hi, gathered);
 		}
 		return verdict == CTX_ACT_OK ? CTX_ACT_OK : verdict_pass_unjudged(pkt->frame_len);
 	}
 	int quic = (cfg->flags & SLUICE_CFG_EVENTS) && quic_is_client_initial(ctx, pkt, gathered);
 	if (!quic && !(cfg->flags & SLUICE_CFG_OPENING_RULES))
 		return verdict_pass_unjudged(pkt->frame_len);
-	flow = flow_start(&key, sender_is_hi, 1, pkt, now);
+	flow = flow_start(&id, sender_is_hi, 1, pkt, now);
 	if (!flow)
 		return verdict_pass_unjudged(pkt->frame_len);
 	counter_inc(SLUICE_CNT_FLOWS_CREATED);
 	if (quic) {
 		flow->proto = SLUICE_PROTO_QUIC;
 		flow->payload_packets = 1;
-		quic_send_to_controller(ctx, pkt, &key, sender_is_hi, gathered);
+		quic_send_to_controller(ctx, pkt, sender_is_hi, gathered);
 	}
 	if (cfg->flags & SLUICE_CFG_OPENING_RULES)
-		quic_judge_opening_datagram(ctx, pkt, &key, sender_is_hi, flow);
+		quic_judge_opening_datagram(ctx, pkt, &id, sender_is_hi, flow);
 	/* Nothing of a UDP flow but QUIC's Initials is read. */
 	if (!quic)
 		flow->state = SLUICE_FLOW_GAVE_UP;

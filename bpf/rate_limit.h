@@ -85,8 +85,9 @@ static __always_inline int rate_pace(__u64 *clock, const struct rate_limit *limi
 	return 0;
 }
 
-/* The clock of the flow's direction under the rule's scope, or 0. */
-static __always_inline __u64 *rate_clock(struct flow_state *flow, const struct flow_key *key,
+/* The clock of the flow's direction under the rule's scope, or 0;
+ * client_address: the flow's client's (flow_client_address()). */
+static __always_inline __u64 *rate_clock(struct flow_state *flow, const __u8 *client_address,
 					 const struct rule_info *rule, __u32 dir)
 {
 	dir &= SLUICE_DIRS - 1;
@@ -99,7 +100,7 @@ static __always_inline __u64 *rate_clock(struct flow_state *flow, const struct f
 		clocks = rule_clocks.lookup(&rule_id);
 	} else {
 		struct client_clock_key client = { .rule_id = rule_id };
-		__builtin_memcpy(client.client, flow->client_is_hi ? key->addr_hi : key->addr_lo, 16);
+		__builtin_memcpy(client.client, client_address, 16);
 		clocks = client_clocks.lookup(&client);
 		if (!clocks) {
 			struct rate_clocks fresh = {};

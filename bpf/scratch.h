@@ -63,7 +63,8 @@ struct segment_view {
 
 /* What the entry program hands to the inspection stages it tail-calls. */
 struct payload_scratch {
-	struct flow_key key;		/* the flow being inspected */
+	struct flow_id id;		/* the flow being inspected: its key in flows, */
+	struct flow_key key;		/* ...and in streams and events */
 	__u32 frame_len;		/* of the packet in hand, for the counters */
 	__u32 len;			/* payload bytes copied into bytes[] */
 	__u32 raw_name_off;		/* where the name found lies in bytes[] */

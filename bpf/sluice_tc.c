@@ -60,7 +60,8 @@ int sluice_tc_egress(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct packet_info pkt_on_stack = {}, *pkt = &pkt_on_stack;
-	struct flow_key key = {};
+	struct flow_id id;
+	int sender_is_hi;
 
 	struct sluice_config *cfg = config_live();
 	if (!cfg)
@@ -68,8 +69,7 @@ int sluice_tc_egress(struct __sk_buff *skb)
 	/* A tunnelled flow is shaped by its outer packets, as XDP polices them. */
 	if (parse_packet(data, data_end, skb->len, pkt, ~cfg->closed_tunnels) < 0 || pkt->l4proto != IPPROTO_TCP)
 		return TC_ACT_OK;
-	int sender_is_hi = flow_make_key(pkt, &key);
-	struct flow_state *flow = flows.lookup(&key);
+	struct flow_state *flow = flow_lookup(pkt, &id, &sender_is_hi);
 	if (!flow || flow->state != SLUICE_FLOW_CLASSIFIED)
 		return TC_ACT_OK;
 	if (flow->action != SLUICE_ACTION_SHAPE && flow->action != SLUICE_ACTION_DELAY)
@@ -90,7 +90,7 @@ int sluice_tc_egress(struct __sk_buff *skb)
 		departure = delayed_departure(rule, now);
 		keep = departure - now <= rule->horizon_ns;
 	} else {
-		__u64 *clock = rate_clock(flow, &key, rule, dir);
+		__u64 *clock = rate_clock(flow, flow_client_address(flow, pkt, sender_is_hi), rule, dir);
 		if (clock)
 			keep = rate_pace(clock, &rule->limit[dir], bytes, now, rule->horizon_ns, &departure);
 	}

@@ -170,8 +170,8 @@ static __always_inline int evasion_seen(struct ctx_buff *ctx, struct flow_state 
 		receiver_block_evasion(flow, scratch);
 	if (flow->state == SLUICE_FLOW_INSPECTING)
 		return verdict_pass_unjudged(scratch->frame_len);
-	return verdict_apply_tcp(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
-				 scratch->segment_len, cfg);
+	return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, &scratch->key), scratch->sender_is_hi,
+				 scratch->frame_len, scratch->segment_len, cfg);
 }
 
 /* Count the segment in the flow's window, and read it: in the stream if
@@ -214,7 +214,7 @@ static __always_inline int read_received(struct ctx_buff *ctx, struct flow_state
  * read. from_fragments: the segment was gathered out of IP fragments, its
  * bytes are in frag_scratch.bytes (ip_frag.h), not the frame. */
 static __always_inline int inspect_tcp_segment(struct ctx_buff *ctx, struct flow_state *flow,
-					       const struct packet_info *pkt, const struct flow_key *key,
+					       const struct packet_info *pkt, const struct flow_id *id,
 					       int sender_is_hi, const struct sluice_config *cfg,
 					       int from_fragments)
 {
@@ -233,7 +233,8 @@ static __always_inline int inspect_tcp_segment(struct ctx_buff *ctx, struct flow
 	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
 	if (!scratch)
 		return verdict_pass_unjudged(pkt->frame_len);
-	__builtin_memcpy(&scratch->key, key, sizeof(*key));
+	__builtin_memcpy(&scratch->id, id, sizeof(*id));
+	flow_make_key(pkt, &scratch->key);
 	scratch->frame_len = pkt->frame_len;
 	scratch->sender_is_hi = sender_is_hi;
 	scratch->proto = SLUICE_PROTO_UNKNOWN;
@@ -260,7 +261,7 @@ static __always_inline int inspect_tcp_segment(struct ctx_buff *ctx, struct flow
 int CTX_ENTRY(struct ctx_buff *ctx)
 {
 	struct packet_info pkt = {};
-	struct flow_key key = {};
+	struct flow_id id;
 
 	counter_inc(SLUICE_CNT_PACKETS);
 	struct sluice_config *cfg = config_enter();
@@ -283,13 +284,14 @@ int CTX_ENTRY(struct ctx_buff *ctx)
 	if (pkt.l4proto == IPPROTO_UDP)
 		return quic_judge_udp(ctx, &pkt, cfg, 0);
 
-	int sender_is_hi = flow_make_key(&pkt, &key);
-	struct flow_state *flow = flow_open_tcp(&pkt, &key, sender_is_hi, cfg);
+	int sender_is_hi = flow_make_id(&pkt, &id);
+	struct flow_state *flow = flow_open_tcp(&pkt, &id, sender_is_hi, cfg);
 	if (!flow)
 		return verdict_pass_unjudged(pkt.frame_len);
 	if (!read_for_name(flow, &pkt, sender_is_hi))
-		return verdict_apply_tcp(ctx, flow, &key, sender_is_hi, pkt.frame_len, pkt.payload_len, cfg);
-	return inspect_tcp_segment(ctx, flow, &pkt, &key, sender_is_hi, cfg, 0);
+		return verdict_apply_tcp(ctx, flow, flow_client_address(flow, &pkt, sender_is_hi), sender_is_hi,
+					 pkt.frame_len, pkt.payload_len, cfg);
+	return inspect_tcp_segment(ctx, flow, &pkt, &id, sender_is_hi, cfg, 0);
 }
 
 /* The state every stage starts from; 0 if anything is missing. */
@@ -302,7 +304,7 @@ static __always_inline struct payload_scratch *stage_scratch(struct flow_state *
 	*cfg = config_of_packet();
 	if (!scratch || !*cfg)
 		return 0;
-	*flow = flows.lookup(&scratch->key);
+	*flow = flows.lookup(&scratch->id);
 	return *flow ? scratch : 0;
 }
 
@@ -619,8 +621,8 @@ int sluice_stage_match(struct ctx_buff *ctx)
 		return verdict_pass_unjudged(scratch->frame_len);
 	}
 	verdict_classify(flow, 0, 0, scratch, cfg);
-	return verdict_apply_tcp(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
-				 scratch->segment_len, cfg);
+	return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, &scratch->key), scratch->sender_is_hi,
+				 scratch->frame_len, scratch->segment_len, cfg);
 }
 
 /* What the rule conditions look at of the flow, but its ClientHello: the
@@ -658,7 +660,8 @@ int sluice_stage_select(struct ctx_buff *ctx)
 	}
 	__u32 rule_id = match_select_rule(scratch->set_id, &client, cfg);
 	verdict_classify(flow, rule_id, client.class_id, scratch, cfg);
-	return verdict_apply_tcp(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len, scratch->segment_len, cfg);
+	return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, key), scratch->sender_is_hi,
+				 scratch->frame_len, scratch->segment_len, cfg);
 }
 
 /* A new flow's opening packet, the client's bare SYN or a UDP flow's first
@@ -684,9 +687,10 @@ int sluice_stage_opening(struct ctx_buff *ctx)
 	if (verdict_judge_opening(flow, rule_id, client.class_id, tcp || flow->proto == SLUICE_PROTO_QUIC,
 				  scratch, cfg)) {
 		if (tcp)
-			return verdict_apply_tcp(ctx, flow, key, scratch->sender_is_hi, scratch->frame_len,
-						 scratch->segment_len, cfg);
-		return verdict_apply(flow, key, scratch->sender_is_hi, scratch->frame_len, scratch->segment_len, cfg);
+			return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, key), scratch->sender_is_hi,
+						 scratch->frame_len, scratch->segment_len, cfg);
+		return verdict_apply(flow, flow_key_client_address(flow, key), scratch->sender_is_hi,
+				     scratch->frame_len, scratch->segment_len, cfg);
 	}
 	if (!tcp)
 		return verdict_pass_unjudged(scratch->frame_len);
@@ -700,15 +704,16 @@ int sluice_stage_opening(struct ctx_buff *ctx)
 static __always_inline int judge_gathered_segment(struct packet_info *pkt, const struct sluice_config *cfg,
 						  struct ctx_buff *ctx)
 {
-	struct flow_key key = {};
-	int sender_is_hi = flow_make_key(pkt, &key);
-	struct flow_state *flow = flow_open_tcp(pkt, &key, sender_is_hi, cfg);
+	struct flow_id id;
+	int sender_is_hi = flow_make_id(pkt, &id);
+	struct flow_state *flow = flow_open_tcp(pkt, &id, sender_is_hi, cfg);
 
 	if (!flow)
 		return verdict_pass_unjudged(pkt->frame_len);
 	if (!read_for_name(flow, pkt, sender_is_hi))
-		return verdict_apply(flow, &key, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
-	return inspect_tcp_segment(ctx, flow, pkt, &key, sender_is_hi, cfg, 1);
+		return verdict_apply(flow, flow_client_address(flow, pkt, sender_is_hi), sender_is_hi, pkt->frame_len,
+				     pkt->payload_len, cfg);
+	return inspect_tcp_segment(ctx, flow, pkt, &id, sender_is_hi, cfg, 1);
 }
 
 int sluice_stage_fragment(struct ctx_buff *ctx)
@@ -780,8 +785,8 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 	}
 	receiver_note_accepted(flow, scratch);
 	if (flow->state != SLUICE_FLOW_INSPECTING)
-		return verdict_apply_tcp(ctx, flow, &scratch->key, scratch->sender_is_hi, scratch->frame_len,
-				 scratch->segment_len, cfg);
+		return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, &scratch->key), scratch->sender_is_hi,
+				 scratch->frame_len, scratch->segment_len, cfg);
 	return read_segment(ctx, flow, scratch, cfg);
 }
 

@@ -56,7 +56,7 @@ static __always_inline __u32 verdict_packet_direction(const struct flow_state *f
 }
 
 /* Does a throttled flow's packet conform to its rule's rate in its direction? */
-static __always_inline int verdict_throttle_conforms(struct flow_state *flow, const struct flow_key *key,
+static __always_inline int verdict_throttle_conforms(struct flow_state *flow, const __u8 *client_address,
 					     __u32 dir, __u32 bytes, const struct sluice_config *cfg)
 {
 	struct rule_info *rule = rule_of(cfg, flow->rule_id);
@@ -69,7 +69,7 @@ static __always_inline int verdict_throttle_conforms(struct flow_state *flow, co
 	 * (bench/packet_pieces.py), a client-scope clock a hash lookup. */
 	if (!limit->ps_per_byte)
 		return 1;
-	__u64 *clock = rate_clock(flow, key, rule, dir);
+	__u64 *clock = rate_clock(flow, client_address, rule, dir);
 	return clock ? rate_police(clock, limit, bytes, now_ns(cfg)) : 1;
 }
 
@@ -107,8 +107,9 @@ static __always_inline void verdict_count_toward_trigger(struct flow_state *flow
 }
 
 /* The verdict of a classified flow on one of its packets (payload_len:
- * its TCP or UDP payload, what a trigger counts in bytes). */
-static __always_inline int verdict_apply(struct flow_state *flow, const struct flow_key *key,
+ * its TCP or UDP payload, what a trigger counts in bytes; client_address:
+ * see flow_client_address()). */
+static __always_inline int verdict_apply(struct flow_state *flow, const __u8 *client_address,
 					 int sender_is_hi, __u32 frame_len, __u32 payload_len,
 					 const struct sluice_config *cfg)
 {
@@ -117,7 +118,7 @@ static __always_inline int verdict_apply(struct flow_state *flow, const struct f
 		verdict_count_toward_trigger(flow, dir, payload_len, cfg);
 	int drop = flow->action == SLUICE_ACTION_BLOCK || flow->action == SLUICE_ACTION_FREEZE ||
 		   (flow->action == SLUICE_ACTION_THROTTLE &&
-		    !verdict_throttle_conforms(flow, key, dir, frame_len, cfg));
+		    !verdict_throttle_conforms(flow, client_address, dir, frame_len, cfg));
 
 	verdict_account(flow->rule_id, dir, frame_len, drop ? OUTCOME_DROPPED : OUTCOME_PASSED);
 	return drop ? CTX_ACT_DROP : CTX_ACT_OK;
@@ -127,10 +128,10 @@ static __always_inline int verdict_apply(struct flow_state *flow, const struct f
  * rule's method is not drop (freeze never answers), the client's packets are answered instead
  * (block_reply.h): the reply stage sends the reply back, or drops. */
 static __always_inline int verdict_apply_tcp(struct ctx_buff *ctx, struct flow_state *flow,
-					     const struct flow_key *key, int sender_is_hi, __u32 frame_len,
+					     const __u8 *client_address, int sender_is_hi, __u32 frame_len,
 					     __u32 payload_len, const struct sluice_config *cfg)
 {
-	int verdict = verdict_apply(flow, key, sender_is_hi, frame_len, payload_len, cfg);
+	int verdict = verdict_apply(flow, client_address, sender_is_hi, frame_len, payload_len, cfg);
 
 	if (verdict == CTX_ACT_DROP && flow->action == SLUICE_ACTION_BLOCK &&
 	    verdict_packet_direction(flow, sender_is_hi) == SLUICE_DIR_UP)

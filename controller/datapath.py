@@ -34,7 +34,8 @@ TC_EGRESS_FUNCTION = b"sluice_tc_egress"
 TC_RESET_FUNCTION = b"sluice_tc_reset"
 # The maps whose contents outlive a policy (bpf/maps.h): a reloaded policy,
 # or a controller restarted after a crash, takes them over from their pins.
-STATE_MAPS = ("flows", "rule_stats", "counters", "tunnel_counters", "rule_clocks", "client_clocks", "streams")
+STATE_MAPS = ("flows", "ipv6_flows", "ipv6_flow_numbers", "rule_stats", "counters", "tunnel_counters", "rule_clocks",
+              "client_clocks", "streams")
 # The policy maps sized to their policy (bpf/maps.h): each generation's is
 # an inner map of the outer map named after it with BY_GENERATION.
 SIZED_POLICY_MAPS = ("domain_rules", "rule_sets", "client_classes", "destinations", "alpn_ids", "block_pages")
@@ -98,6 +99,7 @@ class Datapath:
         self.program = program()
         self._rings = Rings(self.program.module)
         self._tables: dict[str, object] = {}
+        self._flow_table = None
         self._maps: dict[str, int] = {}
         self._inner_maps: dict[int, dict[str, int]] = {generation: {} for generation in range(ABI.SLUICE_GENERATIONS)}
         self._programs: dict[bytes, int] = {}
@@ -416,6 +418,14 @@ class Datapath:
             result[rule_id] = stats
         return result
 
+    def flow_table(self):
+        """The flows table by flow_key (controller/flow_table.py): how every
+        reader of the flows finds them."""
+        from .flow_table import FlowTable
+        if self._flow_table is None:
+            self._flow_table = FlowTable(self)
+        return self._flow_table
+
     def flow_count(self) -> int:
         return count_entries(self.table("flows"))
 
@@ -482,7 +492,7 @@ class Datapath:
             inner = {fd for maps in self._inner_maps.values() for fd in maps.values()}
             for fd in {*self._programs.values(), *self._maps.values(), *inner}:
                 os.close(fd)
-            self._programs, self._maps, self._tables = {}, {}, {}
+            self._programs, self._maps, self._tables, self._flow_table = {}, {}, {}, None
             self._inner_maps = {generation: {} for generation in self._inner_maps}
 
     def close(self) -> None:
@@ -654,6 +664,14 @@ def entry_batches(table):
         if result != 0:
             return
         token.value, first = next_token.value, False
+
+
+def delete_entries(table) -> None:
+    """Empty a hash map. Not bcc's clear(): each key it deletes sends the
+    next look-up back to the table's first bucket, a walk of the whole table."""
+    keys = [table.Key.from_buffer_copy(key) for batch, _, count in entry_batches(table) for key in batch[:count]]
+    for key in keys:
+        del table[key]
 
 
 def count_entries(table) -> int:

@@ -83,7 +83,7 @@ class QuicFlows:
         """Write the verdict for the flow whose ClientHello is hello (quic.ClientHelloInfo)."""
         name = hello.sni if hello else None
         self.pending.pop(bytes(key), None)
-        flows = self.datapath.table("flows")
+        flows = self.datapath.flow_table()
         try:
             flow = flows[key]
         except KeyError:

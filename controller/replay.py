@@ -44,7 +44,7 @@ import numpy
 from .abi import ABI, PROTO_NAMES
 from .block_methods import effective_method
 from .capture import Capture, CaptureError, check_linktype, flow_identity, frame_address, frame_flows
-from .datapath import Datapath, entry_batches
+from .datapath import Datapath, delete_entries
 from .program import MappedRing
 from .quic_flows import QuicFlows
 from .testrun import XdpFrameRunner
@@ -264,7 +264,6 @@ class Replayer:
     events' then the QUIC datagrams', as bcc's ring manager would call their
     callbacks, without a call into bcc or a Python callback per record."""
 
-    FLOW_TABLES = ("flows", "streams")      # per-flow state, emptied by reset()
 
     def __init__(self, policy=None):
         self.datapath = Datapath(policy, events=True)
@@ -283,14 +282,8 @@ class Replayer:
 
     def reset(self) -> None:
         """Forget every flow, in the program's tables and in the report: the next capture starts afresh."""
-        for name in self.FLOW_TABLES:
-            # Not bcc's clear(): each key it deletes sends the next look-up
-            # back to the table's first bucket, a walk of the whole table.
-            table = self.datapath.table(name)
-            keys = [table.Key.from_buffer_copy(key) for batch, _, count in entry_batches(table)
-                    for key in batch[:count]]
-            for key in keys:
-                del table[key]
+        self.datapath.flow_table().clear()
+        delete_entries(self.datapath.table("streams"))
         self.quic.pending.clear()
         self.report.clear()
 
@@ -389,15 +382,18 @@ def report_unsettled(datapath, report) -> None:
     in the order of their flow keys (addresses, ports): a hash map's own
     order changes with every map, so the output would change from run to run."""
     unsettled = []
-    for keys, flows, count in entry_batches(datapath.table("flows")):
+    flow_table = datapath.flow_table()
+    numbered = flow_table.numbered_keys()
+    for ids, flows, count in flow_table.batches():
         # The batch's states and windows read by numpy, its thousands of
         # settled flows not one by one.
         values = numpy.frombuffer(flows, dtype=numpy.uint8).reshape(len(flows), -1)[:count]
         state, packets = _flow_field(flows._type_, "state"), _flow_field(flows._type_, "payload_packets")
         inspected = (values[:, state] == ABI.SLUICE_FLOW_INSPECTING).all(1) & values[:, packets].any(1)
         for index in numpy.flatnonzero(inspected).tolist():
-            key = keys[index]
-            unsettled.append((bytes(key), _record(_key_parts(key), flows[index].client_is_hi)))
+            key = flow_table.flow_key(ids[index], numbered)
+            if key is not None:
+                unsettled.append((bytes(key), _record(_key_parts(key), flows[index].client_is_hi)))
     report.records += [record for _key, record in sorted(unsettled, key=lambda pair: pair[0])]
 
 

@@ -350,7 +350,7 @@ class Service:
         """Give the classified flows of rule_ids their rule's new action."""
         if not rule_ids:
             return
-        flows = datapath.table("flows")
+        flows = datapath.flow_table()
         for key, flow in flows.items():
             rule = switched.get(flow.rule_id)
             # A flow still counting toward its rule's trigger takes the action then.
@@ -377,12 +377,12 @@ class Service:
             self.flow_hellos[bytes(key)] = SeenHello(hello.sni.encode(), hello.ech, hello.alpn)
 
     def _forget_gone_flows(self) -> None:
-        present = {bytes(key) for key in self.datapath.table("flows").keys()}
+        present = {bytes(key) for key in self.datapath.flow_table().keys()}
         self.flow_hellos = {k: v for k, v in self.flow_hellos.items() if k in present}
 
     def reclassify(self) -> int:
         """Judge every classified flow whose name we saw by the running policy."""
-        flows = self.datapath.table("flows")
+        flows = self.datapath.flow_table()
         changed = 0
         for key, flow in flows.items():
             seen = self.flow_hellos.get(bytes(key))

@@ -68,7 +68,8 @@ def assert_same_layout(types, type_id, ctype, path):
 
 # map name -> (key struct, value struct) as sluice_abi.h declares them
 SHARED_MAPS = {
-    "flows": ("flow_key", "flow_state"),
+    "flows": ("flow_id", "flow_state"),
+    "ipv6_flows": ("flow_key", "flow_id"),
     "domain_rules": ("name_key", None),
     "rules": (None, "rule_info"),
     "rule_clocks": (None, "rate_clocks"),
@@ -104,6 +105,7 @@ def test_ctypes_layout_matches_kernel_btf(datapath, map_name):
 
 def test_header_constants_match_the_maps_the_kernel_accepted(datapath):
     assert map_info(datapath.table("flows")).max_entries == ABI.SLUICE_FLOW_MAX
+    assert map_info(datapath.table("ipv6_flows")).max_entries == ABI.SLUICE_FLOW_MAX
     assert map_info(datapath.table("rules")).max_entries == ABI.SLUICE_GENERATIONS * ABI.SLUICE_MAX_RULES
     assert map_info(datapath.table("rule_stats")).max_entries == ABI.SLUICE_MAX_RULES
     assert map_info(datapath.table("counters")).max_entries == ABI.SLUICE_CNT_MAX

@@ -233,7 +233,7 @@ def open_unnamed(dp, transport: str, server: str) -> tuple[str, int]:
 
 def rule_of_flow(dp, sport: int) -> str | None:
     """The rule the flow table holds for the flow from the client's sport."""
-    rules = [flow.rule_id for key, flow in dp.table("flows").items()
+    rules = [flow.rule_id for key, flow in dp.flow_table().items()
              if sport in (socket.ntohs(key.port_lo), socket.ntohs(key.port_hi))]
     assert len(rules) == 1, rules
     rule = dp.policy.rule_by_id(rules[0])

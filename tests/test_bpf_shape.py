@@ -62,7 +62,7 @@ def datapath(make_datapath):
 @pytest.fixture
 def egress(datapath):
     """Send frames of a fresh flow through tc egress at frozen times: egress(name) -> send(at_ns)."""
-    datapath.table("flows").clear()
+    datapath.flow_table().clear()
     tc_fd = datapath.tc_egress_fd()
 
     def open_flow(name: bytes, port: int = 41000):

@@ -69,7 +69,7 @@ def datapath(tmp_path_factory):
 @pytest.fixture
 def clock(datapath):
     """Set the data plane's time, in ns since START_NS; the flow table starts empty."""
-    datapath.table("flows").clear()
+    datapath.flow_table().clear()
     datapath.table("client_clocks").clear()
     datapath.table("rule_clocks").clear()
 
