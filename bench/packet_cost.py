@@ -85,7 +85,12 @@ def write_policy(directory: Path, rules: int, prefixes: int) -> Path:
         "  - name: lan-only\n    action: block\n    class: lan\n    domains: [classed.example]\n"
         "  - name: feed\n    action: block\n    domains_file: names.txt\n"
         "  - name: blocked\n    action: block\n    domains: [blocked.example]\n"
-        "  - name: slow\n    action: throttle\n    rate: 400gbit\n    burst: 1MiB\n    domains: [slow.example]\n")
+        # Both throttles at a rate no burst of test runs reaches, so that every packet conforms and
+        # pays the whole policer: the default burst (500 ms at the rate) is policed on the coarse
+        # clock, 1 MiB (21 us at 400gbit) on the precise one (sluice/clocks.py).
+        "  - name: slow\n    action: throttle\n    rate: 400gbit\n    domains: [slow.example]\n"
+        "  - name: slow-shallow\n    action: throttle\n    rate: 400gbit\n    burst: 1MiB\n"
+        "    domains: [shallow.example]\n")
     return policy
 
 
@@ -162,12 +167,14 @@ def cases(datapath):
     established = [tcp(40001, flags="S"), tcp(40001, client_hello(b"open.example"), "PA")]
     blocked = [tcp(40002, flags="S"), tcp(40002, client_hello(b"blocked.example"), "PA")]
     throttled = [tcp(40003, flags="S"), tcp(40003, client_hello(b"slow.example"), "PA")]
+    shallow = [tcp(40004, flags="S"), tcp(40004, client_hello(b"shallow.example"), "PA")]
     return [
         ("non-IP frame", bytes(Ether(src=CLIENT_MAC, dst=EDGE_MAC, type=0x0806) / Raw(b"\0" * 28)), []),
         ("UDP packet", bytes(ETHER / IP(src=CLIENT, dst=SERVER) / UDP(sport=5353, dport=53) / Raw(b"x" * 64)), []),
         ("established allowed flow", tcp(40001, b"x" * 100, reply=True), established),
         ("blocked flow", tcp(40002, b"x" * 100, reply=True), blocked),
         ("throttled flow", tcp(40003, b"x" * 100, reply=True), throttled),
+        ("throttled, shallow bucket", tcp(40004, b"x" * 100, reply=True), shallow),
         ("ClientHello, SNI matches", None, "blocked.example"),
         ("ClientHello, SNI matches none", None, "nomatch.example"),
         ("ClientHello, class rule matches", None, "classed.example"),
@@ -333,7 +340,7 @@ def data_plane_of(revision: str, policy: Path, workdir: Path):
 
 
 # The packets of flows already judged: what a change to the per-packet path costs.
-KNOWN_FLOWS = ("established allowed flow", "blocked flow", "throttled flow")
+KNOWN_FLOWS = ("established allowed flow", "blocked flow", "throttled flow", "throttled, shallow bucket")
 
 
 def known_flows_against(revisions: list[str], repeat: int, pairs: int) -> None:

@@ -15,9 +15,10 @@
 #include "policy_maps.h"
 
 /* The data plane's time: the kernel's monotonic clock, or a frozen clock
- * that tests set to replay exact packet timings. Rates need nanoseconds;
- * idle timeouts are content with the coarse clock (a tick, a few ms),
- * which costs a fraction of the precise one on every packet. */
+ * that tests set to replay exact packet timings. Pacing and shallow token
+ * buckets need nanoseconds; idle timeouts and deep buckets are content
+ * with the coarse clock (a tick, a few ms), which costs a fraction of the
+ * precise one on every packet. */
 static __always_inline __u64 now_ns(const struct sluice_config *cfg)
 {
 	return cfg->clock_ns ? cfg->clock_ns : bpf_ktime_get_ns();
@@ -30,13 +31,15 @@ static __always_inline __u64 now_ns(const struct sluice_config *cfg)
  * current jiffy, and reads the clock again only once jiffies has moved on.
  * A CPU that read in the instant between the tick moving jiffies and it
  * moving the clock keeps that tick's time for a tick more: a CPU's time may
- * be a tick behind another's (time_since() below). */
+ * be a tick behind another's (time_since() below).
+ * A test's frozen clock is read as a coarse clock of clock_tick_ns would
+ * read it, so that tests can tell which clock a rate was judged on. */
 static __always_inline __u64 coarse_now_ns(const struct sluice_config *cfg)
 {
 	__u32 zero = 0;
 
 	if (cfg->clock_ns)
-		return cfg->clock_ns;
+		return cfg->clock_tick_ns ? cfg->clock_ns - cfg->clock_ns % cfg->clock_tick_ns : cfg->clock_ns;
 	__u64 tick = bpf_jiffies64();
 	struct coarse_clock *cached = coarse_clocks.lookup(&zero);
 	if (!cached)

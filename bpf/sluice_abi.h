@@ -356,11 +356,25 @@ struct name_key {
 	__u32 kind;			/* enum sluice_match_kind */
 };
 
+/* The clock a policer reads (rate_limit.clock). A token bucket needs a
+ * clock only as fine as it is deep: on a clock that moves by ticks, tokens
+ * arrive in lumps of a tick's worth, and a bucket that holds several lumps
+ * passes the same bytes over any interval, give or take a lump, as on the
+ * precise clock, which costs more than an empty XDP program on every
+ * packet. The controller picks (controller/clocks.py); the pacer (shape)
+ * always reads the precise clock, which fq compares departures with. */
+enum sluice_rate_clock {
+	SLUICE_CLOCK_PRECISE = 0,	/* bpf_ktime_get_ns(): a bucket shallower than a few ticks */
+	SLUICE_CLOCK_COARSE = 1,	/* coarse_now_ns() in common.h: a tick's resolution */
+};
+
 /* A rate in one direction. Time per byte is kept in picoseconds so that
  * 400 gbit/s (20 ps a byte) and 8 kbit/s (1 ms a byte) are both exact. */
 struct rate_limit {
 	__u64 ps_per_byte;		/* 0: this direction is not limited */
 	__u64 burst_ns;			/* the burst in bytes, as time at the rate */
+	__u32 clock;			/* enum sluice_rate_clock, of the policer (throttle) */
+	__u32 pad;
 };
 
 /* An inclusive range of server ports, in host byte order. */
@@ -443,6 +457,8 @@ struct sluice_config {
 	__u64 rollout_key[2];		/* SipHash key of the rollout hash */
 	__u32 ttl_margin;		/* see SLUICE_TTL_MARGIN_DEFAULT */
 	__u32 generation;		/* its own index in config: the policy maps its packets read */
+	__u64 clock_tick_ns;		/* with clock_ns: the coarse clock's tick, which it reads
+					 * clock_ns rounded down to (tests); 0: clock_ns exactly */
 };
 
 /* Client bytes of a young flow kept to reassemble a ClientHello that spans

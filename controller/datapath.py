@@ -23,6 +23,7 @@ import numpy
 
 from . import block_methods, hooks, precedence, schedule, tc, xdp_link
 from .abi import ABI, COUNTER_NAMES, TUNNEL_KINDS, TUNNEL_OUTCOMES
+from .clocks import coarse_tick_ns, limit_times, police_clock
 from .names import name_hashes_many
 from .program import LoadError, Rings, program, tc_ingress_program
 
@@ -348,7 +349,7 @@ class Datapath:
         running = config[ctypes.c_uint32(self.generation)]
         value = config.Leaf()
         value.generation = generation
-        value.clock_ns = running.clock_ns
+        value.clock_ns, value.clock_tick_ns = running.clock_ns, running.clock_tick_ns
         if policy is None:
             from .policy import DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_PACKETS
             value.flow_idle_ns, value.window_packets = DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS
@@ -561,10 +562,6 @@ def settle_flow(flow, rule, action: str | None = None) -> None:
     flow.state = ABI.SLUICE_FLOW_CLASSIFIED
 
 
-PS_PER_SECOND = 10**12
-BITS_PER_BYTE = 8
-
-
 def alpn_bits(rules) -> dict[str, int]:
     """ALPN protocol id -> its bit in rule_info.alpn_ids, for every id the rules name."""
     named = sorted({protocol_id for rule in rules for protocol_id in rule.alpn})
@@ -592,12 +589,13 @@ def rule_info(leaf_type, rule, alpn_ids: dict[str, int], destinations, shape_as_
     for index, (first, last) in enumerate(rule.ports):
         info.ports[index].first, info.ports[index].last = first, last
     info.rollout_threshold = threshold(rule.percent)
+    tick_ns = coarse_tick_ns() if action == "throttle" else 0
     for direction, index in (("up", ABI.SLUICE_DIR_UP), ("down", ABI.SLUICE_DIR_DOWN)):
         limit = rule.limits.get(direction)
         if limit:
-            ps_per_byte = PS_PER_SECOND * BITS_PER_BYTE // limit.rate_bps
-            info.limit[index].ps_per_byte = ps_per_byte
-            info.limit[index].burst_ns = limit.burst_bytes * ps_per_byte // 1000
+            info.limit[index].ps_per_byte, info.limit[index].burst_ns = limit_times(limit)
+            if action == "throttle":
+                info.limit[index].clock = police_clock(info.limit[index].burst_ns, tick_ns)
     info.delay_ns = rule.latency_ns
     info.jitter_ns = rule.jitter_ns
     info.horizon_ns = rule.horizon_ns

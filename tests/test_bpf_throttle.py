@@ -3,9 +3,13 @@
 The data plane takes its time from sluice_config.clock_ns when that is set,
 so these tests replay exact packet timings: a token bucket of depth `burst`
 at rate `r` must pass exactly burst + r*t bytes over t, per direction, and
-drop the rest.
+drop the rest. Its coarse clock then reads that time rounded down to
+clock_tick_ns, set here to this machine's tick, as the real one moves: a
+bucket deep enough for it is policed on it (sluice.clocks), give or take a
+tick's worth of bytes.
 """
 
+import ctypes
 import os
 
 import pytest
@@ -14,6 +18,8 @@ from scapy.layers.tls.extensions import ServerName, TLS_Ext_ServerName
 from scapy.layers.tls.handshake import TLSClientHello
 from scapy.layers.tls.record import TLS
 
+from sluice.abi import ABI
+from sluice.clocks import COARSE_CLOCK_TICKS, coarse_tick_ns
 from sluice.datapath import Datapath
 from sluice.policy import load_policy
 from sluice.testrun import run_xdp
@@ -24,17 +30,20 @@ pytestmark = [pytest.mark.bpf,
 CLIENT, OTHER_CLIENT, SERVER = "192.0.2.2", "192.0.2.3", "198.51.100.2"
 # Explicit addresses: without them scapy would ARP for each frame it builds.
 ETHER = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-START_NS = 10**12
+TICK_NS = coarse_tick_ns()
+START_NS = 10**12 // TICK_NS * TICK_NS   # on a tick: the coarse clock reads it exactly
 FRAME = 1000                     # bytes per test frame
 PAYLOAD = FRAME - 14 - 20 - 20   # Ethernet, IPv4, TCP headers
+# A bucket 8 ticks deep at 1 byte per microsecond: policed on the coarse clock.
+DEEP_BURST = 2 * COARSE_CLOCK_TICKS * TICK_NS // 1000
 
-POLICY = """\
+POLICY = f"""\
 version: 1
 rules:
   - name: per-flow
     action: throttle
-    up: {rate: 8mbit, burst: 3000B}       # 1 byte per microsecond
-    down: {rate: 16mbit, burst: 5000B}    # 2 bytes per microsecond
+    up: {{rate: 8mbit, burst: 3000B}}       # 1 byte per microsecond
+    down: {{rate: 16mbit, burst: 5000B}}    # 2 bytes per microsecond
     domains: [flow.example]
   - name: per-client
     action: throttle
@@ -54,6 +63,16 @@ rules:
     rate: 8mbit
     burst: 2000B
     domains: [down.example]
+  - name: deep
+    action: throttle
+    rate: 8mbit
+    burst: {DEEP_BURST}B
+    domains: [deep.example]
+  - name: shallow
+    action: throttle
+    rate: 80mbit                          # 10 bytes per microsecond: a frame per 100 us
+    burst: 3000B                          # 300 us: under a tick
+    domains: [shallow.example]
 """
 
 
@@ -74,10 +93,10 @@ def clock(datapath):
     datapath.table("rule_clocks").clear()
 
     def set_time(offset_ns: int):
-        datapath.set_config(clock_ns=START_NS + offset_ns)
+        datapath.set_config(clock_ns=START_NS + offset_ns, clock_tick_ns=TICK_NS)
     set_time(0)
     yield set_time
-    datapath.set_config(clock_ns=0)
+    datapath.set_config(clock_ns=0, clock_tick_ns=0)
 
 
 def hello(name: bytes) -> bytes:
@@ -171,3 +190,66 @@ def test_unthrottled_flow_is_untouched(datapath, clock):
     upload, download = open_flow(datapath, b"open.example", 45000)
     assert passes(download, 200) == 200
     assert passes(upload, 200) == 200
+
+
+def police_clocks(datapath, rule_name: str) -> tuple[int, int]:
+    """The clocks (enum sluice_rate_clock) the data plane polices a rule's up and down on."""
+    rule = datapath.policy.rule_by_name(rule_name)
+    info = datapath.table("rules")[ctypes.c_uint32(datapath.generation * ABI.SLUICE_MAX_RULES + rule.id)]
+    return info.limit[ABI.SLUICE_DIR_UP].clock, info.limit[ABI.SLUICE_DIR_DOWN].clock
+
+
+def set_police_clock(datapath, rule_name: str, clock: int) -> None:
+    """Make the data plane police a rule on another clock than the controller chose."""
+    rule = datapath.policy.rule_by_name(rule_name)
+    rules = datapath.table("rules")
+    key = ctypes.c_uint32(datapath.generation * ABI.SLUICE_MAX_RULES + rule.id)
+    info = rules[key]
+    for direction in (ABI.SLUICE_DIR_UP, ABI.SLUICE_DIR_DOWN):
+        info.limit[direction].clock = clock
+    rules[key] = info
+
+
+def test_the_clock_follows_the_buckets_depth_in_ticks(datapath):
+    assert police_clocks(datapath, "deep") == (ABI.SLUICE_CLOCK_COARSE,) * 2
+    assert police_clocks(datapath, "shallow") == (ABI.SLUICE_CLOCK_PRECISE,) * 2
+    assert police_clocks(datapath, "per-flow") == (ABI.SLUICE_CLOCK_PRECISE,) * 2
+
+
+@pytest.mark.parametrize("clock_kind", [ABI.SLUICE_CLOCK_COARSE, ABI.SLUICE_CLOCK_PRECISE],
+                         ids=["coarse", "precise"])
+def test_a_deep_bucket_keeps_its_rate_over_a_second_on_either_clock(datapath, clock, clock_kind):
+    """The same packet train, offered at three times the rate in steps that
+    do not divide the tick, on the deep rule policed on each clock: both pass
+    burst + rate*t, the coarse one short by at most a tick's worth."""
+    set_police_clock(datapath, "deep", clock_kind)
+    try:
+        upload, _ = open_flow(datapath, b"deep.example", 46000 + clock_kind)
+        hello_frame = 14 + 20 + 20 + len(hello(b"deep.example"))
+        passed_bytes = hello_frame
+        step_ns, last_ns = 700_000, 10**9
+        for at_ns in range(0, last_ns + 1, step_ns):
+            clock(at_ns)
+            passed_bytes += passes(upload, 3) * FRAME     # 3000 bytes per 700 us: 4.3x the rate
+    finally:
+        set_police_clock(datapath, "deep", ABI.SLUICE_CLOCK_COARSE)
+    last_step_ns = last_ns - last_ns % step_ns
+    precise = DEEP_BURST + last_step_ns // 1000           # burst + 1 byte/us
+    tick_bytes = TICK_NS // 1000
+    lowest = precise - FRAME - (tick_bytes if clock_kind == ABI.SLUICE_CLOCK_COARSE else 0)
+    assert lowest <= passed_bytes <= precise
+
+
+def test_a_shallow_bucket_earns_within_a_tick_a_deep_one_at_the_tick(datapath, clock):
+    """Drained at a tick, then stepped by 100 us up to the next: the shallow
+    rule (precise clock) earns a frame at every step, the deep one (coarse)
+    nothing until the tick, then the tick's worth at once."""
+    shallow, _ = open_flow(datapath, b"shallow.example", 47000)
+    deep, _ = open_flow(datapath, b"deep.example", 47001)
+    passes(shallow, 10)
+    passes(deep, DEEP_BURST // FRAME + 10)
+    steps = range(100_000, TICK_NS, 100_000)
+    earned = [(clock(at_ns), passes(shallow, 3), passes(deep, 3))[1:] for at_ns in steps]
+    assert earned == [(1, 0)] * len(steps)
+    clock(TICK_NS)
+    assert passes(deep, 10) == TICK_NS // 1000 // FRAME

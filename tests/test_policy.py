@@ -9,6 +9,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sluice.abi import ABI
+from sluice.clocks import COARSE_CLOCK_TICKS, coarse_tick_ns, limit_times, police_clock
 from sluice.names import name_hashes, name_hashes_many, normalise
 from sluice.policy import (DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS, PolicyError, load_policy,
                                parse_duration, parse_rate, parse_size, policy_summary)
@@ -81,6 +83,38 @@ rules:
     assert slow.limits["down"].burst_bytes == 1_500_000 // 8 // 2      # default: 500 ms at the rate
     assert slow.scope == "client"
     assert (lag.latency_ns, lag.jitter_ns) == (250 * 10**6, 20 * 10**6)
+
+
+def test_a_throttle_is_policed_on_the_coarse_clock_where_its_bucket_holds_four_ticks(tmp_path):
+    tick_ns = 4_000_000
+    assert police_clock(COARSE_CLOCK_TICKS * tick_ns, tick_ns) == ABI.SLUICE_CLOCK_COARSE
+    assert police_clock(COARSE_CLOCK_TICKS * tick_ns - 1, tick_ns) == ABI.SLUICE_CLOCK_PRECISE
+    policy = load_policy(write(tmp_path, """\
+version: 1
+rules:
+  - name: typical
+    action: throttle
+    rate: 10mbit
+    domains: [typical.example]
+  - name: fast
+    action: throttle
+    up: {rate: 10gbit, burst: 64KiB}
+    down: {rate: 10gbit}
+    domains: [fast.example]
+  - name: paced
+    action: shape
+    rate: 10mbit
+    domains: [paced.example]
+"""))
+    typical, fast, _ = policy.rules
+    assert limit_times(typical.limits["up"]) == (800_000, 500_000_000)   # 0.8 us a byte, a burst of 500 ms
+    assert limit_times(fast.limits["up"]) == (800, 52_428)
+    tick_ms = f"{coarse_tick_ns() / 1e6:g} ms"
+    lines = policy_summary(policy).splitlines()
+    assert lines[1].count(f"on the coarse clock ({tick_ms} tick)") == 2
+    assert f"up 1e+07 kbit/s burst 65536 B on the precise clock (burst under 4 ticks of {tick_ms})" in lines[2]
+    assert f"down 1e+07 kbit/s burst 625000000 B on the coarse clock ({tick_ms} tick)" in lines[2]
+    assert "clock" not in lines[3], "a pacer always reads the precise clock: nothing to say"
 
 
 @pytest.mark.parametrize("text, value", [("128kbit", 128_000), ("1.5mbit", 1_500_000), ("400gbit", 400 * 10**9),

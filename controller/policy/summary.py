@@ -1,11 +1,18 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """What a valid policy does, in a few lines, for `sluice validate`."""
 
+from ..clocks import coarse_tick_ns, describe_clock, limit_times, police_clock
 from .model import Policy
 
 
 def counted(count: int, noun: str, plural: str = "") -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {plural or noun + 's'}"
+
+
+def police_clock_of(limit) -> str:
+    """The clock the data plane polices limit on, on this machine."""
+    tick_ns = coarse_tick_ns()
+    return describe_clock(police_clock(limit_times(limit)[1], tick_ns), tick_ns)
 
 
 def policy_summary(policy: Policy) -> str:
@@ -22,6 +29,7 @@ def policy_summary(policy: Policy) -> str:
             what += f", by {rule.block_method}"
         if rule.limits:
             what += ", " + ", ".join(f"{d} {limit.rate_bps / 1000:g} kbit/s burst {limit.burst_bytes} B"
+                                     + (f" on the {police_clock_of(limit)}" if rule.action == "throttle" else "")
                                      for d, limit in sorted(rule.limits.items())) + f", per {rule.scope}"
         if rule.latency_ns:
             what += f", {rule.latency_ns / 1e6:g} ms" + (f" +0..{rule.jitter_ns / 1e6:g} ms" if rule.jitter_ns else "")
