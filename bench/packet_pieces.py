@@ -39,6 +39,13 @@ assert "PIECE" in FLOOR_WITH_PIECE, "bench/packet_cost.py's floor program change
 DECLARATIONS = FLOOR_PROGRAM[:FLOOR_PROGRAM.index("int flow_floor(")] + """
 BPF_TABLE("percpu_array", __u32, __u64, counter_slots, 4);
 
+/* As coarse_now_ns() in bpf/common.h keeps it. */
+struct cached_coarse_clock {
+	__u64 jiffies;
+	__u64 ns;
+};
+BPF_PERCPU_ARRAY(coarse_cache, struct cached_coarse_clock, 1);
+
 static __always_inline void count_in_slot(__u32 index)
 {
 	__u64 *value = counter_slots.lookup(&index);
@@ -78,6 +85,11 @@ PIECES = {
     "coarse_clock": ("bpf_ktime_get_coarse_ns() (idle check)",
                      "if (bpf_ktime_get_coarse_ns() == 1) return XDP_DROP;"),
     "jiffies": ("bpf_jiffies64() (inlined by the verifier)", "if (bpf_jiffies64() == 1) return XDP_DROP;"),
+    "cached_coarse_clock": ("coarse_now_ns() (cached per CPU per jiffy)",
+                            "{ __u32 zero = 0; struct cached_coarse_clock *c = coarse_cache.lookup(&zero); "
+                            "__u64 tick = bpf_jiffies64(); if (!c) return XDP_PASS; "
+                            "if (c->jiffies != tick) { c->ns = bpf_ktime_get_coarse_ns(); c->jiffies = tick; } "
+                            "if (c->ns == 1) return XDP_DROP; }"),
     "precise_clock": ("bpf_ktime_get_ns() (throttle)", "if (bpf_ktime_get_ns() == 1) return XDP_DROP;"),
     "counters": ("three per-CPU counter increments", "count_in_slot(0); count_in_slot(1); count_in_slot(2);"),
     "cas": ("a compare-and-swap on the flow entry (throttle clock)",
