@@ -11,7 +11,7 @@ steps, QUIC verdicts, replay, the benchmarks, the tests).
 
 import ctypes
 
-from .datapath import delete_entries, entry_batches
+from .map_batches import delete_entries, entry_batches
 
 IPV4_MAPPED = bytes(10) + b"\xff\xff"
 
@@ -71,7 +71,7 @@ class FlowTable:
 
     def batches(self):
         """The flows table's entries a batch at a time, (flow_ids, flow_states,
-        count) as datapath.entry_batches() gives them: flow_key() names each."""
+        count) as map_batches.entry_batches() gives them: flow_key() names each."""
         return entry_batches(self.flows)
 
     def items(self):

@@ -44,7 +44,8 @@ import numpy
 from .abi import ABI, PROTO_NAMES
 from .block_methods import effective_method
 from .capture import Capture, CaptureError, check_linktype, flow_identity, frame_address, frame_flows
-from .datapath import Datapath, delete_entries
+from .datapath import Datapath
+from .map_batches import delete_entries
 from .program import MappedRing
 from .quic_flows import QuicFlows
 from .testrun import XdpFrameRunner
