@@ -299,12 +299,21 @@ class Capture:
         return chunk
 
 
+# What replay's frame loop needs to know of a frame (FrameFlows.kinds). An
+# end of a flow is 1 (the lower, as flow keys sort them) or 2 (the higher).
+FRAME_OTHER = 0             # UDP, a FIN or RST, or a frame of no flow frame_flows reads
+FRAME_SYN_FROM = (1, 2)     # a SYN without ACK from end 1 or 2: a new flow on its addresses and ports, that
+                            # end its client
+FRAME_SYN_BEHIND_TAGS = 3   # the same behind VLAN tags, which a policy may leave unread: its client not taken
+FRAME_QUIET = 4             # TCP without payload, FIN or RST: it will not settle its flow
+FRAME_DATA_FROM = (5, 6)    # TCP with payload (no FIN or RST) from end 1 or 2: kind - 4 is the end
+
+
 @dataclass
 class FrameFlows:
     """What replay's frame loop needs to know of each frame of a chunk."""
     flows: list[int]        # the number of the frame's flow; -1: not a flow frame_flows reads
-    bare_syns: list[bool]   # a SYN without ACK: a new flow on the flow's addresses and ports
-    quiet: list[bool]       # TCP without payload, FIN or RST: it will not settle its flow
+    kinds: list[int]        # FRAME_*
 
 
 def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
@@ -338,7 +347,7 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     ip_payload = numpy.where(ipv4, (as_int[:, 16] << 8 | as_int[:, 17]) - ip_header,
                              as_int[:, 18] << 8 | as_int[:, 19])
     tcp_payload = ip_payload - (transport[:, 12] >> 4).astype(numpy.int64) * 4
-    quiet = known & tcp & (tcp_payload <= 0) & (tcp_flags & TCP_FIN_RST == 0)
+    no_fin_rst = tcp_flags & TCP_FIN_RST == 0
 
     source, destination = head[:, 22:38].copy(), head[:, 38:54].copy()
     source[ipv4], destination[ipv4] = IPV4_MAPPED_HEAD, IPV4_MAPPED_HEAD
@@ -359,7 +368,13 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     numbers = numpy.array([number(key, len(identities)) for key in unique.tolist()], dtype=numpy.int64)
     flows = numpy.full(len(offsets), -1, dtype=numpy.int64)
     flows[known] = numbers[inverse.ravel()] if len(unique) else []
-    return FrameFlows(flows.tolist(), bare_syn.tolist(), quiet.tolist())
+    end = numpy.where(a_lower[:, 0], 1, 2)
+    kinds = numpy.full(len(offsets), FRAME_OTHER, dtype=numpy.int64)
+    segment = known & tcp & no_fin_rst
+    kinds = numpy.where(segment & (tcp_payload > 0), end + FRAME_QUIET, kinds)
+    kinds = numpy.where(segment & (tcp_payload <= 0), FRAME_QUIET, kinds)
+    kinds = numpy.where(known & bare_syn, numpy.where(tags == 0, end, FRAME_SYN_BEHIND_TAGS), kinds)
+    return FrameFlows(flows.tolist(), kinds.tolist())
 
 
 def _gather(data, starts, count: int):

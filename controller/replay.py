@@ -43,7 +43,8 @@ import numpy
 
 from .abi import ABI, PROTO_NAMES
 from .block_methods import effective_method
-from .capture import Capture, CaptureError, check_linktype, flow_identity, frame_address, frame_flows
+from .capture import (FRAME_QUIET, FRAME_SYN_BEHIND_TAGS, Capture, CaptureError, check_linktype, flow_identity,
+                      frame_address, frame_flows)
 from .datapath import Datapath
 from .map_batches import delete_entries
 from .program import MappedRing
@@ -117,11 +118,13 @@ def _record(parts, client_is_hi, proto=None, name=None, rule=None) -> dict:
 class SettledFlows:
     """The flows the program has settled, by the number frame_flows gives
     each flow: a byte per flow, which the frame loop reads at list speed;
-    and when a frame of each flow last ran (time.monotonic())."""
+    which end of each is its client, as its bare SYN said; and when a frame
+    of each flow last ran (time.monotonic())."""
 
     def __init__(self):
         self.numbers: dict[bytes, int] = {}      # flow identity -> number
         self.flags = bytearray()                 # by number: 1 settled
+        self.clients = bytearray()               # by number: 0 not known, else the end (capture.FRAME_SYN_FROM)
         self.last_run: list[float] = []          # by number
 
     def add(self, identity: bytes) -> None:
@@ -133,11 +136,13 @@ class SettledFlows:
     def make_room(self) -> None:
         """Room for every numbered flow (frame_flows numbers new ones)."""
         self.flags.extend(bytes(len(self.numbers) - len(self.flags)))
+        self.clients.extend(bytes(len(self.numbers) - len(self.clients)))
         self.last_run.extend([-math.inf] * (len(self.numbers) - len(self.last_run)))
 
     def clear(self) -> None:
         self.numbers.clear()
         self.flags.clear()
+        self.clients.clear()
         self.last_run.clear()
 
 
@@ -322,14 +327,17 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
 
     Left out: frames of flows in settled (which the rings fill as they are
     read) other than a bare SYN, which opens a new flow on the same
-    addresses and ports; and quiet TCP segments (no payload, FIN or RST,
-    not a bare SYN) of the others, but for one per quiet_every. A quiet segment does
-    not reach the inspection (bpf/sluice_xdp.c inspect_tcp_segment: only a
-    payload or a bare SYN goes on, to the receiver model or the parsers);
-    its only effect on a flow is to refresh its idle clock (bpf/flow.h
-    flow_touch), which one such segment per quiet_every, far less than the
-    idle timeout, keeps doing (and, in a flow judged at its opening packet,
-    to be counted under that judgement, which prints no line).
+    addresses and ports; and quiet segments of the others, but for one per
+    quiet_every. Quiet: TCP without payload, FIN or RST, not a bare SYN; or
+    a segment with payload from the server of a flow whose bare SYN said
+    which end is its client. A quiet segment does not reach the inspection
+    (bpf/sluice_xdp.c inspect_tcp_segment: only a payload or a bare SYN goes
+    on, and once the client is known, only what the client sends, to the
+    receiver model or the parsers); its only effect on a flow is to refresh
+    its idle clock (bpf/flow.h flow_touch), which one such segment per
+    quiet_every, far less than the idle timeout, keeps doing (and, in a
+    flow judged at its opening packet, to be counted under that judgement,
+    which prints no line).
 
     The rings are read after every frame run but quiet ones, and before a
     bare SYN: a flow settled by a frame whose events wait in the ring a
@@ -349,24 +357,31 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
             if settled is not None:
                 seen = frame_flows(chunk, settled.numbers)
                 settled.make_room()
-                flows, bare_syns, quiet = seen.flows, seen.bare_syns, seen.quiet
-                flags, last_run = settled.flags, settled.last_run
+                flows, kinds = seen.flows, seen.kinds
+                flags, clients, last_run = settled.flags, settled.clients, settled.last_run
             else:
-                flows, bare_syns, quiet = [-1] * count, [False] * count, [False] * count
+                flows, kinds = [-1] * count, [0] * count
             base = frame_address(chunk.buffer)
-            for offset, length, flow, bare_syn, is_quiet in zip(chunk.offsets, chunk.lengths, flows, bare_syns,
-                                                                quiet):
+            for offset, length, flow, kind in zip(chunk.offsets, chunk.lengths, flows, kinds):
+                quiet = False
                 if flow >= 0:
-                    if bare_syn:
+                    if 0 < kind <= FRAME_SYN_BEHIND_TAGS:           # a bare SYN
                         if unread:
                             read_rings()
                             unread = False
                         flags[flow] = 0
-                    elif flags[flow] or (is_quiet and clock() - last_run[flow] < quiet_every):
+                        clients[flow] = kind if kind < FRAME_SYN_BEHIND_TAGS else 0
+                    elif flags[flow]:
                         continue
+                    else:
+                        # A segment from the server: kind - FRAME_QUIET is the end that sent it.
+                        quiet = kind == FRAME_QUIET or (kind > FRAME_QUIET and clients[flow] and
+                                                        clients[flow] != kind - FRAME_QUIET)
+                        if quiet and clock() - last_run[flow] < quiet_every:
+                            continue
                     last_run[flow] = clock()
                 run(base + offset, length)
-                if is_quiet:
+                if quiet:
                     unread = True
                 else:
                     read_rings()

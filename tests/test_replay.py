@@ -166,6 +166,34 @@ def test_the_frames_of_a_settled_flow_behind_vlan_tags_are_not_run(tmp_path, vla
     assert replay_capture(str(path), skip_settled=False) == (records, frames_read)
 
 
+def test_a_servers_segments_before_its_client_names_the_flow_are_not_run(tmp_path):
+    """Once a bare SYN says which end is the client, the program reads only
+    what the client sends (inspect_tcp_segment): a server that speaks first
+    (SMTP, FTP) sends segments replay leaves out as it leaves out quiet
+    ones; a ClientHello from the server's end names nothing either way."""
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+    from packets import client_hello, http_request, tcp_frame
+    from sluice.replay import Replayer, replay as replay_capture
+    frames = [tcp_frame(sport=20000, dport=80, flags="S"),
+              tcp_frame(sport=20000, dport=80, flags="SA", reply=True, seq=0, ack=1)]
+    frames += [tcp_frame(b"220 banner\r\n", sport=20000, dport=80, flags="PA", reply=True, seq=1 + i * 12, ack=1)
+               for i in range(4)]
+    frames += [tcp_frame(client_hello(b"blocked.example"), sport=20000, dport=80, reply=True, seq=49, ack=1),
+               tcp_frame(http_request("open.example"), sport=20000, dport=80, ack=49)]
+    path = tmp_path / "server-first.pcap"
+    wrpcap(str(path), [Ether(frame) for frame in frames])
+    replayer = Replayer()
+    try:
+        records, frames_read = replayer.run(str(path))
+        runs = replayer.datapath.counters()["packets"]
+    finally:
+        replayer.close()
+    assert [(r["client_port"], r["name"]) for r in records] == [(20000, "open.example")]
+    assert (frames_read, runs) == (len(frames), 2)
+    assert replay_capture(str(path), skip_settled=False) == (records, frames_read)
+
+
 class Terminal(io.StringIO):
     def isatty(self):
         return True
