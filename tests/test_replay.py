@@ -141,19 +141,13 @@ def test_skipping_settled_flows_changes_no_line(captures, tmp_path, capture):
             (41004, "open.example", None)]
 
 
-@pytest.mark.parametrize("vlans", [("q",), ("ad", "q")], ids=["802.1q", "qinq"])
-def test_the_frames_of_a_settled_flow_behind_vlan_tags_are_not_run(tmp_path, vlans):
-    """replay sorts frames behind VLAN tags into their flows (a flow's key
-    holds no tag), so a settled flow's later frames run no more there too."""
+def replayed_counting_runs(path, frames):
+    """frames written to path as a capture and replayed: (records, frames
+    read, frames the program ran), the skipping path checked against running
+    every frame."""
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
-    from packets import http_request, tcp_frame
     from sluice.replay import Replayer, replay as replay_capture
-    frames = [tcp_frame(sport=20000, dport=80, flags="S", vlans=vlans),
-              tcp_frame(http_request("open.example"), sport=20000, dport=80, vlans=vlans)]
-    frames += [tcp_frame(b"d" * 100, sport=20000, dport=80, flags="A", reply=True, seq=1 + i * 100, vlans=vlans)
-               for i in range(5)]
-    path = tmp_path / "vlan.pcap"
     wrpcap(str(path), [Ether(frame) for frame in frames])
     replayer = Replayer()
     try:
@@ -161,9 +155,22 @@ def test_the_frames_of_a_settled_flow_behind_vlan_tags_are_not_run(tmp_path, vla
         runs = replayer.datapath.counters()["packets"]
     finally:
         replayer.close()
+    assert replay_capture(str(path), skip_settled=False) == (records, frames_read)
+    return records, frames_read, runs
+
+
+@pytest.mark.parametrize("vlans", [("q",), ("ad", "q")], ids=["802.1q", "qinq"])
+def test_the_frames_of_a_settled_flow_behind_vlan_tags_are_not_run(tmp_path, vlans):
+    """replay sorts frames behind VLAN tags into their flows (a flow's key
+    holds no tag), so a settled flow's later frames run no more there too."""
+    from packets import http_request, tcp_frame
+    frames = [tcp_frame(sport=20000, dport=80, flags="S", vlans=vlans),
+              tcp_frame(http_request("open.example"), sport=20000, dport=80, vlans=vlans)]
+    frames += [tcp_frame(b"d" * 100, sport=20000, dport=80, flags="A", reply=True, seq=1 + i * 100, vlans=vlans)
+               for i in range(5)]
+    records, frames_read, runs = replayed_counting_runs(tmp_path / "vlan.pcap", frames)
     assert [(r["client_port"], r["name"]) for r in records] == [(20000, "open.example")]
     assert (frames_read, runs) == (7, 2)
-    assert replay_capture(str(path), skip_settled=False) == (records, frames_read)
 
 
 def test_a_servers_segments_before_its_client_names_the_flow_are_not_run(tmp_path):
@@ -171,27 +178,16 @@ def test_a_servers_segments_before_its_client_names_the_flow_are_not_run(tmp_pat
     what the client sends (inspect_tcp_segment): a server that speaks first
     (SMTP, FTP) sends segments replay leaves out as it leaves out quiet
     ones; a ClientHello from the server's end names nothing either way."""
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
     from packets import client_hello, http_request, tcp_frame
-    from sluice.replay import Replayer, replay as replay_capture
     frames = [tcp_frame(sport=20000, dport=80, flags="S"),
               tcp_frame(sport=20000, dport=80, flags="SA", reply=True, seq=0, ack=1)]
     frames += [tcp_frame(b"220 banner\r\n", sport=20000, dport=80, flags="PA", reply=True, seq=1 + i * 12, ack=1)
                for i in range(4)]
     frames += [tcp_frame(client_hello(b"blocked.example"), sport=20000, dport=80, reply=True, seq=49, ack=1),
                tcp_frame(http_request("open.example"), sport=20000, dport=80, ack=49)]
-    path = tmp_path / "server-first.pcap"
-    wrpcap(str(path), [Ether(frame) for frame in frames])
-    replayer = Replayer()
-    try:
-        records, frames_read = replayer.run(str(path))
-        runs = replayer.datapath.counters()["packets"]
-    finally:
-        replayer.close()
+    records, frames_read, runs = replayed_counting_runs(tmp_path / "server-first.pcap", frames)
     assert [(r["client_port"], r["name"]) for r in records] == [(20000, "open.example")]
     assert (frames_read, runs) == (len(frames), 2)
-    assert replay_capture(str(path), skip_settled=False) == (records, frames_read)
 
 
 class Terminal(io.StringIO):
