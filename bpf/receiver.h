@@ -190,6 +190,18 @@ static __always_inline __u16 receiver_payload_sum(const struct payload_scratch *
 	return sum < 0 ? 0 : receiver_fold_sum(sum);
 }
 
+/* PAWS compares a segment's timestamp with the last its sender's peer kept
+ * from that sender; each end stamps by its own clock. Until the flow's
+ * client is known (its SYN, or the segment that named it), both ends'
+ * segments come here, and one's timestamps say nothing of the other's: a
+ * connection that was open before sluice started would be taken for a
+ * decoy, and blocked under on_evasion: block. */
+static __always_inline int receiver_tracks_timestamps(const struct flow_state *flow,
+						      const struct segment_view *segment)
+{
+	return segment->has_timestamp && flow->client_known;
+}
+
 /* Why the server would not keep the client segment in hand as it came:
  * a SLUICE_CNT_EVASION_* counter, or 0 if it keeps it. */
 static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
@@ -211,7 +223,7 @@ static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
 	    ((offset >= 0x80000000U && -offset >= scratch->segment_len) ||
 	     (offset < 0x80000000U && offset >= RECEIVE_WINDOW_BYTES)))
 		return SLUICE_CNT_EVASION_OUT_OF_WINDOW;
-	if (segment->has_timestamp && (flow->receiver & SLUICE_RECEIVER_TS_KNOWN) &&
+	if (receiver_tracks_timestamps(flow, segment) && (flow->receiver & SLUICE_RECEIVER_TS_KNOWN) &&
 	    (__s32)(flow->ts_recent - segment->tsval) > 1)	/* Linux: TCP_PAWS_WINDOW */
 		return SLUICE_CNT_EVASION_PAWS;
 	if (flow->syn_ttl && segment->ttl + cfg->ttl_margin < flow->syn_ttl)
@@ -226,7 +238,7 @@ static __always_inline void receiver_note_accepted(struct flow_state *flow, cons
 {
 	const struct segment_view *segment = &scratch->segment;
 
-	if (segment->has_timestamp &&
+	if (receiver_tracks_timestamps(flow, segment) &&
 	    (!(flow->receiver & SLUICE_RECEIVER_TS_KNOWN) || (__s32)(segment->tsval - flow->ts_recent) > 0)) {
 		flow->ts_recent = segment->tsval;
 		flow->receiver |= SLUICE_RECEIVER_TS_KNOWN;

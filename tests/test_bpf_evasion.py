@@ -296,6 +296,23 @@ def test_on_evasion_block_blocks_a_flow_that_sends_a_decoy(blocking, kind, v6):
 
 
 @FAMILIES
+def test_a_connection_open_before_sluice_is_no_paws_decoy(blocking, v6):
+    """No SYN seen, so no known client: both ends' segments are read, each
+    stamped by its own clock (the server's far ahead here). Neither end's
+    timestamps are the other's old ones."""
+    port, before = next(Flow.ports), evasions(blocking)
+
+    def send(payload: bytes, tsval: int, reply: bool) -> str:
+        frame = tcp_frame(payload, sport=port, seq=ISN, ack=ISN, reply=reply, v6=v6,
+                          tcp_options=[("Timestamp", (tsval, 0))])
+        return run_xdp(blocking.function.fd, frame).verdict
+    assert send(b"220 banner\r\n", 4_000_000, reply=True) == "pass"
+    assert send(b"EHLO client.example\r\n", 1000, reply=False) == "pass"
+    assert send(b"250 ok\r\n", 4_000_001, reply=True) == "pass"
+    assert moved(before, evasions(blocking)) == {}
+
+
+@FAMILIES
 def test_on_evasion_block_blocks_a_decoy_in_the_syn(blocking, v6):
     flow = Flow(blocking, v6, syn_payload=padded_hello(b"allowed.example"))
     assert flow.syn_verdict == "pass"
