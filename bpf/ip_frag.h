@@ -298,7 +298,7 @@ static __always_inline int frag_drop_young(struct ctx_buff *ctx, struct packet_i
 		/* Other UDP has no flows to inspect: only a QUIC client Initial opens one. */
 		__u32 udp_len = ((__u32)head[4] << 8) | head[5];
 		if (!(cfg->flags & SLUICE_CFG_EVENTS) ||
-		    udp_len < sizeof(struct udphdr) + QUIC_INITIAL_MIN_DATAGRAM ||
+		    udp_len < sizeof(struct udphdr) + SLUICE_QUIC_INITIAL_MIN_DATAGRAM ||
 		    !quic_is_initial_header(head + sizeof(struct udphdr)))
 			return verdict_pass_unjudged(pkt->frame_len);
 	}

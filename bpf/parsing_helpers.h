@@ -45,8 +45,7 @@
 #define GRE_VERSION 0x0007		/* 0; 1 is PPTP's enhanced GRE, which carries PPP */
 #define GRE_OPTION_BYTES 4
 
-/* GTP-U (3GPP TS 29.281), always to UDP port 2152. */
-#define GTPU_PORT 2152
+/* GTP-U (3GPP TS 29.281), always to UDP port SLUICE_GTPU_PORT. */
 #define GTPU_VERSION_MASK 0xF0		/* version 1, protocol type 1 (GTP, not GTP') */
 #define GTPU_VERSION_1 0x30
 #define GTPU_EXTENSION 0x04		/* E: extension headers follow */
@@ -56,8 +55,7 @@
 #define GTPU_EXTENSIONS_MAX 4		/* a PDU session container, seldom more */
 #define GTPU_EXTENSION_UNIT 4		/* an extension's length counts 4-byte units */
 
-/* VXLAN (RFC 7348), UDP port 4789. */
-#define VXLAN_PORT 4789
+/* VXLAN (RFC 7348), UDP port SLUICE_VXLAN_PORT. */
 #define VXLAN_VNI_VALID 0x08		/* the I flag: every VXLAN header sets it */
 
 /* Headers before the transport payload, at most (an IPv6 packet may carry
@@ -347,9 +345,9 @@ static __always_inline int parse_tunnel_kind(const struct hdr_cursor *cur, void 
 	struct udphdr *udph = cur->pos;
 	if (l4proto != IPPROTO_UDP || (void *)(udph + 1) > data_end)
 		return SLUICE_TUNNEL_NONE;
-	if (udph->dest == bpf_htons(GTPU_PORT))
+	if (udph->dest == bpf_htons(SLUICE_GTPU_PORT))
 		return SLUICE_TUNNEL_GTPU;
-	if (udph->dest == bpf_htons(VXLAN_PORT))
+	if (udph->dest == bpf_htons(SLUICE_VXLAN_PORT))
 		return SLUICE_TUNNEL_VXLAN;
 	return SLUICE_TUNNEL_NONE;
 }

@@ -32,7 +32,6 @@
 #define QUIC_LONG_HEADER 0x80
 #define QUIC_FIXED_BIT 0x40		/* set in every client Initial (RFC 9000, 17.2); clear in RTP's first byte */
 #define QUIC_VERSION_NEGOTIATION 0	/* RFC 9000, 17.2.1: the version a server's VN carries */
-#define QUIC_INITIAL_MIN_DATAGRAM 1200	/* a client pads its Initial datagrams to this (Google QUIC too) */
 #define QUIC_VERSION_PEEK 5		/* first byte and version of a long header */
 /* Google QUIC's public header (up to Q043): flags (version present, 8-byte
  * connection id; no long-header bit, no multipath bit), the id, then a
@@ -69,7 +68,7 @@ static __always_inline int quic_is_client_initial(struct ctx_buff *ctx, const st
 {
 	__u8 head[QUIC_HEADER_PEEK];
 
-	if (pkt->payload_len < QUIC_INITIAL_MIN_DATAGRAM)
+	if (pkt->payload_len < SLUICE_QUIC_INITIAL_MIN_DATAGRAM)
 		return 0;
 	if (quic_load_head(ctx, pkt, gathered, head, sizeof(head)) < 0)
 		return 0;

@@ -84,6 +84,17 @@
  * (a power of two; clients pad Initials to 1200, and rarely exceed 1500). */
 #define SLUICE_QUIC_DATAGRAM_MAX 2048
 
+/* A QUIC client pads each datagram of its first flight to at least this
+ * many bytes (RFC 9000 section 14.1; Google QUIC does too): a shorter UDP
+ * payload is never taken for an Initial (quic.h), and replay leaves such
+ * datagrams of flows without an entry unrun (controller/replay.py). */
+#define SLUICE_QUIC_INITIAL_MIN_DATAGRAM 1200
+
+/* The UDP destination ports GTP-U (3GPP TS 29.281) and VXLAN (RFC 7348)
+ * are known by (parsing_helpers.h); replay runs every datagram to them. */
+#define SLUICE_GTPU_PORT 2152
+#define SLUICE_VXLAN_PORT 4789
+
 /* Ring buffer for QUIC Initial datagrams, in bytes (a power of two). */
 #define SLUICE_QUIC_RING_BYTES 1048576
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy
 
+from .abi import ABI
 # Link types (tcpdump.org/linktypes.html) whose frames replay can turn into
 # the Ethernet frames the XDP program expects.
 LINKTYPE_NULL = 0          # BSD loopback: a 4-byte address family in the capturing host's byte order
@@ -301,12 +302,14 @@ class Capture:
 
 # What replay's frame loop needs to know of a frame (FrameFlows.kinds). An
 # end of a flow is 1 (the lower, as flow keys sort them) or 2 (the higher).
-FRAME_OTHER = 0             # UDP, a FIN or RST, or a frame of no flow frame_flows reads
+FRAME_OTHER = 0             # other UDP, a FIN or RST, or a frame of no flow frame_flows reads
 FRAME_SYN_FROM = (1, 2)     # a SYN without ACK from end 1 or 2: a new flow on its addresses and ports, that
                             # end its client
 FRAME_SYN_BEHIND_TAGS = 3   # the same behind VLAN tags, which a policy may leave unread: its client not taken
 FRAME_QUIET = 4             # TCP without payload, FIN or RST: it will not settle its flow
 FRAME_DATA_FROM = (5, 6)    # TCP with payload (no FIN or RST) from end 1 or 2: kind - 4 is the end
+FRAME_SHORT_DATAGRAM = 7    # UDP whose payload is too short for a QUIC client's Initial, not to a tunnel's port:
+                            # the program opens no flow for it (bpf/quic.h quic_judge_udp)
 
 
 @dataclass
@@ -348,6 +351,11 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
                              as_int[:, 18] << 8 | as_int[:, 19])
     tcp_payload = ip_payload - (transport[:, 12] >> 4).astype(numpy.int64) * 4
     no_fin_rst = tcp_flags & TCP_FIN_RST == 0
+    # As the program reads a UDP payload's length (parse_frame): the IP header's, clamped to the frame.
+    udp_payload = numpy.minimum(ip_payload, lengths - l4) - 8
+    destination_port = _words(transport[:, 2:4])[:, 0]
+    short_datagram = udp & (udp_payload < ABI.SLUICE_QUIC_INITIAL_MIN_DATAGRAM) & \
+        (destination_port != ABI.SLUICE_GTPU_PORT) & (destination_port != ABI.SLUICE_VXLAN_PORT)
 
     source, destination = head[:, 22:38].copy(), head[:, 38:54].copy()
     source[ipv4], destination[ipv4] = IPV4_MAPPED_HEAD, IPV4_MAPPED_HEAD
@@ -369,7 +377,7 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     flows = numpy.full(len(offsets), -1, dtype=numpy.int64)
     flows[known] = numbers[inverse.ravel()] if len(unique) else []
     end = numpy.where(a_lower[:, 0], 1, 2)
-    kinds = numpy.full(len(offsets), FRAME_OTHER, dtype=numpy.int64)
+    kinds = numpy.where(short_datagram, FRAME_SHORT_DATAGRAM, FRAME_OTHER)
     segment = known & tcp & no_fin_rst
     kinds = numpy.where(segment & (tcp_payload > 0), end + FRAME_QUIET, kinds)
     kinds = numpy.where(segment & (tcp_payload <= 0), FRAME_QUIET, kinds)

@@ -43,8 +43,8 @@ import numpy
 
 from .abi import ABI, PROTO_NAMES
 from .block_methods import effective_method
-from .capture import (FRAME_QUIET, FRAME_SYN_BEHIND_TAGS, Capture, CaptureError, check_linktype, flow_identity,
-                      frame_address, frame_flows)
+from .capture import (FRAME_QUIET, FRAME_SHORT_DATAGRAM, FRAME_SYN_BEHIND_TAGS, Capture, CaptureError,
+                      check_linktype, flow_identity, frame_address, frame_flows)
 from .datapath import Datapath
 from .map_batches import delete_entries
 from .program import MappedRing
@@ -118,31 +118,41 @@ def _record(parts, client_is_hi, proto=None, name=None, rule=None) -> dict:
 class SettledFlows:
     """The flows the program has settled, by the number frame_flows gives
     each flow: a byte per flow, which the frame loop reads at list speed;
-    which end of each is its client, as its bare SYN said; and when a frame
-    of each flow last ran (time.monotonic())."""
+    which end of each is its client, as its bare SYN said; the UDP flows
+    the program has handed a QUIC datagram of over (and so made an entry
+    for); and when a frame of each flow last ran (time.monotonic())."""
 
     def __init__(self):
         self.numbers: dict[bytes, int] = {}      # flow identity -> number
         self.flags = bytearray()                 # by number: 1 settled
         self.clients = bytearray()               # by number: 0 not known, else the end (capture.FRAME_SYN_FROM)
+        self.quic = bytearray()                  # by number: 1 a QUIC datagram of the flow was handed over
         self.last_run: list[float] = []          # by number
 
     def add(self, identity: bytes) -> None:
+        self.flags[self._number(identity)] = 1
+
+    def add_quic(self, identity: bytes) -> None:
+        self.quic[self._number(identity)] = 1
+
+    def _number(self, identity: bytes) -> int:
         number = self.numbers.setdefault(identity, len(self.numbers))
         if number >= len(self.flags):
             self.make_room()
-        self.flags[number] = 1
+        return number
 
     def make_room(self) -> None:
         """Room for every numbered flow (frame_flows numbers new ones)."""
         self.flags.extend(bytes(len(self.numbers) - len(self.flags)))
         self.clients.extend(bytes(len(self.numbers) - len(self.clients)))
+        self.quic.extend(bytes(len(self.numbers) - len(self.quic)))
         self.last_run.extend([-math.inf] * (len(self.numbers) - len(self.last_run)))
 
     def clear(self) -> None:
         self.numbers.clear()
         self.flags.clear()
         self.clients.clear()
+        self.quic.clear()
         self.last_run.clear()
 
 
@@ -301,7 +311,9 @@ class Replayer:
         self.report.add_event(self.event_type.from_buffer_copy(buffer, offset))
 
     def _datagram(self, buffer, offset: int) -> None:
-        self.quic.add_datagram(self.datagram_type.from_buffer_copy(buffer, offset))
+        datagram = self.datagram_type.from_buffer_copy(buffer, offset)
+        self.report.settled.add_quic(flow_identity(*_key_parts(datagram.key)))
+        self.quic.add_datagram(datagram)
 
     def run(self, capture_path: str, skip_settled: bool = True,
             progress: Progress | None = None) -> tuple[list[dict], int]:
@@ -337,7 +349,12 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     its idle clock (bpf/flow.h flow_touch), which one such segment per
     quiet_every, far less than the idle timeout, keeps doing (and, in a
     flow judged at its opening packet, to be counted under that judgement,
-    which prints no line).
+    which prints no line). Left out too: UDP datagrams too short to be a
+    QUIC client's Initial (capture.FRAME_SHORT_DATAGRAM) of a flow the
+    program has handed no QUIC datagram of over: it has no entry for such
+    a flow, makes none, and passes the datagram untouched (bpf/quic.h
+    quic_judge_udp), unless rules for any flow judge each UDP flow at its
+    first datagram (SLUICE_CFG_OPENING_RULES).
 
     The rings are read after every frame run but quiet ones, and before a
     bare SYN: a flow settled by a frame whose events wait in the ring a
@@ -347,7 +364,9 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     way."""
     run = XdpFrameRunner(datapath.function.fd).run
     clock = time.monotonic
-    quiet_every = datapath.config().flow_idle_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
+    config = datapath.config()
+    quiet_every = config.flow_idle_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
+    short_datagrams_open_no_flow = not config.flags & ABI.SLUICE_CFG_OPENING_RULES
     frames, unread = 0, False
     with Capture(capture_path) as capture:
         for chunk in capture.chunks():
@@ -358,7 +377,7 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
                 seen = frame_flows(chunk, settled.numbers)
                 settled.make_room()
                 flows, kinds = seen.flows, seen.kinds
-                flags, clients, last_run = settled.flags, settled.clients, settled.last_run
+                flags, clients, quic, last_run = settled.flags, settled.clients, settled.quic, settled.last_run
             else:
                 flows, kinds = [-1] * count, [0] * count
             base = frame_address(chunk.buffer)
@@ -373,6 +392,9 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
                         clients[flow] = kind if kind < FRAME_SYN_BEHIND_TAGS else 0
                     elif flags[flow]:
                         continue
+                    elif kind == FRAME_SHORT_DATAGRAM:
+                        if short_datagrams_open_no_flow and not quic[flow]:
+                            continue
                     else:
                         # A segment from the server: kind - FRAME_QUIET is the end that sent it.
                         quiet = kind == FRAME_QUIET or (kind > FRAME_QUIET and clients[flow] and

@@ -190,6 +190,34 @@ def test_a_servers_segments_before_its_client_names_the_flow_are_not_run(tmp_pat
     assert (frames_read, runs) == (len(frames), 2)
 
 
+def test_short_datagrams_of_udp_flows_without_an_entry_are_not_run(tmp_path):
+    """A UDP datagram too short for a QUIC client's Initial opens no flow
+    (bpf/quic.h): replay leaves out those of flows the program has no entry
+    for (DNS here), but runs every datagram to a tunnel's port (a VXLAN
+    frame carries a flow of its own, named inside) and those of a QUIC flow
+    once the program has handed one of its Initials over (a server's short
+    packet between the two Initials of a ClientHello)."""
+    from packets import encapsulate, http_request, tcp_frame, udp_frame
+    from quic_packets import crypto_frame, handshake_client_hello, initial_packet, short_header_packet
+    frames = []
+    for index in range(3):
+        frames += [udp_frame(b"q" * 40, sport=53000, dport=53),
+                   udp_frame(b"a" * 200, sport=53000, dport=53, reply=True)]
+    frames += [encapsulate(tcp_frame(sport=20000, dport=80, flags="S"), "vxlan"),
+               encapsulate(tcp_frame(http_request("open.example"), sport=20000, dport=80), "vxlan")]
+    stream = handshake_client_hello(b"blocked.example")
+    half = len(stream) // 2
+    frames += [udp_frame(initial_packet(crypto_frame(0, stream[:half]), size=1200), sport=50000),
+               udp_frame(short_header_packet(), sport=50000, reply=True),
+               udp_frame(initial_packet(crypto_frame(half, stream[half:]), pn=1, size=1200), sport=50000),
+               udp_frame(short_header_packet(), sport=50000, reply=True)]
+    records, frames_read, runs = replayed_counting_runs(tmp_path / "datagrams.pcap", frames)
+    assert [(r["client_port"], r["proto"], r["name"]) for r in records] == [
+        (20000, "http", "open.example"), (50000, "quic", "blocked.example")]
+    # The two VXLAN frames, the Initials and the server's packet between them.
+    assert (frames_read, runs) == (len(frames), 5)
+
+
 class Terminal(io.StringIO):
     def isatty(self):
         return True
