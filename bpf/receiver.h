@@ -233,12 +233,30 @@ static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
 	return 0;
 }
 
-/* A segment the server keeps: what it says of the flow from now on. */
-static __always_inline void receiver_note_accepted(struct flow_state *flow, const struct payload_scratch *scratch)
+/* How far the server holds the client's stream without a gap (its
+ * rcv_nxt, as an offset from the stream's start): 0 before any of it. */
+static __always_inline __u32 receiver_in_order_end(const struct payload_scratch *scratch)
+{
+	struct client_stream *stream = streams.lookup(&scratch->key);
+
+	return stream ? stream_held_end(stream, 0) : 0;
+}
+
+/* A segment the server keeps: what it says of the flow from now on.
+ * in_order_end: receiver_in_order_end() before the segment is stored.
+ * The server takes a newer timestamp only from a segment that starts at
+ * or before what it holds in order (Linux: tcp_replace_ts_recent(), seq
+ * not after rcv_wup; RFC 7323 section 4.3): a decoy sent ahead of the
+ * stream with a timestamp from the future is queued, or dropped, and
+ * leaves ts_recent alone. Taken from it, the real hello that follows with
+ * its true timestamp would look older, a PAWS decoy, and go unread. */
+static __always_inline void receiver_note_accepted(struct flow_state *flow, const struct payload_scratch *scratch,
+						   __u32 in_order_end)
 {
 	const struct segment_view *segment = &scratch->segment;
+	__u32 offset = scratch->seq - flow->stream_base;
 
-	if (receiver_tracks_timestamps(flow, segment) &&
+	if (receiver_tracks_timestamps(flow, segment) && (__s32)(offset - in_order_end) <= 0 &&
 	    (!(flow->receiver & SLUICE_RECEIVER_TS_KNOWN) || (__s32)(segment->tsval - flow->ts_recent) > 0)) {
 		flow->ts_recent = segment->tsval;
 		flow->receiver |= SLUICE_RECEIVER_TS_KNOWN;
@@ -256,17 +274,15 @@ static __always_inline void receiver_note_accepted(struct flow_state *flow, cons
  * delivered is ignored, and only a later mark replaces one: the receiver
  * takes out the latest urgent byte alone, the one before is read in line.
  * Returns 1 if the urgent byte is in the stream's first bytes, where names
- * are read. */
-static __always_inline int receiver_take_urgent_mark(struct flow_state *flow, const struct payload_scratch *scratch)
+ * are read. delivered: receiver_in_order_end(). */
+static __always_inline int receiver_take_urgent_mark(struct flow_state *flow, const struct payload_scratch *scratch,
+						     __u32 delivered)
 {
 	const struct segment_view *segment = &scratch->segment;
 	__u32 pointer = masked_be16(segment->header, TCP_URGENT_POINTER, TCP_HEADER_MASK);
 	/* The pointer counts from the segment's own sequence number, a SYN's too. */
 	__u32 seq = scratch->seq - (segment->tcp_flags & TCP_FLAG_SYN ? 1 : 0);
 	__u32 at = seq + pointer - (pointer ? 1 : 0) - flow->stream_base;
-	struct client_stream *stream = streams.lookup(&scratch->key);
-	__u32 delivered = stream ? stream_held_end(stream, 0) : 0;
-
 	if (at >= 0x80000000U || at < delivered)
 		return 0;
 	if ((flow->receiver & SLUICE_RECEIVER_URGENT) && at <= flow->urgent_at)

@@ -752,7 +752,7 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 	else
 		segment->has_timestamp = segment->auth_option = 0;
 	if (scratch->segment_len == 0) {	/* the client's SYN */
-		receiver_note_accepted(flow, scratch);
+		receiver_note_accepted(flow, scratch, 0);
 		return verdict_pass_unjudged(scratch->frame_len);
 	}
 	__u32 refused = receiver_refuses(flow, scratch, cfg);
@@ -775,15 +775,16 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 			receiver_inspect_again(flow, &scratch->key, cfg);
 		}
 	}
+	__u32 in_order_end = receiver_in_order_end(scratch);
 	/* An urgent byte in the stream: read from the stream, without it. */
-	if (header_read && (segment->tcp_flags & TCP_FLAG_URG) && receiver_take_urgent_mark(flow, scratch)) {
+	if (header_read && (segment->tcp_flags & TCP_FLAG_URG) && receiver_take_urgent_mark(flow, scratch, in_order_end)) {
 		counter_inc(SLUICE_CNT_EVASION_URGENT);
 		if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
 			return evasion_seen(ctx, flow, scratch, cfg);
 		flow->receiver |= SLUICE_RECEIVER_EVASION;
 		flow->streaming = 1;
 	}
-	receiver_note_accepted(flow, scratch);
+	receiver_note_accepted(flow, scratch, in_order_end);
 	if (flow->state != SLUICE_FLOW_INSPECTING)
 		return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, &scratch->key), scratch->sender_is_hi,
 				 scratch->frame_len, scratch->segment_len, cfg);

@@ -274,6 +274,23 @@ def test_a_decoy_of_one_piece_in_a_multisplit_hello(dp, v6):
     assert verdicts == ["pass"] * 7 + ["drop"]
 
 
+@FAMILIES
+@pytest.mark.parametrize("first", ["nothing", "the first piece"])
+def test_a_timestamp_from_the_future_ahead_of_the_stream_makes_no_paws_decoy(dp, v6, first):
+    """A segment past what the server holds in order is queued (or dropped)
+    and does not move its ts_recent (tcp_replace_ts_recent(): seq not after
+    rcv_wup). Had sluice taken the future stamp, the real hello after it,
+    with its true stamp, would have looked like a PAWS decoy and gone
+    unread: the flow named by nothing, and passed."""
+    real = HELLOS["0.5KB"]
+    flow = Flow(dp, v6)
+    sent = flow.send(cut(real, 5)[:1]) if first == "the first piece" else []
+    future = [("Timestamp", (SYN_TSVAL + 10**6, 0))]
+    sent.append(flow.send_raw(bytes(100), seq=(ISN + 1 + len(real) + 1000) % 2**32, tcp_options=future))
+    sent += flow.send(cut(real, 5)[1:] if first == "the first piece" else [(0, real)])
+    assert sent[-1] == "drop", sent
+
+
 @pytest.fixture(scope="module")
 def blocking(make_datapath):
     return make_datapath(POLICY.replace("rules:", "inspection: {on_evasion: block}\nrules:"))
