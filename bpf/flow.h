@@ -116,12 +116,13 @@ static __always_inline int flow_is_bare_syn(const struct packet_info *pkt)
 
 /* A fresh entry for a flow seen for the first time, or seen again after it
  * idled out. The sender of an opening packet (a bare SYN, a QUIC client
- * Initial) is known to be the client. */
+ * Initial) is known to be the client. syn_seq, syn_ttl: the opening SYN's,
+ * if opening is a TCP SYN (the packet in hand, or one held: flow_hold_syn()). */
 static __always_inline struct flow_state *flow_start(struct flow_id *id, int sender_is_hi,
-						     int opening, const struct packet_info *pkt, __u64 now)
+						     int opening, const struct packet_info *pkt, __u64 now,
+						     __u32 syn_seq, __u8 syn_ttl)
 {
 	struct flow_state fresh = {};
-	__u32 seq = pkt->seq;
 
 	if (!flow_is_numbered(id) && flow_number_ipv6(pkt, id) < 0)
 		return 0;
@@ -131,34 +132,89 @@ static __always_inline struct flow_state *flow_start(struct flow_id *id, int sen
 	fresh.opened_by_client = opening;
 	/* A SYN takes one sequence number: the client's stream starts after it.
 	 * Without a SYN, the stream starts at the first payload seen. */
-	fresh.stream_base = opening ? seq + 1 : seq;
+	fresh.stream_base = opening ? syn_seq + 1 : pkt->seq;
 	fresh.client_is_hi = opening ? sender_is_hi : 0;
 	/* The path the client's segments take: a segment sent to expire
 	 * sooner shows a lower TTL (receiver.h). */
-	fresh.syn_ttl = opening ? pkt->ttl : 0;
+	fresh.syn_ttl = opening ? syn_ttl : 0;
 	if (flows.update(id, &fresh) < 0)
 		return 0;
 	return flows.lookup(id);
 }
 
+/* Is pkt, a bare SYN, the one that opened the flow (sent again)? */
+static __always_inline int flow_is_own_syn(const struct flow_state *flow, const struct packet_info *pkt,
+					   int sender_is_hi)
+{
+	return flow->opened_by_client && sender_is_hi == flow->client_is_hi && pkt->seq + 1 == flow->stream_base;
+}
+
+/* A SYN of another connection on a flow already known. The server takes
+ * it for a new connection only once the old one is gone: in ESTABLISHED,
+ * Linux answers a SYN with a challenge ACK and keeps the connection (RFC
+ * 5961 4.2), and a decoy SYN (a wrong checksum, a TTL that expires on the
+ * way) never reaches it. Taken at its word, a SYN sent with another
+ * sequence number would move the flow's stream start away from the real
+ * one: the real hello, refused as out of the window, would go unread (a
+ * TCB desynchronisation, as Geneva's strategies make), and a blocked
+ * flow's hello sent again would be let through. So the SYN is held: the
+ * flow goes on as it was, and starts afresh only when the same end's data
+ * comes at the held SYN's stream start (flow_takes_held_syn()). */
+static __always_inline void flow_hold_syn(struct flow_state *flow, const struct packet_info *pkt, int sender_is_hi)
+{
+	flow->held_syn_seq = pkt->seq;
+	flow->held_syn_ttl = pkt->ttl;
+	flow->receiver = (flow->receiver & ~SLUICE_RECEIVER_SYN_HELD_HI) | SLUICE_RECEIVER_SYN_HELD |
+			 (sender_is_hi ? SLUICE_RECEIVER_SYN_HELD_HI : 0);
+}
+
+/* Does pkt begin the stream of the connection a held SYN opened? */
+static __always_inline int flow_takes_held_syn(const struct flow_state *flow, const struct packet_info *pkt,
+					       int sender_is_hi)
+{
+	return (flow->receiver & SLUICE_RECEIVER_SYN_HELD) && pkt->payload_len && !(pkt->tcp_flags & TCP_FLAG_SYN) &&
+	       !!(flow->receiver & SLUICE_RECEIVER_SYN_HELD_HI) == sender_is_hi && pkt->seq == flow->held_syn_seq + 1;
+}
+
+/* What flow_open_tcp() made of a packet, besides its flow. */
+enum flow_opening {
+	FLOW_GOES_ON = 0,	/* a packet of the flow as it was, or of none */
+	FLOW_OPENS,		/* its SYN, or the data that begins a held SYN's connection:
+				 * where rules for any flow judge it */
+	FLOW_SYN_HELD,		/* a SYN held (flow_hold_syn()): no flow to judge it by */
+};
+
 /* The flow a TCP segment belongs to, opened or restarted as its packet
- * says; 0 if the packet passes without one. id: its key (flow_make_id()). */
+ * says; 0 if the packet passes without one, or is a SYN held. id: its key
+ * (flow_make_id()); *opening: enum flow_opening. */
 static __always_inline struct flow_state *flow_open_tcp(const struct packet_info *pkt, struct flow_id *id,
-							int sender_is_hi, const struct sluice_config *cfg)
+							int sender_is_hi, const struct sluice_config *cfg, int *opening)
 {
 	int bare_syn = flow_is_bare_syn(pkt);
 	__u64 now = coarse_now_ns(cfg);
 	struct flow_state *flow = flow_is_numbered(id) ? flows.lookup(id) : 0;
 	int new_key = !flow;
 
+	*opening = FLOW_GOES_ON;
 	if (flow && flow_is_idle(flow, now, cfg)) {
 		counter_inc(SLUICE_CNT_FLOWS_EXPIRED);
 		flow = 0;
 	}
-	/* A bare SYN opens a new connection even if its 5-tuple was used
-	 * before: the old verdict must not outlive the old connection. */
-	if (flow && bare_syn)
-		flow = 0;
+	if (flow && bare_syn && !flow_is_own_syn(flow, pkt, sender_is_hi)) {
+		flow_hold_syn(flow, pkt, sender_is_hi);
+		*opening = FLOW_SYN_HELD;
+		return 0;
+	}
+	/* The held SYN's connection is real: the 5-tuple was used before, and
+	 * the old verdict must not outlive the old connection. */
+	if (flow && flow_takes_held_syn(flow, pkt, sender_is_hi)) {
+		struct flow_key key = {};
+		flow_make_key(pkt, &key);
+		streams.delete(&key);
+		counter_inc(SLUICE_CNT_FLOWS_REOPENED);
+		*opening = FLOW_OPENS;
+		return flow_start(id, sender_is_hi, 1, pkt, now, flow->held_syn_seq, flow->held_syn_ttl);
+	}
 	if (flow) {
 		flow_touch(flow, now, cfg);
 		return flow;
@@ -167,7 +223,8 @@ static __always_inline struct flow_state *flow_open_tcp(const struct packet_info
 	 * worth an entry; its next payload packet makes one. */
 	if (pkt->payload_len == 0 && !bare_syn)
 		return 0;
-	flow = flow_start(id, sender_is_hi, bare_syn, pkt, now);
+	*opening = bare_syn ? FLOW_OPENS : FLOW_GOES_ON;
+	flow = flow_start(id, sender_is_hi, bare_syn, pkt, now, pkt->seq, pkt->ttl);
 	if (flow && new_key)
 		counter_inc(SLUICE_CNT_FLOWS_CREATED);
 	return flow;

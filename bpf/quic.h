@@ -179,7 +179,7 @@ static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_in
 	int quic = (cfg->flags & SLUICE_CFG_EVENTS) && quic_is_client_initial(ctx, pkt, gathered);
 	if (!quic && !(cfg->flags & SLUICE_CFG_OPENING_RULES))
 		return verdict_pass_unjudged(pkt->frame_len);
-	flow = flow_start(&id, sender_is_hi, 1, pkt, now);
+	flow = flow_start(&id, sender_is_hi, 1, pkt, now, pkt->seq, pkt->ttl);
 	if (!flow)
 		return verdict_pass_unjudged(pkt->frame_len);
 	counter_inc(SLUICE_CNT_FLOWS_CREATED);

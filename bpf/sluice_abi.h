@@ -34,6 +34,8 @@
 #define SLUICE_RECEIVER_SYN_DATA 2	/* the SYN's data was read: provisional until the next client segment */
 #define SLUICE_RECEIVER_EVASION 4	/* a segment the server would not keep as it came was seen */
 #define SLUICE_RECEIVER_URGENT 8	/* urgent_at holds the stream offset of the urgent byte */
+#define SLUICE_RECEIVER_SYN_HELD 16	/* a SYN of another connection came: held_syn_seq (flow.h) */
+#define SLUICE_RECEIVER_SYN_HELD_HI 32	/* ...sent by the key's hi end */
 
 /* A client segment whose TTL (hop limit) is lower than its SYN's by more
  * than this (inspection.ttl_margin) is taken to expire before the server. */
@@ -208,6 +210,7 @@ enum sluice_counter {
 	SLUICE_CNT_GAVE_UP,		/* flows whose inspection window ran out */
 	SLUICE_CNT_FLOWS_EXPIRED,	/* idle flows found and restarted */
 	SLUICE_CNT_FLOWS_CREATED,	/* new flow table keys; minus the entries: evictions */
+	SLUICE_CNT_FLOWS_REOPENED,	/* known flows a held SYN's connection took over (flow.h) */
 	SLUICE_CNT_TLS_REASSEMBLED,	/* ClientHellos found across segments or records */
 	SLUICE_CNT_TLS_ECH,		/* ClientHellos offering Encrypted Client Hello (outer SNI matched) */
 	SLUICE_CNT_QUIC_DATAGRAMS,	/* QUIC Initial datagrams sent to the controller */
@@ -314,13 +317,15 @@ struct flow_state {
 	__u16 syn_data_len;		/* bytes the SYN carried, and their ones' complement sum, */
 	__u16 syn_data_sum;		/* ...to tell a resend from a decoy (SLUICE_RECEIVER_SYN_DATA) */
 	__u8 receiver;			/* SLUICE_RECEIVER_* (receiver.h) */
-	__u8 pad;
+	__u8 held_syn_ttl;		/* the held SYN's TTL (SLUICE_RECEIVER_SYN_HELD) */
 	__u16 urgent_at;		/* the client's urgent byte, by stream offset, at most 65535 (SLUICE_RECEIVER_URGENT) */
 	__u32 opening_rule_id;		/* the rule that judged it at its opening packet (SLUICE_CFG_OPENING_RULES), 0: none */
 	/* Per direction, for throttle and shape in flow scope: the time at
 	 * which the flow's bucket is empty again (throttle, GCRA) or its next
 	 * packet may leave (shape, EDT). */
 	__u64 next_ns[SLUICE_DIRS];
+	__u32 held_syn_seq;		/* the sequence number of a SYN held (SLUICE_RECEIVER_SYN_HELD) */
+	__u32 pad;
 };
 
 /* The same clocks for client and rule scope. */

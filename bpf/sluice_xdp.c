@@ -142,6 +142,21 @@ static __always_inline int enter_fragment_stage(struct ctx_buff *ctx, const stru
 	return verdict_pass_unjudged(pkt->frame_len);
 }
 
+/* The verdict on a TCP packet flow_open_tcp() found no flow for. A held
+ * SYN passes: it names nothing, and the server answers one on a live
+ * connection with a challenge ACK. One that carries data (Fast Open) is
+ * dropped: its data would reach the server unread. The client then sends
+ * its SYN again without data (Linux does, after a SYN timeout), which is
+ * held and passes, and its data comes at the stream start (flow.h). */
+static __always_inline int pass_flowless(const struct packet_info *pkt, int opening)
+{
+	if (opening == FLOW_SYN_HELD && pkt->payload_len) {
+		verdict_account(0, SLUICE_DIR_UP, pkt->frame_len, OUTCOME_DROPPED);
+		return CTX_ACT_DROP;
+	}
+	return verdict_pass_unjudged(pkt->frame_len);
+}
+
 /* Is the packet read for a name? Every packet of a flow still inspected
  * is offered (inspect_tcp_segment() picks), save where the flow was judged
  * at its opening packet: there only the client's payload is, and the rest
@@ -211,15 +226,16 @@ static __always_inline int read_received(struct ctx_buff *ctx, struct flow_state
 /* A TCP segment of a flow still inspected (or read again): the client's
  * SYN and payload go to the receiver model, which reads on the segments the
  * server keeps; without it (inspection.on_evasion: ignore) every payload is
- * read. from_fragments: the segment was gathered out of IP fragments, its
- * bytes are in frag_scratch.bytes (ip_frag.h), not the frame. */
+ * read. opens: the packet opens the flow (flow_open_tcp()). from_fragments:
+ * the segment was gathered out of IP fragments, its bytes are in
+ * frag_scratch.bytes (ip_frag.h), not the frame. */
 static __always_inline int inspect_tcp_segment(struct ctx_buff *ctx, struct flow_state *flow,
 					       const struct packet_info *pkt, const struct flow_id *id,
 					       int sender_is_hi, const struct sluice_config *cfg,
-					       int from_fragments)
+					       int opens, int from_fragments)
 {
 	int receiver_model = !(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL);
-	int opening = flow_is_bare_syn(pkt) && (cfg->flags & SLUICE_CFG_OPENING_RULES);
+	int opening = opens && (cfg->flags & SLUICE_CFG_OPENING_RULES);
 	__u32 zero = 0;
 
 	/* The SYN's timestamp is the one later segments are held to; and the
@@ -285,13 +301,14 @@ int CTX_ENTRY(struct ctx_buff *ctx)
 		return quic_judge_udp(ctx, &pkt, cfg, 0);
 
 	int sender_is_hi = flow_make_id(&pkt, &id);
-	struct flow_state *flow = flow_open_tcp(&pkt, &id, sender_is_hi, cfg);
+	int opening;
+	struct flow_state *flow = flow_open_tcp(&pkt, &id, sender_is_hi, cfg, &opening);
 	if (!flow)
-		return verdict_pass_unjudged(pkt.frame_len);
+		return pass_flowless(&pkt, opening);
 	if (!read_for_name(flow, &pkt, sender_is_hi))
 		return verdict_apply_tcp(ctx, flow, flow_client_address(flow, &pkt, sender_is_hi), sender_is_hi,
 					 pkt.frame_len, pkt.payload_len, cfg);
-	return inspect_tcp_segment(ctx, flow, &pkt, &id, sender_is_hi, cfg, 0);
+	return inspect_tcp_segment(ctx, flow, &pkt, &id, sender_is_hi, cfg, opening == FLOW_OPENS, 0);
 }
 
 /* The state every stage starts from; 0 if anything is missing. */
@@ -706,14 +723,15 @@ static __always_inline int judge_gathered_segment(struct packet_info *pkt, const
 {
 	struct flow_id id;
 	int sender_is_hi = flow_make_id(pkt, &id);
-	struct flow_state *flow = flow_open_tcp(pkt, &id, sender_is_hi, cfg);
+	int opening;
+	struct flow_state *flow = flow_open_tcp(pkt, &id, sender_is_hi, cfg, &opening);
 
 	if (!flow)
-		return verdict_pass_unjudged(pkt->frame_len);
+		return pass_flowless(pkt, opening);
 	if (!read_for_name(flow, pkt, sender_is_hi))
 		return verdict_apply(flow, flow_client_address(flow, pkt, sender_is_hi), sender_is_hi, pkt->frame_len,
 				     pkt->payload_len, cfg);
-	return inspect_tcp_segment(ctx, flow, pkt, &id, sender_is_hi, cfg, 1);
+	return inspect_tcp_segment(ctx, flow, pkt, &id, sender_is_hi, cfg, opening == FLOW_OPENS, 1);
 }
 
 int sluice_stage_fragment(struct ctx_buff *ctx)
@@ -751,7 +769,7 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 		receiver_read_tcp_options(scratch);
 	else
 		segment->has_timestamp = segment->auth_option = 0;
-	if (scratch->segment_len == 0) {	/* the client's SYN */
+	if (scratch->segment_len == 0) {	/* the client's SYN (one held never comes here: flow.h) */
 		receiver_note_accepted(flow, scratch, 0);
 		return verdict_pass_unjudged(scratch->frame_len);
 	}

@@ -112,6 +112,10 @@ class SluiceCollector:
                                   value=counters["gave_up"])
         yield CounterMetricFamily("sluice_flows_expired", "Idle flows seen again and inspected afresh.",
                                   value=counters["flows_expired"])
+        yield CounterMetricFamily("sluice_flows_reopened",
+                                  "Known flows whose 5-tuple a new connection took over: its client's data came "
+                                  "at the stream start of a SYN held until then (bpf/flow.h); inspected afresh.",
+                                  value=counters["flows_reopened"])
         yield CounterMetricFamily("sluice_triggers_fired",
                                   "Flows whose rule's trigger (after:) was reached: its action applies from then on.",
                                   value=counters["triggers_fired"])

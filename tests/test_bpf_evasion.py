@@ -291,6 +291,42 @@ def test_a_timestamp_from_the_future_ahead_of_the_stream_makes_no_paws_decoy(dp,
     assert sent[-1] == "drop", sent
 
 
+SYN_DECOYS = {"valid": {}, "bad_checksum": DECOYS["bad_checksum"], "low_ttl": DECOYS["low_ttl"],
+              "tcp_auth_option": DECOYS["tcp_auth_option"]}
+
+
+@FAMILIES
+@pytest.mark.parametrize("kind", SYN_DECOYS)
+@pytest.mark.parametrize("when", ["before the hello", "after its first piece", "after the block"])
+def test_a_syn_of_another_connection_does_not_move_the_stream(dp, v6, kind, when):
+    """A TCB desynchronisation: a SYN with another sequence number on a
+    connection sluice knows, be it a decoy the server never takes or a valid
+    one it answers with a challenge ACK (RFC 5961 4.2). The connection goes
+    on at its own sequence numbers, and its hello is read there."""
+    real = HELLOS["0.5KB"]
+    flow = Flow(dp, v6)
+    desync = dict(SYN_DECOYS[kind])
+    verdicts = flow.send(cut(real, 5)[:1]) if when == "after its first piece" else []
+    if when == "after the block":
+        verdicts = flow.send([(0, real)])
+        assert verdicts == ["drop"]
+    assert flow.send_raw(b"", seq=(ISN + 3_000_000) % 2**32, flags="S", **desync) == "pass"
+    verdicts += flow.send(cut(real, 5)[1:] if when == "after its first piece" else [(0, real)])
+    assert verdicts[-1] == "drop", verdicts
+
+
+@FAMILIES
+def test_a_fast_open_syn_of_another_connection_is_dropped_unread(dp, v6):
+    """Its data would reach the server unread; without data, the client's
+    next SYN is held and the new connection read from its data."""
+    flow = Flow(dp, v6)
+    assert flow.send([(0, padded_hello(b"allowed.example"))]) == ["pass"]
+    new_isn = (ISN + 3_000_000) % 2**32
+    assert flow.send_raw(HELLOS["0.5KB"], seq=new_isn, flags="S") == "drop"
+    assert flow.send_raw(b"", seq=new_isn, flags="S") == "pass"
+    assert flow.send_raw(HELLOS["0.5KB"], seq=new_isn + 1) == "drop"
+
+
 @pytest.fixture(scope="module")
 def blocking(make_datapath):
     return make_datapath(POLICY.replace("rules:", "inspection: {on_evasion: block}\nrules:"))

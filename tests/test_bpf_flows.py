@@ -187,11 +187,23 @@ def test_the_server_cannot_name_the_flow_once_the_client_is_known(dp):
     assert send(dp, b"more", sport=port, reply=True) == "pass"
 
 
-def test_a_new_syn_on_a_reused_tuple_starts_a_new_flow(dp):
+def test_a_new_connection_on_a_reused_tuple_is_judged_afresh(dp):
+    """Its SYN (another sequence number) is held, and passes; its data at
+    that SYN's stream start says the old connection is gone."""
+    new_isn = 7_000_000
+    for old, new, verdict in [(b"blocked.example", b"open.example", "pass"),
+                              (b"open.example", b"blocked.example", "drop")]:
+        port = judge(dp, client_hello(old)).port
+        before = dp.counters()["flows_reopened"]
+        assert send(dp, flags="S", sport=port, seq=new_isn) == "pass"
+        assert send(dp, client_hello(new), sport=port, seq=new_isn + 1) == verdict
+        assert dp.counters()["flows_reopened"] == before + 1
+
+
+def test_the_flows_own_syn_sent_again_keeps_its_verdict(dp):
     port = judge(dp, client_hello(b"blocked.example")).port
-    assert send(dp, b"retransmission", sport=port) == "drop"
-    assert send(dp, flags="S", sport=port) == "pass"
-    assert send(dp, client_hello(b"open.example"), sport=port) == "pass"
+    assert send(dp, flags="S", sport=port) == "drop"
+    assert send(dp, client_hello(b"blocked.example"), sport=port) == "drop"
 
 
 def test_flows_that_were_open_before_sluice_are_inspected_from_their_next_payload(dp):

@@ -90,8 +90,9 @@ def test_text_output_is_one_line_per_flow(captures):
 
 def reopened_and_given_up(path):
     """A capture of flows past their inspection windows: a blocked flow and
-    its replies, then a bare SYN that reopens its addresses and ports for
-    another name; a flow that never names itself (given up on); an IPv6 flow;
+    its replies, then a new connection on its addresses and ports (a SYN of
+    another sequence number, then data at its stream start) for another
+    name; a flow that never names itself (given up on); an IPv6 flow;
     a full handshake and a ClientHello cut in two, the server's ACK (padded
     to Ethernet's minimum) between the pieces, over IP options; a flow behind
     a VLAN tag (replay sorts its frames into the flow past the tag)."""
@@ -99,8 +100,8 @@ def reopened_and_given_up(path):
     from scapy.utils import wrpcap
     from packets import client_hello, http_request, tcp_frame
     frames = []
-    for name in (b"blocked.example", b"open.example"):
-        frames += [tcp_frame(sport=41000, flags="S"), tcp_frame(client_hello(name), sport=41000)]
+    for isn, name in ((0, b"blocked.example"), (5000, b"open.example")):
+        frames += [tcp_frame(sport=41000, flags="S", seq=isn), tcp_frame(client_hello(name), sport=41000, seq=isn + 1)]
         frames += [tcp_frame(b"d" * 100, sport=41000, flags="A", reply=True, seq=1 + i * 100) for i in range(5)]
     frames += [tcp_frame(sport=41001, flags="S")]
     frames += [tcp_frame(b"x" * 200, sport=41001, seq=1 + i * 200) for i in range(40)]
