@@ -11,8 +11,9 @@ settles; replay prints one line per flow.
 Only a flow's inspection window decides its line: once the program has
 reported a flow settled (classified, or given up on), the rest of its
 packets cannot change the output, so replay keeps those flows in a table of
-its own and runs their packets no more, except a bare SYN, which opens a new
-flow on the same addresses and ports.
+its own and runs their packets no more, except a bare SYN, which may open a
+new flow on the same addresses and ports (its data at the SYN's stream start
+does: bpf/flow.h), so the flow's frames run again from it.
 
 Output (stable; tools may parse it):
   text:  CLIENT:PORT -> SERVER:PORT PROTO NAME rule=RULE action=ACTION [method=METHOD]
@@ -338,8 +339,8 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     every frame runs and the rings are read after each.
 
     Left out: frames of flows in settled (which the rings fill as they are
-    read) other than a bare SYN, which opens a new flow on the same
-    addresses and ports; and quiet segments of the others, but for one per
+    read) other than a bare SYN, which may open a new flow on the same
+    addresses and ports, and the frames after it; and quiet segments of the others, but for one per
     quiet_every. Quiet: TCP without payload, FIN or RST, not a bare SYN; or
     a segment with payload from the server of a flow whose bare SYN said
     which end is its client. A quiet segment does not reach the inspection
