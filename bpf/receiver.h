@@ -3,8 +3,8 @@
  *
  * Circumvention tools send a decoy before (or after) the real ClientHello,
  * at the same sequence numbers, made so that the server never keeps it: a
- * wrong checksum, an MD5 or TCP-AO option the server has no key for, no ACK
- * flag, an old timestamp, sequence numbers outside the window, an IPv6
+ * wrong checksum, an MD5 or TCP-AO option the server has no key for, an
+ * RST flag, no ACK flag, an old timestamp, sequence numbers outside the window, an IPv6
  * Hop-by-Hop header where a receiver refuses it, or a TTL that expires
  * before the server. A middlebox that reads the decoy names the decoy's
  * name. Here each client segment of a flow still inspected is checked as
@@ -35,6 +35,7 @@
 #include "tcp_stream.h"
 
 #define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_RST 0x04
 #define TCP_FLAG_URG 0x20
 #define TCPOPT_END 0
 #define TCPOPT_NOP 1
@@ -213,6 +214,11 @@ static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
 
 	if (segment->hop_by_hop_late)
 		return SLUICE_CNT_EVASION_HOP_BY_HOP;
+	/* An RST's data is never delivered: at rcv_nxt it resets the
+	 * connection, anywhere else the receiver answers it with a challenge
+	 * ACK and drops it (RFC 5961 3.2, Linux: tcp_validate_incoming()). */
+	if (segment->tcp_flags & TCP_FLAG_RST)
+		return SLUICE_CNT_EVASION_RST;
 	if (!(segment->tcp_flags & (TCP_FLAG_ACK | TCP_FLAG_SYN)))
 		return SLUICE_CNT_EVASION_NO_ACK;
 	if (segment->auth_option)

@@ -230,6 +230,7 @@ enum sluice_counter {
 	SLUICE_CNT_EVASION_BAD_CHECKSUM,	/* a wrong TCP checksum */
 	SLUICE_CNT_EVASION_TCP_AUTH_OPTION,	/* an MD5 signature (RFC 2385) or TCP-AO option the server has no key for */
 	SLUICE_CNT_EVASION_NO_ACK,		/* data without ACK after the SYN */
+	SLUICE_CNT_EVASION_RST,			/* data in a segment with RST (never delivered) */
 	SLUICE_CNT_EVASION_PAWS,		/* a timestamp older than the flow's last (RFC 7323 PAWS) */
 	SLUICE_CNT_EVASION_OUT_OF_WINDOW,	/* sequence numbers all before the stream, or far past it */
 	SLUICE_CNT_EVASION_HOP_BY_HOP,		/* an IPv6 Hop-by-Hop header not first (or a second one) */

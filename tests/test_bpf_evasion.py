@@ -47,6 +47,7 @@ DECOYS = {"bad_checksum": dict(chksum=0xBEEF),
           "tcp_auth_option": dict(tcp_options=[(19, bytes(16))]),          # MD5 signature, RFC 2385
           "tcp_ao": dict(tcp_options=[(29, bytes(14))]),                     # TCP-AO, RFC 5925
           "no_ack": dict(flags="P"),
+          "rst": dict(flags="RPA"),                                          # RST with data: reset or dropped
           "paws": dict(tcp_options=[("Timestamp", (SYN_TSVAL - 500, 0))]),
           "out_of_window": dict(seq_shift=-10000),                           # zapret's badseq
           "hop_by_hop": dict(ext_headers=(IPv6ExtHdrDestOpt(), IPv6ExtHdrHopByHop())),
@@ -327,6 +328,17 @@ def test_a_fast_open_syn_of_another_connection_is_dropped_unread(dp, v6):
     assert flow.send_raw(HELLOS["0.5KB"], seq=new_isn + 1) == "drop"
 
 
+@pytest.mark.parametrize("kind,v6", DECOY_CASES, ids=DECOY_IDS)
+def test_a_decoy_ahead_of_the_stream_start_loses_to_the_real_pieces(dp, kind, v6):
+    """A decoy past the in-order point that the server would have queued
+    out of order (and then read) had it kept it: dropped, it leaves the
+    range to the real piece sent after it."""
+    real, fake, _ = STREAMS["0.5KB"]
+    flow = Flow(dp, v6)
+    assert flow.send_decoy(kind, 5, fake[5:]) == "pass"
+    assert flow.send(cut(real, 5)) == ["pass", "drop"]
+
+
 @pytest.fixture(scope="module")
 def blocking(make_datapath):
     return make_datapath(POLICY.replace("rules:", "inspection: {on_evasion: block}\nrules:"))
@@ -554,7 +566,7 @@ def test_the_kinds_are_exported_to_prometheus(dp):
                 for line in generate_latest(registry).decode().splitlines()
                 if line.startswith("sluice_evasion_detected_total{")}
     before = exported()
-    assert set(before) == {"bad_checksum", "tcp_auth_option", "no_ack", "paws", "out_of_window", "hop_by_hop",
-                           "low_ttl", "syn_data", "conflict", "urgent"}
+    assert set(before) == {"bad_checksum", "tcp_auth_option", "no_ack", "rst", "paws", "out_of_window",
+                           "hop_by_hop", "low_ttl", "syn_data", "conflict", "urgent"}
     Flow(dp, False).send_decoy("low_ttl", 0, STREAMS["0.5KB"][1])
     assert exported()["low_ttl"] == before["low_ttl"] + 1
