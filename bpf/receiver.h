@@ -4,10 +4,10 @@
  * Circumvention tools send a decoy before (or after) the real ClientHello,
  * at the same sequence numbers, made so that the server never keeps it: a
  * wrong checksum, an MD5 or TCP-AO option the server has no key for, an
- * RST flag, no ACK flag, an old timestamp, sequence numbers outside the window, an IPv6
- * Hop-by-Hop header where a receiver refuses it, or a TTL that expires
- * before the server. A middlebox that reads the decoy names the decoy's
- * name. Here each client segment of a flow still inspected is checked as
+ * RST flag, no ACK flag, an old timestamp, sequence numbers outside the
+ * window, an IPv6 Hop-by-Hop header where a receiver refuses it, or a TTL
+ * that expires before the server. A middlebox that reads the decoy names
+ * the decoy's name. Here each client segment of a flow still inspected is checked as
  * the server's TCP checks it (Linux: tcp_v4_rcv, tcp_validate_incoming,
  * ipv6_rcv), and one the server would drop is neither stored nor judged:
  * only the bytes the server accepts name the flow.
@@ -289,6 +289,7 @@ static __always_inline int receiver_take_urgent_mark(struct flow_state *flow, co
 	/* The pointer counts from the segment's own sequence number, a SYN's too. */
 	__u32 seq = scratch->seq - (segment->tcp_flags & TCP_FLAG_SYN ? 1 : 0);
 	__u32 at = seq + pointer - (pointer ? 1 : 0) - flow->stream_base;
+
 	if (at >= 0x80000000U || at < delivered)
 		return 0;
 	if ((flow->receiver & SLUICE_RECEIVER_URGENT) && at <= flow->urgent_at)

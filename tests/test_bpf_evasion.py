@@ -339,6 +339,26 @@ def test_a_decoy_ahead_of_the_stream_start_loses_to_the_real_pieces(dp, kind, v6
     assert flow.send(cut(real, 5)) == ["pass", "drop"]
 
 
+@FAMILIES
+@pytest.mark.parametrize("stream,first", [("http", b"\r\n"), ("0.5KB", b"\x14\x03\x03\x00\x01\x01")],
+                         ids=["http-crlf", "tls-change-cipher-spec"])
+def test_paws_holds_after_a_first_segment_read_alone(dp, v6, stream, first):
+    """A first segment read alone (an empty line before an HTTP request, RFC
+    9112 2.2; a ChangeCipherSpec record before a ClientHello), the rest
+    through the stream. Each in-order segment moves the server's ts_recent
+    on, so a decoy stamped between the first segment and the next is old to
+    the server, and must be to sluice."""
+    real, fake, port = STREAMS[stream]
+    flow = Flow(dp, v6, dport=port)
+    at, start = len(real) // 2, (ISN + 1 + len(first)) % 2**32
+    stamped = lambda tsval: dict(tcp_options=[("Timestamp", (tsval, 0))])
+    verdicts = [flow.send_raw(first, seq=(ISN + 1) % 2**32, **stamped(5000)),
+                flow.send_raw(real[:at], seq=start, **stamped(9000)),
+                flow.send_raw(fake[at:], seq=(start + at) % 2**32, **stamped(7000)),
+                flow.send_raw(real[at:], seq=(start + at) % 2**32, **stamped(9001))]
+    assert verdicts[-1] == "drop", verdicts
+
+
 @pytest.fixture(scope="module")
 def blocking(make_datapath):
     return make_datapath(POLICY.replace("rules:", "inspection: {on_evasion: block}\nrules:"))
