@@ -84,20 +84,22 @@ class Datapath:
     (bpf/policy_maps.h). A reload or a schedule step loads no program."""
 
     def __init__(self, policy=None, *, events: bool = False, pin_dir: str | None = None,
-                 retired_rules=(), at=None):
+                 retired_rules=(), at=None, xdp: bool = True):
         """pin_dir: pin the state maps (flows, counters, clocks) there, or
         reuse the ones already pinned there by an earlier Datapath.
         retired_rules: rules of earlier policies that flows may still be
         classified under; their actions stay defined, though no name leads
         to them any more.
-        at: the moment whose schedule steps apply (default: now)."""
+        at: the moment whose schedule steps apply (default: now).
+        xdp: load the XDP program; False for a data plane only at tc ingress,
+        which then compiles the tc build alone (a compile is most of a start)."""
         self.events = events
         self.policy = None
         self.retired_rules: list = []
         self.alpn_bits: dict[str, int] = {}
         self.generation = 0             # the one packets read; its maps are empty until a policy fills one
         self.shape_as_throttle = False  # police_shape_rules() was called: every policy's shape rules throttle
-        self.program = program()
+        self.program = program() if xdp else tc_ingress_program()
         self._rings = Rings(self.program.module)
         self._tables: dict[str, object] = {}
         self._flow_table = None
@@ -106,13 +108,16 @@ class Datapath:
         self._programs: dict[bytes, int] = {}
         self._in_use = threading.Lock()  # a scrape's reads against unload()
         self.unloaded = False
+        self.function: LoadedProgram | None = None     # the XDP program
+        self.loaded_stages: set[int] = set()           # its stages in the program array "stages"
         self.tc_ingress: TcIngressSet | None = None
-        self.links: list = []           # xdp_link.XdpLink, tc.TcIngressLink
+        self.links: list = []           # xdp_link.Link, tc.TcIngressLink
         try:
             self._make_maps(pin_dir)
             self.switch(self.prepare(policy, retired_rules, at))
-            self.function = LoadedProgram(PROGRAM_FUNCTION, self._load(PROGRAM_FUNCTION, bcc.BPF.XDP))
-            self._load_stages()
+            if xdp:
+                self.function = LoadedProgram(PROGRAM_FUNCTION, self._load(PROGRAM_FUNCTION, bcc.BPF.XDP))
+                self.loaded_stages = load_stages(self.table("stages"), lambda name: self._load(name, bcc.BPF.XDP))
         except BaseException:
             self.unload()
             raise
@@ -158,9 +163,6 @@ class Datapath:
         if function not in self._programs:
             self._programs[function] = self.program.load(function, prog_type, self._maps)
         return self._programs[function]
-
-    def _load_stages(self) -> None:
-        self.loaded_stages = load_stages(self.table("stages"), lambda name: self._load(name, bcc.BPF.XDP))
 
     def tc_ingress_set(self) -> "TcIngressSet":
         """The classifier for tc ingress (--hook tc) and its stages, bound to
@@ -434,25 +436,24 @@ class Datapath:
         return count_entries(self.table("frags"))
 
     # --- attach -----------------------------------------------------------
-    def attach(self, ifname: str, netns: str | None = None, hook: str = "native",
+    def attach(self, ifname: str, netns: str | None = None, hook: "str | hooks.HookChoice" = "native",
                pin_path: str | None = None) -> str:
         """Attach to ifname at hook (controller/hooks.py: auto, native or
-        generic XDP, or tc ingress); returns the mode the kernel reports.
-        `sluice run` passes its --hook, auto unless told otherwise.
+        generic XDP, or tc ingress; or what hooks.choose() chose); returns
+        the mode the kernel reports. `sluice run` passes its --hook, auto
+        unless told otherwise.
 
-        An interface that already has an XDP program is refused rather than
-        silently taken over, unless it is the pinned link (pin_path) of an
-        earlier sluice run.
+        An interface that already has an XDP program is refused at an XDP
+        hook rather than silently taken over, unless it is the pinned link
+        (pin_path) of an earlier sluice run; at tc ingress it is left to run
+        first. A pinned link of the other hook is unpinned.
         """
-        choice = hooks.choose(ifname, netns, hook)
+        choice = hook if isinstance(hook, hooks.HookChoice) else hooks.choose(ifname, netns, hook)
         if choice.hook == "tc":
-            if pin_path and os.path.exists(pin_path):
-                # An earlier run's XDP link: unpinned, the kernel takes it off,
-                # or both hooks would judge each packet.
-                os.unlink(pin_path)
-                log.info("took the previous run's XDP link off %s for tc ingress", ifname)
-            link = tc.TcIngressLink(ifname, netns, choice.reason, self.tc_ingress_set().function.fd,
-                                    fail_static=pin_path is not None)
+            link = tc.attach_classifier(self.tc_ingress_set().function.fd, ifname, netns, choice.reason, pin_path)
+        elif self.function is None:
+            raise xdp_link.AttachError(f"cannot attach {ifname} at {choice.hook} XDP: this data plane was "
+                                       f"loaded for tc ingress only")
         else:
             link = xdp_link.attach(self.function.fd, ifname, netns, choice, pin_path)
         self.links.append(link)

@@ -53,14 +53,15 @@ def run_lab(policy, policy_path: str, metrics_server, metrics_address: str, metr
     logging.getLogger().setLevel(logging.WARNING)   # the lab narrates itself on stdout
     print("sluice: building the lab (client -> edge -> server namespaces)")
     with Lab() as lab:
-        datapath = Datapath(policy)
+        choices = {ifname: hooks.choose(ifname, lab.edge_ns, hook) for ifname in lab.edge_ifaces}
+        datapath = Datapath(policy, xdp=hooks.uses_xdp(choices.values()))
         shapers, server_resets = [], []
         try:
             shapers = set_up_egress(datapath, policy, [(ifname, lab.edge_ns) for ifname in lab.edge_ifaces])
             server_resets = set_up_server_resets(datapath, policy, [(ifname, lab.edge_ns)
                                                                    for ifname in lab.edge_ifaces])
             for ifname in lab.edge_ifaces:
-                mode = datapath.attach(ifname, netns=lab.edge_ns, hook=hook)
+                mode = datapath.attach(ifname, netns=lab.edge_ns, hook=choices[ifname])
                 print(f"sluice: attached to {ifname} in netns {lab.edge_ns}, {hooks.describe(mode)}")
             metrics.serve(SimpleNamespace(datapath=datapath, policy=policy, loaded_at=time.time(),
                                           policy_digest=file_digest(policy_path),

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Every ctypes binding to libbpf, and the kernel structs it passes: one CDLL.
 
-bcc 0.26 binds neither BPF_PROG_TEST_RUN nor BPF links, so testrun.py and
-xdp_link.py call libbpf (libbpf 1.x, Debian's libbpf1) directly; tests and
+bcc 0.26 binds neither BPF_PROG_TEST_RUN nor BPF links, so testrun.py,
+xdp_link.py and tc.py (tcx links) call libbpf (libbpf 1.x, Debian's libbpf1) directly; tests and
 benchmarks read map and program info through the same functions. The
 structs follow linux/bpf.h (stable UAPI) and libbpf's bpf.h: a struct may
 stop short of the kernel's (the kernel fills what fits) or carry zeroed
@@ -88,9 +88,10 @@ class ProgInfo(ctypes.Structure):
 
 
 class LinkInfo(ctypes.Structure):
-    """struct bpf_link_info as far as the xdp member of its union (which 64-bit members align to 8)."""
+    """struct bpf_link_info as far as the xdp and tcx members of its union
+    (which 64-bit members align to 8): both begin with the ifindex."""
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("prog_id", ctypes.c_uint32),
-                ("union_alignment", ctypes.c_uint32), ("xdp_ifindex", ctypes.c_uint32),
+                ("union_alignment", ctypes.c_uint32), ("ifindex", ctypes.c_uint32),
                 ("union_rest", ctypes.c_uint32 * 3)]
 
 
@@ -98,6 +99,8 @@ def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
     lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(TestRunOpts)]
     lib.bpf_prog_test_run_opts.restype = ctypes.c_int
+    lib.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t,
+                                  ctypes.c_void_p]
     lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(LinkCreateOpts)]
     lib.bpf_link_update.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]

@@ -6,8 +6,8 @@ of a file descriptor bcc opened for it (BPF_PSEUDO_MAP_FD), and the kernel
 binds a program to the maps behind those numbers when it loads it. The
 compile is most of what a Datapath costs (7-17 s on this project's test
 machine), yet it does not depend on the policy: the policy only fills maps
-and sizes a few. So a process compiles once (and once more, the classifier
-for tc ingress, if it puts an interface on --hook tc), and each Datapath makes maps
+and sizes a few. So a process compiles once per context its hooks need
+(XDP, or the skb of tc ingress, or both), and each Datapath makes maps
 of its own (policy-sized where the policy decides) and loads the programs
 with its maps put behind bcc's descriptor numbers (dup2) for the moment of
 the load. A live reload thus loads and fills, but compiles nothing.
@@ -35,8 +35,9 @@ from .libbpf import LIBBPF, BtfInfo, MapCreateOpts, MapInfo, error_number, objec
 PROGRAM_FILES = ("sluice_xdp.c", "sluice_tc.c")
 CFLAGS = ["-Wno-incompatible-pointer-types-discards-qualifiers"]
 # The classifier again, for tc ingress (--hook tc): the same source over the
-# skb's context (bpf/ctx.h). Its maps are the XDP program's, by name.
-TC_INGRESS_FILES = ("sluice_xdp.c",)
+# skb's context (bpf/ctx.h), with the tc programs, so that a data plane only
+# at tc ingress compiles this build alone. Its maps are the XDP build's, by name.
+TC_INGRESS_FILES = PROGRAM_FILES
 TC_INGRESS_CFLAGS = ("-DSLUICE_CTX_SKB",)
 
 _LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.MULTILINE)
@@ -293,6 +294,6 @@ def program() -> Program:
 
 
 def tc_ingress_program() -> Program:
-    """The classifier for tc ingress, compiled on first use: a process that
-    puts no interface on --hook tc never compiles it."""
+    """The classifier for tc ingress and the tc programs, compiled on first
+    use: a process that puts no interface at tc ingress never compiles it."""
     return compiled(program_source(TC_INGRESS_FILES), TC_INGRESS_CFLAGS)

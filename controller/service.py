@@ -3,8 +3,9 @@
 
 State that must outlive one controller process lives in two places:
   /sys/fs/bpf/sluice/maps/    the pinned state maps (flows, counters, clocks)
-  /sys/fs/bpf/sluice/links/   the pinned XDP links (fail-static mode); an
-                              interface at --hook tc keeps its tc filter instead
+  /sys/fs/bpf/sluice/links/   the pinned XDP and tcx links (fail-static mode); an
+                              interface at tc ingress on a kernel without tcx
+                              keeps its tc filter instead
   /sys/fs/bpf/sluice/stages, tc_stages   the program arrays (fail-static mode)
   /run/sluice/state.json      rule ids by name, the interfaces, reload history
 A restarted controller loads the program again, opens the same pinned
@@ -42,7 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import schedule, tc, xdp_link
+from . import hooks, schedule, tc, xdp_link
 from .abi import ABI
 from .block_methods import set_up_server_resets
 from .abi import PROTO_NAMES
@@ -231,10 +232,10 @@ class Service:
         if len(set(self.interfaces)) != len(self.interfaces):
             twice = sorted({i for i in self.interfaces if self.interfaces.count(i) > 1})
             raise InputError(f"interface {', '.join(twice)} given more than once")
-        if self.fail_open and self.hook == "tc":
-            # A tc filter has no link that dies with this process (docs/operations.md).
-            raise InputError("--fail-open cannot hold at --hook tc: a tc filter outlives the controller "
-                             "and would enforce after a crash; use --hook native or generic with it")
+        if self.fail_open and self.hook == "tc" and not hooks.tcx_available():
+            # Without tcx the classifier is a tc filter: no link that dies with this process.
+            raise InputError("--fail-open cannot hold at --hook tc on this kernel: it has no tcx link (Linux 6.6+), "
+                             "and a tc filter outlives the controller; use --hook generic with it")
         if self.netns is not None and not netns_exists(self.netns):
             raise InputError(f"no network namespace named {self.netns!r} (ip netns list shows those there are)")
         with inside_netns(self.netns):
@@ -262,12 +263,13 @@ class Service:
         datapath = created_root = None
         try:
             created_root = prepare_pin_root()
-            datapath = self._compile(policy)
+            choices = {ifname: hooks.choose(ifname, self.netns, self.hook) for ifname in self.interfaces}
+            datapath = self._compile(policy, xdp=hooks.uses_xdp(choices.values()))
             self.shapers = set_up_egress(datapath, policy, [(i, self.netns) for i in self.interfaces])
             self.server_resets = set_up_server_resets(datapath, policy, [(i, self.netns) for i in self.interfaces])
             for ifname in self.interfaces:
                 pin = None if self.fail_open else str(self._link_pin(ifname))
-                datapath.attach(ifname, self.netns, self.hook, pin_path=pin)
+                datapath.attach(ifname, self.netns, choices[ifname], pin_path=pin)
             self._install(datapath, policy)
         except BaseException:
             for hook in [*self.shapers, *self.server_resets]:
@@ -503,12 +505,13 @@ class Service:
         self.rule_ids = ids
         return policy, digest
 
-    def _compile(self, policy) -> Datapath:
-        """The data plane, loaded with the policy as its schedule stands now.
+    def _compile(self, policy, xdp: bool) -> Datapath:
+        """The data plane, loaded with the policy as its schedule stands now,
+        with its XDP program if an interface is at an XDP hook (xdp).
         The next switch is counted from the moment filled for, so a step
         that falls due meanwhile is taken right after, not missed."""
         self.compiled_at = schedule.now()
-        return Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"), at=self.compiled_at)
+        return Datapath(policy, events=True, pin_dir=str(PIN_ROOT / "maps"), at=self.compiled_at, xdp=xdp)
 
     def _switch_policy(self, policy, retired_rules) -> list:
         """Fill policy (as its schedule stands now) into the data plane's
@@ -566,8 +569,8 @@ class Service:
             for stages, _loaded, pin in program_arrays(datapath):
                 xdp_link.pin(stages.map_fd, str(PIN_ROOT / pin))
         self.datapath, self.policy = datapath, policy
-        # The programs on the links: XDP's, and the classifier at tc ingress (--hook tc).
-        self.program_ids = (xdp_link.program_id(datapath.function.fd),
+        # The programs on the links: XDP's, and the classifier at tc ingress.
+        self.program_ids = (xdp_link.program_id(datapath.function.fd) if datapath.function else None,
                             xdp_link.program_id(datapath.tc_ingress.function.fd) if datapath.tc_ingress else None)
         self.next_switch = policy.next_switch(self.compiled_at)
         self.loaded_at = time.time()
@@ -598,17 +601,18 @@ class Service:
 
 def program_arrays(datapath) -> list[tuple]:
     """(program array, stages loaded in it, its pin's name under PIN_ROOT) of
-    a data plane: XDP's, and the tc classifier's if an interface is on --hook tc."""
-    arrays = [(datapath.table("stages"), datapath.loaded_stages, "stages")]
+    a data plane: XDP's if it has its XDP program, and the tc classifier's
+    if an interface is at tc ingress."""
+    arrays = [(datapath.table("stages"), datapath.loaded_stages, "stages")] if datapath.function else []
     if datapath.tc_ingress is not None:
         arrays.append((datapath.tc_ingress.stages, datapath.tc_ingress.loaded_stages, "tc_stages"))
     return arrays
 
 
 def remove_pins() -> None:
-    """Unpin every sluice link and map, and take the classifier off the
-    interfaces the state file has at tc ingress; the kernel frees what
-    nothing else holds."""
+    """Unpin every sluice link and map, and take the classifier's filter off
+    the interfaces the state file has at tc ingress (a kernel without tcx);
+    the kernel frees what nothing else holds."""
     for link in read_state().get("interfaces", []):
         if link["mode"] == "tc":
             tc.remove_classifier(link["ifname"], link["netns"])

@@ -4,19 +4,23 @@
 sluice puts three programs there: sluice_tc_egress, which gives shaped and
 delayed packets their departure times (egress.py); sluice_tc_reset, which
 resets the servers of blocked flows (block_methods.py); and, on an
-interface at --hook tc, the classifier itself (sluice_tc_ingress,
-TcIngressLink), in the place of XDP and of sluice_tc_reset. Each is one
-TcFilter: clsact is added if the device had none (and removed with the
-filter), and the filter is replaced rather than added, so that the one a
-crashed controller left behind is taken over.
+interface at --hook tc, the classifier itself (sluice_tc_ingress), in the
+place of XDP and of sluice_tc_reset. Each is one TcFilter: clsact is added
+if the device had none (and removed with the filter), and the filter is
+replaced rather than added, so that the one a crashed controller left
+behind is taken over. The classifier is attached through a tcx link
+instead where the kernel has tcx (attach_classifier()).
 """
 
+import ctypes
 import logging
+import os
 
 from pyroute2 import IPRoute, NetlinkError
 
+from . import hooks, xdp_link
+from .libbpf import LIBBPF, LinkCreateOpts, error_number
 from .netns import inside_netns
-from .xdp_link import program_id
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,7 @@ FILTER_HANDLE = 1
 CLASSIFIER_PRIO = 1
 RESET_PRIO = 2
 EGRESS_PRIO = 1
+CLASSIFIER_NAME = "sluice_tc_ingress"
 
 
 class TcError(RuntimeError):
@@ -93,19 +98,59 @@ class TcFilter:
             log.warning("could not remove %s from %s: %s", self.program_name, self.ifname, error)
 
 
+def attach_classifier(program_fd: int, ifname: str, netns: str | None, reason: str,
+                      pin_path: str | None) -> "xdp_link.Link | TcIngressLink":
+    """The classifier on ifname's tc ingress (--hook tc). Through a tcx link
+    where the kernel has tcx, pinned at pin_path (fail-static) or not (gone
+    with the controller: --fail-open), as an XDP link; else as a clsact
+    filter (TcIngressLink). The previous run's link pinned at pin_path is
+    taken over if it is a tcx link, or unpinned (an XDP link); sluice's own
+    filter of an earlier run is taken off (tcx programs run ahead of
+    filters, and it would judge what the link passes with stale maps)."""
+    link_fd = xdp_link.take_over(pin_path, xdp_link.BPF_LINK_TYPE_TCX, program_fd, ifname) if pin_path else None
+    where = f" (netns {netns})" if netns else ""
+    with inside_netns(netns), IPRoute() as ipr:
+        other_xdp = xdp_link.attached_xdp(ipr, device_index(ipr, ifname, netns))
+    if other_xdp:
+        # Not sluice's (its own XDP link was unpinned above): left in place,
+        # it runs first, and sluice judges what it passes.
+        log.warning("%s%s has an XDP program (%s) that sluice did not attach: it runs before sluice, "
+                    "which judges only what it passes", ifname, where, xdp_link.XDP_MODE_NAMES.get(other_xdp))
+    if not hooks.tcx_available():
+        return TcIngressLink(ifname, netns, reason, program_fd, fail_static=pin_path is not None)
+    remove_classifier(ifname, netns)
+    if link_fd is not None:
+        log.info("took over the pinned tcx link on %s", ifname)
+        return xdp_link.Link(ifname, netns, "tc", "taken over from the previous run's pinned link", link_fd,
+                             pin_path)
+    with inside_netns(netns), IPRoute() as ipr:
+        index = device_index(ipr, ifname, netns)
+        # The kernel finds the device by its index in the caller's namespace.
+        opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts))
+        link_fd = LIBBPF.bpf_link_create(program_fd, index, hooks.BPF_TCX_INGRESS, ctypes.byref(opts))
+    if link_fd < 0:
+        raise TcError(f"cannot attach to the tc ingress of {ifname}: {os.strerror(error_number(link_fd))}")
+    if pin_path:
+        xdp_link.pin(link_fd, pin_path)
+    log.info("attached to %s%s at tc ingress, by tcx link (%s)", ifname, where, reason)
+    return xdp_link.Link(ifname, netns, "tc", reason, link_fd, pin_path)
+
+
 class TcIngressLink:
-    """The classifier on one interface's tc ingress (--hook tc): what
-    xdp_link.XdpLink is for XDP. A tc filter outlives the controller by
-    itself, as a pinned XDP link does: fail_static keeps it on the device
-    when the controller lets go (release), else it goes with the controller."""
+    """The classifier on one interface's tc ingress as a clsact filter, on
+    kernels without tcx: what xdp_link.Link is elsewhere. A tc filter
+    outlives the controller by itself, as a pinned link does: fail_static
+    keeps it on the device when the controller lets go (release), else it
+    goes with the controller (which cannot hold if the controller dies:
+    --fail-open is refused there)."""
 
     mode = "tc"
     pin_path = None
 
     def __init__(self, ifname: str, netns: str | None, reason: str, program_fd: int, fail_static: bool):
         self.ifname, self.netns, self.reason, self.fail_static = ifname, netns, reason, fail_static
-        self.filter = TcFilter(ifname, netns, TC_PARENT_INGRESS, "sluice_tc_ingress", program_fd, CLASSIFIER_PRIO)
-        self.program_id = program_id(program_fd)
+        self.filter = TcFilter(ifname, netns, TC_PARENT_INGRESS, CLASSIFIER_NAME, program_fd, CLASSIFIER_PRIO)
+        self.program_id = xdp_link.program_id(program_fd)
         log.info("attached to %s%s at tc ingress (%s)", ifname, f" (netns {netns})" if netns else "", reason)
 
     def detach(self) -> None:
@@ -132,14 +177,21 @@ class TcIngressLink:
         return 0, 0
 
 def remove_classifier(ifname: str, netns: str | None) -> None:
-    """Take the classifier a crashed controller left on ifname's tc ingress
-    off, if it is there (`sluice stop`): a tc filter, unlike a link, has no
-    pin to remove."""
+    """Take the classifier's filter that an earlier controller left on
+    ifname's tc ingress off, if there is one (`sluice stop`, and before a
+    tcx link goes on): a tc filter, unlike a link, has no pin to remove. It
+    is known by its program's name, at whatever prio its version put it."""
     try:
         with inside_netns(netns), IPRoute() as ipr:
             links = ipr.link_lookup(ifname=ifname)
-            if links:
-                ipr.tc("del-filter", "bpf", links[0], parent=TC_PARENT_INGRESS, handle=FILTER_HANDLE,
-                       prio=CLASSIFIER_PRIO)
+            if not links:
+                return
+            for found in ipr.get_filters(links[0], parent=TC_PARENT_INGRESS):
+                options = found.get_attr("TCA_OPTIONS")
+                if (found.get_attr("TCA_KIND") == "bpf" and options and
+                        options.get_attr("TCA_BPF_NAME") == CLASSIFIER_NAME):
+                    ipr.tc("del-filter", "bpf", links[0], parent=TC_PARENT_INGRESS, handle=found["handle"],
+                           prio=found["info"] >> 16)
+                    log.info("took the classifier's filter of an earlier run off %s", ifname)
     except (OSError, NetlinkError) as error:
         log.debug("no classifier to remove from %s: %s", ifname, error)

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Attach XDP programs through BPF links, so that what happens when the
-controller dies is a choice rather than an accident.
+controller dies is a choice rather than an accident. (tc.py attaches the
+classifier at tc ingress through a tcx link, a Link too.)
 
 A link keeps the program on the interface for as long as someone holds it:
 the controller's file descriptor, or a pin in bpffs. Pinned (fail-static,
@@ -27,6 +28,9 @@ from .netns import inside_netns
 log = logging.getLogger(__name__)
 
 BPF_XDP = 37                 # enum bpf_attach_type
+BPF_LINK_TYPE_XDP = 6        # enum bpf_link_type
+BPF_LINK_TYPE_TCX = 11
+LINK_TYPE_NAMES = {BPF_LINK_TYPE_XDP: "XDP", BPF_LINK_TYPE_TCX: "tcx"}
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
@@ -45,11 +49,12 @@ def _check(result: int, what: str) -> int:
 
 
 @dataclass
-class XdpLink:
+class Link:
+    """A BPF link that holds a program on one interface's hook: XDP, or tc ingress (tcx)."""
     ifname: str
     netns: str | None
-    mode: str               # "native" or "generic", as the kernel reports it
-    reason: str             # why this mode (controller/hooks.py)
+    mode: str               # "native" or "generic" as the kernel reports it, or "tc"
+    reason: str             # why this hook (controller/hooks.py)
     fd: int
     pin_path: str | None
 
@@ -71,7 +76,7 @@ class XdpLink:
         """(program id, ifindex) as the kernel has the link now; ifindex 0: detached."""
         info = LinkInfo()
         _check(object_info(self.fd, info), f"reading the link on {self.ifname}")
-        return info.prog_id, info.xdp_ifindex
+        return info.prog_id, info.ifindex
 
 
 def pin(fd: int, path: str) -> None:
@@ -90,6 +95,29 @@ def program_id(fd: int) -> int:
     return info.id
 
 
+def take_over(pin_path: str, link_type: int, prog_fd: int, ifname: str) -> int | None:
+    """The link a previous run pinned at pin_path, now running prog_fd, if
+    it is a link_type link (BPF_LINK_TYPE_XDP or _TCX); None if there is no
+    pin. A link of the other hook is unpinned instead, which detaches it:
+    else both hooks would judge each packet."""
+    if not os.path.exists(pin_path):
+        return None
+    fd = get_pinned(pin_path)
+    info = LinkInfo()
+    try:
+        _check(object_info(fd, info), f"reading the link pinned at {pin_path}")
+        if info.type == link_type:
+            _check(LIBBPF.bpf_link_update(fd, prog_fd, None), f"replacing the program on {ifname}")
+            return fd
+    except AttachError:
+        os.close(fd)
+        raise
+    os.close(fd)
+    os.unlink(pin_path)
+    log.info("took the previous run's %s link off %s", LINK_TYPE_NAMES.get(info.type, "other"), ifname)
+    return None
+
+
 def get_pinned(path: str) -> int:
     """A new descriptor of the BPF object pinned at path."""
     return _check(LIBBPF.bpf_obj_get(path.encode()), f"opening {path}")
@@ -103,22 +131,21 @@ def map_layout(fd: int) -> tuple[int, int, int, int]:
 
 
 def attach(prog_fd: int, ifname: str, netns: str | None = None, hook: "str | hooks.HookChoice" = "native",
-           pin_path: str | None = None) -> XdpLink:
+           pin_path: str | None = None) -> Link:
     """Attach prog_fd to ifname at hook (controller/hooks.py: auto, native or
-    generic XDP, or what hooks.choose() chose), or take over the pinned link
-    a previous run left there (in the mode it has: a link cannot change it)."""
-    if pin_path and os.path.exists(pin_path):
-        fd = get_pinned(pin_path)
-        link = XdpLink(ifname, netns, _mode(ifname, netns), "taken over from the previous run's pinned link",
-                       fd, pin_path)
-        link.update(prog_fd)
+    generic XDP, or what hooks.choose() chose), or take over the pinned XDP
+    link a previous run left there (in the mode it has: a link cannot change it)."""
+    fd = take_over(pin_path, BPF_LINK_TYPE_XDP, prog_fd, ifname) if pin_path else None
+    if fd is not None:
+        link = Link(ifname, netns, _mode(ifname, netns), "taken over from the previous run's pinned link",
+                    fd, pin_path)
         log.info("took over the pinned XDP link on %s (%s XDP)", ifname, link.mode)
         return link
     with inside_netns(netns), IPRoute() as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             raise AttachError(f"no interface named {ifname!r}" + (f" in netns {netns}" if netns else ""))
-        if _attached(ipr, found[0]):
+        if attached_xdp(ipr, found[0]):
             raise AttachError(f"{ifname} already has an XDP program that sluice did not attach; "
                               f"remove it first (ip link set dev {ifname} xdp off)")
         choice = hook if isinstance(hook, hooks.HookChoice) else hooks.choose(ifname, netns, hook)
@@ -132,15 +159,16 @@ def attach(prog_fd: int, ifname: str, netns: str | None = None, hook: "str | hoo
             reason = f"auto: the driver refuses native XDP ({os.strerror(error_number(fd))})"
         else:
             raise AttachError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
-        attached_mode = XDP_MODE_NAMES.get(_attached(ipr, found[0]), "unknown")
+        attached_mode = XDP_MODE_NAMES.get(attached_xdp(ipr, found[0]), "unknown")
     if pin_path:
         _check(LIBBPF.bpf_obj_pin(fd, pin_path.encode()), f"pinning the link at {pin_path}")
     log.info("attached to %s%s in %s XDP mode (%s)", ifname, f" (netns {netns})" if netns else "", attached_mode,
              reason)
-    return XdpLink(ifname, netns, attached_mode, reason, fd, pin_path)
+    return Link(ifname, netns, attached_mode, reason, fd, pin_path)
 
 
-def _attached(ipr, index: int) -> str | None:
+def attached_xdp(ipr, index: int) -> str | None:
+    """How an XDP program is attached to device index (IFLA_XDP_ATTACHED: "xdp", "xdpgeneric"), or None."""
     xdp = ipr.get_links(index)[0].get_attr("IFLA_XDP")
     return xdp.get_attr("IFLA_XDP_ATTACHED") if xdp else None
 
@@ -148,4 +176,4 @@ def _attached(ipr, index: int) -> str | None:
 def _mode(ifname: str, netns: str | None) -> str:
     with inside_netns(netns), IPRoute() as ipr:
         found = ipr.link_lookup(ifname=ifname)
-        return XDP_MODE_NAMES.get(_attached(ipr, found[0]), "unknown") if found else "unknown"
+        return XDP_MODE_NAMES.get(attached_xdp(ipr, found[0]), "unknown") if found else "unknown"

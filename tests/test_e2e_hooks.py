@@ -1,5 +1,6 @@
-"""End to end at the hooks that keep a veth's offloads: the one `--hook auto`
-picks for the lab's veths, and tc ingress (`--hook tc`).
+"""End to end at the hooks that keep a veth's offloads: generic XDP and tc
+ingress, the ones `--hook auto` picks for the lab's veths (tc on kernels
+with tcx links, generic XDP before them).
 
 On a veth, native XDP costs the peer its segmentation offload (controller/
 hooks.py), so these run the classifier on the kernel's skb instead: generic
@@ -18,8 +19,9 @@ import subprocess
 import pytest
 
 from conftest import block_methods_policy, enforcing, rule_stats
-from sluice import hooks
+from sluice import hooks, xdp_link
 from sluice.abi import ABI
+from test_tc import link_ids, link_info
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]
 
@@ -37,9 +39,9 @@ POLICY = block_methods_policy("domains: [blocked.example]", "exact: [exact.examp
 """
 
 
-@pytest.fixture(scope="module", params=["auto", "tc"])
+@pytest.fixture(scope="module", params=["generic", "tc"])
 def attached(lab, make_datapath, request):
-    """The Datapath on the lab's edge at a hook (--hook auto or tc), the hook, and the modes the kernel reports."""
+    """The Datapath on the lab's edge at a hook (--hook generic or tc), the hook, and the modes the kernel reports."""
     datapath = make_datapath(POLICY)
     with enforcing(lab, datapath, hook=request.param, server_resets=True) as modes:
         yield datapath, request.param, modes
@@ -51,51 +53,77 @@ def enforced(attached):
 
 
 @pytest.fixture
-def auto(attached):
-    if attached[1] != "auto":
-        pytest.skip("what --hook auto chooses")
+def once(attached):
+    """For a test that attaches on its own: run it with one of the module's hooks."""
+    if attached[1] != "generic":
+        pytest.skip("runs once")
 
 
-def test_auto_picks_generic_xdp_on_veth_and_says_why(lab, attached, auto):
-    datapath, _hook, modes = attached
+def tc_ingress_filters(lab, ifname) -> str:
+    return subprocess.run(["tc", "-n", lab.edge_ns, "filter", "show", "dev", ifname, "ingress"],
+                          capture_output=True, text=True).stdout
+
+
+def test_auto_picks_tc_on_veth_where_the_kernel_has_tcx_and_says_why(lab):
+    choice = hooks.choose(lab.edge_client_iface, lab.edge_ns, "auto")
+    assert "veth" in choice.reason
+    if hooks.tcx_available():
+        assert choice.hook == "tc" and "tc ingress forwards faster" in choice.reason
+    else:
+        assert choice.hook == "generic" and "no tcx link" in choice.reason
+
+
+def test_generic_is_attached_as_generic_xdp(lab, attached):
+    datapath, hook, modes = attached
+    if hook != "generic":
+        pytest.skip("--hook generic")
     assert modes == {"generic"}
-    assert {link.reason for link in datapath.links} == {hooks.choose(lab.edge_client_iface, lab.edge_ns, "auto").reason}
-    assert "veth" in datapath.links[0].reason
     links = subprocess.run(["ip", "-n", lab.edge_ns, "-d", "link", "show", lab.edge_client_iface],
                            capture_output=True, text=True, check=True).stdout
     assert "xdpgeneric" in links
 
 
-def test_tc_puts_the_classifier_on_clsact_ingress(lab, attached):
+def test_tc_puts_the_classifier_on_tc_ingress_by_tcx_link_or_filter(lab, attached):
+    """A tcx link where the kernel has tcx, else a clsact filter; never XDP."""
     datapath, hook, modes = attached
     if hook != "tc":
         pytest.skip("--hook tc")
     assert modes == {"tc"}
     assert {link.reason for link in datapath.links} == {"asked for (--hook)"}
-    for ifname in lab.edge_ifaces:
-        filters = subprocess.run(["tc", "-n", lab.edge_ns, "filter", "show", "dev", ifname, "ingress"],
-                                 capture_output=True, text=True, check=True).stdout
-        assert "sluice_tc_ingress" in filters and "direct-action" in filters
-        links = subprocess.run(["ip", "-n", lab.edge_ns, "-d", "link", "show", ifname],
+    for link in datapath.links:
+        filters = tc_ingress_filters(lab, link.ifname)
+        if hooks.tcx_available():
+            assert link_info(link).type == xdp_link.BPF_LINK_TYPE_TCX
+            assert link.attached_program()[0] == xdp_link.program_id(datapath.tc_ingress.function.fd)
+            assert "sluice_tc_ingress" not in filters
+        else:
+            assert "sluice_tc_ingress" in filters and "direct-action" in filters
+        links = subprocess.run(["ip", "-n", lab.edge_ns, "-d", "link", "show", link.ifname],
                                capture_output=True, text=True, check=True).stdout
         assert "xdp" not in links
 
 
-def test_detaching_tc_takes_the_classifier_and_its_clsact_off(lab, enforced):
-    """On the edge namespace's loopback, which had no clsact."""
-    def ingress_filters() -> str:
-        return subprocess.run(["tc", "-n", lab.edge_ns, "filter", "show", "dev", "lo", "ingress"],
-                              capture_output=True, text=True).stdout
+def test_detaching_tc_takes_the_classifier_off(lab, enforced):
+    """On the edge namespace's loopback, which had no clsact: its tcx link
+    goes, or its filter and the clsact sluice added for it."""
     assert enforced.attach("lo", netns=lab.edge_ns, hook="tc") == "tc"
-    assert "sluice_tc_ingress" in ingress_filters()
-    enforced.links.pop().detach()
-    assert ingress_filters() == ""
+    link = enforced.links.pop()
+    if hooks.tcx_available():
+        link_id = link_info(link).id
+        assert link_id in link_ids()
+        link.detach()
+        assert link_id not in link_ids()
+        assert tc_ingress_filters(lab, "lo") == ""
+        return
+    assert "sluice_tc_ingress" in tc_ingress_filters(lab, "lo")
+    link.detach()
+    assert tc_ingress_filters(lab, "lo") == ""
     qdiscs = subprocess.run(["tc", "-n", lab.edge_ns, "qdisc", "show", "dev", "lo"],
                             capture_output=True, text=True, check=True).stdout
     assert "clsact" not in qdiscs
 
 
-def test_auto_falls_back_to_generic_where_the_driver_has_no_native_xdp(lab, enforced, auto):
+def test_auto_falls_back_to_generic_where_the_driver_has_no_native_xdp(lab, enforced, once):
     """The edge namespace's loopback: no veth, no virtio, and no native XDP in its driver."""
     datapath = enforced
     assert hooks.choose("lo", lab.edge_ns, "auto").hook == "native"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from sluice import hooks
 from sluice.lab import Lab
 from sluice.service import PIN_ROOT
 
@@ -46,7 +47,7 @@ class Controller:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.wait_for_metrics()
 
-    # A start compiles the data plane (twice at --hook tc) and loads it: under
+    # A start compiles the data plane (for each hook it uses) and loads it: under
     # the suite's load on two CPUs that has taken over a minute.
     def wait_for_metrics(self, timeout=180.0):
         deadline = time.monotonic() + timeout
@@ -181,9 +182,11 @@ print(len(seen))
 """
 
 
-@pytest.mark.parametrize("hook", ["auto", "tc"])
+@pytest.mark.parametrize("hook", ["generic", "tc"])
 def test_after_a_crash_the_data_plane_keeps_enforcing_and_a_restart_keeps_the_flows(lab, tmp_path, hook):
-    """At tc, the filter stays by itself and its stages by their pin (tc_stages)."""
+    """The pinned links stay (at tc without tcx, the filter stays by itself),
+    and the stages by their pin (tc_stages at tc); the restart takes the
+    links over and swaps its program in."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(SLOW)
     controller = Controller(lab, policy, "--hook", hook)
@@ -201,22 +204,36 @@ def test_after_a_crash_the_data_plane_keeps_enforcing_and_a_restart_keeps_the_fl
     assert downloaded * 8 >= 1_000_000 * 8 / 3
     restarted.process.send_signal(signal.SIGTERM)
     restarted.process.wait(timeout=30)
+    if hook == "generic" or hooks.tcx_available():
+        link = "tcx" if hook == "tc" else "XDP"
+        assert f"took over the pinned {link} link on cli0" in restarted.process.stderr.read()
 
 
-def test_fail_open_detaches_when_the_controller_dies(lab, tmp_path):
+@pytest.mark.parametrize("hook", ["generic", "auto"])
+def test_fail_open_detaches_when_the_controller_dies(lab, tmp_path, hook):
+    """auto puts the lab's veths at tc ingress where the kernel has tcx links,
+    which go with the controller as XDP links do; at generic XDP without."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(BLOCK_ONE)
-    controller = Controller(lab, policy, "--fail-open")
+    controller = Controller(lab, policy, "--fail-open", "--hook", hook)
     assert not lab.curl("blocked.example", timeout=1).ok
     controller.process.kill()
     controller.process.wait()
     time.sleep(0.5)
     assert lab.curl("blocked.example", timeout=2).ok
+    log = controller.process.stderr.read()
+    if hook == "generic":
+        assert "attached to cli0 (netns {}) in generic XDP mode (asked for (--hook))".format(lab.edge_ns) in log
+    elif hooks.tcx_available():
+        assert "attached to cli0 (netns {}) at tc ingress, by tcx link (auto: a veth, ".format(lab.edge_ns) in log
+        assert "tc ingress forwards faster than generic XDP there" in log
+    else:
+        assert "in generic XDP mode (auto: a veth, " in log and "no tcx link" in log
 
 
-@pytest.mark.parametrize("hook", ["auto", "tc"])
+@pytest.mark.parametrize("hook", ["generic", "tc"])
 def test_stop_detaches_a_crashed_controllers_data_plane(lab, tmp_path, hook):
-    """Pinned XDP links, or at --hook tc the filters the state file lists."""
+    """Pinned XDP and tcx links, or at --hook tc without tcx the filters the state file lists."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(BLOCK_ONE)
     controller = Controller(lab, policy, "--hook", hook)
