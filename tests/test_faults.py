@@ -362,13 +362,15 @@ def xdp_attached(lab, ifname) -> bool:
 
 def test_a_start_that_fails_half_way_undoes_what_it_did(lab, tmp_path):
     """cli0 attaches and pins, then srv0 is refused (another program runs there):
-    the start detaches cli0 and removes every pin before it exits."""
+    the start detaches cli0 and removes every pin before it exits. At XDP,
+    which refuses an interface with another's program (tc ingress takes
+    several in turn)."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(BLOCK_ONE)
     other_env = {**os.environ, "SLUICE_PIN_ROOT": f"{PIN_ROOT}-other",
                  "SLUICE_STATE_FILE": str(tmp_path / "other.json")}
     other = subprocess.Popen([*SLUICE, "run", "--policy", str(policy), "--netns", lab.edge_ns, "--iface", "srv0",
-                              "--fail-open", "--metrics-port", str(free_port())],
+                              "--hook", "generic", "--fail-open", "--metrics-port", str(free_port())],
                              cwd=REPO, env=other_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 90
@@ -376,7 +378,7 @@ def test_a_start_that_fails_half_way_undoes_what_it_did(lab, tmp_path):
             assert other.poll() is None and time.monotonic() < deadline, "the other program never attached"
             time.sleep(0.3)
         result = sluice("run", "--policy", policy, "--netns", lab.edge_ns, "--iface", "cli0", "--iface", "srv0",
-                        "--metrics-port", free_port())
+                        "--hook", "generic", "--metrics-port", free_port())
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert "srv0 already has an XDP program" in result.stderr.strip().splitlines()[-1]
         assert not xdp_attached(lab, "cli0"), "cli0 was left attached"
