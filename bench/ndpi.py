@@ -115,15 +115,17 @@ def ndpi_names(path: Path) -> tuple[dict, float]:
     return names, float(throughput[1]) * scale if throughput else 0.0
 
 
-def sluice_frames_per_second(corpus: Corpus, capture: Path, skip_settled: bool) -> tuple[float, list[dict]]:
+def sluice_frames_per_second(corpus: Corpus, capture: Path, skip_settled: bool) -> tuple[float, list[dict], int]:
     """Replay's rate over the capture, from empty flow tables, all but the
     compile: reading the capture, the frame loop, the lines of flows left
-    unsettled; and its records."""
+    unsettled; its records; and how many frames the program ran (its
+    packet counter, read outside the timing)."""
     corpus.reset()
+    runs_before = corpus.datapath.counters()["packets"]
     started = time.monotonic()
     records, frames = corpus.run(str(capture), skip_settled)
     seconds = time.monotonic() - started
-    return frames / seconds, records
+    return frames / seconds, records, corpus.datapath.counters()["packets"] - runs_before
 
 
 def show(values: list[float]) -> str:
@@ -149,9 +151,9 @@ def main() -> int:
             for _ in range(args.pairs):
                 ndpi, ndpi_pps = ndpi_names(capture)
                 rates["ndpiReader"].append(ndpi_pps)
-                skipping, records = sluice_frames_per_second(corpus, capture, skip_settled=True)
+                skipping, records, runs = sluice_frames_per_second(corpus, capture, skip_settled=True)
                 rates["skipping settled flows"].append(skipping)
-                every, every_records = sluice_frames_per_second(corpus, capture, skip_settled=False)
+                every, every_records, _runs = sluice_frames_per_second(corpus, capture, skip_settled=False)
                 rates["every frame"].append(every)
                 assert records == every_records, "skipping settled flows changed replay's output"
     finally:
@@ -160,10 +162,11 @@ def main() -> int:
     if truth is None:
         print(f"capture: nDPI's corpus ({args.corpus / CORPUS / 'pcap'}), {frames} frames\n"
               f"sluice replay named {sum(1 for r in records if r['name'])} flows; "
-              f"ndpiReader {len(ndpi)} (IPv4 TCP flows with a host name only)")
+              f"ndpiReader {len(ndpi)} (IPv4 TCP flows with a host name only)\n"
+              f"frames the program ran, skipping: {runs}")
         print_rates(args.pairs, rates)
         return 0
-    print(f"capture: {args.flows} flows, {frames} frames\n")
+    print(f"capture: {args.flows} flows, {frames} frames; the program ran {runs} of them, skipping\n")
     for label, found in (("sluice replay", sluice), ("ndpiReader", ndpi)):
         right = sum(1 for key, name in found.items() if truth.get(key) == normalise(name.encode()).decode())
         print(f"{label:<14} named {len(found):>6} flows, {right:>6} correctly once normalised "

@@ -68,6 +68,10 @@ HEAD_BYTES = 128
 
 IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
+# What the program reads over IPv4, by protocol number: TCP, UDP, and the
+# encapsulations it opens (IP-in-IP, IPv6 in IPv4, GRE: bpf/parsing_helpers.h
+# parse_tunnel_kind).
+IPV4_PROTOCOLS_READ = numpy.isin(numpy.arange(256), (IPPROTO_TCP, IPPROTO_UDP, 4, 41, 47))
 VLAN_ETHERTYPES = (0x8100, 0x88A8)      # 802.1Q, 802.1ad tags before the IP header
 VLAN_TAGS_READ = 2                      # tags the chunk's passes step over (ChunkArrays.network); behind more,
                                         # fill_offloaded_checksum works frame by frame and frame_flows sorts none
@@ -157,10 +161,7 @@ class ChunkArrays:
             first = int(starts[0])
             if (starts == first).all():         # one layout across the chunk: a view, no copy
                 return self.heads[:, first:first + count]
-            # Each row out of a sliding window over the heads, as _gather does:
-            # no index per byte.
-            windows = numpy.lib.stride_tricks.sliding_window_view(self.heads.reshape(-1), count)
-            return windows[numpy.arange(len(starts)) * HEAD_BYTES + starts]
+            return _records(self.heads.reshape(-1), numpy.arange(len(starts)) * HEAD_BYTES + starts, count)
         return _gather(_bytes_of(self.buffer), self.offsets + starts, count)
 
 
@@ -310,6 +311,8 @@ FRAME_QUIET = 4             # TCP without payload, FIN or RST: it will not settl
 FRAME_DATA_FROM = (5, 6)    # TCP with payload (no FIN or RST) from end 1 or 2: kind - 4 is the end
 FRAME_SHORT_DATAGRAM = 7    # UDP whose payload is too short for a QUIC client's Initial, not to a tunnel's port:
                             # the program opens no flow for it (bpf/quic.h quic_judge_udp)
+FRAME_UNREAD = 8            # of no flow: neither IPv4 nor IPv6 past the tags, or IPv4 carrying what the program
+                            # does not read (IPV4_PROTOCOLS_READ); it passes such a frame untouched (parse_frame)
 
 
 @dataclass
@@ -332,13 +335,12 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     # Each frame's head as if it had no tags: the ethertype before the IP
     # header at bytes 12-13, then IPv4 or IPv6 without extensions.
     head = arrays.columns(tags, 54)
-    offsets, lengths = arrays.offsets, arrays.lengths - tags
-    as_int = head.astype(numpy.int64)
-    fragment = (as_int[:, 20] << 8 | as_int[:, 21]) & IP_MORE_FRAGMENTS_AND_OFFSET
+    count, lengths = len(arrays.offsets), arrays.lengths - tags
+    fragment = _words(head[:, 20:22])[:, 0] & IP_MORE_FRAGMENTS_AND_OFFSET
     ipv4 = (ethertype == ETH_P_IP) & (lengths >= 34) & (fragment == 0)
     ipv6 = (ethertype == ETH_P_IPV6) & (lengths >= 54)
     proto = numpy.where(ipv4, head[:, 23], head[:, 20])
-    ip_header = numpy.where(ipv4, (as_int[:, 14] & 15) * 4, 40)
+    ip_header = numpy.where(ipv4, (head[:, 14] & 15).astype(numpy.int64) * 4, 40)
     l4 = ETHERNET_HEADER + ip_header
     tcp = (proto == IPPROTO_TCP) & (lengths >= l4 + 14)
     udp = (proto == IPPROTO_UDP) & (lengths >= l4 + 8)
@@ -347,8 +349,8 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     tcp_flags = transport[:, 13]
     bare_syn = tcp & (tcp_flags & TCP_SYN_ACK == TCP_SYN)
     # By the IP header's lengths, not the frame's, which may be padded.
-    ip_payload = numpy.where(ipv4, (as_int[:, 16] << 8 | as_int[:, 17]) - ip_header,
-                             as_int[:, 18] << 8 | as_int[:, 19])
+    ip_lengths = _words(head[:, 16:20])
+    ip_payload = numpy.where(ipv4, ip_lengths[:, 0] - ip_header, ip_lengths[:, 1])
     tcp_payload = ip_payload - (transport[:, 12] >> 4).astype(numpy.int64) * 4
     no_fin_rst = tcp_flags & TCP_FIN_RST == 0
     # As the program reads a UDP payload's length (parse_frame): the IP header's, clamped to the frame.
@@ -357,27 +359,35 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     short_datagram = udp & (udp_payload < ABI.SLUICE_QUIC_INITIAL_MIN_DATAGRAM) & \
         (destination_port != ABI.SLUICE_GTPU_PORT) & (destination_port != ABI.SLUICE_VXLAN_PORT)
 
-    source, destination = head[:, 22:38].copy(), head[:, 38:54].copy()
-    source[ipv4], destination[ipv4] = IPV4_MAPPED_HEAD, IPV4_MAPPED_HEAD
-    source[ipv4, 12:], destination[ipv4, 12:] = head[ipv4, 26:30], head[ipv4, 30:34]
-    end_a = numpy.concatenate([source, transport[:, 0:2]], 1)
-    end_b = numpy.concatenate([destination, transport[:, 2:4]], 1)
+    # The protocol, then each end as a flow key holds it: its address (16
+    # bytes, IPv4 mapped), then its port.
+    keys = numpy.empty((count, FLOW_IDENTITY_BYTES), dtype=numpy.uint8)
+    keys[:, 0] = proto
+    ends = keys[:, 1:].reshape(count, 2, 18)
+    ends[:, 0, :16], ends[:, 1, :16] = head[:, 22:38], head[:, 38:54]
+    ipv4_ends = numpy.empty((count, 2, 16), dtype=numpy.uint8)
+    ipv4_ends[:, :, :12] = IPV4_MAPPED_HEAD[:12]
+    ipv4_ends[:, 0, 12:], ipv4_ends[:, 1, 12:] = head[:, 26:30], head[:, 30:34]
+    ends[:, :, :16] = numpy.where(ipv4[:, None, None], ipv4_ends, ends[:, :, :16])
+    ends[:, 0, 16:], ends[:, 1, 16:] = transport[:, 0:2], transport[:, 2:4]
     # Lower end first, comparing the ends as byte strings: at their first differing byte.
-    differs = end_a != end_b
-    first = differs.argmax(1)
-    rows = numpy.arange(len(offsets))
-    a_lower = (end_a[rows, first] < end_b[rows, first])[:, None]
-    keys = numpy.ascontiguousarray(numpy.concatenate([proto[:, None], numpy.where(a_lower, end_a, end_b),
-                                                      numpy.where(a_lower, end_b, end_a)], 1)[known])
-    # Numbered a distinct flow at a time: a chunk holds far fewer flows than frames.
-    unique, inverse = numpy.unique(keys.view(numpy.dtype((numpy.void, FLOW_IDENTITY_BYTES))).ravel(),
-                                   return_inverse=True)
-    number = identities.setdefault
-    numbers = numpy.array([number(key, len(identities)) for key in unique.tolist()], dtype=numpy.int64)
-    flows = numpy.full(len(offsets), -1, dtype=numpy.int64)
-    flows[known] = numbers[inverse.ravel()] if len(unique) else []
-    end = numpy.where(a_lower[:, 0], 1, 2)
-    kinds = numpy.where(short_datagram, FRAME_SHORT_DATAGRAM, FRAME_OTHER)
+    first = (ends[:, 0] != ends[:, 1]).argmax(1)
+    rows = numpy.arange(count)
+    a_lower = ends[rows, 0, first] < ends[rows, 1, first]
+    ends[~a_lower] = ends[~a_lower, ::-1]
+    # Numbered in a dict, looked up by map() (no Python per frame), the
+    # chunk's new flows then numbered one by one.
+    known_keys = keys[known].view(numpy.dtype((numpy.void, FLOW_IDENTITY_BYTES))).ravel().tolist()
+    numbers = list(map(identities.get, known_keys))
+    for index in [index for index, number in enumerate(numbers) if number is None]:
+        numbers[index] = identities.setdefault(known_keys[index], len(identities))
+    flows = numpy.full(count, -1, dtype=numpy.int64)
+    flows[known] = numbers
+    end = numpy.where(a_lower, 1, 2)
+    # Past a short frame's end, junk: the program then finds no header there either.
+    unread = ((ethertype != ETH_P_IP) & (ethertype != ETH_P_IPV6) & ~_vlan(ethertype)) | \
+        ((ethertype == ETH_P_IP) & ~IPV4_PROTOCOLS_READ[head[:, 23]])
+    kinds = numpy.where(short_datagram, FRAME_SHORT_DATAGRAM, numpy.where(unread, FRAME_UNREAD, FRAME_OTHER))
     segment = known & tcp & no_fin_rst
     kinds = numpy.where(segment & (tcp_payload > 0), end + FRAME_QUIET, kinds)
     kinds = numpy.where(segment & (tcp_payload <= 0), FRAME_QUIET, kinds)
@@ -387,16 +397,25 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
 
 def _gather(data, starts, count: int):
     """count bytes from each of starts in data (one row each): past data's
-    end, its last byte. A row that fits is copied out of a sliding window
-    over data, without the index per byte that the rest need: several
-    times faster for a frame's head."""
+    end, its last byte. A row that fits is copied whole (_records), without
+    the index per byte that the rest need."""
     fits = starts + count <= len(data)
     if fits.all():
-        return numpy.lib.stride_tricks.sliding_window_view(data, count)[starts]
+        return _records(data, starts, count)
     rows = data[numpy.minimum(starts[:, None] + numpy.arange(count), len(data) - 1)]
     if len(data) >= count:
-        rows[fits] = numpy.lib.stride_tricks.sliding_window_view(data, count)[starts[fits]]
+        rows[fits] = _records(data, starts[fits], count)
     return rows
+
+
+def _records(data, starts, count: int):
+    """The count bytes from each of starts in data (each within it), a row
+    each: read as records of count bytes out of a view of data that starts
+    one at every byte, so that each row is one copy, several times faster
+    than byte by byte out of a sliding window."""
+    every_byte = numpy.ndarray(shape=(max(len(data) - count + 1, 0),), dtype=numpy.dtype((numpy.void, count)),
+                               buffer=data, strides=(1,))
+    return every_byte[starts].view(numpy.uint8).reshape(len(starts), count)
 
 
 def _ones_sum(data: bytes) -> int:

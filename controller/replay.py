@@ -37,6 +37,7 @@ import math
 import multiprocessing
 import os
 import socket
+import struct
 import sys
 import time
 
@@ -44,8 +45,8 @@ import numpy
 
 from .abi import ABI, PROTO_NAMES
 from .block_methods import effective_method
-from .capture import (FRAME_QUIET, FRAME_SHORT_DATAGRAM, FRAME_SYN_BEHIND_TAGS, Capture, CaptureError,
-                      check_linktype, flow_identity, frame_address, frame_flows)
+from .capture import (FRAME_QUIET, FRAME_SHORT_DATAGRAM, FRAME_SYN_BEHIND_TAGS, FRAME_UNREAD, Capture,
+                      CaptureError, check_linktype, flow_identity, frame_address, frame_flows)
 from .datapath import Datapath
 from .map_batches import delete_entries
 from .program import MappedRing
@@ -91,9 +92,30 @@ def _key_layout(key_type) -> tuple[int, slice, slice, slice, slice]:
 def _key_parts(key) -> tuple[int, bytes, bytes, bytes, bytes]:
     """A flow key's protocol, lower address, port (as on the wire), higher
     address, port: read from one copy of its bytes, not field by field."""
-    raw = bytes(key)
-    proto, addr_lo, port_lo, addr_hi, port_hi = _key_layout(type(key))
+    return _raw_key_parts(bytes(key), type(key))
+
+
+def _raw_key_parts(raw: bytes, key_type) -> tuple[int, bytes, bytes, bytes, bytes]:
+    """_key_parts() of a key's bytes (key_type: its ctypes type)."""
+    proto, addr_lo, port_lo, addr_hi, port_hi = _key_layout(key_type)
     return raw[proto], raw[addr_lo], raw[port_lo], raw[addr_hi], raw[port_hi]
+
+
+@functools.cache
+def _event_reader(event_type) -> tuple[struct.Struct, int, int, type]:
+    """An event's key, rule id, protocol, client end and name length as one
+    struct.Struct (the fields between them skipped); where its name and its
+    provisional byte lie; its key's type. Built from bcc's ctypes type of
+    struct classification_event, which the header defines: read straight
+    from the ring's pages, an event costs no ctypes copy of the whole (its
+    name and ALPN buffers are most of it)."""
+    layout, at = "=", 0
+    for name, code in (("key", None), ("rule_id", "I"), ("proto", "B"), ("client_is_hi", "B"), ("name_len", "B")):
+        field = getattr(event_type, name)
+        layout += (f"{field.offset - at}x" if field.offset > at else "") + (code or f"{field.size}s")
+        at = field.offset + field.size
+    key_type = dict(event_type._fields_)["key"]
+    return struct.Struct(layout), event_type.name.offset, event_type.provisional.offset, key_type
 
 
 def client_and_server(parts, client_is_hi: int) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -167,20 +189,20 @@ class FlowReport:
         self.settled = SettledFlows()
         self.provisional: dict[bytes, int] = {}     # flow identity -> its record, named from its SYN's data
 
-    def add_event(self, event) -> None:
-        """A flow named from its SYN's data stays open: its next segment may
-        undo that name (bpf/receiver.h), and its next event replaces it."""
-        parts = _key_parts(event.key)
+    def add_event(self, parts, rule_id: int, proto: int, client_is_hi: int, name: bytes, provisional: int) -> None:
+        """A classification event's fields (parts: its key's, as _key_parts()
+        gives them). A flow named from its SYN's data stays open: its next
+        segment may undo that name (bpf/receiver.h), and its next event
+        replaces it."""
         key = flow_identity(*parts)             # as frame_flows numbers the flow
-        rule = self.policy.rule_by_id(event.rule_id) if self.policy and event.rule_id else None
-        name = bytes(event.name[:event.name_len]).decode("ascii", "backslashreplace") \
-            if event.name_len else None
-        record = _record(parts, event.client_is_hi, PROTO_NAMES.get(event.proto), name, rule)
+        rule = self.policy.rule_by_id(rule_id) if self.policy and rule_id else None
+        record = _record(parts, client_is_hi, PROTO_NAMES.get(proto),
+                         name.decode("ascii", "backslashreplace") if name else None, rule)
         if key in self.provisional:
             self.records[self.provisional.pop(key)] = record
         else:
             self.records.append(record)
-        if event.provisional:
+        if provisional:
             self.provisional[key] = len(self.records) - 1
         else:
             self.settled.add(key)
@@ -288,7 +310,7 @@ class Replayer:
         try:
             self.report = FlowReport(policy)
             self.quic = QuicFlows(self.datapath, on_settled=self.report.add_quic_flow, open_ring=False)
-            self.event_type = self.datapath.table("event_buffers").sLeaf
+            self.event_reader = _event_reader(self.datapath.table("event_buffers").sLeaf)
             self.datagram_type = self.datapath.table("quic_datagram_layout").Leaf
             for name in ("events", "quic_datagrams"):
                 self.rings.append(MappedRing(self.datapath.map_fd(name)))
@@ -309,7 +331,11 @@ class Replayer:
         self.datagram_ring.read(self._datagram)
 
     def _event(self, buffer, offset: int) -> None:
-        self.report.add_event(self.event_type.from_buffer_copy(buffer, offset))
+        head, name_at, provisional_at, key_type = self.event_reader
+        key, rule_id, proto, client_is_hi, name_len = head.unpack_from(buffer, offset)
+        name_at += offset
+        self.report.add_event(_raw_key_parts(key, key_type), rule_id, proto, client_is_hi,
+                              buffer[name_at:name_at + name_len], buffer[offset + provisional_at])
 
     def _datagram(self, buffer, offset: int) -> None:
         datagram = self.datagram_type.from_buffer_copy(buffer, offset)
@@ -355,7 +381,9 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     program has handed no QUIC datagram of over: it has no entry for such
     a flow, makes none, and passes the datagram untouched (bpf/quic.h
     quic_judge_udp), unless rules for any flow judge each UDP flow at its
-    first datagram (SLUICE_CFG_OPENING_RULES).
+    first datagram (SLUICE_CFG_OPENING_RULES). And frames the program
+    does not read (capture.FRAME_UNREAD: ARP, ICMP, ...), which it passes
+    untouched.
 
     The rings are read after every frame run but quiet ones, and before a
     bare SYN: a flow settled by a frame whose events wait in the ring a
@@ -403,6 +431,8 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
                         if quiet and clock() - last_run[flow] < quiet_every:
                             continue
                     last_run[flow] = clock()
+                elif kind == FRAME_UNREAD:
+                    continue
                 run(base + offset, length)
                 if quiet:
                     unread = True

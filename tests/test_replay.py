@@ -219,6 +219,26 @@ def test_short_datagrams_of_udp_flows_without_an_entry_are_not_run(tmp_path):
     assert (frames_read, runs) == (len(frames), 5)
 
 
+def test_frames_the_program_does_not_read_are_not_run(tmp_path):
+    """ARP, ICMP and SCTP pass the program untouched (parse_frame): replay
+    leaves them out, behind a VLAN tag too, but runs what IPv4 carries of
+    the encapsulations the program opens (an HTTP flow inside IP-in-IP,
+    named)."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import ARP
+    from scapy.layers.sctp import SCTP
+    from packets import CLIENT_V4, SERVER_V4, encapsulate, ether, http_request, tcp_frame
+    frames = [bytes(ether() / ARP(psrc=CLIENT_V4, pdst=SERVER_V4)),
+              bytes(ether() / IP(src=CLIENT_V4, dst=SERVER_V4) / ICMP()),
+              bytes(ether(("q",)) / IP(src=CLIENT_V4, dst=SERVER_V4) / ICMP()),
+              bytes(ether() / IP(src=CLIENT_V4, dst=SERVER_V4) / SCTP(sport=5000, dport=5000)),
+              encapsulate(tcp_frame(sport=20000, dport=80, flags="S"), "ipip"),
+              encapsulate(tcp_frame(http_request("open.example"), sport=20000, dport=80), "ipip")]
+    records, frames_read, runs = replayed_counting_runs(tmp_path / "unread.pcap", frames)
+    assert [(r["client_port"], r["name"]) for r in records] == [(20000, "open.example")]
+    assert (frames_read, runs) == (len(frames), 2)
+
+
 class Terminal(io.StringIO):
     def isatty(self):
         return True
