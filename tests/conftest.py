@@ -22,8 +22,17 @@ from sluice.block_methods import set_up_server_resets
 from sluice.datapath import Datapath
 from sluice.lab import Lab
 from sluice.policy import load_policy
+from sluice.service import ensure_bpffs
 from sluice.testrun import TestRun, run_tc_ingress, run_xdp
 from packets import tcp_frame
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bpffs():
+    """bpffs at /sys/fs/bpf, mounted as `sluice run` mounts it: a fresh boot
+    has none, and tests pin links and maps there themselves."""
+    ensure_bpffs()
+
 
 # No per-example deadline: this machine is shared and noisy, and time is a
 # benchmark's business (bench/), never a test's. A slow example is not a wrong one.
