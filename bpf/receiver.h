@@ -103,17 +103,23 @@ static __always_inline void receiver_read_tcp_options(struct payload_scratch *sc
 	}
 }
 
-/* The ones' complement sum (unfolded, as bpf_csum_diff keeps it) of
- * bytes[0, len), len at most PAYLOAD_COPY_BYTES, added to seed; < 0 if the
- * helper refused. Sums of pieces that start 4-aligned add up. */
-static __always_inline __s64 receiver_sum_bytes(const __u8 *bytes, __u32 len, __s64 seed)
+/* The ones' complement sum of bytes[0, len) (len at most
+ * PAYLOAD_COPY_BYTES) added to seed, as bpf_csum_diff() keeps it: 32 bits,
+ * unfolded before Linux 6.12, folded to 16 since. bcc 0.26 declares the
+ * helper to return an int, so its result is taken as the unsigned 32 bits
+ * it is: read as signed, an unfolded sum of 2^31 or more looked like the
+ * helper's error, and the segment's checksum was taken as holding (Debian's
+ * 6.1 let bad-checksum decoys through). Every size passed here is a
+ * multiple of 4 of at most CSUM_CHUNK bytes, which the helper never
+ * refuses. Sums of pieces that start 4-aligned add up. */
+static __always_inline __u32 receiver_sum_bytes(const __u8 *bytes, __u32 len, __u32 seed)
 {
 	__u32 whole = len & ~3U;
 	__u8 tail[4] = {};
 
 #pragma unroll
 	for (int i = 0; i < PAYLOAD_COPY_BYTES / CSUM_CHUNK; i++) {
-		if (i * CSUM_CHUNK >= whole || seed < 0)
+		if (i * CSUM_CHUNK >= whole)
 			break;
 		__u32 size = whole - i * CSUM_CHUNK;
 		if (size > CSUM_CHUNK)
@@ -121,14 +127,14 @@ static __always_inline __s64 receiver_sum_bytes(const __u8 *bytes, __u32 len, __
 		/* size is 4..CSUM_CHUNK already; the mask shows the verifier. */
 		hide_from_compiler(size);
 		size = ((size - 1) & (CSUM_CHUNK - 1)) + 1;
-		seed = bpf_csum_diff(0, 0, (void *)&bytes[i * CSUM_CHUNK], size, seed);
+		seed = (__u32)bpf_csum_diff(0, 0, (void *)&bytes[i * CSUM_CHUNK], size, seed);
 	}
 	/* The last 1-3 bytes, padded with zeros as the checksum pads them. */
 #pragma unroll
 	for (int k = 0; k < 3; k++)
 		if (whole + k < len)
 			tail[k] = masked_u8(bytes, whole + k, PAYLOAD_COPY_MASK);
-	return seed < 0 ? seed : bpf_csum_diff(0, 0, (void *)tail, sizeof(tail), seed);
+	return (__u32)bpf_csum_diff(0, 0, (void *)tail, sizeof(tail), seed);
 }
 
 static __always_inline __u16 receiver_fold_sum(__u64 sum)
@@ -173,22 +179,19 @@ static __always_inline int receiver_checksum_holds(const struct payload_scratch 
 		pseudo[9] = bpf_htonl(IPPROTO_TCP);
 		pseudo_len = 40;
 	}
-	__s64 sum = bpf_csum_diff(0, 0, pseudo, pseudo_len, 0);
+	__u32 sum = (__u32)bpf_csum_diff(0, 0, pseudo, pseudo_len, 0);
 	__u32 header_len = segment->header_len;
 	hide_from_compiler(header_len);
-	if (sum < 0 || header_len > TCP_HEADER_MAX)
+	if (header_len > TCP_HEADER_MAX)
 		return 1;
-	sum = bpf_csum_diff(0, 0, (void *)segment->header, header_len & ~3U, sum);
-	sum = sum < 0 ? sum : receiver_sum_bytes(scratch->bytes, scratch->segment_len, sum);
-	return sum < 0 || receiver_fold_sum(sum) == 0xffff;
+	sum = (__u32)bpf_csum_diff(0, 0, (void *)segment->header, header_len & ~3U, sum);
+	return receiver_fold_sum(receiver_sum_bytes(scratch->bytes, scratch->segment_len, sum)) == 0xffff;
 }
 
 /* The ones' complement sum of the first len bytes of the payload. */
 static __always_inline __u16 receiver_payload_sum(const struct payload_scratch *scratch, __u32 len)
 {
-	__s64 sum = receiver_sum_bytes(scratch->bytes, len > scratch->len ? scratch->len : len, 0);
-
-	return sum < 0 ? 0 : receiver_fold_sum(sum);
+	return receiver_fold_sum(receiver_sum_bytes(scratch->bytes, len > scratch->len ? scratch->len : len, 0));
 }
 
 /* PAWS compares a segment's timestamp with the last its sender's peer kept
