@@ -283,9 +283,9 @@ static __always_inline void receiver_note_accepted(struct flow_state *flow, cons
  * delivered is ignored, and only a later mark replaces one: the receiver
  * takes out the latest urgent byte alone, the one before is read in line.
  * Returns 1 if the urgent byte is in the stream's first bytes, where names
- * are read. delivered: receiver_in_order_end(). */
+ * are read. in_order_end: receiver_in_order_end(). */
 static __always_inline int receiver_take_urgent_mark(struct flow_state *flow, const struct payload_scratch *scratch,
-						     __u32 delivered)
+						     __u32 in_order_end)
 {
 	const struct segment_view *segment = &scratch->segment;
 	__u32 pointer = masked_be16(segment->header, TCP_URGENT_POINTER, TCP_HEADER_MASK);
@@ -293,7 +293,7 @@ static __always_inline int receiver_take_urgent_mark(struct flow_state *flow, co
 	__u32 seq = scratch->seq - (segment->tcp_flags & TCP_FLAG_SYN ? 1 : 0);
 	__u32 at = seq + pointer - (pointer ? 1 : 0) - flow->stream_base;
 
-	if (at >= 0x80000000U || at < delivered)
+	if (at >= 0x80000000U || at < in_order_end)
 		return 0;
 	if ((flow->receiver & SLUICE_RECEIVER_URGENT) && at <= flow->urgent_at)
 		return 0;
