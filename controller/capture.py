@@ -375,12 +375,13 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     rows = numpy.arange(count)
     a_lower = ends[rows, 0, first] < ends[rows, 1, first]
     ends[~a_lower] = ends[~a_lower, ::-1]
-    # Numbered in a dict, looked up by map() (no Python per frame), the
-    # chunk's new flows then numbered one by one.
+    # Numbered in a dict: the chunk's new flows in the order they first
+    # appear (dict.fromkeys: one entry per flow), then each frame's looked
+    # up by map(), no Python per frame.
     known_keys = keys[known].view(numpy.dtype((numpy.void, FLOW_IDENTITY_BYTES))).ravel().tolist()
-    numbers = list(map(identities.get, known_keys))
-    for index in [index for index, number in enumerate(numbers) if number is None]:
-        numbers[index] = identities.setdefault(known_keys[index], len(identities))
+    new = [key for key in dict.fromkeys(known_keys) if key not in identities]
+    identities.update(zip(new, range(len(identities), len(identities) + len(new))))
+    numbers = list(map(identities.__getitem__, known_keys))
     flows = numpy.full(count, -1, dtype=numpy.int64)
     flows[known] = numbers
     end = numpy.where(a_lower, 1, 2)

@@ -54,12 +54,17 @@ class QuicFlows:
         self._datagram_type = ctypes.POINTER(datapath.table("quic_datagram_layout").Leaf)
         if open_ring:
             datapath.table("quic_datagrams").open_ring_buffer(
-                lambda _ctx, data, _size: self.add_datagram(ctypes.cast(data, self._datagram_type).contents))
+                lambda _ctx, data, _size: self._add_record(ctypes.cast(data, self._datagram_type).contents))
 
-    def add_datagram(self, datagram) -> None:
-        """One quic_datagram (the ring's record, as quic_datagram_layout's ctypes type)."""
-        key = bytes(datagram.key)
-        payload = bytes(datagram.bytes[:datagram.len])
+    def _add_record(self, datagram) -> None:
+        """One quic_datagram, the ring's record as quic_datagram_layout's ctypes type."""
+        # string_at: one copy; a slice of the ctypes array would make a list of its ints first.
+        self.add_datagram(datagram.key, ctypes.string_at(ctypes.addressof(datagram.bytes),
+                                                         min(datagram.len, len(datagram.bytes))))
+
+    def add_datagram(self, flow_key, payload: bytes) -> None:
+        """A datagram the program handed over: its flow's struct flow_key (ctypes) and its bytes."""
+        key = bytes(flow_key)
         self.families[family(payload)] += 1
         reassembler = self.pending.get(key)
         if reassembler is None:
@@ -72,12 +77,12 @@ class QuicFlows:
             self.outcomes["malformed"] += 1
             log.debug("QUIC Initial refused: %s", error)
             if reassembler.done:
-                self._settle(datagram.key, gave_up=True)
+                self._settle(flow_key, gave_up=True)
             return
         if hello is not None:
             self.outcomes["sni_found" if hello.sni else "no_sni"] += 1
             self.outcomes["ech"] += hello.ech
-            self._settle(datagram.key, hello)
+            self._settle(flow_key, hello)
 
     def _settle(self, key, hello=None, gave_up: bool = False) -> None:
         """Write the verdict for the flow whose ClientHello is hello (quic.ClientHelloInfo)."""

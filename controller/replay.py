@@ -54,6 +54,7 @@ from .quic_flows import QuicFlows
 from .testrun import XdpFrameRunner
 
 IPV4_MAPPED = bytes(10) + b"\xff\xff"
+_U32 = struct.Struct("=I")
 # A flow's quiet segments run at least this many times per idle timeout,
 # to keep it from idling out (run_capture): far more often than the
 # program's own refresh (idle >> FLOW_REFRESH_SHIFT, bpf/flow.h) needs.
@@ -116,6 +117,17 @@ def _event_reader(event_type) -> tuple[struct.Struct, int, int, type]:
         at = field.offset + field.size
     key_type = dict(event_type._fields_)["key"]
     return struct.Struct(layout), event_type.name.offset, event_type.provisional.offset, key_type
+
+
+@functools.cache
+def _datagram_reader(datagram_type) -> tuple[type, int, int, int, int]:
+    """A struct quic_datagram's key type, where its key, length and bytes
+    lie, and how many bytes it holds at most (from bcc's ctypes type): read
+    straight from the ring's pages, a datagram costs no ctypes copy of its
+    whole buffer."""
+    key_type = dict(datagram_type._fields_)["key"]
+    return (key_type, datagram_type.key.offset, datagram_type.len.offset, datagram_type.bytes.offset,
+            datagram_type.bytes.size)
 
 
 def client_and_server(parts, client_is_hi: int) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -311,7 +323,7 @@ class Replayer:
             self.report = FlowReport(policy)
             self.quic = QuicFlows(self.datapath, on_settled=self.report.add_quic_flow, open_ring=False)
             self.event_reader = _event_reader(self.datapath.table("event_buffers").sLeaf)
-            self.datagram_type = self.datapath.table("quic_datagram_layout").Leaf
+            self.datagram_reader = _datagram_reader(self.datapath.table("quic_datagram_layout").Leaf)
             for name in ("events", "quic_datagrams"):
                 self.rings.append(MappedRing(self.datapath.map_fd(name)))
         except BaseException:
@@ -338,9 +350,11 @@ class Replayer:
                               buffer[name_at:name_at + name_len], buffer[offset + provisional_at])
 
     def _datagram(self, buffer, offset: int) -> None:
-        datagram = self.datagram_type.from_buffer_copy(buffer, offset)
-        self.report.settled.add_quic(flow_identity(*_key_parts(datagram.key)))
-        self.quic.add_datagram(datagram)
+        key_type, key_at, length_at, bytes_at, capacity = self.datagram_reader
+        key = key_type.from_buffer_copy(buffer, offset + key_at)
+        length = min(_U32.unpack_from(buffer, offset + length_at)[0], capacity)
+        self.report.settled.add_quic(flow_identity(*_key_parts(key)))
+        self.quic.add_datagram(key, buffer[offset + bytes_at:offset + bytes_at + length])
 
     def run(self, capture_path: str, skip_settled: bool = True,
             progress: Progress | None = None) -> tuple[list[dict], int]:
