@@ -19,6 +19,8 @@ import kernel_matrix_leg as leg
 MUST_PASS = {f"{test}[{hook}]" for test in ("test_shaped_download_keeps_to_the_rate_by_delaying_not_dropping",
                                            "test_delay_adds_its_latency_to_each_exchange")
              for hook in ("native", "tc")}
+# The receiver model's decoy cases, every one (kernel_matrix_leg.SELECTION).
+DECOY_CASES = "test_a_decoy_the_server_drops_does_not_name_the_flow["
 
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(leg.why_not() is not None, reason=str(leg.why_not()))]
@@ -34,7 +36,7 @@ def outcomes(junit: Path) -> dict[str, str]:
     return result
 
 
-def test_debian_6_1_leg_shapes_and_delays_with_fq(request):
+def test_debian_6_1_leg_shapes_and_delays_with_fq_and_sees_through_decoys(request):
     returncode = leg.wait(request.config.kernel_matrix_leg)   # started by conftest.py
     tail = leg.output_tail()
     assert leg.JUNIT.exists(), f"no JUnit report from the 6.1 leg:\n{tail}"
@@ -43,4 +45,6 @@ def test_debian_6_1_leg_shapes_and_delays_with_fq(request):
     assert not failed, f"failed on 6.1: {failed} (vm/results/6.1.log)\n{tail}"
     not_passed = {name: results.get(name, "not run") for name in MUST_PASS if results.get(name) != "passed"}
     assert not not_passed, f"shaping was not tested on 6.1: {not_passed}"
+    decoys = {name: status for name, status in results.items() if name.startswith(DECOY_CASES)}
+    assert decoys and set(decoys.values()) == {"passed"}, f"decoys were not judged on 6.1: {decoys or 'none ran'}"
     assert returncode == 0, tail
