@@ -23,6 +23,15 @@
  * one inside the name. Its place is noted here, and the stream is read
  * without it (tcp_stream.h, stream_read_as_delivered()).
  *
+ * The server's TCP drops a segment whose ACK number acknowledges bytes it
+ * never sent, or lies before what it may still take as an old ACK (zapret's
+ * badseq with no increment: the real sequence number, the ACK 66000 back;
+ * Geneva's corrupted ack). To judge that, the server's own sequence numbers
+ * are learnt from its SYN-ACK and the segments it sends while the flow is
+ * inspected (receiver_note_server_segment()). Where they are not known (one
+ * direction seen, a flow opened before sluice), the ACK number is never
+ * held against the client: a real hello refused would go unread.
+ *
  * Only flows still inspected come here: an established flow pays nothing.
  */
 #ifndef SLUICE_RECEIVER_H
@@ -45,11 +54,17 @@
 #define TCPOPT_AUTHENTICATION 29	/* TCP-AO, RFC 5925 */
 #define TCP_OPTION_BYTES_MAX 40
 #define TCP_URGENT_POINTER 18		/* where the header holds it */
+#define TCP_ACK_NUMBER 8		/* ...and its ACK number */
 
 #define CSUM_CHUNK 512			/* bpf_csum_diff sums at most this many bytes a call */
 
 /* A receiver's window: a young flow's first bytes lie well within it. */
 #define RECEIVE_WINDOW_BYTES 65536
+
+/* A server's sequence numbers span less than this while its flow is
+ * inspected; a span as long says its segments are not one connection's
+ * (and past 2^31, which end of it a number is after is moot). */
+#define SERVER_SPAN_MAX (1U << 30)
 
 /* The segment's TCP header, copied from the frame or the gathered datagram. */
 static __always_inline int receiver_load_tcp_header(struct ctx_buff *ctx, struct payload_scratch *scratch)
@@ -206,6 +221,80 @@ static __always_inline int receiver_tracks_timestamps(const struct flow_state *f
 	return segment->has_timestamp && flow->client_known;
 }
 
+/* The ACK number of a segment in the frame, or in the datagram gathered
+ * out of IP fragments; -1 if it cannot be read. */
+static __always_inline int receiver_load_ack_number(struct ctx_buff *ctx, const struct packet_info *pkt,
+						    int from_fragments, __u32 *ack)
+{
+	__u32 at = pkt->payload_offset - pkt->tcp_header_len + TCP_ACK_NUMBER;
+	__be32 raw = 0;
+	int err = from_fragments ? frag_copy_gathered((__u8 *)&raw, at, sizeof(raw)) :
+				   ctx_load_bytes(ctx, at, &raw, sizeof(raw));
+
+	*ack = bpf_ntohl(raw);
+	return err < 0 ? -1 : 0;
+}
+
+/* A segment from the server's end of a flow opened by the client's SYN,
+ * while the flow is inspected: the server's sequence numbers, from its
+ * SYN-ACK (one that acknowledges the client's SYN, and the SYN's data if
+ * it took them: Fast Open) to the highest it has sent (its SND.NXT, a SYN
+ * or FIN taking one number). Only the server's own segments can tell
+ * them, and anything that claims to come from it can only widen what is
+ * taken (a later end), or make them unknown for good (a SYN-ACK of another
+ * number, a segment before the first, a span no young connection has):
+ * a client that forged segments of the server would have its own real
+ * hello taken for a decoy, and go unread. */
+static __always_inline void receiver_note_server_segment(struct ctx_buff *ctx, struct flow_state *flow,
+							 const struct packet_info *pkt, int from_fragments)
+{
+	__u32 end = pkt->seq + pkt->payload_len + (pkt->tcp_flags & TCP_FLAG_SYN ? 1 : 0) +
+		    (pkt->tcp_flags & TCP_FLAG_FIN ? 1 : 0);
+	__u32 ack;
+
+	if (flow->receiver & SLUICE_RECEIVER_SERVER_LOST)
+		return;
+	if (!(flow->receiver & SLUICE_RECEIVER_SERVER_SEQ)) {
+		if ((pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) != (TCP_FLAG_SYN | TCP_FLAG_ACK) ||
+		    receiver_load_ack_number(ctx, pkt, from_fragments, &ack) < 0 ||
+		    ack - flow->stream_base > flow->syn_data_len)
+			return;
+		flow->server_isn = pkt->seq;
+		flow->server_end = end;
+		flow->receiver |= SLUICE_RECEIVER_SERVER_SEQ;
+		return;
+	}
+	if ((pkt->tcp_flags & TCP_FLAG_SYN) ? pkt->seq != flow->server_isn : (__s32)(pkt->seq - flow->server_isn) < 0) {
+		flow->receiver = (flow->receiver & ~SLUICE_RECEIVER_SERVER_SEQ) | SLUICE_RECEIVER_SERVER_LOST;
+		return;
+	}
+	if ((__s32)(end - flow->server_end) > 0)
+		flow->server_end = end;
+	if (flow->server_end - flow->server_isn >= SERVER_SPAN_MAX)
+		flow->receiver = (flow->receiver & ~SLUICE_RECEIVER_SERVER_SEQ) | SLUICE_RECEIVER_SERVER_LOST;
+}
+
+/* Would the server drop the client segment for its ACK number? Linux,
+ * tcp_ack() in net/ipv4/tcp_input.c: after(ack, snd_nxt) is dropped
+ * (SKB_DROP_REASON_TCP_ACK_UNSENT_DATA, RFC 9293 3.10.7.4), and so is
+ * before(ack, snd_una - min(max_window, bytes_acked)), with a challenge ACK
+ * (SKB_DROP_REASON_TCP_TOO_OLD_ACK; the min() since "tcp: do not accept
+ * ACK of bytes we never sent", Linux 6.7 and the stable kernels). That
+ * lower edge is the server's ISN while the client has acknowledged less
+ * than a window of its bytes (the SYN-ACK's one number at least), and
+ * later after: the ISN is never too strict. A server without the fix takes
+ * ACKs back to one window before: zapret's decoys go 66000 back, past any
+ * window not scaled. In SYN_RECV (data on the handshake's ACK),
+ * tcp_check_req() takes only the ISN + 1; the ISN itself, which the server
+ * in ESTABLISHED takes, is let through. The segment's ACK number is in its
+ * header, if that was read. */
+static __always_inline int receiver_ack_refused(const struct flow_state *flow, const struct segment_view *segment)
+{
+	return (flow->receiver & SLUICE_RECEIVER_SERVER_SEQ) && segment->ack_read &&
+	       (segment->tcp_flags & TCP_FLAG_ACK) &&
+	       segment->ack - flow->server_isn > flow->server_end - flow->server_isn;
+}
+
 /* Why the server would not keep the client segment in hand as it came:
  * a SLUICE_CNT_EVASION_* counter, or 0 if it keeps it. */
 static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
@@ -235,6 +324,8 @@ static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
 	if (receiver_tracks_timestamps(flow, segment) && (flow->receiver & SLUICE_RECEIVER_TS_KNOWN) &&
 	    (__s32)(flow->ts_recent - segment->tsval) > 1)	/* Linux: TCP_PAWS_WINDOW */
 		return SLUICE_CNT_EVASION_PAWS;
+	if (receiver_ack_refused(flow, segment))
+		return SLUICE_CNT_EVASION_BAD_ACK;
 	if (flow->syn_ttl && segment->ttl + cfg->ttl_margin < flow->syn_ttl)
 		return SLUICE_CNT_EVASION_LOW_TTL;
 	if (!receiver_checksum_holds(scratch))

@@ -59,6 +59,8 @@ struct segment_view {
 	__u32 has_timestamp;
 	__u32 tsval;
 	__u32 auth_option;		/* MD5 signature or TCP-AO */
+	__u32 ack;			/* the ACK number, */
+	__u32 ack_read;			/* ...if the header was read */
 };
 
 /* What the entry program hands to the inspection stages it tail-calls. */

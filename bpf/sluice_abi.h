@@ -36,6 +36,8 @@
 #define SLUICE_RECEIVER_URGENT 8	/* urgent_at holds the stream offset of the urgent byte */
 #define SLUICE_RECEIVER_SYN_HELD 16	/* a SYN of another connection came: held_syn_seq (flow.h) */
 #define SLUICE_RECEIVER_SYN_HELD_HI 32	/* ...sent by the key's hi end */
+#define SLUICE_RECEIVER_SERVER_SEQ 64	/* server_isn..server_end hold the server's sequence numbers (receiver.h) */
+#define SLUICE_RECEIVER_SERVER_LOST 128	/* ...its segments did not fit one connection's: its ACKs go unchecked */
 
 /* A client segment whose TTL (hop limit) is lower than its SYN's by more
  * than this (inspection.ttl_margin) is taken to expire before the server. */
@@ -238,6 +240,7 @@ enum sluice_counter {
 	SLUICE_CNT_EVASION_SYN_DATA,		/* the SYN's data, sent again at the same place, said otherwise */
 	SLUICE_CNT_EVASION_CONFLICT,		/* two copies of the same stream bytes disagreed */
 	SLUICE_CNT_EVASION_URGENT,		/* an urgent byte the server takes out of the stream */
+	SLUICE_CNT_EVASION_BAD_ACK,		/* an ACK number for bytes the server never sent, or before its first */
 	SLUICE_CNT_STAGE_MISSED,		/* tail calls into a stage that returned (common.h call_stage()): no such stage loaded */
 	SLUICE_CNT_MAX,
 };
@@ -326,6 +329,8 @@ struct flow_state {
 	 * packet may leave (shape, EDT). */
 	__u64 next_ns[SLUICE_DIRS];
 	__u32 held_syn_seq;		/* the sequence number of a SYN held (SLUICE_RECEIVER_SYN_HELD) */
+	__u32 server_isn;		/* the server's SYN-ACK's sequence number (SLUICE_RECEIVER_SERVER_SEQ), */
+	__u32 server_end;		/* ...and the highest it has sent up to, while the flow is inspected */
 	__u32 pad;
 };
 

@@ -173,6 +173,18 @@ static __always_inline int read_for_name(const struct flow_state *flow, const st
 	return !flow->rule_id || client_payload;
 }
 
+/* A segment from the server's end of a flow still read (for a name, or
+ * for its SYN's data to be checked): what it says of the server's sequence
+ * numbers, against which the client's ACK numbers are held (receiver.h).
+ * Once the flow is settled, this costs one test of its state. */
+static __always_inline void note_server_segment(struct ctx_buff *ctx, struct flow_state *flow,
+						const struct packet_info *pkt, int sender_is_hi, int from_fragments)
+{
+	if ((flow->state == SLUICE_FLOW_INSPECTING || (flow->receiver & SLUICE_RECEIVER_SYN_DATA)) &&
+	    flow->opened_by_client && sender_is_hi != flow->client_is_hi)
+		receiver_note_server_segment(ctx, flow, pkt, from_fragments);
+}
+
 /* Evasion was seen: a segment the server would not keep as it came,
  * copies that disagree, or an urgent byte. Under inspection.on_evasion:
  * block the flow is blocked; else the segment passes unread (the server
@@ -305,6 +317,7 @@ int CTX_ENTRY(struct ctx_buff *ctx)
 	struct flow_state *flow = flow_open_tcp(&pkt, &id, sender_is_hi, cfg, &opening);
 	if (!flow)
 		return pass_flowless(&pkt, opening);
+	note_server_segment(ctx, flow, &pkt, sender_is_hi, 0);
 	if (!read_for_name(flow, &pkt, sender_is_hi))
 		return verdict_apply_tcp(ctx, flow, flow_client_address(flow, &pkt, sender_is_hi), sender_is_hi,
 					 pkt.frame_len, pkt.payload_len, cfg);
@@ -728,6 +741,7 @@ static __always_inline int judge_gathered_segment(struct packet_info *pkt, const
 
 	if (!flow)
 		return pass_flowless(pkt, opening);
+	note_server_segment(ctx, flow, pkt, sender_is_hi, 1);
 	if (!read_for_name(flow, pkt, sender_is_hi))
 		return verdict_apply(flow, flow_client_address(flow, pkt, sender_is_hi), sender_is_hi, pkt->frame_len,
 				     pkt->payload_len, cfg);
@@ -765,10 +779,14 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 		return CTX_ACT_OK;
 	struct segment_view *segment = &scratch->segment;
 	int header_read = receiver_load_tcp_header(ctx, scratch) == 0;
-	if (header_read)
+	segment->ack_read = header_read;
+	if (header_read) {
+		segment->ack = (masked_be16(segment->header, TCP_ACK_NUMBER, TCP_HEADER_MASK) << 16) |
+			       masked_be16(segment->header, TCP_ACK_NUMBER + 2, TCP_HEADER_MASK);
 		receiver_read_tcp_options(scratch);
-	else
+	} else {
 		segment->has_timestamp = segment->auth_option = 0;
+	}
 	if (scratch->segment_len == 0) {	/* the client's SYN (one held never comes here: flow.h) */
 		receiver_note_accepted(flow, scratch, 0);
 		return verdict_pass_unjudged(scratch->frame_len);

@@ -8,7 +8,8 @@ stream. The server's TCP puts them together; so must sluice.
 
 They also send decoys: a fake hello at the same sequence numbers, made so
 that the server drops it (a wrong checksum, an MD5 or TCP-AO option, no ACK,
-an old timestamp, sequence numbers outside the window, a misplaced IPv6
+an old timestamp, sequence numbers outside the window, an ACK number for
+bytes the server never sent or before its first, a misplaced IPv6
 Hop-by-Hop header, a TTL that expires on the way), or put in the SYN, whose
 data a server without a Fast Open cookie drops. Only the bytes the server
 keeps name the flow (inspection.on_evasion: judge), a flow caught at it can
@@ -41,6 +42,7 @@ STREAMS = {"0.5KB": (HELLOS["0.5KB"], padded_hello(b"allowed.example"), 443),
            "1.8KB": (HELLOS["1.8KB"], browser_hello(b"allowed.example"), 443),
            "http": (http_request("blocked.example"), http_request("allowed.example"), 80)}
 SYN_TSVAL = 1000
+SERVER_ISN = 3_000_000_000      # its SYN-ACK's: the client's ACK numbers start past it
 # How each decoy is made so that the server drops it (tcp_frame's options),
 # by the kind of sluice_evasion_detected_total that counts it.
 DECOYS = {"bad_checksum": dict(chksum=0xBEEF),
@@ -50,28 +52,42 @@ DECOYS = {"bad_checksum": dict(chksum=0xBEEF),
           "rst": dict(flags="RPA"),                                          # RST with data: reset or dropped
           "paws": dict(tcp_options=[("Timestamp", (SYN_TSVAL - 500, 0))]),
           "out_of_window": dict(seq_shift=-10000),                           # zapret's badseq
+          "bad_ack": dict(ack_shift=-66000),             # zapret's badseq, increment 0: ACK before the server's ISN
+          "future_ack": dict(ack_shift=2**30),           # Geneva's tamper{TCP:ack:corrupt}: bytes never sent
           "hop_by_hop": dict(ext_headers=(IPv6ExtHdrDestOpt(), IPv6ExtHdrHopByHop())),
           "low_ttl": dict(ttl=3)}
-COUNTED_AS = {"tcp_ao": "tcp_auth_option"}
+COUNTED_AS = {"tcp_ao": "tcp_auth_option", "future_ack": "bad_ack"}
 DECOY_CASES = [(kind, v6) for kind in DECOYS for v6 in (False, True) if v6 or kind != "hop_by_hop"]
 DECOY_IDS = [f"{kind}-{'ipv6' if v6 else 'ipv4'}" for kind, v6 in DECOY_CASES]
 
 
 class Flow:
     """One client connection over IPv4 or IPv6, sent piece by piece, its
-    segments carrying timestamps as Linux's do."""
+    segments carrying timestamps as Linux's do. The server answers its SYN
+    (syn_ack=False: its answers take another path, unseen), and the
+    client's segments acknowledge what the server sent."""
     ports = iter(range(41000, 43000))
 
-    def __init__(self, dp, v6: bool, dport: int = 443, syn_payload: bytes | None = None):
+    def __init__(self, dp, v6: bool, dport: int = 443, syn_payload: bytes | None = None, syn_ack: bool = True):
         self.dp, self.v6, self.dport, self.port = dp, v6, dport, next(self.ports)
-        if syn_payload is None:
-            assert self.send_raw(b"", seq=ISN, flags="S") == "pass"
-        else:
-            self.syn_verdict = self.send_raw(syn_payload, seq=ISN, flags="S")
+        self.server_next = (SERVER_ISN + 1) % 2**32
+        self.syn_verdict = self.send_raw(syn_payload or b"", seq=ISN, flags="S")
+        assert syn_payload is not None or self.syn_verdict == "pass"
+        if syn_ack and self.syn_verdict == "pass":      # a SYN dropped gets no answer
+            assert self.reply(b"", seq=SERVER_ISN, flags="SA") == "pass"
 
     def send_raw(self, payload: bytes, seq: int, flags="PA", **options) -> str:
         options.setdefault("tcp_options", [("Timestamp", (SYN_TSVAL + (0 if "S" in flags else 1), 0))])
+        options.setdefault("ack", self.server_next if "A" in flags else 0)
         frame = tcp_frame(payload, sport=self.port, dport=self.dport, seq=seq, flags=flags, v6=self.v6, **options)
+        return run_xdp(self.dp.function.fd, frame).verdict
+
+    def reply(self, payload: bytes, seq: int | None = None, flags="PA", **options) -> str:
+        """A segment of the server's (by default its next bytes, which the client then acknowledges)."""
+        if seq is None:
+            seq, self.server_next = self.server_next, (self.server_next + len(payload)) % 2**32
+        frame = tcp_frame(payload, sport=self.port, dport=self.dport, seq=seq, flags=flags, v6=self.v6, reply=True,
+                          **{"ack": (ISN + 1) % 2**32, **options})
         return run_xdp(self.dp.function.fd, frame).verdict
 
     def send(self, pieces) -> list[str]:
@@ -81,6 +97,8 @@ class Flow:
     def send_decoy(self, kind: str, offset: int, payload: bytes) -> str:
         options = dict(DECOYS[kind])
         offset += options.pop("seq_shift", 0)
+        if "ack_shift" in options:
+            options["ack"] = (self.server_next + options.pop("ack_shift")) % 2**32
         return self.send_raw(payload, seq=(ISN + 1 + offset) % 2**32, **options)
 
 
@@ -239,6 +257,70 @@ def test_a_decoy_the_server_drops_does_not_name_the_flow(dp, kind, v6, stream, w
     else:
         assert flow.send(cut(real, len(real) // 2))[-1] == "drop"
         assert flow.send_decoy(kind, 0, fake) == "drop"
+
+
+@FAMILIES
+@pytest.mark.parametrize("acked", ["all of it", "none of it"])
+def test_a_hello_that_acknowledges_the_servers_banner_is_read(dp, v6, acked):
+    """A server that speaks first: the client's ACK numbers move past its
+    SYN-ACK, up to the banner's end; one that has not caught up is an old
+    ACK, which the server takes too. A decoy that acknowledges bytes past
+    the banner is one the server drops."""
+    real, fake, _ = STREAMS["0.5KB"]
+    flow = Flow(dp, v6)
+    start = flow.server_next
+    assert flow.reply(b"220 server.example ESMTP\r\n") == "pass"
+    ack = flow.server_next if acked == "all of it" else start
+    before = evasions(dp)
+    assert flow.send_raw(fake, seq=ISN + 1, ack=(flow.server_next + 1) % 2**32) == "pass"
+    assert flow.send_raw(real, seq=ISN + 1, ack=ack) == "drop"
+    assert moved(before, evasions(dp)) == {"bad_ack": 1}
+
+
+@FAMILIES
+@pytest.mark.parametrize("ack_shift", [-66000, 2**30, 2**31 + 5], ids=["old", "future", "far"])
+def test_without_the_servers_syn_ack_no_ack_number_is_refused(blocking, v6, ack_shift):
+    """One direction seen (a capture, an interface that carries only the
+    client's packets): the server's numbers are unknown, and a client's
+    ACK number is never held against it. Under on_evasion: block, a refusal
+    would have blocked this flow of no rule."""
+    flow = Flow(blocking, v6, syn_ack=False)
+    before = evasions(blocking)
+    assert flow.send_raw(padded_hello(b"unruled.example"), seq=ISN + 1,
+                         ack=(SERVER_ISN + 1 + ack_shift) % 2**32) == "pass"
+    assert moved(before, evasions(blocking)) == {}
+
+
+@FAMILIES
+@pytest.mark.parametrize("forged", ["before the server's", "after the server's"])
+def test_a_forged_syn_ack_makes_no_real_hello_a_decoy(blocking, v6, forged):
+    """A client that sends, as if from the server, a SYN-ACK of another
+    number, would have its real hello (which acknowledges the real one)
+    refused and unread. Two SYN-ACKs that disagree leave the server's
+    numbers unknown: no ACK number is held against the client."""
+    flow = Flow(blocking, v6, syn_ack=False)
+    forged_isn = (SERVER_ISN + 5_000_000) % 2**32
+    answers = [(forged_isn, "SA"), (SERVER_ISN, "SA")]
+    for seq, flags in answers if forged == "before the server's" else answers[::-1]:
+        assert flow.reply(b"", seq=seq, flags=flags) == "pass"
+    before = evasions(blocking)
+    assert flow.send([(0, padded_hello(b"unruled.example"))]) == ["pass"]
+    assert moved(before, evasions(blocking)) == {}
+
+
+@FAMILIES
+def test_a_reopened_flow_forgets_the_old_servers_numbers(dp, v6):
+    """The 5-tuple used again: the new connection's hello acknowledges the
+    new SYN-ACK's number, which sluice saw on the old flow, and is read."""
+    real = HELLOS["0.5KB"]
+    flow = Flow(dp, v6)
+    assert flow.send([(0, padded_hello(b"allowed.example"))]) == ["pass"]
+    new_isn, new_server_isn = (ISN + 3_000_000) % 2**32, (SERVER_ISN + 7_000_000) % 2**32
+    assert flow.send_raw(b"", seq=new_isn, flags="S") == "pass"
+    assert flow.reply(b"", seq=new_server_isn, flags="SA", ack=new_isn + 1) == "pass"
+    before = evasions(dp)
+    assert flow.send_raw(real, seq=new_isn + 1, ack=(new_server_isn + 1) % 2**32) == "drop"
+    assert moved(before, evasions(dp)) == {}
 
 
 @FAMILIES
@@ -587,6 +669,6 @@ def test_the_kinds_are_exported_to_prometheus(dp):
                 if line.startswith("sluice_evasion_detected_total{")}
     before = exported()
     assert set(before) == {"bad_checksum", "tcp_auth_option", "no_ack", "rst", "paws", "out_of_window",
-                           "hop_by_hop", "low_ttl", "syn_data", "conflict", "urgent"}
+                           "hop_by_hop", "low_ttl", "syn_data", "conflict", "urgent", "bad_ack"}
     Flow(dp, False).send_decoy("low_ttl", 0, STREAMS["0.5KB"][1])
     assert exported()["low_ttl"] == before["low_ttl"] + 1
