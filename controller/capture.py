@@ -303,12 +303,13 @@ class Capture:
 
 # What replay's frame loop needs to know of a frame (FrameFlows.kinds). An
 # end of a flow is 1 (the lower, as flow keys sort them) or 2 (the higher).
-FRAME_OTHER = 0             # other UDP, a FIN or RST, or a frame of no flow frame_flows reads
+FRAME_OTHER = 0             # TCP with payload, other UDP, a FIN or RST, or a frame of no flow frame_flows reads
 FRAME_SYN_FROM = (1, 2)     # a SYN without ACK from end 1 or 2: a new flow on its addresses and ports, that
                             # end its client
 FRAME_SYN_BEHIND_TAGS = 3   # the same behind VLAN tags, which a policy may leave unread: its client not taken
-FRAME_QUIET = 4             # TCP without payload, FIN or RST: it will not settle its flow
-FRAME_DATA_FROM = (5, 6)    # TCP with payload (no FIN or RST) from end 1 or 2: kind - 4 is the end
+FRAME_EMPTY_FROM = (4, 5)   # TCP without payload, FIN or RST (nor a bare SYN) from end 1 or 2: kind - 3 is
+                            # the end. It will not settle its flow
+FRAME_EMPTY_END = 3         # kind - FRAME_EMPTY_END: the end that sent a FRAME_EMPTY_FROM
 FRAME_SHORT_DATAGRAM = 7    # UDP whose payload is too short for a QUIC client's Initial, not to a tunnel's port:
                             # the program opens no flow for it (bpf/quic.h quic_judge_udp)
 FRAME_UNREAD = 8            # of no flow: neither IPv4 nor IPv6 past the tags, or IPv4 carrying what the program
@@ -389,9 +390,7 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     unread = ((ethertype != ETH_P_IP) & (ethertype != ETH_P_IPV6) & ~_vlan(ethertype)) | \
         ((ethertype == ETH_P_IP) & ~IPV4_PROTOCOLS_READ[head[:, 23]])
     kinds = numpy.where(short_datagram, FRAME_SHORT_DATAGRAM, numpy.where(unread, FRAME_UNREAD, FRAME_OTHER))
-    segment = known & tcp & no_fin_rst
-    kinds = numpy.where(segment & (tcp_payload > 0), end + FRAME_QUIET, kinds)
-    kinds = numpy.where(segment & (tcp_payload <= 0), FRAME_QUIET, kinds)
+    kinds = numpy.where(known & tcp & no_fin_rst & (tcp_payload <= 0), end + FRAME_EMPTY_END, kinds)
     kinds = numpy.where(known & bare_syn, numpy.where(tags == 0, end, FRAME_SYN_BEHIND_TAGS), kinds)
     return FrameFlows(flows.tolist(), kinds.tolist())
 

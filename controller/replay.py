@@ -45,8 +45,8 @@ import numpy
 
 from .abi import ABI, PROTO_NAMES
 from .block_methods import effective_method
-from .capture import (FRAME_QUIET, FRAME_SHORT_DATAGRAM, FRAME_SYN_BEHIND_TAGS, FRAME_UNREAD, Capture,
-                      CaptureError, check_linktype, flow_identity, frame_address, frame_flows)
+from .capture import (FRAME_EMPTY_END, FRAME_EMPTY_FROM, FRAME_SHORT_DATAGRAM, FRAME_SYN_BEHIND_TAGS, FRAME_UNREAD,
+                      Capture, CaptureError, check_linktype, flow_identity, frame_address, frame_flows)
 from .datapath import Datapath
 from .map_batches import delete_entries
 from .program import MappedRing
@@ -160,7 +160,8 @@ class SettledFlows:
     def __init__(self):
         self.numbers: dict[bytes, int] = {}      # flow identity -> number
         self.flags = bytearray()                 # by number: 1 settled
-        self.clients = bytearray()               # by number: 0 not known, else the end (capture.FRAME_SYN_FROM)
+        self.clients = bytearray()               # by number: 0 no SYN seen, else the end that sent it
+                                                 # (capture.FRAME_SYN_FROM), FRAME_SYN_BEHIND_TAGS: either
         self.quic = bytearray()                  # by number: 1 a QUIC datagram of the flow was handed over
         self.last_run: list[float] = []          # by number
 
@@ -381,12 +382,13 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     Left out: frames of flows in settled (which the rings fill as they are
     read) other than a bare SYN, which may open a new flow on the same
     addresses and ports, and the frames after it; and quiet segments of the others, but for one per
-    quiet_every. Quiet: TCP without payload, FIN or RST, not a bare SYN; or
-    a segment with payload from the server of a flow whose bare SYN said
-    which end is its client. A quiet segment does not reach the inspection
-    (bpf/sluice_xdp.c inspect_tcp_segment: only a payload or a bare SYN goes
-    on, and once the client is known, only what the client sends, to the
-    receiver model or the parsers); its only effect on a flow is to refresh
+    quiet_every. Quiet: TCP without payload, FIN or RST, not a bare SYN, of
+    a flow whose SYN was not seen or sent by its client. A quiet segment
+    does not reach the inspection (bpf/sluice_xdp.c inspect_tcp_segment:
+    only a payload or a bare SYN goes on), nor tells the program the
+    server's sequence numbers (note_server_segment: only the server's
+    segments of a flow its SYN opened do, the SYN-ACK first, which is why
+    the server's run); its only effect on a flow is to refresh
     its idle clock (bpf/flow.h flow_touch), which one such segment per
     quiet_every, far less than the idle timeout, keeps doing (and, in a
     flow judged at its opening packet, to be counted under that judgement,
@@ -432,16 +434,15 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
                             read_rings()
                             unread = False
                         flags[flow] = 0
-                        clients[flow] = kind if kind < FRAME_SYN_BEHIND_TAGS else 0
+                        # Two SYNs from either end, or one behind tags: either end may be its server.
+                        clients[flow] = kind if clients[flow] in (0, kind) else FRAME_SYN_BEHIND_TAGS
                     elif flags[flow]:
                         continue
                     elif kind == FRAME_SHORT_DATAGRAM:
                         if short_datagrams_open_no_flow and not quic[flow]:
                             continue
-                    else:
-                        # A segment from the server: kind - FRAME_QUIET is the end that sent it.
-                        quiet = kind == FRAME_QUIET or (kind > FRAME_QUIET and clients[flow] and
-                                                        clients[flow] != kind - FRAME_QUIET)
+                    elif kind in FRAME_EMPTY_FROM:
+                        quiet = clients[flow] in (0, kind - FRAME_EMPTY_END)
                         if quiet and clock() - last_run[flow] < quiet_every:
                             continue
                     last_run[flow] = clock()

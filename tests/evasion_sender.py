@@ -19,7 +19,9 @@ they do with the kernel's own TCP and raw frames beside it:
   as raw frames in the technique's order;
 * decoys are raw frames at the real bytes' sequence numbers, carrying a
   ClientHello (or request) for another name, made so that the server drops
-  them or they never reach it: then the kernel sends the real bytes.
+  them or they never reach it (a low TTL, a bad checksum, an MD5 option, no
+  ACK flag, an old timestamp, an ACK number before the server's first):
+  then the kernel sends the real bytes.
 
 The TLS handshake then goes on with Python's ssl over memory buffers, and a
 GET is answered by the lab's nginx, so a flow that passes proves that the
@@ -51,11 +53,12 @@ RAW_PIECES = ("disorder", "seqovl", "fragments")
 URGENT = "urgent"               # an urgent (out-of-band) byte inside the name
 # Each decoy, and the receiver-model kind sluice counts it under.
 DECOYS = {"fake-ttl": "low_ttl", "fake-checksum": "bad_checksum", "fake-md5": "tcp_auth_option",
-          "fake-noack": "no_ack", "fake-timestamp": "paws"}
+          "fake-noack": "no_ack", "fake-timestamp": "paws", "fake-ack": "bad_ack"}
 TECHNIQUES = SPLITS + RAW_PIECES + (URGENT,) + tuple(DECOYS)
 FRAGMENT_BYTES = 64            # IP payload per fragment (a multiple of 8): even a request is several
 SEQOVL_BYTES = 12              # junk before the stream's first byte: the server trims it as already acknowledged
 PAWS_STEP_BACK = 100_000       # ms: a TSval this much older than the flow's last is outside PAWS
+ACK_STEP_BACK = 66_000         # zapret's badseq with increment 0: an ACK number before the server's first
 
 
 @dataclass
@@ -134,7 +137,8 @@ class Sender:
         raise TimeoutError("the handshake's ACK was not seen on eth0")
 
     # --- frames -----------------------------------------------------------
-    def frame(self, offset: int, payload: bytes, *, ttl=None, flags="PA", options=None, checksum=None) -> bytes:
+    def frame(self, offset: int, payload: bytes, *, ttl=None, flags="PA", options=None, checksum=None,
+              ack_step_back: int = 0) -> bytes:
         """A frame of this flow carrying `payload` at `offset` from the stream's first byte."""
         template = self.template
         tcp = template[TCP]
@@ -145,7 +149,7 @@ class Sender:
             network = IP(src=template[IP].src, dst=template[IP].dst, flags="DF", id=int.from_bytes(os.urandom(2)),
                          ttl=ttl or template[IP].ttl)
         segment = TCP(sport=tcp.sport, dport=tcp.dport, seq=(tcp.seq + offset) % 2**32,
-                      ack=tcp.ack if "A" in flags else 0, flags=flags, window=tcp.window,
+                      ack=(tcp.ack - ack_step_back) % 2**32 if "A" in flags else 0, flags=flags, window=tcp.window,
                       options=tcp.options if options is None else options)
         frame = Ether(src=template.src, dst=template.dst) / network / segment / Raw(payload)
         if checksum is not None:
@@ -171,6 +175,8 @@ class Sender:
             return self.frame(0, payload, flags="P")
         if technique == "fake-timestamp":
             return self.frame(0, payload, options=self.timestamps(PAWS_STEP_BACK))
+        if technique == "fake-ack":
+            return self.frame(0, payload, ack_step_back=ACK_STEP_BACK)
         raise ValueError(technique)
 
     def send_raw(self, *frames: bytes) -> None:

@@ -174,21 +174,29 @@ def test_the_frames_of_a_settled_flow_behind_vlan_tags_are_not_run(tmp_path, vla
     assert (frames_read, runs) == (7, 2)
 
 
-def test_a_servers_segments_before_its_client_names_the_flow_are_not_run(tmp_path):
+def test_a_servers_segments_before_its_client_names_the_flow_are_run(tmp_path):
     """Once a bare SYN says which end is the client, the program reads only
-    what the client sends (inspect_tcp_segment): a server that speaks first
-    (SMTP, FTP) sends segments replay leaves out as it leaves out quiet
-    ones; a ClientHello from the server's end names nothing either way."""
+    what the client sends (inspect_tcp_segment), but the server's segments
+    tell it the server's sequence numbers (note_server_segment): its SYN-ACK,
+    and the banner of a server that speaks first (SMTP, FTP), up to which
+    the client's real request acknowledges, while a decoy's ACK is for
+    bytes never sent. replay runs them until the flow is named; the
+    client's empty segments it leaves out. A ClientHello from the server's
+    end names nothing."""
     from packets import client_hello, http_request, tcp_frame
+    hello = client_hello(b"blocked.example")
     frames = [tcp_frame(sport=20000, dport=80, flags="S"),
               tcp_frame(sport=20000, dport=80, flags="SA", reply=True, seq=0, ack=1)]
+    frames += [tcp_frame(sport=20000, dport=80, flags="A", ack=1)] * 2
     frames += [tcp_frame(b"220 banner\r\n", sport=20000, dport=80, flags="PA", reply=True, seq=1 + i * 12, ack=1)
                for i in range(4)]
-    frames += [tcp_frame(client_hello(b"blocked.example"), sport=20000, dport=80, reply=True, seq=49, ack=1),
-               tcp_frame(http_request("open.example"), sport=20000, dport=80, ack=49)]
+    frames += [tcp_frame(hello, sport=20000, dport=80, reply=True, seq=49, ack=1),
+               tcp_frame(http_request("blocked.example"), sport=20000, dport=80, ack=49 + len(hello) + 66000),
+               tcp_frame(http_request("open.example"), sport=20000, dport=80, ack=49 + len(hello)),
+               tcp_frame(b"250 ok\r\n", sport=20000, dport=80, flags="PA", reply=True, seq=49 + len(hello), ack=1)]
     records, frames_read, runs = replayed_counting_runs(tmp_path / "server-first.pcap", frames)
     assert [(r["client_port"], r["name"]) for r in records] == [(20000, "open.example")]
-    assert (frames_read, runs) == (len(frames), 2)
+    assert (frames_read, runs) == (len(frames), len(frames) - 3)
 
 
 def test_short_datagrams_of_udp_flows_without_an_entry_are_not_run(tmp_path):

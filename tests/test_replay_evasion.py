@@ -20,7 +20,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from evasion_sender import DECOYS, PAWS_STEP_BACK, PLAIN, SEQOVL_BYTES, cuts_around, pieces
+from evasion_sender import ACK_STEP_BACK, DECOYS, PAWS_STEP_BACK, PLAIN, SEQOVL_BYTES, cuts_around, pieces
 from packets import client_hello, http_request, ip_fragments, tcp_frame
 from test_bpf_reassembly import ISN
 
@@ -77,9 +77,9 @@ class CaptureFlow:
     def __init__(self, port: int, scheme: str, v6: bool):
         self.port, self.v6, self.dport = port, v6, 443 if scheme == "tls" else 80
 
-    def segment(self, payload: bytes, offset: int = 0, flags="PA", **changes) -> bytes:
+    def segment(self, payload: bytes, offset: int = 0, flags="PA", ack_step_back: int = 0, **changes) -> bytes:
         frame = tcp_frame(payload, sport=self.port, dport=self.dport, v6=self.v6, flags=flags,
-                          seq=(ISN + 1 + offset) % 2**32, ack=SERVER_ISN + 1 if "A" in flags else 0)
+                          seq=(ISN + 1 + offset) % 2**32, ack=SERVER_ISN + 1 - ack_step_back if "A" in flags else 0)
         return rebuilt(frame, **changes)
 
     def handshake(self, syn_payload: bytes = b"") -> list[bytes]:
@@ -108,7 +108,8 @@ class CaptureFlow:
             changes = {"fake-ttl": dict(ttl=1), "fake-checksum": dict(bad_checksum=True),
                        "fake-md5": dict(options=[("NOP", None), ("NOP", None), (19, bytes(16)), *timestamps()]),
                        "fake-noack": dict(flags="P"),
-                       "fake-timestamp": dict(options=timestamps(PAWS_STEP_BACK))}[technique]
+                       "fake-timestamp": dict(options=timestamps(PAWS_STEP_BACK)),
+                       "fake-ack": dict(ack_step_back=ACK_STEP_BACK)}[technique]
             return frames + [self.segment(decoy, **changes), self.segment(stream)]
         if technique == URGENT:
             # The urgent byte goes inside the name; the pointer (Linux's reading: the
