@@ -157,8 +157,21 @@ static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_in
 	if (flow) {
 		flow_touch(flow, now, cfg);
 		const __u8 *client_address = flow_client_address(flow, pkt, sender_is_hi);
-		if (flow->state != SLUICE_FLOW_INSPECTING)
-			return verdict_apply(flow, client_address, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
+		if (flow->state != SLUICE_FLOW_INSPECTING) {
+			int verdict = verdict_apply(flow, client_address, sender_is_hi, pkt->frame_len,
+						    pkt->payload_len, cfg);
+			/* A named QUIC flow may carry Initials of another
+			 * connection (zapret's fake, its own DCID, ahead of the
+			 * real one): the controller weighs those too, for the
+			 * rest of the window (controller/quic_flows.py). */
+			if (verdict != CTX_ACT_DROP && flow->state == SLUICE_FLOW_CLASSIFIED &&
+			    flow->proto == SLUICE_PROTO_QUIC && sender_is_hi == flow->client_is_hi &&
+			    flow->payload_packets < cfg->window_packets && quic_is_client_initial(ctx, pkt, gathered)) {
+				flow->payload_packets += 1;
+				quic_send_to_controller(ctx, pkt, flow->client_is_hi, gathered);
+			}
+			return verdict;
+		}
 		/* A QUIC flow judged at its opening datagram keeps that verdict
 		 * until the controller reads its name. */
 		int verdict = flow->rule_id ?

@@ -88,7 +88,7 @@ class SluiceCollector:
                                        labels=["parser", "outcome"])
         for counter, labels in PARSER_OUTCOMES.items():
             outcomes.add_metric(list(labels), counters[counter])
-        for outcome in ("sni_found", "no_sni", "ech", "malformed", "gave_up"):
+        for outcome in ("sni_found", "no_sni", "ech", "malformed", "gave_up", "another_hello"):
             outcomes.add_metric(["quic", outcome], self.quic.outcomes[outcome] if self.quic else 0)
         yield outcomes
         yield from self._fragment_families(counters)

@@ -13,6 +13,15 @@ once the data plane has counted to it). A
 rule with `quic: block` blocks the QUIC flows it matches whatever its
 action, so that clients fall back to TCP, where the rule's own action
 applies.
+
+A flow's addresses and ports may carry Initials of more than one
+connection, each of its own DCID, whole and valid: a server reads each
+(it tells connections apart by DCID), and a client goes on with only one.
+zapret's usual QUIC strategy sends a fake one, naming an unblocked host,
+several times ahead of the real one. So a flow named here stays open to
+the Initials of other connections (the data plane hands them over for the
+rest of its window) and obeys the strictest hello of them: a block over a
+limit (throttle, shape, delay) over none.
 """
 
 import ctypes
@@ -27,20 +36,25 @@ from .quic import FAMILIES, InitialReassembler, QuicError, family
 log = logging.getLogger(__name__)
 
 PENDING_FLOWS_MAX = 4096        # flows whose ClientHello is still incomplete
+NAMED_FLOWS_MAX = 65536         # flows named here, whose later hellos of other connections are weighed
 
 
 class QuicFlows:
     """Reads the ring, settles flows; `on_settled(key, client_is_hi, hello, rule)` hears of each
-    (hello: its quic.ClientHelloInfo, None if it gave up).
+    (hello: its quic.ClientHelloInfo, None if it gave up), and `on_renamed`
+    (the same arguments; on_settled if not given) of a named flow that a
+    stricter hello of another connection names again.
 
     One QuicFlows outlives reloads (its counts are Prometheus counters, and
     flows in the middle of their handshake keep their reassembly): follow()
     each new Datapath."""
 
-    def __init__(self, datapath, on_settled=None, open_ring: bool = True):
+    def __init__(self, datapath, on_settled=None, open_ring: bool = True, on_renamed=None):
         self.on_settled = on_settled
+        self.on_renamed = on_renamed or on_settled
         self.pending: dict[bytes, InitialReassembler] = {}
-        self.outcomes: Counter = Counter()       # sni_found, no_sni, ech, malformed, gave_up
+        self.named: dict[bytes, object] = {}     # flow key -> the rule its strictest hello so far chose (or None)
+        self.outcomes: Counter = Counter()       # sni_found, no_sni, ech, malformed, gave_up, another_hello
         self.flows_by_rule: Counter = Counter()  # rule id (0: none) -> QUIC flows settled
         # Datagrams by what they are (quic.family): client Initials of each
         # version family, grease and unknown versions, servers' negotiation.
@@ -87,14 +101,20 @@ class QuicFlows:
     def _settle(self, key, hello=None, gave_up: bool = False) -> None:
         """Write the verdict for the flow whose ClientHello is hello (quic.ClientHelloInfo)."""
         name = hello.sni if hello else None
-        self.pending.pop(bytes(key), None)
+        raw_key = bytes(key)
+        self.pending.pop(raw_key, None)
         flows = self.datapath.flow_table()
         try:
             flow = flows[key]
         except KeyError:
             return                                  # evicted, or expired, meanwhile
-        if flow.state != ABI.SLUICE_FLOW_INSPECTING:
-            return                                  # settled at its opening datagram, or its trigger fired
+        # Named here before, by another connection's hello (a flow inspected
+        # again is a new one on the same addresses and ports).
+        earlier = flow.state != ABI.SLUICE_FLOW_INSPECTING and raw_key in self.named
+        if earlier and not gave_up:
+            self.outcomes["another_hello"] += 1
+        elif flow.state != ABI.SLUICE_FLOW_INSPECTING:
+            return          # settled at its opening datagram, or its trigger fired; or a connection saying nothing
         rule = None
         if gave_up:
             self.outcomes["gave_up"] += 1
@@ -105,8 +125,26 @@ class QuicFlows:
                 rule = self.datapath.policy.decide(
                     (name or "").encode(), client, server_port, opened, server=flow_server(key, flow),
                     protocol="quic", ech=hello.ech, alpn=hello.alpn).rule
+            if earlier:
+                if strictness(rule) <= strictness(self.named[raw_key]):
+                    return
+                self.flows_by_rule[flow.rule_id] -= 1
             settle_flow(flow, rule, "block" if rule and rule.quic == "block" else None)
             self.flows_by_rule[flow.rule_id] += 1
+            if len(self.named) >= NAMED_FLOWS_MAX:
+                self.named.pop(next(iter(self.named)))          # the oldest gives way
+            self.named[raw_key] = rule
         flows[key] = flow
-        if self.on_settled:
-            self.on_settled(key, flow.client_is_hi, hello, rule)
+        tell = self.on_renamed if earlier else self.on_settled
+        if tell:
+            tell(key, flow.client_is_hi, hello, rule)
+
+
+def strictness(rule) -> int:
+    """How hard a rule holds a QUIC flow: 2 a block (its own action, or
+    quic: block), 1 a limit (throttle, shape, delay), 0 none (allow, a rule
+    in monitor mode, no rule)."""
+    if rule is None or rule.monitor:
+        return 0
+    action = "block" if rule.quic == "block" else rule.action
+    return 2 if action == "block" else 0 if action == "allow" else 1

@@ -9,8 +9,9 @@ of QUIC flows, which the controller's own code (controller/quic_flows.py)
 settles; replay prints one line per flow.
 
 Only a flow's inspection window decides its line: once the program has
-reported a flow settled (classified, or given up on), the rest of its
-packets cannot change the output, so replay keeps those flows in a table of
+reported a flow settled (classified, or given up on; a QUIC flow once no
+hello of another connection could name it any harder: FlowReport.add_quic_flow),
+the rest of its packets cannot change the output, so replay keeps those flows in a table of
 its own and runs their packets no more, except a bare SYN, which may open a
 new flow on the same addresses and ports (its data at the SYN's stream start
 does: bpf/flow.h), so the flow's frames run again from it.
@@ -50,7 +51,7 @@ from .capture import (FRAME_EMPTY_END, FRAME_EMPTY_FROM, FRAME_SHORT_DATAGRAM, F
 from .datapath import Datapath
 from .map_batches import delete_entries
 from .program import MappedRing
-from .quic_flows import QuicFlows
+from .quic_flows import QuicFlows, strictness
 from .testrun import XdpFrameRunner
 
 IPV4_MAPPED = bytes(10) + b"\xff\xff"
@@ -201,6 +202,9 @@ class FlowReport:
         self.records: list[dict] = []
         self.settled = SettledFlows()
         self.provisional: dict[bytes, int] = {}     # flow identity -> its record, named from its SYN's data
+        self.quic_records: dict[bytes, int] = {}    # flow identity -> the record of its latest QUIC life
+        # No hello names a QUIC flow held this hard any harder (rename_quic_flow).
+        self.strictest = max((strictness(rule) for rule in policy.rules), default=0) if policy else 0
 
     def add_event(self, parts, rule_id: int, proto: int, client_is_hi: int, name: bytes, provisional: int) -> None:
         """A classification event's fields (parts: its key's, as _key_parts()
@@ -221,15 +225,31 @@ class FlowReport:
             self.settled.add(key)
 
     def add_quic_flow(self, key, client_is_hi, hello, rule) -> None:
+        """A QUIC flow the controller settled. Unless it gave up or is held
+        as hard as any rule of the policy holds, an Initial of another
+        connection may still name it again (rename_quic_flow): its frames
+        keep running."""
         parts = _key_parts(key)
-        self.settled.add(flow_identity(*parts))
+        identity = flow_identity(*parts)
+        self.quic_records[identity] = len(self.records)
         self.records.append(_record(parts, client_is_hi, "quic", hello.sni if hello else None, rule))
+        if hello is None or strictness(rule) >= self.strictest:
+            self.settled.add(identity)
+
+    def rename_quic_flow(self, key, client_is_hi, hello, rule) -> None:
+        """A stricter hello of another connection names the flow again: its line says so, in its place."""
+        parts = _key_parts(key)
+        identity = flow_identity(*parts)
+        self.records[self.quic_records[identity]] = _record(parts, client_is_hi, "quic", hello.sni, rule)
+        if strictness(rule) >= self.strictest:
+            self.settled.add(identity)
 
     def clear(self) -> None:
         """Forget every flow and record: the next capture starts afresh."""
         self.records = []
         self.settled.clear()
         self.provisional.clear()
+        self.quic_records.clear()
 
 
 def format_text(record: dict) -> str:
@@ -322,7 +342,8 @@ class Replayer:
         self.rings: list[MappedRing] = []
         try:
             self.report = FlowReport(policy)
-            self.quic = QuicFlows(self.datapath, on_settled=self.report.add_quic_flow, open_ring=False)
+            self.quic = QuicFlows(self.datapath, on_settled=self.report.add_quic_flow, open_ring=False,
+                                  on_renamed=self.report.rename_quic_flow)
             self.event_reader = _event_reader(self.datapath.table("event_buffers").sLeaf)
             self.datagram_reader = _datagram_reader(self.datapath.table("quic_datagram_layout").Leaf)
             for name in ("events", "quic_datagrams"):
@@ -337,6 +358,7 @@ class Replayer:
         self.datapath.flow_table().clear()
         delete_entries(self.datapath.table("streams"))
         self.quic.pending.clear()
+        self.quic.named.clear()
         self.report.clear()
 
     def read_rings(self) -> None:

@@ -728,3 +728,30 @@ def test_rtp_is_not_taken_for_a_long_header(quic_datapath):
     before = datapath.counters()["quic_datagrams"]
     assert send(datapath, client_frame(rtp, 44000)) == "pass"
     assert datapath.counters()["quic_datagrams"] == before
+
+
+@needs_root
+@pytest.mark.parametrize("read_ring", ["after-each", "at-the-end"])
+@pytest.mark.parametrize("fake_first", [True, False], ids=["fake-first", "fake-after"])
+def test_a_fake_initial_of_another_connection_does_not_name_the_flow(quic_datapath, fake_first, read_ring):
+    """zapret's usual QUIC strategy (--dpi-desync=fake --dpi-desync-repeats=6
+    with quic_initial_www_google_com.bin): a whole, valid Initial of another
+    connection (its own DCID) naming an unblocked host, repeated, on the same
+    addresses and ports before the real one. The server reads both; the
+    client goes on with its own. The flow obeys the stricter of the two,
+    whether the controller reads the ring before the real one comes (the
+    flow is named by then) or after (the flow still inspected)."""
+    datapath, flows, settled = quic_datapath
+    port = 45000 + 2 * fake_first + (read_ring == "at-the-end")
+    fake = client_initial(QUIC_V1, crypto_frame(0, handshake_client_hello(b"www.google.com")), dcid=b"\x0f" * 8)
+    real = client_initial(QUIC_V1, crypto_frame(0, handshake_client_hello(b"video.example")), dcid=b"\xa1" * 8)
+    sent = [fake] * 6 + [real] if fake_first else [real] + [fake] * 6
+    settled.clear()
+    for datagram in sent:
+        if read_ring == "after-each":
+            send(datapath, client_frame(datagram, port))
+        else:
+            run_xdp(datapath.function.fd, client_frame(datagram, port))
+    datapath.consume_rings()
+    assert send(datapath, client_frame(short_header_packet(), port)) == "drop"
+    assert settled["video.example"].name == "block-video"
