@@ -88,6 +88,12 @@ class QuicFlows:
         try:
             hello = reassembler.feed(payload)
         except QuicError as error:
+            if self._named(flow_key):
+                # Most likely the client's next flight of its own connection,
+                # sealed with keys of a DCID this reassembler never saw: nothing
+                # to read and nothing wrong, and no reassembly to keep.
+                self.pending.pop(key, None)
+                return
             self.outcomes["malformed"] += 1
             log.debug("QUIC Initial refused: %s", error)
             if reassembler.done:
@@ -97,6 +103,15 @@ class QuicFlows:
             self.outcomes["sni_found" if hello.sni else "no_sni"] += 1
             self.outcomes["ech"] += hello.ech
             self._settle(flow_key, hello)
+
+    def _named(self, flow_key) -> bool:
+        """Is the flow one named here, still in that life (not inspected afresh)?"""
+        if bytes(flow_key) not in self.named:
+            return False
+        try:
+            return self.datapath.flow_table()[flow_key].state == ABI.SLUICE_FLOW_CLASSIFIED
+        except KeyError:
+            return False
 
     def _settle(self, key, hello=None, gave_up: bool = False) -> None:
         """Write the verdict for the flow whose ClientHello is hello (quic.ClientHelloInfo)."""

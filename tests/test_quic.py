@@ -755,3 +755,20 @@ def test_a_fake_initial_of_another_connection_does_not_name_the_flow(quic_datapa
     datapath.consume_rings()
     assert send(datapath, client_frame(short_header_packet(), port)) == "drop"
     assert settled["video.example"].name == "block-video"
+
+
+@needs_root
+def test_a_named_flows_next_flight_is_read_without_counting_it_malformed(quic_datapath):
+    """Initials stay handed over once a flow is named (for another
+    connection's hello), the client's next flight among them: its Initial
+    (an ACK) goes to the server's chosen DCID under the first DCID's keys.
+    The controller cannot open it, and that is no fault of the client's."""
+    datapath, flows, settled = quic_datapath
+    port, before = 46000, flows.outcomes["malformed"]
+    hello = client_initial(QUIC_V1, crypto_frame(0, handshake_client_hello(b"open.example")), dcid=b"\xb2" * 8)
+    next_flight = initial_packet(ack_frame(), dcid=b"\x5e" * 8, key_dcid=b"\xb2" * 8, pn=1, size=1200)
+    for datagram in (hello, next_flight, next_flight):
+        assert send(datapath, client_frame(datagram, port)) == "pass"
+    assert "open.example" in settled
+    assert flows.outcomes["malformed"] == before
+    assert not any(key for key in flows.pending if key in flows.named)
