@@ -623,19 +623,26 @@ class InitialReassembler:
     first Initial, and stay while the client moves to the server's chosen ID
     (RFC 9001 section 5.2); after a Retry they come from the new one. A
     client that starts again in another version (after Version Negotiation)
-    starts a new stream.
+    starts a new stream. So does a packet that opens only under its own new
+    DCID: after a Retry the client sends its ClientHello again from its
+    start, and another connection's Initial (zapret's fake, sent ahead of
+    the real one, whole or not) is no part of the stream before it. A
+    datagram that repeats one already read, byte for byte (a retransmission,
+    or a fake sent again and again), is not read again nor counted toward
+    MAX_DATAGRAMS.
     """
 
     def __init__(self):
         self._start(None)
         self.done = False
 
-    def _start(self, version: int | None) -> None:
+    def _start(self, version: int | None, key_dcid: bytes | None = None) -> None:
         self._data = bytearray()         # the handshake stream received so far...
         self._filled = bytearray()       # ...and 1 for each of its bytes that arrived
         self._datagrams = 0
+        self._read: set[bytes] = set()   # the datagrams read into it
         self._version = version
-        self._key_dcid: bytes | None = None
+        self._key_dcid = key_dcid
 
     def feed(self, datagram: bytes) -> ClientHelloInfo | None:
         if self.done:
@@ -646,12 +653,18 @@ class InitialReassembler:
             return None
         if version != self._version:
             self._start(version)
-        # Read every frame before storing any, so a broken datagram leaves no trace.
-        payloads = [self._open(packet) for packet in VERSIONS[version].packets(datagram, VERSIONS[version])]
-        if not payloads:
+        if datagram in self._read:
             return None
-        frames = [frame for payload in payloads for frame in VERSIONS[version].frames(payload)]
+        # Read every frame before storing any, so a broken datagram leaves no trace.
+        opened = [self._open(packet) for packet in VERSIONS[version].packets(datagram, VERSIONS[version])]
+        if not opened:
+            return None
+        key_dcid = opened[-1][1]
+        if key_dcid != self._key_dcid:
+            self._start(version, key_dcid)
+        frames = [frame for payload, _key_dcid in opened for frame in VERSIONS[version].frames(payload)]
         self._datagrams += 1
+        self._read.add(datagram)
         try:
             for offset, data in frames:
                 self._store(offset, data)
@@ -667,18 +680,17 @@ class InitialReassembler:
         sni, ech, alpn = VERSIONS[version].handshake.parse(message)
         return ClientHelloInfo(sni=sni, ech=ech, version=version, alpn=alpn)
 
-    def _open(self, packet: _Packet) -> bytes:
+    def _open(self, packet: _Packet) -> tuple[bytes, bytes]:
+        """The packet's payload, and the DCID whose keys opened it: the
+        stream's, or else the packet's own (a Retry's, or another connection's)."""
         protection = VERSIONS[self._version].protection
-        if self._key_dcid is None:
-            self._key_dcid = packet.dcid
+        key_dcid = self._key_dcid or packet.dcid
         try:
-            return protection.open(packet, self._key_dcid, self._version)
+            return protection.open(packet, key_dcid, self._version), key_dcid
         except QuicError:
-            if packet.dcid == self._key_dcid:
+            if packet.dcid == key_dcid:
                 raise
-        payload = protection.open(packet, packet.dcid, self._version)     # keys after a Retry
-        self._key_dcid = packet.dcid
-        return payload
+        return protection.open(packet, packet.dcid, self._version), packet.dcid
 
     def _store(self, offset: int, data: bytes) -> None:
         end = offset + len(data)

@@ -362,6 +362,24 @@ def test_malformed_client_hellos_are_refused_and_end_the_flow(hello, message):
     assert flow.feed(RFC9001_CLIENT_INITIAL) is None
 
 
+@pytest.mark.parametrize("fake", ["a-partial-hello", "a-hello-that-disagrees"])
+def test_initials_of_another_connection_before_the_real_one_are_no_part_of_its_stream(fake):
+    """zapret's fake Initials carry a DCID of their own, repeated byte for
+    byte (--dpi-desync-repeats): whole (the next test module's concern),
+    or, from a blob of a browser's first datagram, half a hello, or one
+    that disagrees with the real one. The real Initial, under its own
+    DCID's keys, starts the stream afresh; the repeats count once."""
+    real = handshake_client_hello(b"real.example", extensions_after=(PADDING_EXTENSION,))
+    decoy = handshake_client_hello(b"www.google.com", extensions_after=(PADDING_EXTENSION,))
+    fake_stream = decoy[:len(decoy) // 2] if fake == "a-partial-hello" else decoy[:40]
+    fake_datagram = datagram(crypto_frame(0, fake_stream), dcid=b"\x0f" * 8)
+    flow = InitialReassembler()
+    for _ in range(MAX_DATAGRAMS + 3):
+        assert flow.feed(fake_datagram) is None
+    assert flow.feed(datagram(crypto_frame(0, real[:300]), dcid=b"\xa1" * 8)) is None
+    assert flow.feed(datagram(crypto_frame(300, real[300:]), dcid=b"\xa1" * 8, pn=1)).sni == "real.example"
+
+
 def test_crypto_frames_that_disagree_end_the_flow():
     hello = handshake_client_hello(b"honest.example.com")
     liar = hello[:20] + b"evil" + hello[24:40]
