@@ -423,11 +423,12 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     does not read (capture.FRAME_UNREAD: ARP, ICMP, ...), which it passes
     untouched.
 
-    The rings are read after every frame run but quiet ones, and before a
-    bare SYN: a flow settled by a frame whose events wait in the ring a
-    little longer has only some more of its frames run, which changes no
-    line, but a bare SYN must find its flow's earlier life settled before
-    it opens a new one. Events are read in the order they were sent either
+    The rings are read after every frame run but empty segments (TCP
+    without payload, FIN or RST, not a bare SYN: they settle no flow), and
+    before a bare SYN: a flow settled by a frame whose events wait in the
+    ring a little longer has only some more of its frames run, which
+    changes no line, but a bare SYN must find its flow's earlier life
+    settled before it opens a new one. Events are read in the order they were sent either
     way."""
     run = XdpFrameRunner(datapath.function.fd).run
     clock = time.monotonic
@@ -449,7 +450,7 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
                 flows, kinds = [-1] * count, [0] * count
             base = frame_address(chunk.buffer)
             for offset, length, flow, kind in zip(chunk.offsets, chunk.lengths, flows, kinds):
-                quiet = False
+                empty = False
                 if flow >= 0:
                     if 0 < kind <= FRAME_SYN_BEHIND_TAGS:           # a bare SYN
                         if unread:
@@ -464,6 +465,7 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
                         if short_datagrams_open_no_flow and not quic[flow]:
                             continue
                     elif kind in FRAME_EMPTY_FROM:
+                        empty = True
                         quiet = clients[flow] in (0, kind - FRAME_EMPTY_END)
                         if quiet and clock() - last_run[flow] < quiet_every:
                             continue
@@ -471,7 +473,7 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
                 elif kind == FRAME_UNREAD:
                     continue
                 run(base + offset, length)
-                if quiet:
+                if empty:
                     unread = True
                 else:
                     read_rings()
