@@ -16,10 +16,11 @@ unknown UDP flow to the controller, which here:
    coalesce, RFC 9000 section 12.2), opening each client Initial: header
    protection and AEAD under keys from a salt and labels (RFC 9001 section
    5), or the FNV-1a hash of Google QUIC's plaintext packets;
-3. gathers the handshake stream (CRYPTO frames, or the data of Google QUIC's
-   crypto stream 1) in any order, overlapping or duplicated, across any
-   number of datagrams: browsers spread a 1.5-2 KB ClientHello over two
-   datagrams in many small frames, and Chrome shuffles them;
+3. gathers each connection's handshake stream (CRYPTO frames, or the data
+   of Google QUIC's crypto stream 1) in any order, overlapping or
+   duplicated, across any number of datagrams: browsers spread a 1.5-2 KB
+   ClientHello over two datagrams in many small frames, and Chrome shuffles
+   them;
 4. once the stream holds a whole handshake message (a TLS ClientHello, or
    Google QUIC's CHLO), reads its server name and, for TLS, whether it offers
    Encrypted Client Hello.
@@ -32,14 +33,15 @@ family() but never read: their layout past the version is unknown.
 Errors: input that is not a client Initial of a version in the table yields
 None, as there is nothing to read. Input that claims to be one but cannot be
 (truncated, failing authentication, malformed frames or handshake,
-conflicting stream data, a flow past the bounds below) raises QuicError,
+conflicting stream data, a connection past the bounds below) raises QuicError,
 which the caller counts. No other exception escapes.
 """
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -55,7 +57,10 @@ QUIC_V2 = 0x6B3343CF
 VERSION_NEGOTIATION = 0x00000000
 
 MAX_CRYPTO_BYTES = 16 * 1024   # a ClientHello with post-quantum key shares takes about 2 KB
-MAX_DATAGRAMS = 8              # browsers need two; the rest leaves room for retransmissions
+MAX_DATAGRAMS = 8              # per connection: browsers need two; the rest leaves room for retransmissions
+MAX_STREAMS = 8                # connections a flow gathers the hellos of at once: the real one beside fakes
+MAX_FLOW_DATAGRAMS = MAX_STREAMS * MAX_DATAGRAMS   # datagrams read per flow: each stream's count, for the most streams
+DIGEST_LEN = 16                # of a datagram read, to know its repeats without keeping it
 MAX_CID_LEN = 20               # RFC 9000 section 17.2
 KEY_CACHE_SIZE = 256           # flows in flight at once whose keys are kept derived
 
@@ -248,6 +253,7 @@ class InitialSecret:
     client's first Destination Connection ID (RFC 9001 section 5)."""
     salt: bytes
     label: bytes         # prefix of the key, iv and hp labels: "quic", or "quicv2" (RFC 9369 section 3.3.2)
+    keyed_by_dcid: ClassVar[bool] = True     # another connection's keys do not open a packet
 
     def keys(self, dcid: bytes) -> InitialKeys:
         initial_secret = hmac.digest(self.salt, dcid, "sha256")       # HKDF-Extract
@@ -297,6 +303,7 @@ class NullEncryption:
     server checks; a packet whose hash is wrong is one the server never
     reads, so neither do we."""
     sender: bytes = b"Client"      # hashed after the payload from Q037 on, nothing before
+    keyed_by_dcid: ClassVar[bool] = False    # a packet opens, or not, whatever the connection
 
     def open(self, packet: _Packet, _key_dcid: bytes, _version: int) -> bytes:
         hash_offset = packet.pn_offset + packet.pn_len
@@ -610,39 +617,114 @@ def client_initial_keys(dcid: bytes, version: int) -> InitialKeys:
 
 # --- one flow ---------------------------------------------------------------------
 
+class _HandshakeStream:
+    """One connection's handshake stream, its CRYPTO data gathered in any order."""
+
+    def __init__(self):
+        self.data = bytearray()         # the stream received so far...
+        self.filled = bytearray()       # ...and 1 for each of its bytes that arrived
+        self.datagrams = 0
+        self.finished = False           # its message read, or the stream refused: nothing more of it is read
+
+    def add(self, frames: list[tuple[int, bytes]], handshake: type[TlsClientHello] | type[GoogleChlo]) -> bytes | None:
+        """One datagram's pieces; the whole handshake message once the stream
+        holds it, else None. A QuicError finishes the stream."""
+        self.datagrams += 1
+        try:
+            for offset, data in frames:
+                self._store(offset, data)
+            message = self._message(handshake)
+            if message is None and self.datagrams >= MAX_DATAGRAMS:
+                raise QuicError(f"no whole handshake message in {MAX_DATAGRAMS} datagrams")
+        except QuicError:
+            self.finish()
+            raise
+        if message is not None:
+            self.finish()
+        return message
+
+    def finish(self) -> None:
+        self.finished = True
+        self.data, self.filled = bytearray(), bytearray()
+
+    def _store(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        if end > MAX_CRYPTO_BYTES:
+            raise QuicError(f"CRYPTO data past {MAX_CRYPTO_BYTES} bytes")
+        if end > len(self.data):
+            self.data.extend(bytes(end - len(self.data)))
+            self.filled.extend(bytes(end - len(self.filled)))
+        # Walk runs of received and missing bytes. Retransmissions repeat the
+        # same bytes; different ones would let the server and us read different
+        # ClientHellos, so they condemn the stream.
+        pos = offset
+        while pos < end:
+            received = self.filled[pos]
+            run_end = self.filled.find(0 if received else 1, pos, end)
+            run_end = end if run_end == -1 else run_end
+            piece = data[pos - offset:run_end - offset]
+            if received and self.data[pos:run_end] != piece:
+                raise QuicError("CRYPTO frames disagree on the same bytes")
+            self.data[pos:run_end] = piece
+            self.filled[pos:run_end] = b"\x01" * (run_end - pos)
+            pos = run_end
+
+    def _message(self, handshake: type[TlsClientHello] | type[GoogleChlo]) -> bytes | None:
+        """The handshake message once the stream holds all of it, else None."""
+        contiguous = self.filled.find(0)
+        contiguous = len(self.filled) if contiguous == -1 else contiguous
+        end = handshake.length(bytes(self.data[:contiguous]))
+        if end is not None and end > MAX_CRYPTO_BYTES:
+            raise QuicError(f"handshake message longer than {MAX_CRYPTO_BYTES} bytes")
+        if end is None or contiguous < end:
+            return None
+        return bytes(self.data[:end])
+
+
 class InitialReassembler:
-    """One flow's client Initial datagrams, fed in arrival order, until its handshake message is whole.
+    """One flow's client Initial datagrams, fed in arrival order: the handshake of each connection on it.
 
-    feed() returns the ClientHelloInfo once, with the datagram that completes
-    it, and None before. A QuicError for a broken datagram drops that datagram
-    only; one for the flow itself (conflicting or excess stream data, a bad
-    handshake message, MAX_DATAGRAMS without one) finishes the flow. A
-    finished flow (``done``) ignores what follows.
+    A flow's addresses and ports may carry the Initials of several
+    connections, each under the keys of its own first Destination Connection
+    ID: zapret's fakes, whole or half a hello or a hello that disagrees,
+    before the real one or between the datagrams of a real hello of two
+    (Chrome's post-quantum hellos take two, their CRYPTO frames shuffled
+    across both). A server keeps each connection's handshake apart, and
+    garbage of one never touches another; so does this. Each connection
+    (version and key DCID) has a stream of its own, which a datagram joins
+    if that DCID's keys open it: the packet's own DCID's, as a client writes
+    its first DCID until the server answers, or another stream's, as a
+    client that moved to the server's chosen ID keeps its first DCID's keys
+    (RFC 9001 section 5.2). After a Retry, or a Version Negotiation, the
+    client sends its hello again from its start under a new DCID or
+    version: a new stream.
 
-    The Initial keys come from the Destination Connection ID of the client's
-    first Initial, and stay while the client moves to the server's chosen ID
-    (RFC 9001 section 5.2); after a Retry they come from the new one. A
-    client that starts again in another version (after Version Negotiation)
-    starts a new stream. So does a packet that opens only under its own new
-    DCID: after a Retry the client sends its ClientHello again from its
-    start, and another connection's Initial (zapret's fake, sent ahead of
-    the real one, whole or not) is no part of the stream before it. A
-    datagram that repeats one already read, byte for byte (a retransmission,
-    or a fake sent again and again), is not read again nor counted toward
-    MAX_DATAGRAMS.
+    feed() returns a connection's ClientHelloInfo once, with the datagram
+    that makes its hello whole, and None otherwise; the flow goes on reading
+    other connections, as the strictest of their hellos rules the flow
+    (controller/quic_flows.py). A QuicError refuses a broken datagram,
+    which leaves no trace, or ends one connection's stream (conflicting or
+    excess stream data, a bad handshake message, MAX_DATAGRAMS of its own
+    without one), after which its datagrams are not read: the others' go on.
+
+    An adversary may open connections without end: the flow gathers at most
+    MAX_STREAMS at once (a finished one gives way to a new one, else the
+    oldest, so fakes sent ahead cannot crowd out the real hello), and reads
+    at most MAX_FLOW_DATAGRAMS datagrams, after which it is ``done`` and
+    ignores what follows. A datagram that repeats one already read, byte for
+    byte (a retransmission, or a fake sent again and again), is not read
+    again nor counted.
     """
 
     def __init__(self):
-        self._start(None)
+        self._streams: dict[tuple[int, bytes], _HandshakeStream] = {}    # by (version, key DCID), oldest first
+        self._read: set[bytes] = set()      # digests of the datagrams read
         self.done = False
 
-    def _start(self, version: int | None, key_dcid: bytes | None = None) -> None:
-        self._data = bytearray()         # the handshake stream received so far...
-        self._filled = bytearray()       # ...and 1 for each of its bytes that arrived
-        self._datagrams = 0
-        self._read: set[bytes] = set()   # the datagrams read into it
-        self._version = version
-        self._key_dcid = key_dcid
+    @property
+    def gathering(self) -> bool:
+        """Is a connection's hello begun and not yet whole?"""
+        return not self.done and not all(stream.finished for stream in self._streams.values())
 
     def feed(self, datagram: bytes) -> ClientHelloInfo | None:
         if self.done:
@@ -651,79 +733,57 @@ class InitialReassembler:
         version = datagram_version(datagram)
         if version not in VERSIONS:
             return None
-        if version != self._version:
-            self._start(version)
-        if datagram in self._read:
+        digest = hashlib.blake2b(datagram, digest_size=DIGEST_LEN).digest()
+        if digest in self._read:
+            return None
+        self._read.add(digest)
+        self.done = len(self._read) >= MAX_FLOW_DATAGRAMS
+        quic_version = VERSIONS[version]
+        packets = list(quic_version.packets(datagram, quic_version))
+        if not packets:
             return None
         # Read every frame before storing any, so a broken datagram leaves no trace.
-        opened = [self._open(packet) for packet in VERSIONS[version].packets(datagram, VERSIONS[version])]
-        if not opened:
+        key_dcid, payloads = self._open(version, packets)
+        frames = [frame for payload in payloads for frame in quic_version.frames(payload)]
+        stream = self._stream(version, key_dcid)
+        if stream.finished:
             return None
-        key_dcid = opened[-1][1]
-        if key_dcid != self._key_dcid:
-            self._start(version, key_dcid)
-        frames = [frame for payload, _key_dcid in opened for frame in VERSIONS[version].frames(payload)]
-        self._datagrams += 1
-        self._read.add(datagram)
-        try:
-            for offset, data in frames:
-                self._store(offset, data)
-            message = self._message()
-            if message is None and self._datagrams >= MAX_DATAGRAMS:
-                raise QuicError(f"no whole handshake message in {MAX_DATAGRAMS} datagrams")
-        except QuicError:
-            self.done = True
-            raise
+        message = stream.add(frames, quic_version.handshake)
         if message is None:
             return None
-        self.done = True
-        sni, ech, alpn = VERSIONS[version].handshake.parse(message)
+        sni, ech, alpn = quic_version.handshake.parse(message)
         return ClientHelloInfo(sni=sni, ech=ech, version=version, alpn=alpn)
 
-    def _open(self, packet: _Packet) -> tuple[bytes, bytes]:
-        """The packet's payload, and the DCID whose keys opened it: the
-        stream's, or else the packet's own (a Retry's, or another connection's)."""
-        protection = VERSIONS[self._version].protection
-        key_dcid = self._key_dcid or packet.dcid
-        try:
-            return protection.open(packet, key_dcid, self._version), key_dcid
-        except QuicError:
-            if packet.dcid == key_dcid:
-                raise
-        return protection.open(packet, packet.dcid, self._version), packet.dcid
+    def _open(self, version: int, packets: list[_Packet]) -> tuple[bytes, list[bytes]]:
+        """The DCID whose keys open the datagram, and its packets' payloads.
+        Coalesced packets share one DCID and so one connection's keys: the
+        first packet tells whose."""
+        protection = VERSIONS[version].protection
+        first = packets[0]
+        candidates = [first.dcid]
+        if protection.keyed_by_dcid:
+            candidates += [dcid for stream_version, dcid in self._streams
+                           if stream_version == version and dcid != first.dcid]
+        refusal = None
+        for key_dcid in candidates:
+            try:
+                payload = protection.open(first, key_dcid, version)
+            except QuicError as error:
+                refusal = refusal or error
+                continue
+            return key_dcid, [payload, *(protection.open(packet, key_dcid, version) for packet in packets[1:])]
+        raise refusal
 
-    def _store(self, offset: int, data: bytes) -> None:
-        end = offset + len(data)
-        if end > MAX_CRYPTO_BYTES:
-            raise QuicError(f"CRYPTO data past {MAX_CRYPTO_BYTES} bytes")
-        if end > len(self._data):
-            self._data.extend(bytes(end - len(self._data)))
-            self._filled.extend(bytes(end - len(self._filled)))
-        # Walk runs of received and missing bytes. Retransmissions repeat the
-        # same bytes; different ones would let the server and us read different
-        # ClientHellos, so they condemn the flow.
-        pos = offset
-        while pos < end:
-            received = self._filled[pos]
-            run_end = self._filled.find(0 if received else 1, pos, end)
-            run_end = end if run_end == -1 else run_end
-            piece = data[pos - offset:run_end - offset]
-            if received and self._data[pos:run_end] != piece:
-                raise QuicError("CRYPTO frames disagree on the same bytes")
-            self._data[pos:run_end] = piece
-            self._filled[pos:run_end] = b"\x01" * (run_end - pos)
-            pos = run_end
-
-    def _message(self) -> bytes | None:
-        """The handshake message once the stream holds all of it, else None."""
-        contiguous = self._filled.find(0)
-        contiguous = len(self._filled) if contiguous == -1 else contiguous
-        end = VERSIONS[self._version].handshake.length(bytes(self._data[:contiguous]))
-        if end is not None and end > MAX_CRYPTO_BYTES:
-            raise QuicError(f"handshake message longer than {MAX_CRYPTO_BYTES} bytes")
-        if end is None or contiguous < end:
-            return None
-        return bytes(self._data[:end])
+    def _stream(self, version: int, key_dcid: bytes) -> _HandshakeStream:
+        """The connection's stream, a new one if the flow has none yet."""
+        key = (version, key_dcid)
+        if key not in self._streams:
+            if len(self._streams) >= MAX_STREAMS:
+                # A finished stream has nothing left to read; else the oldest gives way.
+                finished = next((known for known, stream in self._streams.items() if stream.finished), None)
+                del self._streams[finished or next(iter(self._streams))]
+            self._streams[key] = _HandshakeStream()
+        return self._streams[key]
 
 
 def client_hello_from_datagram(datagram: bytes) -> ClientHelloInfo | None:

@@ -18,10 +18,15 @@ A flow's addresses and ports may carry Initials of more than one
 connection, each of its own DCID, whole and valid: a server reads each
 (it tells connections apart by DCID), and a client goes on with only one.
 zapret's usual QUIC strategy sends a fake one, naming an unblocked host,
-several times ahead of the real one. So a flow named here stays open to
-the Initials of other connections (the data plane hands them over for the
-rest of its window) and obeys the strictest hello of them: a block over a
-limit (throttle, shape, delay) over none.
+several times ahead of the real one, or between the datagrams of a real
+hello of two. So a flow named here stays open to the Initials of other
+connections (the data plane hands them over for the rest of its window)
+and obeys the strictest hello of them: a block over a limit (throttle,
+shape, delay) over none; and its reassembler stays while a hello is half
+read, so that a whole fake between the halves cannot cost the real hello
+its first. A flow is given up only once its reassembler is done: a broken
+connection ends its own stream, not the flow, or broken fakes sent ahead
+would hide the real hello behind them.
 """
 
 import ctypes
@@ -88,21 +93,27 @@ class QuicFlows:
         try:
             hello = reassembler.feed(payload)
         except QuicError as error:
-            if self._named(flow_key):
-                # Most likely the client's next flight of its own connection,
-                # sealed with keys of a DCID this reassembler never saw: nothing
-                # to read and nothing wrong, and no reassembly to keep.
-                self.pending.pop(key, None)
-                return
-            self.outcomes["malformed"] += 1
-            log.debug("QUIC Initial refused: %s", error)
-            if reassembler.done:
-                self._settle(flow_key, gave_up=True)
-            return
+            hello = None
+            # A named flow's Initials include the client's next flight, sealed
+            # with keys of a DCID a reassembler begun since may never have seen:
+            # nothing to read and nothing wrong.
+            if not self._named(flow_key):
+                self.outcomes["malformed"] += 1
+                log.debug("QUIC Initial refused: %s", error)
         if hello is not None:
             self.outcomes["sni_found" if hello.sni else "no_sni"] += 1
             self.outcomes["ech"] += hello.ech
             self._settle(flow_key, hello)
+        if reassembler.gathering:
+            return
+        # No hello half read: a named flow keeps no reassembly (another
+        # connection's next Initials start one afresh); a flow whose
+        # reassembler is done without a name is given up.
+        named = self._named(flow_key)
+        if named or reassembler.done:
+            self.pending.pop(key, None)
+            if not named:
+                self._settle(flow_key, gave_up=True)
 
     def _named(self, flow_key) -> bool:
         """Is the flow one named here, still in that life (not inspected afresh)?"""
@@ -117,7 +128,6 @@ class QuicFlows:
         """Write the verdict for the flow whose ClientHello is hello (quic.ClientHelloInfo)."""
         name = hello.sni if hello else None
         raw_key = bytes(key)
-        self.pending.pop(raw_key, None)
         flows = self.datapath.flow_table()
         try:
             flow = flows[key]

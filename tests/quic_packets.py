@@ -7,14 +7,15 @@ packets before trusting it with packets of its own. Google QUIC's plaintext
 packets carry an FNV-1a hash, checked against the FNV reference values.
 """
 
+import random
 import struct
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sluice.quic import (QUIC_V1, QUIC_V2, VERSIONS, GoogleChlo, GquicFrames, InitialSecret, client_initial_keys,
-                             fnv1a_128, gquic_long_initial)
-from packets import client_hello
+from sluice.quic import (MAX_DATAGRAMS, QUIC_V1, QUIC_V2, VERSIONS, GoogleChlo, GquicFrames, InitialSecret,
+                             client_initial_keys, fnv1a_128, gquic_long_initial)
+from packets import client_hello, extension
 
 RFC_DCID = bytes.fromhex("8394c8f03e515708")    # RFC 9001 and RFC 9369 appendix A
 HANDSHAKE_TYPE = {QUIC_V1: 0b10, QUIC_V2: 0b11}
@@ -93,6 +94,40 @@ def initial_packet(frames: bytes, *, dcid: bytes = RFC_DCID, scid: bytes = b"", 
     protected = bytes([header[0] ^ (mask[0] & 0x0F)]) + header[1:-pn_len]
     protected += bytes(b ^ m for b, m in zip(header[-pn_len:], mask[1:]))
     return protected + sealed
+
+
+def two_datagrams_of_shuffled_pieces(stream: bytes, seed: int, **options) -> list[bytes]:
+    """A Chrome-like first flight: ``stream`` as many small CRYPTO frames, some
+    overlapping or repeated, shuffled with PING and PADDING frames, over two
+    padded datagrams (``options``: initial_packet's)."""
+    rng = random.Random(seed)
+    frames = split_crypto(stream, rng) + [PING] * 5 + [b"\x00" * 3] * 5
+    rng.shuffle(frames)
+    half = len(frames) // 2
+    return [initial_packet(b"".join(frames[:half]), pn=0, size=DATAGRAM_MIN, **options),
+            initial_packet(b"".join(frames[half:]), pn=1, size=DATAGRAM_MIN, **options)]
+
+
+def two_datagram_hello(sni: bytes, dcid: bytes, seed: int = 0) -> list[bytes]:
+    """A post-quantum-sized ClientHello (about 1.5 KB) for ``sni`` over two
+    datagrams of the connection ``dcid``, its pieces shuffled across both."""
+    hello = handshake_client_hello(sni, extensions_after=(extension(0x0015, bytes(1200)),))
+    return two_datagrams_of_shuffled_pieces(hello, seed, dcid=dcid)
+
+
+def broken_fakes(sni: bytes) -> list[bytes]:
+    """Fake Initials for ``sni`` that never make a whole hello, each datagram
+    distinct (repeats are read once): half a hello over and over in one
+    connection, more datagrams of it than a connection may take; half a
+    hello in two more connections; and a hello whose CRYPTO frames disagree
+    with each other in a fourth. Twelve datagrams, room for a real hello in
+    the default inspection window of 20."""
+    hello = handshake_client_hello(sni, extensions_after=(extension(0x0015, bytes(400)),))
+    half = crypto_frame(0, hello[:len(hello) // 2])
+    liar = crypto_frame(0, hello[:40]) + crypto_frame(20, b"evil" + hello[24:40])
+    return ([initial_packet(half, dcid=b"\xf0" * 8, pn=pn, size=DATAGRAM_MIN) for pn in range(MAX_DATAGRAMS + 1)]
+            + [initial_packet(half, dcid=bytes([0xf1 + index]) * 8, size=DATAGRAM_MIN) for index in range(2)]
+            + [initial_packet(liar, dcid=b"\xf3" * 8, size=DATAGRAM_MIN)])
 
 
 def short_header_packet(payload: bytes = b"\x42" * 40) -> bytes:

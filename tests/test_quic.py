@@ -14,14 +14,15 @@ from conftest import needs_root
 from sluice.quic_flows import QuicFlows
 from sluice.testrun import run_xdp
 
-from sluice.quic import (MAX_CRYPTO_BYTES, MAX_DATAGRAMS, QUIC_V1, QUIC_V2, VERSIONS, ClientHelloInfo,
-                             GoogleChlo, InitialReassembler, QuicError, client_hello_from_datagram,
-                             client_initial_keys, family, fnv1a_128)
+from sluice.quic import (MAX_CRYPTO_BYTES, MAX_DATAGRAMS, MAX_FLOW_DATAGRAMS, MAX_STREAMS, QUIC_V1, QUIC_V2,
+                             VERSIONS, ClientHelloInfo, GoogleChlo, InitialReassembler, QuicError,
+                             client_hello_from_datagram, client_initial_keys, family, fnv1a_128)
 from packets import CLIENT_V4, SERVER_V4, ether, extension, sni_extension, udp_frame
-from quic_packets import (DATAGRAM_MIN, HANDSHAKE_TYPE, PING, RFC_DCID, ack_frame, chlo, chlo_entries, client_initial,
-                          connection_close, crypto_frame, gquic_plaintext_packet, gquic_stream_frame, gquic_version,
-                          handshake_client_hello, handshake_message, initial_packet, long_header_datagram,
-                          short_header_packet, split_crypto, stream_frame, varint, version_negotiation)
+from quic_packets import (DATAGRAM_MIN, HANDSHAKE_TYPE, PING, RFC_DCID, ack_frame, broken_fakes, chlo, chlo_entries,
+                          client_initial, connection_close, crypto_frame, gquic_plaintext_packet, gquic_stream_frame,
+                          gquic_version, handshake_client_hello, handshake_message, initial_packet,
+                          long_header_datagram, short_header_packet, split_crypto, stream_frame,
+                          two_datagram_hello, two_datagrams_of_shuffled_pieces, varint, version_negotiation)
 
 EXT_ECH = 0xFE0D
 PADDING_EXTENSION = extension(0x0015, bytes(400))       # RFC 7685
@@ -212,18 +213,6 @@ def test_aioquic_client_hello_spanning_datagrams(version, order):
 
 # --- reassembly ----------------------------------------------------------------
 
-def two_datagrams_of_shuffled_pieces(stream: bytes, seed: int, **options) -> list[bytes]:
-    """A Chrome-like first flight: ``stream`` as many small CRYPTO frames, some
-    overlapping or repeated, shuffled with PING and PADDING frames, over two
-    datagrams."""
-    rng = random.Random(seed)
-    frames = split_crypto(stream, rng) + [PING] * 5 + [b"\x00" * 3] * 5
-    rng.shuffle(frames)
-    half = len(frames) // 2
-    return [datagram(b"".join(frames[:half]), pn=0, **options),
-            datagram(b"".join(frames[half:]), pn=1, **options)]
-
-
 @pytest.mark.parametrize("seed", range(8))
 def test_many_small_shuffled_overlapping_crypto_frames_over_two_datagrams(seed):
     hello = handshake_client_hello(b"shuffled.example.com", extensions_after=(extension(0x0015, bytes(1200)),))
@@ -280,11 +269,14 @@ def test_a_client_hello_without_extensions_has_no_name():
     assert client_hello_from_datagram(datagram(crypto_frame(0, hello))) == ClientHelloInfo(None, False, QUIC_V1)
 
 
-def test_the_result_comes_once_then_the_flow_is_done():
+def test_each_connections_hello_comes_once_and_the_flow_reads_on():
     flow = InitialReassembler()
     assert flow.feed(RFC9001_CLIENT_INITIAL) == EXAMPLE_COM_V1
-    assert flow.done
-    assert flow.feed(RFC9001_CLIENT_INITIAL) is None
+    assert flow.feed(RFC9001_CLIENT_INITIAL) is None                 # a repeat
+    assert flow.feed(initial_packet(RFC_PAYLOAD, pn=RFC_PN + 1)) is None    # a retransmission, in a new packet
+    other = datagram(crypto_frame(0, handshake_client_hello(b"other.example")), dcid=b"\x0c" * 8)
+    assert flow.feed(other).sni == "other.example"
+    assert not flow.done
 
 
 def test_a_broken_datagram_is_dropped_and_the_flow_goes_on():
@@ -354,12 +346,12 @@ def test_every_single_byte_change_is_refused_or_ignored():
     (handshake_client_hello(b"a.example", extensions_len_delta=-1), "truncated|after"),
     (handshake_client_hello(None, extensions_after=(sni_extension(b"a.example", list_len_delta=1),)), "truncated"),
 ], ids=["server-hello", "two-names", "name-type", "not-ascii", "empty-name", "extensions-length", "list-length"])
-def test_malformed_client_hellos_are_refused_and_end_the_flow(hello, message):
+def test_malformed_client_hellos_are_refused_and_end_their_connection(hello, message):
     flow = InitialReassembler()
     with pytest.raises(QuicError, match=message):
         flow.feed(datagram(crypto_frame(0, hello)))
-    assert flow.done
-    assert flow.feed(RFC9001_CLIENT_INITIAL) is None
+    assert flow.feed(RFC9001_CLIENT_INITIAL) is None                 # the same connection (RFC_DCID): ended
+    assert flow.feed(datagram(crypto_frame(0, handshake_client_hello()), dcid=b"\x0c" * 8)).sni == "example.com"
 
 
 @pytest.mark.parametrize("fake", ["a-partial-hello", "a-hello-that-disagrees"])
@@ -368,7 +360,7 @@ def test_initials_of_another_connection_before_the_real_one_are_no_part_of_its_s
     byte (--dpi-desync-repeats): whole (the next test module's concern),
     or, from a blob of a browser's first datagram, half a hello, or one
     that disagrees with the real one. The real Initial, under its own
-    DCID's keys, starts the stream afresh; the repeats count once."""
+    DCID's keys, has a stream of its own; the repeats count once."""
     real = handshake_client_hello(b"real.example", extensions_after=(PADDING_EXTENSION,))
     decoy = handshake_client_hello(b"www.google.com", extensions_after=(PADDING_EXTENSION,))
     fake_stream = decoy[:len(decoy) // 2] if fake == "a-partial-hello" else decoy[:40]
@@ -380,33 +372,108 @@ def test_initials_of_another_connection_before_the_real_one_are_no_part_of_its_s
     assert flow.feed(datagram(crypto_frame(300, real[300:]), dcid=b"\xa1" * 8, pn=1)).sni == "real.example"
 
 
-def test_crypto_frames_that_disagree_end_the_flow():
+@pytest.mark.parametrize("fake", ["a-partial-hello", "a-hello-that-disagrees", "a-whole-hello"])
+@pytest.mark.parametrize("seed", range(2))
+def test_an_initial_of_another_connection_between_the_datagrams_of_a_hello_is_no_part_of_it(fake, seed):
+    """Chrome's post-quantum hello takes two datagrams, its CRYPTO frames
+    shuffled across both; a fake of another DCID between them (or a real
+    second connection's Initial) has its own stream, and a whole one its own
+    name, which comes first: the flow weighs both (quic_flows.py)."""
+    first, second = two_datagram_hello(b"real.example", b"\xa1" * 8, seed)
+    decoy = handshake_client_hello(b"www.google.com", extensions_after=(PADDING_EXTENSION,))
+    fake_stream = {"a-partial-hello": decoy[:len(decoy) // 2], "a-hello-that-disagrees": decoy[:40],
+                   "a-whole-hello": decoy}[fake]
+    between = datagram(crypto_frame(0, fake_stream), dcid=b"\x0f" * 8)
+    fake_hello = ClientHelloInfo("www.google.com", False, QUIC_V1) if fake == "a-whole-hello" else None
+    assert feed_all([first, between, second]) == [None, fake_hello, ClientHelloInfo("real.example", False, QUIC_V1)]
+
+
+def test_broken_fakes_ahead_of_a_two_datagram_hello_end_only_their_own_connections():
+    """More broken fake datagrams than a connection may take (half a hello
+    over and over, a hello that disagrees with itself), then the real
+    hello of two datagrams, a fake between them."""
+    fakes = broken_fakes(b"www.google.com")
+    assert len(set(fakes)) > MAX_DATAGRAMS
+    first, second = two_datagram_hello(b"real.example", b"\xa1" * 8)
+    flow = InitialReassembler()
+    for fake in fakes:
+        try:
+            assert flow.feed(fake) is None
+        except QuicError:
+            pass
+    assert flow.feed(first) is None
+    assert flow.feed(fakes[-1]) is None
+    assert flow.feed(second).sni == "real.example"
+
+
+def test_fakes_of_more_connections_than_a_flow_gathers_give_way_oldest_first():
+    """Half hellos of MAX_STREAMS connections ahead of the real one, and of
+    MAX_STREAMS - 1 more between its datagrams: the oldest gives way each
+    time, and the real hello is the oldest only after the last of them."""
+    decoy = handshake_client_hello(b"www.google.com", extensions_after=(PADDING_EXTENSION,))
+    fakes = [datagram(crypto_frame(0, decoy[:100]), dcid=bytes([0xe0 + index]) * 8)
+             for index in range(2 * MAX_STREAMS - 1)]
+    first, second = two_datagram_hello(b"real.example", b"\xa1" * 8)
+    results = feed_all([*fakes[:MAX_STREAMS], first, *fakes[MAX_STREAMS:], second])
+    assert results[-1].sni == "real.example"
+    assert results[:-1] == [None] * (len(results) - 1)
+    # One more connection between, and the real hello has given way.
+    assert feed_all([first, *fakes[:MAX_STREAMS], second])[-1] is None
+
+
+def test_after_a_retry_the_client_sends_its_hello_again_under_the_new_id():
+    """A Retry (RFC 9000 section 8.1) answers the first datagram of a hello
+    of two: the client sends both again, to the Retry's ID, with its token,
+    under that ID's keys."""
+    hello = handshake_client_hello(b"retried.example", extensions_after=(extension(0x0015, bytes(1200)),))
+    before_retry, _lost = two_datagrams_of_shuffled_pieces(hello, 0, dcid=b"\x0a" * 8)
+    again = two_datagrams_of_shuffled_pieces(hello, 1, dcid=b"\x0b" * 8, token=b"retry-token")
+    assert feed_all([before_retry, *again]) == [None, None, ClientHelloInfo("retried.example", False, QUIC_V1)]
+
+
+def test_crypto_frames_that_disagree_end_their_connection():
     hello = handshake_client_hello(b"honest.example.com")
     liar = hello[:20] + b"evil" + hello[24:40]
     flow = InitialReassembler()
     assert flow.feed(datagram(crypto_frame(0, hello[:40]))) is None
     with pytest.raises(QuicError, match="disagree"):
         flow.feed(datagram(crypto_frame(0, liar) + crypto_frame(40, hello[40:]), pn=1))
-    assert flow.done
+    assert flow.feed(datagram(crypto_frame(40, hello[40:]), pn=2)) is None
+    assert flow.feed(datagram(crypto_frame(0, hello), dcid=b"\x0c" * 8)).sni == "honest.example.com"
 
 
-def test_crypto_data_past_the_bound_ends_the_flow():
+def test_crypto_data_past_the_bound_ends_its_connection():
     flow = InitialReassembler()
     with pytest.raises(QuicError, match="past 16384"):
         flow.feed(datagram(crypto_frame(MAX_CRYPTO_BYTES - 2, b"abc")))
-    assert flow.done
+    assert flow.feed(datagram(crypto_frame(0, handshake_client_hello()), pn=1)) is None
+    assert not flow.done
     with pytest.raises(QuicError, match="longer than 16384"):
         client_hello_from_datagram(datagram(crypto_frame(0, b"\x01\x00\x40\x00")))
 
 
-def test_a_flow_without_a_whole_client_hello_is_given_up():
+def test_a_connection_without_a_whole_client_hello_is_given_up():
     hello = handshake_client_hello(b"slow.example.com")
     flow = InitialReassembler()
     for pn in range(MAX_DATAGRAMS - 1):
         assert flow.feed(datagram(crypto_frame(0, hello[:10]), pn=pn)) is None
     with pytest.raises(QuicError, match=f"in {MAX_DATAGRAMS} datagrams"):
         flow.feed(datagram(crypto_frame(0, hello[:10]), pn=MAX_DATAGRAMS))
+    assert flow.feed(datagram(crypto_frame(10, hello[10:]), pn=MAX_DATAGRAMS + 1)) is None
+    assert not flow.gathering and not flow.done
+
+
+def test_a_flow_reads_a_bounded_number_of_datagrams_then_is_done():
+    """An adversary's connections have no end; the work on one flow has."""
+    flow = InitialReassembler()
+    for index in range(MAX_FLOW_DATAGRAMS - 1):
+        fake = datagram(crypto_frame(0, b"\x01\x00\x01\x00"), dcid=index.to_bytes(8, "big"))
+        assert flow.feed(fake) is None
+        assert flow.feed(fake) is None                              # repeats are not counted
+    assert not flow.done
+    assert flow.feed(RFC9001_CLIENT_INITIAL) == EXAMPLE_COM_V1       # the last one read
     assert flow.done
+    assert flow.feed(datagram(crypto_frame(0, handshake_client_hello()), dcid=b"\x0c" * 8)) is None
 
 
 @pytest.mark.parametrize("frames", [
@@ -776,17 +843,46 @@ def test_a_fake_initial_of_another_connection_does_not_name_the_flow(quic_datapa
 
 
 @needs_root
+@pytest.mark.parametrize("read_ring", ["after-each", "at-the-end"])
+@pytest.mark.parametrize("blocked, broken_ahead, port", [("real", False, 47000), ("real", True, 47002),
+                                                         ("fake-between", True, 47004)],
+                         ids=["real-blocked", "real-blocked-broken-fakes-ahead", "fake-blocked-broken-fakes-ahead"])
+def test_a_whole_fake_between_the_datagrams_of_a_hello_and_broken_fakes_ahead_hide_nothing(quic_datapath, blocked,
+                                                                                            broken_ahead, port,
+                                                                                            read_ring):
+    """A whole fake Initial between the datagrams of a hello of two
+    (Chrome's post-quantum hellos), and zapret's broken fakes ahead
+    (broken_fakes: half hellos past a connection's count, a hello that
+    disagrees): the flow obeys the strictest name, the real one's or the fake's."""
+    datapath, flows, settled = quic_datapath
+    port += read_ring == "at-the-end"
+    real_name, fake_name = (b"video.example", b"www.google.com") if blocked == "real" else \
+        (b"www.google.com", b"video.example")
+    first, second = two_datagram_hello(real_name, b"\xa1" * 8)
+    fake = client_initial(QUIC_V1, crypto_frame(0, handshake_client_hello(fake_name)), dcid=b"\x0f" * 8)
+    settled.clear()
+    for datagram_ in [*(broken_fakes(b"www.google.com") if broken_ahead else []), first, fake, second]:
+        if read_ring == "after-each":
+            send(datapath, client_frame(datagram_, port))
+        else:
+            run_xdp(datapath.function.fd, client_frame(datagram_, port))
+    datapath.consume_rings()
+    assert send(datapath, client_frame(short_header_packet(), port)) == "drop"
+    assert settled["video.example"].name == "block-video"
+
+
+@needs_root
 def test_a_named_flows_next_flight_is_read_without_counting_it_malformed(quic_datapath):
     """Initials stay handed over once a flow is named (for another
     connection's hello), the client's next flight among them: its Initial
     (an ACK) goes to the server's chosen DCID under the first DCID's keys.
     The controller cannot open it, and that is no fault of the client's."""
     datapath, flows, settled = quic_datapath
-    port, before = 46000, flows.outcomes["malformed"]
+    port, before, pending = 46000, flows.outcomes["malformed"], set(flows.pending)
     hello = client_initial(QUIC_V1, crypto_frame(0, handshake_client_hello(b"open.example")), dcid=b"\xb2" * 8)
     next_flight = initial_packet(ack_frame(), dcid=b"\x5e" * 8, key_dcid=b"\xb2" * 8, pn=1, size=1200)
     for datagram in (hello, next_flight, next_flight):
         assert send(datapath, client_frame(datagram, port)) == "pass"
     assert "open.example" in settled
     assert flows.outcomes["malformed"] == before
-    assert not any(key for key in flows.pending if key in flows.named)
+    assert set(flows.pending) <= pending            # no reassembly left behind

@@ -407,3 +407,29 @@ def test_a_fake_quic_initial_of_another_connection_does_not_name_the_flow(tmp_pa
     assert replay_capture(str(path), policy, skip_settled=False)[0] == skipping
     assert [(r["client_port"], r["name"], r["action"]) for r in skipping] == [
         (50000, "open.example", None), (50001, "blocked.example", "block")]
+
+
+@pytest.mark.parametrize("blocked", ["real", "fake-between"])
+def test_fake_quic_initials_around_a_hello_of_two_datagrams_hide_nothing(tmp_path, blocked):
+    """Broken fakes ahead of a hello of two datagrams (Chrome's post-quantum
+    hellos), and a whole fake Initial of another connection between them:
+    the flow's line names the strictest, skipping or running every frame."""
+    from packets import udp_frame
+    from quic_packets import (broken_fakes, crypto_frame, handshake_client_hello, initial_packet,
+                              short_header_packet, two_datagram_hello)
+    from sluice.policy import load_policy
+    from sluice.replay import replay as replay_capture
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+    real_name, fake_name = (b"blocked.example", b"open.example") if blocked == "real" else \
+        (b"open.example", b"blocked.example")
+    first, second = two_datagram_hello(real_name, b"\xa1" * 8)
+    fake = initial_packet(crypto_frame(0, handshake_client_hello(fake_name)), dcid=b"\x0f" * 8, size=1200)
+    sent = [*broken_fakes(b"www.google.com"), first, fake, second]
+    frames = [udp_frame(datagram, sport=50001) for datagram in sent]
+    path = tmp_path / "fakes-around-a-hello.pcap"
+    wrpcap(str(path), [Ether(frame) for frame in [*frames, udp_frame(short_header_packet(), sport=50001, reply=True)]])
+    policy = load_policy(lab_policy_path())
+    skipping, _frames = replay_capture(str(path), policy)
+    assert replay_capture(str(path), policy, skip_settled=False)[0] == skipping
+    assert [(r["client_port"], r["name"], r["action"]) for r in skipping] == [(50001, "blocked.example", "block")]
