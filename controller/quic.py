@@ -60,6 +60,9 @@ MAX_CRYPTO_BYTES = 16 * 1024   # a ClientHello with post-quantum key shares take
 MAX_DATAGRAMS = 8              # per connection: browsers need two; the rest leaves room for retransmissions
 MAX_STREAMS = 8                # connections a flow gathers the hellos of at once: the real one beside fakes
 MAX_FLOW_DATAGRAMS = MAX_STREAMS * MAX_DATAGRAMS   # datagrams read per flow: each stream's count, for the most streams
+HELLO_BYTES_SAFE = 4 * 1024    # a stream holding no more (a post-quantum hello twice over) never gives way to bytes
+# The stream buffers of a flow: one stream of the largest size, and every other holding HELLO_BYTES_SAFE.
+MAX_FLOW_CRYPTO_BYTES = MAX_CRYPTO_BYTES + (MAX_STREAMS - 1) * HELLO_BYTES_SAFE
 DIGEST_LEN = 16                # of a datagram read, to know its repeats without keeping it
 MAX_CID_LEN = 20               # RFC 9000 section 17.2
 KEY_CACHE_SIZE = 256           # flows in flight at once whose keys are kept derived
@@ -620,30 +623,31 @@ def client_initial_keys(dcid: bytes, version: int) -> InitialKeys:
 class _HandshakeStream:
     """One connection's handshake stream, its CRYPTO data gathered in any order."""
 
-    def __init__(self):
+    def __init__(self, handshake: type[TlsClientHello] | type[GoogleChlo]):
+        self.handshake = handshake      # what the stream carries, and when it is whole
         self.data = bytearray()         # the stream received so far...
         self.filled = bytearray()       # ...and 1 for each of its bytes that arrived
         self.datagrams = 0
         self.finished = False           # its message read, or the stream refused: nothing more of it is read
 
-    def add(self, frames: list[tuple[int, bytes]], handshake: type[TlsClientHello] | type[GoogleChlo]) -> bytes | None:
+    def add(self, frames: list[tuple[int, bytes]]) -> bytes | None:
         """One datagram's pieces; the whole handshake message once the stream
         holds it, else None. A QuicError finishes the stream."""
         self.datagrams += 1
         try:
             for offset, data in frames:
                 self._store(offset, data)
-            message = self._message(handshake)
+            message = self._message()
             if message is None and self.datagrams >= MAX_DATAGRAMS:
                 raise QuicError(f"no whole handshake message in {MAX_DATAGRAMS} datagrams")
         except QuicError:
-            self.finish()
+            self._finish()
             raise
         if message is not None:
-            self.finish()
+            self._finish()
         return message
 
-    def finish(self) -> None:
+    def _finish(self) -> None:
         self.finished = True
         self.data, self.filled = bytearray(), bytearray()
 
@@ -669,11 +673,11 @@ class _HandshakeStream:
             self.filled[pos:run_end] = b"\x01" * (run_end - pos)
             pos = run_end
 
-    def _message(self, handshake: type[TlsClientHello] | type[GoogleChlo]) -> bytes | None:
+    def _message(self) -> bytes | None:
         """The handshake message once the stream holds all of it, else None."""
         contiguous = self.filled.find(0)
         contiguous = len(self.filled) if contiguous == -1 else contiguous
-        end = handshake.length(bytes(self.data[:contiguous]))
+        end = self.handshake.length(bytes(self.data[:contiguous]))
         if end is not None and end > MAX_CRYPTO_BYTES:
             raise QuicError(f"handshake message longer than {MAX_CRYPTO_BYTES} bytes")
         if end is None or contiguous < end:
@@ -709,9 +713,10 @@ class InitialReassembler:
 
     An adversary may open connections without end: the flow gathers at most
     MAX_STREAMS at once (a finished one gives way to a new one, else the
-    oldest, so fakes sent ahead cannot crowd out the real hello), and reads
-    at most MAX_FLOW_DATAGRAMS datagrams, after which it is ``done`` and
-    ignores what follows. A datagram that repeats one already read, byte for
+    oldest, so fakes sent ahead cannot crowd out the real hello), holds at
+    most MAX_FLOW_CRYPTO_BYTES of their streams, and reads at most
+    MAX_FLOW_DATAGRAMS datagrams, after which it is ``done`` and ignores
+    what follows. A datagram that repeats one already read, byte for
     byte (a retransmission, or a fake sent again and again), is not read
     again nor counted.
     """
@@ -748,10 +753,11 @@ class InitialReassembler:
         stream = self._stream(version, key_dcid)
         if stream.finished:
             return None
-        message = stream.add(frames, quic_version.handshake)
+        self._make_room(stream, frames)
+        message = stream.add(frames)
         if message is None:
             return None
-        sni, ech, alpn = quic_version.handshake.parse(message)
+        sni, ech, alpn = stream.handshake.parse(message)
         return ClientHelloInfo(sni=sni, ech=ech, version=version, alpn=alpn)
 
     def _open(self, version: int, packets: list[_Packet]) -> tuple[bytes, list[bytes]]:
@@ -782,8 +788,22 @@ class InitialReassembler:
                 # A finished stream has nothing left to read; else the oldest gives way.
                 finished = next((known for known, stream in self._streams.items() if stream.finished), None)
                 del self._streams[finished or next(iter(self._streams))]
-            self._streams[key] = _HandshakeStream()
+            self._streams[key] = _HandshakeStream(VERSIONS[version].handshake)
         return self._streams[key]
+
+    def _make_room(self, stream: _HandshakeStream, frames: list[tuple[int, bytes]]) -> None:
+        """Keep the flow's buffers within MAX_FLOW_CRYPTO_BYTES once ``stream``
+        holds ``frames``. A buffer runs to the highest offset received, so one
+        small datagram can claim MAX_CRYPTO_BYTES: the other streams that hold
+        the most give way, never one that holds HELLO_BYTES_SAFE or less."""
+        held = {key: len(other.data) for key, other in self._streams.items() if other is not stream and other.data}
+        grown = max([len(stream.data), *(offset + len(data) for offset, data in frames)])
+        excess = sum(held.values()) + min(grown, MAX_CRYPTO_BYTES) - MAX_FLOW_CRYPTO_BYTES
+        for key in sorted(held, key=held.__getitem__, reverse=True):
+            if excess <= 0:
+                return
+            excess -= held[key]
+            del self._streams[key]
 
 
 def client_hello_from_datagram(datagram: bytes) -> ClientHelloInfo | None:

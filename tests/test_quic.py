@@ -2,6 +2,7 @@
 
 import random
 import struct
+import tracemalloc
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
@@ -14,8 +15,8 @@ from conftest import needs_root
 from sluice.quic_flows import QuicFlows
 from sluice.testrun import run_xdp
 
-from sluice.quic import (MAX_CRYPTO_BYTES, MAX_DATAGRAMS, MAX_FLOW_DATAGRAMS, MAX_STREAMS, QUIC_V1, QUIC_V2,
-                             VERSIONS, ClientHelloInfo, GoogleChlo, InitialReassembler, QuicError,
+from sluice.quic import (MAX_CRYPTO_BYTES, MAX_DATAGRAMS, MAX_FLOW_CRYPTO_BYTES, MAX_FLOW_DATAGRAMS, MAX_STREAMS,
+                             QUIC_V1, QUIC_V2, VERSIONS, ClientHelloInfo, GoogleChlo, InitialReassembler, QuicError,
                              client_hello_from_datagram, client_initial_keys, family, fnv1a_128)
 from packets import CLIENT_V4, SERVER_V4, ether, extension, sni_extension, udp_frame
 from quic_packets import (DATAGRAM_MIN, HANDSHAKE_TYPE, PING, RFC_DCID, ack_frame, broken_fakes, chlo, chlo_entries,
@@ -419,6 +420,26 @@ def test_fakes_of_more_connections_than_a_flow_gathers_give_way_oldest_first():
     assert results[:-1] == [None] * (len(results) - 1)
     # One more connection between, and the real hello has given way.
     assert feed_all([first, *fakes[:MAX_STREAMS], second])[-1] is None
+
+
+def test_fakes_claiming_the_most_bytes_give_way_and_a_flows_buffers_stay_bounded():
+    """One byte of CRYPTO data at the end of a stream's room claims all of
+    it: fakes of that kind between the datagrams of a hello hold memory
+    without sending it. The largest give way (never the real hello's
+    little), and the flow's buffers stay within MAX_FLOW_CRYPTO_BYTES, for
+    the data and which bytes arrived."""
+    first, second = two_datagram_hello(b"real.example", b"\xa1" * 8)
+    hoarders = [datagram(crypto_frame(MAX_CRYPTO_BYTES - 1, b"x"), dcid=bytes([0xd0 + index]) * 8)
+                for index in range(MAX_STREAMS - 1)]
+    flow = InitialReassembler()
+    tracemalloc.start()
+    try:
+        assert [flow.feed(datagram_) for datagram_ in [first, *hoarders]] == [None] * MAX_STREAMS
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * MAX_FLOW_CRYPTO_BYTES + 16 * 1024          # objects, digests and keys besides
+    assert flow.feed(second).sni == "real.example"
 
 
 def test_after_a_retry_the_client_sends_its_hello_again_under_the_new_id():
