@@ -724,6 +724,7 @@ class InitialReassembler:
     def __init__(self):
         self._streams: dict[tuple[int, bytes], _HandshakeStream] = {}    # by (version, key DCID), oldest first
         self._read: set[bytes] = set()      # digests of the datagrams read
+        self.fed = 0                        # datagrams fed, read or not
         self.done = False
 
     @property
@@ -732,6 +733,7 @@ class InitialReassembler:
         return not self.done and not all(stream.finished for stream in self._streams.values())
 
     def feed(self, datagram: bytes) -> ClientHelloInfo | None:
+        self.fed += 1
         if self.done:
             return None
         datagram = bytes(datagram)                       # a ring buffer may hand out other buffers

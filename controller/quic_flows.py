@@ -24,9 +24,10 @@ connections (the data plane hands them over for the rest of its window)
 and obeys the strictest hello of them: a block over a limit (throttle,
 shape, delay) over none; and its reassembler stays while a hello is half
 read, so that a whole fake between the halves cannot cost the real hello
-its first. A flow is given up only once its reassembler is done: a broken
-connection ends its own stream, not the flow, or broken fakes sent ahead
-would hide the real hello behind them.
+its first. A broken connection ends its own stream, not the flow, or
+broken fakes sent ahead would hide the real hello behind them: a flow
+without a name is given up only once the data plane has handed over its
+window's Initials, or its reassembler is done.
 """
 
 import ctypes
@@ -36,6 +37,7 @@ from collections import Counter
 from .abi import ABI
 from .clients import flow_client, flow_server
 from .datapath import settle_flow
+from .policy import DEFAULT_WINDOW_PACKETS
 from .quic import FAMILIES, InitialReassembler, QuicError, family
 
 log = logging.getLogger(__name__)
@@ -104,16 +106,24 @@ class QuicFlows:
             self.outcomes["sni_found" if hello.sni else "no_sni"] += 1
             self.outcomes["ech"] += hello.ech
             self._settle(flow_key, hello)
-        if reassembler.gathering:
+        # The data plane hands over at most the window's Initials of a flow
+        # (fakes and repeats count): past them nothing more is to come.
+        spent = reassembler.done or reassembler.fed >= self._window_packets()
+        if reassembler.gathering and not spent:
             return
         # No hello half read: a named flow keeps no reassembly (another
-        # connection's next Initials start one afresh); a flow whose
-        # reassembler is done without a name is given up.
+        # connection's next Initials start one afresh); a flow that can
+        # read no more without a name is given up. One that can waits: a
+        # real hello may follow the broken ones.
         named = self._named(flow_key)
-        if named or reassembler.done:
+        if named or spent:
             self.pending.pop(key, None)
             if not named:
                 self._settle(flow_key, gave_up=True)
+
+    def _window_packets(self) -> int:
+        policy = self.datapath.policy
+        return policy.window_packets if policy else DEFAULT_WINDOW_PACKETS
 
     def _named(self, flow_key) -> bool:
         """Is the flow one named here, still in that life (not inspected afresh)?"""

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scapy.all import IP, UDP, Raw
 
 from conftest import needs_root
+from sluice.policy import DEFAULT_WINDOW_PACKETS
 from sluice.quic_flows import QuicFlows
 from sluice.testrun import run_xdp
 
@@ -907,3 +908,23 @@ def test_a_named_flows_next_flight_is_read_without_counting_it_malformed(quic_da
     assert "open.example" in settled
     assert flows.outcomes["malformed"] == before
     assert set(flows.pending) <= pending            # no reassembly left behind
+
+
+@needs_root
+def test_a_flow_of_broken_initials_waits_for_a_real_hello_until_its_window_is_spent(quic_datapath):
+    """Broken Initials end their own connection only, as a real hello may
+    still follow them: the flow is given up once the data plane hands over
+    no more of its Initials (the window), not before."""
+    datapath, flows, settled = quic_datapath
+    port, before = 46100, flows.outcomes["gave_up"]
+    half = handshake_client_hello(b"video.example")[:10]
+    broken = [datagram(crypto_frame(0, half), pn=pn, dcid=b"\xc3" * 8) for pn in range(DEFAULT_WINDOW_PACKETS)]
+    for datagram_ in broken[:-1]:
+        assert send(datapath, client_frame(datagram_, port)) == "pass"
+    assert flows.outcomes["gave_up"] == before
+    assert send(datapath, client_frame(broken[-1], port)) == "pass"
+    assert flows.outcomes["gave_up"] == before + 1
+    settled.clear()
+    late = client_initial(QUIC_V1, crypto_frame(0, handshake_client_hello(b"video.example")), dcid=b"\xc4" * 8)
+    assert send(datapath, client_frame(late, port)) == "pass"
+    assert "video.example" not in settled            # past the window: neither handed over nor read
