@@ -199,11 +199,12 @@ def test_replay_prints_what_running_every_frame_prints(capture):
 
 
 # A capture of the real tools, not of our imitation of them: each flow is
-# one connection of curl in the lab's client namespace (controller/lab.py)
-# to the lab's nginx for blocked.example, taken with tcpdump on the edge's
+# one connection of curl (QUIC: aioquic) in the lab's client namespace
+# (controller/lab.py) to the lab's server for blocked.example, taken with tcpdump on the edge's
 # client interface and cut before the server's first data (what names the
 # flow comes before it); documentation addresses only. The server read
-# blocked.example in each (nginx's $host and $ssl_server_name). zapret is
+# blocked.example in each (nginx's $host and $ssl_server_name; aioquic
+# answered). zapret is
 # nfqws at bol-van/zapret 363fbe69 (2026-03-12) on the client's OUTPUT
 # through iptables NFQUEUE; ByeDPI is ciadpi at hufrea/byedpi ba532298
 # (2026-03-27), a SOCKS5 proxy curl goes through. A TTL of 1 is the lab's
@@ -230,6 +231,9 @@ REAL_TOOL_FLOWS = {
     39479: ("ByeDPI --oob 3+s (HTTP, IPv4)", True),
     60637: ("ByeDPI --tlsrec 1+s --tlsrec 5+s --tlsrec -5+se (TLS, IPv4)", False),
     57797: ("ByeDPI --disoob 1 (TLS, IPv6)", False),
+    # aioquic's client (tests/test_e2e_quic.py's): six fakes for www.google.com, then the real Initial
+    51491: ("zapret --dpi-desync=fake --dpi-desync-repeats=6 "
+            "--dpi-desync-fake-quic=quic_initial_www_google_com.bin (QUIC, IPv4)", True),
 }
 # zapret's "original modding" (--orig-ttl=8 --orig-mod-start=d1, TLS, IPv4)
 # sends every data segment with a TTL far below its SYN's that still
