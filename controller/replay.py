@@ -486,23 +486,38 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
 
 
 def report_unsettled(datapath, report) -> None:
-    """Flows the capture ended on before they were settled get a line too,
-    in the order of their flow keys (addresses, ports): a hash map's own
-    order changes with every map, so the output would change from run to run."""
-    unsettled = []
+    """Flows that no event reported get a line too, in the order of their
+    flow keys (addresses, ports; a hash map's own order changes with every
+    map, so the output would change from run to run): those the capture
+    ended on before they were settled, and those `on_evasion: block`
+    blocked, at the decoy, before any name was read."""
+    unreported = []
     flow_table = datapath.flow_table()
     numbered = flow_table.numbered_keys()
     for ids, flows, count in flow_table.batches():
         # The batch's states and windows read by numpy, its thousands of
         # settled flows not one by one.
         values = numpy.frombuffer(flows, dtype=numpy.uint8).reshape(len(flows), -1)[:count]
-        state, packets = _flow_field(flows._type_, "state"), _flow_field(flows._type_, "payload_packets")
-        inspected = (values[:, state] == ABI.SLUICE_FLOW_INSPECTING).all(1) & values[:, packets].any(1)
-        for index in numpy.flatnonzero(inspected).tolist():
+
+        def byte(name: str):                    # a one-byte field, of each flow of the batch
+            return values[:, _flow_field(flows._type_, name).start]
+
+        inspected = (byte("state") == ABI.SLUICE_FLOW_INSPECTING) & (byte("payload_packets") > 0)
+        # bpf/receiver.h receiver_block_evasion(): blocked under no rule.
+        blocked_for_evasion = ((byte("state") == ABI.SLUICE_FLOW_CLASSIFIED) &
+                               (byte("action") == ABI.SLUICE_ACTION_BLOCK) &
+                               (byte("receiver") & ABI.SLUICE_RECEIVER_EVASION).astype(bool) &
+                               ~values[:, _flow_field(flows._type_, "rule_id")].any(1))
+        for index in numpy.flatnonzero(inspected | blocked_for_evasion).tolist():
             key = flow_table.flow_key(ids[index], numbered)
-            if key is not None:
-                unsettled.append((bytes(key), _record(_key_parts(key), flows[index].client_is_hi)))
-    report.records += [record for _key, record in sorted(unsettled, key=lambda pair: pair[0])]
+            if key is None:
+                continue
+            flow = flows[index]
+            record = _record(_key_parts(key), flow.client_is_hi)
+            if blocked_for_evasion[index]:
+                record.update(proto=PROTO_NAMES.get(flow.proto), action="block", method="drop")
+            unreported.append((bytes(key), record))
+    report.records += [record for _key, record in sorted(unreported, key=lambda pair: pair[0])]
 
 
 @functools.cache

@@ -276,3 +276,16 @@ def test_real_tools_the_2021_profile_is_fooled_where_the_throttler_was(named_in_
 def test_real_tools_a_low_ttl_copy_that_reaches_the_server_is_read(named_in_real_capture):
     assert named_in_real_capture["2021"].get(UNREAD_LOW_TTL_PORT) == REAL_NAME
     assert named_in_real_capture["default"].get(UNREAD_LOW_TTL_PORT) == REAL_NAME
+
+
+def test_real_tools_under_on_evasion_block_every_flow_gets_a_line_that_blocks_it(tmp_path):
+    """A flow blocked at its decoy, before any name was read, has no rule
+    and sent no event; its line says it was blocked all the same, the
+    lone low-TTL copies' too."""
+    policy = tmp_path / "block-evasion.yaml"
+    policy.write_text(RULES + "inspection: {on_evasion: block}\n")
+    result = subprocess.run([*SLUICE, "replay", "--policy", str(policy), "--json", REAL_TOOLS_CAPTURE],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    actions = {record["client_port"]: record["action"] for record in map(json.loads, result.stdout.splitlines())}
+    assert actions == dict.fromkeys([*REAL_TOOL_FLOWS, UNREAD_LOW_TTL_PORT], "block")
