@@ -778,6 +778,17 @@ def send(datapath, frame: bytes) -> str:
     return verdict
 
 
+def send_all(datapath, datagrams, port: int, read_ring: str) -> None:
+    """The client's datagrams through the program, the controller reading
+    the ring after each ("after-each") or only after all ("at-the-end")."""
+    for datagram_ in datagrams:
+        if read_ring == "after-each":
+            send(datapath, client_frame(datagram_, port))
+        else:
+            run_xdp(datapath.function.fd, client_frame(datagram_, port))
+    datapath.consume_rings()
+
+
 @needs_root
 @pytest.mark.parametrize("version", [DRAFT_29, 0xFACEB002, Q043, Q046, gquic_version("T051")],
                          ids=["draft-29", "mvfst-27", "Q043", "Q046", "T051"])
@@ -854,12 +865,7 @@ def test_a_fake_initial_of_another_connection_does_not_name_the_flow(quic_datapa
     real = client_initial(QUIC_V1, crypto_frame(0, handshake_client_hello(b"video.example")), dcid=b"\xa1" * 8)
     sent = [fake] * 6 + [real] if fake_first else [real] + [fake] * 6
     settled.clear()
-    for datagram in sent:
-        if read_ring == "after-each":
-            send(datapath, client_frame(datagram, port))
-        else:
-            run_xdp(datapath.function.fd, client_frame(datagram, port))
-    datapath.consume_rings()
+    send_all(datapath, sent, port, read_ring)
     assert send(datapath, client_frame(short_header_packet(), port)) == "drop"
     assert settled["video.example"].name == "block-video"
 
@@ -883,12 +889,8 @@ def test_a_whole_fake_between_the_datagrams_of_a_hello_and_broken_fakes_ahead_hi
     first, second = two_datagram_hello(real_name, b"\xa1" * 8)
     fake = client_initial(QUIC_V1, crypto_frame(0, handshake_client_hello(fake_name)), dcid=b"\x0f" * 8)
     settled.clear()
-    for datagram_ in [*(broken_fakes(b"www.google.com") if broken_ahead else []), first, fake, second]:
-        if read_ring == "after-each":
-            send(datapath, client_frame(datagram_, port))
-        else:
-            run_xdp(datapath.function.fd, client_frame(datagram_, port))
-    datapath.consume_rings()
+    send_all(datapath, [*(broken_fakes(b"www.google.com") if broken_ahead else []), first, fake, second], port,
+             read_ring)
     assert send(datapath, client_frame(short_header_packet(), port)) == "drop"
     assert settled["video.example"].name == "block-video"
 
