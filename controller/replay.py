@@ -382,10 +382,10 @@ class Replayer:
     def run(self, capture_path: str, skip_settled: bool = True,
             progress: Progress | None = None) -> tuple[list[dict], int]:
         """The capture through the program (run_capture), and a line for each
-        flow it left unsettled; (records, frames)."""
+        flow no event reported (report_unreported); (records, frames)."""
         frames = run_capture(self.datapath, capture_path, self.read_rings,
                              self.report.settled if skip_settled else None, progress)
-        report_unsettled(self.datapath, self.report)
+        report_unreported(self.datapath, self.report)
         return self.report.records, frames
 
     def close(self) -> None:
@@ -485,7 +485,7 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     return frames
 
 
-def report_unsettled(datapath, report) -> None:
+def report_unreported(datapath, report) -> None:
     """Flows that no event reported get a line too, in the order of their
     flow keys (addresses, ports; a hash map's own order changes with every
     map, so the output would change from run to run): those the capture
