@@ -136,7 +136,7 @@ static __always_inline struct flow_state *flow_start(struct flow_id *id, int sen
 	fresh.client_is_hi = opening ? sender_is_hi : 0;
 	/* The path the client's segments take: a segment sent to expire
 	 * sooner shows a lower TTL (receiver.h). */
-	fresh.syn_ttl = opening ? syn_ttl : 0;
+	fresh.ttl_floor = opening ? syn_ttl : 0;
 	if (flows.update(id, &fresh) < 0)
 		return 0;
 	return flows.lookup(id);

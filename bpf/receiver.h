@@ -10,7 +10,9 @@
  * the decoy's name. Here each client segment of a flow still inspected is checked as
  * the server's TCP checks it (Linux: tcp_v4_rcv, tcp_validate_incoming,
  * ipv6_rcv), and one the server would drop is neither stored nor judged:
- * only the bytes the server accepts name the flow.
+ * only the bytes the server accepts name the flow. A low TTL alone is no
+ * proof: the segment may reach a server a few hops away. Such a segment is
+ * held tentatively until the server's ACK says it arrived (tentative.h).
  *
  * Data in a SYN is provisional: a server without a Fast Open cookie drops
  * it and the client sends its bytes again at the stream's start. The
@@ -326,10 +328,12 @@ static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
 		return SLUICE_CNT_EVASION_PAWS;
 	if (receiver_ack_refused(flow, segment))
 		return SLUICE_CNT_EVASION_BAD_ACK;
-	if (flow->syn_ttl && segment->ttl + cfg->ttl_margin < flow->syn_ttl)
-		return SLUICE_CNT_EVASION_LOW_TTL;
 	if (!receiver_checksum_holds(scratch))
 		return SLUICE_CNT_EVASION_BAD_CHECKSUM;
+	/* Last: a segment refused for its TTL alone may yet have reached the
+	 * server, which its ACK will tell (tentative.h). */
+	if (flow->ttl_floor && segment->ttl + cfg->ttl_margin < flow->ttl_floor)
+		return SLUICE_CNT_EVASION_LOW_TTL;
 	return 0;
 }
 

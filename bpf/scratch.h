@@ -90,6 +90,8 @@ struct payload_scratch {
 	struct request_layout layout;	/* HTTP in a stream */
 	__u32 stream_held;		/* the stream is held from its start up to here */
 	__u32 copies_disagree;		/* the segment stored said otherwise than bytes held (tcp_stream.h) */
+	__u32 confirming;		/* the packet in hand is the server's, whose ACK confirmed tentative
+					 * client bytes (tentative.h): the stream is read for the client */
 	__u32 alpn_len;			/* bytes of alpn[] in use */
 	__u8 alpn[SLUICE_ALPN_BYTES];	/* the ClientHello's ALPN extension body, from its start */
 	struct segment_view segment;	/* the segment's headers, for receiver.h */
@@ -120,6 +122,10 @@ struct client_stream {
 	 * alike; what is held without a gap from a point on is read off it. */
 	__u64 held[STREAM_WORDS];
 	__u64 full[STREAM_FULL_WORDS];	/* bit w: held[w] is all ones */
+	/* Bit i: byte i came only at a TTL that may expire before the server,
+	 * flow_state.tentative_ttl's (tentative.h): never read until the
+	 * server acknowledges it. A byte is never held and tentative both. */
+	__u64 tentative[STREAM_WORDS];
 	/* By offset from flow_state.stream_base; the slack past
 	 * SLUICE_STREAM_BYTES absorbs a chunk written near the end. */
 	__u8 bytes[SLUICE_STREAM_BYTES + PAYLOAD_COPY_BYTES];

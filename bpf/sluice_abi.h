@@ -40,7 +40,8 @@
 #define SLUICE_RECEIVER_SERVER_LOST 128	/* ...its segments did not fit one connection's: its ACKs go unchecked */
 
 /* A client segment whose TTL (hop limit) is lower than its SYN's by more
- * than this (inspection.ttl_margin) is taken to expire before the server. */
+ * than this (inspection.ttl_margin) may expire before the server: it is
+ * held tentatively, and read only once the server acknowledges it. */
 #define SLUICE_TTL_MARGIN_DEFAULT 4
 
 /* Client-scope throttle and shape clocks (LRU). */
@@ -171,7 +172,9 @@ enum sluice_stage {
 	SLUICE_STAGE_STREAM_TLS = 9,	/* sluice_stage_stream_tls: a ClientHello from the stream */
 	SLUICE_STAGE_RECEIVER = 10,	/* sluice_stage_receiver: would the server keep this segment? (receiver.h) */
 	SLUICE_STAGE_OPENING = 11,	/* sluice_stage_opening: judge a new flow at its opening packet, before any name */
-	SLUICE_STAGE_MAX = 12,
+	SLUICE_STAGE_TENTATIVE = 12,	/* sluice_stage_tentative: keep a low-TTL client segment until acknowledged (tentative.h) */
+	SLUICE_STAGE_CONFIRM = 13,	/* sluice_stage_confirm: a server's ACK of such bytes: read them (tentative.h) */
+	SLUICE_STAGE_MAX = 14,
 };
 
 /* How a block rule blocks (rule_info.block_method). */
@@ -242,6 +245,7 @@ enum sluice_counter {
 	SLUICE_CNT_EVASION_URGENT,		/* an urgent byte the server takes out of the stream */
 	SLUICE_CNT_EVASION_BAD_ACK,		/* an ACK number for bytes the server never sent, or before its first */
 	SLUICE_CNT_STAGE_MISSED,		/* tail calls into a stage that returned (common.h call_stage()): no such stage loaded */
+	SLUICE_CNT_LOW_TTL_CONFIRMED,		/* server ACKs that confirmed low-TTL client bytes: read after all (tentative.h) */
 	SLUICE_CNT_MAX,
 };
 
@@ -314,7 +318,9 @@ struct flow_state {
 	__u8 opened_by_client;		/* 1: sluice saw the client's SYN open the flow */
 	__u8 streaming;			/* 1: its ClientHello is being reassembled (streams) */
 	__u8 trigger_pending;		/* 1: counting toward its rule's trigger; action held back (NONE) */
-	__u8 syn_ttl;			/* the client SYN's TTL (hop limit); 0: no SYN seen */
+	__u8 ttl_floor;			/* a client segment's TTL (hop limit) this far above, less ttl_margin,
+					 * reaches the server: its SYN's, or lower once the server
+					 * acknowledged bytes sent at a lower one (tentative.h); 0: no SYN seen */
 	__u32 stream_base;		/* client sequence number of stream offset 0 */
 	__u32 trigger_count;		/* what the rule's trigger counts, in its direction, so far */
 	__u32 ts_recent;		/* the client's last accepted TSval (SLUICE_RECEIVER_TS_KNOWN) */
@@ -331,7 +337,8 @@ struct flow_state {
 	__u32 held_syn_seq;		/* the sequence number of a SYN held (SLUICE_RECEIVER_SYN_HELD) */
 	__u32 server_isn;		/* the server's SYN-ACK's sequence number (SLUICE_RECEIVER_SERVER_SEQ), */
 	__u32 server_end;		/* ...and the highest it has sent up to, while the flow is inspected */
-	__u32 pad;
+	__u8 tentative_ttl;		/* the TTL of the client's bytes held tentatively in its stream, 0: none */
+	__u8 pad[3];
 };
 
 /* The same clocks for client and rule scope. */

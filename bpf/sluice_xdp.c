@@ -33,6 +33,7 @@
 #include "ip_frag.h"
 #include "proxy_protocol.h"
 #include "receiver.h"
+#include "tentative.h"
 
 /* Copy up to PAYLOAD_COPY_BYTES of the payload at offset (len > 0 bytes of it),
  * from the frame, or from the datagram gathered out of IP fragments. */
@@ -173,16 +174,53 @@ static __always_inline int read_for_name(const struct flow_state *flow, const st
 	return !flow->rule_id || client_payload;
 }
 
+/* A server segment of a flow whose client sent bytes only at a TTL that
+ * may not reach the server (tentative.h): its ACK number may confirm them,
+ * in sluice_stage_confirm. Should that stage be missing, the segment goes
+ * on as any other. */
+static __always_inline void offer_server_ack(struct ctx_buff *ctx, const struct packet_info *pkt,
+					     const struct flow_id *id, int from_fragments)
+{
+	__u32 zero = 0;
+	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+	__u32 ack;
+
+	if (!scratch || !(pkt->tcp_flags & TCP_FLAG_ACK) ||
+	    receiver_load_ack_number(ctx, pkt, from_fragments, &ack) < 0)
+		return;
+	__builtin_memcpy(&scratch->id, id, sizeof(*id));
+	flow_make_key(pkt, &scratch->key);
+	scratch->frame_len = pkt->frame_len;
+	scratch->proto = SLUICE_PROTO_UNKNOWN;
+	scratch->in_stream = 0;
+	scratch->raw_name_len = 0;
+	scratch->name_len = 0;
+	/* Nothing of the server's segment is stored: the stream is read as it is. */
+	scratch->segment_len = 0;
+	scratch->len = 0;
+	/* ...and its own payload is what its verdict counts, if it confirms nothing. */
+	scratch->payload_len = pkt->payload_len;
+	scratch->from_fragments = from_fragments;
+	scratch->segment.ack = ack;
+	scratch->confirming = 1;
+	call_stage(ctx, SLUICE_STAGE_CONFIRM);
+}
+
 /* A segment from the server's end of a flow still read (for a name, or
  * for its SYN's data to be checked): what it says of the server's sequence
- * numbers, against which the client's ACK numbers are held (receiver.h).
+ * numbers, against which the client's ACK numbers are held (receiver.h),
+ * and whether it acknowledges client bytes held tentatively (tentative.h).
  * Once the flow is settled, this costs one test of its state. */
 static __always_inline void note_server_segment(struct ctx_buff *ctx, struct flow_state *flow,
-						const struct packet_info *pkt, int sender_is_hi, int from_fragments)
+						const struct packet_info *pkt, const struct flow_id *id,
+						int sender_is_hi, int from_fragments)
 {
 	if ((flow->state == SLUICE_FLOW_INSPECTING || (flow->receiver & SLUICE_RECEIVER_SYN_DATA)) &&
-	    flow->opened_by_client && sender_is_hi != flow->client_is_hi)
+	    flow->opened_by_client && sender_is_hi != flow->client_is_hi) {
 		receiver_note_server_segment(ctx, flow, pkt, from_fragments);
+		if (flow->tentative_ttl && flow->state == SLUICE_FLOW_INSPECTING)
+			offer_server_ack(ctx, pkt, id, from_fragments);
+	}
 }
 
 /* Evasion was seen: a segment the server would not keep as it came,
@@ -268,6 +306,7 @@ static __always_inline int inspect_tcp_segment(struct ctx_buff *ctx, struct flow
 	scratch->proto = SLUICE_PROTO_UNKNOWN;
 	scratch->in_stream = 0;
 	scratch->raw_name_len = 0;
+	scratch->confirming = 0;
 	/* A SYN's own data (TCP Fast Open) follows the sequence number the SYN takes. */
 	scratch->seq = pkt->seq + (pkt->tcp_flags & TCP_FLAG_SYN ? 1 : 0);
 	scratch->segment_offset = pkt->payload_offset;
@@ -317,7 +356,7 @@ int CTX_ENTRY(struct ctx_buff *ctx)
 	struct flow_state *flow = flow_open_tcp(&pkt, &id, sender_is_hi, cfg, &opening);
 	if (!flow)
 		return pass_flowless(&pkt, opening);
-	note_server_segment(ctx, flow, &pkt, sender_is_hi, 0);
+	note_server_segment(ctx, flow, &pkt, &id, sender_is_hi, 0);
 	if (!read_for_name(flow, &pkt, sender_is_hi))
 		return verdict_apply_tcp(ctx, flow, flow_client_address(flow, &pkt, sender_is_hi), sender_is_hi,
 					 pkt.frame_len, pkt.payload_len, cfg);
@@ -629,6 +668,20 @@ int sluice_stage_http_host(struct ctx_buff *ctx)
 	return verdict_pass_unjudged(scratch->frame_len);
 }
 
+/* The verdict on the packet in hand, its flow just named: the client's
+ * segment that named it; or the server's segment whose ACK confirmed the
+ * tentative bytes that did (tentative.h), which passes: the verdict holds
+ * from the flow's next packet on. */
+static __always_inline int judge_packet_in_hand(struct ctx_buff *ctx, struct flow_state *flow,
+						const struct payload_scratch *scratch,
+						const struct sluice_config *cfg)
+{
+	if (scratch->confirming)
+		return verdict_pass_unjudged(scratch->frame_len);
+	return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, &scratch->key), scratch->sender_is_hi,
+				 scratch->frame_len, scratch->segment_len, cfg);
+}
+
 int sluice_stage_match(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
@@ -651,8 +704,7 @@ int sluice_stage_match(struct ctx_buff *ctx)
 		return verdict_pass_unjudged(scratch->frame_len);
 	}
 	verdict_classify(flow, 0, 0, scratch, cfg);
-	return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, &scratch->key), scratch->sender_is_hi,
-				 scratch->frame_len, scratch->segment_len, cfg);
+	return judge_packet_in_hand(ctx, flow, scratch, cfg);
 }
 
 /* What the rule conditions look at of the flow, but its ClientHello: the
@@ -690,8 +742,7 @@ int sluice_stage_select(struct ctx_buff *ctx)
 	}
 	__u32 rule_id = match_select_rule(scratch->set_id, &client, cfg);
 	verdict_classify(flow, rule_id, client.class_id, scratch, cfg);
-	return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, key), scratch->sender_is_hi,
-				 scratch->frame_len, scratch->segment_len, cfg);
+	return judge_packet_in_hand(ctx, flow, scratch, cfg);
 }
 
 /* A new flow's opening packet, the client's bare SYN or a UDP flow's first
@@ -741,7 +792,7 @@ static __always_inline int judge_gathered_segment(struct packet_info *pkt, const
 
 	if (!flow)
 		return pass_flowless(pkt, opening);
-	note_server_segment(ctx, flow, pkt, sender_is_hi, 1);
+	note_server_segment(ctx, flow, pkt, &id, sender_is_hi, 1);
 	if (!read_for_name(flow, pkt, sender_is_hi))
 		return verdict_apply(flow, flow_client_address(flow, pkt, sender_is_hi), sender_is_hi, pkt->frame_len,
 				     pkt->payload_len, cfg);
@@ -794,6 +845,15 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 	__u32 refused = receiver_refuses(flow, scratch, cfg);
 	if (refused) {
 		counter_inc(refused);
+		/* A TTL that may not reach the server, and nothing else: held
+		 * until the server says (tentative.h). Not under on_evasion:
+		 * block, which blocks the flow at it, nor without reassembly,
+		 * which keeps no stream. */
+		if (refused == SLUICE_CNT_EVASION_LOW_TTL && flow->state == SLUICE_FLOW_INSPECTING &&
+		    !(cfg->flags & (SLUICE_CFG_BLOCK_EVASION | SLUICE_CFG_NO_REASSEMBLY))) {
+			flow->receiver |= SLUICE_RECEIVER_EVASION;
+			call_stage(ctx, SLUICE_STAGE_TENTATIVE);
+		}
 		return evasion_seen(ctx, flow, scratch, cfg);
 	}
 	/* The first client segment after a SYN with data: one at the stream's
@@ -825,6 +885,64 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 		return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, &scratch->key), scratch->sender_is_hi,
 				 scratch->frame_len, scratch->segment_len, cfg);
 	return read_segment(ctx, flow, scratch, cfg);
+}
+
+/* A client segment refused for its TTL alone (receiver.h): kept in the
+ * flow's stream as tentative, unread until the server acknowledges it
+ * (tentative.h); it passes, as the server would drop it if it were what
+ * its TTL says. */
+int sluice_stage_tentative(struct ctx_buff *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+
+	if (!scratch)
+		return CTX_ACT_OK;
+	__u8 ttl = scratch->segment.ttl;
+	/* A lower TTL goes no farther than the one whose bytes are kept. */
+	if (ttl < flow->tentative_ttl)
+		return verdict_pass_unjudged(scratch->frame_len);
+	struct client_stream *stream = stream_open(&scratch->key);
+	if (!stream)
+		return verdict_pass_unjudged(scratch->frame_len);
+	if (ttl != flow->tentative_ttl) {
+		tentative_forget(stream);
+		flow->tentative_ttl = ttl;
+	}
+	tentative_store(stream, flow, scratch);
+	/* Later segments go to the stream too, where accepted bytes replace
+	 * tentative ones. */
+	flow->streaming = 1;
+	return verdict_pass_unjudged(scratch->frame_len);
+}
+
+/* A server segment whose ACK number may confirm the client's tentative
+ * bytes (tentative.h): if it does, the stream is read again for the
+ * client, as after a client segment, and the segment in hand passes.
+ * Else it is judged as any server segment of a flow still inspected. */
+int sluice_stage_confirm(struct ctx_buff *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+
+	if (!scratch)
+		return CTX_ACT_OK;
+	struct client_stream *stream = streams.lookup(&scratch->key);
+	if (stream && tentative_confirm(stream, flow, scratch->segment.ack)) {
+		counter_inc(SLUICE_CNT_LOW_TTL_CONFIRMED);
+		/* The stream's reading names the client as the sender. */
+		scratch->sender_is_hi = flow->client_is_hi;
+		scratch->seq = flow->stream_base;
+		call_stage(ctx, SLUICE_STAGE_STREAM);
+		return verdict_pass_unjudged(scratch->frame_len);
+	}
+	/* As read_for_name() and the entry program judge it. */
+	if (!flow->rule_id)
+		return verdict_pass_unjudged(scratch->frame_len);
+	return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, &scratch->key), !flow->client_is_hi,
+				 scratch->frame_len, scratch->payload_len, cfg);
 }
 
 int sluice_stage_reply(struct ctx_buff *ctx)

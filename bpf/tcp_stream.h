@@ -132,25 +132,34 @@ static __always_inline __u64 stream_is_zero(__u64 x)
 	return stream_lowest_bit(x) >> 6;
 }
 
-/* Note [start, end) as received, and which words are now full. Every
- * word is visited, without a branch: a loop that stops where the data says
+/* The bits of [start, end) in the bitmap word that holds bytes
+ * [64 * word, 64 * word + 64), without a branch. */
+static __always_inline __u64 stream_span_in_word(__u32 start, __u32 end, __u64 word)
+{
+	__u64 base = word * 64;
+	/* The span's bits in this word: [from, to), clamped to 0..64. */
+	__s64 from = (__s64)start - base, to = (__s64)end - base;
+	from &= ((__u64)from >> 63) - 1;		/* below 0: 0 */
+	to &= ((__u64)to >> 63) - 1;
+	__u64 from_past = (63 - (__u64)from) >> 63;	/* from > 63: none */
+	__u64 to_past = (63 - (__u64)to) >> 63;		/* to > 63: up to the end */
+	__u64 below_to = ((1ULL << (to & 63)) - 1) | -to_past;
+	return below_to & (~0ULL << (from & 63)) & (from_past - 1);
+}
+
+/* Note [start, end) as received (no longer tentative: accepted bytes
+ * replace those, tentative.h), and which words are now full. Every word
+ * is visited, without a branch: a loop that stops where the data says
  * would leave the verifier a way out of it for every word. */
 static __always_inline void stream_mark_held(struct client_stream *stream, __u32 start, __u32 end)
 {
 	if (end <= start || end > SLUICE_STREAM_BYTES)
 		return;
 	for (__u64 word = 0; word < STREAM_WORDS; word++) {
-		__u64 base = word * 64;
-		/* The span's bits in this word: [from, to), clamped to 0..64. */
-		__s64 from = (__s64)start - base, to = (__s64)end - base;
-		from &= ((__u64)from >> 63) - 1;		/* below 0: 0 */
-		to &= ((__u64)to >> 63) - 1;
-		__u64 from_past = (63 - (__u64)from) >> 63;	/* from > 63: none */
-		__u64 to_past = (63 - (__u64)to) >> 63;		/* to > 63: up to the end */
-		__u64 below_to = ((1ULL << (to & 63)) - 1) | -to_past;
-		__u64 span = below_to & (~0ULL << (from & 63)) & (from_past - 1);
+		__u64 span = stream_span_in_word(start, end, word);
 		__u64 held = stream->held[word] | span;
 		stream->held[word] = held;
+		stream->tentative[word] &= ~span;
 		stream->full[word / 64] |= stream_is_zero(~held) << (word % 64);
 	}
 }

@@ -107,6 +107,10 @@ class SluiceCollector:
             if name.startswith(EVASION_PREFIX):
                 evasions.add_metric([name.removeprefix(EVASION_PREFIX)], value)
         yield evasions
+        yield CounterMetricFamily("sluice_low_ttl_confirmed",
+                                  "Server ACKs that confirmed client bytes held tentatively for their low TTL "
+                                  "(bpf/tentative.h): the server received them, and they were read.",
+                                  value=counters["low_ttl_confirmed"])
         yield CounterMetricFamily("sluice_flows_gave_up",
                                   "Flows whose inspection window ran out without a name.",
                                   value=counters["gave_up"])

@@ -21,7 +21,10 @@ they do with the kernel's own TCP and raw frames beside it:
   ClientHello (or request) for another name, made so that the server drops
   them or they never reach it (a low TTL, a bad checksum, an MD5 option, no
   ACK flag, an old timestamp, an ACK number before the server's first):
-  then the kernel sends the real bytes.
+  then the kernel sends the real bytes;
+* zapret's --orig-ttl=8 --orig-mod-start=d1 is the socket's own TTL (hop
+  limit) set to 8 after the handshake: the kernel sends every data segment
+  of the connection at it, and they reach the lab's server, two hops away.
 
 The TLS handshake then goes on with Python's ssl over memory buffers, and a
 GET is answered by the lab's nginx, so a flow that passes proves that the
@@ -51,10 +54,12 @@ PLAIN = "plain"                # the whole hello in one segment: no evasion at a
 SPLITS = ("split1", "split2", "multisplit")
 RAW_PIECES = ("disorder", "seqovl", "fragments")
 URGENT = "urgent"               # an urgent (out-of-band) byte inside the name
+ORIG_TTL = "orig-ttl"           # every data segment at a low TTL that still reaches the server
+ORIG_TTL_HOPS = 8               # zapret's --orig-ttl=8: far below the SYN's 64
 # Each decoy, and the receiver-model kind sluice counts it under.
 DECOYS = {"fake-ttl": "low_ttl", "fake-checksum": "bad_checksum", "fake-md5": "tcp_auth_option",
           "fake-noack": "no_ack", "fake-timestamp": "paws", "fake-ack": "bad_ack"}
-TECHNIQUES = SPLITS + RAW_PIECES + (URGENT,) + tuple(DECOYS)
+TECHNIQUES = SPLITS + RAW_PIECES + (URGENT, ORIG_TTL) + tuple(DECOYS)
 FRAGMENT_BYTES = 64            # IP payload per fragment (a multiple of 8): even a request is several
 SEQOVL_BYTES = 12              # junk before the stream's first byte: the server trims it as already acknowledged
 PAWS_STEP_BACK = 100_000       # ms: a TSval this much older than the flow's last is outside PAWS
@@ -198,6 +203,12 @@ class Sender:
             for _offset, piece in pieces(stream, cuts):
                 self.sock.sendall(piece)
                 time.sleep(PIECE_GAP_S)
+        elif technique == ORIG_TTL:
+            if self.family == socket.AF_INET6:
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ORIG_TTL_HOPS)
+            else:
+                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ORIG_TTL_HOPS)
+            self.sock.sendall(stream)
         elif technique == URGENT:
             at = stream.index(name.encode()) + 4
             for piece, flags in [(stream[:at], 0), (b"!", socket.MSG_OOB), (stream[at:], 0)]:

@@ -237,10 +237,10 @@ REAL_TOOL_FLOWS = {
 }
 # zapret's "original modding" (--orig-ttl=8 --orig-mod-start=d1, TLS, IPv4)
 # sends every data segment with a TTL far below its SYN's that still
-# reaches the server (here two hops away): sluice takes each for a decoy
-# that expires on the way, and the flow goes unnamed while the server
-# reads the real name (docs/policy.md: "A low-TTL segment is never read").
-UNREAD_LOW_TTL_PORT = 41764
+# reaches the server (here two hops away): sluice holds each tentatively,
+# as it would a decoy that expires on the way, and reads them once the
+# server's ACK says they arrived (bpf/tentative.h).
+LOW_TTL_PORT = 41764
 
 
 @pytest.fixture(scope="module")
@@ -272,20 +272,33 @@ def test_real_tools_the_2021_profile_is_fooled_where_the_throttler_was(named_in_
     assert (name == REAL_NAME) == REAL_TOOL_FLOWS[port][1], name
 
 
-@pytest.mark.xfail(strict=True, reason="a lone low-TTL copy is not read (docs/policy.md): a known gap")
 def test_real_tools_a_low_ttl_copy_that_reaches_the_server_is_read(named_in_real_capture):
-    assert named_in_real_capture["2021"].get(UNREAD_LOW_TTL_PORT) == REAL_NAME
-    assert named_in_real_capture["default"].get(UNREAD_LOW_TTL_PORT) == REAL_NAME
+    """The server's ACK of the low-TTL hello, a bare one in the capture
+    (it was cut before the server's first data), names the flow."""
+    assert named_in_real_capture["2021"].get(LOW_TTL_PORT) == REAL_NAME
+    assert named_in_real_capture["default"].get(LOW_TTL_PORT) == REAL_NAME
+
+
+def test_real_tools_replay_prints_what_running_every_frame_prints(tmp_path):
+    """The real tools' flows through replay, which leaves quiet segments
+    out, and through every frame: the same lines, zapret's --orig-ttl flow
+    named by the server's bare ACK in both."""
+    from sluice.policy import load_policy
+    from sluice.replay import replay
+    policy_path = tmp_path / "every-frame.yaml"
+    policy_path.write_text(PROFILES["default"])
+    policy = load_policy(str(policy_path))
+    assert replay(REAL_TOOLS_CAPTURE, policy) == replay(REAL_TOOLS_CAPTURE, policy, skip_settled=False)
 
 
 def test_real_tools_under_on_evasion_block_every_flow_gets_a_line_that_blocks_it(tmp_path):
     """A flow blocked at its decoy, before any name was read, has no rule
-    and sent no event; its line says it was blocked all the same, the
-    lone low-TTL copies' too."""
+    and sent no event; its line says it was blocked all the same, zapret's
+    --orig-ttl flow's too, at its first low-TTL segment."""
     policy = tmp_path / "block-evasion.yaml"
     policy.write_text(RULES + "inspection: {on_evasion: block}\n")
     result = subprocess.run([*SLUICE, "replay", "--policy", str(policy), "--json", REAL_TOOLS_CAPTURE],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     actions = {record["client_port"]: record["action"] for record in map(json.loads, result.stdout.splitlines())}
-    assert actions == dict.fromkeys([*REAL_TOOL_FLOWS, UNREAD_LOW_TTL_PORT], "block")
+    assert actions == dict.fromkeys([*REAL_TOOL_FLOWS, LOW_TTL_PORT], "block")
