@@ -646,7 +646,8 @@ def test_on_evasion_block_blocks_copies_that_disagree(blocking, v6):
 @FAMILIES
 def test_a_lone_low_ttl_copy_is_not_read(dp, v6):
     """A low-TTL copy that no other copy replaces is not taken for the truth
-    (docs/policy.md): the flow is not named by it, and passes."""
+    while the server has not acknowledged it (docs/policy.md,
+    tests/test_bpf_tentative.py): the flow is not named by it, and passes."""
     flow = Flow(dp, v6)
     before = evasions(dp)
     assert flow.send_decoy("low_ttl", 0, HELLOS["0.5KB"]) == "pass"

@@ -151,7 +151,7 @@ class Policy:
     tunnels: tuple[str, ...] = TUNNEL_NAMES      # encapsulations opened to judge the flow inside
     proxy_protocol: bool = False                 # step over a PROXY protocol header before the hello
     on_evasion: str = "judge"                    # or "block", "ignore": segments the server would drop (receiver.h)
-    ttl_margin: int = ABI.SLUICE_TTL_MARGIN_DEFAULT  # a TTL this far below the SYN's expires before the server
+    ttl_margin: int = ABI.SLUICE_TTL_MARGIN_DEFAULT  # this far below the SYN's TTL: read once acknowledged
 
     def at(self, when: datetime) -> "Policy":
         """The policy as it stands at `when` (what the data plane is given)."""
