@@ -15,6 +15,16 @@
  * about 6%, and a busy flow does not write its shared entry on every packet. */
 #define FLOW_REFRESH_SHIFT 4
 
+/* A flow's idle clock, in jiffies: every known flow's packet reads it, and
+ * bpf_jiffies64() the verifier inlines to one load, where even the coarse
+ * clock cached per CPU (coarse_now_ns() in common.h) cost a fifth of an
+ * empty program (bench/packet_pieces.py). An idle timeout needs no finer
+ * time than a tick. A test's frozen clock is read in ticks of jiffy_ns. */
+static __always_inline __u64 flow_now(const struct sluice_config *cfg)
+{
+	return cfg->clock_ns ? cfg->clock_ns / cfg->jiffy_ns : bpf_jiffies64();
+}
+
 /* An IPv6 flow's id, as ipv6_flows numbered it; 0 if it has no number
  * (never seen, or forgotten). */
 static __always_inline int flow_is_numbered(const struct flow_id *id)
@@ -96,17 +106,23 @@ static __always_inline const __u8 *flow_key_client_address(const struct flow_sta
 	return flow->client_is_hi ? key->addr_hi : key->addr_lo;
 }
 
+/* now: flow_now(). A last_seen ahead of now by a tick is another CPU's read
+ * of jiffies, ordered before this one's; one ahead by more than the idle
+ * time cannot be a read of this clock at all (an entry pinned by a sluice
+ * that kept nanoseconds there): either way round, it is idle. */
 static __always_inline int flow_is_idle(const struct flow_state *flow, __u64 now,
 					const struct sluice_config *cfg)
 {
-	return time_since(now, flow->last_seen_ns) > cfg->flow_idle_ns;
+	__u64 elapsed = now - flow->last_seen;
+
+	return elapsed > cfg->flow_idle_jiffies && -elapsed > cfg->flow_idle_jiffies;
 }
 
 static __always_inline void flow_touch(struct flow_state *flow, __u64 now,
 				       const struct sluice_config *cfg)
 {
-	if (time_since(now, flow->last_seen_ns) > cfg->flow_idle_ns >> FLOW_REFRESH_SHIFT)
-		flow->last_seen_ns = now;
+	if (time_since(now, flow->last_seen) > cfg->flow_idle_jiffies >> FLOW_REFRESH_SHIFT)
+		flow->last_seen = now;
 }
 
 static __always_inline int flow_is_bare_syn(const struct packet_info *pkt)
@@ -126,7 +142,7 @@ static __always_inline struct flow_state *flow_start(struct flow_id *id, int sen
 
 	if (!flow_is_numbered(id) && flow_number_ipv6(pkt, id) < 0)
 		return 0;
-	fresh.last_seen_ns = now;
+	fresh.last_seen = now;
 	fresh.state = SLUICE_FLOW_INSPECTING;
 	fresh.client_known = opening;
 	fresh.opened_by_client = opening;
@@ -191,7 +207,7 @@ static __always_inline struct flow_state *flow_open_tcp(const struct packet_info
 							int sender_is_hi, const struct sluice_config *cfg, int *opening)
 {
 	int bare_syn = flow_is_bare_syn(pkt);
-	__u64 now = coarse_now_ns(cfg);
+	__u64 now = flow_now(cfg);
 	struct flow_state *flow = flow_is_numbered(id) ? flows.lookup(id) : 0;
 	int new_key = !flow;
 

@@ -289,7 +289,7 @@ static __always_inline int frag_drop_young(struct ctx_buff *ctx, struct packet_i
 	__builtin_memcpy(&pkt->sport, head, sizeof(pkt->sport));
 	__builtin_memcpy(&pkt->dport, head + 2, sizeof(pkt->dport));
 	struct flow_state *flow = flow_lookup(pkt, &id, &sender_is_hi);
-	if (flow && flow_is_idle(flow, coarse_now_ns(cfg), cfg))
+	if (flow && flow_is_idle(flow, flow_now(cfg), cfg))
 		flow = 0;
 	if (flow && flow->state != SLUICE_FLOW_INSPECTING)
 		return verdict_apply(flow, flow_client_address(flow, pkt, sender_is_hi), sender_is_hi, pkt->frame_len,

@@ -147,7 +147,7 @@ static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_in
 	 * needs no flow lookup at all. */
 	if (!(cfg->flags & (SLUICE_CFG_EVENTS | SLUICE_CFG_OPENING_RULES)))
 		return verdict_pass_unjudged(pkt->frame_len);
-	__u64 now = coarse_now_ns(cfg);
+	__u64 now = flow_now(cfg);
 	struct flow_state *flow = flow_lookup(pkt, &id, &sender_is_hi);
 
 	if (flow && flow_is_idle(flow, now, cfg)) {

@@ -306,7 +306,7 @@ struct flow_id {
 };
 
 struct flow_state {
-	__u64 last_seen_ns;		/* bpf_ktime_get_ns() of the last refresh */
+	__u64 last_seen;		/* flow_now() (jiffies, flow.h) of the last refresh */
 	__u32 rule_id;			/* 0: no rule */
 	__u8 state;			/* enum sluice_flow_state */
 	__u8 action;			/* enum sluice_action, effective (monitor -> NONE) */
@@ -477,7 +477,7 @@ struct block_page {
 #define SLUICE_BLOCK_PAGES_DEFAULT 1
 
 struct sluice_config {
-	__u64 flow_idle_ns;		/* a flow idle this long starts afresh */
+	__u64 flow_idle_jiffies;	/* a flow idle this many ticks of jiffy_ns starts afresh */
 	__u32 window_packets;		/* payload packets inspected per flow... */
 	__u32 flags;			/* SLUICE_CFG_* */
 	__u64 clock_ns;			/* non-zero: the data plane's time, frozen (tests) */
@@ -488,6 +488,7 @@ struct sluice_config {
 	__u32 generation;		/* its own index in config: the policy maps its packets read */
 	__u64 clock_tick_ns;		/* with clock_ns: the coarse clock's tick, which it reads
 					 * clock_ns rounded down to (tests); 0: clock_ns exactly */
+	__u64 jiffy_ns;			/* the kernel's tick (1/CONFIG_HZ s): a jiffy, in which flows idle */
 };
 
 /* Client bytes of a young flow kept to reassemble a ClientHello that spans

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """A rate limit as the data plane keeps it: time per byte, the burst as time,
 and the clock a policer (throttle) reads: the coarse one where its bucket is
-deep enough.
+deep enough; and a flow's idle time as the data plane counts it, in jiffies.
 
 The data plane's precise clock (bpf_ktime_get_ns) costs more than an empty
 XDP program on every packet it is read for; the coarse clock, read once a
@@ -38,6 +38,13 @@ def limit_times(limit) -> tuple[int, int]:
 def coarse_tick_ns() -> int:
     """The coarse clock's resolution on this machine: one jiffy, 1/CONFIG_HZ s."""
     return round(time.clock_getres(CLOCK_MONOTONIC_COARSE) * 1e9)
+
+
+def in_jiffies(duration_ns: int, tick_ns: int) -> int:
+    """A duration as the data plane's flow clock counts it (flow_now() in
+    bpf/flow.h): whole ticks, rounded up, so that a flow never idles out
+    sooner than its policy says."""
+    return -(-duration_ns // tick_ns)
 
 
 def police_clock(burst_ns: int, tick_ns: int) -> int:

@@ -21,7 +21,7 @@ import numpy
 
 from . import block_methods, hooks, precedence, schedule, tc, xdp_link
 from .abi import ABI, COUNTER_NAMES, TUNNEL_KINDS, TUNNEL_OUTCOMES
-from .clocks import coarse_tick_ns, limit_times, police_clock
+from .clocks import coarse_tick_ns, in_jiffies, limit_times, police_clock
 from .flow_table import FlowTable
 from .map_batches import count_entries
 from .names import name_hashes_many
@@ -354,11 +354,13 @@ class Datapath:
         value.clock_ns, value.clock_tick_ns = running.clock_ns, running.clock_tick_ns
         if policy is None:
             from .policy import DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_PACKETS
-            value.flow_idle_ns, value.window_packets = DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS
+            flow_idle_ns, value.window_packets = DEFAULT_FLOW_IDLE_NS, DEFAULT_WINDOW_PACKETS
             value.window_bytes = DEFAULT_WINDOW_BYTES
         else:
-            value.flow_idle_ns, value.window_packets = policy.flow_idle_ns, policy.window_packets
+            flow_idle_ns, value.window_packets = policy.flow_idle_ns, policy.window_packets
             value.window_bytes = policy.window_bytes
+        value.jiffy_ns = coarse_tick_ns()
+        value.flow_idle_jiffies = in_jiffies(flow_idle_ns, value.jiffy_ns)
         value.ttl_margin = policy.ttl_margin if policy is not None else ABI.SLUICE_TTL_MARGIN_DEFAULT
         on_evasion = policy.on_evasion if policy is not None else "judge"
         value.flags = ((running.flags & ABI.SLUICE_CFG_SERVER_RESETS) |

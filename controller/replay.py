@@ -433,7 +433,7 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     run = XdpFrameRunner(datapath.function.fd).run
     clock = time.monotonic
     config = datapath.config()
-    quiet_every = config.flow_idle_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
+    quiet_every = config.flow_idle_jiffies * config.jiffy_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
     short_datagrams_open_no_flow = not config.flags & ABI.SLUICE_CFG_OPENING_RULES
     frames, unread = 0, False
     with Capture(capture_path) as capture:

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import judge, needs_root
 from sluice.abi import ABI
+from sluice.clocks import coarse_tick_ns, in_jiffies
 from sluice.testrun import run_xdp
 from packets import client_hello, http_request, tcp_frame
 
@@ -213,7 +214,7 @@ def test_flows_that_were_open_before_sluice_are_inspected_from_their_next_payloa
 
 def test_idle_flows_expire_and_are_inspected_afresh(dp):
     now = 5 * 10**12
-    dp.set_config(clock_ns=now, flow_idle_ns=60 * 10**9)
+    dp.set_config(clock_ns=now, flow_idle_jiffies=in_jiffies(60 * 10**9, coarse_tick_ns()))
     try:
         port = judge(dp, client_hello(b"blocked.example")).port
         dp.set_config(clock_ns=now + 59 * 10**9)
@@ -223,15 +224,15 @@ def test_idle_flows_expire_and_are_inspected_afresh(dp):
         assert send(dp, client_hello(b"open.example"), sport=port) == "pass"
         assert dp.counters()["flows_expired"] == before + 1
     finally:
-        dp.set_config(clock_ns=0, flow_idle_ns=dp.policy.flow_idle_ns)
+        dp.set_config(clock_ns=0, flow_idle_jiffies=in_jiffies(dp.policy.flow_idle_ns, coarse_tick_ns()))
 
 
 def test_idle_flows_expire_on_the_kernels_own_clock(dp):
-    """As above on the running clock, which each CPU reads once per jiffy
-    (coarse_now_ns() in common.h): a flow seen again within its idle time
-    keeps its verdict; one seen again after it is inspected afresh."""
+    """As above on the running clock, jiffies (flow_now() in flow.h): a flow
+    seen again within its idle time keeps its verdict; one seen again after
+    it is inspected afresh."""
     idle_s = 0.3
-    dp.set_config(clock_ns=0, flow_idle_ns=int(idle_s * 10**9))
+    dp.set_config(clock_ns=0, flow_idle_jiffies=in_jiffies(int(idle_s * 10**9), coarse_tick_ns()))
     try:
         port = judge(dp, client_hello(b"blocked.example")).port
         before = dp.counters()["flows_expired"]
@@ -240,7 +241,36 @@ def test_idle_flows_expire_on_the_kernels_own_clock(dp):
         assert send(dp, client_hello(b"open.example"), sport=port) == "pass"
         assert dp.counters()["flows_expired"] == before + 1
     finally:
-        dp.set_config(flow_idle_ns=dp.policy.flow_idle_ns)
+        dp.set_config(flow_idle_jiffies=in_jiffies(dp.policy.flow_idle_ns, coarse_tick_ns()))
+
+
+def test_a_flow_seen_a_tick_earlier_on_another_cpu_is_not_idle(dp):
+    """jiffies read on one CPU may come a tick behind the read another CPU
+    stored in the flow (flow_is_idle() in flow.h): that is no idle time,
+    and the flow keeps its verdict."""
+    tick = coarse_tick_ns()
+    now = 5 * 10**12 // tick * tick
+    dp.set_config(clock_ns=now)
+    try:
+        port = judge(dp, client_hello(b"blocked.example")).port
+        dp.set_config(clock_ns=now - tick)
+        assert send(dp, client_hello(b"open.example"), sport=port) == "drop"
+    finally:
+        dp.set_config(clock_ns=0)
+
+
+def test_a_flow_stamped_in_nanoseconds_by_an_older_sluice_is_idle(dp):
+    """Flows pinned by a sluice that kept last_seen in nanoseconds read as
+    far ahead of the jiffies clock: inspected afresh, not kept for good."""
+    port = judge(dp, client_hello(b"blocked.example")).port
+    table = dp.flow_table()
+    [key] = entries_of_port(dp, port)
+    flow = table[key]
+    flow.last_seen = time.monotonic_ns()
+    table[key] = flow
+    before = dp.counters()["flows_expired"]
+    assert send(dp, client_hello(b"open.example"), sport=port) == "pass"
+    assert dp.counters()["flows_expired"] == before + 1
 
 
 def test_monitor_mode_counts_the_rule_and_passes(dp):
