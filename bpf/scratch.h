@@ -92,6 +92,7 @@ struct payload_scratch {
 	__u32 copies_disagree;		/* the segment stored said otherwise than bytes held (tcp_stream.h) */
 	__u32 confirming;		/* the packet in hand is the server's, whose ACK confirmed tentative
 					 * client bytes (tentative.h): the stream is read for the client */
+	__u32 stream_grew;		/* the segment stored brought bytes the stream lacked (tcp_stream.h) */
 	__u32 alpn_len;			/* bytes of alpn[] in use */
 	__u8 alpn[SLUICE_ALPN_BYTES];	/* the ClientHello's ALPN extension body, from its start */
 	struct segment_view segment;	/* the segment's headers, for receiver.h */

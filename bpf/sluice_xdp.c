@@ -461,13 +461,23 @@ int sluice_stage_stream(struct ctx_buff *ctx)
 		return verdict_inspect_next_packet(flow, scratch, cfg);
 	flow->streaming = 1;
 	__u32 stored_at = stream_store_received(ctx, stream, flow, scratch, cfg);
+	stream_find_origin(stream, stored_at, stream_urgent_offset(flow));
+	/* A segment that brings bytes the stream lacked, while the stream may
+	 * yet hold a hello or request, is the hello's own however small, and
+	 * does not spend the packet window: zapret's --wssize 1:6 shrinks the
+	 * server's window so that a browser's 1.8 KB hello comes in 29
+	 * segments of 64 bytes, more than the window's 20, and the server
+	 * reads it all the same. window_bytes still bounds them (each counts
+	 * its bytes), and no one packet costs more than before: the window
+	 * counts what adds nothing (copies) and what can name nothing (junk). */
+	if (scratch->stream_grew && flow->payload_packets && stream_may_hold_a_hello(stream))
+		flow->payload_packets -= 1;
 	if (scratch->copies_disagree && !(cfg->flags & SLUICE_CFG_NO_RECEIVER_MODEL)) {
 		counter_inc(SLUICE_CNT_EVASION_CONFLICT);
 		if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
 			return evasion_seen(ctx, flow, scratch, cfg);
 		flow->receiver |= SLUICE_RECEIVER_EVASION;
 	}
-	stream_find_origin(stream, stored_at, stream_urgent_offset(flow));
 	if (stream->origin != STREAM_ORIGIN_UNKNOWN) {
 		call_stage(ctx, SLUICE_STAGE_STREAM_TLS);
 		return stream_wait(flow, scratch, cfg);

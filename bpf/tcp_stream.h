@@ -148,20 +148,25 @@ static __always_inline __u64 stream_span_in_word(__u32 start, __u32 end, __u64 w
 }
 
 /* Note [start, end) as received (no longer tentative: accepted bytes
- * replace those, tentative.h), and which words are now full. Every word
+ * replace those, tentative.h), and which words are now full; returns
+ * non-zero if any of those bytes had not been received before. Every word
  * is visited, without a branch: a loop that stops where the data says
  * would leave the verifier a way out of it for every word. */
-static __always_inline void stream_mark_held(struct client_stream *stream, __u32 start, __u32 end)
+static __always_inline __u64 stream_mark_held(struct client_stream *stream, __u32 start, __u32 end)
 {
+	__u64 grew = 0;
+
 	if (end <= start || end > SLUICE_STREAM_BYTES)
-		return;
+		return 0;
 	for (__u64 word = 0; word < STREAM_WORDS; word++) {
 		__u64 span = stream_span_in_word(start, end, word);
+		grew |= span & ~stream->held[word];
 		__u64 held = stream->held[word] | span;
 		stream->held[word] = held;
 		stream->tentative[word] &= ~span;
 		stream->full[word / 64] |= stream_is_zero(~held) << (word % 64);
 	}
+	return grew;
 }
 
 /* The first offset at or past from that has not been received: the bytes
@@ -255,7 +260,9 @@ static __always_inline int stream_copies_agree(const struct client_stream *strea
  *    queued ones covers them); adjacent queued segments being merged, the
  *    bytes held from a point on stand for the segment that starts there.
  * Under on_evasion: ignore the first copy always stands. Two copies that
- * disagree are a desync: payload_scratch.copies_disagree says so.
+ * disagree are a desync: payload_scratch.copies_disagree says so, and
+ * payload_scratch.stream_grew whether the segment brought bytes the
+ * stream lacked.
  * Returns the offset of the first byte written, or SLUICE_STREAM_BYTES. */
 static __always_inline __u32 stream_store_received(struct ctx_buff *ctx, struct client_stream *stream,
 					    const struct flow_state *flow, struct payload_scratch *scratch,
@@ -266,6 +273,7 @@ static __always_inline __u32 stream_store_received(struct ctx_buff *ctx, struct 
 	__u32 skip = 0;
 
 	scratch->copies_disagree = 0;
+	scratch->stream_grew = 0;
 	/* Wrapped below zero: the segment starts before the stream. */
 	if (offset >= 0x80000000U) {
 		skip = -offset;
@@ -296,7 +304,7 @@ static __always_inline __u32 stream_store_received(struct ctx_buff *ctx, struct 
 		len = SLUICE_STREAM_BYTES - offset;
 	/* Marked first, where the verifier meets few ways in: the copy
 	 * below fails only on offsets the parser has already checked. */
-	stream_mark_held(stream, offset, offset + len);
+	scratch->stream_grew = stream_mark_held(stream, offset, offset + len) != 0;
 	if (scratch->from_fragments)
 		stream_store_gathered(stream, scratch->segment_offset + skip, offset, len);
 	else
@@ -337,6 +345,20 @@ static __always_inline void stream_find_origin(struct client_stream *stream, __u
 	else if (stored_at < SLUICE_STREAM_BYTES &&
 		 stream_starts_a_record(stream, stored_at, stream_held_end(stream, stored_at), urgent))
 		stream->origin = stored_at;
+}
+
+/* Does the stream hold the start of a ClientHello or an HTTP request, by
+ * what it holds so far: a record found, or a first byte that may begin
+ * one (a record's type, a method's first letter, the empty lines a server
+ * skips before a request)? Not while its first byte is missing: a first
+ * segment read alone, and found to be neither, is never stored. */
+static __always_inline int stream_may_hold_a_hello(const struct client_stream *stream)
+{
+	__u8 first = masked_u8(stream->bytes, 0, STREAM_MASK);
+
+	return stream->origin != STREAM_ORIGIN_UNKNOWN || (stream_is_held(stream, 0) &&
+	       (first == TLS_CONTENT_HANDSHAKE || first == TLS_CONTENT_CHANGE_CIPHER_SPEC ||
+	       (first >= 'A' && first <= 'Z') || first == '\r' || first == '\n'));
 }
 
 /* Copy the stream's bytes [start, end) to view->bytes as the server's

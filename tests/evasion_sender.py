@@ -9,7 +9,9 @@ they do with the kernel's own TCP and raw frames beside it:
   on the client's interface sees the handshake's last ACK, which gives the
   addresses, ports, sequence numbers, TTL and timestamps of the flow;
 * splits are several send() calls on a TCP_NODELAY socket: the kernel sends
-  each as a segment of its own; an urgent byte inside the name is one of
+  each as a segment of its own (tinysegments: a byte each up to the name's
+  end, more than the inspection window's 20, as a client whose server
+  window zapret's --wssize shrank); an urgent byte inside the name is one of
   them, sent with MSG_OOB (the kernel sets URG and the urgent pointer, and
   the server's TCP takes the byte out of the stream);
 * raw pieces (disorder, seqovl, IP fragments) are written first into the kernel's send
@@ -51,7 +53,7 @@ ETH_P_ALL, PACKET_OUTGOING = 0x0003, 4
 PIECE_GAP_S = 0.005             # between sends, so that no two pieces leave as one segment
 
 PLAIN = "plain"                # the whole hello in one segment: no evasion at all
-SPLITS = ("split1", "split2", "multisplit")
+SPLITS = ("split1", "split2", "multisplit", "tinysegments")
 RAW_PIECES = ("disorder", "seqovl", "fragments")
 URGENT = "urgent"               # an urgent (out-of-band) byte inside the name
 ORIG_TTL = "orig-ttl"           # every data segment at a low TTL that still reaches the server
@@ -199,7 +201,11 @@ class Sender:
     def send_first_bytes(self, technique: str, stream: bytes, name: str, decoy_stream: bytes) -> None:
         """Send the client's first bytes, `stream`, the way `technique` does."""
         if technique in (PLAIN, *SPLITS):
-            cuts = {PLAIN: [], "split1": [1], "split2": [2], "multisplit": cuts_around(stream, name)}[technique]
+            # tinysegments: a byte a segment up to the name's end, as a client sends them behind
+            # a window zapret's --wssize shrank to a byte: the name comes after the window's 20 packets.
+            name_end = stream.find(name.encode()) + len(name)
+            cuts = {PLAIN: [], "split1": [1], "split2": [2], "multisplit": cuts_around(stream, name),
+                    "tinysegments": range(1, name_end + 1)}[technique]
             for _offset, piece in pieces(stream, cuts):
                 self.sock.sendall(piece)
                 time.sleep(PIECE_GAP_S)

@@ -149,6 +149,46 @@ def test_single_byte_pieces_shuffled(dp, v6):
 
 
 @FAMILIES
+@pytest.mark.parametrize("stream,size", [("1.8KB", 64), ("1.8KB", 16), ("1.8KB", 1), ("0.5KB", 1), ("http", 1)],
+                         ids=["1.8KB-wssize-1:6", "1.8KB-16B", "1.8KB-1B", "0.5KB-1B", "http-1B"])
+def test_a_hello_in_more_segments_than_the_window_is_named(dp, v6, stream, size):
+    """zapret's --wssize 1:6 shrinks the window the server offers, so the
+    client's TCP sends a browser's hello in 64-byte segments: 29 of them,
+    more than the window's 20 packets, and the server reads it whole. Each
+    brings bytes the stream lacked, and none spends the window."""
+    real, _decoy, dport = STREAMS[stream]
+    parts = cut(real, *range(size, len(real), size))
+    assert len(parts) > 20
+    verdicts = Flow(dp, v6, dport).send(parts)
+    assert verdicts[-1] == "drop" and "pass" in verdicts
+
+
+@FAMILIES
+def test_copies_that_bring_nothing_new_spend_the_window(dp, v6):
+    """What adds no byte to the stream (the same piece again and again)
+    still counts: after the window, the flow is given up and its real
+    hello is not read."""
+    real = HELLOS["1.8KB"]
+    first, rest = cut(real, 10)
+    flow = Flow(dp, v6)
+    gave_up = dp.counters()["gave_up"]
+    assert flow.send([first] * 25) == ["pass"] * 25
+    assert dp.counters()["gave_up"] == gave_up + 1
+    assert flow.send([rest]) == ["pass"]
+
+
+@FAMILIES
+def test_bytes_that_can_begin_no_hello_spend_the_window(dp, v6):
+    """New bytes count too where the stream cannot hold a hello or request
+    (no record, no method's first letter): junk is given up after the window."""
+    flow = Flow(dp, v6, dport=80)
+    gave_up = dp.counters()["gave_up"]
+    junk = cut(b"x" * 2500, *range(100, 2500, 100))
+    assert flow.send(junk) == ["pass"] * 25
+    assert dp.counters()["gave_up"] == gave_up + 1
+
+
+@FAMILIES
 def test_seqovl_a_first_piece_that_begins_before_the_stream(dp, v6):
     """ByeDPI's seqovl: junk bytes at sequence numbers before the stream's
     start; the server trims them."""
