@@ -20,7 +20,7 @@ from pyroute2 import IPRoute, NetlinkError
 
 from . import hooks, xdp_link
 from .libbpf import LIBBPF, LinkCreateOpts, error_number
-from .netns import inside_netns
+from .netns import inside_netns, netns_exists
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,10 @@ def remove_classifier(ifname: str, netns: str | None) -> None:
     """Take the classifier's filter that an earlier controller left on
     ifname's tc ingress off, if there is one (`sluice stop`, and before a
     tcx link goes on): a tc filter, unlike a link, has no pin to remove. It
-    is known by its program's name, at whatever prio its version put it."""
+    is known by its program's name, at whatever prio its version put it.
+    A namespace that is gone took its interfaces, and their filters, along."""
+    if netns is not None and not netns_exists(netns):
+        return
     try:
         with inside_netns(netns), IPRoute() as ipr:
             links = ipr.link_lookup(ifname=ifname)

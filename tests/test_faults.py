@@ -423,6 +423,22 @@ def test_two_controllers_started_at_once_one_wins(lab, tmp_path):
     assert_nothing_left()
 
 
+def test_stop_after_a_killed_controllers_namespace_is_gone_removes_its_pins(lab, tmp_path):
+    """A controller killed (its pins keep enforcing) on the interfaces of a
+    namespace deleted since: the interfaces and their hooks went with it,
+    and `sluice stop` removes what is left, without an error."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BLOCK_ONE)
+    with Lab() as gone:
+        controller = Controller(gone, policy)
+        controller.process.kill()
+        controller.process.wait(timeout=10)
+        assert PIN_ROOT.exists()
+    stopped = sluice("stop", timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    assert_nothing_left()
+
+
 def test_stop_cleans_up_a_killed_lab_and_only_a_dead_ones(lab):
     port = free_port()
     process = subprocess.Popen([*SLUICE, "run", "--metrics-port", str(port)], cwd=REPO,
