@@ -16,7 +16,7 @@ from scapy.layers.inet import IP, TCP, IPOption
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
-from conftest import BLOCK_PAGE_BODY, BLOCK_PAGE_LINK, HOOKS, AtHook, block_methods_policy, classify, needs_root
+from helpers import BLOCK_PAGE_BODY, BLOCK_PAGE_LINK, HOOKS, AtHook, block_methods_policy, classify, needs_root
 from sluice.abi import ABI
 from sluice.block_methods import BlockPage, ones_complement_sum
 from packets import CLIENT_MAC, SERVER_MAC, IPv6ExtHdrDestOpt, client_hello, http_request, tcp_frame

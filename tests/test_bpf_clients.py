@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import needs_root
+from helpers import needs_root
 from sluice.rollout import in_rollout
 from sluice.testrun import run_xdp
 from packets import client_hello, tcp_frame

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import needs_root
+from helpers import needs_root
 from sluice.testrun import run_xdp
 from packets import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, client_hello, http_request, tcp_frame
 from test_bpf_reassembly import ISN, browser_hello

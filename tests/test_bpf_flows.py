@@ -7,7 +7,7 @@ import time
 import bcc
 import pytest
 
-from conftest import judge, needs_root
+from helpers import judge, needs_root
 from sluice.abi import ABI
 from sluice.clocks import coarse_tick_ns, in_jiffies
 from sluice.testrun import run_xdp

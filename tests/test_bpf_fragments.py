@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import HOOKS, AtHook, classify, needs_root
+from helpers import HOOKS, AtHook, classify, needs_root
 from sluice.abi import ABI
 from sluice.quic_flows import QuicFlows
 from packets import (IPv6ExtHdrFragment, client_hello, extension, http_request, ip_fragments, tcp_frame,

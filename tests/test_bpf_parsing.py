@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import pytest
 from scapy.all import Raw
 
-from conftest import HOOKS, AtHook, classify, judge, needs_root
+from helpers import HOOKS, AtHook, classify, judge, needs_root
 from packets import (EXT_ALPN, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
                      IPv6ExtHdrRouting, client_hello, extension, http_request, sni_extension,
                      split_into_records, tcp_frame, udp_frame)

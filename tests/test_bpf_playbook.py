@@ -19,7 +19,7 @@ import socket
 
 import pytest
 
-from conftest import needs_root
+from helpers import needs_root
 from sluice.testrun import run_xdp
 from packets import (EXT_ECH, EXT_PADDING, alpn_extension, client_hello, extension, http_request, tcp_frame,
                      udp_frame)

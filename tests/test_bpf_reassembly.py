@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from conftest import needs_root
+from helpers import needs_root
 from sluice.testrun import run_xdp
 from packets import client_hello, extension, tcp_frame
 

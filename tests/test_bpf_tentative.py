@@ -13,7 +13,7 @@ import ctypes
 
 import pytest
 
-from conftest import needs_root
+from helpers import needs_root
 from test_bpf_evasion import HELLOS, POLICY, STREAMS, Flow, cut, evasions, moved
 from test_bpf_flows import socket_port
 from test_bpf_reassembly import ISN

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 from scapy.all import Ether, wrpcap
 
-from conftest import judge, needs_root
+from helpers import judge, needs_root
 from sluice.policy import load_policy
 from sluice.quic_flows import QuicFlows
 from sluice.testrun import run_xdp

@@ -7,7 +7,7 @@ rule counted the flow).
 
 import pytest
 
-from conftest import judge, needs_root
+from helpers import judge, needs_root
 from packets import CLIENT_V4, client_hello
 
 pytestmark = [pytest.mark.bpf, needs_root]

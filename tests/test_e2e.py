@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import enforcing
+from helpers import enforcing
 from sluice.datapath import Datapath
 from sluice.lab import CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6, Lab
 from sluice.policies import lab_policy_path

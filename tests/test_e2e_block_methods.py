@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from conftest import block_methods_policy, enforcing, rule_stats
+from helpers import block_methods_policy, enforcing, rule_stats
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and XDP need root")]

@@ -14,7 +14,7 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.utils import rdpcap
 
-from conftest import enforcing
+from helpers import enforcing
 from sluice.datapath import Datapath
 from sluice.lab import SERVER_V4
 from sluice.policies import lab_policy_path

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from conftest import enforcing, rule_stats
+from helpers import enforcing, rule_stats
 from sluice.datapath import Datapath
 from sluice.metrics import SluiceCollector
 from evasion_sender import DECOYS, ORIG_TTL, PLAIN, TECHNIQUES, URGENT, fetch

@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from conftest import block_methods_policy, enforcing, rule_stats
+from helpers import block_methods_policy, enforcing, rule_stats
 from sluice import hooks, xdp_link
 from sluice.abi import ABI
 from test_tc import link_ids, link_info

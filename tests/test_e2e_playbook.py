@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import enforcing, polling_rings
+from helpers import enforcing, polling_rings
 from sluice.datapath import Datapath
 from sluice.lab import SERVER_V4, SERVER_V6, Lab
 from sluice.policy import load_policy

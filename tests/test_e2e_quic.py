@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import enforcing, polling_rings
+from helpers import enforcing, polling_rings
 from sluice.lab import SERVER_V4, SERVER_V6, Lab
 from sluice.quic_flows import QuicFlows
 

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import free_port
+from helpers import free_port
 from sluice.lab import Lab
 from sluice.policy import load_policy
 from test_deploy import CAPABILITY_BITS, capability_mask, unit_settings

@@ -2,7 +2,7 @@
 
 Each example is one client payload: a ClientHello, an HTTP request or random
 bytes, built by hypothesis and then mutated byte by byte. The payload goes
-through the loaded data plane by BPF_PROG_TEST_RUN (as conftest.judge) on a
+through the loaded data plane by BPF_PROG_TEST_RUN (as helpers.judge) on a
 fresh flow, and three things must agree with tests/reference_parser.py: the
 parser counter that moved, the name the flow was classified under (from its
 classification event), and the verdict (drop iff a block rule is the most
@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import reference_parser
-from conftest import BOOKKEEPING, needs_root
+from helpers import BOOKKEEPING, needs_root
 from sluice.testrun import run_xdp
 from packets import client_hello, extension, http_request, split_into_records, tcp_frame
 from reference_parser import (HTTP_HOST_FOUND, HTTP_NO_HOST, HTTP_TRUNCATED, TLS_NO_SNI, TLS_SNI_FOUND,
@@ -125,7 +125,7 @@ def expected_result(payload: bytes) -> tuple[Outcome, dict[str, int], list[bytes
 
 def run(dp, event_names: list[bytes], payload: bytes) -> tuple[dict[str, int], list[bytes], str]:
     """The counters, event names and verdict of the real data plane, as
-    conftest.judge() finds them: a SYN, then the payload, on a fresh flow.
+    helpers.judge() finds them: a SYN, then the payload, on a fresh flow.
     A long run sends more flows than there are ports; the SYN restarts a
     flow whose port comes round again."""
     port = next(CLIENT_PORTS)

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from conftest import block_methods_policy, judge, needs_root
+from helpers import block_methods_policy, judge, needs_root
 from packets import client_hello, tcp_frame
 from sluice import xdp_link
 from sluice.abi import ABI

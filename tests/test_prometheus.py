@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from helpers import free_port
 from sluice.lab import Lab
 from sluice.policies import lab_policy_path
 

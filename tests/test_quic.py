@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import IP, UDP, Raw
 
-from conftest import needs_root
+from helpers import needs_root
 from sluice.policy import DEFAULT_WINDOW_PACKETS
 from sluice.quic_flows import QuicFlows
 from sluice.testrun import run_xdp

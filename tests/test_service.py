@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from helpers import free_port
 from sluice import hooks
 from sluice.lab import Lab
 from sluice.service import PIN_ROOT
