@@ -694,6 +694,39 @@ def test_a_lone_low_ttl_copy_is_not_read(dp, v6):
     assert moved(before, evasions(dp)) == {"low_ttl": 1}
 
 
+SERVER_SIDE = {
+    # The server answers the client's SYN with a SYN of its own (a
+    # simultaneous open); the client's kernel answers with a SYN-ACK.
+    "simultaneous-open": [("reply", dict(flags="S", ack=0)), ("send", dict(flags="SA")), ("reply", dict(flags="A"))],
+    # A SYN first, then the real SYN-ACK (the TCB turnaround: a middlebox
+    # that takes the first SYN's sender for the client reads the wrong side).
+    "turnaround": [("reply", dict(flags="S", ack=0)), ("reply", dict(flags="SA"))],
+    # SYN-ACKs carrying bytes, three times, then a bare one.
+    "loaded-syn-acks": [("reply", dict(flags="SA", payload=b"x" * 100))] * 3 + [("reply", dict(flags="SA"))],
+}
+
+
+@FAMILIES
+@pytest.mark.parametrize("kind", ["0.5KB", "http"])
+@pytest.mark.parametrize("strategy", list(SERVER_SIDE))
+def test_geneva_server_side_handshakes_do_not_turn_the_flow_around(dp, blind, v6, kind, strategy):
+    """Geneva's server-side strategies (Bock et al., 2020) change only the
+    server's handshake, so that an unmodified client's hello slips past a
+    middlebox that takes the server for the client. The client's SYN came
+    first, and only what the client sends names the flow, in both profiles."""
+    stream, _, port = STREAMS[kind]
+    for profile in (dp, blind):
+        flow = Flow(profile, v6, dport=port, syn_ack=False)
+        for side, options in SERVER_SIDE[strategy]:
+            options = dict(options)
+            payload = options.pop("payload", b"")
+            if side == "reply":
+                assert flow.reply(payload, seq=SERVER_ISN, **options) == "pass"
+            else:
+                assert flow.send_raw(payload, seq=ISN, **options) == "pass"
+        assert flow.send(cut(stream))[-1] == "drop"
+
+
 def test_the_kinds_are_exported_to_prometheus(dp):
     from types import SimpleNamespace
 
