@@ -38,6 +38,12 @@ static __always_inline __u32 ctx_len(const struct __sk_buff *ctx)
 	return ctx->len;
 }
 
+/* The interface the skb came in on (at clsact ingress, skb->dev's). */
+static __always_inline __u32 ctx_ifindex(const struct __sk_buff *ctx)
+{
+	return ctx->ifindex;
+}
+
 static __always_inline int ctx_load_bytes(struct __sk_buff *ctx, __u32 offset, void *to, __u32 len)
 {
 	return bpf_skb_load_bytes(ctx, offset, to, len);

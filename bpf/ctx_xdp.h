@@ -40,6 +40,12 @@ static __always_inline int ctx_store_bytes(struct xdp_md *ctx, __u32 offset, con
 	return bpf_xdp_store_bytes(ctx, offset, (void *)from, len);
 }
 
+/* The interface the frame came in on. */
+static __always_inline __u32 ctx_ifindex(const struct xdp_md *ctx)
+{
+	return ctx->ingress_ifindex;
+}
+
 /* Make the frame len bytes long (a reply built in place). */
 static __always_inline int ctx_resize(struct xdp_md *ctx, __u32 len)
 {

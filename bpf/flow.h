@@ -200,11 +200,33 @@ enum flow_opening {
 	FLOW_SYN_HELD,		/* a SYN held (flow_hold_syn()): no flow to judge it by */
 };
 
+/* The interface a client's packets come in on, as a flow keeps it
+ * (flow_state.client_arm): its ifindex, mod 2^16. Two interfaces whose
+ * numbers agree there are one to receiver_server_segment_forged(), which
+ * then does as on one interface; ifindexes are handed out in order, so it
+ * takes 65536 of them made between the two. */
+static __always_inline __u16 flow_arm(__u32 ifindex)
+{
+	return (__u16)ifindex;
+}
+
+/* A flow the client's SYN opened (or the data of a held SYN's connection,
+ * which its client sends the same way): the interface it came in on. Read
+ * only here, not for every packet: it is two or three loads. */
+static __always_inline struct flow_state *flow_note_client_arm(struct flow_state *flow, struct ctx_buff *ctx)
+{
+	if (flow)
+		flow->client_arm = flow_arm(ctx_ifindex(ctx));
+	return flow;
+}
+
 /* The flow a TCP segment belongs to, opened or restarted as its packet
  * says; 0 if the packet passes without one, or is a SYN held. id: its key
- * (flow_make_id()); *opening: enum flow_opening. */
-static __always_inline struct flow_state *flow_open_tcp(const struct packet_info *pkt, struct flow_id *id,
-							int sender_is_hi, const struct sluice_config *cfg, int *opening)
+ * (flow_make_id()); ctx: the packet's, for the interface it came in on;
+ * *opening: enum flow_opening. */
+static __always_inline struct flow_state *flow_open_tcp(struct ctx_buff *ctx, const struct packet_info *pkt,
+							struct flow_id *id, int sender_is_hi,
+							const struct sluice_config *cfg, int *opening)
 {
 	int bare_syn = flow_is_bare_syn(pkt);
 	__u64 now = flow_now(cfg);
@@ -229,7 +251,8 @@ static __always_inline struct flow_state *flow_open_tcp(const struct packet_info
 		streams.delete(&key);
 		counter_inc(SLUICE_CNT_FLOWS_REOPENED);
 		*opening = FLOW_OPENS;
-		return flow_start(id, sender_is_hi, 1, pkt, now, flow->held_syn_seq, flow->held_syn_ttl);
+		return flow_note_client_arm(flow_start(id, sender_is_hi, 1, pkt, now, flow->held_syn_seq,
+						       flow->held_syn_ttl), ctx);
 	}
 	if (flow) {
 		flow_touch(flow, now, cfg);
@@ -241,6 +264,8 @@ static __always_inline struct flow_state *flow_open_tcp(const struct packet_info
 		return 0;
 	*opening = bare_syn ? FLOW_OPENS : FLOW_GOES_ON;
 	flow = flow_start(id, sender_is_hi, bare_syn, pkt, now, pkt->seq, pkt->ttl);
+	if (bare_syn)
+		flow_note_client_arm(flow, ctx);
 	if (flow && new_key)
 		counter_inc(SLUICE_CNT_FLOWS_CREATED);
 	return flow;

@@ -40,6 +40,7 @@
 #define SLUICE_RECEIVER_H
 
 #include "maps.h"
+#include "flow.h"
 #include "payload.h"
 #include "verdict.h"
 #include "ip_frag.h"
@@ -276,6 +277,28 @@ static __always_inline void receiver_note_server_segment(struct ctx_buff *ctx, s
 		flow->receiver = (flow->receiver & ~SLUICE_RECEIVER_SERVER_SEQ) | SLUICE_RECEIVER_SERVER_LOST;
 }
 
+/* A segment from the server's end, as a box with two arms (a router, a
+ * bridge) sees it: the client's segments come in on one interface, the
+ * server's on another. A client can send a segment with the server's
+ * addresses and ports: an ACK number that covers its own decoy would
+ * confirm it (tentative.h), sequence numbers of its choosing would blur
+ * the server's. That segment comes in on the client's interface. So once
+ * a server segment came in on an interface other than the client's SYN's
+ * (its SYN-ACK, as a rule), one on the client's is not the server's: it is
+ * counted as evasion, and says nothing of the server. Where both
+ * directions come in on one interface (a router on a stick, sluice
+ * attached to one interface), nothing tells a forged segment from the
+ * server's, and every one is taken as before; so too one that comes
+ * before any of the server's was seen elsewhere. Returns 1 if forged. */
+static __always_inline int receiver_server_segment_forged(struct ctx_buff *ctx, struct flow_state *flow)
+{
+	if (flow_arm(ctx_ifindex(ctx)) != flow->client_arm) {
+		flow->server_arm |= SLUICE_SERVER_ARM_ELSEWHERE;
+		return 0;
+	}
+	return flow->server_arm & SLUICE_SERVER_ARM_ELSEWHERE;
+}
+
 /* Would the server drop the client segment for its ACK number? Linux,
  * tcp_ack() in net/ipv4/tcp_input.c: after(ack, snd_nxt) is dropped
  * (SKB_DROP_REASON_TCP_ACK_UNSENT_DATA, RFC 9293 3.10.7.4), and so is
@@ -398,17 +421,20 @@ static __always_inline int receiver_take_urgent_mark(struct flow_state *flow, co
 	return at < SLUICE_STREAM_BYTES;
 }
 
-/* A flow caught at evasion, under inspection.on_evasion: block. */
-static __always_inline void receiver_block_evasion(struct flow_state *flow, const struct payload_scratch *scratch)
+/* A flow caught at evasion, under inspection.on_evasion: block. key: the
+ * flow's; client_is_hi: the end that evaded (a forged server segment's
+ * sender is the flow's client). */
+static __always_inline void receiver_block_evasion(struct flow_state *flow, const struct flow_key *key,
+						   int client_is_hi)
 {
 	flow->state = SLUICE_FLOW_CLASSIFIED;
 	flow->rule_id = 0;
 	flow->action = SLUICE_ACTION_BLOCK;
 	flow->trigger_pending = 0;	/* its opening judgement's trigger, if any, is moot */
-	flow->client_is_hi = scratch->sender_is_hi;
+	flow->client_is_hi = client_is_hi;
 	flow->client_known = 1;
 	flow->streaming = 0;
-	streams.delete(&scratch->key);
+	streams.delete(key);
 }
 
 /* The flow is to be judged afresh from the segment in hand: the bytes that

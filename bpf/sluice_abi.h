@@ -39,6 +39,10 @@
 #define SLUICE_RECEIVER_SERVER_SEQ 64	/* server_isn..server_end hold the server's sequence numbers (receiver.h) */
 #define SLUICE_RECEIVER_SERVER_LOST 128	/* ...its segments did not fit one connection's: its ACKs go unchecked */
 
+/* flow_state.server_arm: the interfaces the server's segments came in on,
+ * against the client's SYN's (flow_state.client_arm; receiver.h). */
+#define SLUICE_SERVER_ARM_ELSEWHERE 1	/* one came in on another interface: the server is there */
+
 /* A client segment whose TTL (hop limit) is lower than its SYN's by more
  * than this (inspection.ttl_margin) may expire before the server: it is
  * held tentatively, and read only once the server acknowledges it. */
@@ -244,6 +248,7 @@ enum sluice_counter {
 	SLUICE_CNT_EVASION_CONFLICT,		/* two copies of the same stream bytes disagreed */
 	SLUICE_CNT_EVASION_URGENT,		/* an urgent byte the server takes out of the stream */
 	SLUICE_CNT_EVASION_BAD_ACK,		/* an ACK number for bytes the server never sent, or before its first */
+	SLUICE_CNT_EVASION_FORGED_SERVER,	/* a "server" segment on the client's interface, the server's being another */
 	SLUICE_CNT_STAGE_MISSED,		/* tail calls into a stage that returned (common.h call_stage()): no such stage loaded */
 	SLUICE_CNT_LOW_TTL_CONFIRMED,		/* server ACKs that confirmed low-TTL client bytes: read after all (tentative.h) */
 	SLUICE_CNT_MAX,
@@ -338,7 +343,8 @@ struct flow_state {
 	__u32 server_isn;		/* the server's SYN-ACK's sequence number (SLUICE_RECEIVER_SERVER_SEQ), */
 	__u32 server_end;		/* ...and the highest it has sent up to, while the flow is inspected */
 	__u8 tentative_ttl;		/* the TTL of the client's bytes held tentatively in its stream, 0: none */
-	__u8 pad[3];
+	__u8 server_arm;		/* SLUICE_SERVER_ARM_*: where the server's segments came in (receiver.h) */
+	__u16 client_arm;		/* the interface the client's SYN came in on: its ifindex, mod 2^16 (flow.h) */
 };
 
 /* The same clocks for client and rule scope. */

@@ -210,13 +210,27 @@ static __always_inline void offer_server_ack(struct ctx_buff *ctx, const struct 
  * for its SYN's data to be checked): what it says of the server's sequence
  * numbers, against which the client's ACK numbers are held (receiver.h),
  * and whether it acknowledges client bytes held tentatively (tentative.h).
+ * One the client forged (it came in on the client's interface, the
+ * server's being another: receiver.h) says neither; under
+ * inspection.on_evasion: block it blocks the flow, and is dropped.
  * Once the flow is settled, this costs one test of its state. */
 static __always_inline void note_server_segment(struct ctx_buff *ctx, struct flow_state *flow,
 						const struct packet_info *pkt, const struct flow_id *id,
-						int sender_is_hi, int from_fragments)
+						int sender_is_hi, int from_fragments,
+						const struct sluice_config *cfg)
 {
 	if ((flow->state == SLUICE_FLOW_INSPECTING || (flow->receiver & SLUICE_RECEIVER_SYN_DATA)) &&
 	    flow->opened_by_client && sender_is_hi != flow->client_is_hi) {
+		if (receiver_server_segment_forged(ctx, flow)) {
+			counter_inc(SLUICE_CNT_EVASION_FORGED_SERVER);
+			flow->receiver |= SLUICE_RECEIVER_EVASION;
+			if (cfg->flags & SLUICE_CFG_BLOCK_EVASION) {
+				struct flow_key key = {};
+				flow_make_key(pkt, &key);
+				receiver_block_evasion(flow, &key, flow->client_is_hi);
+			}
+			return;
+		}
 		receiver_note_server_segment(ctx, flow, pkt, from_fragments);
 		if (flow->tentative_ttl && flow->state == SLUICE_FLOW_INSPECTING)
 			offer_server_ack(ctx, pkt, id, from_fragments);
@@ -232,7 +246,7 @@ static __always_inline int evasion_seen(struct ctx_buff *ctx, struct flow_state 
 {
 	flow->receiver |= SLUICE_RECEIVER_EVASION;
 	if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
-		receiver_block_evasion(flow, scratch);
+		receiver_block_evasion(flow, &scratch->key, scratch->sender_is_hi);
 	if (flow->state == SLUICE_FLOW_INSPECTING)
 		return verdict_pass_unjudged(scratch->frame_len);
 	return verdict_apply_tcp(ctx, flow, flow_key_client_address(flow, &scratch->key), scratch->sender_is_hi,
@@ -353,10 +367,10 @@ int CTX_ENTRY(struct ctx_buff *ctx)
 
 	int sender_is_hi = flow_make_id(&pkt, &id);
 	int opening;
-	struct flow_state *flow = flow_open_tcp(&pkt, &id, sender_is_hi, cfg, &opening);
+	struct flow_state *flow = flow_open_tcp(ctx, &pkt, &id, sender_is_hi, cfg, &opening);
 	if (!flow)
 		return pass_flowless(&pkt, opening);
-	note_server_segment(ctx, flow, &pkt, &id, sender_is_hi, 0);
+	note_server_segment(ctx, flow, &pkt, &id, sender_is_hi, 0, cfg);
 	if (!read_for_name(flow, &pkt, sender_is_hi))
 		return verdict_apply_tcp(ctx, flow, flow_client_address(flow, &pkt, sender_is_hi), sender_is_hi,
 					 pkt.frame_len, pkt.payload_len, cfg);
@@ -798,11 +812,11 @@ static __always_inline int judge_gathered_segment(struct packet_info *pkt, const
 	struct flow_id id;
 	int sender_is_hi = flow_make_id(pkt, &id);
 	int opening;
-	struct flow_state *flow = flow_open_tcp(pkt, &id, sender_is_hi, cfg, &opening);
+	struct flow_state *flow = flow_open_tcp(ctx, pkt, &id, sender_is_hi, cfg, &opening);
 
 	if (!flow)
 		return pass_flowless(pkt, opening);
-	note_server_segment(ctx, flow, pkt, &id, sender_is_hi, 1);
+	note_server_segment(ctx, flow, pkt, &id, sender_is_hi, 1, cfg);
 	if (!read_for_name(flow, pkt, sender_is_hi))
 		return verdict_apply(flow, flow_client_address(flow, pkt, sender_is_hi), sender_is_hi, pkt->frame_len,
 				     pkt->payload_len, cfg);

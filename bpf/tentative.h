@@ -26,6 +26,13 @@
  * sluice saw the client send neither accepted nor tentatively confirms
  * nothing: the server cannot have received what the client never sent.
  *
+ * Nor does a "server" segment the client made itself (the server's
+ * addresses and ports, an ACK of its own decoy): on a box with two arms it
+ * comes in on the client's interface, and once the server's segments came
+ * in on another, it is not let come here (receiver_server_segment_forged(),
+ * receiver.h). On one interface, or before the server was seen elsewhere,
+ * nothing tells it from the server's: it is taken at its word.
+ *
  * Only flows still inspected, whose SYN sluice saw (the TTL floor is its),
  * come here; where one direction alone is seen, no ACK ever confirms, and
  * low-TTL bytes stay unread, as a decoy's.

@@ -26,16 +26,29 @@ class TestRun:
     __test__ = False        # not a pytest test class
 
 
-def run_xdp(prog_fd: int, frame: bytes, repeat: int = 1) -> TestRun:
+class XdpMd(ctypes.Structure):
+    """struct xdp_md: what a test run may say of the frame's arrival."""
+    _fields_ = [("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32), ("data_meta", ctypes.c_uint32),
+                ("ingress_ifindex", ctypes.c_uint32), ("rx_queue_index", ctypes.c_uint32),
+                ("egress_ifindex", ctypes.c_uint32)]
+
+
+def run_xdp(prog_fd: int, frame: bytes, repeat: int = 1, ifindex: int = 0) -> TestRun:
     """Run the XDP program prog_fd on frame, repeat times; return the verdict
-    and the frame as the program left it."""
+    and the frame as the program left it. ifindex: the interface (of this
+    network namespace) the frame comes in on; 0: the loopback, the kernel's
+    default."""
     buffer = ctypes.create_string_buffer(frame, len(frame))
     # Room for a frame the program grows (a block page) up to a page.
     out = ctypes.create_string_buffer(len(frame) + XDP_GROWTH_BYTES)
+    # The kernel takes data_end as the frame's length, and data 0: no metadata.
+    md = XdpMd(data_end=len(frame), ingress_ifindex=ifindex)
     opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts),
                         data_in=ctypes.cast(buffer, ctypes.c_void_p),
                         data_size_in=len(frame), repeat=repeat,
                         data_out=ctypes.cast(out, ctypes.c_void_p), data_size_out=ctypes.sizeof(out))
+    if ifindex:
+        opts.ctx_in, opts.ctx_size_in = ctypes.cast(ctypes.byref(md), ctypes.c_void_p), ctypes.sizeof(md)
     if LIBBPF.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"BPF_PROG_TEST_RUN failed: {os.strerror(errno)}")
@@ -110,14 +123,23 @@ def run_tc(prog_fd: int, frame: bytes, gso_segs: int = 0) -> TcRun:
     return TcRun(TC_VERDICTS.get(opts.retval, str(opts.retval)), skb_out.tstamp)
 
 
-def run_tc_ingress(prog_fd: int, frame: bytes) -> TestRun:
+SKB_IFINDEX = 10        # struct __sk_buff's ifindex, among its leading u32 fields
+
+
+def run_tc_ingress(prog_fd: int, frame: bytes, ifindex: int = 0) -> TestRun:
     """Run the classifier at tc ingress (sluice_tc_ingress) once on frame; the
-    verdict in run_xdp()'s words, and the frame as the program left it."""
+    verdict in run_xdp()'s words, and the frame as the program left it.
+    ifindex: as run_xdp()'s (the skb's device)."""
     buffer = ctypes.create_string_buffer(frame, len(frame))
     out = ctypes.create_string_buffer(len(frame) + XDP_GROWTH_BYTES)
+    skb_in = SkBuff()
+    skb_in.u32_fields[SKB_IFINDEX] = ifindex
     opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts),
                         data_in=ctypes.cast(buffer, ctypes.c_void_p), data_size_in=len(frame),
                         data_out=ctypes.cast(out, ctypes.c_void_p), data_size_out=ctypes.sizeof(out), repeat=1)
+    if ifindex:
+        # As far as ifindex: the kernel takes the fields it knows, and refuses others set.
+        opts.ctx_in, opts.ctx_size_in = ctypes.cast(ctypes.byref(skb_in), ctypes.c_void_p), (SKB_IFINDEX + 1) * 4
     if LIBBPF.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"BPF_PROG_TEST_RUN failed: {os.strerror(errno)}")

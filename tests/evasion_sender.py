@@ -24,6 +24,9 @@ they do with the kernel's own TCP and raw frames beside it:
   them or they never reach it (a low TTL, a bad checksum, an MD5 option, no
   ACK flag, an old timestamp, an ACK number before the server's first):
   then the kernel sends the real bytes;
+* fake-ttl-forged-ack is fake-ttl's decoy followed by the client's own
+  segment in the server's name (its addresses and ports swapped), whose ACK
+  number acknowledges the decoy, as if the server had received it;
 * zapret's --orig-ttl=8 --orig-mod-start=d1 is the socket's own TTL (hop
   limit) set to 8 after the handshake: the kernel sends every data segment
   of the connection at it, and they reach the lab's server, two hops away.
@@ -58,9 +61,11 @@ RAW_PIECES = ("disorder", "seqovl", "fragments")
 URGENT = "urgent"               # an urgent (out-of-band) byte inside the name
 ORIG_TTL = "orig-ttl"           # every data segment at a low TTL that still reaches the server
 ORIG_TTL_HOPS = 8               # zapret's --orig-ttl=8: far below the SYN's 64
+FORGED_ACK = "fake-ttl-forged-ack"      # fake-ttl, then the client's own "server" ACK of its decoy
 # Each decoy, and the receiver-model kind sluice counts it under.
 DECOYS = {"fake-ttl": "low_ttl", "fake-checksum": "bad_checksum", "fake-md5": "tcp_auth_option",
-          "fake-noack": "no_ack", "fake-timestamp": "paws", "fake-ack": "bad_ack"}
+          "fake-noack": "no_ack", "fake-timestamp": "paws", "fake-ack": "bad_ack",
+          FORGED_ACK: "forged_server"}
 TECHNIQUES = SPLITS + RAW_PIECES + (URGENT, ORIG_TTL) + tuple(DECOYS)
 FRAGMENT_BYTES = 64            # IP payload per fragment (a multiple of 8): even a request is several
 SEQOVL_BYTES = 12              # junk before the stream's first byte: the server trims it as already acknowledged
@@ -186,6 +191,20 @@ class Sender:
             return self.frame(0, payload, ack_step_back=ACK_STEP_BACK)
         raise ValueError(technique)
 
+    def forged_server_ack(self, upto: int) -> bytes:
+        """A segment of the client's own in the server's name: the flow's
+        addresses and ports swapped, its ACK number acknowledging the
+        stream's first `upto` bytes. It leaves by the client's interface."""
+        template = self.template
+        tcp = template[TCP]
+        if IPv6 in template:
+            network = IPv6(src=template[IPv6].dst, dst=template[IPv6].src)
+        else:
+            network = IP(src=template[IP].dst, dst=template[IP].src, flags="DF")
+        segment = TCP(sport=tcp.dport, dport=tcp.sport, seq=tcp.ack, ack=(tcp.seq + upto) % 2**32, flags="A",
+                      window=tcp.window)
+        return bytes(Ether(src=template.src, dst=template.dst) / network / segment)
+
     def send_raw(self, *frames: bytes) -> None:
         for frame in frames:
             self.sniffer.send(frame)
@@ -236,6 +255,9 @@ class Sender:
             first, rest = pieces(stream, [cuts_around(stream, name)[2]])
             self.send_raw(self.frame(-SEQOVL_BYTES, os.urandom(SEQOVL_BYTES) + first[1]),
                           self.frame(*rest))
+        elif technique == FORGED_ACK:
+            self.send_raw(self.decoy("fake-ttl", decoy_stream), self.forged_server_ack(len(decoy_stream)))
+            self.sock.sendall(stream)
         else:
             self.send_raw(self.decoy(technique, decoy_stream))
             self.sock.sendall(stream)

@@ -116,11 +116,12 @@ class AtHook:
 HOOKS = ("xdp", "tc")
 
 
-def classify(datapath, frame: bytes) -> TestRun:
-    """Run frame through the datapath's classifier: at its AtHook's hook, or XDP."""
+def classify(datapath, frame: bytes, ifindex: int = 0) -> TestRun:
+    """Run frame through the datapath's classifier: at its AtHook's hook, or
+    XDP; ifindex: the interface it comes in on (0: the loopback)."""
     if isinstance(datapath, AtHook) and datapath.hook == "tc":
-        return run_tc_ingress(datapath.classifier_fd, frame)
-    return run_xdp(datapath.function.fd, frame)
+        return run_tc_ingress(datapath.classifier_fd, frame, ifindex=ifindex)
+    return run_xdp(datapath.function.fd, frame, ifindex=ifindex)
 
 
 @dataclass

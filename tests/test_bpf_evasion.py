@@ -80,7 +80,7 @@ class Flow:
         options.setdefault("tcp_options", [("Timestamp", (SYN_TSVAL + (0 if "S" in flags else 1), 0))])
         options.setdefault("ack", self.server_next if "A" in flags else 0)
         frame = tcp_frame(payload, sport=self.port, dport=self.dport, seq=seq, flags=flags, v6=self.v6, **options)
-        return run_xdp(self.dp.function.fd, frame).verdict
+        return self.run(frame, from_server=False)
 
     def reply(self, payload: bytes, seq: int | None = None, flags="PA", **options) -> str:
         """A segment of the server's (by default its next bytes, which the client then acknowledges)."""
@@ -88,6 +88,11 @@ class Flow:
             seq, self.server_next = self.server_next, (self.server_next + len(payload)) % 2**32
         frame = tcp_frame(payload, sport=self.port, dport=self.dport, seq=seq, flags=flags, v6=self.v6, reply=True,
                           **{"ack": (ISN + 1) % 2**32, **options})
+        return self.run(frame, from_server=True)
+
+    def run(self, frame: bytes, from_server: bool) -> str:
+        """The verdict on one of the flow's frames: at XDP, all on one
+        interface here; where each comes in is a subclass's to say."""
         return run_xdp(self.dp.function.fd, frame).verdict
 
     def send(self, pieces) -> list[str]:
@@ -743,6 +748,7 @@ def test_the_kinds_are_exported_to_prometheus(dp):
                 if line.startswith("sluice_evasion_detected_total{")}
     before = exported()
     assert set(before) == {"bad_checksum", "tcp_auth_option", "no_ack", "rst", "paws", "out_of_window",
-                           "hop_by_hop", "low_ttl", "syn_data", "conflict", "urgent", "bad_ack"}
+                           "hop_by_hop", "low_ttl", "syn_data", "conflict", "urgent", "bad_ack",
+                           "forged_server"}
     Flow(dp, False).send_decoy("low_ttl", 0, STREAMS["0.5KB"][1])
     assert exported()["low_ttl"] == before["low_ttl"] + 1

@@ -6,14 +6,19 @@ every data segment of the real connection at a TTL as low, which still
 reaches a server a few hops away. sluice cannot tell them apart by the TTL:
 it holds such bytes tentatively, and reads them once the server's ACK says
 it received them. Decoys still lose: a real copy at a higher TTL replaces
-them, and nothing the server did not acknowledge names a flow.
+them, and nothing the server did not acknowledge names a flow. Nor does an
+ACK the client forged in the server's name: on a box with two arms it comes
+in on the client's interface, not the server's.
 """
 
 import ctypes
+import os
+import socket
+import subprocess
 
 import pytest
 
-from helpers import needs_root
+from helpers import HOOKS, AtHook, classify, needs_root
 from test_bpf_evasion import HELLOS, POLICY, STREAMS, Flow, cut, evasions, moved
 from test_bpf_flows import socket_port
 from test_bpf_reassembly import ISN
@@ -224,3 +229,120 @@ def test_the_confirmations_are_exported_to_prometheus(dp):
     send_at(flow, REAL_TTL, [(0, real)])
     server_acks(flow, len(real))
     assert registry.get_sample_value("sluice_low_ttl_confirmed_total") == before + 1
+
+
+@pytest.fixture(scope="module")
+def arms():
+    """A router's two arms, interfaces of this network namespace: the
+    ifindexes of the client's side and the server's (a veth pair's ends:
+    the kernel may have no dummy device; nothing is sent over them)."""
+    names = [f"slarm{os.getpid() % 10**6}{side}" for side in "cs"]
+    try:
+        subprocess.run(["ip", "link", "add", names[0], "type", "veth", "peer", "name", names[1]], check=True)
+        yield tuple(socket.if_nametoindex(name) for name in names)
+    finally:
+        subprocess.run(["ip", "link", "del", names[0]], check=False, capture_output=True)
+
+
+class ArmedFlow(Flow):
+    """A Flow through a box with two arms, at one hook: the client's frames
+    come in on client_if, the server's on server_if (the same one: a router
+    on a stick). forge() is the client's own "server" ACK, which comes in
+    where the client's frames do."""
+
+    def __init__(self, dp, v6: bool, dport: int = 443, *, client_if: int, server_if: int):
+        self.client_if, self.server_if, self.forging = client_if, server_if, False
+        super().__init__(dp, v6, dport)
+
+    def run(self, frame: bytes, from_server: bool) -> str:
+        return classify(self.dp, frame, ifindex=self.server_if if from_server and not self.forging
+                        else self.client_if).verdict
+
+    def forge(self, upto: int) -> str:
+        self.forging = True
+        try:
+            return server_acks(self, upto)
+        finally:
+            self.forging = False
+
+
+@pytest.fixture(scope="module", params=HOOKS)
+def hooked(request, dp):
+    return AtHook(dp, request.param)
+
+
+@FAMILIES
+@KINDS
+def test_a_decoy_confirmed_by_the_clients_own_server_ack_is_not_read(hooked, arms, v6, stream):
+    """A decoy at TTL 1 (allowed name), then an ACK of it in the server's
+    name sent by the client: it comes in on the client's arm, where the
+    server's SYN-ACK did not. It confirms nothing, and is counted; the real
+    hello at the SYN's TTL names the flow."""
+    real, fake, port = STREAMS[stream]
+    client_if, server_if = arms
+    flow = ArmedFlow(hooked, v6, port, client_if=client_if, server_if=server_if)
+    before, counted = confirmed(hooked), evasions(hooked)
+    assert send_at(flow, FAKE_TTL, [(0, fake)]) == ["pass"]
+    assert flow.forge(len(fake)) == "pass"
+    assert name_of(hooked, flow) is None and confirmed(hooked) == before
+    assert moved(counted, evasions(hooked)) == {"low_ttl": 1, "forged_server": 1}
+    assert send_at(flow, SYN_TTL, [(0, real)]) == ["drop"]
+    assert name_of(hooked, flow) == REAL
+
+
+@FAMILIES
+def test_the_real_servers_ack_from_its_arm_still_confirms(hooked, arms, v6):
+    """zapret's --orig-ttl through the same box: the forged ACK confirms
+    nothing, the server's own, from its arm, reads the hello."""
+    real = STREAMS["0.5KB"][0]
+    client_if, server_if = arms
+    flow = ArmedFlow(hooked, v6, client_if=client_if, server_if=server_if)
+    before = confirmed(hooked)
+    assert send_at(flow, REAL_TTL, cut(real, 100)) == ["pass", "pass"]
+    assert flow.forge(len(real)) == "pass"
+    assert name_of(hooked, flow) is None and confirmed(hooked) == before
+    assert server_acks(flow, len(real)) == "pass"
+    assert name_of(hooked, flow) == REAL and confirmed(hooked) == before + 1
+    assert send_at(flow, REAL_TTL, [(len(real), b"more")]) == ["drop"]
+
+
+@FAMILIES
+def test_a_forged_server_segment_leaves_the_servers_numbers_known(hooked, arms, v6):
+    """A "server" segment from the client's arm far past the server's
+    numbers would make them unknown, and turn the ACK-number check off:
+    it says nothing of the server, and a bad-ACK decoy is still refused."""
+    real, fake, _ = STREAMS["0.5KB"]
+    client_if, server_if = arms
+    flow = ArmedFlow(hooked, v6, client_if=client_if, server_if=server_if)
+    flow.forging = True
+    assert flow.reply(b"x", seq=(flow.server_next + 2**31) % 2**32, flags="A") == "pass"
+    flow.forging = False
+    before = evasions(hooked)
+    assert flow.send_decoy("bad_ack", 0, fake) == "pass"
+    assert moved(before, evasions(hooked)) == {"bad_ack": 1}
+    assert send_at(flow, SYN_TTL, [(0, real)]) == ["drop"]
+    assert name_of(hooked, flow) == REAL
+
+
+@FAMILIES
+def test_on_one_interface_the_servers_ack_is_taken_as_before(hooked, arms, v6):
+    """A router on a stick: both directions come in on one interface, and
+    nothing tells the client's forged ACK from the server's. What it
+    acknowledges names the flow, as without the check (a limit:
+    docs/policy.md)."""
+    real, fake, _ = STREAMS["0.5KB"]
+    flow = ArmedFlow(hooked, v6, client_if=arms[0], server_if=arms[0])
+    before, counted = confirmed(hooked), evasions(hooked)
+    assert send_at(flow, FAKE_TTL, [(0, fake)]) == ["pass"]
+    assert flow.forge(len(fake)) == "pass"
+    assert name_of(hooked, flow) == FAKE
+    assert confirmed(hooked) == before + 1 and moved(counted, evasions(hooked)) == {"low_ttl": 1}
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_on_evasion_block_blocks_at_a_forged_server_segment(make_datapath, arms, hook):
+    blocking = AtHook(make_datapath(POLICY + "inspection: {on_evasion: block}\n"), hook)
+    client_if, server_if = arms
+    flow = ArmedFlow(blocking, False, client_if=client_if, server_if=server_if)
+    assert flow.forge(0) == "drop"
+    assert send_at(flow, SYN_TTL, [(0, STREAMS["0.5KB"][1])]) == ["drop"]
