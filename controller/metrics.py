@@ -15,7 +15,7 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from .abi import ABI
-from .quic import FAMILIES
+from .quic import EVICTION_REASONS, FAMILIES
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 9477
@@ -84,6 +84,13 @@ class SluiceCollector:
         for family in FAMILIES:
             families.add_metric([family], self.quic.families[family] if self.quic else 0)
         yield families
+        evicted = CounterMetricFamily("sluice_quic_flows_evicted",
+                                      "QUIC flows whose half-read ClientHello the controller dropped for others, "
+                                      "over its bound on pending flows (count) or on the bytes they hold (memory): "
+                                      "each passed unjudged.", labels=["reason"])
+        for reason in EVICTION_REASONS:
+            evicted.add_metric([reason], self.quic.evicted[reason] if self.quic else 0)
+        yield evicted
         outcomes = CounterMetricFamily("sluice_parser_outcomes", "Payload packets by parser and outcome.",
                                        labels=["parser", "outcome"])
         for counter, labels in PARSER_OUTCOMES.items():

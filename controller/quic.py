@@ -64,6 +64,20 @@ HELLO_BYTES_SAFE = 4 * 1024    # a stream holding no more (a post-quantum hello 
 # The stream buffers of a flow: one stream of the largest size, and every other holding HELLO_BYTES_SAFE.
 MAX_FLOW_CRYPTO_BYTES = MAX_CRYPTO_BYTES + (MAX_STREAMS - 1) * HELLO_BYTES_SAFE
 DIGEST_LEN = 16                # of a datagram read, to know its repeats without keeping it
+# What a flow's reassembly holds besides its streams' buffers, so the
+# controller can bound all of them at once by bytes (quic_flows.py) without
+# tracemalloc: tracemalloc's figures (CPython 3.11, 64-bit) rounded up, as
+# the budget must not count less than is held. A stream: its object, key
+# and buffers' headers, about 480; a digest in the set of those read, 80 to
+# 150 as the set grows; the reassembler itself with its flow's key and entry
+# among the pending flows, about 600.
+STREAM_OVERHEAD_BYTES = 640
+DIGEST_OVERHEAD_BYTES = 128
+FLOW_OVERHEAD_BYTES = 1024
+# Why the controller dropped a flow's reassembly for others' (quic_flows.py):
+# over its bound on pending flows, or on the bytes they hold. Here, beside
+# FAMILIES, so the metrics read them without the data path.
+EVICTION_REASONS = ("count", "memory")
 MAX_CID_LEN = 20               # RFC 9000 section 17.2
 KEY_CACHE_SIZE = 256           # flows in flight at once whose keys are kept derived
 
@@ -719,6 +733,10 @@ class InitialReassembler:
     what follows. A datagram that repeats one already read, byte for
     byte (a retransmission, or a fake sent again and again), is not read
     again nor counted.
+
+    ``held`` is the bytes the flow's reassembly holds (its buffers, digests
+    and objects), as of the last datagram fed: what the controller's budget
+    for all pending flows counts.
     """
 
     def __init__(self):
@@ -726,6 +744,7 @@ class InitialReassembler:
         self._read: set[bytes] = set()      # digests of the datagrams read
         self.fed = 0                        # datagrams fed, read or not
         self.done = False
+        self.held = FLOW_OVERHEAD_BYTES
 
     @property
     def gathering(self) -> bool:
@@ -736,6 +755,16 @@ class InitialReassembler:
         self.fed += 1
         if self.done:
             return None
+        try:
+            return self._read_datagram(datagram)
+        finally:
+            # Streams grow, give way and finish only while a datagram is read:
+            # counted here, at most MAX_STREAMS of them, held stays true.
+            self.held = (FLOW_OVERHEAD_BYTES + DIGEST_OVERHEAD_BYTES * len(self._read)
+                         + sum(STREAM_OVERHEAD_BYTES + len(stream.data) + len(stream.filled)
+                               for stream in self._streams.values()))
+
+    def _read_datagram(self, datagram: bytes) -> ClientHelloInfo | None:
         datagram = bytes(datagram)                       # a ring buffer may hand out other buffers
         version = datagram_version(datagram)
         if version not in VERSIONS:

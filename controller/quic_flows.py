@@ -28,6 +28,16 @@ its first. A broken connection ends its own stream, not the flow, or
 broken fakes sent ahead would hide the real hello behind them: a flow
 without a name is given up only once the data plane has handed over its
 window's Initials, or its reassembler is done.
+
+Flows whose hellos never complete (a flood of clients, or an adversary's
+half hellos, each claiming its streams' most) are bounded twice: by count
+(PENDING_FLOWS_MAX) and by the bytes their reassemblies hold together
+(PENDING_BYTES_MAX, each reassembler's own count of its bytes). Past
+either, the oldest pending flows give way, never the one just fed (its
+reassembly keeps within its own bound, quic.MAX_FLOW_CRYPTO_BYTES): an
+evicted flow's reassembly is dropped, nothing is written to its entry, so
+it passes unjudged as a flow still inspected does, and any Initials of it
+still to come are read afresh.
 """
 
 import ctypes
@@ -38,11 +48,21 @@ from .abi import ABI
 from .clients import flow_client, flow_server
 from .datapath import settle_flow
 from .policy import DEFAULT_WINDOW_PACKETS
-from .quic import FAMILIES, InitialReassembler, QuicError, family
+from .quic import EVICTION_REASONS, FAMILIES, InitialReassembler, QuicError, family
 
 log = logging.getLogger(__name__)
 
 PENDING_FLOWS_MAX = 4096        # flows whose ClientHello is still incomplete
+# The bytes their reassemblies hold together, as they count them (a little
+# over what tracemalloc finds: docs/operations.md has the figures). A
+# browser's two-datagram hello half sent holds 3.7 KB (counted 4.4), so
+# PENDING_FLOWS_MAX of them 18 MB, which this leaves room for: the count
+# bounds ordinary flows, the bytes the hoarders. A flow whose Initials make
+# each stream claim its most (quic.MAX_FLOW_CRYPTO_BYTES, and as much of
+# bitmap) within the default window of 20 holds 97.5 KB: PENDING_FLOWS_MAX
+# of them 400 MB, which an edge box has not to spare; here some 330 at once,
+# 32 MB.
+PENDING_BYTES_MAX = 32 * 1024 * 1024
 NAMED_FLOWS_MAX = 65536         # flows named here, whose later hellos of other connections are weighed
 
 
@@ -59,7 +79,9 @@ class QuicFlows:
     def __init__(self, datapath, on_settled=None, open_ring: bool = True, on_renamed=None):
         self.on_settled = on_settled
         self.on_renamed = on_renamed or on_settled
-        self.pending: dict[bytes, InitialReassembler] = {}
+        self.pending: dict[bytes, InitialReassembler] = {}      # oldest first
+        self.pending_bytes = 0                   # what their reassemblies hold together (their `held`)
+        self.evicted: Counter = Counter(dict.fromkeys(EVICTION_REASONS, 0))   # pending flows dropped, by bound
         self.named: dict[bytes, object] = {}     # flow key -> the rule its strictest hello so far chose (or None)
         self.outcomes: Counter = Counter()       # sni_found, no_sni, ech, malformed, gave_up, another_hello
         self.flows_by_rule: Counter = Counter()  # rule id (0: none) -> QUIC flows settled
@@ -87,11 +109,24 @@ class QuicFlows:
         """A datagram the program handed over: its flow's struct flow_key (ctypes) and its bytes."""
         key = bytes(flow_key)
         self.families[family(payload)] += 1
+        self._feed(key, flow_key, payload)
+        # A datagram grows its flow's reassembly by at most a stream's buffers:
+        # the bound is kept once it is read, by the flows before it.
+        while self.pending_bytes > PENDING_BYTES_MAX:
+            oldest = next((other for other in self.pending if other != key), None)
+            if oldest is None:
+                break           # one flow alone: it keeps within its own bound
+            self._evict(oldest, "memory")
+
+    def _feed(self, key: bytes, flow_key, payload: bytes) -> None:
+        """The datagram to its flow's reassembly: the flow settled once a hello is whole, given up once none can be."""
         reassembler = self.pending.get(key)
         if reassembler is None:
             if len(self.pending) >= PENDING_FLOWS_MAX:
-                self.pending.pop(next(iter(self.pending)))       # the oldest gives way
+                self._evict(next(iter(self.pending)), "count")
             reassembler = self.pending[key] = InitialReassembler()
+            self.pending_bytes += reassembler.held
+        held = reassembler.held
         try:
             hello = reassembler.feed(payload)
         except QuicError as error:
@@ -102,6 +137,8 @@ class QuicFlows:
             if not self._named(flow_key):
                 self.outcomes["malformed"] += 1
                 log.debug("QUIC Initial refused: %s", error)
+        finally:
+            self.pending_bytes += reassembler.held - held
         if hello is not None:
             self.outcomes["sni_found" if hello.sni else "no_sni"] += 1
             self.outcomes["ech"] += hello.ech
@@ -117,9 +154,26 @@ class QuicFlows:
         # real hello may follow the broken ones.
         named = self._named(flow_key)
         if named or spent:
-            self.pending.pop(key, None)
+            self._drop(key)
             if not named:
                 self._settle(flow_key, gave_up=True)
+
+    def _drop(self, key: bytes) -> None:
+        """The flow's reassembly, if it has one, and the bytes it held."""
+        reassembler = self.pending.pop(key, None)
+        if reassembler is not None:
+            self.pending_bytes -= reassembler.held
+
+    def _evict(self, key: bytes, reason: str) -> None:
+        """A pending flow gives way to others (reason: the bound, EVICTION_REASONS)."""
+        self._drop(key)
+        self.evicted[reason] += 1
+
+    def forget_flows(self) -> None:
+        """Forget every flow, pending and named (replay's next capture starts afresh); the counts stay."""
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.named.clear()
 
     def _window_packets(self) -> int:
         policy = self.datapath.policy

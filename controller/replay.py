@@ -357,8 +357,7 @@ class Replayer:
         """Forget every flow, in the program's tables and in the report: the next capture starts afresh."""
         self.datapath.flow_table().clear()
         delete_entries(self.datapath.table("streams"))
-        self.quic.pending.clear()
-        self.quic.named.clear()
+        self.quic.forget_flows()
         self.report.clear()
 
     def read_rings(self) -> None:

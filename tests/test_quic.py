@@ -16,9 +16,9 @@ from sluice.policy import DEFAULT_WINDOW_PACKETS
 from sluice.quic_flows import QuicFlows
 from sluice.testrun import run_xdp
 
-from sluice.quic import (MAX_CRYPTO_BYTES, MAX_DATAGRAMS, MAX_FLOW_CRYPTO_BYTES, MAX_FLOW_DATAGRAMS, MAX_STREAMS,
-                             QUIC_V1, QUIC_V2, VERSIONS, ClientHelloInfo, GoogleChlo, InitialReassembler, QuicError,
-                             client_hello_from_datagram, client_initial_keys, family, fnv1a_128)
+from sluice.quic import (HELLO_BYTES_SAFE, MAX_CRYPTO_BYTES, MAX_DATAGRAMS, MAX_FLOW_CRYPTO_BYTES, MAX_FLOW_DATAGRAMS,
+                             MAX_STREAMS, QUIC_V1, QUIC_V2, VERSIONS, ClientHelloInfo, GoogleChlo, InitialReassembler,
+                             QuicError, client_hello_from_datagram, client_initial_keys, family, fnv1a_128)
 from packets import CLIENT_V4, SERVER_V4, ether, extension, sni_extension, udp_frame
 from quic_packets import (DATAGRAM_MIN, HANDSHAKE_TYPE, PING, RFC_DCID, ack_frame, broken_fakes, chlo, chlo_entries,
                           client_initial, connection_close, crypto_frame, gquic_plaintext_packet, gquic_stream_frame,
@@ -441,6 +441,46 @@ def test_fakes_claiming_the_most_bytes_give_way_and_a_flows_buffers_stay_bounded
         tracemalloc.stop()
     assert held < 2 * MAX_FLOW_CRYPTO_BYTES + 16 * 1024          # objects, digests and keys besides
     assert flow.feed(second).sni == "real.example"
+
+
+def worst_flow(index: int) -> list[bytes]:
+    """A flow's Initials within the default window that make it hold the
+    most: one connection claiming MAX_CRYPTO_BYTES, the others
+    HELLO_BYTES_SAFE each (one byte at the end of the room), and the rest of
+    the window's datagrams read, spread over them so that none ends."""
+    dcids = [bytes([0xd0 + stream]) + index.to_bytes(7, "big") for stream in range(MAX_STREAMS)]
+    claims = [datagram(crypto_frame((MAX_CRYPTO_BYTES if stream == 0 else HELLO_BYTES_SAFE) - 1, b"x"), dcid=dcid)
+              for stream, dcid in enumerate(dcids)]
+    return claims + [datagram(crypto_frame(0, b"\x01"), dcid=dcids[pn % MAX_STREAMS], pn=pn + 1)
+                     for pn in range(DEFAULT_WINDOW_PACKETS - MAX_STREAMS)]
+
+
+def half_sent_browser_hello(index: int) -> list[bytes]:
+    """The first datagram of a browser's (post-quantum) hello of two."""
+    return two_datagram_hello(b"www.example.com", index.to_bytes(8, "big"), seed=index)[:1]
+
+
+@pytest.mark.parametrize("make_flow, measured", [(worst_flow, 97_500), (half_sent_browser_hello, 3_700)],
+                         ids=["worst", "half-sent-browser-hello"])
+def test_a_reassembler_counts_the_bytes_it_holds(make_flow, measured):
+    """``held``, what the controller's budget for pending flows adds up
+    (quic_flows.PENDING_BYTES_MAX), is what tracemalloc finds the
+    reassembly holds, or a little more, never less; ``measured`` is
+    tracemalloc's figure per flow, given in docs/operations.md."""
+    flows = [make_flow(index) for index in range(100)]
+    keys = [index.to_bytes(40, "big") for index in range(len(flows))]
+    tracemalloc.start()
+    try:
+        pending = {}
+        for key, datagrams in zip(keys, flows):
+            reassembler = pending[key] = InitialReassembler()
+            assert [reassembler.feed(datagram_) for datagram_ in datagrams] == [None] * len(datagrams)
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    counted = sum(reassembler.held for reassembler in pending.values())
+    assert 0.95 * measured < held / len(flows) < 1.05 * measured
+    assert held <= counted < 1.25 * held
 
 
 def test_after_a_retry_the_client_sends_its_hello_again_under_the_new_id():
