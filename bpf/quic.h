@@ -28,6 +28,7 @@
 #include "common.h"
 #include "flow.h"
 #include "verdict.h"
+#include "siphash.h"
 
 #define QUIC_LONG_HEADER 0x80
 #define QUIC_FIXED_BIT 0x40		/* set in every client Initial (RFC 9000, 17.2); clear in RTP's first byte */
@@ -86,18 +87,18 @@ static __always_inline int quic_is_version_negotiation(struct ctx_buff *ctx, con
 	return (head[0] & QUIC_LONG_HEADER) && (head[1] | head[2] | head[3] | head[4]) == QUIC_VERSION_NEGOTIATION;
 }
 
-static __always_inline void quic_send_to_controller(struct ctx_buff *ctx, const struct packet_info *pkt,
-						    int client_is_hi, const __u8 *gathered)
+/* The datagram (its payload at offset in the packet, or gathered: see
+ * quic_load_head()) in a record of the ring, not yet submitted; 0 if
+ * there is no room, or it cannot be read. */
+static __always_inline struct quic_datagram *quic_datagram_read(struct ctx_buff *ctx, __u32 offset, __u32 len,
+								int client_is_hi, const __u8 *gathered)
 {
 	struct quic_datagram *datagram = quic_datagrams.ringbuf_reserve(sizeof(struct quic_datagram));
-	__u32 len = pkt->payload_len;
 
 	if (!datagram) {
 		counter_inc(SLUICE_CNT_QUIC_RING_FULL);
-		return;
+		return 0;
 	}
-	flow_make_key(pkt, &datagram->key);
-	datagram->key.pad[0] = datagram->key.pad[1] = 0;	/* reserved memory is not zeroed */
 	datagram->client_is_hi = client_is_hi;
 	if (len > SLUICE_QUIC_DATAGRAM_MAX)
 		len = SLUICE_QUIC_DATAGRAM_MAX;
@@ -106,13 +107,108 @@ static __always_inline void quic_send_to_controller(struct ctx_buff *ctx, const 
 	len = ((len - 1) & QUIC_DATAGRAM_MASK) + 1;
 	datagram->len = len;
 	int loaded = gathered ? copy_within_maps(datagram->bytes, len, gathered) :
-				ctx_load_bytes(ctx, pkt->payload_offset, datagram->bytes, len);
+				ctx_load_bytes(ctx, offset, datagram->bytes, len);
 	if (loaded < 0) {
 		quic_datagrams.ringbuf_discard(datagram, 0);
-		return;
+		return 0;
 	}
+	return datagram;
+}
+
+static __always_inline void quic_datagram_submit(struct quic_datagram *datagram)
+{
+	datagram->key.pad[0] = datagram->key.pad[1] = 0;	/* reserved memory is not zeroed */
 	quic_datagrams.ringbuf_submit(datagram, 0);
 	counter_inc(SLUICE_CNT_QUIC_DATAGRAMS);
+}
+
+/* Hand a new QUIC flow's first datagram to the controller. */
+static __always_inline void quic_send_first(struct ctx_buff *ctx, const struct packet_info *pkt,
+					    const struct flow_id *id, int client_is_hi, const __u8 *gathered)
+{
+	struct quic_datagram *datagram = quic_datagram_read(ctx, pkt->payload_offset, pkt->payload_len,
+							    client_is_hi, gathered);
+
+	/* An earlier flow's signatures under the same key are not this one's. */
+	quic_signatures.delete(id);
+	if (!datagram)
+		return;
+	flow_make_key(pkt, &datagram->key);
+	quic_datagram_submit(datagram);
+}
+
+/* Is the datagram, by its signature, one the flow handed over already?
+ * If not, its signature is kept, in place of the oldest of the flow's. */
+static __always_inline int quic_repeats_sent(const struct flow_id *id, __u64 signature)
+{
+	struct quic_signatures *sent = quic_signatures.lookup(id);
+
+	if (!sent) {
+		struct quic_signatures first = { .signature = { signature }, .count = 1 };
+		quic_signatures.update(id, &first);
+		return 0;
+	}
+	for (__u32 i = 0; i < SLUICE_QUIC_SIGNATURES; i++)
+		if (i < sent->count && sent->signature[i] == signature)
+			return 1;
+	sent->signature[sent->count % SLUICE_QUIC_SIGNATURES] = signature;
+	sent->count += 1;
+	return 0;
+}
+
+/* A later datagram of a known flow, to be handed over as its
+ * payload_packets allow, by sluice_stage_quic; the packet gets verdict.
+ * Returns if the stage is missing (the datagram is not handed over). The
+ * stage keeps the signature's hash, a loop over every byte, out of the
+ * programs that call this: walked on each of their ways here, it would
+ * take the verifier past its million instructions. */
+static __always_inline void quic_offer(struct ctx_buff *ctx, const struct packet_info *pkt, const struct flow_id *id,
+				       int client_is_hi, const __u8 *gathered, int verdict)
+{
+	__u32 zero = 0;
+	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+
+	if (!scratch)
+		return;
+	__builtin_memcpy(&scratch->id, id, sizeof(*id));
+	flow_make_key(pkt, &scratch->key);
+	scratch->segment_offset = pkt->payload_offset;
+	scratch->segment_len = pkt->payload_len;
+	scratch->sender_is_hi = client_is_hi;
+	scratch->from_fragments = gathered != 0;
+	scratch->quic_verdict = verdict;
+	call_stage(ctx, SLUICE_STAGE_QUIC);
+}
+
+/* sluice_stage_quic's work: hand the datagram offered (quic_offer()) to
+ * the controller, unless it repeats, byte for byte, one the flow handed
+ * over. zapret sends its fake Initial again and again
+ * (--dpi-desync-repeats), and a real server reads one copy and drops the
+ * rest; so does the controller, but only of what it gets, and N copies
+ * would spend the flow's window ahead of the real hello. So a flow's
+ * datagrams after its first are signed, by a keyed hash of their every
+ * byte, and a repeat is not handed over nor counted against the window.
+ * The first datagram is not signed: that would be every QUIC flow's cost,
+ * and a repeat of it is handed over once more at worst, then known. */
+static __always_inline void quic_hand_over(struct ctx_buff *ctx, struct flow_state *flow,
+					   const struct payload_scratch *scratch, const struct sluice_config *cfg,
+					   const __u8 *gathered)
+{
+	struct quic_datagram *datagram = quic_datagram_read(ctx, scratch->segment_offset, scratch->segment_len,
+							    scratch->sender_is_hi, gathered);
+
+	if (datagram) {
+		if (quic_repeats_sent(&scratch->id, siphash13(cfg->datagram_key, datagram->bytes, datagram->len,
+							      SLUICE_QUIC_DATAGRAM_MAX))) {
+			quic_datagrams.ringbuf_discard(datagram, 0);
+			counter_inc(SLUICE_CNT_QUIC_REPEATS);
+			return;
+		}
+		__builtin_memcpy(&datagram->key, &scratch->key, sizeof(datagram->key));
+		quic_datagram_submit(datagram);
+	}
+	/* A datagram the ring had no room for is spent as if handed over. */
+	flow->payload_packets += 1;
 }
 
 /* Hand a new UDP flow's first datagram to sluice_stage_opening, to be
@@ -157,37 +253,35 @@ static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_in
 	if (flow) {
 		flow_touch(flow, now, cfg);
 		const __u8 *client_address = flow_client_address(flow, pkt, sender_is_hi);
+		int client_sends = sender_is_hi == flow->client_is_hi;
+		int verdict, offer;
 		if (flow->state != SLUICE_FLOW_INSPECTING) {
-			int verdict = verdict_apply(flow, client_address, sender_is_hi, pkt->frame_len,
-						    pkt->payload_len, cfg);
+			verdict = verdict_apply(flow, client_address, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg);
 			/* A named QUIC flow may carry Initials of another
 			 * connection (zapret's fake, its own DCID, ahead of the
 			 * real one): the controller weighs those too, for the
 			 * rest of the window (controller/quic_flows.py). */
-			if (verdict != CTX_ACT_DROP && flow->state == SLUICE_FLOW_CLASSIFIED &&
-			    flow->proto == SLUICE_PROTO_QUIC && sender_is_hi == flow->client_is_hi &&
-			    flow->payload_packets < cfg->window_packets && quic_is_client_initial(ctx, pkt, gathered)) {
-				flow->payload_packets += 1;
-				quic_send_to_controller(ctx, pkt, flow->client_is_hi, gathered);
-			}
-			return verdict;
+			offer = verdict != CTX_ACT_DROP && flow->state == SLUICE_FLOW_CLASSIFIED &&
+				flow->proto == SLUICE_PROTO_QUIC && client_sends;
+		} else {
+			/* A QUIC flow judged at its opening datagram keeps that
+			 * verdict until the controller reads its name. */
+			verdict = flow->rule_id ? verdict_apply(flow, client_address, sender_is_hi, pkt->frame_len,
+								pkt->payload_len, cfg) : -1;
+			if (verdict == CTX_ACT_DROP || flow->state != SLUICE_FLOW_INSPECTING)
+				return verdict;
+			/* Browsers spread a ClientHello over several Initials,
+			 * and a client told its version is not spoken starts
+			 * again. */
+			offer = 1;
+			if (verdict != CTX_ACT_OK)
+				verdict = verdict_pass_unjudged(pkt->frame_len);
 		}
-		/* A QUIC flow judged at its opening datagram keeps that verdict
-		 * until the controller reads its name. */
-		int verdict = flow->rule_id ?
-			verdict_apply(flow, client_address, sender_is_hi, pkt->frame_len, pkt->payload_len, cfg) : -1;
-		if (verdict == CTX_ACT_DROP || flow->state != SLUICE_FLOW_INSPECTING)
-			return verdict;
-		/* Browsers spread a ClientHello over several Initials, and a
-		 * client told its version is not spoken starts again. */
-		int client_sends = sender_is_hi == flow->client_is_hi;
-		if (flow->payload_packets < cfg->window_packets &&
+		if (offer && flow->payload_packets < cfg->window_packets &&
 		    (client_sends ? quic_is_client_initial(ctx, pkt, gathered) :
-				    quic_is_version_negotiation(ctx, pkt, gathered))) {
-			flow->payload_packets += 1;
-			quic_send_to_controller(ctx, pkt, flow->client_is_hi, gathered);
-		}
-		return verdict == CTX_ACT_OK ? CTX_ACT_OK : verdict_pass_unjudged(pkt->frame_len);
+				    quic_is_version_negotiation(ctx, pkt, gathered)))
+			quic_offer(ctx, pkt, &id, flow->client_is_hi, gathered, verdict);
+		return verdict;
 	}
 	int quic = (cfg->flags & SLUICE_CFG_EVENTS) && quic_is_client_initial(ctx, pkt, gathered);
 	if (!quic && !(cfg->flags & SLUICE_CFG_OPENING_RULES))
@@ -199,7 +293,7 @@ static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_in
 	if (quic) {
 		flow->proto = SLUICE_PROTO_QUIC;
 		flow->payload_packets = 1;
-		quic_send_to_controller(ctx, pkt, sender_is_hi, gathered);
+		quic_send_first(ctx, pkt, &id, sender_is_hi, gathered);
 	}
 	if (cfg->flags & SLUICE_CFG_OPENING_RULES)
 		quic_judge_opening_datagram(ctx, pkt, &id, sender_is_hi, flow);

@@ -94,6 +94,7 @@ struct payload_scratch {
 					 * client bytes (tentative.h): the stream is read for the client */
 	__u32 stream_grew;		/* the segment stored brought bytes the stream lacked (tcp_stream.h) */
 	__u32 alpn_len;			/* bytes of alpn[] in use */
+	__u32 quic_verdict;		/* sluice_stage_quic: what the datagram in hand gets, handed over or not */
 	__u8 alpn[SLUICE_ALPN_BYTES];	/* the ClientHello's ALPN extension body, from its start */
 	struct segment_view segment;	/* the segment's headers, for receiver.h */
 	__u8 bytes[PAYLOAD_COPY_BYTES];

@@ -178,7 +178,8 @@ enum sluice_stage {
 	SLUICE_STAGE_OPENING = 11,	/* sluice_stage_opening: judge a new flow at its opening packet, before any name */
 	SLUICE_STAGE_TENTATIVE = 12,	/* sluice_stage_tentative: keep a low-TTL client segment until acknowledged (tentative.h) */
 	SLUICE_STAGE_CONFIRM = 13,	/* sluice_stage_confirm: a server's ACK of such bytes: read them (tentative.h) */
-	SLUICE_STAGE_MAX = 14,
+	SLUICE_STAGE_QUIC = 14,		/* sluice_stage_quic: hand a known QUIC flow's Initial over, unless it repeats one (quic.h) */
+	SLUICE_STAGE_MAX = 15,
 };
 
 /* How a block rule blocks (rule_info.block_method). */
@@ -224,6 +225,7 @@ enum sluice_counter {
 	SLUICE_CNT_TLS_ECH,		/* ClientHellos offering Encrypted Client Hello (outer SNI matched) */
 	SLUICE_CNT_QUIC_DATAGRAMS,	/* QUIC Initial datagrams sent to the controller */
 	SLUICE_CNT_QUIC_RING_FULL,	/* ...or not, the ring being full: the flow passes */
+	SLUICE_CNT_QUIC_REPEATS,	/* ...or not, repeating one sent already byte for byte (quic.h) */
 	SLUICE_CNT_FRAGMENTS,		/* IPv4 fragments and IPv6 Fragment-header fragments seen */
 	SLUICE_CNT_FRAG_DATAGRAMS,	/* datagrams whose fragments began to be gathered */
 	SLUICE_CNT_FRAG_REASSEMBLED,	/* ...and were gathered whole, then judged */
@@ -495,6 +497,7 @@ struct sluice_config {
 	__u64 clock_tick_ns;		/* with clock_ns: the coarse clock's tick, which it reads
 					 * clock_ns rounded down to (tests); 0: clock_ns exactly */
 	__u64 jiffy_ns;			/* the kernel's tick (1/CONFIG_HZ s): a jiffy, in which flows idle */
+	__u64 datagram_key[2];		/* SipHash key of QUIC datagram signatures: random, the data plane's own */
 };
 
 /* Client bytes of a young flow kept to reassemble a ClientHello that spans
@@ -542,6 +545,20 @@ struct sluice_config {
 /* A datagram not whole this long after its first fragment is given up, as
  * Linux gives up its own reassembly (net.ipv4.ipfrag_time, 30 s). */
 #define SLUICE_FRAG_TIMEOUT_NS 30000000000
+
+/* The signatures of the QUIC datagrams a flow handed to the controller
+ * (quic.h), the last SLUICE_QUIC_SIGNATURES of them: a datagram that
+ * repeats one of them byte for byte is not handed over again. */
+#define SLUICE_QUIC_SIGNATURES 8
+struct quic_signatures {
+	__u64 signature[SLUICE_QUIC_SIGNATURES];
+	__u32 count;			/* signatures written so far; the next goes at count % SLUICE_QUIC_SIGNATURES */
+	__u32 pad;
+};
+
+/* QUIC flows whose signatures are kept at once (LRU): a flow's go when its
+ * Initials are long read, or the flow is gone. */
+#define SLUICE_QUIC_SIGNED_FLOWS_MAX 16384
 
 /* A client's QUIC Initial datagram, for the controller to decrypt: the
  * kernel cannot (the keys come from HKDF over the connection id, the

@@ -969,6 +969,24 @@ int sluice_stage_confirm(struct ctx_buff *ctx)
 				 scratch->frame_len, scratch->payload_len, cfg);
 }
 
+/* A known QUIC flow's datagram, offered by quic_offer(): to the controller,
+ * unless it repeats one handed over (quic.h). */
+int sluice_stage_quic(struct ctx_buff *ctx)
+{
+	struct flow_state *flow;
+	struct sluice_config *cfg;
+	struct payload_scratch *scratch = stage_scratch(&flow, &cfg);
+	__u32 zero = 0;
+
+	if (!scratch)
+		return CTX_ACT_OK;
+	struct frag_scratch *gathered = scratch->from_fragments ? frag_buffers.lookup(&zero) : 0;
+	if (scratch->from_fragments && !gathered)
+		return scratch->quic_verdict;
+	quic_hand_over(ctx, flow, scratch, cfg, gathered ? &gathered->bytes[sizeof(struct udphdr)] : 0);
+	return scratch->quic_verdict;
+}
+
 int sluice_stage_reply(struct ctx_buff *ctx)
 {
 	return reply_stage(ctx);

@@ -99,6 +99,9 @@ class Datapath:
         self.alpn_bits: dict[str, int] = {}
         self.generation = 0             # the one packets read; its maps are empty until a policy fills one
         self.shape_as_throttle = False  # police_shape_rules() was called: every policy's shape rules throttle
+        # The key of QUIC datagram signatures (bpf/quic.h): a client that knew
+        # it could make its real hello sign as its fake does.
+        self.datagram_key = struct.unpack("<QQ", os.urandom(16))
         self.program = program() if xdp else tc_ingress_program()
         self._rings = Rings(self.program.module)
         self._tables: dict[str, object] = {}
@@ -360,6 +363,7 @@ class Datapath:
             flow_idle_ns, value.window_packets = policy.flow_idle_ns, policy.window_packets
             value.window_bytes = policy.window_bytes
         value.jiffy_ns = coarse_tick_ns()
+        value.datagram_key[0], value.datagram_key[1] = self.datagram_key
         value.flow_idle_jiffies = in_jiffies(flow_idle_ns, value.jiffy_ns)
         value.ttl_margin = policy.ttl_margin if policy is not None else ABI.SLUICE_TTL_MARGIN_DEFAULT
         on_evasion = policy.on_evasion if policy is not None else "judge"

@@ -72,10 +72,12 @@ class SluiceCollector:
         yield flows
         datagrams = CounterMetricFamily("sluice_quic_datagrams",
                                         "QUIC client Initial datagrams the data plane handed to the controller "
-                                        "(sent), or could not (ring_full: the flow passed unjudged).",
+                                        "(sent), or could not (ring_full: the flow passed unjudged), or did not, "
+                                        "as they repeated one sent byte for byte (repeat).",
                                         labels=["result"])
         datagrams.add_metric(["sent"], counters["quic_datagrams"])
         datagrams.add_metric(["ring_full"], counters["quic_ring_full"])
+        datagrams.add_metric(["repeat"], counters["quic_repeats"])
         yield datagrams
         families = CounterMetricFamily("sluice_quic_versions",
                                        "QUIC datagrams the controller read, by version family (ietf-draft, v1, v2, "

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import IP, UDP, Raw
 
-from helpers import needs_root
+from helpers import HOOKS, AtHook, classify, needs_root
 from sluice.policy import DEFAULT_WINDOW_PACKETS
 from sluice.quic_flows import QuicFlows
 from sluice.testrun import run_xdp
@@ -908,6 +908,38 @@ def test_a_fake_initial_of_another_connection_does_not_name_the_flow(quic_datapa
     send_all(datapath, sent, port, read_ring)
     assert send(datapath, client_frame(short_header_packet(), port)) == "drop"
     assert settled["video.example"].name == "block-video"
+
+
+@pytest.fixture(params=HOOKS)
+def quic_at_hook(request, quic_datapath):
+    datapath, flows, settled = quic_datapath
+    return AtHook(datapath, request.param), flows, settled
+
+
+@needs_root
+@pytest.mark.parametrize("real_datagrams", [1, 2], ids=["one-datagram-hello", "two-datagram-hello"])
+@pytest.mark.parametrize("repeats", [20, 30, 64])
+def test_fake_initials_repeated_past_the_window_do_not_hide_the_real_one(quic_at_hook, repeats, real_datagrams):
+    """zapret's fake (--dpi-desync-repeats=N) sent more times than the
+    flow's window of datagrams (20) holds: a server reads one copy and
+    drops the others, and so does sluice, at either hook: the repeats are
+    not handed over again, nor spend the window, so the real hello after
+    them is read."""
+    datapath, flows, settled = quic_at_hook
+    port = 48100 + 4 * repeats + 2 * real_datagrams + (datapath.hook == "tc")
+    fake = client_initial(QUIC_V1, crypto_frame(0, handshake_client_hello(b"www.google.com")), dcid=b"\x0f" * 8)
+    real = (client_initial(QUIC_V1, crypto_frame(0, handshake_client_hello(b"video.example")), dcid=b"\xa1" * 8),) \
+        if real_datagrams == 1 else two_datagram_hello(b"video.example", b"\xa1" * 8)
+    before = datapath.counters()
+    settled.clear()
+    for datagram_ in [fake] * repeats + list(real):
+        assert classify(datapath, client_frame(datagram_, port)).verdict == "pass"
+        datapath.consume_rings()
+    assert settled["video.example"].name == "block-video"
+    assert classify(datapath, client_frame(short_header_packet(), port)).verdict == "drop"
+    # The first datagram is not signed: its first repeat goes over too.
+    assert datapath.counters()["quic_repeats"] - before["quic_repeats"] == repeats - 2
+    assert datapath.counters()["quic_datagrams"] - before["quic_datagrams"] == 2 + real_datagrams
 
 
 @needs_root
