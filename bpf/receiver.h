@@ -255,26 +255,26 @@ static __always_inline void receiver_note_server_segment(struct ctx_buff *ctx, s
 		    (pkt->tcp_flags & TCP_FLAG_FIN ? 1 : 0);
 	__u32 ack;
 
-	if (flow->receiver & SLUICE_RECEIVER_SERVER_LOST)
+	if (flow->server & SLUICE_SERVER_LOST)
 		return;
-	if (!(flow->receiver & SLUICE_RECEIVER_SERVER_SEQ)) {
+	if (!(flow->server & SLUICE_SERVER_SEQ)) {
 		if ((pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) != (TCP_FLAG_SYN | TCP_FLAG_ACK) ||
 		    receiver_load_ack_number(ctx, pkt, from_fragments, &ack) < 0 ||
 		    ack - flow->stream_base > flow->syn_data_len)
 			return;
 		flow->server_isn = pkt->seq;
 		flow->server_end = end;
-		flow->receiver |= SLUICE_RECEIVER_SERVER_SEQ;
+		flow->server |= SLUICE_SERVER_SEQ;
 		return;
 	}
 	if ((pkt->tcp_flags & TCP_FLAG_SYN) ? pkt->seq != flow->server_isn : (__s32)(pkt->seq - flow->server_isn) < 0) {
-		flow->receiver = (flow->receiver & ~SLUICE_RECEIVER_SERVER_SEQ) | SLUICE_RECEIVER_SERVER_LOST;
+		flow->server = (flow->server & ~SLUICE_SERVER_SEQ) | SLUICE_SERVER_LOST;
 		return;
 	}
 	if ((__s32)(end - flow->server_end) > 0)
 		flow->server_end = end;
 	if (flow->server_end - flow->server_isn >= SERVER_SPAN_MAX)
-		flow->receiver = (flow->receiver & ~SLUICE_RECEIVER_SERVER_SEQ) | SLUICE_RECEIVER_SERVER_LOST;
+		flow->server = (flow->server & ~SLUICE_SERVER_SEQ) | SLUICE_SERVER_LOST;
 }
 
 /* A segment from the server's end, as a box with two arms (a router, a
@@ -288,15 +288,32 @@ static __always_inline void receiver_note_server_segment(struct ctx_buff *ctx, s
  * counted as evasion, and says nothing of the server. Where both
  * directions come in on one interface (a router on a stick, sluice
  * attached to one interface), nothing tells a forged segment from the
- * server's, and every one is taken as before; so too one that comes
- * before any of the server's was seen elsewhere. Returns 1 if forged. */
+ * server's, and every one is taken as before.
+ *
+ * Nor can anything tell before the server's first segment came in: a raw
+ * sender may send its decoy and the forged ACK before the server's SYN-ACK
+ * arrives. A confirmation on the client's interface then is noted
+ * (SLUICE_RECEIVER_CONFIRMED_HERE, tentative.h); the server's first
+ * segment from elsewhere, which must come (the server answers the SYN
+ * before it acknowledges data), finds it out. */
+enum receiver_server_arm {
+	SERVER_SEGMENT_OWN = 0,		/* the server's, as far as can be told */
+	SERVER_SEGMENT_FORGED,		/* the client's, in the server's name */
+	SERVER_SEGMENT_FORGED_BEFORE,	/* the server's first from elsewhere, after a confirmation on
+					 * the client's interface: that one was the client's */
+};
+
 static __always_inline int receiver_server_segment_forged(struct ctx_buff *ctx, struct flow_state *flow)
 {
-	if (flow_arm(ctx_ifindex(ctx)) != flow->client_arm) {
-		flow->server_arm |= SLUICE_SERVER_ARM_ELSEWHERE;
-		return 0;
-	}
-	return flow->server_arm & SLUICE_SERVER_ARM_ELSEWHERE;
+	if (flow_arm(ctx_ifindex(ctx)) == flow->client_arm)
+		return flow->server & SLUICE_SERVER_ELSEWHERE ? SERVER_SEGMENT_FORGED : SERVER_SEGMENT_OWN;
+	if (flow->server & SLUICE_SERVER_ELSEWHERE)
+		return SERVER_SEGMENT_OWN;
+	flow->server |= SLUICE_SERVER_ELSEWHERE;
+	if (!(flow->receiver & SLUICE_RECEIVER_CONFIRMED_HERE))
+		return SERVER_SEGMENT_OWN;
+	flow->receiver &= ~SLUICE_RECEIVER_CONFIRMED_HERE;
+	return SERVER_SEGMENT_FORGED_BEFORE;
 }
 
 /* Would the server drop the client segment for its ACK number? Linux,
@@ -315,7 +332,7 @@ static __always_inline int receiver_server_segment_forged(struct ctx_buff *ctx, 
  * header, if that was read. */
 static __always_inline int receiver_ack_refused(const struct flow_state *flow, const struct segment_view *segment)
 {
-	return (flow->receiver & SLUICE_RECEIVER_SERVER_SEQ) && segment->ack_read &&
+	return (flow->server & SLUICE_SERVER_SEQ) && segment->ack_read &&
 	       (segment->tcp_flags & TCP_FLAG_ACK) &&
 	       segment->ack - flow->server_isn > flow->server_end - flow->server_isn;
 }
@@ -448,6 +465,22 @@ static __always_inline void receiver_inspect_again(struct flow_state *flow, cons
 	flow->proto = SLUICE_PROTO_UNKNOWN;
 	flow->streaming = 0;
 	streams.delete(key);
+}
+
+/* Under inspection.on_evasion: judge, a flow whose tentative bytes a
+ * forged ACK confirmed (SERVER_SEGMENT_FORGED_BEFORE): what named it never
+ * reached the server, and it is judged afresh. The TTL floor that ACK
+ * lowered is lost with it: the floor goes to the top, so that every client
+ * segment is held tentatively until the server's own ACK confirms it and
+ * lowers the floor to its TTL. The server's numbers, if a forged SYN-ACK
+ * gave them, are learnt again from the server's. */
+static __always_inline void receiver_refute_confirmation(struct flow_state *flow, const struct flow_key *key,
+							 const struct sluice_config *cfg)
+{
+	receiver_inspect_again(flow, key, cfg);
+	flow->ttl_floor = 255;
+	flow->tentative_ttl = 0;
+	flow->server &= ~(SLUICE_SERVER_SEQ | SLUICE_SERVER_LOST);
 }
 
 #endif /* SLUICE_RECEIVER_H */

@@ -36,12 +36,14 @@
 #define SLUICE_RECEIVER_URGENT 8	/* urgent_at holds the stream offset of the urgent byte */
 #define SLUICE_RECEIVER_SYN_HELD 16	/* a SYN of another connection came: held_syn_seq (flow.h) */
 #define SLUICE_RECEIVER_SYN_HELD_HI 32	/* ...sent by the key's hi end */
-#define SLUICE_RECEIVER_SERVER_SEQ 64	/* server_isn..server_end hold the server's sequence numbers (receiver.h) */
-#define SLUICE_RECEIVER_SERVER_LOST 128	/* ...its segments did not fit one connection's: its ACKs go unchecked */
+#define SLUICE_RECEIVER_CONFIRMED_HERE 64	/* tentative bytes were confirmed by a server segment on the client's
+						 * interface before any came in on another (receiver.h); a bit of
+						 * this byte, which a settled flow's packet tests already */
 
-/* flow_state.server_arm: the interfaces the server's segments came in on,
- * against the client's SYN's (flow_state.client_arm; receiver.h). */
-#define SLUICE_SERVER_ARM_ELSEWHERE 1	/* one came in on another interface: the server is there */
+/* flow_state.server: what sluice knows of the server's segments (receiver.h). */
+#define SLUICE_SERVER_SEQ 1		/* server_isn..server_end hold its sequence numbers */
+#define SLUICE_SERVER_LOST 2		/* ...its segments did not fit one connection's: its ACKs go unchecked */
+#define SLUICE_SERVER_ELSEWHERE 4	/* one came in on an interface other than the client's SYN's: it is there */
 
 /* A client segment whose TTL (hop limit) is lower than its SYN's by more
  * than this (inspection.ttl_margin) may expire before the server: it is
@@ -342,10 +344,10 @@ struct flow_state {
 	 * packet may leave (shape, EDT). */
 	__u64 next_ns[SLUICE_DIRS];
 	__u32 held_syn_seq;		/* the sequence number of a SYN held (SLUICE_RECEIVER_SYN_HELD) */
-	__u32 server_isn;		/* the server's SYN-ACK's sequence number (SLUICE_RECEIVER_SERVER_SEQ), */
+	__u32 server_isn;		/* the server's SYN-ACK's sequence number (SLUICE_SERVER_SEQ), */
 	__u32 server_end;		/* ...and the highest it has sent up to, while the flow is inspected */
 	__u8 tentative_ttl;		/* the TTL of the client's bytes held tentatively in its stream, 0: none */
-	__u8 server_arm;		/* SLUICE_SERVER_ARM_*: where the server's segments came in (receiver.h) */
+	__u8 server;			/* SLUICE_SERVER_*: what sluice knows of the server's segments (receiver.h) */
 	__u16 client_arm;		/* the interface the client's SYN came in on: its ifindex, mod 2^16 (flow.h) */
 };
 

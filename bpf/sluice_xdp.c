@@ -212,25 +212,34 @@ static __always_inline void offer_server_ack(struct ctx_buff *ctx, const struct 
  * and whether it acknowledges client bytes held tentatively (tentative.h).
  * One the client forged (it came in on the client's interface, the
  * server's being another: receiver.h) says neither; under
- * inspection.on_evasion: block it blocks the flow, and is dropped.
+ * inspection.on_evasion: block it blocks the flow, and is dropped. The
+ * server's first from elsewhere, after a confirmation on the client's
+ * interface, finds that one out: the flow is judged afresh.
  * Once the flow is settled, this costs one test of its state. */
 static __always_inline void note_server_segment(struct ctx_buff *ctx, struct flow_state *flow,
 						const struct packet_info *pkt, const struct flow_id *id,
 						int sender_is_hi, int from_fragments,
 						const struct sluice_config *cfg)
 {
-	if ((flow->state == SLUICE_FLOW_INSPECTING || (flow->receiver & SLUICE_RECEIVER_SYN_DATA)) &&
+	if ((flow->state == SLUICE_FLOW_INSPECTING ||
+	     (flow->receiver & (SLUICE_RECEIVER_SYN_DATA | SLUICE_RECEIVER_CONFIRMED_HERE))) &&
 	    flow->opened_by_client && sender_is_hi != flow->client_is_hi) {
-		if (receiver_server_segment_forged(ctx, flow)) {
+		int forged = receiver_server_segment_forged(ctx, flow);
+		if (forged != SERVER_SEGMENT_OWN) {
+			struct flow_key key = {};
 			counter_inc(SLUICE_CNT_EVASION_FORGED_SERVER);
 			flow->receiver |= SLUICE_RECEIVER_EVASION;
-			if (cfg->flags & SLUICE_CFG_BLOCK_EVASION) {
-				struct flow_key key = {};
-				flow_make_key(pkt, &key);
+			flow_make_key(pkt, &key);
+			if (cfg->flags & SLUICE_CFG_BLOCK_EVASION)
 				receiver_block_evasion(flow, &key, flow->client_is_hi);
-			}
-			return;
+			else if (forged == SERVER_SEGMENT_FORGED_BEFORE)
+				receiver_refute_confirmation(flow, &key, cfg);
+			if (forged == SERVER_SEGMENT_FORGED)
+				return;
 		}
+		/* Settled, and here only for a confirmation yet to be borne out. */
+		if (flow->state != SLUICE_FLOW_INSPECTING && !(flow->receiver & SLUICE_RECEIVER_SYN_DATA))
+			return;
 		receiver_note_server_segment(ctx, flow, pkt, from_fragments);
 		if (flow->tentative_ttl && flow->state == SLUICE_FLOW_INSPECTING)
 			offer_server_ack(ctx, pkt, id, from_fragments);

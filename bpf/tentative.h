@@ -30,8 +30,10 @@
  * addresses and ports, an ACK of its own decoy): on a box with two arms it
  * comes in on the client's interface, and once the server's segments came
  * in on another, it is not let come here (receiver_server_segment_forged(),
- * receiver.h). On one interface, or before the server was seen elsewhere,
- * nothing tells it from the server's: it is taken at its word.
+ * receiver.h). On one interface nothing tells it from the server's: it is
+ * taken at its word. Before any of the server's came in elsewhere, it is
+ * taken too, and noted: the server's first from elsewhere finds it out,
+ * and the flow is judged afresh (receiver_refute_confirmation()).
  *
  * Only flows still inspected, whose SYN sluice saw (the TTL floor is its),
  * come here; where one direction alone is seen, no ACK ever confirms, and
@@ -162,6 +164,11 @@ static __always_inline int tentative_confirm(struct client_stream *stream, struc
 	stream_mark_held(stream, in_order, acked);
 	if (flow->tentative_ttl < flow->ttl_floor)
 		flow->ttl_floor = flow->tentative_ttl;
+	/* No server segment came in elsewhere yet, so this one came in on
+	 * the client's interface: the server's first from elsewhere will
+	 * tell whether it was the client's (receiver.h). */
+	if (!(flow->server & SLUICE_SERVER_ELSEWHERE))
+		flow->receiver |= SLUICE_RECEIVER_CONFIRMED_HERE;
 	return 1;
 }
 

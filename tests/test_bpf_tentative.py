@@ -19,7 +19,7 @@ import subprocess
 import pytest
 
 from helpers import HOOKS, AtHook, classify, needs_root
-from test_bpf_evasion import HELLOS, POLICY, STREAMS, Flow, cut, evasions, moved
+from test_bpf_evasion import HELLOS, POLICY, SERVER_ISN, STREAMS, Flow, cut, evasions, moved
 from test_bpf_flows import socket_port
 from test_bpf_reassembly import ISN
 
@@ -250,9 +250,9 @@ class ArmedFlow(Flow):
     on a stick). forge() is the client's own "server" ACK, which comes in
     where the client's frames do."""
 
-    def __init__(self, dp, v6: bool, dport: int = 443, *, client_if: int, server_if: int):
+    def __init__(self, dp, v6: bool, dport: int = 443, *, client_if: int, server_if: int, syn_ack: bool = True):
         self.client_if, self.server_if, self.forging = client_if, server_if, False
-        super().__init__(dp, v6, dport)
+        super().__init__(dp, v6, dport, syn_ack=syn_ack)
 
     def run(self, frame: bytes, from_server: bool) -> str:
         return classify(self.dp, frame, ifindex=self.server_if if from_server and not self.forging
@@ -304,6 +304,28 @@ def test_the_real_servers_ack_from_its_arm_still_confirms(hooked, arms, v6):
     assert server_acks(flow, len(real)) == "pass"
     assert name_of(hooked, flow) == REAL and confirmed(hooked) == before + 1
     assert send_at(flow, REAL_TTL, [(len(real), b"more")]) == ["drop"]
+
+
+@FAMILIES
+def test_a_forged_ack_before_the_servers_syn_ack_is_found_out_by_it(hooked, arms, v6):
+    """A raw sender's decoy and forged ACK, both before the server's
+    SYN-ACK came: nothing yet tells the box from one on a stick, and the
+    decoy is read. The SYN-ACK, from the server's arm, says that ACK was
+    the client's: the flow is judged afresh, each client segment held
+    until the server's own ACK confirms it, and the real hello names it."""
+    real, fake, _ = STREAMS["0.5KB"]
+    client_if, server_if = arms
+    flow = ArmedFlow(hooked, v6, client_if=client_if, server_if=server_if, syn_ack=False)
+    assert send_at(flow, FAKE_TTL, [(0, fake)]) == ["pass"]
+    assert flow.forge(len(fake)) == "pass"
+    assert name_of(hooked, flow) == FAKE
+    counted = evasions(hooked)
+    assert flow.reply(b"", seq=SERVER_ISN, flags="SA") == "pass"
+    assert moved(counted, evasions(hooked)) == {"forged_server": 1}
+    assert send_at(flow, SYN_TTL, [(0, real)]) == ["pass"]         # held until the server says
+    assert server_acks(flow, len(real)) == "pass"
+    assert name_of(hooked, flow) == REAL
+    assert send_at(flow, SYN_TTL, [(len(real), b"more")]) == ["drop"]
 
 
 @FAMILIES
