@@ -382,11 +382,13 @@ def test_several_captures_at_once_give_what_each_gives_alone_in_the_order_given(
     assert [r["client_port"] for r in records if r["capture"] == str(start)] == [41000, 41000]
 
 
+@pytest.mark.parametrize("repeats", [6, 30])
 @pytest.mark.parametrize("fake_first", [True, False], ids=["fake-first", "fake-after"])
-def test_a_fake_quic_initial_of_another_connection_does_not_name_the_flow(tmp_path, fake_first):
-    """zapret's fake Initial (its own DCID, an unblocked name, repeated)
-    beside the real one: the flow's line names the stricter, in its place,
-    skipping or running every frame."""
+def test_a_fake_quic_initial_of_another_connection_does_not_name_the_flow(tmp_path, fake_first, repeats):
+    """zapret's fake Initial (its own DCID, an unblocked name, repeated, more
+    times than the inspection window holds datagrams too) beside the real
+    one: the flow's line names the stricter, in its place, skipping or
+    running every frame."""
     from packets import udp_frame
     from quic_packets import crypto_frame, handshake_client_hello, initial_packet, short_header_packet
     from sluice.policy import load_policy
@@ -397,7 +399,7 @@ def test_a_fake_quic_initial_of_another_connection_does_not_name_the_flow(tmp_pa
                                     size=1200), sport=50001)
     real = udp_frame(initial_packet(crypto_frame(0, handshake_client_hello(b"blocked.example")), dcid=b"\xa1" * 8,
                                     size=1200), sport=50001)
-    sent = [fake] * 6 + [real] if fake_first else [real] + [fake] * 6
+    sent = [fake] * repeats + [real] if fake_first else [real] + [fake] * repeats
     frames = [udp_frame(initial_packet(crypto_frame(0, handshake_client_hello(b"open.example")), size=1200),
                         sport=50000), *sent, udp_frame(short_header_packet(), sport=50001, reply=True)]
     path = tmp_path / "fake-initial.pcap"
