@@ -156,6 +156,25 @@ static __always_inline int quic_repeats_sent(const struct flow_id *id, __u64 sig
 	return 0;
 }
 
+/* The per-CPU scratch through which a stage learns of a UDP datagram in
+ * hand: its flow, where its payload is, its sender; 0 if missing. */
+static __always_inline struct payload_scratch *quic_stage_scratch(const struct packet_info *pkt,
+								  const struct flow_id *id, int sender_is_hi)
+{
+	__u32 zero = 0;
+	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+
+	if (!scratch)
+		return 0;
+	__builtin_memcpy(&scratch->id, id, sizeof(*id));
+	flow_make_key(pkt, &scratch->key);
+	scratch->frame_len = pkt->frame_len;
+	scratch->segment_offset = pkt->payload_offset;
+	scratch->segment_len = pkt->payload_len;
+	scratch->sender_is_hi = sender_is_hi;
+	return scratch;
+}
+
 /* A later datagram of a known flow, to be handed over as its
  * payload_packets allow, by sluice_stage_quic; the packet gets verdict.
  * Returns if the stage is missing (the datagram is not handed over). The
@@ -165,16 +184,10 @@ static __always_inline int quic_repeats_sent(const struct flow_id *id, __u64 sig
 static __always_inline void quic_offer(struct ctx_buff *ctx, const struct packet_info *pkt, const struct flow_id *id,
 				       int client_is_hi, const __u8 *gathered, int verdict)
 {
-	__u32 zero = 0;
-	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+	struct payload_scratch *scratch = quic_stage_scratch(pkt, id, client_is_hi);
 
 	if (!scratch)
 		return;
-	__builtin_memcpy(&scratch->id, id, sizeof(*id));
-	flow_make_key(pkt, &scratch->key);
-	scratch->segment_offset = pkt->payload_offset;
-	scratch->segment_len = pkt->payload_len;
-	scratch->sender_is_hi = client_is_hi;
 	scratch->from_fragments = gathered != 0;
 	scratch->quic_verdict = verdict;
 	call_stage(ctx, SLUICE_STAGE_QUIC);
@@ -217,16 +230,10 @@ static __always_inline void quic_judge_opening_datagram(struct ctx_buff *ctx, co
 							const struct flow_id *id, int sender_is_hi,
 							const struct flow_state *flow)
 {
-	__u32 zero = 0;
-	struct payload_scratch *scratch = payload_buffers.lookup(&zero);
+	struct payload_scratch *scratch = quic_stage_scratch(pkt, id, sender_is_hi);
 
 	if (!scratch)
 		return;
-	__builtin_memcpy(&scratch->id, id, sizeof(*id));
-	flow_make_key(pkt, &scratch->key);
-	scratch->frame_len = pkt->frame_len;
-	scratch->segment_len = pkt->payload_len;
-	scratch->sender_is_hi = sender_is_hi;
 	scratch->proto = flow->proto;
 	call_stage(ctx, SLUICE_STAGE_OPENING);
 }
