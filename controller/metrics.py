@@ -111,7 +111,9 @@ class SluiceCollector:
         yield tunnelled
         evasions = CounterMetricFamily("sluice_evasion_detected",
                                        "Client segments of flows still inspected that the server would not "
-                                       "keep as they came (bpf/receiver.h), by kind.", labels=["kind"])
+                                       "keep as they came (bpf/receiver.h), by kind; forged_server: segments in "
+                                       "the server's name that came in on the client's interface.",
+                                       labels=["kind"])
         for name, value in counters.items():
             if name.startswith(EVASION_PREFIX):
                 evasions.add_metric([name.removeprefix(EVASION_PREFIX)], value)
