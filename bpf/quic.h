@@ -87,56 +87,6 @@ static __always_inline int quic_is_version_negotiation(struct ctx_buff *ctx, con
 	return (head[0] & QUIC_LONG_HEADER) && (head[1] | head[2] | head[3] | head[4]) == QUIC_VERSION_NEGOTIATION;
 }
 
-/* The datagram (its payload at offset in the packet, or gathered: see
- * quic_load_head()) in a record of the ring, not yet submitted; 0 if
- * there is no room, or it cannot be read. */
-static __always_inline struct quic_datagram *quic_datagram_read(struct ctx_buff *ctx, __u32 offset, __u32 len,
-								int client_is_hi, const __u8 *gathered)
-{
-	struct quic_datagram *datagram = quic_datagrams.ringbuf_reserve(sizeof(struct quic_datagram));
-
-	if (!datagram) {
-		counter_inc(SLUICE_CNT_QUIC_RING_FULL);
-		return 0;
-	}
-	datagram->client_is_hi = client_is_hi;
-	if (len > SLUICE_QUIC_DATAGRAM_MAX)
-		len = SLUICE_QUIC_DATAGRAM_MAX;
-	/* len is 1..SLUICE_QUIC_DATAGRAM_MAX already; the mask shows the verifier. */
-	hide_from_compiler(len);
-	len = ((len - 1) & QUIC_DATAGRAM_MASK) + 1;
-	datagram->len = len;
-	int loaded = gathered ? copy_within_maps(datagram->bytes, len, gathered) :
-				ctx_load_bytes(ctx, offset, datagram->bytes, len);
-	if (loaded < 0) {
-		quic_datagrams.ringbuf_discard(datagram, 0);
-		return 0;
-	}
-	return datagram;
-}
-
-static __always_inline void quic_datagram_submit(struct quic_datagram *datagram)
-{
-	datagram->key.pad[0] = datagram->key.pad[1] = 0;	/* reserved memory is not zeroed */
-	quic_datagrams.ringbuf_submit(datagram, 0);
-	counter_inc(SLUICE_CNT_QUIC_DATAGRAMS);
-}
-
-/* Hand a new QUIC flow's first datagram to the controller. */
-static __always_inline void quic_send_first(struct ctx_buff *ctx, const struct packet_info *pkt,
-					    const struct flow_id *id, int client_is_hi, const __u8 *gathered)
-{
-	struct quic_datagram *datagram = quic_datagram_read(ctx, pkt->payload_offset, pkt->payload_len,
-							    client_is_hi, gathered);
-
-	/* An earlier flow's signatures under the same key are not this one's. */
-	quic_signatures.delete(id);
-	if (!datagram)
-		return;
-	flow_make_key(pkt, &datagram->key);
-	quic_datagram_submit(datagram);
-}
-
 /* Is the datagram, by its signature, one the flow handed over already?
  * If not, its signature is kept, in place of the oldest of the flow's. */
 static __always_inline int quic_repeats_sent(const struct flow_id *id, __u64 signature)
@@ -154,6 +104,67 @@ static __always_inline int quic_repeats_sent(const struct flow_id *id, __u64 sig
 	sent->signature[sent->count % SLUICE_QUIC_SIGNATURES] = signature;
 	sent->count += 1;
 	return 0;
+}
+
+/* Hand the datagram (its payload at offset in the packet, or gathered:
+ * see quic_load_head()) to the controller over the ring; 0 if it was not,
+ * as it repeats one the flow handed over (signed: the flow's key in
+ * flows, see quic_hand_over()), 1 otherwise, handed over or lost to a full
+ * ring. Its flow_key is made from pkt, or else copied from key. The
+ * record is checked for NULL once, where it is reserved: 6.1's verifier
+ * does not know a record, once checked, is not NULL, and would follow a
+ * second check's NULL branch to a tail call with the record unreleased. */
+static __always_inline int quic_send_datagram(struct ctx_buff *ctx, __u32 offset, __u32 len, int client_is_hi,
+					      const __u8 *gathered, const struct packet_info *pkt,
+					      const struct flow_key *key, const struct flow_id *signed_id,
+					      const struct sluice_config *cfg)
+{
+	struct quic_datagram *datagram = quic_datagrams.ringbuf_reserve(sizeof(struct quic_datagram));
+
+	if (!datagram) {
+		counter_inc(SLUICE_CNT_QUIC_RING_FULL);
+		return 1;
+	}
+	datagram->client_is_hi = client_is_hi;
+	if (len > SLUICE_QUIC_DATAGRAM_MAX)
+		len = SLUICE_QUIC_DATAGRAM_MAX;
+	/* len is 1..SLUICE_QUIC_DATAGRAM_MAX already; the mask shows the verifier. */
+	hide_from_compiler(len);
+	len = ((len - 1) & QUIC_DATAGRAM_MASK) + 1;
+	datagram->len = len;
+	int loaded = gathered ? copy_within_maps(datagram->bytes, len, gathered) :
+				ctx_load_bytes(ctx, offset, datagram->bytes, len);
+	if (loaded < 0) {
+		quic_datagrams.ringbuf_discard(datagram, 0);
+		return 1;
+	}
+	/* The hash reads len back from the record: a length whose range the
+	 * verifier knows gives each of the loop's 256 ways out a state of its
+	 * own, past its million instructions; one read from memory does not. */
+	if (signed_id && quic_repeats_sent(signed_id, siphash13(cfg->datagram_key, datagram->bytes,
+								*(volatile __u32 *)&datagram->len,
+								SLUICE_QUIC_DATAGRAM_MAX))) {
+		quic_datagrams.ringbuf_discard(datagram, 0);
+		counter_inc(SLUICE_CNT_QUIC_REPEATS);
+		return 0;
+	}
+	if (pkt)
+		flow_make_key(pkt, &datagram->key);
+	else
+		__builtin_memcpy(&datagram->key, key, sizeof(datagram->key));
+	datagram->key.pad[0] = datagram->key.pad[1] = 0;	/* reserved memory is not zeroed */
+	quic_datagrams.ringbuf_submit(datagram, 0);
+	counter_inc(SLUICE_CNT_QUIC_DATAGRAMS);
+	return 1;
+}
+
+/* Hand a new QUIC flow's first datagram to the controller. */
+static __always_inline void quic_send_first(struct ctx_buff *ctx, const struct packet_info *pkt,
+					    const struct flow_id *id, int client_is_hi, const __u8 *gathered)
+{
+	/* An earlier flow's signatures under the same key are not this one's. */
+	quic_signatures.delete(id);
+	quic_send_datagram(ctx, pkt->payload_offset, pkt->payload_len, client_is_hi, gathered, pkt, 0, 0, 0);
 }
 
 /* The per-CPU scratch through which a stage learns of a UDP datagram in
@@ -207,21 +218,9 @@ static __always_inline void quic_hand_over(struct ctx_buff *ctx, struct flow_sta
 					   const struct payload_scratch *scratch, const struct sluice_config *cfg,
 					   const __u8 *gathered)
 {
-	struct quic_datagram *datagram = quic_datagram_read(ctx, scratch->segment_offset, scratch->segment_len,
-							    scratch->sender_is_hi, gathered);
-
-	if (datagram) {
-		if (quic_repeats_sent(&scratch->id, siphash13(cfg->datagram_key, datagram->bytes, datagram->len,
-							      SLUICE_QUIC_DATAGRAM_MAX))) {
-			quic_datagrams.ringbuf_discard(datagram, 0);
-			counter_inc(SLUICE_CNT_QUIC_REPEATS);
-			return;
-		}
-		__builtin_memcpy(&datagram->key, &scratch->key, sizeof(datagram->key));
-		quic_datagram_submit(datagram);
-	}
-	/* A datagram the ring had no room for is spent as if handed over. */
-	flow->payload_packets += 1;
+	if (quic_send_datagram(ctx, scratch->segment_offset, scratch->segment_len, scratch->sender_is_hi, gathered, 0,
+			       &scratch->key, &scratch->id, cfg))
+		flow->payload_packets += 1;
 }
 
 /* Hand a new UDP flow's first datagram to sluice_stage_opening, to be
