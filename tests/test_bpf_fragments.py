@@ -218,6 +218,29 @@ def test_overlapping_fragments_discard_the_datagram_as_the_receiver_does(dp, v6)
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("held", ["in-order", "reversed"])
+def test_a_last_fragment_ending_before_bytes_held_discards_the_datagram_even_as_a_repeat(dp, v6, held):
+    """Linux's ip_frag_queue() checks the length before the ranges: a last
+    fragment that repeats a piece's range but ends before another piece
+    discards the datagram, whichever piece came first."""
+    flow = Flow(dp, v6=v6)
+    payload = small_hello(b"blocked.example")
+    total = len(payload) + 20
+    ident = next(idents)
+    head, middle, next_, rest = ip_fragments(flow.frame(payload, ISN + 1),
+                                             [(0, 128), (128, 256), (256, 384), (384, total)], ident=ident)
+    # The IP payload's first 256 bytes (20 of them the TCP header) as a datagram
+    # of their own: its fragment from 128 on is a last one, repeating middle's range.
+    short_last = ip_fragments(flow.frame(payload[:236], ISN + 1), [(128, 256)], ident=ident)[0]
+    pieces = [middle, next_] if held == "in-order" else [next_, middle]
+    before = dp.counters()
+    assert flow.send_fragments([*pieces, short_last, head, rest]) == ["pass"] * 5
+    counts = moved(dp, before)
+    assert counts["frag_overlaps"] == 1
+    assert "frag_reassembled" not in counts and "flows_tls" not in counts
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_a_datagram_past_the_buffer_passes_unread_and_is_counted(dp, v6):
     flow = Flow(dp, v6=v6)
     payload = bytes(ABI.SLUICE_FRAG_BYTES + 500)
