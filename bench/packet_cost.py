@@ -25,7 +25,6 @@ to flows it should not touch.
 """
 
 import argparse
-import itertools
 import json
 import os
 import statistics
@@ -139,10 +138,11 @@ class Paired:
         return result
 
 
-    def measure_flows(self, fd: int, flow, flows: int) -> dict:
+    def measure_flows(self, fd: int, flow, flows: int, ports) -> dict:
         """Like measure, for a whole flow: flow(port) gives its frames, each run once; the
-        baseline runs the same frames. {"ns": median ns per flow, name: ratio, ...}."""
-        ports = itertools.cycle(range(30000, 60000))
+        baseline runs the same frames. ports: the client ports not used yet in this data
+        plane (a SYN on a port used before is a retransmission, not a new flow: flow.h).
+        {"ns": median ns per flow, name: ratio, ...}."""
         own, ratios = [], {name: [] for name in self.baselines}
         for _ in range(self.pairs):
             for name, baseline_fd in self.baselines.items():
@@ -203,21 +203,22 @@ def tunnel_costs(datapath, repeat: int, pairs: int) -> None:
         print(f"  ...in {label:<26} {show(cost['bare'])} the bare flow  ({cost['ns']:.0f} ns)")
 
 
-def first_packet_cost(paired: Paired, datapath, kind: str) -> dict:
-    """A first payload packet is classified only once per flow, so each
-    repetition must open a new flow. A SYN carrying the payload (TCP Fast
-    Open) does: a bare SYN replaces whatever its 5-tuple held, and its data
-    is inspected at once. So the kernel repeats the whole first-packet path,
-    flow creation included (which a ClientHello after a separate SYN does
-    not pay), with warm caches like every other figure here."""
+def first_packet_cost(paired: Paired, datapath, kind: str, flows: int, ports) -> dict:
+    """A first payload packet is classified only once per flow, so each run
+    must open a new flow: a SYN carrying the payload (TCP Fast Open) on a
+    client port not used before, its data inspected at once, each run once
+    (the kernel repeating one frame would repeat a retransmitted SYN, which
+    opens nothing). So the whole first-packet path is measured, flow
+    creation included (which a ClientHello after a separate SYN does not
+    pay), and the kernel's own cost of a test run is in both sides of the
+    ratio, as in hello_flows()."""
     payload = (b"GET / HTTP/1.1\r\nHost: open.example\r\nUser-Agent: bench\r\n\r\n" if kind == "http"
                else client_hello(kind.encode()))
-    repeat = max(1000, paired.repeat // 100)
     before = datapath.counters()
-    cost = paired.measure(datapath.function.fd, tcp(40100, payload, "S"), repeat)
+    cost = paired.measure_flows(datapath.function.fd, lambda port: [tcp(port, payload, "S")], flows, ports)
     after = datapath.counters()
     classified = sum(after[c] - before[c] for c in ("flows_tls", "flows_http"))
-    runs = paired.pairs * len(paired.baselines) * repeat
+    runs = paired.pairs * len(paired.baselines) * flows
     assert classified == runs, f"{kind}: {classified} flows classified in {runs} runs"
     return cost
 
@@ -225,7 +226,7 @@ def first_packet_cost(paired: Paired, datapath, kind: str) -> dict:
 DISORDERED_PIECES = 6
 
 
-def hello_flows(paired: Paired, datapath, flows: int) -> list[tuple[str, dict]]:
+def hello_flows(paired: Paired, datapath, flows: int, ports) -> list[tuple[str, dict]]:
     """A whole new flow's first packets, SYN included, each packet run once: the
     ClientHello in one segment, and cut in 6 pieces (the first one byte, as the
     circumvention tools cut) sent last first, put together by the stream
@@ -245,7 +246,7 @@ def hello_flows(paired: Paired, datapath, flows: int) -> list[tuple[str, dict]]:
     for label, flow, reassembled in (("ClientHello flow, one segment", plain, 0),
                                      (f"ClientHello flow, {DISORDERED_PIECES} pieces reversed", disordered, 1)):
         before = datapath.counters()
-        cost = paired.measure_flows(datapath.function.fd, flow, flows)
+        cost = paired.measure_flows(datapath.function.fd, flow, flows, ports)
         after = datapath.counters()
         runs = paired.pairs * len(paired.baselines) * flows
         named = after["tls_sni_found"] - before["tls_sni_found"]
@@ -405,15 +406,18 @@ def main() -> int:
         memory = map_memory_bytes(datapath)
         print(f"{size} domain rules, {prefixes} client prefixes: compile+load {load_seconds:.2f} s, "
               f"maps {memory / 2**20:.1f} MiB")
+        # Client ports for new flows, each used once in this data plane (cases() and
+        # tunnel_costs() keep 40001 and up for theirs).
+        ports = iter(range(1024, 40000))
         for label, frame, prepare in cases(datapath):
             if frame is None:
-                cost = first_packet_cost(paired, datapath, prepare)
+                cost = first_packet_cost(paired, datapath, prepare, args.flows, ports)
             else:
                 cost = paired.measure(datapath.function.fd, frame, prepare=prepare)
             results.setdefault(label, {})[(size, prefixes)] = cost
             print(f"  {label:<36} {show(cost['empty'])} empty  {show(cost['floor'])} floor  "
                   f"({cost['ns']:.0f} ns)")
-        for label, cost in hello_flows(paired, datapath, args.flows):
+        for label, cost in hello_flows(paired, datapath, args.flows, ports):
             results.setdefault(label, {})[(size, prefixes)] = cost
             print(f"  {label:<36} {show(cost['empty'])} empty  {show(cost['floor'])} floor  "
                   f"({cost['ns']:.0f} ns per flow)")
@@ -422,16 +426,17 @@ def main() -> int:
         datapath.close()
         print()
 
-    if len(runs) > 1:
-        first, largest = runs[0], (sizes[-1], 1)
-        print(f"scaling: the {largest[0]}-rule ratio to empty over the {first[0]}-rule one"
-              + (f", and the {args.prefixes}-prefix one over the 1-prefix one" if args.prefixes > 1 else "")
-              + " (each a paired median, so a drift of the machine between runs cancels)")
+    # Each column a ratio of two paired medians, so a drift of the machine between runs cancels.
+    first = runs[0]
+    columns = ([(f"the {sizes[-1]}-rule ratio to empty over the {sizes[0]}-rule one", (sizes[-1], 1))]
+               if len(sizes) > 1 else [])
+    if args.prefixes > 1:
+        columns.append((f"the {args.prefixes}-prefix one over the 1-prefix one", (sizes[0], args.prefixes)))
+    if columns:
+        print("scaling: " + ", and ".join(title for title, _ in columns))
         for label, by_run in results.items():
-            line = f"  {label:<36} {by_run[largest]['empty'][0] / by_run[first]['empty'][0]:5.2f}"
-            if args.prefixes > 1:
-                line += f"   {by_run[(sizes[0], args.prefixes)]['empty'][0] / by_run[first]['empty'][0]:5.2f}"
-            print(line)
+            print(f"  {label:<36}" + "".join(f" {by_run[run]['empty'][0] / by_run[first]['empty'][0]:5.2f}  "
+                                             for _, run in columns))
     print("\ngoals: established flow within 3.5x empty, throttled within 5x, "
           "within 1.3x of itself bare inside a tunnel (paired medians)")
     return 0
