@@ -190,28 +190,34 @@ static __always_inline int frag_gather(struct ctx_buff *ctx, struct frag_scratch
 		return frag_give_up(datagram);
 	__u32 pieces = datagram->pieces;
 	/* Each piece held is weighed without a branch, the answers or-ed
-	 * together and acted on after the loop: branches would leave the
-	 * verifier a state to follow later for each of three tests on each of
-	 * SLUICE_FRAG_PIECES_MAX pieces, all pending ahead of the judging of
-	 * the datagram (6.1 allows 8192 on one path: "the sequence of 8193
-	 * jumps is too complex"). As in Linux's ip_frag_queue(), a last
-	 * fragment that ends before bytes held discards the datagram even if
-	 * it repeats a piece; pieces never overlap, so one this repeats is the
-	 * only one it meets. */
+	 * together and acted on after the loop: a branch per test would leave
+	 * the verifier three states per piece to follow through the rest of
+	 * the stage. As in Linux's ip_frag_queue(), a last fragment that ends
+	 * before bytes held discards the datagram even if it repeats a piece;
+	 * pieces never overlap, so one this repeats is the only one it meets.
+	 *
+	 * Hidden from clang: i, or clang folds its two bounds into one count
+	 * of min(pieces, SLUICE_FRAG_PIECES_MAX) passes run down to 0, and
+	 * 6.1's verifier, which learns nothing from "count != 0" (later
+	 * kernels learn that it is at least 1), sees the count go below 0 and
+	 * walks the loop without end, an exit left pending at each pass, until
+	 * "the sequence of 8193 jumps is too complex"; and the pieces' bounds,
+	 * or clang, knowing them 16-bit, turns each frag_below() back into a
+	 * compare and a branch. */
 	__u64 last = frag_is_zero(pkt->frag_more);
 	__u64 repeats = 0, clashes = 0;
 	for (int i = 0; i < SLUICE_FRAG_PIECES_MAX; i++) {
+		hide_from_compiler(i);
 		if (i >= pieces)
 			break;
 		__u64 piece_start = datagram->start[i];
 		__u64 piece_end = datagram->end[i];
+		hide_from_compiler(piece_start);
+		hide_from_compiler(piece_end);
 		__u64 same = frag_is_zero((piece_start ^ start) | (piece_end ^ end));
 		__u64 overlaps = frag_below(start, piece_end) & frag_below(piece_start, end);
 		repeats |= same;
 		clashes |= (overlaps & (same ^ 1)) | (last & frag_below(end, piece_end));
-		/* Hidden, so that clang cannot fold the sums back into branches. */
-		hide_from_compiler(repeats);
-		hide_from_compiler(clashes);
 	}
 	if (clashes)
 		return frag_discard(&key);

@@ -47,13 +47,6 @@ BY_GENERATION = "_by_generation"
 STAGE_FUNCTIONS = {index: name.lower().encode() for name, index in vars(ABI).items()
                    if name.startswith("SLUICE_STAGE_") and name != "SLUICE_STAGE_MAX"}
 
-# Stages an older kernel's verifier may refuse: Debian's 6.1 cannot follow
-# ip_frag.h's checks of each held piece ("the sequence of 8193 jumps is too
-# complex"), which 6.18 verifies. Without the stage its tail call falls
-# through and a fragment passes unread, as it would with no reassembly.
-OPTIONAL_STAGES = {ABI.SLUICE_STAGE_FRAGMENT}
-
-
 # struct direction_stats, as summed by rule_stats().
 DIRECTION_FIELDS = ("packets", "bytes", "dropped_packets", "dropped_bytes", "delayed_packets")
 # ...and its fields for the rule as a whole.
@@ -112,7 +105,6 @@ class Datapath:
         self._in_use = threading.Lock()  # a scrape's reads against unload()
         self.unloaded = False
         self.function: LoadedProgram | None = None     # the XDP program
-        self.loaded_stages: set[int] = set()           # its stages in the program array "stages"
         self.tc_ingress: TcIngressSet | None = None
         self.links: list = []           # xdp_link.Link, tc.TcIngressLink
         try:
@@ -120,7 +112,7 @@ class Datapath:
             self.switch(self.prepare(policy, retired_rules, at))
             if xdp:
                 self.function = LoadedProgram(PROGRAM_FUNCTION, self._load(PROGRAM_FUNCTION, bcc.BPF.XDP))
-                self.loaded_stages = load_stages(self.table("stages"), lambda name: self._load(name, bcc.BPF.XDP))
+                load_stages(self.table("stages"), lambda name: self._load(name, bcc.BPF.XDP))
         except BaseException:
             self.unload()
             raise
@@ -507,21 +499,10 @@ class Datapath:
         self.unload()
 
 
-def load_stages(stages, load) -> set[int]:
-    """Load each stage with load(name) -> fd into the program array stages;
-    the indexes loaded (an optional stage the verifier refuses is left out)."""
-    loaded = set()
+def load_stages(stages, load) -> None:
+    """Load each stage with load(name) -> fd into the program array stages."""
     for index, name in STAGE_FUNCTIONS.items():
-        try:
-            fd = load(name)
-        except LoadError as error:
-            if index not in OPTIONAL_STAGES:
-                raise
-            log.warning("this kernel's verifier refuses %s, so it is left out: %s", name.decode(), error)
-            continue
-        stages[ctypes.c_int(index)] = ctypes.c_int(fd)
-        loaded.add(index)
-    return loaded
+        stages[ctypes.c_int(index)] = ctypes.c_int(load(name))
 
 
 class TcIngressSet:
@@ -538,7 +519,7 @@ class TcIngressSet:
         try:
             self.function = LoadedProgram(TC_INGRESS_FUNCTION, self._load(TC_INGRESS_FUNCTION))
             self.stages = self.program.table(rings, "stages", self.stages_fd)
-            self.loaded_stages = load_stages(self.stages, self._load)
+            load_stages(self.stages, self._load)
         except BaseException:
             self.unload()
             raise

@@ -48,7 +48,7 @@ from .abi import ABI
 from .block_methods import set_up_server_resets
 from .abi import PROTO_NAMES
 from .clients import flow_client, flow_server
-from .datapath import STATE_MAPS, Datapath, settle_flow
+from .datapath import STAGE_FUNCTIONS, STATE_MAPS, Datapath, settle_flow
 from .egress import set_up_egress
 from .netns import inside_netns, netns_exists
 from .policy import ACTIONS, InputFileError, load_policy, read_text_file, with_stable_ids
@@ -454,8 +454,8 @@ class Service:
                 damage.append(f"{link.ifname} runs program {program}, not ours ({ours})")
             if link.pin_path and not os.path.exists(link.pin_path):
                 self._repin(link.fd, link.pin_path)
-        for stages, loaded, pin in program_arrays(self.datapath):
-            for index in loaded:
+        for stages, pin in program_arrays(self.datapath):
+            for index in STAGE_FUNCTIONS:
                 try:
                     stages[ctypes.c_int(index)]
                 except KeyError:
@@ -566,7 +566,7 @@ class Service:
         if not self.fail_open:
             # A program array empties itself when no process or pin holds it,
             # which would silently end inspection after a crash: pin it.
-            for stages, _loaded, pin in program_arrays(datapath):
+            for stages, pin in program_arrays(datapath):
                 xdp_link.pin(stages.map_fd, str(PIN_ROOT / pin))
         self.datapath, self.policy = datapath, policy
         # The programs on the links: XDP's, and the classifier at tc ingress.
@@ -600,12 +600,12 @@ class Service:
 
 
 def program_arrays(datapath) -> list[tuple]:
-    """(program array, stages loaded in it, its pin's name under PIN_ROOT) of
-    a data plane: XDP's if it has its XDP program, and the tc classifier's
-    if an interface is at tc ingress."""
-    arrays = [(datapath.table("stages"), datapath.loaded_stages, "stages")] if datapath.function else []
+    """(program array, its pin's name under PIN_ROOT) of a data plane: XDP's
+    if it has its XDP program, and the tc classifier's if an interface is at
+    tc ingress."""
+    arrays = [(datapath.table("stages"), "stages")] if datapath.function else []
     if datapath.tc_ingress is not None:
-        arrays.append((datapath.tc_ingress.stages, datapath.tc_ingress.loaded_stages, "tc_stages"))
+        arrays.append((datapath.tc_ingress.stages, "tc_stages"))
     return arrays
 
 

@@ -357,8 +357,8 @@ def test_the_flow_count_counts_every_entry_of_a_table_larger_than_a_batch(make_d
 
 
 def test_a_missed_tail_call_is_counted_and_the_packet_passes(dp):
-    """A stage missing from the program array (a kernel refused it, its pin
-    was lost): the tail call returns, and the packet passes unjudged, but
+    """A stage missing from the program array (its pin was lost, or
+    something deleted it): the tail call returns, and the packet passes unjudged, but
     counted, where it would otherwise pass in silence, and exported."""
     from types import SimpleNamespace
 

@@ -16,7 +16,6 @@ from helpers import HOOKS, AtHook, classify, judge, needs_root
 from packets import (EXT_ALPN, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
                      IPv6ExtHdrRouting, client_hello, extension, http_request, sni_extension,
                      split_into_records, tcp_frame, udp_frame)
-from sluice.abi import ABI
 
 pytestmark = [pytest.mark.bpf, needs_root]
 
@@ -255,8 +254,6 @@ def test_headers_are_walked_to_the_payload(dp, options):
 
 def test_ipv6_fragments_pass_while_gathered(dp):
     """The first fragment of a datagram whose others never come (tests/test_bpf_fragments.py has the rest)."""
-    if ABI.SLUICE_STAGE_FRAGMENT not in dp.loaded_stages:
-        pytest.skip("this kernel's verifier refuses the fragment stage (controller/datapath.py)")
     judgement = judge(dp, client_hello(b"blocked.example"), syn=False, v6=True,
                       ext_headers=(IPv6ExtHdrFragment(offset=0, m=1),))
     assert judgement.verdict == "pass"
