@@ -41,6 +41,7 @@
 #include "parsing_helpers.h"
 #include "maps.h"
 #include "ctx.h"
+#include "checksum.h"
 #include "flow.h"
 
 #define REPLY_TCP_FIN 0x01
@@ -138,21 +139,10 @@ static __always_inline __u32 reply_sum_words(const void *bytes, __u32 words)
 	return sum;
 }
 
-static __always_inline __u16 reply_fold(__u32 sum)
-{
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum & 0xffff;
-}
-
 /* The client's ones' complement of a word the controller summed big-endian. */
 static __always_inline __u32 reply_page_sum(const struct block_page *page)
 {
-	__u32 sum = page->csum;
-
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return bpf_htons(sum);
+	return bpf_htons(checksum_fold(page->csum));
 }
 
 /* Write the TCP header at tcph, whose pseudo-header sums to sum. */
@@ -167,7 +157,7 @@ static __always_inline void reply_write_tcp(struct tcphdr *tcph, const struct re
 	tcph->window = bpf_htons(window);
 	tcph->check = 0;
 	tcph->urg_ptr = 0;
-	tcph->check = reply_fold(sum + reply_sum_words(tcph, sizeof(*tcph) / 2));
+	tcph->check = (__u16)~checksum_fold(sum + reply_sum_words(tcph, sizeof(*tcph) / 2));
 }
 
 /* Write the headers of the reply to the packet req was read from, back to
@@ -219,7 +209,7 @@ static __always_inline int reply_write_headers(void *data, void *data_end, const
 	iph->check = 0;
 	__builtin_memcpy(&iph->saddr, src + 12, 4);
 	__builtin_memcpy(&iph->daddr, dst + 12, 4);
-	iph->check = reply_fold(reply_sum_words(iph, sizeof(*iph) / 2));
+	iph->check = (__u16)~checksum_fold(reply_sum_words(iph, sizeof(*iph) / 2));
 	sum += reply_sum_words(src + 12, 2) + reply_sum_words(dst + 12, 2);
 	reply_write_tcp(tcph, req, seq, ack, flags, window, sum);
 	return 0;

@@ -29,6 +29,9 @@
  * gathered, and one that comes higher by as much shows that what was held
  * were such decoys: the datagram starts again from it.
  *
+ * A fragment with a wrong IPv4 header checksum is dropped by the receiver
+ * before reassembly (ip_rcv_core()), and is not gathered either.
+ *
  * Bounds: SLUICE_FRAGS_MAX datagrams at once, SLUICE_FRAG_PIECES_MAX
  * fragments and SLUICE_FRAG_BYTES bytes each, SLUICE_FRAG_TIMEOUT_NS from the
  * first fragment on. A datagram past a bound passes unread, and is counted.
@@ -37,6 +40,7 @@
 #define SLUICE_IP_FRAG_H
 
 #include "maps.h"
+#include "checksum.h"
 #include "common.h"
 #include "payload.h"
 #include "parsing_helpers.h"
@@ -151,6 +155,14 @@ static __always_inline int frag_gather(struct ctx_buff *ctx, struct frag_scratch
 	const struct packet_info *pkt = &scratch->pkt;
 	struct frag_key key = {};
 
+	/* A decoy fragment the IP layer drops unread (a wrong header
+	 * checksum) would poison the datagram as a decoy copy does. Its
+	 * header ends where its data starts. */
+	if (pkt->ipv4_header_len &&
+	    !checksum_ipv4_header_holds(ctx, pkt->payload_offset - pkt->ipv4_header_len, pkt->ipv4_header_len)) {
+		counter_inc(SLUICE_CNT_EVASION_BAD_CHECKSUM);
+		return FRAG_IGNORED;
+	}
 	frag_make_key(pkt, &key);
 	struct frag_datagram *datagram = frag_open(&key, now);
 	if (!datagram || datagram->oversize)

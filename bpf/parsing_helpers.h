@@ -106,6 +106,8 @@ struct packet_info {
 	__u16 walked;			/* the parser's cursor, from the frame's start (see parse_rejoin()) */
 	__u8 tcp_header_len;		/* TCP: the header's length, options included */
 	__u8 hop_by_hop_late;		/* IPv6: a Hop-by-Hop header not first, which a receiver refuses */
+	__u8 ipv4_header_len;		/* the (innermost) IPv4 header's, options included; 0 for IPv6.
+					 * It ends where the transport header (or a fragment's data) starts. */
 };
 
 /* Record why a tunnelled packet was not read: the first reason stands. */
@@ -181,6 +183,7 @@ static __always_inline int parse_iphdr(struct hdr_cursor *cur, void *data_end,
 	}
 	pkt->ttl = iph->ttl;
 	pkt->is_v6 = 0;			/* the outer header of a tunnel may have been IPv6 */
+	pkt->ipv4_header_len = hdr_len;
 	__u32 total_len = bpf_ntohs(iph->tot_len);
 	if (total_len < hdr_len)
 		return -1;
@@ -222,6 +225,7 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 	__u8 nexthdr = ip6h->nexthdr;
 	pkt->ttl = ip6h->hop_limit;
 	pkt->is_v6 = 1;
+	pkt->ipv4_header_len = 0;	/* an outer IPv4 header's is not this one's */
 	cur->pos = ip6h + 1;
 
 #pragma unroll

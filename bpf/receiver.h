@@ -3,16 +3,17 @@
  *
  * Circumvention tools send a decoy before (or after) the real ClientHello,
  * at the same sequence numbers, made so that the server never keeps it: a
- * wrong checksum, an MD5 or TCP-AO option the server has no key for, an
- * RST flag, no ACK flag, an old timestamp, sequence numbers outside the
- * window, an IPv6 Hop-by-Hop header where a receiver refuses it, or a TTL
- * that expires before the server. A middlebox that reads the decoy names
- * the decoy's name. Here each client segment of a flow still inspected is checked as
- * the server's TCP checks it (Linux: tcp_v4_rcv, tcp_validate_incoming,
- * ipv6_rcv), and one the server would drop is neither stored nor judged:
- * only the bytes the server accepts name the flow. A low TTL alone is no
- * proof: the segment may reach a server a few hops away. Such a segment is
- * held tentatively until the server's ACK says it arrived (tentative.h).
+ * wrong TCP or IPv4 header checksum, an MD5 or TCP-AO option the server has
+ * no key for, an RST flag, no ACK flag, an old timestamp, sequence numbers
+ * outside the window, an IPv6 Hop-by-Hop header where a receiver refuses
+ * it, or a TTL that expires before the server. A middlebox that reads the
+ * decoy names the decoy's name. Here each client segment of a flow still
+ * inspected is checked as the server's IP and TCP check it (Linux:
+ * ip_rcv_core, tcp_v4_rcv, tcp_validate_incoming, ipv6_rcv), and one the
+ * server would drop is neither stored nor judged: only the bytes the server
+ * accepts name the flow. A low TTL alone is no proof: the segment may reach
+ * a server a few hops away. Such a segment is held tentatively until the
+ * server's ACK says it arrived (tentative.h).
  *
  * Data in a SYN is provisional: a server without a Fast Open cookie drops
  * it and the client sends its bytes again at the stream's start. The
@@ -40,6 +41,7 @@
 #define SLUICE_RECEIVER_H
 
 #include "maps.h"
+#include "checksum.h"
 #include "flow.h"
 #include "payload.h"
 #include "verdict.h"
@@ -155,14 +157,6 @@ static __always_inline __u32 receiver_sum_bytes(const __u8 *bytes, __u32 len, __
 	return (__u32)bpf_csum_diff(0, 0, (void *)tail, sizeof(tail), seed);
 }
 
-static __always_inline __u16 receiver_fold_sum(__u64 sum)
-{
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return sum;
-}
-
 static __always_inline int receiver_is_mapped_ipv4(const __u8 *addr)
 {
 	__u64 low;
@@ -203,13 +197,13 @@ static __always_inline int receiver_checksum_holds(const struct payload_scratch 
 	if (header_len > TCP_HEADER_MAX)
 		return 1;
 	sum = (__u32)bpf_csum_diff(0, 0, (void *)segment->header, header_len & ~3U, sum);
-	return receiver_fold_sum(receiver_sum_bytes(scratch->bytes, scratch->segment_len, sum)) == 0xffff;
+	return checksum_fold(receiver_sum_bytes(scratch->bytes, scratch->segment_len, sum)) == 0xffff;
 }
 
 /* The ones' complement sum of the first len bytes of the payload. */
 static __always_inline __u16 receiver_payload_sum(const struct payload_scratch *scratch, __u32 len)
 {
-	return receiver_fold_sum(receiver_sum_bytes(scratch->bytes, len > scratch->len ? scratch->len : len, 0));
+	return checksum_fold(receiver_sum_bytes(scratch->bytes, len > scratch->len ? scratch->len : len, 0));
 }
 
 /* PAWS compares a segment's timestamp with the last its sender's peer kept
@@ -346,6 +340,9 @@ static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
 	const struct segment_view *segment = &scratch->segment;
 	__u32 offset = scratch->seq - flow->stream_base;
 
+	/* Dropped by the IP layer before TCP sees it (ip_rcv_core()). */
+	if (!segment->ipv4_header_holds)
+		return SLUICE_CNT_EVASION_BAD_CHECKSUM;
 	if (segment->hop_by_hop_late)
 		return SLUICE_CNT_EVASION_HOP_BY_HOP;
 	/* An RST's data is never delivered: at rcv_nxt it resets the

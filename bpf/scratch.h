@@ -54,6 +54,7 @@ struct segment_view {
 	__u8 tcp_flags;
 	__u8 ttl;			/* TTL or hop limit */
 	__u8 hop_by_hop_late;		/* see packet_info */
+	__u8 ipv4_header_len;		/* see packet_info; 0 where not checked (IPv6, gathered fragments) */
 	/* Found among the options, in map memory: flags held here do not
 	 * split the verifier's states at every option (as hello_result). */
 	__u32 has_timestamp;
@@ -61,6 +62,7 @@ struct segment_view {
 	__u32 auth_option;		/* MD5 signature or TCP-AO */
 	__u32 ack;			/* the ACK number, */
 	__u32 ack_read;			/* ...if the header was read */
+	__u32 ipv4_header_holds;	/* its IPv4 header checksum holds (or it has none to check) */
 };
 
 /* What the entry program hands to the inspection stages it tail-calls. */

@@ -240,7 +240,7 @@ enum sluice_counter {
 	SLUICE_CNT_PROXY_HEADERS,	/* PROXY protocol headers stepped over (inspection.proxy_protocol) */
 	/* Client segments of young flows the server would not take as they
 	 * came (receiver.h): not read, or (syn_data, conflict) read again. */
-	SLUICE_CNT_EVASION_BAD_CHECKSUM,	/* a wrong TCP checksum */
+	SLUICE_CNT_EVASION_BAD_CHECKSUM,	/* a wrong TCP checksum, or IPv4 header checksum */
 	SLUICE_CNT_EVASION_TCP_AUTH_OPTION,	/* an MD5 signature (RFC 2385) or TCP-AO option the server has no key for */
 	SLUICE_CNT_EVASION_NO_ACK,		/* data without ACK after the SYN */
 	SLUICE_CNT_EVASION_RST,			/* data in a segment with RST (never delivered) */

@@ -341,6 +341,8 @@ static __always_inline int inspect_tcp_segment(struct ctx_buff *ctx, struct flow
 	scratch->segment.tcp_flags = pkt->tcp_flags;
 	scratch->segment.ttl = pkt->ttl;
 	scratch->segment.hop_by_hop_late = pkt->hop_by_hop_late;
+	/* A gathered datagram's fragments had theirs checked (frag_gather()). */
+	scratch->segment.ipv4_header_len = from_fragments ? 0 : pkt->ipv4_header_len;
 	if (pkt->payload_len && copy_payload(ctx, scratch, pkt->payload_offset, pkt->payload_len) < 0)
 		return verdict_pass_unjudged(pkt->frame_len);
 	if (opening)
@@ -875,6 +877,10 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 		receiver_note_accepted(flow, scratch, 0);
 		return verdict_pass_unjudged(scratch->frame_len);
 	}
+	/* The IPv4 header lies before the TCP header, without a gap. */
+	segment->ipv4_header_holds = !segment->ipv4_header_len ||
+		checksum_ipv4_header_holds(ctx, scratch->segment_offset - segment->header_len - segment->ipv4_header_len,
+					   segment->ipv4_header_len);
 	__u32 refused = receiver_refuses(flow, scratch, cfg);
 	if (refused) {
 		counter_inc(refused);

@@ -46,6 +46,7 @@ SERVER_ISN = 3_000_000_000      # its SYN-ACK's: the client's ACK numbers start 
 # How each decoy is made so that the server drops it (tcp_frame's options),
 # by the kind of sluice_evasion_detected_total that counts it.
 DECOYS = {"bad_checksum": dict(chksum=0xBEEF),
+          "bad_ip_checksum": dict(ip_chksum=0xBEEF),                         # Geneva's tamper{IP:chksum:corrupt}
           "tcp_auth_option": dict(tcp_options=[(19, bytes(16))]),          # MD5 signature, RFC 2385
           "tcp_ao": dict(tcp_options=[(29, bytes(14))]),                     # TCP-AO, RFC 5925
           "no_ack": dict(flags="P"),
@@ -56,8 +57,10 @@ DECOYS = {"bad_checksum": dict(chksum=0xBEEF),
           "future_ack": dict(ack_shift=2**30),           # Geneva's tamper{TCP:ack:corrupt}: bytes never sent
           "hop_by_hop": dict(ext_headers=(IPv6ExtHdrDestOpt(), IPv6ExtHdrHopByHop())),
           "low_ttl": dict(ttl=3)}
-COUNTED_AS = {"tcp_ao": "tcp_auth_option", "future_ack": "bad_ack"}
-DECOY_CASES = [(kind, v6) for kind in DECOYS for v6 in (False, True) if v6 or kind != "hop_by_hop"]
+COUNTED_AS = {"tcp_ao": "tcp_auth_option", "future_ack": "bad_ack", "bad_ip_checksum": "bad_checksum"}
+IPV6_ONLY, IPV4_ONLY = {"hop_by_hop"}, {"bad_ip_checksum"}
+DECOY_CASES = [(kind, v6) for kind in DECOYS for v6 in (False, True)
+               if kind not in (IPV4_ONLY if v6 else IPV6_ONLY)]
 DECOY_IDS = [f"{kind}-{'ipv6' if v6 else 'ipv4'}" for kind, v6 in DECOY_CASES]
 
 

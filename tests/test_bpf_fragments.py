@@ -201,6 +201,23 @@ def test_decoy_fragments_that_expire_before_the_server_are_not_gathered(dp, v6, 
     assert moved(dp, before)["frag_low_ttl"] >= 1
 
 
+@pytest.mark.parametrize("decoy_first", [True, False], ids=["decoys-first", "decoys-between"])
+def test_decoy_fragments_with_a_bad_header_checksum_are_not_gathered(dp, decoy_first):
+    """Geneva's tamper{IP:chksum:corrupt} on fragments: the receiver's IP
+    drops them before reassembly, so they neither fill nor poison the
+    datagram (overlapping the real second fragment would discard it)."""
+    flow = Flow(dp, v6=False)
+    real, decoy = small_hello(b"blocked.example"), small_hello(b"allowed.example")
+    total = len(real) + 20
+    ident = next(idents)
+    reals = ip_fragments(flow.frame(real, ISN + 1), [(0, 256), (256, total)], ident=ident)
+    decoys = ip_fragments(flow.frame(decoy, ISN + 1), [(0, 256), (256, 384)], ident=ident, ip_chksum=0xBEEF)
+    frames = decoys + reals if decoy_first else [reals[0], *decoys, reals[1]]
+    before = dp.counters()
+    assert flow.send_fragments(frames) == ["pass", "pass", "pass", "drop"]
+    assert moved(dp, before)["evasion_bad_checksum"] == 2
+
+
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_overlapping_fragments_discard_the_datagram_as_the_receiver_does(dp, v6):
     """RFC 5722 for IPv6, and Linux for IPv4 too: the whole datagram goes."""
