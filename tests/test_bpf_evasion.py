@@ -384,6 +384,20 @@ def test_a_decoy_in_the_syn_is_read_again_from_the_resend(dp, v6, stream):
     assert moved(before, evasions(dp)) == {"syn_data": 1}
 
 
+@pytest.mark.parametrize("kind,v6", [case for case in DECOY_CASES if case[0] in ("bad_checksum", "bad_ip_checksum")],
+                         ids=[i for case, i in zip(DECOY_CASES, DECOY_IDS) if case[0] in ("bad_checksum", "bad_ip_checksum")])
+def test_a_bare_syn_the_server_drops_sets_no_timestamp(dp, kind, v6):
+    """The client's SYN sent again, as a decoy the server drops, with a
+    timestamp from the future: taken, it would make the real hello after it
+    look like a PAWS decoy, and the flow go unread."""
+    flow = Flow(dp, v6)
+    future = [("Timestamp", (SYN_TSVAL + 10**6, 0))]
+    before = evasions(dp)
+    assert flow.send_raw(b"", seq=ISN, flags="S", tcp_options=future, **DECOYS[kind]) == "pass"
+    assert flow.send([(0, HELLOS["0.5KB"])]) == ["drop"]
+    assert moved(before, evasions(dp)) == {"bad_checksum": 1}
+
+
 @FAMILIES
 def test_fast_open_data_sent_again_unchanged_is_no_evasion(dp, v6):
     real = HELLOS["0.5KB"]
