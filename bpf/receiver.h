@@ -331,6 +331,18 @@ static __always_inline int receiver_ack_refused(const struct flow_state *flow, c
 	       segment->ack - flow->server_isn > flow->server_end - flow->server_isn;
 }
 
+/* A SYN whose TTL is higher than the flow's first SYN's by more than the
+ * margin shows that the first was a decoy sent to expire on the way (a
+ * flow's segments share a path): the first's timestamp is not held
+ * against it (receiver_note_syn()). */
+static __always_inline int receiver_syn_outranks_first(const struct flow_state *flow,
+							const struct segment_view *segment,
+							const struct sluice_config *cfg)
+{
+	return (segment->tcp_flags & TCP_FLAG_SYN) && flow->ttl_floor &&
+	       segment->ttl > flow->ttl_floor + cfg->ttl_margin;
+}
+
 /* Why the server would not keep the client segment in hand as it came:
  * a SLUICE_CNT_EVASION_* counter, or 0 if it keeps it. */
 static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
@@ -361,7 +373,8 @@ static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
 	     (offset < 0x80000000U && offset >= RECEIVE_WINDOW_BYTES)))
 		return SLUICE_CNT_EVASION_OUT_OF_WINDOW;
 	if (receiver_tracks_timestamps(flow, segment) && (flow->receiver & SLUICE_RECEIVER_TS_KNOWN) &&
-	    (__s32)(flow->ts_recent - segment->tsval) > 1)	/* Linux: TCP_PAWS_WINDOW */
+	    (__s32)(flow->ts_recent - segment->tsval) > 1 &&	/* Linux: TCP_PAWS_WINDOW */
+	    !receiver_syn_outranks_first(flow, segment, cfg))
 		return SLUICE_CNT_EVASION_PAWS;
 	if (receiver_ack_refused(flow, segment))
 		return SLUICE_CNT_EVASION_BAD_ACK;
@@ -406,6 +419,28 @@ static __always_inline void receiver_note_accepted(struct flow_state *flow, cons
 		flow->syn_data_len = scratch->segment_len;
 		flow->syn_data_sum = receiver_payload_sum(scratch, scratch->segment_len);
 		flow->receiver |= SLUICE_RECEIVER_SYN_DATA;
+	}
+}
+
+/* A bare client SYN of the flow's connection that the server keeps
+ * (receiver_refuses()). The server takes the timestamp of the SYN that
+ * reaches it first; one sent again moves nothing (Linux: tcp_check_req()
+ * answers it with the SYN-ACK again, tcp_validate_incoming() with a
+ * challenge ACK once established). So the first SYN's stamp stands, unless
+ * this one outranks it (receiver_syn_outranks_first()): then it takes the
+ * first's place, its TTL the flow's floor. */
+static __always_inline void receiver_note_syn(struct flow_state *flow, const struct payload_scratch *scratch,
+					      const struct sluice_config *cfg)
+{
+	const struct segment_view *segment = &scratch->segment;
+
+	if (receiver_syn_outranks_first(flow, segment, cfg)) {
+		flow->ttl_floor = segment->ttl;
+		flow->receiver &= ~SLUICE_RECEIVER_TS_KNOWN;
+	}
+	if (receiver_tracks_timestamps(flow, segment) && !(flow->receiver & SLUICE_RECEIVER_TS_KNOWN)) {
+		flow->ts_recent = segment->tsval;
+		flow->receiver |= SLUICE_RECEIVER_TS_KNOWN;
 	}
 }
 

@@ -877,17 +877,17 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 	segment->ipv4_header_holds = !segment->ipv4_header_len ||
 		checksum_ipv4_header_holds(ctx, scratch->segment_offset - segment->header_len - segment->ipv4_header_len,
 					   segment->ipv4_header_len);
+	__u32 refused = receiver_refuses(flow, scratch, cfg);
 	if (scratch->segment_len == 0) {	/* the client's SYN (one held never comes here: flow.h) */
-		/* One the server drops unread sets no timestamp: a decoy SYN
-		 * stamped in the future would make the real hello a PAWS decoy. */
-		if (!segment->ipv4_header_holds || !receiver_checksum_holds(scratch)) {
-			counter_inc(SLUICE_CNT_EVASION_BAD_CHECKSUM);
+		/* One the server drops sets nothing: stamped in the future, it
+		 * would make the real hello a PAWS decoy. */
+		if (refused) {
+			counter_inc(refused);
 			return evasion_seen(ctx, flow, scratch, cfg);
 		}
-		receiver_note_accepted(flow, scratch, 0);
+		receiver_note_syn(flow, scratch, cfg);
 		return verdict_pass_unjudged(scratch->frame_len);
 	}
-	__u32 refused = receiver_refuses(flow, scratch, cfg);
 	if (refused) {
 		counter_inc(refused);
 		/* A TTL that may not reach the server, and nothing else: held
