@@ -1,6 +1,7 @@
 """Names nDPI gives against names sluice gives, on nDPI's own regression captures.
 
 Run as root:  .venv/bin/python bench/ndpi_corpus.py --ndpi DIR [--proto quic] [--misses] [--proxy-protocol]
+              [--fix-checksums]
 
 DIR is a checkout of ntop/nDPI (fetch it; the project keeps none of its
 files, nDPI is LGPL). The ground truth is nDPI's expected output,
@@ -20,6 +21,10 @@ the misses by reason, and the flows sluice names that nDPI leaves unnamed.
 --misses lists each miss. --proxy-protocol steps over PROXY protocol
 headers, as a policy with inspection.proxy_protocol: true does (nDPI names
 such a flow HAProxy, and leaves the hello behind the header unnamed).
+--fix-checksums makes every checksum right first, as `sluice replay
+--fix-checksums` does: some captures had their addresses rewritten without
+fixing them (dnscrypt-v2-doh.pcap), and sluice, as the server would, takes
+their every segment for a decoy.
 """
 
 import argparse
@@ -90,8 +95,8 @@ def ground_truth(ndpi: Path, protos: set[str]) -> dict[str, list[NamedFlow]]:
 class Corpus(Replayer):
     """One loaded data plane that replays capture after capture, every frame of each."""
 
-    def __init__(self, proxy_protocol: bool = False):
-        super().__init__(None)
+    def __init__(self, proxy_protocol: bool = False, fix_checksums: bool = False):
+        super().__init__(None, fix_checksums)
         if proxy_protocol:
             flags = self.datapath.config().flags
             self.datapath.set_config(flags=flags | ABI.SLUICE_CFG_PROXY_PROTOCOL)
@@ -139,6 +144,8 @@ def main() -> int:
                         help="only these protocols (repeatable; default: all three)")
     parser.add_argument("--misses", action="store_true", help="list every miss")
     parser.add_argument("--proxy-protocol", action="store_true", help="step over PROXY protocol headers")
+    parser.add_argument("--fix-checksums", action="store_true",
+                        help="make every checksum right first, as sluice replay --fix-checksums does")
     args = parser.parse_args()
     if not (args.ndpi / CORPUS / "result").is_dir():
         print(f"{args.ndpi}: no {CORPUS}/result here: not a checkout of ntop/nDPI", file=sys.stderr)
@@ -146,7 +153,7 @@ def main() -> int:
     protos = {p.upper() for p in args.proto} if args.proto else set(PROTOCOLS)
     truth = ground_truth(args.ndpi, protos)
     named, same, reasons, extra, misses = Counter(), Counter(), defaultdict(Counter), Counter(), []
-    corpus = Corpus(args.proxy_protocol)
+    corpus = Corpus(args.proxy_protocol, args.fix_checksums)
     try:
         for capture, flows in truth.items():
             named.update(flow.proto for flow in flows)

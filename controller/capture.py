@@ -7,7 +7,9 @@ are, and the program's test runs read them from there. Frames of link types
 other than Ethernet are rewritten as Ethernet frames, the chunk then copied.
 TCP checksums a capture on the sending host holds half done are filled in
 (fill_offloaded_checksum), in the chunk: the file itself is mapped copy on
-write. Each chunk also says which flow each frame belongs to (TCP or UDP straight
+write. With fix_checksums, every IPv4 header, TCP and UDP checksum is made
+right instead (fix_checksums), for captures anonymised without fixing them.
+Each chunk also says which flow each frame belongs to (TCP or UDP straight
 over IPv4 or IPv6, unfragmented), worked out with numpy for the whole chunk
 at once, so that replay can pass over the frames of settled flows without
 looking at them one by one.
@@ -172,8 +174,10 @@ def _bytes_of(buffer):
 class Capture:
     """A pcap or pcapng file, read a Chunk at a time (`chunks()`)."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, fix_checksums: bool = False):
+        """fix_checksums: make every checksum right (capture.fix_checksums),
+        rather than fill in only the half-done ones."""
+        self.path, self.fix_checksums = path, fix_checksums
         try:
             with open(path, "rb") as file:
                 magic = file.read(4)
@@ -212,9 +216,9 @@ class Capture:
 
     def chunks(self):
         """The capture's frames as Ethernet, CHUNK_FRAMES at a time, their
-        half-done checksums filled in."""
+        half-done checksums filled in (or all made right)."""
         for chunk in self._pcap_chunks() if self.format == "pcap" else self._pcapng_chunks():
-            fill_offloaded_checksums(chunk)
+            (fix_all_checksums if self.fix_checksums else fill_offloaded_checksums)(chunk)
             yield chunk
 
     def _pcapng_chunks(self):
@@ -428,35 +432,90 @@ def _ones_sum(data: bytes) -> int:
     return total
 
 
+def _network(frame: bytes) -> tuple[int, int]:
+    """(where the IP header starts, its ethertype) past any VLAN tags."""
+    offset, ethertype = ETHERNET_HEADER, int.from_bytes(frame[12:14], "big")
+    while ethertype in VLAN_ETHERTYPES and len(frame) >= offset + 4:
+        ethertype, offset = int.from_bytes(frame[offset + 2:offset + 4], "big"), offset + 4
+    return offset, ethertype
+
+
+def _transport(frame: bytes) -> tuple[int, int, int, bytes] | None:
+    """(protocol, where the TCP or UDP header starts, its length with its
+    payload by the IP header, the pseudo-header) of a whole datagram straight
+    over IPv4 or IPv6 (no extension headers); None for anything else, or a
+    segment the frame holds cut short."""
+    offset, ethertype = _network(frame)
+    if ethertype == ETH_P_IP and len(frame) >= offset + 20:
+        header_len, proto = (frame[offset] & 0x0F) * 4, frame[offset + 9]
+        if int.from_bytes(frame[offset + 6:offset + 8], "big") & IP_MORE_FRAGMENTS_AND_OFFSET:
+            return None
+        length = int.from_bytes(frame[offset + 2:offset + 4], "big") - header_len
+        pseudo = frame[offset + 12:offset + 20] + struct.pack("!BBH", 0, proto, length & 0xFFFF)
+        start = offset + header_len
+    elif ethertype == ETH_P_IPV6 and len(frame) >= offset + 40:
+        proto, length = frame[offset + 6], int.from_bytes(frame[offset + 4:offset + 6], "big")
+        pseudo = frame[offset + 8:offset + 40] + struct.pack("!II", length, proto)
+        start = offset + 40
+    else:
+        return None
+    header = {IPPROTO_TCP: 20, IPPROTO_UDP: 8}.get(proto)
+    if header is None or length < header or len(frame) < start + length:
+        return None
+    return proto, start, length, pseudo
+
+
+CHECKSUM_AT = {IPPROTO_TCP: 16, IPPROTO_UDP: 6}     # where the checksum lies in each transport header
+
+
+def _transport_checksum(frame: bytes, proto: int, start: int, length: int, pseudo: bytes) -> int:
+    """The checksum the transport header should carry (RFC 1071), its own field taken as zero."""
+    at = start + CHECKSUM_AT[proto]
+    return 0xFFFF - _ones_sum(pseudo + frame[start:at] + b"\0\0" + frame[at + 2:start + length])
+
+
 def fill_offloaded_checksum(frame: bytes) -> bytes:
     """A capture taken on the sending host holds its TCP segments as the
     stack handed them to a NIC that fills in the checksum: the field holds
     the pseudo-header's sum only. Fill it in, as the NIC did, or sluice takes
     the segment for a decoy the server drops (bpf/receiver.h). Any other
     checksum, right or wrong, is left as captured."""
-    offset, ethertype = 14, int.from_bytes(frame[12:14], "big")
-    while ethertype in VLAN_ETHERTYPES and len(frame) >= offset + 4:
-        ethertype, offset = int.from_bytes(frame[offset + 2:offset + 4], "big"), offset + 4
+    transport = _transport(frame)
+    if transport is None or transport[0] != IPPROTO_TCP:
+        return frame
+    proto, start, length, pseudo = transport
+    at = start + CHECKSUM_AT[proto]
+    if int.from_bytes(frame[at:at + 2], "big") != _ones_sum(pseudo) or \
+            _ones_sum(pseudo + frame[start:start + length]) == 0xFFFF:
+        return frame
+    return frame[:at] + _transport_checksum(frame, *transport).to_bytes(2, "big") + frame[at + 2:]
+
+
+def fix_checksums(frame: bytes) -> bytes:
+    """frame with its IPv4 header checksum and its TCP or UDP checksum made
+    right (replay --fix-checksums), for captures whose addresses were
+    rewritten without fixing them: sluice, as a receiver, would take every
+    segment for a decoy (bpf/checksum.h). A fragment's transport checksum,
+    which spans the whole datagram, and a UDP checksum left out (0 over
+    IPv4) stay as captured."""
+    fixed = bytearray(frame)
+    offset, ethertype = _network(frame)
     if ethertype == ETH_P_IP and len(frame) >= offset + 20:
         header_len = (frame[offset] & 0x0F) * 4
-        if frame[offset + 9] != IPPROTO_TCP or \
-                int.from_bytes(frame[offset + 6:offset + 8], "big") & IP_MORE_FRAGMENTS_AND_OFFSET:
-            return frame
-        tcp_len = int.from_bytes(frame[offset + 2:offset + 4], "big") - header_len
-        pseudo = frame[offset + 12:offset + 20] + struct.pack("!BBH", 0, IPPROTO_TCP, tcp_len & 0xFFFF)
-        start = offset + header_len
-    elif ethertype == ETH_P_IPV6 and len(frame) >= offset + 40 and frame[offset + 6] == IPPROTO_TCP:
-        tcp_len = int.from_bytes(frame[offset + 4:offset + 6], "big")
-        pseudo = frame[offset + 8:offset + 40] + struct.pack("!II", tcp_len, IPPROTO_TCP)
-        start = offset + 40
-    else:
-        return frame
-    segment = frame[start:start + tcp_len]
-    if tcp_len < 20 or len(segment) != tcp_len or \
-            int.from_bytes(segment[16:18], "big") != _ones_sum(pseudo) or _ones_sum(pseudo + segment) == 0xFFFF:
-        return frame
-    check = 0xFFFF - _ones_sum(pseudo + segment[:16] + b"\0\0" + segment[18:])
-    return frame[:start + 16] + check.to_bytes(2, "big") + frame[start + 18:]
+        if header_len >= 20 and len(frame) >= offset + header_len:
+            fixed[offset + 10:offset + 12] = b"\0\0"
+            fixed[offset + 10:offset + 12] = (0xFFFF - _ones_sum(bytes(fixed[offset:offset + header_len]))) \
+                .to_bytes(2, "big")
+    transport = _transport(frame)
+    if transport is not None:
+        proto, start, _length, _pseudo = transport
+        at = start + CHECKSUM_AT[proto]
+        if not (proto == IPPROTO_UDP and ethertype == ETH_P_IP and frame[at:at + 2] == b"\0\0"):
+            check = _transport_checksum(frame, *transport)
+            if proto == IPPROTO_UDP and check == 0:
+                check = 0xFFFF          # 0 says "no checksum": RFC 768
+            fixed[at:at + 2] = check.to_bytes(2, "big")
+    return bytes(fixed)
 
 
 def _vlan(ethertype):
@@ -466,6 +525,15 @@ def _vlan(ethertype):
 def _words(rows):
     """Each row of bytes as big-endian 16-bit words."""
     return rows[:, 0::2].astype(numpy.int64) << 8 | rows[:, 1::2]
+
+
+def fix_all_checksums(chunk: Chunk) -> None:
+    """fix_checksums for each frame of chunk, in its buffer."""
+    for start, length in zip(chunk.offsets, chunk.lengths):
+        frame = bytes(chunk.buffer[start:start + length])
+        fixed = fix_checksums(frame)
+        if fixed != frame:
+            chunk.buffer[start:start + length] = fixed
 
 
 def fill_offloaded_checksums(chunk: Chunk) -> None:

@@ -170,7 +170,7 @@ def cmd_replay(args) -> int:
     try:
         for capture in args.capture:
             check_capture(capture)
-        for capture, records in replay_all(args.capture, policy, args.jobs):
+        for capture, records in replay_all(args.capture, policy, args.jobs, args.fix_checksums):
             print_records(records, args.json, capture=capture if several else None)
     except CaptureError as error:
         raise Refused(f"sluice replay: {error}", EXIT_POLICY_ERROR) from None
@@ -444,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replay this many captures at once, each in a process of its own "
                              "(default: %(default)s); the output is the same")
     replay.add_argument("--policy", help="policy file to judge the flows by")
+    replay.add_argument("--fix-checksums", action="store_true",
+                        help="make every IPv4 header, TCP and UDP checksum right before replaying: for "
+                             "captures whose addresses were rewritten (anonymised) without fixing them, "
+                             "whose segments would all be taken for decoys. It hides a capture's real "
+                             "bad-checksum decoys too: do not measure evasion with it")
     replay.add_argument("--json", action="store_true",
                         help='one JSON object per line with keys client, client_port, server, '
                              'server_port, proto, name, rule, action')

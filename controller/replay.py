@@ -286,38 +286,41 @@ class Progress:
             print(file=self.out)
 
 
-def replay_all(capture_paths: list[str], policy=None, jobs: int = 1):
+def replay_all(capture_paths: list[str], policy=None, jobs: int = 1, fix_checksums: bool = False):
     """(capture path, records) of each capture, in the order given, each
     replayed as replay() does, by up to jobs processes at once. A progress
     bar only with one job: several would write over each other."""
     if jobs == 1 or len(capture_paths) == 1:
         for path in capture_paths:
-            yield path, replay(path, policy)[0]
+            yield path, replay(path, policy, fix_checksums=fix_checksums)[0]
         return
     # fork: the workers inherit the checked policy instead of a pickled copy.
-    with multiprocessing.get_context("fork").Pool(jobs, initializer=_keep_policy, initargs=(policy,)) as pool:
+    with multiprocessing.get_context("fork").Pool(jobs, initializer=_keep_settings,
+                                                  initargs=(policy, fix_checksums)) as pool:
         yield from zip(capture_paths, pool.imap(_replay_records, capture_paths))
 
 
-_worker_policy = None
+_worker_settings = (None, False)        # a worker's (policy, fix_checksums)
 
 
-def _keep_policy(policy) -> None:
-    global _worker_policy
-    _worker_policy = policy
+def _keep_settings(policy, fix_checksums: bool) -> None:
+    global _worker_settings
+    _worker_settings = policy, fix_checksums
 
 
 def _replay_records(capture_path: str) -> list[dict]:
-    return replay(capture_path, _worker_policy, show_progress=False)[0]
+    policy, fix_checksums = _worker_settings
+    return replay(capture_path, policy, show_progress=False, fix_checksums=fix_checksums)[0]
 
 
 def replay(capture_path: str, policy=None, skip_settled: bool = True,
-           show_progress: bool = True) -> tuple[list[dict], int]:
+           show_progress: bool = True, fix_checksums: bool = False) -> tuple[list[dict], int]:
     """Run the capture through the data plane; returns (records, frames).
 
     skip_settled=False runs every frame through the program, settled or not
-    (tests compare the two)."""
-    replayer = Replayer(policy)
+    (tests compare the two). fix_checksums: every checksum made right
+    first (capture.fix_checksums)."""
+    replayer = Replayer(policy, fix_checksums)
     try:
         progress = Progress(capture_path) if show_progress else None
         result = replayer.run(capture_path, skip_settled, progress)
@@ -337,7 +340,8 @@ class Replayer:
     callbacks, without a call into bcc or a Python callback per record."""
 
 
-    def __init__(self, policy=None):
+    def __init__(self, policy=None, fix_checksums: bool = False):
+        self.fix_checksums = fix_checksums
         self.datapath = Datapath(policy, events=True)
         self.rings: list[MappedRing] = []
         try:
@@ -383,7 +387,7 @@ class Replayer:
         """The capture through the program (run_capture), and a line for each
         flow no event reported (report_unreported); (records, frames)."""
         frames = run_capture(self.datapath, capture_path, self.read_rings,
-                             self.report.settled if skip_settled else None, progress)
+                             self.report.settled if skip_settled else None, progress, self.fix_checksums)
         report_unreported(self.datapath, self.report)
         return self.report.records, frames
 
@@ -394,7 +398,7 @@ class Replayer:
 
 
 def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows | None = None,
-                progress: Progress | None = None) -> int:
+                progress: Progress | None = None, fix_checksums: bool = False) -> int:
     """The capture's frames through the program, but for those that cannot
     change a line; returns the number of frames read. read_rings() hands
     what the program sent to the report. With settled None,
@@ -435,7 +439,7 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     quiet_every = config.flow_idle_jiffies * config.jiffy_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
     short_datagrams_open_no_flow = not config.flags & ABI.SLUICE_CFG_OPENING_RULES
     frames, unread = 0, False
-    with Capture(capture_path) as capture:
+    with Capture(capture_path, fix_checksums) as capture:
         for chunk in capture.chunks():
             count = len(chunk.offsets)
             if not count:
@@ -488,8 +492,9 @@ def report_unreported(datapath, report) -> None:
     """Flows that no event reported get a line too, in the order of their
     flow keys (addresses, ports; a hash map's own order changes with every
     map, so the output would change from run to run): those the capture
-    ended on before they were settled, and those `on_evasion: block`
-    blocked, at the decoy, before any name was read."""
+    ended on before they were settled, those that sent only decoys (nothing
+    the server kept was read), and those `on_evasion: block` blocked, at
+    the decoy, before any name was read."""
     unreported = []
     flow_table = datapath.flow_table()
     numbered = flow_table.numbered_keys()
@@ -501,11 +506,12 @@ def report_unreported(datapath, report) -> None:
         def byte(name: str):                    # a one-byte field, of each flow of the batch
             return values[:, _flow_field(flows._type_, name).start]
 
-        inspected = (byte("state") == ABI.SLUICE_FLOW_INSPECTING) & (byte("payload_packets") > 0)
+        evaded = (byte("receiver") & ABI.SLUICE_RECEIVER_EVASION).astype(bool)
+        inspected = (byte("state") == ABI.SLUICE_FLOW_INSPECTING) & ((byte("payload_packets") > 0) | evaded)
         # bpf/receiver.h receiver_block_evasion(): blocked under no rule.
         blocked_for_evasion = ((byte("state") == ABI.SLUICE_FLOW_CLASSIFIED) &
                                (byte("action") == ABI.SLUICE_ACTION_BLOCK) &
-                               (byte("receiver") & ABI.SLUICE_RECEIVER_EVASION).astype(bool) &
+                               evaded &
                                ~values[:, _flow_field(flows._type_, "rule_id")].any(1))
         for index in numpy.flatnonzero(inspected | blocked_for_evasion).tolist():
             key = flow_table.flow_key(ids[index], numbered)

@@ -365,6 +365,74 @@ def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6, tmp_pat
     assert read[:12:3] == whole
 
 
+def anonymised(frame: bytes, v6: bool) -> bytes:
+    """frame with the last byte of each address changed, as an anonymiser
+    that fixes no checksum leaves it: its IPv4 header and TCP or UDP
+    checksums then wrong."""
+    from scapy.layers.l2 import Ether
+    from packets import IP, IPv6
+    packet = Ether(frame)
+    start = len(packet) - len(packet[IPv6 if v6 else IP])
+    at = (start + 23, start + 39) if v6 else (start + 15, start + 19)
+    changed = bytearray(frame)
+    for offset in at:
+        changed[offset] ^= 0x01
+    return bytes(changed)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_fix_checksums_names_a_capture_anonymised_without_fixing_them(v6, tmp_path):
+    """nDPI's dnscrypt-v2-doh.pcap had its addresses rewritten so: every
+    segment looks like a decoy the server drops, and nothing is named.
+    --fix-checksums makes the checksums right first."""
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    from packets import client_hello, tcp_frame
+    frames = [tcp_frame(flags="S", seq=0, v6=v6), tcp_frame(flags="SA", seq=0, ack=1, v6=v6, reply=True),
+              tcp_frame(flags="A", seq=1, ack=1, v6=v6), tcp_frame(client_hello(b"blocked.example"), ack=1, v6=v6)]
+    path = tmp_path / "anonymised.pcap"
+    wrpcap(str(path), [Ether(anonymised(frame, v6)) for frame in frames])
+    assert [r["name"] for r in replay("--policy", lab_policy_path(), str(path))] == [None]
+    assert [(r["name"], r["action"]) for r in replay("--policy", lab_policy_path(), "--fix-checksums", str(path))] \
+        == [("blocked.example", "block")]
+
+
+def test_fix_checksums_makes_each_checksum_right_but_a_fragments_transport_one():
+    """Each checksum fix_checksums writes is the one scapy computes: IPv4
+    with options, IPv6, TCP and UDP, behind VLAN tags; a UDP checksum left
+    out over IPv4 stays out, and a fragment keeps its transport checksum,
+    which spans the whole datagram."""
+    from scapy.layers.l2 import Ether
+
+    from sluice.capture import fix_checksums
+    from packets import IP, TCP, UDP, client_hello, ip_fragments, tcp_frame, udp_frame
+
+    def scapys(frame: bytes) -> bytes:
+        packet = Ether(frame)
+        if IP in packet:
+            del packet[IP].chksum
+        if IP not in packet or not (packet[IP].frag or packet[IP].flags.MF):
+            for layer in (TCP, UDP):
+                if layer in packet:
+                    del packet[layer].chksum
+        return bytes(packet)
+
+    hello = client_hello(b"blocked.example")
+    no_udp_checksum = Ether(udp_frame(hello))
+    no_udp_checksum[UDP].chksum = 0
+    frames = {"ipv4 options": tcp_frame(hello, ip_options=[b"\x01\x01\x01\x00"]),
+              "ipv6": tcp_frame(hello, v6=True), "qinq": tcp_frame(hello, vlans=("ad", "q")),
+              "udp": udp_frame(hello), "udp ipv6": udp_frame(hello, v6=True),
+              "fragment": ip_fragments(tcp_frame(hello), 256)[0]}
+    for kind, frame in frames.items():
+        broken = anonymised(frame, IP not in Ether(frame))
+        assert broken != scapys(broken), kind
+        assert fix_checksums(broken) == scapys(broken), kind
+    broken = anonymised(bytes(no_udp_checksum), False)
+    assert Ether(fix_checksums(broken))[UDP].chksum == 0
+
+
 def test_several_captures_at_once_give_what_each_gives_alone_in_the_order_given(tmp_path):
     """--jobs 2: each capture in a process of its own; the lines come in the
     order the captures were named, each naming its capture."""
