@@ -5,7 +5,7 @@ The file is mapped into memory (a gzipped one is read into it) and walked
 record by record, a chunk of frames at a time; the frames stay where they
 are, and the program's test runs read them from there. Frames of link types
 other than Ethernet are rewritten as Ethernet frames, the chunk then copied.
-TCP checksums a capture on the sending host holds half done are filled in
+Checksums a capture on the sending host holds half done are filled in
 (fill_offloaded_checksum), in the chunk: the file itself is mapped copy on
 write. With fix_checksums, every IPv4 header, TCP and UDP checksum is made
 right instead (fix_checksums), for captures anonymised without fixing them.
@@ -466,20 +466,44 @@ def _transport(frame: bytes) -> tuple[int, int, int, bytes] | None:
 
 
 CHECKSUM_AT = {IPPROTO_TCP: 16, IPPROTO_UDP: 6}     # where the checksum lies in each transport header
+IPV4_CHECKSUM_AT = 10
 
 
-def _transport_checksum(frame: bytes, proto: int, start: int, length: int, pseudo: bytes) -> int:
-    """The checksum the transport header should carry (RFC 1071), its own field taken as zero."""
+def _ipv4_header(frame: bytes) -> tuple[int, int] | None:
+    """(where the IPv4 header starts, its length), if frame holds a whole one."""
+    offset, ethertype = _network(frame)
+    if ethertype != ETH_P_IP or len(frame) < offset + 20:
+        return None
+    length = (frame[offset] & 0x0F) * 4
+    return (offset, length) if length >= 20 and len(frame) >= offset + length else None
+
+
+def _with_ipv4_header_checksum(frame: bytes, offset: int, length: int) -> bytes:
+    at = offset + IPV4_CHECKSUM_AT
+    check = 0xFFFF - _ones_sum(frame[offset:at] + b"\0\0" + frame[at + 2:offset + length])
+    return frame[:at] + check.to_bytes(2, "big") + frame[at + 2:]
+
+
+def _with_transport_checksum(frame: bytes, proto: int, start: int, length: int, pseudo: bytes) -> bytes:
+    """frame, its TCP or UDP checksum as RFC 1071 computes it."""
     at = start + CHECKSUM_AT[proto]
-    return 0xFFFF - _ones_sum(pseudo + frame[start:at] + b"\0\0" + frame[at + 2:start + length])
+    check = 0xFFFF - _ones_sum(pseudo + frame[start:at] + b"\0\0" + frame[at + 2:start + length])
+    if proto == IPPROTO_UDP and check == 0:
+        check = 0xFFFF                  # 0 says "no checksum" (RFC 768)
+    return frame[:at] + check.to_bytes(2, "big") + frame[at + 2:]
 
 
 def fill_offloaded_checksum(frame: bytes) -> bytes:
-    """A capture taken on the sending host holds its TCP segments as the
-    stack handed them to a NIC that fills in the checksum: the field holds
-    the pseudo-header's sum only. Fill it in, as the NIC did, or sluice takes
-    the segment for a decoy the server drops (bpf/receiver.h). Any other
-    checksum, right or wrong, is left as captured."""
+    """A capture taken on the sending host holds its packets as the stack
+    handed them to a NIC that fills in the checksums: a TCP checksum field
+    holds the pseudo-header's sum only, and an IPv4 header's 0 (Windows and
+    macOS leave it to the NIC; Linux always sums it). Fill them in, as the
+    NIC did, or sluice takes the segment for a decoy the server drops
+    (bpf/receiver.h). Any other checksum, right or wrong, is left as
+    captured."""
+    header = _ipv4_header(frame)
+    if header is not None and frame[header[0] + IPV4_CHECKSUM_AT:header[0] + IPV4_CHECKSUM_AT + 2] == b"\0\0":
+        frame = _with_ipv4_header_checksum(frame, *header)
     transport = _transport(frame)
     if transport is None or transport[0] != IPPROTO_TCP:
         return frame
@@ -488,7 +512,7 @@ def fill_offloaded_checksum(frame: bytes) -> bytes:
     if int.from_bytes(frame[at:at + 2], "big") != _ones_sum(pseudo) or \
             _ones_sum(pseudo + frame[start:start + length]) == 0xFFFF:
         return frame
-    return frame[:at] + _transport_checksum(frame, *transport).to_bytes(2, "big") + frame[at + 2:]
+    return _with_transport_checksum(frame, *transport)
 
 
 def fix_checksums(frame: bytes) -> bytes:
@@ -498,24 +522,17 @@ def fix_checksums(frame: bytes) -> bytes:
     segment for a decoy (bpf/checksum.h). A fragment's transport checksum,
     which spans the whole datagram, and a UDP checksum left out (0 over
     IPv4) stay as captured."""
-    fixed = bytearray(frame)
-    offset, ethertype = _network(frame)
-    if ethertype == ETH_P_IP and len(frame) >= offset + 20:
-        header_len = (frame[offset] & 0x0F) * 4
-        if header_len >= 20 and len(frame) >= offset + header_len:
-            fixed[offset + 10:offset + 12] = b"\0\0"
-            fixed[offset + 10:offset + 12] = (0xFFFF - _ones_sum(bytes(fixed[offset:offset + header_len]))) \
-                .to_bytes(2, "big")
+    header = _ipv4_header(frame)
+    if header is not None:
+        frame = _with_ipv4_header_checksum(frame, *header)
     transport = _transport(frame)
-    if transport is not None:
-        proto, start, _length, _pseudo = transport
-        at = start + CHECKSUM_AT[proto]
-        if not (proto == IPPROTO_UDP and ethertype == ETH_P_IP and frame[at:at + 2] == b"\0\0"):
-            check = _transport_checksum(frame, *transport)
-            if proto == IPPROTO_UDP and check == 0:
-                check = 0xFFFF          # 0 says "no checksum": RFC 768
-            fixed[at:at + 2] = check.to_bytes(2, "big")
-    return bytes(fixed)
+    if transport is None:
+        return frame
+    proto, start, _length, _pseudo = transport
+    at = start + CHECKSUM_AT[proto]
+    if proto == IPPROTO_UDP and header is not None and frame[at:at + 2] == b"\0\0":
+        return frame
+    return _with_transport_checksum(frame, *transport)
 
 
 def _vlan(ethertype):
@@ -539,9 +556,10 @@ def fix_all_checksums(chunk: Chunk) -> None:
 def fill_offloaded_checksums(chunk: Chunk) -> None:
     """fill_offloaded_checksum for each frame of chunk, in its buffer. Summing
     every segment in Python would cost more than running it: numpy picks, for
-    the whole chunk at once, the frames whose checksum field holds their
-    pseudo-header's sum (or that carry more VLAN tags than it steps over),
-    and only those go through fill_offloaded_checksum."""
+    the whole chunk at once, the frames whose TCP checksum field holds their
+    pseudo-header's sum, or whose IPv4 header checksum is 0 (or that carry
+    more VLAN tags than it steps over), and only those go through
+    fill_offloaded_checksum."""
     if not chunk.offsets:
         return
     arrays = chunk.arrays
@@ -557,7 +575,8 @@ def fill_offloaded_checksums(chunk: Chunk) -> None:
     while (pseudo > 0xFFFF).any():
         pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
     field = _words(arrays.columns(ip_start + numpy.where(ipv4, header_len, 40) + 16, 2))[:, 0]
-    for index in numpy.flatnonzero(((ipv4 | ipv6) & (field == pseudo)) | more_tags).tolist():
+    ipv4_unsummed = (ethertype == ETH_P_IP) & (ip_words[:, 5] == 0)
+    for index in numpy.flatnonzero(((ipv4 | ipv6) & (field == pseudo)) | ipv4_unsummed | more_tags).tolist():
         start, end = chunk.offsets[index], chunk.offsets[index] + chunk.lengths[index]
         frame = bytes(chunk.buffer[start:end])
         filled = fill_offloaded_checksum(frame)
