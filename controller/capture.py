@@ -575,8 +575,21 @@ def fill_offloaded_checksums(chunk: Chunk) -> None:
     while (pseudo > 0xFFFF).any():
         pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
     field = _words(arrays.columns(ip_start + numpy.where(ipv4, header_len, 40) + 16, 2))[:, 0]
-    ipv4_unsummed = (ethertype == ETH_P_IP) & (ip_words[:, 5] == 0)
-    for index in numpy.flatnonzero(((ipv4 | ipv6) & (field == pseudo)) | ipv4_unsummed | more_tags).tolist():
+    # IPv4 header checksums left 0, summed here for the whole chunk where the
+    # header has no options (the rest go through fill_offloaded_checksum).
+    ipv4_unsummed = (ethertype == ETH_P_IP) & (ip_words[:, 5] == 0) & (arrays.lengths >= ip_start + header_len)
+    plain = ipv4_unsummed & (header_len == 20)
+    if plain.any():
+        total = ip_words[plain, :10].sum(1)
+        for _ in range(2):
+            total = (total & 0xFFFF) + (total >> 16)
+        check = 0xFFFF - total
+        at = arrays.offsets[plain] + ip_start[plain] + IPV4_CHECKSUM_AT
+        buffer = _bytes_of(chunk.buffer)
+        buffer[at], buffer[at + 1] = check >> 8, check & 0xFF
+        del buffer                      # no view of a mapped file may outlive this: it could not close
+    for index in numpy.flatnonzero(((ipv4 | ipv6) & (field == pseudo)) | (ipv4_unsummed & ~plain) |
+                                   more_tags).tolist():
         start, end = chunk.offsets[index], chunk.offsets[index] + chunk.lengths[index]
         frame = bytes(chunk.buffer[start:end])
         filled = fill_offloaded_checksum(frame)
