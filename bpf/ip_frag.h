@@ -29,8 +29,9 @@
  * gathered, and one that comes higher by as much shows that what was held
  * were such decoys: the datagram starts again from it.
  *
- * A fragment with a wrong IPv4 header checksum is dropped by the receiver
- * before reassembly (ip_rcv_core()), and is not gathered either.
+ * A fragment with a wrong IPv4 header checksum, or an IP length past the
+ * frame's end, is dropped by the receiver before reassembly (ip_rcv_core(),
+ * ipv6_rcv()), and is not gathered either.
  *
  * Bounds: SLUICE_FRAGS_MAX datagrams at once, SLUICE_FRAG_PIECES_MAX
  * fragments and SLUICE_FRAG_BYTES bytes each, SLUICE_FRAG_TIMEOUT_NS from the
@@ -161,6 +162,10 @@ static __always_inline int frag_gather(struct ctx_buff *ctx, struct frag_scratch
 	if (pkt->ipv4_header_len &&
 	    !checksum_ipv4_header_holds(ctx, pkt->payload_offset - pkt->ipv4_header_len, pkt->ipv4_header_len)) {
 		counter_inc(SLUICE_CNT_EVASION_BAD_CHECKSUM);
+		return FRAG_IGNORED;
+	}
+	if (pkt->ip_truncated) {
+		counter_inc(SLUICE_CNT_EVASION_TRUNCATED);
 		return FRAG_IGNORED;
 	}
 	frag_make_key(pkt, &key);

@@ -108,6 +108,8 @@ struct packet_info {
 	__u8 hop_by_hop_late;		/* IPv6: a Hop-by-Hop header not first, which a receiver refuses */
 	__u8 ipv4_header_len;		/* the (innermost) IPv4 header's, options included; 0 for IPv6.
 					 * It ends where the transport header (or a fragment's data) starts. */
+	__u8 ip_truncated;		/* the IP header says more than the frame holds: a receiver
+					 * drops it (Linux: ip_rcv_core(), ipv6_rcv()) */
 };
 
 /* Record why a tunnelled packet was not read: the first reason stands. */
@@ -538,6 +540,7 @@ static __always_inline int parse_frame(void *data, void *data_end, __u32 frame_l
 	if (parse_is_fragment(pkt)) {
 		pkt->payload_offset = cur.pos - data;
 		__u32 in_frame = pkt->frame_len - pkt->payload_offset;
+		pkt->ip_truncated = l4_len > in_frame;
 		pkt->payload_len = l4_len > in_frame ? in_frame : l4_len;
 		return PACKET_FRAGMENT;
 	}
@@ -546,6 +549,7 @@ static __always_inline int parse_frame(void *data, void *data_end, __u32 frame_l
 		return -1;
 	pkt->payload_offset = cur.pos - data;
 	__u32 in_frame = pkt->frame_len - pkt->payload_offset;
+	pkt->ip_truncated = pkt->payload_len > in_frame;
 	if (pkt->payload_len > in_frame)
 		pkt->payload_len = in_frame;
 	return PACKET_UNFRAGMENTED;

@@ -3,17 +3,18 @@
  *
  * Circumvention tools send a decoy before (or after) the real ClientHello,
  * at the same sequence numbers, made so that the server never keeps it: a
- * wrong TCP or IPv4 header checksum, an MD5 or TCP-AO option the server has
- * no key for, an RST flag, no ACK flag, an old timestamp, sequence numbers
- * outside the window, an IPv6 Hop-by-Hop header where a receiver refuses
- * it, or a TTL that expires before the server. A middlebox that reads the
- * decoy names the decoy's name. Here each client segment of a flow still
- * inspected is checked as the server's IP and TCP check it (Linux:
- * ip_rcv_core, tcp_v4_rcv, tcp_validate_incoming, ipv6_rcv), and one the
- * server would drop is neither stored nor judged: only the bytes the server
- * accepts name the flow. A low TTL alone is no proof: the segment may reach
- * a server a few hops away. Such a segment is held tentatively until the
- * server's ACK says it arrived (tentative.h).
+ * wrong TCP or IPv4 header checksum, an IP length past the frame's end, an
+ * MD5 or TCP-AO option the server has no key for, an RST flag, no ACK
+ * flag, an old timestamp, sequence numbers outside the window, an IPv6
+ * Hop-by-Hop header where a receiver refuses it, or a TTL that expires
+ * before the server. A middlebox that reads the decoy names the decoy's
+ * name. Here each client segment of a flow still inspected is checked as
+ * the server's IP and TCP check it (Linux: ip_rcv_core, tcp_v4_rcv,
+ * tcp_validate_incoming, ipv6_rcv), and one the server would drop is
+ * neither stored nor judged: only the bytes the server accepts name the
+ * flow. A low TTL alone is no proof: the segment may reach a server a few
+ * hops away. Such a segment is held tentatively until the server's ACK
+ * says it arrived (tentative.h).
  *
  * Data in a SYN is provisional: a server without a Fast Open cookie drops
  * it and the client sends its bytes again at the stream's start. The
@@ -355,6 +356,8 @@ static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
 	/* Dropped by the IP layer before TCP sees it (ip_rcv_core()). */
 	if (!segment->ipv4_header_holds)
 		return SLUICE_CNT_EVASION_BAD_CHECKSUM;
+	if (segment->ip_truncated)
+		return SLUICE_CNT_EVASION_TRUNCATED;
 	if (segment->hop_by_hop_late)
 		return SLUICE_CNT_EVASION_HOP_BY_HOP;
 	/* An RST's data is never delivered: at rcv_nxt it resets the

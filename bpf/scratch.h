@@ -55,6 +55,7 @@ struct segment_view {
 	__u8 ttl;			/* TTL or hop limit */
 	__u8 hop_by_hop_late;		/* see packet_info */
 	__u8 ipv4_header_len;		/* see packet_info; 0 where not checked (IPv6, gathered fragments) */
+	__u8 ip_truncated;		/* see packet_info */
 	/* Found among the options, in map memory: flags held here do not
 	 * split the verifier's states at every option (as hello_result). */
 	__u32 has_timestamp;

@@ -102,13 +102,14 @@ def ether(vlans=()):
 
 def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=False, reply=False,
               vlans=(), ip_options=None, ext_headers=(), src=None, dst=None, seq=None, ack=0, ttl=64,
-              tcp_options=(), chksum=None, ip_chksum=None, urgptr=0) -> bytes:
+              tcp_options=(), chksum=None, ip_chksum=None, ip_len_extra=0, urgptr=0) -> bytes:
     """A TCP frame client -> server (or server -> client with reply=True).
 
     seq defaults to 0 for a SYN and 1 otherwise: a payload that starts the
     stream the SYN opened. ttl is the TTL or hop limit; tcp_options are
     scapy's (name or kind, value) pairs; chksum replaces the TCP checksum,
-    ip_chksum the IPv4 header's."""
+    ip_chksum the IPv4 header's; ip_len_extra makes the IP length say that
+    many bytes more than the frame holds."""
     if seq is None:
         seq = 0 if "S" in flags else 1
     client, server = (CLIENT_V6, SERVER_V6) if v6 else (CLIENT_V4, SERVER_V4)
@@ -126,7 +127,22 @@ def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=Fa
     tcp = TCP(flags=flags, seq=seq, ack=ack, options=list(tcp_options), urgptr=urgptr, **ports)
     if chksum is not None:
         tcp.chksum = chksum
-    return bytes(ether(vlans) / network / tcp / Raw(payload))
+    return with_ip_len_extra(bytes(ether(vlans) / network / tcp / Raw(payload)), ip_len_extra)
+
+
+def with_ip_len_extra(frame: bytes, extra: int) -> bytes:
+    """frame, its IP length saying `extra` bytes more than it holds (its
+    other checksums as they were): a receiver drops it as truncated."""
+    if not extra:
+        return frame
+    packet = Ether(frame)
+    if IPv6 in packet:
+        packet[IPv6].plen += extra
+    else:
+        packet[IP].len += extra
+        if packet[IP].chksum is not None:
+            del packet[IP].chksum
+    return bytes(packet)
 
 
 def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443, v6=False, reply=False, src=None,
@@ -140,14 +156,16 @@ def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443, v6=False, reply=
     return bytes(ether() / network / UDP(**ports) / Raw(payload))
 
 
-def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242, ttl: int = 64, ip_chksum=None) -> list[bytes]:
+def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242, ttl: int = 64, ip_chksum=None,
+                 ip_len_extra: int = 0) -> list[bytes]:
     """The IP datagram of `frame` as IPv4 fragments or IPv6 Fragment-header
     fragments, as circumvention tools send it. `cuts` is a fragment size (a
     multiple of 8), or the (start, end) ranges of the IP payload that each
     fragment carries, in sending order: they may overlap or repeat. The
     fragment ending at the payload's end is marked the last. ttl: their TTL
     or hop limit (a decoy's is low, to expire before the server);
-    ip_chksum: their IPv4 header checksum (a decoy's is wrong)."""
+    ip_chksum: their IPv4 header checksum (a decoy's is wrong); ip_len_extra:
+    as tcp_frame's."""
     packet = Ether(frame)
     v6 = IPv6 in packet
     network = packet[IPv6] if v6 else packet[IP]
@@ -163,7 +181,7 @@ def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242, ttl: int = 64, ip_c
         else:
             header = IP(src=network.src, dst=network.dst, proto=network.proto, id=ident, ttl=ttl,
                         flags="MF" if more else 0, frag=start // 8, chksum=ip_chksum)
-        frames.append(bytes(ether() / header / Raw(payload[start:end])))
+        frames.append(with_ip_len_extra(bytes(ether() / header / Raw(payload[start:end])), ip_len_extra))
     return frames
 
 

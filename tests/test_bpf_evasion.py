@@ -47,6 +47,7 @@ SERVER_ISN = 3_000_000_000      # its SYN-ACK's: the client's ACK numbers start 
 # by the kind of sluice_evasion_detected_total that counts it.
 DECOYS = {"bad_checksum": dict(chksum=0xBEEF),
           "bad_ip_checksum": dict(ip_chksum=0xBEEF),                         # Geneva's tamper{IP:chksum:corrupt}
+          "truncated": dict(ip_len_extra=100),                   # an IP length past the frame (IPBadTotalLength)
           "tcp_auth_option": dict(tcp_options=[(19, bytes(16))]),          # MD5 signature, RFC 2385
           "tcp_ao": dict(tcp_options=[(29, bytes(14))]),                     # TCP-AO, RFC 5925
           "no_ack": dict(flags="P"),
@@ -387,6 +388,7 @@ def test_a_decoy_in_the_syn_is_read_again_from_the_resend(dp, v6, stream):
 
 # A bare SYN the server drops, made as each data decoy is (a SYN has no ACK to corrupt).
 BARE_SYN_DECOYS = {"bad_checksum": DECOYS["bad_checksum"], "bad_ip_checksum": DECOYS["bad_ip_checksum"],
+                   "truncated": DECOYS["truncated"],
                    "tcp_auth_option": DECOYS["tcp_auth_option"], "tcp_ao": DECOYS["tcp_ao"],
                    "rst": dict(flags="SR"), "low_ttl": DECOYS["low_ttl"], "hop_by_hop": DECOYS["hop_by_hop"],
                    "sent again": {}}
@@ -789,6 +791,6 @@ def test_the_kinds_are_exported_to_prometheus(dp):
     before = exported()
     assert set(before) == {"bad_checksum", "tcp_auth_option", "no_ack", "rst", "paws", "out_of_window",
                            "hop_by_hop", "low_ttl", "syn_data", "conflict", "urgent", "bad_ack",
-                           "forged_server"}
+                           "forged_server", "truncated"}
     Flow(dp, False).send_decoy("low_ttl", 0, STREAMS["0.5KB"][1])
     assert exported()["low_ttl"] == before["low_ttl"] + 1

@@ -187,7 +187,8 @@ def test_an_exact_repeat_of_a_fragment_is_ignored_and_the_first_copy_kept(dp, v6
 # Decoy fragments a receiver never gathers: how each is made (ip_fragments'
 # options), the counter that counts it, and how many times at least.
 DECOY_FRAGMENTS = {"low_ttl": (dict(ttl=3), "frag_low_ttl", 1),           # zapret's fakes at the IP layer
-                   "bad_header_checksum": (dict(ip_chksum=0xBEEF), "evasion_bad_checksum", 2)}  # Geneva's
+                   "bad_header_checksum": (dict(ip_chksum=0xBEEF), "evasion_bad_checksum", 2),  # Geneva's
+                   "truncated": (dict(ip_len_extra=100), "evasion_truncated", 2)}
 DECOY_FRAGMENT_CASES = [(kind, v6) for kind in DECOY_FRAGMENTS for v6 in (False, True)
                         if not (v6 and kind == "bad_header_checksum")]
 
@@ -199,8 +200,9 @@ def test_decoy_fragments_the_server_never_gathers_are_not_gathered(dp, kind, v6,
     """A copy of the first fragment with another name, and a fragment
     overlapping the real second one (which would discard the datagram),
     sent to expire before the server (a TTL the fragments of one datagram
-    do not share) or with a wrong IPv4 header checksum (dropped by the
-    receiver's IP before reassembly: Geneva's tamper{IP:chksum:corrupt})."""
+    do not share), with a wrong IPv4 header checksum (Geneva's
+    tamper{IP:chksum:corrupt}) or an IP length past the frame's end: the
+    receiver's IP drops these before reassembly."""
     made, counter, at_least = DECOY_FRAGMENTS[kind]
     flow = Flow(dp, v6=v6)
     real, decoy = small_hello(b"blocked.example"), small_hello(b"allowed.example")
