@@ -448,7 +448,7 @@ def _transport(frame: bytes) -> tuple[int, int, int, bytes] | None:
     offset, ethertype = _network(frame)
     if ethertype == ETH_P_IP and len(frame) >= offset + 20:
         header_len, proto = (frame[offset] & 0x0F) * 4, frame[offset + 9]
-        if int.from_bytes(frame[offset + 6:offset + 8], "big") & IP_MORE_FRAGMENTS_AND_OFFSET:
+        if header_len < 20 or int.from_bytes(frame[offset + 6:offset + 8], "big") & IP_MORE_FRAGMENTS_AND_OFFSET:
             return None
         length = int.from_bytes(frame[offset + 2:offset + 4], "big") - header_len
         pseudo = frame[offset + 12:offset + 20] + struct.pack("!BBH", 0, proto, length & 0xFFFF)

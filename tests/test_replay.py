@@ -431,13 +431,17 @@ def test_fix_checksums_makes_each_checksum_right_but_a_fragments_transport_one()
     frames = {"ipv4 options": tcp_frame(hello, ip_options=[b"\x01\x01\x01\x00"]),
               "ipv6": tcp_frame(hello, v6=True), "qinq": tcp_frame(hello, vlans=("ad", "q")),
               "udp": udp_frame(hello), "udp ipv6": udp_frame(hello, v6=True),
-              "fragment": ip_fragments(tcp_frame(hello), 256)[0]}
+              "first fragment": ip_fragments(tcp_frame(hello), 64)[0],
+              "later fragment": ip_fragments(tcp_frame(hello), 64)[1]}
     for kind, frame in frames.items():
         broken = anonymised(frame, IP not in Ether(frame))
         assert broken != scapys(broken), kind
         assert fix_checksums(broken) == scapys(broken), kind
     broken = anonymised(bytes(no_udp_checksum), False)
     assert Ether(fix_checksums(broken))[UDP].chksum == 0
+    short_header = bytearray(tcp_frame(hello))
+    short_header[14] = 0x44                 # IHL 4: no IPv4 header a receiver reads, nothing to fix
+    assert fix_checksums(bytes(short_header)) == bytes(short_header)
 
 
 def test_several_captures_at_once_give_what_each_gives_alone_in_the_order_given(tmp_path):
