@@ -314,7 +314,7 @@ static __always_inline int frag_parse_transport(struct frag_scratch *scratch, st
 	pkt->tcp_flags = 0;
 	pkt->seq = 0;
 	pkt->payload_offset = sizeof(*udph);
-	parse_udp_length(pkt, bpf_ntohs(udph->len), len);
+	pkt->payload_len = len - sizeof(*udph);
 	return 0;
 }
 

@@ -110,8 +110,6 @@ struct packet_info {
 					 * It ends where the transport header (or a fragment's data) starts. */
 	__u8 ip_truncated;		/* the IP header says more than the frame holds: a receiver
 					 * drops it (Linux: ip_rcv_core(), ipv6_rcv()) */
-	__u8 udp_length_refused;	/* UDP: its length says more than the datagram holds, or
-					 * less than its header (see parse_udp_length()) */
 };
 
 /* Record why a tunnelled packet was not read: the first reason stands. */
@@ -296,33 +294,6 @@ static __always_inline int parse_tcphdr(struct hdr_cursor *cur, void *data_end,
 	return 0;
 }
 
-/* The payload of a UDP datagram of l4_len bytes (at least its header) as a
- * receiver reads it, given the length its header says: the bytes past that
- * length are trimmed, and a datagram whose length says more than it holds,
- * or less than the header, is dropped (Linux: __udp4_lib_rcv() and
- * __udp6_lib_rcv(), short_packet); 0 over IPv6 is a jumbogram's, the
- * whole. A dropped one keeps its whole payload, flagged udp_length_refused:
- * whoever judges it sees what it carried, no Initial is read from it.
- * Not done by parse_packet(), only where a datagram is read (quic.h,
- * ip_frag.h): in the parser, which every way through the program verifies
- * again, its branches took tc's program past the verifier's limit. */
-static __always_inline void parse_udp_length(struct packet_info *pkt, __u32 udp_len, __u32 l4_len)
-{
-	if (udp_len == 0 && pkt->is_v6)
-		udp_len = l4_len;
-	pkt->udp_length_refused = udp_len < sizeof(struct udphdr) || udp_len > l4_len;
-	if (pkt->udp_length_refused)
-		udp_len = l4_len;
-	pkt->payload_len = udp_len - sizeof(struct udphdr);
-}
-
-/* Would a receiver drop the UDP datagram in hand for a length that does
- * not fit, the IP packet's or its own? */
-static __always_inline int parse_datagram_refused(const struct packet_info *pkt)
-{
-	return pkt->ip_truncated || pkt->udp_length_refused;
-}
-
 static __always_inline int parse_udphdr(struct hdr_cursor *cur, void *data_end,
 					struct packet_info *pkt, __u32 l4_len)
 {
@@ -335,7 +306,7 @@ static __always_inline int parse_udphdr(struct hdr_cursor *cur, void *data_end,
 	pkt->sport = udph->source;
 	pkt->dport = udph->dest;
 	pkt->tcp_flags = 0;
-	pkt->payload_len = l4_len - sizeof(*udph);	/* by the IP length: see parse_udp_length() */
+	pkt->payload_len = l4_len - sizeof(*udph);
 	cur->pos = udph + 1;
 	return 0;
 }

@@ -63,10 +63,7 @@ static __always_inline int quic_load_head(struct ctx_buff *ctx, const struct pac
 			  ctx_load_bytes(ctx, pkt->payload_offset, head, size);
 }
 
-/* Could the packet be a client's first flight? (gathered: see quic_load_head())
- * Not if the server's UDP drops it for a length that does not fit: a decoy
- * Initial so made would name the flow, or spend its window, unseen by the
- * server (counted as a truncated decoy). */
+/* Could the packet be a client's first flight? (gathered: see quic_load_head()) */
 static __always_inline int quic_is_client_initial(struct ctx_buff *ctx, const struct packet_info *pkt,
 						  const __u8 *gathered)
 {
@@ -74,13 +71,9 @@ static __always_inline int quic_is_client_initial(struct ctx_buff *ctx, const st
 
 	if (pkt->payload_len < SLUICE_QUIC_INITIAL_MIN_DATAGRAM)
 		return 0;
-	if (quic_load_head(ctx, pkt, gathered, head, sizeof(head)) < 0 || !quic_is_initial_header(head))
+	if (quic_load_head(ctx, pkt, gathered, head, sizeof(head)) < 0)
 		return 0;
-	if (parse_datagram_refused(pkt)) {
-		counter_inc(SLUICE_CNT_EVASION_TRUNCATED);
-		return 0;
-	}
-	return 1;
+	return quic_is_initial_header(head);
 }
 
 /* Is the packet a Version Negotiation packet (sent by servers only)? */
@@ -89,8 +82,7 @@ static __always_inline int quic_is_version_negotiation(struct ctx_buff *ctx, con
 {
 	__u8 head[QUIC_VERSION_PEEK];
 
-	if (pkt->payload_len < sizeof(head) || parse_datagram_refused(pkt) ||
-	    quic_load_head(ctx, pkt, gathered, head, sizeof(head)) < 0)
+	if (pkt->payload_len < sizeof(head) || quic_load_head(ctx, pkt, gathered, head, sizeof(head)) < 0)
 		return 0;
 	return (head[0] & QUIC_LONG_HEADER) && (head[1] | head[2] | head[3] | head[4]) == QUIC_VERSION_NEGOTIATION;
 }
@@ -245,25 +237,6 @@ static __always_inline void quic_judge_opening_datagram(struct ctx_buff *ctx, co
 	call_stage(ctx, SLUICE_STAGE_OPENING);
 }
 
-/* pkt's payload as the receiver reads it, by the length in its UDP header
- * (parse_udp_length()); pkt->payload_len is still the IP length's. Only
- * for a datagram that may be read as an Initial: an established flow's are
- * counted as the IP length says. A datagram gathered from fragments has
- * had it done (ip_frag.h). */
-static __always_inline void quic_read_udp_length(struct ctx_buff *ctx, struct packet_info *pkt,
-						 const __u8 *gathered)
-{
-	__be16 udp_len;
-
-	/* One too short by its IP length is read as nothing anyway. */
-	if (gathered || pkt->ip_truncated || pkt->payload_len < SLUICE_QUIC_INITIAL_MIN_DATAGRAM)
-		return;
-	if (ctx_load_bytes(ctx, pkt->payload_offset - sizeof(struct udphdr) + offsetof(struct udphdr, len),
-			   &udp_len, sizeof(udp_len)) < 0)
-		return;
-	parse_udp_length(pkt, bpf_ntohs(udp_len), pkt->payload_len + sizeof(struct udphdr));
-}
-
 /* The verdict of a UDP packet (gathered: see quic_is_client_initial()). */
 static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_info *pkt,
 					  const struct sluice_config *cfg, const __u8 *gathered)
@@ -310,15 +283,12 @@ static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_in
 			if (verdict != CTX_ACT_OK)
 				verdict = verdict_pass_unjudged(pkt->frame_len);
 		}
-		if (!offer || flow->payload_packets >= cfg->window_packets)
-			return verdict;
-		quic_read_udp_length(ctx, pkt, gathered);
-		if (client_sends ? quic_is_client_initial(ctx, pkt, gathered) :
-				   quic_is_version_negotiation(ctx, pkt, gathered))
+		if (offer && flow->payload_packets < cfg->window_packets &&
+		    (client_sends ? quic_is_client_initial(ctx, pkt, gathered) :
+				    quic_is_version_negotiation(ctx, pkt, gathered)))
 			quic_offer(ctx, pkt, &id, flow->client_is_hi, gathered, verdict);
 		return verdict;
 	}
-	quic_read_udp_length(ctx, pkt, gathered);
 	int quic = (cfg->flags & SLUICE_CFG_EVENTS) && quic_is_client_initial(ctx, pkt, gathered);
 	if (!quic && !(cfg->flags & SLUICE_CFG_OPENING_RULES))
 		return verdict_pass_unjudged(pkt->frame_len);
