@@ -6,7 +6,8 @@
  * wrong TCP or IPv4 header checksum, an IP length past the frame's end, an
  * MD5 or TCP-AO option the server has no key for, an RST flag, no ACK
  * flag, an old timestamp, sequence numbers outside the window, an IPv6
- * Hop-by-Hop header where a receiver refuses it, or a TTL that expires
+ * Hop-by-Hop header where a receiver refuses it, an IPv6 option or routing
+ * header it refuses, or a TTL that expires
  * before the server. A middlebox that reads the decoy names the decoy's
  * name. Here each client segment of a flow still inspected is checked as
  * the server's IP and TCP check it (Linux: ip_rcv_core, tcp_v4_rcv,
@@ -71,6 +72,128 @@
  * inspected; a span as long says its segments are not one connection's
  * (and past 2^31, which end of it a number is after is moot). */
 #define SERVER_SPAN_MAX (1U << 30)
+
+#define IPV6_HEADER_LEN 40
+#define IPV6_NEXT_HEADER 6		/* where the IPv6 header holds it */
+#define IPV6_OPTION_PAD1 0
+#define IPV6_OPTION_PADN 1
+#define IPV6_OPTION_ROUTER_ALERT 5	/* Hop-by-Hop only; its data is 2 bytes (RFC 2711) */
+#define IPV6_PADDING_MAX 7		/* more in a row is refused (RFC 4942 2.1.9.5) */
+#define IPV6_OPTIONS_MAX 8		/* Linux: net.ipv6.max_{hbh,dst}_opts_number */
+/* Steps of the option walk that decide any header: at most IPV6_OPTIONS_MAX
+ * options, each after at most IPV6_PADDING_MAX pads, and the step that
+ * ends the header or refuses it. */
+#define IPV6_OPTION_STEPS ((IPV6_OPTIONS_MAX + 1) * (IPV6_PADDING_MAX + 1))
+#define IPV6_ROUTING_MOBILE 2		/* Mobile IPv6's home address (RFC 6275) */
+#define IPV6_ROUTING_RPL 3		/* RFC 6554: Linux drops it unless rpl_seg_enabled */
+#define IPV6_ROUTING_SEGMENTS 4		/* SRv6, RFC 8754: ... unless seg6_enabled */
+
+/* Would the server's IPv6 drop a packet for the options of its Hop-by-Hop
+ * (hop_by_hop) or Destination Options header of len bytes at offset in the
+ * frame? As Linux's ip6_parse_tlv() reads them: an option running past the
+ * header, more than 7 bytes of padding in a row or padding that is not
+ * zeros, more than 8 options, a Router Alert of another length, or an
+ * option the receiver does not know whose type says to discard the packet
+ * (its two high bits not 00: RFC 8200 4.2; the few a Linux host knows of
+ * those, Jumbo Payload and Home Address, it refuses here too). The walk's
+ * numbers go through map memory (forget_range()): each step is verified
+ * once, not once per count of pads and options before it. */
+static __always_inline int receiver_ipv6_options_refused(struct ctx_buff *ctx, struct payload_scratch *scratch,
+							 __u32 offset, __u32 len, int hop_by_hop)
+{
+	__u32 off = 2, padding = 0, options = 0;	/* after the next header and length bytes */
+
+	for (int i = 0; i < IPV6_OPTION_STEPS; i++) {
+		off = forget_range(scratch->forget_slot, off);
+		padding = forget_range(scratch->forget_slots[0], padding);
+		options = forget_range(scratch->forget_slots[1], options);
+		if (off >= len)
+			return 0;
+		__u8 option[8] = {};
+		if (ctx_load_bytes(ctx, offset + off, option, 1) < 0)
+			return 0;
+		if (option[0] == IPV6_OPTION_PAD1) {
+			if (++padding > IPV6_PADDING_MAX)
+				return 1;
+			off++;
+			continue;
+		}
+		if (len - off < 2)
+			return 1;
+		if (ctx_load_bytes(ctx, offset + off + 1, &option[1], 1) < 0)
+			return 0;
+		__u32 option_len = option[1] + 2;
+		if (option_len > len - off)
+			return 1;
+		if (option[0] == IPV6_OPTION_PADN) {
+			padding += option_len;
+			if (padding > IPV6_PADDING_MAX)
+				return 1;
+			/* option_len is 2..7 already; the mask shows the verifier. */
+			__u32 size = option_len;
+			hide_from_compiler(size);
+			size = ((size - 1) & 7) + 1;
+			if (ctx_load_bytes(ctx, offset + off, option, size) < 0)
+				return 0;
+#pragma unroll
+			for (int k = 2; k < (int)sizeof(option); k++)
+				if (k < option_len && option[k])
+					return 1;
+		} else {
+			padding = 0;
+			if (++options > IPV6_OPTIONS_MAX || (option[0] >> 6) != 0 ||
+			    (hop_by_hop && option[0] == IPV6_OPTION_ROUTER_ALERT && option_len != 4))
+				return 1;
+		}
+		off += option_len;
+	}
+	return 0;
+}
+
+/* Would the server's IPv6 drop a packet for its Routing header, whose type,
+ * segments left and length (in 8-byte units past the first 8) are these?
+ * Linux (ipv6_rthdr_rcv()) takes one with no segments left, unless it is
+ * Mobile IPv6's (type 2), which it takes only with one left and processes
+ * then; SRv6 and RPL it drops where they are not turned on (the default);
+ * any other with segments left it answers with an ICMP error. */
+static __always_inline int receiver_ipv6_routing_refused(__u8 type, __u8 segments_left, __u8 len_8_octets)
+{
+	if (type == IPV6_ROUTING_SEGMENTS || type == IPV6_ROUTING_RPL)
+		return 1;
+	if (type == IPV6_ROUTING_MOBILE)
+		return segments_left != 1 || len_8_octets != 2;
+	return segments_left != 0;
+}
+
+/* Would the server's IPv6 drop the segment for one of its extension
+ * headers (those between the IPv6 header and TCP's, ipv6_ext_len bytes)? */
+static __always_inline int receiver_ipv6_extension_refused(struct ctx_buff *ctx, struct payload_scratch *scratch)
+{
+	const struct segment_view *segment = &scratch->segment;
+	__u32 len = segment->ipv6_ext_len;
+	__u8 next_header;
+
+	if (!len || scratch->segment_offset < segment->header_len + len + IPV6_HEADER_LEN)
+		return 0;
+	__u32 at = scratch->segment_offset - segment->header_len - len;
+	__u32 end = at + len;
+	if (ctx_load_bytes(ctx, at - IPV6_HEADER_LEN + IPV6_NEXT_HEADER, &next_header, 1) < 0)
+		return 0;
+	for (int i = 0; i < IPV6_EXT_HEADERS_MAX; i++) {
+		__u8 head[4];
+		if (at >= end || ctx_load_bytes(ctx, at, head, sizeof(head)) < 0)
+			return 0;
+		__u32 size = next_header == IPPROTO_FRAGMENT ? sizeof(struct ipv6_frag_hdr) : (head[1] + 1) * 8;
+		if (next_header == IPPROTO_ROUTING && receiver_ipv6_routing_refused(head[2], head[3], head[1]))
+			return 1;
+		if ((next_header == IPPROTO_HOPOPTS || next_header == IPPROTO_DSTOPTS) &&
+		    receiver_ipv6_options_refused(ctx, scratch, at, size, next_header == IPPROTO_HOPOPTS))
+			return 1;
+		next_header = head[0];
+		at += size;
+	}
+	return 0;
+}
 
 /* The segment's TCP header, copied from the frame or the gathered datagram. */
 static __always_inline int receiver_load_tcp_header(struct ctx_buff *ctx, struct payload_scratch *scratch)
@@ -360,6 +483,8 @@ static __always_inline __u32 receiver_refuses(const struct flow_state *flow,
 		return SLUICE_CNT_EVASION_TRUNCATED;
 	if (segment->hop_by_hop_late)
 		return SLUICE_CNT_EVASION_HOP_BY_HOP;
+	if (segment->ipv6_extension_refused)
+		return SLUICE_CNT_EVASION_IPV6_EXTENSION;
 	/* An RST's data is never delivered: at rcv_nxt it resets the
 	 * connection, anywhere else the receiver answers it with a challenge
 	 * ACK and drops it (RFC 5961 3.2, Linux: tcp_validate_incoming()). */

@@ -344,6 +344,7 @@ static __always_inline int inspect_tcp_segment(struct ctx_buff *ctx, struct flow
 	/* A gathered datagram's fragments had theirs checked (frag_gather()). */
 	scratch->segment.ipv4_header_len = from_fragments ? 0 : pkt->ipv4_header_len;
 	scratch->segment.ip_truncated = from_fragments ? 0 : pkt->ip_truncated;
+	scratch->segment.ipv6_ext_len = from_fragments ? 0 : pkt->ipv6_ext_len;
 	if (pkt->payload_len && copy_payload(ctx, scratch, pkt->payload_offset, pkt->payload_len) < 0)
 		return verdict_pass_unjudged(pkt->frame_len);
 	if (opening)
@@ -878,6 +879,7 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 	segment->ipv4_header_holds = !segment->ipv4_header_len ||
 		checksum_ipv4_header_holds(ctx, scratch->segment_offset - segment->header_len - segment->ipv4_header_len,
 					   segment->ipv4_header_len);
+	segment->ipv6_extension_refused = receiver_ipv6_extension_refused(ctx, scratch);
 	__u32 refused = receiver_refuses(flow, scratch, cfg);
 	if (scratch->segment_len == 0) {	/* the client's SYN (one held never comes here: flow.h) */
 		/* One the server drops sets nothing: stamped in the future, it

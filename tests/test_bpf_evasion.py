@@ -21,10 +21,12 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.layers.inet6 import HBHOptUnknown, Pad1, PadN, RouterAlert
 
 from helpers import needs_root
 from sluice.testrun import run_xdp
-from packets import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, client_hello, http_request, tcp_frame
+from packets import (IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, client_hello,
+                     http_request, tcp_frame)
 from test_bpf_reassembly import ISN, browser_hello
 
 pytestmark = [pytest.mark.bpf, needs_root]
@@ -57,9 +59,14 @@ DECOYS = {"bad_checksum": dict(chksum=0xBEEF),
           "bad_ack": dict(ack_shift=-66000),             # zapret's badseq, increment 0: ACK before the server's ISN
           "future_ack": dict(ack_shift=2**30),           # Geneva's tamper{TCP:ack:corrupt}: bytes never sent
           "hop_by_hop": dict(ext_headers=(IPv6ExtHdrDestOpt(), IPv6ExtHdrHopByHop())),
+          # An option the server does not know, whose type says: discard the packet (RFC 8200 4.2).
+          "ipv6_option": dict(ext_headers=(IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x9E, optdata=bytes(4))]),)),
+          "ipv6_padding": dict(ext_headers=(IPv6ExtHdrDestOpt(options=[PadN(optdata=bytes(6))]),)),  # 14 bytes of it
+          "ipv6_routing": dict(ext_headers=(IPv6ExtHdrRouting(type=0, segleft=1, addresses=["2001:db8::9"]),)),
           "low_ttl": dict(ttl=3)}
-COUNTED_AS = {"tcp_ao": "tcp_auth_option", "future_ack": "bad_ack", "bad_ip_checksum": "bad_checksum"}
-IPV6_ONLY, IPV4_ONLY = {"hop_by_hop"}, {"bad_ip_checksum"}
+COUNTED_AS = {"tcp_ao": "tcp_auth_option", "future_ack": "bad_ack", "bad_ip_checksum": "bad_checksum",
+              "ipv6_option": "ipv6_extension", "ipv6_padding": "ipv6_extension", "ipv6_routing": "ipv6_extension"}
+IPV6_ONLY, IPV4_ONLY = {"hop_by_hop", "ipv6_option", "ipv6_padding", "ipv6_routing"}, {"bad_ip_checksum"}
 DECOY_CASES = [(kind, v6) for kind in DECOYS for v6 in (False, True)
                if kind not in (IPV4_ONLY if v6 else IPV6_ONLY)]
 DECOY_IDS = [f"{kind}-{'ipv6' if v6 else 'ipv4'}" for kind, v6 in DECOY_CASES]
@@ -131,6 +138,54 @@ SIZES = pytest.mark.parametrize("hello", list(HELLOS.values()), ids=list(HELLOS)
 @pytest.mark.parametrize("split_at", [1, 2, 3, 4])
 def test_a_first_piece_shorter_than_the_record_header(dp, v6, hello, split_at):
     assert Flow(dp, v6).send(cut(hello, split_at))[-1] == "drop"
+
+
+# Extension headers a server keeps a segment behind: options it may skip
+# (their type's two high bits 00), padding of up to 7 bytes, a Router Alert,
+# a routing header with no segments left, an atomic fragment (RFC 6946).
+KEPT_EXTENSIONS = {
+    "skippable_option": (IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x1E, optdata=bytes(60))]),),
+    "most_padding": (IPv6ExtHdrHopByHop(options=[PadN(optdata=bytes(5)), HBHOptUnknown(otype=0x1E, optdata=bytes(6)),
+                                                 PadN(optdata=bytes(5))]),),
+    "eight_options": (IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x1E, optdata=b"")] * 8),),
+    "router_alert": (IPv6ExtHdrHopByHop(options=[RouterAlert()]),),
+    "spent_routing": (IPv6ExtHdrRouting(type=0, segleft=0, addresses=["2001:db8::9"]), IPv6ExtHdrDestOpt()),
+    "atomic_fragment": (IPv6ExtHdrDestOpt(), IPv6ExtHdrFragment(offset=0, m=0)),
+}
+# ...and each a receiver drops (Linux: ip6_parse_tlv(), ipv6_rthdr_rcv()).
+REFUSED_EXTENSIONS = {
+    "nine_options": (IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x1E, optdata=b"")] * 9),),
+    "eight_pad1": (IPv6ExtHdrDestOpt(options=[PadN(optdata=bytes(2)), HBHOptUnknown(otype=0x1E, optdata=b""),
+                                              Pad1()] + [Pad1()] * 7 + [HBHOptUnknown(otype=0x1E, optdata=b"")]),),
+    "padding_not_zeros": (IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\x00\x01\x00\x00")]),),
+    "discard_option_last": (IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x1E, optdata=bytes(60)),
+                                                       HBHOptUnknown(otype=0xDE, optdata=bytes(2))]),),
+    "option_past_the_header": (IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x1E, optlen=12, optdata=bytes(4))],
+                                                 autopad=0),),
+    "router_alert_of_another_length": (IPv6ExtHdrHopByHop(options=[HBHOptUnknown(otype=5, optdata=bytes(4))]),),
+    "segment_routing": (IPv6ExtHdrRouting(type=4, segleft=0, addresses=["2001:db8::9"]),),
+    "in_a_second_options_header": (IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(type=0, segleft=0, addresses=[]),
+                                   IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x9E, optdata=bytes(4))])),
+}
+
+
+@pytest.mark.parametrize("headers,refused",
+                         [(headers, False) for headers in KEPT_EXTENSIONS.values()] +
+                         [(headers, True) for headers in REFUSED_EXTENSIONS.values()],
+                         ids=[f"kept-{name}" for name in KEPT_EXTENSIONS] +
+                             [f"refused-{name}" for name in REFUSED_EXTENSIONS])
+def test_ipv6_extension_headers_are_read_as_the_server_reads_them(dp, headers, refused):
+    """A decoy behind extension headers the server refuses names nothing;
+    the real hello behind headers it keeps is read."""
+    real, fake, _port = STREAMS["0.5KB"]
+    flow = Flow(dp, v6=True)
+    before = evasions(dp)
+    assert flow.send_raw(fake if refused else real, seq=ISN + 1, ext_headers=headers) == ("pass" if refused else "drop")
+    if refused:
+        assert moved(before, evasions(dp)) == {"ipv6_extension": 1}
+        assert flow.send([(0, real)]) == ["drop"]
+    else:
+        assert moved(before, evasions(dp)) == {}
 
 
 @FAMILIES
@@ -391,6 +446,7 @@ BARE_SYN_DECOYS = {"bad_checksum": DECOYS["bad_checksum"], "bad_ip_checksum": DE
                    "truncated": DECOYS["truncated"],
                    "tcp_auth_option": DECOYS["tcp_auth_option"], "tcp_ao": DECOYS["tcp_ao"],
                    "rst": dict(flags="SR"), "low_ttl": DECOYS["low_ttl"], "hop_by_hop": DECOYS["hop_by_hop"],
+                   "ipv6_option": DECOYS["ipv6_option"],
                    "sent again": {}}
 BARE_SYN_CASES = [(kind, v6) for kind in BARE_SYN_DECOYS for v6 in (False, True)
                   if kind not in (IPV4_ONLY if v6 else IPV6_ONLY)]
@@ -791,6 +847,6 @@ def test_the_kinds_are_exported_to_prometheus(dp):
     before = exported()
     assert set(before) == {"bad_checksum", "tcp_auth_option", "no_ack", "rst", "paws", "out_of_window",
                            "hop_by_hop", "low_ttl", "syn_data", "conflict", "urgent", "bad_ack",
-                           "forged_server", "truncated"}
+                           "forged_server", "truncated", "ipv6_extension"}
     Flow(dp, False).send_decoy("low_ttl", 0, STREAMS["0.5KB"][1])
     assert exported()["low_ttl"] == before["low_ttl"] + 1
