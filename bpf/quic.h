@@ -237,6 +237,60 @@ static __always_inline void quic_judge_opening_datagram(struct ctx_buff *ctx, co
 	call_stage(ctx, SLUICE_STAGE_OPENING);
 }
 
+/* The payload of a UDP datagram of l4_len bytes (at least its header) as a
+ * receiver reads it, given the length its header says (udp_len): the
+ * bytes past that length are trimmed, and a datagram whose length says
+ * more than it holds, or less than the header, is dropped (Linux:
+ * __udp4_lib_rcv() and __udp6_lib_rcv(), short_packet); 0 over IPv6 is a
+ * jumbogram's, the whole. Returns 1 if dropped, else 0 and the payload's
+ * length in *payload_len. */
+static __always_inline int quic_udp_payload_len(__u32 udp_len, __u32 l4_len, int is_v6, __u32 *payload_len)
+{
+	if (udp_len == 0 && is_v6)
+		udp_len = l4_len;
+	if (udp_len < sizeof(struct udphdr) || udp_len > l4_len)
+		return 1;
+	*payload_len = udp_len - sizeof(struct udphdr);
+	return 0;
+}
+
+/* Would the server's UDP drop the client datagram offered (quic_offer())
+ * for a length that does not fit, the IP packet's or its own? If not, the
+ * datagram handed over ends where its UDP length says
+ * (scratch->segment_len). gathered: the datagram gathered from fragments
+ * (its UDP header first, len bytes; ip_frag.h refused fragments that were
+ * truncated), or 0: the frame is parsed again. Done here, in
+ * sluice_stage_quic, and not in the entry program, where the datagram is
+ * first judged: there one value more, kept along the UDP path, took
+ * Debian 6.1's verifier past its limit. So a flow's first datagram, sent
+ * from the entry program, is handed over as its IP length says: a fake
+ * sent first names the flow as a hello of another connection does, which
+ * can only make its verdict stricter (controller/quic_flows.py); the
+ * window's others cannot spend it. */
+static __always_inline int quic_refused_for_length(struct ctx_buff *ctx, struct payload_scratch *scratch,
+						   const __u8 *gathered, __u32 len, const struct sluice_config *cfg)
+{
+	struct packet_info datagram = {};
+	__u32 udp_len;
+
+	if (gathered) {
+		udp_len = ((__u32)gathered[offsetof(struct udphdr, len)] << 8) | gathered[offsetof(struct udphdr, len) + 1];
+	} else {
+		__be16 field;
+		if (parse_packet(ctx_data(ctx), ctx_data_end(ctx), ctx_len(ctx), &datagram, ~cfg->closed_tunnels) !=
+			    PACKET_UNFRAGMENTED || datagram.l4proto != IPPROTO_UDP)
+			return 0;
+		if (datagram.ip_truncated)
+			return 1;
+		if (ctx_load_bytes(ctx, datagram.payload_offset - sizeof(struct udphdr) + offsetof(struct udphdr, len),
+				   &field, sizeof(field)) < 0)
+			return 0;
+		udp_len = bpf_ntohs(field);
+		len = datagram.payload_len + sizeof(struct udphdr);
+	}
+	return quic_udp_payload_len(udp_len, len, scratch->key.ipv6, &scratch->segment_len);
+}
+
 /* The verdict of a UDP packet (gathered: see quic_is_client_initial()). */
 static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_info *pkt,
 					  const struct sluice_config *cfg, const __u8 *gathered)

@@ -1007,6 +1007,10 @@ int sluice_stage_quic(struct ctx_buff *ctx)
 	struct frag_scratch *gathered = scratch->from_fragments ? frag_buffers.lookup(&zero) : 0;
 	if (scratch->from_fragments && !gathered)
 		return scratch->quic_verdict;
+	if (quic_refused_for_length(ctx, scratch, gathered ? gathered->bytes : 0, gathered ? gathered->len : 0, cfg)) {
+		counter_inc(SLUICE_CNT_EVASION_TRUNCATED);
+		return scratch->quic_verdict;
+	}
 	quic_hand_over(ctx, flow, scratch, cfg, gathered ? &gathered->bytes[sizeof(struct udphdr)] : 0);
 	return scratch->quic_verdict;
 }

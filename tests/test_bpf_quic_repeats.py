@@ -9,14 +9,18 @@ must the data plane: a repeat of a datagram the flow already handed to the
 controller is not handed over again, nor counted in the inspection window,
 whatever N is (a flow's first datagram is not signed: its first repeat goes
 over once more). Distinct datagrams still spend the window: it stays a bound.
+Fakes the server's UDP drops for a length they do not fit spend none of it.
 """
 
 import pytest
+from scapy.layers.inet import UDP
+from scapy.layers.l2 import Ether
 
 from helpers import HOOKS, AtHook, classify, needs_root
 from sluice.policy import DEFAULT_WINDOW_PACKETS
 from sluice.quic_flows import QuicFlows
-from packets import udp_frame
+
+from packets import ip_fragments, udp_frame, with_ip_len_extra
 from quic_packets import crypto_frame, handshake_client_hello, initial_packet, short_header_packet, two_datagram_hello
 
 pytestmark = [pytest.mark.bpf, needs_root]
@@ -92,6 +96,70 @@ def test_distinct_datagrams_still_spend_the_window(quic):
     moved = send(quic, [*fakes, *REAL_HELLOS["one-datagram"]()], port=port)
     assert later_packet_verdict(quic, port) == "pass"
     assert moved["quic_datagrams"] == DEFAULT_WINDOW_PACKETS and "quic_repeats" not in moved
+
+
+def udp_length_says(frame: bytes, udp_len: int) -> bytes:
+    """frame, its UDP header's length field udp_len (the IP length and the payload as they were)."""
+    packet = Ether(frame)
+    packet[UDP].len = udp_len
+    del packet[UDP].chksum
+    return bytes(packet)
+
+
+# Ways a client makes a datagram the server's UDP drops for its length
+# (Linux: ip_rcv_core, ipv6_rcv; __udp4_lib_rcv, __udp6_lib_rcv: short_packet).
+# Each gives the frames that carry the datagram.
+DROPPED_DATAGRAMS = {
+    "ip_length_past_the_frame": lambda frame: [with_ip_len_extra(frame, 100)],
+    "udp_length_past_the_datagram": lambda frame: [udp_length_says(frame, len(Ether(frame)[UDP]) + 1)],
+    "udp_length_shorter_than_its_header": lambda frame: [udp_length_says(frame, 4)],
+    "udp_length_past_the_fragmented_datagram":
+        lambda frame: ip_fragments(udp_length_says(frame, len(Ether(frame)[UDP]) + 1), 512)}
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("made", DROPPED_DATAGRAMS)
+def test_fakes_the_server_drops_for_their_length_spend_no_window(quic, made, v6):
+    """A window's worth of distinct fake Initials, each with a length its
+    datagram does not fit: the server reads none of them, nor does the data
+    plane, and the real hello after them is read and blocked. (Read, they
+    would spend the window: test_distinct_datagrams_still_spend_the_window.)
+    The flow's first datagram is handed over as its IP length says
+    (quic_refused_for_length() in bpf/quic.h): the first fake goes over."""
+    dp, _flows = quic
+    port = next(ports)
+    before = dp.counters()
+    for index in range(DEFAULT_WINDOW_PACKETS):
+        fake = initial_packet(crypto_frame(0, handshake_client_hello(b"www.google.com")),
+                              dcid=(index + 1000).to_bytes(8, "big"), size=1200)
+        for frame in DROPPED_DATAGRAMS[made](udp_frame(fake, sport=port, v6=v6)):
+            assert classify(dp, frame).verdict == "pass"
+        dp.poll_rings(0)
+    moved = send(quic, REAL_HELLOS["one-datagram"](), port=port, v6=v6)
+    assert later_packet_verdict(quic, port, v6=v6) == "drop"
+    assert moved["quic_datagrams"] == 1
+    truncated = dp.counters()["evasion_truncated"] - before["evasion_truncated"]
+    assert truncated == DEFAULT_WINDOW_PACKETS - 1
+
+
+def test_a_datagram_padded_past_its_udp_length_is_read_to_that_length(quic):
+    """Bytes past the UDP length are not the datagram's: the server trims
+    them (and drops an Initial left shorter than 1200 bytes, RFC 9000
+    14.1). Padded past a length that leaves the Initial short, the hello is
+    not read; padded past its own length, it is."""
+    hello = REAL_HELLOS["one-datagram"]()[0]
+    short_port, whole_port = next(ports), next(ports)
+    # Each flow's first datagram is handed over whole (see the test above): a fake opens it.
+    send(quic, [FAKE], port=short_port)
+    send(quic, [FAKE], port=whole_port)
+    cut = udp_length_says(udp_frame(hello, sport=short_port), 8 + 1000)
+    assert classify(quic[0], cut).verdict == "pass"
+    quic[0].poll_rings(0)
+    assert later_packet_verdict(quic, short_port) == "pass"
+    padded = udp_frame(hello + bytes(64), sport=whole_port)
+    assert classify(quic[0], udp_length_says(padded, 8 + len(hello))).verdict == "pass"
+    quic[0].poll_rings(0)
+    assert later_packet_verdict(quic, whole_port) == "drop"
 
 
 def test_a_new_flow_on_the_same_ports_starts_its_signatures_afresh(quic):
