@@ -66,6 +66,8 @@ struct segment_view {
 	__u32 ack_read;			/* ...if the header was read */
 	__u32 ipv4_header_holds;	/* its IPv4 header checksum holds (or it has none to check) */
 	__u32 ipv6_extension_refused;	/* an IPv6 extension header the server refuses (receiver.h) */
+	__u32 ip_header_refused;	/* its IP header's version or IPv4 options the server refuses */
+	__u8 ip_header[64];		/* the IPv4 header, options included (at most 60 bytes), for receiver.h */
 };
 
 /* What the entry program hands to the inspection stages it tail-calls. */

@@ -257,6 +257,8 @@ enum sluice_counter {
 						 * does not fit: dropped as truncated */
 	SLUICE_CNT_EVASION_IPV6_EXTENSION,	/* an IPv6 extension header a receiver refuses (an option it
 						 * must discard, padding past 7 bytes, a routing header) */
+	SLUICE_CNT_EVASION_IP_HEADER,		/* an IP header a receiver refuses, its checksum and length aside:
+						 * a wrong version, an IPv4 source route, CIPSO or malformed option */
 	SLUICE_CNT_STAGE_MISSED,		/* tail calls into a stage that returned (common.h call_stage()): no such stage loaded */
 	SLUICE_CNT_LOW_TTL_CONFIRMED,		/* server ACKs that confirmed low-TTL client bytes: read after all (tentative.h) */
 	SLUICE_CNT_MAX,

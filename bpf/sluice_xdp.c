@@ -880,6 +880,7 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 		checksum_ipv4_header_holds(ctx, scratch->segment_offset - segment->header_len - segment->ipv4_header_len,
 					   segment->ipv4_header_len);
 	segment->ipv6_extension_refused = receiver_ipv6_extension_refused(ctx, scratch);
+	segment->ip_header_refused = receiver_ip_header_refused(ctx, scratch);
 	__u32 refused = receiver_refuses(flow, scratch, cfg);
 	if (scratch->segment_len == 0) {	/* the client's SYN (one held never comes here: flow.h) */
 		/* One the server drops sets nothing: stamped in the future, it

@@ -102,14 +102,17 @@ def ether(vlans=()):
 
 def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=False, reply=False,
               vlans=(), ip_options=None, ext_headers=(), src=None, dst=None, seq=None, ack=0, ttl=64,
-              tcp_options=(), chksum=None, ip_chksum=None, ip_len_extra=0, urgptr=0) -> bytes:
+              tcp_options=(), chksum=None, ip_chksum=None, ip_len_extra=0, urgptr=0, ip_version=None) -> bytes:
     """A TCP frame client -> server (or server -> client with reply=True).
 
     seq defaults to 0 for a SYN and 1 otherwise: a payload that starts the
     stream the SYN opened. ttl is the TTL or hop limit; tcp_options are
     scapy's (name or kind, value) pairs; chksum replaces the TCP checksum,
     ip_chksum the IPv4 header's; ip_len_extra makes the IP length say that
-    many bytes more than the frame holds."""
+    many bytes more than the frame holds; ip_version replaces the IP
+    header's version field. ip_options: scapy's, or the options' bytes as
+    sent (with_ipv4_options())."""
+    raw_ip_options = ip_options if isinstance(ip_options, bytes) else None
     if seq is None:
         seq = 0 if "S" in flags else 1
     client, server = (CLIENT_V6, SERVER_V6) if v6 else (CLIENT_V4, SERVER_V4)
@@ -118,16 +121,41 @@ def tcp_frame(payload: bytes = b"", *, sport=40000, dport=443, flags="PA", v6=Fa
     ports = dict(sport=dport, dport=sport) if reply else dict(sport=sport, dport=dport)
     if v6:
         network = IPv6(src=source, dst=destination, hlim=ttl)
+        if ip_version is not None:
+            network.version = ip_version
         for header in ext_headers:
             network = network / header
     else:
-        network = IP(src=source, dst=destination, options=ip_options or [], ttl=ttl)
+        network = IP(src=source, dst=destination, options=[] if raw_ip_options else ip_options or [], ttl=ttl)
+        if ip_version is not None:
+            network.version = ip_version
         if ip_chksum is not None:
             network.chksum = ip_chksum
     tcp = TCP(flags=flags, seq=seq, ack=ack, options=list(tcp_options), urgptr=urgptr, **ports)
     if chksum is not None:
         tcp.chksum = chksum
-    return with_ip_len_extra(bytes(ether(vlans) / network / tcp / Raw(payload)), ip_len_extra)
+    frame = bytes(ether(vlans) / network / tcp / Raw(payload))
+    if raw_ip_options:
+        frame = with_ipv4_options(frame, raw_ip_options)
+    return with_ip_len_extra(frame, ip_len_extra)
+
+
+def with_ipv4_options(frame: bytes, options: bytes) -> bytes:
+    """frame's IPv4 header with these option bytes (padded with End of
+    Options to a multiple of 4), as sent, however malformed: its length,
+    total length and checksum made to match."""
+    options += bytes(-len(options) % 4)
+    at = len(frame) - len(Ether(frame)[IP])
+    header = bytearray(frame[at:at + 20])
+    header[0] = (header[0] & 0xF0) | (5 + len(options) // 4)
+    header[2:4] = (int.from_bytes(header[2:4], "big") + len(options)).to_bytes(2, "big")
+    header[10:12] = bytes(2)
+    words = bytes(header) + options
+    total = sum(int.from_bytes(words[i:i + 2], "big") for i in range(0, len(words), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    header[10:12] = (~total & 0xFFFF).to_bytes(2, "big")
+    return frame[:at] + bytes(header) + options + frame[at + 20:]
 
 
 def with_ip_len_extra(frame: bytes, extra: int) -> bytes:

@@ -63,10 +63,15 @@ DECOYS = {"bad_checksum": dict(chksum=0xBEEF),
           "ipv6_option": dict(ext_headers=(IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x9E, optdata=bytes(4))]),)),
           "ipv6_padding": dict(ext_headers=(IPv6ExtHdrDestOpt(options=[PadN(optdata=bytes(6))]),)),  # 14 bytes of it
           "ipv6_routing": dict(ext_headers=(IPv6ExtHdrRouting(type=0, segleft=1, addresses=["2001:db8::9"]),)),
+          "ip_version": dict(ip_version=5),                         # INTANG's wrong IP version
+          "source_route": dict(ip_options=b"\x83\x07\x04\xc0\x00\x02\x63"),        # hosts refuse it (LSRR)
+          "ip_option_malformed": dict(ip_options=b"\x07\x07\x02" + bytes(4)),      # record route, pointer 2
           "low_ttl": dict(ttl=3)}
 COUNTED_AS = {"tcp_ao": "tcp_auth_option", "future_ack": "bad_ack", "bad_ip_checksum": "bad_checksum",
-              "ipv6_option": "ipv6_extension", "ipv6_padding": "ipv6_extension", "ipv6_routing": "ipv6_extension"}
-IPV6_ONLY, IPV4_ONLY = {"hop_by_hop", "ipv6_option", "ipv6_padding", "ipv6_routing"}, {"bad_ip_checksum"}
+              "ipv6_option": "ipv6_extension", "ipv6_padding": "ipv6_extension", "ipv6_routing": "ipv6_extension",
+              "ip_version": "ip_header", "source_route": "ip_header", "ip_option_malformed": "ip_header"}
+IPV6_ONLY = {"hop_by_hop", "ipv6_option", "ipv6_padding", "ipv6_routing"}
+IPV4_ONLY = {"bad_ip_checksum", "source_route", "ip_option_malformed"}
 DECOY_CASES = [(kind, v6) for kind in DECOYS for v6 in (False, True)
                if kind not in (IPV4_ONLY if v6 else IPV6_ONLY)]
 DECOY_IDS = [f"{kind}-{'ipv6' if v6 else 'ipv4'}" for kind, v6 in DECOY_CASES]
@@ -167,6 +172,50 @@ REFUSED_EXTENSIONS = {
     "in_a_second_options_header": (IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(type=0, segleft=0, addresses=[]),
                                    IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x9E, optdata=bytes(4))])),
 }
+
+
+# IPv4 options (as sent) a host keeps a segment with (Linux:
+# ip_options_compile()), and options it drops the segment for.
+KEPT_IPV4_OPTIONS = {
+    "router_alert": b"\x01\x94\x04\x00\x00",
+    "record_route_with_room": b"\x07\x0b\x04" + bytes(8),
+    "record_route_full": b"\x07\x0b\x0c" + bytes(8),
+    "timestamp": b"\x44\x0c\x05\x00" + bytes(8),
+    "timestamp_full": b"\x44\x0c\x0d\x10" + bytes(8),
+    "security": b"\x82\x0b" + bytes(9),
+    "after_the_end": b"\x00\x89\x01",                     # past End of Options: not read
+}
+REFUSED_IPV4_OPTIONS = {
+    "loose_route": b"\x83\x07\x04\xc0\x00\x02\x63",
+    "strict_route": b"\x89\x07\x04\xc0\x00\x02\x63",
+    "cipso": b"\x86\x0a\x00\x00\x00\x03\x01\x04\x00\x00",
+    "length_one": b"\x07\x01",
+    "past_the_header": b"\x44\x20\x05\x00",
+    "record_route_pointer_before_its_data": b"\x07\x07\x02" + bytes(4),
+    "record_route_twice": b"\x07\x07\x04" + bytes(4) + b"\x07\x07\x04" + bytes(4),
+    "timestamp_overflowed": b"\x44\x04\x05\xf0",
+    "timestamp_without_room": b"\x44\x06\x05\x01\x00\x00",
+    "router_alert_short": b"\x94\x02",
+}
+
+
+@pytest.mark.parametrize("options,refused",
+                         [(options, False) for options in KEPT_IPV4_OPTIONS.values()] +
+                         [(options, True) for options in REFUSED_IPV4_OPTIONS.values()],
+                         ids=[f"kept-{name}" for name in KEPT_IPV4_OPTIONS] +
+                             [f"refused-{name}" for name in REFUSED_IPV4_OPTIONS])
+def test_ipv4_options_are_read_as_the_server_reads_them(dp, options, refused):
+    """A decoy with IPv4 options the server refuses names nothing; the real
+    hello with options it keeps is read."""
+    real, fake, _port = STREAMS["0.5KB"]
+    flow = Flow(dp, v6=False)
+    before = evasions(dp)
+    assert flow.send_raw(fake if refused else real, seq=ISN + 1, ip_options=options) == ("pass" if refused else "drop")
+    if refused:
+        assert moved(before, evasions(dp)) == {"ip_header": 1}
+        assert flow.send([(0, real)]) == ["drop"]
+    else:
+        assert moved(before, evasions(dp)) == {}
 
 
 @pytest.mark.parametrize("headers,refused",
@@ -446,7 +495,8 @@ BARE_SYN_DECOYS = {"bad_checksum": DECOYS["bad_checksum"], "bad_ip_checksum": DE
                    "truncated": DECOYS["truncated"],
                    "tcp_auth_option": DECOYS["tcp_auth_option"], "tcp_ao": DECOYS["tcp_ao"],
                    "rst": dict(flags="SR"), "low_ttl": DECOYS["low_ttl"], "hop_by_hop": DECOYS["hop_by_hop"],
-                   "ipv6_option": DECOYS["ipv6_option"],
+                   "ipv6_option": DECOYS["ipv6_option"], "source_route": DECOYS["source_route"],
+                   "ip_version": DECOYS["ip_version"],
                    "sent again": {}}
 BARE_SYN_CASES = [(kind, v6) for kind in BARE_SYN_DECOYS for v6 in (False, True)
                   if kind not in (IPV4_ONLY if v6 else IPV6_ONLY)]
@@ -847,6 +897,6 @@ def test_the_kinds_are_exported_to_prometheus(dp):
     before = exported()
     assert set(before) == {"bad_checksum", "tcp_auth_option", "no_ack", "rst", "paws", "out_of_window",
                            "hop_by_hop", "low_ttl", "syn_data", "conflict", "urgent", "bad_ack",
-                           "forged_server", "truncated", "ipv6_extension"}
+                           "forged_server", "truncated", "ipv6_extension", "ip_header"}
     Flow(dp, False).send_decoy("low_ttl", 0, STREAMS["0.5KB"][1])
     assert exported()["low_ttl"] == before["low_ttl"] + 1
