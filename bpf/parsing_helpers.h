@@ -110,8 +110,6 @@ struct packet_info {
 					 * It ends where the transport header (or a fragment's data) starts. */
 	__u8 ip_truncated;		/* the IP header says more than the frame holds: a receiver
 					 * drops it (Linux: ip_rcv_core(), ipv6_rcv()) */
-	__u16 ipv6_ext_len;		/* IPv6: the bytes of extension headers after the (innermost)
-					 * IPv6 header, up to the transport header (or a fragment's data) */
 };
 
 /* Record why a tunnelled packet was not read: the first reason stands. */
@@ -188,7 +186,6 @@ static __always_inline int parse_iphdr(struct hdr_cursor *cur, void *data_end,
 	pkt->ttl = iph->ttl;
 	pkt->is_v6 = 0;			/* the outer header of a tunnel may have been IPv6 */
 	pkt->ipv4_header_len = hdr_len;
-	pkt->ipv6_ext_len = 0;		/* an outer IPv6 header's are not this one's */
 	__u32 total_len = bpf_ntohs(iph->tot_len);
 	if (total_len < hdr_len)
 		return -1;
@@ -227,7 +224,6 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 	__builtin_memcpy(pkt->saddr, &ip6h->saddr, 16);
 	__builtin_memcpy(pkt->daddr, &ip6h->daddr, 16);
 	__u32 remaining = bpf_ntohs(ip6h->payload_len);
-	__u32 ipv6_payload_len = remaining;
 	__u8 nexthdr = ip6h->nexthdr;
 	pkt->ttl = ip6h->hop_limit;
 	pkt->is_v6 = 1;
@@ -272,7 +268,6 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *cur, void *data_end,
 	 * passes untouched. */
 	if (!parse_is_fragment(pkt) && parse_is_skippable_ipv6_ext(nexthdr))
 		return -1;
-	pkt->ipv6_ext_len = ipv6_payload_len - remaining;
 	*l4_len = remaining;
 	return nexthdr;
 }

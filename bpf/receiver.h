@@ -74,6 +74,7 @@
  * (and past 2^31, which end of it a number is after is moot). */
 #define SERVER_SPAN_MAX (1U << 30)
 
+#define ETH_TYPE_AT 12			/* where the Ethernet header holds the EtherType */
 #define IPV6_HEADER_LEN 40
 #define IPV6_NEXT_HEADER 6		/* where the IPv6 header holds it */
 #define IPV6_OPTION_PAD1 0
@@ -163,6 +164,28 @@ static __always_inline int receiver_ipv4_options_refused(struct payload_scratch 
 	return 0;
 }
 
+/* Where the frame's IPv6 header starts, if it follows the Ethernet header
+ * and at most VLAN_TAGS_MAX tags, as the parser reads them; 0 if not (an
+ * IPv6 header inside a tunnel is not looked for: the parser does not say
+ * where it found it, and telling it would cost the entry program a value
+ * more, past Debian 6.1's verifier limit at tc). */
+static __always_inline __u32 receiver_ipv6_header_at(struct ctx_buff *ctx)
+{
+	__u32 at = ETH_TYPE_AT;
+	__be16 type;
+
+	for (int i = 0; i <= VLAN_TAGS_MAX; i++) {
+		if (ctx_load_bytes(ctx, at, &type, sizeof(type)) < 0)
+			return 0;
+		if (type == bpf_htons(ETH_P_IPV6))
+			return at + sizeof(type);
+		if (type != bpf_htons(ETH_P_8021Q_TAG) && type != bpf_htons(ETH_P_8021AD_TAG))
+			return 0;
+		at += sizeof(struct vlan_tag);
+	}
+	return 0;
+}
+
 /* Would the server's IP layer drop the segment for its IP header, other
  * than its checksum and length (receiver_refuses())? A version that is
  * not the header's own (Linux: ip_rcv_core(), ipv6_rcv()), or an IPv4
@@ -178,8 +201,8 @@ static __always_inline int receiver_ip_header_refused(struct ctx_buff *ctx, stru
 		return 0;
 	if (!len) {
 		__u8 first;
-		__u32 back = segment->ipv6_ext_len + IPV6_HEADER_LEN;
-		if (tcp_at < back || ctx_load_bytes(ctx, tcp_at - back, &first, 1) < 0)
+		__u32 ipv6_at = receiver_ipv6_header_at(ctx);
+		if (!ipv6_at || ctx_load_bytes(ctx, ipv6_at, &first, 1) < 0)
 			return 0;
 		return (first >> 4) != 6;
 	}
@@ -273,19 +296,22 @@ static __always_inline int receiver_ipv6_routing_refused(__u8 type, __u8 segment
 }
 
 /* Would the server's IPv6 drop the segment for one of its extension
- * headers (those between the IPv6 header and TCP's, ipv6_ext_len bytes)? */
+ * headers, those between the IPv6 header and TCP's? Walked only where the
+ * chain, read from receiver_ipv6_header_at(), ends where the TCP header
+ * starts (a tunnelled segment's is not). */
 static __always_inline int receiver_ipv6_extension_refused(struct ctx_buff *ctx, struct payload_scratch *scratch)
 {
 	const struct segment_view *segment = &scratch->segment;
-	__u32 len = segment->ipv6_ext_len;
+	__u32 end = scratch->segment_offset - segment->header_len;	/* where TCP's header starts */
 	__u8 next_header;
 
-	if (!len || scratch->segment_offset < segment->header_len + len + IPV6_HEADER_LEN)
+	if (!scratch->key.ipv6 || scratch->from_fragments || scratch->segment_offset < segment->header_len)
 		return 0;
-	__u32 at = scratch->segment_offset - segment->header_len - len;
-	__u32 end = at + len;
-	if (ctx_load_bytes(ctx, at - IPV6_HEADER_LEN + IPV6_NEXT_HEADER, &next_header, 1) < 0)
+	__u32 at = receiver_ipv6_header_at(ctx);
+	if (!at || end <= at + IPV6_HEADER_LEN ||
+	    ctx_load_bytes(ctx, at + IPV6_NEXT_HEADER, &next_header, sizeof(next_header)) < 0)
 		return 0;
+	at += IPV6_HEADER_LEN;
 	for (int i = 0; i < IPV6_EXT_HEADERS_MAX; i++) {
 		__u8 head[4];
 		if (at >= end || ctx_load_bytes(ctx, at, head, sizeof(head)) < 0)

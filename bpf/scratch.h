@@ -56,7 +56,6 @@ struct segment_view {
 	__u8 hop_by_hop_late;		/* see packet_info */
 	__u8 ipv4_header_len;		/* see packet_info; 0 where not checked (IPv6, gathered fragments) */
 	__u8 ip_truncated;		/* see packet_info */
-	__u16 ipv6_ext_len;		/* see packet_info; 0 where not checked (IPv4, gathered fragments) */
 	/* Found among the options, in map memory: flags held here do not
 	 * split the verifier's states at every option (as hello_result). */
 	__u32 has_timestamp;

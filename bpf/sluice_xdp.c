@@ -344,7 +344,6 @@ static __always_inline int inspect_tcp_segment(struct ctx_buff *ctx, struct flow
 	/* A gathered datagram's fragments had theirs checked (frag_gather()). */
 	scratch->segment.ipv4_header_len = from_fragments ? 0 : pkt->ipv4_header_len;
 	scratch->segment.ip_truncated = from_fragments ? 0 : pkt->ip_truncated;
-	scratch->segment.ipv6_ext_len = from_fragments ? 0 : pkt->ipv6_ext_len;
 	if (pkt->payload_len && copy_payload(ctx, scratch, pkt->payload_offset, pkt->payload_len) < 0)
 		return verdict_pass_unjudged(pkt->frame_len);
 	if (opening)

@@ -223,13 +223,16 @@ def test_ipv4_options_are_read_as_the_server_reads_them(dp, options, refused):
                          [(headers, True) for headers in REFUSED_EXTENSIONS.values()],
                          ids=[f"kept-{name}" for name in KEPT_EXTENSIONS] +
                              [f"refused-{name}" for name in REFUSED_EXTENSIONS])
-def test_ipv6_extension_headers_are_read_as_the_server_reads_them(dp, headers, refused):
+@pytest.mark.parametrize("vlans", [(), ("ad", "q")], ids=["untagged", "qinq"])
+def test_ipv6_extension_headers_are_read_as_the_server_reads_them(dp, headers, refused, vlans):
     """A decoy behind extension headers the server refuses names nothing;
-    the real hello behind headers it keeps is read."""
+    the real hello behind headers it keeps is read. Behind VLAN tags too
+    (receiver_ipv6_header_at() finds the IPv6 header past them)."""
     real, fake, _port = STREAMS["0.5KB"]
     flow = Flow(dp, v6=True)
     before = evasions(dp)
-    assert flow.send_raw(fake if refused else real, seq=ISN + 1, ext_headers=headers) == ("pass" if refused else "drop")
+    assert flow.send_raw(fake if refused else real, seq=ISN + 1, ext_headers=headers,
+                         vlans=vlans) == ("pass" if refused else "drop")
     if refused:
         assert moved(before, evasions(dp)) == {"ipv6_extension": 1}
         assert flow.send([(0, real)]) == ["drop"]
