@@ -146,14 +146,16 @@ def test_a_datagram_padded_past_its_udp_length_is_read_to_that_length(quic):
     """Bytes past the UDP length are not the datagram's: the server trims
     them (and drops an Initial left shorter than 1200 bytes, RFC 9000
     14.1). Padded past a length that leaves the Initial short, the hello is
-    not read; padded past its own length, it is."""
+    not handed over; padded past its own length, it is, and read."""
     hello = REAL_HELLOS["one-datagram"]()[0]
     short_port, whole_port = next(ports), next(ports)
     # Each flow's first datagram is handed over whole (see the test above): a fake opens it.
     send(quic, [FAKE], port=short_port)
     send(quic, [FAKE], port=whole_port)
     cut = udp_length_says(udp_frame(hello, sport=short_port), 8 + 1000)
+    before = quic[0].counters()["quic_datagrams"]
     assert classify(quic[0], cut).verdict == "pass"
+    assert quic[0].counters()["quic_datagrams"] == before
     quic[0].poll_rings(0)
     assert later_packet_verdict(quic, short_port) == "pass"
     padded = udp_frame(hello + bytes(64), sport=whole_port)
