@@ -254,10 +254,10 @@ static __always_inline int quic_udp_payload_len(__u32 udp_len, __u32 l4_len, int
 	return 0;
 }
 
-/* Would the server's UDP drop the client datagram offered (quic_offer())
- * for a length that does not fit, the IP packet's or its own? If not, the
- * datagram handed over ends where its UDP length says
- * (scratch->segment_len). gathered: the datagram gathered from fragments
+/* Would the server drop the datagram offered (quic_offer()) for a length
+ * that does not fit, the IP packet's or its own, or, a client's, for one
+ * that cuts it short of an Initial's? If not, the datagram handed over
+ * ends where its UDP length says (scratch->segment_len). gathered: the datagram gathered from fragments
  * (its UDP header first, len bytes; ip_frag.h refused fragments that were
  * truncated), or 0: the frame is parsed again. Done here, in
  * sluice_stage_quic, and not in the entry program, where the datagram is
@@ -288,7 +288,13 @@ static __always_inline int quic_refused_for_length(struct ctx_buff *ctx, struct 
 		udp_len = bpf_ntohs(field);
 		len = datagram.payload_len + sizeof(struct udphdr);
 	}
-	return quic_udp_payload_len(udp_len, len, scratch->key.ipv6, &scratch->segment_len);
+	__u32 whole = scratch->segment_len;
+	if (quic_udp_payload_len(udp_len, len, scratch->key.ipv6, &scratch->segment_len))
+		return 1;
+	/* A server reads no client Initial from a datagram shorter than this
+	 * (RFC 9000 14.1): one that its UDP length cuts shorter was sent to be
+	 * ignored. A server's Version Negotiation, short but not cut, is read. */
+	return scratch->segment_len < whole && scratch->segment_len < SLUICE_QUIC_INITIAL_MIN_DATAGRAM;
 }
 
 /* The verdict of a UDP packet (gathered: see quic_is_client_initial()). */

@@ -254,7 +254,7 @@ enum sluice_counter {
 	SLUICE_CNT_EVASION_BAD_ACK,		/* an ACK number for bytes the server never sent, or before its first */
 	SLUICE_CNT_EVASION_FORGED_SERVER,	/* a "server" segment on the client's interface, the server's being another */
 	SLUICE_CNT_EVASION_TRUNCATED,		/* an IP length past the frame's end, or a UDP length that
-						 * does not fit: dropped as truncated */
+						 * does not fit or cuts an Initial short: dropped */
 	SLUICE_CNT_EVASION_IPV6_EXTENSION,	/* an IPv6 extension header a receiver refuses (an option it
 						 * must discard, padding past 7 bytes, a routing header) */
 	SLUICE_CNT_EVASION_IP_HEADER,		/* an IP header a receiver refuses, its checksum and length aside:

@@ -1011,10 +1011,6 @@ int sluice_stage_quic(struct ctx_buff *ctx)
 		counter_inc(SLUICE_CNT_EVASION_TRUNCATED);
 		return scratch->quic_verdict;
 	}
-	/* A server reads no client Initial from a datagram shorter than this
-	 * (RFC 9000 14.1): one that its UDP length cuts shorter is not one. */
-	if (scratch->sender_is_hi == flow->client_is_hi && scratch->segment_len < SLUICE_QUIC_INITIAL_MIN_DATAGRAM)
-		return scratch->quic_verdict;
 	quic_hand_over(ctx, flow, scratch, cfg, gathered ? &gathered->bytes[sizeof(struct udphdr)] : 0);
 	return scratch->quic_verdict;
 }
