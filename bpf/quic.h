@@ -255,11 +255,11 @@ static __always_inline int quic_udp_payload_len(__u32 udp_len, __u32 l4_len, int
 }
 
 /* Would the server drop the datagram offered (quic_offer()) for a length
- * that does not fit, the IP packet's or its own, or, a client's, for one
- * that cuts it short of an Initial's? If not, the datagram handed over
- * ends where its UDP length says (scratch->segment_len). gathered: the datagram gathered from fragments
- * (its UDP header first, len bytes; ip_frag.h refused fragments that were
- * truncated), or 0: the frame is parsed again. Done here, in
+ * that does not fit, the IP packet's or its own, or for one that cuts it
+ * short of an Initial's? If not, the datagram handed over ends where its
+ * UDP length says (scratch->segment_len). gathered: the datagram gathered
+ * from fragments (its UDP header first, len bytes; ip_frag.h refused
+ * fragments that were truncated), or 0: the frame is parsed again. Done here, in
  * sluice_stage_quic, and not in the entry program, where the datagram is
  * first judged: there one value more, kept along the UDP path, took
  * Debian 6.1's verifier past its limit. So a flow's first datagram, sent
