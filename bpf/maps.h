@@ -141,6 +141,10 @@ BPF_RINGBUF_OUTPUT(quic_datagrams, SLUICE_QUIC_RING_BYTES / PAGE_BYTES);
 /* Signatures of the datagrams each QUIC flow handed over (quic.h). */
 BPF_TABLE("lru_hash", struct flow_id, struct quic_signatures, quic_signatures, SLUICE_QUIC_SIGNED_FLOWS_MAX);
 
+/* The QUIC versions the controller reads, in network byte order, each of
+ * value 1: controller/quic.py's VERSIONS, filled in at load. */
+BPF_HASH(quic_versions, __be32, __u8, SLUICE_QUIC_VERSIONS_MAX);
+
 /* Never read or written: bcc gives a ring buffer no value type, so this
  * one-entry map hands the controller quic_datagram's layout from
  * sluice_abi.h (and tests/test_abi.py a BTF type to check it against). */

@@ -19,7 +19,9 @@
  *
  * UDP that is neither, or that arrives while no controller reads the ring,
  * passes without an entry, unless some rule applies to any flow: each UDP
- * flow is then judged at its first datagram (sluice_stage_opening).
+ * flow is then judged at its first datagram (sluice_stage_opening). So is
+ * a QUIC flow, as one of protocol quic, where no rule that may apply to it
+ * looks at its hello (quic_judged_at_opening()).
  */
 #ifndef SLUICE_QUIC_H
 #define SLUICE_QUIC_H
@@ -223,18 +225,53 @@ static __always_inline void quic_hand_over(struct ctx_buff *ctx, struct flow_sta
 		flow->payload_packets += 1;
 }
 
-/* Hand a new UDP flow's first datagram to sluice_stage_opening, to be
- * judged by the rules for any flow; returns if that stage is missing. */
+/* Hand a new UDP flow's first datagram (gathered: see quic_load_head())
+ * to sluice_stage_opening, to be judged by the rules for any flow, or as
+ * QUIC (quic_judged_at_opening()); returns if that stage is missing. */
 static __always_inline void quic_judge_opening_datagram(struct ctx_buff *ctx, const struct packet_info *pkt,
 							const struct flow_id *id, int sender_is_hi,
-							const struct flow_state *flow)
+							const struct flow_state *flow, const __u8 *gathered)
 {
 	struct payload_scratch *scratch = quic_stage_scratch(pkt, id, sender_is_hi);
 
 	if (!scratch)
 		return;
 	scratch->proto = flow->proto;
+	scratch->from_fragments = gathered != 0;
 	call_stage(ctx, SLUICE_STAGE_OPENING);
+}
+
+/* Is the flow, new, a QUIC flow to be judged at its first datagram (in
+ * hand in sluice_stage_opening) as a flow of protocol quic? Where no rule
+ * that may apply to a QUIC flow looks at its hello (SLUICE_CFG_QUIC_AT_OPENING:
+ * no name, ECH or ALPN condition, no `quic: block`), the controller would
+ * choose the rule the opening packet's facts choose, but a round trip
+ * late: a block would let the first flight pass. Judged here, the first
+ * Initial is dropped, as the documented systems dropped it. Only Initials
+ * of a version the controller reads (quic_versions): another version's
+ * flow it cannot name, and it stays unjudged as before. */
+static __always_inline int quic_judged_at_opening(struct ctx_buff *ctx, const struct flow_state *flow,
+						  const struct payload_scratch *scratch, const struct sluice_config *cfg)
+{
+	__u8 head[QUIC_HEADER_PEEK];
+	__be32 version;
+	__u32 zero = 0;
+
+	if (!(cfg->flags & SLUICE_CFG_QUIC_AT_OPENING) || flow->proto != SLUICE_PROTO_QUIC)
+		return 0;
+	if (scratch->from_fragments) {
+		struct frag_scratch *gathered = frag_buffers.lookup(&zero);
+		if (!gathered || copy_within_maps(head, sizeof(head), &gathered->bytes[sizeof(struct udphdr)]) < 0)
+			return 0;
+	} else if (ctx_load_bytes(ctx, scratch->segment_offset, head, sizeof(head)) < 0) {
+		return 0;
+	}
+	/* quic_is_initial_header() took it for one of the two header forms. */
+	if (head[0] & QUIC_LONG_HEADER)
+		__builtin_memcpy(&version, &head[1], sizeof(version));
+	else
+		__builtin_memcpy(&version, &head[GQUIC_PUBLIC_VERSION_OFFSET], sizeof(version));
+	return quic_versions.lookup(&version) != 0;
 }
 
 /* The payload of a UDP datagram of l4_len bytes (at least its header) as a
@@ -361,8 +398,8 @@ static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_in
 		flow->payload_packets = 1;
 		quic_send_first(ctx, pkt, &id, sender_is_hi, gathered);
 	}
-	if (cfg->flags & SLUICE_CFG_OPENING_RULES)
-		quic_judge_opening_datagram(ctx, pkt, &id, sender_is_hi, flow);
+	if (cfg->flags & (SLUICE_CFG_OPENING_RULES | SLUICE_CFG_QUIC_AT_OPENING))
+		quic_judge_opening_datagram(ctx, pkt, &id, sender_is_hi, flow, gathered);
 	/* Nothing of a UDP flow but QUIC's Initials is read. */
 	if (!quic)
 		flow->state = SLUICE_FLOW_GAVE_UP;

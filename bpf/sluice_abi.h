@@ -535,6 +535,9 @@ struct sluice_config {
 #define SLUICE_CFG_OPENING_RULES 512	/* some rule applies to any flow (no name, protocol, ECH or ALPN
 					 * condition): each new flow is judged at its opening packet,
 					 * the client's SYN or a UDP flow's first datagram */
+#define SLUICE_CFG_QUIC_AT_OPENING 1024	/* no rule that may apply to a QUIC flow looks at its hello (its
+					 * name, ECH, ALPN): a QUIC flow is judged at its first Initial,
+					 * as a flow of protocol quic (quic_judged_at_opening()) */
 #define SLUICE_CFG_EVENTS 1		/* a controller reads the rings: emit a classification_event
 					 * per flow, and send QUIC Initials to be read */
 
@@ -567,6 +570,7 @@ struct quic_signatures {
 /* QUIC flows whose signatures are kept at once (LRU): a flow's go when its
  * Initials are long read, or the flow is gone. */
 #define SLUICE_QUIC_SIGNED_FLOWS_MAX 16384
+#define SLUICE_QUIC_VERSIONS_MAX 64	/* QUIC versions the controller reads (quic_versions) */
 
 /* A client's QUIC Initial datagram, for the controller to decrypt: the
  * kernel cannot (the keys come from HKDF over the connection id, the

@@ -784,9 +784,9 @@ int sluice_stage_select(struct ctx_buff *ctx)
 /* A new flow's opening packet, the client's bare SYN or a UDP flow's first
  * datagram, where some rule applies to any flow (SLUICE_CFG_OPENING_RULES):
  * the rules of flows without a name judge it now, as a flow whose protocol
- * is not known (verdict_judge_opening() says what settles it). A TCP flow not
- * settled is then read for a name as any other; a QUIC flow's Initial is
- * with the controller already (quic.h). */
+ * is not known, or as QUIC (quic_judged_at_opening()); verdict_judge_opening()
+ * says what settles it. A TCP flow not settled is then read for a name as
+ * any other; a QUIC flow's Initial is with the controller already (quic.h). */
 int sluice_stage_opening(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
@@ -799,7 +799,7 @@ int sluice_stage_opening(struct ctx_buff *ctx)
 	const struct flow_key *key = &scratch->key;
 	int tcp = key->l4proto == IPPROTO_TCP;
 	view_flow(&client, scratch, flow, cfg);
-	client.proto = SLUICE_PROTO_UNKNOWN;
+	client.proto = quic_judged_at_opening(ctx, flow, scratch, cfg) ? SLUICE_PROTO_QUIC : SLUICE_PROTO_UNKNOWN;
 	__u32 rule_id = match_select_rule(SLUICE_RULE_SET_UNNAMED, &client, cfg);
 	if (verdict_judge_opening(flow, rule_id, client.class_id, tcp || flow->proto == SLUICE_PROTO_QUIC,
 				  scratch, cfg)) {

@@ -26,6 +26,7 @@ from .flow_table import FlowTable
 from .map_batches import count_entries
 from .names import name_hashes_many
 from .program import LoadError, Rings, program, tc_ingress_program
+from .quic import VERSIONS as QUIC_VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class Datapath:
         self.links: list = []           # xdp_link.Link, tc.TcIngressLink
         try:
             self._make_maps(pin_dir)
+            self._fill_quic_versions()
             self.switch(self.prepare(policy, retired_rules, at))
             if xdp:
                 self.function = LoadedProgram(PROGRAM_FUNCTION, self._load(PROGRAM_FUNCTION, bcc.BPF.XDP))
@@ -134,6 +136,14 @@ class Datapath:
                     os.close(template)
             elif name not in SIZED_POLICY_MAPS:
                 self._maps[name] = self.program.make_map(name)
+
+    def _fill_quic_versions(self) -> None:
+        """The QUIC versions the controller reads (quic.VERSIONS), for the data
+        plane to judge a QUIC flow at its first Initial (bpf/quic.h
+        quic_judged_at_opening()): keys in network byte order."""
+        versions = self.table("quic_versions")
+        for version in QUIC_VERSIONS:
+            versions[versions.Key(struct.unpack("=I", version.to_bytes(4, "big"))[0])] = versions.Leaf(1)
 
     def _pinned_state(self, pin_dir: str, name: str) -> int:
         """The state map pinned in pin_dir, or a new one pinned there.
@@ -367,6 +377,8 @@ class Datapath:
                         any(precedence.is_unnamed(rule) for rule in policy.rules) else 0) |
                        (ABI.SLUICE_CFG_OPENING_RULES if policy is not None and
                         any(precedence.applies_to_any_flow(rule) for rule in policy.rules) else 0) |
+                       (ABI.SLUICE_CFG_QUIC_AT_OPENING if policy is not None and
+                        precedence.judges_quic_at_opening(policy.rules) else 0) |
                        (ABI.SLUICE_CFG_WHOLE_HELLO if policy is not None and policy.reassemble and
                         any(rule.ech or rule.alpn for rule in policy.rules) else 0) |
                        (ABI.SLUICE_CFG_PROXY_PROTOCOL if policy is not None and policy.proxy_protocol else 0) |

@@ -24,7 +24,9 @@ A rule that applies to any flow (no name, protocol, ECH or ALPN condition)
 is checked before any name is read: at a new flow's opening packet (the
 client's SYN, a UDP flow's first datagram) the set of flows without a name
 is walked as for a flow of unknown protocol (bpf/sluice_xdp.c,
-sluice_stage_opening). A rule found there that acts at once settles the
+sluice_stage_opening); a QUIC flow's first Initial as for a flow of
+protocol quic, where no rule that may apply to QUIC looks at its hello
+(judges_quic_at_opening). A rule found there that acts at once settles the
 flow by its address (a dropped SYN carries no name). One that waits for
 its trigger, or allows, holds while the flow is read on: a name read (a
 ClientHello, a request, a QUIC Initial) judges it again by the name's set,
@@ -71,6 +73,24 @@ def is_unnamed(rule) -> bool:
 def applies_to_any_flow(rule) -> bool:
     """A rule without a name, protocol, ECH or ALPN condition: one that judges flows at their opening packet."""
     return is_unnamed(rule) and not rule.protocols and not rule.ech and not rule.alpn
+
+
+def may_apply_to_quic(rule) -> bool:
+    return not rule.protocols or "quic" in rule.protocols
+
+
+def judges_quic_at_opening(rules) -> bool:
+    """Is a QUIC flow judged at its first Initial, as one of protocol quic?
+    So it is where some rule names the protocol and no rule that may apply
+    to a QUIC flow looks at its hello: no name, ECH or ALPN condition, and
+    no `quic: block` that would block where the rule's action does not.
+    Whatever the hello says, the controller would then choose the rule the
+    opening datagram's facts choose, but a round trip later (bpf/quic.h
+    quic_judged_at_opening())."""
+    quic_rules = [rule for rule in rules if may_apply_to_quic(rule)]
+    return (any(rule.protocols for rule in quic_rules) and
+            all(is_unnamed(rule) and not rule.ech and not rule.alpn and
+                (rule.quic != "block" or rule.action == "block") for rule in quic_rules))
 
 
 def settles_at_opening(rule) -> bool:
@@ -220,10 +240,12 @@ def decide(policy, name: bytes, client: str, facts: FlowFacts = FlowFacts()) -> 
     class_id = client_class.id if client_class else NO_CLASS
     compiled = policy.rule_sets()
     steps = []
-    if facts.opened_by_client and any(applies_to_any_flow(rule) for rule in policy.rules):
-        opening = FlowFacts(facts.server, facts.server_port, True, "other")
+    quic_at_opening = facts.protocol == "quic" and judges_quic_at_opening(policy.rules)
+    if facts.opened_by_client and (quic_at_opening or any(applies_to_any_flow(rule) for rule in policy.rules)):
+        opening = FlowFacts(facts.server, facts.server_port, True, "quic" if quic_at_opening else "other")
         rule, steps = walk(policy, compiled.sets, UNNAMED, class_id, client, opening)
-        steps = [f"at its opening packet, before any name: {step}" for step in steps]
+        at = "its first Initial, as QUIC" if quic_at_opening else "its opening packet"
+        steps = [f"at {at}, before any name: {step}" for step in steps]
         if rule is not None and settles_at_opening(rule):
             return Decision(rule, client_class, prefix, None, steps + [f"rule {rule.name} settles it there"])
         if facts.protocol == "other":
