@@ -71,6 +71,12 @@ def normal(name: str) -> str:
     return name.lower().rstrip(".")
 
 
+def printable(text: str) -> str:
+    """text with each character a terminal would not show as itself escaped
+    (a fuzzed capture's name may hold a NUL; git then takes the results for binary)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def ground_truth(ndpi: Path, protos: set[str]) -> dict[str, list[NamedFlow]]:
     """capture file name -> the flows of the wanted protocols nDPI names in it."""
     truth = {}
@@ -182,7 +188,7 @@ def main() -> int:
         for flow, reason in misses:
             ends = " <-> ".join(f"[{address}]:{port}" if address and ":" in address else f"{address}:{port}"
                                 for address, port in sorted(flow.endpoints, key=str))
-            print(f"  {flow.capture}: {flow.proto} {ends} {flow.name}: {reason}")
+            print(printable(f"  {flow.capture}: {flow.proto} {ends} {flow.name}: {reason}"))
     return 0
 
 
