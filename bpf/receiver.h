@@ -190,8 +190,10 @@ static __always_inline __u32 receiver_ipv6_header_at(struct ctx_buff *ctx)
  * than its checksum and length (receiver_refuses())? A version that is
  * not the header's own (Linux: ip_rcv_core(), ipv6_rcv()), or an IPv4
  * option it refuses (receiver_ipv4_options_refused()). A segment gathered
- * from fragments is not looked at (its headers were the fragments'). */
-static __always_inline int receiver_ip_header_refused(struct ctx_buff *ctx, struct payload_scratch *scratch)
+ * from fragments is not looked at (its headers were the fragments').
+ * ipv6_at: receiver_ipv6_header_at()'s. */
+static __always_inline int receiver_ip_header_refused(struct ctx_buff *ctx, struct payload_scratch *scratch,
+						      __u32 ipv6_at)
 {
 	struct segment_view *segment = &scratch->segment;
 	__u32 tcp_at = scratch->segment_offset - segment->header_len;
@@ -201,7 +203,6 @@ static __always_inline int receiver_ip_header_refused(struct ctx_buff *ctx, stru
 		return 0;
 	if (!len) {
 		__u8 first;
-		__u32 ipv6_at = receiver_ipv6_header_at(ctx);
 		if (!ipv6_at || ctx_load_bytes(ctx, ipv6_at, &first, 1) < 0)
 			return 0;
 		return (first >> 4) != 6;
@@ -297,17 +298,18 @@ static __always_inline int receiver_ipv6_routing_refused(__u8 type, __u8 segment
 
 /* Would the server's IPv6 drop the segment for one of its extension
  * headers, those between the IPv6 header and TCP's? Walked only where the
- * chain, read from receiver_ipv6_header_at(), ends where the TCP header
- * starts (a tunnelled segment's is not). */
-static __always_inline int receiver_ipv6_extension_refused(struct ctx_buff *ctx, struct payload_scratch *scratch)
+ * chain, read from the IPv6 header at ipv6_at (receiver_ipv6_header_at()),
+ * ends where the TCP header starts (a tunnelled segment's is not). */
+static __always_inline int receiver_ipv6_extension_refused(struct ctx_buff *ctx, struct payload_scratch *scratch,
+							   __u32 ipv6_at)
 {
 	const struct segment_view *segment = &scratch->segment;
 	__u32 end = scratch->segment_offset - segment->header_len;	/* where TCP's header starts */
+	__u32 at = ipv6_at;
 	__u8 next_header;
 
 	if (!scratch->key.ipv6 || scratch->from_fragments || scratch->segment_offset < segment->header_len)
 		return 0;
-	__u32 at = receiver_ipv6_header_at(ctx);
 	if (!at || end <= at + IPV6_HEADER_LEN ||
 	    ctx_load_bytes(ctx, at + IPV6_NEXT_HEADER, &next_header, sizeof(next_header)) < 0)
 		return 0;

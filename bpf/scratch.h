@@ -10,6 +10,7 @@
 
 #include "sluice_abi.h"
 #include "parsing_helpers.h"
+#include "checksum.h"
 
 #define PAYLOAD_COPY_BYTES 2048		/* a full Ethernet payload fits */
 #define PAYLOAD_COPY_MASK (PAYLOAD_COPY_BYTES - 1)
@@ -66,7 +67,8 @@ struct segment_view {
 	__u32 ipv4_header_holds;	/* its IPv4 header checksum holds (or it has none to check) */
 	__u32 ipv6_extension_refused;	/* an IPv6 extension header the server refuses (receiver.h) */
 	__u32 ip_header_refused;	/* its IP header's version or IPv4 options the server refuses */
-	__u8 ip_header[64];		/* the IPv4 header, options included (at most 60 bytes), for receiver.h */
+	__u8 ip_header[IPV4_HEADER_MASK + 1];	/* the IPv4 header, options included (IPV4_HEADER_MAX bytes at
+					 * most), for receiver.h; a power of two, to mask offsets into */
 };
 
 /* What the entry program hands to the inspection stages it tail-calls. */

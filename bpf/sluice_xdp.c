@@ -878,8 +878,10 @@ int sluice_stage_receiver(struct ctx_buff *ctx)
 	segment->ipv4_header_holds = !segment->ipv4_header_len ||
 		checksum_ipv4_header_holds(ctx, scratch->segment_offset - segment->header_len - segment->ipv4_header_len,
 					   segment->ipv4_header_len);
-	segment->ipv6_extension_refused = receiver_ipv6_extension_refused(ctx, scratch);
-	segment->ip_header_refused = receiver_ip_header_refused(ctx, scratch);
+	/* Looked for once, for both checks; a gathered segment's headers were its fragments'. */
+	__u32 ipv6_at = scratch->from_fragments ? 0 : receiver_ipv6_header_at(ctx);
+	segment->ipv6_extension_refused = receiver_ipv6_extension_refused(ctx, scratch, ipv6_at);
+	segment->ip_header_refused = receiver_ip_header_refused(ctx, scratch, ipv6_at);
 	__u32 refused = receiver_refuses(flow, scratch, cfg);
 	if (scratch->segment_len == 0) {	/* the client's SYN (one held never comes here: flow.h) */
 		/* One the server drops sets nothing: stamped in the future, it
