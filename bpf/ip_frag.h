@@ -29,9 +29,13 @@
  * gathered, and one that comes higher by as much shows that what was held
  * were such decoys: the datagram starts again from it.
  *
- * A fragment with a wrong IPv4 header checksum, or an IP length past the
- * frame's end, is dropped by the receiver before reassembly (ip_rcv_core(),
- * ipv6_rcv()), and is not gathered either.
+ * A fragment with a wrong IPv4 header checksum or version, an IP length
+ * past the frame's end, or an IPv6 Hop-by-Hop header not first, is dropped
+ * by the receiver before reassembly (ip_rcv_core(), ipv6_rcv(),
+ * ip6_protocol_deliver_rcu()), and is not gathered either: zapret's
+ * hopbyhop2 puts two Hop-by-Hop headers on a decoy. Their other IPv4
+ * options and IPv6 extension headers are not read (receiver.h reads a
+ * whole segment's).
  *
  * Bounds: SLUICE_FRAGS_MAX datagrams at once, SLUICE_FRAG_PIECES_MAX
  * fragments and SLUICE_FRAG_BYTES bytes each, SLUICE_FRAG_TIMEOUT_NS from the
@@ -166,6 +170,17 @@ static __always_inline int frag_gather(struct ctx_buff *ctx, struct frag_scratch
 	}
 	if (pkt->ip_truncated) {
 		counter_inc(SLUICE_CNT_EVASION_TRUNCATED);
+		return FRAG_IGNORED;
+	}
+	if (pkt->hop_by_hop_late) {
+		counter_inc(SLUICE_CNT_EVASION_HOP_BY_HOP);
+		return FRAG_IGNORED;
+	}
+	__u8 version;
+	if (pkt->ipv4_header_len &&
+	    (ctx_load_bytes(ctx, pkt->payload_offset - pkt->ipv4_header_len, &version, sizeof(version)) < 0 ||
+	     (version >> 4) != 4)) {
+		counter_inc(SLUICE_CNT_EVASION_IP_HEADER);
 		return FRAG_IGNORED;
 	}
 	frag_make_key(pkt, &key);

@@ -185,7 +185,7 @@ def udp_frame(payload: bytes = b"x", *, sport=40000, dport=443, v6=False, reply=
 
 
 def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242, ttl: int = 64, ip_chksum=None,
-                 ip_len_extra: int = 0) -> list[bytes]:
+                 ip_len_extra: int = 0, ip_version: int = 4, hop_by_hop: int = 0) -> list[bytes]:
     """The IP datagram of `frame` as IPv4 fragments or IPv6 Fragment-header
     fragments, as circumvention tools send it. `cuts` is a fragment size (a
     multiple of 8), or the (start, end) ranges of the IP payload that each
@@ -193,7 +193,9 @@ def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242, ttl: int = 64, ip_c
     fragment ending at the payload's end is marked the last. ttl: their TTL
     or hop limit (a decoy's is low, to expire before the server);
     ip_chksum: their IPv4 header checksum (a decoy's is wrong); ip_len_extra:
-    as tcp_frame's."""
+    as tcp_frame's; ip_version: their IPv4 header's version field (a decoy's
+    is not 4); hop_by_hop: IPv6 Hop-by-Hop headers before the Fragment
+    header (zapret's hopbyhop2 puts two on a decoy: a receiver drops it)."""
     packet = Ether(frame)
     v6 = IPv6 in packet
     network = packet[IPv6] if v6 else packet[IP]
@@ -204,11 +206,13 @@ def ip_fragments(frame: bytes, cuts, *, ident: int = 0x4242, ttl: int = 64, ip_c
     for start, end in cuts:
         more = end < len(payload)
         if v6:
-            header = IPv6(src=network.src, dst=network.dst, hlim=ttl) / IPv6ExtHdrFragment(
-                nh=network.nh, offset=start // 8, m=int(more), id=ident)
+            header = IPv6(src=network.src, dst=network.dst, hlim=ttl)
+            for _ in range(hop_by_hop):
+                header = header / IPv6ExtHdrHopByHop()
+            header = header / IPv6ExtHdrFragment(nh=network.nh, offset=start // 8, m=int(more), id=ident)
         else:
-            header = IP(src=network.src, dst=network.dst, proto=network.proto, id=ident, ttl=ttl,
-                        flags="MF" if more else 0, frag=start // 8, chksum=ip_chksum)
+            header = IP(version=ip_version, src=network.src, dst=network.dst, proto=network.proto, id=ident,
+                        ttl=ttl, flags="MF" if more else 0, frag=start // 8, chksum=ip_chksum)
         frames.append(with_ip_len_extra(bytes(ether() / header / Raw(payload[start:end])), ip_len_extra))
     return frames
 

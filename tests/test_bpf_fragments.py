@@ -170,6 +170,17 @@ def test_an_atomic_ipv6_fragment_is_read_as_the_whole_packet(dp):
     assert counts["flows_tls"] == 1 and "fragments" not in counts
 
 
+def test_fragments_behind_one_hop_by_hop_header_are_gathered(dp):
+    """One Hop-by-Hop header, first as RFC 8200 puts it, the receiver keeps:
+    only a second one (or one later in the chain) is refused."""
+    flow = Flow(dp, v6=True)
+    frames = ip_fragments(flow.frame(small_hello(b"blocked.example"), ISN + 1), FRAGMENT, ident=next(idents),
+                          hop_by_hop=1)
+    before = dp.counters()
+    assert flow.send_fragments(frames) == ["pass"] * (len(frames) - 1) + ["drop"]
+    assert "evasion_hop_by_hop" not in moved(dp, before)
+
+
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_an_exact_repeat_of_a_fragment_is_ignored_and_the_first_copy_kept(dp, v6):
     """As Linux keeps the first copy: a decoy repeating a fragment's range
@@ -188,9 +199,12 @@ def test_an_exact_repeat_of_a_fragment_is_ignored_and_the_first_copy_kept(dp, v6
 # options), the counter that counts it, and how many times at least.
 DECOY_FRAGMENTS = {"low_ttl": (dict(ttl=3), "frag_low_ttl", 1),           # zapret's fakes at the IP layer
                    "bad_header_checksum": (dict(ip_chksum=0xBEEF), "evasion_bad_checksum", 2),  # Geneva's
-                   "truncated": (dict(ip_len_extra=100), "evasion_truncated", 2)}
+                   "truncated": (dict(ip_len_extra=100), "evasion_truncated", 2),
+                   "ip_version": (dict(ip_version=5), "evasion_ip_header", 2),           # INTANG's
+                   "hop_by_hop_twice": (dict(hop_by_hop=2), "evasion_hop_by_hop", 2)}     # zapret's hopbyhop2
+IPV4_ONLY, IPV6_ONLY = {"bad_header_checksum", "ip_version"}, {"hop_by_hop_twice"}
 DECOY_FRAGMENT_CASES = [(kind, v6) for kind in DECOY_FRAGMENTS for v6 in (False, True)
-                        if not (v6 and kind == "bad_header_checksum")]
+                        if not (v6 and kind in IPV4_ONLY) and not (not v6 and kind in IPV6_ONLY)]
 
 
 @pytest.mark.parametrize("kind,v6", DECOY_FRAGMENT_CASES,
@@ -201,8 +215,9 @@ def test_decoy_fragments_the_server_never_gathers_are_not_gathered(dp, kind, v6,
     overlapping the real second one (which would discard the datagram),
     sent to expire before the server (a TTL the fragments of one datagram
     do not share), with a wrong IPv4 header checksum (Geneva's
-    tamper{IP:chksum:corrupt}) or an IP length past the frame's end: the
-    receiver's IP drops these before reassembly."""
+    tamper{IP:chksum:corrupt}) or version, an IP length past the frame's
+    end, or a second Hop-by-Hop header: the receiver's IP drops these
+    before reassembly."""
     made, counter, at_least = DECOY_FRAGMENTS[kind]
     flow = Flow(dp, v6=v6)
     real, decoy = small_hello(b"blocked.example"), small_hello(b"allowed.example")
