@@ -22,8 +22,9 @@
 #define HTTP_SCHEME_MAX 16		/* "http", "https", and room for any other */
 #define HTTP_AUTHORITY_MAX 512		/* userinfo@host:port of an absolute-form target */
 #define HTTP_EMPTY_LINE_BYTES_MAX 16	/* CR and LF bytes stepped over before a request line */
-/* A request in a stream is searched for its Host line this far: the
- * verifier follows at most 8192 jumps in one go, two per byte here. */
+/* A request in a stream is searched for its Host line this far in one
+ * pass: the verifier follows at most 8192 jumps in one go, two per byte
+ * here. More passes, each a tail call, read on to the stream's end. */
 #define HTTP_STREAM_SCAN_BYTES 2600
 /* Of the Host line, what http_parse_host_value() may read: the field name, the
  * whitespace, a value, the line end. */
@@ -288,23 +289,29 @@ static __always_inline int http_parse_request_host(struct payload_scratch *scrat
 			break;
 		}
 	}
-	/* So many header lines before any Host that we stop looking. */
+	/* More header lines before any Host than a packet is looked through
+	 * for: the stream's scan (http_scan_stream_request()) reads on, as a
+	 * server does (nginx and Apache take 100 lines and more). */
 	if (!value_off)
-		return HTTP_NO_HOST;
+		return scratch->in_stream ? HTTP_NO_HOST : HTTP_TRUNCATED;
 	return http_parse_host_value(scratch, forget_range(scratch->forget_slot, value_off), name_off, name_len);
 }
 
-/* Find the request line's end, the Host line and the header section's end
- * in bytes[start, end) of a stream buffer, however many header lines come
- * before the Host line. The body is branch-free arithmetic but for the exit
- * (see http_find_line_starts()): a Host line is "\nhost:" in a shift register of
- * the bytes, letters lower-cased, that comes before the blank line. The
- * layout is written to map memory, where the verifier does not follow it:
- * the code after the scan is verified once, not once per way out of it. */
+/* One pass of the search for the request line's end, the Host line and
+ * the header section's end in a stream buffer's request, however many
+ * header lines come before the Host line: it reads bytes[start, end), at
+ * most HTTP_STREAM_SCAN_BYTES of them, going on from where the passes
+ * before it left layout (zeroed before the first). The body is branch-free
+ * arithmetic but for the exit (see http_find_line_starts()): a Host line
+ * is "\nhost:" in a shift register of the bytes, letters lower-cased, that
+ * comes before the blank line. The layout is kept in map memory, where the
+ * verifier does not follow it: the code after the scan is verified once,
+ * not once per way out of it. */
 static __always_inline void http_scan_stream_request(const __u8 *bytes, __u32 start, __u32 end,
 						     struct request_layout *layout)
 {
-	__u64 recent = 0, line_end = 0, host_line = 0, headers_end = 0;
+	__u64 recent = layout->recent, line_end = layout->line_end, host_line = layout->host_line;
+	__u64 headers_end = layout->headers_end;
 
 	for (__u64 i = 0; i < HTTP_STREAM_SCAN_BYTES; i++) {
 		__u64 at = start + i;
@@ -329,6 +336,7 @@ static __always_inline void http_scan_stream_request(const __u8 *bytes, __u32 st
 	layout->line_end = line_end;
 	layout->host_line = host_line;
 	layout->headers_end = headers_end;
+	layout->recent = recent;
 }
 
 #endif /* SLUICE_HTTP_HOST_H */

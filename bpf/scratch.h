@@ -41,6 +41,10 @@ struct request_layout {
 	__u32 line_end;			/* the request line's '\n' */
 	__u32 host_line;		/* the first "host:" line of the header section */
 	__u32 headers_end;		/* the '\r' or '\n' that starts the blank line */
+	__u32 start;			/* where the request starts, past empty lines */
+	__u32 end;			/* where the bytes held in order end */
+	__u32 scan_at;			/* where the next pass of the scan starts; 0: no pass pending */
+	__u64 recent;			/* the scan's last bytes, its shift register */
 };
 
 /* What the receiver model (receiver.h) reads of a client segment, besides

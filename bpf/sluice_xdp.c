@@ -574,9 +574,13 @@ int sluice_stage_stream_tls(struct ctx_buff *ctx)
 }
 
 /* An HTTP request held in the flow's stream, cut anywhere: its request
- * line and its Host line, however far into the header section, are copied
- * one after the other into the scratch buffer, where the HTTP stages read
- * them as they read a request in one packet. */
+ * line and its Host line, however far into the header section (tpws's
+ * --hostpad puts kilobytes of padding before it), are copied one after
+ * the other into the scratch buffer, where the HTTP stages read them as
+ * they read a request in one packet. The stream is scanned in passes of
+ * HTTP_STREAM_SCAN_BYTES, this stage tail-calling itself for the next
+ * (the view of the stream stays in per-CPU memory meanwhile), up to the
+ * end of what the stream holds in order or of the header section. */
 int sluice_stage_stream_http(struct ctx_buff *ctx)
 {
 	struct flow_state *flow;
@@ -588,24 +592,38 @@ int sluice_stage_stream_http(struct ctx_buff *ctx)
 	__u32 zero = 0;
 	struct client_stream *stream = streams.lookup(&scratch->key);
 	struct stream_view *view = stream_views.lookup(&zero);
-	if (!stream || !view)
+	struct request_layout *layout = &scratch->layout;
+	if (!stream || !view) {
+		layout->scan_at = 0;
 		return verdict_inspect_next_packet(flow, scratch, cfg);
-	__u32 end = stream_read_as_delivered(stream, stream_urgent_offset(flow), 0, scratch->stream_held, view);
-	__u32 start = 0;
-	for (int i = 0; i < HTTP_EMPTY_LINE_BYTES_MAX; i++) {
-		__u8 c = masked_u8(view->bytes, start, STREAM_MASK);
-		if (start >= end || (c != '\r' && c != '\n'))
-			break;
-		start++;
+	}
+	__u32 at = layout->scan_at;
+	layout->scan_at = 0;
+	if (!at) {			/* the first pass */
+		__u32 end = stream_read_as_delivered(stream, stream_urgent_offset(flow), 0, scratch->stream_held, view);
+		__u32 start = 0;
+		for (int i = 0; i < HTTP_EMPTY_LINE_BYTES_MAX; i++) {
+			__u8 c = masked_u8(view->bytes, start, STREAM_MASK);
+			if (start >= end || (c != '\r' && c != '\n'))
+				break;
+			start++;
+		}
+		__builtin_memset(layout, 0, sizeof(*layout));
+		layout->start = at = start;
+		layout->end = end;
 	}
 	/* Forgotten, both: the scan is verified once, not once per empty line. */
-	start = forget_range(scratch->forget_slot, start);
-	end = forget_range(scratch->forget_slots[0], end);
-	http_scan_stream_request(view->bytes, start, end, &scratch->layout);
+	at = forget_range(scratch->forget_slot, at);
+	__u32 end = forget_range(scratch->forget_slots[0], layout->end);
+	http_scan_stream_request(view->bytes, at, end, layout);
+	if (!layout->headers_end && end - at > HTTP_STREAM_SCAN_BYTES) {
+		layout->scan_at = at + HTTP_STREAM_SCAN_BYTES;
+		call_stage(ctx, SLUICE_STAGE_STREAM_HTTP);
+		layout->scan_at = 0;	/* no pass more: read what the scan found */
+	}
 	/* ...and again: each way out of the scan knows them differently. */
-	start = forget_range(scratch->forget_slot, start);
-	end = forget_range(scratch->forget_slots[0], end);
-	struct request_layout *layout = &scratch->layout;
+	__u32 start = forget_range(scratch->forget_slot, layout->start);
+	end = forget_range(scratch->forget_slots[0], layout->end);
 	/* The request line, with room left for the Host line after it. */
 	__u32 line_len = layout->line_end + 1 - start;
 	if (!layout->line_end || line_len > PAYLOAD_COPY_BYTES - HTTP_HOST_LINE_COPY)
@@ -621,11 +639,11 @@ int sluice_stage_stream_http(struct ctx_buff *ctx)
 			host_len = HTTP_HOST_LINE_COPY;
 		hide_from_compiler(host_len);
 		host_len &= NAME_BUFFER_MASK | 0x100;
-		__u32 at = len;
-		hide_from_compiler(at);		/* the bound below must reach the verifier */
-		if (at > PAYLOAD_COPY_BYTES - HTTP_HOST_LINE_COPY)
+		__u32 host_at = len;
+		hide_from_compiler(host_at);	/* the bound below must reach the verifier */
+		if (host_at > PAYLOAD_COPY_BYTES - HTTP_HOST_LINE_COPY)
 			return stream_wait(flow, scratch, cfg);
-		if (copy_within_maps(&scratch->bytes[at], host_len,
+		if (copy_within_maps(&scratch->bytes[host_at], host_len,
 				     &view->bytes[layout->host_line & STREAM_MASK]) < 0)
 			return stream_wait(flow, scratch, cfg);
 		len += host_len;

@@ -357,6 +357,37 @@ def test_host_after_2_kb_of_headers(dp, v6):
 
 
 @FAMILIES
+@pytest.mark.parametrize("pad", [4096, 8000, 14000])
+def test_host_after_kilobytes_of_one_padding_header(dp, v6, pad):
+    """tpws's --hostpad: one header of pad bytes before Host (nginx takes a
+    line of up to 8 KB, Apache 8190 bytes); the stream is scanned in passes
+    to its end."""
+    request = http_request("blocked.example", before=(f"X-Pad: {'a' * pad}",))
+    before = dp.counters()
+    assert "drop" in Flow(dp, v6, dport=80).send(cut(request, *range(1400, len(request), 1400)))
+    assert dp.counters()["stage_missed"] == before["stage_missed"], "every pass within the tail-call limit"
+
+
+@FAMILIES
+@pytest.mark.parametrize("lines", [40, 200])
+def test_host_after_more_header_lines_than_a_packet_is_looked_through_for(dp, v6, lines):
+    """Short header lines before Host, more than the one-packet path reads
+    (HTTP_LINES_MAX): in one segment, the stream's scan reads on."""
+    request = http_request("blocked.example", before=tuple(f"X-{i}: a" for i in range(lines)))
+    assert "drop" in Flow(dp, v6, dport=80).send(cut(request, *range(1400, len(request), 1400)))
+
+
+@FAMILIES
+def test_a_request_without_host_after_kilobytes_of_headers_is_read_to_its_end(dp, v6):
+    """The scan's passes reach the blank line: the request has no Host, and says so at once."""
+    request = http_request("blocked.example", before=(f"X-Pad: {'a' * 6000}",)).replace(b"Host:", b"Hast:")
+    before = dp.counters()
+    assert "drop" not in Flow(dp, v6, dport=80).send(cut(request, *range(1400, len(request), 1400)))
+    after = dp.counters()
+    assert after["http_no_host"] - before["http_no_host"] == 1 and after["gave_up"] == before["gave_up"]
+
+
+@FAMILIES
 def test_empty_lines_before_the_request_line(dp, v6):
     assert Flow(dp, v6, dport=80).send([(0, b"\r\n\r\n" + REQUEST)]) == ["drop"]
     assert "drop" in Flow(dp, v6, dport=80).send(cut(b"\r\n" + REQUEST, 1))
