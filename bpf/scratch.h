@@ -37,6 +37,15 @@ struct hello_result {
 
 /* Where a request held in a stream has its parts, found in one pass (see
  * http_scan_stream_request() in http_host.h); each is 0 until found. */
+/* Where the gathering of a ClientHello's records (stream_gather_records())
+ * stands between its passes. */
+struct record_gathering {
+	__u32 off;			/* the next record's header, in the stream view */
+	__u32 gathered;			/* handshake bytes copied so far */
+	__u32 end;			/* where the view's bytes held in order end */
+	__u32 pending;			/* 1: a pass is to go on from here */
+};
+
 struct request_layout {
 	__u32 line_end;			/* the request line's '\n' */
 	__u32 host_line;		/* the first "host:" line of the header section */
@@ -91,7 +100,7 @@ struct payload_scratch {
 	__u8 in_stream;			/* bytes[] was built from the flow's stream (HTTP) */
 	__u8 from_fragments;		/* the segment is in frag_scratch.bytes (ip_frag.h), not the frame */
 	__u32 forget_slot;		/* see forget_range() in verifier.h */
-	__u32 forget_slots[2];		/* ...for stream_gather_handshake() */
+	__u32 forget_slots[2];		/* ...for stream_gather_records() */
 	__u32 set_id;			/* the rule set the name leads to, 0: none */
 	__u32 seq;			/* the packet's TCP sequence number */
 	__u32 segment_offset;		/* its whole payload, as it came: */
@@ -100,6 +109,7 @@ struct payload_scratch {
 	__u32 authority_off;		/* HTTP: where an absolute-form target's authority starts, or 0 */
 	struct hello_result hello;
 	struct request_layout layout;	/* HTTP in a stream */
+	struct record_gathering records;	/* TLS in a stream */
 	__u32 stream_held;		/* the stream is held from its start up to here */
 	__u32 copies_disagree;		/* the segment stored said otherwise than bytes held (tcp_stream.h) */
 	__u32 confirming;		/* the packet in hand is the server's, whose ACK confirmed tentative

@@ -532,15 +532,30 @@ int sluice_stage_stream_tls(struct ctx_buff *ctx)
 	struct handshake_scratch *handshake = handshake_buffers.lookup(&zero);
 	struct stream_view *view = stream_views.lookup(&zero);
 	struct client_stream *stream = streams.lookup(&scratch->key);
-	if (!handshake || !view || !stream)
+	struct record_gathering *records = &scratch->records;
+	if (!handshake || !view || !stream) {
+		records->pending = 0;
 		return verdict_inspect_next_packet(flow, scratch, cfg);
-
-	__u32 origin = stream->origin;
-	__u32 held = stream_read_as_delivered(stream, stream_urgent_offset(flow), origin, stream_held_end(stream, origin), view);
-
+	}
+	if (!records->pending) {	/* the first pass */
+		__u32 origin = stream->origin;
+		__builtin_memset(records, 0, sizeof(*records));
+		records->end = stream_read_as_delivered(stream, stream_urgent_offset(flow), origin,
+							stream_held_end(stream, origin), view);
+	}
+	records->pending = 0;
+	/* The records are walked in passes, this stage tail-calling itself
+	 * (the view and the handshake stay in per-CPU memory meanwhile). */
+	int pass = stream_gather_records(view->bytes, handshake, scratch, records);
+	if (pass == RECORDS_GO_ON) {
+		records->pending = 1;
+		call_stage(ctx, SLUICE_STAGE_STREAM_TLS);
+		records->pending = 0;	/* no pass more: read what was gathered */
+	}
 	/* As in the match stage: the parser is verified once, for one unknown
 	 * length, not once for every way out of the gathering loop. */
-	__u32 avail = forget_range(scratch->forget_slot, stream_gather_handshake(view->bytes, held, handshake, scratch));
+	__u32 avail = forget_range(scratch->forget_slot,
+				   pass == RECORDS_NOT_TLS ? 0 : stream_gathered_handshake(handshake, records->gathered));
 	int outcome = tls_parse_client_hello(handshake->bytes, avail, HANDSHAKE_MASK, &scratch->hello);
 	if (wait_for_whole_hello(scratch, outcome, cfg))
 		outcome = TLS_TRUNCATED;

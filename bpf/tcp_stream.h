@@ -31,7 +31,12 @@
 #include "ip_frag.h"
 
 #define STREAM_COPY_CHUNKS 8		/* PAYLOAD_COPY_BYTES each: a GRO'd segment may hold 16 KB */
-#define TLS_RECORDS_MAX 64		/* records walked to gather one ClientHello */
+/* Records walked to gather a ClientHello, in one pass: the verifier
+ * follows at most 8192 jumps in one go, three a record here. More passes,
+ * each a tail call, walk on: a hello of 2.7 KB cut into records of one
+ * byte each (RFC 8446 5.1 allows it, and servers read it) fills the
+ * stream's 16 KB in 2731 records. */
+#define TLS_RECORDS_PER_PASS 512
 #define TLS_MAX_RECORD_LEN 16384	/* RFC 8446 5.1: a plaintext fragment's limit */
 
 /* The flow's stream, created empty the first time. */
@@ -386,36 +391,48 @@ static __always_inline __u32 stream_read_as_delivered(const struct client_stream
 	return before + after;
 }
 
-/* Copy the handshake bytes of the records in bytes[0, end) (a view of the
- * stream from the origin on, stream_read_as_delivered()) into handshake->bytes
- * after a synthetic record header; returns the bytes the parser may read
- * (header included), or 0 if the records are not TLS. */
-static __always_inline __u32 stream_gather_handshake(const __u8 *bytes, __u32 end,
-					      struct handshake_scratch *handshake,
-					      struct payload_scratch *scratch)
-{
-	__u32 off = 0;
-	__u32 gathered = 0;
+enum record_pass {
+	RECORDS_GATHERED = 0,		/* the records held end here, or the buffer is full */
+	RECORDS_GO_ON,			/* more records than a pass walks: another pass goes on */
+	RECORDS_NOT_TLS,
+};
 
-	for (int i = 0; i < TLS_RECORDS_MAX; i++) {
+/* One pass of copying the handshake bytes of the records in
+ * bytes[0, state->end) (a view of the stream from the origin on,
+ * stream_read_as_delivered()) into handshake->bytes after room for a
+ * synthetic record header, going on from where state says (zeroed before
+ * the first pass). Returns enum record_pass. */
+static __always_inline int stream_gather_records(const __u8 *bytes, struct handshake_scratch *handshake,
+						 struct payload_scratch *scratch, struct record_gathering *state)
+{
+	__u32 off = state->off;
+	__u32 gathered = state->gathered;
+	__u32 end = state->end;
+	int pass = RECORDS_GO_ON;
+
+	for (int i = 0; i < TLS_RECORDS_PER_PASS; i++) {
 		/* Forgotten at the head of each round, so that the verifier meets
 		 * one state there, not one per way through the rounds before. */
 		off = forget_range(scratch->forget_slots[0], off);
 		gathered = forget_range(scratch->forget_slots[1], gathered);
-		if (off + TLS_RECORD_HEADER_LEN > end || off >= SLUICE_STREAM_BYTES)
+		if (off + TLS_RECORD_HEADER_LEN > end || off >= SLUICE_STREAM_BYTES) {
+			pass = RECORDS_GATHERED;
 			break;
+		}
 		__u8 type = masked_u8(bytes, off, STREAM_MASK);
 		__u32 fragment = masked_be16(bytes, off + 3, STREAM_MASK);
 		if (masked_u8(bytes, off + 1, STREAM_MASK) != TLS_MAJOR_VERSION ||
 		    fragment > TLS_MAX_RECORD_LEN ||
 		    (type != TLS_CONTENT_HANDSHAKE && type != TLS_CONTENT_CHANGE_CIPHER_SPEC))
-			return 0;
+			return RECORDS_NOT_TLS;
 		off += TLS_RECORD_HEADER_LEN;
 		__u32 have = end - off < fragment ? end - off : fragment;
 		/* A ChangeCipherSpec record is stepped over: nothing taken. */
 		__u32 take = type == TLS_CONTENT_HANDSHAKE ? have : 0;
-		if (TLS_RECORD_HEADER_LEN + gathered + take >= SLUICE_STREAM_BYTES)
+		if (TLS_RECORD_HEADER_LEN + gathered + take >= SLUICE_STREAM_BYTES) {
+			pass = RECORDS_GATHERED;
 			break;
+		}
 		/* Both masks keep the copy inside the buffer: an offset below
 		 * SLUICE_STREAM_BYTES, a length of at most as much. */
 		hide_from_compiler(take);
@@ -424,12 +441,23 @@ static __always_inline __u32 stream_gather_handshake(const __u8 *bytes, __u32 en
 		hide_from_compiler(at);
 		at &= STREAM_MASK;
 		if (copy_within_maps(&handshake->bytes[at], take, &bytes[off & STREAM_MASK]) < 0)
-			return 0;
+			return RECORDS_NOT_TLS;
 		gathered += take;
-		if (have < fragment)
+		if (have < fragment) {
+			pass = RECORDS_GATHERED;
 			break;
+		}
 		off += fragment;
 	}
+	state->off = off;
+	state->gathered = gathered;
+	return pass;
+}
+
+/* The gathered handshake bytes behind their synthetic record header;
+ * returns the bytes the parser may read (header included), or 0 if none. */
+static __always_inline __u32 stream_gathered_handshake(struct handshake_scratch *handshake, __u32 gathered)
+{
 	if (gathered == 0)
 		return 0;
 	handshake->bytes[0] = TLS_CONTENT_HANDSHAKE;

@@ -106,12 +106,28 @@ def test_segments_out_of_order_or_twice(dp, order):
     assert "drop" in verdicts and verdicts[-1] == "drop"
 
 
-@pytest.mark.parametrize("record_size", [1, 37, 500])
+@pytest.mark.parametrize("record_size", [1, 2, 16, 37, 500])
 def test_hello_cut_into_records_across_segments(dp, record_size):
-    stream = records(browser_hello(b"blocked.example"), record_size) if record_size > 1 else \
-        records(client_hello(b"blocked.example"), 16)
-    verdicts = Flow(dp).send_all(segments(stream, 300))
+    """A server reads a handshake cut into records of any size (RFC 8446
+    5.1), down to one byte each: a 1.8 KB hello in 1-byte records is 1,833
+    records, 11 KB of stream, walked in passes of TLS_RECORDS_PER_PASS."""
+    stream = records(browser_hello(b"blocked.example"), record_size)
+    before = dp.counters()
+    verdicts = Flow(dp).send_all(segments(stream, 1400))
     assert verdicts[-1] == "drop", verdicts
+    assert dp.counters()["stage_missed"] == before["stage_missed"]
+
+
+def test_the_most_records_the_stream_holds(dp):
+    """A hello of 2.7 KB in 1-byte records fills the stream's 16 KB: 2,731 records, every pass within the
+    tail-call limit."""
+    hello = browser_hello(b"blocked.example", padding=1_360)
+    stream = records(hello, 1)
+    assert 16_000 < len(stream) <= 16_384
+    before = dp.counters()
+    verdicts = Flow(dp).send_all(segments(stream, 1400))
+    assert verdicts[-1] == "drop", verdicts
+    assert dp.counters()["stage_missed"] == before["stage_missed"]
 
 
 def test_change_cipher_spec_and_junk_segments_before_the_hello(dp):
