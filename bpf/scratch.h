@@ -29,14 +29,14 @@ struct hello_result {
 	__u32 alpn_off;			/* where the ALPN extension's body lies, if held whole */
 	__u32 alpn_len;			/* 0: none walked */
 	__u32 cut;			/* the name was found, but the bytes held end before the hello */
+	__u32 skipped_to;		/* tls_skip_extensions(): where it stopped... */
+	__u32 server_name_at;		/* ...and where it met server_name (both forgotten: forget_range()) */
 	__u32 pad;
 };
 
 /* The start of a ClientHello's ALPN extension is kept for the select stage. */
 #define ALPN_COPY_MASK (SLUICE_ALPN_BYTES - 1)
 
-/* Where a request held in a stream has its parts, found in one pass (see
- * http_scan_stream_request() in http_host.h); each is 0 until found. */
 /* Where the gathering of a ClientHello's records (stream_gather_records())
  * stands between its passes. */
 struct record_gathering {
@@ -46,6 +46,8 @@ struct record_gathering {
 	__u32 pending;			/* 1: a pass is to go on from here */
 };
 
+/* Where a request held in a stream has its parts, found in passes (see
+ * http_scan_stream_request() in http_host.h); each is 0 until found. */
 struct request_layout {
 	__u32 line_end;			/* the request line's '\n' */
 	__u32 host_line;		/* the first "host:" line of the header section */

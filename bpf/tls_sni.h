@@ -34,7 +34,13 @@
 #define TLS_EXT_ALPN 16			/* RFC 7301 */
 #define TLS_EXT_ENCRYPTED_CLIENT_HELLO 0xfe0d	/* draft-ietf-tls-esni: the outer SNI is a cover name */
 #define TLS_SNI_HOST_NAME 0
-#define TLS_EXTENSIONS_MAX 64		/* browsers send about 20, GREASE included */
+#define TLS_EXTENSIONS_MAX 64		/* walked one by one; browsers send about 20, GREASE included */
+/* Extensions past those, skipped over for server_name: a server reads any
+ * number (a hello may carry hundreds of empty ones ahead of its name; a
+ * packet holds 375 at most, the 16 KB a stream keeps 4,096). Past these
+ * too the hello is not judged. As many as the verifier takes (see
+ * tls_skip_extensions()). */
+#define TLS_EXTENSIONS_SKIPPED_MAX 1024
 
 enum tls_outcome {
 	TLS_NOT_CLIENT_HELLO = 0,
@@ -53,6 +59,82 @@ static __always_inline int tls_check_span(__u32 off, __u32 len, __u32 hello_end,
 	if (off + len > avail)
 		return TLS_TRUNCATED;
 	return TLS_SNI_FOUND;
+}
+
+/* The server_name extension's body of ext_len bytes at off, within
+ * extensions_end (RFC 6066 3: a list of one host_name); on TLS_SNI_FOUND,
+ * result->name_off and name_len locate the name. */
+static __always_inline int tls_read_server_name(const __u8 *bytes, __u32 off, __u32 ext_len, __u32 avail,
+						__u32 mask, struct hello_result *result)
+{
+	/* server_name_list: length (2), then name_type (1), length (2), name. */
+	int span = tls_check_span(off, 5, off + ext_len, avail);
+	if (span != TLS_SNI_FOUND)
+		return span;
+	__u32 list_len = masked_be16(bytes, off, mask);
+	__u32 name_type = masked_u8(bytes, off + 2, mask);
+	__u32 host_len = masked_be16(bytes, off + 3, mask);
+	if (list_len + 2 > ext_len || host_len + 3 > list_len)
+		return TLS_MALFORMED;
+	if (name_type != TLS_SNI_HOST_NAME || host_len == 0 || host_len > SLUICE_NAME_MAX)
+		return TLS_MALFORMED;
+	span = tls_check_span(off + 5, host_len, off + ext_len, avail);
+	if (span != TLS_SNI_FOUND)
+		return span;
+	result->name_off = off + 5;
+	result->name_len = host_len;
+	result->found = 1;
+	return TLS_SNI_FOUND;
+}
+
+/* Note the extension of ext_type whose body of ext_len bytes is at off in
+ * result, if it is ECH or ALPN (ALPN only where its body is held), without
+ * a branch: see struct hello_result. */
+static __always_inline void tls_note_extension(__u32 ext_type, __u32 off, __u32 ext_len, __u32 avail,
+					       struct hello_result *result)
+{
+	__u64 is_ech = ((__u64)(ext_type ^ TLS_EXT_ENCRYPTED_CLIENT_HELLO) - 1) >> 63;
+	hide_from_compiler(is_ech);
+	result->ech |= is_ech;
+	/* The ALPN extension, where its body is held (an all-ones mask
+	 * where it is, zero elsewhere): */
+	__u64 is_alpn = ((__u64)(ext_type ^ TLS_EXT_ALPN) - 1) >> 63;
+	__u64 body_held = (((__u64)avail - (off + ext_len)) >> 63) ^ 1;
+	__u32 alpn_mask = -(__u32)(is_alpn & body_held);
+	hide_from_compiler(alpn_mask);
+	result->alpn_off = (result->alpn_off & ~alpn_mask) | (off & alpn_mask);
+	result->alpn_len = (result->alpn_len & ~alpn_mask) | (ext_len & alpn_mask);
+}
+
+/* The extensions from off on, past the TLS_EXTENSIONS_MAX walked one by
+ * one: skipped over with one branch each, its way out (the verifier keeps
+ * each pending, 8192 at most, and walks what follows once per way out),
+ * noting ECH and ALPN as the walk does. Returns where the first
+ * server_name extension's header is, 0 if none; *end_off: where the
+ * skipping stopped (extensions_end when it reached it; past it when an
+ * extension claims more than the extensions hold). */
+static __always_inline __u32 tls_skip_extensions(const __u8 *bytes, __u32 off, __u32 extensions_end,
+						 __u32 avail, __u32 mask, struct hello_result *result,
+						 __u32 *end_off)
+{
+	__u64 at = off, server_name_at = 0;
+	__u64 held_end = extensions_end < avail ? extensions_end : avail;
+
+	for (__u32 i = 0; i < TLS_EXTENSIONS_SKIPPED_MAX; i++) {
+		if (at + 4 > held_end)
+			break;
+		__u32 ext_type = masked_be16(bytes, at, mask);
+		__u32 ext_len = masked_be16(bytes, at + 2, mask);
+		tls_note_extension(ext_type, at + 4, ext_len, avail, result);
+		/* The first server_name's place, where none was met before. */
+		__u64 first = (((__u64)ext_type - 1) >> 63) & ((server_name_at - 1) >> 63);
+		hide_from_compiler(first);
+		server_name_at += first * at;
+		at += 4 + ext_len;
+	}
+	/* Forgotten: what follows is checked once, not once per way out. */
+	*end_off = forget_range(result->skipped_to, at);
+	return forget_range(result->server_name_at, server_name_at);
 }
 
 /* Parse the TLS bytes at the start of `bytes`, a buffer of mask + 1 bytes
@@ -149,47 +231,40 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 		off += 4;
 		if (off + ext_len > extensions_end)
 			return result->found ? TLS_SNI_FOUND : TLS_MALFORMED;
-		/* Branch-free, and kept in memory: see struct hello_result. */
-		__u64 is_ech = ((__u64)(ext_type ^ TLS_EXT_ENCRYPTED_CLIENT_HELLO) - 1) >> 63;
-		hide_from_compiler(is_ech);
-		result->ech |= is_ech;
-		/* The ALPN extension, where its body is held (an all-ones mask
-		 * where it is, zero elsewhere): */
-		__u64 is_alpn = ((__u64)(ext_type ^ TLS_EXT_ALPN) - 1) >> 63;
-		__u64 body_held = (((__u64)avail - (off + ext_len)) >> 63) ^ 1;
-		__u32 alpn_mask = -(__u32)(is_alpn & body_held);
-		hide_from_compiler(alpn_mask);
-		result->alpn_off = (result->alpn_off & ~alpn_mask) | (off & alpn_mask);
-		result->alpn_len = (result->alpn_len & ~alpn_mask) | (ext_len & alpn_mask);
+		tls_note_extension(ext_type, off, ext_len, avail, result);
 		if (ext_type != TLS_EXT_SERVER_NAME || result->found) {
 			off += ext_len;
 			continue;
 		}
-
-		/* server_name_list: length (2), then name_type (1), length (2), name. */
-		span = tls_check_span(off, 5, off + ext_len, avail);
+		span = tls_read_server_name(bytes, off, ext_len, avail, mask, result);
 		if (span != TLS_SNI_FOUND)
 			return span;
-		__u32 list_len = masked_be16(bytes, off, mask);
-		__u32 name_type = masked_u8(bytes, off + 2, mask);
-		__u32 host_len = masked_be16(bytes, off + 3, mask);
-		if (list_len + 2 > ext_len || host_len + 3 > list_len)
-			return TLS_MALFORMED;
-		if (name_type != TLS_SNI_HOST_NAME || host_len == 0 || host_len > SLUICE_NAME_MAX)
-			return TLS_MALFORMED;
-		span = tls_check_span(off + 5, host_len, off + ext_len, avail);
-		if (span != TLS_SNI_FOUND)
-			return span;
-		result->name_off = off + 5;
-		result->name_len = host_len;
-		result->found = 1;
 		off += ext_len;
 	}
-	if (result->found)
-		return TLS_SNI_FOUND;
 	if (off == extensions_end)
+		return result->found ? TLS_SNI_FOUND : TLS_NO_SNI;
+	/* More extensions than walked one by one: the rest are skipped over. */
+	__u32 end_off = off;
+	__u32 server_name_at = tls_skip_extensions(bytes, off, extensions_end, avail, mask, result, &end_off);
+	int complete = end_off == extensions_end;
+	if (result->found) {
+		result->cut = !complete;
+		return TLS_SNI_FOUND;
+	}
+	if (server_name_at) {
+		__u32 ext_len = masked_be16(bytes, server_name_at + 2, mask);
+		span = tls_read_server_name(bytes, server_name_at + 4, ext_len, avail, mask, result);
+		if (span != TLS_SNI_FOUND)
+			return span;
+		result->cut = !complete;
+		return TLS_SNI_FOUND;
+	}
+	if (complete)
 		return TLS_NO_SNI;
-	/* More extensions than we walk: we cannot tell, so we do not judge. */
+	if (end_off > extensions_end)
+		return TLS_MALFORMED;
+	/* The bytes held end first, or more extensions than even these:
+	 * the rest follows, or we cannot tell, and do not judge. */
 	return TLS_TRUNCATED;
 }
 

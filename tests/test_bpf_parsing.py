@@ -67,6 +67,21 @@ def test_an_ech_hello_is_matched_by_its_outer_name_and_counted(dp, where):
     assert judgement.moved() == {"tls_sni_found": 1, "tls_ech": 1, "flows_tls": 1}
 
 
+def unknown_extensions(count: int) -> tuple[bytes, ...]:
+    """count empty extensions of distinct types no one assigned: a server skips them all."""
+    return tuple(extension(0x1000 + i, b"") for i in range(count))
+
+
+@pytest.mark.parametrize("count", [63, 300])
+def test_the_name_behind_hundreds_of_extensions_is_read(dp, count):
+    """Past the 64 extensions walked one by one, the rest are skipped over
+    for server_name (tls_skip_extensions()), ECH noted on the way."""
+    ech = (extension(0xFE0D, b"\x00" * 8),)
+    judgement = judge(dp, client_hello(b"blocked.example", extensions_before=unknown_extensions(count) + ech))
+    assert judgement.verdict == "drop"
+    assert judgement.moved() == {"tls_sni_found": 1, "tls_ech": 1, "flows_tls": 1}
+
+
 @pytest.mark.parametrize("port", [443, 8443, 25, 80])
 def test_clienthello_is_recognised_on_any_port(dp, port):
     assert judge(dp, client_hello(b"blocked.example"), dport=port).verdict == "drop"
