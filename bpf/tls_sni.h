@@ -88,17 +88,18 @@ static __always_inline int tls_read_server_name(const __u8 *bytes, __u32 off, __
 }
 
 /* Note the extension of ext_type whose body of ext_len bytes is at off in
- * result, if it is ECH or ALPN (ALPN only where its body is held), without
- * a branch: see struct hello_result. */
+ * result, if it is ECH or ALPN (ALPN only where its body is held), and
+ * fits (1: within the extensions; 0: it claims more, which ends the walk),
+ * without a branch: see struct hello_result. */
 static __always_inline void tls_note_extension(__u32 ext_type, __u32 off, __u32 ext_len, __u32 avail,
-					       struct hello_result *result)
+					       __u64 fits, struct hello_result *result)
 {
-	__u64 is_ech = ((__u64)(ext_type ^ TLS_EXT_ENCRYPTED_CLIENT_HELLO) - 1) >> 63;
+	__u64 is_ech = fits & (((__u64)(ext_type ^ TLS_EXT_ENCRYPTED_CLIENT_HELLO) - 1) >> 63);
 	hide_from_compiler(is_ech);
 	result->ech |= is_ech;
 	/* The ALPN extension, where its body is held (an all-ones mask
 	 * where it is, zero elsewhere): */
-	__u64 is_alpn = ((__u64)(ext_type ^ TLS_EXT_ALPN) - 1) >> 63;
+	__u64 is_alpn = fits & (((__u64)(ext_type ^ TLS_EXT_ALPN) - 1) >> 63);
 	__u64 body_held = (((__u64)avail - (off + ext_len)) >> 63) ^ 1;
 	__u32 alpn_mask = -(__u32)(is_alpn & body_held);
 	hide_from_compiler(alpn_mask);
@@ -125,7 +126,8 @@ static __always_inline __u32 tls_skip_extensions(const __u8 *bytes, __u32 off, _
 			break;
 		__u32 ext_type = masked_be16(bytes, at, mask);
 		__u32 ext_len = masked_be16(bytes, at + 2, mask);
-		tls_note_extension(ext_type, at + 4, ext_len, avail, result);
+		__u64 fits = (at + 4 + ext_len - extensions_end - 1) >> 63;
+		tls_note_extension(ext_type, at + 4, ext_len, avail, fits, result);
 		/* The first server_name's place, where none was met before. */
 		__u64 first = (((__u64)ext_type - 1) >> 63) & ((server_name_at - 1) >> 63);
 		hide_from_compiler(first);
@@ -231,7 +233,7 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 		off += 4;
 		if (off + ext_len > extensions_end)
 			return result->found ? TLS_SNI_FOUND : TLS_MALFORMED;
-		tls_note_extension(ext_type, off, ext_len, avail, result);
+		tls_note_extension(ext_type, off, ext_len, avail, 1, result);
 		if (ext_type != TLS_EXT_SERVER_NAME || result->found) {
 			off += ext_len;
 			continue;
@@ -253,6 +255,8 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 	}
 	if (server_name_at) {
 		__u32 ext_len = masked_be16(bytes, server_name_at + 2, mask);
+		if (server_name_at + 4 + ext_len > extensions_end)
+			return TLS_MALFORMED;
 		span = tls_read_server_name(bytes, server_name_at + 4, ext_len, avail, mask, result);
 		if (span != TLS_SNI_FOUND)
 			return span;
@@ -261,7 +265,8 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 	}
 	if (complete)
 		return TLS_NO_SNI;
-	if (end_off > extensions_end)
+	/* An extension past the end, or a header that does not fit in it. */
+	if (end_off > extensions_end || end_off + 4 > extensions_end)
 		return TLS_MALFORMED;
 	/* The bytes held end first, or more extensions than even these:
 	 * the rest follows, or we cannot tell, and do not judge. */

@@ -44,10 +44,11 @@ TLS_ECH = "tls_ech"          # a hello with a name, or without, that offers Encr
 # sluice: a ClientHello that continues past its first record, or past the
 # packet, is kept (bpf/tcp_stream.h): the first 16 KB of the client's
 # stream, whose handshake records (ChangeCipherSpec records stepped over,
-# 64 records at most, each at most 16 KB as RFC 8446 5.1 allows) are
-# gathered behind one record header and read again.
+# each at most 16 KB as RFC 8446 5.1 allows, as many as the 16 KB hold:
+# walked 512 a pass, in as many passes as it takes) are gathered behind one
+# record header and read again.
 STREAM_BYTES = 16384
-RECORDS_MAX = 64
+RECORDS_MAX = STREAM_BYTES // 5         # each record takes its 5-byte header: no bound short of the stream's
 RECORD_FRAGMENT_MAX = 16384
 
 
@@ -171,8 +172,10 @@ NAME_TYPE_HOST_NAME = 0
 # ChangeCipherSpec records ahead of the ClientHello; up to 4 are stepped over.
 LEADING_CHANGE_CIPHER_SPECS_MAX = 4
 # sluice: extensions walked looking for server_name (browsers send about 20,
-# GREASE included). A hello with more is left undecided: truncated.
-EXTENSIONS_MAX = 64
+# GREASE included): 64 one by one, then 1,024 more skipped over for it
+# (bpf/tls_sni.h tls_skip_extensions()). A hello with more is left
+# undecided: truncated.
+EXTENSIONS_MAX = 64 + 1024
 
 
 class _Truncated(Exception):

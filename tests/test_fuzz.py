@@ -432,6 +432,26 @@ def test_exactly_64_extensions_without_server_name(dp, event_names):
                                             extensions_after=tuple(extension(100 + i, b"") for i in range(63))))
 
 
+@pytest.mark.parametrize("count", [64, 65, 300])
+@pytest.mark.parametrize("tail", ["name", "ech-and-name", "no-name", "past-the-end", "cut-header"])
+def test_extensions_past_those_walked_one_by_one_agree_with_the_reference(dp, event_names, count, tail):
+    """Past the 64 extensions walked one by one, the rest are skipped over
+    (bpf/tls_sni.h tls_skip_extensions()): the outcomes, ECH included, as the
+    reference reads them."""
+    ahead = tuple(extension(100 + i, b"") for i in range(count))
+    if tail == "name":
+        hello = client_hello(b"blocked.example", grease=False, extensions_before=ahead)
+    elif tail == "ech-and-name":
+        hello = client_hello(b"blocked.example", grease=False, extensions_before=ahead + (extension(0xFE0D, b"x"),))
+    elif tail == "no-name":
+        hello = client_hello(None, grease=False, extensions_after=ahead)
+    elif tail == "past-the-end":
+        hello = client_hello(b"blocked.example", grease=False, extensions_before=ahead, extensions_len_delta=-2)
+    else:
+        hello = client_hello(None, grease=False, extensions_after=ahead + (b"\x00\x01",))
+    check_strictly(dp, event_names, hello)
+
+
 @known_bug("24 token characters and nothing else are not_tls; with 23 they are http_truncated "
            "(the method loop ends without checking for the end of the payload)")
 def test_24_character_method_awaits_its_space(dp, event_names):
