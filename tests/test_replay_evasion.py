@@ -22,8 +22,8 @@ from scapy.utils import wrpcap
 
 from evasion_sender import (ACK_STEP_BACK, DECOYS, FORGED_ACK, PAWS_STEP_BACK, PLAIN, SEQOVL_BYTES, cuts_around,
                             pieces)
-from packets import client_hello, http_request, ip_fragments, tcp_frame
-from test_bpf_reassembly import ISN
+from packets import client_hello, extension, http_request, ip_fragments, tcp_frame
+from test_bpf_reassembly import ISN, records
 
 pytestmark = [pytest.mark.bpf, pytest.mark.skipif(os.geteuid() != 0, reason="replay loads BPF: needs root")]
 
@@ -41,13 +41,20 @@ URGENT_BYTE = b"!"
 # Not its forged server ACK: a capture is replayed as if on one interface,
 # where nothing tells the client's ACK from the server's (docs/policy.md).
 SYN_DECOY, URGENT, FRAGMENTS = "fake-syn", "urgent", "fragments"
+# And what a server reads whole however far it runs: the hello in TLS
+# records of one byte each, or a request with its Host after 200 header
+# lines (TINY_PIECES); the name after 300 unknown extensions, or after one
+# 4 KB padding header (tpws's --hostpad) (PADDED). Sent in 1400-byte segments.
+TINY_PIECES, PADDED = "tiny-pieces", "padded"
+SEGMENT_BYTES = 1400
 DECOY_TECHNIQUES = {**{kind: counted for kind, counted in DECOYS.items() if kind != FORGED_ACK},
                     SYN_DECOY: "syn_data"}
 TECHNIQUES = (PLAIN, "split1", "split2", "multisplit", "disorder", "seqovl", *DECOY_TECHNIQUES, URGENT,
-              FRAGMENTS)
+              FRAGMENTS, TINY_PIECES, PADDED)
 # What the 2021 profile, reading each segment alone, still names: see
 # tests/test_e2e_evasion.py (a request cut inside its first line).
-SEEN_BY_2021 = {(PLAIN, "tls"), (PLAIN, "http"), ("split1", "http"), ("split2", "http")}
+# The padded hello's name lies in its first segment, past its 300 extensions.
+SEEN_BY_2021 = {(PLAIN, "tls"), (PLAIN, "http"), ("split1", "http"), ("split2", "http"), (PADDED, "tls")}
 
 
 def timestamps(step_back: int = 0) -> list:
@@ -120,12 +127,27 @@ class CaptureFlow:
             # byte before it) marks it, and a receiver takes it out of the stream.
             at = stream.find(name.encode()) + 4
             return frames + [self.segment(stream[:at] + URGENT_BYTE + stream[at:], urgent=at + 1)]
+        if technique in (TINY_PIECES, PADDED):
+            stream = padded_stream(technique, stream, name)
+            return frames + [self.segment(piece, offset)
+                             for offset, piece in pieces(stream, range(SEGMENT_BYTES, len(stream), SEGMENT_BYTES))]
         if technique == FRAGMENTS:
             whole = self.segment(stream)
             size = len(Ether(whole)[IPv6 if self.v6 else IP].payload)
             cuts = [(start, min(start + FRAGMENT_BYTES, size)) for start in range(0, size, FRAGMENT_BYTES)]
             return frames + ip_fragments(whole, cuts[::-1])
         raise ValueError(technique)
+
+
+def padded_stream(technique: str, stream: bytes, name: str) -> bytes:
+    """stream (first_bytes') as TINY_PIECES or PADDED send it."""
+    if stream.startswith(b"\x16"):
+        if technique == TINY_PIECES:
+            return records(stream, 1)
+        unknown = tuple(extension(0x1000 + i, b"") for i in range(300))
+        return client_hello(name.encode(), extensions_before=unknown, extensions_after=(b"\x00\x15\x01\x90" + bytes(400),))
+    lines = tuple(f"X-{i}: a" for i in range(200)) if technique == TINY_PIECES else (f"X-Pad: {'a' * 4096}",)
+    return http_request(name, before=lines)
 
 
 def first_bytes(scheme: str, name: str) -> bytes:
