@@ -18,6 +18,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from helpers import HOOKS, AtHook, classify, needs_root
+from sluice.policy import load_policy
 from sluice.precedence import judges_quic_at_opening
 from sluice.quic import QUIC_V1, QUIC_V2, VERSIONS
 from sluice.quic_flows import QuicFlows
@@ -87,11 +88,24 @@ def rule_of_flow(dp, port: int) -> str | None:
     return rule.name if rule else None
 
 
-def test_the_policy_decides_where_quic_is_judged(make_datapath):
+# A throttle whose QUIC flows `quic: block` blocks: the rule's action is not what QUIC gets.
+WITH_QUIC_BLOCK_ON_A_THROTTLE = QUIC_BLOCK + """\
+  - name: udp-throttle
+    action: throttle
+    rate: 1mbit
+    destination: lab-cdn
+    quic: block
+"""
+
+
+@pytest.mark.parametrize("text,judged", [(QUIC_BLOCK, True), (WITH_A_NAMED_RULE, False), (WITH_AN_ALPN_RULE, False),
+                                         (WITH_QUIC_BLOCK_ON_A_THROTTLE, False)],
+                         ids=["quic-block", "named", "alpn", "quic-block-on-a-throttle"])
+def test_the_policy_decides_where_quic_is_judged(tmp_path, text, judged):
     """The flag follows the rules: a rule that may read the hello keeps QUIC with the controller."""
-    assert judges_quic_at_opening(make_datapath(QUIC_BLOCK).policy.rules)
-    assert not judges_quic_at_opening(make_datapath(WITH_A_NAMED_RULE).policy.rules)
-    assert not judges_quic_at_opening(make_datapath(WITH_AN_ALPN_RULE).policy.rules)
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    assert judges_quic_at_opening(load_policy(path).rules) == judged
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
