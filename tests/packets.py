@@ -32,6 +32,11 @@ def extension(ext_type: int, body: bytes) -> bytes:
     return struct.pack("!HH", ext_type, len(body)) + body
 
 
+def unknown_extensions(count: int) -> tuple[bytes, ...]:
+    """count empty extensions of distinct types no one assigned: a server skips them all."""
+    return tuple(extension(0x1000 + i, b"") for i in range(count))
+
+
 def sni_extension(name: bytes, *, list_len_delta=0, name_len_delta=0, name_type=0) -> bytes:
     entry = struct.pack("!BH", name_type, len(name) + name_len_delta) + name
     body = struct.pack("!H", len(entry) + list_len_delta) + entry

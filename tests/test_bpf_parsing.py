@@ -15,7 +15,7 @@ from scapy.all import Raw
 from helpers import HOOKS, AtHook, classify, judge, needs_root
 from packets import (EXT_ALPN, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
                      IPv6ExtHdrRouting, client_hello, extension, http_request, sni_extension,
-                     split_into_records, tcp_frame, udp_frame)
+                     split_into_records, tcp_frame, udp_frame, unknown_extensions)
 
 pytestmark = [pytest.mark.bpf, needs_root]
 
@@ -65,11 +65,6 @@ def test_an_ech_hello_is_matched_by_its_outer_name_and_counted(dp, where):
     judgement = judge(dp, hello)
     assert judgement.verdict == "drop"
     assert judgement.moved() == {"tls_sni_found": 1, "tls_ech": 1, "flows_tls": 1}
-
-
-def unknown_extensions(count: int) -> tuple[bytes, ...]:
-    """count empty extensions of distinct types no one assigned: a server skips them all."""
-    return tuple(extension(0x1000 + i, b"") for i in range(count))
 
 
 @pytest.mark.parametrize("count", [63, 300])

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import needs_root
 from sluice.testrun import run_xdp
-from packets import client_hello, extension, tcp_frame
+from packets import client_hello, extension, tcp_frame, unknown_extensions
 
 pytestmark = [pytest.mark.bpf, needs_root]
 
@@ -121,7 +121,7 @@ def test_hello_cut_into_records_across_segments(dp, record_size):
 def test_the_name_behind_a_thousand_extensions_across_segments(dp):
     """4 KB of empty extensions ahead of the name, put back together from three segments."""
     hello = client_hello(b"blocked.example",
-                         extensions_before=tuple(extension(0x1000 + i, b"") for i in range(1000)))
+                         extensions_before=unknown_extensions(1000))
     verdicts = Flow(dp).send_all(segments(hello, 1400))
     assert verdicts[-1] == "drop", verdicts
 
@@ -130,7 +130,7 @@ def test_a_hello_with_more_extensions_than_are_skipped_is_not_judged(dp):
     """The bound: 64 walked one by one and TLS_EXTENSIONS_SKIPPED_MAX skipped.
     Past it the hello waits, as one cut short does, and names nothing."""
     hello = client_hello(b"blocked.example",
-                         extensions_before=tuple(extension(0x1000 + i, b"") for i in range(64 + 1024)))
+                         extensions_before=unknown_extensions(64 + 1024))
     before = dp.counters()
     assert "drop" not in Flow(dp).send_all(segments(hello, 1400))
     assert dp.counters()["tls_reassembled"] == before["tls_reassembled"]

@@ -22,7 +22,7 @@ from scapy.utils import wrpcap
 
 from evasion_sender import (ACK_STEP_BACK, DECOYS, FORGED_ACK, PAWS_STEP_BACK, PLAIN, SEQOVL_BYTES, cuts_around,
                             pieces)
-from packets import client_hello, extension, http_request, ip_fragments, tcp_frame
+from packets import client_hello, http_request, ip_fragments, tcp_frame, unknown_extensions
 from test_bpf_reassembly import ISN, records
 
 pytestmark = [pytest.mark.bpf, pytest.mark.skipif(os.geteuid() != 0, reason="replay loads BPF: needs root")]
@@ -144,8 +144,7 @@ def padded_stream(technique: str, stream: bytes, name: str) -> bytes:
     if stream.startswith(b"\x16"):
         if technique == TINY_PIECES:
             return records(stream, 1)
-        unknown = tuple(extension(0x1000 + i, b"") for i in range(300))
-        return client_hello(name.encode(), extensions_before=unknown, extensions_after=(b"\x00\x15\x01\x90" + bytes(400),))
+        return client_hello(name.encode(), extensions_before=unknown_extensions(300), extensions_after=(b"\x00\x15\x01\x90" + bytes(400),))
     lines = tuple(f"X-{i}: a" for i in range(200)) if technique == TINY_PIECES else (f"X-Pad: {'a' * 4096}",)
     return http_request(name, before=lines)
 
