@@ -3,9 +3,12 @@ builder that controls every length field, so that each parser branch can be
 reached on purpose."""
 
 import struct
+import time
 
 from scapy.all import IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPv6, Raw
 from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
+from scapy.data import DLT_EN10MB
+from scapy.utils import PcapNgWriter, PcapWriter, RawPcapReader
 
 CLIENT_V4, SERVER_V4 = "192.0.2.2", "198.51.100.2"
 CLIENT_V6, SERVER_V6 = "2001:db8:c::2", "2001:db8:5::2"
@@ -284,6 +287,34 @@ def encapsulate(frame: bytes, kind: str, *, outer_v6: bool = False, gre_flags: i
     return bytes(ether() / outer / transport)
 
 
+
+def write_capture(path, frames, *, pcapng: bool = False) -> None:
+    """Ethernet frames (bytes) into a capture file, byte for byte, each
+    stamped with the time it was written (replay reads no timestamps).
+
+    Never as packets scapy dissected from those bytes (wrpcap of Ether(frame)):
+    scapy writes a dissected packet by building it again from its fields, and
+    once any module of the run has imported scapy.layers.tls (which binds TLS
+    to TCP port 443 for the whole process), a hello it cannot dissect whole
+    comes back without its payload. So a test's capture held other frames
+    than it built, in whole-suite runs only; build hellos with client_hello().
+    """
+    writer = (PcapNgWriter if pcapng else PcapWriter)(str(path))
+    writer.linktype = DLT_EN10MB
+    written = time.time()
+    with writer:
+        writer.write_header(None)
+        for frame in frames:
+            writer.write_packet(frame, sec=written)
+
+
+def read_capture(path) -> list[bytes]:
+    """A pcap file's frames as bytes, undissected (see write_capture)."""
+    with RawPcapReader(str(path)) as reader:
+        return [data for data, _meta in reader]
+
+
 __all__ = ["encapsulate", "gre_header", "gtpu_header", "vxlan_header", "IPv6ExtHdrDestOpt", "IPv6ExtHdrFragment", "IPv6ExtHdrHopByHop", "IPv6ExtHdrRouting",
            "client_hello", "sni_extension", "extension", "split_into_records", "http_request",
-           "tcp_frame", "udp_frame", "ip_fragments", "ether", "EXT_ALPN"]
+           "tcp_frame", "udp_frame", "ip_fragments", "ether", "EXT_ALPN",
+           "write_capture", "read_capture"]

@@ -19,7 +19,8 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from helpers import BLOCK_PAGE_BODY, BLOCK_PAGE_LINK, HOOKS, AtHook, block_methods_policy, classify, needs_root
 from sluice.abi import ABI
 from sluice.block_methods import BlockPage, ones_complement_sum
-from packets import CLIENT_MAC, SERVER_MAC, IPv6ExtHdrDestOpt, client_hello, http_request, tcp_frame
+from packets import (CLIENT_MAC, SERVER_MAC, IPv6ExtHdrDestOpt, client_hello, http_request, tcp_frame,
+                     write_capture)
 
 pytestmark = needs_root
 
@@ -198,7 +199,6 @@ def test_replay_and_explain_show_the_method(datapath, tmp_path, capsys):
     """`sluice replay --policy` prints how each blocked flow was blocked, as
     the flow had it: a page for plain HTTP, a reset for TLS under the same
     rule; `sluice explain` names the method."""
-    from scapy.utils import wrpcap
     from sluice.cli import main
     from sluice.replay import replay
     frames = []
@@ -209,7 +209,7 @@ def test_replay_and_explain_show_the_method(datapath, tmp_path, capsys):
                                                   start=33000):
         frames += [tcp_frame(sport=port, dport=dport, flags="S", seq=CLIENT_SEQ - 1),
                    tcp_frame(payload, sport=port, dport=dport, seq=CLIENT_SEQ, ack=CLIENT_ACK)]
-    wrpcap(str(tmp_path / "blocked.pcap"), [Ether(frame) for frame in frames])
+    write_capture(tmp_path / "blocked.pcap", frames)
     records, _frames = replay(str(tmp_path / "blocked.pcap"), datapath.policy)
     assert [(r["name"], r["proto"], r["method"]) for r in records] == [
         ("reset.example", "tls", "reset"), ("page.example", "http", "page"), ("page.example", "tls", "reset"),

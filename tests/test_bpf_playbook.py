@@ -22,7 +22,7 @@ import pytest
 from helpers import needs_root
 from sluice.testrun import run_xdp
 from packets import (EXT_ECH, EXT_PADDING, alpn_extension, client_hello, extension, http_request, tcp_frame,
-                     udp_frame)
+                     udp_frame, write_capture)
 from quic_packets import crypto_frame, handshake_client_hello, initial_packet
 
 pytestmark = [pytest.mark.bpf, needs_root]
@@ -298,9 +298,6 @@ def test_replay_prints_a_line_for_each_flow_a_rule_settles_at_its_opening_packet
     line in `sluice replay`, nameless, with its rule; a TCP flow no rule
     judged has its nameless line at the end of the capture, as before, and a
     UDP one none (nothing was read or decided of it)."""
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
-
     from sluice.replay import replay
     flows = {}                     # sport -> (transport, server)
     frames = []
@@ -320,7 +317,7 @@ def test_replay_prints_a_line_for_each_flow_a_rule_settles_at_its_opening_packet
         frames.append(udp_frame(initial, sport=sport, dport=443, v6=":" in server, src=client_of(server),
                                 dst=server))
     capture = tmp_path / "unnamed.pcap"
-    wrpcap(str(capture), [Ether(data) for data in frames])
+    write_capture(capture, frames)
     records, _ = replay(str(capture), dp.policy)
     lines = {record["client_port"]: (record["server"], record["name"], record["rule"], record["action"])
              for record in records}

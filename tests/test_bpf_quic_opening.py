@@ -14,17 +14,15 @@ the controller. `sluice explain` (Policy.decide) says the same.
 import socket
 
 import pytest
-from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 
 from helpers import HOOKS, AtHook, classify, needs_root
 from sluice.policy import load_policy
 from sluice.precedence import judges_quic_at_opening
-from sluice.quic import QUIC_V1, QUIC_V2, VERSIONS
+from sluice.quic import QUIC_V1, QUIC_V2
 from sluice.quic_flows import QuicFlows
 from sluice.replay import replay
 
-from packets import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, ip_fragments, udp_frame
+from packets import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, ip_fragments, udp_frame, write_capture
 from quic_packets import (client_initial, gquic_version, handshake_message, initial_packet, crypto_frame,
                           handshake_client_hello, short_header_packet, stream_frame)
 
@@ -187,7 +185,7 @@ def test_replay_prints_the_flow_blocked_at_its_first_initial_once(quic_block, tm
     dp, _flows = quic_block
     port = next(ports)
     capture = tmp_path / "quic.pcap"
-    wrpcap(str(capture), [Ether(frame(first_initial(QUIC_V1), port)), Ether(frame(first_initial(QUIC_V1), port))])
+    write_capture(capture, [frame(first_initial(QUIC_V1), port)] * 2)
     records, _ = replay(str(capture), dp.policy)
     assert [(r["client_port"], r["proto"], r["name"], r["rule"], r["action"]) for r in records] == [
         (port, "quic", None, "quic-drop", "block")]

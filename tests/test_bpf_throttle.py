@@ -14,15 +14,14 @@ import os
 
 import pytest
 from scapy.all import IP, TCP, Ether, Raw
-from scapy.layers.tls.extensions import ServerName, TLS_Ext_ServerName
-from scapy.layers.tls.handshake import TLSClientHello
-from scapy.layers.tls.record import TLS
 
 from sluice.abi import ABI
 from sluice.clocks import COARSE_CLOCK_TICKS, coarse_tick_ns
 from sluice.datapath import Datapath
 from sluice.policy import load_policy
 from sluice.testrun import run_xdp
+
+from packets import client_hello
 
 pytestmark = [pytest.mark.bpf,
               pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
@@ -99,16 +98,12 @@ def clock(datapath):
     datapath.set_config(clock_ns=0, clock_tick_ns=0)
 
 
-def hello(name: bytes) -> bytes:
-    return bytes(TLS(msg=[TLSClientHello(ext=[TLS_Ext_ServerName(servernames=[ServerName(servername=name)])])]))
-
-
 def open_flow(datapath, name: bytes, port: int, client=CLIENT):
     """SYN, then a ClientHello for name: the flow is classified. Returns its two senders."""
     run_xdp(datapath.function.fd, bytes(
         ETHER / IP(src=client, dst=SERVER) / TCP(sport=port, dport=443, flags="S")))
     assert run_xdp(datapath.function.fd, bytes(
-        ETHER / IP(src=client, dst=SERVER) / TCP(sport=port, dport=443, flags="PA", seq=1) / Raw(hello(name)))
+        ETHER / IP(src=client, dst=SERVER) / TCP(sport=port, dport=443, flags="PA", seq=1) / Raw(client_hello(name)))
     ).verdict == "pass"   # the hello itself spends tokens, but fits the burst
 
     def upload():
@@ -127,7 +122,7 @@ def passes(send, count: int) -> int:
 
 def test_each_direction_passes_exactly_its_burst_then_its_rate(datapath, clock):
     upload, download = open_flow(datapath, b"flow.example", 41000)
-    hello_frame = 14 + 20 + 20 + len(hello(b"flow.example"))
+    hello_frame = 14 + 20 + 20 + len(client_hello(b"flow.example"))
     # Up: 3000 bytes of burst, less what the ClientHello spent.
     assert passes(upload, 10) == (3000 - hello_frame) // FRAME
     # Down: its own bucket of 5000 bytes, untouched by the upload.
@@ -225,7 +220,7 @@ def test_a_deep_bucket_keeps_its_rate_over_a_second_on_either_clock(datapath, cl
     set_police_clock(datapath, "deep", clock_kind)
     try:
         upload, _ = open_flow(datapath, b"deep.example", 46000 + clock_kind)
-        hello_frame = 14 + 20 + 20 + len(hello(b"deep.example"))
+        hello_frame = 14 + 20 + 20 + len(client_hello(b"deep.example"))
         passed_bytes = hello_frame
         step_ns, last_ns = 700_000, 10**9
         for at_ns in range(0, last_ns + 1, step_ns):

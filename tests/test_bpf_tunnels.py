@@ -15,7 +15,6 @@ import sys
 from contextlib import contextmanager
 
 import pytest
-from scapy.all import Ether, wrpcap
 
 from helpers import judge, needs_root
 from sluice.policy import load_policy
@@ -23,7 +22,7 @@ from sluice.quic_flows import QuicFlows
 from sluice.testrun import run_xdp
 from packets import (ETH_P_IP, GRE_CHECKSUM, GRE_KEY, GRE_SEQUENCE, GTPU_ECHO_REQUEST,
                      GTPU_PDU_SESSION_CONTAINER, client_hello, encapsulate, gre_header, gtpu_header,
-                     http_request, tcp_frame, udp_frame, vxlan_header)
+                     http_request, tcp_frame, udp_frame, vxlan_header, write_capture)
 from quic_packets import crypto_frame, handshake_client_hello, initial_packet, short_header_packet
 
 pytestmark = [pytest.mark.bpf, needs_root]
@@ -235,7 +234,7 @@ def test_replay_names_the_flows_of_a_tunnelled_capture(tmp_path):
         port, wrap = 42000 + index, wrapper(name)
         frames += [wrap(tcp_frame(sport=port, flags="S")), wrap(tcp_frame(sport=port, flags="SA", reply=True)),
                    wrap(tcp_frame(client_hello(f"{name}.example".encode()), sport=port))]
-    wrpcap(str(tmp_path / "tunnels.pcap"), [Ether(frame) for frame in frames])
+    write_capture(tmp_path / "tunnels.pcap", frames)
     result = subprocess.run([sys.executable, "-m", "sluice", "replay", "--json", str(tmp_path / "tunnels.pcap")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -11,10 +11,11 @@ import sys
 import time
 
 import pytest
-from scapy.utils import rdpcap, wrpcapng
 
 from sluice.lab import CLIENT_V4, SERVER_V4, SERVER_V6, Lab
 from sluice.policies import lab_policy_path
+
+from packets import read_capture, write_capture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")]
 
@@ -40,7 +41,7 @@ def captures(tmp_path_factory):
         for dump in dumps.values():
             dump.send_signal(signal.SIGINT)
             dump.wait(timeout=10)
-    wrpcapng(str(directory / "eth.pcapng"), rdpcap(str(directory / "eth.pcap")))
+    write_capture(directory / "eth.pcapng", read_capture(directory / "eth.pcap"), pcapng=True)
     return directory
 
 
@@ -96,8 +97,6 @@ def reopened_and_given_up(path):
     a full handshake and a ClientHello cut in two, the server's ACK (padded
     to Ethernet's minimum) between the pieces, over IP options; a flow behind
     a VLAN tag (replay sorts its frames into the flow past the tag)."""
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
     from packets import client_hello, http_request, tcp_frame
     frames = []
     for isn, name in ((0, b"blocked.example"), (5000, b"open.example")):
@@ -120,7 +119,7 @@ def reopened_and_given_up(path):
     frames += [tcp_frame(sport=41004, flags="S", vlans=(7,), dport=80),
                tcp_frame(sport=41004, flags="SA", vlans=(7,), dport=80, reply=True, seq=0, ack=1),
                tcp_frame(http_request("open.example"), sport=41004, vlans=(7,), dport=80)]
-    wrpcap(str(path), [Ether(frame) for frame in frames])
+    write_capture(path, frames)
     return path
 
 
@@ -146,10 +145,8 @@ def replayed_counting_runs(path, frames):
     """frames written to path as a capture and replayed: (records, frames
     read, frames the program ran), the skipping path checked against running
     every frame."""
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
     from sluice.replay import Replayer, replay as replay_capture
-    wrpcap(str(path), [Ether(frame) for frame in frames])
+    write_capture(path, frames)
     replayer = Replayer()
     try:
         records, frames_read = replayer.run(str(path))
@@ -272,8 +269,6 @@ def test_every_flow_gets_its_line_when_the_event_ring_wraps_around(tmp_path):
     (program.MappedRing): over more flows than the ring holds events, its
     positions wrap around the ring, and an event lies across its end; no
     line is lost, none comes out of order."""
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
     from packets import http_request, tcp_frame
     from sluice.abi import ABI
     from sluice.replay import replay as replay_capture
@@ -283,7 +278,7 @@ def test_every_flow_gets_its_line_when_the_event_ring_wraps_around(tmp_path):
         frames += [tcp_frame(sport=20000 + index, dport=80, flags="S"),
                    tcp_frame(http_request(f"host{index}.example"), sport=20000 + index, dport=80)]
     path = tmp_path / "many-flows.pcap"
-    wrpcap(str(path), [Ether(frame) for frame in frames])
+    write_capture(path, frames)
     records, frames_read = replay_capture(str(path))
     assert frames_read == 2 * flows
     assert [(r["client_port"], r["name"]) for r in records] == [(20000 + i, f"host{i}.example") for i in range(flows)]
@@ -336,9 +331,6 @@ def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6, tmp_pat
     three VLAN tags, among frames it leaves as they are."""
     import socket
 
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
-
     from sluice.capture import Capture, _ones_sum, fill_offloaded_checksum
     from packets import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, client_hello, tcp_frame, udp_frame
     hello = client_hello(b"blocked.example")
@@ -364,7 +356,7 @@ def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6, tmp_pat
             assert fill_offloaded_checksum(wrong[-1]) == wrong[-1]
     others = [udp_frame(v6=v6), tcp_frame(v6=v6, flags="S"), tcp_frame(hello, v6=v6)[:40]]
     frames = [frame for group in zip(half_done, wrong, whole) for frame in group] + others
-    wrpcap(str(tmp_path / "sender.pcap"), [Ether(frame) for frame in frames])
+    write_capture(tmp_path / "sender.pcap", frames)
     with Capture(str(tmp_path / "sender.pcap")) as capture:
         read = [bytes(chunk.buffer[offset:offset + length]) for chunk in capture.chunks()
                 for offset, length in zip(chunk.offsets, chunk.lengths)]
@@ -392,14 +384,11 @@ def test_fix_checksums_names_a_capture_anonymised_without_fixing_them(v6, tmp_pa
     """nDPI's dnscrypt-v2-doh.pcap had its addresses rewritten so: every
     segment looks like a decoy the server drops, and nothing is named.
     --fix-checksums makes the checksums right first."""
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
-
     from packets import client_hello, tcp_frame
     frames = [tcp_frame(flags="S", seq=0, v6=v6), tcp_frame(flags="SA", seq=0, ack=1, v6=v6, reply=True),
               tcp_frame(flags="A", seq=1, ack=1, v6=v6), tcp_frame(client_hello(b"blocked.example"), ack=1, v6=v6)]
     path = tmp_path / "anonymised.pcap"
-    wrpcap(str(path), [Ether(anonymised(frame, v6)) for frame in frames])
+    write_capture(path, [anonymised(frame, v6) for frame in frames])
     assert [r["name"] for r in replay("--policy", lab_policy_path(), str(path))] == [None]
     assert [(r["name"], r["action"]) for r in replay("--policy", lab_policy_path(), "--fix-checksums", str(path))] \
         == [("blocked.example", "block")]
@@ -447,12 +436,11 @@ def test_fix_checksums_makes_each_checksum_right_but_a_fragments_transport_one()
 def test_several_captures_at_once_give_what_each_gives_alone_in_the_order_given(tmp_path):
     """--jobs 2: each capture in a process of its own; the lines come in the
     order the captures were named, each naming its capture."""
-    from scapy.utils import rdpcap, wrpcap
     from sluice.policy import load_policy
     from sluice.replay import replay as replay_capture
     whole = reopened_and_given_up(tmp_path / "whole.pcap")
     start = tmp_path / "start.pcap"
-    wrpcap(str(start), rdpcap(str(whole))[:13], linktype=1)    # to the second flow on port 41000
+    write_capture(start, read_capture(whole)[:13])    # to the second flow on port 41000
     records = replay("--policy", lab_policy_path(), "--jobs", "2", str(whole), str(start))
     policy = load_policy(lab_policy_path())
     expected = [{"capture": str(path), **record} for path in (whole, start)
@@ -472,8 +460,6 @@ def test_a_fake_quic_initial_of_another_connection_does_not_name_the_flow(tmp_pa
     from quic_packets import crypto_frame, handshake_client_hello, initial_packet, short_header_packet
     from sluice.policy import load_policy
     from sluice.replay import replay as replay_capture
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
     fake = udp_frame(initial_packet(crypto_frame(0, handshake_client_hello(b"www.google.com")), dcid=b"\x0f" * 8,
                                     size=1200), sport=50001)
     real = udp_frame(initial_packet(crypto_frame(0, handshake_client_hello(b"blocked.example")), dcid=b"\xa1" * 8,
@@ -482,7 +468,7 @@ def test_a_fake_quic_initial_of_another_connection_does_not_name_the_flow(tmp_pa
     frames = [udp_frame(initial_packet(crypto_frame(0, handshake_client_hello(b"open.example")), size=1200),
                         sport=50000), *sent, udp_frame(short_header_packet(), sport=50001, reply=True)]
     path = tmp_path / "fake-initial.pcap"
-    wrpcap(str(path), [Ether(frame) for frame in frames])
+    write_capture(path, frames)
     policy = load_policy(lab_policy_path())
     skipping, _frames = replay_capture(str(path), policy)
     assert replay_capture(str(path), policy, skip_settled=False)[0] == skipping
@@ -500,8 +486,6 @@ def test_fake_quic_initials_around_a_hello_of_two_datagrams_hide_nothing(tmp_pat
                               short_header_packet, two_datagram_hello)
     from sluice.policy import load_policy
     from sluice.replay import replay as replay_capture
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
     real_name, fake_name = (b"blocked.example", b"open.example") if blocked == "real" else \
         (b"open.example", b"blocked.example")
     first, second = two_datagram_hello(real_name, b"\xa1" * 8)
@@ -509,7 +493,7 @@ def test_fake_quic_initials_around_a_hello_of_two_datagrams_hide_nothing(tmp_pat
     sent = [*broken_fakes(b"www.google.com"), first, fake, second]
     frames = [udp_frame(datagram, sport=50001) for datagram in sent]
     path = tmp_path / "fakes-around-a-hello.pcap"
-    wrpcap(str(path), [Ether(frame) for frame in [*frames, udp_frame(short_header_packet(), sport=50001, reply=True)]])
+    write_capture(path, [*frames, udp_frame(short_header_packet(), sport=50001, reply=True)])
     policy = load_policy(lab_policy_path())
     skipping, _frames = replay_capture(str(path), policy)
     assert replay_capture(str(path), policy, skip_settled=False)[0] == skipping
