@@ -75,6 +75,18 @@ static __always_inline int http_request_line_has_version(const __u8 *bytes, __u3
 	       payload_u8(bytes, v + 6) == '.' && digit >= '0' && digit <= '9';
 }
 
+/* Does the request line that ends at newline_off end in a space, before any
+ * '\r'? nginx takes any number of spaces after the version: the stream's
+ * scan, which reads the line to its end, finds where it ends without them. */
+static __always_inline int http_request_line_ends_in_space(const __u8 *bytes, __u32 newline_off)
+{
+	__u32 end = newline_off;
+
+	if (end > 0 && payload_u8(bytes, end - 1) == '\r')
+		end--;
+	return end > 0 && payload_u8(bytes, end - 1) == ' ';
+}
+
 static __always_inline int http_is_host_field(const __u8 *bytes, __u32 off)
 {
 	/* OR-ing 0x20 lower-cases ASCII letters and leaves ':' alone. */
@@ -99,7 +111,9 @@ static __always_inline int http_parse_host_value(struct payload_scratch *scratch
 			break;
 		off++;
 	}
-	if (off >= avail)
+	/* More whitespace than that, which servers step over however much
+	 * there is: the stream's scan finds where the value starts. */
+	if (off >= avail || http_is_ows(payload_u8(bytes, off)))
 		return HTTP_TRUNCATED;
 
 	int bracketed = payload_u8(bytes, off) == '[';
@@ -250,7 +264,7 @@ static __always_inline int http_parse_request_line(struct payload_scratch *scrat
 		return HTTP_TRUNCATED;
 	__u32 line_end = line_starts[0] - 1;
 	if (!http_request_line_has_version(bytes, line_end))
-		return HTTP_NOT_REQUEST;
+		return http_request_line_ends_in_space(bytes, line_end) ? HTTP_TRUNCATED : HTTP_NOT_REQUEST;
 	/* Forgotten, so that what follows is verified once, not once per method length. */
 	scratch->authority_off = http_absolute_form_authority(bytes, forget_range(scratch->forget_slot, off + 1),
 							      line_end);
@@ -297,10 +311,12 @@ static __always_inline int http_parse_request_host(struct payload_scratch *scrat
 	return http_parse_host_value(scratch, forget_range(scratch->forget_slot, value_off), name_off, name_len);
 }
 
-/* One pass of the search for the request line's end, the Host line and
- * the header section's end in a stream buffer's request, however many
- * header lines come before the Host line: it reads bytes[start, end), at
- * most HTTP_STREAM_SCAN_BYTES of them, going on from where the passes
+/* One pass of the search for the request line's end (and its last byte
+ * before any spaces after the version), the Host line (and where its value
+ * starts, past any whitespace), and the header section's end in a stream
+ * buffer's request, however many header lines come before the Host line:
+ * it reads bytes[start, end), at most HTTP_STREAM_SCAN_BYTES of them,
+ * going on from where the passes
  * before it left layout (zeroed before the first). The body is branch-free
  * arithmetic but for the exit (see http_find_line_starts()): a Host line
  * is "\nhost:" in a shift register of the bytes, letters lower-cased, that
@@ -311,7 +327,7 @@ static __always_inline void http_scan_stream_request(const __u8 *bytes, __u32 st
 						     struct request_layout *layout)
 {
 	__u64 recent = layout->recent, line_end = layout->line_end, host_line = layout->host_line;
-	__u64 headers_end = layout->headers_end;
+	__u64 headers_end = layout->headers_end, line_last = layout->line_last, host_value = layout->host_value;
 
 	for (__u64 i = 0; i < HTTP_STREAM_SCAN_BYTES; i++) {
 		__u64 at = start + i;
@@ -325,16 +341,25 @@ static __always_inline void http_scan_stream_request(const __u8 *bytes, __u32 st
 		__u64 is_host_line = (((recent & 0xffffffffffffULL) ^ HTTP_HOST_LINE_PATTERN) - 1) >> 63;
 		__u64 is_blank_line = ((((recent & 0xffff) ^ 0x0a0d) - 1) >> 63) |
 				      ((((recent & 0xffff) ^ 0x0a0a) - 1) >> 63);
+		__u64 is_space = ((c ^ ' ') - 1) >> 63;
+		__u64 is_blank = is_space | ((c ^ '\t') - 1) >> 63;
 		__u64 no_line_end = (line_end - 1) >> 63;
 		__u64 no_host_line = (host_line - 1) >> 63;
 		__u64 in_headers = (headers_end - 1) >> 63;
+		/* Past the Host line's colon (met at an earlier byte), the first
+		 * byte that is no space or tab. */
+		__u64 seeking_value = (no_host_line ^ 1) & ((host_value - 1) >> 63);
+		host_value += seeking_value * (is_blank ^ 1) * at;
 		line_end += is_newline * no_line_end * at;
+		line_last += no_line_end * ((is_space | is_newline | (((c ^ '\r') - 1) >> 63)) ^ 1) * (at - line_last);
 		/* The register ends at the colon: the line starts 4 bytes back. */
 		host_line += is_host_line * no_host_line * in_headers * (at - 4);
 		headers_end += is_blank_line * in_headers * at;
 	}
 	layout->line_end = line_end;
+	layout->line_last = line_last;
 	layout->host_line = host_line;
+	layout->host_value = host_value;
 	layout->headers_end = headers_end;
 	layout->recent = recent;
 }

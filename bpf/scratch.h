@@ -50,7 +50,9 @@ struct record_gathering {
  * http_scan_stream_request() in http_host.h); each is 0 until found. */
 struct request_layout {
 	__u32 line_end;			/* the request line's '\n' */
+	__u32 line_last;		/* its last byte but spaces and CR (nginx takes spaces after the version) */
 	__u32 host_line;		/* the first "host:" line of the header section */
+	__u32 host_value;		/* its value's first byte: past the colon, spaces and tabs */
 	__u32 headers_end;		/* the '\r' or '\n' that starts the blank line */
 	__u32 start;			/* where the request starts, past empty lines */
 	__u32 end;			/* where the bytes held in order end */

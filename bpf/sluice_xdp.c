@@ -639,29 +639,38 @@ int sluice_stage_stream_http(struct ctx_buff *ctx)
 	/* ...and again: each way out of the scan knows them differently. */
 	__u32 start = forget_range(scratch->forget_slot, layout->start);
 	end = forget_range(scratch->forget_slots[0], layout->end);
-	/* The request line, with room left for the Host line after it. */
-	__u32 line_len = layout->line_end + 1 - start;
-	if (!layout->line_end || line_len > PAYLOAD_COPY_BYTES - HTTP_HOST_LINE_COPY)
+	/* The request line, without the spaces after its version, and with
+	 * room left for the Host line after it. */
+	if (!layout->line_end || layout->line_last < start)
+		return stream_wait(flow, scratch, cfg);
+	__u32 line_len = layout->line_last + 1 - start;
+	if (line_len >= PAYLOAD_COPY_BYTES - HTTP_HOST_LINE_COPY)
 		return stream_wait(flow, scratch, cfg);
 	hide_from_compiler(line_len);
 	line_len &= PAYLOAD_COPY_MASK;
 	if (copy_within_maps(scratch->bytes, line_len, &view->bytes[start & STREAM_MASK]) < 0)
 		return stream_wait(flow, scratch, cfg);
-	__u32 len = line_len;
+	scratch->bytes[line_len & PAYLOAD_COPY_MASK] = '\n';
+	__u32 len = line_len + 1;
 	if (layout->host_line) {
-		__u32 host_len = end - layout->host_line;
-		if (host_len > HTTP_HOST_LINE_COPY)
-			host_len = HTTP_HOST_LINE_COPY;
+		/* The Host line as "host:" and its value, without the
+		 * whitespace before it, however much there was. */
+		if (!layout->host_value)
+			return stream_wait(flow, scratch, cfg);
+		__u32 host_len = end - layout->host_value;
+		if (host_len > HTTP_HOST_LINE_COPY - HTTP_HOST_FIELD_LEN)
+			host_len = HTTP_HOST_LINE_COPY - HTTP_HOST_FIELD_LEN;
 		hide_from_compiler(host_len);
 		host_len &= NAME_BUFFER_MASK | 0x100;
-		__u32 host_at = len;
-		hide_from_compiler(host_at);	/* the bound below must reach the verifier */
-		if (host_at > PAYLOAD_COPY_BYTES - HTTP_HOST_LINE_COPY)
+		__u32 value_at = len + HTTP_HOST_FIELD_LEN;
+		hide_from_compiler(value_at);	/* the bound below must reach the verifier */
+		if (value_at > PAYLOAD_COPY_BYTES - HTTP_HOST_LINE_COPY)
 			return stream_wait(flow, scratch, cfg);
-		if (copy_within_maps(&scratch->bytes[host_at], host_len,
-				     &view->bytes[layout->host_line & STREAM_MASK]) < 0)
+		__builtin_memcpy(&scratch->bytes[value_at - HTTP_HOST_FIELD_LEN], "host:", HTTP_HOST_FIELD_LEN);
+		if (copy_within_maps(&scratch->bytes[value_at], host_len,
+				     &view->bytes[layout->host_value & STREAM_MASK]) < 0)
 			return stream_wait(flow, scratch, cfg);
-		len += host_len;
+		len = value_at + host_len;
 	} else if (layout->headers_end) {
 		/* No Host before the blank line: the request has none. */
 		scratch->bytes[len & PAYLOAD_COPY_MASK] = '\r';

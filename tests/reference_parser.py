@@ -84,11 +84,12 @@ def classify(payload: bytes) -> Outcome:
 
 # sluice: a request read from the stream (bpf/sluice_xdp.c,
 # sluice_stage_stream_http): up to 16 CR/LF bytes before it are stepped over
-# (RFC 9112 2.2), its first 2600 bytes are searched for the request line and
-# the first Host line before the blank line, and those two lines alone are
-# parsed as a request in one packet is.
+# (RFC 9112 2.2), it is searched to the end of the bytes held for the request
+# line and the first Host line before the blank line, and those two lines
+# alone are parsed as a request in one packet is: the request line without
+# the spaces (and CR) after its version, and the Host line as "host:" and its
+# value, without the whitespace before it.
 EMPTY_LINE_BYTES_MAX = 16
-STREAM_SCAN_BYTES = 2600
 HOST_LINE_COPY = 5 + 16 + NAME_MAX + 8 + 2     # "host:", OWS_MAX, a value, CRLF
 
 
@@ -97,15 +98,21 @@ def stream_http_request(data: bytes) -> Outcome | None:
     start = 0
     while start < min(len(data), EMPTY_LINE_BYTES_MAX) and data[start] in b"\r\n":
         start += 1
-    scan = data[start:start + STREAM_SCAN_BYTES]
+    scan = data[start:]
     line_end = scan.find(b"\n")
-    if line_end < 0 or line_end + 1 > PAYLOAD_COPY_BYTES - HOST_LINE_COPY:
+    line = scan[:line_end].rstrip(b" \r")
+    if line_end < 0 or not line or len(line) >= PAYLOAD_COPY_BYTES - HOST_LINE_COPY:
         return None
-    request = scan[:line_end + 1]
+    request = line + b"\n"
     host = re.search(rb"\n[Hh][Oo][Ss][Tt]:", scan)
     blank = re.search(rb"\n[\r\n]", scan)
     if host and (not blank or host.start() < blank.start()):
-        request += data[start + host.start() + 1:][:HOST_LINE_COPY]
+        value = scan[host.end():].lstrip(OWS)
+        if not value:
+            return None
+        if len(request) + 5 > PAYLOAD_COPY_BYTES - HOST_LINE_COPY:
+            return None
+        request += b"host:" + value[:HOST_LINE_COPY - 5]
     elif blank:
         request += b"\r\n"
     outcome = parse_http_request(request)
@@ -346,10 +353,12 @@ METHOD_MAX = 24
 # sluice: a request line is a method, a space, and anything that ends in
 # "HTTP/1.x"; RFC 9112 2.2 lets a recipient take a bare LF as a line end.
 REQUEST_LINE_END = re.compile(rb"HTTP/1\.[0-9]\r?\Z")
-# sluice: Host is looked for in the first 32 header lines only.
+# sluice: Host is looked for in a packet's first 32 header lines; past them,
+# the stream is read on.
 HEADER_LINES_MAX = 32
 # sluice: at most 16 whitespace characters are stepped over before the Host
-# value (RFC 9110 5.6.3 sets no limit); past them, the value is not read.
+# value in one packet (RFC 9110 5.6.3 sets no limit); past them, the value is
+# read from the stream.
 OWS_MAX = 16
 OWS = b" \t"
 # Where a host ends inside a Host value (RFC 9110 7.2: uri-host [":" port]):
@@ -383,7 +392,9 @@ def parse_http_request(data: bytes) -> Outcome:
         return Outcome(HTTP_TRUNCATED)
     request_line = data[:line_end]
     if not REQUEST_LINE_END.search(request_line):
-        return Outcome(NOT_TLS)
+        # nginx takes any number of spaces after the version: read from the stream
+        ends_in_space = request_line.removesuffix(b"\r").endswith(b" ")
+        return Outcome(HTTP_TRUNCATED if ends_in_space else NOT_TLS)
     # RFC 9112 3.2.2: a server given an absolute-form target takes the host
     # from it and ignores any Host field. The request line is whole: decided.
     target = ABSOLUTE_FORM.match(request_line, len(method) + 1)
@@ -412,13 +423,13 @@ def _host_field(data: bytes, line: int) -> Outcome:
         if newline < 0:
             return Outcome(HTTP_TRUNCATED)
         line = newline + 1
-    return Outcome(HTTP_NO_HOST)
+    return Outcome(HTTP_TRUNCATED)     # more lines than a packet is looked through for: read from the stream
 
 
 def _host_value(value: bytes) -> Outcome:
     stripped = value.lstrip(OWS)
     if len(value) - len(stripped) > OWS_MAX:
-        return Outcome(HTTP_NO_HOST)
+        return Outcome(HTTP_TRUNCATED)     # servers step over any amount: read from the stream
     if not stripped:
         return Outcome(HTTP_TRUNCATED)
     host = _host(stripped, bounded=False)

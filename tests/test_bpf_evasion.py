@@ -387,6 +387,42 @@ def test_a_request_without_host_after_kilobytes_of_headers_is_read_to_its_end(dp
     assert after["http_no_host"] - before["http_no_host"] == 1 and after["gave_up"] == before["gave_up"]
 
 
+# What servers step over that a parser with fixed bounds may not: any
+# amount of whitespace before the Host value (nginx, Apache, Go's net/http),
+# and spaces after the request line's version (nginx). Each is in one
+# segment, or cut every 1400 bytes, so both the one-packet path and the
+# stream's scan read it.
+WHITESPACE_REQUESTS = {
+    "17-spaces-before-host-value": REQUEST.replace(b"Host: ", b"Host:" + b" " * 17),
+    "600-tabs-and-spaces-before-host-value": REQUEST.replace(b"Host: ", b"Host:" + b" \t" * 300),
+    "5000-spaces-before-host-value": REQUEST.replace(b"Host: ", b"Host:" + b" " * 5000),
+    "1-space-after-version": REQUEST.replace(b"HTTP/1.1\r\n", b"HTTP/1.1 \r\n", 1),
+    "100-spaces-after-version-bare-lf": REQUEST.replace(b"HTTP/1.1\r\n", b"HTTP/1.1" + b" " * 100 + b"\n", 1),
+    "3000-spaces-after-version": REQUEST.replace(b"HTTP/1.1\r\n", b"HTTP/1.1" + b" " * 3000 + b"\r\n", 1),
+    "both": REQUEST.replace(b"HTTP/1.1\r\n", b"HTTP/1.1" + b" " * 40 + b"\r\n", 1).replace(b"Host: ", b"Host:" + b" " * 40),
+}
+
+
+@FAMILIES
+@pytest.mark.parametrize("request_bytes", WHITESPACE_REQUESTS.values(), ids=WHITESPACE_REQUESTS.keys())
+def test_whitespace_servers_step_over_hides_nothing(dp, v6, request_bytes):
+    before = dp.counters()
+    assert "drop" in Flow(dp, v6, dport=80).send(cut(request_bytes, *range(1400, len(request_bytes), 1400)))
+    assert dp.counters()["stage_missed"] == before["stage_missed"]
+
+
+@FAMILIES
+@pytest.mark.parametrize("request_bytes", [
+    REQUEST.replace(b"HTTP/1.1\r\n", b"HTTP/1.1 x\r\n", 1),
+    REQUEST.replace(b"HTTP/1.1\r\n", b"HTTP/1.1 \r\n", 1).replace(b"GET", b"G\x01T"),
+    REQUEST.replace(b"Host: blocked.example", b"Host:" + b" " * 40 + b"\r\n"),
+], ids=["junk-after-version", "not-a-method", "host-value-empty-after-spaces"])
+def test_what_servers_refuse_stays_unnamed_with_whitespace(dp, v6, request_bytes):
+    """Spaces after the version, or before a Host value, do not make a
+    request of what servers refuse (nginx answers these 400)."""
+    assert "drop" not in Flow(dp, v6, dport=80).send([(0, request_bytes)])
+
+
 @FAMILIES
 def test_empty_lines_before_the_request_line(dp, v6):
     assert Flow(dp, v6, dport=80).send([(0, b"\r\n\r\n" + REQUEST)]) == ["drop"]

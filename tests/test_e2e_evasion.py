@@ -14,6 +14,7 @@ it is fooled and the flow passes, the decoys named instead.
 """
 
 import os
+import sys
 from contextlib import ExitStack
 from types import SimpleNamespace
 
@@ -24,6 +25,7 @@ from helpers import enforcing, rule_stats
 from sluice.datapath import Datapath
 from sluice.metrics import SluiceCollector
 from evasion_sender import DECOYS, ORIG_TTL, PLAIN, TECHNIQUES, URGENT, fetch
+from packets import http_request
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, raw sockets and XDP need root")]
@@ -139,3 +141,54 @@ def test_the_2021_profile_is_fooled_and_the_flow_passes(lab, enforce, technique,
     assert rule_stats(datapath, "block-real")["resets"] == resets
     if technique in DECOYS:
         assert rule_stats(datapath, "decoy-seen")["flows"] > decoys_seen, "the 2021 profile names the decoy"
+
+
+# Requests the lab's nginx reads the real name from, written in ways a parser
+# with fixed bounds misses: tpws's --hostpad (one 4 KB header before Host),
+# 200 header lines before it, any amount of whitespace before the Host value,
+# spaces after the version. Each goes in one sendall(); the kernel cuts the
+# long ones into segments.
+SERVED_REQUESTS = {
+    "hostpad-4096": http_request(REAL_NAME, before=(f"X-Pad: {'a' * 4096}",), after=("Connection: close",)),
+    "200-lines-before-host": http_request(REAL_NAME, before=tuple(f"X-{i}: a" for i in range(200)),
+                                          after=("Connection: close",)),
+    "600-spaces-before-host-value": http_request(REAL_NAME, separator=":" + " " * 600,
+                                                 after=("Connection: close",)),
+    "spaces-after-version": http_request(REAL_NAME, version="HTTP/1.1" + " " * 100, after=("Connection: close",)),
+}
+RAW_HTTP_CLIENT = """
+import socket, sys
+connection = socket.create_connection((sys.argv[1], 80), timeout=2)
+connection.sendall(bytes.fromhex(sys.argv[2]))
+answer = b""
+try:
+    while data := connection.recv(65536):
+        answer += data
+except OSError as error:
+    print(type(error).__name__)
+print(answer.decode(errors="replace"))
+"""
+
+
+def raw_http(lab, family: int, request: bytes) -> str:
+    """What the lab's server answers `request`, sent as it is from the client namespace."""
+    return lab.run_in(lab.client_ns, [sys.executable, "-c", RAW_HTTP_CLIENT, lab.server_address(family),
+                                      request.hex()], timeout=10).stdout
+
+
+def test_nginx_reads_the_real_name_from_each_request_when_nothing_inspects(lab, enforce):
+    enforce(None)
+    for kind, request in SERVED_REQUESTS.items():
+        for family in (4, 6):
+            answer = raw_http(lab, family, request)
+            assert f"sluice lab: {REAL_NAME}" in answer, (kind, family, answer)
+
+
+@FAMILIES
+@pytest.mark.parametrize("request_bytes", SERVED_REQUESTS.values(), ids=SERVED_REQUESTS.keys())
+def test_the_default_profile_blocks_what_nginx_reads(lab, enforce, request_bytes, family):
+    datapath = enforce("judge")
+    resets = rule_stats(datapath, "block-real")["resets"]
+    answer = raw_http(lab, family, request_bytes)
+    assert "ConnectionResetError" in answer and "sluice lab" not in answer, answer
+    assert rule_stats(datapath, "block-real")["resets"] > resets
