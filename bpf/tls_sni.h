@@ -50,15 +50,19 @@ enum tls_outcome {
 	TLS_MALFORMED,
 };
 
+/* tls_check_span()'s "the bytes are held: read on", which is no outcome of
+ * the parse (Katran's FURTHER_PROCESSING is the same idea). */
+#define TLS_SPAN_HELD (-1)
+
 /* Is [off, off + len) inside the hello? Returns an outcome to stop with, or
- * TLS_SNI_FOUND when the bytes may be read. */
+ * TLS_SPAN_HELD when the bytes may be read. */
 static __always_inline int tls_check_span(__u32 off, __u32 len, __u32 hello_end, __u32 avail)
 {
 	if (off + len > hello_end)
 		return TLS_MALFORMED;
 	if (off + len > avail)
 		return TLS_TRUNCATED;
-	return TLS_SNI_FOUND;
+	return TLS_SPAN_HELD;
 }
 
 /* The server_name extension's body of ext_len bytes at off, within
@@ -69,7 +73,7 @@ static __always_inline int tls_read_server_name(const __u8 *bytes, __u32 off, __
 {
 	/* server_name_list: length (2), then name_type (1), length (2), name. */
 	int span = tls_check_span(off, 5, off + ext_len, avail);
-	if (span != TLS_SNI_FOUND)
+	if (span != TLS_SPAN_HELD)
 		return span;
 	__u32 list_len = masked_be16(bytes, off, mask);
 	__u32 name_type = masked_u8(bytes, off + 2, mask);
@@ -79,7 +83,7 @@ static __always_inline int tls_read_server_name(const __u8 *bytes, __u32 off, __
 	if (name_type != TLS_SNI_HOST_NAME || host_len == 0 || host_len > SLUICE_NAME_MAX)
 		return TLS_MALFORMED;
 	span = tls_check_span(off + 5, host_len, off + ext_len, avail);
-	if (span != TLS_SNI_FOUND)
+	if (span != TLS_SPAN_HELD)
 		return span;
 	result->name_off = off + 5;
 	result->name_len = host_len;
@@ -186,7 +190,7 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 	__u32 off = TLS_RECORD_HEADER_LEN + TLS_HANDSHAKE_HEADER_LEN + 2 + TLS_RANDOM_LEN;
 
 	span = tls_check_span(off, 1, hello_end, avail);
-	if (span != TLS_SNI_FOUND)
+	if (span != TLS_SPAN_HELD)
 		return span;
 	__u32 session_id_len = masked_u8(bytes, off, mask);
 	if (session_id_len > TLS_SESSION_ID_MAX)
@@ -194,7 +198,7 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 	off += 1 + session_id_len;
 
 	span = tls_check_span(off, 2, hello_end, avail);
-	if (span != TLS_SNI_FOUND)
+	if (span != TLS_SPAN_HELD)
 		return span;
 	__u32 cipher_suites_len = masked_be16(bytes, off, mask);
 	if (cipher_suites_len < 2 || cipher_suites_len % 2)
@@ -202,7 +206,7 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 	off += 2 + cipher_suites_len;
 
 	span = tls_check_span(off, 1, hello_end, avail);
-	if (span != TLS_SNI_FOUND)
+	if (span != TLS_SPAN_HELD)
 		return span;
 	__u32 compression_len = masked_u8(bytes, off, mask);
 	if (compression_len < 1)
@@ -213,7 +217,7 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 	if (off == hello_end)
 		return TLS_NO_SNI;
 	span = tls_check_span(off, 2, hello_end, avail);
-	if (span != TLS_SNI_FOUND)
+	if (span != TLS_SPAN_HELD)
 		return span;
 	__u32 extensions_end = off + 2 + masked_be16(bytes, off, mask);
 	if (extensions_end > hello_end)
@@ -224,7 +228,7 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 		if (off == extensions_end)
 			return result->found ? TLS_SNI_FOUND : TLS_NO_SNI;
 		span = tls_check_span(off, 4, extensions_end, avail);
-		if (span != TLS_SNI_FOUND) {
+		if (span != TLS_SPAN_HELD) {
 			result->cut = span == TLS_TRUNCATED;
 			return result->found ? TLS_SNI_FOUND : span;
 		}
@@ -238,9 +242,9 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 			off += ext_len;
 			continue;
 		}
-		span = tls_read_server_name(bytes, off, ext_len, avail, mask, result);
-		if (span != TLS_SNI_FOUND)
-			return span;
+		int named = tls_read_server_name(bytes, off, ext_len, avail, mask, result);
+		if (named != TLS_SNI_FOUND)
+			return named;
 		off += ext_len;
 	}
 	if (off == extensions_end)
@@ -257,9 +261,9 @@ static __always_inline int tls_parse_client_hello(const __u8 *bytes, __u32 avail
 		__u32 ext_len = masked_be16(bytes, server_name_at + 2, mask);
 		if (server_name_at + 4 + ext_len > extensions_end)
 			return TLS_MALFORMED;
-		span = tls_read_server_name(bytes, server_name_at + 4, ext_len, avail, mask, result);
-		if (span != TLS_SNI_FOUND)
-			return span;
+		int named = tls_read_server_name(bytes, server_name_at + 4, ext_len, avail, mask, result);
+		if (named != TLS_SNI_FOUND)
+			return named;
 		result->cut = !complete;
 		return TLS_SNI_FOUND;
 	}
