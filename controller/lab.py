@@ -52,6 +52,7 @@ EDGE_SERVER_V4, EDGE_SERVER_V6 = "198.51.100.1", "2001:db8:5::1"
 SERVER_V4, SERVER_V6 = "198.51.100.2", "2001:db8:5::2"
 NAMESPACE_PREFIX = "sluice-"
 WORKDIR_PREFIX = "sluice-lab-"
+PF_EXITING = 0x4            # include/linux/sched.h: the process has begun to exit
 NGINX = "/usr/sbin/nginx"
 DOWNLOAD_BYTES = 2**30                # /download serves this many bytes (a sparse file): enough for any timed run
 UPLOAD_LIMIT = "1g"                   # nginx accepts uploads this large (and discards them)
@@ -113,14 +114,28 @@ def cleanup_stale() -> None:
     """Delete lab namespaces (and their nginx) and working directories whose creating process is gone."""
     for name in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
         match = re.match(rf"^{NAMESPACE_PREFIX}[a-z]-(\d+)-\w+$", name)
-        if match and not Path(f"/proc/{match[1]}").exists():
+        if match and not process_runs(int(match[1])):
             _kill_namespace_processes(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
     temp = Path(tempfile.gettempdir())
     for workdir in temp.glob(f"{WORKDIR_PREFIX}*"):
         match = re.match(rf"^{WORKDIR_PREFIX}(\d+)-\w+$", workdir.name)
-        if match and not Path(f"/proc/{match[1]}").exists() and workdir.is_dir() and not workdir.is_symlink():
+        if match and not process_runs(int(match[1])) and workdir.is_dir() and not workdir.is_symlink():
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def process_runs(pid: int) -> bool:
+    """Is pid a process that still runs? Not one that is gone, nor a zombie
+    its parent has not yet waited for, nor one on its way out: a killed
+    controller lets go of its lock before it has freed its maps, which can
+    take seconds, and `sluice stop` comes in between."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # proc(5): after "(comm)", the state, then the flags as the ninth field.
+    state, *fields = stat.rpartition(")")[2].split()
+    return state not in ("Z", "X", "x") and not int(fields[5]) & PF_EXITING
 
 
 def _kill_namespace_processes(ns: str) -> None:
