@@ -158,6 +158,14 @@ static __always_inline __u32 http_find_line_starts(const __u8 *bytes, __u32 avai
 	return newlines;
 }
 
+/* Is the method, of method_len bytes, CONNECT (methods are case-sensitive, RFC 9110 9.1)? */
+static __always_inline int http_is_connect(const __u8 *bytes, __u32 method_len)
+{
+	return method_len == 7 && payload_u8(bytes, 0) == 'C' && payload_u8(bytes, 1) == 'O' &&
+	       payload_u8(bytes, 2) == 'N' && payload_u8(bytes, 3) == 'N' && payload_u8(bytes, 4) == 'E' &&
+	       payload_u8(bytes, 5) == 'C' && payload_u8(bytes, 6) == 'T';
+}
+
 static __always_inline int http_is_scheme_char(__u8 c)
 {
 	__u8 lower = c | 0x20;
@@ -258,6 +266,8 @@ static __always_inline int http_parse_request_line(struct payload_scratch *scrat
 	}
 	if (off == 0 || off >= avail || payload_u8(bytes, off) != ' ')
 		return HTTP_NOT_REQUEST;
+	/* Forgotten, so that what follows is verified once, not once per method length. */
+	__u32 target = forget_range(scratch->forget_slot, off + 1);
 
 	__u32 newlines = http_find_line_starts(bytes, avail, line_starts);
 	if (newlines == 0)
@@ -265,9 +275,11 @@ static __always_inline int http_parse_request_line(struct payload_scratch *scrat
 	__u32 line_end = line_starts[0] - 1;
 	if (!http_request_line_has_version(bytes, line_end))
 		return http_request_line_ends_in_space(bytes, line_end) ? HTTP_TRUNCATED : HTTP_NOT_REQUEST;
-	/* Forgotten, so that what follows is verified once, not once per method length. */
-	scratch->authority_off = http_absolute_form_authority(bytes, forget_range(scratch->forget_slot, off + 1),
-							      line_end);
+	/* A CONNECT's target is the authority its proxy connects to (RFC 9112
+	 * 3.2.3), as an absolute-form target's is the server's: it names the
+	 * request, not the Host field. */
+	scratch->authority_off = http_is_connect(bytes, target - 1) ? target :
+				 http_absolute_form_authority(bytes, target, line_end);
 	scratch->header_lines = newlines;
 	return HTTP_HOST_FOUND;
 }

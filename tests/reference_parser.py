@@ -370,6 +370,7 @@ IP_LITERAL_END = re.compile(rb"[\r\n \t\]]")
 # the authority ending at the path, query or fragment, or at the space
 # before the version.
 ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*://([^/?# ]*)")
+AUTHORITY = re.compile(rb"[^/?# ]*")
 # sluice: a scheme of at most 16 characters ("http", "https" and room for
 # others), and an authority of at most 512 bytes (userinfo, host and port);
 # past them, the target is not taken for absolute-form, or names nothing.
@@ -395,6 +396,12 @@ def parse_http_request(data: bytes) -> Outcome:
         # nginx takes any number of spaces after the version: read from the stream
         ends_in_space = request_line.removesuffix(b"\r").endswith(b" ")
         return Outcome(HTTP_TRUNCATED if ends_in_space else NOT_TLS)
+    # RFC 9112 3.2.3: a CONNECT's target is the authority its proxy connects to.
+    if method == b"CONNECT":
+        authority = AUTHORITY.match(request_line, len(method) + 1).group()
+        if len(authority) >= AUTHORITY_MAX:
+            return Outcome(HTTP_NO_HOST)
+        return _found(_host(authority.rpartition(b"@")[2], bounded=True))
     # RFC 9112 3.2.2: a server given an absolute-form target takes the host
     # from it and ignores any Host field. The request line is whole: decided.
     target = ABSOLUTE_FORM.match(request_line, len(method) + 1)

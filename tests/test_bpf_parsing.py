@@ -350,12 +350,18 @@ def test_a_change_cipher_spec_claiming_more_than_the_packet_is_not_followed(dp):
     (b"GET https://open.example/ HTTP/1.1\r\nHost: blocked.example\r\n\r\n", "pass"),
     (b"GET http://[2001:db8::1]:80/ HTTP/1.1\r\nHost: blocked.example\r\n\r\n", "pass"),
     (b"OPTIONS * HTTP/1.1\r\nHost: blocked.example\r\n\r\n", "drop"),
+    (b"CONNECT blocked.example:443 HTTP/1.1\r\nHost: open.example:443\r\n\r\n", "drop"),
+    (b"CONNECT open.example:443 HTTP/1.1\r\nHost: blocked.example:443\r\n\r\n", "pass"),
+    (b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\nHost: blocked.example\r\n\r\n", "pass"),
+    (b"connect blocked.example:443 HTTP/1.1\r\nHost: open.example\r\n\r\n", "pass"),
 ], ids=["absolute-form-with-userinfo-and-port", "absolute-form-wins-over-host", "ipv6-literal-target",
-        "asterisk-form-uses-host"])
+        "asterisk-form-uses-host", "connect-target-wins-over-host", "connect-target-allowed",
+        "connect-to-an-ipv6-literal", "lower-case-connect-is-another-method"])
 def test_absolute_form_target_names_the_request(dp, request_bytes, verdict):
     """Servers take the host of an absolute-form target over the Host field
-    (RFC 9112 3.2.2; nginx does), so sluice must too, or a client could
-    name an allowed host in Host and be served a blocked one."""
+    (RFC 9112 3.2.2; nginx does), and a proxy connects a CONNECT to its
+    target (3.2.3), so sluice must too, or a client could name an allowed
+    host in Host and be served a blocked one."""
     judgement = judge(dp, request_bytes)
     assert judgement.verdict == verdict
     assert judgement.moved() == {"http_host_found": 1, "flows_http": 1}
