@@ -125,10 +125,9 @@ def cleanup_stale() -> None:
 
 
 def process_runs(pid: int) -> bool:
-    """Is pid a process that still runs? Not one that is gone, nor a zombie
-    its parent has not yet waited for, nor one on its way out: a killed
-    controller lets go of its lock before it has freed its maps, which can
-    take seconds, and `sluice stop` comes in between."""
+    """Is pid a process that still runs? Not one that is gone, nor one on
+    its way out, nor a zombie its parent has not yet waited for: a killed
+    controller can be either when `sluice stop` comes right after the kill."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

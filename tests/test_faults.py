@@ -457,8 +457,8 @@ def test_stop_cleans_up_a_killed_lab_and_only_a_dead_ones(lab):
         assert (workdirs[0] / "ca.key").exists()
     finally:
         process.kill()
-    # Not waited for: its zombie, like a killed controller still freeing its
-    # maps, runs no lab, and `sluice stop` right after the kill cleans up.
+    # Not waited for: its zombie, as a controller is right after a kill, runs
+    # no lab, and `sluice stop` then cleans up.
     try:
         assert sluice("stop", timeout=60).returncode == 0
     finally:
