@@ -57,14 +57,16 @@ static __always_inline int http_is_ows(__u8 c)
 	return c == ' ' || c == '\t';
 }
 
-/* Does the request line that ends with '\n' at newline_off end in
- * "HTTP/1.x", with or without the '\r'? */
-static __always_inline int http_request_line_has_version(const __u8 *bytes, __u32 newline_off)
+/* Where the line whose '\n' is at newline_off ends without its '\r', if
+ * it has one (RFC 9112 2.2 lets a recipient take a bare LF as the end). */
+static __always_inline __u32 http_line_content_end(const __u8 *bytes, __u32 newline_off)
 {
-	__u32 end = newline_off;
+	return newline_off > 0 && payload_u8(bytes, newline_off - 1) == '\r' ? newline_off - 1 : newline_off;
+}
 
-	if (end > 0 && payload_u8(bytes, end - 1) == '\r')
-		end--;
+/* Does the request line's content, up to end, end in "HTTP/1.x"? */
+static __always_inline int http_request_line_has_version(const __u8 *bytes, __u32 end)
+{
 	if (end < HTTP_VERSION_PREFIX_LEN + 1)
 		return 0;
 	__u32 v = end - HTTP_VERSION_PREFIX_LEN - 1;
@@ -73,18 +75,6 @@ static __always_inline int http_request_line_has_version(const __u8 *bytes, __u3
 	       payload_u8(bytes, v + 2) == 'T' && payload_u8(bytes, v + 3) == 'P' &&
 	       payload_u8(bytes, v + 4) == '/' && payload_u8(bytes, v + 5) == '1' &&
 	       payload_u8(bytes, v + 6) == '.' && digit >= '0' && digit <= '9';
-}
-
-/* Does the request line that ends at newline_off end in a space, before any
- * '\r'? nginx takes any number of spaces after the version: the stream's
- * scan, which reads the line to its end, finds where it ends without them. */
-static __always_inline int http_request_line_ends_in_space(const __u8 *bytes, __u32 newline_off)
-{
-	__u32 end = newline_off;
-
-	if (end > 0 && payload_u8(bytes, end - 1) == '\r')
-		end--;
-	return end > 0 && payload_u8(bytes, end - 1) == ' ';
 }
 
 static __always_inline int http_is_host_field(const __u8 *bytes, __u32 off)
@@ -273,8 +263,12 @@ static __always_inline int http_parse_request_line(struct payload_scratch *scrat
 	if (newlines == 0)
 		return HTTP_TRUNCATED;
 	__u32 line_end = line_starts[0] - 1;
-	if (!http_request_line_has_version(bytes, line_end))
-		return http_request_line_ends_in_space(bytes, line_end) ? HTTP_TRUNCATED : HTTP_NOT_REQUEST;
+	__u32 content_end = http_line_content_end(bytes, line_end);
+	/* nginx takes any number of spaces after the version: the stream's scan,
+	 * which reads the line to its end, finds where it ends without them. */
+	if (!http_request_line_has_version(bytes, content_end))
+		return content_end > 0 && payload_u8(bytes, content_end - 1) == ' ' ? HTTP_TRUNCATED :
+										      HTTP_NOT_REQUEST;
 	/* A CONNECT's target is the authority its proxy connects to (RFC 9112
 	 * 3.2.3), as an absolute-form target's is the server's: it names the
 	 * request, not the Host field. */

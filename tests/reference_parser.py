@@ -398,19 +398,20 @@ def parse_http_request(data: bytes) -> Outcome:
         return Outcome(HTTP_TRUNCATED if ends_in_space else NOT_TLS)
     # RFC 9112 3.2.3: a CONNECT's target is the authority its proxy connects to.
     if method == b"CONNECT":
-        authority = AUTHORITY.match(request_line, len(method) + 1).group()
-        if len(authority) >= AUTHORITY_MAX:
-            return Outcome(HTTP_NO_HOST)
-        return _found(_host(authority.rpartition(b"@")[2], bounded=True))
+        return _authority_host(AUTHORITY.match(request_line, len(method) + 1).group())
     # RFC 9112 3.2.2: a server given an absolute-form target takes the host
     # from it and ignores any Host field. The request line is whole: decided.
     target = ABSOLUTE_FORM.match(request_line, len(method) + 1)
     if target and target.start(1) - 3 - (len(method) + 1) < SCHEME_MAX:
-        if len(target.group(1)) >= AUTHORITY_MAX:
-            return Outcome(HTTP_NO_HOST)
-        authority = target.group(1).rpartition(b"@")[2]     # without userinfo
-        return _found(_host(authority, bounded=True))
+        return _authority_host(target.group(1))
     return _host_field(data, line_end + 1)
+
+
+def _authority_host(authority: bytes) -> Outcome:
+    """The host of a target's authority, past any userinfo."""
+    if len(authority) >= AUTHORITY_MAX:
+        return Outcome(HTTP_NO_HOST)
+    return _found(_host(authority.rpartition(b"@")[2], bounded=True))
 
 
 def _host_field(data: bytes, line: int) -> Outcome:
