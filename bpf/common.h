@@ -76,6 +76,17 @@ static __always_inline void tunnel_counter_inc(__u8 kind, __u8 outcome)
 		*value += 1;
 }
 
+/* The flags a record goes on a ring with. A wakeup (the kernel's
+ * adaptive one, sent when the reader has caught up) is an irq_work:
+ * about 6 us in a VM, several times what making the record costs. A
+ * reader that looks at the rings after every frame it runs
+ * (SLUICE_CFG_RINGS_POLLED, sluice replay) needs none. Branch-free: the
+ * flag's bit shifted down to BPF_RB_NO_WAKEUP's. */
+static __always_inline __u64 ring_flags(const struct sluice_config *cfg)
+{
+	return (cfg->flags / SLUICE_CFG_RINGS_POLLED) & BPF_RB_NO_WAKEUP;
+}
+
 /* Tail-call an inspection stage. A tail call that returns has missed: the
  * stage's slot is empty (a kernel refused an optional stage, or the pinned
  * stages were lost) or the chain hit the kernel's limit of 33 calls. The

@@ -112,7 +112,8 @@ static __always_inline int quic_repeats_sent(const struct flow_id *id, __u64 sig
  * see quic_load_head()) to the controller over the ring; 0 if it was not,
  * as it repeats one the flow handed over (signed: the flow's key in
  * flows, see quic_hand_over()), 1 otherwise, handed over or lost to a full
- * ring. Its flow_key is made from pkt, or else copied from key. The
+ * ring. Its flow_key is made from pkt, or else copied from key; cfg
+ * gives the signing key and the ring's flags (ring_flags()). The
  * record is checked for NULL once, where it is reserved: 6.1's verifier
  * does not know a record, once checked, is not NULL, and would follow a
  * second check's NULL branch to a tail call with the record unreleased. */
@@ -155,18 +156,19 @@ static __always_inline int quic_send_datagram(struct ctx_buff *ctx, __u32 offset
 	else
 		__builtin_memcpy(&datagram->key, key, sizeof(datagram->key));
 	datagram->key.pad[0] = datagram->key.pad[1] = 0;	/* reserved memory is not zeroed */
-	quic_datagrams.ringbuf_submit(datagram, 0);
+	quic_datagrams.ringbuf_submit(datagram, ring_flags(cfg));
 	counter_inc(SLUICE_CNT_QUIC_DATAGRAMS);
 	return 1;
 }
 
 /* Hand a new QUIC flow's first datagram to the controller. */
 static __always_inline void quic_send_first(struct ctx_buff *ctx, const struct packet_info *pkt,
-					    const struct flow_id *id, int client_is_hi, const __u8 *gathered)
+					    const struct flow_id *id, int client_is_hi, const __u8 *gathered,
+					    const struct sluice_config *cfg)
 {
 	/* An earlier flow's signatures under the same key are not this one's. */
 	quic_signatures.delete(id);
-	quic_send_datagram(ctx, pkt->payload_offset, pkt->payload_len, client_is_hi, gathered, pkt, 0, 0, 0);
+	quic_send_datagram(ctx, pkt->payload_offset, pkt->payload_len, client_is_hi, gathered, pkt, 0, 0, cfg);
 }
 
 /* The per-CPU scratch through which a stage learns of a UDP datagram in
@@ -396,7 +398,7 @@ static __always_inline int quic_judge_udp(struct ctx_buff *ctx, struct packet_in
 	if (quic) {
 		flow->proto = SLUICE_PROTO_QUIC;
 		flow->payload_packets = 1;
-		quic_send_first(ctx, pkt, &id, sender_is_hi, gathered);
+		quic_send_first(ctx, pkt, &id, sender_is_hi, gathered, cfg);
 	}
 	if (cfg->flags & (SLUICE_CFG_OPENING_RULES | SLUICE_CFG_QUIC_AT_OPENING))
 		quic_judge_opening_datagram(ctx, pkt, &id, sender_is_hi, flow, gathered);

@@ -540,6 +540,8 @@ struct sluice_config {
 					 * as a flow of protocol quic (quic_judged_at_opening()) */
 #define SLUICE_CFG_EVENTS 1		/* a controller reads the rings: emit a classification_event
 					 * per flow, and send QUIC Initials to be read */
+#define SLUICE_CFG_RINGS_POLLED 2048	/* the rings' reader looks at them after every frame it runs
+					 * (sluice replay): records go without a wakeup (ring_flags()) */
 
 /* IP datagrams that arrive as fragments are gathered (ip_frag.h) up to this
  * many bytes of IP payload (a power of two): enough for a post-quantum

@@ -148,7 +148,7 @@ static __always_inline int verdict_apply_tcp(struct ctx_buff *ctx, struct flow_s
  * its payload was read, so the scratch holds no name or hello of it. */
 static __always_inline void verdict_emit_event(const struct flow_state *flow, __u8 configured_action,
 				       __u32 class_id, const struct payload_scratch *scratch,
-				       __u32 name_len, int at_opening)
+				       __u32 name_len, int at_opening, const struct sluice_config *cfg)
 {
 	__u32 zero = 0;
 	struct classification_event *event = event_buffers.lookup(&zero);
@@ -170,7 +170,7 @@ static __always_inline void verdict_emit_event(const struct flow_state *flow, __
 	event->ech = hello && scratch->hello.ech;
 	event->alpn_len = hello ? scratch->alpn_len : 0;
 	__builtin_memcpy(event->alpn, scratch->alpn, sizeof(event->alpn));
-	events.ringbuf_output(event, sizeof(*event), 0);
+	events.ringbuf_output(event, sizeof(*event), ring_flags(cfg));
 }
 
 /* Put the flow under rule_id (0: none); returns the rule's action as
@@ -213,7 +213,7 @@ static __always_inline int verdict_judge_opening(struct flow_state *flow, __u32 
 	flow->state = SLUICE_FLOW_CLASSIFIED;
 	verdict_count_flow(flow->rule_id);
 	if (flow->rule_id && (cfg->flags & SLUICE_CFG_EVENTS))
-		verdict_emit_event(flow, action, class_id, scratch, 0, 1);
+		verdict_emit_event(flow, action, class_id, scratch, 0, 1, cfg);
 	return 1;
 }
 
@@ -233,7 +233,7 @@ static __always_inline void verdict_classify(struct flow_state *flow, __u32 rule
 	counter_inc(scratch->proto == SLUICE_PROTO_TLS ? SLUICE_CNT_FLOWS_TLS : SLUICE_CNT_FLOWS_HTTP);
 	verdict_count_flow(flow->rule_id);
 	if (cfg->flags & SLUICE_CFG_EVENTS)
-		verdict_emit_event(flow, action, class_id, scratch, scratch->name_len, 0);
+		verdict_emit_event(flow, action, class_id, scratch, scratch->name_len, 0, cfg);
 }
 
 /* No name in this packet: look at the next one, unless the window is spent,
@@ -249,7 +249,7 @@ static __always_inline int verdict_inspect_next_packet(struct flow_state *flow,
 		if (flow->rule_id)
 			verdict_count_flow(flow->rule_id);
 		if (cfg->flags & SLUICE_CFG_EVENTS)
-			verdict_emit_event(flow, SLUICE_ACTION_NONE, 0, scratch, 0, 0);
+			verdict_emit_event(flow, SLUICE_ACTION_NONE, 0, scratch, 0, 0, cfg);
 	}
 	return verdict_pass_unjudged(scratch->frame_len);
 }

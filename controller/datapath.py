@@ -78,7 +78,7 @@ class Datapath:
     (bpf/policy_maps.h). A reload or a schedule step loads no program."""
 
     def __init__(self, policy=None, *, events: bool = False, pin_dir: str | None = None,
-                 retired_rules=(), at=None, xdp: bool = True):
+                 retired_rules=(), at=None, xdp: bool = True, ring_wakeups: bool = True):
         """pin_dir: pin the state maps (flows, counters, clocks) there, or
         reuse the ones already pinned there by an earlier Datapath.
         retired_rules: rules of earlier policies that flows may still be
@@ -86,8 +86,12 @@ class Datapath:
         to them any more.
         at: the moment whose schedule steps apply (default: now).
         xdp: load the XDP program; False for a data plane only at tc ingress,
-        which then compiles the tc build alone (a compile is most of a start)."""
+        which then compiles the tc build alone (a compile is most of a start).
+        ring_wakeups: False when whoever reads the rings looks at them after
+        every frame it runs (sluice replay): the program then sends its
+        records without waking a reader (bpf/common.h ring_flags())."""
         self.events = events
+        self.ring_wakeups = ring_wakeups
         self.policy = None
         self.retired_rules: list = []
         self.alpn_bits: dict[str, int] = {}
@@ -371,6 +375,7 @@ class Datapath:
         on_evasion = policy.on_evasion if policy is not None else "judge"
         value.flags = ((running.flags & ABI.SLUICE_CFG_SERVER_RESETS) |
                        (ABI.SLUICE_CFG_EVENTS if self.events else 0) |
+                       (0 if self.ring_wakeups else ABI.SLUICE_CFG_RINGS_POLLED) |
                        (ABI.SLUICE_CFG_NO_REASSEMBLY if policy is not None and not policy.reassemble else 0) |
                        (ABI.SLUICE_CFG_DROP_FRAGMENTS if policy is not None and policy.fragments == "drop" else 0) |
                        (ABI.SLUICE_CFG_UNNAMED_RULES if policy is not None and

@@ -337,12 +337,15 @@ class Replayer:
 
     Its rings are read straight from their pages (program.MappedRing), the
     events' then the QUIC datagrams', as bcc's ring manager would call their
-    callbacks, without a call into bcc or a Python callback per record."""
+    callbacks, without a call into bcc or a Python callback per record. As
+    they are read after every frame that may have filled them, the program
+    wakes no reader (ring_wakeups=False: a wakeup would cost more than the
+    program's run on the frame)."""
 
 
     def __init__(self, policy=None, fix_checksums: bool = False):
         self.fix_checksums = fix_checksums
-        self.datapath = Datapath(policy, events=True)
+        self.datapath = Datapath(policy, events=True, ring_wakeups=False)
         self.rings: list[MappedRing] = []
         try:
             self.report = FlowReport(policy)

@@ -284,6 +284,39 @@ def test_every_flow_gets_its_line_when_the_event_ring_wraps_around(tmp_path):
     assert [(r["client_port"], r["name"]) for r in records] == [(20000 + i, f"host{i}.example") for i in range(flows)]
 
 
+def test_replay_reads_the_rings_without_being_woken():
+    """replay looks at the rings after every frame it runs, so the program
+    puts its records there without waking a reader (a wakeup is an
+    irq_work, several times the record's own cost in a VM: bpf/common.h
+    ring_flags()); a controller that waits on the rings is woken as before.
+    Both get the record."""
+    import select
+    from packets import http_request, tcp_frame
+    from sluice.datapath import Datapath
+    from sluice.replay import Replayer
+    from sluice.testrun import run_xdp
+    frames = [tcp_frame(sport=20000, dport=80, flags="S"),
+              tcp_frame(http_request("open.example"), sport=20000, dport=80)]
+    replayer = Replayer()
+    waiting_controller = Datapath(events=True)
+    try:
+        for datapath, woken in ((replayer.datapath, False), (waiting_controller, True)):
+            with select.epoll() as rings:
+                rings.register(datapath.map_fd("events"), select.EPOLLIN)
+                for frame in frames:
+                    assert run_xdp(datapath.function.fd, frame).verdict == "pass"
+                assert bool(rings.poll(0)) == woken, datapath
+        replayer.read_rings()
+        assert [r["name"] for r in replayer.report.records] == ["open.example"]
+        names = []
+        waiting_controller.table("events").open_ring_buffer(lambda _ctx, data, _size: names.append(data))
+        waiting_controller.poll_rings(0)
+        assert len(names) == 1
+    finally:
+        replayer.close()
+        waiting_controller.close()
+
+
 def test_not_a_capture_is_an_error(tmp_path):
     bogus = tmp_path / "bogus.pcap"
     bogus.write_bytes(b"not a capture at all")
