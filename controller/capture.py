@@ -19,6 +19,7 @@ import ctypes
 import functools
 import gzip
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 
@@ -174,10 +175,14 @@ def _bytes_of(buffer):
 class Capture:
     """A pcap or pcapng file, read a Chunk at a time (`chunks()`)."""
 
-    def __init__(self, path: str, fix_checksums: bool = False):
+    def __init__(self, path: str, fix_checksums: bool = False, shared: bool = False):
         """fix_checksums: make every checksum right (capture.fix_checksums),
-        rather than fill in only the half-done ones."""
-        self.path, self.fix_checksums = path, fix_checksums
+        rather than fill in only the half-done ones. shared: the chunks
+        that leave their Ethernet frames where the file has them hold them
+        in a memfd of the file's size (self.memfd) instead, each chunk's
+        bytes copied there as it is read, which another process maps to
+        see the frames with their checksums filled in (capture_reader.py)."""
+        self.path, self.fix_checksums, self.memfd = path, fix_checksums, None
         try:
             with open(path, "rb") as file:
                 magic = file.read(4)
@@ -189,7 +194,9 @@ class Capture:
                     self.data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
                 else:
                     self.data = bytearray(magic)
+            self.frames = self._shared_memory(len(self.data)) if shared and self.data else self.data
         except OSError as error:
+            self.close()
             raise CaptureError(f"{path}: {error.strerror or error}") from None
         self.size = len(self.data)
         head = bytes(self.data[:4])
@@ -204,9 +211,19 @@ class Capture:
             self.close()
             raise CaptureError(f"{path}: not a pcap or pcapng file (it begins {head.hex() or 'empty'})")
 
+    def _shared_memory(self, size: int) -> mmap.mmap:
+        """A new memfd of size bytes (self.memfd), mapped shared."""
+        self.memfd = os.memfd_create("sluice-capture", os.MFD_CLOEXEC)
+        os.ftruncate(self.memfd, size)
+        return mmap.mmap(self.memfd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
     def close(self) -> None:
-        if isinstance(self.data, mmap.mmap):
-            self.data.close()
+        for mapping in (getattr(self, "data", None), getattr(self, "frames", None)):
+            if isinstance(mapping, mmap.mmap):
+                mapping.close()
+        if self.memfd is not None:
+            os.close(self.memfd)
+            self.memfd = None
 
     def __enter__(self):
         return self
@@ -255,7 +272,10 @@ class Capture:
             if not offsets:
                 return
             if linktype == LINKTYPE_ETHERNET and min(lengths) >= ETHERNET_HEADER:
-                yield Chunk(data, offsets, lengths, position)
+                if self.frames is not data:
+                    with memoryview(self.frames) as frames, memoryview(data) as source:
+                        frames[offsets[0]:position] = source[offsets[0]:position]
+                yield Chunk(self.frames, offsets, lengths, position)
             else:
                 yield self._chunk([(offset, length, offset + length, linktype)
                                    for offset, length in zip(offsets, lengths)])
@@ -325,6 +345,7 @@ class FrameFlows:
     """What replay's frame loop needs to know of each frame of a chunk."""
     flows: list[int]        # the number of the frame's flow; -1: not a flow frame_flows reads
     kinds: list[int]        # FRAME_*
+    new: list[bytes]        # the identities of the flows it numbered, in their numbers' order
 
 
 def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
@@ -396,7 +417,7 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     kinds = numpy.where(short_datagram, FRAME_SHORT_DATAGRAM, numpy.where(unread, FRAME_UNREAD, FRAME_OTHER))
     kinds = numpy.where(known & tcp & no_fin_rst & (tcp_payload <= 0), end + FRAME_EMPTY_END, kinds)
     kinds = numpy.where(known & bare_syn, numpy.where(tags == 0, end, FRAME_SYN_BEHIND_TAGS), kinds)
-    return FrameFlows(flows.tolist(), kinds.tolist())
+    return FrameFlows(flows.tolist(), kinds.tolist(), new)
 
 
 def _gather(data, starts, count: int):

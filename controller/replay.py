@@ -30,7 +30,7 @@ Output (stable; tools may parse it):
   "block" or "monitor" (a rule in monitor mode matched: the flow passes).
 """
 
-import ctypes
+import contextlib
 import functools
 import ipaddress
 import json
@@ -47,7 +47,8 @@ import numpy
 from .abi import ABI, PROTO_NAMES
 from .block_methods import effective_method
 from .capture import (FRAME_EMPTY_END, FRAME_EMPTY_FROM, FRAME_SHORT_DATAGRAM, FRAME_SYN_BEHIND_TAGS, FRAME_UNREAD,
-                      Capture, CaptureError, check_linktype, flow_identity, frame_address, frame_flows)
+                      Capture, CaptureError, check_linktype, flow_identity, frame_address)
+from .capture_reader import ReadAhead, read_here
 from .datapath import Datapath
 from .map_batches import delete_entries
 from .program import MappedRing
@@ -310,17 +311,18 @@ def _keep_settings(policy, fix_checksums: bool) -> None:
 
 def _replay_records(capture_path: str) -> list[dict]:
     policy, fix_checksums = _worker_settings
-    return replay(capture_path, policy, show_progress=False, fix_checksums=fix_checksums)[0]
+    return replay(capture_path, policy, show_progress=False, fix_checksums=fix_checksums, read_ahead=False)[0]
 
 
 def replay(capture_path: str, policy=None, skip_settled: bool = True,
-           show_progress: bool = True, fix_checksums: bool = False) -> tuple[list[dict], int]:
+           show_progress: bool = True, fix_checksums: bool = False,
+           read_ahead: bool = True) -> tuple[list[dict], int]:
     """Run the capture through the data plane; returns (records, frames).
 
     skip_settled=False runs every frame through the program, settled or not
     (tests compare the two). fix_checksums: every checksum made right
-    first (capture.fix_checksums)."""
-    replayer = Replayer(policy, fix_checksums)
+    first (capture.fix_checksums). read_ahead: as Replayer's."""
+    replayer = Replayer(policy, fix_checksums, read_ahead)
     try:
         progress = Progress(capture_path) if show_progress else None
         result = replayer.run(capture_path, skip_settled, progress)
@@ -343,11 +345,17 @@ class Replayer:
     program's run on the frame)."""
 
 
-    def __init__(self, policy=None, fix_checksums: bool = False):
+    def __init__(self, policy=None, fix_checksums: bool = False, read_ahead: bool = True):
+        """read_ahead: large captures are read by a process of its own
+        (capture_reader.py), forked here before the data plane is loaded,
+        while the frames run in this one. Not in a process pool's worker,
+        which may have no children."""
         self.fix_checksums = fix_checksums
-        self.datapath = Datapath(policy, events=True, ring_wakeups=False)
+        self.read_ahead = ReadAhead() if read_ahead else None
         self.rings: list[MappedRing] = []
+        self.datapath = None
         try:
+            self.datapath = Datapath(policy, events=True, ring_wakeups=False)
             self.report = FlowReport(policy)
             self.quic = QuicFlows(self.datapath, on_settled=self.report.add_quic_flow, open_ring=False,
                                   on_renamed=self.report.rename_quic_flow)
@@ -390,18 +398,23 @@ class Replayer:
         """The capture through the program (run_capture), and a line for each
         flow no event reported (report_unreported); (records, frames)."""
         frames = run_capture(self.datapath, capture_path, self.read_rings,
-                             self.report.settled if skip_settled else None, progress, self.fix_checksums)
+                             self.report.settled if skip_settled else None, progress, self.fix_checksums,
+                             self.read_ahead)
         report_unreported(self.datapath, self.report)
         return self.report.records, frames
 
     def close(self) -> None:
         for ring in self.rings:
             ring.close()
-        self.datapath.close()
+        if self.datapath:
+            self.datapath.close()
+        if self.read_ahead:
+            self.read_ahead.close()
 
 
 def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows | None = None,
-                progress: Progress | None = None, fix_checksums: bool = False) -> int:
+                progress: Progress | None = None, fix_checksums: bool = False,
+                read_ahead: ReadAhead | None = None) -> int:
     """The capture's frames through the program, but for those that cannot
     change a line; returns the number of frames read. read_rings() hands
     what the program sent to the report. With settled None,
@@ -430,38 +443,43 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     untouched.
 
     The rings are read after every frame run but empty segments (TCP
-    without payload, FIN or RST, not a bare SYN: they settle no flow), and
-    before a bare SYN: a flow settled by a frame whose events wait in the
-    ring a little longer has only some more of its frames run, which
-    changes no line, but a bare SYN must find its flow's earlier life
-    settled before it opens a new one. Events are read in the order they were sent either
-    way."""
+    without payload, FIN or RST, not a bare SYN: they settle no flow) and
+    bare SYNs (which seldom settle theirs), and before a bare SYN: a flow
+    settled by a frame whose events wait in the ring a little longer has
+    only some more of its frames run, which changes no line, but a bare SYN
+    must find its flow's earlier life settled before it opens a new one.
+    Events are read in the order they were sent either way.
+
+    read_ahead: a capture large enough (ReadAhead.takes) is read by that
+    process (capture_reader.py) while this one runs the frames read before;
+    with settled None, never."""
     run = XdpFrameRunner(datapath.function.fd).run
     clock = time.monotonic
     config = datapath.config()
     quiet_every = config.flow_idle_jiffies * config.jiffy_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
     short_datagrams_open_no_flow = not config.flags & ABI.SLUICE_CFG_OPENING_RULES
     frames, unread = 0, False
-    with Capture(capture_path, fix_checksums) as capture:
-        for chunk in capture.chunks():
-            count = len(chunk.offsets)
+    identities = settled.numbers if settled is not None else None
+    if read_ahead and settled is not None and read_ahead.takes(capture_path):
+        batches = read_ahead.batches(capture_path, fix_checksums, identities)
+    else:
+        batches = read_here(capture_path, fix_checksums, identities)
+    with contextlib.closing(batches):       # the capture unmapped (a reader out of step restarted) on any way out
+        for batch in batches:
+            count = len(batch.offsets)
             if not count:
                 continue
             if settled is not None:
-                seen = frame_flows(chunk, settled.numbers)
                 settled.make_room()
-                flows, kinds = seen.flows, seen.kinds
                 flags, clients, quic, last_run = settled.flags, settled.clients, settled.quic, settled.last_run
-            else:
-                flows, kinds = [-1] * count, [0] * count
-            base = frame_address(chunk.buffer)
-            for offset, length, flow, kind in zip(chunk.offsets, chunk.lengths, flows, kinds):
-                empty = False
+            base = frame_address(batch.buffer)
+            for offset, length, flow, kind in zip(batch.offsets, batch.lengths, batch.flows, batch.kinds):
+                later = False           # its events may wait in the rings until a frame that needs them read
                 if flow >= 0:
                     if 0 < kind <= FRAME_SYN_BEHIND_TAGS:           # a bare SYN
                         if unread:
                             read_rings()
-                            unread = False
+                        later = True
                         flags[flow] = 0
                         # Two SYNs from either end, or one behind tags: either end may be its server.
                         clients[flow] = kind if clients[flow] in (0, kind) else FRAME_SYN_BEHIND_TAGS
@@ -471,7 +489,7 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
                         if short_datagrams_open_no_flow and not quic[flow]:
                             continue
                     elif kind in FRAME_EMPTY_FROM:
-                        empty = True
+                        later = True
                         quiet = clients[flow] in (0, kind - FRAME_EMPTY_END)
                         if quiet and clock() - last_run[flow] < quiet_every:
                             continue
@@ -479,14 +497,14 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
                 elif kind == FRAME_UNREAD:
                     continue
                 run(base + offset, length)
-                if empty:
+                if later:
                     unread = True
                 else:
                     read_rings()
                     unread = False
             frames += count
             if progress:
-                progress.update(chunk.file_end, frames)
+                progress.update(batch.file_end, frames)
     read_rings()
     return frames
 

@@ -141,6 +141,108 @@ def test_skipping_settled_flows_changes_no_line(captures, tmp_path, capture):
             (41004, "open.example", None)]
 
 
+def read_ahead(capture_path, policy=None, fix_checksums: bool = False):
+    """replay's (records, frames) with the capture read by its reader
+    process (capture_reader.py), however small; and the Replayer's reader,
+    to look at after."""
+    from sluice.replay import Replayer
+    replayer = Replayer(policy, fix_checksums)
+    replayer.read_ahead.min_bytes = 0
+    try:
+        return replayer.run(str(capture_path))
+    finally:
+        replayer.close()
+
+
+def gzipped(path, into):
+    import gzip
+    into.write_bytes(gzip.compress(path.read_bytes()))
+    return into
+
+
+def cut_short(path, into):
+    """The capture cut in its last record, as a capture still being written is."""
+    into.write_bytes(path.read_bytes()[:-7])
+    return into
+
+
+@pytest.mark.parametrize("capture", ["eth.pcap", "eth.pcapng", "any.pcap", "reopened", "gzipped", "cut short",
+                                     "fix checksums"])
+def test_a_capture_read_ahead_gives_what_one_read_here_gives(captures, tmp_path, capture):
+    """A large capture is read by a process of its own, while replay runs
+    the frames read before: the same lines and frames as reading it in
+    replay's own process, over every way a capture is read (pcap, pcapng,
+    cooked frames made Ethernet, gzipped, cut short, every checksum fixed)."""
+    from sluice.policy import load_policy
+    from sluice.replay import replay as replay_capture
+    path = {"reopened": lambda: reopened_and_given_up(tmp_path / "reopened.pcap"),
+            "gzipped": lambda: gzipped(captures / "eth.pcap", tmp_path / "eth.pcap.gz"),
+            "cut short": lambda: cut_short(captures / "eth.pcap", tmp_path / "cut.pcap"),
+            "fix checksums": lambda: captures / "any.pcap"}.get(capture, lambda: captures / capture)()
+    policy = load_policy(lab_policy_path())
+    fix = capture == "fix checksums"
+    here = replay_capture(str(path), policy, fix_checksums=fix, read_ahead=False)
+    assert here[0] and here[1]
+    assert read_ahead(path, policy, fix) == here
+
+
+def test_a_flow_read_ahead_is_numbered_as_replay_numbered_it_from_an_event(tmp_path):
+    """The reader numbers the flows it sorts frames into; replay numbers
+    those its events name too, such as a tunnel's inner flow, which the
+    reader cannot see. A flow the reader sees first in a later chunk gets
+    replay's number for it, not the reader's: under the reader's, it would
+    take the settled inner flow's place, and its request would not run."""
+    from packets import encapsulate, http_request, tcp_frame
+    from scapy.layers.l2 import ARP, Ether
+    from sluice.capture import CHUNK_FRAMES
+    from sluice.replay import replay as replay_capture
+    tunnelled = [encapsulate(tcp_frame(sport=20000, dport=80, flags="S"), "ipip"),
+                 encapsulate(tcp_frame(http_request("inner.example"), sport=20000, dport=80), "ipip")]
+    filler = [bytes(Ether() / ARP())] * CHUNK_FRAMES                # frames of no flow, the program passes
+    later = [tcp_frame(http_request("later.example"), sport=20001, dport=80)]    # its SYN not captured
+    path = tmp_path / "numbered.pcap"
+    write_capture(path, tunnelled + filler + later)
+    here = replay_capture(str(path), read_ahead=False)
+    assert [r["name"] for r in here[0]] == ["inner.example", "later.example"]
+    assert read_ahead(path) == here
+
+
+def test_the_reader_process_reports_what_it_cannot_read_and_goes_on(captures, tmp_path):
+    """A capture the reader cannot read is replay's error, with the text
+    reading it here gives; a reader that died is one too, and the next
+    capture gets a new one."""
+    from sluice.capture import CaptureError
+    from sluice.replay import Replayer, replay as replay_capture
+    bogus = tmp_path / "bogus.pcap"
+    bogus.write_bytes(b"not a capture at all")
+    usb = tmp_path / "usb.pcap"             # link type 189, USB: no frame replay reads
+    usb.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 189) + bytes(16))
+    expected = replay_capture(str(captures / "eth.pcap"), read_ahead=False)
+    replayer = Replayer()
+    replayer.read_ahead.min_bytes = 0
+    try:
+        for path in (bogus, usb):
+            with pytest.raises(CaptureError) as here:
+                replay_capture(str(path), read_ahead=False)
+            with pytest.raises(CaptureError) as ahead:
+                replayer.reset()
+                replayer.run(str(path))
+            assert str(ahead.value) == str(here.value)
+            replayer.reset()
+            assert replayer.run(str(captures / "eth.pcap")) == expected
+        replayer.read_ahead.process.kill()
+        replayer.read_ahead.process.join()
+        replayer.reset()
+        with pytest.raises(CaptureError, match="the capture reader process failed"):
+            replayer.run(str(captures / "eth.pcap"))
+        replayer.reset()
+        assert replayer.run(str(captures / "eth.pcap")) == expected
+    finally:
+        reader = replayer.read_ahead.process
+        replayer.close()
+    assert reader is not None and not reader.is_alive()
+
+
 def replayed_counting_runs(path, frames):
     """frames written to path as a capture and replayed: (records, frames
     read, frames the program ran), the skipping path checked against running

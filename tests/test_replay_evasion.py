@@ -24,6 +24,7 @@ from evasion_sender import (ACK_STEP_BACK, DECOYS, FORGED_ACK, PAWS_STEP_BACK, P
 from packets import (client_hello, http_request, ip_fragments, read_capture, tcp_frame, unknown_extensions,
                      write_capture)
 from test_bpf_reassembly import ISN, records
+from test_replay import read_ahead
 
 pytestmark = [pytest.mark.bpf, pytest.mark.skipif(os.geteuid() != 0, reason="replay loads BPF: needs root")]
 
@@ -217,7 +218,8 @@ def test_replay_prints_what_running_every_frame_prints(capture):
     policy_path = capture.parent / "every-frame.yaml"
     policy_path.write_text(PROFILES["default"])
     policy = load_policy(str(policy_path))
-    assert replay(str(capture), policy) == replay(str(capture), policy, skip_settled=False)
+    assert replay(str(capture), policy) == replay(str(capture), policy, skip_settled=False) == \
+        read_ahead(capture, policy)
 
 
 
@@ -311,7 +313,8 @@ def test_real_tools_replay_prints_what_running_every_frame_prints(tmp_path):
     policy_path = tmp_path / "every-frame.yaml"
     policy_path.write_text(PROFILES["default"])
     policy = load_policy(str(policy_path))
-    assert replay(REAL_TOOLS_CAPTURE, policy) == replay(REAL_TOOLS_CAPTURE, policy, skip_settled=False)
+    assert replay(REAL_TOOLS_CAPTURE, policy) == replay(REAL_TOOLS_CAPTURE, policy, skip_settled=False) == \
+        read_ahead(REAL_TOOLS_CAPTURE, policy)
 
 
 def test_real_tools_under_on_evasion_block_every_flow_gets_a_line_that_blocks_it(tmp_path):

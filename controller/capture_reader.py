@@ -1,0 +1,252 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""A capture read one chunk ahead, in a process of its own, for `sluice replay`.
+
+Reading a capture (walking its records, filling in checksums) and sorting
+its frames into flows (capture.frame_flows) is pure CPU work that does not
+depend on what the program has settled: about a third of a large replay's
+time. A reader process does it while replay's own process runs the frames
+of the chunk before: the capture is copied into a memfd that both map, the
+reader fills in its checksums there, and sends each chunk's frame offsets,
+lengths, flow numbers and kinds, and the flows it saw first, down a pipe. A
+pipe holds less than a chunk's message, so the reader stays about a chunk
+ahead.
+
+The reader numbers flows its own way; replay numbers them too, for flows
+only its events name (a tunnel's inner flows), so each new flow of the
+reader is given replay's number for it (ReadAhead.batches: translate)."""
+
+import mmap
+import multiprocessing
+import multiprocessing.reduction
+import os
+import signal
+import struct
+from dataclasses import dataclass
+
+import numpy
+
+from .capture import CHUNK_FRAMES, FLOW_IDENTITY_BYTES, Capture, CaptureError, frame_flows
+
+# A capture smaller than this is read in replay's own process: a round trip
+# to the reader and mapping its memfd cost more than reading it there.
+READ_AHEAD_MIN_BYTES = 1 << 20
+# The reader's messages, after its first answer, each begin with a kind.
+CHUNK, ERROR, END = b"c", b"e", b"."
+DONE = b"d"                 # the caller's, after each chunk: done with its frames
+# A chunk's message after its kind: frames, where its last record ends in
+# the file, flows seen first, bytes of a buffer of its own (frames rewritten
+# as Ethernet, capture.Capture._chunk) or -1: its frames lie in the memfd.
+# Then its offsets, lengths and flow numbers (int64), kinds (uint8), the new
+# flows' identities and that buffer.
+_CHUNK_HEAD = struct.Struct("=qqqq")
+_COLUMNS = (numpy.int64, numpy.int64, numpy.int64, numpy.uint8)
+
+
+@dataclass
+class Batch:
+    """Consecutive frames of a capture, ready for replay's frame loop."""
+    buffer: bytearray | mmap.mmap   # holds the frames
+    offsets: list[int]              # of each frame in buffer
+    lengths: list[int]
+    flows: list[int]                # the number of each frame's flow in the caller's identities; -1: none
+    kinds: list[int]                # capture.FRAME_*
+    file_end: int                   # where in the file the batch's last record ends (for progress)
+
+
+def read_here(capture_path: str, fix_checksums: bool, identities: dict[bytes, int] | None):
+    """The capture's Batches, read in this process. identities: as
+    frame_flows numbers flows; None: frames are not sorted into flows
+    (every flow -1, every kind 0)."""
+    with Capture(capture_path, fix_checksums) as capture:
+        for chunk in capture.chunks():
+            count = len(chunk.offsets)
+            if identities is None:
+                flows, kinds = [-1] * count, [0] * count
+            else:
+                seen = frame_flows(chunk, identities)
+                flows, kinds = seen.flows, seen.kinds
+            yield Batch(chunk.buffer, chunk.offsets, chunk.lengths, flows, kinds, chunk.file_end)
+
+
+class ReadAhead:
+    """The reader process: started once (fork: best before the caller
+    loads anything large), then asked for one capture after another."""
+
+    def __init__(self, min_bytes: int = READ_AHEAD_MIN_BYTES):
+        self.min_bytes = min_bytes
+        self.process = None
+        self._start()
+
+    def takes(self, capture_path: str) -> bool:
+        """Whether the capture is worth handing to the reader (min_bytes or more)."""
+        return os.path.getsize(capture_path) >= self.min_bytes
+
+    def _start(self) -> None:
+        self.connection, theirs = multiprocessing.Pipe()
+        self.process = multiprocessing.get_context("fork").Process(
+            target=_serve, args=(theirs, self.connection), name="sluice capture reader", daemon=True)
+        self.process.start()
+        theirs.close()
+
+    def batches(self, capture_path: str, fix_checksums: bool, identities: dict[bytes, int]):
+        """read_here()'s Batches, read by the reader process. A capture the
+        reader cannot read raises its CaptureError here; so does a reader
+        that died, and the next capture gets a new one. The caller is done
+        with a batch's frames when it asks for the next."""
+        if self.process is None:
+            self._start()
+        in_step = False         # the pipe holds nothing more of this capture
+        try:
+            self.connection.send((capture_path, fix_checksums))
+            answer = self.connection.recv()
+            if isinstance(answer, str):
+                in_step = True
+                raise CaptureError(answer)
+            shared = None
+            if answer:
+                memfd = multiprocessing.reduction.recv_handle(self.connection)
+                try:
+                    shared = mmap.mmap(memfd, answer, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                finally:
+                    os.close(memfd)
+            try:
+                numbering = _Numbering(identities)
+                while True:
+                    message = self.connection.recv_bytes()
+                    kind = message[:1]
+                    if kind != CHUNK:
+                        in_step = True
+                        if kind == ERROR:
+                            raise CaptureError(message[1:].decode())
+                        break
+                    batch, new = _batch(message, shared)
+                    batch.flows = numbering.ours(batch.flows, new)
+                    yield batch
+                    self.connection.send_bytes(DONE)
+            finally:
+                if shared is not None:
+                    shared.close()
+        except (EOFError, OSError) as error:
+            raise CaptureError(f"{capture_path}: the capture reader process failed: {error}") from None
+        finally:
+            if not in_step:
+                self.close()    # its pipe holds the rest of a capture, or it is gone
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        self.connection.close()         # the reader's end of the pipe sees EOF and exits
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.process = None
+
+
+class _Numbering:
+    """The reader's flow numbers as the caller's identities number them."""
+
+    def __init__(self, identities: dict[bytes, int]):
+        self.identities = identities
+        self.translate = numpy.empty(CHUNK_FRAMES, dtype=numpy.int64)   # the reader's number -> the caller's
+        self.count = 0
+
+    def ours(self, flows, new: list[bytes]) -> list[int]:
+        """flows (the reader's numbers, -1: none), new: the identities of
+        the flows the reader numbered since, in their numbers' order."""
+        identities = self.identities
+        numbers = [identities.setdefault(identity, len(identities)) for identity in new]
+        if self.count + len(numbers) > len(self.translate):
+            self.translate = numpy.resize(self.translate, 2 * (self.count + len(numbers)))
+        self.translate[self.count:self.count + len(numbers)] = numbers
+        self.count += len(numbers)
+        mapped = numpy.full(len(flows), -1, dtype=numpy.int64)
+        known = flows >= 0
+        mapped[known] = self.translate[flows[known]]
+        return mapped.tolist()
+
+
+def _batch(message: bytes, shared) -> tuple[Batch, list[bytes]]:
+    """A chunk's message as a Batch, its flows numbered the reader's way;
+    and the identities of the flows it saw first."""
+    count, file_end, new, own = _CHUNK_HEAD.unpack_from(message, 1)
+    at, columns = 1 + _CHUNK_HEAD.size, []
+    for dtype in _COLUMNS:
+        columns.append(numpy.frombuffer(message, dtype=dtype, count=count, offset=at))
+        at += count * columns[-1].itemsize
+    end = at + new * FLOW_IDENTITY_BYTES
+    identities = [message[start:start + FLOW_IDENTITY_BYTES] for start in range(at, end, FLOW_IDENTITY_BYTES)]
+    buffer = shared if own < 0 else bytearray(message[end:end + own])
+    offsets, lengths, flows, kinds = columns
+    return Batch(buffer, offsets.tolist(), lengths.tolist(), flows, kinds.tolist(), file_end), identities
+
+
+def _serve(connection, parents_end) -> None:
+    """The reader process: a capture path and fix_checksums at a time, until
+    the pipe closes. Its answer: the size of the memfd it sends (0: none,
+    every chunk brings its own buffer) or an error's text; then each
+    chunk's message, then END (or ERROR and a text).
+
+    Each chunk is sent once the caller is done with the one before but one
+    (DONE), and the memfd's pages that only those frames used are given
+    back: a capture larger than memory replays as it did mapped from its
+    file."""
+    parents_end.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # a ^C is replay's to handle: it closes the pipe
+    while True:
+        try:
+            capture_path, fix_checksums = connection.recv()
+        except EOFError:
+            return
+        try:
+            capture = Capture(capture_path, fix_checksums, shared=True)
+        except CaptureError as error:
+            connection.send(str(error))
+            continue
+        try:
+            shared = capture.frames if capture.memfd is not None else None
+            connection.send(len(shared) if shared is not None else 0)
+            if shared is not None:
+                multiprocessing.reduction.send_handle(connection, capture.memfd, os.getppid())
+            identities: dict[bytes, int] = {}
+            sent, freed = [], 0         # where each chunk sent but not yet done with ends; the memfd given back
+            try:
+                for chunk in capture.chunks():
+                    message = _chunk_message(chunk, identities, shared)
+                    if len(sent) == 2:
+                        freed = _done(connection, sent.pop(0), shared, freed)
+                    connection.send_bytes(message)
+                    sent.append(chunk.file_end)
+                last = END
+            except CaptureError as error:
+                last = ERROR + str(error).encode()
+            for end in sent:
+                freed = _done(connection, end, shared, freed)
+            connection.send_bytes(last)
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            return
+        finally:
+            capture.close()
+
+
+def _done(connection, end: int, shared, freed: int) -> int:
+    """Wait until the caller is done with a chunk's frames (which end at
+    byte end), then give back the memfd's pages before end; returns up to
+    where it is given back."""
+    if connection.recv_bytes() != DONE:
+        raise EOFError("the caller is out of step")
+    page_end = end - end % mmap.PAGESIZE
+    if shared is not None and page_end > freed:
+        shared.madvise(mmap.MADV_REMOVE, freed, page_end - freed)
+        freed = page_end
+    return freed
+
+
+def _chunk_message(chunk, identities: dict[bytes, int], shared) -> bytes:
+    seen = frame_flows(chunk, identities)
+    own = None if chunk.buffer is shared else bytes(chunk.buffer)
+    count = len(chunk.offsets)
+    return b"".join((CHUNK, _CHUNK_HEAD.pack(count, chunk.file_end, len(seen.new), -1 if own is None else len(own)),
+                     *(numpy.asarray(column, dtype=dtype).tobytes()
+                       for column, dtype in zip((chunk.offsets, chunk.lengths, seen.flows, seen.kinds), _COLUMNS)),
+                     *seen.new, own or b""))
