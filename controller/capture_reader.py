@@ -5,15 +5,16 @@ Reading a capture (walking its records, filling in checksums) and sorting
 its frames into flows (capture.frame_flows) is pure CPU work that does not
 depend on what the program has settled: about a third of a large replay's
 time. A reader process does it while replay's own process runs the frames
-of the chunk before: the capture is copied into a memfd that both map, the
-reader fills in its checksums there, and sends each chunk's frame offsets,
-lengths, flow numbers and kinds, and the flows it saw first, down a pipe. A
-pipe holds less than a chunk's message, so the reader stays about a chunk
-ahead.
+of the chunk before: each chunk's bytes are copied into a memfd that both
+map, the reader fills in their checksums there, and sends the chunk's frame
+offsets, lengths, flow numbers and kinds, and the flows it saw first, down
+a pipe. Replay says when it is done with a chunk (DONE); the reader stays
+at most two chunks ahead, and gives the memfd's pages of the chunks done
+with back (_serve).
 
 The reader numbers flows its own way; replay numbers them too, for flows
 only its events name (a tunnel's inner flows), so each new flow of the
-reader is given replay's number for it (ReadAhead.batches: translate)."""
+reader is given replay's number for it (_Numbering)."""
 
 import mmap
 import multiprocessing

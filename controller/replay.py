@@ -464,7 +464,7 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
         batches = read_ahead.batches(capture_path, fix_checksums, identities)
     else:
         batches = read_here(capture_path, fix_checksums, identities)
-    with contextlib.closing(batches):       # the capture unmapped (a reader out of step restarted) on any way out
+    with contextlib.closing(batches):       # on any way out: the capture unmapped, a reader out of step stopped
         for batch in batches:
             count = len(batch.offsets)
             if not count:
