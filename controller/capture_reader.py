@@ -247,7 +247,8 @@ def _chunk_message(chunk, identities: dict[bytes, int], shared) -> bytes:
     seen = frame_flows(chunk, identities)
     own = None if chunk.buffer is shared else bytes(chunk.buffer)
     count = len(chunk.offsets)
+    # Offsets and lengths as frame_flows already made them arrays (chunk.arrays).
+    columns = (chunk.arrays.offsets, chunk.arrays.lengths, seen.flows, seen.kinds)
     return b"".join((CHUNK, _CHUNK_HEAD.pack(count, chunk.file_end, len(seen.new), -1 if own is None else len(own)),
-                     *(numpy.asarray(column, dtype=dtype).tobytes()
-                       for column, dtype in zip((chunk.offsets, chunk.lengths, seen.flows, seen.kinds), _COLUMNS)),
+                     *(numpy.asarray(column, dtype=dtype).tobytes() for column, dtype in zip(columns, _COLUMNS)),
                      *seen.new, own or b""))
