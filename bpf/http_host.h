@@ -109,7 +109,9 @@ static __always_inline int http_parse_host_value(struct payload_scratch *scratch
 	int bracketed = payload_u8(bytes, off) == '[';
 	__u32 start = forget_range(scratch->forget_slot, off + bracketed);
 	__u32 len = 0;
-	for (; len < HTTP_HOST_VALUE_MAX; len++) {
+	/* Past SLUICE_NAME_MAX bytes without the host's end no continuation
+	 * can make it a name: there is none, whether or not the value goes on. */
+	for (; len <= SLUICE_NAME_MAX; len++) {
 		if (start + len >= avail)
 			return HTTP_TRUNCATED;
 		__u8 c = payload_u8(bytes, start + len);
@@ -254,7 +256,10 @@ static __always_inline int http_parse_request_line(struct payload_scratch *scrat
 			break;
 		off++;
 	}
-	if (off == 0 || off >= avail || payload_u8(bytes, off) != ' ')
+	/* A method of HTTP_METHOD_MAX bytes, and no more: its space may come next. */
+	if (off > 0 && off >= avail)
+		return HTTP_TRUNCATED;
+	if (off == 0 || payload_u8(bytes, off) != ' ')
 		return HTTP_NOT_REQUEST;
 	/* Forgotten, so that what follows is verified once, not once per method length. */
 	__u32 target = forget_range(scratch->forget_slot, off + 1);
@@ -302,7 +307,10 @@ static __always_inline int http_parse_request_host(struct payload_scratch *scrat
 		__u8 first = payload_u8(bytes, line);
 		if (first == '\r' || first == '\n')
 			return HTTP_NO_HOST;	/* the blank line ends the headers */
-		if (line + HTTP_HOST_FIELD_LEN > avail)
+		/* Too few bytes left for "host:": the line may go on past them,
+		 * unless its newline is among them (a line follows), and then
+		 * it is no Host line ("host:" holds no newline). */
+		if (line + HTTP_HOST_FIELD_LEN > avail && k + 1 >= newlines)
 			return HTTP_TRUNCATED;
 		if (http_is_host_field(bytes, line)) {
 			value_off = line + HTTP_HOST_FIELD_LEN;

@@ -20,20 +20,18 @@ and the shrunk input of any failure, and keeps it in .hypothesis/ to replay).
 import ctypes
 import itertools
 import os
-import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import reference_parser
 from helpers import BOOKKEEPING, needs_root
 from sluice.testrun import run_xdp
 from packets import client_hello, extension, http_request, split_into_records, tcp_frame
-from reference_parser import (HTTP_HOST_FOUND, HTTP_NO_HOST, HTTP_TRUNCATED, TLS_NO_SNI, TLS_SNI_FOUND,
+from reference_parser import (HTTP_HOST_FOUND, HTTP_NO_HOST, TLS_NO_SNI, TLS_SNI_FOUND,
                               Outcome, classify, normalise)
 
 pytestmark = [pytest.mark.bpf, needs_root]
@@ -142,50 +140,12 @@ def run(dp, event_names: list[bytes], payload: bytes) -> tuple[dict[str, int], l
 
 
 def check(dp, event_names: list[bytes], payload: bytes) -> None:
-    """Run payload through the data plane and compare with the reference;
-    a difference that a known data-plane bug explains is only counted."""
+    """Run payload through the data plane and compare with the reference."""
     payload = payload[:TEST_RUN_PAYLOAD_MAX]
     outcome, *wanted = expected_result(payload)
     event(outcome.counter)
     actual = run(dp, event_names, payload)
-    if actual != tuple(wanted):
-        bug = next((name for name, explains in KNOWN_BUGS.items() if explains(payload, outcome, actual[0])), None)
-        if bug:
-            event(f"known data-plane bug: {bug}")
-            return
     assert actual == tuple(wanted), f"payload {payload.hex()} reference {outcome}"
-
-
-# --- known data-plane bugs ----------------------------------------------------
-# Each has an xfail regression test at the end of this module. Each predicate
-# is narrow: it explains a difference only for inputs that show that bug.
-
-HOST_CHARS_TO_THE_END = re.compile(rb"[^\r\n \t:\]]{256,262}\Z")
-
-
-
-def _method_of_24(payload: bytes, outcome: Outcome, moved: dict) -> bool:
-    return len(payload) == reference_parser.METHOD_MAX and bool(reference_parser.TOKEN.fullmatch(payload))
-
-
-def _short_line_before_the_end(payload: bytes, outcome: Outcome, moved: dict) -> bool:
-    view = payload[:reference_parser.PAYLOAD_COPY_BYTES]
-    return outcome.counter == HTTP_NO_HOST and moved.get(HTTP_TRUNCATED) == 1 and b"\n" in view[-5:-1]
-
-
-def _long_host_to_the_end(payload: bytes, outcome: Outcome, moved: dict) -> bool:
-    view = payload[:reference_parser.PAYLOAD_COPY_BYTES]
-    return outcome.counter == HTTP_NO_HOST and moved.get(HTTP_TRUNCATED) == 1 and bool(HOST_CHARS_TO_THE_END.search(view))
-
-
-# The packet alone is taken for truncated: the request then goes to the stream
-# (bpf/sluice_xdp.c, sluice_stage_stream_http), which may settle it, so the
-# counters show http_truncated, perhaps with the outcome the reference expects.
-KNOWN_BUGS: dict[str, Callable[[bytes, Outcome, dict], bool]] = {
-    "24-character method at the end is not a request": _method_of_24,
-    "header line under 5 bytes before the end is truncated": _short_line_before_the_end,
-    "unterminated Host over 255 bytes is truncated": _long_host_to_the_end,
-}
 
 
 # --- names ------------------------------------------------------------------
@@ -404,10 +364,6 @@ def test_random_payloads_agree_with_the_reference(dp, event_names, payload):
 
 # --- regression tests for the data-plane bugs the fuzzer found ----------------------
 
-def known_bug(reason: str):
-    return pytest.mark.xfail(strict=True, reason=f"data-plane bug: {reason}")
-
-
 def test_absolute_form_target_names_the_request(dp, event_names):
     check_strictly(dp, event_names, b"GET http://blocked.example/ HTTP/1.1\r\nHost: open.example\r\n\r\n")
 
@@ -452,25 +408,19 @@ def test_extensions_past_those_walked_one_by_one_agree_with_the_reference(dp, ev
     check_strictly(dp, event_names, hello)
 
 
-@known_bug("24 token characters and nothing else are not_tls; with 23 they are http_truncated "
-           "(the method loop ends without checking for the end of the payload)")
 def test_24_character_method_awaits_its_space(dp, event_names):
     check_strictly(dp, event_names, b"M" * 24)
 
 
-@known_bug("a complete header line shorter than 5 bytes within the last 5 bytes is "
-           "http_truncated, though the blank line after it ends the header section")
 def test_short_last_field_line_then_blank_line_is_no_host(dp, event_names):
     check_strictly(dp, event_names, b"GET / HTTP/1.1\r\nX:\n\n")
 
 
-@known_bug("an unterminated Host value of 256 to 262 bytes is http_truncated, though no "
-           "continuation can make it a name of at most 255 bytes")
 def test_unterminated_host_over_255_bytes_is_no_host(dp, event_names):
     check_strictly(dp, event_names, b"GET / HTTP/1.1\r\nHost: " + b"a" * 256)
 
 
 def check_strictly(dp, event_names: list[bytes], payload: bytes) -> None:
-    """check() without the allowance for known bugs."""
+    """check() of one payload, in a test of its own (not hypothesis's: no event())."""
     outcome, *wanted = expected_result(payload)
     assert run(dp, event_names, payload) == tuple(wanted), f"reference {outcome}"
