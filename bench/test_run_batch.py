@@ -39,7 +39,7 @@ import bcc  # noqa: E402
 
 from pairs import alternate  # noqa: E402
 from sluice.netns import inside_netns  # noqa: E402
-from sluice.testrun import LIBBPF, TestRunOpts, XdpFrameRunner  # noqa: E402
+from sluice.testrun import XdpFrameRunner, run_xdp  # noqa: E402
 
 FRAME_SIZES = (60, 74, 600, 1514)
 SLOT = 2048                     # bytes of a frame's slot in the map; a power of two, for the verifier's bound
@@ -100,7 +100,7 @@ class Bench:
             slot = table.Leaf()
             slot.len = length
             table[ctypes.c_int(index)] = slot
-        self.packet = ctypes.create_string_buffer(SLOT)
+        self.packet = ctypes.create_string_buffer(max(FRAME_SIZES))
         self.runner = XdpFrameRunner(self.empty.fd)
         self.batched = False
 
@@ -113,10 +113,7 @@ class Bench:
         started = time.perf_counter_ns()
         if self.batched:
             self.bpf["next_frame"][ctypes.c_int(0)] = ctypes.c_uint(0)
-            opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), repeat=self.frames,
-                               data_in=ctypes.cast(self.packet, ctypes.c_void_p), data_size_in=max(FRAME_SIZES))
-            if LIBBPF.bpf_prog_test_run_opts(self.driver.fd, ctypes.byref(opts)) != 0:
-                raise OSError(ctypes.get_errno(), "BPF_PROG_TEST_RUN of the driver failed")
+            run_xdp(self.driver.fd, bytes(max(FRAME_SIZES)), repeat=self.frames)
         else:
             address = ctypes.addressof(self.packet)
             for length in self.lengths:
