@@ -179,4 +179,15 @@ BPF_ARRAY(empty_frags, struct frag_datagram, 1);
 /* The fragment in hand, and the whole datagram once gathered, per CPU. */
 BPF_PERCPU_ARRAY(frag_buffers, struct frag_scratch, 1);
 
+/* --- sluice replay's (replay_driver.c) --------------------------------- */
+
+/* The frames of a batch, written by the controller through a memory mapping. */
+BPF_F_TABLE("array", __u32, struct replay_frame, replay_frames, SLUICE_REPLAY_BATCH_FRAMES, BPF_F_MMAPABLE);
+
+/* The driver's place in its batch; mapped by the controller too. */
+BPF_F_TABLE("array", __u32, struct replay_batch, replay_batch, 1, BPF_F_MMAPABLE);
+
+/* 0 -> sluice_xdp, the program the driver hands each frame to. */
+BPF_PROG_ARRAY(replay_target, 1);
+
 #endif /* SLUICE_MAPS_H */

@@ -112,6 +112,19 @@
 /* Ring buffer for classification events, in bytes (a power of two). */
 #define SLUICE_EVENT_RING_BYTES 262144
 
+/* sluice replay runs the frames it needs in batches, each by one test run
+ * of bpf/replay_driver.c (controller/replay_batch.py). A frame's room in
+ * replay_frames; a power of two, for the driver's mask. Longer frames run
+ * by a test run of their own. */
+#define SLUICE_REPLAY_FRAME_BYTES 2048
+/* Frames in a batch. The events ring must hold what a whole batch may send
+ * before the controller reads it: replay_driver.c checks that at compile
+ * time, with SLUICE_REPLAY_EVENTS_PER_FRAME. */
+#define SLUICE_REPLAY_BATCH_FRAMES 256
+/* classification_events one run of sluice_xdp may send, with room to spare:
+ * a run judges one flow, and sends its event once (verdict.h). */
+#define SLUICE_REPLAY_EVENTS_PER_FRAME 2
+
 enum sluice_action {
 	SLUICE_ACTION_NONE = 0,		/* no rule names the flow: it passes */
 	SLUICE_ACTION_ALLOW = 1,
@@ -603,6 +616,25 @@ struct classification_event {
 	__u8 alpn_len;			/* bytes of alpn[] in use */
 	__u8 opening;			/* 1: settled at its opening packet by a rule for any flow, nameless */
 	__u8 alpn[SLUICE_ALPN_BYTES];	/* its ALPN extension body, from its start */
+};
+
+/* A frame of a replay batch (replay_frames). The controller writes the
+ * entries through a memory mapping of the map, 8-byte aligned each. */
+struct replay_frame {
+	__u32 len;
+	__u8 data[SLUICE_REPLAY_FRAME_BYTES];
+};
+
+/* Where the replay driver is in its batch (replay_batch). */
+struct replay_batch {
+	__u32 next;			/* the replay_frames entry it puts in the packet next */
+	__u32 failed;			/* frames that did not reach sluice_xdp: the batch is void */
+	__u32 stopped;			/* 1: the frame before handed a QUIC datagram over: the test run
+					 * ends, for the controller to read it before the next frame */
+	__u32 watching;			/* 1: cpu and datagrams_sent hold a reading */
+	__u32 cpu;			/* where datagrams_sent was read */
+	__u32 pad;
+	__u64 datagrams_sent;		/* SLUICE_CNT_QUIC_DATAGRAMS there, before the frame before ran */
 };
 
 #endif /* SLUICE_ABI_H */

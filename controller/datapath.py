@@ -31,6 +31,7 @@ from .quic import VERSIONS as QUIC_VERSIONS
 log = logging.getLogger(__name__)
 
 PROGRAM_FUNCTION = b"sluice_xdp"
+REPLAY_DRIVER_FUNCTION = b"sluice_replay_driver"     # bpf/replay_driver.c
 TC_INGRESS_FUNCTION = b"sluice_tc_ingress"      # the classifier at tc ingress (program.tc_ingress_program())
 TC_EGRESS_FUNCTION = b"sluice_tc_egress"
 TC_RESET_FUNCTION = b"sluice_tc_reset"
@@ -183,6 +184,15 @@ class Datapath:
     def stage_fd(self, stage: int) -> int:
         """The loaded program of an inspection stage (enum sluice_stage)."""
         return self._programs[STAGE_FUNCTIONS[stage]]
+
+    def replay_driver(self) -> int:
+        """The program that runs a batch of frames through the XDP program in
+        one test run (bpf/replay_driver.c), loaded on first use: only
+        `sluice replay` runs it."""
+        if REPLAY_DRIVER_FUNCTION not in self._programs:
+            self.table("replay_target")[ctypes.c_int(0)] = ctypes.c_int(self.function.fd)
+            self._load(REPLAY_DRIVER_FUNCTION, bcc.BPF.XDP)
+        return self._programs[REPLAY_DRIVER_FUNCTION]
 
     def poll_rings(self, timeout_ms: int) -> None:
         """Hand what waits on the open ring buffers (or arrives within timeout_ms) to their callbacks."""

@@ -5,10 +5,12 @@ Only the calling thread moves (setns), and only for the body: netlink
 sockets and BPF link calls made there act on that namespace's interfaces,
 while the process keeps its mount namespace, and with it /sys/fs/bpf.
 
-A namespace is only ever entered, never created here: pyroute2's pushns
-opens /run/netns/<name> with O_CREAT, so a typo in `--netns` used to leave
-a new, empty namespace behind. Namespaces are created by `ip netns add`
-(or the lab, through pyroute2's netns.create) and nowhere else.
+A named namespace is only ever entered, never created here: pyroute2's
+pushns opens /run/netns/<name> with O_CREAT, so a typo in `--netns` used to
+leave a new, empty namespace behind. Named namespaces are created by `ip
+netns add` (or the lab, through pyroute2's netns.create) and nowhere else.
+The one kind made here, private_netns(), has no name: nothing outside the
+process can enter it, and it goes when the process does.
 """
 
 import ctypes
@@ -57,4 +59,23 @@ def inside_netns(name: str | None):
             _setns(home)
     finally:
         os.close(target)
+        os.close(home)
+
+
+@contextmanager
+def private_netns():
+    """A new, unnamed network namespace, entered for the body (unshare);
+    yields a descriptor of it, which keeps it, and what is attached to its
+    interfaces, after the body: the caller closes it, or the process's end
+    does."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise NetnsError(f"cannot make a network namespace: {os.strerror(errno)}")
+        try:
+            yield os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            _setns(home)
+    finally:
         os.close(home)

@@ -32,7 +32,7 @@ from .abi import bpf_source_dir
 from .libbpf import LIBBPF, BtfInfo, MapCreateOpts, MapInfo, error_number, object_info
 
 # The programs, compiled as one unit so that they share their maps.
-PROGRAM_FILES = ("sluice_xdp.c", "sluice_tc.c")
+PROGRAM_FILES = ("sluice_xdp.c", "sluice_tc.c", "replay_driver.c")
 CFLAGS = ["-Wno-incompatible-pointer-types-discards-qualifiers"]
 # The classifier again, for tc ingress (--hook tc): the same source over the
 # skb's context (bpf/ctx.h), with the tc programs, so that a data plane only

@@ -3,7 +3,8 @@
 
 The frames of a pcap or pcapng file (controller/capture.py reads it) go, in
 order, through the same XDP program that runs on interfaces, by
-BPF_PROG_TEST_RUN, all but those that cannot change a line (run_capture). The program reports
+BPF_PROG_TEST_RUN, all but those that cannot change a line (run_capture), many frames a
+test run (controller/replay_batch.py). The program reports
 each flow it settles on its event ring, and hands over the Initial packets
 of QUIC flows, which the controller's own code (controller/quic_flows.py)
 settles; replay prints one line per flow.
@@ -53,7 +54,7 @@ from .datapath import Datapath
 from .map_batches import delete_entries
 from .program import MappedRing
 from .quic_flows import QuicFlows, strictness
-from .testrun import XdpFrameRunner
+from .replay_batch import FrameBatch
 
 IPV4_MAPPED = bytes(10) + b"\xff\xff"
 _U32 = struct.Struct("=I")
@@ -340,10 +341,9 @@ class Replayer:
     Its rings are read straight from their pages (program.MappedRing), the
     events' then the QUIC datagrams', as bcc's ring manager would call their
     callbacks, without a call into bcc or a Python callback per record. As
-    they are read after every frame that may have filled them, the program
+    they are read after every batch of frames (run_capture), the program
     wakes no reader (ring_wakeups=False: a wakeup would cost more than the
-    program's run on the frame)."""
-
+    program's run on a frame)."""
 
     def __init__(self, policy=None, fix_checksums: bool = False, read_ahead: bool = True):
         """read_ahead: large captures are read by a process of its own
@@ -353,9 +353,10 @@ class Replayer:
         self.fix_checksums = fix_checksums
         self.read_ahead = ReadAhead() if read_ahead else None
         self.rings: list[MappedRing] = []
-        self.datapath = None
+        self.datapath = self.frame_batch = None
         try:
             self.datapath = Datapath(policy, events=True, ring_wakeups=False)
+            self.frame_batch = FrameBatch(self.datapath, self.read_rings)
             self.report = FlowReport(policy)
             self.quic = QuicFlows(self.datapath, on_settled=self.report.add_quic_flow, open_ring=False,
                                   on_renamed=self.report.rename_quic_flow)
@@ -397,7 +398,7 @@ class Replayer:
             progress: Progress | None = None) -> tuple[list[dict], int]:
         """The capture through the program (run_capture), and a line for each
         flow no event reported (report_unreported); (records, frames)."""
-        frames = run_capture(self.datapath, capture_path, self.read_rings,
+        frames = run_capture(self.datapath, self.frame_batch, capture_path,
                              self.report.settled if skip_settled else None, progress, self.fix_checksums,
                              self.read_ahead)
         report_unreported(self.datapath, self.report)
@@ -406,19 +407,22 @@ class Replayer:
     def close(self) -> None:
         for ring in self.rings:
             ring.close()
+        if self.frame_batch:
+            self.frame_batch.close()
         if self.datapath:
             self.datapath.close()
         if self.read_ahead:
             self.read_ahead.close()
 
 
-def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows | None = None,
-                progress: Progress | None = None, fix_checksums: bool = False,
-                read_ahead: ReadAhead | None = None) -> int:
+def run_capture(datapath, frame_batch: FrameBatch, capture_path: str,
+                settled: SettledFlows | None = None, progress: Progress | None = None,
+                fix_checksums: bool = False, read_ahead: ReadAhead | None = None) -> int:
     """The capture's frames through the program, but for those that cannot
-    change a line; returns the number of frames read. read_rings() hands
-    what the program sent to the report. With settled None,
-    every frame runs and the rings are read after each.
+    change a line; returns the number of frames read. The frames run in
+    batches (frame_batch: controller/replay_batch.py), which hand what the
+    program sent on its rings to the report. With settled None, every
+    frame runs.
 
     Left out: frames of flows in settled (which the rings fill as they are
     read) other than a bare SYN, which may open a new flow on the same
@@ -442,28 +446,33 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
     does not read (capture.FRAME_UNREAD: ARP, ICMP, ...), which it passes
     untouched.
 
-    The rings are read after every frame run but empty segments (TCP
-    without payload, FIN or RST, not a bare SYN: they settle no flow) and
-    bare SYNs (which seldom settle theirs), and before a bare SYN: a flow
-    settled by a frame whose events wait in the ring a little longer has
-    only some more of its frames run, which changes no line, but a bare SYN
-    must find its flow's earlier life settled before it opens a new one.
-    Events are read in the order they were sent either way.
+    A batch is read in full before a bare SYN of a flow with frames in it,
+    which must find the flow's earlier life settled before it opens a new
+    one. Within a batch, a flow settled by one of its frames has the frames
+    after it run too, which changes no line; so do the short datagrams of
+    a UDP flow with frames in it, whose QUIC datagram, if one of them hands
+    it over, is read only where the batch stops for it. Events are read in
+    the order they were sent.
 
     read_ahead: a capture large enough (ReadAhead.takes) is read by that
     process (capture_reader.py) while this one runs the frames read before;
     with settled None, never."""
-    run = XdpFrameRunner(datapath.function.fd).run
     clock = time.monotonic
     config = datapath.config()
     quiet_every = config.flow_idle_jiffies * config.jiffy_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
     short_datagrams_open_no_flow = not config.flags & ABI.SLUICE_CFG_OPENING_RULES
-    frames, unread = 0, False
+    frames = 0
+    in_batch: set[int] = set()      # the flows with frames in the batch, whose events are not read yet
     identities = settled.numbers if settled is not None else None
     if read_ahead and settled is not None and read_ahead.takes(capture_path):
         batches = read_ahead.batches(capture_path, fix_checksums, identities)
     else:
         batches = read_here(capture_path, fix_checksums, identities)
+
+    def run_batch() -> None:
+        frame_batch.run()
+        in_batch.clear()
+
     with contextlib.closing(batches):       # on any way out: the capture unmapped, a reader out of step stopped
         for batch in batches:
             count = len(batch.offsets)
@@ -472,40 +481,34 @@ def run_capture(datapath, capture_path: str, read_rings, settled: SettledFlows |
             if settled is not None:
                 settled.make_room()
                 flags, clients, quic, last_run = settled.flags, settled.clients, settled.quic, settled.last_run
-            base = frame_address(batch.buffer)
+            buffer, base = batch.buffer, frame_address(batch.buffer)
             for offset, length, flow, kind in zip(batch.offsets, batch.lengths, batch.flows, batch.kinds):
-                later = False           # its events may wait in the rings until a frame that needs them read
                 if flow >= 0:
                     if 0 < kind <= FRAME_SYN_BEHIND_TAGS:           # a bare SYN
-                        if unread:
-                            read_rings()
-                        later = True
+                        if flow in in_batch:
+                            run_batch()
                         flags[flow] = 0
                         # Two SYNs from either end, or one behind tags: either end may be its server.
                         clients[flow] = kind if clients[flow] in (0, kind) else FRAME_SYN_BEHIND_TAGS
                     elif flags[flow]:
                         continue
                     elif kind == FRAME_SHORT_DATAGRAM:
-                        if short_datagrams_open_no_flow and not quic[flow]:
+                        if short_datagrams_open_no_flow and not quic[flow] and flow not in in_batch:
                             continue
                     elif kind in FRAME_EMPTY_FROM:
-                        later = True
                         quiet = clients[flow] in (0, kind - FRAME_EMPTY_END)
                         if quiet and clock() - last_run[flow] < quiet_every:
                             continue
                     last_run[flow] = clock()
+                    in_batch.add(flow)
                 elif kind == FRAME_UNREAD:
                     continue
-                run(base + offset, length)
-                if later:
-                    unread = True
-                else:
-                    read_rings()
-                    unread = False
+                if frame_batch.add(buffer[offset:offset + length], base + offset):
+                    in_batch.clear()
             frames += count
             if progress:
                 progress.update(batch.file_end, frames)
-    read_rings()
+    run_batch()
     return frames
 
 

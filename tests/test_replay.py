@@ -245,16 +245,21 @@ def test_the_reader_process_reports_what_it_cannot_read_and_goes_on(captures, tm
 
 def replayed_counting_runs(path, frames):
     """frames written to path as a capture and replayed: (records, frames
-    read, frames the program ran), the skipping path checked against running
-    every frame."""
+    read, frames the program ran). The runs are counted with each frame a
+    batch of its own: a frame is left out only once the events of the
+    frames before are read, which a batch does after its last frame (so
+    more run in batches; replay_batch.py). The records are checked against
+    replay in batches, and running every frame."""
     from sluice.replay import Replayer, replay as replay_capture
     write_capture(path, frames)
     replayer = Replayer()
     try:
+        replayer.frame_batch.capacity = 1
         records, frames_read = replayer.run(str(path))
         runs = replayer.datapath.counters()["packets"]
     finally:
         replayer.close()
+    assert replay_capture(str(path)) == (records, frames_read)
     assert replay_capture(str(path), skip_settled=False) == (records, frames_read)
     return records, frames_read, runs
 
