@@ -343,8 +343,8 @@ FRAME_UNREAD = 8            # of no flow: neither IPv4 nor IPv6 past the tags, o
 @dataclass
 class FrameFlows:
     """What replay's frame loop needs to know of each frame of a chunk."""
-    flows: list[int]        # the number of the frame's flow; -1: not a flow frame_flows reads
-    kinds: list[int]        # FRAME_*
+    flows: numpy.ndarray    # the number of the frame's flow; -1: not a flow frame_flows reads
+    kinds: numpy.ndarray    # FRAME_*
     new: list[bytes]        # the identities of the flows it numbered, in their numbers' order
 
 
@@ -417,7 +417,7 @@ def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
     kinds = numpy.where(short_datagram, FRAME_SHORT_DATAGRAM, numpy.where(unread, FRAME_UNREAD, FRAME_OTHER))
     kinds = numpy.where(known & tcp & no_fin_rst & (tcp_payload <= 0), end + FRAME_EMPTY_END, kinds)
     kinds = numpy.where(known & bare_syn, numpy.where(tags == 0, end, FRAME_SYN_BEHIND_TAGS), kinds)
-    return FrameFlows(flows.tolist(), kinds.tolist(), new)
+    return FrameFlows(flows, kinds, new)
 
 
 def _gather(data, starts, count: int):

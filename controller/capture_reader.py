@@ -47,10 +47,10 @@ _COLUMNS = (numpy.int64, numpy.int64, numpy.int64, numpy.uint8)
 class Batch:
     """Consecutive frames of a capture, ready for replay's frame loop."""
     buffer: bytearray | mmap.mmap   # holds the frames
-    offsets: list[int]              # of each frame in buffer
-    lengths: list[int]
-    flows: list[int]                # the number of each frame's flow in the caller's identities; -1: none
-    kinds: list[int]                # capture.FRAME_*
+    offsets: numpy.ndarray          # of each frame in buffer
+    lengths: numpy.ndarray
+    flows: numpy.ndarray            # the number of each frame's flow in the caller's identities; -1: none
+    kinds: numpy.ndarray            # capture.FRAME_*
     file_end: int                   # where in the file the batch's last record ends (for progress)
 
 
@@ -62,11 +62,12 @@ def read_here(capture_path: str, fix_checksums: bool, identities: dict[bytes, in
         for chunk in capture.chunks():
             count = len(chunk.offsets)
             if identities is None:
-                flows, kinds = [-1] * count, [0] * count
+                offsets, lengths = numpy.asarray(chunk.offsets), numpy.asarray(chunk.lengths)
+                flows, kinds = numpy.full(count, -1), numpy.zeros(count, dtype=numpy.uint8)
             else:
                 seen = frame_flows(chunk, identities)
-                flows, kinds = seen.flows, seen.kinds
-            yield Batch(chunk.buffer, chunk.offsets, chunk.lengths, flows, kinds, chunk.file_end)
+                offsets, lengths, flows, kinds = chunk.arrays.offsets, chunk.arrays.lengths, seen.flows, seen.kinds
+            yield Batch(chunk.buffer, offsets, lengths, flows, kinds, chunk.file_end)
 
 
 class ReadAhead:
@@ -152,7 +153,7 @@ class _Numbering:
         self.translate = numpy.empty(CHUNK_FRAMES, dtype=numpy.int64)   # the reader's number -> the caller's
         self.count = 0
 
-    def ours(self, flows, new: list[bytes]) -> list[int]:
+    def ours(self, flows, new: list[bytes]) -> numpy.ndarray:
         """flows (the reader's numbers, -1: none), new: the identities of
         the flows the reader numbered since, in their numbers' order."""
         identities = self.identities
@@ -164,7 +165,7 @@ class _Numbering:
         mapped = numpy.full(len(flows), -1, dtype=numpy.int64)
         known = flows >= 0
         mapped[known] = self.translate[flows[known]]
-        return mapped.tolist()
+        return mapped
 
 
 def _batch(message: bytes, shared) -> tuple[Batch, list[bytes]]:
@@ -179,7 +180,7 @@ def _batch(message: bytes, shared) -> tuple[Batch, list[bytes]]:
     identities = [message[start:start + FLOW_IDENTITY_BYTES] for start in range(at, end, FLOW_IDENTITY_BYTES)]
     buffer = shared if own < 0 else bytearray(message[end:end + own])
     offsets, lengths, flows, kinds = columns
-    return Batch(buffer, offsets.tolist(), lengths.tolist(), flows, kinds.tolist(), file_end), identities
+    return Batch(buffer, offsets, lengths, flows, kinds, file_end), identities
 
 
 def _serve(connection, parents_end) -> None:

@@ -474,15 +474,15 @@ def run_capture(datapath, frame_batch: FrameBatch, capture_path: str,
         in_batch.clear()
 
     with contextlib.closing(batches):       # on any way out: the capture unmapped, a reader out of step stopped
-        for batch in batches:
-            count = len(batch.offsets)
+        for chunk in batches:              # capture_reader.Batch: a chunk of the capture's frames
+            count = len(chunk.offsets)
             if not count:
                 continue
             if settled is not None:
                 settled.make_room()
                 flags, clients, quic, last_run = settled.flags, settled.clients, settled.quic, settled.last_run
-            buffer, base = batch.buffer, frame_address(batch.buffer)
-            for offset, length, flow, kind in zip(batch.offsets, batch.lengths, batch.flows, batch.kinds):
+            buffer, base = chunk.buffer, frame_address(chunk.buffer)
+            for offset, length, flow, kind in zip(*frames_to_look_at(chunk, settled)):
                 if flow >= 0:
                     if 0 < kind <= FRAME_SYN_BEHIND_TAGS:           # a bare SYN
                         if flow in in_batch:
@@ -501,15 +501,36 @@ def run_capture(datapath, frame_batch: FrameBatch, capture_path: str,
                             continue
                     last_run[flow] = clock()
                     in_batch.add(flow)
-                elif kind == FRAME_UNREAD:
-                    continue
                 if frame_batch.add(buffer[offset:offset + length], base + offset):
                     in_batch.clear()
             frames += count
             if progress:
-                progress.update(batch.file_end, frames)
+                progress.update(chunk.file_end, frames)
     run_batch()
     return frames
+
+
+def frames_to_look_at(chunk, settled: SettledFlows | None) -> tuple[list[int], list[int], list[int], list[int]]:
+    """The offsets, lengths, flows and kinds of the frames of chunk (a
+    capture_reader.Batch) that the
+    frame loop must look at: all but those it leaves out whatever the frames
+    before them do, found by numpy rather than a Python step per frame.
+    These are frames the program does not read, and those of flows settled
+    already, unless a bare SYN of the chunk opens the flow again. settled:
+    with room for every flow of the chunk (make_room())."""
+    flows, kinds = chunk.flows, chunk.kinds
+    look = kinds != FRAME_UNREAD
+    if settled is not None and len(settled.flags):
+        known = flows >= 0
+        numbers = numpy.where(known, flows, 0)
+        reopened = numpy.zeros(len(settled.flags), dtype=bool)
+        reopened[flows[known & (kinds > 0) & (kinds <= FRAME_SYN_BEHIND_TAGS)]] = True
+        # A copy: a view would keep the bytearray from growing.
+        settled_now = numpy.frombuffer(bytes(settled.flags), dtype=numpy.uint8).astype(bool)
+        look &= ~(known & settled_now[numbers] & ~reopened[numbers])
+    chosen = numpy.flatnonzero(look)
+    return (chunk.offsets[chosen].tolist(), chunk.lengths[chosen].tolist(), flows[chosen].tolist(),
+            kinds[chosen].tolist())
 
 
 def report_unreported(datapath, report) -> None:
