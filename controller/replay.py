@@ -13,7 +13,8 @@ Only a flow's inspection window decides its line: once the program has
 reported a flow settled (classified, or given up on; a QUIC flow once no
 hello of another connection could name it any harder: FlowReport.add_quic_flow),
 the rest of its packets cannot change the output, so replay keeps those flows in a table of
-its own and runs their packets no more, except a bare SYN, which may open a
+its own and, once it has read the event (after the batch that sent it), runs their
+packets no more, except a bare SYN, which may open a
 new flow on the same addresses and ports (its data at the SYN's stream start
 does: bpf/flow.h), so the flow's frames run again from it.
 
