@@ -20,19 +20,22 @@ per frame attached, more than one detached.
 
 import ctypes
 import errno
+import logging
 import mmap
 import os
 import struct
 
 from .abi import ABI
 from .libbpf import LIBBPF, LinkCreateOpts, TestRunOpts, error_number
-from .netns import private_netns
+from .netns import NetnsError, private_netns
 from .testrun import XdpFrameRunner
 
 BPF_XDP = 37                    # enum bpf_attach_type
 XDP_FLAGS_SKB_MODE = 1 << 1     # generic XDP: the loopback has no driver hook
 LOOPBACK_IFINDEX = 1            # in every network namespace
 _LENGTH = struct.Struct("=I")
+
+log = logging.getLogger(__name__)
 
 
 class FrameBatch:
@@ -59,10 +62,17 @@ class FrameBatch:
             self.frames = _map_pages(datapath.map_fd("replay_frames"), self.stride * self.capacity)
             self.control = _map_pages(datapath.map_fd("replay_batch"), ctypes.sizeof(state_type))
             self.state = state_type.from_buffer(self.control)      # struct replay_batch, in the map
-            self._attach()
         except BaseException:
             self.close()
             raise
+        try:
+            self._attach()
+        except (NetnsError, OSError) as error:
+            # Without CAP_SYS_ADMIN, say: batches of one frame, which the
+            # dispatcher does not take (repeat = 1), as fast as test runs of
+            # their own.
+            log.warning("replay runs one frame a test run, several times slower: %s", error)
+            self.capacity = 1
         # Its contents do not matter: the driver puts each frame in its place.
         self.packet = ctypes.create_string_buffer(ABI.SLUICE_REPLAY_FRAME_BYTES)
         self.opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.addressof(self.packet),
@@ -71,7 +81,7 @@ class FrameBatch:
     def _attach(self) -> None:
         """The driver on the loopback of a namespace of its own (see above)."""
         with private_netns() as netns_fd:
-            self.netns_fd = netns_fd
+            self.netns_fd = netns_fd        # closed by close(), even if what follows fails
             opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=XDP_FLAGS_SKB_MODE)
             link_fd = LIBBPF.bpf_link_create(self.driver_fd, LOOPBACK_IFINDEX, BPF_XDP, ctypes.byref(opts))
             if link_fd < 0:

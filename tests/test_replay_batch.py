@@ -3,8 +3,13 @@ batch of frames through the real XDP program in one test run, in order, the
 rings read where the controller must read them."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+from sluice.policies import lab_policy_path
 
 from packets import http_request, tcp_frame, udp_frame, write_capture
 from quic_packets import crypto_frame, handshake_client_hello, initial_packet
@@ -77,3 +82,18 @@ def test_a_frame_longer_than_an_entry_runs_alone_in_its_place(batch_on, tmp_path
     write_capture(tmp_path / "long.pcap", frames)
     records, _frames = replay(str(tmp_path / "long.pcap"), show_progress=False)
     assert [(r["client_port"], r["name"]) for r in records] == [(20000, "order.example")]
+
+
+def test_without_cap_sys_admin_replay_runs_a_frame_a_test_run_and_says_so():
+    """No namespace of its own for the driver (unshare needs CAP_SYS_ADMIN):
+    replay warns, runs batches of one frame, and prints the same lines."""
+    capture = Path(__file__).parent / "captures" / "real-tools.pcap"
+    replay = [sys.executable, "-m", "sluice", "replay", "--policy", str(lab_policy_path()), str(capture)]
+    batched = subprocess.run(replay, capture_output=True, text=True, timeout=300)
+    # setpriv (util-linux): the capability out of the bounding and inheritable sets, so root's exec lacks it.
+    alone = subprocess.run(["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", *replay],
+                           capture_output=True, text=True, timeout=300)
+    assert batched.returncode == alone.returncode == 0, alone.stderr
+    assert "replay runs one frame a test run" not in batched.stderr
+    assert "replay runs one frame a test run, several times slower: cannot make a network namespace" in alone.stderr
+    assert batched.stdout.count("\n") >= 15 and alone.stdout == batched.stdout
