@@ -63,6 +63,7 @@ _U32 = struct.Struct("=I")
 # to keep it from idling out (run_capture): far more often than the
 # program's own refresh (idle >> FLOW_REFRESH_SHIFT, bpf/flow.h) needs.
 QUIET_SEGMENTS_PER_IDLE = 32
+NO_FLOW = -1                # capture_reader.Batch.flows of a frame frame_flows cannot sort into a flow
 PROGRESS_AFTER_S = 3.0      # a capture replayed faster than this shows no progress bar
 PROGRESS_EVERY = 4096       # frames between looks at the clock
 PROGRESS_WIDTH = 30
@@ -372,6 +373,8 @@ class Replayer:
 
     def reset(self) -> None:
         """Forget every flow, in the program's tables and in the report: the next capture starts afresh."""
+        self.frame_batch.discard()
+        self.read_rings()               # what a capture given up on midway left there, into the report cleared below
         self.datapath.flow_table().clear()
         delete_entries(self.datapath.table("streams"))
         self.quic.forget_flows()
@@ -447,13 +450,15 @@ def run_capture(datapath, frame_batch: FrameBatch, capture_path: str,
     does not read (capture.FRAME_UNREAD: ARP, ICMP, ...), which it passes
     untouched.
 
-    A batch is read in full before a bare SYN of a flow with frames in it,
-    which must find the flow's earlier life settled before it opens a new
-    one. Within a batch, a flow settled by one of its frames has the frames
-    after it run too, which changes no line; so do the short datagrams of
-    a UDP flow with frames in it, whose QUIC datagram, if one of them hands
-    it over, is read only where the batch stops for it. Events are read in
-    the order they were sent.
+    A batch is run and read in full before a bare SYN of a flow with frames
+    in it (or with a frame frame_flows names no flow of: a tunnel's, a
+    fragment's, which may be any flow's), which must find the flow's
+    earlier life settled before it opens a new one. Within a batch, a flow
+    settled by one of its frames has the frames after it run too, which
+    changes no line; so do the short datagrams of a UDP flow with frames in
+    it (or after a frame of no flow), whose QUIC datagram, if one of them
+    hands it over, is read only where the batch stops for it. Events are
+    read in the order they were sent.
 
     read_ahead: a capture large enough (ReadAhead.takes) is read by that
     process (capture_reader.py) while this one runs the frames read before;
@@ -463,7 +468,10 @@ def run_capture(datapath, frame_batch: FrameBatch, capture_path: str,
     quiet_every = config.flow_idle_jiffies * config.jiffy_ns / 1e9 / QUIET_SEGMENTS_PER_IDLE
     short_datagrams_open_no_flow = not config.flags & ABI.SLUICE_CFG_OPENING_RULES
     frames = 0
-    in_batch: set[int] = set()      # the flows with frames in the batch, whose events are not read yet
+    # The flows with frames in the batch, whose events are not read yet;
+    # NO_FLOW among them: a frame of a flow frame_flows cannot name (a
+    # tunnel's, a fragment's), which may be any flow's.
+    in_batch: set[int] = set()
     identities = settled.numbers if settled is not None else None
     if read_ahead and settled is not None and read_ahead.takes(capture_path):
         batches = read_ahead.batches(capture_path, fix_checksums, identities)
@@ -486,7 +494,7 @@ def run_capture(datapath, frame_batch: FrameBatch, capture_path: str,
             for offset, length, flow, kind in zip(*frames_to_look_at(chunk, settled)):
                 if flow >= 0:
                     if 0 < kind <= FRAME_SYN_BEHIND_TAGS:           # a bare SYN
-                        if flow in in_batch:
+                        if flow in in_batch or NO_FLOW in in_batch:
                             run_batch()
                         flags[flow] = 0
                         # Two SYNs from either end, or one behind tags: either end may be its server.
@@ -494,14 +502,15 @@ def run_capture(datapath, frame_batch: FrameBatch, capture_path: str,
                     elif flags[flow]:
                         continue
                     elif kind == FRAME_SHORT_DATAGRAM:
-                        if short_datagrams_open_no_flow and not quic[flow] and flow not in in_batch:
+                        if (short_datagrams_open_no_flow and not quic[flow] and flow not in in_batch
+                                and NO_FLOW not in in_batch):
                             continue
                     elif kind in FRAME_EMPTY_FROM:
                         quiet = clients[flow] in (0, kind - FRAME_EMPTY_END)
                         if quiet and clock() - last_run[flow] < quiet_every:
                             continue
                     last_run[flow] = clock()
-                    in_batch.add(flow)
+                in_batch.add(flow)
                 if frame_batch.add(buffer[offset:offset + length], base + offset):
                     in_batch.clear()
             frames += count

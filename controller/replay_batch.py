@@ -108,6 +108,10 @@ class FrameBatch:
         self.run()
         return True
 
+    def discard(self) -> None:
+        """Forget the frames gathered (a capture given up on midway)."""
+        self.count = 0
+
     def run(self) -> None:
         """Run the frames gathered, in order, and start a new batch. The
         rings are read where the driver stopped for a QUIC datagram, and

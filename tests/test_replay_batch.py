@@ -97,3 +97,25 @@ def test_without_cap_sys_admin_replay_runs_a_frame_a_test_run_and_says_so():
     assert "replay runs one frame a test run" not in batched.stderr
     assert "replay runs one frame a test run, several times slower: cannot make a network namespace" in alone.stderr
     assert batched.stdout.count("\n") >= 15 and alone.stdout == batched.stdout
+
+
+def test_a_syn_after_a_tunnelled_life_of_its_flow_in_the_same_batch_opens_it_again(tmp_path):
+    """A tunnel's frames may be any flow's: a bare SYN after them, in the
+    same batch, waits until their events are read, or the flow's earlier
+    life, settled only then, would hide its new one (here the batch fills
+    at the SYN, and the request after it would be left out)."""
+    from packets import encapsulate
+    from sluice.replay import Replayer, replay
+    frames = [encapsulate(tcp_frame(sport=20000, dport=80, flags="S"), "ipip"),
+              encapsulate(tcp_frame(http_request("first.example"), sport=20000, dport=80), "ipip"),
+              tcp_frame(sport=20000, dport=80, flags="S", seq=5000),
+              tcp_frame(http_request("second.example"), sport=20000, dport=80, seq=5001)]
+    write_capture(tmp_path / "reopened.pcap", frames)
+    replayer = Replayer()
+    try:
+        replayer.frame_batch.capacity = 3
+        records, _frames = replayer.run(str(tmp_path / "reopened.pcap"))
+    finally:
+        replayer.close()
+    assert [r["name"] for r in records] == ["first.example", "second.example"]
+    assert replay(str(tmp_path / "reopened.pcap"), skip_settled=False, show_progress=False)[0] == records
