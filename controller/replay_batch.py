@@ -29,9 +29,8 @@ from .abi import ABI
 from .libbpf import LIBBPF, LinkCreateOpts, TestRunOpts, error_number
 from .netns import NetnsError, private_netns
 from .testrun import XdpFrameRunner
+from .xdp_link import BPF_XDP, XDP_FLAGS_SKB_MODE
 
-BPF_XDP = 37                    # enum bpf_attach_type
-XDP_FLAGS_SKB_MODE = 1 << 1     # generic XDP: the loopback has no driver hook
 LOOPBACK_IFINDEX = 1            # in every network namespace
 _LENGTH = struct.Struct("=I")
 
@@ -82,6 +81,7 @@ class FrameBatch:
         """The driver on the loopback of a namespace of its own (see above)."""
         with private_netns() as netns_fd:
             self.netns_fd = netns_fd        # closed by close(), even if what follows fails
+            # Generic XDP: the loopback has no driver hook.
             opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=XDP_FLAGS_SKB_MODE)
             link_fd = LIBBPF.bpf_link_create(self.driver_fd, LOOPBACK_IFINDEX, BPF_XDP, ctypes.byref(opts))
             if link_fd < 0:
