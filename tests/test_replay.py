@@ -502,6 +502,23 @@ def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6, tmp_pat
                 for offset, length in zip(chunk.offsets, chunk.lengths)]
     assert read == [fill_offloaded_checksum(frame) for frame in frames]
     assert read[:3 * len(whole):3] == whole
+    # The reader process fills them in its own copy of the capture, and
+    # replay's process makes the same changes in its own (capture_reader.py).
+    from sluice.capture_reader import ReadAhead
+    reader = ReadAhead(min_bytes=0)
+    try:
+        for path in (tmp_path / "sender.pcap", gzipped(tmp_path / "sender.pcap", tmp_path / "sender.pcap.gz")):
+            for fix in (False, True):
+                with Capture(str(path), fix) as capture:
+                    here = [bytes(chunk.buffer[offset:offset + length]) for chunk in capture.chunks()
+                            for offset, length in zip(chunk.offsets, chunk.lengths)]
+                ahead = [bytes(batch.buffer[offset:offset + length])
+                         for batch in reader.batches(str(path), fix, {})
+                         for offset, length in zip(batch.offsets.tolist(), batch.lengths.tolist())]
+                assert ahead == here, (path.name, fix)
+                assert here == read if not fix else here != read
+    finally:
+        reader.close()
 
 
 def anonymised(frame: bytes, v6: bool) -> bytes:
