@@ -47,10 +47,10 @@ FAMILIES = pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 SCHEMES = pytest.mark.parametrize("scheme", ["https", "http"])
 # Where a test expects the server's answer, it waits up to this long for it
 # (a flow blocked by a reset ends at once; the tests that expect a timeout
-# keep fetch's 2 s). Once, in a clean clone's CI run
-# beside two benchmark processes, an HTTP fetch over IPv6 the 2021 profile
-# lets through got no answer in 2 s; 160 runs of it after, idle and beside
-# three busy loops, were all answered.
+# keep fetch's 2 s). Once, in a clean clone's CI run beside two benchmark
+# processes, an HTTP fetch over IPv6 the 2021 profile lets through got no
+# answer in 2 s; 160 runs of it after, idle and beside three busy loops,
+# were all answered.
 ANSWER_TIMEOUT_S = 10.0
 
 
