@@ -490,29 +490,30 @@ def run_capture(datapath, frame_batch: FrameBatch, capture_path: str,
             if settled is not None:
                 settled.make_room()
                 flags, clients, quic, last_run = settled.flags, settled.clients, settled.quic, settled.last_run
-            buffer, base = chunk.buffer, frame_address(chunk.buffer)
-            for offset, length, flow, kind in zip(*frames_to_look_at(chunk, settled)):
-                if flow >= 0:
-                    if 0 < kind <= FRAME_SYN_BEHIND_TAGS:           # a bare SYN
-                        if flow in in_batch or NO_FLOW in in_batch:
-                            run_batch()
-                        flags[flow] = 0
-                        # Two SYNs from either end, or one behind tags: either end may be its server.
-                        clients[flow] = kind if clients[flow] in (0, kind) else FRAME_SYN_BEHIND_TAGS
-                    elif flags[flow]:
-                        continue
-                    elif kind == FRAME_SHORT_DATAGRAM:
-                        if (short_datagrams_open_no_flow and not quic[flow] and flow not in in_batch
-                                and NO_FLOW not in in_batch):
+            base = frame_address(chunk.buffer)
+            with memoryview(chunk.buffer) as frames_in_chunk:
+                for offset, length, flow, kind in zip(*frames_to_look_at(chunk, settled)):
+                    if flow >= 0:
+                        if 0 < kind <= FRAME_SYN_BEHIND_TAGS:           # a bare SYN
+                            if flow in in_batch or NO_FLOW in in_batch:
+                                run_batch()
+                            flags[flow] = 0
+                            # Two SYNs from either end, or one behind tags: either end may be its server.
+                            clients[flow] = kind if clients[flow] in (0, kind) else FRAME_SYN_BEHIND_TAGS
+                        elif flags[flow]:
                             continue
-                    elif kind in FRAME_EMPTY_FROM:
-                        quiet = clients[flow] in (0, kind - FRAME_EMPTY_END)
-                        if quiet and clock() - last_run[flow] < quiet_every:
-                            continue
-                    last_run[flow] = clock()
-                in_batch.add(flow)
-                if frame_batch.add(buffer[offset:offset + length], base + offset):
-                    in_batch.clear()
+                        elif kind == FRAME_SHORT_DATAGRAM:
+                            if (short_datagrams_open_no_flow and not quic[flow] and flow not in in_batch
+                                    and NO_FLOW not in in_batch):
+                                continue
+                        elif kind in FRAME_EMPTY_FROM:
+                            quiet = clients[flow] in (0, kind - FRAME_EMPTY_END)
+                            if quiet and clock() - last_run[flow] < quiet_every:
+                                continue
+                        last_run[flow] = clock()
+                    in_batch.add(flow)
+                    if frame_batch.add(frames_in_chunk, offset, length, base + offset):
+                        in_batch.clear()
             frames += count
             if progress:
                 progress.update(chunk.file_end, frames)

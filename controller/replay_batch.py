@@ -89,11 +89,16 @@ class FrameBatch:
                               f"{os.strerror(error_number(link_fd))}")
             self.link_fd = link_fd
 
-    def add(self, frame: bytes, address: int) -> bool:
-        """Gather frame (its bytes, and where they lie in memory); True if
-        frames ran (and the rings were read): the batch was full, or frame
-        too long for it."""
-        length = len(frame)
+    def add(self, frames: memoryview, offset: int, length: int, address: int) -> bool:
+        """Gather the frame of length bytes at offset in frames (a view of a
+        capture's chunk, which copies it once, into the batch's map), at
+        address in memory; True if frames ran (and the rings were read): the
+        batch was full, or the frame too long for it.
+        The frame is sliced out only in the statement that copies it: a view
+        of it kept in a local would outlive this call wherever a reference
+        cycle keeps the frames of the stack below (an exception caught while
+        the rings are read, with its traceback), and keep the capture's
+        mapping from closing until the garbage collector runs."""
         if length > self.longest:
             self.run()
             self.single.run(address, length)
@@ -101,7 +106,7 @@ class FrameBatch:
             return True
         at = self.count * self.stride
         _LENGTH.pack_into(self.frames, at + self.length_at, length)
-        self.frames[at + self.data_at:at + self.data_at + length] = frame
+        self.frames[at + self.data_at:at + self.data_at + length] = frames[offset:offset + length]
         self.count += 1
         if self.count < self.capacity:
             return False

@@ -45,7 +45,7 @@ def batch_on(make_datapath):
 
 def run(batch, frames):
     for frame in frames:
-        assert not batch.add(frame, 0)      # not full, nor run alone
+        assert not batch.add(memoryview(frame), 0, len(frame), 0)      # not full, nor run alone
     batch.run()
 
 
