@@ -109,7 +109,7 @@ class Corpus(Replayer):
 
     def replay(self, capture: Path) -> list[dict]:
         self.reset()
-        return self.run(str(capture), skip_settled=False)[0]
+        return self.run(str(capture))[0]
 
 
 def compare(flows: list[NamedFlow], records: list[dict]) -> tuple[Counter, list[tuple[NamedFlow, str]], Counter]:

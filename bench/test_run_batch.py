@@ -1,20 +1,21 @@
 """Handing replayed frames to the program: one BPF_PROG_TEST_RUN per frame, against replay's batches.
 
-Run as root:  .venv/bin/python bench/test_run_batch.py [--frames 4096] [--pairs 7]
+Run as root:  .venv/bin/python bench/test_run_batch.py [--frames 1024] [--pairs 7]
 
 `sluice replay` used to run each frame it needs by a test run of its own
 (controller/testrun.py XdpFrameRunner): about 2 us a frame of the kernel's
 and ctypes' own cost here, more than sluice's program spends on most
-frames. It now runs them in batches (controller/replay_batch.py FrameBatch):
-the replay driver (bpf/replay_driver.c) puts each frame of a batch in the
-packet and tail-calls sluice_xdp, and one test run runs the batch. This
+frames. It now runs them a chunk at a time (controller/replay_batch.py
+ChunkRunner): the chunk is copied into the replay driver's map, the driver
+(bpf/replay_driver.c) puts each frame in the packet and tail-calls
+sluice_xdp, and one test run runs up to SLUICE_REPLAY_BATCH_FRAMES. This
 compares the two on sluice's own program, with frames it reads no further
 than their Ethernet header (all zeros), so that what is compared is the
 handing over:
 
 - baseline: the frames, one test run each (XdpFrameRunner);
-- batched: the frames through a FrameBatch, its batches run as replay runs
-  them, the rings read after each (nothing is on them).
+- batched: the frames as one chunk through a ChunkRunner, as replay runs
+  them, the rings read after each test run (nothing is on them).
 
 Each figure is --pairs alternations of the baseline and the batch
 (bench/pairs.py), the wall time per frame from Python; the ratio batch /
@@ -25,17 +26,18 @@ bytes in turn.
 import argparse
 import contextlib
 import ctypes
-import itertools
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pairs import alternate  # noqa: E402
 from sluice.capture import frame_address  # noqa: E402
 from sluice.datapath import Datapath  # noqa: E402
-from sluice.replay_batch import FrameBatch  # noqa: E402
+from sluice.replay_batch import ChunkRunner  # noqa: E402
 from sluice.testrun import XdpFrameRunner  # noqa: E402
 
 FRAME_SIZES = (60, 74, 600, 1514)
@@ -44,13 +46,13 @@ FRAME_SIZES = (60, 74, 600, 1514)
 class Bench:
     def __init__(self, frames: int):
         self.datapath = Datapath(events=True, ring_wakeups=False)
-        self.frame_batch = FrameBatch(self.datapath, lambda: None)
+        self.chunk_runner = ChunkRunner(self.datapath, lambda: None)
         self.runner = XdpFrameRunner(self.datapath.function.fd)
         self.frames = [bytes(FRAME_SIZES[i % len(FRAME_SIZES)]) for i in range(frames)]
         # One after another, as a capture's chunk holds them.
         self.chunk = b"".join(self.frames)
-        self.layout = list(zip(itertools.accumulate((len(frame) for frame in self.frames), initial=0),
-                               map(len, self.frames)))
+        self.lengths = numpy.array([len(frame) for frame in self.frames])
+        self.offsets = numpy.concatenate(([0], numpy.cumsum(self.lengths)[:-1]))
         self.buffer = ctypes.create_string_buffer(max(FRAME_SIZES))
         self.batched = False
 
@@ -63,11 +65,7 @@ class Bench:
         address = frame_address(self.buffer)
         started = time.perf_counter_ns()
         if self.batched:
-            add = self.frame_batch.add
-            with memoryview(self.chunk) as chunk:
-                for offset, length in self.layout:
-                    add(chunk, offset, length, address)
-            self.frame_batch.run()
+            self.chunk_runner.run(self.chunk, self.offsets, self.lengths)
         else:
             run = self.runner.run
             for frame in self.frames:
@@ -86,13 +84,13 @@ class Bench:
             self.batched = False
 
     def close(self) -> None:
-        self.frame_batch.close()
+        self.chunk_runner.close()
         self.datapath.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=4096, help="frames per run (default 4096)")
+    parser.add_argument("--frames", type=int, default=1024, help="frames per run (default 1024: a chunk of them within SLUICE_REPLAY_CHUNK_BYTES)")
     parser.add_argument("--pairs", type=int, default=7)
     args = parser.parse_args()
     bench = Bench(args.frames)

@@ -181,8 +181,8 @@ BPF_PERCPU_ARRAY(frag_buffers, struct frag_scratch, 1);
 
 /* --- sluice replay's (replay_driver.c) --------------------------------- */
 
-/* The frames of a batch, written by the controller through a memory mapping. */
-BPF_F_TABLE("array", __u32, struct replay_frame, replay_frames, SLUICE_REPLAY_BATCH_FRAMES, BPF_F_MMAPABLE);
+/* The chunk of a capture being replayed, written by the controller through a memory mapping. */
+BPF_F_TABLE("array", __u32, struct replay_chunk, replay_chunk, 1, BPF_F_MMAPABLE);
 
 /* The driver's place in its batch; mapped by the controller too. */
 BPF_F_TABLE("array", __u32, struct replay_batch, replay_batch, 1, BPF_F_MMAPABLE);

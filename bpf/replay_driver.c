@@ -1,17 +1,19 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
-/* replay_driver.c - run a batch of a capture's frames through sluice_xdp in
- * one test run, for sluice replay (controller/replay_batch.py).
+/* replay_driver.c - run a chunk of a capture's frames through sluice_xdp,
+ * many a test run, for sluice replay (controller/replay_batch.py).
  *
  * A BPF_PROG_TEST_RUN costs about 2 us of the kernel's own, several times
- * what sluice_xdp spends on most frames. So replay writes the frames it
- * needs into replay_frames and runs this program with repeat = their
- * number: each repetition puts the next frame in the packet and tail-calls
- * sluice_xdp, which runs on it as it would on an interface, with the same
- * maps and rings. The controller reads the rings after the batch, and
- * wherever the frame before handed a QUIC datagram over: it settles the
- * flow from it, which decides how the flow's next datagrams run. The
- * driver sees that from the program's counter of datagrams sent, and ends
- * the test run there.
+ * what sluice_xdp spends on most frames. So replay writes a chunk of the
+ * capture, as the file holds it, into replay_chunk with each frame's place,
+ * and runs this program with repeat = the frames to run: each repetition
+ * puts the next frame in the packet and tail-calls sluice_xdp, which runs
+ * on it as it would on an interface, with the same maps and rings. Every
+ * frame runs: one of a flow settled long before costs the kernel less than
+ * a Python step to leave it out would cost replay. The controller reads the
+ * rings after each test run, and wherever the frame before handed a QUIC
+ * datagram over: it settles the flow from it, which decides how the flow's
+ * next datagrams run. The driver sees that from the program's counter of
+ * datagrams sent, and ends the test run there.
  */
 #ifndef SLUICE_CTX_SKB
 #include <uapi/linux/bpf.h>
@@ -48,22 +50,25 @@ int sluice_replay_driver(struct xdp_md *ctx)
 	batch->cpu = cpu;
 	batch->datagrams_sent = *datagrams_sent;
 	__u32 index = batch->next;
-	struct replay_frame *frame = replay_frames.lookup(&index);
+	struct replay_chunk *chunk = replay_chunk.lookup(&zero);
 
-	if (!frame) {
+	if (!chunk || index >= SLUICE_REPLAY_CHUNK_FRAMES) {
 		batch->failed += 1;
 		return XDP_ABORTED;
 	}
 	batch->next = index + 1;
-	/* Masked: bpf_xdp_store_bytes() takes only a length the verifier knows
-	 * is within the entry. The controller sends longer frames alone. */
-	__u32 len = frame->len & (SLUICE_REPLAY_FRAME_BYTES - 1);
+	/* Masked: bpf_xdp_store_bytes() takes only a place and a length the
+	 * verifier knows are within the value (bytes[] has room past the
+	 * chunk's end for the longest). The controller keeps a chunk within
+	 * SLUICE_REPLAY_CHUNK_BYTES, and runs longer frames alone. */
+	__u32 offset = chunk->offset[index] & (SLUICE_REPLAY_CHUNK_BYTES - 1);
+	__u32 len = chunk->len[index] & (SLUICE_REPLAY_FRAME_BYTES - 1);
 
 	/* The packet is as long as the frame before left it (a block reply may
 	 * have grown it): grown or cut to this frame's length. sluice_xdp moves
 	 * only the packet's end, never its start. */
 	if (len < sizeof(struct ethhdr) || bpf_xdp_adjust_tail(ctx, (int)len - (int)bpf_xdp_get_buff_len(ctx)) ||
-	    bpf_xdp_store_bytes(ctx, 0, frame->data, len)) {
+	    bpf_xdp_store_bytes(ctx, 0, chunk->bytes + offset, len)) {
 		batch->failed += 1;
 		return XDP_ABORTED;
 	}

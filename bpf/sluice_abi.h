@@ -97,12 +97,11 @@
 
 /* A QUIC client pads each datagram of its first flight to at least this
  * many bytes (RFC 9000 section 14.1; Google QUIC does too): a shorter UDP
- * payload is never taken for an Initial (quic.h), and replay leaves such
- * datagrams of flows without an entry unrun (controller/replay.py). */
+ * payload is never taken for an Initial (quic.h). */
 #define SLUICE_QUIC_INITIAL_MIN_DATAGRAM 1200
 
 /* The UDP destination ports GTP-U (3GPP TS 29.281) and VXLAN (RFC 7348)
- * are known by (parsing_helpers.h); replay runs every datagram to them. */
+ * are known by (parsing_helpers.h). */
 #define SLUICE_GTPU_PORT 2152
 #define SLUICE_VXLAN_PORT 4789
 
@@ -112,17 +111,21 @@
 /* Ring buffer for classification events, in bytes (a power of two). */
 #define SLUICE_EVENT_RING_BYTES 262144
 
-/* sluice replay runs the frames it needs in batches, each by one test run
- * of bpf/replay_driver.c (controller/replay_batch.py). A frame's room in
- * replay_frames; a power of two, for the driver's mask. Longer frames run
- * by a test run of their own. */
+/* sluice replay runs a capture a chunk at a time (controller/replay_batch.py):
+ * the controller writes the chunk's frames, as the capture holds them,
+ * into replay_chunk, and bpf/replay_driver.c runs them, many a test run.
+ * A chunk holds up to SLUICE_REPLAY_CHUNK_FRAMES frames, which lie within
+ * SLUICE_REPLAY_CHUNK_BYTES from its first frame's start (a power of two,
+ * for the driver's mask). */
+#define SLUICE_REPLAY_CHUNK_FRAMES 4096
+#define SLUICE_REPLAY_CHUNK_BYTES 1048576
+/* The driver copies frames shorter than this into the packet (a power of
+ * two, for its mask); longer ones run by a test run of their own. */
 #define SLUICE_REPLAY_FRAME_BYTES 2048
-/* Frames in a batch. The events ring must hold what a whole batch may send
- * before the controller reads it: replay_driver.c checks that at compile
- * time, with SLUICE_REPLAY_EVENTS_PER_FRAME. */
+/* Frames a test run of the driver runs at most. The events ring must hold
+ * what they may send before the controller reads it: replay_driver.c checks
+ * that at compile time, with SLUICE_REPLAY_EVENTS_PER_FRAME. */
 #define SLUICE_REPLAY_BATCH_FRAMES 256
-/* classification_events one run of sluice_xdp may send, with room to spare:
- * a run judges one flow, and sends its event once (verdict.h). */
 #define SLUICE_REPLAY_EVENTS_PER_FRAME 2
 
 enum sluice_action {
@@ -618,17 +621,20 @@ struct classification_event {
 	__u8 alpn[SLUICE_ALPN_BYTES];	/* its ALPN extension body, from its start */
 };
 
-/* A frame of a replay batch (replay_frames). The controller writes the
- * entries through a memory mapping of the map, 8-byte aligned each. */
-struct replay_frame {
-	__u32 len;
-	__u8 data[SLUICE_REPLAY_FRAME_BYTES];
+/* A chunk of a capture's frames (replay_chunk), written by the controller
+ * through a memory mapping of the map. */
+struct replay_chunk {
+	__u32 offset[SLUICE_REPLAY_CHUNK_FRAMES];	/* of each frame in bytes[] */
+	__u32 len[SLUICE_REPLAY_CHUNK_FRAMES];
+	/* Room for a frame the driver copies past SLUICE_REPLAY_CHUNK_BYTES:
+	 * the verifier knows only that offset and len are within their masks. */
+	__u8 bytes[SLUICE_REPLAY_CHUNK_BYTES + SLUICE_REPLAY_FRAME_BYTES];
 };
 
-/* Where the replay driver is in its batch (replay_batch). */
+/* Where the replay driver is in its chunk (replay_batch). */
 struct replay_batch {
-	__u32 next;			/* the replay_frames entry it puts in the packet next */
-	__u32 failed;			/* frames that did not reach sluice_xdp: the batch is void */
+	__u32 next;			/* the frame of replay_chunk it puts in the packet next */
+	__u32 failed;			/* frames that did not reach sluice_xdp: the chunk's run is void */
 	__u32 stopped;			/* 1: the frame before handed a QUIC datagram over: the test run
 					 * ends, for the controller to read it before the next frame */
 	__u32 watching;			/* 1: cpu and datagrams_sent hold a reading */

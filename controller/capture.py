@@ -9,10 +9,8 @@ Checksums a capture on the sending host holds half done are filled in
 (fill_offloaded_checksum), in the chunk: the file itself is mapped copy on
 write. With fix_checksums, every IPv4 header, TCP and UDP checksum is made
 right instead (fix_checksums), for captures anonymised without fixing them.
-Each chunk also says which flow each frame belongs to (TCP or UDP straight
-over IPv4 or IPv6, unfragmented), worked out with numpy for the whole chunk
-at once, so that replay can pass over the frames of settled flows without
-looking at them one by one.
+A chunk's frames lie within CHUNK_BYTES of its first one's start, as the
+replay driver takes them (controller/replay_batch.py).
 """
 
 import ctypes
@@ -62,7 +60,9 @@ PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
 PCAPNG_INTERFACE, PCAPNG_OBSOLETE_PACKET, PCAPNG_SIMPLE_PACKET, PCAPNG_ENHANCED_PACKET = 1, 2, 3, 6
 GZIP_MAGIC = b"\x1f\x8b"
 
-CHUNK_FRAMES = 4096         # frames a chunk holds: bounds the per-frame arrays, and how often progress shows
+# A chunk holds up to CHUNK_FRAMES frames, within CHUNK_BYTES of its first
+# one's start: what the replay driver's map holds (bpf/sluice_abi.h).
+CHUNK_FRAMES, CHUNK_BYTES = ABI.SLUICE_REPLAY_CHUNK_FRAMES, ABI.SLUICE_REPLAY_CHUNK_BYTES
 # Bytes of each frame gathered once per chunk for the passes over it: an
 # Ethernet header, two VLAN tags, an IPv4 header with options (or IPv6's)
 # and a TCP header up to its checksum. A pass that reads further gathers
@@ -71,16 +71,14 @@ HEAD_BYTES = 128
 
 IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
-# What the program reads over IPv4, by protocol number: TCP, UDP, and the
-# encapsulations it opens (IP-in-IP, IPv6 in IPv4, GRE: bpf/parsing_helpers.h
-# parse_tunnel_kind).
-IPV4_PROTOCOLS_READ = numpy.isin(numpy.arange(256), (IPPROTO_TCP, IPPROTO_UDP, 4, 41, 47))
 VLAN_ETHERTYPES = (0x8100, 0x88A8)      # 802.1Q, 802.1ad tags before the IP header
 VLAN_TAGS_READ = 2                      # tags the chunk's passes step over (ChunkArrays.network); behind more,
-                                        # fill_offloaded_checksum works frame by frame and frame_flows sorts none
-TCP_SYN_ACK, TCP_SYN, TCP_FIN_RST = 0x12, 0x02, 0x05
-IPV4_MAPPED_HEAD = numpy.frombuffer(bytes(10) + b"\xff\xff" + bytes(4), dtype=numpy.uint8)
-FLOW_IDENTITY_BYTES = 37    # protocol, then each end's address (16 bytes, IPv4 mapped) and port, lower end first
+                                        # fill_offloaded_checksum works frame by frame
+# Longer frames are cut to this, as a snap length would: the longest IP
+# packet behind an Ethernet header and two tags. A test run takes no more
+# than a page and MAX_SKB_FRAGS (17) pages of a frame (ENOMEM:
+# net/bpf/test_run.c), and only a host's own GRO or BIG TCP packets are longer.
+LONGEST_FRAME = ETHERNET_HEADER + 4 * VLAN_TAGS_READ + 65535
 
 
 class CaptureError(Exception):
@@ -126,11 +124,15 @@ class Chunk:
     file_end: int                   # where in the file the chunk's last record ends (for progress)
 
     @functools.cached_property
+    def offsets_and_lengths(self) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """offsets and lengths as numpy arrays (int64), made once for every use."""
+        return numpy.asarray(self.offsets, dtype=numpy.int64), numpy.asarray(self.lengths, dtype=numpy.int64)
+
+    @functools.cached_property
     def arrays(self) -> "ChunkArrays":
         """The chunk as numpy arrays, made once for every pass over it."""
-        offsets = numpy.asarray(self.offsets, dtype=numpy.int64)
-        return ChunkArrays(self.buffer, offsets, numpy.asarray(self.lengths, dtype=numpy.int64),
-                           _gather(_bytes_of(self.buffer), offsets, HEAD_BYTES))
+        offsets, lengths = self.offsets_and_lengths
+        return ChunkArrays(self.buffer, offsets, lengths, _gather(_bytes_of(self.buffer), offsets, HEAD_BYTES))
 
 
 @dataclass
@@ -232,8 +234,9 @@ class Capture:
         self.close()
 
     def chunks(self):
-        """The capture's frames as Ethernet, CHUNK_FRAMES at a time, their
-        half-done checksums filled in (or all made right)."""
+        """The capture's frames as Ethernet, a Chunk at a time (up to
+        CHUNK_FRAMES, within CHUNK_BYTES), their half-done checksums filled
+        in (or all made right)."""
         for chunk in self._pcap_chunks() if self.format == "pcap" else self._pcapng_chunks():
             (fix_all_checksums if self.fix_checksums else fill_offloaded_checksums)(chunk)
             yield chunk
@@ -243,10 +246,10 @@ class Capture:
         for record in self._pcapng_records():
             batch.append(record)
             if len(batch) == CHUNK_FRAMES:
-                yield self._chunk(batch)
+                yield from self._rewritten(batch)
                 batch = []
         if batch:
-            yield self._chunk(batch)
+            yield from self._rewritten(batch)
 
     def _pcap_chunks(self):
         """A record cut short by the file's end (a capture still being
@@ -258,27 +261,32 @@ class Capture:
         while True:
             offsets, lengths = [], []
             add_offset, add_length = offsets.append, lengths.append
+            limit = position + PCAP_RECORD_HEADER + CHUNK_BYTES     # CHUNK_BYTES from the first frame's start
             for _ in range(CHUNK_FRAMES):
                 if position + PCAP_RECORD_HEADER > size:
                     break
                 length = captured_length(data, position + 8)[0]
-                position += PCAP_RECORD_HEADER
-                if position + length > size:
+                start = position + PCAP_RECORD_HEADER
+                if start + length > size:
                     position = size
                     break
-                add_offset(position)
+                if start + length > limit and offsets:
+                    break                   # the next chunk's first frame
+                add_offset(start)
                 add_length(length)
-                position += length
+                position = start + length
             if not offsets:
                 return
+            if max(lengths) > LONGEST_FRAME:
+                lengths = [min(length, LONGEST_FRAME) for length in lengths]
             if linktype == LINKTYPE_ETHERNET and min(lengths) >= ETHERNET_HEADER:
                 if self.frames is not data:
                     with memoryview(self.frames) as frames, memoryview(data) as source:
                         frames[offsets[0]:position] = source[offsets[0]:position]
                 yield Chunk(self.frames, offsets, lengths, position)
             else:
-                yield self._chunk([(offset, length, offset + length, linktype)
-                                   for offset, length in zip(offsets, lengths)])
+                yield from self._rewritten([(offset, length, offset + length, linktype)
+                                            for offset, length in zip(offsets, lengths)])
 
     def _pcapng_records(self):
         """(offset, length, end in the file, link type) of each packet."""
@@ -311,113 +319,24 @@ class Capture:
                 yield start, length, position + total, linktypes[interface]
             position += total
 
-    def _chunk(self, records) -> Chunk:
-        """records, each (offset, length, end in the file, link type), as a
-        Chunk of Ethernet frames in a buffer of its own; a frame that cannot
-        be rewritten, or is shorter than an Ethernet header, is left out."""
-        chunk = Chunk(bytearray(), [], [], records[-1][2])
-        for offset, length, _end, linktype in records:
+    def _rewritten(self, records) -> list[Chunk]:
+        """records, each (offset, length, end in the file, link type), as
+        Chunks of Ethernet frames in buffers of their own, each within
+        CHUNK_BYTES; a frame that cannot be rewritten, or is shorter than an
+        Ethernet header, is left out."""
+        chunks, chunk = [], Chunk(bytearray(), [], [], records[0][2])
+        for offset, length, end, linktype in records:
             frame = to_ethernet(bytes(self.data[offset:offset + length]), linktype)
             if frame is not None and len(frame) >= ETHERNET_HEADER:
+                frame = frame[:LONGEST_FRAME]
+                if len(chunk.buffer) + len(frame) > CHUNK_BYTES:
+                    chunks.append(chunk)
+                    chunk = Chunk(bytearray(), [], [], chunk.file_end)
                 chunk.offsets.append(len(chunk.buffer))
                 chunk.lengths.append(len(frame))
                 chunk.buffer += frame
-        return chunk
-
-
-# What replay's frame loop needs to know of a frame (FrameFlows.kinds). An
-# end of a flow is 1 (the lower, as flow keys sort them) or 2 (the higher).
-FRAME_OTHER = 0             # TCP with payload, other UDP, a FIN or RST, or a frame of no flow frame_flows reads
-FRAME_SYN_FROM = (1, 2)     # a SYN without ACK from end 1 or 2: a new flow on its addresses and ports, that
-                            # end its client
-FRAME_SYN_BEHIND_TAGS = 3   # the same behind VLAN tags, which a policy may leave unread: its client not taken
-FRAME_EMPTY_FROM = (4, 5)   # TCP without payload, FIN or RST (nor a bare SYN) from end 1 or 2: kind - 3 is
-                            # the end. It will not settle its flow
-FRAME_EMPTY_END = 3         # kind - FRAME_EMPTY_END: the end that sent a FRAME_EMPTY_FROM
-FRAME_SHORT_DATAGRAM = 7    # UDP whose payload is too short for a QUIC client's Initial, not to a tunnel's port:
-                            # the program opens no flow for it (bpf/quic.h quic_judge_udp)
-FRAME_UNREAD = 8            # of no flow: neither IPv4 nor IPv6 past the tags, or IPv4 carrying what the program
-                            # does not read (IPV4_PROTOCOLS_READ); it passes such a frame untouched (parse_frame)
-
-
-@dataclass
-class FrameFlows:
-    """What replay's frame loop needs to know of each frame of a chunk."""
-    flows: numpy.ndarray    # the number of the frame's flow; -1: not a flow frame_flows reads
-    kinds: numpy.ndarray    # FRAME_*
-    new: list[bytes]        # the identities of the flows it numbered, in their numbers' order
-
-
-def frame_flows(chunk: Chunk, identities: dict[bytes, int]) -> FrameFlows:
-    """The flows of chunk's frames. A flow is TCP or UDP straight over IPv4
-    or IPv6, behind up to VLAN_TAGS_READ VLAN tags (which a flow's key does
-    not hold), unfragmented, the same for both directions; identities
-    numbers them (each new one gets the next number) and lasts across
-    chunks."""
-    # Past a frame's end the bytes are junk, which the length checks below keep out.
-    arrays = chunk.arrays
-    ip_start, ethertype = arrays.network
-    tags = ip_start - ETHERNET_HEADER
-    # Each frame's head as if it had no tags: the ethertype before the IP
-    # header at bytes 12-13, then IPv4 or IPv6 without extensions.
-    head = arrays.columns(tags, 54)
-    count, lengths = len(arrays.offsets), arrays.lengths - tags
-    fragment = _words(head[:, 20:22])[:, 0] & IP_MORE_FRAGMENTS_AND_OFFSET
-    ipv4 = (ethertype == ETH_P_IP) & (lengths >= 34) & (fragment == 0)
-    ipv6 = (ethertype == ETH_P_IPV6) & (lengths >= 54)
-    proto = numpy.where(ipv4, head[:, 23], head[:, 20])
-    ip_header = numpy.where(ipv4, (head[:, 14] & 15).astype(numpy.int64) * 4, 40)
-    l4 = ETHERNET_HEADER + ip_header
-    tcp = (proto == IPPROTO_TCP) & (lengths >= l4 + 14)
-    udp = (proto == IPPROTO_UDP) & (lengths >= l4 + 8)
-    known = (ipv4 | ipv6) & (tcp | udp)
-    transport = arrays.columns(l4 + tags, 14)      # ports, and TCP's header length and flags
-    tcp_flags = transport[:, 13]
-    bare_syn = tcp & (tcp_flags & TCP_SYN_ACK == TCP_SYN)
-    # By the IP header's lengths, not the frame's, which may be padded.
-    ip_lengths = _words(head[:, 16:20])
-    ip_payload = numpy.where(ipv4, ip_lengths[:, 0] - ip_header, ip_lengths[:, 1])
-    tcp_payload = ip_payload - (transport[:, 12] >> 4).astype(numpy.int64) * 4
-    no_fin_rst = tcp_flags & TCP_FIN_RST == 0
-    # As the program reads a UDP payload's length (parse_frame): the IP header's, clamped to the frame.
-    udp_payload = numpy.minimum(ip_payload, lengths - l4) - 8
-    destination_port = _words(transport[:, 2:4])[:, 0]
-    short_datagram = udp & (udp_payload < ABI.SLUICE_QUIC_INITIAL_MIN_DATAGRAM) & \
-        (destination_port != ABI.SLUICE_GTPU_PORT) & (destination_port != ABI.SLUICE_VXLAN_PORT)
-
-    # The protocol, then each end as a flow key holds it: its address (16
-    # bytes, IPv4 mapped), then its port.
-    keys = numpy.empty((count, FLOW_IDENTITY_BYTES), dtype=numpy.uint8)
-    keys[:, 0] = proto
-    ends = keys[:, 1:].reshape(count, 2, 18)
-    ends[:, 0, :16], ends[:, 1, :16] = head[:, 22:38], head[:, 38:54]
-    ipv4_ends = numpy.empty((count, 2, 16), dtype=numpy.uint8)
-    ipv4_ends[:, :, :12] = IPV4_MAPPED_HEAD[:12]
-    ipv4_ends[:, 0, 12:], ipv4_ends[:, 1, 12:] = head[:, 26:30], head[:, 30:34]
-    ends[:, :, :16] = numpy.where(ipv4[:, None, None], ipv4_ends, ends[:, :, :16])
-    ends[:, 0, 16:], ends[:, 1, 16:] = transport[:, 0:2], transport[:, 2:4]
-    # Lower end first, comparing the ends as byte strings: at their first differing byte.
-    first = (ends[:, 0] != ends[:, 1]).argmax(1)
-    rows = numpy.arange(count)
-    a_lower = ends[rows, 0, first] < ends[rows, 1, first]
-    ends[~a_lower] = ends[~a_lower, ::-1]
-    # Numbered in a dict: the chunk's new flows in the order they first
-    # appear (dict.fromkeys: one entry per flow), then each frame's looked
-    # up by map(), no Python per frame.
-    known_keys = keys[known].view(numpy.dtype((numpy.void, FLOW_IDENTITY_BYTES))).ravel().tolist()
-    new = [key for key in dict.fromkeys(known_keys) if key not in identities]
-    identities.update(zip(new, range(len(identities), len(identities) + len(new))))
-    numbers = list(map(identities.__getitem__, known_keys))
-    flows = numpy.full(count, -1, dtype=numpy.int64)
-    flows[known] = numbers
-    end = numpy.where(a_lower, 1, 2)
-    # Past a short frame's end, junk: the program then finds no header there either.
-    unread = ((ethertype != ETH_P_IP) & (ethertype != ETH_P_IPV6) & ~_vlan(ethertype)) | \
-        ((ethertype == ETH_P_IP) & ~IPV4_PROTOCOLS_READ[head[:, 23]])
-    kinds = numpy.where(short_datagram, FRAME_SHORT_DATAGRAM, numpy.where(unread, FRAME_UNREAD, FRAME_OTHER))
-    kinds = numpy.where(known & tcp & no_fin_rst & (tcp_payload <= 0), end + FRAME_EMPTY_END, kinds)
-    kinds = numpy.where(known & bare_syn, numpy.where(tags == 0, end, FRAME_SYN_BEHIND_TAGS), kinds)
-    return FrameFlows(flows, kinds, new)
+            chunk.file_end = end
+        return chunks + [chunk]
 
 
 def _gather(data, starts, count: int):
@@ -616,14 +535,6 @@ def fill_offloaded_checksums(chunk: Chunk) -> None:
         filled = fill_offloaded_checksum(frame)
         if filled != frame:
             chunk.buffer[start:end] = filled
-
-
-def flow_identity(proto: int, address_a: bytes, port_a: bytes, address_b: bytes, port_b: bytes) -> bytes:
-    """A flow's identity as frame_flows works it out: the protocol, then
-    each end (16-byte address, IPv4 mapped; port as on the wire), lower
-    end first."""
-    a, b = address_a + port_a, address_b + port_b
-    return bytes([proto]) + (a + b if a < b else b + a)
 
 
 def frame_address(buffer) -> int:

@@ -1,20 +1,14 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """A capture read one chunk ahead, in a process of its own, for `sluice replay`.
 
-Reading a capture (walking its records, filling in checksums) and sorting
-its frames into flows (capture.frame_flows) is pure CPU work that does not
-depend on what the program has settled: about a third of a large replay's
-time. A reader process does it while replay's own process runs the frames
-of the chunk before: each chunk's bytes are copied into a memfd that both
-map, the reader fills in their checksums there, and sends the chunk's frame
-offsets, lengths, flow numbers and kinds, and the flows it saw first, down
-a pipe. Replay says when it is done with a chunk (DONE); the reader stays
-at most two chunks ahead, and gives the memfd's pages of the chunks done
-with back (_serve).
-
-The reader numbers flows its own way; replay numbers them too, for flows
-only its events name (a tunnel's inner flows), so each new flow of the
-reader is given replay's number for it (_Numbering)."""
+Reading a capture (walking its records, filling in checksums) is pure CPU
+work that does not depend on what the program does: about as much as
+running the frames. A reader process does it while replay's own process
+runs the frames of the chunk before: each chunk's bytes are copied into a
+memfd that both map, the reader fills in their checksums there, and sends
+the chunk's frame offsets and lengths down a pipe. Replay says when it is
+done with a chunk (DONE); the reader stays at most two chunks ahead, and
+gives the memfd's pages of the chunks done with back (_serve)."""
 
 import mmap
 import multiprocessing
@@ -26,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from .capture import CHUNK_FRAMES, FLOW_IDENTITY_BYTES, Capture, CaptureError, frame_flows
+from .capture import Capture, CaptureError
 
 # A capture smaller than this is read in replay's own process: a round trip
 # to the reader and mapping its memfd cost more than reading it there.
@@ -35,39 +29,26 @@ READ_AHEAD_MIN_BYTES = 1 << 20
 CHUNK, ERROR, END = b"c", b"e", b"."
 DONE = b"d"                 # the caller's, after each chunk: done with its frames
 # A chunk's message after its kind: frames, where its last record ends in
-# the file, flows seen first, bytes of a buffer of its own (frames rewritten
-# as Ethernet, capture.Capture._chunk) or -1: its frames lie in the memfd.
-# Then its offsets, lengths and flow numbers (int64), kinds (uint8), the new
-# flows' identities and that buffer.
-_CHUNK_HEAD = struct.Struct("=qqqq")
-_COLUMNS = (numpy.int64, numpy.int64, numpy.int64, numpy.uint8)
+# the file, bytes of a buffer of its own (frames rewritten as Ethernet,
+# capture.Capture._rewritten) or -1: its frames lie in the memfd. Then its
+# offsets and lengths (int64) and that buffer.
+_CHUNK_HEAD = struct.Struct("=qqq")
 
 
 @dataclass
 class Batch:
-    """Consecutive frames of a capture, ready for replay's frame loop."""
+    """Consecutive frames of a capture (a capture.Chunk's), ready for replay's ChunkRunner."""
     buffer: bytearray | mmap.mmap   # holds the frames
-    offsets: numpy.ndarray          # of each frame in buffer
+    offsets: numpy.ndarray          # of each frame in buffer (int64)
     lengths: numpy.ndarray
-    flows: numpy.ndarray            # the number of each frame's flow in the caller's identities; -1: none
-    kinds: numpy.ndarray            # capture.FRAME_*
     file_end: int                   # where in the file the batch's last record ends (for progress)
 
 
-def read_here(capture_path: str, fix_checksums: bool, identities: dict[bytes, int] | None):
-    """The capture's Batches, read in this process. identities: as
-    frame_flows numbers flows; None: frames are not sorted into flows
-    (every flow -1, every kind 0)."""
+def read_here(capture_path: str, fix_checksums: bool):
+    """The capture's Batches, read in this process."""
     with Capture(capture_path, fix_checksums) as capture:
         for chunk in capture.chunks():
-            count = len(chunk.offsets)
-            if identities is None:
-                offsets, lengths = numpy.asarray(chunk.offsets), numpy.asarray(chunk.lengths)
-                flows, kinds = numpy.full(count, -1), numpy.zeros(count, dtype=numpy.uint8)
-            else:
-                seen = frame_flows(chunk, identities)
-                offsets, lengths, flows, kinds = chunk.arrays.offsets, chunk.arrays.lengths, seen.flows, seen.kinds
-            yield Batch(chunk.buffer, offsets, lengths, flows, kinds, chunk.file_end)
+            yield Batch(chunk.buffer, *chunk.offsets_and_lengths, chunk.file_end)
 
 
 class ReadAhead:
@@ -90,7 +71,7 @@ class ReadAhead:
         self.process.start()
         theirs.close()
 
-    def batches(self, capture_path: str, fix_checksums: bool, identities: dict[bytes, int]):
+    def batches(self, capture_path: str, fix_checksums: bool):
         """read_here()'s Batches, read by the reader process. A capture the
         reader cannot read raises its CaptureError here; so does a reader
         that died, and the next capture gets a new one. The caller is done
@@ -112,7 +93,6 @@ class ReadAhead:
                 finally:
                     os.close(memfd)
             try:
-                numbering = _Numbering(identities)
                 while True:
                     message = self.connection.recv_bytes()
                     kind = message[:1]
@@ -121,9 +101,7 @@ class ReadAhead:
                         if kind == ERROR:
                             raise CaptureError(message[1:].decode())
                         break
-                    batch, new = _batch(message, shared)
-                    batch.flows = numbering.ours(batch.flows, new)
-                    yield batch
+                    yield _batch(message, shared)
                     self.connection.send_bytes(DONE)
             finally:
                 if shared is not None:
@@ -145,42 +123,15 @@ class ReadAhead:
         self.process = None
 
 
-class _Numbering:
-    """The reader's flow numbers as the caller's identities number them."""
-
-    def __init__(self, identities: dict[bytes, int]):
-        self.identities = identities
-        self.translate = numpy.empty(CHUNK_FRAMES, dtype=numpy.int64)   # the reader's number -> the caller's
-        self.count = 0
-
-    def ours(self, flows, new: list[bytes]) -> numpy.ndarray:
-        """flows (the reader's numbers, -1: none), new: the identities of
-        the flows the reader numbered since, in their numbers' order."""
-        identities = self.identities
-        numbers = [identities.setdefault(identity, len(identities)) for identity in new]
-        if self.count + len(numbers) > len(self.translate):
-            self.translate = numpy.resize(self.translate, 2 * (self.count + len(numbers)))
-        self.translate[self.count:self.count + len(numbers)] = numbers
-        self.count += len(numbers)
-        mapped = numpy.full(len(flows), -1, dtype=numpy.int64)
-        known = flows >= 0
-        mapped[known] = self.translate[flows[known]]
-        return mapped
-
-
-def _batch(message: bytes, shared) -> tuple[Batch, list[bytes]]:
-    """A chunk's message as a Batch, its flows numbered the reader's way;
-    and the identities of the flows it saw first."""
-    count, file_end, new, own = _CHUNK_HEAD.unpack_from(message, 1)
-    at, columns = 1 + _CHUNK_HEAD.size, []
-    for dtype in _COLUMNS:
-        columns.append(numpy.frombuffer(message, dtype=dtype, count=count, offset=at))
-        at += count * columns[-1].itemsize
-    end = at + new * FLOW_IDENTITY_BYTES
-    identities = [message[start:start + FLOW_IDENTITY_BYTES] for start in range(at, end, FLOW_IDENTITY_BYTES)]
+def _batch(message: bytes, shared) -> Batch:
+    """A chunk's message as a Batch."""
+    count, file_end, own = _CHUNK_HEAD.unpack_from(message, 1)
+    at = 1 + _CHUNK_HEAD.size
+    offsets, lengths = (numpy.frombuffer(message, dtype=numpy.int64, count=count, offset=at + column * 8 * count)
+                        for column in (0, 1))
+    end = at + 2 * 8 * count
     buffer = shared if own < 0 else bytearray(message[end:end + own])
-    offsets, lengths, flows, kinds = columns
-    return Batch(buffer, offsets, lengths, flows, kinds, file_end), identities
+    return Batch(buffer, offsets, lengths, file_end)
 
 
 def _serve(connection, parents_end) -> None:
@@ -210,11 +161,10 @@ def _serve(connection, parents_end) -> None:
             connection.send(len(shared) if shared is not None else 0)
             if shared is not None:
                 multiprocessing.reduction.send_handle(connection, capture.memfd, os.getppid())
-            identities: dict[bytes, int] = {}
             sent, freed = [], 0         # where each chunk sent but not yet done with ends; the memfd given back
             try:
                 for chunk in capture.chunks():
-                    message = _chunk_message(chunk, identities, shared)
+                    message = _chunk_message(chunk, shared)
                     if len(sent) == 2:
                         freed = _done(connection, sent.pop(0), shared, freed)
                     connection.send_bytes(message)
@@ -244,12 +194,8 @@ def _done(connection, end: int, shared, freed: int) -> int:
     return freed
 
 
-def _chunk_message(chunk, identities: dict[bytes, int], shared) -> bytes:
-    seen = frame_flows(chunk, identities)
+def _chunk_message(chunk, shared) -> bytes:
     own = None if chunk.buffer is shared else bytes(chunk.buffer)
     count = len(chunk.offsets)
-    # Offsets and lengths as frame_flows already made them arrays (chunk.arrays).
-    columns = (chunk.arrays.offsets, chunk.arrays.lengths, seen.flows, seen.kinds)
-    return b"".join((CHUNK, _CHUNK_HEAD.pack(count, chunk.file_end, len(seen.new), -1 if own is None else len(own)),
-                     *(numpy.asarray(column, dtype=dtype).tobytes() for column, dtype in zip(columns, _COLUMNS)),
-                     *seen.new, own or b""))
+    return b"".join((CHUNK, _CHUNK_HEAD.pack(count, chunk.file_end, -1 if own is None else len(own)),
+                     *(column.tobytes() for column in chunk.offsets_and_lengths), own or b""))

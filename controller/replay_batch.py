@@ -1,13 +1,17 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Run many of a capture's frames through the XDP program in one
-BPF_PROG_TEST_RUN: what `sluice replay` runs its frames by.
+"""Run a capture's frames through the XDP program a chunk at a time, many
+frames a BPF_PROG_TEST_RUN: what `sluice replay` runs its frames by.
 
 A test run costs about 2 us of the kernel's own (and some of ctypes'), more
-than the program spends on most frames. So the frames gather in a batch:
-written into the replay_frames map through a memory mapping, then run by
-one test run of the replay driver (bpf/replay_driver.c) with repeat = their
-number. Each repetition puts the next frame in the packet and tail-calls the
-XDP program, which runs on it as on an interface.
+than the program spends on most frames. So a chunk of the capture's frames
+(capture.Chunk) is copied, as the capture holds them, into the replay_chunk
+map through a memory mapping, with each frame's place and length, and the
+replay driver (bpf/replay_driver.c) runs them, up to
+SLUICE_REPLAY_BATCH_FRAMES a test run (repeat = their number). Each
+repetition puts the next frame in the packet and tail-calls the XDP program,
+which runs on it as on an interface. Replay's own process takes no step per
+frame: every frame runs, which costs the kernel less than leaving out those
+of settled flows cost Python.
 
 A test run with repeat > 1 puts its program into the kernel's XDP
 dispatcher and takes it out again, about 12 ms a call (net/bpf/test_run.c,
@@ -23,55 +27,57 @@ import errno
 import logging
 import mmap
 import os
-import struct
+
+import numpy
 
 from .abi import ABI
+from .capture import frame_address
 from .libbpf import LIBBPF, LinkCreateOpts, TestRunOpts, error_number
 from .netns import NetnsError, private_netns
 from .testrun import XdpFrameRunner
 from .xdp_link import BPF_XDP, XDP_FLAGS_SKB_MODE
 
 LOOPBACK_IFINDEX = 1            # in every network namespace
-_LENGTH = struct.Struct("=I")
 
 log = logging.getLogger(__name__)
 
 
-class FrameBatch:
-    """Frames gathered for one run of the replay driver.
-
-    add() the frames to run, in order; run() runs those gathered, and reads
-    the rings. A batch runs by itself when full, and a frame too long for a
-    batch's entry runs alone, after those gathered."""
+class ChunkRunner:
+    """Runs chunks of a capture's frames through the program, in order, and
+    hands what it sent on its rings to whoever reads them: after each test
+    run, and where the driver stopped for a QUIC datagram."""
 
     def __init__(self, datapath, read_rings):
         """read_rings(): hands what the program sent on its rings to whoever reads them."""
         self.read_rings = read_rings
         self.driver_fd = datapath.replay_driver()
         self.single = XdpFrameRunner(datapath.function.fd)
-        self.capacity = ABI.SLUICE_REPLAY_BATCH_FRAMES
+        # 1: every frame by a test run of its own, the driver left out.
+        self.frames_per_run = ABI.SLUICE_REPLAY_BATCH_FRAMES
         self.longest = ABI.SLUICE_REPLAY_FRAME_BYTES - 1      # the driver's mask
-        frame_type, state_type = datapath.table("replay_frames").Leaf, datapath.table("replay_batch").Leaf
-        self.stride = ctypes.sizeof(frame_type) + 7 & ~7        # an array map's entries are 8-byte aligned
-        self.length_at, self.data_at = frame_type.len.offset, frame_type.data.offset
-        self.count = 0
-        self.frames = self.control = self.state = None
+        chunk_type, state_type = datapath.table("replay_chunk").Leaf, datapath.table("replay_batch").Leaf
+        self.bytes_at = chunk_type.bytes.offset
+        self.chunk = self.control = self.state = self.offsets = self.lengths = None
         self.netns_fd = self.link_fd = -1
         try:
-            self.frames = _map_pages(datapath.map_fd("replay_frames"), self.stride * self.capacity)
+            self.chunk = _map_pages(datapath.map_fd("replay_chunk"), ctypes.sizeof(chunk_type))
             self.control = _map_pages(datapath.map_fd("replay_batch"), ctypes.sizeof(state_type))
             self.state = state_type.from_buffer(self.control)      # struct replay_batch, in the map
+            # struct replay_chunk's offset[] and len[], in the map.
+            self.offsets, self.lengths = (numpy.frombuffer(self.chunk, dtype=numpy.uint32, offset=field.offset,
+                                                           count=ABI.SLUICE_REPLAY_CHUNK_FRAMES)
+                                          for field in (chunk_type.offset, chunk_type.len))
+            self.bytes_address = frame_address(self.chunk) + self.bytes_at
         except BaseException:
             self.close()
             raise
         try:
             self._attach()
         except (NetnsError, OSError) as error:
-            # Without CAP_SYS_ADMIN, say: batches of one frame, which the
-            # dispatcher does not take (repeat = 1), as fast as test runs of
-            # their own.
+            # Without CAP_SYS_ADMIN, say: a frame a test run, which the
+            # dispatcher does not take (repeat = 1).
             log.warning("replay runs one frame a test run, several times slower: %s", error)
-            self.capacity = 1
+            self.frames_per_run = 1
         # Its contents do not matter: the driver puts each frame in its place.
         self.packet = ctypes.create_string_buffer(ABI.SLUICE_REPLAY_FRAME_BYTES)
         self.opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.addressof(self.packet),
@@ -89,71 +95,71 @@ class FrameBatch:
                               f"{os.strerror(error_number(link_fd))}")
             self.link_fd = link_fd
 
-    def add(self, frames: memoryview, offset: int, length: int, address: int) -> bool:
-        """Gather the frame of length bytes at offset in frames (a view of a
-        capture's chunk, which copies it once, into the batch's map), at
-        address in memory; True if frames ran (and the rings were read): the
-        batch was full, or the frame too long for it.
-        The frame is sliced out only in the statement that copies it: a view
-        of it kept in a local would outlive this call wherever a reference
-        cycle keeps the frames of the stack below (an exception caught while
-        the rings are read, with its traceback), and keep the capture's
-        mapping from closing until the garbage collector runs."""
-        if length > self.longest:
-            self.run()
-            self.single.run(address, length)
-            self.read_rings()
-            return True
-        at = self.count * self.stride
-        _LENGTH.pack_into(self.frames, at + self.length_at, length)
-        self.frames[at + self.data_at:at + self.data_at + length] = frames[offset:offset + length]
-        self.count += 1
-        if self.count < self.capacity:
-            return False
-        self.run()
-        return True
-
-    def discard(self) -> None:
-        """Forget the frames gathered (a capture given up on midway)."""
-        self.count = 0
-
-    def run(self) -> None:
-        """Run the frames gathered, in order, and start a new batch. The
-        rings are read where the driver stopped for a QUIC datagram, and
-        after the last frame."""
-        if not self.count:
+    def run(self, buffer, offsets: numpy.ndarray, lengths: numpy.ndarray) -> None:
+        """Run the frames of lengths bytes at offsets in buffer, in order:
+        a capture.Chunk's, which lie within SLUICE_REPLAY_CHUNK_BYTES from
+        the first one's start. A frame too long for the driver runs alone,
+        in its place."""
+        count = len(offsets)
+        if not count:
             return
-        count, self.count = self.count, 0
-        state, ran = self.state, 0
-        state.next = state.failed = state.stopped = state.watching = 0
-        while ran < count:
-            # data_size_out: the kernel writes the packet's size there, and
-            # would take it as the room for the next run's (ENOSPC if larger).
-            self.opts.repeat, self.opts.data_size_out = count - ran, 0
-            # A signal stops a test run between repetitions (EINTR): Python
-            # handles it (a KeyboardInterrupt leaves here), and the batch goes on.
-            interrupted = LIBBPF.bpf_prog_test_run_opts(self.driver_fd, ctypes.byref(self.opts)) != 0
-            if interrupted and ctypes.get_errno() != errno.EINTR:
-                raise OSError(ctypes.get_errno(), f"BPF_PROG_TEST_RUN failed: {os.strerror(ctypes.get_errno())}")
-            ran = state.next
-            if state.failed:
-                raise RuntimeError(f"the replay driver could not run {state.failed} of a batch's {count} frames")
-            if state.stopped:
+        first = int(offsets[0])
+        span = int((offsets + lengths).max()) - first
+        if span > ABI.SLUICE_REPLAY_CHUNK_BYTES or count > ABI.SLUICE_REPLAY_CHUNK_FRAMES:
+            raise ValueError(f"a chunk of {count} frames over {span} bytes: more than the replay driver's map holds")
+        with memoryview(buffer) as frames:
+            self.chunk[self.bytes_at:self.bytes_at + span] = frames[first:first + span]
+        self.offsets[:count] = offsets - first
+        self.lengths[:count] = lengths
+        start = 0
+        for alone in [*numpy.flatnonzero(lengths > self.longest).tolist(), count]:
+            self._run(start, alone)
+            if alone < count:
+                self.single.run(self.bytes_address + int(self.offsets[alone]), int(self.lengths[alone]))
                 self.read_rings()
-                state.stopped = state.watching = 0
-            elif ran != count and not interrupted:
-                raise RuntimeError(f"the replay driver ran {ran} of a batch's {count} frames")
-        self.read_rings()
+            start = alone + 1
+
+    def _run(self, start: int, stop: int) -> None:
+        """Frames start to stop of the chunk by the driver, frames_per_run a
+        test run, the rings read after each."""
+        if self.frames_per_run == 1:
+            for index in range(start, stop):
+                self.single.run(self.bytes_address + int(self.offsets[index]), int(self.lengths[index]))
+                self.read_rings()
+            return
+        state = self.state
+        while start < stop:
+            end = min(start + self.frames_per_run, stop)
+            state.next, state.failed, state.stopped, state.watching = start, 0, 0, 0
+            while state.next < end:
+                # data_size_out: the kernel writes the packet's size there, and
+                # would take it as the room for the next run's (ENOSPC if larger).
+                self.opts.repeat, self.opts.data_size_out = end - state.next, 0
+                # A signal stops a test run between repetitions (EINTR): Python
+                # handles it (a KeyboardInterrupt leaves here), and the run goes on.
+                interrupted = LIBBPF.bpf_prog_test_run_opts(self.driver_fd, ctypes.byref(self.opts)) != 0
+                if interrupted and ctypes.get_errno() != errno.EINTR:
+                    raise OSError(ctypes.get_errno(), f"BPF_PROG_TEST_RUN failed: {os.strerror(ctypes.get_errno())}")
+                if state.failed:
+                    raise RuntimeError(f"the replay driver could not run {state.failed} of frames {start} to {end}")
+                if state.stopped:
+                    self.read_rings()
+                    state.stopped = state.watching = 0
+                elif state.next != end and not interrupted:
+                    raise RuntimeError(f"the replay driver ran frames {start} to {state.next} of {start} to {end}")
+            self.read_rings()
+            start = end
 
     def close(self) -> None:
-        self.state = None           # its view of the map's pages, which would keep them from closing
-        for pages in (self.frames, self.control):
+        # Their views of the maps' pages, which would keep them from closing.
+        self.state = self.offsets = self.lengths = None
+        for pages in (self.chunk, self.control):
             if pages is not None:
                 pages.close()
         for fd in (self.link_fd, self.netns_fd):
             if fd >= 0:
                 os.close(fd)
-        self.frames = self.control = None
+        self.chunk = self.control = None
         self.netns_fd = self.link_fd = -1
 
 

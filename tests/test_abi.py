@@ -82,7 +82,7 @@ SHARED_MAPS = {
     "destinations": ("client_prefix", None),
     "alpn_ids": ("alpn_key", None),
     "quic_datagram_layout": (None, "quic_datagram"),
-    "replay_frames": (None, "replay_frame"),
+    "replay_chunk": (None, "replay_chunk"),
     "replay_batch": (None, "replay_batch"),
 }
 

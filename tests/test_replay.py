@@ -124,21 +124,33 @@ def reopened_and_given_up(path):
 
 
 @pytest.mark.parametrize("capture", ["eth.pcap", "eth.pcapng", "any.pcap", "reopened"])
-def test_skipping_settled_flows_changes_no_line(captures, tmp_path, capture):
-    """replay runs the frames of flows the program has settled no more; its
-    output is what running every frame gives."""
+def test_frames_run_by_the_driver_give_what_a_test_run_a_frame_gives(captures, tmp_path, capture):
+    """replay runs many frames a test run, by the replay driver
+    (replay_batch.py); its output is what running each frame by a test run
+    of its own gives."""
     from sluice.policy import load_policy
     from sluice.replay import replay as replay_capture
     path = reopened_and_given_up(tmp_path / "reopened.pcap") if capture == "reopened" else captures / capture
     policy = load_policy(lab_policy_path())
-    skipping, frames = replay_capture(str(path), policy)
-    every_frame, all_frames = replay_capture(str(path), policy, skip_settled=False)
-    assert (skipping, frames) == (every_frame, all_frames)
+    batched = replay_capture(str(path), policy)
+    assert batched == one_frame_a_run(path, policy)
     if capture == "reopened":
-        assert [(r["client_port"], r["name"], r["action"]) for r in skipping] == [
+        assert [(r["client_port"], r["name"], r["action"]) for r in batched[0]] == [
             (41000, "blocked.example", "block"), (41000, "open.example", None),
             (41001, None, None), (41002, "cdn.blocked.example", "block"), (41003, "www.blocked.example", "block"),
             (41004, "open.example", None)]
+
+
+def one_frame_a_run(capture_path, policy=None):
+    """replay's (records, frames) with every frame run by a test run of its
+    own, the replay driver left out."""
+    from sluice.replay import Replayer
+    replayer = Replayer(policy)
+    replayer.chunk_runner.frames_per_run = 1
+    try:
+        return replayer.run(str(capture_path))
+    finally:
+        replayer.close()
 
 
 def read_ahead(capture_path, policy=None, fix_checksums: bool = False):
@@ -186,25 +198,47 @@ def test_a_capture_read_ahead_gives_what_one_read_here_gives(captures, tmp_path,
     assert read_ahead(path, policy, fix) == here
 
 
-def test_a_flow_read_ahead_is_numbered_as_replay_numbered_it_from_an_event(tmp_path):
-    """The reader numbers the flows it sorts frames into; replay numbers
-    those its events name too, such as a tunnel's inner flow, which the
-    reader cannot see. A flow the reader sees first in a later chunk gets
-    replay's number for it, not the reader's: under the reader's, it would
-    take the settled inner flow's place, and its request would not run."""
-    from packets import encapsulate, http_request, tcp_frame
+def test_chunks_hold_what_the_drivers_map_holds_and_no_frame_is_lost_between_them(tmp_path):
+    """A chunk ends at CHUNK_FRAMES frames, or before a frame that would
+    take it past CHUNK_BYTES from its first frame's start; a frame longer
+    than LONGEST_FRAME (more than a test run takes) is cut to it. Every
+    frame runs once, in order, read here or read ahead, as the capture's
+    own frames or rewritten as Ethernet (raw IP)."""
     from scapy.layers.l2 import ARP, Ether
-    from sluice.capture import CHUNK_FRAMES
-    from sluice.replay import replay as replay_capture
-    tunnelled = [encapsulate(tcp_frame(sport=20000, dport=80, flags="S"), "ipip"),
-                 encapsulate(tcp_frame(http_request("inner.example"), sport=20000, dport=80), "ipip")]
-    filler = [bytes(Ether() / ARP())] * CHUNK_FRAMES                # frames of no flow, the program passes
-    later = [tcp_frame(http_request("later.example"), sport=20001, dport=80)]    # its SYN not captured
-    path = tmp_path / "numbered.pcap"
-    write_capture(path, tunnelled + filler + later)
-    here = replay_capture(str(path), read_ahead=False)
-    assert [r["name"] for r in here[0]] == ["inner.example", "later.example"]
-    assert read_ahead(path) == here
+    from packets import http_request, tcp_frame
+    from sluice.capture import CHUNK_BYTES, CHUNK_FRAMES, LINKTYPE_RAW, LONGEST_FRAME, Capture
+    from sluice.replay import Replayer, replay as replay_capture
+    padding = b"p" * 1400
+    frames = [tcp_frame(sport=20000, dport=80, flags="S")]
+    frames += [bytes(Ether() / ARP())] * (CHUNK_FRAMES - 2)
+    frames += [tcp_frame(http_request("first.example"), sport=20000, dport=80)]     # the first chunk's last
+    frames += [tcp_frame(padding, sport=20001, dport=80, flags="A")] * (CHUNK_BYTES // 1400)    # past CHUNK_BYTES
+    frames += [bytes(Ether() / ARP()) + bytes(LONGEST_FRAME)]       # cut
+    frames += [tcp_frame(sport=20002, dport=80, flags="S"),
+               tcp_frame(http_request("second.example"), sport=20002, dport=80)]
+    for linktype in (None, LINKTYPE_RAW):
+        path = tmp_path / f"chunks-{linktype}.pcap"
+        if linktype:
+            path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 1 << 24, linktype) + b"".join(
+                struct.pack("<IIII", 0, 0, len(frame) - 14, len(frame) - 14) + frame[14:] for frame in frames))
+        else:
+            write_capture(path, frames)
+        with Capture(str(path)) as capture:
+            chunks = [(chunk.lengths, chunk.offsets[-1] + chunk.lengths[-1] - chunk.offsets[0])
+                      for chunk in capture.chunks()]
+        lengths = [length for chunk_lengths, _span in chunks for length in chunk_lengths]
+        assert len(chunks[0][0]) == CHUNK_FRAMES and len(chunks) >= 3 and len(lengths) == len(frames)
+        assert all(span <= CHUNK_BYTES for _lengths, span in chunks)
+        assert max(lengths) == LONGEST_FRAME
+        here = replay_capture(str(path), read_ahead=False, show_progress=False)
+        assert [r["name"] for r in here[0]] == ["first.example", None, "second.example"]
+        assert read_ahead(path) == here
+        replayer = Replayer()
+        try:
+            assert replayer.run(str(path)) == here
+            assert replayer.datapath.counters()["packets"] == len(frames)
+        finally:
+            replayer.close()
 
 
 def test_the_reader_process_reports_what_it_cannot_read_and_goes_on(captures, tmp_path):
@@ -243,50 +277,42 @@ def test_the_reader_process_reports_what_it_cannot_read_and_goes_on(captures, tm
     assert reader is not None and not reader.is_alive()
 
 
-def replayed_counting_runs(path, frames):
+def replayed(path, frames):
     """frames written to path as a capture and replayed: (records, frames
-    read, frames the program ran). The runs are counted with each frame a
-    batch of its own: a frame is left out only once the events of the
-    frames before are read, which a batch does after its last frame (so
-    more run in batches; replay_batch.py). The records are checked against
-    replay in batches, and running every frame."""
-    from sluice.replay import Replayer, replay as replay_capture
+    read). Every frame runs once (the program's packet counter), and
+    running each by a test run of its own gives the same."""
+    from sluice.replay import Replayer
     write_capture(path, frames)
     replayer = Replayer()
     try:
-        replayer.frame_batch.capacity = 1
         records, frames_read = replayer.run(str(path))
-        runs = replayer.datapath.counters()["packets"]
+        assert replayer.datapath.counters()["packets"] == frames_read == len(frames)
     finally:
         replayer.close()
-    assert replay_capture(str(path)) == (records, frames_read)
-    assert replay_capture(str(path), skip_settled=False) == (records, frames_read)
-    return records, frames_read, runs
+    assert one_frame_a_run(path) == (records, frames_read)
+    return records
 
 
 @pytest.mark.parametrize("vlans", [("q",), ("ad", "q")], ids=["802.1q", "qinq"])
-def test_the_frames_of_a_settled_flow_behind_vlan_tags_are_not_run(tmp_path, vlans):
-    """replay sorts frames behind VLAN tags into their flows (a flow's key
-    holds no tag), so a settled flow's later frames run no more there too."""
+def test_a_flow_behind_vlan_tags_is_named_once(tmp_path, vlans):
+    """A flow's key holds no VLAN tag: its frames behind tags are one flow,
+    named once."""
     from packets import http_request, tcp_frame
     frames = [tcp_frame(sport=20000, dport=80, flags="S", vlans=vlans),
               tcp_frame(http_request("open.example"), sport=20000, dport=80, vlans=vlans)]
     frames += [tcp_frame(b"d" * 100, sport=20000, dport=80, flags="A", reply=True, seq=1 + i * 100, vlans=vlans)
                for i in range(5)]
-    records, frames_read, runs = replayed_counting_runs(tmp_path / "vlan.pcap", frames)
+    records = replayed(tmp_path / "vlan.pcap", frames)
     assert [(r["client_port"], r["name"]) for r in records] == [(20000, "open.example")]
-    assert (frames_read, runs) == (7, 2)
 
 
-def test_a_servers_segments_before_its_client_names_the_flow_are_run(tmp_path):
+def test_a_servers_segments_before_its_client_names_the_flow_tell_a_real_request_from_a_decoy(tmp_path):
     """Once a bare SYN says which end is the client, the program reads only
     what the client sends (inspect_tcp_segment), but the server's segments
     tell it the server's sequence numbers (note_server_segment): its SYN-ACK,
     and the banner of a server that speaks first (SMTP, FTP), up to which
     the client's real request acknowledges, while a decoy's ACK is for
-    bytes never sent. replay runs them until the flow is named; the
-    client's empty segments it leaves out. A ClientHello from the server's
-    end names nothing."""
+    bytes never sent. A ClientHello from the server's end names nothing."""
     from packets import client_hello, http_request, tcp_frame
     hello = client_hello(b"blocked.example")
     frames = [tcp_frame(sport=20000, dport=80, flags="S"),
@@ -298,18 +324,15 @@ def test_a_servers_segments_before_its_client_names_the_flow_are_run(tmp_path):
                tcp_frame(http_request("blocked.example"), sport=20000, dport=80, ack=49 + len(hello) + 66000),
                tcp_frame(http_request("open.example"), sport=20000, dport=80, ack=49 + len(hello)),
                tcp_frame(b"250 ok\r\n", sport=20000, dport=80, flags="PA", reply=True, seq=49 + len(hello), ack=1)]
-    records, frames_read, runs = replayed_counting_runs(tmp_path / "server-first.pcap", frames)
+    records = replayed(tmp_path / "server-first.pcap", frames)
     assert [(r["client_port"], r["name"]) for r in records] == [(20000, "open.example")]
-    assert (frames_read, runs) == (len(frames), len(frames) - 3)
 
 
-def test_short_datagrams_of_udp_flows_without_an_entry_are_not_run(tmp_path):
+def test_short_datagrams_name_no_flow_but_a_tunnels(tmp_path):
     """A UDP datagram too short for a QUIC client's Initial opens no flow
-    (bpf/quic.h): replay leaves out those of flows the program has no entry
-    for (DNS here), but runs every datagram to a tunnel's port (a VXLAN
-    frame carries a flow of its own, named inside) and those of a QUIC flow
-    once the program has handed one of its Initials over (a server's short
-    packet between the two Initials of a ClientHello)."""
+    (bpf/quic.h): DNS here gets no line, but a VXLAN frame carries a flow of
+    its own, named inside, and a server's short packet between the two
+    Initials of a ClientHello keeps no name from its flow."""
     from packets import encapsulate, http_request, tcp_frame, udp_frame
     from quic_packets import crypto_frame, handshake_client_hello, initial_packet, short_header_packet
     frames = []
@@ -324,18 +347,15 @@ def test_short_datagrams_of_udp_flows_without_an_entry_are_not_run(tmp_path):
                udp_frame(short_header_packet(), sport=50000, reply=True),
                udp_frame(initial_packet(crypto_frame(half, stream[half:]), pn=1, size=1200), sport=50000),
                udp_frame(short_header_packet(), sport=50000, reply=True)]
-    records, frames_read, runs = replayed_counting_runs(tmp_path / "datagrams.pcap", frames)
+    records = replayed(tmp_path / "datagrams.pcap", frames)
     assert [(r["client_port"], r["proto"], r["name"]) for r in records] == [
         (20000, "http", "open.example"), (50000, "quic", "blocked.example")]
-    # The two VXLAN frames, the Initials and the server's packet between them.
-    assert (frames_read, runs) == (len(frames), 5)
 
 
-def test_frames_the_program_does_not_read_are_not_run(tmp_path):
-    """ARP, ICMP and SCTP pass the program untouched (parse_frame): replay
-    leaves them out, behind a VLAN tag too, but runs what IPv4 carries of
-    the encapsulations the program opens (an HTTP flow inside IP-in-IP,
-    named)."""
+def test_frames_the_program_does_not_read_name_nothing(tmp_path):
+    """ARP, ICMP and SCTP pass the program untouched (parse_frame), behind a
+    VLAN tag too, while what IPv4 carries of the encapsulations the program
+    opens is read (an HTTP flow inside IP-in-IP, named)."""
     from scapy.layers.inet import ICMP, IP
     from scapy.layers.l2 import ARP
     from scapy.layers.sctp import SCTP
@@ -346,9 +366,8 @@ def test_frames_the_program_does_not_read_are_not_run(tmp_path):
               bytes(ether() / IP(src=CLIENT_V4, dst=SERVER_V4) / SCTP(sport=5000, dport=5000)),
               encapsulate(tcp_frame(sport=20000, dport=80, flags="S"), "ipip"),
               encapsulate(tcp_frame(http_request("open.example"), sport=20000, dport=80), "ipip")]
-    records, frames_read, runs = replayed_counting_runs(tmp_path / "unread.pcap", frames)
+    records = replayed(tmp_path / "unread.pcap", frames)
     assert [(r["client_port"], r["name"]) for r in records] == [(20000, "open.example")]
-    assert (frames_read, runs) == (len(frames), 2)
 
 
 class Terminal(io.StringIO):
@@ -513,7 +532,7 @@ def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6, tmp_pat
                     here = [bytes(chunk.buffer[offset:offset + length]) for chunk in capture.chunks()
                             for offset, length in zip(chunk.offsets, chunk.lengths)]
                 ahead = [bytes(batch.buffer[offset:offset + length])
-                         for batch in reader.batches(str(path), fix, {})
+                         for batch in reader.batches(str(path), fix)
                          for offset, length in zip(batch.offsets.tolist(), batch.lengths.tolist())]
                 assert ahead == here, (path.name, fix)
                 assert here == read if not fix else here != read
@@ -611,8 +630,8 @@ def test_several_captures_at_once_give_what_each_gives_alone_in_the_order_given(
 def test_a_fake_quic_initial_of_another_connection_does_not_name_the_flow(tmp_path, fake_first, repeats):
     """zapret's fake Initial (its own DCID, an unblocked name, repeated, more
     times than the inspection window holds datagrams too) beside the real
-    one: the flow's line names the stricter, in its place, skipping or
-    running every frame."""
+    one: the flow's line names the stricter, in its place, in batches or a
+    frame a test run."""
     from packets import udp_frame
     from quic_packets import crypto_frame, handshake_client_hello, initial_packet, short_header_packet
     from sluice.policy import load_policy
@@ -627,9 +646,9 @@ def test_a_fake_quic_initial_of_another_connection_does_not_name_the_flow(tmp_pa
     path = tmp_path / "fake-initial.pcap"
     write_capture(path, frames)
     policy = load_policy(lab_policy_path())
-    skipping, _frames = replay_capture(str(path), policy)
-    assert replay_capture(str(path), policy, skip_settled=False)[0] == skipping
-    assert [(r["client_port"], r["name"], r["action"]) for r in skipping] == [
+    records, frames_read = replay_capture(str(path), policy)
+    assert one_frame_a_run(path, policy) == (records, frames_read)
+    assert [(r["client_port"], r["name"], r["action"]) for r in records] == [
         (50000, "open.example", None), (50001, "blocked.example", "block")]
 
 
@@ -637,7 +656,7 @@ def test_a_fake_quic_initial_of_another_connection_does_not_name_the_flow(tmp_pa
 def test_fake_quic_initials_around_a_hello_of_two_datagrams_hide_nothing(tmp_path, blocked):
     """Broken fakes ahead of a hello of two datagrams (Chrome's post-quantum
     hellos), and a whole fake Initial of another connection between them:
-    the flow's line names the strictest, skipping or running every frame."""
+    the flow's line names the strictest, in batches or a frame a test run."""
     from packets import udp_frame
     from quic_packets import (broken_fakes, crypto_frame, handshake_client_hello, initial_packet,
                               short_header_packet, two_datagram_hello)
@@ -652,6 +671,6 @@ def test_fake_quic_initials_around_a_hello_of_two_datagrams_hide_nothing(tmp_pat
     path = tmp_path / "fakes-around-a-hello.pcap"
     write_capture(path, [*frames, udp_frame(short_header_packet(), sport=50001, reply=True)])
     policy = load_policy(lab_policy_path())
-    skipping, _frames = replay_capture(str(path), policy)
-    assert replay_capture(str(path), policy, skip_settled=False)[0] == skipping
-    assert [(r["client_port"], r["name"], r["action"]) for r in skipping] == [(50001, "blocked.example", "block")]
+    records, frames_read = replay_capture(str(path), policy)
+    assert one_frame_a_run(path, policy) == (records, frames_read)
+    assert [(r["client_port"], r["name"], r["action"]) for r in records] == [(50001, "blocked.example", "block")]

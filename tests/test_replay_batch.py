@@ -1,12 +1,13 @@
 """The replay driver (bpf/replay_driver.c, controller/replay_batch.py): a
-batch of frames through the real XDP program in one test run, in order, the
-rings read where the controller must read them."""
+chunk of frames through the real XDP program, many a test run, in order,
+the rings read where the controller must read them."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
 
 from sluice.policies import lab_policy_path
@@ -26,52 +27,69 @@ rules:
 
 
 @pytest.fixture
-def batch_on(make_datapath):
-    """batch_on() -> (FrameBatch, calls): a batch on a fresh data plane,
+def runner_on(make_datapath):
+    """runner_on() -> (ChunkRunner, calls): a runner on a fresh data plane,
     whose ring reader notes the program's packet count at each call."""
-    from sluice.replay_batch import FrameBatch
-    batches = []
+    from sluice.replay_batch import ChunkRunner
+    runners = []
 
     def make():
         datapath = make_datapath(POLICY, events=True, ring_wakeups=False)
         calls = []
-        batch = FrameBatch(datapath, lambda: calls.append(datapath.counters()["packets"]))
-        batches.append(batch)
-        return batch, calls
+        runner = ChunkRunner(datapath, lambda: calls.append(datapath.counters()["packets"]))
+        runners.append(runner)
+        return runner, calls
     yield make
-    for batch in batches:
-        batch.close()
+    for runner in runners:
+        runner.close()
 
 
-def run(batch, frames):
+def run(runner, frames, gap: int = 16):
+    """frames as a chunk, gap bytes before each (a pcap record's header)."""
+    buffer, offsets = bytearray(), []
     for frame in frames:
-        assert not batch.add(memoryview(frame), 0, len(frame), 0)      # not full, nor run alone
-    batch.run()
+        buffer += bytes(gap)
+        offsets.append(len(buffer))
+        buffer += frame
+    runner.run(buffer, numpy.array(offsets), numpy.array([len(frame) for frame in frames]))
 
 
-def test_a_batch_runs_every_frame_once_and_reads_the_rings_after(batch_on):
-    batch, calls = batch_on()
+def test_a_chunk_runs_every_frame_once_and_reads_the_rings_after(runner_on):
+    runner, calls = runner_on()
     frames = [tcp_frame(b"x" * size, sport=30000 + size) for size in (0, 10, 600, 1400, 1900)]
-    frames += [tcp_frame(b"y" * (batch.longest - 54), sport=31000)]      # the longest a batch entry holds
-    run(batch, frames)
+    frames += [tcp_frame(b"y" * (runner.longest - 54), sport=31000)]      # the longest the driver copies
+    run(runner, frames)
     assert calls == [len(frames)]
 
 
-def test_a_batch_stops_where_a_quic_datagram_was_handed_over(batch_on):
+def test_a_chunk_runs_a_batch_of_frames_a_test_run_and_a_long_frame_alone_in_its_place(runner_on):
+    """The events ring holds what SLUICE_REPLAY_BATCH_FRAMES frames may send:
+    the rings are read after each test run of that many; a frame too long
+    for the driver runs by a test run of its own, in its place."""
+    from sluice.abi import ABI
+    runner, calls = runner_on()
+    batch = ABI.SLUICE_REPLAY_BATCH_FRAMES
+    frames = [tcp_frame(b"x", sport=30000 + index) for index in range(batch + 10)]
+    frames[5] = tcp_frame(b"y" * 3000, sport=31000)
+    run(runner, frames, gap=0)
+    assert calls == [5, 6, 6 + batch, len(frames)]
+
+
+def test_a_chunk_stops_where_a_quic_datagram_was_handed_over(runner_on):
     """The controller settles a QUIC flow from its datagram, which decides
     how the flow's next datagrams run: the driver ends the test run right
     after the frame that handed one over, for the rings to be read."""
-    batch, calls = batch_on()
+    runner, calls = runner_on()
     hello = udp_frame(initial_packet(crypto_frame(0, handshake_client_hello(b"blocked.example")), size=1200),
                       sport=50000)
     others = [tcp_frame(b"z", sport=port) for port in (30001, 30002)]
-    run(batch, [others[0], hello, *others])
+    run(runner, [others[0], hello, *others])
     assert calls == [2, 4]
 
 
-def test_a_frame_longer_than_an_entry_runs_alone_in_its_place(batch_on, tmp_path):
-    """Frames run in capture order: a request whose first segment is too
-    long for a batch's entry is still read whole, and named."""
+def test_a_request_longer_than_the_driver_copies_is_named(tmp_path):
+    """A request whose first segment is too long for the driver to copy is
+    still read whole, in its place, and named."""
     from sluice.replay import replay
     request = http_request("order.example").replace(b"\r\n", b"\r\nX-Pad: " + b"p" * 3000 + b"\r\n", 1)
     split = len(request) - 20
@@ -97,25 +115,3 @@ def test_without_cap_sys_admin_replay_runs_a_frame_a_test_run_and_says_so():
     assert "replay runs one frame a test run" not in batched.stderr
     assert "replay runs one frame a test run, several times slower: cannot make a network namespace" in alone.stderr
     assert batched.stdout.count("\n") >= 15 and alone.stdout == batched.stdout
-
-
-def test_a_syn_after_a_tunnelled_life_of_its_flow_in_the_same_batch_opens_it_again(tmp_path):
-    """A tunnel's frames may be any flow's: a bare SYN after them, in the
-    same batch, waits until their events are read, or the flow's earlier
-    life, settled only then, would hide its new one (here the batch fills
-    at the SYN, and the request after it would be left out)."""
-    from packets import encapsulate
-    from sluice.replay import Replayer, replay
-    frames = [encapsulate(tcp_frame(sport=20000, dport=80, flags="S"), "ipip"),
-              encapsulate(tcp_frame(http_request("first.example"), sport=20000, dport=80), "ipip"),
-              tcp_frame(sport=20000, dport=80, flags="S", seq=5000),
-              tcp_frame(http_request("second.example"), sport=20000, dport=80, seq=5001)]
-    write_capture(tmp_path / "reopened.pcap", frames)
-    replayer = Replayer()
-    try:
-        replayer.frame_batch.capacity = 3
-        records, _frames = replayer.run(str(tmp_path / "reopened.pcap"))
-    finally:
-        replayer.close()
-    assert [r["name"] for r in records] == ["first.example", "second.example"]
-    assert replay(str(tmp_path / "reopened.pcap"), skip_settled=False, show_progress=False)[0] == records

@@ -24,7 +24,7 @@ from evasion_sender import (ACK_STEP_BACK, DECOYS, FORGED_ACK, PAWS_STEP_BACK, P
 from packets import (client_hello, http_request, ip_fragments, read_capture, tcp_frame, unknown_extensions,
                      write_capture)
 from test_bpf_reassembly import ISN, records
-from test_replay import read_ahead
+from test_replay import one_frame_a_run, read_ahead
 
 pytestmark = [pytest.mark.bpf, pytest.mark.skipif(os.geteuid() != 0, reason="replay loads BPF: needs root")]
 
@@ -209,17 +209,17 @@ def test_the_2021_profile_names_what_the_documented_throttler_read(named, techni
         assert name != REAL_NAME
 
 
-def test_replay_prints_what_running_every_frame_prints(capture):
-    """replay leaves out frames that cannot change a line (settled flows'
-    frames, quiet segments): over every technique, decoys in the SYN and
-    fragments among them, its lines are those of running every frame."""
+def test_replay_prints_what_a_test_run_a_frame_prints(capture):
+    """replay runs many frames a test run (replay_batch.py): over every
+    technique, decoys in the SYN and fragments among them, its lines are
+    those of running each frame by a test run of its own, and of reading
+    the capture ahead."""
     from sluice.policy import load_policy
     from sluice.replay import replay
     policy_path = capture.parent / "every-frame.yaml"
     policy_path.write_text(PROFILES["default"])
     policy = load_policy(str(policy_path))
-    assert replay(str(capture), policy) == replay(str(capture), policy, skip_settled=False) == \
-        read_ahead(capture, policy)
+    assert replay(str(capture), policy) == one_frame_a_run(capture, policy) == read_ahead(capture, policy)
 
 
 
@@ -304,16 +304,16 @@ def test_real_tools_a_low_ttl_copy_that_reaches_the_server_is_read(named_in_real
     assert named_in_real_capture["default"].get(LOW_TTL_PORT) == REAL_NAME
 
 
-def test_real_tools_replay_prints_what_running_every_frame_prints(tmp_path):
-    """The real tools' flows through replay, which leaves quiet segments
-    out, and through every frame: the same lines, zapret's --orig-ttl flow
-    named by the server's bare ACK in both."""
+def test_real_tools_replay_prints_what_a_test_run_a_frame_prints(tmp_path):
+    """The real tools' flows through replay's batches, and a frame a test
+    run: the same lines, zapret's --orig-ttl flow named by the server's
+    bare ACK in both."""
     from sluice.policy import load_policy
     from sluice.replay import replay
     policy_path = tmp_path / "every-frame.yaml"
     policy_path.write_text(PROFILES["default"])
     policy = load_policy(str(policy_path))
-    assert replay(REAL_TOOLS_CAPTURE, policy) == replay(REAL_TOOLS_CAPTURE, policy, skip_settled=False) == \
+    assert replay(REAL_TOOLS_CAPTURE, policy) == one_frame_a_run(REAL_TOOLS_CAPTURE, policy) == \
         read_ahead(REAL_TOOLS_CAPTURE, policy)
 
 
