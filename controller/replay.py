@@ -49,7 +49,6 @@ from .replay_batch import ChunkRunner
 IPV4_MAPPED = bytes(10) + b"\xff\xff"
 _U32 = struct.Struct("=I")
 PROGRESS_AFTER_S = 3.0      # a capture replayed faster than this shows no progress bar
-PROGRESS_EVERY = 4096       # frames between looks at the clock
 PROGRESS_WIDTH = 30
 
 
