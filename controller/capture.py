@@ -63,6 +63,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 # A chunk holds up to CHUNK_FRAMES frames, within CHUNK_BYTES of its first
 # one's start: what the replay driver's map holds (bpf/sluice_abi.h).
 CHUNK_FRAMES, CHUNK_BYTES = ABI.SLUICE_REPLAY_CHUNK_FRAMES, ABI.SLUICE_REPLAY_CHUNK_BYTES
+# A shared capture's memfd holds this many chunks, each copied into the next
+# slot round: the reader process stays at most two chunks ahead of the one
+# replay runs (capture_reader.py), so a third slot is never one in use.
+# Slots used again keep their pages: no page to fault in and zero for
+# every chunk, and the memory stays this small whatever the capture's size.
+SHARED_SLOTS = 3
 # Bytes of each frame gathered once per chunk for the passes over it: an
 # Ethernet header, two VLAN tags, an IPv4 header with options (or IPv6's)
 # and a TCP header up to its checksum. A pass that reads further gathers
@@ -119,20 +125,15 @@ def to_ethernet(frame: bytes, linktype: int) -> bytes | None:
 class Chunk:
     """Consecutive Ethernet frames of a capture, where they lie in memory."""
     buffer: bytearray | mmap.mmap   # holds the frames
-    offsets: list[int]              # of each frame in buffer
-    lengths: list[int]
+    offsets: numpy.ndarray          # of each frame in buffer (int64)
+    lengths: numpy.ndarray
     file_end: int                   # where in the file the chunk's last record ends (for progress)
-
-    @functools.cached_property
-    def offsets_and_lengths(self) -> tuple[numpy.ndarray, numpy.ndarray]:
-        """offsets and lengths as numpy arrays (int64), made once for every use."""
-        return numpy.asarray(self.offsets, dtype=numpy.int64), numpy.asarray(self.lengths, dtype=numpy.int64)
 
     @functools.cached_property
     def arrays(self) -> "ChunkArrays":
         """The chunk as numpy arrays, made once for every pass over it."""
-        offsets, lengths = self.offsets_and_lengths
-        return ChunkArrays(self.buffer, offsets, lengths, _gather(_bytes_of(self.buffer), offsets, HEAD_BYTES))
+        return ChunkArrays(self.buffer, self.offsets, self.lengths,
+                           _gather(_bytes_of(self.buffer), self.offsets, HEAD_BYTES))
 
 
 @dataclass
@@ -181,10 +182,11 @@ class Capture:
         """fix_checksums: make every checksum right (capture.fix_checksums),
         rather than fill in only the half-done ones. shared: the chunks
         that leave their Ethernet frames where the file has them hold them
-        in a memfd of the file's size (self.memfd) instead, each chunk's
-        bytes copied there as it is read, which another process maps to
-        see the frames with their checksums filled in (capture_reader.py)."""
-        self.path, self.fix_checksums, self.memfd = path, fix_checksums, None
+        in a memfd of SHARED_SLOTS chunks (self.memfd) instead, each chunk's
+        bytes copied into the next slot as it is read, which another process
+        maps to see the frames with their checksums filled in
+        (capture_reader.py)."""
+        self.path, self.fix_checksums, self.memfd, self.next_slot = path, fix_checksums, None, 0
         try:
             with open(path, "rb") as file:
                 magic = file.read(4)
@@ -196,7 +198,7 @@ class Capture:
                     self.data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
                 else:
                     self.data = bytearray(magic)
-            self.frames = self._shared_memory(len(self.data)) if shared and self.data else self.data
+            self.frames = self._shared_memory(SHARED_SLOTS * CHUNK_BYTES) if shared and self.data else self.data
         except OSError as error:
             self.close()
             raise CaptureError(f"{path}: {error.strerror or error}") from None
@@ -257,36 +259,50 @@ class Capture:
         check_linktype(self.path, self.linktype)
         data, size, linktype = self.data, self.size, self.linktype
         captured_length = struct.Struct(self.order + "I").unpack_from
+        last_header = size - PCAP_RECORD_HEADER        # where the last record that fits in the file can start
         position = PCAP_FILE_HEADER
-        while True:
-            offsets, lengths = [], []
-            add_offset, add_length = offsets.append, lengths.append
+        while position <= last_header:
+            # The walk from record to record is the one step per frame left
+            # in Python: it only notes where each record starts. The frames'
+            # lengths, the chunk's end and a record cut short are then worked
+            # out for all of them at once.
             limit = position + PCAP_RECORD_HEADER + CHUNK_BYTES     # CHUNK_BYTES from the first frame's start
+            walk_until = min(limit, last_header)
+            records = []
+            add_record = records.append
             for _ in range(CHUNK_FRAMES):
-                if position + PCAP_RECORD_HEADER > size:
+                add_record(position)
+                position += PCAP_RECORD_HEADER + captured_length(data, position + 8)[0]
+                if position > walk_until:
                     break
-                length = captured_length(data, position + 8)[0]
-                start = position + PCAP_RECORD_HEADER
-                if start + length > size:
-                    position = size
-                    break
-                if start + length > limit and offsets:
-                    break                   # the next chunk's first frame
-                add_offset(start)
-                add_length(length)
-                position = start + length
-            if not offsets:
+            offsets = numpy.array(records, dtype=numpy.int64) + PCAP_RECORD_HEADER
+            ends = numpy.append(offsets[1:] - PCAP_RECORD_HEADER, position)
+            in_file = int(numpy.searchsorted(ends, size, side="right"))    # ends only grow
+            count = min(in_file, max(1, int(numpy.searchsorted(ends, limit, side="right"))))
+            if count == 0:
                 return
-            if max(lengths) > LONGEST_FRAME:
-                lengths = [min(length, LONGEST_FRAME) for length in lengths]
-            if linktype == LINKTYPE_ETHERNET and min(lengths) >= ETHERNET_HEADER:
+            offsets, lengths = offsets[:count], ends[:count] - offsets[:count]
+            # A record cut short ends the capture: at the file's end.
+            position = size if in_file == count < len(ends) else int(ends[count - 1])
+            lengths = numpy.minimum(lengths, LONGEST_FRAME)
+            if linktype == LINKTYPE_ETHERNET and lengths.min() >= ETHERNET_HEADER:
                 if self.frames is not data:
-                    with memoryview(self.frames) as frames, memoryview(data) as source:
-                        frames[offsets[0]:position] = source[offsets[0]:position]
+                    offsets = self._into_slot(offsets, lengths)
                 yield Chunk(self.frames, offsets, lengths, position)
             else:
                 yield from self._rewritten([(offset, length, offset + length, linktype)
-                                            for offset, length in zip(offsets, lengths)])
+                                            for offset, length in zip(offsets.tolist(), lengths.tolist())])
+
+    def _into_slot(self, offsets: numpy.ndarray, lengths: numpy.ndarray) -> numpy.ndarray:
+        """The frames copied from the file into the memfd's next slot (with
+        the record headers between them); their offsets there."""
+        first = int(offsets[0])
+        span = int(offsets[-1] + lengths[-1]) - first      # within CHUNK_BYTES, as a chunk is
+        slot = self.next_slot * CHUNK_BYTES
+        self.next_slot = (self.next_slot + 1) % SHARED_SLOTS
+        with memoryview(self.frames) as frames, memoryview(self.data) as source:
+            frames[slot:slot + span] = source[first:first + span]
+        return offsets - first + slot
 
     def _pcapng_records(self):
         """(offset, length, end in the file, link type) of each packet."""
@@ -324,19 +340,23 @@ class Capture:
         Chunks of Ethernet frames in buffers of their own, each within
         CHUNK_BYTES; a frame that cannot be rewritten, or is shorter than an
         Ethernet header, is left out."""
-        chunks, chunk = [], Chunk(bytearray(), [], [], records[0][2])
+        chunks, buffer, offsets, lengths, file_end = [], bytearray(), [], [], records[0][2]
         for offset, length, end, linktype in records:
             frame = to_ethernet(bytes(self.data[offset:offset + length]), linktype)
             if frame is not None and len(frame) >= ETHERNET_HEADER:
                 frame = frame[:LONGEST_FRAME]
-                if len(chunk.buffer) + len(frame) > CHUNK_BYTES:
-                    chunks.append(chunk)
-                    chunk = Chunk(bytearray(), [], [], chunk.file_end)
-                chunk.offsets.append(len(chunk.buffer))
-                chunk.lengths.append(len(frame))
-                chunk.buffer += frame
-            chunk.file_end = end
-        return chunks + [chunk]
+                if len(buffer) + len(frame) > CHUNK_BYTES:
+                    chunks.append(_chunk(buffer, offsets, lengths, file_end))
+                    buffer, offsets, lengths = bytearray(), [], []
+                offsets.append(len(buffer))
+                lengths.append(len(frame))
+                buffer += frame
+            file_end = end
+        return chunks + [_chunk(buffer, offsets, lengths, file_end)]
+
+
+def _chunk(buffer, offsets: list[int], lengths: list[int], file_end: int) -> Chunk:
+    return Chunk(buffer, numpy.array(offsets, dtype=numpy.int64), numpy.array(lengths, dtype=numpy.int64), file_end)
 
 
 def _gather(data, starts, count: int):
@@ -486,7 +506,7 @@ def _words(rows):
 
 def fix_all_checksums(chunk: Chunk) -> None:
     """fix_checksums for each frame of chunk, in its buffer."""
-    for start, length in zip(chunk.offsets, chunk.lengths):
+    for start, length in zip(chunk.offsets.tolist(), chunk.lengths.tolist()):
         frame = bytes(chunk.buffer[start:start + length])
         fixed = fix_checksums(frame)
         if fixed != frame:
@@ -500,7 +520,7 @@ def fill_offloaded_checksums(chunk: Chunk) -> None:
     pseudo-header's sum, or whose IPv4 header checksum is 0 (or that carry
     more VLAN tags than it steps over), and only those go through
     fill_offloaded_checksum."""
-    if not chunk.offsets:
+    if not len(chunk.offsets):
         return
     arrays = chunk.arrays
     ip_start, ethertype = arrays.network
@@ -530,7 +550,8 @@ def fill_offloaded_checksums(chunk: Chunk) -> None:
         del buffer                      # no view of a mapped file may outlive this: it could not close
     for index in numpy.flatnonzero(((ipv4 | ipv6) & (field == pseudo)) | (ipv4_unsummed & ~plain) |
                                    more_tags).tolist():
-        start, end = chunk.offsets[index], chunk.offsets[index] + chunk.lengths[index]
+        start = int(chunk.offsets[index])
+        end = start + int(chunk.lengths[index])
         frame = bytes(chunk.buffer[start:end])
         filled = fill_offloaded_checksum(frame)
         if filled != frame:

@@ -5,10 +5,11 @@ Reading a capture (walking its records, filling in checksums) is pure CPU
 work that does not depend on what the program does: about as much as
 running the frames. A reader process does it while replay's own process
 runs the frames of the chunk before: each chunk's bytes are copied into a
-memfd that both map, the reader fills in their checksums there, and sends
-the chunk's frame offsets and lengths down a pipe. Replay says when it is
-done with a chunk (DONE); the reader stays at most two chunks ahead, and
-gives the memfd's pages of the chunks done with back (_serve)."""
+slot of a memfd that both map (capture.SHARED_SLOTS), the reader fills in
+their checksums there, and sends the chunk's frame offsets and lengths
+down a pipe. Replay says when it is done with a chunk (DONE); the reader
+stays at most two chunks ahead, so the slot it fills is never one replay
+still runs (_serve)."""
 
 import mmap
 import multiprocessing
@@ -16,11 +17,10 @@ import multiprocessing.reduction
 import os
 import signal
 import struct
-from dataclasses import dataclass
 
 import numpy
 
-from .capture import Capture, CaptureError
+from .capture import Capture, CaptureError, Chunk
 
 # A capture smaller than this is read in replay's own process: a round trip
 # to the reader and mapping its memfd cost more than reading it there.
@@ -35,20 +35,10 @@ DONE = b"d"                 # the caller's, after each chunk: done with its fram
 _CHUNK_HEAD = struct.Struct("=qqq")
 
 
-@dataclass
-class Batch:
-    """Consecutive frames of a capture (a capture.Chunk's), ready for replay's ChunkRunner."""
-    buffer: bytearray | mmap.mmap   # holds the frames
-    offsets: numpy.ndarray          # of each frame in buffer (int64)
-    lengths: numpy.ndarray
-    file_end: int                   # where in the file the batch's last record ends (for progress)
-
-
 def read_here(capture_path: str, fix_checksums: bool):
-    """The capture's Batches, read in this process."""
+    """The capture's Chunks, read in this process."""
     with Capture(capture_path, fix_checksums) as capture:
-        for chunk in capture.chunks():
-            yield Batch(chunk.buffer, *chunk.offsets_and_lengths, chunk.file_end)
+        yield from capture.chunks()
 
 
 class ReadAhead:
@@ -71,11 +61,11 @@ class ReadAhead:
         self.process.start()
         theirs.close()
 
-    def batches(self, capture_path: str, fix_checksums: bool):
-        """read_here()'s Batches, read by the reader process. A capture the
+    def chunks(self, capture_path: str, fix_checksums: bool):
+        """read_here()'s Chunks, read by the reader process. A capture the
         reader cannot read raises its CaptureError here; so does a reader
         that died, and the next capture gets a new one. The caller is done
-        with a batch's frames when it asks for the next."""
+        with a chunk's frames when it asks for the next."""
         if self.process is None:
             self._start()
         in_step = False         # the pipe holds nothing more of this capture
@@ -101,7 +91,7 @@ class ReadAhead:
                         if kind == ERROR:
                             raise CaptureError(message[1:].decode())
                         break
-                    yield _batch(message, shared)
+                    yield _chunk(message, shared)
                     self.connection.send_bytes(DONE)
             finally:
                 if shared is not None:
@@ -123,15 +113,15 @@ class ReadAhead:
         self.process = None
 
 
-def _batch(message: bytes, shared) -> Batch:
-    """A chunk's message as a Batch."""
+def _chunk(message: bytes, shared) -> Chunk:
+    """A chunk's message as a Chunk."""
     count, file_end, own = _CHUNK_HEAD.unpack_from(message, 1)
     at = 1 + _CHUNK_HEAD.size
     offsets, lengths = (numpy.frombuffer(message, dtype=numpy.int64, count=count, offset=at + column * 8 * count)
                         for column in (0, 1))
     end = at + 2 * 8 * count
     buffer = shared if own < 0 else bytearray(message[end:end + own])
-    return Batch(buffer, offsets, lengths, file_end)
+    return Chunk(buffer, offsets, lengths, file_end)
 
 
 def _serve(connection, parents_end) -> None:
@@ -141,9 +131,8 @@ def _serve(connection, parents_end) -> None:
     chunk's message, then END (or ERROR and a text).
 
     Each chunk is sent once the caller is done with the one before but one
-    (DONE), and the memfd's pages that only those frames used are given
-    back: a capture larger than memory replays as it did mapped from its
-    file."""
+    (DONE): the chunk being read then goes into a slot of the memfd
+    (capture.SHARED_SLOTS) that no chunk the caller may still run holds."""
     parents_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # a ^C is replay's to handle: it closes the pipe
     while True:
@@ -161,19 +150,20 @@ def _serve(connection, parents_end) -> None:
             connection.send(len(shared) if shared is not None else 0)
             if shared is not None:
                 multiprocessing.reduction.send_handle(connection, capture.memfd, os.getppid())
-            sent, freed = [], 0         # where each chunk sent but not yet done with ends; the memfd given back
+            waiting = 0             # chunks sent that the caller has not said it is done with
             try:
                 for chunk in capture.chunks():
                     message = _chunk_message(chunk, shared)
-                    if len(sent) == 2:
-                        freed = _done(connection, sent.pop(0), shared, freed)
+                    if waiting == 2:
+                        _done(connection)
+                        waiting -= 1
                     connection.send_bytes(message)
-                    sent.append(chunk.file_end)
+                    waiting += 1
                 last = END
             except CaptureError as error:
                 last = ERROR + str(error).encode()
-            for end in sent:
-                freed = _done(connection, end, shared, freed)
+            for _ in range(waiting):
+                _done(connection)
             connection.send_bytes(last)
         except (EOFError, BrokenPipeError, ConnectionResetError):
             return
@@ -181,21 +171,14 @@ def _serve(connection, parents_end) -> None:
             capture.close()
 
 
-def _done(connection, end: int, shared, freed: int) -> int:
-    """Wait until the caller is done with a chunk's frames (which end at
-    byte end), then give back the memfd's pages before end; returns up to
-    where it is given back."""
+def _done(connection) -> None:
+    """Wait until the caller is done with a chunk's frames."""
     if connection.recv_bytes() != DONE:
         raise EOFError("the caller is out of step")
-    page_end = end - end % mmap.PAGESIZE
-    if shared is not None and page_end > freed:
-        shared.madvise(mmap.MADV_REMOVE, freed, page_end - freed)
-        freed = page_end
-    return freed
 
 
 def _chunk_message(chunk, shared) -> bytes:
     own = None if chunk.buffer is shared else bytes(chunk.buffer)
     count = len(chunk.offsets)
     return b"".join((CHUNK, _CHUNK_HEAD.pack(count, chunk.file_end, -1 if own is None else len(own)),
-                     *(column.tobytes() for column in chunk.offsets_and_lengths), own or b""))
+                     chunk.offsets.tobytes(), chunk.lengths.tobytes(), own or b""))

@@ -348,11 +348,11 @@ def run_capture(chunk_runner: ChunkRunner, capture_path: str, progress: Progress
     before."""
     frames = 0
     if read_ahead and read_ahead.takes(capture_path):
-        batches = read_ahead.batches(capture_path, fix_checksums)
+        chunks = read_ahead.chunks(capture_path, fix_checksums)
     else:
-        batches = read_here(capture_path, fix_checksums)
-    with contextlib.closing(batches):       # on any way out: the capture unmapped, a reader out of step stopped
-        for chunk in batches:              # capture_reader.Batch: a chunk of the capture's frames
+        chunks = read_here(capture_path, fix_checksums)
+    with contextlib.closing(chunks):        # on any way out: the capture unmapped, a reader out of step stopped
+        for chunk in chunks:                # capture.Chunk: consecutive frames of the capture
             chunk_runner.run(chunk.buffer, chunk.offsets, chunk.lengths)
             frames += len(chunk.offsets)
             if progress:

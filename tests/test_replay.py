@@ -531,9 +531,9 @@ def test_a_capture_from_the_sender_gets_the_checksums_its_nic_filled(v6, tmp_pat
                 with Capture(str(path), fix) as capture:
                     here = [bytes(chunk.buffer[offset:offset + length]) for chunk in capture.chunks()
                             for offset, length in zip(chunk.offsets, chunk.lengths)]
-                ahead = [bytes(batch.buffer[offset:offset + length])
-                         for batch in reader.batches(str(path), fix)
-                         for offset, length in zip(batch.offsets.tolist(), batch.lengths.tolist())]
+                ahead = [bytes(chunk.buffer[offset:offset + length])
+                         for chunk in reader.chunks(str(path), fix)
+                         for offset, length in zip(chunk.offsets, chunk.lengths)]
                 assert ahead == here, (path.name, fix)
                 assert here == read if not fix else here != read
     finally:
