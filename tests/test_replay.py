@@ -203,10 +203,11 @@ def test_chunks_hold_what_the_drivers_map_holds_and_no_frame_is_lost_between_the
     take it past CHUNK_BYTES from its first frame's start; a frame longer
     than LONGEST_FRAME (more than a test run takes) is cut to it. Every
     frame runs once, in order, read here or read ahead, as the capture's
-    own frames or rewritten as Ethernet (raw IP)."""
+    own frames or rewritten as Ethernet (raw IP). Read ahead, the capture's
+    own frames go through the reader's memfd slots, each used again."""
     from scapy.layers.l2 import ARP, Ether
     from packets import http_request, tcp_frame
-    from sluice.capture import CHUNK_BYTES, CHUNK_FRAMES, LINKTYPE_RAW, LONGEST_FRAME, Capture
+    from sluice.capture import CHUNK_BYTES, CHUNK_FRAMES, LINKTYPE_RAW, LONGEST_FRAME, SHARED_SLOTS, Capture
     from sluice.replay import Replayer, replay as replay_capture
     padding = b"p" * 1400
     frames = [tcp_frame(sport=20000, dport=80, flags="S")]
@@ -214,6 +215,7 @@ def test_chunks_hold_what_the_drivers_map_holds_and_no_frame_is_lost_between_the
     frames += [tcp_frame(http_request("first.example"), sport=20000, dport=80)]     # the first chunk's last
     frames += [tcp_frame(padding, sport=20001, dport=80, flags="A")] * (CHUNK_BYTES // 1400)    # past CHUNK_BYTES
     frames += [bytes(Ether() / ARP()) + bytes(LONGEST_FRAME)]       # cut
+    frames += [tcp_frame(padding, sport=20001, dport=80, flags="A")] * (2 * CHUNK_BYTES // 1400)
     frames += [tcp_frame(sport=20002, dport=80, flags="S"),
                tcp_frame(http_request("second.example"), sport=20002, dport=80)]
     for linktype in (None, LINKTYPE_RAW):
@@ -227,7 +229,7 @@ def test_chunks_hold_what_the_drivers_map_holds_and_no_frame_is_lost_between_the
             chunks = [(chunk.lengths, chunk.offsets[-1] + chunk.lengths[-1] - chunk.offsets[0])
                       for chunk in capture.chunks()]
         lengths = [length for chunk_lengths, _span in chunks for length in chunk_lengths]
-        assert len(chunks[0][0]) == CHUNK_FRAMES and len(chunks) >= 3 and len(lengths) == len(frames)
+        assert len(chunks[0][0]) == CHUNK_FRAMES and len(chunks) > SHARED_SLOTS and len(lengths) == len(frames)
         assert all(span <= CHUNK_BYTES for _lengths, span in chunks)
         assert max(lengths) == LONGEST_FRAME
         here = replay_capture(str(path), read_ahead=False, show_progress=False)
@@ -239,6 +241,31 @@ def test_chunks_hold_what_the_drivers_map_holds_and_no_frame_is_lost_between_the
             assert replayer.datapath.counters()["packets"] == len(frames)
         finally:
             replayer.close()
+
+
+def test_the_reader_never_writes_over_a_chunk_replay_still_holds(tmp_path):
+    """While replay holds a chunk, the reader reads ahead as far as it may,
+    into the memfd's other slots: the chunk's frames stay as they were
+    (each frame here is its own, so a slot written over shows)."""
+    from packets import write_capture
+    from sluice.capture import CHUNK_BYTES, SHARED_SLOTS
+    from sluice.capture_reader import ReadAhead
+    frame_bytes = 1400
+    frames = [b"\x02" * 12 + b"\x88\xb5" + index.to_bytes(4, "big") * ((frame_bytes - 14) // 4)
+              for index in range((SHARED_SLOTS + 2) * CHUNK_BYTES // frame_bytes)]
+    write_capture(tmp_path / "distinct.pcap", frames)
+    reader = ReadAhead(min_bytes=0)
+    try:
+        seen = []
+        for chunk in reader.chunks(str(tmp_path / "distinct.pcap"), False):
+            held = [bytes(chunk.buffer[offset:offset + length]) for offset, length in zip(chunk.offsets, chunk.lengths)]
+            time.sleep(0.2)
+            assert [bytes(chunk.buffer[offset:offset + length])
+                    for offset, length in zip(chunk.offsets, chunk.lengths)] == held
+            seen += held
+        assert seen == frames
+    finally:
+        reader.close()
 
 
 def test_the_reader_process_reports_what_it_cannot_read_and_goes_on(captures, tmp_path):
