@@ -39,6 +39,7 @@ which the caller counts. No other exception escapes.
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, ClassVar, Iterator
@@ -111,6 +112,7 @@ FRAME_ACK = 0x02
 FRAME_ACK_ECN = 0x03
 FRAME_CRYPTO = 0x06
 FRAME_CONNECTION_CLOSE = 0x1C
+PADDING_RUN = re.compile(b"\x00*")     # PADDING frames, one byte each: a run is skipped at once, not copied
 GQUIC_FRAME_PING = 0x07
 GQUIC_FRAME_CRYPTO = 0x08      # Q050 and T05x carry the handshake in these
 GQUIC_FRAME_STREAM = 0x80      # 1fdooos s: fin, data length present, offset length, stream id length
@@ -355,7 +357,7 @@ def _ietf_frames(payload: bytes) -> list[tuple[int, bytes]]:
         frame_type = reader.varint()
         if frame_type == FRAME_PADDING:
             # Padding fills most of a 1200-byte Initial: skip the run at once.
-            reader.pos = len(payload) - len(payload[reader.pos:].lstrip(b"\x00"))
+            reader.pos = PADDING_RUN.match(payload, reader.pos).end()
         elif frame_type == FRAME_PING:
             pass
         elif frame_type in (FRAME_ACK, FRAME_ACK_ECN):
@@ -400,7 +402,7 @@ class GquicFrames:
             if frame_type == FRAME_PADDING:
                 if self.padding_fills_packet:
                     break
-                reader.pos = len(payload) - len(payload[reader.pos:].lstrip(b"\x00"))
+                reader.pos = PADDING_RUN.match(payload, reader.pos).end()
             elif frame_type == GQUIC_FRAME_PING:
                 pass
             elif frame_type == GQUIC_FRAME_CRYPTO and self.crypto_frames:
