@@ -346,16 +346,16 @@ class Capture:
             if frame is not None and len(frame) >= ETHERNET_HEADER:
                 frame = frame[:LONGEST_FRAME]
                 if len(buffer) + len(frame) > CHUNK_BYTES:
-                    chunks.append(_chunk(buffer, offsets, lengths, file_end))
+                    chunks.append(_chunk_of_lists(buffer, offsets, lengths, file_end))
                     buffer, offsets, lengths = bytearray(), [], []
                 offsets.append(len(buffer))
                 lengths.append(len(frame))
                 buffer += frame
             file_end = end
-        return chunks + [_chunk(buffer, offsets, lengths, file_end)]
+        return chunks + [_chunk_of_lists(buffer, offsets, lengths, file_end)]
 
 
-def _chunk(buffer, offsets: list[int], lengths: list[int], file_end: int) -> Chunk:
+def _chunk_of_lists(buffer, offsets: list[int], lengths: list[int], file_end: int) -> Chunk:
     return Chunk(buffer, numpy.array(offsets, dtype=numpy.int64), numpy.array(lengths, dtype=numpy.int64), file_end)
 
 

@@ -20,7 +20,7 @@ import struct
 
 import numpy
 
-from .capture import Capture, CaptureError, Chunk
+from .capture import SHARED_SLOTS, Capture, CaptureError, Chunk
 
 # A capture smaller than this is read in replay's own process: a round trip
 # to the reader and mapping its memfd cost more than reading it there.
@@ -154,7 +154,7 @@ def _serve(connection, parents_end) -> None:
             try:
                 for chunk in capture.chunks():
                     message = _chunk_message(chunk, shared)
-                    if waiting == 2:
+                    if waiting == SHARED_SLOTS - 1:     # the next chunk read goes into the oldest one's slot
                         _done(connection)
                         waiting -= 1
                     connection.send_bytes(message)
