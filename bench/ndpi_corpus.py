@@ -28,7 +28,6 @@ their every segment for a decoy.
 """
 
 import argparse
-import ctypes
 import ipaddress
 import re
 import sys

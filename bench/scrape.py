@@ -16,7 +16,6 @@ Run as root:  .venv/bin/python bench/scrape.py [--domains 1000000] [--scrapes 5]
 """
 
 import argparse
-import ctypes
 import os
 import signal
 import statistics

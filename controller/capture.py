@@ -3,8 +3,9 @@
 
 The file is mapped into memory (a gzipped one is read into it) and walked
 record by record, a chunk of frames at a time; the frames stay where they
-are, and the program's test runs read them from there. Frames of link types
-other than Ethernet are rewritten as Ethernet frames, the chunk then copied.
+are until replay copies the chunk whole into its driver's map
+(controller/replay_batch.py). Frames of link types other than Ethernet are
+rewritten as Ethernet frames, in a buffer of the chunk's own.
 Checksums a capture on the sending host holds half done are filled in
 (fill_offloaded_checksum), in the chunk: the file itself is mapped copy on
 write. With fix_checksums, every IPv4 header, TCP and UDP checksum is made
@@ -78,7 +79,7 @@ HEAD_BYTES = 128
 IP_MORE_FRAGMENTS_AND_OFFSET = 0x3FFF
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 VLAN_ETHERTYPES = (0x8100, 0x88A8)      # 802.1Q, 802.1ad tags before the IP header
-VLAN_TAGS_READ = 2                      # tags the chunk's passes step over (ChunkArrays.network); behind more,
+VLAN_TAGS_READ = 2                      # tags the chunk's passes step over (Chunk.network); behind more,
                                         # fill_offloaded_checksum works frame by frame
 # Longer frames are cut to this, as a snap length would: the longest IP
 # packet behind an Ethernet header and two tags. A test run takes no more
@@ -123,27 +124,20 @@ def to_ethernet(frame: bytes, linktype: int) -> bytes | None:
 
 @dataclass
 class Chunk:
-    """Consecutive Ethernet frames of a capture, where they lie in memory."""
+    """Consecutive Ethernet frames of a capture, where they lie in memory,
+    and what the passes over them (fill_offloaded_checksums) read, made
+    once for all of them: copies, never views of the buffer, since a view
+    of a mapped file would keep it from closing."""
     buffer: bytearray | mmap.mmap   # holds the frames
     offsets: numpy.ndarray          # of each frame in buffer (int64)
     lengths: numpy.ndarray
     file_end: int                   # where in the file the chunk's last record ends (for progress)
 
     @functools.cached_property
-    def arrays(self) -> "ChunkArrays":
-        """The chunk as numpy arrays, made once for every pass over it."""
-        return ChunkArrays(self.buffer, self.offsets, self.lengths,
-                           _gather(_bytes_of(self.buffer), self.offsets, HEAD_BYTES))
-
-
-@dataclass
-class ChunkArrays:
-    """Copies, no views of the buffer: a view of a mapped file would keep it from closing."""
-    buffer: bytearray | mmap.mmap
-    offsets: numpy.ndarray
-    lengths: numpy.ndarray
-    heads: numpy.ndarray            # each frame's first HEAD_BYTES (past a frame's end: junk), a row per frame;
-                                    # gathered before fill_offloaded_checksums, which reads its fields from them
+    def heads(self) -> numpy.ndarray:
+        """Each frame's first HEAD_BYTES (past a frame's end: junk), a row
+        per frame; gathered before fill_offloaded_checksums changes any."""
+        return _gather(_bytes_of(self.buffer), self.offsets, HEAD_BYTES)
 
     @functools.cached_property
     def network(self) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -522,10 +516,9 @@ def fill_offloaded_checksums(chunk: Chunk) -> None:
     fill_offloaded_checksum."""
     if not len(chunk.offsets):
         return
-    arrays = chunk.arrays
-    ip_start, ethertype = arrays.network
+    ip_start, ethertype = chunk.network
     more_tags = _vlan(ethertype)
-    ip = arrays.columns(ip_start, 40)
+    ip = chunk.columns(ip_start, 40)
     ip_words = _words(ip)
     header_len = (ip[:, 0].astype(numpy.int64) & 0x0F) * 4
     ipv4 = (ethertype == ETH_P_IP) & (ip[:, 9] == IPPROTO_TCP) & (ip_words[:, 3] & IP_MORE_FRAGMENTS_AND_OFFSET == 0)
@@ -534,17 +527,17 @@ def fill_offloaded_checksums(chunk: Chunk) -> None:
                          ip_words[:, 4:20].sum(1) + IPPROTO_TCP + ip_words[:, 2])
     while (pseudo > 0xFFFF).any():
         pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
-    field = _words(arrays.columns(ip_start + numpy.where(ipv4, header_len, 40) + 16, 2))[:, 0]
+    field = _words(chunk.columns(ip_start + numpy.where(ipv4, header_len, 40) + 16, 2))[:, 0]
     # IPv4 header checksums left 0, summed here for the whole chunk where the
     # header has no options (the rest go through fill_offloaded_checksum).
-    ipv4_unsummed = (ethertype == ETH_P_IP) & (ip_words[:, 5] == 0) & (arrays.lengths >= ip_start + header_len)
+    ipv4_unsummed = (ethertype == ETH_P_IP) & (ip_words[:, 5] == 0) & (chunk.lengths >= ip_start + header_len)
     plain = ipv4_unsummed & (header_len == 20)
     if plain.any():
         total = ip_words[plain, :10].sum(1)
         for _ in range(2):
             total = (total & 0xFFFF) + (total >> 16)
         check = 0xFFFF - total
-        at = arrays.offsets[plain] + ip_start[plain] + IPV4_CHECKSUM_AT
+        at = chunk.offsets[plain] + ip_start[plain] + IPV4_CHECKSUM_AT
         buffer = _bytes_of(chunk.buffer)
         buffer[at], buffer[at + 1] = check >> 8, check & 0xFF
         del buffer                      # no view of a mapped file may outlive this: it could not close
